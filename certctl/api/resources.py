@@ -1,0 +1,269 @@
+"""Typed models of the resources certctl reads.
+
+These are the *validated* views of Kubernetes-shaped objects: the store keeps
+plain dicts (as the API server would), and `certctl.api.parsing` turns them
+into these models or raises `certctl.api.errors.InvalidObject` naming the
+object and field. Field names follow cert-manager's v1 API, in snake_case.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Literal
+
+GROUP = "certctl.io"
+CERT_MANAGER_GROUP = "cert-manager.io"
+
+IssuerKind = Literal["ClusterIssuer", "Issuer"]
+PathType = Literal["Exact", "Prefix", "ImplementationSpecific"]
+KeyAlgorithm = Literal["RSA", "ECDSA", "Ed25519"]
+KeyEncoding = Literal["PKCS1", "PKCS8"]
+RotationPolicy = Literal["Always", "Never"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectKey:
+    """Identifies one object in a store; `namespace` is None for cluster-scoped kinds."""
+
+    kind: str
+    namespace: str | None
+    name: str
+
+    def __str__(self) -> str:
+        if self.namespace is None:
+            return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretKeySelector:
+    name: str
+    key: str = ""
+
+
+# --- issuers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverSelector:
+    dns_names: tuple[str, ...] = ()
+    dns_zones: tuple[str, ...] = ()
+    match_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Http01IngressSolver:
+    """`solvers[].http01.ingress`: how the temporary solver Ingress is shaped."""
+
+    ingress_class_name: str | None = None
+    ingress_class: str | None = None  # legacy `class` field
+    name: str | None = None  # edit an existing Ingress instead of creating one
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeSolver:
+    selector: SolverSelector | None = None
+    http01: Http01IngressSolver | None = None
+    # `dns01.<provider>`: provider name -> its raw config mapping, validated by
+    # the provider plugin, not here (third-party providers define their own).
+    dns01_provider: str | None = None
+    dns01_config: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeIssuer:
+    server: str
+    private_key_secret_ref: SecretKeySelector
+    email: str | None = None
+    ca_bundle: bytes | None = None  # PEM, already base64-decoded
+    skip_tls_verify: bool = False
+    preferred_chain: str | None = None
+    profile: str | None = None
+    solvers: tuple[AcmeSolver, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Issuer:
+    """A ClusterIssuer (namespace None) or a namespaced Issuer."""
+
+    kind: IssuerKind
+    namespace: str | None
+    name: str
+    generation: int = 0
+    acme: AcmeIssuer | None = None
+    self_signed: bool = False
+    ca_secret_name: str | None = None
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(kind=self.kind, namespace=self.namespace, name=self.name)
+
+
+# --- certificates --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuerRef:
+    name: str
+    kind: IssuerKind = "Issuer"
+    group: str = GROUP
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivateKeySpec:
+    algorithm: KeyAlgorithm = "ECDSA"
+    size: int | None = None  # None: the algorithm's default (RSA 2048, ECDSA 256)
+    encoding: KeyEncoding = "PKCS1"
+    rotation_policy: RotationPolicy = "Always"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretTemplate:
+    annotations: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Certificate:
+    namespace: str
+    name: str
+    secret_name: str
+    issuer_ref: IssuerRef
+    generation: int = 0
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    common_name: str | None = None
+    duration: datetime.timedelta | None = None
+    renew_before: datetime.timedelta | None = None
+    renew_before_percentage: int | None = None
+    private_key: PrivateKeySpec = field(default_factory=PrivateKeySpec)
+    usages: tuple[str, ...] = ("digital signature", "key encipherment")
+    secret_template: SecretTemplate = field(default_factory=SecretTemplate)
+    revision_history_limit: int | None = None
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(kind="Certificate", namespace=self.namespace, name=self.name)
+
+
+# --- ingress and services ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceBackend:
+    """`backend.service`: exactly one of port_number / port_name is set."""
+
+    name: str
+    port_number: int | None = None
+    port_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngressPath:
+    path: str
+    path_type: PathType
+    backend: ServiceBackend
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngressRule:
+    host: str | None  # None: the rule applies to every host
+    paths: tuple[IngressPath, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngressTLS:
+    hosts: tuple[str, ...] = ()
+    secret_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ingress:
+    namespace: str
+    name: str
+    uid: str = ""
+    creation_timestamp: datetime.datetime | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+    ingress_class_name: str | None = None  # spec.ingressClassName or legacy annotation
+    default_backend: ServiceBackend | None = None
+    rules: tuple[IngressRule, ...] = ()
+    tls: tuple[IngressTLS, ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(kind="Ingress", namespace=self.namespace, name=self.name)
+
+    def annotation(self, name: str) -> str | None:
+        for key, value in self.annotations:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngressClass:
+    name: str
+    controller: str
+    is_default: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServicePort:
+    port: int
+    name: str | None = None
+    target_port: int | str | None = None  # None: same as port
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointPort:
+    port: int
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointSlice:
+    """An EndpointSlice, or a legacy Endpoints object converted to one per subset."""
+
+    namespace: str
+    name: str
+    service_name: str
+    ports: tuple[EndpointPort, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+# --- ACME orders and challenges (written by certctl itself) -------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Challenge:
+    """One ACME challenge certctl is solving; spec fields as in cert-manager."""
+
+    namespace: str
+    name: str
+    url: str
+    authorization_url: str
+    dns_name: str
+    wildcard: bool
+    type: Literal["HTTP-01", "DNS-01"]
+    token: str
+    key: str  # the key authorization served (HTTP-01) or hashed into TXT (DNS-01)
+    issuer_ref: IssuerRef
+    solver_index: int = 0
+
+    @property
+    def key_ref(self) -> ObjectKey:
+        return ObjectKey(kind="Challenge", namespace=self.namespace, name=self.name)
