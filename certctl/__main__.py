@@ -1,0 +1,5 @@
+import sys
+
+from certctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""The `certctl` command."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from certctl.api import conditions, parsing
+from certctl.api.resources import ObjectKey
+from certctl.store.local import LocalStore
+
+STATUS_KINDS = {
+    "certificate": "Certificate",
+    "certificates": "Certificate",
+    "order": "Order",
+    "orders": "Order",
+    "challenge": "Challenge",
+    "challenges": "Challenge",
+    "issuer": "Issuer",
+    "issuers": "Issuer",
+    "clusterissuer": "ClusterIssuer",
+    "clusterissuers": "ClusterIssuer",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result: int = args.func(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certctl", description=__doc__)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="issue and serve certificates for the Ingresses in a folder of manifests")
+    serve.add_argument("--manifests", type=Path, required=True,
+                       help="folder (or file) of Kubernetes YAML: issuers, Ingresses, Services")
+    serve.add_argument("--state-dir", type=Path, required=True,
+                       help="where Secrets, Certificates, Orders and statuses are kept")
+    serve.add_argument("--listen-address", default="0.0.0.0",  # noqa: S104
+                       help="address the data plane binds (default: all)")
+    serve.add_argument("--http-port", type=int, default=80)
+    serve.add_argument("--https-port", type=int, default=443)
+    serve.add_argument("--self-check-address", default=None,
+                       help="connect HTTP-01 self-checks here instead of resolving each name "
+                       "(like curl --resolve); default: DNS")
+    serve.add_argument("--self-check-port", type=int, default=None,
+                       help="port of HTTP-01 self-checks (default: --http-port)")
+    serve.add_argument("--cluster-resource-namespace", default="certctl",
+                       help="namespace of ClusterIssuer Secrets (ACME account keys)")
+    serve.add_argument("--ingress-class", default="certctl",
+                       help="Ingress class served when no IngressClass objects exist")
+    serve.add_argument("--workers", type=int, default=16)
+    serve.add_argument("--backoff-base", type=_seconds, default=3600.0,
+                       help="seconds before retrying a failed issuance; doubles per failure, "
+                       "capped at 32 h (default 3600, as cert-manager)")
+    serve.add_argument("--no-watch", action="store_true",
+                       help="read the manifests once instead of watching them")
+    serve.set_defaults(func=_serve)
+
+    status = commands.add_parser("status", help="show the status of certctl objects")
+    status.add_argument("kind", choices=sorted(STATUS_KINDS))
+    status.add_argument("name", nargs="?", help="omit to list every object of the kind")
+    status.add_argument("-n", "--namespace", default="default")
+    status.add_argument("-A", "--all-namespaces", action="store_true")
+    status.add_argument("--state-dir", type=Path, required=True)
+    status.add_argument("--manifests", type=Path, default=None,
+                        help="the manifests `serve` reads, to show user-defined objects too")
+    status.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    status.set_defaults(func=_status)
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(parsing.parse_duration(text).total_seconds())
+    except ValueError:
+        return float(text)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from certctl.runtime import standalone
+
+    if not args.manifests.exists():
+        print(f"certctl: --manifests {args.manifests}: no such file or folder", file=sys.stderr)
+        return 2
+    standalone.run(standalone.ServeOptions(
+        manifests=args.manifests,
+        state_dir=args.state_dir,
+        listen_address=args.listen_address,
+        http_port=args.http_port,
+        https_port=args.https_port,
+        self_check_address=args.self_check_address,
+        self_check_port=args.self_check_port,
+        cluster_resource_namespace=args.cluster_resource_namespace,
+        ingress_class=args.ingress_class,
+        workers=args.workers,
+        backoff_base=datetime.timedelta(seconds=args.backoff_base),
+        watch_manifests=not args.no_watch,
+    ))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    if not args.state_dir.is_dir():
+        print(f"certctl: --state-dir {args.state_dir}: no such folder", file=sys.stderr)
+        return 2
+    store = LocalStore(manifests_dir=args.manifests, state_dir=args.state_dir)
+    if args.manifests is not None:
+        store.reload_manifests()
+    kind = STATUS_KINDS[args.kind]
+    namespace = None if args.all_namespaces or kind == "ClusterIssuer" else args.namespace
+    if args.name:
+        obj = store.get(kind=kind, namespace=namespace, name=args.name)
+        if obj is None:
+            key = ObjectKey(kind=kind, namespace=namespace, name=args.name)
+            print(f"certctl: {key} not found in {args.state_dir}", file=sys.stderr)
+            return 1
+        found = [obj]
+    else:
+        found = store.list(kind=kind, namespace=namespace)
+    if args.output == "json":
+        shown: Any = [_public(obj) for obj in found]
+        print(json.dumps(shown[0] if args.name else shown, indent=2, sort_keys=True))
+        return 0
+    for obj in found:
+        print(_describe(obj))
+    return 0
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    """What `status` shows: never Secret data, never CSR or key material."""
+    return {
+        "kind": obj.get("kind"),
+        "metadata": {k: v for k, v in obj.get("metadata", {}).items()
+                     if k in ("name", "namespace", "creationTimestamp", "generation")},
+        "spec": {k: v for k, v in (obj.get("spec") or {}).items() if k not in ("request", "key")},
+        "status": {k: v for k, v in (obj.get("status") or {}).items() if k != "certificate"},
+    }
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    metadata = obj["metadata"]
+    name = f"{metadata.get('namespace')}/{metadata['name']}" if metadata.get("namespace") \
+        else metadata["name"]
+    status = obj.get("status") or {}
+    lines = [f"{obj['kind']} {name}"]
+    for condition in status.get("conditions") or []:
+        lines.append(f"  {condition['type']}: {condition['status']} ({condition.get('reason')})"
+                     f" {condition.get('message', '')}")
+    for field in ("state", "reason", "notBefore", "notAfter", "renewalTime", "revision",
+                  "failedIssuanceAttempts", "lastFailureTime", "url"):
+        if field in status and not (field == "reason" and "conditions" in status):
+            lines.append(f"  {field}: {status[field]}")
+    if obj["kind"] == "Certificate":
+        ready = conditions.is_true(status.get("conditions") or [], "Ready")
+        lines.insert(1, f"  secretName: {(obj.get('spec') or {}).get('secretName')}"
+                     f"  ready: {'yes' if ready else 'no'}")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""ACME accounts: where an issuer's account key lives, and one client per account.
+
+Every reconciler that talks to an ACME server goes through `AcmeAccounts`, so
+all Orders and Challenges of an issuer share one client: one directory fetch,
+one nonce pool, kept-alive connections.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from dataclasses import dataclass
+
+from certctl.api import parsing
+from certctl.api.errors import InvalidObject
+from certctl.api.resources import AcmeIssuer, Issuer, PrivateKeySpec
+from certctl.issuers.acme import client as acme_client
+from certctl.pki import keys
+from certctl.store.interface import AlreadyExists, Object, Store
+
+DEFAULT_KEY_FIELD = "tls.key"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountKeyRef:
+    namespace: str
+    name: str
+    field: str
+
+
+def account_key_ref(*, issuer: Issuer, cluster_resource_namespace: str) -> AccountKeyRef:
+    """A ClusterIssuer's Secrets live in the cluster resource namespace, as in cert-manager."""
+    assert issuer.acme is not None
+    ref = issuer.acme.private_key_secret_ref
+    namespace = issuer.namespace or cluster_resource_namespace
+    return AccountKeyRef(namespace=namespace, name=ref.name, field=ref.key or DEFAULT_KEY_FIELD)
+
+
+def read_account_key(*, store: Store, ref: AccountKeyRef) -> bytes | None:
+    secret = store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
+    if secret is None:
+        return None
+    encoded = (secret.get("data") or {}).get(ref.field)
+    if not encoded:
+        return None
+    return base64.b64decode(encoded)
+
+
+def ensure_account_key(*, store: Store, ref: AccountKeyRef) -> bytes:
+    """The account key, generated (ECDSA P-256, signed ES256) and stored on first use."""
+    existing = read_account_key(store=store, ref=ref)
+    if existing is not None:
+        return existing
+    pem = keys.encode_private_key(
+        keys.generate_private_key(PrivateKeySpec(algorithm="ECDSA", size=256)), encoding="PKCS8"
+    )
+    secret: Object = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": ref.name, "namespace": ref.namespace},
+        "data": {ref.field: base64.b64encode(pem).decode()},
+    }
+    current = store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
+    try:
+        if current is None:
+            store.create(obj=secret)
+        else:  # the Secret exists without the key field: add it, keep the rest
+            current.setdefault("data", {})[ref.field] = secret["data"][ref.field]
+            store.replace(obj=current)
+    except AlreadyExists:
+        raced = read_account_key(store=store, ref=ref)
+        if raced is not None:
+            return raced
+        raise
+    return pem
+
+
+def find_acme_issuer(
+    *, store: Store, kind: str, name: str, namespace: str
+) -> Issuer | None:
+    """The ACME issuer an Order or Challenge refers to, or None if missing or invalid."""
+    obj = store.get(kind=kind, namespace=None if kind == "ClusterIssuer" else namespace,
+                    name=name)
+    if obj is None:
+        return None
+    try:
+        issuer = parsing.parse_issuer(obj)
+    except InvalidObject:
+        return None
+    return issuer if issuer.acme is not None else None
+
+
+class AcmeAccounts:
+    """Caches one `AcmeClient` per (server, account key, TLS settings)."""
+
+    def __init__(self, *, cluster_resource_namespace: str, user_agent: str = "certctl") -> None:
+        self.cluster_resource_namespace = cluster_resource_namespace
+        self._user_agent = user_agent
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str, str, bool], acme_client.AcmeClient] = {}
+
+    def client(self, *, store: Store, issuer: Issuer) -> acme_client.AcmeClient:
+        """The registered client for an issuer whose account key exists.
+
+        Registers on first use in this process (registration is idempotent:
+        an existing account is found by its key). Raises LookupError when the
+        key Secret is missing: the issuer reconciler has not run yet or the
+        Secret was deleted.
+        """
+        assert issuer.acme is not None
+        ref = account_key_ref(issuer=issuer, cluster_resource_namespace=self.
+                              cluster_resource_namespace)
+        key_pem = read_account_key(store=store, ref=ref)
+        if key_pem is None:
+            raise LookupError(f"ACME account key Secret {ref.namespace}/{ref.name} "
+                              f"(field {ref.field}) not found")
+        found = self.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
+        if found.account_uri is None:
+            found.register(email=issuer.acme.email)
+        return found
+
+    def client_for_key(
+        self, *, acme: AcmeIssuer, account_key_pem: bytes
+    ) -> acme_client.AcmeClient:
+        cache_key = (
+            acme.server,
+            hashlib.sha256(account_key_pem).hexdigest(),
+            hashlib.sha256(acme.ca_bundle or b"").hexdigest(),
+            acme.skip_tls_verify,
+        )
+        with self._lock:
+            found = self._clients.get(cache_key)
+            if found is None:
+                found = acme_client.AcmeClient(
+                    directory_url=acme.server,
+                    account_key_pem=account_key_pem,
+                    ca_bundle_pem=acme.ca_bundle,
+                    skip_tls_verify=acme.skip_tls_verify,
+                    user_agent=self._user_agent,
+                )
+                self._clients[cache_key] = found
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+        for found in clients:
+            found.close()

@@ -1,0 +1,237 @@
+"""ingress-shim: one Certificate per `spec.tls` entry of an annotated Ingress.
+
+Behaves like cert-manager's ingress-shim: the Certificate is named after the
+entry's secretName, owned by the Ingress (so it goes when the Ingress goes),
+updated when the Ingress changes and deleted when the annotation or the tls
+entry is removed. A Certificate of the same name that the Ingress does not
+own is left alone and reported, never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from certctl.api import annotations as annotation_keys
+from certctl.api import parsing
+from certctl.api.errors import InvalidObject
+from certctl.api.resources import GROUP, Ingress, IssuerKind, ObjectKey
+from certctl.controllers import reconciling
+from certctl.controllers.reconciling import Result
+from certctl.store.interface import AlreadyExists, Object, Store
+
+logger = logging.getLogger(__name__)
+
+# (annotation, kind it selects), in the order they are honoured.
+_ISSUER_ANNOTATIONS: tuple[tuple[str, IssuerKind], ...] = (
+    (annotation_keys.CLUSTER_ISSUER, "ClusterIssuer"),
+    (annotation_keys.ISSUER, "Issuer"),
+    (annotation_keys.CM_CLUSTER_ISSUER, "ClusterIssuer"),
+    (annotation_keys.CM_ISSUER, "Issuer"),
+)
+
+# Ingress annotation -> Certificate spec path it sets.
+_SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (annotation_keys.CM_COMMON_NAME, ("commonName",)),
+    (annotation_keys.CM_DURATION, ("duration",)),
+    (annotation_keys.CM_RENEW_BEFORE, ("renewBefore",)),
+    (annotation_keys.CM_PRIVATE_KEY_ALGORITHM, ("privateKey", "algorithm")),
+    (annotation_keys.CM_PRIVATE_KEY_ENCODING, ("privateKey", "encoding")),
+    (annotation_keys.CM_PRIVATE_KEY_ROTATION_POLICY, ("privateKey", "rotationPolicy")),
+    (annotation_keys.CM_REVISION_HISTORY_LIMIT, ("revisionHistoryLimit",)),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuerSelection:
+    name: str
+    kind: IssuerKind
+    group: str
+
+
+def select_issuer(ingress: Ingress) -> IssuerSelection | None:
+    """The issuer the Ingress asks for, or None when it is not annotated for certctl."""
+    for annotation, kind in _ISSUER_ANNOTATIONS:
+        name = ingress.annotation(annotation)
+        if name:
+            explicit_kind = _first_annotation(ingress, annotation_keys.ISSUER_KIND_KEYS)
+            group = _first_annotation(ingress, annotation_keys.ISSUER_GROUP_KEYS)
+            chosen_kind: IssuerKind = kind
+            if kind == "Issuer" and explicit_kind == "ClusterIssuer":
+                chosen_kind = "ClusterIssuer"
+            return IssuerSelection(name=name, kind=chosen_kind, group=group or GROUP)
+    return None
+
+
+def _first_annotation(ingress: Ingress, keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = ingress.annotation(key)
+        if value:
+            return value
+    return None
+
+
+def desired_certificates(
+    *, ingress: Ingress, ingress_obj: Mapping[str, Any]
+) -> tuple[list[Object], list[InvalidObject]]:
+    """The Certificates an Ingress asks for, and the tls entries that are invalid.
+
+    Invalid entries do not stop the valid ones: one bad host must not take
+    down the certificates of its neighbours.
+    """
+    issuer = select_issuer(ingress)
+    if issuer is None:
+        return [], []
+    problems: list[InvalidObject] = []
+    wanted: dict[str, Object] = {}
+    source = reconciling.manifest_source(ingress_obj)
+    try:
+        annotation_spec = _annotation_spec(ingress, source)
+    except InvalidObject as err:
+        return [], [err]
+    for index, tls in enumerate(ingress.tls):
+        field = f"spec.tls[{index}]"
+        if not tls.secret_name:
+            problems.append(_invalid(ingress, f"{field}.secretName", "required to issue a "
+                                     "certificate", source))
+            continue
+        if not tls.hosts:
+            problems.append(_invalid(ingress, f"{field}.hosts", "at least one host is required "
+                                     "to issue a certificate", source))
+            continue
+        spec: dict[str, Any] = {
+            "secretName": tls.secret_name,
+            "dnsNames": list(tls.hosts),
+            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+            "usages": ["digital signature", "key encipherment"],
+        }
+        _merge(spec, annotation_spec)
+        certificate: Object = {
+            "apiVersion": "certctl.io/v1",
+            "kind": "Certificate",
+            "metadata": {
+                "name": tls.secret_name,
+                "namespace": ingress.namespace,
+                "ownerReferences": [reconciling.owner_reference(ingress_obj)],
+            },
+            "spec": spec,
+        }
+        if source:
+            certificate["metadata"]["annotations"] = {"certctl.io/manifest-source": source}
+        if tls.secret_name in wanted:
+            # Two entries for one Secret: merge hosts like cert-manager does.
+            merged = wanted[tls.secret_name]["spec"]["dnsNames"]
+            merged.extend(h for h in tls.hosts if h not in merged)
+            continue
+        try:
+            parsing.parse_certificate(certificate, source=source)
+        except InvalidObject as err:
+            problems.append(_invalid(ingress, f"{field} ({err.field})", err.message, source))
+            continue
+        wanted[tls.secret_name] = certificate
+    return list(wanted.values()), problems
+
+
+def _annotation_spec(ingress: Ingress, source: str | None) -> dict[str, Any]:
+    """Certificate spec fields set through annotations, shared by every tls entry."""
+    spec: dict[str, Any] = {}
+    for annotation, path in _SPEC_ANNOTATIONS:
+        value: Any = ingress.annotation(annotation)
+        if value is None:
+            continue
+        if path == ("revisionHistoryLimit",):
+            value = _int_annotation(ingress, annotation, value, source)
+        _set_path(spec, path, value)
+    size = ingress.annotation(annotation_keys.CM_PRIVATE_KEY_SIZE)
+    if size is not None:
+        _set_path(spec, ("privateKey", "size"),
+                  _int_annotation(ingress, annotation_keys.CM_PRIVATE_KEY_SIZE, size, source))
+    return spec
+
+
+def _merge(target: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for name, value in extra.items():
+        if isinstance(value, Mapping):
+            _merge(target.setdefault(name, {}), value)
+        else:
+            target[name] = value
+
+
+def reconcile(*, store: Store, key: ObjectKey) -> Result:
+    ingress_obj = store.get(kind="Ingress", namespace=key.namespace, name=key.name)
+    if ingress_obj is None:
+        return Result.done()  # owned Certificates go with it (ownerReferences)
+    try:
+        ingress = parsing.parse_ingress(ingress_obj,
+                                        source=reconciling.manifest_source(ingress_obj))
+    except InvalidObject as err:
+        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(err))
+        logger.error("%s", err)
+        return Result.done()
+    wanted, problems = desired_certificates(ingress=ingress, ingress_obj=ingress_obj)
+    for problem in problems:
+        logger.error("%s", problem)
+        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(problem))
+    wanted_names = {c["metadata"]["name"] for c in wanted}
+    for certificate in wanted:
+        _apply(store=store, ingress_obj=ingress_obj, certificate=certificate)
+    for existing in store.list(kind="Certificate", namespace=ingress.namespace):
+        if (
+            reconciling.is_owned_by(existing, ingress_obj)
+            and existing["metadata"]["name"] not in wanted_names
+        ):
+            store.delete(kind="Certificate", namespace=ingress.namespace,
+                         name=existing["metadata"]["name"])
+            store.emit_event(obj=ingress_obj, type="Normal", reason="DeletedCertificate",
+                             message=f"Deleted Certificate {existing['metadata']['name']}: "
+                             "no longer requested by this Ingress")
+    return Result.done()
+
+
+def _apply(*, store: Store, ingress_obj: Object, certificate: Object) -> None:
+    name = certificate["metadata"]["name"]
+    namespace = certificate["metadata"]["namespace"]
+    existing = store.get(kind="Certificate", namespace=namespace, name=name)
+    if existing is None:
+        try:
+            store.create(obj=certificate)
+        except AlreadyExists:
+            return  # created concurrently; the next event reconciles it
+        store.emit_event(obj=ingress_obj, type="Normal", reason="CreateCertificate",
+                         message=f"Successfully created Certificate {name}")
+        return
+    if not reconciling.is_owned_by(existing, ingress_obj):
+        store.emit_event(
+            obj=ingress_obj, type="Warning", reason="BadConfig",
+            message=f"Certificate {name} already exists and is not owned by this Ingress; "
+            "leaving it alone",
+        )
+        return
+    if existing.get("spec") == certificate["spec"]:
+        return
+    updated = dict(existing)
+    updated["spec"] = certificate["spec"]
+    store.replace(obj=updated)
+    store.emit_event(obj=ingress_obj, type="Normal", reason="UpdateCertificate",
+                     message=f"Successfully updated Certificate {name}")
+
+
+def _invalid(ingress: Ingress, field: str, message: str, source: str | None) -> InvalidObject:
+    return InvalidObject(kind="Ingress", namespace=ingress.namespace, name=ingress.name,
+                         field=field, message=message, source=source)
+
+
+def _int_annotation(ingress: Ingress, annotation: str, value: str, source: str | None) -> int:
+    try:
+        return int(value)
+    except ValueError as err:
+        raise _invalid(ingress, f"metadata.annotations[{annotation}]",
+                       f"must be a whole number, got {value!r}", source) from err
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value

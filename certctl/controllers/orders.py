@@ -1,0 +1,273 @@
+"""The Order reconciler: one ACME order, from newOrder to a downloaded chain.
+
+The ACME URLs go into the Order's status as soon as the server returns them,
+so a restarted controller continues the order it placed instead of placing
+another (the window between the server's answer and the status write is the
+only one in which a crash costs a second order). Each pending authorization
+gets a Challenge object; Challenges report back through their status, which
+re-triggers this reconciler (they are owned by the Order).
+
+`status.state` follows cert-manager: pending, ready, processing, valid, and
+the final failures invalid (the CA said no) and errored (we could not go on,
+e.g. the server forgot the order).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from certctl.api.resources import Issuer, ObjectKey
+from certctl.controllers import acme_accounts, reconciling
+from certctl.controllers.reconciling import Clock, Result, TransientError
+from certctl.issuers.acme import client as acme_client
+from certctl.issuers.acme import errors as acme_errors
+from certctl.solvers import selection
+from certctl.store.interface import AlreadyExists, Object, Store
+
+logger = logging.getLogger(__name__)
+
+FINAL_STATES = ("valid", "invalid", "errored")
+# How long to wait for the CA while it processes a finalized order, absent Retry-After.
+PROCESSING_POLL = 0.1
+# Safety net while challenges run: their status changes wake us up anyway.
+PENDING_POLL = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    clock: Clock
+    accounts: acme_accounts.AcmeAccounts
+
+
+def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
+    order = store.get(kind="Order", namespace=key.namespace, name=key.name)
+    if order is None:
+        return Result.done()
+    status = order.get("status") or {}
+    if status.get("state") in FINAL_STATES:
+        _delete_challenges(store, order)
+        return Result.done()
+    now = settings.clock()
+    ref = order["spec"]["issuerRef"]
+    issuer = acme_accounts.find_acme_issuer(store=store, kind=ref.get("kind", "Issuer"),
+                                            name=ref["name"],
+                                            namespace=order["metadata"]["namespace"])
+    if issuer is None:
+        return _finish(store, order, state="errored", now=now,
+                       reason=f"{ref.get('kind', 'Issuer')} {ref.get('name')} not found or invalid")
+    try:
+        client = settings.accounts.client(store=store, issuer=issuer)
+        return _step(store, order, issuer=issuer, client=client, now=now)
+    except acme_errors.AccountDoesNotExist as err:
+        # The server forgot our account (a restarted Pebble does): register
+        # again; its orders are gone too, so this one cannot be continued.
+        assert issuer.acme is not None
+        client = settings.accounts.client(store=store, issuer=issuer)
+        client.register(email=issuer.acme.email)
+        if status.get("url"):
+            return _finish(store, order, state="errored", now=now,
+                           reason=f"the ACME server no longer knows this order's account: {err}")
+        raise TransientError(f"{key}: re-registered the ACME account") from err
+    except (acme_errors.RateLimited, acme_errors.Unauthorized) as err:
+        return _finish(store, order, state="errored", now=now, reason=str(err))
+    except acme_errors.AcmeProblem as err:
+        if err.status == 404 or err.code in ("malformed", "rejectedIdentifier", "badCSR",
+                                              "caa", "unsupportedIdentifier"):
+            return _finish(store, order, state="errored", now=now, reason=str(err))
+        raise TransientError(f"{key}: {err}") from err
+    except (acme_errors.AcmeError, LookupError) as err:
+        raise TransientError(f"{key}: {err}") from err
+
+
+def _step(
+    store: Store,
+    order: Object,
+    *,
+    issuer: Issuer,
+    client: acme_client.AcmeClient,
+    now: datetime.datetime,
+) -> Result:
+    assert issuer.acme is not None
+    status = order.setdefault("status", {})
+    request_pem = base64.b64decode(order["spec"]["request"])
+    if not status.get("url"):
+        state = client.new_order(csr_pem=request_pem, profile=issuer.acme.profile)
+        status.update(url=state.url, finalizeURL=state.finalize_url, state=state.status,
+                      authorizations=[{"url": url} for url in state.authorization_urls])
+        store.replace_status(obj=order)  # persist the URL before anything else can fail
+        store.emit_event(obj=order, type="Normal", reason="Created",
+                         message=f"Created ACME order {state.url}")
+        order = _reread(store, order)
+        status = order.setdefault("status", {})
+    else:
+        state = client.get_order(status["url"])
+
+    if state.status == "pending":
+        return _present(store, order, issuer=issuer, client=client, state=state, now=now)
+    if state.status == "ready":
+        state = client.finalize(order_url=state.url, finalize_url=state.finalize_url,
+                                csr_pem=request_pem)
+    if state.status == "processing":
+        status["state"] = "processing"
+        reconciling.write_status(store, obj=order)
+        return Result.after(_delay_until(state.retry_after, now=now, default=PROCESSING_POLL))
+    if state.status == "valid" and state.certificate_url:
+        chain = client.download_certificate(certificate_url=state.certificate_url,
+                                            preferred_chain=issuer.acme.preferred_chain)
+        status["certificate"] = base64.b64encode(chain.encode()).decode()
+        return _finish(store, order, state="valid", now=now, reason="")
+    if state.status == "invalid":
+        return _finish(store, order, state="invalid", now=now,
+                       reason=_failure_reason(store, order, client=client, state=state))
+    raise TransientError(f"order {state.url} is {state.status}; waiting")
+
+
+def _present(
+    store: Store,
+    order: Object,
+    *,
+    issuer: Issuer,
+    client: acme_client.AcmeClient,
+    state: acme_client.OrderState,
+    now: datetime.datetime,
+) -> Result:
+    """Make sure every pending authorization has a Challenge being solved."""
+    assert issuer.acme is not None
+    labels = order["metadata"].get("labels") or {}
+    authorizations: list[dict[str, Any]] = []
+    for url in state.authorization_urls:
+        authorization = client.get_authorization(url)
+        identifier = authorization.identifier.value
+        dns_name = f"*.{identifier}" if authorization.wildcard else identifier
+        record: dict[str, Any] = {"url": url, "identifier": identifier,
+                                  "wildcard": authorization.wildcard,
+                                  "initialState": authorization.status}
+        authorizations.append(record)
+        if authorization.status != "pending":
+            continue
+        chosen = selection.select_solver(issuer=issuer.acme, dns_name=dns_name, labels=labels)
+        offered = [c for c in authorization.challenges if c.type == chosen.challenge_type.lower()]
+        token = offered[0].token if offered else None
+        if token is None:
+            return _finish(store, order, state="errored", now=now,
+                           reason=f"the ACME server offers no {chosen.challenge_type} challenge "
+                           f"for {dns_name}")
+        challenge = offered[0]
+        record["challenges"] = [{"type": challenge.type, "url": challenge.url,
+                                 "token": challenge.token}]
+        _ensure_challenge(store, order, issuer=issuer, dns_name=identifier,
+                          wildcard=authorization.wildcard, authorization_url=url,
+                          challenge=challenge, solver_index=chosen.index,
+                          key_authorization=client.key_authorization(token))
+    status = order.setdefault("status", {})
+    status["state"] = "pending"
+    status["authorizations"] = authorizations
+    reconciling.write_status(store, obj=order)
+    return Result.after(PENDING_POLL)
+
+
+def _ensure_challenge(
+    store: Store,
+    order: Object,
+    *,
+    issuer: Issuer,
+    dns_name: str,
+    wildcard: bool,
+    authorization_url: str,
+    challenge: acme_client.ChallengeState,
+    solver_index: int,
+    key_authorization: str,
+) -> None:
+    namespace = order["metadata"]["namespace"]
+    name = f"{order['metadata']['name'][:230]}-" + hashlib.sha256(
+        authorization_url.encode()).hexdigest()[:10]
+    if store.get(kind="Challenge", namespace=namespace, name=name) is not None:
+        return
+    obj = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "Challenge",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(order["metadata"].get("labels") or {}),
+            "ownerReferences": [reconciling.owner_reference(order)],
+        },
+        "spec": {
+            "url": challenge.url,
+            "authorizationURL": authorization_url,
+            "dnsName": dns_name,
+            "wildcard": wildcard,
+            "type": challenge.type.upper(),
+            "token": challenge.token,
+            "key": key_authorization,
+            "issuerRef": order["spec"]["issuerRef"],
+            "solverIndex": solver_index,
+        },
+    }
+    try:
+        store.create(obj=obj)
+    except AlreadyExists:
+        return
+    store.emit_event(obj=order, type="Normal", reason="Created",
+                     message=f"Created Challenge resource {name} for domain {dns_name}")
+
+
+def _failure_reason(
+    store: Store, order: Object, *, client: acme_client.AcmeClient,
+    state: acme_client.OrderState,
+) -> str:
+    """The most useful explanation of an invalid order: a challenge's error if there is one."""
+    for url in state.authorization_urls:
+        authorization = client.get_authorization(url)
+        for challenge in authorization.challenges:
+            if challenge.error is not None:
+                return (f"{challenge.type} challenge for {authorization.identifier.value} "
+                        f"failed: {challenge.error.detail}")
+    if state.error is not None:
+        return f"{state.error.typ}: {state.error.detail}"
+    return "the ACME server marked the order invalid"
+
+
+def _finish(
+    store: Store, order: Object, *, state: str, now: datetime.datetime, reason: str
+) -> Result:
+    status = order.setdefault("status", {})
+    status["state"] = state
+    status["reason"] = reason
+    if state != "valid":
+        status["failureTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        store.emit_event(obj=order, type="Warning", reason="Failed", message=reason)
+    else:
+        status.pop("reason", None)
+        store.emit_event(obj=order, type="Normal", reason="Complete",
+                         message="Order completed successfully")
+    reconciling.write_status(store, obj=order)
+    _delete_challenges(store, order)
+    return Result.done()
+
+
+def _delete_challenges(store: Store, order: Object) -> None:
+    """Challenges end with their order, succeeded or failed (their cleanup runs on delete)."""
+    for challenge in store.list(kind="Challenge", namespace=order["metadata"]["namespace"]):
+        if reconciling.is_owned_by(challenge, order):
+            store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
+                         name=challenge["metadata"]["name"])
+
+
+def _reread(store: Store, order: Object) -> Object:
+    fresh = store.get(kind="Order", namespace=order["metadata"]["namespace"],
+                      name=order["metadata"]["name"])
+    return fresh if fresh is not None else order
+
+
+def _delay_until(
+    when: datetime.datetime | None, *, now: datetime.datetime, default: float
+) -> float:
+    if when is None:
+        return default
+    return max(default, (when - now).total_seconds())

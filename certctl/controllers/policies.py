@@ -1,0 +1,208 @@
+"""Does this Certificate need issuing? An ordered chain of pure checks.
+
+As in cert-manager's trigger controller, each check looks at one aspect of
+the current Secret against the spec and returns a `Violation` (reason and a
+message that goes straight into the `Issuing` condition) or None. The first
+violation wins; adding a trigger is adding a function to `ISSUANCE_CHAIN`.
+Checks never do I/O: the Secret is read and parsed once, before the chain.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from certctl.api import annotations as annotation_keys
+from certctl.api.resources import Certificate, PrivateKeySpec
+from certctl.pki import inspect, keys, renewal
+from certctl.pki import secret as tls_secret
+
+# Reasons, as cert-manager spells them, so users can search for them.
+DOES_NOT_EXIST = "DoesNotExist"
+INVALID_CERTIFICATE = "InvalidCertificate"
+INVALID_KEY_PAIR = "InvalidKeyPair"
+INCORRECT_ISSUER = "IncorrectIssuer"
+SECRET_MISMATCH = "SecretMismatch"  # noqa: S105 - a reason, not a password
+INCORRECT_KEY = "IncorrectPrivateKey"
+RENEWING = "Renewing"
+EXPIRED = "Expired"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Violation:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Input:
+    """What every check may look at; `contents`/`info` are None when the Secret is unusable."""
+
+    certificate: Certificate
+    secret: Mapping[str, Any] | None
+    contents: tls_secret.TLSSecretContents | None
+    secret_problem: str | None
+    info: inspect.CertificateInfo | None
+    now: datetime.datetime
+
+
+Check = Callable[[Input], Violation | None]
+
+
+def read_input(
+    *, certificate: Certificate, secret: Mapping[str, Any] | None, now: datetime.datetime
+) -> Input:
+    """Parse the Secret once; a parse failure becomes `secret_problem`, not an exception."""
+    contents = None
+    info = None
+    problem = None
+    if secret is not None:
+        try:
+            contents = tls_secret.read_tls_secret(secret)
+            info = inspect.inspect_certificate(contents.chain_pem)
+        except (tls_secret.SecretInvalid, ValueError) as err:
+            problem = str(err)
+            contents = None
+    return Input(certificate=certificate, secret=secret, contents=contents,
+                 secret_problem=problem, info=info, now=now)
+
+
+def secret_does_not_exist(data: Input) -> Violation | None:
+    if data.secret is None:
+        return Violation(reason=DOES_NOT_EXIST,
+                         message="Issuing certificate as Secret does not exist")
+    return None
+
+
+def secret_is_invalid(data: Input) -> Violation | None:
+    if data.secret_problem is not None or data.contents is None or data.info is None:
+        return Violation(
+            reason=INVALID_CERTIFICATE,
+            message=f"Issuing certificate as Secret contains invalid data: {data.secret_problem}",
+        )
+    return None
+
+
+def key_does_not_match(data: Input) -> Violation | None:
+    assert data.contents is not None
+    if not inspect.key_matches_certificate(data.contents.key, data.contents.leaf):
+        return Violation(
+            reason=INVALID_KEY_PAIR,
+            message="Issuing certificate as Secret contains a private key that does not match "
+            "the certificate",
+        )
+    return None
+
+
+def issuer_changed(data: Input) -> Violation | None:
+    assert data.secret is not None
+    have = data.secret.get("metadata", {}).get("annotations") or {}
+    ref = data.certificate.issuer_ref
+    name = have.get(annotation_keys.SECRET_ISSUER_NAME)
+    kind = have.get(annotation_keys.SECRET_ISSUER_KIND)
+    if name is None:
+        return None  # a Secret the user brought: judge it by its contents only
+    if name != ref.name or (kind or "Issuer") != ref.kind:
+        return Violation(
+            reason=INCORRECT_ISSUER,
+            message=f"Issuing certificate as Secret was previously issued by {kind}/{name}, "
+            f"not {ref.kind}/{ref.name}",
+        )
+    return None
+
+
+def names_differ(data: Input) -> Violation | None:
+    assert data.info is not None
+    spec = data.certificate
+    differences = []
+    if sorted(set(spec.dns_names)) != sorted(set(data.info.dns_names)):
+        differences.append("spec.dnsNames")
+    if sorted(set(spec.ip_addresses)) != sorted(set(data.info.ip_addresses)):
+        differences.append("spec.ipAddresses")
+    if spec.common_name and len(spec.common_name) <= 64 and (
+        spec.common_name != data.info.common_name
+    ):
+        differences.append("spec.commonName")
+    if differences:
+        return Violation(
+            reason=SECRET_MISMATCH,
+            message="Issuing certificate as the issued certificate does not match "
+            f"{', '.join(differences)}",
+        )
+    return None
+
+
+def key_differs(data: Input) -> Violation | None:
+    assert data.info is not None
+    algorithm, size = wanted_key_shape(data.certificate.private_key)
+    if (data.info.key_algorithm, data.info.key_size) != (algorithm, size):
+        return Violation(
+            reason=INCORRECT_KEY,
+            message=f"Issuing certificate as the private key is {data.info.key_algorithm} "
+            f"{data.info.key_size}, not {algorithm} {size} as spec.privateKey asks",
+        )
+    return None
+
+
+def wanted_key_shape(spec: PrivateKeySpec) -> tuple[str, int]:
+    """(algorithm, size) as `keys.describe_key` reports them, defaults filled in."""
+    if spec.algorithm == "RSA":
+        return ("RSA", spec.size or keys.DEFAULT_RSA_SIZE)
+    if spec.algorithm == "ECDSA":
+        return ("ECDSA", spec.size or keys.DEFAULT_ECDSA_SIZE)
+    return ("Ed25519", 256)
+
+
+def expired(data: Input) -> Violation | None:
+    assert data.info is not None
+    if data.now >= data.info.not_after:
+        return Violation(reason=EXPIRED, message="Issuing certificate as it has expired "
+                         f"(notAfter {data.info.not_after:%Y-%m-%dT%H:%M:%SZ})")
+    return None
+
+
+def renewal_due(data: Input) -> Violation | None:
+    assert data.info is not None
+    when = renewal_time_of(certificate=data.certificate, info=data.info)
+    if data.now >= when:
+        return Violation(reason=RENEWING, message="Renewing certificate as renewal was "
+                         f"scheduled at {when:%Y-%m-%dT%H:%M:%SZ}")
+    return None
+
+
+def renewal_time_of(
+    *, certificate: Certificate, info: inspect.CertificateInfo
+) -> datetime.datetime:
+    return renewal.renewal_time(
+        not_before=info.not_before,
+        not_after=info.not_after,
+        renew_before=certificate.renew_before,
+        renew_before_percentage=certificate.renew_before_percentage,
+    )
+
+
+ISSUANCE_CHAIN: Sequence[Check] = (
+    secret_does_not_exist,
+    secret_is_invalid,
+    key_does_not_match,
+    issuer_changed,
+    names_differ,
+    key_differs,
+    expired,
+    renewal_due,
+)
+
+# Ready means "the Secret holds a usable certificate for this spec": a
+# certificate inside its renewal window is still Ready while it is renewed.
+READINESS_CHAIN: Sequence[Check] = tuple(c for c in ISSUANCE_CHAIN if c is not renewal_due)
+
+
+def needs_issuing(data: Input, chain: Sequence[Check] = ISSUANCE_CHAIN) -> Violation | None:
+    """The first violated check, or None when the Secret is fine as it is."""
+    for check in chain:
+        violation = check(data)
+        if violation is not None:
+            return violation
+    return None

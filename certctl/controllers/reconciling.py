@@ -1,0 +1,131 @@
+"""What every reconciler shares: its result type, the clock, and object helpers.
+
+A reconciler is a function `reconcile(*, store, key, ...) -> Result` that
+reads the world through the store, moves it one step towards the desired
+state and says when to look again. It is level-triggered: running it twice
+in a row does no harm, so drivers (kopf in a cluster, the standalone loop)
+may call it as often as they like. It raises on unexpected failures and the
+driver retries with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from certctl.api import conditions
+from certctl.api.resources import ObjectKey
+from certctl.store.interface import Object, Store
+
+Clock = Callable[[], datetime.datetime]
+
+
+def system_clock() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """When to reconcile again; None means only when something changes."""
+
+    requeue_after: float | None = None
+
+    @staticmethod
+    def done() -> Result:
+        return Result()
+
+    @staticmethod
+    def after(seconds: float) -> Result:
+        return Result(requeue_after=max(0.0, seconds))
+
+
+def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj["metadata"]
+    return ObjectKey(kind=obj["kind"], namespace=metadata.get("namespace"), name=metadata["name"])
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference making `owner` the controller of the dependent object."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    uid = owner["metadata"].get("uid")
+    return any(
+        ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+def controller_of(obj: Mapping[str, Any]) -> ObjectKey | None:
+    """The owner marked `controller: true`, in the object's namespace."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ObjectKey(
+                kind=ref["kind"], namespace=obj["metadata"].get("namespace"), name=ref["name"]
+            )
+    return None
+
+
+def manifest_source(obj: Mapping[str, Any]) -> str | None:
+    """The file an object came from in standalone mode, for error messages."""
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    source = annotations.get("certctl.io/manifest-source")
+    return str(source) if source else None
+
+
+def with_condition(
+    obj: Object,
+    *,
+    type: str,
+    status: conditions.ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> Object:
+    """`obj` with one status condition set (lastTransitionTime moves only on change)."""
+    current = obj.setdefault("status", {})
+    current["conditions"] = conditions.set_condition(
+        current.get("conditions") or [],
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        now=now,
+        observed_generation=obj["metadata"].get("generation", 0),
+    )
+    return obj
+
+
+def without_condition(obj: Object, *, type: str) -> Object:
+    current = obj.setdefault("status", {})
+    current["conditions"] = [
+        c for c in current.get("conditions") or [] if c.get("type") != type
+    ]
+    return obj
+
+
+class TransientError(Exception):
+    """A failure the driver retries with backoff; expected, so logged without a traceback."""
+
+
+def write_status(store: Store, *, obj: Object) -> bool:
+    """Write `obj`'s status if it differs from the stored one; True if written.
+
+    Skipping no-op writes keeps level-triggered reconcilers from waking
+    themselves up forever through their own watch events.
+    """
+    current = store.get(kind=obj["kind"], namespace=obj["metadata"].get("namespace"),
+                        name=obj["metadata"]["name"])
+    if current is None or current.get("status") == obj.get("status"):
+        return False
+    store.replace_status(obj=obj)
+    return True

@@ -1,0 +1,180 @@
+"""Keeps the data plane in step with the store: routes, certificates, HTTP-01 tokens.
+
+Store events arrive on reconciler threads; the handshake and request paths
+only ever read what this feed publishes (an immutable route table swapped by
+reference, the certificate index, a token dict), so nothing slow happens
+while a client waits. Rebuilds are debounced: a burst of events (500
+Ingresses at start-up) costs one rebuild, not 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from certctl.api import parsing
+from certctl.api.errors import InvalidObject
+from certctl.api.resources import ObjectKey
+from certctl.controllers import reconciling
+from certctl.dataplane import certstore, routing
+from certctl.pki import secret as tls_secret
+from certctl.store.interface import Object, Store
+from certctl.store.local import WatchEvent
+
+logger = logging.getLogger(__name__)
+
+ROUTING_KINDS = frozenset({"Ingress", "Service", "EndpointSlice", "Endpoints", "IngressClass"})
+CONTROLLER_NAME = "certctl.io/ingress-controller"
+DEBOUNCE_SECONDS = 0.02
+
+
+class DataPlaneFeed:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        certificates: certstore.CertificateIndex,
+        publish_routes: Callable[[routing.RouteTable], None],
+        ingress_class: str,
+    ) -> None:
+        self._store = store
+        self._certificates = certificates
+        self._publish_routes = publish_routes
+        self._ingress_class = ingress_class
+        self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
+        self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
+        self._wake = threading.Event()
+        self._stopping = False
+        self._routes_dirty = True
+        self._secrets_dirty = True
+        self._thread = threading.Thread(target=self._run, name="dataplane-feed", daemon=True)
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(5)
+
+    # --- events --------------------------------------------------------------
+
+    def on_event(self, event: WatchEvent) -> None:
+        kind = event.key.kind
+        if kind == "Challenge":
+            self._on_challenge(event)
+            return
+        if kind in ROUTING_KINDS:
+            self._routes_dirty = True
+        if kind in ("Ingress", "Secret"):
+            self._secrets_dirty = True
+        if self._routes_dirty or self._secrets_dirty:
+            self._wake.set()
+
+    def _on_challenge(self, event: WatchEvent) -> None:
+        spec = event.obj.get("spec") or {}
+        token = spec.get("token")
+        if not isinstance(token, str):
+            return
+        state = (event.obj.get("status") or {}).get("state")
+        if event.type == "DELETED" or state in ("valid", "invalid"):
+            self._tokens.pop(token, None)
+        elif spec.get("type") == "HTTP-01":
+            self._tokens[token] = (str(spec.get("dnsName", "")).lower(), str(spec.get("key")))
+
+    def respond_to_challenge(self, host: str, token: str) -> str | None:
+        """The key authorization for a live challenge of this host, else None (a 404)."""
+        found = self._tokens.get(token)
+        if found is None or found[0] != host.lower():
+            return None
+        return found[1]
+
+    # --- rebuilding ----------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait()
+            if self._stopping:
+                return
+            self._wake.clear()
+            threading.Event().wait(DEBOUNCE_SECONDS)  # let a burst of events land
+            try:
+                self.refresh()
+            except Exception:
+                logger.exception("refreshing the data plane failed")
+
+    def refresh(self) -> None:
+        if self._routes_dirty:
+            self._routes_dirty = False
+            self._publish_routes(self._build_routes())
+        if self._secrets_dirty:
+            self._secrets_dirty = False
+            self._load_certificates()
+
+    def _build_routes(self) -> routing.RouteTable:
+        # Ingress problems are reported by ingress-shim; the rest only matter here.
+        ingresses = _parsed(self._store.list(kind="Ingress"), parsing.parse_ingress, quiet=True)
+        services = _parsed(self._store.list(kind="Service"), parsing.parse_service)
+        slices = _parsed(self._store.list(kind="EndpointSlice"), parsing.parse_endpoint_slice)
+        for endpoints in self._store.list(kind="Endpoints"):
+            try:
+                slices.extend(parsing.parse_endpoints(endpoints))
+            except InvalidObject as err:
+                logger.error("%s", err)
+        classes = _parsed(self._store.list(kind="IngressClass"), parsing.parse_ingress_class)
+        return routing.RouteTable.build(
+            ingresses=ingresses,
+            services=services,
+            endpoint_slices=slices,
+            ingress_classes=classes,
+            controller_name=CONTROLLER_NAME,
+            class_name=self._ingress_class,
+        )
+
+    def _load_certificates(self) -> None:
+        wanted: set[ObjectKey] = set()
+        for ingress in self._store.list(kind="Ingress"):
+            namespace = ingress["metadata"].get("namespace")
+            for tls in (ingress.get("spec") or {}).get("tls") or []:
+                name = tls.get("secretName") if isinstance(tls, dict) else None
+                if isinstance(name, str) and name:
+                    wanted.add(ObjectKey(kind="Secret", namespace=namespace, name=name))
+        for key in wanted:
+            secret = self._store.get(kind="Secret", namespace=key.namespace, name=key.name)
+            if secret is None:
+                self._drop(key)
+                continue
+            version = str(secret["metadata"].get("resourceVersion"))
+            if self._served_secrets.get(key) == version:
+                continue
+            try:
+                contents = tls_secret.read_tls_secret(secret)
+                self._certificates.set_certificate(source=key, chain_pem=contents.chain_pem,
+                                                   key_pem=contents.key_pem)
+            except (tls_secret.SecretInvalid, ValueError) as err:
+                logger.warning("%s is not served: %s", key, err)
+                self._drop(key)
+                continue
+            self._served_secrets[key] = version
+        for key in set(self._served_secrets) - wanted:
+            self._drop(key)
+
+    def _drop(self, key: ObjectKey) -> None:
+        if self._served_secrets.pop(key, None) is not None:
+            self._certificates.remove_certificate(source=key)
+
+
+def _parsed(
+    objects: list[Object], parse: Callable[..., Any], *, quiet: bool = False
+) -> list[Any]:
+    """Parse what parses; an invalid object is skipped and reported, not fatal."""
+    found = []
+    for obj in objects:
+        try:
+            found.append(parse(obj, source=reconciling.manifest_source(obj)))
+        except InvalidObject as err:
+            (logger.debug if quiet else logger.error)("data plane skips %s", err)
+    return found

@@ -1,0 +1,140 @@
+"""A delaying, de-duplicating work queue drained by a pool of threads.
+
+The standalone counterpart of what kopf (and client-go's workqueue) give a
+cluster controller: an item queued many times runs once; an item is never run
+by two workers at once (a change that arrives while it runs queues it again);
+an item can be scheduled for later (requeue-after, renewals, backoff); failures
+retry with capped exponential backoff per item. Waiting costs nothing: idle
+workers block on a condition variable until the earliest due time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Hashable], float | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.maximum, self.initial * 2 ** max(0, failures - 1)))
+
+
+class WorkQueue:
+    """Runs `handler(item)`; its return value is the delay before running it again."""
+
+    def __init__(
+        self,
+        *,
+        handler: Handler,
+        workers: int,
+        backoff: Backoff | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        name: str = "reconcile",
+    ) -> None:
+        self._handler = handler
+        self._workers = workers
+        self._backoff = backoff or Backoff()
+        self._monotonic = monotonic
+        self._name = name
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._due: dict[Hashable, float] = {}  # earliest due time of each queued item
+        self._running: set[Hashable] = set()
+        self._rerun: dict[Hashable, float] = {}  # queued while running: due time
+        self._failures: dict[Hashable, int] = {}
+        self._sequence = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._busy = 0
+
+    def start(self) -> None:
+        for index in range(self._workers):
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def add(self, item: Hashable, *, after: float = 0.0) -> None:
+        """Queue `item` to run in `after` seconds, or sooner if it is already due sooner."""
+        due = self._monotonic() + after
+        with self._cond:
+            if item in self._running:
+                self._rerun[item] = min(due, self._rerun.get(item, due))
+                return
+            if item in self._due and self._due[item] <= due:
+                return
+            self._due[item] = due
+            heapq.heappush(self._heap, (due, next(self._sequence), item))
+            self._cond.notify()
+
+    def idle(self) -> bool:
+        """True when nothing is running and nothing is due now (for tests and benchmarks)."""
+        with self._cond:
+            now = self._monotonic()
+            return self._busy == 0 and not any(due <= now for due in self._due.values())
+
+    def _next_item(self) -> Hashable | None:
+        with self._cond:
+            while not self._stopping:
+                now = self._monotonic()
+                while self._heap:
+                    due, _, item = self._heap[0]
+                    if self._due.get(item) != due:
+                        heapq.heappop(self._heap)  # superseded by an earlier add()
+                        continue
+                    break
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, item = heapq.heappop(self._heap)
+                    del self._due[item]
+                    self._running.add(item)
+                    self._busy += 1
+                    return item
+                timeout = self._heap[0][0] - now if self._heap else None
+                self._cond.wait(timeout)
+            return None
+
+    def _work(self) -> None:
+        while True:
+            item = self._next_item()
+            if item is None:
+                return
+            delay: float | None
+            try:
+                delay = self._handler(item)
+                self._failures.pop(item, None)
+            except Exception:
+                failures = self._failures.get(item, 0) + 1
+                self._failures[item] = failures
+                delay = self._backoff.delay(failures)
+                logger.exception("%s failed (attempt %d), retrying in %.1fs", item, failures,
+                                 delay)
+            with self._cond:
+                self._running.discard(item)
+                self._busy -= 1
+                rerun = self._rerun.pop(item, None)
+            if rerun is not None:
+                self.add(item, after=max(0.0, rerun - self._monotonic()))
+            if delay is not None:
+                self.add(item, after=delay)

@@ -1,0 +1,77 @@
+"""Which of an ACME issuer's solvers answers the challenge for one name.
+
+cert-manager's rules, in order of preference:
+1. a solver whose `selector.dnsNames` lists the name exactly;
+2. the solver whose `selector.dnsZones` has the longest zone the name is in;
+3. a solver whose `selector.matchLabels` all match the Certificate's labels
+   (more labels matched wins);
+4. a solver with no selector at all.
+Ties keep the order of `solvers[]`. Wildcard names can only be proven with
+DNS-01, so HTTP-01 solvers never match them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from certctl.api.resources import AcmeIssuer, AcmeSolver
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectedSolver:
+    index: int
+    solver: AcmeSolver
+
+    @property
+    def challenge_type(self) -> str:
+        return "HTTP-01" if self.solver.http01 is not None else "DNS-01"
+
+
+class NoSolver(ValueError):
+    """No solver can prove control of a name; the message says why."""
+
+
+def select_solver(
+    *, issuer: AcmeIssuer, dns_name: str, labels: Mapping[str, str]
+) -> SelectedSolver:
+    wildcard = dns_name.startswith("*.")
+    base_name = dns_name[2:] if wildcard else dns_name
+    best: tuple[tuple[int, int], int] | None = None
+    for index, solver in enumerate(issuer.solvers):
+        if wildcard and solver.http01 is not None:
+            continue
+        score = _score(solver=solver, dns_name=dns_name, base_name=base_name, labels=labels)
+        if score is None:
+            continue
+        if best is None or score > best[0]:
+            best = (score, index)
+    if best is None:
+        if wildcard and any(s.http01 is not None for s in issuer.solvers):
+            raise NoSolver(
+                f"{dns_name}: wildcard names need a DNS-01 solver; "
+                "the issuer only has HTTP-01 solvers that could match"
+            )
+        raise NoSolver(f"{dns_name}: no solver of the issuer matches this name")
+    return SelectedSolver(index=best[1], solver=issuer.solvers[best[1]])
+
+
+def _score(
+    *, solver: AcmeSolver, dns_name: str, base_name: str, labels: Mapping[str, str]
+) -> tuple[int, int] | None:
+    """A sortable rank: (rule number from the module docstring, strength within it)."""
+    selector = solver.selector
+    if selector is None or (
+        not selector.dns_names and not selector.dns_zones and not selector.match_labels
+    ):
+        return (1, 0)
+    if selector.match_labels and any(labels.get(k) != v for k, v in selector.match_labels):
+        return None
+    if selector.dns_names:
+        return (4, len(selector.match_labels)) if dns_name in selector.dns_names else None
+    if selector.dns_zones:
+        zones = [z for z in selector.dns_zones if base_name == z or base_name.endswith("." + z)]
+        if not zones:
+            return None
+        return (3, max(len(z) for z in zones) * 100 + len(selector.match_labels))
+    return (2, len(selector.match_labels))

@@ -1,0 +1,69 @@
+"""The store interface the reconcilers read and write through.
+
+Objects are plain Kubernetes-shaped dicts (apiVersion, kind, metadata, spec,
+status, data), exactly as an API server would return them, so the same
+reconciler runs against the Kubernetes API (`store.kube`) and the local
+file-backed store (`store.local`). Reconcilers never see how objects are kept.
+
+Semantics every implementation honours, because a real API server does:
+- `create` fails with `AlreadyExists` if the name is taken;
+- `replace` and `replace_status` fail with `Conflict` when the caller's
+  `metadata.resourceVersion` is stale (optimistic concurrency);
+- `replace` never changes `status`; `replace_status` changes only `status`;
+- `delete` of a missing object is not an error (level-triggered callers may
+  repeat it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+Object = dict[str, Any]
+EventType = Literal["Normal", "Warning"]
+
+
+class StoreError(Exception):
+    """Base class for store failures a reconciler may want to tell apart."""
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """The object changed since it was read; re-read and try again."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Store(Protocol):
+    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
+        """The object, or None if it does not exist."""
+        ...
+
+    def list(
+        self,
+        *,
+        kind: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Object]:
+        """Objects of a kind, in all namespaces when `namespace` is None."""
+        ...
+
+    def create(self, *, obj: Object) -> Object: ...
+
+    def replace(self, *, obj: Object) -> Object: ...
+
+    def replace_status(self, *, obj: Object) -> Object: ...
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None: ...
+
+    def emit_event(
+        self, *, obj: Mapping[str, Any], type: EventType, reason: str, message: str
+    ) -> None:
+        """Record a Kubernetes-style Event about `obj` (best effort, never raises)."""
+        ...

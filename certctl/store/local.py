@@ -1,0 +1,490 @@
+"""The standalone store: user manifests in, controller state under a state dir.
+
+Two layers make up the objects a reconciler sees:
+
+- *manifests*: the YAML/JSON files under `--manifests`, re-read on change.
+  They are the user's; certctl never writes them.
+- *state*: every object certctl created or changed (derived Certificates,
+  Orders, Challenges, Secrets, and the status of manifest objects), one file
+  per object under `<state-dir>/objects/<kind>/<namespace>/<name>.yaml`.
+  A state object shadows a manifest object with the same key, so writing a
+  Secret the user also declared (a pre-seeded tls Secret) works as in a cluster.
+
+Every write is atomic (temporary file, fsync, rename) and every state file is
+mode 0600 because Secrets hold private keys. Like an API server the store
+keeps a resourceVersion per object, refuses stale writes with `Conflict`, and
+garbage-collects dependents through `ownerReferences` when an owner goes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import datetime
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from certctl.api import kinds
+from certctl.api.resources import ObjectKey
+from certctl.store import interface
+from certctl.store.interface import EventType, Object
+
+logger = logging.getLogger(__name__)
+
+SOURCE_ANNOTATION = "certctl.io/manifest-source"
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+CLUSTER_DIR = "_cluster"
+
+WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchEvent:
+    type: WatchType
+    key: ObjectKey
+    obj: Object
+
+
+Listener = Callable[[WatchEvent], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestError:
+    """A problem with one manifest file or document, reported but not fatal."""
+
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}"
+
+
+def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj.get("metadata") or {}
+    return ObjectKey(
+        kind=str(obj.get("kind")), namespace=metadata.get("namespace"), name=str(metadata["name"])
+    )
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class LocalStore:
+    """A `Store` over manifest files and a state directory; thread-safe."""
+
+    def __init__(self, *, manifests_dir: Path | None, state_dir: Path) -> None:
+        self.manifests_dir = manifests_dir
+        self.state_dir = state_dir
+        self._objects_dir = state_dir / "objects"
+        self._status_dir = state_dir / "status"
+        self._lock = threading.RLock()
+        self._manifest: dict[ObjectKey, Object] = {}
+        self._manifest_status: dict[ObjectKey, Any] = {}
+        self._state: dict[ObjectKey, Object] = {}
+        self._listeners: list[Listener] = []
+        self._versions = itertools.count(1)
+        self.manifest_errors: list[ManifestError] = []
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._load_state()
+
+    # --- watching ------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` after every change; it runs on the writer's thread."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self, events: Iterable[WatchEvent]) -> None:
+        for event in events:
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("store listener failed on %s", event.key)
+
+    # --- reads ---------------------------------------------------------------
+
+    def _visible(self, key: ObjectKey) -> Object | None:
+        obj = self._state.get(key)
+        if obj is None:
+            obj = self._manifest.get(key)
+        return obj
+
+    def _all_keys(self) -> set[ObjectKey]:
+        return set(self._manifest) | set(self._state)
+
+    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
+        with self._lock:
+            obj = self._visible(ObjectKey(kind=kind, namespace=namespace, name=name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def list(
+        self,
+        *,
+        kind: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Object]:
+        with self._lock:
+            found = []
+            for key in sorted(self._all_keys(), key=str):
+                if key.kind != kind or (namespace is not None and key.namespace != namespace):
+                    continue
+                obj = self._visible(key)
+                if obj is None:
+                    continue
+                if labels:
+                    have = obj.get("metadata", {}).get("labels") or {}
+                    if any(have.get(k) != v for k, v in labels.items()):
+                        continue
+                found.append(copy.deepcopy(obj))
+            return found
+
+    # --- writes --------------------------------------------------------------
+
+    def create(self, *, obj: Object) -> Object:
+        key = self._check_key(obj)
+        with self._lock:
+            if self._visible(key) is not None:
+                raise interface.AlreadyExists(f"{key} already exists")
+            stored = copy.deepcopy(obj)
+            metadata = stored.setdefault("metadata", {})
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("creationTimestamp", _now_rfc3339())
+            metadata["generation"] = 1
+            self._fill_api_version(stored)
+            self._write_state(key, stored)
+            event = WatchEvent(type="ADDED", key=key, obj=copy.deepcopy(stored))
+        self._notify([event])
+        return copy.deepcopy(stored)
+
+    def replace(self, *, obj: Object) -> Object:
+        return self._replace(obj=obj, status_only=False)
+
+    def replace_status(self, *, obj: Object) -> Object:
+        return self._replace(obj=obj, status_only=True)
+
+    def _replace(self, *, obj: Object, status_only: bool) -> Object:
+        key = self._check_key(obj)
+        with self._lock:
+            current = self._visible(key)
+            if current is None:
+                raise interface.NotFound(f"{key} not found")
+            wanted_version = obj.get("metadata", {}).get("resourceVersion")
+            if wanted_version is not None and wanted_version != current["metadata"].get(
+                "resourceVersion"
+            ):
+                raise interface.Conflict(f"{key} was modified; re-read it and try again")
+            stored = copy.deepcopy(current)
+            if status_only:
+                stored["status"] = copy.deepcopy(obj.get("status", {}))
+            else:
+                status = stored.get("status")
+                stored = copy.deepcopy(obj)
+                stored["metadata"]["uid"] = current["metadata"].get("uid")
+                stored["metadata"]["creationTimestamp"] = current["metadata"].get(
+                    "creationTimestamp"
+                )
+                if status is not None:
+                    stored["status"] = status
+                else:
+                    stored.pop("status", None)
+                if _spec_of(stored) != _spec_of(current):
+                    stored["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+                else:
+                    stored["metadata"]["generation"] = current["metadata"].get("generation", 1)
+            if stored == current:
+                return copy.deepcopy(current)
+            self._fill_api_version(stored)
+            if status_only and key in self._manifest and key not in self._state:
+                self._write_manifest_status(key, stored)
+            else:
+                self._write_state(key, stored)
+            event = WatchEvent(type="MODIFIED", key=key, obj=copy.deepcopy(stored))
+        self._notify([event])
+        return copy.deepcopy(stored)
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
+        key = ObjectKey(kind=kind, namespace=namespace, name=name)
+        with self._lock:
+            if key in self._manifest:
+                source = self._manifest[key]["metadata"].get("annotations", {}).get(
+                    SOURCE_ANNOTATION
+                )
+                raise interface.StoreError(
+                    f"{key} is defined in {source}; remove it from that file to delete it"
+                )
+            events = list(self._delete_with_dependents(key))
+        self._notify(events)
+
+    def emit_event(
+        self, *, obj: Mapping[str, Any], type: EventType, reason: str, message: str
+    ) -> None:
+        try:
+            key = key_of(obj)
+        except (KeyError, TypeError):
+            return
+        log = logger.warning if type == "Warning" else logger.info
+        log("%s %s: %s", key, reason, message)
+
+    # --- manifests -----------------------------------------------------------
+
+    def reload_manifests(self) -> builtins.list[ManifestError]:
+        """Re-read every manifest file; objects of files that fail to parse are kept.
+
+        Keeping the last good objects of a broken file is what a cluster does
+        when `kubectl apply` of a bad file fails: the old objects stay.
+        """
+        if self.manifests_dir is None:
+            return []
+        errors: builtins.list[ManifestError] = []
+        loaded: dict[ObjectKey, Object] = {}
+        previous_by_source: dict[str, builtins.list[tuple[ObjectKey, Object]]] = {}
+        with self._lock:
+            for key, obj in self._manifest.items():
+                source = obj["metadata"]["annotations"][SOURCE_ANNOTATION].split("#")[0]
+                previous_by_source.setdefault(source, []).append((key, obj))
+        for path in sorted(self._manifest_files()):
+            source = str(path)
+            try:
+                documents = list(yaml.safe_load_all(path.read_text()))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                errors.append(ManifestError(source=source, message=f"invalid YAML: {err}"))
+                for key, obj in previous_by_source.get(source, []):
+                    loaded[key] = obj
+                continue
+            for index, document in enumerate(_flatten(documents)):
+                problem = _document_problem(document)
+                where = f"{source}#{index}"
+                if problem is not None:
+                    errors.append(ManifestError(source=where, message=problem))
+                    continue
+                obj = copy.deepcopy(document)
+                metadata = obj["metadata"]
+                info = kinds.lookup(obj["kind"])
+                if info is not None and info.namespaced:
+                    metadata.setdefault("namespace", "default")
+                elif info is not None:
+                    metadata.pop("namespace", None)
+                metadata.setdefault("annotations", {})[SOURCE_ANNOTATION] = where
+                key = key_of(obj)
+                if key in loaded:
+                    errors.append(ManifestError(
+                        source=where,
+                        message=f"{key} is also defined in "
+                        f"{loaded[key]['metadata']['annotations'][SOURCE_ANNOTATION]}; "
+                        "keeping the first",
+                    ))
+                    continue
+                metadata.setdefault("uid", _stable_uid(key))
+                metadata.setdefault(
+                    "creationTimestamp",
+                    datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).strftime(
+                        "%Y-%m-%dT%H:%M:%SZ"
+                    ),
+                )
+                loaded[key] = obj
+        for error in errors:
+            logger.error("manifest error: %s", error)
+        with self._lock:
+            events = list(self._apply_manifests(loaded))
+            self.manifest_errors = errors
+        self._notify(events)
+        return errors
+
+    def _manifest_files(self) -> Iterator[Path]:
+        assert self.manifests_dir is not None
+        if self.manifests_dir.is_file():
+            yield self.manifests_dir
+            return
+        for path in self.manifests_dir.rglob("*"):
+            hidden = path.name.startswith(".")
+            if path.suffix in MANIFEST_SUFFIXES and path.is_file() and not hidden:
+                yield path
+
+    def _apply_manifests(self, loaded: dict[ObjectKey, Object]) -> Iterator[WatchEvent]:
+        old = self._manifest
+        for key, obj in loaded.items():
+            previous = old.get(key)
+            spec_source = _without_version(previous) if previous is not None else None
+            if spec_source == _without_version(obj):
+                loaded[key] = previous  # type: ignore[assignment]
+                continue
+            obj["metadata"]["resourceVersion"] = str(next(self._versions))
+            obj["metadata"]["generation"] = (
+                previous["metadata"].get("generation", 1) + 1 if previous is not None else 1
+            )
+            status = self._manifest_status.get(key)
+            if status is not None:
+                obj["status"] = copy.deepcopy(status)
+            self._fill_api_version(obj)
+            if key not in self._state:
+                yield WatchEvent(
+                    type="MODIFIED" if previous is not None else "ADDED",
+                    key=key,
+                    obj=copy.deepcopy(obj),
+                )
+        self._manifest = loaded
+        for key in set(old) - set(loaded):
+            if key in self._state:
+                continue
+            yield from self._delete_with_dependents(key, manifest_object=old[key])
+
+    # --- state files ---------------------------------------------------------
+
+    def _path_for(self, key: ObjectKey) -> Path:
+        return (
+            self._objects_dir / key.kind / (key.namespace or CLUSTER_DIR) / f"{key.name}.yaml"
+        )
+
+    def _status_path_for(self, key: ObjectKey) -> Path:
+        return self._status_dir / key.kind / (key.namespace or CLUSTER_DIR) / f"{key.name}.yaml"
+
+    def _write_state(self, key: ObjectKey, obj: Object) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        atomic_write(self._path_for(key), yaml.safe_dump(obj, sort_keys=False).encode())
+        self._state[key] = obj
+
+    def _write_manifest_status(self, key: ObjectKey, obj: Object) -> None:
+        """Status of a user's object is kept beside it, so edits to the file still apply."""
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        status = obj.get("status", {})
+        atomic_write(self._status_path_for(key), yaml.safe_dump(status, sort_keys=False).encode())
+        self._manifest_status[key] = copy.deepcopy(status)
+        self._manifest[key] = obj
+
+    def _load_state(self) -> None:
+        for path in self._status_dir.glob("*/*/*.yaml"):
+            namespace = None if path.parent.name == CLUSTER_DIR else path.parent.name
+            key = ObjectKey(kind=path.parent.parent.name, namespace=namespace, name=path.stem)
+            try:
+                self._manifest_status[key] = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                logger.error("ignoring unreadable status file %s: %s", path, err)
+        highest = 0
+        for path in self._objects_dir.glob("*/*/*.yaml"):
+            try:
+                obj = yaml.safe_load(path.read_text())
+                key = key_of(obj)
+            except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+                logger.error("ignoring unreadable state file %s: %s", path, err)
+                continue
+            self._state[key] = obj
+            with contextlib.suppress(TypeError, ValueError):
+                highest = max(highest, int(obj["metadata"].get("resourceVersion", 0)))
+        self._versions = itertools.count(highest + 1)
+
+    def _delete_with_dependents(
+        self, key: ObjectKey, *, manifest_object: Object | None = None
+    ) -> Iterator[WatchEvent]:
+        """Delete `key` and, like Kubernetes' garbage collector, what it owns."""
+        obj = manifest_object if manifest_object is not None else self._state.pop(key, None)
+        if obj is None:
+            return
+        if manifest_object is None:
+            self._path_for(key).unlink(missing_ok=True)
+        elif self._manifest_status.pop(key, None) is not None:
+            self._status_path_for(key).unlink(missing_ok=True)
+        yield WatchEvent(type="DELETED", key=key, obj=obj)
+        uid = obj.get("metadata", {}).get("uid")
+        if not uid:
+            return
+        for dependent_key, dependent in list(self._state.items()):
+            owners = dependent.get("metadata", {}).get("ownerReferences") or []
+            if any(owner.get("uid") == uid for owner in owners):
+                yield from self._delete_with_dependents(dependent_key)
+
+    def _check_key(self, obj: Object) -> ObjectKey:
+        try:
+            key = key_of(obj)
+        except KeyError as err:
+            raise interface.StoreError("object has no metadata.name") from err
+        info = kinds.lookup(key.kind)
+        if info is not None and info.namespaced != (key.namespace is not None):
+            raise interface.StoreError(f"{key}: namespace does not match the kind's scope")
+        return key
+
+    @staticmethod
+    def _fill_api_version(obj: Object) -> None:
+        info = kinds.lookup(obj.get("kind", ""))
+        if info is not None:
+            obj.setdefault("apiVersion", info.api_version)
+
+
+def _spec_of(obj: Mapping[str, Any]) -> Any:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _without_version(obj: Mapping[str, Any]) -> Any:
+    trimmed = {k: v for k, v in obj.items() if k != "status"}
+    metadata = dict(trimmed.get("metadata", {}))
+    for field in ("resourceVersion", "generation", "creationTimestamp"):
+        metadata.pop(field, None)
+    trimmed["metadata"] = metadata
+    return trimmed
+
+
+def _stable_uid(key: ObjectKey) -> str:
+    """A uid that survives restarts, so ownerReferences to manifest objects stay valid."""
+    digest = hashlib.sha256(str(key).encode()).hexdigest()
+    return str(uuid.UUID(digest[:32]))
+
+
+def _flatten(documents: Iterable[Any]) -> Iterator[Any]:
+    """Documents of a file, with `kind: List` expanded as kubectl does."""
+    for document in documents:
+        if document is None:
+            continue
+        if isinstance(document, dict) and document.get("kind") == "List":
+            yield from document.get("items") or []
+        else:
+            yield document
+
+
+def _document_problem(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return f"expected a Kubernetes object (a mapping), got {type(document).__name__}"
+    if not isinstance(document.get("kind"), str) or not document["kind"]:
+        return "kind: required"
+    if not isinstance(document.get("apiVersion"), str):
+        return f"{document['kind']}: apiVersion: required"
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return f"{document['kind']}: metadata.name: required"
+    namespace = metadata.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        return f"{document['kind']} {metadata['name']}: metadata.namespace: must be a string"
+    return None

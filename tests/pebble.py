@@ -1,0 +1,362 @@
+"""Pebble (Let's Encrypt's ACME test server) on loopback, for tests and benchmarks.
+
+`PebbleServer.start()` runs `pebble-challtestsrv` as Pebble's DNS server (every
+A query answers 127.0.0.1, AAAA queries get nothing, so Pebble's HTTP-01
+validator always connects to 127.0.0.1:<http_port>) and Pebble itself with a
+freshly generated listener certificate. Nothing listens on `http_port`: the
+caller binds it (certctl's data plane, or a test's own responder).
+
+Benchmarks import this module too (`from tests.pebble import PebbleServer`), so
+it depends on nothing from pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PEBBLE_BIN = "/usr/bin/pebble"
+CHALLTESTSRV_BIN = "/usr/bin/pebble-challtestsrv"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The port is released before returning, so another process may grab it
+    first; on a test machine that race is rare enough to accept.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class _ListenerPki:
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _listener_pki() -> _ListenerPki:
+    """A throwaway CA and a `localhost`/127.0.0.1 server cert for Pebble's listeners."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "certctl test Pebble listener CA")]
+    )
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _ListenerPki(
+        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate, wait, then kill: never leave a child behind, even if it ignores SIGTERM."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _log_tail(path: Path, *, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class PebbleServer:
+    """A running Pebble + challtestsrv pair; build it with `PebbleServer.start()`.
+
+    `restart()` restarts Pebble only, on the same ports and with the same
+    listener certificate (so `ca_bundle_pem` stays valid), but Pebble forgets
+    every account and order and generates a new issuance root: fetch
+    `issuance_roots_pem()` again afterwards.
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        pki: _ListenerPki,
+        http_port: int,
+        acme_port: int,
+        management_port: int,
+        dns_port: int,
+        challtestsrv_management_port: int,
+        env: dict[str, str],
+    ) -> None:
+        self.workdir = workdir
+        self.http_port = http_port
+        self.acme_port = acme_port
+        self.management_port = management_port
+        self.dns_port = dns_port
+        self.challtestsrv_management_port = challtestsrv_management_port
+        self.ca_bundle_pem = pki.ca_pem
+        self.ca_bundle_path = workdir / "listener-ca.pem"
+        self._env = env
+        self._pebble: subprocess.Popen[bytes] | None = None
+        self._challtestsrv: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        tmp_path: Path,
+        http_port: int,
+        env: dict[str, str] | None = None,
+        certificate_validity_period: int | None = None,
+        startup_timeout: float = 15.0,
+    ) -> PebbleServer:
+        """Start challtestsrv and Pebble and return once the ACME directory answers.
+
+        `env` is added to Pebble's environment on top of `PEBBLE_VA_NOSLEEP=1`
+        (e.g. `{"PEBBLE_WFE_NONCEREJECT": "50"}`); note Pebble's own defaults
+        already reject 5 % of nonces and reuse 50 % of valid authorizations.
+        `certificate_validity_period` is in seconds. Raises RuntimeError with the
+        tail of the process log if either process dies or never becomes ready.
+        """
+        workdir = tmp_path / "pebble"
+        workdir.mkdir(parents=True, exist_ok=True)
+        pki = _listener_pki()
+        server = cls(
+            workdir=workdir,
+            pki=pki,
+            http_port=http_port,
+            acme_port=free_port(),
+            management_port=free_port(),
+            dns_port=free_port(),
+            challtestsrv_management_port=free_port(),
+            env={"PEBBLE_VA_NOSLEEP": "1", **(env or {})},
+        )
+        (workdir / "cert.pem").write_bytes(pki.cert_pem)
+        key_path = workdir / "key.pem"
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(pki.key_pem)
+        server.ca_bundle_path.write_bytes(pki.ca_pem)
+        config: dict[str, object] = {
+            "listenAddress": f"127.0.0.1:{server.acme_port}",
+            "managementListenAddress": f"127.0.0.1:{server.management_port}",
+            "certificate": str(workdir / "cert.pem"),
+            "privateKey": str(key_path),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+        if certificate_validity_period is not None:
+            config["certificateValidityPeriod"] = certificate_validity_period
+        (workdir / "pebble-config.json").write_text(json.dumps({"pebble": config}, indent=2))
+        try:
+            server._start_challtestsrv(startup_timeout=startup_timeout)
+            server._start_pebble(startup_timeout=startup_timeout)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.acme_port}/dir"
+
+    @property
+    def management_url(self) -> str:
+        return f"https://127.0.0.1:{self.management_port}"
+
+    def issuance_roots_pem(self, *, index: int = 0) -> bytes:
+        """The root that signs issued chains; Pebble makes a new one at every (re)start.
+
+        `index` > 0 selects an alternate root (env `PEBBLE_ALTERNATE_ROOTS`).
+        """
+        response = requests.get(
+            f"{self.management_url}/roots/{index}", verify=str(self.ca_bundle_path), timeout=5
+        )
+        response.raise_for_status()
+        return response.content
+
+    def restart(self, *, startup_timeout: float = 15.0) -> None:
+        _stop_process(self._pebble)
+        self._pebble = None
+        self._start_pebble(startup_timeout=startup_timeout)
+
+    def stop(self) -> None:
+        """Stop both processes; safe to call twice and after a failed start."""
+        try:
+            _stop_process(self._pebble)
+        finally:
+            self._pebble = None
+            _stop_process(self._challtestsrv)
+            self._challtestsrv = None
+
+    def __enter__(self) -> PebbleServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start_challtestsrv(self, *, startup_timeout: float) -> None:
+        log_path = self.workdir / "challtestsrv.log"
+        with log_path.open("ab") as log:
+            self._challtestsrv = subprocess.Popen(
+                [
+                    CHALLTESTSRV_BIN,
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-dns01",
+                    f"127.0.0.1:{self.dns_port}",
+                    "-management",
+                    f"127.0.0.1:{self.challtestsrv_management_port}",
+                    "-defaultIPv6",
+                    "",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self._wait_until(
+            proc=self._challtestsrv,
+            name="pebble-challtestsrv",
+            log_path=log_path,
+            startup_timeout=startup_timeout,
+            ready=lambda: _tcp_open(self.challtestsrv_management_port),
+        )
+
+    def _start_pebble(self, *, startup_timeout: float) -> None:
+        log_path = self.workdir / "pebble.log"
+        with log_path.open("ab") as log:
+            self._pebble = subprocess.Popen(
+                [
+                    PEBBLE_BIN,
+                    "-config",
+                    str(self.workdir / "pebble-config.json"),
+                    "-dnsserver",
+                    f"127.0.0.1:{self.dns_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self._env},
+            )
+        self._wait_until(
+            proc=self._pebble,
+            name="pebble",
+            log_path=log_path,
+            startup_timeout=startup_timeout,
+            ready=self._directory_answers,
+        )
+
+    def _directory_answers(self) -> bool:
+        try:
+            response = requests.get(self.directory_url, verify=str(self.ca_bundle_path), timeout=1)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    @staticmethod
+    def _wait_until(
+        *,
+        proc: subprocess.Popen[bytes] | None,
+        name: str,
+        log_path: Path,
+        startup_timeout: float,
+        ready: Callable[[], bool],
+    ) -> None:
+        assert proc is not None
+        deadline = time.monotonic() + startup_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{_log_tail(log_path)}")
+            if ready():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{name} not ready after {startup_timeout}s:\n{_log_tail(log_path)}")
+
+
+def _tcp_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False

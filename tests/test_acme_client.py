@@ -1,0 +1,389 @@
+"""The ACME client wrapper and the HTTP-01 self-check, against a real Pebble.
+
+The tests answer HTTP-01 themselves with a tiny http.server on Pebble's
+httpPort, so they do not depend on certctl's data plane.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from certctl.issuers.acme import errors
+from certctl.issuers.acme.client import AcmeClient, OrderState
+from certctl.solvers.http01 import SelfCheckFailed, self_check
+from tests.pebble import PebbleServer, free_port
+
+
+def _account_key_pem(kind: str = "ec") -> bytes:
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if kind == "ec"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _csr_pem(*names: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+class ChallengeResponder:
+    """Serves registered key authorizations on 127.0.0.1:<port>, like the data plane will."""
+
+    def __init__(self, port: int) -> None:
+        self.responses: dict[str, str] = {}
+        self.hosts_seen: list[str] = []
+        responder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                responder.hosts_seen.append(self.headers.get("Host", ""))
+                token = self.path.rsplit("/", 1)[-1]
+                body = responder.responses.get(token)
+                if not self.path.startswith("/.well-known/acme-challenge/") or body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def responder(pebble: PebbleServer) -> Iterator[ChallengeResponder]:
+    server = ChallengeResponder(pebble.http_port)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _client(pebble: PebbleServer, **kwargs: object) -> AcmeClient:
+    options: dict[str, object] = {
+        "directory_url": pebble.directory_url,
+        "account_key_pem": _account_key_pem(),
+        "ca_bundle_pem": pebble.ca_bundle_pem,
+    }
+    options.update(kwargs)
+    return AcmeClient(**options)  # type: ignore[arg-type]
+
+
+def _wait(fetch, *, until: set[str], timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = fetch()
+        if state.status in until or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+def _issue(
+    client: AcmeClient, responder: ChallengeResponder, *names: str, http_port: int
+) -> tuple[OrderState, str]:
+    """The resumable flow a reconciler runs, one call per step."""
+    csr = _csr_pem(*names)
+    order = client.new_order(csr_pem=csr)
+    for authorization_url in order.authorization_urls:
+        authorization = client.get_authorization(authorization_url)
+        if authorization.status == "valid":  # Pebble reuses authorizations 50 % of the time
+            continue
+        (challenge,) = [c for c in authorization.challenges if c.type == "http-01"]
+        assert challenge.token is not None
+        key_authorization = client.key_authorization(challenge.token)
+        responder.responses[challenge.token] = key_authorization
+        self_check(
+            host=authorization.identifier.value,
+            token=challenge.token,
+            expected_key_authorization=key_authorization,
+            port=http_port,
+            connect_address="127.0.0.1",
+        )
+        client.answer_challenge(challenge.url)
+        done = _wait(
+            lambda url=challenge.url: client.get_challenge(url), until={"valid", "invalid"}
+        )
+        assert done.status == "valid", done.error
+    ready = _wait(lambda: client.get_order(order.url), until={"ready", "invalid"})
+    assert ready.status == "ready", ready.error
+    client.finalize(order_url=order.url, finalize_url=order.finalize_url, csr_pem=csr)
+    valid = _wait(lambda: client.get_order(order.url), until={"valid", "invalid"})
+    assert valid.status == "valid" and valid.certificate_url is not None, valid.error
+    chain = client.download_certificate(certificate_url=valid.certificate_url, preferred_chain=None)
+    return valid, chain
+
+
+def _verify_chain(chain_pem: str, *, roots_pem: bytes, name: str) -> None:
+    from cryptography.x509 import verification
+
+    leaf, *intermediates = x509.load_pem_x509_certificates(chain_pem.encode())
+    store = verification.Store(x509.load_pem_x509_certificates(roots_pem))
+    verifier = verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
+    verifier.verify(leaf, intermediates)
+
+
+def test_register_twice_returns_same_account_uri(pebble: PebbleServer) -> None:
+    key = _account_key_pem()
+    first = _client(pebble, account_key_pem=key)
+    uri = first.register(email="ops@example.test")
+    assert uri.startswith("https://127.0.0.1:")
+    assert first.register(email="ops@example.test") == uri
+    assert _client(pebble, account_key_pem=key).register(email=None) == uri
+    assert first.account_uri == uri
+
+
+def test_rsa_account_key_registers(pebble: PebbleServer) -> None:
+    assert _client(pebble, account_key_pem=_account_key_pem("rsa")).register(email=None)
+
+
+def test_http01_issuance_chain_verifies_and_order_resumes_by_url(
+    pebble: PebbleServer, responder: ChallengeResponder
+) -> None:
+    account_key = _account_key_pem()
+    client = _client(pebble, account_key_pem=account_key)
+    client.register(email=None)
+    order, chain = _issue(
+        client, responder, "a.example.test", "b.example.test", http_port=pebble.http_port
+    )
+
+    _verify_chain(chain, roots_pem=pebble.issuance_roots_pem(), name="b.example.test")
+    assert {i.value for i in order.identifiers} == {"a.example.test", "b.example.test"}
+    # Our self-check and then Pebble's VA fetched from us (the VA sends the port in Host).
+    assert responder.hosts_seen.count(f"a.example.test:{pebble.http_port}") >= 2
+
+    # A restarted controller only has the persisted URL and the account URI.
+    restarted = _client(pebble, account_key_pem=account_key, account_uri=client.account_uri)
+    resumed = restarted.get_order(order.url)
+    assert resumed == order
+
+
+def test_finalize_before_authorizations_are_valid_returns_pending_order(
+    pebble: PebbleServer,
+) -> None:
+    client = _client(pebble)
+    client.register(email=None)
+    csr = _csr_pem("early.example.test")
+    order = client.new_order(csr_pem=csr)
+    state = client.finalize(order_url=order.url, finalize_url=order.finalize_url, csr_pem=csr)
+    assert state.status == "pending"
+    assert state.url == order.url
+
+
+def test_forgotten_account_raises_typed_error_and_register_recovers(
+    pebble: PebbleServer,
+) -> None:
+    client = _client(pebble)
+    old_uri = client.register(email=None)
+    order = client.new_order(csr_pem=_csr_pem("restart.example.test"))
+    pebble.restart()
+    with pytest.raises(errors.AccountDoesNotExist) as raised:
+        client.get_order(order.url)
+    assert raised.value.code == "accountDoesNotExist"
+    new_uri = client.register(email=None)
+    assert new_uri != old_uri
+    assert client.new_order(csr_pem=_csr_pem("restart.example.test")).status == "pending"
+
+
+def test_request_before_register_is_a_typed_error(pebble: PebbleServer) -> None:
+    with pytest.raises(errors.AccountNotRegistered):
+        _client(pebble).new_order(csr_pem=_csr_pem("x.example.test"))
+
+
+def test_preferred_chain_picks_alternate_by_top_issuer_cn(tmp_path: Path) -> None:
+    with PebbleServer.start(
+        tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_ALTERNATE_ROOTS": "1"}
+    ) as pebble:
+        responder = ChallengeResponder(pebble.http_port)
+        try:
+            client = _client(pebble)
+            client.register(email=None)
+            order, default_chain = _issue(
+                client, responder, "chain.example.test", http_port=pebble.http_port
+            )
+        finally:
+            responder.close()
+        assert order.certificate_url is not None
+        alternate_root = x509.load_pem_x509_certificate(pebble.issuance_roots_pem(index=1))
+        alternate_cn = alternate_root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+        preferred = client.download_certificate(
+            certificate_url=order.certificate_url, preferred_chain=str(alternate_cn)
+        )
+        unknown = client.download_certificate(
+            certificate_url=order.certificate_url, preferred_chain="No Such CA"
+        )
+
+    top = x509.load_pem_x509_certificates(preferred.encode())[-1]
+    assert top.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == alternate_cn
+    assert preferred != default_chain
+    assert unknown == default_chain
+
+
+def test_persistent_bad_nonce_is_typed_and_transient_ones_are_retried(tmp_path: Path) -> None:
+    with (
+        PebbleServer.start(
+            tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "100"}
+        ) as pebble,
+        pytest.raises(errors.BadNonce),
+    ):
+        _client(pebble).register(email=None)
+    with PebbleServer.start(
+        tmp_path=tmp_path / "half", http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "50"}
+    ) as pebble:
+        client = _client(pebble, bad_nonce_attempts=10)
+        client.register(email=None)
+        for _ in range(5):
+            client.new_order(csr_pem=_csr_pem("nonce.example.test"))
+
+
+def test_one_client_is_shared_by_many_threads(pebble: PebbleServer) -> None:
+    client = _client(pebble)
+    client.register(email=None)
+    orders = [client.new_order(csr_pem=_csr_pem(f"t{i}.example.test")) for i in range(4)]
+
+    def read_all(_: int) -> list[str]:
+        return [client.get_order(o.url).url for o in orders for _ in range(3)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(read_all, range(16)))
+    assert all(result == [o.url for o in orders for _ in range(3)] for result in results)
+    client.close()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_is_verified_against_the_ca_bundle(pebble: PebbleServer) -> None:
+    tls_error = r"TLS connection to ACME server https://127\.0\.0\.1:\d+/dir failed"
+    with pytest.raises(errors.AcmeUnreachable, match=tls_error):
+        _client(pebble, ca_bundle_pem=None).register(email=None)  # system roots only
+    with pytest.raises(errors.AcmeUnreachable, match=tls_error):
+        _client(pebble, ca_bundle_pem=pebble.issuance_roots_pem()).register(email=None)
+    assert _client(pebble, ca_bundle_pem=None, skip_tls_verify=True).register(email=None)
+
+
+def test_url_that_is_not_an_acme_directory_is_a_clear_error(
+    pebble: PebbleServer, responder: ChallengeResponder
+) -> None:
+    url = f"http://127.0.0.1:{pebble.http_port}/directory"
+    client = AcmeClient(directory_url=url, account_key_pem=_account_key_pem())
+    with pytest.raises(errors.AcmeNotADirectory, match=rf"{url} is not an ACME directory.*404"):
+        client.register(email=None)
+    roots_url = f"{pebble.management_url}/roots/0"  # HTTPS, 200, but a PEM
+    client = _client(pebble, directory_url=roots_url)
+    with pytest.raises(errors.AcmeNotADirectory, match=f"{roots_url} is not an ACME directory"):
+        client.register(email=None)
+
+
+def test_unreachable_server_error_names_the_url() -> None:
+    url = f"https://127.0.0.1:{free_port()}/dir"
+    client = AcmeClient(directory_url=url, account_key_pem=_account_key_pem(), timeout=2)
+    with pytest.raises(errors.AcmeUnreachable, match=f"cannot reach ACME server {url}"):
+        client.register(email=None)
+
+
+def test_unusable_account_key_is_a_config_error_without_key_material() -> None:
+    with pytest.raises(errors.AcmeConfigError) as raised:
+        AcmeClient(directory_url="https://127.0.0.1:1/dir", account_key_pem=b"not a key")
+    assert "not a key" not in str(raised.value)
+
+
+def test_key_authorization_and_dns01_value_use_the_account_thumbprint() -> None:
+    client = AcmeClient(directory_url="https://127.0.0.1:1/dir", account_key_pem=_account_key_pem())
+    token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+    key_authorization = client.key_authorization(token)
+    token_part, thumbprint = key_authorization.split(".")
+    assert token_part == token and len(thumbprint) == 43
+    txt = client.dns01_txt_value(token)
+    assert len(txt) == 43 and txt != thumbprint
+
+
+@pytest.fixture
+def plain_responder() -> Iterator[ChallengeResponder]:
+    server = ChallengeResponder(free_port())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_self_check_passes_when_the_key_authorization_is_served(
+    plain_responder: ChallengeResponder,
+) -> None:
+    port = plain_responder.server.server_address[1]
+    plain_responder.responses["tok"] = "tok.thumb"
+    self_check(
+        host="app.example.test",
+        token="tok",
+        expected_key_authorization="tok.thumb",
+        port=port,
+        connect_address="127.0.0.1",
+    )
+    assert plain_responder.hosts_seen == [f"app.example.test:{port}"]
+
+
+def test_self_check_reports_404_with_the_url(plain_responder: ChallengeResponder) -> None:
+    port = plain_responder.server.server_address[1]
+    with pytest.raises(SelfCheckFailed) as raised:
+        self_check(host="127.0.0.1", token="missing", expected_key_authorization="x", port=port)
+    assert str(raised.value) == (
+        f"HTTP-01 self-check failed: GET http://127.0.0.1:{port}"
+        "/.well-known/acme-challenge/missing returned 404"
+    )
+
+
+def test_self_check_reports_wrong_content(plain_responder: ChallengeResponder) -> None:
+    port = plain_responder.server.server_address[1]
+    plain_responder.responses["tok"] = "tok.other"
+    with pytest.raises(SelfCheckFailed, match=r"unexpected content 'tok\.other'"):
+        self_check(host="127.0.0.1", token="tok", expected_key_authorization="tok.me", port=port)
+
+
+def test_self_check_reports_connection_errors() -> None:
+    port = free_port()
+    with pytest.raises(SelfCheckFailed, match=rf"GET http://h.example.test:{port}/.*127\.0\.0\.1"):
+        self_check(
+            host="h.example.test",
+            token="t",
+            expected_key_authorization="t.x",
+            port=port,
+            connect_address="127.0.0.1",
+        )
+
+
+def test_profile_the_server_does_not_offer_is_a_config_error(pebble: PebbleServer) -> None:
+    client = _client(pebble)
+    client.register(email=None)
+    with pytest.raises(errors.AcmeConfigError, match=r"does not offer profile 'shortlived'"):
+        client.new_order(csr_pem=_csr_pem("p.example.test"), profile="shortlived")
