@@ -1,4 +1,5 @@
 # certctl serve in a container: mount manifests at /manifests and keep /state.
+# It runs unprivileged, so it listens on 8080/8443: publish them as 80/443.
 FROM python:3.11-slim
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -7,7 +8,7 @@ RUN pip install --no-cache-dir . && useradd --system --uid 65532 certctl \
     && mkdir /state && chown certctl /state
 USER 65532
 VOLUME ["/state"]
-EXPOSE 80 443
+EXPOSE 8080 8443
 ENTRYPOINT ["certctl"]
 CMD ["serve", "--manifests", "/manifests", "--state-dir", "/state", \
-     "--http-port", "80", "--https-port", "443"]
+     "--http-port", "8080", "--https-port", "8443"]

@@ -20,6 +20,41 @@ PathType = Literal["Exact", "Prefix", "ImplementationSpecific"]
 KeyAlgorithm = Literal["RSA", "ECDSA", "Ed25519"]
 KeyEncoding = Literal["PKCS1", "PKCS8"]
 RotationPolicy = Literal["Always", "Never"]
+ChallengeType = Literal["HTTP-01", "DNS-01"]
+
+# `Certificate.spec.usages` values, as cert-manager spells them. "signing" is
+# cert-manager's alias of "digital signature", "s/mime" of "email protection".
+KEY_USAGES = frozenset(
+    {
+        "signing",
+        "digital signature",
+        "content commitment",
+        "key encipherment",
+        "key agreement",
+        "data encipherment",
+        "cert sign",
+        "crl sign",
+        "encipher only",
+        "decipher only",
+    }
+)
+EXTENDED_KEY_USAGES = frozenset(
+    {
+        "any",
+        "server auth",
+        "client auth",
+        "code signing",
+        "email protection",
+        "s/mime",
+        "ipsec end system",
+        "ipsec tunnel",
+        "ipsec user",
+        "timestamping",
+        "ocsp signing",
+        "microsoft sgc",
+        "netscape sgc",
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,9 +107,18 @@ class AcmeSolver:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExternalAccountBinding:
+    """`acme.externalAccountBinding`: ties the ACME account to one at the CA (ZeroSSL, Google)."""
+
+    key_id: str
+    key_secret_ref: SecretKeySelector  # the base64url-encoded HMAC key
+
+
+@dataclass(frozen=True, kw_only=True)
 class AcmeIssuer:
     server: str
     private_key_secret_ref: SecretKeySelector
+    external_account_binding: ExternalAccountBinding | None = None
     email: str | None = None
     ca_bundle: bytes | None = None  # PEM, already base64-decoded
     skip_tls_verify: bool = False
@@ -258,7 +302,7 @@ class Challenge:
     authorization_url: str
     dns_name: str
     wildcard: bool
-    type: Literal["HTTP-01", "DNS-01"]
+    type: ChallengeType
     token: str
     key: str  # the key authorization served (HTTP-01) or hashed into TXT (DNS-01)
     issuer_ref: IssuerRef
