@@ -1,0 +1,263 @@
+"""The SNI certificate store: which certificate a TLS handshake presents.
+
+Certificates arrive from Secrets (keyed by the Secret's ObjectKey) and are
+indexed by the DNS names in the leaf's subjectAltName. The handshake path only
+does dict lookups: `select` is called from the SNI callback for every new TLS
+connection, so it never parses PEM unless a name is served for the first time.
+
+- SSLContexts are built lazily, on the first handshake for a certificate, and
+  cached: 10,000 loaded certificates cost 10,000 parsed leaves, not 10,000
+  contexts.
+- Updates come from another thread (the Secret watcher). Writers hold a lock;
+  readers use plain `dict.get`, which is atomic in CPython, and every name is
+  switched with one assignment, so a handshake sees the old or the new
+  certificate, never none. Existing connections keep the context they
+  negotiated.
+- Two Secrets may claim the same name: the certificate that expires last
+  serves it (ties: the Secret's key, for determinism), and removing one falls
+  back to the other.
+- Private keys are handed to OpenSSL through an anonymous memfd, never a named
+  file (see `_load_chain`), and are never logged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import ssl
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certctl.api import resources
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMON_NAME = "certctl default"
+
+
+def new_server_context() -> ssl.SSLContext:
+    """A server context with certctl's TLS policy and no certificate: TLS 1.2+, ALPN http/1.1.
+
+    Session tickets stay enabled (OpenSSL's server default), so returning
+    clients resume without a full handshake.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@dataclass(kw_only=True, slots=True)
+class _Entry:
+    """One loaded certificate; `context` is filled on the first handshake that needs it."""
+
+    source: resources.ObjectKey
+    names: tuple[str, ...]
+    not_after: datetime.datetime
+    chain_pem: bytes
+    key_pem: bytes
+    context: ssl.SSLContext | None = None
+
+    def rank(self) -> tuple[datetime.datetime, str]:
+        return (self.not_after, str(self.source))
+
+
+class CertificateIndex:
+    """Certificates by DNS name, with a self-signed default for unknown names."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_source: dict[resources.ObjectKey, _Entry] = {}
+        self._claims: dict[str, dict[resources.ObjectKey, _Entry]] = {}
+        self._by_name: dict[str, _Entry] = {}  # read without the lock
+        chain_pem, key_pem = _default_certificate()
+        self._default_context = new_server_context()
+        _load_chain(context=self._default_context, chain_pem=chain_pem, key_pem=key_pem)
+
+    def set_certificate(
+        self, *, source: resources.ObjectKey, chain_pem: bytes, key_pem: bytes
+    ) -> None:
+        """Serve this chain for the DNS names in its leaf, replacing what `source` held.
+
+        `chain_pem` is the leaf first, then intermediates (the `tls.crt` of a
+        kubernetes.io/tls Secret). Raises ValueError, naming `source`, when the
+        chain does not parse or the key does not belong to the leaf: checked
+        here because the context itself is only built at the first handshake.
+        """
+        entry = _parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem)
+        if not entry.names:
+            logger.warning("certificate from %s has no DNS names; it serves nothing", source)
+        with self._lock:
+            previous = self._by_source.get(source)
+            self._by_source[source] = entry
+            affected = set(entry.names)
+            if previous is not None:
+                affected.update(previous.names)
+                for name in previous.names:
+                    self._claims[name].pop(source, None)
+            for name in entry.names:
+                self._claims.setdefault(name, {})[source] = entry
+            self._publish(affected)
+        logger.info("serving certificate from %s for %s", source, ", ".join(entry.names))
+
+    def remove_certificate(self, *, source: resources.ObjectKey) -> None:
+        """Stop serving what `source` held; unknown sources are ignored (deletes may repeat)."""
+        with self._lock:
+            previous = self._by_source.pop(source, None)
+            if previous is None:
+                return
+            for name in previous.names:
+                self._claims[name].pop(source, None)
+            self._publish(set(previous.names))
+        logger.info("removed certificate from %s", source)
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a handshake: exact name, then `*.` + parent, then the default.
+
+        Never raises: a certificate OpenSSL refuses to load is logged once and
+        answered with the default certificate until it is replaced.
+        """
+        if server_name:
+            name = server_name.lower()
+            entry = self._by_name.get(name)
+            if entry is None:
+                dot = name.find(".")
+                if dot > 0:
+                    entry = self._by_name.get("*" + name[dot:])
+            if entry is not None:
+                context = entry.context
+                if context is None:
+                    context = self._build(entry)
+                return context
+        return self._default_context
+
+    def has_certificate_for(self, host: str) -> bool:
+        """Whether `select(host)` would present a real certificate (used to redirect to HTTPS)."""
+        if host in self._by_name:
+            return True
+        dot = host.find(".")
+        return dot > 0 and ("*" + host[dot:]) in self._by_name
+
+    def names(self) -> dict[str, resources.ObjectKey]:
+        """Served name -> the Secret serving it, a snapshot for diagnostics."""
+        with self._lock:
+            return {name: entry.source for name, entry in self._by_name.items()}
+
+    def _publish(self, names: set[str]) -> None:
+        """Point each name at its best claimant with one assignment each (lock held)."""
+        for name in names:
+            claimants = self._claims.get(name)
+            if claimants:
+                self._by_name[name] = max(claimants.values(), key=_Entry.rank)
+            else:
+                self._claims.pop(name, None)
+                self._by_name.pop(name, None)
+
+    def _build(self, entry: _Entry) -> ssl.SSLContext:
+        context = new_server_context()
+        try:
+            _load_chain(context=context, chain_pem=entry.chain_pem, key_pem=entry.key_pem)
+        except (ssl.SSLError, OSError) as err:
+            logger.error("cannot load certificate from %s: %s", entry.source, err)
+            context = self._default_context
+        entry.context = context
+        return context
+
+
+def _parse_entry(*, source: resources.ObjectKey, chain_pem: bytes, key_pem: bytes) -> _Entry:
+    try:
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+    except ValueError as err:
+        raise ValueError(f"{source}: certificate chain does not parse: {err}") from None
+    try:
+        key = serialization.load_pem_private_key(
+            key_pem, password=None, unsafe_skip_rsa_key_validation=True
+        )
+    except (ValueError, TypeError):
+        # The message could quote key material: say only what failed.
+        raise ValueError(f"{source}: private key does not parse") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ValueError(f"{source}: private key does not match the certificate")
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(dict.fromkeys(n.lower() for n in san.get_values_for_type(x509.DNSName)))
+    except x509.ExtensionNotFound:
+        names = ()
+    return _Entry(
+        source=source,
+        names=names,
+        not_after=leaf.not_valid_after_utc,
+        chain_pem=chain_pem,
+        key_pem=key_pem,
+    )
+
+
+def _load_chain(*, context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+    """Load a chain and key into `context` without a key file anyone else could open.
+
+    `load_cert_chain` only reads paths. On Linux the PEM goes into an anonymous
+    memfd read back through /proc/self/fd: it has no name in any filesystem
+    and disappears when closed. Elsewhere it is a 0600 file in a fresh 0700
+    directory, deleted as soon as OpenSSL has read it.
+    """
+    data = chain_pem.rstrip(b"\n") + b"\n" + key_pem
+    if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+        fd = os.memfd_create("certctl-tls", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="certctl-tls-") as directory:
+        path = Path(directory) / "tls.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _default_certificate() -> tuple[bytes, bytes]:
+    """A fresh self-signed ECDSA P-256 certificate for names we hold nothing for.
+
+    Generated per process (about a millisecond): there is nothing to protect,
+    it only lets the handshake finish so the client sees a clear name mismatch.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEFAULT_COMMON_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -1,0 +1,116 @@
+"""The kubernetes.io/tls Secret layout: `tls.crt`, `tls.key`, optional `ca.crt`.
+
+Values in `data` are base64, as the API server stores them. Reading a Secret
+that someone else wrote (or that got corrupted) must never crash a
+reconciler: every problem becomes a `SecretInvalid` whose reason goes into the
+Certificate's status and triggers reissuance. Reasons never quote key bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+
+from certctl.pki import inspect, keys
+
+TLS_CERT_KEY = "tls.crt"
+TLS_PRIVATE_KEY_KEY = "tls.key"
+CA_CERT_KEY = "ca.crt"
+SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 - a Secret type, not a password
+
+
+class SecretInvalid(ValueError):
+    """The Secret does not hold a usable certificate and key; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TLSSecretContents:
+    chain: tuple[x509.Certificate, ...]  # leaf first
+    key: keys.PrivateKey
+    chain_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes | None
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def build_tls_secret_data(
+    *, chain_pem: bytes, key_pem: bytes, ca_pem: bytes | None
+) -> dict[str, str]:
+    """The Secret's `data`; `ca.crt` only when the issuer knows its CA (ACME does not)."""
+    data = {
+        TLS_CERT_KEY: base64.b64encode(chain_pem).decode("ascii"),
+        TLS_PRIVATE_KEY_KEY: base64.b64encode(key_pem).decode("ascii"),
+    }
+    if ca_pem is not None:
+        data[CA_CERT_KEY] = base64.b64encode(ca_pem).decode("ascii")
+    return data
+
+
+def read_tls_secret(secret: Mapping[str, Any]) -> TLSSecretContents:
+    """Decode and parse a Secret object (the whole object, with `data`).
+
+    `stringData` is honoured on top of `data`, as the API server merges it on
+    write: a Secret written by hand in standalone mode may use it. Whether the
+    key matches the certificate is left to the caller: it is a reason to
+    reissue, not a reason the Secret cannot be read.
+    """
+    chain_pem = _required(secret, TLS_CERT_KEY)
+    key_pem = _required(secret, TLS_PRIVATE_KEY_KEY)
+    ca_pem = _value(secret, CA_CERT_KEY)
+    try:
+        chain = inspect.split_pem_chain(chain_pem)
+    except ValueError as exc:
+        raise SecretInvalid(f"{TLS_CERT_KEY} does not parse: {exc}") from exc
+    try:
+        key = keys.load_private_key(key_pem)
+    except ValueError as exc:
+        raise SecretInvalid(f"{TLS_PRIVATE_KEY_KEY} does not parse: {exc}") from exc
+    if ca_pem:
+        try:
+            inspect.split_pem_chain(ca_pem)
+        except ValueError as exc:
+            raise SecretInvalid(f"{CA_CERT_KEY} does not parse: {exc}") from exc
+    return TLSSecretContents(
+        chain=tuple(chain), key=key, chain_pem=chain_pem, key_pem=key_pem, ca_pem=ca_pem or None
+    )
+
+
+def _required(secret: Mapping[str, Any], name: str) -> bytes:
+    raw = _value(secret, name)
+    if raw is None:
+        raise SecretInvalid(f"{name} is missing")
+    if not raw.strip():
+        raise SecretInvalid(f"{name} is empty")
+    return raw
+
+
+def _value(secret: Mapping[str, Any], name: str) -> bytes | None:
+    """The decoded value, or None when the key is absent."""
+    string_data = secret.get("stringData") or {}
+    data = secret.get("data") or {}
+    if not isinstance(string_data, Mapping) or not isinstance(data, Mapping):
+        raise SecretInvalid("data must be a mapping")
+    if isinstance(string_data.get(name), str):
+        text: str = string_data[name]
+        return text.encode("utf-8")
+    encoded = data.get(name)
+    if encoded is None:
+        return None
+    if not isinstance(encoded, str | bytes):
+        raise SecretInvalid(f"{name} is not a base64 string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SecretInvalid(f"{name} is not valid base64") from exc
