@@ -68,7 +68,6 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         certificate = parsing.parse_certificate(obj, source=reconciling.manifest_source(obj))
     except InvalidObject as err:
-        logger.error("%s", err)
         return _not_ready(store, obj, reason="BadConfig", message=str(err), now=now)
 
     issuer_ref = issuer_key(certificate)

@@ -168,11 +168,9 @@ def reconcile(*, store: Store, key: ObjectKey) -> Result:
                                         source=reconciling.manifest_source(ingress_obj))
     except InvalidObject as err:
         store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(err))
-        logger.error("%s", err)
         return Result.done()
     wanted, problems = desired_certificates(ingress=ingress, ingress_obj=ingress_obj)
     for problem in problems:
-        logger.error("%s", problem)
         store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(problem))
     wanted_names = {c["metadata"]["name"] for c in wanted}
     for certificate in wanted:

@@ -36,7 +36,6 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         issuer = parsing.parse_issuer(obj, source=reconciling.manifest_source(obj))
     except InvalidObject as err:
-        logger.error("%s", err)
         _set_ready(store, obj, ready=False, reason="BadConfig", message=str(err), now=now)
         return Result.done()
     if issuer.acme is None:

@@ -110,8 +110,9 @@ class Standalone:
 
     async def start(self) -> None:
         self.store.subscribe(self.feed.on_event)
-        self.store.subscribe(self._on_event)
         self.store.reload_manifests()
+        # Subscribed after the first load: `_everything` below queues those objects once.
+        self.store.subscribe(self._on_event)
         self._seed_challenges()
         self.feed.start()
         await self.dataplane.start()
