@@ -144,6 +144,9 @@ def _annotation_spec(ingress: Ingress, source: str | None) -> dict[str, Any]:
         if path == ("revisionHistoryLimit",):
             value = _int_annotation(ingress, annotation, value, source)
         _set_path(spec, path, value)
+    usages = ingress.annotation(annotation_keys.CM_USAGES)
+    if usages is not None:
+        spec["usages"] = [u.strip() for u in usages.split(",") if u.strip()]
     size = ingress.annotation(annotation_keys.CM_PRIVATE_KEY_SIZE)
     if size is not None:
         _set_path(spec, ("privateKey", "size"),

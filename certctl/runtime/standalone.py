@@ -110,7 +110,8 @@ class Standalone:
 
     async def start(self) -> None:
         self.store.subscribe(self.feed.on_event)
-        self.store.reload_manifests()
+        if not self.store.reload_manifests():
+            self.store.collect_orphans()
         # Subscribed after the first load: `_everything` below queues those objects once.
         self.store.subscribe(self._on_event)
         self._seed_challenges()

@@ -78,16 +78,18 @@ class WorkQueue:
 
     def add(self, item: Hashable, *, after: float = 0.0) -> None:
         """Queue `item` to run in `after` seconds, or sooner if it is already due sooner."""
-        due = self._monotonic() + after
         with self._cond:
-            if item in self._running:
-                self._rerun[item] = min(due, self._rerun.get(item, due))
-                return
-            if item in self._due and self._due[item] <= due:
-                return
-            self._due[item] = due
-            heapq.heappush(self._heap, (due, next(self._sequence), item))
-            self._cond.notify()
+            self._add_locked(item, due=self._monotonic() + after)
+
+    def _add_locked(self, item: Hashable, *, due: float) -> None:
+        if item in self._running:
+            self._rerun[item] = min(due, self._rerun.get(item, due))
+            return
+        if item in self._due and self._due[item] <= due:
+            return
+        self._due[item] = due
+        heapq.heappush(self._heap, (due, next(self._sequence), item))
+        self._cond.notify()
 
     def idle(self) -> bool:
         """True when nothing is running and nothing is due now (for tests and benchmarks)."""
@@ -131,10 +133,11 @@ class WorkQueue:
                 logger.exception("%s failed (attempt %d), retrying in %.1fs", item, failures,
                                  delay)
             with self._cond:
+                # Re-queue before dropping `busy`, so `idle()` never sees a gap.
                 self._running.discard(item)
-                self._busy -= 1
                 rerun = self._rerun.pop(item, None)
-            if rerun is not None:
-                self.add(item, after=max(0.0, rerun - self._monotonic()))
-            if delay is not None:
-                self.add(item, after=delay)
+                if rerun is not None:
+                    self._add_locked(item, due=rerun)
+                if delay is not None:
+                    self._add_locked(item, due=self._monotonic() + delay)
+                self._busy -= 1

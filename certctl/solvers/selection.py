@@ -67,11 +67,17 @@ def _score(
         return (1, 0)
     if selector.match_labels and any(labels.get(k) != v for k, v in selector.match_labels):
         return None
-    if selector.dns_names:
-        return (4, len(selector.match_labels)) if dns_name in selector.dns_names else None
+    # Every part of a selector that is set must match (cert-manager's solverpicker).
+    zone_strength = 0
     if selector.dns_zones:
         zones = [z for z in selector.dns_zones if base_name == z or base_name.endswith("." + z)]
         if not zones:
             return None
-        return (3, max(len(z) for z in zones) * 100 + len(selector.match_labels))
+        zone_strength = max(len(z) for z in zones) * 100
+    if selector.dns_names:
+        if dns_name not in selector.dns_names:
+            return None
+        return (4, zone_strength + len(selector.match_labels))
+    if selector.dns_zones:
+        return (3, zone_strength + len(selector.match_labels))
     return (2, len(selector.match_labels))

@@ -343,6 +343,9 @@ class LocalStore:
             if spec_source == _without_version(obj):
                 loaded[key] = previous  # type: ignore[assignment]
                 continue
+            if previous is not None:
+                # Like the API server: an edit never changes when the object was created.
+                obj["metadata"]["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
             obj["metadata"]["resourceVersion"] = str(next(self._versions))
             obj["metadata"]["generation"] = (
                 previous["metadata"].get("generation", 1) + 1 if previous is not None else 1
@@ -362,6 +365,27 @@ class LocalStore:
             if key in self._state:
                 continue
             yield from self._delete_with_dependents(key, manifest_object=old[key])
+
+    def collect_orphans(self) -> None:
+        """Delete state objects whose owners are all gone, as Kubernetes' GC would.
+
+        Owners removed while certctl was stopped (an Ingress deleted from the
+        manifests) leave dependents no event will ever clean up. Call this
+        only after a manifest load without errors: a file that failed to
+        parse would otherwise look like deleted owners.
+        """
+        with self._lock:
+            uids = {obj["metadata"].get("uid") for obj in self._manifest.values()}
+            uids |= {obj["metadata"].get("uid") for obj in self._state.values()}
+            events: builtins.list[WatchEvent] = []
+            for key, obj in list(self._state.items()):
+                owners = obj.get("metadata", {}).get("ownerReferences") or []
+                if owners and key in self._state and not any(
+                    owner.get("uid") in uids for owner in owners
+                ):
+                    logger.info("deleting %s: its owners no longer exist", key)
+                    events.extend(self._delete_with_dependents(key))
+        self._notify(events)
 
     # --- state files ---------------------------------------------------------
 

@@ -1,0 +1,642 @@
+"""The standalone store behaves like an API server over manifest files and a state dir."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certctl.api.resources import ObjectKey
+from certctl.store import interface
+from certctl.store.local import SOURCE_ANNOTATION, LocalStore, WatchEvent
+
+
+def secret(name: str, *, namespace: str = "default", **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {"k": "dmFsdWU="},
+    }
+    obj.update(extra)
+    return obj
+
+
+def certificate(name: str, *, namespace: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "certctl.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "secretName": name,
+            "dnsNames": [f"{name}.example.test"],
+            "issuerRef": {"name": "pebble", "kind": "ClusterIssuer"},
+        },
+    }
+
+
+def owned_by(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": owner["apiVersion"],
+            "kind": owner["kind"],
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+        }
+    ]
+    return obj
+
+
+def new_store(tmp_path: Path, *, manifests: bool = False) -> LocalStore:
+    manifests_dir = tmp_path / "manifests" if manifests else None
+    if manifests_dir is not None:
+        manifests_dir.mkdir(exist_ok=True)
+    return LocalStore(manifests_dir=manifests_dir, state_dir=tmp_path / "state")
+
+
+def recording(store: LocalStore) -> list[WatchEvent]:
+    events: list[WatchEvent] = []
+    store.subscribe(events.append)
+    return events
+
+
+def write_manifest(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / "manifests" / name
+    path.write_text(text)
+    return path
+
+
+INGRESS_YAML = """\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  rules:
+  - host: {host}
+"""
+
+ISSUER_YAML = """\
+apiVersion: certctl.io/v1
+kind: ClusterIssuer
+metadata:
+  name: {name}
+spec:
+  selfSigned: {{}}
+"""
+
+
+# --- create / get / list -----------------------------------------------------------
+
+
+def test_created_object_is_returned_by_get_with_server_fields(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    created = store.create(obj=secret("a"))
+
+    got = store.get(kind="Secret", namespace="default", name="a")
+
+    assert got == created
+    assert got["data"] == {"k": "dmFsdWU="}
+    assert got["metadata"]["uid"]
+    assert got["metadata"]["resourceVersion"]
+    assert got["metadata"]["generation"] == 1
+    assert got["metadata"]["creationTimestamp"].endswith("Z")
+    assert store.get(kind="Secret", namespace="other", name="a") is None
+
+
+def test_list_filters_by_kind_namespace_and_labels(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("a", metadata={"name": "a", "namespace": "default",
+                                           "labels": {"app": "web", "tier": "front"}}))
+    store.create(obj=secret("b", metadata={"name": "b", "namespace": "default",
+                                           "labels": {"app": "db"}}))
+    store.create(obj=secret("c", metadata={"name": "c", "namespace": "other",
+                                           "labels": {"app": "web"}}))
+    store.create(obj=certificate("web"))
+
+    def names(objs: list[dict[str, Any]]) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in objs)
+
+    assert names(store.list(kind="Secret")) == ["a", "b", "c"]
+    assert names(store.list(kind="Secret", namespace="default")) == ["a", "b"]
+    assert names(store.list(kind="Secret", labels={"app": "web"})) == ["a", "c"]
+    assert names(store.list(kind="Secret", labels={"app": "web", "tier": "front"})) == ["a"]
+    assert store.list(kind="Secret", labels={"app": "nope"}) == []
+    assert names(store.list(kind="Certificate")) == ["web"]
+
+
+def test_returned_objects_are_copies(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    created = store.create(obj=secret("a"))
+    created["data"]["k"] = "changed"
+    got = store.get(kind="Secret", namespace="default", name="a")
+    assert got is not None
+    got["data"]["k"] = "changed too"
+
+    again = store.get(kind="Secret", namespace="default", name="a")
+    assert again is not None
+    assert again["data"]["k"] == "dmFsdWU="
+
+
+def test_create_of_existing_name_raises_already_exists(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("a"))
+    with pytest.raises(interface.AlreadyExists, match="Secret default/a"):
+        store.create(obj=secret("a"))
+
+
+def test_create_with_namespace_not_matching_the_kind_scope_is_refused(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    unscoped = secret("a")
+    del unscoped["metadata"]["namespace"]
+    with pytest.raises(interface.StoreError, match="namespace"):
+        store.create(obj=unscoped)
+
+
+# --- replace / replace_status ------------------------------------------------------
+
+
+def test_replace_with_stale_resource_version_raises_conflict(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    first = store.create(obj=secret("a"))
+    stale = store.get(kind="Secret", namespace="default", name="a")
+    assert stale is not None
+    first["data"] = {"k": "bmV3"}
+    store.replace(obj=first)
+
+    stale["data"] = {"k": "bG9zdA=="}
+    with pytest.raises(interface.Conflict):
+        store.replace(obj=stale)
+    with pytest.raises(interface.Conflict):
+        store.replace_status(obj=stale)
+    got = store.get(kind="Secret", namespace="default", name="a")
+    assert got is not None
+    assert got["data"] == {"k": "bmV3"}
+
+
+def test_replace_of_missing_object_raises_not_found(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    with pytest.raises(interface.NotFound):
+        store.replace(obj=secret("ghost"))
+
+
+def test_replace_never_changes_status(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    created = store.create(obj=certificate("a"))
+    created["status"] = {"revision": 1}
+    with_status = store.replace_status(obj=created)
+
+    with_status["spec"]["dnsNames"] = ["b.example.test"]
+    with_status["status"] = {"revision": 99}
+    replaced = store.replace(obj=with_status)
+
+    assert replaced["spec"]["dnsNames"] == ["b.example.test"]
+    assert replaced["status"] == {"revision": 1}
+    got = store.get(kind="Certificate", namespace="default", name="a")
+    assert got is not None
+    assert got["status"] == {"revision": 1}
+
+
+def test_replace_status_changes_only_status(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    created = store.create(obj=certificate("a"))
+    created["spec"]["dnsNames"] = ["sneaky.example.test"]
+    created["metadata"]["labels"] = {"sneaky": "yes"}
+    created["status"] = {"revision": 2}
+
+    updated = store.replace_status(obj=created)
+
+    assert updated["status"] == {"revision": 2}
+    assert updated["spec"]["dnsNames"] == ["a.example.test"]
+    assert "labels" not in updated["metadata"]
+    assert updated["metadata"]["generation"] == 1
+    assert int(updated["metadata"]["resourceVersion"]) > int(
+        created["metadata"]["resourceVersion"]
+    )
+
+
+def test_generation_bumps_on_spec_or_data_change_only(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    cert = store.create(obj=certificate("a"))
+    assert cert["metadata"]["generation"] == 1
+
+    cert["metadata"]["labels"] = {"team": "x"}
+    cert = store.replace(obj=cert)
+    assert cert["metadata"]["generation"] == 1
+
+    cert["status"] = {"revision": 1}
+    cert = store.replace_status(obj=cert)
+    assert cert["metadata"]["generation"] == 1
+
+    cert["spec"]["dnsNames"] = ["b.example.test"]
+    cert = store.replace(obj=cert)
+    assert cert["metadata"]["generation"] == 2
+
+    sec = store.create(obj=secret("s"))
+    sec["data"] = {"k": "b3RoZXI="}
+    sec = store.replace(obj=sec)
+    assert sec["metadata"]["generation"] == 2
+
+
+def test_replace_keeps_uid_and_creation_timestamp(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    created = store.create(obj=secret("a"))
+    changed = dict(created)
+    changed["metadata"] = dict(created["metadata"], uid="forged", creationTimestamp="1999")
+    changed["data"] = {"k": "eA=="}
+
+    replaced = store.replace(obj=changed)
+
+    assert replaced["metadata"]["uid"] == created["metadata"]["uid"]
+    assert replaced["metadata"]["creationTimestamp"] == created["metadata"]["creationTimestamp"]
+
+
+# --- state files -------------------------------------------------------------------
+
+
+def test_state_files_are_private_and_leave_no_temporary_files(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    obj = store.create(obj=secret("a"))
+    obj["data"] = {"k": "Yg=="}
+    obj = store.replace(obj=obj)
+    obj["status"] = {"seen": True}
+    store.replace_status(obj=obj)
+    store.create(obj=certificate("c"))
+
+    files = [p for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    assert len(files) == 2
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert not path.name.startswith("."), path
+        assert not path.name.endswith(".tmp"), path
+
+
+def test_deleted_object_leaves_no_state_file(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("a"))
+    store.delete(kind="Secret", namespace="default", name="a")
+    store.delete(kind="Secret", namespace="default", name="a")  # repeating is fine
+
+    assert store.get(kind="Secret", namespace="default", name="a") is None
+    assert [p for p in (tmp_path / "state").rglob("*") if p.is_file()] == []
+
+
+def test_objects_persist_across_a_new_store_and_versions_keep_increasing(
+    tmp_path: Path,
+) -> None:
+    first = new_store(tmp_path)
+    created = first.create(obj=secret("a"))
+    created["status"] = {"note": "kept"}
+    updated = first.replace_status(obj=created)
+    cluster_scoped = first.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "ClusterIssuer",
+        "metadata": {"name": "pebble"}, "spec": {"selfSigned": {}},
+    })
+
+    second = new_store(tmp_path)
+
+    assert second.get(kind="Secret", namespace="default", name="a") == updated
+    assert second.get(kind="ClusterIssuer", namespace=None, name="pebble") == cluster_scoped
+    newer = second.create(obj=secret("b"))
+    assert int(newer["metadata"]["resourceVersion"]) > int(updated["metadata"]["resourceVersion"])
+    assert int(newer["metadata"]["resourceVersion"]) > int(
+        cluster_scoped["metadata"]["resourceVersion"]
+    )
+    # the version read before the restart is still current, so it may be written
+    updated["data"] = {"k": "YWZ0ZXI="}
+    assert second.replace(obj=updated)["data"] == {"k": "YWZ0ZXI="}
+
+
+# --- garbage collection -------------------------------------------------------------
+
+
+def test_deleted_owner_takes_its_dependents_recursively(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    cert = store.create(obj=certificate("web"))
+    order = store.create(obj=owned_by({
+        "apiVersion": "certctl.io/v1", "kind": "Order",
+        "metadata": {"name": "web-1", "namespace": "default"}, "spec": {},
+    }, cert))
+    store.create(obj=owned_by({
+        "apiVersion": "certctl.io/v1", "kind": "Challenge",
+        "metadata": {"name": "web-1-0", "namespace": "default"}, "spec": {},
+    }, order))
+    store.create(obj=secret("unrelated"))
+    events = recording(store)
+
+    store.delete(kind="Certificate", namespace="default", name="web")
+
+    assert store.list(kind="Order") == []
+    assert store.list(kind="Challenge") == []
+    assert store.get(kind="Secret", namespace="default", name="unrelated") is not None
+    assert {(e.type, e.key.kind) for e in events} == {
+        ("DELETED", "Certificate"), ("DELETED", "Order"), ("DELETED", "Challenge")
+    }
+    assert new_store(tmp_path).list(kind="Challenge") == []
+
+
+def test_dependents_are_matched_by_owner_uid_not_name(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    cert = store.create(obj=certificate("web"))
+    stranger = owned_by(secret("web"), dict(cert, metadata=dict(cert["metadata"], uid="other")))
+    store.create(obj=stranger)
+
+    store.delete(kind="Certificate", namespace="default", name="web")
+
+    assert store.get(kind="Secret", namespace="default", name="web") is not None
+
+
+# --- manifests ------------------------------------------------------------------------
+
+
+def test_multi_document_and_list_manifests_load_with_default_namespace(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    write_manifest(tmp_path, "all.yaml", """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: one
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Secret
+  metadata:
+    name: two
+    namespace: team
+- apiVersion: certctl.io/v1
+  kind: ClusterIssuer
+  metadata:
+    name: ca
+    namespace: ignored
+  spec:
+    selfSigned: {}
+""")
+
+    errors = store.reload_manifests()
+
+    assert errors == []
+    one = store.get(kind="Secret", namespace="default", name="one")
+    assert one is not None
+    assert one["metadata"]["namespace"] == "default"
+    assert one["metadata"]["annotations"][SOURCE_ANNOTATION].endswith("all.yaml#0")
+    assert one["metadata"]["uid"]
+    assert store.get(kind="Secret", namespace="team", name="two") is not None
+    issuer = store.get(kind="ClusterIssuer", namespace=None, name="ca")
+    assert issuer is not None
+    assert "namespace" not in issuer["metadata"]
+
+
+def test_cert_manager_objects_are_kept_as_written(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    write_manifest(tmp_path, "cm.yml", """\
+apiVersion: cert-manager.io/v1
+kind: ClusterIssuer
+metadata:
+  name: letsencrypt
+spec:
+  selfSigned: {}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: web
+spec:
+  secretName: web
+  dnsNames: [web.example.test]
+  issuerRef: {name: letsencrypt, kind: ClusterIssuer, group: cert-manager.io}
+""")
+
+    assert store.reload_manifests() == []
+
+    issuer = store.get(kind="ClusterIssuer", namespace=None, name="letsencrypt")
+    cert = store.get(kind="Certificate", namespace="default", name="web")
+    assert issuer is not None
+    assert cert is not None
+    assert issuer["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["issuerRef"]["group"] == "cert-manager.io"
+
+
+def test_bad_yaml_is_reported_and_keeps_that_files_previous_objects(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    broken = write_manifest(tmp_path, "a.yaml", ISSUER_YAML.format(name="a"))
+    write_manifest(tmp_path, "b.yaml", ISSUER_YAML.format(name="b"))
+    assert store.reload_manifests() == []
+
+    broken.write_text("kind: [unclosed\n")
+    write_manifest(tmp_path, "c.yaml", ISSUER_YAML.format(name="c"))
+    events = recording(store)
+    errors = store.reload_manifests()
+
+    assert len(errors) == 1
+    assert errors[0].source == str(broken)
+    assert str(broken) in str(errors[0])
+    assert "YAML" in errors[0].message
+    assert store.manifest_errors == errors
+    names = [o["metadata"]["name"] for o in store.list(kind="ClusterIssuer")]
+    assert names == ["a", "b", "c"]
+    assert [(e.type, e.key.name) for e in events] == [("ADDED", "c")]
+
+
+def test_document_without_kind_or_name_is_reported_with_its_index(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "docs.yaml", """\
+apiVersion: v1
+metadata:
+  name: no-kind
+---
+apiVersion: v1
+kind: Secret
+metadata: {}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: fine
+""")
+
+    errors = store.reload_manifests()
+
+    assert [(e.source, "kind" in e.message) for e in errors] == [
+        (f"{path}#0", True), (f"{path}#1", False)
+    ]
+    assert "metadata.name" in errors[1].message
+    assert store.get(kind="Secret", namespace="default", name="fine") is not None
+
+
+def test_duplicate_object_across_files_is_reported_and_first_kept(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    first = write_manifest(tmp_path, "1.yaml", ISSUER_YAML.format(name="dup"))
+    second = write_manifest(
+        tmp_path, "2.yaml", ISSUER_YAML.format(name="dup").replace("selfSigned: {}", "ca: {}")
+    )
+
+    errors = store.reload_manifests()
+
+    assert len(errors) == 1
+    assert errors[0].source == f"{second}#0"
+    assert str(first) in errors[0].message
+    kept = store.get(kind="ClusterIssuer", namespace=None, name="dup")
+    assert kept is not None
+    assert "selfSigned" in kept["spec"]
+
+
+def test_edited_manifest_emits_modified_and_removed_manifest_emits_deleted(
+    tmp_path: Path,
+) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    events = recording(store)
+    store.reload_manifests()
+    before = store.get(kind="Ingress", namespace="default", name="web")
+    assert before is not None
+
+    store.reload_manifests()  # nothing changed: no event
+    path.write_text(INGRESS_YAML.format(host="b.example.test"))
+    store.reload_manifests()
+    after = store.get(kind="Ingress", namespace="default", name="web")
+    assert after is not None
+    path.unlink()
+    store.reload_manifests()
+
+    key = ObjectKey(kind="Ingress", namespace="default", name="web")
+    assert [(e.type, e.key) for e in events] == [
+        ("ADDED", key), ("MODIFIED", key), ("DELETED", key)
+    ]
+    assert events[1].obj["spec"]["rules"][0]["host"] == "b.example.test"
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["metadata"]["resourceVersion"] != before["metadata"]["resourceVersion"]
+    assert store.get(kind="Ingress", namespace="default", name="web") is None
+
+
+def test_editing_a_manifest_keeps_its_creation_timestamp(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    store.reload_manifests()
+    before = store.get(kind="Ingress", namespace="default", name="web")
+    assert before is not None
+
+    path.write_text(INGRESS_YAML.format(host="b.example.test"))
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    store.reload_manifests()
+    after = store.get(kind="Ingress", namespace="default", name="web")
+
+    assert after is not None
+    assert after["spec"]["rules"][0]["host"] == "b.example.test"
+    assert after["metadata"]["creationTimestamp"] == before["metadata"]["creationTimestamp"]
+
+
+def test_removed_manifest_owner_takes_its_state_dependents(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    store.reload_manifests()
+    ingress = store.get(kind="Ingress", namespace="default", name="web")
+    assert ingress is not None
+    store.create(obj=owned_by(certificate("web"), ingress))
+
+    path.unlink()
+    store.reload_manifests()
+
+    assert store.get(kind="Certificate", namespace="default", name="web") is None
+
+
+def test_manifest_owner_removed_while_stopped_takes_its_dependents(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    store.reload_manifests()
+    ingress = store.get(kind="Ingress", namespace="default", name="web")
+    assert ingress is not None
+    store.create(obj=owned_by(certificate("web"), ingress))
+
+    path.unlink()
+    restarted = new_store(tmp_path, manifests=True)
+    assert restarted.reload_manifests() == []
+    assert restarted.get(kind="Certificate", namespace="default", name="web") is not None
+    restarted.collect_orphans()
+
+    assert restarted.get(kind="Certificate", namespace="default", name="web") is None
+
+
+def test_status_of_a_manifest_object_survives_edits_and_restarts(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "issuer.yaml", ISSUER_YAML.format(name="ca"))
+    store.reload_manifests()
+    issuer = store.get(kind="ClusterIssuer", namespace=None, name="ca")
+    assert issuer is not None
+    issuer["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+    store.replace_status(obj=issuer)
+
+    path.write_text(ISSUER_YAML.format(name="ca").replace("selfSigned: {}", "ca: {secretName: x}"))
+    store.reload_manifests()
+    edited = store.get(kind="ClusterIssuer", namespace=None, name="ca")
+    assert edited is not None
+    assert edited["spec"] == {"ca": {"secretName": "x"}}
+    assert edited["status"] == issuer["status"]
+    assert path.read_text().count("status") == 0  # the user's file is never written
+
+    restarted = new_store(tmp_path, manifests=True)
+    restarted.reload_manifests()
+    again = restarted.get(kind="ClusterIssuer", namespace=None, name="ca")
+    assert again is not None
+    assert again["spec"] == {"ca": {"secretName": "x"}}
+    assert again["status"] == issuer["status"]
+
+
+def test_stale_version_of_a_manifest_object_conflicts_after_an_edit(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "issuer.yaml", ISSUER_YAML.format(name="ca"))
+    store.reload_manifests()
+    stale = store.get(kind="ClusterIssuer", namespace=None, name="ca")
+    assert stale is not None
+
+    path.write_text(ISSUER_YAML.format(name="ca").replace("selfSigned: {}", "ca: {secretName: x}"))
+    store.reload_manifests()
+    stale["status"] = {"observed": 1}
+
+    with pytest.raises(interface.Conflict):
+        store.replace_status(obj=stale)
+
+
+def test_deleting_a_manifest_object_names_its_file(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "issuer.yaml", ISSUER_YAML.format(name="ca"))
+    store.reload_manifests()
+
+    with pytest.raises(interface.StoreError, match=str(path)):
+        store.delete(kind="ClusterIssuer", namespace=None, name="ca")
+    assert store.get(kind="ClusterIssuer", namespace=None, name="ca") is not None
+
+
+def test_state_object_shadows_a_manifest_object_of_the_same_key(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    write_manifest(tmp_path, "tls.yaml", """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-tls
+data:
+  k: dXNlcg==
+""")
+    store.reload_manifests()
+    seeded = store.get(kind="Secret", namespace="default", name="web-tls")
+    assert seeded is not None
+
+    seeded["data"] = {"k": "Y2VydGN0bA=="}
+    store.replace(obj=seeded)
+
+    got = store.get(kind="Secret", namespace="default", name="web-tls")
+    assert got is not None
+    assert got["data"] == {"k": "Y2VydGN0bA=="}
+    restarted = new_store(tmp_path, manifests=True)
+    restarted.reload_manifests()
+    again = restarted.get(kind="Secret", namespace="default", name="web-tls")
+    assert again is not None
+    assert again["data"] == {"k": "Y2VydGN0bA=="}
