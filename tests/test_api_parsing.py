@@ -809,3 +809,16 @@ def test_challenge_requires_token():
     obj = _challenge()
     del obj["spec"]["token"]
     assert invalid(parsing.parse_challenge, obj).field == "spec.token"
+
+
+def test_size_without_algorithm_keeps_cert_manager_meaning_of_rsa():
+    from certctl.api import parsing
+
+    certificate = parsing.parse_certificate({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"secretName": "web-tls", "dnsNames": ["web.example.test"],
+                 "issuerRef": {"name": "ca"}, "privateKey": {"size": 4096}},
+    })
+    assert (certificate.private_key.algorithm, certificate.private_key.size) == ("RSA", 4096)

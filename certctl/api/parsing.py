@@ -546,6 +546,10 @@ def _private_key(ctx: _Object, value: Any, *, at: str) -> resources.PrivateKeySp
     settings: dict[str, Any] = {"size": size}
     if algorithm is not None:
         settings["algorithm"] = cast(resources.KeyAlgorithm, algorithm)
+    elif size is not None and size not in _ECDSA_SIZES:
+        # certctl defaults to ECDSA, cert-manager to RSA: a cert-manager manifest
+        # giving only an RSA size (`size: 4096`) still means RSA.
+        settings["algorithm"] = "RSA"
     if encoding is not None:
         settings["encoding"] = cast(resources.KeyEncoding, encoding)
     if rotation is not None:
