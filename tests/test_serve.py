@@ -40,6 +40,15 @@ def _served(port: int, host: str, roots: bytes) -> x509.Certificate | None:
     return certificate if host in dns_names(certificate) else None
 
 
+def _one_ingress(tmp_path: Path, pebble: PebbleServer) -> Path:
+    """A manifests folder with the Pebble ClusterIssuer and Ingress `web` (web.example.test)."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
+               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    return manifests
+
+
 def _orders(state_dir: Path) -> list[str]:
     folder = state_dir / "objects" / "Order" / "default"
     return sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
@@ -102,10 +111,7 @@ def _has_san(certificate: x509.Certificate) -> bool:
 def test_secret_holds_chain_and_matching_key_with_private_file_mode(
     tmp_path: Path, pebble: PebbleServer
 ):
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    manifests = _one_ingress(tmp_path, pebble)
     state = tmp_path / "state"
     with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
         secret = eventually(lambda: run.store.get(kind="Secret", namespace="default",
@@ -131,10 +137,7 @@ def test_secret_holds_chain_and_matching_key_with_private_file_mode(
 def test_restart_serves_the_same_certificate_without_a_new_order(
     tmp_path: Path, pebble: PebbleServer
 ):
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    manifests = _one_ingress(tmp_path, pebble)
     state = tmp_path / "state"
     roots = pebble.issuance_roots_pem()
     with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
@@ -152,10 +155,7 @@ def test_restart_serves_the_same_certificate_without_a_new_order(
 
 
 def test_deleted_secret_is_issued_again(tmp_path: Path, pebble: PebbleServer):
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    manifests = _one_ingress(tmp_path, pebble)
     roots = pebble.issuance_roots_pem()
     with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
         first = eventually(lambda: _served(run.https_port, "web.example.test", roots))
@@ -233,10 +233,7 @@ def test_manifest_changes_apply_without_restart(tmp_path: Path, pebble: PebbleSe
 def test_plain_http_redirects_to_https_but_not_acme_challenges(
     tmp_path: Path, pebble: PebbleServer
 ):
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    manifests = _one_ingress(tmp_path, pebble)
     roots = pebble.issuance_roots_pem()
     with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
         eventually(lambda: _served(run.https_port, "web.example.test", roots))
@@ -250,10 +247,7 @@ def test_plain_http_redirects_to_https_but_not_acme_challenges(
 
 
 def test_cli_serve_then_status_shows_the_certificate(tmp_path: Path, pebble: PebbleServer):
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
+    manifests = _one_ingress(tmp_path, pebble)
     state = tmp_path / "state"
     https_port = free_port()
     roots = pebble.issuance_roots_pem()
