@@ -96,6 +96,8 @@ def main() -> int:
     parser.add_argument("--keep-running", action="store_true",
                         help="keep everything running until Ctrl-C after the demo")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so Pebble and certctl are stopped either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     busy = [f"{port} ({name})" for port, name in PORTS.items() if port_in_use(port)]
     if busy:
         print(f"demo: these ports are in use, stop what holds them first: {', '.join(busy)}",
