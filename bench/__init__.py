@@ -1,0 +1,1 @@
+"""Benchmarks (DESIGN.md "Performance targets"): scripts run by hand, never timed tests."""
