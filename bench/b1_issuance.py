@@ -1,6 +1,6 @@
 """B1: one annotated Ingress to a served certificate (HTTP-01, Pebble), certctl vs certbot vs lego.
 
-    /work/venv/bin/python -m bench.b1_issuance --runs 20 [--write-results]
+    .venv/bin/python -m bench.b1_issuance --runs 20 [--write-results]
 
 One Pebble (+ challtestsrv) is started for the whole run with
 `PEBBLE_AUTHZREUSE=0` (no authorization is ever reused) and every run uses a
