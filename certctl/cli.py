@@ -13,7 +13,7 @@ from typing import Any
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
-from certctl.store.local import LocalStore
+from certctl.store.local import SERVE_INFO, LocalStore
 
 STATUS_KINDS = {
     "certificate": "Certificate",
@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-A", "--all-namespaces", action="store_true")
     status.add_argument("--state-dir", type=Path, required=True)
     status.add_argument("--manifests", type=Path, default=None,
-                        help="the manifests `serve` reads, to show user-defined objects too")
+                        help="the manifests `serve` reads (default: those the last `serve` "
+                        "on this state dir read), to show user-defined objects too")
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.set_defaults(func=_status)
     return parser
@@ -120,8 +121,9 @@ def _status(args: argparse.Namespace) -> int:
     if not args.state_dir.is_dir():
         print(f"certctl: --state-dir {args.state_dir}: no such folder", file=sys.stderr)
         return 2
-    store = LocalStore(manifests_dir=args.manifests, state_dir=args.state_dir)
-    if args.manifests is not None:
+    manifests = args.manifests or _served_manifests(args.state_dir)
+    store = LocalStore(manifests_dir=manifests, state_dir=args.state_dir)
+    if manifests is not None:
         store.reload_manifests()
     kind = STATUS_KINDS[args.kind]
     namespace = None if args.all_namespaces or kind == "ClusterIssuer" else args.namespace
@@ -141,6 +143,16 @@ def _status(args: argparse.Namespace) -> int:
     for obj in found:
         print(_describe(obj))
     return 0
+
+
+def _served_manifests(state_dir: Path) -> Path | None:
+    """The manifests `certctl serve` last read into this state dir, if still there."""
+    try:
+        recorded = json.loads((state_dir / SERVE_INFO).read_text())["manifests"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = Path(recorded)
+    return path if path.exists() else None
 
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:

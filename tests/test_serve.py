@@ -211,8 +211,12 @@ def test_invalid_manifests_are_reported_by_file_object_and_field_and_the_rest_ke
 
     log = caplog.text
     assert f"{manifests / 'broken.yaml'}: invalid YAML" in log
-    assert "no-secret.yaml#0: Ingress default/nosecret: spec.tls[0].secretName" in log
-    assert "bad-host.yaml#0: Ingress default/badhost: spec.rules[0].host: 'bad_host!" in log
+    assert "no-secret.yaml#0: Ingress default/nosecret BadConfig: spec.tls[0].secretName" in log
+    assert ("bad-host.yaml#0: Ingress default/badhost BadConfig: "
+            "spec.rules[0].host: 'bad_host!") in log
+    assert ("unknown-issuer.yaml#0: Certificate default/lost-tls IssuerNotFound: "
+            "spec.issuerRef: ClusterIssuer does-not-exist not found") in log
+    assert "wildcard.yaml#0: Certificate default/wild-tls BadConfig: spec.dnsNames[0]: " in log
 
 
 def test_manifest_changes_apply_without_restart(tmp_path: Path, pebble: PebbleServer):
@@ -270,6 +274,10 @@ def test_cli_serve_then_status_shows_the_certificate(tmp_path: Path, pebble: Peb
         text = subprocess.run([*certctl, "status", "certificate", "web-tls", "--state-dir",
                                str(state)], capture_output=True, check=True, text=True).stdout
         assert "ready: yes" in text
+        # The issuer comes from the manifests, which status finds without being told.
+        issuer = subprocess.run([*certctl, "status", "clusterissuer", "pebble", "--state-dir",
+                                 str(state)], capture_output=True, check=True, text=True).stdout
+        assert "Ready: True (ACMEAccountRegistered)" in issuer
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

@@ -28,6 +28,11 @@ class InvalidObject(ValueError):
         self.source = source
         super().__init__(str(self))
 
+    @property
+    def detail(self) -> str:
+        """`field: message`, for places that already name the object (conditions, events)."""
+        return f"{self.field}: {self.message}"
+
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
         obj = f"{self.namespace}/{self.name}" if self.namespace else self.name

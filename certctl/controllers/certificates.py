@@ -68,14 +68,15 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         certificate = parsing.parse_certificate(obj, source=reconciling.manifest_source(obj))
     except InvalidObject as err:
-        return _not_ready(store, obj, reason="BadConfig", message=str(err), now=now)
+        return _not_ready(store, obj, reason="BadConfig", message=err.detail, now=now)
 
     issuer_ref = issuer_key(certificate)
     issuer_obj = store.get(kind=issuer_ref.kind, namespace=issuer_ref.namespace,
                            name=issuer_ref.name)
     if issuer_obj is None:
         return _not_ready(store, obj, reason="IssuerNotFound",
-                          message=f"{issuer_ref.kind} {issuer_ref.name} not found", now=now)
+                          message=f"{issuer_ref.kind} {issuer_ref.name} not found", now=now,
+                          field="spec.issuerRef")
     try:
         issuer = parsing.parse_issuer(issuer_obj, source=reconciling.manifest_source(issuer_obj))
     except InvalidObject as err:
@@ -462,7 +463,13 @@ def _not_ready(
     message: str,
     now: datetime.datetime,
     keep_ready: bool = False,
+    field: str | None = None,
 ) -> Result:
+    """Record why the Certificate cannot be issued; `field` prefixes the event, not the condition.
+
+    The condition keeps cert-manager's wording (`Issuer x not found`), which
+    users search for; the event and log line also say which field to fix.
+    """
     updated = obj
     if not keep_ready:
         updated = reconciling.with_condition(updated, type="Ready", status="False",
@@ -471,6 +478,7 @@ def _not_ready(
                                          message=message, now=now)
     if updated.get("status") != (store.get(kind="Certificate", namespace=obj["metadata"][
             "namespace"], name=obj["metadata"]["name"]) or {}).get("status"):
-        store.emit_event(obj=obj, type="Warning", reason=reason, message=message)
+        store.emit_event(obj=obj, type="Warning", reason=reason,
+                         message=f"{field}: {message}" if field else message)
     reconciling.write_status(store, obj=updated)
     return Result.done()

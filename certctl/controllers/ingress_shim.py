@@ -170,11 +170,12 @@ def reconcile(*, store: Store, key: ObjectKey) -> Result:
         ingress = parsing.parse_ingress(ingress_obj,
                                         source=reconciling.manifest_source(ingress_obj))
     except InvalidObject as err:
-        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(err))
+        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=err.detail)
         return Result.done()
     wanted, problems = desired_certificates(ingress=ingress, ingress_obj=ingress_obj)
     for problem in problems:
-        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=str(problem))
+        store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig",
+                         message=problem.detail)
     wanted_names = {c["metadata"]["name"] for c in wanted}
     for certificate in wanted:
         _apply(store=store, ingress_obj=ingress_obj, certificate=certificate)

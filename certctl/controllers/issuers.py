@@ -36,7 +36,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         issuer = parsing.parse_issuer(obj, source=reconciling.manifest_source(obj))
     except InvalidObject as err:
-        _set_ready(store, obj, ready=False, reason="BadConfig", message=str(err), now=now)
+        _set_ready(store, obj, ready=False, reason="BadConfig", message=err.detail, now=now)
         return Result.done()
     if issuer.acme is None:
         kind = "selfSigned" if issuer.self_signed else "ca"

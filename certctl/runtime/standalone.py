@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import signal
 import threading
@@ -38,6 +39,7 @@ from certctl.controllers import (
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, workqueue
+from certctl.store import local
 from certctl.store.local import LocalStore, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,9 @@ class Standalone:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
+        # Lets `certctl status` show user-defined objects without --manifests.
+        local.atomic_write(self.options.state_dir / local.SERVE_INFO, json.dumps(
+            {"manifests": str(self.options.manifests.resolve())}).encode())
         self.store.subscribe(self.feed.on_event)
         if not self.store.reload_manifests():
             self.store.collect_orphans()

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 SOURCE_ANNOTATION = "certctl.io/manifest-source"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_DIR = "_cluster"
+SERVE_INFO = "serve.json"  # which manifests `certctl serve` reads into this state dir
 
 WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
 
@@ -257,8 +258,12 @@ class LocalStore:
             key = key_of(obj)
         except (KeyError, TypeError):
             return
+        # Standalone has no Event API: the log is where users read events, so
+        # name the file the object came from (or was derived from) as well.
+        source = (obj.get("metadata", {}).get("annotations") or {}).get(SOURCE_ANNOTATION)
+        where = f"{source}: " if source else ""
         log = logger.warning if type == "Warning" else logger.info
-        log("%s %s: %s", key, reason, message)
+        log("%s%s %s: %s", where, key, reason, message)
 
     # --- manifests -----------------------------------------------------------
 
