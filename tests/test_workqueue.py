@@ -219,3 +219,33 @@ def test_queue_is_not_idle_between_a_run_and_its_immediate_requeue(
             idle_too_early = True
     assert handler.count("a") == 2
     assert not idle_too_early
+
+
+class ExpectedFailure(Exception):
+    pass
+
+
+def test_expected_errors_are_retried_and_logged_without_traceback(
+    queues: list[WorkQueue], caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def handler(item: Hashable) -> float | None:
+        calls.append(str(item))
+        if len(calls) == 1:
+            raise ExpectedFailure("issuer x: ACME server unreachable")
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return None
+
+    queue = WorkQueue(handler=handler, workers=1, backoff=Backoff(initial=0.01),
+                      expected_errors=(ExpectedFailure,))
+    queues.append(queue)
+    queue.start()
+    queue.add("a")
+    wait_for(lambda: len(calls) == 3)
+
+    expected, unexpected = (r for r in caplog.records if r.name == "certctl.runtime.workqueue")
+    assert "issuer x: ACME server unreachable (attempt 1" in expected.getMessage()
+    assert expected.exc_info is None
+    assert unexpected.exc_info is not None, "a bug keeps its traceback"

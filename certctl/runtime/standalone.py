@@ -39,6 +39,7 @@ from certctl.controllers import (
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, workqueue
+from certctl.store import interface as store_interface
 from certctl.store import local
 from certctl.store.local import LocalStore, WatchEvent
 
@@ -99,7 +100,13 @@ class Standalone:
             publish_routes=self.dataplane.set_routes,
             ingress_class=options.ingress_class,
         )
-        self.queue = workqueue.WorkQueue(handler=self._handle, workers=options.workers)
+        self.queue = workqueue.WorkQueue(
+            handler=self._handle,
+            workers=options.workers,
+            # A conflict means someone wrote first: re-read and go again, as kopf does.
+            backoff=workqueue.Backoff(initial=0.05, maximum=300.0),
+            expected_errors=(reconciling.TransientError, store_interface.Conflict),
+        )
         self._generations: dict[ObjectKey, object] = {}
         self._generations_lock = threading.Lock()
         self._stop_watching = threading.Event()
@@ -164,26 +171,20 @@ class Standalone:
         assert isinstance(item, tuple)
         controller: str = item[0]
         key: ObjectKey = item[1]
-        try:
-            if controller == "ingress":
-                result = ingress_shim.reconcile(store=self.store, key=key)
-            elif controller == "certificate":
-                result = certificates.reconcile(store=self.store, key=key,
-                                                settings=self.certificate_settings)
-            elif controller == "order":
-                result = orders.reconcile(store=self.store, key=key,
-                                          settings=self.order_settings)
-            elif controller == "challenge":
-                result = challenges.reconcile(store=self.store, key=key,
-                                              settings=self.challenge_settings)
-            elif controller == "issuer":
-                result = issuers.reconcile(store=self.store, key=key,
-                                           settings=self.issuer_settings)
-            else:
-                raise ValueError(f"unknown controller {controller}")
-        except reconciling.TransientError as err:
-            logger.warning("%s", err)
-            raise
+        if controller == "ingress":
+            result = ingress_shim.reconcile(store=self.store, key=key)
+        elif controller == "certificate":
+            result = certificates.reconcile(store=self.store, key=key,
+                                            settings=self.certificate_settings)
+        elif controller == "order":
+            result = orders.reconcile(store=self.store, key=key, settings=self.order_settings)
+        elif controller == "challenge":
+            result = challenges.reconcile(store=self.store, key=key,
+                                          settings=self.challenge_settings)
+        elif controller == "issuer":
+            result = issuers.reconcile(store=self.store, key=key, settings=self.issuer_settings)
+        else:
+            raise ValueError(f"unknown controller {controller}")
         return result.requeue_after
 
     def _on_event(self, event: WatchEvent) -> None:

@@ -43,8 +43,11 @@ class WorkQueue:
         backoff: Backoff | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         name: str = "reconcile",
+        expected_errors: tuple[type[Exception], ...] = (),
     ) -> None:
+        """`expected_errors` are retried like any failure but logged in one line, no traceback."""
         self._handler = handler
+        self._expected_errors = expected_errors
         self._workers = workers
         self._backoff = backoff or Backoff()
         self._monotonic = monotonic
@@ -126,12 +129,15 @@ class WorkQueue:
             try:
                 delay = self._handler(item)
                 self._failures.pop(item, None)
-            except Exception:
+            except Exception as err:
                 failures = self._failures.get(item, 0) + 1
                 self._failures[item] = failures
                 delay = self._backoff.delay(failures)
-                logger.exception("%s failed (attempt %d), retrying in %.1fs", item, failures,
-                                 delay)
+                if isinstance(err, self._expected_errors):
+                    logger.warning("%s (attempt %d, retrying in %.1fs)", err, failures, delay)
+                else:
+                    logger.exception("%s failed (attempt %d), retrying in %.1fs", item,
+                                     failures, delay)
             with self._cond:
                 # Re-queue before dropping `busy`, so `idle()` never sees a gap.
                 self._running.discard(item)
