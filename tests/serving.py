@@ -156,7 +156,14 @@ def echo_backend(name: str) -> Iterator[int]:
 class Serving:
     """`certctl serve` in-process, its event loop on a thread of its own."""
 
-    def __init__(self, *, manifests: Path, state_dir: Path, pebble: PebbleServer) -> None:
+    def __init__(
+        self,
+        *,
+        manifests: Path,
+        state_dir: Path,
+        pebble: PebbleServer,
+        self_check_port: int | None = None,
+    ) -> None:
         self.options = ServeOptions(
             manifests=manifests,
             state_dir=state_dir,
@@ -164,6 +171,7 @@ class Serving:
             http_port=pebble.http_port,
             https_port=free_port(),
             self_check_address="127.0.0.1",
+            self_check_port=self_check_port,
             workers=4,
             backoff_base=datetime.timedelta(seconds=1),
         )
@@ -210,8 +218,15 @@ class Serving:
 
 
 @contextmanager
-def serving(*, manifests: Path, state_dir: Path, pebble: PebbleServer) -> Iterator[Serving]:
-    running = Serving(manifests=manifests, state_dir=state_dir, pebble=pebble).start()
+def serving(
+    *,
+    manifests: Path,
+    state_dir: Path,
+    pebble: PebbleServer,
+    self_check_port: int | None = None,
+) -> Iterator[Serving]:
+    running = Serving(manifests=manifests, state_dir=state_dir, pebble=pebble,
+                      self_check_port=self_check_port).start()
     try:
         yield running
     finally:

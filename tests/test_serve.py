@@ -13,6 +13,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -152,6 +153,35 @@ def test_restart_serves_the_same_certificate_without_a_new_order(
         assert (run.certificate("web-tls") or {})["status"]["revision"] == 1
     assert again.serial_number == first.serial_number
     assert _orders(state) == orders_before
+
+
+def test_restart_continues_the_order_in_flight_instead_of_placing_another(
+    tmp_path: Path, pebble: PebbleServer
+):
+    manifests = _one_ingress(tmp_path, pebble)
+    state = tmp_path / "state"
+    # First run: the self-check points at a closed port, so the challenge can
+    # never be accepted and the order stays pending when certctl stops.
+    with serving(manifests=manifests, state_dir=state, pebble=pebble,
+                 self_check_port=free_port()) as run:
+        def order_in_flight() -> dict[str, Any] | None:
+            orders = run.store.list(kind="Order")
+            challenges = run.store.list(kind="Challenge")
+            if len(orders) == 1 and orders[0].get("status", {}).get("url") and challenges and (
+                "self-check failed" in challenges[0].get("status", {}).get("reason", "")
+            ):
+                found: dict[str, Any] = orders[0]
+                return found
+            return None
+
+        pending = eventually(order_in_flight, what="an order waiting on its self-check")
+    roots = pebble.issuance_roots_pem()
+    with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
+        eventually(lambda: _served(run.https_port, "web.example.test", roots))
+        orders = run.store.list(kind="Order")
+    assert [o["metadata"]["name"] for o in orders] == [pending["metadata"]["name"]]
+    assert orders[0]["status"]["url"] == pending["status"]["url"]
+    assert orders[0]["status"]["state"] == "valid"
 
 
 def test_deleted_secret_is_issued_again(tmp_path: Path, pebble: PebbleServer):
