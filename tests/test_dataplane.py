@@ -9,7 +9,6 @@ against a CA made for the test.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import http.client
 import http.server
@@ -24,92 +23,10 @@ from typing import Any
 import pytest
 import uvloop
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from certctl.api import resources
 from certctl.dataplane import certstore, routing, server
-
-# --- a test CA ---------------------------------------------------------------------
-
-
-@dataclass
-class Issued:
-    chain_pem: bytes
-    key_pem: bytes
-    serial: int
-
-
-class CA:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certctl test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.name = name
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, *names: str, days: int = 1) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        serial = x509.random_serial_number()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
-            )
-            .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), False)
-            .sign(self.key, hashes.SHA256())
-        )
-        return Issued(
-            chain_pem=cert.public_bytes(serialization.Encoding.PEM) + self.pem,
-            key_pem=key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            ),
-            serial=serial,
-        )
-
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=self.pem.decode())
-        context.set_alpn_protocols(["http/1.1"])
-        return context
+from tests.testca import Issued, TestCA
 
 
 def secret(name: str) -> resources.ObjectKey:
@@ -214,7 +131,7 @@ class LoopThread:
 @dataclass
 class Env:
     plane: server.DataPlane
-    ca: CA
+    ca: TestCA
     certificates: certstore.CertificateIndex
     challenges: dict[tuple[str, str], str]
     responder_calls: list[tuple[str, str]]
@@ -315,7 +232,7 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
 
 @pytest.fixture(scope="module", params=sorted(LOOPS))
 def env(request, backends, silent_port) -> Iterator[Env]:
-    ca = CA()
+    ca = TestCA()
     certificates = certstore.CertificateIndex()
     issued = {
         "exact": ca.issue("exact.test"),
@@ -680,7 +597,7 @@ def test_oversized_request_head_is_431(env):
 
 
 def test_certificate_with_a_foreign_key_is_refused_without_quoting_the_key():
-    ca = CA()
+    ca = TestCA()
     one, other = ca.issue("one.test"), ca.issue("one.test")
     index = certstore.CertificateIndex()
     with pytest.raises(ValueError, match="does not match") as raised:
@@ -690,7 +607,7 @@ def test_certificate_with_a_foreign_key_is_refused_without_quoting_the_key():
 
 
 def test_name_claimed_twice_is_served_by_the_later_expiry_and_falls_back_on_removal():
-    ca = CA()
+    ca = TestCA()
     short, long = ca.issue("dup.test", days=1), ca.issue("dup.test", "*.dup.test", days=30)
     index = certstore.CertificateIndex()
     index.set_certificate(source=secret("long"), chain_pem=long.chain_pem, key_pem=long.key_pem)
