@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.manifests.exists():
         print(f"certctl: --manifests {args.manifests}: no such file or folder", file=sys.stderr)
         return 2
-    standalone.run(standalone.ServeOptions(
+    options = standalone.ServeOptions(
         manifests=args.manifests,
         state_dir=args.state_dir,
         listen_address=args.listen_address,
@@ -113,7 +113,12 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         watch_manifests=not args.no_watch,
-    ))
+    )
+    try:
+        standalone.run(options)
+    except standalone.StartupError as err:
+        print(f"certctl: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

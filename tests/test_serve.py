@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -319,3 +320,30 @@ def test_cli_serve_then_status_shows_the_certificate(tmp_path: Path, pebble: Peb
                               str(state)], capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "Certificate default/nope not found" in missing.stderr
+
+
+def test_serve_explains_a_port_in_use_and_an_unwritable_state_dir(tmp_path: Path):
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifests),
+             "--state-dir", str(tmp_path / "state"), "--listen-address", "127.0.0.1",
+             "--http-port", str(port), "--https-port", str(free_port())],
+            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert f"certctl: cannot listen on 127.0.0.1 ports {port}/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifests),
+         "--state-dir", str(not_a_dir / "state")],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert f"certctl: --state-dir {not_a_dir / 'state'}: " in result.stderr
+    assert "Traceback" not in result.stderr

@@ -58,7 +58,8 @@ class DataPlaneFeed:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     # --- events --------------------------------------------------------------
 

@@ -65,12 +65,22 @@ class ServeOptions:
     watch_manifests: bool = True
 
 
+class StartupError(Exception):
+    """certctl serve cannot start; the message says what to change."""
+
+
 class Standalone:
     """Owns the store, the queue, the data plane and the watcher; start, then stop."""
 
     def __init__(self, *, options: ServeOptions, clock: Clock = reconciling.system_clock) -> None:
         self.options = options
-        self.store = LocalStore(manifests_dir=options.manifests, state_dir=options.state_dir)
+        try:
+            self.store = LocalStore(manifests_dir=options.manifests, state_dir=options.state_dir)
+            # Lets `certctl status` show user-defined objects without --manifests.
+            local.atomic_write(options.state_dir / local.SERVE_INFO, json.dumps(
+                {"manifests": str(options.manifests.resolve())}).encode())
+        except OSError as err:
+            raise StartupError(f"--state-dir {options.state_dir}: {err.strerror or err}") from err
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
             user_agent="certctl-standalone",
@@ -118,17 +128,21 @@ class Standalone:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        # Lets `certctl status` show user-defined objects without --manifests.
-        local.atomic_write(self.options.state_dir / local.SERVE_INFO, json.dumps(
-            {"manifests": str(self.options.manifests.resolve())}).encode())
         self.store.subscribe(self.feed.on_event)
         if not self.store.reload_manifests():
             self.store.collect_orphans()
         # Subscribed after the first load: `_everything` below queues those objects once.
         self.store.subscribe(self._on_event)
         self._seed_challenges()
+        try:
+            await self.dataplane.start()
+        except OSError as err:
+            await self.dataplane.stop()
+            raise StartupError(
+                f"cannot listen on {self.options.listen_address} ports "
+                f"{self.options.http_port}/{self.options.https_port}: {err.strerror or err}"
+            ) from err
         self.feed.start()
-        await self.dataplane.start()
         self.queue.start()
         for item in self._everything():
             self.queue.add(item)
@@ -256,7 +270,7 @@ _OWN_CONTROLLER = {
 
 
 def run(options: ServeOptions) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when it is installed."""
+    """Serve until SIGINT/SIGTERM, on uvloop when it is installed; StartupError if it cannot."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib still works
