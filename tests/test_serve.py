@@ -127,9 +127,9 @@ def test_secret_holds_chain_and_matching_key_with_private_file_mode(
     assert annotations["cert-manager.io/certificate-name"] == "web-tls"
     assert annotations["cert-manager.io/issuer-name"] == "pebble"
     assert annotations["cert-manager.io/issuer-kind"] == "ClusterIssuer"
-    for path in (state / "objects").rglob("*"):
-        if path.is_file():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in [state, *state.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o600 if path.is_file() else 0o700), (path, oct(mode))
     key_bytes = base64.b64decode(secret["data"]["tls.key"])
     for path in (state / "objects").rglob("*.yaml"):
         if "Secret" not in path.parts:

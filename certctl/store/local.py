@@ -82,9 +82,19 @@ def _now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def private_mkdir(path: Path) -> None:
+    """Create `path` and missing parents as 0700: the state dir holds private keys."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_mkdir(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -118,7 +128,7 @@ class LocalStore:
         self._listeners: list[Listener] = []
         self._versions = itertools.count(1)
         self.manifest_errors: list[ManifestError] = []
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_mkdir(state_dir)
         self._load_state()
 
     # --- watching ------------------------------------------------------------
