@@ -45,6 +45,12 @@ TLS_ACME = "kubernetes.io/tls-acme"
 # On an IngressClass: "true" makes it the class of Ingresses that name none.
 INGRESS_CLASS_IS_DEFAULT = "ingressclass.kubernetes.io/is-default-class"
 
+# --- certctl's bookkeeping -------------------------------------------------------
+
+# Standalone mode: the manifest file (and document index) an object came from,
+# or was derived from, so every error and event can name it.
+MANIFEST_SOURCE = "certctl.io/manifest-source"
+
 # --- keys accepted for one setting, in precedence order --------------------------
 
 CLUSTER_ISSUER_KEYS = (CLUSTER_ISSUER, CM_CLUSTER_ISSUER)

@@ -109,29 +109,31 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             return Result.after((retry_at - now).total_seconds())
 
     private_key = _next_private_key(store, obj, certificate=certificate, data=data)
-    request_pem = csr.build_csr(
-        key=private_key,
-        dns_names=certificate.dns_names,
-        ip_addresses=certificate.ip_addresses,
-        common_name=certificate.common_name,
-        usages=certificate.usages,
-    )
     order_name = _order_name(certificate=certificate, obj=obj, private_key=private_key,
                              failures=failures)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
         _delete_unfinished_orders(store, obj, keep=order_name)
+        request_pem = csr.build_csr(
+            key=private_key,
+            dns_names=certificate.dns_names,
+            ip_addresses=certificate.ip_addresses,
+            common_name=certificate.common_name,
+            usages=certificate.usages,
+        )
         order = _create_order(store, obj, certificate=certificate, name=order_name,
                               request_pem=request_pem)
         store.emit_event(obj=obj, type="Normal", reason="Requested",
                          message=f"Created new Order {order_name}: {violation.message}")
 
-    state = (order.get("status") or {}).get("state")
-    if state == "valid" and (order.get("status") or {}).get("certificate"):
+    order_status = order.get("status") or {}
+    if order_status.get("state") == "valid" and order_status.get("certificate"):
         return _issue(store, obj, certificate=certificate, issuer=issuer,
-                      private_key=private_key, order=order, now=now)
-    if state in ("invalid", "errored"):
-        return _failed(store, obj, order=order, failures=failures, now=now, settings=settings,
+                      private_key=private_key, order=order, now=now, failures=failures,
+                      settings=settings)
+    if order_status.get("state") in ("invalid", "errored"):
+        return _failed(store, obj, message=order_status.get("reason") or "the ACME order failed",
+                       order_name=order_name, failures=failures, now=now, settings=settings,
                        keep_ready=readiness is None)
     updated = reconciling.with_condition(obj, type="Issuing", status="True",
                                          reason=violation.reason, message=violation.message,
@@ -288,18 +290,20 @@ def _issue(
     private_key: keys.PrivateKey,
     order: Object,
     now: datetime.datetime,
+    failures: int,
+    settings: Settings,
 ) -> Result:
     chain_pem = base64.b64decode(order["status"]["certificate"])
     key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
     data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem, ca_pem=None)
-    contents = tls_secret.read_tls_secret({"data": data})
-    if not inspect.key_matches_certificate(contents.key, contents.leaf):
+    leaf = inspect.split_pem_chain(chain_pem)[0]
+    if not inspect.key_matches_certificate(private_key, leaf):
         # Never publish a key pair that does not belong together; a new order follows.
-        return _failed_with(store, obj, message="the issued certificate does not match the "
-                            "private key of the request", now=now, failures=0,
-                            order_name=order["metadata"]["name"], settings=None,
-                            keep_ready=False)
-    _write_secret(store, certificate=certificate, issuer=issuer, data=data, chain_pem=chain_pem)
+        return _failed(store, obj, message="the issued certificate does not match the private "
+                       "key of the request", order_name=order["metadata"]["name"],
+                       failures=failures, now=now, settings=settings, keep_ready=False)
+    secret = _write_secret(store, certificate=certificate, issuer=issuer, data=data,
+                           info=inspect.certificate_info(leaf))
     store.delete(kind="Secret", namespace=certificate.namespace,
                  name=_next_key_name(certificate))
     fresh = store.get(kind="Certificate", namespace=certificate.namespace, name=certificate.name)
@@ -308,13 +312,11 @@ def _issue(
     status = fresh.setdefault("status", {})
     status["revision"] = int(status.get("revision") or 0) + 1
     for stale in ("failedIssuanceAttempts", "lastFailureTime", "lastFailureGeneration",
-                  "nextPrivateKeySecretName"):
+                  "lastFailedOrder", "nextPrivateKeySecretName"):
         status.pop(stale, None)
     _prune_orders(store, fresh, certificate=certificate)
     store.emit_event(obj=fresh, type="Normal", reason="Issuing",
                      message="The certificate has been successfully issued")
-    secret = store.get(kind="Secret", namespace=certificate.namespace,
-                       name=certificate.secret_name)
     data_input = policies.read_input(certificate=certificate, secret=secret, now=now)
     return _up_to_date(store, fresh, certificate=certificate, data=data_input, now=now)
 
@@ -325,9 +327,9 @@ def _write_secret(
     certificate: Certificate,
     issuer: Issuer,
     data: dict[str, str],
-    chain_pem: bytes,
-) -> None:
-    info = inspect.inspect_certificate(chain_pem)
+    info: inspect.CertificateInfo,
+) -> Object:
+    """Create or update the Secret; returns it as stored."""
     secret_annotations = {
         **dict(certificate.secret_template.annotations),
         annotation_keys.SECRET_CERTIFICATE_NAME: certificate.name,
@@ -353,8 +355,7 @@ def _write_secret(
             "data": data,
         }
         try:
-            store.create(obj=secret)
-            return
+            return store.create(obj=secret)
         except AlreadyExists:
             existing = store.get(kind="Secret", namespace=certificate.namespace,
                                  name=certificate.secret_name)
@@ -366,7 +367,7 @@ def _write_secret(
     existing_data.update(data)
     existing["data"] = existing_data
     existing["type"] = "kubernetes.io/tls"
-    store.replace(obj=existing)
+    return store.replace(obj=existing)
 
 
 def _prune_orders(store: Store, obj: Object, *, certificate: Certificate) -> None:
@@ -385,50 +386,30 @@ def _failed(
     store: Store,
     obj: Object,
     *,
-    order: Object,
+    message: str,
+    order_name: str,
     failures: int,
     now: datetime.datetime,
     settings: Settings,
     keep_ready: bool,
 ) -> Result:
-    reason = (order.get("status") or {}).get("reason") or "the ACME order failed"
-    return _failed_with(store, obj, message=reason, now=now, failures=failures,
-                        order_name=order["metadata"]["name"], settings=settings,
-                        keep_ready=keep_ready)
-
-
-def _failed_with(
-    store: Store,
-    obj: Object,
-    *,
-    message: str,
-    now: datetime.datetime,
-    failures: int,
-    order_name: str,
-    settings: Settings | None,
-    keep_ready: bool,
-) -> Result:
+    """Count one failure per Order (reconciling a failed Order again adds none) and back off."""
     status = obj.setdefault("status", {})
+    text = f"The certificate request has failed to complete and will be retried: {message}"
     if status.get("lastFailedOrder") != order_name:
         failures += 1
         status["failedIssuanceAttempts"] = failures
         status["lastFailureTime"] = conditions.format_time(now)
         status["lastFailureGeneration"] = obj["metadata"].get("generation")
         status["lastFailedOrder"] = order_name
-        store.emit_event(obj=obj, type="Warning", reason="Failed",
-                         message=f"The certificate request has failed to complete and will be "
-                         f"retried: {message}")
-    text = f"The certificate request has failed to complete and will be retried: {message}"
+        store.emit_event(obj=obj, type="Warning", reason="Failed", message=text)
     updated = reconciling.with_condition(obj, type="Issuing", status="False", reason="Failed",
                                          message=text, now=now)
     if not keep_ready:
         updated = reconciling.with_condition(updated, type="Ready", status="False",
                                              reason="Failed", message=text, now=now)
     reconciling.write_status(store, obj=updated)
-    if settings is None:
-        return Result.after(0)
-    delay = failure_backoff(failures=max(1, int(status.get("failedIssuanceAttempts") or 1)),
-                            settings=settings)
+    delay = failure_backoff(failures=int(status["failedIssuanceAttempts"]), settings=settings)
     return Result.after(delay.total_seconds())
 
 
@@ -476,9 +457,7 @@ def _not_ready(
                                              reason=reason, message=message, now=now)
     updated = reconciling.with_condition(updated, type="Issuing", status="False", reason=reason,
                                          message=message, now=now)
-    if updated.get("status") != (store.get(kind="Certificate", namespace=obj["metadata"][
-            "namespace"], name=obj["metadata"]["name"]) or {}).get("status"):
+    if reconciling.write_status(store, obj=updated):
         store.emit_event(obj=obj, type="Warning", reason=reason,
                          message=f"{field}: {message}" if field else message)
-    reconciling.write_status(store, obj=updated)
     return Result.done()

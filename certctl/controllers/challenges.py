@@ -80,8 +80,6 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         status.update(presented=True, processing=False, state="pending",
                       reason="Presented: the data plane answers the HTTP-01 token")
         reconciling.write_status(store, obj=obj)
-        obj = store.get(kind="Challenge", namespace=key.namespace, name=key.name) or obj
-        status = obj.setdefault("status", {})
 
     try:
         client = settings.accounts.client(store=store, issuer=issuer)

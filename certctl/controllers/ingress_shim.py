@@ -41,7 +41,10 @@ _SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (annotation_keys.CM_PRIVATE_KEY_ENCODING, ("privateKey", "encoding")),
     (annotation_keys.CM_PRIVATE_KEY_ROTATION_POLICY, ("privateKey", "rotationPolicy")),
     (annotation_keys.CM_REVISION_HISTORY_LIMIT, ("revisionHistoryLimit",)),
+    (annotation_keys.CM_PRIVATE_KEY_SIZE, ("privateKey", "size")),
+    (annotation_keys.CM_USAGES, ("usages",)),  # comma-separated
 )
+_INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size")})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +91,7 @@ def desired_certificates(
     wanted: dict[str, Object] = {}
     source = reconciling.manifest_source(ingress_obj)
     try:
-        annotation_spec = _annotation_spec(ingress, source)
+        annotation_fields = _annotation_fields(ingress, source)
     except InvalidObject as err:
         return [], [err]
     for index, tls in enumerate(ingress.tls):
@@ -107,7 +110,8 @@ def desired_certificates(
             "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
             "usages": ["digital signature", "key encipherment"],
         }
-        _merge(spec, annotation_spec)
+        for path, value in annotation_fields:
+            _set_path(spec, path, value)
         certificate: Object = {
             "apiVersion": "certctl.io/v1",
             "kind": "Certificate",
@@ -119,7 +123,7 @@ def desired_certificates(
             "spec": spec,
         }
         if source:
-            certificate["metadata"]["annotations"] = {"certctl.io/manifest-source": source}
+            certificate["metadata"]["annotations"] = {annotation_keys.MANIFEST_SOURCE: source}
         if tls.secret_name in wanted:
             # Two entries for one Secret: merge hosts like cert-manager does.
             merged = wanted[tls.secret_name]["spec"]["dnsNames"]
@@ -134,32 +138,19 @@ def desired_certificates(
     return list(wanted.values()), problems
 
 
-def _annotation_spec(ingress: Ingress, source: str | None) -> dict[str, Any]:
-    """Certificate spec fields set through annotations, shared by every tls entry."""
-    spec: dict[str, Any] = {}
+def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple[str, ...], Any]]:
+    """(spec path, value) set through annotations, the same for every tls entry."""
+    fields: list[tuple[tuple[str, ...], Any]] = []
     for annotation, path in _SPEC_ANNOTATIONS:
         value: Any = ingress.annotation(annotation)
         if value is None:
             continue
-        if path == ("revisionHistoryLimit",):
+        if path in _INTEGER_PATHS:
             value = _int_annotation(ingress, annotation, value, source)
-        _set_path(spec, path, value)
-    usages = ingress.annotation(annotation_keys.CM_USAGES)
-    if usages is not None:
-        spec["usages"] = [u.strip() for u in usages.split(",") if u.strip()]
-    size = ingress.annotation(annotation_keys.CM_PRIVATE_KEY_SIZE)
-    if size is not None:
-        _set_path(spec, ("privateKey", "size"),
-                  _int_annotation(ingress, annotation_keys.CM_PRIVATE_KEY_SIZE, size, source))
-    return spec
-
-
-def _merge(target: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    for name, value in extra.items():
-        if isinstance(value, Mapping):
-            _merge(target.setdefault(name, {}), value)
-        else:
-            target[name] = value
+        elif path == ("usages",):
+            value = [u.strip() for u in value.split(",") if u.strip()]
+        fields.append((path, value))
+    return fields
 
 
 def reconcile(*, store: Store, key: ObjectKey) -> Result:

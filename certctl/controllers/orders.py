@@ -99,11 +99,9 @@ def _step(
         state = client.new_order(csr_pem=request_pem, profile=issuer.acme.profile)
         status.update(url=state.url, finalizeURL=state.finalize_url, state=state.status,
                       authorizations=[{"url": url} for url in state.authorization_urls])
-        store.replace_status(obj=order)  # persist the URL before anything else can fail
+        reconciling.write_status(store, obj=order)  # the URL first, before anything can fail
         store.emit_event(obj=order, type="Normal", reason="Created",
                          message=f"Created ACME order {state.url}")
-        order = _reread(store, order)
-        status = order.setdefault("status", {})
     else:
         state = client.get_order(status["url"])
 
@@ -136,11 +134,21 @@ def _present(
     state: acme_client.OrderState,
     now: datetime.datetime,
 ) -> Result:
-    """Make sure every pending authorization has a Challenge being solved."""
+    """Make sure every pending authorization has a Challenge being solved.
+
+    An authorization recorded in status already has its Challenge (created
+    before the status write), so only new ones are fetched: while challenges
+    run, each of their updates costs this reconciler one ACME request.
+    """
     assert issuer.acme is not None
     labels = order["metadata"].get("labels") or {}
+    recorded = {a["url"]: a for a in (order.get("status") or {}).get("authorizations") or []
+                if "identifier" in a}
     authorizations: list[dict[str, Any]] = []
     for url in state.authorization_urls:
+        if url in recorded:
+            authorizations.append(recorded[url])
+            continue
         authorization = client.get_authorization(url)
         identifier = authorization.identifier.value
         dns_name = f"*.{identifier}" if authorization.wildcard else identifier
@@ -257,12 +265,6 @@ def _delete_challenges(store: Store, order: Object) -> None:
         if reconciling.is_owned_by(challenge, order):
             store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
                          name=challenge["metadata"]["name"])
-
-
-def _reread(store: Store, order: Object) -> Object:
-    fresh = store.get(kind="Order", namespace=order["metadata"]["namespace"],
-                      name=order["metadata"]["name"])
-    return fresh if fresh is not None else order
 
 
 def _delay_until(

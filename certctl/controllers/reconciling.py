@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.store.interface import Object, Store
@@ -78,7 +79,7 @@ def controller_of(obj: Mapping[str, Any]) -> ObjectKey | None:
 def manifest_source(obj: Mapping[str, Any]) -> str | None:
     """The file an object came from in standalone mode, for error messages."""
     annotations = obj.get("metadata", {}).get("annotations") or {}
-    source = annotations.get("certctl.io/manifest-source")
+    source = annotations.get(annotation_keys.MANIFEST_SOURCE)
     return str(source) if source else None
 
 
@@ -121,11 +122,14 @@ def write_status(store: Store, *, obj: Object) -> bool:
     """Write `obj`'s status if it differs from the stored one; True if written.
 
     Skipping no-op writes keeps level-triggered reconcilers from waking
-    themselves up forever through their own watch events.
+    themselves up forever through their own watch events. After a write
+    `obj` carries the new resourceVersion, so the caller can write it again
+    in the same pass without a conflict with itself.
     """
     current = store.get(kind=obj["kind"], namespace=obj["metadata"].get("namespace"),
                         name=obj["metadata"]["name"])
     if current is None or current.get("status") == obj.get("status"):
         return False
-    store.replace_status(obj=obj)
+    stored = store.replace_status(obj=obj)
+    obj["metadata"]["resourceVersion"] = stored["metadata"].get("resourceVersion")
     return True

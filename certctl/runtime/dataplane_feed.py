@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -101,7 +102,7 @@ class DataPlaneFeed:
             if self._stopping:
                 return
             self._wake.clear()
-            threading.Event().wait(DEBOUNCE_SECONDS)  # let a burst of events land
+            time.sleep(DEBOUNCE_SECONDS)  # let a burst of events land
             try:
                 self.refresh()
             except Exception:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import watchfiles
 
+from certctl.api import annotations as annotation_keys
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
     acme_accounts,
@@ -219,9 +220,7 @@ class Standalone:
         elif key.kind in ("ClusterIssuer", "Issuer"):
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
-            for certificate in self.store.list(kind="Certificate", namespace=key.namespace):
-                if (certificate.get("spec") or {}).get("secretName") == key.name:
-                    yield ("certificate", reconciling.key_of(certificate))
+            yield from self._certificates_writing(event)
 
     def _spec_changed(self, event: WatchEvent) -> bool:
         """Skip our own status writes, like controller-runtime's generation predicate."""
@@ -233,6 +232,22 @@ class Standalone:
             previous = self._generations.get(event.key)
             self._generations[event.key] = generation
         return event.type == "ADDED" or previous != generation or generation is None
+
+    def _certificates_writing(self, event: WatchEvent) -> Iterator[Item]:
+        """The Certificate whose Secret this is: named in the Secret's annotation when
+        certctl wrote it (also on deletion: the event carries the last state), else
+        found by `spec.secretName` (a Secret the user brought)."""
+        annotations = event.obj.get("metadata", {}).get("annotations") or {}
+        name = annotations.get(annotation_keys.SECRET_CERTIFICATE_NAME)
+        if name:
+            yield ("certificate", ObjectKey(kind="Certificate", namespace=event.key.namespace,
+                                            name=name))
+            return
+        if (event.obj.get("metadata", {}).get("labels") or {}).get(certificates.NEXT_KEY_LABEL):
+            return  # the next private key is the Certificate reconciler's own doing
+        for certificate in self.store.list(kind="Certificate", namespace=event.key.namespace):
+            if (certificate.get("spec") or {}).get("secretName") == event.key.name:
+                yield ("certificate", reconciling.key_of(certificate))
 
     def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:
         for certificate in self.store.list(kind="Certificate"):

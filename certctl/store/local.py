@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
+from certctl.api import annotations as annotation_keys
 from certctl.api import kinds
 from certctl.api.resources import ObjectKey
 from certctl.store import interface
@@ -42,7 +43,7 @@ from certctl.store.interface import EventType, Object
 
 logger = logging.getLogger(__name__)
 
-SOURCE_ANNOTATION = "certctl.io/manifest-source"
+SOURCE_ANNOTATION = annotation_keys.MANIFEST_SOURCE
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_DIR = "_cluster"
 SERVE_INFO = "serve.json"  # which manifests `certctl serve` reads into this state dir
@@ -171,9 +172,9 @@ class LocalStore:
     ) -> list[Object]:
         with self._lock:
             found = []
-            for key in sorted(self._all_keys(), key=str):
-                if key.kind != kind or (namespace is not None and key.namespace != namespace):
-                    continue
+            keys = [k for k in self._all_keys()
+                    if k.kind == kind and (namespace is None or k.namespace == namespace)]
+            for key in sorted(keys, key=str):
                 obj = self._visible(key)
                 if obj is None:
                     continue
