@@ -11,7 +11,8 @@ import pytest
 
 from certctl.api.resources import ObjectKey
 from certctl.store import interface
-from certctl.store.local import SOURCE_ANNOTATION, LocalStore, WatchEvent
+from certctl.store.interface import WatchEvent
+from certctl.store.local import SOURCE_ANNOTATION, LocalStore
 
 
 def secret(name: str, *, namespace: str = "default", **extra: Any) -> dict[str, Any]:

@@ -21,8 +21,7 @@ from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
 from certctl.dataplane import certstore, routing
 from certctl.pki import secret as tls_secret
-from certctl.store.interface import Object, Store
-from certctl.store.local import WatchEvent
+from certctl.store.interface import Object, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
 

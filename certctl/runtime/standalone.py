@@ -42,7 +42,8 @@ from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, workqueue
 from certctl.store import interface as store_interface
 from certctl.store import local
-from certctl.store.local import LocalStore, WatchEvent
+from certctl.store.interface import WatchEvent
+from certctl.store.local import LocalStore
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,24 @@ Semantics every implementation honours, because a real API server does:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from certctl.api.resources import ObjectKey
 
 Object = dict[str, Any]
 EventType = Literal["Normal", "Warning"]
+WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchEvent:
+    """One change to one object, as a watch stream (or the local store) reports it;
+    for DELETED, `obj` is the last state."""
+
+    type: WatchType
+    key: ObjectKey
+    obj: Object
 
 
 class StoreError(Exception):

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -39,7 +39,7 @@ from certctl.api import annotations as annotation_keys
 from certctl.api import kinds
 from certctl.api.resources import ObjectKey
 from certctl.store import interface
-from certctl.store.interface import EventType, Object
+from certctl.store.interface import EventType, Object, WatchEvent
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,6 @@ SOURCE_ANNOTATION = annotation_keys.MANIFEST_SOURCE
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_DIR = "_cluster"
 SERVE_INFO = "serve.json"  # which manifests `certctl serve` reads into this state dir
-
-WatchType = Literal["ADDED", "MODIFIED", "DELETED"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class WatchEvent:
-    type: WatchType
-    key: ObjectKey
-    obj: Object
-
 
 Listener = Callable[[WatchEvent], None]
 
