@@ -1,14 +1,8 @@
 """`certctl serve`: the reconcilers and the data plane on one host, no cluster.
 
 The local store plays the API server, a work queue plays kopf, and a file
-watcher plays `kubectl apply`. Which reconciler runs for which change mirrors
-what owner references and watches give a cluster controller:
-
-- a change to an object's spec (its generation) runs its own reconciler;
-- a status change of an Order or Challenge runs its owner's reconciler
-  (that is how progress flows upward without polling);
-- an issuer change runs the Certificates that use it; a Secret change runs
-  the Certificate that writes it (a deleted Secret is reissued at once).
+watcher plays `kubectl apply`; `runtime.dispatch` decides which reconciler
+runs for which change, exactly as in a cluster.
 """
 
 from __future__ import annotations
@@ -20,26 +14,23 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
 
-from certctl.api import annotations as annotation_keys
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
     acme_accounts,
     certificates,
     challenges,
-    ingress_shim,
     issuers,
     orders,
     reconciling,
 )
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
-from certctl.runtime import dataplane_feed, workqueue
+from certctl.runtime import dataplane_feed, dispatch, workqueue
 from certctl.store import interface as store_interface
 from certctl.store import local
 from certctl.store.interface import WatchEvent
@@ -87,18 +78,20 @@ class Standalone:
             cluster_resource_namespace=options.cluster_resource_namespace,
             user_agent="certctl-standalone",
         )
-        self.certificate_settings = certificates.Settings(clock=clock,
-                                                          backoff_base=options.backoff_base)
-        self.order_settings = orders.Settings(clock=clock, accounts=self.accounts)
-        self.issuer_settings = issuers.Settings(clock=clock, accounts=self.accounts)
-        self.challenge_settings = challenges.Settings(
-            clock=clock,
-            accounts=self.accounts,
-            self_check=challenges.self_check_for(
-                port=options.self_check_port or options.http_port,
-                connect_address=options.self_check_address,
+        settings = dispatch.ControllerSettings(
+            certificates=certificates.Settings(clock=clock, backoff_base=options.backoff_base),
+            orders=orders.Settings(clock=clock, accounts=self.accounts),
+            issuers=issuers.Settings(clock=clock, accounts=self.accounts),
+            challenges=challenges.Settings(
+                clock=clock,
+                accounts=self.accounts,
+                self_check=challenges.self_check_for(
+                    port=options.self_check_port or options.http_port,
+                    connect_address=options.self_check_address,
+                ),
             ),
         )
+        self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
         self.certificate_index = certstore.CertificateIndex()
         self.dataplane = server.DataPlane(
             http_address=(options.listen_address, options.http_port),
@@ -113,14 +106,12 @@ class Standalone:
             ingress_class=options.ingress_class,
         )
         self.queue = workqueue.WorkQueue(
-            handler=self._handle,
+            handler=self.dispatcher.handle,
             workers=options.workers,
             # A conflict means someone wrote first: re-read and go again, as kopf does.
             backoff=workqueue.Backoff(initial=0.05, maximum=300.0),
             expected_errors=(reconciling.TransientError, store_interface.Conflict),
         )
-        self._generations: dict[ObjectKey, object] = {}
-        self._generations_lock = threading.Lock()
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -146,7 +137,7 @@ class Standalone:
             ) from err
         self.feed.start()
         self.queue.start()
-        for item in self._everything():
+        for item in self.dispatcher.everything():
             self.queue.add(item)
         if self.options.watch_manifests:
             self._watcher = threading.Thread(target=self._watch, name="manifest-watcher",
@@ -181,108 +172,14 @@ class Standalone:
             logger.info("manifests changed; reloading")
             self.store.reload_manifests()
 
-    # --- dispatch ------------------------------------------------------------
-
-    def _handle(self, item: Hashable) -> float | None:
-        assert isinstance(item, tuple)
-        controller: str = item[0]
-        key: ObjectKey = item[1]
-        if controller == "ingress":
-            result = ingress_shim.reconcile(store=self.store, key=key)
-        elif controller == "certificate":
-            result = certificates.reconcile(store=self.store, key=key,
-                                            settings=self.certificate_settings)
-        elif controller == "order":
-            result = orders.reconcile(store=self.store, key=key, settings=self.order_settings)
-        elif controller == "challenge":
-            result = challenges.reconcile(store=self.store, key=key,
-                                          settings=self.challenge_settings)
-        elif controller == "issuer":
-            result = issuers.reconcile(store=self.store, key=key, settings=self.issuer_settings)
-        else:
-            raise ValueError(f"unknown controller {controller}")
-        return result.requeue_after
-
     def _on_event(self, event: WatchEvent) -> None:
-        for item in self._items_for(event):
+        for item in self.dispatcher.items_for(event):
             self.queue.add(item)
-
-    def _items_for(self, event: WatchEvent) -> Iterator[Item]:
-        key = event.key
-        if self._spec_changed(event):
-            own = _OWN_CONTROLLER.get(key.kind)
-            if own is not None:
-                yield (own, key)
-        owner = reconciling.controller_of(event.obj)
-        if key.kind == "Order" and owner is not None and owner.kind == "Certificate":
-            yield ("certificate", owner)
-        elif key.kind == "Challenge" and owner is not None and owner.kind == "Order":
-            yield ("order", owner)
-        elif key.kind in ("ClusterIssuer", "Issuer"):
-            yield from self._certificates_using(key)
-        elif key.kind == "Secret":
-            yield from self._certificates_writing(event)
-
-    def _spec_changed(self, event: WatchEvent) -> bool:
-        """Skip our own status writes, like controller-runtime's generation predicate."""
-        generation = event.obj.get("metadata", {}).get("generation")
-        with self._generations_lock:
-            if event.type == "DELETED":
-                self._generations.pop(event.key, None)
-                return True
-            previous = self._generations.get(event.key)
-            self._generations[event.key] = generation
-        return event.type == "ADDED" or previous != generation or generation is None
-
-    def _certificates_writing(self, event: WatchEvent) -> Iterator[Item]:
-        """The Certificate whose Secret this is: named in the Secret's annotation when
-        certctl wrote it (also on deletion: the event carries the last state), else
-        found by `spec.secretName` (a Secret the user brought)."""
-        annotations = event.obj.get("metadata", {}).get("annotations") or {}
-        name = annotations.get(annotation_keys.SECRET_CERTIFICATE_NAME)
-        if name:
-            yield ("certificate", ObjectKey(kind="Certificate", namespace=event.key.namespace,
-                                            name=name))
-            return
-        if (event.obj.get("metadata", {}).get("labels") or {}).get(certificates.NEXT_KEY_LABEL):
-            return  # the next private key is the Certificate reconciler's own doing
-        for certificate in self.store.list(kind="Certificate", namespace=event.key.namespace):
-            if (certificate.get("spec") or {}).get("secretName") == event.key.name:
-                yield ("certificate", reconciling.key_of(certificate))
-
-    def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:
-        for certificate in self.store.list(kind="Certificate"):
-            ref = (certificate.get("spec") or {}).get("issuerRef") or {}
-            if ref.get("name") != issuer.name or ref.get("kind", "Issuer") != issuer.kind:
-                continue
-            if issuer.namespace is not None and (
-                certificate["metadata"].get("namespace") != issuer.namespace
-            ):
-                continue
-            yield ("certificate", reconciling.key_of(certificate))
-
-    def _everything(self) -> Iterator[Item]:
-        for kind, controller in _OWN_CONTROLLER.items():
-            for obj in self.store.list(kind=kind):
-                key = reconciling.key_of(obj)
-                with self._generations_lock:
-                    self._generations[key] = obj["metadata"].get("generation")
-                yield (controller, key)
 
     def _seed_challenges(self) -> None:
         """Challenges persisted by a previous run must be answerable before the first event."""
         for obj in self.store.list(kind="Challenge"):
             self.feed.on_event(WatchEvent(type="ADDED", key=reconciling.key_of(obj), obj=obj))
-
-
-_OWN_CONTROLLER = {
-    "ClusterIssuer": "issuer",
-    "Issuer": "issuer",
-    "Ingress": "ingress",
-    "Certificate": "certificate",
-    "Order": "order",
-    "Challenge": "challenge",
-}
 
 
 def run(options: ServeOptions) -> None:

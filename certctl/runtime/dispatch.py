@@ -1,0 +1,143 @@
+"""Which reconciler runs for which change: shared by `certctl serve` and `certctl controller`.
+
+Both drivers feed watch events in and run the items this yields on a work
+queue. The rules mirror what owner references and watches give a
+controller-runtime controller:
+
+- a change to an object's spec (its generation) runs its own reconciler;
+- a status change of an Order or Challenge runs its owner's reconciler
+  (that is how progress flows upward without polling);
+- an issuer change runs the Certificates that use it; a Secret change runs
+  the Certificate that writes it (a deleted Secret is reissued at once).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+
+from certctl.api import annotations as annotation_keys
+from certctl.api.resources import ObjectKey
+from certctl.controllers import (
+    certificates,
+    challenges,
+    ingress_shim,
+    issuers,
+    orders,
+    reconciling,
+)
+from certctl.store.interface import Store, WatchEvent
+
+Item = tuple[str, ObjectKey]
+
+# The kinds with a reconciler of their own, and its name in queue items.
+OWN_CONTROLLER = {
+    "ClusterIssuer": "issuer",
+    "Issuer": "issuer",
+    "Ingress": "ingress",
+    "Certificate": "certificate",
+    "Order": "order",
+    "Challenge": "challenge",
+}
+# Kinds whose events matter to the reconcilers (beyond their own kinds).
+WATCHED_KINDS = (*OWN_CONTROLLER, "Secret")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerSettings:
+    certificates: certificates.Settings
+    orders: orders.Settings
+    challenges: challenges.Settings
+    issuers: issuers.Settings
+
+
+class Dispatcher:
+    def __init__(self, *, store: Store, settings: ControllerSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._generations: dict[ObjectKey, object] = {}
+        self._generations_lock = threading.Lock()
+
+    def handle(self, item: Hashable) -> float | None:
+        """Run one queue item; the delay before it should run again, if any."""
+        assert isinstance(item, tuple)
+        controller: str = item[0]
+        key: ObjectKey = item[1]
+        store, settings = self._store, self._settings
+        if controller == "ingress":
+            result = ingress_shim.reconcile(store=store, key=key)
+        elif controller == "certificate":
+            result = certificates.reconcile(store=store, key=key, settings=settings.certificates)
+        elif controller == "order":
+            result = orders.reconcile(store=store, key=key, settings=settings.orders)
+        elif controller == "challenge":
+            result = challenges.reconcile(store=store, key=key, settings=settings.challenges)
+        elif controller == "issuer":
+            result = issuers.reconcile(store=store, key=key, settings=settings.issuers)
+        else:
+            raise ValueError(f"unknown controller {controller}")
+        return result.requeue_after
+
+    def items_for(self, event: WatchEvent) -> Iterator[Item]:
+        key = event.key
+        if self._spec_changed(event):
+            own = OWN_CONTROLLER.get(key.kind)
+            if own is not None:
+                yield (own, key)
+        owner = reconciling.controller_of(event.obj)
+        if key.kind == "Order" and owner is not None and owner.kind == "Certificate":
+            yield ("certificate", owner)
+        elif key.kind == "Challenge" and owner is not None and owner.kind == "Order":
+            yield ("order", owner)
+        elif key.kind in ("ClusterIssuer", "Issuer"):
+            yield from self._certificates_using(key)
+        elif key.kind == "Secret":
+            yield from self._certificates_writing(event)
+
+    def everything(self) -> Iterator[Item]:
+        """Every object with a reconciler, once (start-up, or leadership just won)."""
+        for kind, controller in OWN_CONTROLLER.items():
+            for obj in self._store.list(kind=kind):
+                key = reconciling.key_of(obj)
+                with self._generations_lock:
+                    self._generations[key] = obj["metadata"].get("generation")
+                yield (controller, key)
+
+    def _spec_changed(self, event: WatchEvent) -> bool:
+        """Skip our own status writes, like controller-runtime's generation predicate."""
+        generation = event.obj.get("metadata", {}).get("generation")
+        with self._generations_lock:
+            if event.type == "DELETED":
+                self._generations.pop(event.key, None)
+                return True
+            previous = self._generations.get(event.key)
+            self._generations[event.key] = generation
+        return event.type == "ADDED" or previous != generation or generation is None
+
+    def _certificates_writing(self, event: WatchEvent) -> Iterator[Item]:
+        """The Certificate whose Secret this is: named in the Secret's annotation when
+        certctl wrote it (also on deletion: the event carries the last state), else
+        found by `spec.secretName` (a Secret the user brought)."""
+        annotations = event.obj.get("metadata", {}).get("annotations") or {}
+        name = annotations.get(annotation_keys.SECRET_CERTIFICATE_NAME)
+        if name:
+            yield ("certificate", ObjectKey(kind="Certificate", namespace=event.key.namespace,
+                                            name=name))
+            return
+        if (event.obj.get("metadata", {}).get("labels") or {}).get(certificates.NEXT_KEY_LABEL):
+            return  # the next private key is the Certificate reconciler's own doing
+        for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
+            if (certificate.get("spec") or {}).get("secretName") == event.key.name:
+                yield ("certificate", reconciling.key_of(certificate))
+
+    def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:
+        for certificate in self._store.list(kind="Certificate"):
+            ref = (certificate.get("spec") or {}).get("issuerRef") or {}
+            if ref.get("name") != issuer.name or ref.get("kind", "Issuer") != issuer.kind:
+                continue
+            if issuer.namespace is not None and (
+                certificate["metadata"].get("namespace") != issuer.namespace
+            ):
+                continue
+            yield ("certificate", reconciling.key_of(certificate))
