@@ -11,8 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
+import kubernetes.config
+
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
+from certctl.store.interface import Conflict, Store, StoreError
 from certctl.store.local import SERVE_INFO, LocalStore
 
 STATUS_KINDS = {
@@ -73,18 +77,70 @@ def _parser() -> argparse.ArgumentParser:
                        help="read the manifests once instead of watching them")
     serve.set_defaults(func=_serve)
 
-    status = commands.add_parser("status", help="show the status of certctl objects")
+    controller = commands.add_parser(
+        "controller", help="run the Kubernetes controller (kopf operator, leader-elected)")
+    _cluster_arguments(controller)
+    controller.add_argument("--watch-namespace", action="append", default=[],
+                            dest="watch_namespaces", metavar="NAMESPACE",
+                            help="watch only this namespace (repeatable; default: all)")
+    controller.add_argument("--cluster-resource-namespace", default="certctl",
+                            help="namespace of ClusterIssuer Secrets (ACME account keys)")
+    controller.add_argument("--leader-election-namespace", default="certctl")
+    controller.add_argument("--leader-election-name", default="certctl-controller",
+                            help="name of the coordination.k8s.io Lease the replicas share")
+    controller.add_argument("--no-leader-election", action="store_true",
+                            help="reconcile without a Lease (only ever run one replica then)")
+    controller.add_argument("--solver-service", default="certctl/certctl-dataplane",
+                            metavar="NAMESPACE/NAME[:PORT]",
+                            help="the data-plane Service solver Ingresses route HTTP-01 to")
+    controller.add_argument("--self-check-address", default=None,
+                            help="connect HTTP-01 self-checks here instead of resolving names")
+    controller.add_argument("--self-check-port", type=int, default=80)
+    controller.add_argument("--workers", type=int, default=16)
+    controller.add_argument("--backoff-base", type=_seconds, default=3600.0,
+                            help="seconds before retrying a failed issuance (default 3600)")
+    controller.set_defaults(func=_controller)
+
+    dataplane = commands.add_parser(
+        "dataplane", help="run the data plane for a cluster: serve Ingresses with TLS by SNI")
+    _cluster_arguments(dataplane)
+    dataplane.add_argument("--watch-namespace", action="append", default=[],
+                           dest="watch_namespaces", metavar="NAMESPACE")
+    dataplane.add_argument("--listen-address", default="0.0.0.0")  # noqa: S104
+    dataplane.add_argument("--http-port", type=int, default=8080)
+    dataplane.add_argument("--https-port", type=int, default=8443)
+    dataplane.add_argument("--ingress-class", default="certctl")
+    dataplane.set_defaults(func=_dataplane)
+
+    status = commands.add_parser(
+        "status", help="show the status of certctl objects (of `serve` with --state-dir, "
+        "else of the cluster in the kubeconfig)")
     status.add_argument("kind", choices=sorted(STATUS_KINDS))
     status.add_argument("name", nargs="?", help="omit to list every object of the kind")
     status.add_argument("-n", "--namespace", default="default")
     status.add_argument("-A", "--all-namespaces", action="store_true")
-    status.add_argument("--state-dir", type=Path, required=True)
+    status.add_argument("--state-dir", type=Path, default=None)
     status.add_argument("--manifests", type=Path, default=None,
                         help="the manifests `serve` reads (default: those the last `serve` "
                         "on this state dir read), to show user-defined objects too")
+    _cluster_arguments(status)
     status.add_argument("-o", "--output", choices=["text", "json"], default="text")
     status.set_defaults(func=_status)
+
+    renew = commands.add_parser(
+        "renew", help="issue a Certificate again now, like `cmctl renew` (in a cluster)")
+    renew.add_argument("name")
+    renew.add_argument("-n", "--namespace", default="default")
+    _cluster_arguments(renew)
+    renew.set_defaults(func=_renew)
     return parser
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", default=None,
+                        help="default: in-cluster service account, else $KUBECONFIG or "
+                        "~/.kube/config")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
 
 
 def _seconds(text: str) -> float:
@@ -122,21 +178,144 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _kube_configuration(args: argparse.Namespace) -> kubernetes.client.Configuration | None:
+    """The cluster connection, or None after printing why there is none."""
+    from certctl.store import kube
+
+    try:
+        return kube.load_configuration(kubeconfig=args.kubeconfig, context=args.context)
+    except (kubernetes.config.ConfigException, OSError) as err:
+        where = f"--kubeconfig {args.kubeconfig}" if args.kubeconfig else "kubeconfig"
+        print(f"certctl: {where}: {err}", file=sys.stderr)
+        return None
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from certctl.runtime import leader, operator
+    from certctl.solvers import http01_ingress
+
+    configuration = _kube_configuration(args)
+    if configuration is None:
+        return 2
+    service, _, port = args.solver_service.partition(":")
+    namespace, _, name = service.partition("/")
+    if not namespace or not name or (port and not port.isdigit()):
+        print(f"certctl: --solver-service {args.solver_service}: expected NAMESPACE/NAME[:PORT]",
+              file=sys.stderr)
+        return 2
+    operator.run_controller(operator.ControllerOptions(
+        configuration=configuration,
+        namespaces=tuple(args.watch_namespaces),
+        cluster_resource_namespace=args.cluster_resource_namespace,
+        leader_election=not args.no_leader_election,
+        election=leader.ElectionSettings(namespace=args.leader_election_namespace,
+                                         name=args.leader_election_name,
+                                         identity=operator.default_identity()),
+        data_plane=http01_ingress.DataPlaneService(namespace=namespace, name=name,
+                                                   port=int(port or 80)),
+        self_check_address=args.self_check_address,
+        self_check_port=args.self_check_port,
+        workers=args.workers,
+        backoff_base=datetime.timedelta(seconds=args.backoff_base),
+    ))
+    return 0
+
+
+def _dataplane(args: argparse.Namespace) -> int:
+    from certctl.runtime import operator
+
+    configuration = _kube_configuration(args)
+    if configuration is None:
+        return 2
+    try:
+        operator.run_dataplane(operator.DataPlaneOptions(
+            configuration=configuration,
+            namespaces=tuple(args.watch_namespaces),
+            listen_address=args.listen_address,
+            http_port=args.http_port,
+            https_port=args.https_port,
+            ingress_class=args.ingress_class,
+        ))
+    except OSError as err:
+        print(f"certctl: cannot listen on {args.listen_address} ports {args.http_port}/"
+              f"{args.https_port}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status_store(args: argparse.Namespace) -> tuple[Store, str] | None:
+    """The store `status` reads: serve's state dir when given, else the cluster."""
+    if args.state_dir is None:
+        from certctl.store import kube
+
+        configuration = _kube_configuration(args)
+        if configuration is None:
+            return None
+        return kube.KubeStore(configuration=configuration), configuration.host
     if not args.state_dir.is_dir():
         print(f"certctl: --state-dir {args.state_dir}: no such folder", file=sys.stderr)
-        return 2
+        return None
     manifests = args.manifests or _served_manifests(args.state_dir)
     store = LocalStore(manifests_dir=manifests, state_dir=args.state_dir)
     if manifests is not None:
         store.reload_manifests()
+    return store, str(args.state_dir)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from certctl.controllers import policies, reconciling
+    from certctl.store import kube
+
+    configuration = _kube_configuration(args)
+    if configuration is None:
+        return 2
+    store = kube.KubeStore(configuration=configuration)
+    key = ObjectKey(kind="Certificate", namespace=args.namespace, name=args.name)
+    try:
+        for _attempt in range(5):  # a conflict means the controller wrote first: re-read
+            obj = store.get(kind="Certificate", namespace=args.namespace, name=args.name)
+            if obj is None:
+                print(f"certctl: {key} not found in {configuration.host}", file=sys.stderr)
+                return 1
+            reconciling.with_condition(
+                obj, type="Issuing", status="True", reason=policies.MANUALLY_TRIGGERED,
+                message="Certificate re-issuance manually triggered",
+                now=datetime.datetime.now(datetime.UTC))
+            try:
+                store.replace_status(obj=obj)
+            except Conflict:
+                continue
+            print(f"Manually triggered issuance of {key}")
+            return 0
+    except StoreError as err:
+        print(f"certctl: {err}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"certctl: {key} kept changing; try again", file=sys.stderr)
+    return 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    found_store = _status_store(args)
+    if found_store is None:
+        return 2
+    store, where = found_store
+    try:
+        return _show_status(args, store=store, where=where)
+    except StoreError as err:
+        print(f"certctl: {err}", file=sys.stderr)
+        return 1
+
+
+def _show_status(args: argparse.Namespace, *, store: Store, where: str) -> int:
     kind = STATUS_KINDS[args.kind]
     namespace = None if args.all_namespaces or kind == "ClusterIssuer" else args.namespace
     if args.name:
         obj = store.get(kind=kind, namespace=namespace, name=args.name)
         if obj is None:
             key = ObjectKey(kind=kind, namespace=namespace, name=args.name)
-            print(f"certctl: {key} not found in {args.state_dir}", file=sys.stderr)
+            print(f"certctl: {key} not found in {where}", file=sys.stderr)
             return 1
         found = [obj]
     else:

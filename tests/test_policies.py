@@ -102,6 +102,16 @@ def test_names_compare_as_sets_in_any_order() -> None:
     assert check(certificate(), secret) is None
 
 
+def test_requested_renewal_reissues_a_fine_certificate_that_stays_ready() -> None:
+    data = policies.read_input(certificate=certificate(), secret=tls_secret(), now=NOW,
+                               renewal_requested=True)
+
+    violation = policies.needs_issuing(data)
+    assert violation is not None
+    assert violation.reason == policies.MANUALLY_TRIGGERED == "ManuallyTriggered"
+    assert policies.needs_issuing(data, policies.READINESS_CHAIN) is None
+
+
 def test_missing_secret_is_does_not_exist() -> None:
     violation = check(certificate(), None)
 

@@ -86,7 +86,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
     secret = store.get(kind="Secret", namespace=certificate.namespace,
                        name=certificate.secret_name)
-    data = policies.read_input(certificate=certificate, secret=secret, now=now)
+    issuing = conditions.get_condition((obj.get("status") or {}).get("conditions") or [],
+                                       "Issuing")
+    data = policies.read_input(
+        certificate=certificate, secret=secret, now=now,
+        renewal_requested=issuing is not None and issuing.get("status") == "True"
+        and issuing.get("reason") == policies.MANUALLY_TRIGGERED)
     violation = policies.needs_issuing(data)
     if violation is None:
         return _up_to_date(store, obj, certificate=certificate, data=data, now=now)

@@ -28,6 +28,7 @@ SECRET_MISMATCH = "SecretMismatch"  # noqa: S105 - a reason, not a password
 INCORRECT_KEY = "IncorrectPrivateKey"
 RENEWING = "Renewing"
 EXPIRED = "Expired"
+MANUALLY_TRIGGERED = "ManuallyTriggered"  # what `cmctl renew` and `certctl renew` set
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,13 +47,19 @@ class Input:
     secret_problem: str | None
     info: inspect.CertificateInfo | None
     now: datetime.datetime
+    # The Issuing condition says a user asked for a new certificate (`certctl renew`).
+    renewal_requested: bool = False
 
 
 Check = Callable[[Input], Violation | None]
 
 
 def read_input(
-    *, certificate: Certificate, secret: Mapping[str, Any] | None, now: datetime.datetime
+    *,
+    certificate: Certificate,
+    secret: Mapping[str, Any] | None,
+    now: datetime.datetime,
+    renewal_requested: bool = False,
 ) -> Input:
     """Parse the Secret once; a parse failure becomes `secret_problem`, not an exception."""
     contents = None
@@ -66,7 +73,14 @@ def read_input(
             problem = str(err)
             contents = None
     return Input(certificate=certificate, secret=secret, contents=contents,
-                 secret_problem=problem, info=info, now=now)
+                 secret_problem=problem, info=info, now=now, renewal_requested=renewal_requested)
+
+
+def renewal_requested(data: Input) -> Violation | None:
+    if data.renewal_requested:
+        return Violation(reason=MANUALLY_TRIGGERED,
+                         message="Re-issuance of the certificate was manually triggered")
+    return None
 
 
 def secret_does_not_exist(data: Input) -> Violation | None:
@@ -184,6 +198,7 @@ def renewal_time_of(
 
 
 ISSUANCE_CHAIN: Sequence[Check] = (
+    renewal_requested,
     secret_does_not_exist,
     secret_is_invalid,
     key_does_not_match,
@@ -196,7 +211,8 @@ ISSUANCE_CHAIN: Sequence[Check] = (
 
 # Ready means "the Secret holds a usable certificate for this spec": a
 # certificate inside its renewal window is still Ready while it is renewed.
-READINESS_CHAIN: Sequence[Check] = tuple(c for c in ISSUANCE_CHAIN if c is not renewal_due)
+READINESS_CHAIN: Sequence[Check] = tuple(
+    c for c in ISSUANCE_CHAIN if c not in (renewal_due, renewal_requested))
 
 
 def needs_issuing(data: Input, chain: Sequence[Check] = ISSUANCE_CHAIN) -> Violation | None:

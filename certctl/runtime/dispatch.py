@@ -8,25 +8,33 @@ controller-runtime controller:
 - a status change of an Order or Challenge runs its owner's reconciler
   (that is how progress flows upward without polling);
 - an issuer change runs the Certificates that use it; a Secret change runs
-  the Certificate that writes it (a deleted Secret is reissued at once).
+  the Certificate that writes it (a deleted Secret is reissued at once);
+- a renewal requested in a Certificate's status (`certctl renew`) runs it.
 """
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 from certctl.api import annotations as annotation_keys
+from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
+    acme_accounts,
     certificates,
     challenges,
     ingress_shim,
     issuers,
     orders,
+    policies,
     reconciling,
 )
+from certctl.runtime import workqueue
+from certctl.solvers import http01_ingress
+from certctl.store import interface as store_interface
 from certctl.store.interface import Store, WatchEvent
 
 Item = tuple[str, ObjectKey]
@@ -50,6 +58,44 @@ class ControllerSettings:
     orders: orders.Settings
     challenges: challenges.Settings
     issuers: issuers.Settings
+
+
+def controller_settings(
+    *,
+    clock: reconciling.Clock,
+    accounts: acme_accounts.AcmeAccounts,
+    backoff_base: datetime.timedelta,
+    self_check: challenges.SelfCheck,
+    data_plane: http01_ingress.DataPlaneService | None = None,
+) -> ControllerSettings:
+    return ControllerSettings(
+        certificates=certificates.Settings(clock=clock, backoff_base=backoff_base),
+        orders=orders.Settings(clock=clock, accounts=accounts),
+        issuers=issuers.Settings(clock=clock, accounts=accounts),
+        challenges=challenges.Settings(clock=clock, accounts=accounts, self_check=self_check,
+                                       data_plane=data_plane),
+    )
+
+
+def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQueue:
+    """The queue the reconcilers run on, retrying failures as kopf would."""
+    return workqueue.WorkQueue(
+        handler=handler,
+        workers=workers,
+        backoff=workqueue.Backoff(initial=0.05, maximum=300.0),
+        # A conflict means someone wrote first: re-read and go again.
+        expected_errors=(reconciling.TransientError, store_interface.Conflict),
+    )
+
+
+def _renewal_requested(event: WatchEvent) -> bool:
+    """`certctl renew` (or cmctl) changed only the status: that must run the reconciler too."""
+    if event.key.kind != "Certificate" or event.type == "DELETED":
+        return False
+    issuing = conditions.get_condition(
+        (event.obj.get("status") or {}).get("conditions") or [], "Issuing")
+    return issuing is not None and issuing.get("reason") == policies.MANUALLY_TRIGGERED and \
+        issuing.get("status") == "True"
 
 
 class Dispatcher:
@@ -81,7 +127,7 @@ class Dispatcher:
 
     def items_for(self, event: WatchEvent) -> Iterator[Item]:
         key = event.key
-        if self._spec_changed(event):
+        if self._spec_changed(event) or _renewal_requested(event):
             own = OWN_CONTROLLER.get(key.kind)
             if own is not None:
                 yield (own, key)

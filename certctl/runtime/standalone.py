@@ -22,16 +22,12 @@ import watchfiles
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
     acme_accounts,
-    certificates,
     challenges,
-    issuers,
-    orders,
     reconciling,
 )
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
-from certctl.runtime import dataplane_feed, dispatch, workqueue
-from certctl.store import interface as store_interface
+from certctl.runtime import dataplane_feed, dispatch
 from certctl.store import local
 from certctl.store.interface import WatchEvent
 from certctl.store.local import LocalStore
@@ -78,17 +74,13 @@ class Standalone:
             cluster_resource_namespace=options.cluster_resource_namespace,
             user_agent="certctl-standalone",
         )
-        settings = dispatch.ControllerSettings(
-            certificates=certificates.Settings(clock=clock, backoff_base=options.backoff_base),
-            orders=orders.Settings(clock=clock, accounts=self.accounts),
-            issuers=issuers.Settings(clock=clock, accounts=self.accounts),
-            challenges=challenges.Settings(
-                clock=clock,
-                accounts=self.accounts,
-                self_check=challenges.self_check_for(
-                    port=options.self_check_port or options.http_port,
-                    connect_address=options.self_check_address,
-                ),
+        settings = dispatch.controller_settings(
+            clock=clock,
+            accounts=self.accounts,
+            backoff_base=options.backoff_base,
+            self_check=challenges.self_check_for(
+                port=options.self_check_port or options.http_port,
+                connect_address=options.self_check_address,
             ),
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
@@ -105,13 +97,7 @@ class Standalone:
             publish_routes=self.dataplane.set_routes,
             ingress_class=options.ingress_class,
         )
-        self.queue = workqueue.WorkQueue(
-            handler=self.dispatcher.handle,
-            workers=options.workers,
-            # A conflict means someone wrote first: re-read and go again, as kopf does.
-            backoff=workqueue.Backoff(initial=0.05, maximum=300.0),
-            expected_errors=(reconciling.TransientError, store_interface.Conflict),
-        )
+        self.queue = dispatch.work_queue(handler=self.dispatcher.handle, workers=options.workers)
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
 

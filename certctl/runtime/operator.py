@@ -1,0 +1,313 @@
+"""`certctl controller` and `certctl dataplane`: kopf watches the cluster, the reconcilers act.
+
+kopf does what it is good at: logging in, discovering the API, keeping watch
+streams alive across disconnects and expiries. Its `on.event` handlers only
+translate each event into a `WatchEvent`; from there everything is what
+`certctl serve` runs too: `runtime.dispatch` picks the reconcilers, the work
+queue runs them on threads against `store.kube`. kopf's own persistence
+(finalizers, progress annotations) is never used, so certctl writes nothing to
+objects beyond what the reconcilers decide.
+
+The controller reconciles only while it holds the leader Lease
+(`runtime.leader`); followers keep their watches warm and drop events, and
+a new leader starts by queueing every object once. The data plane has no
+leader: every replica serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import kubernetes.client
+
+from certctl.controllers import (
+    acme_accounts,
+    challenges,
+    reconciling,
+)
+from certctl.controllers.reconciling import Clock
+from certctl.dataplane import certstore, server
+from certctl.runtime import dataplane_feed, dispatch, leader
+from certctl.solvers import http01_ingress
+from certctl.store.interface import WatchEvent
+from certctl.store.kube import RESOURCES, KubeStore, auth_headers
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[WatchEvent], None]
+
+
+def default_identity() -> str:
+    """The pod name in a cluster (set from the downward API), else host and a random suffix."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControllerOptions:
+    configuration: kubernetes.client.Configuration
+    namespaces: tuple[str, ...] = ()  # watched namespaces; empty: the whole cluster
+    cluster_resource_namespace: str = "certctl"
+    leader_election: bool = True
+    election: leader.ElectionSettings = field(default_factory=lambda: leader.ElectionSettings(
+        namespace="certctl", name="certctl-controller", identity=default_identity()))
+    # The data-plane Service that solver Ingresses route HTTP-01 tokens to.
+    data_plane: http01_ingress.DataPlaneService | None = None
+    self_check_address: str | None = None  # default: resolve each name through DNS
+    self_check_port: int = 80
+    workers: int = 16
+    backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataPlaneOptions:
+    configuration: kubernetes.client.Configuration
+    namespaces: tuple[str, ...] = ()
+    listen_address: str = "0.0.0.0"  # noqa: S104 - an ingress controller listens on all
+    http_port: int = 8080
+    https_port: int = 8443
+    ingress_class: str = "certctl"
+
+
+class Watcher:
+    """kopf in a thread of its own: watches kinds and hands every event to a listener."""
+
+    def __init__(
+        self,
+        *,
+        configuration: kubernetes.client.Configuration,
+        kinds: Iterable[str],
+        namespaces: tuple[str, ...],
+        listener: Listener,
+    ) -> None:
+        self._configuration = configuration
+        self._namespaces = namespaces
+        self._listener = listener
+        self._registry = kopf.OperatorRegistry()
+        self._stop_flag = threading.Event()
+        self._ready_flag = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
+        self._failure: BaseException | None = None
+        kopf.on.login(registry=self._registry)(self._login)
+        for kind in kinds:
+            resource = RESOURCES[kind]
+            kopf.on.event(resource.group, resource.version, resource.plural,
+                          registry=self._registry)(self._handler_for(kind))
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready_flag.wait(timeout):
+            raise RuntimeError(f"the Kubernetes watches did not start within {timeout:.0f} s"
+                               + (f": {self._failure}" if self._failure else ""))
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        settings = kopf.OperatorSettings()
+        settings.posting.enabled = False  # certctl posts its own Events, kopf's would be noise
+        settings.scanning.disabled = True  # no CRD/namespace scanning: needs no RBAC for it
+        settings.watching.connect_timeout = 10
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 30
+        try:
+            asyncio.run(kopf.operator(
+                registry=self._registry,
+                settings=settings,
+                standalone=True,  # certctl elects its own leader (runtime.leader)
+                clusterwide=not self._namespaces,
+                namespaces=self._namespaces,
+                stop_flag=self._stop_flag,
+                ready_flag=self._ready_flag,
+            ))
+        except BaseException as err:  # reported by start() or logged; the thread must not die
+            self._failure = err
+            logger.exception("the Kubernetes watches stopped")
+
+    def _login(self, **_: Any) -> kopf.ConnectionInfo:
+        configuration = self._configuration
+        token: str | None = None
+        for value in auth_headers(configuration).values():
+            if value.lower().startswith("bearer "):
+                token = value.split(" ", 1)[1]
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert or None,
+            insecure=not configuration.verify_ssl,
+            token=token,
+            certificate_path=configuration.cert_file or None,
+            private_key_path=configuration.key_file or None,
+        )
+
+    def _handler_for(self, kind: str) -> Callable[..., None]:
+        listener = self._listener
+
+        def on_event(event: kopf.RawEvent, **_: Any) -> None:
+            obj = dict(event["object"])
+            obj.setdefault("kind", kind)
+            event_type = event.get("type") or "ADDED"  # None: the initial listing
+            try:
+                key = reconciling.key_of(obj)
+            except KeyError:
+                return
+            listener(WatchEvent(type=event_type if event_type in ("ADDED", "MODIFIED", "DELETED")
+                                else "MODIFIED", key=key, obj=obj))
+
+        on_event.__name__ = f"on_{kind.lower()}_event"
+        return on_event
+
+
+class Controller:
+    """The reconcilers against the Kubernetes API, reconciling only while leading."""
+
+    def __init__(self, *, options: ControllerOptions,
+                 clock: Clock = reconciling.system_clock) -> None:
+        self.options = options
+        self.store = KubeStore(configuration=options.configuration, component="certctl")
+        self.accounts = acme_accounts.AcmeAccounts(
+            cluster_resource_namespace=options.cluster_resource_namespace,
+            user_agent="certctl-controller",
+        )
+        settings = dispatch.controller_settings(
+            clock=clock,
+            accounts=self.accounts,
+            backoff_base=options.backoff_base,
+            self_check=challenges.self_check_for(port=options.self_check_port,
+                                                 connect_address=options.self_check_address),
+            data_plane=options.data_plane,
+        )
+        self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
+        self.queue = dispatch.work_queue(handler=self._handle, workers=options.workers)
+        self.elector: leader.LeaderElector | None = None
+        if options.leader_election:
+            self.elector = leader.LeaderElector(
+                store=self.store, settings=options.election,
+                on_started_leading=self._queue_everything,
+                on_stopped_leading=lambda: None,  # queued items are dropped by _handle
+            )
+        self.watcher = Watcher(configuration=options.configuration,
+                               kinds=dispatch.WATCHED_KINDS, namespaces=options.namespaces,
+                               listener=self._on_event)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    def start(self) -> None:
+        self.queue.start()
+        self.watcher.start()
+        if self.elector is None:
+            self._queue_everything()
+        else:
+            self.elector.start()
+
+    def stop(self) -> None:
+        if self.elector is not None:
+            self.elector.stop()
+        self.watcher.stop()
+        self.queue.stop()
+        self.accounts.close()
+        self.store.close()
+
+    def _queue_everything(self) -> None:
+        for item in self.dispatcher.everything():
+            self.queue.add(item)
+
+    def _on_event(self, event: WatchEvent) -> None:
+        if self.is_leader:
+            for item in self.dispatcher.items_for(event):
+                self.queue.add(item)
+
+    def _handle(self, item: Hashable) -> float | None:
+        if not self.is_leader:
+            return None  # the new leader re-reads everything
+        return self.dispatcher.handle(item)
+
+
+class ClusterDataPlane:
+    """The data plane fed from the Kubernetes API: routes, certificates, live tokens."""
+
+    def __init__(self, *, options: DataPlaneOptions) -> None:
+        self.options = options
+        self.store = KubeStore(configuration=options.configuration,
+                               component="certctl-dataplane")
+        self.certificate_index = certstore.CertificateIndex()
+        self.dataplane = server.DataPlane(
+            http_address=(options.listen_address, options.http_port),
+            https_address=(options.listen_address, options.https_port),
+            certificates=self.certificate_index,
+            challenge_responder=self._respond_to_challenge,
+        )
+        self.feed = dataplane_feed.DataPlaneFeed(
+            store=self.store,
+            certificates=self.certificate_index,
+            publish_routes=self.dataplane.set_routes,
+            ingress_class=options.ingress_class,
+        )
+        self.watcher = Watcher(
+            configuration=options.configuration,
+            kinds=(*dataplane_feed.ROUTING_KINDS, "Secret", "Challenge"),
+            namespaces=options.namespaces,
+            listener=self.feed.on_event,
+        )
+
+    def _respond_to_challenge(self, host: str, token: str) -> str | None:
+        return self.feed.respond_to_challenge(host, token)
+
+    async def start(self) -> None:
+        await self.dataplane.start()
+        self.watcher.start()
+        self.feed.start()
+        logger.info("serving HTTP on %s:%d and HTTPS on %s:%d", self.options.listen_address,
+                    self.dataplane.http_port, self.options.listen_address,
+                    self.dataplane.https_port)
+
+    async def stop(self) -> None:
+        self.watcher.stop()
+        self.feed.stop()
+        await self.dataplane.stop()
+        self.store.close()
+
+
+async def _until_signalled() -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()
+    logger.info("stopping")
+
+
+def run_controller(options: ControllerOptions) -> None:
+    controller = Controller(options=options)
+    controller.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_until_signalled())
+    finally:
+        controller.stop()
+
+
+def run_dataplane(options: DataPlaneOptions) -> None:
+    async def main() -> None:
+        plane = ClusterDataPlane(options=options)
+        await plane.start()
+        try:
+            await _until_signalled()
+        finally:
+            await plane.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,297 @@
+"""The store over the Kubernetes API: what the reconcilers use in `certctl controller`.
+
+Every call is one REST request (a `requests` session, pooled and
+thread-safe) to the paths of the kinds certctl knows (`RESOURCES`), with
+the connection settings of the official `kubernetes` client: kubeconfig or
+in-cluster service account, CA, client certificates, and bearer tokens
+refreshed through its configuration hooks. (Its generated `ApiClient`
+changes signatures between releases and offers nothing for untyped kinds.)
+
+Behaviour that comes from the real API server rather than from here, and
+that the tests' emulator has to copy:
+
+- `replace` is a PUT carrying `metadata.resourceVersion`: the server answers
+  409 when it is stale, which becomes `Conflict`;
+- for kinds with a status subresource, a PUT of the object ignores `status`
+  and a PUT of `/status` changes only `status`;
+- `metadata.uid`, `creationTimestamp`, `generation` are assigned by the
+  server; owned objects are garbage-collected by the cluster.
+
+List responses omit `kind`/`apiVersion` on items; they are filled in so
+reconcilers see the same shape as from `get`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kubernetes.client
+import kubernetes.config
+import requests
+
+from certctl.store import interface
+from certctl.store.interface import EventType, Object
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, *, namespace: str | None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{name}"
+        if subresource is not None:
+            base += f"/{subresource}"
+        return base
+
+
+RESOURCES: dict[str, Resource] = {
+    "ClusterIssuer": Resource(group="certctl.io", version="v1", plural="clusterissuers",
+                              namespaced=False),
+    "Issuer": Resource(group="certctl.io", version="v1", plural="issuers", namespaced=True),
+    "Certificate": Resource(group="certctl.io", version="v1", plural="certificates",
+                            namespaced=True),
+    "Order": Resource(group="certctl.io", version="v1", plural="orders", namespaced=True),
+    "Challenge": Resource(group="certctl.io", version="v1", plural="challenges",
+                          namespaced=True),
+    "Ingress": Resource(group="networking.k8s.io", version="v1", plural="ingresses",
+                        namespaced=True),
+    "IngressClass": Resource(group="networking.k8s.io", version="v1", plural="ingressclasses",
+                             namespaced=False),
+    "Secret": Resource(group="", version="v1", plural="secrets", namespaced=True),
+    "Service": Resource(group="", version="v1", plural="services", namespaced=True),
+    "Endpoints": Resource(group="", version="v1", plural="endpoints", namespaced=True),
+    "EndpointSlice": Resource(group="discovery.k8s.io", version="v1", plural="endpointslices",
+                              namespaced=True),
+    "Lease": Resource(group="coordination.k8s.io", version="v1", plural="leases",
+                      namespaced=True),
+    "Event": Resource(group="", version="v1", plural="events", namespaced=True),
+}
+
+# Events about cluster-scoped objects go here, as kubectl and client-go do.
+CLUSTER_EVENTS_NAMESPACE = "default"
+
+
+def load_configuration(
+    *, kubeconfig: str | None = None, context: str | None = None
+) -> kubernetes.client.Configuration:
+    """The API connection: the given kubeconfig, else in-cluster, else ~/.kube/config."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is None:
+        try:
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+            return configuration
+        except kubernetes.config.ConfigException:
+            pass
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, context=context, client_configuration=configuration)
+    return configuration
+
+
+def auth_headers(configuration: kubernetes.client.Configuration) -> dict[str, str]:
+    """The Authorization header to send now; the configuration's hook refreshes expiring
+    tokens (projected service-account tokens, exec plugins) when asked."""
+    headers: dict[str, str] = {}
+    settings = cast(Mapping[str, Mapping[str, Any]], configuration.auth_settings())
+    for auth in settings.values():
+        if auth["in"] == "header" and auth["value"]:
+            headers[auth["key"]] = str(auth["value"])
+    return headers
+
+
+class KubeStore:
+    def __init__(self, *, configuration: kubernetes.client.Configuration,
+                 component: str = "certctl") -> None:
+        self.configuration = configuration
+        self._server = configuration.host.rstrip("/")
+        self._session = requests.Session()
+        if configuration.ssl_ca_cert:
+            self._session.verify = configuration.ssl_ca_cert
+        if not configuration.verify_ssl:
+            self._session.verify = False
+        if configuration.cert_file and configuration.key_file:
+            self._session.cert = (configuration.cert_file, configuration.key_file)
+        self._component = component
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- the Store protocol --------------------------------------------------
+
+    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
+        resource = _resource(kind)
+        try:
+            return self._call("GET", resource.path(namespace=namespace, name=name), kind=kind)
+        except interface.NotFound:
+            return None
+
+    def list(
+        self,
+        *,
+        kind: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Object]:
+        resource = _resource(kind)
+        query: list[tuple[str, str]] = []
+        if labels:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+        found = self._call("GET", resource.path(namespace=namespace), kind=kind, query=query)
+        items: list[Object] = found.get("items") or []
+        for item in items:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", resource.api_version)
+        # Filtered here too: a label selector the server ignored must not widen a list.
+        return [item for item in items if _labels_match(item, labels)]
+
+    def create(self, *, obj: Object) -> Object:
+        kind, namespace, _ = _identity(obj)
+        resource = _resource(kind)
+        try:
+            return self._call("POST", resource.path(namespace=namespace), kind=kind, body=obj)
+        except interface.Conflict as err:
+            raise interface.AlreadyExists(str(err)) from err
+
+    def replace(self, *, obj: Object) -> Object:
+        kind, namespace, name = _identity(obj)
+        return self._call("PUT", _resource(kind).path(namespace=namespace, name=name), kind=kind,
+                          body=obj)
+
+    def replace_status(self, *, obj: Object) -> Object:
+        kind, namespace, name = _identity(obj)
+        return self._call("PUT", _resource(kind).path(namespace=namespace, name=name,
+                                                      subresource="status"),
+                          kind=kind, body=obj)
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
+        try:
+            self._call("DELETE", _resource(kind).path(namespace=namespace, name=name), kind=kind,
+                       body={"propagationPolicy": "Background"})
+        except interface.NotFound:
+            return
+
+    def emit_event(
+        self, *, obj: Mapping[str, Any], type: EventType, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event, as `kubectl describe` shows them; best effort, never raises."""
+        log = logger.warning if type == "Warning" else logger.info
+        try:
+            kind, namespace, name = _identity(obj)
+        except (KeyError, TypeError, ValueError):
+            return
+        log("%s %s/%s %s: %s", kind, namespace or "", name, reason, message)
+        now = datetime.datetime.now(datetime.UTC)
+        event_namespace = namespace or CLUSTER_EVENTS_NAMESPACE
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}", "namespace": event_namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": kind,
+                "name": name,
+                "namespace": namespace,
+                "uid": obj.get("metadata", {}).get("uid"),
+                "resourceVersion": obj.get("metadata", {}).get("resourceVersion"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._component},
+            "reportingComponent": self._component,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            self._call("POST", RESOURCES["Event"].path(namespace=event_namespace), kind="Event",
+                       body=event)
+        except interface.StoreError as err:
+            logger.debug("could not record an event about %s %s: %s", kind, name, err)
+
+    # --- transport -----------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: str,
+        body: Mapping[str, Any] | None = None,
+        query: builtins.list[tuple[str, str]] | None = None,
+    ) -> Object:
+        headers = {"Accept": "application/json", "User-Agent": self._component}
+        # Evaluated per request: the hook behind it refreshes expiring tokens.
+        headers.update(auth_headers(self.configuration))
+        try:
+            answer = self._session.request(method, self._server + path, params=query,
+                                           json=body, headers=headers, timeout=30)
+        except requests.RequestException as err:
+            raise interface.StoreError(f"{method} {path}: {err}") from err
+        if answer.status_code >= 400:
+            raise _store_error(answer, method=method, path=path)
+        try:
+            response = answer.json()
+        except ValueError as err:
+            raise interface.StoreError(f"{method} {path}: the API answered no JSON") from err
+        if not isinstance(response, dict):
+            raise interface.StoreError(f"{method} {path}: the API answered {type(response)}")
+        if method != "DELETE":
+            response.setdefault("kind", kind)
+            response.setdefault("apiVersion", RESOURCES[kind].api_version)
+        return response
+
+
+def _resource(kind: str) -> Resource:
+    try:
+        return RESOURCES[kind]
+    except KeyError:
+        raise interface.StoreError(f"certctl does not know the API of kind {kind}") from None
+
+
+def _identity(obj: Mapping[str, Any]) -> tuple[str, str | None, str]:
+    kind = obj["kind"]
+    metadata = obj["metadata"]
+    namespace = metadata.get("namespace") if _resource(kind).namespaced else None
+    return kind, namespace, metadata["name"]
+
+
+def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
+    if not labels:
+        return True
+    present = obj.get("metadata", {}).get("labels") or {}
+    return all(present.get(key) == value for key, value in labels.items())
+
+
+def _store_error(answer: requests.Response, *, method: str, path: str) -> interface.StoreError:
+    try:
+        detail = str(answer.json().get("message") or "")
+    except (ValueError, AttributeError):
+        detail = answer.text[:300]
+    message = f"{method} {path}: {answer.status_code} {answer.reason}: {detail}"
+    if answer.status_code == 404:
+        return interface.NotFound(message)
+    if answer.status_code == 409:
+        return interface.Conflict(message)
+    return interface.StoreError(message)

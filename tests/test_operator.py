@@ -1,0 +1,358 @@
+"""`certctl controller` + `certctl dataplane` against a Kubernetes API emulator and real Pebble.
+
+The controller runs kopf watches and the reconcilers on threads, the data
+plane serves on loopback ports (its HTTP port is the one Pebble's VA
+connects to), and the test plays `kubectl`: it writes objects through the
+API and reads what the controller did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509 import verification
+
+from certctl import cli
+from certctl.pki import inspect
+from certctl.runtime import leader, operator
+from certctl.solvers import http01_ingress
+from certctl.store.kube import KubeStore
+from tests.kube import Cluster
+from tests.pebble import PebbleServer, free_port
+from tests.serving import (
+    cluster_issuer,
+    dns_names,
+    echo_backend,
+    eventually,
+    https_get,
+    ingress,
+    served_certificate,
+    service_with_endpoints,
+)
+
+DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane")
+
+
+class Deployment:
+    """The controller (one replica per `add_controller`) and one data plane, in-process."""
+
+    def __init__(self, *, cluster: Cluster, pebble: PebbleServer) -> None:
+        self.cluster = cluster
+        self.pebble = pebble
+        self.controllers: list[operator.Controller] = []
+        self.dataplane = operator.ClusterDataPlane(options=operator.DataPlaneOptions(
+            configuration=cluster.configuration(),
+            listen_address="127.0.0.1",
+            http_port=pebble.http_port,
+            https_port=free_port(),
+        ))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> Deployment:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.dataplane.start(), self._loop).result(30)
+        self.add_controller(identity="replica-0")
+        return self
+
+    def add_controller(self, *, identity: str) -> operator.Controller:
+        controller = operator.Controller(options=operator.ControllerOptions(
+            configuration=self.cluster.configuration(),
+            election=leader.ElectionSettings(namespace="certctl", name="certctl-controller",
+                                             identity=identity, lease_duration=3.0,
+                                             renew_deadline=2.0, retry_period=0.2),
+            data_plane=DATA_PLANE,
+            self_check_address="127.0.0.1",
+            self_check_port=self.pebble.http_port,
+            workers=4,
+            backoff_base=datetime.timedelta(seconds=1),
+        ))
+        controller.start()
+        self.controllers.append(controller)
+        return controller
+
+    def stop(self) -> None:
+        for controller in self.controllers:
+            controller.stop()
+        asyncio.run_coroutine_threadsafe(self.dataplane.stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    @property
+    def https_port(self) -> int:
+        port = self.dataplane.dataplane.https_port
+        assert port is not None
+        return port
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    running = Cluster()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[KubeStore]:
+    store = cluster.store()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def deployment(cluster: Cluster, pebble: PebbleServer) -> Iterator[Deployment]:
+    running = Deployment(cluster=cluster, pebble=pebble).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _issuer(pebble: PebbleServer, *, name: str = "pebble") -> dict[str, Any]:
+    return cluster_issuer(pebble, name=name, api_version="certctl.io/v1")
+
+
+def _apply_app(api: KubeStore, *, backend_port: int, name: str = "shop",
+               host: str = "shop.example.test") -> None:
+    api.create(obj=ingress(name, hosts=[host], secret_name=f"{name}-tls", backend=name))
+    for obj in service_with_endpoints(name, port=backend_port):
+        api.create(obj=obj)
+
+
+def _ready_secret(api: KubeStore, name: str) -> dict[str, Any] | None:
+    certificate = api.get(kind="Certificate", namespace="default", name=name)
+    if certificate is None:
+        return None
+    ready = [c for c in (certificate.get("status") or {}).get("conditions") or []
+             if c["type"] == "Ready" and c["status"] == "True"]
+    if not ready:
+        return None
+    return api.get(kind="Secret", namespace="default", name=name)
+
+
+def _leaf(secret: dict[str, Any]) -> x509.Certificate:
+    chain = base64.b64decode(secret["data"]["tls.crt"])
+    return x509.load_pem_x509_certificate(chain)
+
+
+def _events(api: KubeStore, *, kind: str, name: str) -> list[tuple[str, str, str]]:
+    return [(e["type"], e["reason"], e["message"])
+            for e in api.list(kind="Event", namespace="default")
+            if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name]
+
+
+def _history(cluster: Cluster, *, plural: str, namespace: str | None = None) -> list[Any]:
+    """Every object of a kind the emulator ever held, deleted ones included."""
+    assert cluster.emulator is not None
+    return [obj for (resource, ns, _), obj in cluster.emulator.objects.items()
+            if resource.plural == plural and (namespace is None or ns == namespace)]
+
+
+def test_annotated_ingress_gets_a_certificate_issued_through_orders_and_challenges(
+    cluster: Cluster, api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    api.create(obj=_issuer(pebble))
+    with echo_backend("shop-backend") as backend_port:
+        _apply_app(api, backend_port=backend_port)
+        secret = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60,
+                            what="a Ready certificate and its Secret")
+
+        roots = pebble.issuance_roots_pem()
+        chain = inspect.split_pem_chain(base64.b64decode(secret["data"]["tls.crt"]))
+        verifier = verification.PolicyBuilder().store(verification.Store(
+            x509.load_pem_x509_certificates(roots))).build_server_verifier(
+            x509.DNSName("shop.example.test"))
+        verified = verifier.verify(chain[0], chain[1:])  # raises if it does not verify
+        assert verified[-1].subject == x509.load_pem_x509_certificates(roots)[0].subject
+        assert dns_names(_leaf(secret)) == ["shop.example.test"]
+        assert secret["type"] == "kubernetes.io/tls"
+        annotations = secret["metadata"]["annotations"]
+        assert annotations["cert-manager.io/certificate-name"] == "shop-tls"
+        assert annotations["cert-manager.io/issuer-name"] == "pebble"
+        assert annotations["cert-manager.io/issuer-kind"] == "ClusterIssuer"
+
+        # The data plane serves it by SNI and proxies to the backend.
+        leaf = eventually(lambda: served_certificate(
+            port=deployment.https_port, server_name="shop.example.test", roots_pem=roots),
+            what="the certificate served by the data plane")
+        assert dns_names(leaf) == ["shop.example.test"]
+        status, body = https_get(port=deployment.https_port, host="shop.example.test",
+                                 path="/cart", roots_pem=roots)
+        assert (status, body) == (200, "shop-backend shop.example.test /cart https")
+
+    # The Certificate belongs to the Ingress; the issuer registered an account.
+    certificate = api.get(kind="Certificate", namespace="default", name="shop-tls")
+    assert certificate is not None
+    [owner] = certificate["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("Ingress", "shop")
+    issuer = api.get(kind="ClusterIssuer", namespace=None, name="pebble")
+    assert issuer is not None
+    assert issuer["status"]["acme"]["uri"].startswith("https://")
+    assert [c["status"] for c in issuer["status"]["conditions"] if c["type"] == "Ready"] == [
+        "True"]
+
+    # One Order, valid, with its ACME URL; its Challenge was solved and cleaned up.
+    [order] = api.list(kind="Order", namespace="default")
+    assert order["status"]["state"] == "valid"
+    assert order["status"]["url"].startswith("https://")
+    challenges = _history(cluster, plural="challenges", namespace="default")
+    assert len(challenges) == 1
+    challenge_versions = [v for v in challenges[0].history if v is not None]
+    assert any((v.get("status") or {}).get("state") == "valid" for v in challenge_versions)
+
+    # The solver Ingress existed while the challenge was pending and is gone now.
+    solver_ingresses = [obj for obj in _history(cluster, plural="ingresses", namespace="default")
+                        if obj.history.last["metadata"]["name"].startswith("certctl-http01-")]
+    assert len(solver_ingresses) == 1
+    solver = solver_ingresses[0].history.last
+    assert solver_ingresses[0].deleted
+    [rule] = solver["spec"]["rules"]
+    assert rule["host"] == "shop.example.test"
+    [path] = rule["http"]["paths"]
+    token = challenge_versions[-1]["spec"]["token"]
+    assert (path["path"], path["pathType"]) == (f"/.well-known/acme-challenge/{token}", "Exact")
+    assert solver["spec"]["ingressClassName"] == "certctl"
+    backend_service = path["backend"]["service"]["name"]
+    [service] = [obj.history.last for obj in _history(cluster, plural="services")
+                 if obj.history.last["metadata"]["name"] == backend_service]
+    assert service["spec"]["externalName"] == "certctl-dataplane.certctl.svc.cluster.local"
+    assert not any(name.startswith("certctl-http01-") for name in
+                   (s["metadata"]["name"] for s in api.list(kind="Service",
+                                                            namespace="default")))
+
+    # Events tell the story, on each object.
+    assert ("Normal", "CreateCertificate") in [
+        e[:2] for e in _events(api, kind="Ingress", name="shop")]
+    certificate_reasons = [e[1] for e in _events(api, kind="Certificate", name="shop-tls")]
+    assert "Requested" in certificate_reasons and "Issuing" in certificate_reasons
+    assert "Complete" in [e[1] for e in _events(api, kind="Order",
+                                                name=order["metadata"]["name"])]
+
+
+def test_removing_the_annotation_removes_the_certificate(
+    api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    api.create(obj=_issuer(pebble))
+    _apply_app(api, backend_port=free_port())
+    eventually(lambda: api.get(kind="Certificate", namespace="default", name="shop-tls"),
+               what="the Certificate")
+    shop = api.get(kind="Ingress", namespace="default", name="shop")
+    assert shop is not None
+    shop["metadata"]["annotations"] = {}
+    api.replace(obj=shop)
+    eventually(lambda: api.get(kind="Certificate", namespace="default", name="shop-tls") is None,
+               what="the Certificate to be deleted")
+
+
+def test_deleted_secret_is_issued_again(
+    api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    api.create(obj=_issuer(pebble))
+    _apply_app(api, backend_port=free_port())
+    first = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="a certificate")
+    api.delete(kind="Secret", namespace="default", name="shop-tls")
+    second = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60,
+                        what="a new Secret")
+    assert _leaf(second).serial_number != _leaf(first).serial_number
+    assert len(api.list(kind="Order", namespace="default")) >= 1
+
+
+def test_missing_issuer_is_a_clear_condition_and_no_acme_traffic(
+    api: KubeStore, deployment: Deployment
+) -> None:
+    api.create(obj=ingress("shop", hosts=["shop.example.test"], secret_name="shop-tls",
+                           annotations={"cert-manager.io/cluster-issuer": "letsencrypt-prod"}))
+
+    def not_ready() -> dict[str, Any] | None:
+        certificate = api.get(kind="Certificate", namespace="default", name="shop-tls")
+        conditions = (certificate or {}).get("status", {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Ready"), None)
+
+    ready = eventually(not_ready, what="a Ready condition")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "IssuerNotFound"
+    assert "ClusterIssuer letsencrypt-prod not found" in ready["message"]
+    assert api.list(kind="Order", namespace="default") == []
+    assert api.list(kind="Secret", namespace="certctl") == []  # no account key was made
+
+
+def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(
+    cluster: Cluster, api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    second = deployment.add_controller(identity="replica-1")
+    first = deployment.controllers[0]
+    eventually(lambda: first.is_leader != second.is_leader, what="exactly one leader")
+    api.create(obj=_issuer(pebble))
+    with echo_backend("a") as port_a, echo_backend("b") as port_b:
+        _apply_app(api, backend_port=port_a, name="a", host="a.example.test")
+        _apply_app(api, backend_port=port_b, name="b", host="b.example.test")
+        for name in ("a-tls", "b-tls"):
+            eventually(partial(_ready_secret, api, name), timeout=60, what=name)
+    orders = _history(cluster, plural="orders")
+    assert len(orders) == 2, [o.history.last["metadata"]["name"] for o in orders]
+
+    # The leader steps down; the follower takes over and keeps reconciling.
+    leading, following = (first, second) if first.is_leader else (second, first)
+    leading.stop()
+    deployment.controllers.remove(leading)
+    eventually(lambda: following.is_leader, timeout=15, what="the follower to take over")
+    shop = api.get(kind="Ingress", namespace="default", name="a")
+    assert shop is not None
+    shop["metadata"]["annotations"] = {}
+    api.replace(obj=shop)
+    eventually(lambda: api.get(kind="Certificate", namespace="default", name="a-tls") is None,
+               what="the new leader to act")
+
+
+def test_cli_status_and_renew_against_the_cluster(
+    tmp_path: Path, api: KubeStore, cluster: Cluster, deployment: Deployment,
+    pebble: PebbleServer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": cluster.url}}],
+        "users": [{"name": "test", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    api.create(obj=_issuer(pebble))
+    _apply_app(api, backend_port=free_port())
+    first = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="a certificate")
+
+    capsys.readouterr()
+    assert cli.main(["status", "certificate", "shop-tls", "-n", "default",
+                     "--kubeconfig", str(kubeconfig)]) == 0
+    shown = capsys.readouterr().out
+    assert "Certificate default/shop-tls" in shown
+    assert "Ready: True" in shown
+
+    assert cli.main(["renew", "shop-tls", "-n", "default", "--kubeconfig", str(kubeconfig)]) == 0
+    assert "Manually triggered issuance of Certificate default/shop-tls" in capsys.readouterr().out
+    def renewed_secret() -> dict[str, Any] | None:
+        secret = _ready_secret(api, "shop-tls")
+        if secret is None or _leaf(secret).serial_number == _leaf(first).serial_number:
+            return None
+        return secret
+
+    renewed = eventually(renewed_secret, timeout=60, what="a renewed certificate")
+    assert dns_names(_leaf(renewed)) == ["shop.example.test"]
+
+    assert cli.main(["status", "certificate", "nope", "-n", "default",
+                     "--kubeconfig", str(kubeconfig)]) == 1
+    assert "Certificate default/nope not found" in capsys.readouterr().err
