@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Install everything certctl's demo and tests need on a fresh Debian machine:
-# the Debian packages (Pebble, curl) and a virtualenv in .venv with certctl
-# and its test tools. Safe to run again; it only installs what is missing.
+# the Debian packages (Pebble, BIND9 for DNS-01, curl, kubectl) and a
+# virtualenv in .venv with certctl and its test tools. Safe to run again; it
+# only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(pebble curl ca-certificates)
+APT_PACKAGES=(pebble bind9 bind9-utils curl ca-certificates)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
+# `kubectl kustomize` renders manifests/ in the tests. Debian's kubernetes-client
+# only when no kubectl is installed: its /usr/bin/kubectl clashes with others'.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -1,0 +1,809 @@
+"""The CRDs, the kustomize base and the cluster examples, checked without a cluster.
+
+No API server can run here, so each of its checks is done by a stand-in:
+`kubectl kustomize` renders the base (set KUBECTL to try another kubectl,
+such as Debian's 1.20 with its old built-in kustomize); the official
+Kubernetes OpenAPI schemas bundled by kubernetes-validate check the built-in
+objects; jsonschema checks our objects against the CRDs' openAPIV3Schema
+(closed, as `kubectl apply`'s strict field validation treats unknown
+fields); cel-python evaluates the CRDs' x-kubernetes-validations rules. And
+certctl.api.parsing must agree with the schemas both ways: what the
+examples say parses, and what the schemas refuse, the parser refuses too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime
+import functools
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+from celpy import adapter, celparser, celtypes, evaluation
+
+from certctl.api import conditions, errors, kinds, parsing, resources
+from certctl.runtime import dataplane_feed
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT / "crds"
+MANIFESTS = ROOT / "manifests"
+CLUSTER_EXAMPLES = ROOT / "examples" / "cluster"
+KUBECTL = os.environ.get("KUBECTL", "kubectl")
+NAMESPACE = "certctl"
+IMAGE = "ghcr.io/certctl/certctl:0.1.0"
+# CEL rules in CRDs are on by default from Kubernetes 1.25; the newest is
+# whatever kubernetes-validate bundles.
+KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.latest_version())
+
+OUR_KINDS = {
+    info.kind: info for info in kinds.BY_KIND.values() if info.api_version == "certctl.io/v1"
+}
+OUR_PLURALS = sorted(info.plural for info in OUR_KINDS.values())
+READ_WRITE = ("get", "list", "watch", "create", "update", "patch", "delete")
+READ = ("get", "list", "watch")
+
+Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def _grants(*, groups: tuple[str, ...], resources: list[str] | tuple[str, ...],
+            verbs: tuple[str, ...]) -> set[Rule]:
+    return {(g, r, v) for g in groups for r in resources for v in verbs}
+
+
+# Exactly what each ClusterRole may do; the comments in manifests/rbac-*.yaml say why.
+CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
+    "certctl-controller": (
+        _grants(groups=("certctl.io",), resources=OUR_PLURALS, verbs=READ_WRITE)
+        | _grants(groups=("certctl.io",), resources=[f"{p}/status" for p in OUR_PLURALS],
+                  verbs=("get", "update", "patch"))
+        | _grants(groups=("certctl.io",),
+                  resources=("certificates/finalizers", "orders/finalizers"), verbs=("update",))
+        | _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ_WRITE)
+        | _grants(groups=("",), resources=("secrets",), verbs=READ_WRITE)
+        | _grants(groups=("", "events.k8s.io"), resources=("events",),
+                  verbs=("create", "patch"))
+    ),
+    "certctl-dataplane": (
+        _grants(groups=("networking.k8s.io",), resources=("ingresses", "ingressclasses"),
+                verbs=READ)
+        | _grants(groups=("networking.k8s.io",), resources=("ingresses/status",),
+                  verbs=("get", "update", "patch"))
+        | _grants(groups=("",), resources=("services", "endpoints", "secrets"), verbs=READ)
+        | _grants(groups=("discovery.k8s.io",), resources=("endpointslices",), verbs=READ)
+        | _grants(groups=("certctl.io",), resources=("challenges",), verbs=READ)
+        | _grants(groups=("", "events.k8s.io"), resources=("events",),
+                  verbs=("create", "patch"))
+    ),
+}
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc]
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [obj for obj in _by_kind(objects, kind) if obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    """`kubectl kustomize manifests/`, as `kubectl apply -k` would send it."""
+    if shutil.which(KUBECTL) is None:
+        pytest.fail(f"{KUBECTL} not found: install kubectl (Debian: apt-get install "
+                    "kubernetes-client)")
+    result = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def _crds() -> dict[str, dict[str, Any]]:
+    """Our CRDs by kind, read from crds/ as listed in its kustomization."""
+    listed = _documents(CRDS / "kustomization.yaml")[0]["resources"]
+    crds = [doc for name in listed for doc in _documents(CRDS / name)]
+    return {crd["spec"]["names"]["kind"]: crd for crd in crds}
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    schema: dict[str, Any] = _crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _example_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(file#index, object) for examples/cluster/*.yaml and examples/*.yaml."""
+    paths = sorted(CLUSTER_EXAMPLES.glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
+    return [
+        (f"{path.relative_to(ROOT)}#{index}", doc)
+        for path in paths
+        for index, doc in enumerate(_documents(path))
+    ]
+
+
+def _cluster_example(filename: str) -> dict[str, Any]:
+    docs = _documents(CLUSTER_EXAMPLES / filename)
+    assert len(docs) == 1
+    return docs[0]
+
+
+def _containers(deployment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+# --- validating our kinds like the API server ------------------------------------------
+
+
+def _closed(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema with unknown fields refused (the API server prunes them; kubectl's
+    strict field validation, its default, refuses them), except where it preserves them."""
+    closed = dict(schema)
+    if "properties" in closed:
+        closed["properties"] = {k: _closed(v) for k, v in closed["properties"].items()}
+    if isinstance(closed.get("additionalProperties"), Mapping):
+        closed["additionalProperties"] = _closed(closed["additionalProperties"])
+    if "items" in closed:
+        closed["items"] = _closed(closed["items"])
+    if (closed.get("type") == "object" and "additionalProperties" not in closed
+            and not closed.get("x-kubernetes-preserve-unknown-fields")):
+        closed["additionalProperties"] = False
+    return closed
+
+
+_FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@_FORMATS.checks("byte", raises=binascii.Error)
+def _is_base64(value: object) -> bool:
+    if isinstance(value, str):
+        base64.b64decode(value, validate=True)
+    return True
+
+
+@_FORMATS.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    if isinstance(value, str):
+        conditions.parse_time(value)
+    return True
+
+
+@functools.cache
+def _validator(kind: str) -> jsonschema.Draft7Validator:
+    schema = _closed(_schema(kind))
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is the server's
+    return jsonschema.Draft7Validator(schema, format_checker=_FORMATS)
+
+
+_CEL = celpy.Environment()
+
+
+@functools.cache
+def _cel_program(rule: str) -> celpy.Runner:
+    return _CEL.program(_CEL.compile(rule))
+
+
+def _cel_holds(rule: str, value: Any) -> bool:
+    """A rule holds when it evaluates to true; an evaluation error rejects, as in Kubernetes."""
+    try:
+        result = _cel_program(rule).evaluate({"self": adapter.json_to_cel(value)})
+    except evaluation.CELEvalError:
+        return False
+    return isinstance(result, celtypes.BoolType) and bool(result)
+
+
+def _cel_violations(schema: Mapping[str, Any], value: Any, *, at: str) -> Iterator[str]:
+    for rule in schema.get("x-kubernetes-validations", []):
+        if not _cel_holds(rule["rule"], value):
+            yield f"{at}: {rule['message']}"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in schema.get("properties", {}):
+                yield from _cel_violations(schema["properties"][key], item, at=f"{at}.{key}")
+            elif isinstance(schema.get("additionalProperties"), Mapping):
+                yield from _cel_violations(schema["additionalProperties"], item,
+                                           at=f"{at}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield from _cel_violations(schema["items"], item, at=f"{at}[{index}]")
+
+
+def _violations(obj: Mapping[str, Any]) -> list[str]:
+    """What the API server would say about one of our objects: schema errors, then CEL's."""
+    kind = obj["kind"]
+    found = [
+        f"{'.'.join(str(part) for part in error.absolute_path) or '(object)'}: {error.message}"
+        for error in _validator(kind).iter_errors(obj)
+    ]
+    found.extend(_cel_violations(_schema(kind), obj, at=""))
+    return found
+
+
+def _parse(obj: Mapping[str, Any]) -> object:
+    parsers: dict[str, Callable[..., object]] = {
+        "ClusterIssuer": parsing.parse_issuer,
+        "Issuer": parsing.parse_issuer,
+        "Certificate": parsing.parse_certificate,
+        "Challenge": parsing.parse_challenge,
+        "Ingress": parsing.parse_ingress,
+    }
+    return parsers[obj["kind"]](obj)
+
+
+# --- (a) the base renders, with every component as documented --------------------------
+
+
+def test_base_renders_every_component(rendered):
+    assert sorted((obj["kind"], obj["metadata"]["name"]) for obj in rendered) == sorted([
+        ("Namespace", NAMESPACE),
+        *(("CustomResourceDefinition", f"{info.plural}.certctl.io")
+          for info in OUR_KINDS.values()),
+        ("ServiceAccount", "certctl-controller"),
+        ("ServiceAccount", "certctl-dataplane"),
+        ("ClusterRole", "certctl-controller"),
+        ("ClusterRoleBinding", "certctl-controller"),
+        ("Role", "certctl-controller-leader-election"),
+        ("RoleBinding", "certctl-controller-leader-election"),
+        ("ClusterRole", "certctl-dataplane"),
+        ("ClusterRoleBinding", "certctl-dataplane"),
+        ("Deployment", "certctl-controller"),
+        ("Deployment", "certctl-dataplane"),
+        ("Service", "certctl-dataplane"),
+        ("IngressClass", "certctl"),
+    ])
+    namespaced = {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"}
+    for obj in rendered:
+        if obj["kind"] in namespaced:
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "certctl"
+
+
+def test_base_carries_the_crds_unchanged(rendered):
+    for crd in _by_kind(rendered, "CustomResourceDefinition"):
+        source = _crds()[crd["spec"]["names"]["kind"]]
+        assert crd["spec"] == source["spec"], crd["metadata"]["name"]
+
+
+def test_controller_runs_the_controller_command_with_leader_election(rendered):
+    deployment = _one(rendered, "Deployment", "certctl-controller")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "certctl-controller"
+    (container,) = _containers(deployment)
+    assert container["image"] == IMAGE
+    assert container["command"] + container["args"] == [
+        "certctl", "controller",
+        "--cluster-resource-namespace", NAMESPACE,
+        "--leader-election-namespace", NAMESPACE,
+        "--solver-service", f"{NAMESPACE}/certctl-dataplane",
+    ]
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    # Nothing listens in the controller: no ports, and so nothing to probe.
+    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & container.keys()
+
+
+def test_data_plane_runs_the_dataplane_command_and_probes_its_http_port(rendered):
+    deployment = _one(rendered, "Deployment", "certctl-dataplane")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "certctl-dataplane"
+    (container,) = _containers(deployment)
+    assert container["image"] == IMAGE
+    command = container["command"] + container["args"]
+    assert command == [
+        "certctl", "dataplane", "--http-port", "8080", "--https-port", "8443",
+        "--ingress-class", "certctl",
+    ]
+    assert [env["name"] for env in container["env"]] == ["POD_NAME", "POD_NAMESPACE"]
+    assert [env["valueFrom"]["fieldRef"]["fieldPath"] for env in container["env"]] == [
+        "metadata.name", "metadata.namespace",
+    ]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8080, "https": 8443}
+    for probe in ("livenessProbe", "readinessProbe"):
+        port = container[probe]["tcpSocket"]["port"]
+        assert ports[port] == int(command[command.index("--http-port") + 1])
+
+
+def test_pods_run_unprivileged_on_a_read_only_root(rendered):
+    for deployment in _by_kind(rendered, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+            assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+
+
+def test_service_publishes_80_and_443_to_the_data_plane_only(rendered):
+    service = _one(rendered, "Service", "certctl-dataplane")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert sorted((p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]) == [
+        ("http", 80, "http"), ("https", 443, "https"),
+    ]
+    selector = service["spec"]["selector"].items()
+    for deployment in _by_kind(rendered, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert (selector <= labels) == (deployment["metadata"]["name"] == "certctl-dataplane")
+
+
+def test_flags_name_the_objects_the_base_creates(rendered):
+    (controller,) = _containers(_one(rendered, "Deployment", "certctl-controller"))
+    solver_service = controller["args"][controller["args"].index("--solver-service") + 1]
+    service = _one(rendered, "Service", "certctl-dataplane")
+    assert solver_service == f"{service['metadata']['namespace']}/{service['metadata']['name']}"
+
+    (dataplane,) = _containers(_one(rendered, "Deployment", "certctl-dataplane"))
+    ingress_class = _one(rendered, "IngressClass",
+                         dataplane["args"][dataplane["args"].index("--ingress-class") + 1])
+    assert ingress_class["spec"]["controller"] == dataplane_feed.CONTROLLER_NAME
+    annotation = ingress_class["metadata"]["annotations"]
+    assert annotation["ingressclass.kubernetes.io/is-default-class"] == "false"
+
+
+# --- (b) built-in objects against the official Kubernetes schemas ---------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_builtin_objects_match_the_kubernetes_openapi_schemas(rendered, version, monkeypatch):
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("schema validation tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    builtins = rendered + [doc for _, doc in _example_objects() if doc["kind"] not in OUR_KINDS]
+    for obj in builtins:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+    mistyped = copy.deepcopy(_one(rendered, "Deployment", "certctl-dataplane"))
+    _containers(mistyped)[0]["readinessProbe"]["tcpSocket"]["prot"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(mistyped, version, strict=True)
+
+
+# --- (c) the CRDs: structural, named as certctl expects, and enforcing what the parser does ---
+
+
+_NOT_STRUCTURAL = {"$ref", "definitions", "dependencies", "additionalItems", "patternProperties",
+                   "id", "$schema", "allOf", "anyOf", "oneOf", "not"}
+_TYPES = {"object", "array", "string", "integer", "number", "boolean"}
+
+
+def _structural_problems(node: Mapping[str, Any], *, at: str) -> Iterator[str]:
+    """Kubernetes' structural schema rules, plus the v1 CRD restrictions."""
+    if "type" in node:
+        if node["type"] not in _TYPES:
+            yield f"{at}: unknown type {node['type']!r}"
+    elif not (node.get("x-kubernetes-preserve-unknown-fields") is True
+              or node.get("x-kubernetes-int-or-string") is True):
+        yield f"{at}: no type"
+    for key in sorted(_NOT_STRUCTURAL & node.keys()):
+        yield f"{at}: {key} is not allowed"
+    if node.get("uniqueItems") is True:
+        yield f"{at}: uniqueItems must not be true"
+    if "properties" in node and "additionalProperties" in node:
+        yield f"{at}: properties and additionalProperties are mutually exclusive"
+    if node.get("type") != "object" and {"properties", "additionalProperties",
+                                         "required"} & node.keys():
+        yield f"{at}: properties on a non-object"
+    if node.get("type") == "array" and "items" not in node:
+        yield f"{at}: an array needs items"
+    for name in node.get("required", []):
+        if name not in node.get("properties", {}):
+            yield f"{at}: required field {name!r} is not a property"
+    if node.get("x-kubernetes-list-type") == "map":
+        keys = node.get("x-kubernetes-list-map-keys") or []
+        if not keys or not set(keys) <= set(node["items"].get("required", [])):
+            yield f"{at}: a map list needs required x-kubernetes-list-map-keys"
+    for rule in node.get("x-kubernetes-validations", []):
+        if not rule.get("message"):
+            yield f"{at}: rule {rule['rule']!r} has no message"
+        try:
+            _cel_program(rule["rule"])
+        except celparser.CELParseError as err:
+            yield f"{at}: rule {rule['rule']!r} does not compile: {err}"
+    for name, child in node.get("properties", {}).items():
+        yield from _structural_problems(child, at=f"{at}.{name}")
+    if isinstance(node.get("additionalProperties"), Mapping):
+        yield from _structural_problems(node["additionalProperties"], at=f"{at}.*")
+    if "items" in node:
+        yield from _structural_problems(node["items"], at=f"{at}[*]")
+
+
+@pytest.mark.parametrize("kind", sorted(OUR_KINDS))
+def test_crd_schema_is_structural(kind):
+    schema = _schema(kind)
+    assert list(_structural_problems(schema, at=kind)) == []
+    # Only name and generateName may be restricted in metadata; we restrict nothing.
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    assert {"spec", "status"} <= schema["properties"].keys()
+
+
+def test_structural_check_finds_problems():
+    broken = {"type": "object", "properties": {
+        "a": {"description": "no type"},
+        "b": {"type": "array"},
+        "c": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+        "d": {"type": "string", "x-kubernetes-validations": [{"rule": "self ==", "message": "m"}]},
+    }}
+    assert len(list(_structural_problems(broken, at="x"))) == 4
+
+
+@pytest.mark.parametrize("kind", sorted(OUR_KINDS))
+def test_crd_names_match_what_certctl_reads_and_writes(kind):
+    crd = _crds()[kind]
+    info = OUR_KINDS[kind]
+    assert crd["metadata"]["name"] == f"{info.plural}.certctl.io"
+    assert crd["spec"]["group"] == "certctl.io"
+    assert crd["spec"]["scope"] == ("Namespaced" if info.namespaced else "Cluster")
+    names = crd["spec"]["names"]
+    assert (names["plural"], names["singular"], names["listKind"]) == (
+        info.plural, kind.lower(), f"{kind}List")
+    assert "certctl" in names["categories"]
+    (version,) = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_certificates_answer_to_the_short_names_users_type():
+    assert _crds()["Certificate"]["spec"]["names"]["shortNames"] == ["cert", "certs"]
+
+
+def _field_exists(schema: Mapping[str, Any], json_path: str) -> bool:
+    """Whether a printer column's path (filters such as [?(@.type=="Ready")] dropped) exists."""
+    node = schema
+    for part in re.sub(r"\[[^]]*\]", "", json_path).lstrip(".").split("."):
+        if part == "metadata":
+            return True  # ObjectMeta is the server's, not in our schema
+        node = node.get("properties", {}).get(part, {})
+        node = node.get("items", node)
+    return bool(node)
+
+
+@pytest.mark.parametrize(("kind", "columns"), [
+    ("Certificate", ["Ready", "Secret", "Issuer", "Age", "Expiry"]),
+    ("ClusterIssuer", ["Ready", "Age"]),
+    ("Issuer", ["Ready", "Age"]),
+    ("Order", ["State", "Age"]),
+    ("Challenge", ["State", "Domain", "Age"]),
+])
+def test_printer_columns_show_fields_that_exist(kind, columns):
+    printed = _crds()[kind]["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in printed if not c.get("priority")] == columns
+    for column in printed:
+        assert _field_exists(_schema(kind), column["jsonPath"]), column
+    expiry = [c for c in printed if c["name"] == "Expiry"]
+    # kubectl prints a future `date` as <invalid>; the expiry is shown as the timestamp.
+    assert all(c["type"] == "string" and c["jsonPath"] == ".status.notAfter" for c in expiry)
+
+
+def _without_descriptions(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _without_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [_without_descriptions(item) for item in node]
+    return node
+
+
+def test_issuer_and_cluster_issuer_accept_the_same_fields():
+    assert _without_descriptions(_schema("Issuer")) == _without_descriptions(
+        _schema("ClusterIssuer"))
+
+
+def _undescribed(node: Mapping[str, Any], *, at: str) -> Iterator[str]:
+    for name, child in node.get("properties", {}).items():
+        if not child.get("description"):
+            yield f"{at}.{name}"
+        yield from _undescribed(child, at=f"{at}.{name}")
+    if "items" in node:
+        yield from _undescribed(node["items"], at=f"{at}[*]")
+
+
+@pytest.mark.parametrize("kind", ["ClusterIssuer", "Issuer", "Certificate"])
+def test_user_facing_fields_are_described_for_kubectl_explain(kind):
+    spec = _schema(kind)["properties"]["spec"]
+    assert list(_undescribed(spec, at="spec")) == []
+
+
+def test_usages_are_the_ones_the_parser_knows():
+    usages = _schema("Certificate")["properties"]["spec"]["properties"]["usages"]
+    assert set(usages["items"]["enum"]) == resources.KEY_USAGES | resources.EXTENDED_KEY_USAGES
+
+
+@pytest.mark.parametrize(("source", "obj"), [
+    pytest.param(source, obj, id=source) for source, obj in _example_objects()
+    if obj["kind"] in OUR_KINDS
+])
+def test_examples_are_valid_custom_resources(source, obj):
+    assert _violations(obj) == []
+
+
+def _status_samples() -> list[dict[str, Any]]:
+    """Each kind with the spec and status fields certctl's controllers write."""
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    stamp = conditions.format_time(now)
+    ready = conditions.set_condition([], type="Ready", status="True", reason="Ready",
+                                     message="up to date", now=now, observed_generation=2)
+    issuing = conditions.set_condition(ready, type="Issuing", status="False", reason="Failed",
+                                       message="retrying", now=now, observed_generation=2)
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...\n").decode()
+    issuer_ref = {"name": "letsencrypt-staging", "kind": "ClusterIssuer", "group": "certctl.io"}
+    issuer = _cluster_example("letsencrypt-staging.yaml")
+    issuer["status"] = {"conditions": ready, "acme": {
+        "uri": "https://acme.example/acct/1", "lastRegisteredEmail": "admin@example.com"}}
+    certificate = _cluster_example("certificate.yaml")
+    certificate["status"] = {
+        "conditions": issuing, "notBefore": stamp, "notAfter": stamp, "renewalTime": stamp,
+        "revision": 3, "failedIssuanceAttempts": 1, "lastFailureTime": stamp,
+        "lastFailureGeneration": 2, "lastFailedOrder": "example-com-4-0123456789",
+        "nextPrivateKeySecretName": "example-com-next-private-key",
+    }
+    order = {
+        "apiVersion": "certctl.io/v1", "kind": "Order",
+        "metadata": {"name": "example-com-4-0123456789", "namespace": "default"},
+        "spec": {"request": pem, "issuerRef": issuer_ref, "dnsNames": ["example.com"],
+                 "ipAddresses": [], "commonName": "example.com"},
+        "status": {
+            "url": "https://acme.example/order/1", "finalizeURL": "https://acme.example/fin/1",
+            "state": "errored", "reason": "rate limited", "failureTime": stamp,
+            "certificate": pem,
+            "authorizations": [
+                {"url": "https://acme.example/authz/1", "identifier": "example.com",
+                 "wildcard": False, "initialState": "pending",
+                 "challenges": [{"type": "http-01", "url": "https://acme.example/chall/1",
+                                 "token": "tok"}]},
+                {"url": "https://acme.example/authz/2"},
+            ],
+        },
+    }
+    challenge = {
+        "apiVersion": "certctl.io/v1", "kind": "Challenge",
+        "metadata": {"name": "example-com-4-0123456789-abcdef0123", "namespace": "default"},
+        "spec": {"url": "https://acme.example/chall/1",
+                 "authorizationURL": "https://acme.example/authz/1", "dnsName": "example.com",
+                 "wildcard": False, "type": "HTTP-01", "token": "tok", "key": "tok.thumbprint",
+                 "issuerRef": issuer_ref, "solverIndex": 0},
+        "status": {"presented": True, "processing": True, "state": "pending",
+                   "reason": "Accepted: waiting for the ACME server to validate"},
+    }
+    return [issuer, certificate, order, challenge]
+
+
+@pytest.mark.parametrize("obj", _status_samples(), ids=lambda obj: obj["kind"])
+def test_what_the_controllers_write_is_accepted(obj):
+    assert _violations(obj) == []
+    if obj["kind"] in ("ClusterIssuer", "Certificate", "Challenge"):
+        _parse(obj)
+
+
+def _mutate(path: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    obj = copy.deepcopy(_cluster_example(path))
+    change(obj["spec"])
+    return obj
+
+
+def _update(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    """Set top-level spec fields; None deletes one."""
+    def change(spec: dict[str, Any]) -> None:
+        for name, value in fields.items():
+            if value is None:
+                del spec[name]
+            else:
+                spec[name] = value
+    return change
+
+
+def _set(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set a dotted field below spec (`acme.solvers.0.http01`); None deletes it."""
+    def change(spec: dict[str, Any]) -> None:
+        *parents, last = field.split(".")
+        node: Any = spec
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return change
+
+
+_HTTP01_ISSUER = "letsencrypt-staging.yaml"
+_DNS01_ISSUER = "rfc2136.yaml"
+_CERTIFICATE = "certificate.yaml"
+_SOLVER = "acme.solvers.0"
+
+_REJECTED = [
+    # (id, example, change, what the API server would say)
+    ("issuer-acme-and-selfSigned", _HTTP01_ISSUER, _update(selfSigned={}),
+     "exactly one issuer type must be set: acme, selfSigned or ca"),
+    ("issuer-of-no-type", _HTTP01_ISSUER, _update(acme=None),
+     "exactly one issuer type must be set: acme, selfSigned or ca"),
+    ("issuer-typo", _HTTP01_ISSUER, _set("acme.sever", "https://acme.example/dir"),
+     "'sever' was unexpected"),
+    ("caBundle-and-skipTLSVerify", _HTTP01_ISSUER,
+     lambda spec: spec["acme"].update(caBundle="Zm9v", skipTLSVerify=True),
+     "caBundle and skipTLSVerify are mutually exclusive; set only one"),
+    ("solver-http01-and-dns01", _HTTP01_ISSUER,
+     _set(f"{_SOLVER}.dns01", {"rfc2136": {"nameserver": "ns1.example.com"}}),
+     "exactly one of http01 or dns01 must be set"),
+    ("solver-of-no-type", _HTTP01_ISSUER, _set(f"{_SOLVER}.http01", None),
+     "exactly one of http01 or dns01 must be set"),
+    ("http01-class-and-name", _HTTP01_ISSUER, _set(f"{_SOLVER}.http01.ingress.name", "app"),
+     "only one of ingressClassName, class or name may be set"),
+    ("dns01-two-providers", _DNS01_ISSUER,
+     _set(f"{_SOLVER}.dns01.digitalocean", {"tokenSecretRef": {"name": "do-token"}}),
+     "exactly one DNS provider must be configured"),
+    ("dns01-no-provider", _DNS01_ISSUER, _set(f"{_SOLVER}.dns01", {}),
+     "exactly one DNS provider must be configured"),
+    ("renewBefore-longer-than-duration", _CERTIFICATE,
+     _update(duration="1h", renewBefore="2h"),
+     "renewBefore must be less than duration (2160h when duration is unset)"),
+    ("renewBefore-equal-to-duration", _CERTIFICATE,
+     _update(duration="1h", renewBefore="60m"),
+     "renewBefore must be less than duration (2160h when duration is unset)"),
+    ("renewBefore-longer-than-default-duration", _CERTIFICATE,
+     _update(duration=None, renewBefore="2200h"),
+     "renewBefore must be less than duration (2160h when duration is unset)"),
+    ("renewBefore-and-renewBeforePercentage", _CERTIFICATE, _update(renewBeforePercentage=20),
+     "renewBefore and renewBeforePercentage are mutually exclusive; set only one"),
+    ("duration-too-short", _CERTIFICATE,
+     _update(duration="30m", renewBefore=None),
+     "spec.duration: must be at least 1h"),
+    ("renewBefore-too-short", _CERTIFICATE, _update(renewBefore="1m"),
+     "spec.renewBefore: must be at least 5m"),
+    ("duration-in-days", _CERTIFICATE, _update(duration="90d"), "does not match"),
+    ("no-names", _CERTIFICATE, _update(dnsNames=[]),
+     "at least one of dnsNames, ipAddresses or commonName must be set"),
+    ("ecdsa-size", _CERTIFICATE, _set("privateKey.size", 2048),
+     "size must be 256, 384 or 521 for ECDSA keys"),
+    ("rsa-size", _CERTIFICATE, _update(privateKey={"algorithm": "RSA", "size": 1024}),
+     "size must be between 2048 and 8192 for RSA keys"),
+    ("size-alone-means-rsa", _CERTIFICATE, _update(privateKey={"size": 1024}),
+     "size must be between 2048 and 8192 for RSA keys"),
+    ("unknown-algorithm", _CERTIFICATE, _set("privateKey.algorithm", "DSA"),
+     "'DSA' is not one of"),
+    ("unknown-usage", _CERTIFICATE, _update(usages=["server auth", "web"]),
+     "'web' is not one of"),
+    ("percentage-100", _CERTIFICATE,
+     _update(renewBefore=None, renewBeforePercentage=100),
+     "100 is greater than the maximum of 99"),
+    ("issuerRef-kind", _CERTIFICATE, _set("issuerRef.kind", "Vault"), "'Vault' is not one of"),
+    ("revisionHistoryLimit-0", _CERTIFICATE, _update(revisionHistoryLimit=0),
+     "0 is less than the minimum of 1"),
+]
+
+
+@pytest.mark.parametrize(("example", "change", "message"),
+                         [pytest.param(*case[1:], id=case[0]) for case in _REJECTED])
+def test_schema_and_parser_reject_the_same_mistakes(example, change, message):
+    obj = _mutate(example, change)
+    said = _violations(obj)
+    assert any(message in line for line in said), said
+    with pytest.raises(errors.InvalidObject):
+        _parse(obj)
+
+
+# --- (d) the cluster examples are what certctl reads ------------------------------------
+
+
+def test_cluster_examples_parse_and_fit_together(rendered):
+    parsed = {obj["metadata"]["name"]: _parse(obj)
+              for obj in (_cluster_example(path.name)
+                          for path in sorted(CLUSTER_EXAMPLES.glob("*.yaml")))}
+    issuers = {name: p for name, p in parsed.items() if isinstance(p, resources.Issuer)}
+    acme = {name: p.acme for name, p in issuers.items() if p.acme is not None}
+    assert any(i.self_signed for i in issuers.values())
+    http01 = [s.http01 for a in acme.values() for s in a.solvers if s.http01 is not None]
+    assert http01 and all(h.ingress_class_name == "certctl" for h in http01)
+    assert {s.dns01_provider for a in acme.values() for s in a.solvers} >= {"rfc2136"}
+
+    (certificate,) = [p for p in parsed.values() if isinstance(p, resources.Certificate)]
+    assert certificate.issuer_ref.name in issuers
+    (ingress,) = [p for p in parsed.values() if isinstance(p, resources.Ingress)]
+    named = [ingress.annotation(key) for key in ("certctl.io/cluster-issuer",
+                                                 "cert-manager.io/cluster-issuer")]
+    assert any(name in issuers for name in named)
+    assert ingress.tls and all(tls.secret_name for tls in ingress.tls)
+    # The class the examples use is the one the base installs.
+    assert _one(rendered, "IngressClass", ingress.ingress_class_name or "")
+
+
+# --- (e) RBAC: least privilege ---------------------------------------------------------
+
+
+def _rules(role: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = role.get("rules") or []
+    return rules
+
+
+def _flatten(role: Mapping[str, Any]) -> set[Rule]:
+    return {(group, resource, verb)
+            for rule in _rules(role)
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]}
+
+
+def test_no_rule_uses_wildcards(rendered):
+    roles = _by_kind(rendered, "ClusterRole") + _by_kind(rendered, "Role")
+    assert roles
+    for role in roles:
+        for rule in _rules(role):
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert not any("*" in item for item in rule.get(key, [])), (role, rule)
+            assert "nonResourceURLs" not in rule
+
+
+def test_cluster_roles_grant_exactly_what_each_component_uses(rendered):
+    granted = {role["metadata"]["name"]: _flatten(role)
+               for role in _by_kind(rendered, "ClusterRole")}
+    assert granted == CLUSTER_ROLE_GRANTS
+    for role in _by_kind(rendered, "ClusterRole"):
+        assert not any("resourceNames" in rule for rule in _rules(role))
+
+
+def test_secrets_are_granted_only_as_listed(rendered):
+    allowed = {"certctl-controller": set(READ_WRITE), "certctl-dataplane": set(READ)}
+    for role in _by_kind(rendered, "ClusterRole"):
+        verbs = {v for g, r, v in _flatten(role) if (g, r) == ("", "secrets")}
+        assert verbs == allowed[role["metadata"]["name"]]
+    for role in _by_kind(rendered, "Role"):
+        assert not any(r == "secrets" for _, r, _ in _flatten(role))
+
+
+def test_leases_only_in_a_role_in_the_certctl_namespace(rendered):
+    for role in _by_kind(rendered, "ClusterRole"):
+        assert not any(r == "leases" for _, r, _ in _flatten(role))
+    (role,) = [r for r in _by_kind(rendered, "Role")
+               if any(res == "leases" for _, res, _ in _flatten(r))]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    grants = {(tuple(rule.get("resourceNames", [])), verb)
+              for rule in _rules(role) for verb in rule["verbs"]}
+    # Creating cannot be limited by name; reading and renewing is limited to our Lease.
+    assert grants == {((), "create"), (("certctl-controller",), "get"),
+                      (("certctl-controller",), "update")}
+    binding = _one(rendered, "RoleBinding", role["metadata"]["name"])
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "certctl-controller",
+                                    "namespace": NAMESPACE}]
+
+
+def test_each_component_is_bound_to_its_own_cluster_role(rendered):
+    for deployment in _by_kind(rendered, "Deployment"):
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        assert _one(rendered, "ServiceAccount", account)["metadata"]["namespace"] == NAMESPACE
+        bindings = [b for b in _by_kind(rendered, "ClusterRoleBinding")
+                    if any(s["name"] == account for s in b["subjects"])]
+        assert [(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings] == [
+            ("ClusterRole", deployment["metadata"]["name"])]
+        assert bindings[0]["subjects"] == [{"kind": "ServiceAccount", "name": account,
+                                            "namespace": NAMESPACE}]
