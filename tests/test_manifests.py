@@ -70,8 +70,10 @@ CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
         | _grants(groups=("certctl.io",), resources=[f"{p}/status" for p in OUR_PLURALS],
                   verbs=("get", "update", "patch"))
         | _grants(groups=("certctl.io",),
-                  resources=("certificates/finalizers", "orders/finalizers"), verbs=("update",))
+                  resources=("certificates/finalizers", "orders/finalizers",
+                             "challenges/finalizers"), verbs=("update",))
         | _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ_WRITE)
+        | _grants(groups=("",), resources=("services",), verbs=("get", "create", "delete"))
         | _grants(groups=("",), resources=("secrets",), verbs=READ_WRITE)
         | _grants(groups=("", "events.k8s.io"), resources=("events",),
                   verbs=("create", "patch"))
