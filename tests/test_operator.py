@@ -65,7 +65,8 @@ class Deployment:
         self.add_controller(identity="replica-0")
         return self
 
-    def add_controller(self, *, identity: str) -> operator.Controller:
+    def add_controller(self, *, identity: str,
+                       self_check_port: int | None = None) -> operator.Controller:
         controller = operator.Controller(options=operator.ControllerOptions(
             configuration=self.cluster.configuration(),
             election=leader.ElectionSettings(namespace="certctl", name="certctl-controller",
@@ -73,7 +74,7 @@ class Deployment:
                                              renew_deadline=2.0, retry_period=0.2),
             data_plane=DATA_PLANE,
             self_check_address="127.0.0.1",
-            self_check_port=self.pebble.http_port,
+            self_check_port=self_check_port or self.pebble.http_port,
             workers=4,
             backoff_base=datetime.timedelta(seconds=1),
         ))
@@ -291,8 +292,35 @@ def test_missing_issuer_is_a_clear_condition_and_no_acme_traffic(
     assert ready["status"] == "False"
     assert ready["reason"] == "IssuerNotFound"
     assert "ClusterIssuer letsencrypt-prod not found" in ready["message"]
+    assert ("Warning", "IssuerNotFound", "spec.issuerRef: ClusterIssuer letsencrypt-prod not found"
+            ) in _events(api, kind="Certificate", name="shop-tls")
     assert api.list(kind="Order", namespace="default") == []
     assert api.list(kind="Secret", namespace="certctl") == []  # no account key was made
+
+
+def test_failing_self_check_is_explained_and_nothing_is_sent_to_the_ca(
+    api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    # A replica whose self-checks reach something that is not the data plane.
+    deployment.controllers.pop().stop()
+    with echo_backend("not-the-data-plane") as wrong_port:
+        deployment.add_controller(identity="misrouted", self_check_port=wrong_port)
+        api.create(obj=_issuer(pebble))
+        _apply_app(api, backend_port=free_port())
+
+        def failed_check() -> dict[str, Any] | None:
+            return next((e for e in api.list(kind="Event", namespace="default")
+                         if e["reason"] == "SelfCheckFailed"), None)
+
+        event = eventually(failed_check, timeout=30, what="a SelfCheckFailed event")
+    [challenge] = api.list(kind="Challenge", namespace="default")
+    token = challenge["spec"]["token"]
+    expected = (f"HTTP-01 self-check failed: GET http://shop.example.test:{wrong_port}"
+                f"/.well-known/acme-challenge/{token} returned unexpected content")
+    assert event["type"] == "Warning"
+    assert event["message"].startswith(expected), event["message"]
+    assert challenge["status"]["reason"].startswith("Waiting for HTTP-01 challenge propagation")
+    assert not challenge["status"].get("processing")  # never accepted: the CA saw nothing
 
 
 def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(

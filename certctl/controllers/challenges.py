@@ -98,7 +98,9 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                 settings.self_check(challenge)
             except http01.SelfCheckFailed as err:
                 status["reason"] = f"Waiting for HTTP-01 challenge propagation: {err}"
-                reconciling.write_status(store, obj=obj)
+                if reconciling.write_status(store, obj=obj):  # once per distinct failure
+                    store.emit_event(obj=obj, type="Warning", reason="SelfCheckFailed",
+                                     message=str(err))
                 return Result.after(settings.next_delay(key))
             settings.forget(key)
             state = client.answer_challenge(challenge.url)
