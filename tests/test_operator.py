@@ -323,6 +323,29 @@ def test_failing_self_check_is_explained_and_nothing_is_sent_to_the_ca(
     assert not challenge["status"].get("processing")  # never accepted: the CA saw nothing
 
 
+def test_restarted_controller_resumes_the_order_instead_of_placing_another(
+    cluster: Cluster, api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    # The first controller gets as far as a placed order, then stops.
+    deployment.controllers.pop().stop()
+    with echo_backend("not-the-data-plane") as wrong_port:
+        stalled = deployment.add_controller(identity="first", self_check_port=wrong_port)
+        api.create(obj=_issuer(pebble))
+        _apply_app(api, backend_port=free_port())
+        order = eventually(lambda: next(
+            (o for o in api.list(kind="Order", namespace="default")
+             if (o.get("status") or {}).get("url")), None), what="an order placed at the CA")
+        eventually(lambda: api.list(kind="Challenge", namespace="default"), what="a challenge")
+        stalled.stop()
+        deployment.controllers.remove(stalled)
+
+    deployment.add_controller(identity="second")
+    eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="the certificate")
+    orders = _history(cluster, plural="orders")
+    assert len(orders) == 1
+    assert orders[0].history.last["status"]["url"] == order["status"]["url"]
+
+
 def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(
     cluster: Cluster, api: KubeStore, deployment: Deployment, pebble: PebbleServer
 ) -> None:
