@@ -49,6 +49,19 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[WatchEvent], None]
 
 
+class _KopfNoise(logging.Filter):
+    """kopf warns that it ignores OS signals when not on the main thread: certctl
+    handles them itself, so that warning would only confuse whoever reads the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("OS signals are ignored")
+
+
+logging.getLogger("kopf._core.reactor.running").addFilter(_KopfNoise())
+# One line per watch event ("Handler ... succeeded") would drown certctl's own log.
+logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 def default_identity() -> str:
     """The pod name in a cluster (set from the downward API), else host and a random suffix."""
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
