@@ -203,7 +203,7 @@ def _controller(args: argparse.Namespace) -> int:
         print(f"certctl: --solver-service {args.solver_service}: expected NAMESPACE/NAME[:PORT]",
               file=sys.stderr)
         return 2
-    operator.run_controller(operator.ControllerOptions(
+    options = operator.ControllerOptions(
         configuration=configuration,
         namespaces=tuple(args.watch_namespaces),
         cluster_resource_namespace=args.cluster_resource_namespace,
@@ -217,7 +217,12 @@ def _controller(args: argparse.Namespace) -> int:
         self_check_port=args.self_check_port,
         workers=args.workers,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
-    ))
+    )
+    try:
+        operator.run_controller(options)
+    except operator.StartupError as err:
+        print(f"certctl: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -236,6 +241,9 @@ def _dataplane(args: argparse.Namespace) -> int:
             https_port=args.https_port,
             ingress_class=args.ingress_class,
         ))
+    except operator.StartupError as err:
+        print(f"certctl: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         print(f"certctl: cannot listen on {args.listen_address} ports {args.http_port}/"
               f"{args.https_port}: {err.strerror or err}", file=sys.stderr)

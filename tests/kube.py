@@ -139,7 +139,8 @@ def _has_status(request: rendering.Request) -> bool:
 class Cluster:
     """The emulator on loopback, served from a background event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, with_crds: bool = True) -> None:
+        self._with_crds = with_crds
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-emulator",
                                         daemon=True)
@@ -157,7 +158,7 @@ class Cluster:
         self._stack = contextlib.AsyncExitStack()
         emulator = ApiServerEmulator()
         emulator.resources.load_bundled()
-        for plural, (kind, namespaced) in CERTCTL_RESOURCES.items():
+        for plural, (kind, namespaced) in (CERTCTL_RESOURCES if self._with_crds else {}).items():
             emulator.resources[f"certctl.io/v1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, singular=kind.lower(), namespaced=namespaced,
                 subresources={"status"}, verbs={"list", "watch", "get", "create", "update",

@@ -374,17 +374,40 @@ def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(
                what="the new leader to act")
 
 
+def _kubeconfig(path: Path, *, server: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "users": [{"name": "test", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    return path
+
+
+def test_controller_explains_missing_crds_and_an_unreachable_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = Cluster(with_crds=False)
+    bare.start()
+    try:
+        kubeconfig = _kubeconfig(tmp_path / "bare", server=bare.url)
+        assert cli.main(["controller", "--kubeconfig", str(kubeconfig)]) == 1
+    finally:
+        bare.stop()
+    error = capsys.readouterr().err
+    assert "does not know ClusterIssuer (certctl.io/v1): install the CRDs first" in error
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    kubeconfig = _kubeconfig(tmp_path / "closed", server=closed)
+    assert cli.main(["controller", "--kubeconfig", str(kubeconfig)]) == 1
+    assert f"cannot reach the Kubernetes API at {closed}" in capsys.readouterr().err
+
+
 def test_cli_status_and_renew_against_the_cluster(
     tmp_path: Path, api: KubeStore, cluster: Cluster, deployment: Deployment,
     pebble: PebbleServer, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": cluster.url}}],
-        "users": [{"name": "test", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server=cluster.url)
     api.create(obj=_issuer(pebble))
     _apply_app(api, backend_port=free_port())
     first = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="a certificate")

@@ -41,6 +41,7 @@ from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch, leader
 from certctl.solvers import http01_ingress
+from certctl.store import interface as store_interface
 from certctl.store.interface import WatchEvent
 from certctl.store.kube import RESOURCES, KubeStore, auth_headers
 
@@ -93,6 +94,25 @@ class DataPlaneOptions:
     ingress_class: str = "certctl"
 
 
+class StartupError(Exception):
+    """The controller or data plane cannot start; the message says what to do."""
+
+
+def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
+    """Fail fast, and say why, when the API is unreachable or our CRDs are missing:
+    kopf would otherwise retry quietly forever."""
+    for kind in kinds:
+        try:
+            store.list(kind=kind, namespace="default" if RESOURCES[kind].namespaced else None)
+        except store_interface.NotFound as err:
+            raise StartupError(
+                f"the API server does not know {kind} ({RESOURCES[kind].api_version}): "
+                "install the CRDs first (kubectl apply -k crds/, or -k manifests/)") from err
+        except store_interface.StoreError as err:
+            raise StartupError(f"cannot reach the Kubernetes API at "
+                               f"{store.configuration.host}: {err}") from err
+
+
 class Watcher:
     """kopf in a thread of its own: watches kinds and hands every event to a listener."""
 
@@ -121,7 +141,8 @@ class Watcher:
     def start(self, *, timeout: float = 30.0) -> None:
         self._thread.start()
         if not self._ready_flag.wait(timeout):
-            raise RuntimeError(f"the Kubernetes watches did not start within {timeout:.0f} s"
+            self.stop()
+            raise StartupError(f"the Kubernetes watches did not start within {timeout:.0f} s"
                                + (f": {self._failure}" if self._failure else ""))
 
     def stop(self) -> None:
@@ -219,6 +240,7 @@ class Controller:
         return self.elector is None or self.elector.is_leader
 
     def start(self) -> None:
+        check_api(self.store, kinds=dispatch.OWN_CONTROLLER)
         self.queue.start()
         self.watcher.start()
         if self.elector is None:
@@ -280,6 +302,7 @@ class ClusterDataPlane:
         return self.feed.respond_to_challenge(host, token)
 
     async def start(self) -> None:
+        check_api(self.store, kinds=("Ingress", "Challenge"))
         await self.dataplane.start()
         self.watcher.start()
         self.feed.start()
