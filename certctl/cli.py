@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--workers", type=int, default=16)
     controller.add_argument("--backoff-base", type=_seconds, default=3600.0,
                             help="seconds before retrying a failed issuance (default 3600)")
+    controller.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104
+    controller.add_argument("--metrics-port", type=int, default=9402,
+                            help="Prometheus /metrics port, cert-manager's 9402 (0: off)")
     controller.set_defaults(func=_controller)
 
     dataplane = commands.add_parser(
@@ -217,6 +220,7 @@ def _controller(args: argparse.Namespace) -> int:
         self_check_port=args.self_check_port,
         workers=args.workers,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
+        metrics_address=(args.metrics_address, args.metrics_port) if args.metrics_port else None,
     )
     try:
         operator.run_controller(options)

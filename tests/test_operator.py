@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from cryptography import x509
 from cryptography.x509 import verification
+from prometheus_client import parser as prometheus_parser
 
 from certctl import cli
 from certctl.pki import inspect
@@ -77,6 +79,7 @@ class Deployment:
             self_check_port=self_check_port or self.pebble.http_port,
             workers=4,
             backoff_base=datetime.timedelta(seconds=1),
+            metrics_address=("127.0.0.1", free_port()),
         ))
         controller.start()
         self.controllers.append(controller)
@@ -156,6 +159,16 @@ def _events(api: KubeStore, *, kind: str, name: str) -> list[tuple[str, str, str
     return [(e["type"], e["reason"], e["message"])
             for e in api.list(kind="Event", namespace="default")
             if e["involvedObject"]["kind"] == kind and e["involvedObject"]["name"] == name]
+
+
+def _key(labels: dict[str, str]) -> frozenset[tuple[str, str]]:
+    return frozenset(labels.items())
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(sample.name, _key(sample.labels)): sample.value
+            for family in prometheus_parser.text_string_to_metric_families(text)
+            for sample in family.samples}
 
 
 def _history(cluster: Cluster, *, plural: str, namespace: str | None = None) -> list[Any]:
@@ -239,6 +252,24 @@ def test_annotated_ingress_gets_a_certificate_issued_through_orders_and_challeng
     assert not any(name.startswith("certctl-http01-") for name in
                    (s["metadata"]["name"] for s in api.list(kind="Service",
                                                             namespace="default")))
+
+    # Prometheus metrics, under cert-manager's names.
+    controller = deployment.controllers[0]
+    assert controller.options.metrics_address is not None
+    scraped = _samples(requests.get(
+        f"http://127.0.0.1:{controller.options.metrics_address[1]}/metrics", timeout=5).text)
+    labels = {"issuer_group": "certctl.io", "issuer_kind": "ClusterIssuer",
+              "issuer_name": "pebble", "name": "shop-tls", "namespace": "default"}
+    assert scraped[("certmanager_certificate_ready_status",
+                    _key({**labels, "condition": "True"}))] == 1.0
+    assert scraped[("certmanager_certificate_ready_status",
+                    _key({**labels, "condition": "False"}))] == 0.0
+    assert scraped[("certmanager_certificate_expiration_timestamp_seconds", _key(labels))] == \
+        _leaf(secret).not_valid_after_utc.timestamp()
+    host = pebble.directory_url.split("/")[2]
+    assert scraped[("certmanager_http_acme_client_request_count_total", _key(
+        {"host": host, "method": "POST", "path": "/order-plz", "scheme": "https",
+         "status": "201"}))] == 1.0
 
     # Events tell the story, on each object.
     assert ("Normal", "CreateCertificate") in [

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import requests
 
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
@@ -95,9 +98,16 @@ def find_acme_issuer(
 class AcmeAccounts:
     """Caches one `AcmeClient` per (server, account key, TLS settings)."""
 
-    def __init__(self, *, cluster_resource_namespace: str, user_agent: str = "certctl") -> None:
+    def __init__(
+        self,
+        *,
+        cluster_resource_namespace: str,
+        user_agent: str = "certctl",
+        on_response: Callable[[requests.Response], None] | None = None,
+    ) -> None:
         self.cluster_resource_namespace = cluster_resource_namespace
         self._user_agent = user_agent
+        self._on_response = on_response
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, str, bool], acme_client.AcmeClient] = {}
 
@@ -139,6 +149,7 @@ class AcmeAccounts:
                     ca_bundle_pem=acme.ca_bundle,
                     skip_tls_verify=acme.skip_tls_verify,
                     user_agent=self._user_agent,
+                    on_response=self._on_response,
                 )
                 self._clients[cache_key] = found
             return found

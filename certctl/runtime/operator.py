@@ -39,7 +39,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
-from certctl.runtime import dataplane_feed, dispatch, leader
+from certctl.runtime import dataplane_feed, dispatch, leader, metrics
 from certctl.solvers import http01_ingress
 from certctl.store import interface as store_interface
 from certctl.store.interface import WatchEvent
@@ -82,6 +82,7 @@ class ControllerOptions:
     self_check_port: int = 80
     workers: int = 16
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
+    metrics_address: tuple[str, int] | None = None  # Prometheus /metrics; None: off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,9 +211,11 @@ class Controller:
                  clock: Clock = reconciling.system_clock) -> None:
         self.options = options
         self.store = KubeStore(configuration=options.configuration, component="certctl")
+        self.metrics = metrics.ControllerMetrics(store=self.store)
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
             user_agent="certctl-controller",
+            on_response=self.metrics.observe_acme_response,
         )
         settings = dispatch.controller_settings(
             clock=clock,
@@ -241,6 +244,13 @@ class Controller:
 
     def start(self) -> None:
         check_api(self.store, kinds=dispatch.OWN_CONTROLLER)
+        if self.options.metrics_address is not None:
+            address, port = self.options.metrics_address
+            try:
+                self.metrics.serve(address=address, port=port)
+            except OSError as err:
+                raise StartupError(f"cannot serve metrics on {address}:{port}: "
+                                   f"{err.strerror or err}") from err
         self.queue.start()
         self.watcher.start()
         if self.elector is None:

@@ -169,8 +169,10 @@ class AcmeClient:
         user_agent: str = "certctl",
         timeout: int = 30,
         bad_nonce_attempts: int = 3,
+        on_response: Callable[[requests.Response], None] | None = None,
     ) -> None:
         self.directory_url = directory_url
+        self._on_response = on_response  # sees every HTTP response (metrics)
         self._jwk, self._alg = _load_account_key(account_key_pem)
         self._ssl_context = (
             _ssl_context(ca_bundle_pem) if ca_bundle_pem and not skip_tls_verify else None
@@ -446,6 +448,7 @@ class AcmeClient:
             if self._ssl_context is not None:
                 network.session.mount("https://", _CABundleAdapter(ssl_context=self._ssl_context))
             network.session.hooks["response"].append(self._remember_response)
+            self._observe(network)
             client = acme_client.ClientV2(directory, network)
             self._thread.client = client
             with self._lock:
@@ -464,6 +467,12 @@ class AcmeClient:
     def _remember_response(self, response: requests.Response, *_: Any, **__: Any) -> None:
         self._thread.last_response = response
 
+    def _observe(self, network: acme_client.ClientNetwork) -> None:
+        on_response = self._on_response
+        if on_response is not None:
+            network.session.hooks["response"].append(
+                lambda response, *_, **__: on_response(response))
+
     def _directory_now(self) -> messages.Directory:
         """The directory, fetched once; concurrent first callers wait for one fetch."""
         with self._lock:
@@ -478,6 +487,7 @@ class AcmeClient:
         )
         if self._ssl_context is not None:
             network.session.mount("https://", _CABundleAdapter(ssl_context=self._ssl_context))
+        self._observe(network)
         try:
             with self._translated(url):
                 try:

@@ -1,0 +1,105 @@
+"""Controller metrics for Prometheus, under cert-manager's names so its dashboards and
+alerts work unchanged.
+
+Certificate gauges are computed at scrape time from the Certificates' status
+(one list per scrape), so they can never disagree with what `certctl status`
+shows, and an idle controller does no metrics work at all. ACME requests are
+counted as they happen, from a response hook on the ACME client's HTTP session.
+
+One difference: prometheus_client exposes counters with a `_total` suffix, so
+cert-manager's `certmanager_http_acme_client_request_count` is scraped as
+`certmanager_http_acme_client_request_count_total`.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterator
+
+import prometheus_client
+import requests
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from certctl.api import conditions
+from certctl.store.interface import Store
+
+ACME_LABELS = ("scheme", "host", "path", "method", "status")
+CERTIFICATE_LABELS = ("name", "namespace", "issuer_name", "issuer_kind", "issuer_group")
+# A path segment that names one object (an order, an authorization...) rather than a
+# kind of request: a number or a long random token. It and everything after it are
+# scrubbed, to keep label values few.
+_OBJECT_ID = re.compile(r"^\d+$|^[A-Za-z0-9_-]{16,}$")
+
+
+def acme_path(url: str) -> str:
+    """`/my-order/Hgy6o...` -> `/my-order/*`; `/acme/chall-v3/12/Ab3d` -> `/acme/chall-v3/*/*`."""
+    parts = (urllib.parse.urlsplit(url).path or "/").split("/")
+    for index, part in enumerate(parts):
+        if _OBJECT_ID.match(part):
+            return "/".join([*parts[:index], *("*" for _ in parts[index:])])
+    return "/".join(parts)
+
+
+class ControllerMetrics:
+    def __init__(self, *, store: Store,
+                 registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        self.registry = registry or prometheus_client.CollectorRegistry()
+        self._acme_requests = prometheus_client.Counter(
+            "certmanager_http_acme_client_request_count",
+            "The number of requests made by the ACME client.",
+            ACME_LABELS, registry=self.registry)
+        self._acme_duration = prometheus_client.Histogram(
+            "certmanager_http_acme_client_request_duration_seconds",
+            "The HTTP request latencies in seconds for the ACME client.",
+            ACME_LABELS, registry=self.registry)
+        self.registry.register(_CertificateCollector(store=store))
+
+    def observe_acme_response(self, response: requests.Response) -> None:
+        """A `requests` response hook: count and time one ACME HTTP request."""
+        parts = urllib.parse.urlsplit(response.url)
+        labels = (parts.scheme, parts.netloc, acme_path(response.url),
+                  response.request.method or "", str(response.status_code))
+        self._acme_requests.labels(*labels).inc()
+        self._acme_duration.labels(*labels).observe(response.elapsed.total_seconds())
+
+    def serve(self, *, address: str, port: int) -> None:
+        """Expose /metrics on a port of its own (a daemon thread)."""
+        prometheus_client.start_http_server(port, addr=address, registry=self.registry)
+
+
+class _CertificateCollector(Collector):
+    def __init__(self, *, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        expiration = GaugeMetricFamily(
+            "certmanager_certificate_expiration_timestamp_seconds",
+            "The date after which the certificate expires, as a Unix timestamp.",
+            labels=CERTIFICATE_LABELS)
+        renewal = GaugeMetricFamily(
+            "certmanager_certificate_renewal_timestamp_seconds",
+            "The time after which the certificate will be renewed, as a Unix timestamp.",
+            labels=CERTIFICATE_LABELS)
+        ready = GaugeMetricFamily(
+            "certmanager_certificate_ready_status",
+            "The ready status of the certificate.",
+            labels=(*CERTIFICATE_LABELS, "condition"))
+        for certificate in self._store.list(kind="Certificate"):
+            metadata = certificate["metadata"]
+            ref = (certificate.get("spec") or {}).get("issuerRef") or {}
+            labels = [metadata["name"], metadata.get("namespace") or "",
+                      str(ref.get("name", "")), str(ref.get("kind", "Issuer")),
+                      str(ref.get("group", ""))]
+            status = certificate.get("status") or {}
+            for family, field in ((expiration, "notAfter"), (renewal, "renewalTime")):
+                if status.get(field):
+                    family.add_metric(labels, conditions.parse_time(status[field]).timestamp())
+            current = conditions.get_condition(status.get("conditions") or [], "Ready")
+            state = current.get("status", "Unknown") if current else "Unknown"
+            for value in ("True", "False", "Unknown"):
+                ready.add_metric([*labels, value], 1.0 if state == value else 0.0)
+        yield expiration
+        yield renewal
+        yield ready
