@@ -139,6 +139,13 @@ def _apply_app(api: KubeStore, *, backend_port: int, name: str = "shop",
         api.create(obj=obj)
 
 
+def _remove_annotations(api: KubeStore, *, ingress_name: str) -> None:
+    found = api.get(kind="Ingress", namespace="default", name=ingress_name)
+    assert found is not None
+    found["metadata"]["annotations"] = {}
+    api.replace(obj=found)
+
+
 def _ready_secret(api: KubeStore, name: str) -> dict[str, Any] | None:
     certificate = api.get(kind="Certificate", namespace="default", name=name)
     if certificate is None:
@@ -287,10 +294,7 @@ def test_removing_the_annotation_removes_the_certificate(
     _apply_app(api, backend_port=free_port())
     eventually(lambda: api.get(kind="Certificate", namespace="default", name="shop-tls"),
                what="the Certificate")
-    shop = api.get(kind="Ingress", namespace="default", name="shop")
-    assert shop is not None
-    shop["metadata"]["annotations"] = {}
-    api.replace(obj=shop)
+    _remove_annotations(api, ingress_name="shop")
     eventually(lambda: api.get(kind="Certificate", namespace="default", name="shop-tls") is None,
                what="the Certificate to be deleted")
 
@@ -397,10 +401,7 @@ def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(
     leading.stop()
     deployment.controllers.remove(leading)
     eventually(lambda: following.is_leader, timeout=15, what="the follower to take over")
-    shop = api.get(kind="Ingress", namespace="default", name="a")
-    assert shop is not None
-    shop["metadata"]["annotations"] = {}
-    api.replace(obj=shop)
+    _remove_annotations(api, ingress_name="a")
     eventually(lambda: api.get(kind="Certificate", namespace="default", name="a-tls") is None,
                what="the new leader to act")
 
