@@ -35,7 +35,7 @@ from certctl.controllers import (
 from certctl.runtime import workqueue
 from certctl.solvers import http01_ingress
 from certctl.store import interface as store_interface
-from certctl.store.interface import Store, WatchEvent
+from certctl.store.interface import Object, Store, WatchEvent
 
 Item = tuple[str, ObjectKey]
 
@@ -86,6 +86,17 @@ def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQue
         # A conflict means someone wrote first: re-read and go again.
         expected_errors=(reconciling.TransientError, store_interface.Conflict),
     )
+
+
+def _fingerprint(obj: Object) -> object:
+    """What must differ for a change to count: the generation, and for an Ingress also
+    its annotations, which (being metadata) do not move `generation` on an API server,
+    yet removing the issuer annotation must reach ingress-shim. None: always counts."""
+    metadata = obj.get("metadata", {})
+    generation = metadata.get("generation")
+    if obj.get("kind") != "Ingress" or generation is None:
+        return generation
+    return (generation, repr(sorted((metadata.get("annotations") or {}).items())))
 
 
 def _renewal_requested(event: WatchEvent) -> bool:
@@ -147,12 +158,12 @@ class Dispatcher:
             for obj in self._store.list(kind=kind):
                 key = reconciling.key_of(obj)
                 with self._generations_lock:
-                    self._generations[key] = obj["metadata"].get("generation")
+                    self._generations[key] = _fingerprint(obj)
                 yield (controller, key)
 
     def _spec_changed(self, event: WatchEvent) -> bool:
         """Skip our own status writes, like controller-runtime's generation predicate."""
-        generation = event.obj.get("metadata", {}).get("generation")
+        generation = _fingerprint(event.obj)
         with self._generations_lock:
             if event.type == "DELETED":
                 self._generations.pop(event.key, None)
