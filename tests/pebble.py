@@ -96,6 +96,7 @@ class PebbleServer:
         dns_port: int,
         challtestsrv_management_port: int,
         env: dict[str, str],
+        dns_server: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.http_port = http_port
@@ -106,6 +107,8 @@ class PebbleServer:
         self.ca_bundle_pem = pki.ca_pem
         self.ca_bundle_path = workdir / "listener-ca.pem"
         self._env = env
+        # host:port Pebble resolves names with; None: its own challtestsrv.
+        self.dns_server = dns_server
         self._pebble: subprocess.Popen[bytes] | None = None
         self._challtestsrv: subprocess.Popen[bytes] | None = None
 
@@ -118,14 +121,17 @@ class PebbleServer:
         env: dict[str, str] | None = None,
         certificate_validity_period: int | None = None,
         startup_timeout: float = 15.0,
+        dns_server: str | None = None,
     ) -> PebbleServer:
         """Start challtestsrv and Pebble and return once the ACME directory answers.
 
         `env` is added to Pebble's environment on top of `PEBBLE_VA_NOSLEEP=1`
         (e.g. `{"PEBBLE_WFE_NONCEREJECT": "50"}`); note Pebble's own defaults
         already reject 5 % of nonces and reuse 50 % of valid authorizations.
-        `certificate_validity_period` is in seconds. Raises RuntimeError with the
-        tail of the process log if either process dies or never becomes ready.
+        `certificate_validity_period` is in seconds. `dns_server` (`host:port`,
+        e.g. a BIND fixture for DNS-01) replaces challtestsrv as Pebble's DNS
+        server, which is then not started. Raises RuntimeError with the tail
+        of the process log if either process dies or never becomes ready.
         """
         workdir = tmp_path / "pebble"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +145,7 @@ class PebbleServer:
             dns_port=free_port(),
             challtestsrv_management_port=free_port(),
             env={"PEBBLE_VA_NOSLEEP": "1", **(env or {})},
+            dns_server=dns_server,
         )
         (workdir / "cert.pem").write_bytes(pki.cert_pem)
         key_path = workdir / "key.pem"
@@ -159,7 +166,8 @@ class PebbleServer:
             config["certificateValidityPeriod"] = certificate_validity_period
         (workdir / "pebble-config.json").write_text(json.dumps({"pebble": config}, indent=2))
         try:
-            server._start_challtestsrv(startup_timeout=startup_timeout)
+            if dns_server is None:
+                server._start_challtestsrv(startup_timeout=startup_timeout)
             server._start_pebble(startup_timeout=startup_timeout)
         except BaseException:
             server.stop()
@@ -250,7 +258,7 @@ class PebbleServer:
                     "-config",
                     str(self.workdir / "pebble-config.json"),
                     "-dnsserver",
-                    f"127.0.0.1:{self.dns_port}",
+                    self.dns_server or f"127.0.0.1:{self.dns_port}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -32,6 +32,8 @@ from certctl.controllers.reconciling import Clock, Result
 from certctl.pki import csr, inspect, keys
 from certctl.pki import secret as tls_secret
 from certctl.solvers import selection
+from certctl.solvers.dns01 import errors as dns01_errors
+from certctl.solvers.dns01 import registry as dns01_registry
 from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
@@ -171,9 +173,13 @@ def _issuer_problem(
             chosen = selection.select_solver(issuer=issuer.acme, dns_name=name, labels=labels)
         except selection.NoSolver as err:
             return ("BadConfig", f"spec.dnsNames[{index}]: {err}")
-        if chosen.challenge_type != "HTTP-01":
-            return ("BadConfig", f"spec.dnsNames[{index}]: {name}: the matching solver "
-                    f"(solvers[{chosen.index}]) is DNS-01, which certctl cannot solve yet")
+        provider = chosen.solver.dns01_provider
+        if provider is not None:
+            try:
+                dns01_registry.find_factory(provider)
+            except dns01_errors.Dns01Error as err:
+                return ("BadConfig", f"spec.dnsNames[{index}]: {name}: {issuer.kind} "
+                        f"{issuer.name} spec.acme.solvers[{chosen.index}].dns01: {err}")
     return None
 
 

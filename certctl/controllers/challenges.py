@@ -10,6 +10,14 @@ validate, certctl fetches the token itself the way the CA will (the
 self-check); telling the CA too early would burn the authorization, since a
 failed validation is final. Self-check retries back off from 50 ms so a
 fast path stays fast and a broken one stays cheap.
+
+DNS-01 goes through the issuer solver's DNS provider (`solvers.dns01`): the
+TXT record is written once, the self-check waits until the zone's
+nameservers serve it (failing the challenge after the propagation timeout),
+and the record is removed when the challenge ends, valid or not, and when
+the Challenge is deleted. A provider that refuses its configuration or
+credentials fails the challenge at once, without asking the CA anything:
+retrying would not help, and the Order reports the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from certctl.controllers import acme_accounts, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers.acme import errors as acme_errors
 from certctl.solvers import http01, http01_ingress
+from certctl.solvers.dns01 import errors as dns01_errors
+from certctl.solvers.dns01 import propagation
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
@@ -43,6 +54,8 @@ class Settings:
     self_check: SelfCheck
     # Set in a cluster: solver Ingresses route tokens to this Service.
     data_plane: http01_ingress.DataPlaneService | None = None
+    # DNS-01 providers, lookups and what this process presented.
+    dns01: dns01_solver.Dns01Solver = field(default_factory=dns01_solver.Dns01Solver)
     # Per-challenge retry counters: in memory on purpose, a restart may start
     # polling fast again.
     _attempts: dict[ObjectKey, int] = field(default_factory=dict)
@@ -62,9 +75,8 @@ class Settings:
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     obj = store.get(kind="Challenge", namespace=key.namespace, name=key.name)
     if obj is None:
-        settings.forget(key)
         _clean_up(store, key=key, settings=settings)
-        return Result.done()
+        return _remove_txt_record_of_deleted(key=key, settings=settings)
     status = obj.setdefault("status", {})
     if status.get("state") in ("valid", "invalid"):
         settings.forget(key)
@@ -79,29 +91,29 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         namespace=challenge.namespace)
     if issuer is None:
         raise TransientError(f"{key}: issuer {challenge.issuer_ref.name} is missing or invalid")
-    if challenge.type != "HTTP-01":
-        return _finish(store, obj, state="invalid", settings=settings,
-                       reason=f"{challenge.type} challenges cannot be solved yet")
-
-    if not status.get("processing") and settings.data_plane is not None:
-        _route_token(store, obj, challenge=challenge, issuer=issuer,
-                     data_plane=settings.data_plane)
-    if not status.get("presented"):
-        status.update(presented=True, processing=False, state="pending",
-                      reason="Presented: the data plane answers the HTTP-01 token")
-        reconciling.write_status(store, obj=obj)
+    if challenge.type == "DNS-01":
+        if not status.get("processing"):
+            waiting = _present_txt_record(store, obj, key=key, challenge=challenge,
+                                          issuer=issuer, settings=settings)
+            if waiting is not None:
+                return waiting
+    else:
+        if not status.get("processing") and settings.data_plane is not None:
+            _route_token(store, obj, challenge=challenge, issuer=issuer,
+                         data_plane=settings.data_plane)
+        if not status.get("presented"):
+            status.update(presented=True, processing=False, state="pending",
+                          reason="Presented: the data plane answers the HTTP-01 token")
+            reconciling.write_status(store, obj=obj)
 
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
         if not status.get("processing"):
             try:
-                settings.self_check(challenge)
-            except http01.SelfCheckFailed as err:
-                status["reason"] = f"Waiting for HTTP-01 challenge propagation: {err}"
-                if reconciling.write_status(store, obj=obj):  # once per distinct failure
-                    store.emit_event(obj=obj, type="Warning", reason="SelfCheckFailed",
-                                     message=str(err))
-                return Result.after(settings.next_delay(key))
+                _self_check(challenge, key=key, settings=settings)
+            except (http01.SelfCheckFailed, propagation.NotVisible) as err:
+                return _wait_for_propagation(store, obj, key=key, challenge=challenge,
+                                             error=err, settings=settings)
             settings.forget(key)
             state = client.answer_challenge(challenge.url)
             status.update(processing=True, state=state.status,
@@ -160,6 +172,138 @@ def _route_token(
                              f"{challenge.token} to the data plane")
 
 
+def _present_txt_record(
+    store: Store,
+    obj: Object,
+    *,
+    key: ObjectKey,
+    challenge: Challenge,
+    issuer: Issuer,
+    settings: Settings,
+) -> Result | None:
+    """Write the TXT record unless this process already did; a Result means "stop here".
+
+    A restarted controller writes it again (providers make that a no-op),
+    which also brings back what cleanup on deletion needs.
+    """
+    if settings.dns01.presented(key) is not None:
+        return None
+    status = obj.setdefault("status", {})
+    try:
+        presented = settings.dns01.present(
+            key=key, store=store, issuer=issuer, challenge=challenge, now=settings.clock(),
+            cluster_resource_namespace=settings.accounts.cluster_resource_namespace)
+    except dns01_errors.Dns01Error as err:
+        if err.permanent:
+            return _finish(store, obj, state="invalid", settings=settings,
+                           reason=f"Error presenting DNS-01 challenge: {err}")
+        status.update(state="pending", reason=f"Error presenting DNS-01 challenge: {err}")
+        if reconciling.write_status(store, obj=obj):  # once per distinct failure
+            store.emit_event(obj=obj, type="Warning", reason="PresentError", message=str(err))
+        return Result.after(settings.next_delay(key))
+    status.update(presented=True, processing=False, state="pending",
+                  reason=f"Presented: {presented.describe()}")
+    if reconciling.write_status(store, obj=obj):
+        store.emit_event(obj=obj, type="Normal", reason="Presented",
+                         message=f"Presented challenge using DNS-01: {presented.describe()}")
+    return None
+
+
+def _self_check(challenge: Challenge, *, key: ObjectKey, settings: Settings) -> None:
+    """Raise SelfCheckFailed (HTTP-01) or NotVisible (DNS-01) until the CA would succeed."""
+    if challenge.type != "DNS-01":
+        settings.self_check(challenge)
+        return
+    presented = settings.dns01.presented(key)
+    assert presented is not None  # _present_txt_record ran first in this pass
+    settings.dns01.check(record=presented.record)
+
+
+def _wait_for_propagation(
+    store: Store,
+    obj: Object,
+    *,
+    key: ObjectKey,
+    challenge: Challenge,
+    error: Exception,
+    settings: Settings,
+) -> Result:
+    """Record why the self-check failed, once per distinct failure, and look again soon;
+    a DNS-01 record still not served after the propagation timeout fails the challenge."""
+    presented = settings.dns01.presented(key) if challenge.type == "DNS-01" else None
+    if presented is not None:
+        waited = settings.clock() - presented.presented_at
+        if waited > settings.dns01.options.propagation_timeout:
+            return _finish(store, obj, state="invalid", settings=settings,
+                           reason=f"DNS-01 self-check failed after waiting"
+                           f" {int(waited.total_seconds())}s: {error}")
+    status = obj.setdefault("status", {})
+    status["reason"] = f"Waiting for {challenge.type} challenge propagation: {error}"
+    if reconciling.write_status(store, obj=obj):  # once per distinct failure
+        store.emit_event(obj=obj, type="Warning", reason="SelfCheckFailed", message=str(error))
+    return Result.after(settings.next_delay(key))
+
+
+def _remove_txt_record(store: Store, obj: Object, *, settings: Settings) -> None:
+    """Remove an ending DNS-01 challenge's record (also after a restart, from its spec).
+
+    A temporary failure raises TransientError so the challenge is not
+    recorded as ended before its record is gone; a permanent one (the
+    credentials were revoked meanwhile) is reported and given up on.
+    """
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    if spec.get("type") != "DNS-01" or not status.get("presented"):
+        return
+    key = reconciling.key_of(obj)
+    rebuild_from = None
+    if settings.dns01.presented(key) is None:
+        try:
+            challenge = parsing.parse_challenge(obj)
+        except InvalidObject:
+            return
+        issuer = acme_accounts.find_acme_issuer(
+            store=store, kind=challenge.issuer_ref.kind, name=challenge.issuer_ref.name,
+            namespace=challenge.namespace)
+        if issuer is None:
+            logger.warning("%s: cannot remove its TXT record: issuer %s is gone", key,
+                           challenge.issuer_ref.name)
+            return
+        rebuild_from = (store, issuer, challenge, settings.accounts.cluster_resource_namespace)
+    try:
+        removed = settings.dns01.cleanup(key=key, rebuild_from=rebuild_from)
+    except dns01_errors.Dns01Error as err:
+        if not err.permanent:
+            raise TransientError(f"{key}: removing the DNS-01 TXT record: {err}") from err
+        settings.dns01.forget(key)
+        store.emit_event(obj=obj, type="Warning", reason="CleanUpError",
+                         message=f"Could not remove the DNS-01 TXT record: {err}")
+        return
+    if removed is not None:
+        store.emit_event(obj=obj, type="Normal", reason="CleanedUp",
+                         message=f"Removed {removed.describe()}")
+
+
+def _remove_txt_record_of_deleted(*, key: ObjectKey, settings: Settings) -> Result:
+    """The Challenge is gone: remove what this process presented for it, retrying
+    temporary failures (nothing else will ever remove it)."""
+    try:
+        removed = settings.dns01.cleanup(key=key)
+    except dns01_errors.Dns01Error as err:
+        if not err.permanent:
+            logger.warning("%s was deleted; removing its DNS-01 TXT record failed, will retry:"
+                           " %s", key, err)
+            return Result.after(settings.next_delay(key))
+        settings.dns01.forget(key)
+        logger.warning("%s was deleted; could not remove its DNS-01 TXT record: %s", key, err)
+        settings.forget(key)
+        return Result.done()
+    if removed is not None:
+        logger.info("%s was deleted; removed %s", key, removed.describe())
+    settings.forget(key)
+    return Result.done()
+
+
 def _clean_up(store: Store, *, key: ObjectKey, settings: Settings) -> None:
     """Delete the solver objects of a finished or deleted challenge (a no-op if absent)."""
     if settings.data_plane is None:
@@ -174,6 +318,7 @@ def _finish(
     key = reconciling.key_of(obj)
     settings.forget(key)
     _clean_up(store, key=key, settings=settings)
+    _remove_txt_record(store, obj, settings=settings)
     status = obj.setdefault("status", {})
     status.update(state=state, processing=False, reason=reason)
     reconciling.write_status(store, obj=obj)

@@ -18,6 +18,7 @@ import base64
 import datetime
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,10 +169,15 @@ def _present(
         challenge = offered[0]
         record["challenges"] = [{"type": challenge.type, "url": challenge.url,
                                  "token": challenge.token}]
+        # As in cert-manager, a DNS-01 Challenge's key is the TXT value itself.
+        key = (client.dns01_txt_value(token) if chosen.challenge_type == "DNS-01"
+               else client.key_authorization(token))
         _ensure_challenge(store, order, issuer=issuer, dns_name=identifier,
                           wildcard=authorization.wildcard, authorization_url=url,
-                          challenge=challenge, solver_index=chosen.index,
-                          key_authorization=client.key_authorization(token))
+                          challenge=challenge, solver_index=chosen.index, key=key)
+    failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
+    if failed is not None:
+        return _finish(store, order, state="errored", now=now, reason=failed)
     status = order.setdefault("status", {})
     status["state"] = "pending"
     status["authorizations"] = authorizations
@@ -189,11 +195,10 @@ def _ensure_challenge(
     authorization_url: str,
     challenge: acme_client.ChallengeState,
     solver_index: int,
-    key_authorization: str,
+    key: str,
 ) -> None:
     namespace = order["metadata"]["namespace"]
-    name = f"{order['metadata']['name'][:230]}-" + hashlib.sha256(
-        authorization_url.encode()).hexdigest()[:10]
+    name = _challenge_name(order, authorization_url=authorization_url)
     if store.get(kind="Challenge", namespace=namespace, name=name) is not None:
         return
     obj = {
@@ -212,7 +217,7 @@ def _ensure_challenge(
             "wildcard": wildcard,
             "type": challenge.type.upper(),
             "token": challenge.token,
-            "key": key_authorization,
+            "key": key,
             "issuerRef": order["spec"]["issuerRef"],
             "solverIndex": solver_index,
         },
@@ -223,6 +228,34 @@ def _ensure_challenge(
         return
     store.emit_event(obj=order, type="Normal", reason="Created",
                      message=f"Created Challenge resource {name} for domain {dns_name}")
+
+
+def _challenge_name(order: Object, *, authorization_url: str) -> str:
+    """Deterministic, so the Challenge of an authorization is found without a list."""
+    return f"{order['metadata']['name'][:230]}-" + hashlib.sha256(
+        authorization_url.encode()).hexdigest()[:10]
+
+
+def _locally_failed_challenge(
+    store: Store, order: Object, *, authorization_urls: Sequence[str]
+) -> str | None:
+    """Why one of the order's Challenges failed without the CA's verdict, if one did.
+
+    While the order is pending at the CA, an invalid Challenge can only have
+    failed on our side (a DNS provider refusing its credentials, a record
+    never served): the CA would wait for it forever, so the order ends here.
+    """
+    namespace = order["metadata"]["namespace"]
+    for url in authorization_urls:
+        challenge = store.get(kind="Challenge", namespace=namespace,
+                              name=_challenge_name(order, authorization_url=url))
+        status = (challenge or {}).get("status") or {}
+        if challenge is not None and status.get("state") == "invalid":
+            spec = challenge.get("spec") or {}
+            name = f"*.{spec.get('dnsName')}" if spec.get("wildcard") else spec.get("dnsName")
+            return (f"{spec.get('type')} challenge for {name} failed: "
+                    f"{status.get('reason') or 'no reason given'}")
+    return None
 
 
 def _failure_reason(
