@@ -16,6 +16,8 @@ import kubernetes.config
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
+from certctl.solvers.dns01 import lookup
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
 from certctl.store.local import SERVE_INFO, LocalStore
 
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                        "capped at 32 h (default 3600, as cert-manager)")
     serve.add_argument("--no-watch", action="store_true",
                        help="read the manifests once instead of watching them")
+    _dns01_arguments(serve)
     serve.set_defaults(func=_serve)
 
     controller = commands.add_parser(
@@ -102,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104
     controller.add_argument("--metrics-port", type=int, default=9402,
                             help="Prometheus /metrics port, cert-manager's 9402 (0: off)")
+    _dns01_arguments(controller)
     controller.set_defaults(func=_controller)
 
     dataplane = commands.add_parser(
@@ -139,6 +143,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dns01_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dns01-recursive-nameservers", default="",
+                        metavar="HOST[:PORT],...",
+                        help="where DNS-01 zone, CNAME and NS lookups go "
+                        "(default: /etc/resolv.conf)")
+    parser.add_argument("--dns01-recursive-nameservers-only", action="store_true",
+                        help="self-check DNS-01 records against those nameservers instead of "
+                        "the zone's authoritative ones")
+    parser.add_argument("--dns01-propagation-timeout", type=_seconds, default=300.0,
+                        help="how long to wait for a TXT record to be served (default 5m)")
+    parser.add_argument("--dns01-webhook-url", default=None,
+                        help="base URL serving webhook solvers' /apis/<group>/v1alpha1/<name>")
+
+
+def _dns01_options(args: argparse.Namespace) -> dns01_solver.Options | None:
+    """The DNS-01 settings from the command line, or None after printing what is wrong."""
+    nameservers = []
+    for text in filter(None, (part.strip() for part in
+                              args.dns01_recursive_nameservers.split(","))):
+        try:
+            nameservers.append(lookup.parse_nameserver(text))
+        except ValueError as err:
+            print(f"certctl: --dns01-recursive-nameservers {text}: {err}", file=sys.stderr)
+            return None
+    if args.dns01_recursive_nameservers_only and not nameservers:
+        print("certctl: --dns01-recursive-nameservers-only needs "
+              "--dns01-recursive-nameservers", file=sys.stderr)
+        return None
+    return dns01_solver.Options(
+        recursive_nameservers=tuple(nameservers),
+        recursive_nameservers_only=args.dns01_recursive_nameservers_only,
+        propagation_timeout=datetime.timedelta(seconds=args.dns01_propagation_timeout),
+        api_endpoints={"webhook": args.dns01_webhook_url} if args.dns01_webhook_url else {},
+    )
+
+
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None,
                         help="default: in-cluster service account, else $KUBECONFIG or "
@@ -159,6 +199,9 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.manifests.exists():
         print(f"certctl: --manifests {args.manifests}: no such file or folder", file=sys.stderr)
         return 2
+    dns01 = _dns01_options(args)
+    if dns01 is None:
+        return 2
     options = standalone.ServeOptions(
         manifests=args.manifests,
         state_dir=args.state_dir,
@@ -172,6 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         watch_manifests=not args.no_watch,
+        dns01=dns01,
     )
     try:
         standalone.run(options)
@@ -198,7 +242,8 @@ def _controller(args: argparse.Namespace) -> int:
     from certctl.solvers import http01_ingress
 
     configuration = _kube_configuration(args)
-    if configuration is None:
+    dns01 = _dns01_options(args)
+    if configuration is None or dns01 is None:
         return 2
     service, _, port = args.solver_service.partition(":")
     namespace, _, name = service.partition("/")
@@ -221,6 +266,7 @@ def _controller(args: argparse.Namespace) -> int:
         workers=args.workers,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         metrics_address=(args.metrics_address, args.metrics_port) if args.metrics_port else None,
+        dns01=dns01,
     )
     try:
         operator.run_controller(options)

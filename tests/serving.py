@@ -24,6 +24,7 @@ import yaml
 from cryptography import x509
 
 from certctl.runtime.standalone import ServeOptions, Standalone
+from certctl.solvers.dns01 import solver as dns01_solver
 from tests.pebble import PebbleServer, free_port
 
 T = TypeVar("T")
@@ -163,6 +164,7 @@ class Serving:
         state_dir: Path,
         pebble: PebbleServer,
         self_check_port: int | None = None,
+        dns01: dns01_solver.Options | None = None,
     ) -> None:
         self.options = ServeOptions(
             manifests=manifests,
@@ -174,6 +176,7 @@ class Serving:
             self_check_port=self_check_port,
             workers=4,
             backoff_base=datetime.timedelta(seconds=1),
+            dns01=dns01 or dns01_solver.Options(),
         )
         self.pebble = pebble
         self.standalone = Standalone(options=self.options)

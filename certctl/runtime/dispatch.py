@@ -34,6 +34,7 @@ from certctl.controllers import (
 )
 from certctl.runtime import workqueue
 from certctl.solvers import http01_ingress
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
 from certctl.store.interface import Object, Store, WatchEvent
 
@@ -66,6 +67,7 @@ def controller_settings(
     accounts: acme_accounts.AcmeAccounts,
     backoff_base: datetime.timedelta,
     self_check: challenges.SelfCheck,
+    dns01: dns01_solver.Options,
     data_plane: http01_ingress.DataPlaneService | None = None,
 ) -> ControllerSettings:
     return ControllerSettings(
@@ -73,6 +75,7 @@ def controller_settings(
         orders=orders.Settings(clock=clock, accounts=accounts),
         issuers=issuers.Settings(clock=clock, accounts=accounts),
         challenges=challenges.Settings(clock=clock, accounts=accounts, self_check=self_check,
+                                       dns01=dns01_solver.Dns01Solver(options=dns01),
                                        data_plane=data_plane),
     )
 

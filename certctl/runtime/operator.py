@@ -41,6 +41,7 @@ from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch, leader, metrics
 from certctl.solvers import http01_ingress
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
 from certctl.store.interface import WatchEvent
 from certctl.store.kube import RESOURCES, KubeStore, auth_headers
@@ -83,6 +84,7 @@ class ControllerOptions:
     workers: int = 16
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     metrics_address: tuple[str, int] | None = None  # Prometheus /metrics; None: off
+    dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +225,7 @@ class Controller:
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(port=options.self_check_port,
                                                  connect_address=options.self_check_address),
+            dns01=options.dns01,
             data_plane=options.data_plane,
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)

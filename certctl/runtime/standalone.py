@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import watchfiles
@@ -28,6 +28,7 @@ from certctl.controllers import (
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
 from certctl.store.interface import WatchEvent
 from certctl.store.local import LocalStore
@@ -52,6 +53,7 @@ class ServeOptions:
     workers: int = 16
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     watch_manifests: bool = True
+    dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
 
 
 class StartupError(Exception):
@@ -82,6 +84,7 @@ class Standalone:
                 port=options.self_check_port or options.http_port,
                 connect_address=options.self_check_address,
             ),
+            dns01=options.dns01,
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
         self.certificate_index = certstore.CertificateIndex()
