@@ -297,6 +297,17 @@ def test_dns01_needs_exactly_one_provider():
     assert "rfc2136, cloudflare" in error.message
 
 
+def test_dns01_cname_strategy_is_accepted_and_checked():
+    follow: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Follow", "rfc2136": {}}}]
+    [solver] = parsing.parse_issuer(cluster_issuer(solvers=follow)).acme.solvers  # type: ignore[union-attr]
+    assert solver.dns01_provider == "rfc2136"
+
+    bogus: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Sometimes", "rfc2136": {}}}]
+    error = invalid(parsing.parse_issuer, cluster_issuer(solvers=bogus))
+    assert error.field == "spec.acme.solvers[0].dns01.cnameStrategy"
+    assert "None, Follow" in error.message
+
+
 def test_solver_needs_exactly_one_type():
     error = invalid(parsing.parse_issuer, cluster_issuer(solvers=[{"selector": {}}]))
     assert error.field == "spec.acme.solvers[0]"

@@ -299,9 +299,10 @@ def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
     dns01 = ctx.mapping(solver["dns01"], field=f"{at}.dns01")
     # Provider names are open-ended (third-party providers register their own),
     # so any other key is taken as the provider.
-    ctx.check_fields(
-        dns01, at=f"{at}.dns01", known=(), unsupported=("cnameStrategy",), open_ended=True
-    )
+    ctx.check_fields(dns01, at=f"{at}.dns01", known=(), open_ended=True)
+    # Accepted for cert-manager compatibility; certctl always follows a CNAME at
+    # _acme-challenge, since a TXT record cannot sit beside one ("None" could only fail).
+    ctx.choice(dns01, "cnameStrategy", at=f"{at}.dns01", choices=("None", "Follow"))
     providers = [key for key in dns01 if key != "cnameStrategy"]
     if len(providers) != 1:
         found = ", ".join(providers) if providers else "none"
