@@ -37,21 +37,27 @@ def secret(name: str) -> resources.ObjectKey:
 
 
 class EchoHandler(http.server.BaseHTTPRequestHandler):
-    """Echoes the request as JSON; `/stream` answers chunked, `/eof` close-delimited."""
+    """Echoes the request as JSON; `/stream` answers chunked, `/eof` close-delimited,
+    `/bytes/N` streams N bytes. Bodies are hashed as they arrive, never held whole."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body go in two writes on a kept-alive connection
     server: EchoServer
 
     def do_GET(self) -> None:
-        body = self._read_body()
+        length, digest = self._read_body()
+        if self.path.startswith("/bytes/"):
+            self._send_bytes(int(self.path.removeprefix("/bytes/")))
+            return
         payload = json.dumps(
             {
                 "backend": self.server.name,
                 "method": self.command,
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
-                "body_length": len(body),
-                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body_length": length,
+                "body_sha256": digest,
+                "peer_port": self.client_address[1],
             }
         ).encode()
         self.send_response(200)
@@ -71,23 +77,46 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":
+                self.wfile.write(payload)
 
     do_POST = do_GET
     do_PUT = do_GET
+    do_HEAD = do_GET
 
-    def _read_body(self) -> bytes:
+    def _send_bytes(self, count: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(count))
+        self.end_headers()
+        block = b"x" * 65536
+        while count > 0:
+            self.wfile.write(block[:count])
+            count -= len(block)
+
+    def _read_body(self) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        length = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b""):
                         pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
+                    return length, digest.hexdigest()
+                self._hash(size, digest)
+                length += size
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        length = int(self.headers.get("Content-Length", "0"))
+        self._hash(length, digest)
+        return length, digest.hexdigest()
+
+    def _hash(self, count: int, digest: Any) -> None:
+        while count > 0:
+            piece = self.rfile.read(min(count, 65536))
+            if not piece:
+                raise ConnectionError("body cut short")
+            digest.update(piece)
+            count -= len(piece)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -100,7 +129,10 @@ class EchoServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), EchoHandler)
         self.name = name
         self.port = self.server_address[1]
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that leave mid-response are part of the tests; stay quiet about them."""
 
 
 def closed_port() -> int:

@@ -68,3 +68,37 @@ SECRET_COMMON_NAME = "cert-manager.io/common-name"
 SECRET_ALT_NAMES = "cert-manager.io/alt-names"
 SECRET_IP_SANS = "cert-manager.io/ip-sans"
 SECRET_URI_SANS = "cert-manager.io/uri-sans"
+
+# --- data plane settings on Ingresses ---------------------------------------------
+# certctl's key first, then ingress-nginx's, so Ingresses written for
+# ingress-nginx keep their behaviour when moved to certctl.
+
+_NGINX = "nginx.ingress.kubernetes.io/"
+
+SSL_REDIRECT_KEYS = ("certctl.io/ssl-redirect", _NGINX + "ssl-redirect")
+FORCE_SSL_REDIRECT_KEYS = ("certctl.io/force-ssl-redirect", _NGINX + "force-ssl-redirect")
+# ingress-nginx reads the HSTS settings from its ConfigMap only; the Ingress
+# keys are certctl's, with the ConfigMap names accepted under nginx's prefix.
+HSTS_KEYS = ("certctl.io/hsts", _NGINX + "hsts")
+HSTS_MAX_AGE_KEYS = ("certctl.io/hsts-max-age", _NGINX + "hsts-max-age")
+HSTS_INCLUDE_SUBDOMAINS_KEYS = (
+    "certctl.io/hsts-include-subdomains",
+    _NGINX + "hsts-include-subdomains",
+)
+PROXY_BODY_SIZE_KEYS = ("certctl.io/proxy-body-size", _NGINX + "proxy-body-size")
+PROXY_READ_TIMEOUT_KEYS = ("certctl.io/proxy-read-timeout", _NGINX + "proxy-read-timeout")
+PROXY_CONNECT_TIMEOUT_KEYS = (
+    "certctl.io/proxy-connect-timeout",
+    _NGINX + "proxy-connect-timeout",
+)
+BACKEND_PROTOCOL_KEYS = ("certctl.io/backend-protocol", _NGINX + "backend-protocol")
+REWRITE_TARGET_KEYS = ("certctl.io/rewrite-target", _NGINX + "rewrite-target")
+CANARY_KEYS = ("certctl.io/canary", _NGINX + "canary")
+CANARY_WEIGHT_KEYS = ("certctl.io/canary-weight", _NGINX + "canary-weight")
+CANARY_WEIGHT_TOTAL_KEYS = ("certctl.io/canary-weight-total", _NGINX + "canary-weight-total")
+CANARY_BY_HEADER_KEYS = ("certctl.io/canary-by-header", _NGINX + "canary-by-header")
+CANARY_BY_HEADER_VALUE_KEYS = (
+    "certctl.io/canary-by-header-value",
+    _NGINX + "canary-by-header-value",
+)
+CANARY_BY_COOKIE_KEYS = ("certctl.io/canary-by-cookie", _NGINX + "canary-by-cookie")

@@ -25,26 +25,52 @@ Semantics (DESIGN.md, "Ingress semantics the data plane must honour"):
   namespace/name; an Ingress without a timestamp counts as newest).
 - The path matched is the raw request path without the query string, not
   percent-decoded (as ingress-nginx does).
+- A canary Ingress (`canary: "true"`, see `route_options`) adds no routes of
+  its own: each of its rules attaches to the served route with the same host,
+  path and match type, which then splits traffic by header, cookie or
+  weight. A canary rule with no such route is ignored, as in ingress-nginx.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from certctl.api import resources
+from certctl.dataplane import route_options
 
 Upstream = tuple[str, int]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Canary:
+    """The canary Ingress's route attached to a main route, and when to take it."""
+
+    settings: route_options.CanarySettings
+    route: RouteMatch
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RouteMatch:
-    """Where a request goes: `upstreams` empty means no ready endpoints (503)."""
+    """Where a request goes: `upstreams` empty means no ready endpoints (503).
+
+    `host` and `path` are the rule's as written (`host` "" for rules without a
+    host and for default backends, `path` "" for default backends): metrics
+    label by the rule rather than by whatever Host a client sent, and
+    rewrite-target replaces the matched `path`.
+    """
 
     ingress: resources.ObjectKey
     backend: resources.ServiceBackend
     upstreams: tuple[Upstream, ...]
+    host: str = ""
+    path: str = ""
+    exact: bool = False
+    options: route_options.RouteOptions = route_options.DEFAULT_OPTIONS
+    canary: Canary | None = None
+    service: str = ""  # "namespace/name" of the backend Service, the metrics label
 
 
 @dataclass(kw_only=True, slots=True)
@@ -100,7 +126,7 @@ def normalize_host(raw: str) -> str:
 class RouteTable:
     """An immutable routing table; build a new one when any input changes."""
 
-    __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts")
+    __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts", "problems", "served")
 
     def __init__(
         self,
@@ -109,11 +135,15 @@ class RouteTable:
         wildcard_hosts: dict[str, _HostRoutes],
         hostless: _HostRoutes,
         default: RouteMatch | None,
+        served: frozenset[resources.ObjectKey] = frozenset(),
+        problems: tuple[str, ...] = (),
     ) -> None:
         self._exact_hosts = exact_hosts
         self._wildcard_hosts = wildcard_hosts  # keyed by the suffix after "*."
         self._hostless = hostless
         self._default = default
+        self.served = served  # the Ingresses this controller serves (for their status)
+        self.problems = problems  # annotation values that could not be read, one line each
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -163,14 +193,22 @@ class RouteTable:
             key=_age_key,
         )
         resolver = _Resolver(services=services, endpoint_slices=endpoint_slices)
+        problems: list[str] = []
+        canaries: list[tuple[resources.Ingress, route_options.CanarySettings]] = []
 
         exact_hosts: dict[str, _HostRoutes] = {}
         wildcard_hosts: dict[str, _HostRoutes] = {}
         hostless = _HostRoutes()
         default: RouteMatch | None = None
         for ing in served:
+            canary, found = route_options.canary_settings(ing.annotations)
+            options, more = route_options.route_options(ing.annotations)
+            problems += (f"{ing.key}: {problem}" for problem in (*found, *more))
+            if canary is not None:
+                canaries.append((ing, canary))
+                continue
             ing_default = (
-                resolver.resolve(ingress=ing, backend=ing.default_backend)
+                resolver.route(ingress=ing, backend=ing.default_backend, options=options)
                 if ing.default_backend is not None
                 else None
             )
@@ -186,16 +224,34 @@ class RouteTable:
                 if routes is not hostless and routes.default is None:
                     routes.default = ing_default
                 for ing_path in rule.paths:
-                    match = resolver.resolve(ingress=ing, backend=ing_path.backend)
-                    if ing_path.path_type == "Exact":
-                        routes.exact.setdefault(ing_path.path, match)
-                    else:
-                        routes.prefix.setdefault(ing_path.path.rstrip("/"), match)
+                    exact = ing_path.path_type == "Exact"
+                    found_in = routes.exact if exact else routes.prefix
+                    key = ing_path.path if exact else ing_path.path.rstrip("/")
+                    if key not in found_in:
+                        found_in[key] = resolver.route(
+                            ingress=ing,
+                            backend=ing_path.backend,
+                            options=options,
+                            host=rule.host or "",
+                            path=ing_path.path,
+                            exact=exact,
+                        )
+        for ing, canary in canaries:
+            _attach_canary(
+                ingress=ing,
+                settings=canary,
+                resolver=resolver,
+                exact_hosts=exact_hosts,
+                wildcard_hosts=wildcard_hosts,
+                hostless=hostless,
+            )
         return cls(
             exact_hosts=exact_hosts,
             wildcard_hosts=wildcard_hosts,
             hostless=hostless,
             default=default,
+            served=frozenset(ing.key for ing in served),
+            problems=tuple(problems),
         )
 
     def match(self, *, host: str, path: str) -> RouteMatch | None:
@@ -255,8 +311,48 @@ def _routes_for(
     return exact_hosts.setdefault(host, _HostRoutes())
 
 
+def _attach_canary(
+    *,
+    ingress: resources.Ingress,
+    settings: route_options.CanarySettings,
+    resolver: _Resolver,
+    exact_hosts: dict[str, _HostRoutes],
+    wildcard_hosts: dict[str, _HostRoutes],
+    hostless: _HostRoutes,
+) -> None:
+    """Attach a canary Ingress's paths to the main routes they shadow (the first canary wins)."""
+    for rule in ingress.rules:
+        host = (rule.host or "").lower()
+        if not host:
+            routes: _HostRoutes | None = hostless
+        elif host.startswith("*."):
+            routes = wildcard_hosts.get(host[2:])
+        else:
+            routes = exact_hosts.get(host)
+        if routes is None:
+            continue
+        for ing_path in rule.paths:
+            exact = ing_path.path_type == "Exact"
+            table = routes.exact if exact else routes.prefix
+            key = ing_path.path if exact else ing_path.path.rstrip("/")
+            main = table.get(key)
+            if main is None or main.canary is not None:
+                continue
+            target = resolver.route(
+                ingress=ingress,
+                backend=ing_path.backend,
+                options=main.options,
+                host=main.host,
+                path=main.path,
+                exact=exact,
+            )
+            table[key] = dataclasses.replace(
+                main, canary=Canary(settings=settings, route=target)
+            )
+
+
 class _Resolver:
-    """Resolves backends to ready endpoint addresses, sharing one RouteMatch per backend."""
+    """Resolves backends to ready endpoint addresses, once per Service port."""
 
     def __init__(
         self,
@@ -268,21 +364,33 @@ class _Resolver:
         self._slices: dict[tuple[str, str], list[resources.EndpointSlice]] = {}
         for eps in sorted(endpoint_slices, key=lambda s: (s.namespace, s.name)):
             self._slices.setdefault((eps.namespace, eps.service_name), []).append(eps)
-        self._cache: dict[tuple[resources.ObjectKey, resources.ServiceBackend], RouteMatch] = {}
+        self._cache: dict[tuple[str, resources.ServiceBackend], tuple[Upstream, ...]] = {}
 
-    def resolve(
-        self, *, ingress: resources.Ingress, backend: resources.ServiceBackend
+    def route(
+        self,
+        *,
+        ingress: resources.Ingress,
+        backend: resources.ServiceBackend,
+        options: route_options.RouteOptions,
+        host: str = "",
+        path: str = "",
+        exact: bool = False,
     ) -> RouteMatch:
-        cache_key = (ingress.key, backend)
-        match = self._cache.get(cache_key)
-        if match is None:
-            match = RouteMatch(
-                ingress=ingress.key,
-                backend=backend,
-                upstreams=self._upstreams(namespace=ingress.namespace, backend=backend),
-            )
-            self._cache[cache_key] = match
-        return match
+        cache_key = (ingress.namespace, backend)
+        upstreams = self._cache.get(cache_key)
+        if upstreams is None:
+            upstreams = self._upstreams(namespace=ingress.namespace, backend=backend)
+            self._cache[cache_key] = upstreams
+        return RouteMatch(
+            ingress=ingress.key,
+            backend=backend,
+            upstreams=upstreams,
+            host=host,
+            path=path,
+            exact=exact,
+            options=options,
+            service=f"{ingress.namespace}/{backend.name}",
+        )
 
     def _upstreams(
         self, *, namespace: str, backend: resources.ServiceBackend

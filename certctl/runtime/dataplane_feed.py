@@ -5,10 +5,19 @@ only ever read what this feed publishes (an immutable route table swapped by
 reference, the certificate index, a token dict), so nothing slow happens
 while a client waits. Rebuilds are debounced: a burst of events (500
 Ingresses at start-up) costs one rebuild, not 500.
+
+With a load-balancer address configured, every Ingress this data plane
+serves gets it in `status.loadBalancer.ingress` (an `ip` entry for an IP
+address, else a `hostname`), as every Ingress controller reports where it
+serves; the write is skipped when the status already says so, and the entry
+is taken away again from an Ingress that is no longer served. Only the Store
+protocol is used, so the same feed runs against the local store and the
+Kubernetes API.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -21,7 +30,7 @@ from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
 from certctl.dataplane import certstore, routing
 from certctl.pki import secret as tls_secret
-from certctl.store.interface import Object, Store, WatchEvent
+from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +47,18 @@ class DataPlaneFeed:
         certificates: certstore.CertificateIndex,
         publish_routes: Callable[[routing.RouteTable], None],
         ingress_class: str,
+        load_balancer_address: str | None = None,
     ) -> None:
+        """`load_balancer_address` (an IP or a DNS name) goes into the status of
+        served Ingresses; None leaves their status alone."""
         self._store = store
         self._certificates = certificates
         self._publish_routes = publish_routes
         self._ingress_class = ingress_class
+        self._load_balancer = _load_balancer_entries(load_balancer_address)
+        self._served: frozenset[ObjectKey] = frozenset()
+        self._status_written: set[ObjectKey] = set()
+        self._reported: frozenset[str] = frozenset()
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
         self._wake = threading.Event()
@@ -110,10 +126,49 @@ class DataPlaneFeed:
     def refresh(self) -> None:
         if self._routes_dirty:
             self._routes_dirty = False
-            self._publish_routes(self._build_routes())
+            table = self._build_routes()
+            self._publish_routes(table)
+            self._served = table.served
+            for problem in sorted(set(table.problems) - self._reported):
+                logger.warning("%s", problem)
+            self._reported = frozenset(table.problems)
+            if self._load_balancer is not None:
+                self._write_statuses(self._load_balancer)
         if self._secrets_dirty:
             self._secrets_dirty = False
             self._load_certificates()
+
+    def _write_statuses(self, entries: list[dict[str, str]]) -> None:
+        """Served Ingresses say where they are served; ones no longer served stop saying it."""
+        for key in sorted(self._served | self._status_written, key=str):
+            served = key in self._served
+            obj = self._store.get(kind="Ingress", namespace=key.namespace, name=key.name)
+            if obj is None:
+                self._status_written.discard(key)
+                continue
+            status = obj.get("status") or {}
+            current = (status.get("loadBalancer") or {}).get("ingress") or []
+            wanted = entries if served else [e for e in current if e not in entries]
+            if current == wanted:
+                if served:
+                    self._status_written.add(key)
+                else:
+                    self._status_written.discard(key)
+                continue
+            obj["status"] = {**status, "loadBalancer": {"ingress": wanted} if wanted else {}}
+            try:
+                self._store.replace_status(obj=obj)
+            except Conflict:
+                # Changed since we read it: its watch event brings us back here.
+                self._routes_dirty = True
+                self._wake.set()
+                continue
+            except NotFound:
+                pass
+            if served:
+                self._status_written.add(key)
+            else:
+                self._status_written.discard(key)
 
     def _build_routes(self) -> routing.RouteTable:
         # Ingress problems are reported by ingress-shim; the rest only matter here.
@@ -139,6 +194,9 @@ class DataPlaneFeed:
         wanted: set[ObjectKey] = set()
         for ingress in self._store.list(kind="Ingress"):
             namespace = ingress["metadata"].get("namespace")
+            name = ingress["metadata"].get("name")
+            if ObjectKey(kind="Ingress", namespace=namespace, name=name) not in self._served:
+                continue  # another controller's Ingress: its Secrets are not ours to serve
             for tls in (ingress.get("spec") or {}).get("tls") or []:
                 name = tls.get("secretName") if isinstance(tls, dict) else None
                 if isinstance(name, str) and name:
@@ -166,6 +224,16 @@ class DataPlaneFeed:
     def _drop(self, key: ObjectKey) -> None:
         if self._served_secrets.pop(key, None) is not None:
             self._certificates.remove_certificate(source=key)
+
+
+def _load_balancer_entries(address: str | None) -> list[dict[str, str]] | None:
+    if address is None:
+        return None
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [{"hostname": address}]
+    return [{"ip": address}]
 
 
 def _parsed(

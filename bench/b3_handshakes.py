@@ -1,0 +1,242 @@
+"""B3: server CPU per 1,000 new TLS connections with 10,000 certificates loaded, vs nginx.
+
+Both servers load the same 10,000 ECDSA P-256 certificates (one name each)
+and proxy `GET /` for every name to one backend (nginx `return 200`); nginx
+has one worker and a `server` block per name, certctl one Ingress rule per
+name. Every connection is a new TCP connection, a TLS handshake with SNI,
+one request and a close. What is compared is the CPU the server process
+spent (utime + stime from /proc, master and worker for nginx) per 1,000
+connections; the clients saturate before either server on 2 cores, so
+requests/s says little (DESIGN.md target: certctl <= 1.4 x nginx).
+
+Two loads, each run against both servers in interleaved rounds:
+
+- full handshakes: `--clients` Python processes connecting with no session
+  to resume, SNI rotating over a working set of names. With
+  `--hot-names 1000` the set fits certctl's SSLContext cache; the
+  `all 10,000 names` rows rotate over every name, so certctl builds a
+  context for most handshakes (its lazy-loading cost, which nginx pays at
+  start-up instead).
+- resumed handshakes: `wrk -H "Connection: close"`, which resumes its TLS
+  session on every reconnect (both servers allow it), one name per run.
+
+    python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 2]
+                                  [--write-results]
+
+Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
+`apt-get install -y nginx-light wrk`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import shlex
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import b3_peers
+
+
+def client_loop(port: int, names: Sequence[str], seconds: float, offset: int) -> tuple[int, int]:
+    """New connection, full handshake (no session offered), GET /, close; until time is up."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    done = failed = 0
+    index = offset
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        name = names[index % len(names)]
+        index += 7919  # a prime stride: every name in turn, in no cache-friendly order
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=name) as tls:
+                tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+                response = b""
+                while chunk := tls.recv(65536):
+                    response += chunk
+            if response.startswith(b"HTTP/1.1 200"):
+                done += 1
+            else:
+                failed += 1
+        except OSError:
+            failed += 1
+    return done, failed
+
+
+def full_handshakes(
+    *, pid: int, port: int, names: Sequence[str], seconds: float, clients: int
+) -> tuple[int, int, float]:
+    """(connections, failures, server CPU seconds) for one timed run."""
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        before = b3_peers.cpu_seconds(pid)
+        results = pool.starmap(
+            client_loop, [(port, names, seconds, i * 104729) for i in range(clients)]
+        )
+        cpu = b3_peers.cpu_seconds(pid) - before
+    return sum(r[0] for r in results), sum(r[1] for r in results), cpu
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.b3_handshakes", description=__doc__)
+    parser.add_argument("--certificates", type=int, default=10_000)
+    parser.add_argument("--hot-names", type=int, default=1_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args(argv)
+    command = "python -m bench.b3_handshakes " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    started = datetime.datetime.now(datetime.UTC)
+    work = Path(tempfile.mkdtemp(prefix="certctl-b3-"))
+    certs = work / "certs"
+    names = [f"h{i:05d}.b3.bench.test" for i in range(args.certificates)]
+    t0 = time.monotonic()
+    b3_peers.make_certificates(certs, [*names, "default.b3.bench.test"])
+    print(f"{len(names)} certificates written in {time.monotonic() - t0:.1f} s", flush=True)
+
+    backend_port, nginx_port = b3_peers.free_port(), b3_peers.free_port()
+    backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
+        f"  server {{ listen 127.0.0.1:{backend_port}; "
+        'location / { return 200 "hello from the backend\\n"; } }'
+    )).start(port=backend_port)
+    servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer] = {}
+    rows: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    startup: dict[str, tuple[float, int]] = {}
+    try:
+        location = (
+            "location / { proxy_pass http://backend; proxy_http_version 1.1; "
+            'proxy_set_header Connection ""; proxy_set_header Host $http_host; '
+            "proxy_set_header X-Forwarded-For $remote_addr; }"
+        )
+        blocks = [
+            f"  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}",
+            "  server_names_hash_max_size 65536; server_names_hash_bucket_size 128;",
+            "  ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;",
+            f"  server {{ listen 127.0.0.1:{nginx_port} ssl default_server; "
+            f"ssl_certificate {certs}/default.b3.bench.test.crt; "
+            f"ssl_certificate_key {certs}/default.b3.bench.test.key; {location} }}",
+        ] + [
+            f"  server {{ listen 127.0.0.1:{nginx_port} ssl; server_name {name}; "
+            f"ssl_certificate {certs}/{name}.crt; ssl_certificate_key {certs}/{name}.key; "
+            f"{location} }}"
+            for name in names
+        ]
+        t0 = time.monotonic()
+        nginx = b3_peers.Nginx(workdir=work / "nginx", http_block="\n".join(blocks))
+        servers["nginx"] = nginx.start(port=nginx_port, timeout=600)
+        startup["nginx"] = (time.monotonic() - t0, b3_peers.rss_bytes(nginx.pid))
+        t0 = time.monotonic()
+        plane = b3_peers.DataPlaneServer(
+            certs=certs, names=names, https_port=b3_peers.free_port(),
+            http_port=b3_peers.free_port(), backend_port=backend_port,
+        )
+        servers["certctl"] = plane.start(log=work / "certctl.log", timeout=600)
+        startup["certctl"] = (time.monotonic() - t0, b3_peers.rss_bytes(plane.pid))
+        ports = {"nginx": nginx_port, "certctl": plane.https_port}
+        for label, (seconds, rss) in startup.items():
+            print(f"{label}: listening after {seconds:.1f} s, RSS {rss / 2**20:.0f} MiB",
+                  flush=True)
+
+        loads = {
+            f"full handshakes, {args.hot_names:,} hot names": names[: args.hot_names],
+            f"full handshakes, all {len(names):,} names": names,
+        }
+        for label in servers:  # warm-up: upstream pools, the hot names' contexts
+            full_handshakes(pid=servers[label].pid, port=ports[label],
+                            names=names[: args.hot_names], seconds=2, clients=args.clients)
+        for round_index in range(args.rounds):
+            for load, load_names in loads.items():
+                order = list(servers)[:: 1 if round_index % 2 == 0 else -1]
+                for label in order:
+                    result = full_handshakes(pid=servers[label].pid, port=ports[label],
+                                             names=load_names, seconds=args.seconds,
+                                             clients=args.clients)
+                    rows.setdefault((load, label), []).append(result)
+                    print(f"round {round_index + 1} {load} {label}: {result[0]} ok, "
+                          f"{result[1]} failed, {result[2]:.2f} s CPU", flush=True)
+            for label in list(servers)[:: 1 if round_index % 2 == 0 else -1]:
+                name = names[round_index * 997 % len(names)]
+                pid = servers[label].pid
+                before = b3_peers.cpu_seconds(pid)
+                resumed = b3_peers.wrk(
+                    url=f"https://{name}:{ports[label]}/", hosts={name: "127.0.0.1"},
+                    workdir=work, seconds=args.seconds, connections=16,
+                    headers=["Connection: close"],
+                )
+                cpu = b3_peers.cpu_seconds(pid) - before
+                rows.setdefault(("resumed handshakes (wrk)", label), []).append(
+                    (resumed.requests, resumed.errors + resumed.non_2xx, cpu)
+                )
+                print(f"round {round_index + 1} wrk {label}: {resumed.requests} ok, "
+                      f"{cpu:.2f} s CPU", flush=True)
+        after_rss = {label: b3_peers.rss_bytes(srv.pid) for label, srv in servers.items()}
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        backend.stop()
+
+    section = results_section(command=command, started=started, args=args, rows=rows,
+                              startup=startup, after_rss=after_rss)
+    print("\n" + section)
+    if args.write_results:
+        b3_peers.write_results(name="b3_handshakes", section=section)
+        print(f"wrote {b3_peers.RESULTS_PATH}")
+    return 0 if all(r[1] == 0 for runs in rows.values() for r in runs) else 1
+
+
+def results_section(
+    *,
+    command: str,
+    started: datetime.datetime,
+    args: argparse.Namespace,
+    rows: dict[tuple[str, str], list[tuple[int, int, float]]],
+    startup: dict[str, tuple[float, int]],
+    after_rss: dict[str, int],
+) -> str:
+    per_1000 = {
+        key: statistics.median(cpu / ok * 1000 for ok, _, cpu in runs if ok)
+        for key, runs in rows.items()
+    }
+    lines = []
+    for (load, label), runs in rows.items():
+        ratio = per_1000[(load, label)] / per_1000[(load, "nginx")]
+        lines.append(
+            f"| {load} | {label} | {sum(r[0] for r in runs):,} | {sum(r[1] for r in runs)} | "
+            f"{per_1000[(load, label)]:.3f} | {ratio:.2f}x |"
+        )
+    start_lines = [
+        f"| {label} | {seconds:.1f} | {rss / 2**20:.0f} | {after_rss[label] / 2**20:.0f} |"
+        for label, (seconds, rss) in startup.items()
+    ]
+    return (
+        f"## B3: server CPU per 1,000 new TLS connections, {args.certificates:,} certificates "
+        "loaded\n\n"
+        f"Command (from the repo root, as root): `{command}`  \n"
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; {args.rounds} rounds of {args.seconds} s per "
+        f"load and server, servers interleaved; full handshakes from {args.clients} Python "
+        "client processes (no session resumption, SNI rotating over the names), resumed ones "
+        "from `wrk -t1 -c16 -H 'Connection: close'`; each connection is one proxied "
+        "`GET /`.\n\n"
+        "| load | server | connections | failed | server CPU s / 1,000 connections | "
+        "ratio to nginx |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        "Start-up with the certificates (spawn to listening) and resident memory:\n\n"
+        "| server | start-up (s) | RSS at start (MiB) | RSS after the runs (MiB) |\n"
+        "|---|---|---|---|\n" + "\n".join(start_lines) + "\n\n"
+        "Machine:\n\n" + b3_peers.machine_table()
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,463 @@
+"""What the data plane benchmarks (B3, B4, B5) share: certificates, nginx, wrk, processes.
+
+- `make_certificates` writes N ECDSA P-256 leaves from one throwaway CA as
+  `<name>.crt` (leaf + CA) and `<name>.key`, the files both servers load.
+- `Nginx` runs Debian's nginx (1 worker) on a generated config.
+- `DataPlaneServer` runs certctl's data plane in a process of its own
+  (`python -m bench.b3_peers serve ...`: the CertificateIndex and DataPlane of
+  `certctl serve`, fed directly instead of through a store, so that loading
+  10,000 certificates does not also benchmark YAML parsing).
+- `wrk` runs wrk with a private /etc/hosts (a mount namespace from `unshare
+  -m`, root only) so that it sends the benchmark names as SNI; the machine's
+  own /etc/hosts is never touched.
+- `cpu_seconds` / `rss_bytes` read /proc for a process and its children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+NGINX_BIN = "/usr/sbin/nginx"
+WRK_BIN = "/usr/bin/wrk"
+
+
+# --- certificates ---------------------------------------------------------------------
+
+
+def make_certificates(directory: Path, names: Sequence[str], *, days: int = 30) -> bytes:
+    """Write `<name>.crt` and `<name>.key` for every name; returns the CA's PEM."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certctl bench CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    for name in names:
+        write_leaf(directory=directory, name=name, ca=ca, ca_key=ca_key, ca_pem=ca_pem, days=days)
+    (directory / "ca.pem").write_bytes(ca_pem)
+    return ca_pem
+
+
+def write_leaf(
+    *,
+    directory: Path,
+    name: str,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_pem: bytes,
+    days: int,
+) -> int:
+    """One leaf for `name`; returns its serial number."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    serial = x509.random_serial_number()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / f"{name}.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca_pem)
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return serial
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL: never leave a child behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            pids += _tree(int(child))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its live children (nginx: master and worker)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for each in _tree(pid):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def rss_bytes(pid: int) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sum(
+        int(Path(f"/proc/{each}/statm").read_text().split()[1]) * page for each in _tree(pid)
+    )
+
+
+def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- nginx ----------------------------------------------------------------------------
+
+
+class Nginx:
+    """nginx with one worker on a config written by the caller (`http { ... }` body)."""
+
+    def __init__(self, *, workdir: Path, http_block: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.config = workdir / "nginx.conf"
+        self.config.write_text(
+            "worker_processes 1;\n"
+            "daemon off;\n"
+            "master_process on;\n"
+            f"pid {workdir}/nginx.pid;\n"
+            f"error_log {workdir}/error.log warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n"
+            "  access_log off;\n"
+            f"  client_body_temp_path {workdir}/body;\n"
+            f"  proxy_temp_path {workdir}/proxy;\n"
+            "  keepalive_requests 1000000;\n"
+            f"{http_block}\n"
+            "}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, port: int, timeout: float = 120.0) -> Nginx:
+        self.proc = subprocess.Popen(
+            [NGINX_BIN, "-c", str(self.config), "-p", str(self.workdir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "stderr.log").open("wb"),
+        )
+        wait_for_port(port, timeout=timeout, proc=self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def nginx_version() -> str:
+    done = subprocess.run([NGINX_BIN, "-v"], capture_output=True, text=True, check=False)
+    return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
+
+
+# --- certctl's data plane in its own process ----------------------------------------------
+
+
+@dataclass
+class DataPlaneServer:
+    """`python -m bench.b3_peers serve`: the data plane on given ports and certificates."""
+
+    certs: Path
+    names: Sequence[str]
+    https_port: int
+    http_port: int
+    backend_port: int
+    loop: str = "uvloop"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, log: Path, timeout: float = 300.0) -> DataPlaneServer:
+        names_file = self.certs / "names.txt"
+        names_file.write_text("\n".join(self.names) + "\n")
+        argv = [
+            sys.executable, "-m", "bench.b3_peers", "serve",
+            "--certs", str(self.certs),
+            "--names", str(names_file),
+            "--https-port", str(self.https_port),
+            "--http-port", str(self.http_port),
+            "--backend-port", str(self.backend_port),
+            "--loop", self.loop,
+        ]
+        self.proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.https_port, timeout=timeout, proc=self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """The body of `python -m bench.b3_peers serve`; runs until SIGTERM."""
+    from certctl.api import resources
+    from certctl.dataplane import certstore, routing, server
+
+    names = Path(args.names).read_text().split()
+    certificates = certstore.CertificateIndex()
+    certs = Path(args.certs)
+    for name in names:
+        certificates.set_certificate(
+            source=resources.ObjectKey(kind="Secret", namespace="bench", name=name),
+            chain_pem=(certs / f"{name}.crt").read_bytes(),
+            key_pem=(certs / f"{name}.key").read_bytes(),
+        )
+    backend = resources.ServiceBackend(name="backend", port_number=80)
+    ingress = resources.Ingress(
+        namespace="bench",
+        name="bench",
+        rules=tuple(
+            resources.IngressRule(
+                host=name,
+                paths=(resources.IngressPath(path="/", path_type="Prefix", backend=backend),),
+            )
+            for name in names
+        ),
+    )
+    table = routing.RouteTable.build(
+        ingresses=[ingress],
+        services=[resources.Service(namespace="bench", name="backend",
+                                    ports=(resources.ServicePort(port=80, name="http",
+                                                                 target_port=args.backend_port),))],
+        endpoint_slices=[resources.EndpointSlice(
+            namespace="bench", name="backend-1", service_name="backend",
+            ports=(resources.EndpointPort(port=args.backend_port, name="http"),),
+            endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),),
+        )],
+        ingress_classes=[],
+        controller_name="certctl.io/ingress-controller",
+        class_name=None,
+    )
+
+    async def main() -> None:
+        plane = server.DataPlane(
+            http_address=("127.0.0.1", args.http_port),
+            https_address=("127.0.0.1", args.https_port),
+            certificates=certificates,
+            challenge_responder=lambda host, token: None,
+        )
+        plane.set_routes(table)
+        await plane.start()
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        await stopped.wait()
+        await plane.stop()
+
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+# --- wrk ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    errors: int
+    non_2xx: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk(
+    *,
+    url: str,
+    hosts: dict[str, str],
+    workdir: Path,
+    seconds: int,
+    connections: int,
+    threads: int = 1,
+    headers: Sequence[str] = (),
+) -> WrkResult:
+    """Run wrk against `url`, with `hosts` (name -> address) in a private /etc/hosts."""
+    hosts_file = workdir / "hosts"
+    hosts_file.write_text(
+        "127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in hosts.items())
+    )
+    wrk_argv = [WRK_BIN, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for header in headers:
+        wrk_argv += ["-H", header]
+    wrk_argv.append(url)
+    script = (
+        f"mount --bind {shlex.quote(str(hosts_file))} /etc/hosts && exec {shlex.join(wrk_argv)}"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False,
+        timeout=seconds + 60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout)
+
+
+def parse_wrk(output: str) -> WrkResult:
+    def latency_ms(label: str) -> float:
+        found = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if found is None:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+        return float(found.group(1)) * scale
+
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    if done is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=float(done.group(2)) * scale,
+        errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        p50_ms=latency_ms("50"),
+        p99_ms=latency_ms("99"),
+    )
+
+
+def wrk_version() -> str:
+    done = subprocess.run([WRK_BIN, "-v"], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+# --- reporting ---------------------------------------------------------------------------
+
+
+def machine_table() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    git = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    rows = [
+        ("nproc", str(os.cpu_count())),
+        ("CPU", model.group(1).strip() if model else "?"),
+        ("RAM", f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "?"),
+        ("kernel", platform.release()),
+        ("Python", platform.python_version()),
+        ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
+        ("uvloop / httptools", f"{importlib.metadata.version('uvloop')} / "
+                               f"{importlib.metadata.version('httptools')}"),
+        ("nginx", f"{nginx_version()} (Debian nginx-light)"),
+        ("wrk", wrk_version()),
+        ("certctl", f"git {git}"),
+    ]
+    return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def write_results(*, name: str, section: str) -> None:
+    """Replace this script's section of RESULTS.md, between its own markers."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{section.rstrip()}\n{end}\n"
+    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    RESULTS_PATH.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.b3_peers")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the data plane for a benchmark")
+    run.add_argument("--certs", required=True)
+    run.add_argument("--names", required=True, help="file with one certificate name a line")
+    run.add_argument("--https-port", type=int, required=True)
+    run.add_argument("--http-port", type=int, required=True)
+    run.add_argument("--backend-port", type=int, required=True)
+    run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args(argv)
+    serve(args)
+
+
+if __name__ == "__main__":
+    main()

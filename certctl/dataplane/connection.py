@@ -1,0 +1,808 @@
+"""One client connection: HTTP/1.1 requests parsed with httptools, answered or proxied in order.
+
+`ClientConnection` is an asyncio Protocol driven by its callbacks, with no
+task per connection or per request: bytes from the client go into the
+request parser, whose callbacks queue events (request head, body piece, end
+of message, parse error); `_pump` consumes them in order. A proxied request
+is written to a pooled `upstream.UpstreamConnection`, whose response parser
+calls back `response_head` / `response_body` / `response_complete` here,
+which write to the client at once. Only opening a new upstream connection
+runs as a task.
+
+Flow control instead of buffering: when the upstream cannot take more body,
+the client stops being read; when the client cannot take more response, the
+upstream stops being read. At most one read (64 KB) per direction is held,
+so a 100 MB upload or download streams through in constant memory, and
+pipelined requests wait, unread, for the response before them.
+
+Bodies are re-framed rather than copied verbatim: the parser has already
+decoded chunked framing, so we always emit framing we generated ourselves,
+and a request with both Content-Length and Transfer-Encoding, or two Hosts,
+is refused. That is what keeps request smuggling out.
+
+A request with `Connection: upgrade` (WebSocket) is forwarded on a fresh
+upstream connection; if the upstream answers 101, both connections switch
+to relaying raw bytes until either side closes or both stay silent for the
+read timeout.
+
+Timeouts are deadlines checked by the data plane's sweeper (`check_deadline`,
+about twice a second) rather than a timer per read: waiting for a request or
+for a slow client uses `client_timeout`; waiting on the upstream (and
+relaying a tunnel) uses the route's read timeout, refreshed by any progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from certctl.dataplane import dispatch, http2, routing, upstream
+
+if TYPE_CHECKING:
+    from certctl.dataplane.server import DataPlane
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD: Final = 65536  # request line + headers; beyond this: 431
+
+# Request headers we drop because we set them ourselves (or answer them).
+_REPLACED: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+    }
+)
+_REASONS: Final = {
+    200: b"OK",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class _ParseError:
+    """A queued event: the request stream cannot be parsed past this point."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class _RequestHead:
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "error",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes | None,
+        keep_alive: bool,
+        content_length: bytes | None,
+        chunked: bool,
+        expect_continue: bool,
+        upgrade: bytes | None,
+        error: int | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # minus hop-by-hop and the ones we replace
+        self.host = host
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade  # the Upgrade header when Connection names it
+        self.error = error  # a status to answer instead of serving the request
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or (self.content_length is not None and self.content_length != b"0")
+
+    def header(self, lname: bytes) -> bytes | None:
+        for name, value in self.headers:
+            if name.lower() == lname:
+                return value
+        return None
+
+
+# Parser events: a request head, a body piece, None for the end of a message.
+_Event = _RequestHead | bytes | _ParseError | None
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection; `on_*` are httptools callbacks, `response_*` the upstream's."""
+
+    def __init__(self, *, plane: DataPlane, scheme: bytes) -> None:
+        self._plane = plane
+        self._scheme = scheme
+        self._transport: asyncio.Transport | None = None
+        self._client_ip = b""
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[_Event] = deque()
+        self._closed = False
+        self._reading_paused = False  # by us: flow control or a request in flight
+        self._client_slow = False  # the client's transport asked us to stop writing
+        self._deadline = 0.0
+        # the request being parsed
+        self._in_head = False
+        self._head_size = 0
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._host: bytes | None = None
+        self._content_length: bytes | None = None
+        self._transfer_encoding: bytes | None = None
+        self._upgrade: bytes | None = None
+        self._expect_continue = False
+        self._connection_tokens: list[bytes] = []
+        self._head_error: int | None = None
+        self._upgraded_bytes: bytes | None = None  # what followed an upgrade request
+        # the request being served
+        self._head: _RequestHead | None = None
+        self._match: routing.RouteMatch | None = None
+        self._target = b""
+        self._route_host = ""
+        self._upstream: upstream.UpstreamConnection | None = None
+        self._upstream_paused = False
+        self._body_done = False
+        self._body_sent = 0
+        self._response_started = False
+        self._status = 0
+        self._keep_alive = False
+        self._rechunk = False
+        self._close_delimited = False
+        self._started_at = 0.0
+        self._retried = False
+        self._tunnel = False
+        self._upgrade_head: upstream.ResponseHead | None = None
+        self._held = b""  # a response head waiting for the first body bytes
+        self._read_timeout = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
+        self._client_ip = str(peer[0]).encode() if peer else b""
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            # ALPN chose HTTP/2 during the handshake: hand the connection over.
+            replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip)
+            self._transport.set_protocol(replacement)
+            replacement.connection_made(self._transport)
+            return
+        self._deadline = time.monotonic() + self._plane.client_timeout
+        self._plane.connection_opened(self, self._transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            self._deadline = time.monotonic() + self._read_timeout
+            if self._upstream is not None:
+                self._upstream.write(data)
+            return
+        if self._upgraded_bytes is not None:
+            self._upgraded_bytes += data  # before the upstream answered the upgrade
+            return
+        self._deadline = time.monotonic() + (
+            self._plane.client_timeout if self._upstream is None else self._read_timeout
+        )
+        events = self._events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # Events up to the upgrade are queued; what follows is the upgraded
+            # protocol, relayed raw if the upstream agrees.
+            self._upgraded_bytes = data[upgrade.args[0] :]
+        except httptools.HttpParserError:
+            events.append(_ParseError(400))
+            self._pause_reading()
+        if self._in_head:
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                events.append(_ParseError(431))
+                self._pause_reading()
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # a half-closed client gets no answer: HTTP/1.1 needs both ways
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._plane.connection_closed(self)
+        connection, self._upstream = self._upstream, None
+        if connection is not None:
+            connection.close()  # mid-exchange: the upstream stream is out of step
+
+    def pause_writing(self) -> None:
+        self._client_slow = True
+        self._deadline = time.monotonic() + self._plane.client_timeout
+        if self._upstream is not None:
+            self._upstream.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self._client_slow = False
+        if self._upstream is not None:
+            self._upstream.pause_reading(False)
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: give up on whatever this connection waits for."""
+        if now < self._deadline or self._closed:
+            return
+        if self._head is None and not self._events:
+            self._close()  # idle between requests
+            return
+        if self._head is None or self._tunnel or self._client_slow or self._response_started:
+            self._abort()
+            return
+        if self._upstream is not None:
+            logger.warning("upstream %s:%s timed out", *self._upstream.address)
+        self._drop_upstream()
+        self._respond_local(status=504, keep_alive=False)
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_size = 0
+        self._url = []
+        self._headers = []
+        self._host = self._content_length = self._transfer_encoding = self._upgrade = None
+        self._expect_continue = False
+        self._connection_tokens = []
+        self._head_error = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname not in upstream.HOP_BY_HOP and lname not in _REPLACED:
+            self._headers.append((name, value))
+        elif lname == b"host":
+            if self._host is not None:
+                self._head_error = 400  # RFC 9112 3.2: more than one Host
+            self._host = value
+        elif lname == b"content-length":
+            self._content_length = value.strip()
+        elif lname == b"transfer-encoding":
+            self._transfer_encoding = value.strip().lower()
+        elif lname == b"connection":
+            self._connection_tokens.extend(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            self._upgrade = value.strip()
+        elif lname == b"expect":
+            self._expect_continue = value.strip().lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        error = self._head_error
+        if self._content_length is not None and self._transfer_encoding is not None:
+            error = 400  # llhttp refuses this too; never guess which framing wins
+        elif self._transfer_encoding not in (None, b"chunked"):
+            error = 501
+        elif self._host is None and version != "1.0":
+            error = 400
+        method = parser.get_method()
+        if method == b"CONNECT":
+            error = 405  # we are a reverse proxy, not a tunnel
+        headers = self._headers
+        tokens = self._connection_tokens
+        named = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
+        if named:
+            headers = [(n, v) for n, v in headers if n.lower() not in named]
+        self._events.append(
+            _RequestHead(
+                method=method,
+                target=b"".join(self._url),
+                version=version,
+                headers=headers,
+                host=self._host,
+                keep_alive=parser.should_keep_alive(),
+                content_length=self._content_length,
+                chunked=self._transfer_encoding is not None,
+                expect_continue=self._expect_continue,
+                upgrade=self._upgrade if b"upgrade" in tokens else None,
+                error=error,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if body:
+            self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        self._events.append(None)
+
+    # -- the request loop ---------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Consume queued events as far as the request in flight allows."""
+        events = self._events
+        while events and not self._closed:
+            if self._head is None:
+                event = events.popleft()
+                if isinstance(event, _ParseError):
+                    self._respond_local(status=event.status, keep_alive=False)
+                    return
+                if isinstance(event, _RequestHead):
+                    self._begin(event)
+                # A body piece or end of message here belongs to a request that
+                # was answered without reading its body; `_respond_local` closed.
+                continue
+            if self._body_done or self._upstream is None or self._upstream_paused:
+                break  # the rest waits for the response, a connection or the upstream
+            event = events[0]
+            if isinstance(event, _RequestHead):
+                break
+            events.popleft()
+            if isinstance(event, _ParseError):  # the body cannot be read to its end
+                self._drop_upstream()
+                if self._response_started:
+                    self._abort()
+                else:
+                    self._respond_local(status=event.status, keep_alive=False)
+                return
+            self._send_body(event)
+        if events and self._head is not None and not self._closed:
+            self._pause_reading()  # pipelined or early bytes: let the client wait
+        elif self._reading_paused and self._head is None and not events:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None and not self._closed:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._closed:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _begin(self, head: _RequestHead) -> None:
+        """Route one request and answer it locally, or start proxying it."""
+        self._head = head
+        self._route_host = ""
+        self._response_started = False
+        if head.error is not None:
+            self._respond_local(status=head.error, keep_alive=False)
+            return
+        decision = dispatch.decide(
+            plane=self._plane,
+            scheme=self._scheme,
+            method=head.method,
+            target=head.target,
+            authority=head.host,
+            header=head.header,
+            content_length=head.content_length,
+        )
+        self._route_host = decision.route_host
+        match = decision.match
+        if match is None:
+            self._respond_local(
+                status=decision.status,
+                body=decision.body,
+                extra_headers=b""
+                if decision.location is None
+                else b"location: " + decision.location + b"\r\n",
+                keep_alive=head.keep_alive and decision.status not in (400, 413),
+            )
+            return
+        head.host = decision.authority
+        if not head.has_body:
+            # Only the end of the message is left (bodies of 0 bytes included).
+            if self._events and self._events[0] is None:
+                self._events.popleft()
+            self._body_done = True
+        else:
+            self._body_done = False
+        self._match = match
+        self._target = decision.target
+        self._read_timeout = match.options.read_timeout or self._plane.upstream_timeout
+        self._body_sent = 0
+        self._retried = False
+        self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
+
+    # -- talking to the upstream -------------------------------------------------------------
+
+    def _connect(self, *, fresh: bool) -> None:
+        """Use an idle pooled connection at once, or open one in a task."""
+        match = self._match
+        assert match is not None
+        upstreams = match.upstreams
+        start = self._plane.next_upstream_index(len(upstreams))
+        if not fresh:
+            connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
+            if connection is not None:
+                self._attach(connection)
+                return
+        self._deadline = time.monotonic() + self._read_timeout
+        self._plane.spawn(self._open(start=start, fresh=fresh))
+
+    async def _open(self, *, start: int, fresh: bool) -> None:
+        match = self._match
+        assert match is not None
+        options = match.options
+        upstreams = match.upstreams
+        pool = self._plane.pool
+        count = len(upstreams)
+        for offset in range(count):
+            address = upstreams[(start + offset) % count]
+            connection = None if fresh else pool.take(address, options.backend_tls)
+            if connection is None:
+                try:
+                    connection = await pool.open(
+                        address,
+                        tls=options.backend_tls,
+                        timeout=options.connect_timeout or self._plane.connect_timeout,
+                    )
+                except OSError as err:  # TimeoutError included
+                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+                    continue
+            if self._closed or self._match is not match:
+                pool.release(connection)  # unused: the client left or timed out meanwhile
+                return
+            self._attach(connection)
+            return
+        if not self._closed and self._match is match:
+            logger.warning("no upstream of %d accepted a connection: %s", count, upstreams)
+            self._respond_local(status=502, keep_alive=False)
+
+    def _attach(self, connection: upstream.UpstreamConnection) -> None:
+        """Send the request head on `connection`, then whatever body is queued."""
+        head = self._head
+        assert head is not None
+        self._upstream = connection
+        self._upstream_paused = False
+        self._started_at = time.monotonic()
+        self._deadline = self._started_at + self._read_timeout
+        connection.begin(
+            exchange=self,
+            request=self._request_head(head),
+            head_only=head.method == b"HEAD",
+        )
+        if self._client_slow:
+            connection.pause_reading(True)
+        if head.expect_continue and not self._body_done and head.version != "1.0":
+            # We answer the client's Expect ourselves and do not forward it, so
+            # the upstream never has to and the body is not held back.
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._pump()
+        if self._reading_paused and not self._body_done and not self._events:
+            self._resume_reading()
+
+    def _request_head(self, head: _RequestHead) -> bytes:
+        host = head.host or b""
+        parts = [head.method, b" ", self._target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for name, value in head.headers:
+            parts += (name, b": ", value, b"\r\n")
+        ip = self._client_ip
+        parts += (b"x-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n")
+        parts += (b"x-forwarded-proto: ", self._scheme, b"\r\nx-forwarded-host: ", host, b"\r\n")
+        if head.upgrade is not None and self._upgraded_bytes is not None:
+            parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
+        if head.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif head.content_length is not None:
+            parts += (b"content-length: ", head.content_length, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _send_body(self, event: bytes | None) -> None:
+        head = self._head
+        connection = self._upstream
+        assert head is not None and connection is not None
+        if event is None:
+            self._body_done = True
+            if head.chunked:
+                connection.write(b"0\r\n\r\n")
+            return
+        self._body_sent += len(event)
+        assert self._match is not None
+        limit = self._match.options.body_size_limit
+        if limit is not None and self._body_sent > limit:
+            self._drop_upstream()
+            if self._response_started:
+                self._abort()
+            else:
+                self._respond_local(status=413, keep_alive=False)
+            return
+        if head.chunked:
+            connection.write(b"%x\r\n%s\r\n" % (len(event), event))
+        else:
+            connection.write(event)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self._upstream_paused = paused
+        if self._tunnel:
+            if paused:
+                self._pause_reading()
+            else:
+                self._resume_reading()
+        elif paused:
+            self._pause_reading()
+        else:
+            self._pump()
+            if not self._events and not self._body_done:
+                self._resume_reading()
+
+    def _drop_upstream(self) -> None:
+        connection, self._upstream = self._upstream, None
+        if connection is not None:
+            connection.close()
+
+    # -- the upstream's answer -------------------------------------------------------------------
+
+    def response_head(self, response: upstream.ResponseHead) -> None:
+        head = self._head
+        match = self._match
+        assert head is not None and match is not None
+        now = time.monotonic()
+        self._deadline = now + self._read_timeout
+        self._plane.metrics.observe_upstream(
+            service=match.service,
+            seconds=now - self._started_at,
+        )
+        if response.status == 101:
+            self._upgrade_head = response  # relayed by `response_upgraded`, which follows
+            return
+        client_http11 = head.version != "1.0"
+        keep_alive = head.keep_alive and (head.upgrade is None or self._upgraded_bytes is None)
+        bodyless = head.method == b"HEAD" or response.status in (204, 304)
+        # Framing towards the client: keep a Content-Length, re-chunk the rest
+        # for HTTP/1.1 clients, and fall back to closing for HTTP/1.0 ones.
+        self._rechunk = False
+        self._close_delimited = False
+        framing = b""
+        if response.content_length is not None and not response.chunked:
+            framing = b"content-length: " + response.content_length + b"\r\n"
+        elif not bodyless:
+            self._close_delimited = not response.chunked
+            if client_http11:
+                self._rechunk = True
+                framing = b"transfer-encoding: chunked\r\n"
+            else:
+                keep_alive = False
+        if keep_alive:
+            connection = b"" if client_http11 else b"connection: keep-alive\r\n"
+        else:
+            connection = b"connection: close\r\n"
+        self._keep_alive = keep_alive
+        parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
+        for name, value in response.headers:
+            parts += (name, b": ", value, b"\r\n")
+        if self._scheme == b"https":
+            hsts = match.options.hsts_header()
+            if hsts is not None:
+                parts.append(hsts)
+        parts += (framing, connection, b"\r\n")
+        self._response_started = True
+        self._status = response.status
+        self._held = b"".join(parts)  # written with the first body bytes: one TLS record
+
+    def response_body(self, chunk: bytes) -> None:
+        self._deadline = time.monotonic() + (
+            self._plane.client_timeout if self._client_slow else self._read_timeout
+        )
+        held, self._held = self._held, b""
+        if self._rechunk:
+            self._write(b"%s%x\r\n%s\r\n" % (held, len(chunk), chunk))
+        else:
+            self._write(held + chunk if held else chunk)
+
+    def response_flush(self) -> None:
+        """The upstream's bytes so far are relayed: send a head still held back."""
+        if self._held:
+            held, self._held = self._held, b""
+            self._write(held)
+
+    def response_complete(self) -> None:
+        held, self._held = self._held, b""
+        if self._rechunk:
+            self._write(held + b"0\r\n\r\n")
+        elif held:
+            self._write(held)
+        connection, self._upstream = self._upstream, None
+        keep_alive = self._keep_alive
+        if not self._body_done:
+            # The upstream answered before taking the whole body: neither stream
+            # can be trusted to be at a message boundary.
+            keep_alive = False
+            if connection is not None:
+                connection.reusable = False
+        if connection is not None:
+            self._plane.pool.release(connection)
+        self._finish(keep_alive=keep_alive)
+
+    def upstream_failed(self, error: Exception | None) -> None:
+        """The upstream closed or sent garbage before its response was complete."""
+        connection, self._upstream = self._upstream, None
+        if connection is not None:
+            connection.close()
+        if self._closed or self._head is None:
+            return
+        if self._tunnel:
+            self._close()  # after what the upstream sent last (a close frame) is flushed
+            return
+        if self._response_started:
+            if self._close_delimited and error is None:
+                self.response_complete()  # EOF is how this body ends
+            else:
+                self._abort()
+            return
+        head = self._head
+        if (
+            connection is not None
+            and connection.reused
+            and not connection.received_any
+            and not head.has_body
+            and not self._retried
+        ):
+            # A kept-alive connection the backend closed while it sat idle:
+            # send a request without a body again, once, on a fresh one.
+            self._retried = True
+            self._connect(fresh=True)
+            return
+        address = connection.address if connection is not None else ("?", 0)
+        logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
+        self._respond_local(status=502, keep_alive=False)
+
+    def response_upgraded(self, leftover: bytes) -> None:
+        """The upstream answered 101: relay its head, then bytes both ways."""
+        connection = self._upstream
+        head = self._head
+        response = self._upgrade_head
+        if (
+            connection is None
+            or head is None
+            or response is None
+            or head.upgrade is None
+            or self._upgraded_bytes is None
+        ):
+            self.upstream_failed(upstream.UpstreamError("unexpected protocol upgrade"))
+            return
+        parts = [b"HTTP/1.1 101 ", response.reason, b"\r\n"]
+        for name, value in response.headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts += (
+            b"connection: upgrade\r\nupgrade: ",
+            response.upgrade or head.upgrade,
+            b"\r\n\r\n",
+        )
+        self._response_started = True
+        self._status = 101
+        self._tunnel = True
+        self._deadline = time.monotonic() + self._read_timeout
+        self._write(b"".join(parts))
+        if leftover:
+            self._write(leftover)
+        pending, self._upgraded_bytes = self._upgraded_bytes, b""
+        if pending:
+            connection.write(pending)
+        self._plane.metrics.count_request(host=self._route_host, status=101)
+        self._resume_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        self._deadline = time.monotonic() + self._read_timeout
+        self._write(data)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _respond_local(
+        self,
+        *,
+        status: int,
+        keep_alive: bool,
+        body: bytes | None = None,
+        extra_headers: bytes = b"",
+    ) -> None:
+        """Answer the current request ourselves (no upstream, or instead of a failed one)."""
+        keep_alive = keep_alive and self._request_fully_read()
+        reason = _REASONS[status]
+        if body is None:
+            body = reason + b"\n"
+        parts = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
+            extra_headers,
+            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
+        ]
+        head = self._head
+        if head is None or head.method != b"HEAD":
+            parts.append(body)
+        self._response_started = True
+        self._status = status
+        self._write(b"".join(parts))
+        self._finish(keep_alive=keep_alive)
+
+    def _request_fully_read(self) -> bool:
+        """Discard the current request's body received so far; True if it was all there.
+
+        A bodyless request (or a small body that came in the same read) keeps
+        the connection; anything still in flight would have to be read to
+        find the next request, so we close instead.
+        """
+        if self._body_done:
+            return True
+        events = self._events
+        while events:
+            event = events[0]
+            if isinstance(event, _RequestHead | _ParseError):
+                return False
+            events.popleft()
+            if event is None:
+                self._body_done = True
+                return True
+        return False
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        """The response is written: count it, then serve the next request or close."""
+        self._plane.metrics.count_request(host=self._route_host, status=self._status)
+        self._drop_upstream()  # still attached only when answered instead of it
+        self._head = None
+        self._match = None
+        self._body_done = False
+        self._response_started = False
+        if not keep_alive or self._upgraded_bytes is not None:
+            self._close()
+            return
+        self._deadline = time.monotonic() + self._plane.client_timeout
+        self._pump()
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed and self._transport is not None:
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        """Close after what was written is flushed."""
+        if not self._closed and self._transport is not None:
+            self._closed = True
+            self._transport.close()
+        self._drop_upstream()
+
+    def _abort(self) -> None:
+        """Cut the connection: the only honest signal once a response head went out."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.abort()
+        self._drop_upstream()
+
+    def close(self) -> None:
+        """Stop serving this connection now (the data plane is stopping)."""
+        self._abort()

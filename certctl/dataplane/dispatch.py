@@ -1,0 +1,166 @@
+"""What to do with one request, whatever the HTTP version it came in: answer it or forward it.
+
+`decide` holds the decisions HTTP/1.1 (`connection`) and HTTP/2 (`http2`)
+share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
+redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
+route, the canary split, 503 without ready endpoints, 413 over
+proxy-body-size by declared length, and rewrite-target. It touches no
+socket: the caller writes the answer or starts the upstream exchange.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from certctl.dataplane import route_options, routing
+
+if TYPE_CHECKING:
+    from certctl.dataplane.server import DataPlane
+
+_CHALLENGE_PREFIX: Final = "/.well-known/acme-challenge/"
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class Decision:
+    """Either `status` (answer locally, with `body` and `location`) or `match` (forward).
+
+    `target` is what to send upstream (after rewrite-target), `authority` the
+    Host to send (the absolute-form URL's, if the request used one), and
+    `route_host` the metrics label of the matched rule ("" without a match).
+    """
+
+    __slots__ = ("authority", "body", "location", "match", "route_host", "status", "target")
+
+    def __init__(
+        self,
+        *,
+        status: int = 0,
+        match: routing.RouteMatch | None = None,
+        target: bytes = b"",
+        authority: bytes | None = None,
+        body: bytes | None = None,
+        location: bytes | None = None,
+        route_host: str = "",
+    ) -> None:
+        self.status = status
+        self.match = match
+        self.target = target
+        self.authority = authority
+        self.body = body
+        self.location = location
+        self.route_host = route_host
+
+
+def decide(
+    *,
+    plane: DataPlane,
+    scheme: bytes,
+    method: bytes,
+    target: bytes,
+    authority: bytes | None,
+    header: Callable[[bytes], bytes | None],
+    content_length: bytes | None,
+) -> Decision:
+    """The decision for one request; `header(lowercase name)` reads a request header."""
+    if target.startswith(b"/"):
+        query = target.find(b"?")
+        raw_path = target if query < 0 else target[:query]
+    else:  # absolute-form: the authority replaces Host (RFC 9112 3.2.2)
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            return Decision(status=400)
+        if not url.host:
+            return Decision(status=400)
+        authority = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        raw_path = url.path or b"/"
+        target = raw_path if url.query is None else raw_path + b"?" + url.query
+    path = raw_path.decode("latin-1")
+    host = routing.normalize_host(authority.decode("latin-1")) if authority else ""
+
+    if scheme == b"http" and path.startswith(_CHALLENGE_PREFIX) and method in (b"GET", b"HEAD"):
+        token = path[len(_CHALLENGE_PREFIX) :]
+        key_authorization = (
+            plane.challenge_responder(host, token) if _TOKEN.fullmatch(token) else None
+        )
+        if key_authorization is None:
+            return Decision(status=404)
+        return Decision(status=200, body=key_authorization.encode())
+
+    match = plane.routes.match(host=host, path=path)
+    route_host = "" if match is None else (match.host or "*")
+    options = route_options.DEFAULT_OPTIONS if match is None else match.options
+    if scheme == b"http" and host:
+        https_port = plane.https_port
+        if https_port is not None and (
+            options.force_ssl_redirect
+            or (options.ssl_redirect and plane.certificates.has_certificate_for(host))
+        ):
+            netloc = host if https_port == 443 else f"{host}:{https_port}"
+            return Decision(
+                status=308, location=b"https://" + netloc.encode() + target, route_host=route_host
+            )
+    if match is None:
+        return Decision(status=404)
+    if match.canary is not None and takes_canary(header, match.canary.settings):
+        match = match.canary.route
+    if not match.upstreams:
+        return Decision(status=503, route_host=route_host)
+    limit = options.body_size_limit
+    if limit is not None and content_length is not None and int(content_length) > limit:
+        return Decision(status=413, route_host=route_host)
+    if options.rewrite_target is not None:
+        target = rewrite(target=target, raw_path=raw_path, match=match)
+    return Decision(match=match, target=target, authority=authority, route_host=route_host)
+
+
+def takes_canary(
+    header: Callable[[bytes], bytes | None], settings: route_options.CanarySettings
+) -> bool:
+    """Header, then cookie, then weight, as ingress-nginx decides."""
+    if settings.header is not None:
+        value = header(settings.header)
+        if value is not None:
+            value = value.strip()
+            if settings.header_value is not None:
+                if value == settings.header_value:
+                    return True
+            elif value == b"always":
+                return True
+            elif value == b"never":
+                return False
+    if settings.cookie is not None:
+        cookies = header(b"cookie")
+        if cookies is not None:
+            for pair in cookies.split(b";"):
+                name, _, value = pair.strip().partition(b"=")
+                if name == settings.cookie:
+                    if value == b"always":
+                        return True
+                    if value == b"never":
+                        return False
+    if settings.weight <= 0:
+        return False
+    return random.randrange(settings.weight_total) < settings.weight  # noqa: S311 - not security
+
+
+def rewrite(*, target: bytes, raw_path: bytes, match: routing.RouteMatch) -> bytes:
+    """rewrite-target: the matched path is replaced by the target, the rest is kept.
+
+    For a Prefix rule `/app` with target `/`, `/app/x?q` goes upstream as
+    `/x?q` and `/app` as `/`; for an Exact rule the whole path is replaced.
+    The query string is kept as it came.
+    """
+    assert match.options.rewrite_target is not None
+    new_target = match.options.rewrite_target.encode()
+    remainder = b"" if match.exact else raw_path[len(match.path.rstrip("/")) :]
+    path = new_target.rstrip(b"/") + remainder if remainder else new_target
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    query = target[len(raw_path) :] if target.startswith(raw_path) else b""
+    return path + query

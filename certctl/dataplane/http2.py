@@ -1,0 +1,553 @@
+"""HTTP/2 over TLS (ALPN `h2`): each stream routed and proxied as an HTTP/1.1 request.
+
+The h2 library (python-hyper, sans-IO) does the framing, HPACK, stream
+states and header validation; this module maps its events to the same
+decisions as HTTP/1.1 (`dispatch.decide`) and the same pooled upstream
+connections, one upstream exchange per stream. Backends keep speaking
+HTTP/1.1, as behind ingress-nginx.
+
+Flow control instead of buffering, per stream:
+- request bodies are acknowledged to the client (WINDOW_UPDATE) only once
+  written to the upstream, so a client cannot send more than its window
+  ahead of a slow backend;
+- response bodies are sent as the client's windows allow; what does not fit
+  waits in the stream, and past 64 KB the upstream stops being read until
+  the client's WINDOW_UPDATE makes room.
+
+Not supported: upgrades inside HTTP/2 (extended CONNECT for WebSocket, RFC
+8441: not advertised, so clients use HTTP/1.1 for WebSocket), server push,
+and trailers (dropped, as the upstream leg is HTTP/1.1 without TE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from certctl.dataplane import dispatch, routing, upstream
+
+if TYPE_CHECKING:
+    from certctl.dataplane.server import DataPlane
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENT_STREAMS: Final = 128
+MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 there)
+_PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
+_REASONS: Final = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    413: b"Content Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+# Request headers not forwarded: pseudo-headers are turned into the request
+# line and Host; the rest we set ourselves or are HTTP/2-only.
+_NOT_FORWARDED: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"te",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+    }
+)
+
+
+class _Stream:
+    """One request stream; implements `upstream.Exchange` for its upstream connection."""
+
+    def __init__(
+        self, *, owner: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.owner = owner
+        self.stream_id = stream_id
+        self.method = b"GET"
+        self.path = b""
+        self.authority: bytes | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
+        for name, value in headers:
+            if name == b":method":
+                self.method = value
+            elif name == b":path":
+                self.path = value
+            elif name == b":authority":
+                self.authority = value
+            elif name == b"host":
+                self.authority = self.authority or value
+            elif name == b"cookie":
+                cookies.append(value)  # HTTP/2 may split cookies into crumbs
+            elif not name.startswith(b":"):
+                self.headers.append((name, value))
+        if cookies:
+            self.headers.append((b"cookie", b"; ".join(cookies)))
+        self.content_length = dict(headers).get(b"content-length")
+        self.chunked = False  # the request body goes upstream chunked (no Content-Length)
+        self.body_done = False
+        self.body_queue: deque[tuple[bytes, int]] = deque()  # (data, flow-controlled length)
+        self.body_sent = 0
+        self.match: routing.RouteMatch | None = None
+        self.target = b""
+        self.route_host = ""
+        self.connection: upstream.UpstreamConnection | None = None
+        self.upstream_paused = False
+        self.read_timeout = 0.0
+        self.deadline = 0.0
+        self.started_at = 0.0
+        self.response_started = False
+        self.status = 0
+        self.pending = bytearray()  # response bytes waiting for flow-control window
+        self.end_after_pending = False
+        self.upstream_reading_paused = False
+        self.retried = False
+        self.finished = False
+
+    def header(self, lname: bytes) -> bytes | None:
+        for name, value in self.headers:
+            if name == lname:
+                return value
+        return None
+
+    # -- upstream.Exchange ----------------------------------------------------------------
+
+    def response_head(self, head: upstream.ResponseHead) -> None:
+        match = self.match
+        assert match is not None
+        now = time.monotonic()
+        self.deadline = now + self.read_timeout
+        self.owner.plane.metrics.observe_upstream(
+            service=match.service, seconds=now - self.started_at
+        )
+        headers = [(b":status", b"%d" % head.status)]
+        headers += [(name.lower(), value) for name, value in head.headers]
+        if head.content_length is not None and not head.chunked:
+            headers.append((b"content-length", head.content_length))
+        hsts = match.options.hsts_header()
+        if hsts is not None:
+            headers.append((b"strict-transport-security", hsts.split(b": ", 1)[1].strip()))
+        self.response_started = True
+        self.status = head.status
+        bodyless = self.method == b"HEAD" or head.status in (204, 304)
+        self.owner.send_headers(self, headers, end_stream=bodyless)
+        if bodyless:
+            self.end_after_pending = True
+
+    def response_body(self, chunk: bytes) -> None:
+        self.deadline = time.monotonic() + self.read_timeout
+        if self.end_after_pending:
+            return  # a body where none may be: dropped, as HTTP/2 cannot carry it
+        self.pending += chunk
+        self.owner.send_pending(self)
+
+    def response_flush(self) -> None:
+        """The upstream's bytes so far are framed: write the frames out, once per read."""
+        self.owner.flush()
+
+    def response_complete(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            if not self.body_done:
+                connection.reusable = False
+            self.owner.plane.pool.release(connection)
+        if not self.end_after_pending:
+            self.end_after_pending = True
+            self.owner.send_pending(self)
+        self.owner.flush()
+
+    def response_upgraded(self, leftover: bytes) -> None:
+        self.upstream_failed(upstream.UpstreamError("unexpected protocol upgrade"))
+
+    def tunnel_data(self, data: bytes) -> None:
+        raise AssertionError("HTTP/2 streams never tunnel")
+
+    def upstream_failed(self, error: Exception | None) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+        if self.finished:
+            return
+        if self.response_started:
+            self.owner.reset(self)
+            return
+        if (
+            connection is not None
+            and connection.reused
+            and not connection.received_any
+            and self.body_sent == 0
+            and self.body_done
+            and not self.retried
+        ):
+            self.retried = True  # a kept-alive connection closed while idle: once more
+            self.owner.connect(self, fresh=True)
+            return
+        address = connection.address if connection is not None else ("?", 0)
+        logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
+        self.owner.answer(self, status=502)
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        self.upstream_paused = paused
+        if not paused:
+            self.owner.send_body(self)
+
+
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 client connection, handed over by `ClientConnection` after ALPN chose h2."""
+
+    def __init__(self, *, plane: DataPlane, client_ip: bytes) -> None:
+        self.plane = plane
+        self._client_ip = client_ip
+        self._transport: asyncio.Transport | None = None
+        self._h2 = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._closed = False
+        self._client_slow = False
+        self._deadline = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._deadline = time.monotonic() + self.plane.client_timeout
+        self.plane.connection_opened(self, self._transport)
+        self._h2.initiate_connection()
+        self._h2.update_settings(
+            {
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            }
+        )
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.flush()  # the GOAWAY h2 queued
+            self._close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self._request(event)
+            elif isinstance(event, h2.events.DataReceived):
+                self._data(event)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self._streams.get(event.stream_id or 0)
+                if stream is not None and not stream.body_done:
+                    stream.body_queue.append((b"", 0))  # the end of the body
+                    self.send_body(stream)
+            elif isinstance(event, h2.events.StreamReset):
+                self._forget(event.stream_id, cancel=True)
+            elif isinstance(event, h2.events.WindowUpdated):
+                targets = (
+                    list(self._streams.values())
+                    if event.stream_id == 0
+                    else [s for s in (self._streams.get(event.stream_id),) if s is not None]
+                )
+                for stream in targets:
+                    self.send_pending(stream)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.flush()
+                self._close()
+                return
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.plane.connection_closed(self)
+        for stream_id in list(self._streams):
+            self._forget(stream_id, cancel=True)
+
+    def pause_writing(self) -> None:
+        self._client_slow = True
+        for stream in self._streams.values():
+            if stream.connection is not None:
+                stream.connection.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self._client_slow = False
+        for stream in self._streams.values():
+            if stream.connection is not None and not stream.upstream_reading_paused:
+                stream.connection.pause_reading(False)
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the sweeper: time out streams waiting on upstreams, and idleness."""
+        if self._closed:
+            return
+        for stream in list(self._streams.values()):
+            if now >= stream.deadline and not stream.finished and stream.match is not None:
+                if stream.response_started:
+                    self.reset(stream)
+                else:
+                    connection, stream.connection = stream.connection, None
+                    if connection is not None:
+                        logger.warning("upstream %s:%s timed out", *connection.address)
+                        connection.close()
+                    self.answer(stream, status=504)
+        if self._streams:
+            self._deadline = now + self.plane.client_timeout
+        elif now >= self._deadline:
+            self._h2.close_connection()
+            self.flush()
+            self._close()
+
+    def close(self) -> None:
+        """Stop serving this connection now (the data plane is stopping)."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.abort()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        assert stream_id is not None and event.headers is not None
+        headers = [(bytes(name), bytes(value)) for name, value in event.headers]
+        stream = _Stream(owner=self, stream_id=stream_id, headers=headers)
+        stream.body_done = event.stream_ended is not None
+        self._streams[stream_id] = stream
+        stream.deadline = time.monotonic() + self.plane.client_timeout
+        if stream.method == b"CONNECT":
+            self.answer(stream, status=400)  # not a tunnel, and extended CONNECT is not offered
+            return
+        decision = dispatch.decide(
+            plane=self.plane,
+            scheme=b"https",
+            method=stream.method,
+            target=stream.path,
+            authority=stream.authority,
+            header=stream.header,
+            content_length=stream.content_length,
+        )
+        stream.route_host = decision.route_host
+        match = decision.match
+        if match is None:
+            self.answer(stream, status=decision.status, body=decision.body)
+            return
+        stream.authority = decision.authority
+        stream.match = match
+        stream.target = decision.target
+        stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
+        stream.deadline = time.monotonic() + stream.read_timeout
+        self.connect(stream, fresh=False)
+
+    def connect(self, stream: _Stream, *, fresh: bool) -> None:
+        match = stream.match
+        assert match is not None
+        upstreams = match.upstreams
+        start = self.plane.next_upstream_index(len(upstreams))
+        if not fresh:
+            connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
+            if connection is not None:
+                self._attach(stream, connection)
+                return
+        self.plane.spawn(self._open(stream, start=start, fresh=fresh))
+
+    async def _open(self, stream: _Stream, *, start: int, fresh: bool) -> None:
+        match = stream.match
+        assert match is not None
+        options = match.options
+        upstreams = match.upstreams
+        pool = self.plane.pool
+        for offset in range(len(upstreams)):
+            address = upstreams[(start + offset) % len(upstreams)]
+            connection = None if fresh else pool.take(address, options.backend_tls)
+            if connection is None:
+                try:
+                    connection = await pool.open(
+                        address,
+                        tls=options.backend_tls,
+                        timeout=options.connect_timeout or self.plane.connect_timeout,
+                    )
+                except OSError as err:  # TimeoutError included
+                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+                    continue
+            if self._closed or stream.finished:
+                pool.release(connection)
+                return
+            self._attach(stream, connection)
+            self.flush()
+            return
+        if not self._closed and not stream.finished:
+            logger.warning("no upstream of %d accepted a connection: %s", len(upstreams),
+                           upstreams)
+            self.answer(stream, status=502)
+            self.flush()
+
+    def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
+        stream.connection = connection
+        stream.upstream_paused = False
+        stream.started_at = time.monotonic()
+        host = stream.authority or b""
+        chunked = stream.content_length is None and not stream.body_done
+        parts = [stream.method, b" ", stream.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for name, value in stream.headers:
+            if name not in _NOT_FORWARDED and name not in upstream.HOP_BY_HOP:
+                parts += (name, b": ", value, b"\r\n")
+        ip = self._client_ip
+        parts += (b"x-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n")
+        parts += (b"x-forwarded-proto: https\r\nx-forwarded-host: ", host, b"\r\n")
+        if stream.content_length is not None:
+            parts += (b"content-length: ", stream.content_length, b"\r\n")
+        elif chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        stream.chunked = chunked
+        connection.begin(
+            exchange=stream, request=b"".join(parts), head_only=stream.method == b"HEAD"
+        )
+        if self._client_slow:
+            connection.pause_reading(True)
+        self.send_body(stream)
+
+    def _data(self, event: h2.events.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is None or event.data is None:
+            # Body of a stream already answered: give the connection's window back.
+            if event.flow_controlled_length and event.stream_id is not None:
+                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        stream.body_queue.append((bytes(event.data), event.flow_controlled_length or 0))
+        self.send_body(stream)
+
+    def send_body(self, stream: _Stream) -> None:
+        """Write queued body pieces upstream and return their window to the client."""
+        connection = stream.connection
+        if connection is None or stream.upstream_paused or stream.finished:
+            return
+        match = stream.match
+        assert match is not None
+        limit = match.options.body_size_limit
+        chunked = stream.chunked
+        while stream.body_queue:
+            data, flow_length = stream.body_queue.popleft()
+            if not data and not flow_length:
+                stream.body_done = True
+                if chunked:
+                    connection.write(b"0\r\n\r\n")
+                continue
+            stream.body_sent += len(data)
+            if limit is not None and stream.body_sent > limit:
+                stream.connection = None
+                connection.close()
+                if stream.response_started:
+                    self.reset(stream)
+                else:
+                    self.answer(stream, status=413)
+                return
+            if data:
+                connection.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            if flow_length and not self._closed:
+                self._h2.acknowledge_received_data(flow_length, stream.stream_id)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def send_headers(
+        self, stream: _Stream, headers: list[tuple[bytes, bytes]], *, end_stream: bool
+    ) -> None:
+        if self._closed or stream.finished:
+            return
+        self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        if end_stream:
+            self._finish(stream)
+
+    def send_pending(self, stream: _Stream) -> None:
+        """Send what the windows allow; pause or resume the upstream by what is left."""
+        if self._closed or stream.finished:
+            return
+        h2conn = self._h2
+        while stream.pending:
+            window = min(
+                h2conn.local_flow_control_window(stream.stream_id), h2conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                break
+            piece = bytes(stream.pending[:window])
+            del stream.pending[:window]
+            h2conn.send_data(stream.stream_id, piece)
+        if not stream.pending and stream.end_after_pending:
+            h2conn.end_stream(stream.stream_id)
+            self._finish(stream)
+            return
+        paused = len(stream.pending) > _PENDING_LIMIT
+        if paused != stream.upstream_reading_paused and stream.connection is not None:
+            stream.upstream_reading_paused = paused
+            stream.connection.pause_reading(paused or self._client_slow)
+
+    def answer(self, stream: _Stream, *, status: int, body: bytes | None = None) -> None:
+        """Answer a stream ourselves (no upstream, or instead of a failed one)."""
+        if self._closed or stream.finished:
+            return
+        reason = _REASONS.get(status, b"")
+        if body is None:
+            body = reason + b"\n"
+        headers = [
+            (b":status", b"%d" % status),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        stream.status = status
+        stream.response_started = True
+        if stream.method == b"HEAD":
+            self.send_headers(stream, headers, end_stream=True)
+            return
+        self._h2.send_headers(stream.stream_id, headers)
+        stream.pending += body
+        stream.end_after_pending = True
+        self.send_pending(stream)
+
+    def reset(self, stream: _Stream) -> None:
+        if not self._closed and not stream.finished:
+            self._h2.reset_stream(stream.stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        self._forget(stream.stream_id, cancel=True)
+
+    def _finish(self, stream: _Stream) -> None:
+        """The response went out: count it and forget the stream."""
+        self.plane.metrics.count_request(host=stream.route_host, status=stream.status)
+        if not stream.body_done:
+            # Answered before the request body ended: tell the client to stop sending.
+            self._h2.reset_stream(stream.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+        self._forget(stream.stream_id, cancel=not stream.body_done)
+
+    def _forget(self, stream_id: int, *, cancel: bool) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        stream.finished = True
+        connection, stream.connection = stream.connection, None
+        if connection is not None:
+            if cancel:
+                connection.close()
+            else:
+                self.plane.pool.release(connection)
+        if not self._streams:
+            self._deadline = time.monotonic() + self.plane.client_timeout
+
+    def flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self._closed:
+            self._transport.write(data)
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()

@@ -1,0 +1,124 @@
+"""Prometheus metrics of the data plane, served on a port of their own.
+
+Each DataPlane has its own registry (several run in one test process). The
+request path only bumps plain ints in dicts (no locks: everything runs on
+the event loop), which a collector turns into Prometheus families when
+scraped; prometheus_client's own Counter and Histogram cost several times
+more per request (a lock each) and showed up in B4's profile. Certificate
+figures are read from the index at scrape time, never on the handshake path.
+
+Label values are bounded by configuration, not by clients: `host` is the
+Ingress rule's host as written ("*" for rules without one and default
+backends, "" when nothing matched), `service` is `namespace/name`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator
+from wsgiref.simple_server import WSGIServer
+
+import prometheus_client
+from prometheus_client import core
+
+from certctl.dataplane import certstore
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, *, certificates: certstore.CertificateIndex) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.requests: dict[tuple[str, int], int] = {}
+        # per service: [count in each bucket (the last is +Inf)], and the sum
+        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.handshakes = 0
+        self.handshake_errors = 0  # bumped from a weakref callback too: no locks here
+        self.registry.register(_Collector(metrics=self, certificates=certificates))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def count_request(self, *, host: str, status: int) -> None:
+        key = (host, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+
+    def observe_upstream(self, *, service: str, seconds: float) -> None:
+        found = self.latency.get(service)
+        if found is None:
+            found = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+            self.latency[service] = found
+        found[0][bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        found[1][0] += seconds
+
+    def serve(self, address: tuple[str, int]) -> int:
+        """Serve /metrics on `address` from a thread of its own; returns the bound port."""
+        self._server, self._thread = prometheus_client.start_http_server(
+            address[1], addr=address[0], registry=self.registry
+        )
+        port: int = self._server.server_address[1]
+        return port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+class _Collector(prometheus_client.registry.Collector):
+    """The figures read when Prometheus scrapes: handshake counts and certificates."""
+
+    def __init__(self, *, metrics: Metrics, certificates: certstore.CertificateIndex) -> None:
+        self._metrics = metrics
+        self._certificates = certificates
+
+    def collect(self) -> Iterator[core.Metric]:
+        requests = core.CounterMetricFamily(
+            "certctl_dataplane_requests",
+            "Requests answered, by Ingress rule host and status code.",
+            labels=["host", "status"],
+        )
+        for (host, status), count in list(self._metrics.requests.items()):
+            requests.add_metric([host, str(status)], count)
+        yield requests
+        latency = core.HistogramMetricFamily(
+            "certctl_dataplane_upstream_response_seconds",
+            "From sending a request to a backend until its response head arrived.",
+            labels=["service"],
+        )
+        for service, (counts, total) in list(self._metrics.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([service], buckets, total[0])
+        yield latency
+        yield core.CounterMetricFamily(
+            "certctl_dataplane_tls_handshakes",
+            "TLS handshakes completed.",
+            value=self._metrics.handshakes,
+        )
+        yield core.CounterMetricFamily(
+            "certctl_dataplane_tls_handshake_errors",
+            "TLS handshakes that started and failed (protocol errors, timeouts, resets).",
+            value=self._metrics.handshake_errors,
+        )
+        loaded = self._certificates.loaded()
+        yield core.GaugeMetricFamily(
+            "certctl_dataplane_certificates",
+            "Certificates loaded from Secrets.",
+            value=len(loaded),
+        )
+        expiry = core.GaugeMetricFamily(
+            "certctl_dataplane_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate expires (notAfter, Unix time).",
+            labels=["namespace", "secret"],
+        )
+        for source, not_after in loaded:
+            expiry.add_metric([source.namespace or "", source.name], not_after.timestamp())
+        yield expiry

@@ -1,0 +1,206 @@
+"""Per-Ingress data plane settings read from annotations (ingress-nginx's names accepted).
+
+Pure: `route_options` and `canary_settings` turn an Ingress's annotations
+into frozen settings the route table carries, plus one message per value
+that does not parse. A bad value never drops the Ingress: the setting keeps
+its default and the message says which key and why, as ingress-nginx does.
+
+Defaults differ from ingress-nginx's in two places, on purpose:
+- no request body limit unless `proxy-body-size` is set (nginx: 1m), since
+  certctl streams bodies and never buffers them;
+- no HSTS header unless `hsts` is "true" (nginx: on, from its ConfigMap),
+  since HSTS cannot be taken back from browsers that saw it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from certctl.api import annotations as keys
+
+_SIZE = re.compile(r"(\d+)([kKmMgG]?)")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SECONDS = re.compile(r"(\d+)(s?)")
+DEFAULT_HSTS_MAX_AGE = 31_536_000  # one year, as ingress-nginx
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteOptions:
+    """How requests matched by one Ingress's rules are served.
+
+    `read_timeout` / `connect_timeout` None means the data plane's defaults;
+    `body_size_limit` None means unlimited; `hsts_max_age` None means no
+    Strict-Transport-Security header.
+    """
+
+    ssl_redirect: bool = True
+    force_ssl_redirect: bool = False
+    hsts_max_age: int | None = None
+    hsts_include_subdomains: bool = True
+    body_size_limit: int | None = None
+    read_timeout: float | None = None
+    connect_timeout: float | None = None
+    backend_tls: bool = False
+    rewrite_target: str | None = None
+
+    def hsts_header(self) -> bytes | None:
+        if self.hsts_max_age is None:
+            return None
+        value = b"max-age=%d" % self.hsts_max_age
+        if self.hsts_include_subdomains:
+            value += b"; includeSubDomains"
+        return b"strict-transport-security: " + value + b"\r\n"
+
+
+DEFAULT_OPTIONS = RouteOptions()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CanarySettings:
+    """When a request goes to the canary Ingress's backend instead of the main one.
+
+    Precedence as in ingress-nginx: the header, then the cookie, then the
+    weight. A header equal to `header_value` (or "always" when no value is
+    set) selects the canary and "never" the main backend; other values fall
+    through to the cookie and the weight.
+    """
+
+    weight: int = 0
+    weight_total: int = 100
+    header: bytes | None = None  # lowercased header name
+    header_value: bytes | None = None
+    cookie: bytes | None = None
+
+
+def route_options(annotations: Iterable[tuple[str, str]]) -> tuple[RouteOptions, list[str]]:
+    """The settings an Ingress's annotations ask for, and what could not be read."""
+    values = dict(annotations)
+    problems: list[str] = []
+    reader = _Reader(values=values, problems=problems)
+    hsts = reader.boolean(keys.HSTS_KEYS, default=False)
+    max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
+    protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS, choices=("HTTP", "HTTPS"))
+    options = RouteOptions(
+        ssl_redirect=reader.boolean(keys.SSL_REDIRECT_KEYS, default=True),
+        force_ssl_redirect=reader.boolean(keys.FORCE_SSL_REDIRECT_KEYS, default=False),
+        hsts_max_age=max_age if hsts else None,
+        hsts_include_subdomains=reader.boolean(keys.HSTS_INCLUDE_SUBDOMAINS_KEYS, default=True),
+        body_size_limit=reader.size(keys.PROXY_BODY_SIZE_KEYS),
+        read_timeout=reader.seconds(keys.PROXY_READ_TIMEOUT_KEYS),
+        connect_timeout=reader.seconds(keys.PROXY_CONNECT_TIMEOUT_KEYS),
+        backend_tls=protocol == "HTTPS",
+        rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
+    )
+    return (DEFAULT_OPTIONS if options == DEFAULT_OPTIONS else options), problems
+
+
+def canary_settings(
+    annotations: Iterable[tuple[str, str]],
+) -> tuple[CanarySettings | None, list[str]]:
+    """The canary settings of a canary Ingress, None for an ordinary one."""
+    values = dict(annotations)
+    problems: list[str] = []
+    reader = _Reader(values=values, problems=problems)
+    if not reader.boolean(keys.CANARY_KEYS, default=False):
+        return None, problems
+    total = reader.integer(keys.CANARY_WEIGHT_TOTAL_KEYS, default=100) or 100
+    weight = min(reader.integer(keys.CANARY_WEIGHT_KEYS, default=0), total)
+    header = reader.text(keys.CANARY_BY_HEADER_KEYS)
+    header_value = reader.text(keys.CANARY_BY_HEADER_VALUE_KEYS)
+    cookie = reader.text(keys.CANARY_BY_COOKIE_KEYS)
+    return (
+        CanarySettings(
+            weight=weight,
+            weight_total=total,
+            header=header.lower().encode() if header else None,
+            header_value=header_value.encode() if header and header_value else None,
+            cookie=cookie.encode() if cookie else None,
+        ),
+        problems,
+    )
+
+
+@dataclass(kw_only=True, slots=True)
+class _Reader:
+    """Reads one setting from the first of its keys that is present."""
+
+    values: dict[str, str]
+    problems: list[str]
+
+    def _raw(self, names: tuple[str, ...]) -> tuple[str, str] | None:
+        for name in names:
+            value = self.values.get(name)
+            if value is not None:
+                return name, value.strip()
+        return None
+
+    def text(self, names: tuple[str, ...]) -> str | None:
+        found = self._raw(names)
+        return found[1] if found else None
+
+    def choice(self, names: tuple[str, ...], *, choices: tuple[str, ...]) -> str | None:
+        found = self._raw(names)
+        if found is None:
+            return None
+        name, value = found
+        if value.upper() in choices:
+            return value.upper()
+        self.problems.append(f"{name}: {value!r} is not supported; use {' or '.join(choices)}")
+        return None
+
+    def absolute_path(self, names: tuple[str, ...]) -> str | None:
+        found = self._raw(names)
+        if found is None:
+            return None
+        name, value = found
+        if value.startswith("/"):
+            return value
+        self.problems.append(f"{name}: {value!r} must be a path starting with '/'")
+        return None
+
+    def boolean(self, names: tuple[str, ...], *, default: bool) -> bool:
+        found = self._raw(names)
+        if found is None:
+            return default
+        name, value = found
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.problems.append(f"{name}: {value!r} is not true or false")
+        return default
+
+    def integer(self, names: tuple[str, ...], *, default: int) -> int:
+        found = self._raw(names)
+        if found is None:
+            return default
+        name, value = found
+        if value.isdigit():
+            return int(value)
+        self.problems.append(f"{name}: {value!r} is not a whole number")
+        return default
+
+    def size(self, names: tuple[str, ...]) -> int | None:
+        """nginx's size syntax (`8m`, `512k`, `1g`, bytes); 0 means unlimited."""
+        found = self._raw(names)
+        if found is None:
+            return None
+        name, value = found
+        parsed = _SIZE.fullmatch(value)
+        if parsed is None:
+            self.problems.append(f"{name}: {value!r} is not a size such as 8m, 512k or 1g")
+            return None
+        size = int(parsed[1]) * _SIZE_UNITS[parsed[2].lower()]
+        return size or None
+
+    def seconds(self, names: tuple[str, ...]) -> float | None:
+        """Whole seconds, as ingress-nginx takes them (`60`, or `60s`)."""
+        found = self._raw(names)
+        if found is None:
+            return None
+        name, value = found
+        parsed = _SECONDS.fullmatch(value)
+        if parsed is None or int(parsed[1]) == 0:
+            self.problems.append(f"{name}: {value!r} is not a positive number of seconds")
+            return None
+        return float(parsed[1])

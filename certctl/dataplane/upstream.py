@@ -1,0 +1,338 @@
+"""Connections to backends: a keep-alive pool per endpoint, and parsing what they answer.
+
+An `UpstreamConnection` is an asyncio Protocol: bytes from the backend go
+straight into an httptools response parser whose callbacks are forwarded to
+the client connection using it (its `Exchange`), so a response is relayed
+without a task switch or a buffer in between. That is what lets a Python
+proxy keep up with nginx's share of the work; see bench/RESULTS.md (B4).
+
+The `Pool` keeps idle kept-alive connections per endpoint (like nginx's
+`keepalive` in an upstream block): at most `max_idle_per_endpoint`, dropped
+after `idle_timeout` or as soon as the backend closes them. Only a
+connection whose last response ended cleanly, with framing that says where
+it ended and no `Connection: close`, goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import deque
+from typing import Final, Protocol, cast
+
+import httptools
+
+from certctl.dataplane import routing
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE: Final = 65536
+
+# Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy ones proxies strip).
+# Names are compared lowercased.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+
+class UpstreamError(Exception):
+    """The upstream broke the exchange: 502 before the response head was sent, else abort."""
+
+
+class ResponseHead:
+    __slots__ = ("chunked", "content_length", "headers", "reason", "status", "upgrade")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # minus hop-by-hop and framing
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+
+
+class Exchange(Protocol):
+    """What a client connection implements to receive one upstream response."""
+
+    def response_head(self, head: ResponseHead) -> None: ...
+
+    def response_body(self, chunk: bytes) -> None: ...
+
+    def response_flush(self) -> None: ...
+
+    def response_complete(self) -> None: ...
+
+    def response_upgraded(self, leftover: bytes) -> None: ...
+
+    def tunnel_data(self, data: bytes) -> None: ...
+
+    def upstream_failed(self, error: Exception | None) -> None: ...
+
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to one endpoint, serving one exchange at a time."""
+
+    def __init__(self, *, address: routing.Upstream, tls: bool) -> None:
+        self.address = address
+        self.tls = tls
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.reused = False  # served a request before: a failure may be a stale keep-alive
+        self.idle_since = 0.0
+        self.closed = False
+        self.reusable = False
+        self.reading_paused = False
+        self.received_any = False  # of the current response
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = ResponseHead()
+        self._head_only = False
+        self._informational = False
+        self._done = True
+        self._complete_pending = False
+        self._upgrading = False
+        self._named: list[bytes] = []
+        self._tunnel = False
+
+    # -- used by the client connection ---------------------------------------------
+
+    def begin(self, *, exchange: Exchange, request: bytes, head_only: bool) -> None:
+        """Send a request head; its response goes to `exchange`."""
+        assert self.transport is not None
+        self.exchange = exchange
+        if self._head_only or self._informational:
+            # The last response left the parser expecting a body that never came.
+            self._parser = httptools.HttpResponseParser(self)
+            self._informational = False
+        self._head_only = head_only  # HEAD: no body whatever the headers say
+        self._done = False
+        self._complete_pending = False
+        self._upgrading = False
+        self.received_any = False
+        self.reusable = True
+        self.transport.write(request)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.transport is not None and not self.closed and paused != self.reading_paused:
+            self.reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.exchange = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if self._tunnel:
+            if exchange is not None:
+                exchange.tunnel_data(data)
+            return
+        if exchange is None or self._done:
+            # Bytes nobody asked for: the stream is out of step, never reuse it.
+            self.reusable = False
+            self.close()
+            return
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._tunnel = True
+            exchange.response_upgraded(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as err:
+            self.reusable = False
+            self._done = True
+            exchange.upstream_failed(UpstreamError(f"invalid response: {err}"))
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if self._complete_pending:
+            # Completed outside the parser's callbacks: the exchange may hand this
+            # connection to the next request at once.
+            self._complete_pending = False
+            self._done = True
+            exchange.response_complete()
+        else:
+            exchange.response_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None and not self._done:
+            self._done = True
+            exchange.upstream_failed(exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(False)
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete_pending:
+            self.reusable = False  # bytes after the response: the stream is out of step
+        self._head = ResponseHead()
+        self._named = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._head.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        head = self._head
+        if lname == b"content-length":
+            head.content_length = value.strip()
+        elif lname == b"transfer-encoding":
+            head.chunked = True
+        elif lname == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token == b"close":
+                    self.reusable = False
+                elif token != b"keep-alive":
+                    self._named.append(token)
+        elif lname == b"upgrade":
+            head.upgrade = value
+        elif lname not in HOP_BY_HOP:
+            head.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # A hint such as 103: we never forward Expect, so no 100 is awaited.
+            self._informational = True
+            return
+        head = self._head
+        head.status = status
+        self._upgrading = status == 101
+        if self._named:
+            named = self._named
+            head.headers = [(n, v) for n, v in head.headers if n.lower() not in named]
+        if (head.content_length is None and not head.chunked and status not in (204, 304)) or (
+            not self._parser.should_keep_alive()
+        ):
+            self.reusable = False
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.response_head(head)
+        if self._head_only:
+            self._complete_pending = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._complete_pending:
+            self.reusable = False  # a body after a HEAD response's head: out of step
+        elif body and self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if not self._upgrading:
+            self._complete_pending = True
+
+
+class Pool:
+    def __init__(self, *, max_idle_per_endpoint: int = 64, idle_timeout: float = 60.0) -> None:
+        self._idle: dict[tuple[routing.Upstream, bool], deque[UpstreamConnection]] = {}
+        self._max_idle = max_idle_per_endpoint
+        self._idle_timeout = idle_timeout
+        self._tls_context: ssl.SSLContext | None = None
+
+    def take(self, address: routing.Upstream, tls: bool) -> UpstreamConnection | None:
+        """The most recently used idle connection to `address` (least likely timed out)."""
+        idle = self._idle.get((address, tls))
+        if not idle:
+            return None
+        oldest_allowed = time.monotonic() - self._idle_timeout
+        while idle:
+            connection = idle.pop()
+            if connection.idle_since >= oldest_allowed and not connection.closed:
+                return connection
+            connection.close()
+        return None
+
+    async def open(
+        self, address: routing.Upstream, *, tls: bool, timeout: float
+    ) -> UpstreamConnection:
+        """A new connection; OSError (timeouts included) when the endpoint does not accept."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            _, connection = await loop.create_connection(
+                lambda: UpstreamConnection(address=address, tls=tls),
+                address[0],
+                address[1],
+                ssl=self._context() if tls else None,
+            )
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Keep `connection` for the next request to its endpoint if it can serve one."""
+        connection.exchange = None
+        if not connection.reusable or connection.closed:
+            connection.close()
+            return
+        # A slow client may have paused it just before its response ended; idle,
+        # it must read again to notice the backend closing it.
+        connection.pause_reading(False)
+        idle = self._idle.setdefault((connection.address, connection.tls), deque())
+        if len(idle) >= self._max_idle:
+            connection.close()
+            return
+        connection.reused = True
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+    def _context(self) -> ssl.SSLContext:
+        """TLS to backends, unverified like nginx's `proxy_ssl_verify off` default: inside
+        a cluster, backends present self-signed or pod-IP certificates that cannot verify."""
+        if self._tls_context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._tls_context = context
+        return self._tls_context

@@ -1,0 +1,146 @@
+"""The data plane feed over a real store: Ingress status, Secrets to certificates, classes.
+
+The store is the file-backed LocalStore `certctl serve` uses; the feed only
+speaks the Store protocol, so the same behaviour holds against the
+Kubernetes API. `refresh()` is called directly, so nothing here waits on
+the feed's debounce thread.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certctl.api.resources import ObjectKey
+from certctl.dataplane import certstore, routing
+from certctl.runtime import dataplane_feed
+from certctl.store.local import LocalStore
+from tests.testca import Issued, TestCA
+
+
+def ingress_manifest(
+    name: str, *, host: str, secret_name: str, class_name: str | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "tls": [{"hosts": [host], "secretName": secret_name}],
+        "rules": [{"host": host, "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}},
+        }]}}],
+    }
+    if class_name:
+        spec["ingressClassName"] = class_name
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def tls_secret(name: str, issued: Issued) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {
+            "tls.crt": base64.b64encode(issued.chain_pem).decode(),
+            "tls.key": base64.b64encode(issued.key_pem).decode(),
+        },
+    }
+
+
+class Fixture:
+    def __init__(self, tmp_path: Path, *, address: str | None) -> None:
+        self.store = LocalStore(manifests_dir=None, state_dir=tmp_path / "state")
+        self.certificates = certstore.CertificateIndex()
+        self.tables: list[routing.RouteTable] = []
+        self.writes: list[ObjectKey] = []
+        self.feed = dataplane_feed.DataPlaneFeed(
+            store=self.store,
+            certificates=self.certificates,
+            publish_routes=self.tables.append,
+            ingress_class="certctl",
+            load_balancer_address=address,
+        )
+        self.store.subscribe(self._on_event)
+        self.ca = TestCA()
+
+    def _on_event(self, event: Any) -> None:
+        if event.key.kind == "Ingress" and event.type == "MODIFIED":
+            self.writes.append(event.key)
+        self.feed.on_event(event)
+
+    def status(self, name: str) -> Any:
+        obj = self.store.get(kind="Ingress", namespace="default", name=name)
+        assert obj is not None
+        return obj.get("status")
+
+
+@pytest.mark.parametrize(
+    ("address", "entry"),
+    [("203.0.113.7", {"ip": "203.0.113.7"}), ("lb.example.test", {"hostname": "lb.example.test"})],
+)
+def test_served_ingress_reports_the_load_balancer_address_once(tmp_path, address, entry):
+    env = Fixture(tmp_path, address=address)
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    env.feed.refresh()
+    assert env.status("web") == {"loadBalancer": {"ingress": [entry]}}
+    writes = len(env.writes)
+    env.feed.refresh()  # routes rebuilt after our own status write: nothing left to write
+    env.feed.refresh()
+    assert len(env.writes) == writes == 1
+
+
+def test_ingress_of_another_class_gets_no_status_and_loses_ours(tmp_path):
+    env = Fixture(tmp_path, address="203.0.113.7")
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    env.store.create(obj=ingress_manifest("theirs", host="theirs.test", secret_name="theirs-tls",
+                                          class_name="nginx"))
+    env.feed.refresh()
+    assert env.status("theirs") is None
+    moved = env.store.get(kind="Ingress", namespace="default", name="web")
+    assert moved is not None
+    moved["spec"]["ingressClassName"] = "nginx"
+    env.store.replace(obj=moved)
+    env.feed.refresh()
+    assert env.status("web") == {"loadBalancer": {}}
+
+
+def test_without_an_address_statuses_are_left_alone(tmp_path):
+    env = Fixture(tmp_path, address=None)
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    env.feed.refresh()
+    assert env.status("web") is None
+    assert env.writes == []
+
+
+def test_updated_secret_replaces_the_served_certificate(tmp_path):
+    env = Fixture(tmp_path, address=None)
+    first, renewed = env.ca.issue("web.test", days=1), env.ca.issue("web.test", days=2)
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    env.store.create(obj=tls_secret("web-tls", first))
+    env.feed.refresh()
+    source = ObjectKey(kind="Secret", namespace="default", name="web-tls")
+    assert env.certificates.names() == {"web.test": source}
+    (loaded,) = env.certificates.loaded()
+    secret = env.store.get(kind="Secret", namespace="default", name="web-tls")
+    assert secret is not None
+    secret["data"] = tls_secret("web-tls", renewed)["data"]
+    env.store.replace(obj=secret)
+    env.feed.refresh()
+    (reloaded,) = env.certificates.loaded()
+    assert reloaded[1] > loaded[1]  # the renewed leaf, which expires a day later
+
+
+def test_secret_of_an_ingress_served_by_another_controller_is_not_loaded(tmp_path):
+    env = Fixture(tmp_path, address=None)
+    env.store.create(obj=ingress_manifest("theirs", host="theirs.test", secret_name="theirs-tls",
+                                          class_name="nginx"))
+    env.store.create(obj=tls_secret("theirs-tls", env.ca.issue("theirs.test")))
+    env.feed.refresh()
+    assert env.certificates.names() == {}

@@ -1,0 +1,193 @@
+"""TLS on the HTTPS listener: protocol policy, resumption, hot swap, many certificates.
+
+Every handshake is a real one against the data plane on loopback, verified
+against a throwaway CA; certificates are told apart by serial number.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+
+from certctl.api import resources
+from certctl.dataplane import certstore
+from tests.test_dataplane import EchoServer, secret
+from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
+from tests.testca import TestCA
+
+
+@pytest.fixture(scope="module")
+def plane() -> Iterator[Running]:
+    backend = EchoServer("echo")
+    with running_plane(
+        ingresses=[simple_ingress("tls", {("swap.test", "/"): "echo", ("a.test", "/"): "echo"})],
+        backends={"echo": (backend.port,)},
+        tls_hosts=("a.test",),
+    ) as running:
+        yield running
+    backend.shutdown()
+    backend.server_close()
+
+
+def connect(
+    running: Running, sni: str, *, context: ssl.SSLContext | None = None, **kwargs
+) -> ssl.SSLSocket:
+    port = running.plane.https_port
+    assert port is not None
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return (context or running.ca.client_context()).wrap_socket(
+        raw, server_hostname=sni, **kwargs
+    )
+
+
+def serial_of(tls: ssl.SSLSocket) -> int:
+    der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def get(tls: ssl.SSLSocket, host: str) -> bytes:
+    tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(
+        line.split(b":")[1]
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    ))
+    while len(body) < length:
+        body += tls.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+# --- protocol policy -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls12_and_tls13_negotiate_forward_secret_aead_suites(plane, version):
+    context = plane.ca.client_context()
+    context.minimum_version = context.maximum_version = version
+    with connect(plane, "a.test", context=context) as tls:
+        negotiated = tls.cipher()
+        assert negotiated is not None
+        cipher, protocol, _ = negotiated
+        assert protocol == version.name.replace("_", ".")
+    assert "GCM" in cipher or "CHACHA20" in cipher
+    if version == ssl.TLSVersion.TLSv1_2:
+        assert cipher.startswith("ECDHE-")
+
+
+def test_cbc_only_tls12_client_is_refused(plane):
+    context = plane.ca.client_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA")
+    with pytest.raises(ssl.SSLError):
+        connect(plane, "a.test", context=context).close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_returning_client_resumes_its_session(plane, version):
+    context = plane.ca.client_context()
+    context.maximum_version = version
+    with connect(plane, "a.test", context=context) as first:
+        assert get(first, "a.test").startswith(b"HTTP/1.1 200")  # TLS 1.3 tickets come after
+        session = first.session
+        assert not first.session_reused
+    with connect(plane, "a.test", context=context, session=session) as second:
+        assert second.session_reused
+        assert get(second, "a.test").startswith(b"HTTP/1.1 200")
+
+
+# --- hot swap ----------------------------------------------------------------------------------
+
+
+def test_certificate_swapped_under_a_client_loop_fails_no_request(plane):
+    certificates = plane.plane.certificates
+    first = plane.ca.issue("swap.test")
+    certificates.set_certificate(
+        source=secret("swap"), chain_pem=first.chain_pem, key_pem=first.key_pem
+    )
+    kept = connect(plane, "swap.test")  # opened before any swap, used after all of them
+    assert serial_of(kept) == first.serial
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    seen: set[int] = set()
+
+    def client_loop() -> None:
+        while not stop.is_set():
+            try:
+                with connect(plane, "swap.test") as tls:
+                    seen.add(serial_of(tls))
+                    assert get(tls, "swap.test").startswith(b"HTTP/1.1 200")
+            except BaseException as err:  # every failure is the finding
+                failures.append(err)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    issued = [first]
+    try:
+        for _ in range(15):
+            issued.append(plane.ca.issue("swap.test"))
+            certificates.set_certificate(
+                source=secret("swap"), chain_pem=issued[-1].chain_pem, key_pem=issued[-1].key_pem
+            )
+            # The next handshake after a swap presents the new certificate.
+            with connect(plane, "swap.test") as tls:
+                assert serial_of(tls) == issued[-1].serial
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert seen <= {i.serial for i in issued}
+    assert len(seen) > 1
+    assert get(kept, "swap.test").startswith(b"HTTP/1.1 200")
+    kept.close()
+
+
+# --- many certificates -------------------------------------------------------------------------
+
+
+def test_thousand_certificates_each_served_for_its_own_name(plane):
+    index = certstore.CertificateIndex(context_cache_size=100)
+    issued = {f"host{i}.many.test": plane.ca.issue(f"host{i}.many.test") for i in range(1000)}
+    for name, cert in issued.items():
+        index.set_certificate(
+            source=resources.ObjectKey(kind="Secret", namespace="many", name=name),
+            chain_pem=cert.chain_pem,
+            key_pem=cert.key_pem,
+        )
+    assert len(index.names()) == 1000
+    previous = plane.plane.certificates
+    plane.plane.certificates = index
+    try:
+        sample = random.Random(6).sample(sorted(issued), 150)
+        for name in sample:
+            with connect(plane, name) as tls:
+                assert serial_of(tls) == issued[name].serial
+    finally:
+        plane.plane.certificates = previous
+    assert index.context_count == 100  # the least recently used contexts were let go
+
+
+def test_evicted_context_is_rebuilt_on_the_next_handshake():
+    index = certstore.CertificateIndex(context_cache_size=1)
+    ca = TestCA()
+    for name in ("one", "two"):
+        cert = ca.issue(f"{name}.test")
+        index.set_certificate(source=secret(name), chain_pem=cert.chain_pem, key_pem=cert.key_pem)
+    first = index.select("one.test")
+    index.select("two.test")
+    again = index.select("one.test")
+    assert index.context_count == 1
+    assert again is not first  # rebuilt after eviction
+    assert again is not index.select(None)  # and not the default certificate
