@@ -122,6 +122,7 @@ class PebbleServer:
         certificate_validity_period: int | None = None,
         startup_timeout: float = 15.0,
         dns_server: str | None = None,
+        config: dict[str, object] | None = None,
     ) -> PebbleServer:
         """Start challtestsrv and Pebble and return once the ACME directory answers.
 
@@ -130,8 +131,10 @@ class PebbleServer:
         already reject 5 % of nonces and reuse 50 % of valid authorizations.
         `certificate_validity_period` is in seconds. `dns_server` (`host:port`,
         e.g. a BIND fixture for DNS-01) replaces challtestsrv as Pebble's DNS
-        server, which is then not started. Raises RuntimeError with the tail
-        of the process log if either process dies or never becomes ready.
+        server, which is then not started. `config` is merged into Pebble's JSON
+        config (e.g. `externalAccountBindingRequired` and `externalAccountMACKeys`).
+        Raises RuntimeError with the tail of the process log if either process
+        dies or never becomes ready.
         """
         workdir = tmp_path / "pebble"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,7 @@ class PebbleServer:
         key_path.touch(mode=0o600)
         key_path.write_bytes(pki.key_pem)
         server.ca_bundle_path.write_bytes(pki.ca_pem)
-        config: dict[str, object] = {
+        settings: dict[str, object] = {
             "listenAddress": f"127.0.0.1:{server.acme_port}",
             "managementListenAddress": f"127.0.0.1:{server.management_port}",
             "certificate": str(workdir / "cert.pem"),
@@ -163,8 +166,9 @@ class PebbleServer:
             "externalAccountBindingRequired": False,
         }
         if certificate_validity_period is not None:
-            config["certificateValidityPeriod"] = certificate_validity_period
-        (workdir / "pebble-config.json").write_text(json.dumps({"pebble": config}, indent=2))
+            settings["certificateValidityPeriod"] = certificate_validity_period
+        settings.update(config or {})
+        (workdir / "pebble-config.json").write_text(json.dumps({"pebble": settings}, indent=2))
         try:
             if dns_server is None:
                 server._start_challtestsrv(startup_timeout=startup_timeout)

@@ -299,17 +299,20 @@ def test_removing_the_annotation_removes_the_certificate(
                what="the Certificate to be deleted")
 
 
-def test_deleted_secret_is_issued_again(
+def test_deleted_secret_is_restored_from_the_kept_copy_without_a_new_order(
     api: KubeStore, deployment: Deployment, pebble: PebbleServer
 ) -> None:
     api.create(obj=_issuer(pebble))
     _apply_app(api, backend_port=free_port())
     first = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="a certificate")
+    orders = [o["metadata"]["name"] for o in api.list(kind="Order", namespace="default")]
     api.delete(kind="Secret", namespace="default", name="shop-tls")
     second = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60,
-                        what="a new Secret")
-    assert _leaf(second).serial_number != _leaf(first).serial_number
-    assert len(api.list(kind="Order", namespace="default")) >= 1
+                        what="the Secret back")
+    assert _leaf(second).serial_number == _leaf(first).serial_number
+    assert [o["metadata"]["name"] for o in api.list(kind="Order", namespace="default")] == orders
+    assert any(reason == "Restored" for _, reason, _ in
+               _events(api, kind="Certificate", name="shop-tls"))
 
 
 def test_missing_issuer_is_a_clear_condition_and_no_acme_traffic(

@@ -185,21 +185,25 @@ def test_restart_continues_the_order_in_flight_instead_of_placing_another(
     assert orders[0]["status"]["state"] == "valid"
 
 
-def test_deleted_secret_is_issued_again(tmp_path: Path, pebble: PebbleServer):
+def test_deleted_secret_is_restored_without_a_new_order(tmp_path: Path, pebble: PebbleServer):
     manifests = _one_ingress(tmp_path, pebble)
+    state = tmp_path / "state"
     roots = pebble.issuance_roots_pem()
-    with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
+    with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
         first = eventually(lambda: _served(run.https_port, "web.example.test", roots))
         eventually(lambda: run.condition("web-tls", "Ready").get("status") == "True")
+        orders = _orders(state)
         run.store.delete(kind="Secret", namespace="default", name="web-tls")
 
-        def reissued() -> x509.Certificate | None:
-            served = _served(run.https_port, "web.example.test", roots)
-            return served if served and served.serial_number != first.serial_number else None
+        def restored() -> bool:
+            ready = run.condition("web-tls", "Ready")
+            return ready.get("status") == "True" and "restored" in ready.get("message", "")
 
-        second = eventually(reissued, what="a newly issued certificate")
-        assert "web.example.test" in dns_names(second)
-        eventually(lambda: (run.certificate("web-tls") or {})["status"].get("revision") == 2)
+        eventually(restored, what="the Secret restored from the kept copy")
+        served = eventually(lambda: _served(run.https_port, "web.example.test", roots))
+        assert served.serial_number == first.serial_number
+        assert (run.certificate("web-tls") or {})["status"]["revision"] == 1
+    assert _orders(state) == orders
 
 
 def test_invalid_manifests_are_reported_by_file_object_and_field_and_the_rest_keeps_working(

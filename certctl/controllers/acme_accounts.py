@@ -80,6 +80,40 @@ def ensure_account_key(*, store: Store, ref: AccountKeyRef) -> bytes:
     return pem
 
 
+def external_account_key(
+    *, store: Store, issuer: Issuer, cluster_resource_namespace: str
+) -> acme_client.ExternalAccountKey | None:
+    """The issuer's EAB key ID and HMAC key, or None when it binds no external account.
+
+    The HMAC key Secret lives beside the account key (the cluster resource
+    namespace for a ClusterIssuer). Raises LookupError naming the Secret and
+    field when either is missing; the key itself is never in a message.
+    """
+    assert issuer.acme is not None
+    binding = issuer.acme.external_account_binding
+    if binding is None:
+        return None
+    ref = binding.key_secret_ref
+    namespace = issuer.namespace or cluster_resource_namespace
+    where = (f"{issuer.kind} {issuer.name} spec.acme.externalAccountBinding.keySecretRef: "
+             f"Secret {namespace}/{ref.name}")
+    if not ref.key:
+        raise LookupError(f"{where}: keySecretRef.key is required (the field holding the "
+                          "HMAC key)")
+    secret = store.get(kind="Secret", namespace=namespace, name=ref.name)
+    if secret is None:
+        raise LookupError(f"{where} not found")
+    encoded = (secret.get("data") or {}).get(ref.key)
+    if not encoded:
+        raise LookupError(f"{where} has no field {ref.key!r}")
+    try:
+        hmac_key = base64.b64decode(encoded).decode("ascii").strip()
+    except (ValueError, UnicodeDecodeError) as err:
+        raise LookupError(f"{where}: field {ref.key!r} is not base64 of the base64url "
+                          "HMAC key") from err
+    return acme_client.ExternalAccountKey(key_id=binding.key_id, hmac_key=hmac_key)
+
+
 def find_acme_issuer(
     *, store: Store, kind: str, name: str, namespace: str
 ) -> Issuer | None:
@@ -115,8 +149,9 @@ class AcmeAccounts:
         """The registered client for an issuer whose account key exists.
 
         Registers on first use in this process (registration is idempotent:
-        an existing account is found by its key). Raises LookupError when the
-        key Secret is missing: the issuer reconciler has not run yet or the
+        an existing account is found by its key), binding the external account
+        when the issuer has one. Raises LookupError when the key Secret (or the
+        EAB Secret) is missing: the issuer reconciler has not run yet or the
         Secret was deleted.
         """
         assert issuer.acme is not None
@@ -128,7 +163,9 @@ class AcmeAccounts:
                               f"(field {ref.field}) not found")
         found = self.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
         if found.account_uri is None:
-            found.register(email=issuer.acme.email)
+            found.register(email=issuer.acme.email, external_account=external_account_key(
+                store=store, issuer=issuer,
+                cluster_resource_namespace=self.cluster_resource_namespace))
         return found
 
     def client_for_key(

@@ -3,13 +3,21 @@
 One pass decides, in cert-manager's order:
 - is the Certificate valid and its issuer present? (else `Ready=False` and stop:
   no key, no order, no ACME traffic);
+- is it the rightful writer of its Secret? (`secret_claims`: of two
+  Certificates naming one Secret the newer stands down);
 - does the Secret need (re)issuing? (`policies.needs_issuing`);
-- which private key? (a "next private key" Secret owned by the Certificate,
-  so a restart reuses the key the pending order's CSR was made with);
-- which Order? (named from a hash of everything the CSR depends on, so a
-  restart finds the order it placed instead of placing a second one);
-- when the Order is valid: write the `kubernetes.io/tls` Secret, bump the
-  revision, mark Ready and schedule the renewal.
+- can a kept copy stand in for a lost Secret? (`kept_certificates`: no order);
+- is a failed issuance still backing off? (1 h doubling to 32 h, or longer
+  when the CA said Retry-After);
+- which private key? (for ACME a "next private key" Secret owned by the
+  Certificate, so a restart reuses the key the pending order's CSR was made with);
+- selfSigned and ca issuers sign right here; for ACME, which Order? (named
+  from a hash of everything the CSR depends on, so a restart finds the order
+  it placed instead of placing a second one, and counted against the order
+  budget before it is placed);
+- when the certificate is there: write the `kubernetes.io/tls` Secret, keep a
+  copy, bump the revision, mark Ready and requeue at the renewal time (a timer
+  in the work queue, not a poll).
 """
 
 from __future__ import annotations
@@ -19,16 +27,27 @@ import datetime
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
-from certctl.api.resources import Certificate, Issuer, ObjectKey
-from certctl.controllers import policies, reconciling
+from certctl.api.resources import Certificate, Issuer, KeyEncoding, ObjectKey
+from certctl.controllers import (
+    kept_certificates,
+    order_budget,
+    policies,
+    reconciling,
+    secret_claims,
+)
 from certctl.controllers.reconciling import Clock, Result
+from certctl.issuers import ca as ca_issuer
+from certctl.issuers import issued
+from certctl.issuers import selfsigned as selfsigned_issuer
 from certctl.pki import csr, inspect, keys
 from certctl.pki import secret as tls_secret
 from certctl.solvers import selection
@@ -40,7 +59,17 @@ logger = logging.getLogger(__name__)
 
 NEXT_KEY_LABEL = "certctl.io/next-private-key"
 CERTIFICATE_NAME_LABEL = "certctl.io/certificate-name"
+# On Orders, as cert-manager puts it on CertificateRequests: the revision it issues.
+REVISION_ANNOTATION = "cert-manager.io/certificate-revision"
+# cert-manager's default since 1.18 (it was unbounded before): keep the latest Order only.
 DEFAULT_REVISION_HISTORY = 1
+# A lost or unreadable Secret may be replaced by the kept copy; other triggers
+# (names changed, renewal due...) need a certificate the copy is not.
+RESTORABLE = (policies.DOES_NOT_EXIST, policies.INVALID_CERTIFICATE, policies.INVALID_KEY_PAIR)
+# The Certificate that stood down for an older one looks again this often, so it
+# takes over once the older one is deleted (no event tells it).
+DUPLICATE_RECHECK_SECONDS = 600.0
+ORDER_BUDGET_EXHAUSTED = "OrderBudgetExhausted"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +77,10 @@ class Settings:
     clock: Clock
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     backoff_max: datetime.timedelta = datetime.timedelta(hours=32)
+    # Where ClusterIssuers' CA Secrets, kept copies and order ledgers live.
+    cluster_resource_namespace: str = "certctl"
+    # None: no budget (a private ACME CA without limits).
+    order_budget: order_budget.Budget | None = order_budget.DUPLICATE_CERTIFICATE_LIMIT
 
 
 def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
@@ -88,6 +121,16 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
     secret = store.get(kind="Secret", namespace=certificate.namespace,
                        name=certificate.secret_name)
+    contender = secret_claims.rival(store=store, certificate=certificate, secret=secret)
+    if contender is not None:
+        if secret_claims.is_newer(obj, than=contender):
+            return _duplicate(store, obj, holder=contender, now=now)
+        _duplicate(store, contender, holder=obj, now=now)
+    if secret is not None and secret_claims.writer_of(secret) not in (None, certificate.name):
+        # Written by a Certificate that lost it (or is gone): claim it now, not after the
+        # next issuance, so the loser reading the Secret meanwhile sees who holds it.
+        secret = secret_claims.claim(store=store, certificate=certificate, secret=secret)
+
     issuing = conditions.get_condition((obj.get("status") or {}).get("conditions") or [],
                                        "Issuing")
     data = policies.read_input(
@@ -105,21 +148,36 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         return _not_ready(store, obj, reason=problem[0], message=problem[1], now=now,
                           keep_ready=readiness is None)
 
+    if issuer.acme is not None and violation.reason in RESTORABLE:
+        restored = _restore_kept_copy(store, obj, certificate=certificate, issuer=issuer,
+                                      violation=violation, now=now, settings=settings)
+        if restored is not None:
+            return restored
+
     status = obj.get("status") or {}
     failures = int(status.get("failedIssuanceAttempts") or 0)
     if failures and status.get("lastFailureGeneration") != obj["metadata"].get("generation"):
         failures = 0  # a spec change deserves a fresh attempt, as in cert-manager
     if failures:
-        retry_at = conditions.parse_time(status["lastFailureTime"]) + failure_backoff(
-            failures=failures, settings=settings)
+        retry_at = _retry_time(status, failures=failures, settings=settings)
         if now < retry_at:
             return Result.after((retry_at - now).total_seconds())
+
+    if issuer.acme is None:
+        return _sign_locally(store, obj, certificate=certificate, issuer=issuer, data=data,
+                             violation=violation, now=now, settings=settings,
+                             keep_ready=readiness is None)
 
     private_key = _next_private_key(store, obj, certificate=certificate, data=data)
     order_name = _order_name(certificate=certificate, obj=obj, private_key=private_key,
                              failures=failures)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
+        refused = _spend_order_budget(store, obj, certificate=certificate, issuer=issuer,
+                                      order_name=order_name, now=now, settings=settings,
+                                      keep_ready=readiness is None)
+        if refused is not None:
+            return refused
         _delete_unfinished_orders(store, obj, keep=order_name)
         request_pem = csr.build_csr(
             key=private_key,
@@ -135,13 +193,22 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
     order_status = order.get("status") or {}
     if order_status.get("state") == "valid" and order_status.get("certificate"):
-        return _issue(store, obj, certificate=certificate, issuer=issuer,
-                      private_key=private_key, order=order, now=now, failures=failures,
-                      settings=settings)
+        chain_pem = base64.b64decode(order_status["certificate"])
+        return _store_issued(store, obj, certificate=certificate, issuer=issuer,
+                             private_key=private_key, chain_pem=chain_pem, ca_pem=None,
+                             failed_request=order_name, now=now, failures=failures,
+                             settings=settings)
     if order_status.get("state") in ("invalid", "errored"):
+        if settings.order_budget is not None:
+            order_budget.refund_order(store=store, ref=_ledger_ref(certificate=certificate,
+                                                                   issuer=issuer,
+                                                                   settings=settings),
+                                      order=f"{certificate.namespace}/{order_name}")
+        retry_after = order_status.get("retryAfter")
         return _failed(store, obj, message=order_status.get("reason") or "the ACME order failed",
-                       order_name=order_name, failures=failures, now=now, settings=settings,
-                       keep_ready=readiness is None)
+                       request=order_name, failures=failures, now=now, settings=settings,
+                       keep_ready=readiness is None,
+                       retry_after=conditions.parse_time(retry_after) if retry_after else None)
     updated = reconciling.with_condition(obj, type="Issuing", status="True",
                                          reason=violation.reason, message=violation.message,
                                          now=now)
@@ -164,8 +231,11 @@ def _issuer_problem(
         detail = f": {ready['message']}" if ready and ready.get("message") else ""
         return ("IssuerNotReady", f"{issuer.kind} {issuer.name} is not ready{detail}")
     if issuer.acme is None:
-        return ("IssuerNotSupported",
-                f"{issuer.kind} {issuer.name}: only ACME issuers can issue certificates yet")
+        return None  # selfSigned and ca sign any key type, DNS names and IP addresses
+    if certificate.private_key.algorithm == "Ed25519":
+        return ("BadConfig", "spec.privateKey.algorithm: ACME CAs do not issue certificates "
+                "for Ed25519 keys (the CA/Browser Forum rules allow only RSA and ECDSA, and "
+                "Let's Encrypt refuses them); use ECDSA or RSA, or a selfSigned or ca issuer")
     if certificate.ip_addresses:
         return ("BadConfig", "spec.ipAddresses: ACME HTTP-01 cannot validate IP addresses")
     for index, name in enumerate(certificate.dns_names):
@@ -183,6 +253,32 @@ def _issuer_problem(
     return None
 
 
+def _retry_time(
+    status: Mapping[str, Any], *, failures: int, settings: Settings
+) -> datetime.datetime:
+    """The backoff after the last failure, or the CA's Retry-After when that is later."""
+    retry_at = conditions.parse_time(status["lastFailureTime"]) + failure_backoff(
+        failures=failures, settings=settings)
+    if status.get("retryAfter"):
+        retry_at = max(retry_at, conditions.parse_time(status["retryAfter"]))
+    return retry_at
+
+
+# --- keys ---------------------------------------------------------------------------
+
+
+def _key_for_issuance(*, certificate: Certificate, data: policies.Input) -> keys.PrivateKey:
+    """rotationPolicy Never reuses the Secret's key when it has the wanted shape; else a new one."""
+    wanted = certificate.private_key
+    if (
+        wanted.rotation_policy == "Never"
+        and data.contents is not None
+        and keys.describe_key(data.contents.key) == policies.wanted_key_shape(wanted)
+    ):
+        return data.contents.key
+    return keys.generate_private_key(wanted)
+
+
 def _next_key_name(certificate: Certificate) -> str:
     return f"{certificate.name}-next-private-key"
 
@@ -190,11 +286,10 @@ def _next_key_name(certificate: Certificate) -> str:
 def _next_private_key(
     store: Store, obj: Object, *, certificate: Certificate, data: policies.Input
 ) -> keys.PrivateKey:
-    """The key the pending issuance uses, kept in a Secret so restarts reuse it."""
+    """The key the pending ACME issuance uses, kept in a Secret so restarts reuse it."""
     name = _next_key_name(certificate)
     existing = store.get(kind="Secret", namespace=certificate.namespace, name=name)
-    wanted = certificate.private_key
-    wanted_shape = policies.wanted_key_shape(wanted)
+    wanted_shape = policies.wanted_key_shape(certificate.private_key)
     if existing is not None:
         try:
             key = keys.load_private_key(base64.b64decode(existing["data"]["tls.key"]))
@@ -203,14 +298,7 @@ def _next_private_key(
         except (KeyError, ValueError, TypeError):
             logger.warning("%s: next private key Secret %s is unreadable; replacing it",
                            certificate.key, name)
-    if (
-        wanted.rotation_policy == "Never"
-        and data.contents is not None
-        and keys.describe_key(data.contents.key) == wanted_shape
-    ):
-        key = data.contents.key
-    else:
-        key = keys.generate_private_key(wanted)
+    key = _key_for_issuance(certificate=certificate, data=data)
     secret: Object = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -230,6 +318,113 @@ def _next_private_key(
         secret["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
         store.replace(obj=secret)
     return key
+
+
+# --- issuers that sign in-process -------------------------------------------------------
+
+
+def _sign_locally(
+    store: Store,
+    obj: Object,
+    *,
+    certificate: Certificate,
+    issuer: Issuer,
+    data: policies.Input,
+    violation: policies.Violation,
+    now: datetime.datetime,
+    settings: Settings,
+    keep_ready: bool,
+) -> Result:
+    """selfSigned and ca issuers: no Order, the certificate is signed in this pass."""
+    private_key = _key_for_issuance(certificate=certificate, data=data)
+    request_pem = csr.build_csr(
+        key=private_key,
+        dns_names=certificate.dns_names,
+        ip_addresses=certificate.ip_addresses,
+        common_name=certificate.common_name,
+        usages=certificate.usages,
+    )
+    duration = certificate.duration or parsing.DEFAULT_DURATION
+    signed: issued.IssuedCertificate
+    if issuer.self_signed:
+        signed = selfsigned_issuer.sign(csr_pem=request_pem, key=private_key, now=now,
+                                        duration=duration)
+    else:
+        assert issuer.ca_secret_name is not None
+        namespace = issuer.namespace or settings.cluster_resource_namespace
+        try:
+            key_pair = ca_issuer.load_key_pair(
+                secret=store.get(kind="Secret", namespace=namespace,
+                                 name=issuer.ca_secret_name),
+                namespace=namespace, name=issuer.ca_secret_name, now=now)
+        except ca_issuer.KeyPairProblem as err:
+            return _not_ready(store, obj, reason="IssuerNotReady",
+                              message=f"{issuer.kind} {issuer.name}: {err.message}", now=now,
+                              keep_ready=keep_ready)
+        signed = ca_issuer.sign(key_pair=key_pair, csr_pem=request_pem, now=now,
+                                duration=duration)
+    kind = "self-signed" if issuer.self_signed else f"signed by {issuer.kind} {issuer.name}"
+    store.emit_event(obj=obj, type="Normal", reason="Requested",
+                     message=f"Issuing a certificate {kind}: {violation.message}")
+    return _store_issued(store, obj, certificate=certificate, issuer=issuer,
+                         private_key=private_key, chain_pem=signed.chain_pem,
+                         ca_pem=signed.ca_pem, failed_request="local-signing", now=now,
+                         failures=0, settings=settings)
+
+
+# --- ACME orders ---------------------------------------------------------------------
+
+
+def _spend_order_budget(
+    store: Store,
+    obj: Object,
+    *,
+    certificate: Certificate,
+    issuer: Issuer,
+    order_name: str,
+    now: datetime.datetime,
+    settings: Settings,
+    keep_ready: bool,
+) -> Result | None:
+    """Count the order about to be placed, or refuse it (a Result) when over budget."""
+    budget = settings.order_budget
+    if budget is None:
+        return None
+    ledger = _ledger_ref(certificate=certificate, issuer=issuer, settings=settings)
+    placed = order_budget.placed_orders(store=store, ref=ledger)
+    allowed_at = order_budget.next_allowed(placed=placed, now=now, budget=budget)
+    if allowed_at is None:
+        order_budget.record_order(store=store, ref=ledger, order=f"{certificate.namespace}/"
+                                  f"{order_name}", now=now, budget=budget)
+        return None
+    recent = sum(1 for time in placed if time > now - budget.window)
+    assert issuer.acme is not None
+    message = (f"Not placing an order: {recent} orders for exactly [{', '.join(ledger.names)}] "
+               f"were placed with {issuer.acme.server} within "
+               f"{parsing.format_duration(budget.window)} (failed ones not counted), the budget "
+               f"certctl keeps to stay clear of the CA's duplicate-certificate limit "
+               f"({budget.describe()}); the next order may be placed at "
+               f"{conditions.format_time(allowed_at)}")
+    updated = reconciling.with_condition(obj, type="Issuing", status="False",
+                                         reason=ORDER_BUDGET_EXHAUSTED, message=message, now=now)
+    if not keep_ready:
+        updated = reconciling.with_condition(updated, type="Ready", status="False",
+                                             reason=ORDER_BUDGET_EXHAUSTED, message=message,
+                                             now=now)
+    if reconciling.write_status(store, obj=updated):
+        store.emit_event(obj=obj, type="Warning", reason=ORDER_BUDGET_EXHAUSTED, message=message)
+    return Result.after((allowed_at - now).total_seconds())
+
+
+def _ledger_ref(
+    *, certificate: Certificate, issuer: Issuer, settings: Settings
+) -> order_budget.LedgerRef:
+    assert issuer.acme is not None
+    names = order_budget.name_set(dns_names=certificate.dns_names,
+                                  ip_addresses=certificate.ip_addresses,
+                                  common_name=certificate.common_name)
+    return order_budget.ledger_ref(server=issuer.acme.server, names=names,
+                                   cluster_resource_namespace=settings.cluster_resource_namespace)
 
 
 def _order_name(
@@ -253,6 +448,7 @@ def _order_name(
 def _create_order(
     store: Store, obj: Object, *, certificate: Certificate, name: str, request_pem: bytes
 ) -> Object:
+    revision = int((obj.get("status") or {}).get("revision") or 0) + 1
     order = {
         "apiVersion": "certctl.io/v1",
         "kind": "Order",
@@ -260,6 +456,7 @@ def _create_order(
             "name": name,
             "namespace": certificate.namespace,
             "labels": {CERTIFICATE_NAME_LABEL: certificate.name},
+            "annotations": {REVISION_ANNOTATION: str(revision)},
             "ownerReferences": [reconciling.owner_reference(obj)],
         },
         "spec": {
@@ -284,7 +481,8 @@ def _create_order(
 
 def _delete_unfinished_orders(store: Store, obj: Object, *, keep: str) -> None:
     """Orders for an older spec or key will never be used: drop them (and their challenges)."""
-    for order in store.list(kind="Order", namespace=obj["metadata"]["namespace"]):
+    for order in store.list(kind="Order", namespace=obj["metadata"]["namespace"],
+                            labels={CERTIFICATE_NAME_LABEL: obj["metadata"]["name"]}):
         if not reconciling.is_owned_by(order, obj) or order["metadata"]["name"] == keep:
             continue
         if (order.get("status") or {}).get("state") != "valid":
@@ -292,29 +490,66 @@ def _delete_unfinished_orders(store: Store, obj: Object, *, keep: str) -> None:
                          name=order["metadata"]["name"])
 
 
-def _issue(
+def _prune_orders(store: Store, obj: Object, *, certificate: Certificate) -> None:
+    """Keep the `revisionHistoryLimit` (default 1) Orders of the highest revisions."""
+    limit = certificate.revision_history_limit or DEFAULT_REVISION_HISTORY
+    owned = [o for o in store.list(kind="Order", namespace=certificate.namespace,
+                                   labels={CERTIFICATE_NAME_LABEL: certificate.name})
+             if reconciling.is_owned_by(o, obj)]
+    owned.sort(key=_order_age, reverse=True)
+    for order in owned[limit:]:
+        store.delete(kind="Order", namespace=certificate.namespace, name=order["metadata"]["name"])
+
+
+def _order_age(order: Mapping[str, Any]) -> tuple[int, str]:
+    """Revision first; among Orders of one revision (failed attempts) the newest wins."""
+    metadata = order.get("metadata") or {}
+    revision = str((metadata.get("annotations") or {}).get(REVISION_ANNOTATION) or "")
+    return (int(revision) if revision.isdigit() else 0,
+            str(metadata.get("creationTimestamp") or ""))
+
+
+# --- issuing -------------------------------------------------------------------------
+
+
+def _store_issued(
     store: Store,
     obj: Object,
     *,
     certificate: Certificate,
     issuer: Issuer,
     private_key: keys.PrivateKey,
-    order: Object,
+    chain_pem: bytes,
+    ca_pem: bytes | None,
+    failed_request: str,
     now: datetime.datetime,
     failures: int,
     settings: Settings,
 ) -> Result:
-    chain_pem = base64.b64decode(order["status"]["certificate"])
-    key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
-    data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem, ca_pem=None)
+    """Write the new certificate: kept copy first, then the Secret, then the status."""
     leaf = inspect.split_pem_chain(chain_pem)[0]
     if not inspect.key_matches_certificate(private_key, leaf):
         # Never publish a key pair that does not belong together; a new order follows.
         return _failed(store, obj, message="the issued certificate does not match the private "
-                       "key of the request", order_name=order["metadata"]["name"],
-                       failures=failures, now=now, settings=settings, keep_ready=False)
+                       "key of the request", request=failed_request, failures=failures,
+                       now=now, settings=settings, keep_ready=False, retry_after=None)
+    # Another Certificate may have taken the Secret while this one was ordering.
+    current = store.get(kind="Secret", namespace=certificate.namespace,
+                        name=certificate.secret_name)
+    contender = secret_claims.rival(store=store, certificate=certificate, secret=current)
+    if contender is not None and secret_claims.is_newer(obj, than=contender):
+        return _duplicate(store, obj, holder=contender, now=now)
+    key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
+    data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem, ca_pem=ca_pem)
+    if issuer.acme is not None:
+        # Before the Secret: if certctl stops in between, the copy restores the Secret
+        # instead of a second order replacing it.
+        kept_certificates.keep(store=store, certificate=certificate, data=data,
+                               ref=kept_certificates.kept_ref(
+                                   certificate=certificate,
+                                   cluster_resource_namespace=settings.cluster_resource_namespace))
     secret = _write_secret(store, certificate=certificate, issuer=issuer, data=data,
-                           info=inspect.certificate_info(leaf))
+                           info=inspect.certificate_info(leaf), restored_from=None)
     store.delete(kind="Secret", namespace=certificate.namespace,
                  name=_next_key_name(certificate))
     fresh = store.get(kind="Certificate", namespace=certificate.namespace, name=certificate.name)
@@ -323,13 +558,47 @@ def _issue(
     status = fresh.setdefault("status", {})
     status["revision"] = int(status.get("revision") or 0) + 1
     for stale in ("failedIssuanceAttempts", "lastFailureTime", "lastFailureGeneration",
-                  "lastFailedOrder", "nextPrivateKeySecretName"):
+                  "lastFailedOrder", "retryAfter", "nextPrivateKeySecretName"):
         status.pop(stale, None)
     _prune_orders(store, fresh, certificate=certificate)
     store.emit_event(obj=fresh, type="Normal", reason="Issuing",
                      message="The certificate has been successfully issued")
     data_input = policies.read_input(certificate=certificate, secret=secret, now=now)
     return _up_to_date(store, fresh, certificate=certificate, data=data_input, now=now)
+
+
+def _restore_kept_copy(
+    store: Store,
+    obj: Object,
+    *,
+    certificate: Certificate,
+    issuer: Issuer,
+    violation: policies.Violation,
+    now: datetime.datetime,
+    settings: Settings,
+) -> Result | None:
+    """Put the kept copy back when it is still good for the spec; None when it is not."""
+    ref = kept_certificates.kept_ref(certificate=certificate,
+                                     cluster_resource_namespace=settings.cluster_resource_namespace)
+    kept = kept_certificates.find(store=store, ref=ref)
+    if kept is None:
+        return None
+    kept_input = policies.read_input(certificate=certificate, secret=kept, now=now)
+    if policies.needs_issuing(kept_input, policies.READINESS_CHAIN) is not None:
+        return None  # expired, or for other names, keys or issuer: only an order helps
+    assert kept_input.contents is not None and kept_input.info is not None
+    key_pem = keys.encode_private_key(kept_input.contents.key,
+                                      encoding=certificate.private_key.encoding)
+    data = tls_secret.build_tls_secret_data(chain_pem=kept_input.contents.chain_pem,
+                                            key_pem=key_pem, ca_pem=kept_input.contents.ca_pem)
+    secret = _write_secret(store, certificate=certificate, issuer=issuer, data=data,
+                           info=kept_input.info, restored_from=str(ref))
+    store.emit_event(obj=obj, type="Normal", reason="Restored", message=(
+        f"Restored the certificate (serial {kept_input.info.serial:x}, valid until "
+        f"{conditions.format_time(kept_input.info.not_after)}) from the copy certctl keeps in "
+        f"Secret {ref}, without a new order: {violation.message}"))
+    restored = policies.read_input(certificate=certificate, secret=secret, now=now)
+    return _up_to_date(store, obj, certificate=certificate, data=restored, now=now)
 
 
 def _write_secret(
@@ -339,6 +608,7 @@ def _write_secret(
     issuer: Issuer,
     data: dict[str, str],
     info: inspect.CertificateInfo,
+    restored_from: str | None,
 ) -> Object:
     """Create or update the Secret; returns it as stored."""
     secret_annotations = {
@@ -352,6 +622,8 @@ def _write_secret(
         annotation_keys.SECRET_IP_SANS: ",".join(info.ip_addresses),
         annotation_keys.SECRET_URI_SANS: "",
     }
+    if restored_from is not None:
+        secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from
     labels = {**dict(certificate.secret_template.labels),
               "controller.cert-manager.io/fao": "true"}
     existing = store.get(kind="Secret", namespace=certificate.namespace,
@@ -372,7 +644,9 @@ def _write_secret(
                                  name=certificate.secret_name)
             assert existing is not None
     # Keep what others put in the Secret; replace only what we own.
-    existing.setdefault("metadata", {}).setdefault("annotations", {}).update(secret_annotations)
+    existing_annotations = existing.setdefault("metadata", {}).setdefault("annotations", {})
+    existing_annotations.pop(kept_certificates.RESTORED_FROM_ANNOTATION, None)
+    existing_annotations.update(secret_annotations)
     existing["metadata"].setdefault("labels", {}).update(labels)
     existing_data = {k: v for k, v in (existing.get("data") or {}).items() if k != "ca.crt"}
     existing_data.update(data)
@@ -381,16 +655,17 @@ def _write_secret(
     return store.replace(obj=existing)
 
 
-def _prune_orders(store: Store, obj: Object, *, certificate: Certificate) -> None:
-    """Keep the newest `revisionHistoryLimit` orders (default 1), delete the rest."""
-    limit = certificate.revision_history_limit or DEFAULT_REVISION_HISTORY
-    owned = [o for o in store.list(kind="Order", namespace=certificate.namespace,
-                                   labels={CERTIFICATE_NAME_LABEL: certificate.name})
-             if reconciling.is_owned_by(o, obj)]
-    owned.sort(key=lambda o: (o["metadata"].get("creationTimestamp") or "",
-                              int(o["metadata"].get("resourceVersion") or 0)), reverse=True)
-    for order in owned[limit:]:
-        store.delete(kind="Order", namespace=certificate.namespace, name=order["metadata"]["name"])
+def _reencode_key(
+    store: Store, *, secret: Object, key: keys.PrivateKey, encoding: KeyEncoding
+) -> None:
+    data = dict(secret.get("data") or {})
+    data[tls_secret.TLS_PRIVATE_KEY_KEY] = base64.b64encode(
+        keys.encode_private_key(key, encoding=encoding)).decode("ascii")
+    secret["data"] = data
+    store.replace(obj=secret)
+
+
+# --- status ----------------------------------------------------------------------------
 
 
 def _failed(
@@ -398,21 +673,30 @@ def _failed(
     obj: Object,
     *,
     message: str,
-    order_name: str,
+    request: str,
     failures: int,
     now: datetime.datetime,
     settings: Settings,
     keep_ready: bool,
+    retry_after: datetime.datetime | None,
 ) -> Result:
-    """Count one failure per Order (reconciling a failed Order again adds none) and back off."""
+    """Count one failure per request (reconciling a failed Order again adds none) and back off.
+
+    `retry_after` is the CA's Retry-After (a rateLimited order): the next
+    attempt waits for it when it is later than the backoff.
+    """
     status = obj.setdefault("status", {})
     text = f"The certificate request has failed to complete and will be retried: {message}"
-    if status.get("lastFailedOrder") != order_name:
+    if status.get("lastFailedOrder") != request:
         failures += 1
         status["failedIssuanceAttempts"] = failures
         status["lastFailureTime"] = conditions.format_time(now)
         status["lastFailureGeneration"] = obj["metadata"].get("generation")
-        status["lastFailedOrder"] = order_name
+        status["lastFailedOrder"] = request
+        if retry_after is not None:
+            status["retryAfter"] = conditions.format_time(retry_after)
+        else:
+            status.pop("retryAfter", None)
         store.emit_event(obj=obj, type="Warning", reason="Failed", message=text)
     updated = reconciling.with_condition(obj, type="Issuing", status="False", reason="Failed",
                                          message=text, now=now)
@@ -420,8 +704,26 @@ def _failed(
         updated = reconciling.with_condition(updated, type="Ready", status="False",
                                              reason="Failed", message=text, now=now)
     reconciling.write_status(store, obj=updated)
-    delay = failure_backoff(failures=int(status["failedIssuanceAttempts"]), settings=settings)
-    return Result.after(delay.total_seconds())
+    retry_at = _retry_time(status, failures=int(status.get("failedIssuanceAttempts") or 1),
+                           settings=settings)
+    return Result.after((retry_at - now).total_seconds())
+
+
+def _duplicate(store: Store, obj: Object, *, holder: Mapping[str, Any],
+               now: datetime.datetime) -> Result:
+    """Mark `obj` as standing down for `holder`, the older Certificate naming its Secret."""
+    message = secret_claims.duplicate_message(secret_name=obj["spec"]["secretName"],
+                                              holder=holder)
+    updated = reconciling.with_condition(obj, type="Ready", status="False",
+                                         reason=secret_claims.DUPLICATE_SECRET_NAME,
+                                         message=message, now=now)
+    updated = reconciling.with_condition(updated, type="Issuing", status="False",
+                                         reason=secret_claims.DUPLICATE_SECRET_NAME,
+                                         message=message, now=now)
+    if reconciling.write_status(store, obj=updated):
+        store.emit_event(obj=obj, type="Warning", reason=secret_claims.DUPLICATE_SECRET_NAME,
+                         message=message)
+    return Result.after(DUPLICATE_RECHECK_SECONDS)
 
 
 def _up_to_date(
@@ -432,11 +734,24 @@ def _up_to_date(
     data: policies.Input,
     now: datetime.datetime,
 ) -> Result:
-    assert data.info is not None
+    assert data.info is not None and data.secret is not None and data.contents is not None
+    wanted_encoding = keys.effective_encoding(data.contents.key,
+                                              encoding=certificate.private_key.encoding)
+    if secret_claims.writer_of(data.secret) == certificate.name and (
+        keys.encoding_of(data.contents.key_pem) != wanted_encoding
+    ):
+        # Only spec.privateKey.encoding changed: same key, same certificate, no issuance.
+        _reencode_key(store, secret=dict(data.secret), key=data.contents.key,
+                      encoding=wanted_encoding)
     renewal_time = policies.renewal_time_of(certificate=certificate, info=data.info)
-    updated = reconciling.with_condition(
-        obj, type="Ready", status="True", reason="Ready",
-        message="Certificate is up to date and has not expired", now=now)
+    message = "Certificate is up to date and has not expired"
+    restored_from = ((data.secret.get("metadata") or {}).get("annotations") or {}).get(
+        kept_certificates.RESTORED_FROM_ANNOTATION)
+    if restored_from:
+        message += (f"; restored from the copy certctl keeps in Secret {restored_from}, "
+                    "without a new order")
+    updated = reconciling.with_condition(obj, type="Ready", status="True", reason="Ready",
+                                         message=message, now=now)
     updated = reconciling.without_condition(updated, type="Issuing")
     status = updated["status"]
     status["notBefore"] = conditions.format_time(data.info.not_before)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from certctl.api import conditions
 from certctl.api.resources import Issuer, ObjectKey
 from certctl.controllers import acme_accounts, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
@@ -75,6 +76,9 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                            reason=f"the ACME server no longer knows this order's account: {err}")
         raise TransientError(f"{key}: re-registered the ACME account") from err
     except (acme_errors.RateLimited, acme_errors.Unauthorized) as err:
+        if err.retry_after is not None:
+            # The Certificate waits at least this long before ordering again.
+            order.setdefault("status", {})["retryAfter"] = conditions.format_time(err.retry_after)
         return _finish(store, order, state="errored", now=now, reason=str(err))
     except acme_errors.AcmeProblem as err:
         if err.status == 404 or err.code in ("malformed", "rejectedIdentifier", "badCSR",

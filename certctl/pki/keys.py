@@ -61,6 +61,22 @@ def encode_private_key(key: PrivateKey, *, encoding: resources.KeyEncoding) -> b
     )
 
 
+def encoding_of(pem: bytes) -> resources.KeyEncoding:
+    """How an unencrypted PEM key is encoded: PKCS1 for OpenSSL's traditional RSA and EC
+    forms, PKCS8 for `BEGIN PRIVATE KEY`. Only the header is read."""
+    header = pem.lstrip()[:40]
+    if header.startswith((b"-----BEGIN RSA PRIVATE KEY-----", b"-----BEGIN EC PRIVATE KEY-----")):
+        return "PKCS1"
+    return "PKCS8"
+
+
+def effective_encoding(
+    key: PrivateKey, *, encoding: resources.KeyEncoding
+) -> resources.KeyEncoding:
+    """The encoding `encode_private_key` really produces: Ed25519 is PKCS8 whatever is asked."""
+    return "PKCS8" if isinstance(key, ed25519.Ed25519PrivateKey) else encoding
+
+
 def load_private_key(pem: bytes) -> PrivateKey:
     """Load an unencrypted PEM key in any of the encodings above.
 

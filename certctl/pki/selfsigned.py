@@ -84,20 +84,68 @@ def sign_certificate(
     Raises ValueError for a CSR whose signature does not verify or a CA key
     that does not belong to the CA certificate.
     """
+    request = _verified_csr(csr_pem)
+    if not keys.public_keys_equal(ca_key, ca_cert.public_key()):
+        raise ValueError("the CA key does not belong to the CA certificate")
+    return _leaf_from_csr(
+        request=request,
+        issuer=ca_cert.subject,
+        signing_key=ca_key,
+        not_before=not_before,
+        not_after=min(not_after, ca_cert.not_valid_after_utc),
+    )
+
+
+def self_sign_csr(
+    *,
+    csr_pem: bytes,
+    key: keys.PrivateKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> bytes:
+    """A leaf for a CSR signed by the CSR's own key, as cert-manager's selfSigned issuer does.
+
+    Same shape as `sign_certificate` (subject, SAN and usages from the CSR),
+    with the subject as issuer. Raises ValueError when `key` is not the key
+    the CSR was made with: a self-signed certificate whose signature does not
+    verify with its own public key is worthless.
+    """
+    request = _verified_csr(csr_pem)
+    if not keys.public_keys_equal(key, request.public_key()):
+        raise ValueError("the key is not the key of the CSR")
+    return _leaf_from_csr(
+        request=request,
+        issuer=request.subject,
+        signing_key=key,
+        not_before=not_before,
+        not_after=not_after,
+    )
+
+
+def _verified_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     try:
         request = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
         raise ValueError("the CSR is not valid PEM") from exc
     if not request.is_signature_valid:
         raise ValueError("the CSR's signature does not verify")
-    if not keys.public_keys_equal(ca_key, ca_cert.public_key()):
-        raise ValueError("the CA key does not belong to the CA certificate")
+    return request
+
+
+def _leaf_from_csr(
+    *,
+    request: x509.CertificateSigningRequest,
+    issuer: x509.Name,
+    signing_key: keys.PrivateKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> bytes:
     builder = _base_builder(
         subject=request.subject,
-        issuer=ca_cert.subject,
+        issuer=issuer,
         public_key=request.public_key(),
         not_before=not_before,
-        not_after=min(not_after, ca_cert.not_valid_after_utc),
+        not_after=not_after,
     )
     builder = builder.add_extension(
         x509.BasicConstraints(ca=False, path_length=None), critical=True
@@ -118,9 +166,10 @@ def sign_certificate(
         ):
             builder = builder.add_extension(extension_value, critical=critical)
     builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+        critical=False,
     )
-    certificate = builder.sign(ca_key, keys.signature_hash(ca_key))
+    certificate = builder.sign(signing_key, keys.signature_hash(signing_key))
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 

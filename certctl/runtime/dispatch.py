@@ -32,6 +32,7 @@ from certctl.controllers import (
     policies,
     reconciling,
 )
+from certctl.controllers import order_budget as order_budget_module
 from certctl.runtime import workqueue
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
@@ -68,10 +69,13 @@ def controller_settings(
     backoff_base: datetime.timedelta,
     self_check: challenges.SelfCheck,
     dns01: dns01_solver.Options,
+    order_budget: order_budget_module.Budget | None,
     data_plane: http01_ingress.DataPlaneService | None = None,
 ) -> ControllerSettings:
     return ControllerSettings(
-        certificates=certificates.Settings(clock=clock, backoff_base=backoff_base),
+        certificates=certificates.Settings(
+            clock=clock, backoff_base=backoff_base, order_budget=order_budget,
+            cluster_resource_namespace=accounts.cluster_resource_namespace),
         orders=orders.Settings(clock=clock, accounts=accounts),
         issuers=issuers.Settings(clock=clock, accounts=accounts),
         challenges=challenges.Settings(clock=clock, accounts=accounts, self_check=self_check,

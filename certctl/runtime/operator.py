@@ -37,6 +37,7 @@ from certctl.controllers import (
     challenges,
     reconciling,
 )
+from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch, leader, metrics
@@ -85,6 +86,8 @@ class ControllerOptions:
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     metrics_address: tuple[str, int] | None = None  # Prometheus /metrics; None: off
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
+    # Orders allowed per exact name set per ACME server; None: no budget.
+    order_budget: Budget | None = DUPLICATE_CERTIFICATE_LIMIT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +229,7 @@ class Controller:
             self_check=challenges.self_check_for(port=options.self_check_port,
                                                  connect_address=options.self_check_address),
             dns01=options.dns01,
+            order_budget=options.order_budget,
             data_plane=options.data_plane,
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)

@@ -25,6 +25,7 @@ from certctl.controllers import (
     challenges,
     reconciling,
 )
+from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch
@@ -54,6 +55,8 @@ class ServeOptions:
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     watch_manifests: bool = True
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
+    # Orders allowed per exact name set per ACME server; None: no budget.
+    order_budget: Budget | None = DUPLICATE_CERTIFICATE_LIMIT
 
 
 class StartupError(Exception):
@@ -85,6 +88,7 @@ class Standalone:
                 connect_address=options.self_check_address,
             ),
             dns01=options.dns01,
+            order_budget=options.order_budget,
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
         self.certificate_index = certstore.CertificateIndex()

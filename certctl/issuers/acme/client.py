@@ -62,6 +62,17 @@ class Identifier:
     value: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExternalAccountKey:
+    """External account binding credentials from the CA (ZeroSSL, Google, a private CA)."""
+
+    key_id: str
+    hmac_key: str  # base64url, as CAs hand it out
+
+    def __repr__(self) -> str:  # never show the HMAC key in logs or tracebacks
+        return f"ExternalAccountKey(key_id={self.key_id!r})"
+
+
 @dataclass(frozen=True)
 class Problem:
     """A problem document attached to an order or challenge (not raised)."""
@@ -211,15 +222,39 @@ class AcmeClient:
 
     # --- account -----------------------------------------------------------
 
-    def register(self, *, email: str | None, terms_agreed: bool = True) -> str:
+    def register(
+        self,
+        *,
+        email: str | None,
+        terms_agreed: bool = True,
+        external_account: ExternalAccountKey | None = None,
+    ) -> str:
         """Create the account, or find the existing one for this key; return its URI.
 
         Idempotent: the server answers an existing key with its account URL
         (200 + Location), which is reused as is; the contact of an existing
         account is not updated. Call again after `AccountDoesNotExist`.
+        `external_account` binds a new account to the CA's external account
+        (RFC 8555 section 7.3.4); an HMAC key that is not base64url is an
+        `AcmeConfigError` naming the key ID only.
         """
+        binding = None
+        if external_account is not None:
+            try:
+                binding = messages.ExternalAccountBinding.from_data(
+                    account_public_key=self._jwk.public_key(),
+                    kid=external_account.key_id,
+                    hmac_key=external_account.hmac_key,
+                    directory=self._directory_now(),
+                )
+            except (ValueError, TypeError) as error:
+                raise errors.AcmeConfigError(
+                    f"the HMAC key of external account {external_account.key_id!r} is not"
+                    " base64url-encoded"
+                ) from error
         registration = messages.NewRegistration.from_data(
-            email=email, terms_of_service_agreed=terms_agreed
+            email=email, terms_of_service_agreed=terms_agreed,
+            external_account_binding=binding,
         )
         client = self._client(anonymous=True)
 
@@ -235,6 +270,10 @@ class AcmeClient:
         with self._lock:
             self._account = account
         return str(account.uri)
+
+    def profiles(self) -> dict[str, str]:
+        """The certificate profiles the directory offers (name -> description); often none."""
+        return dict(getattr(self._directory_now().meta, "profiles", None) or {})
 
     # --- orders ------------------------------------------------------------
 
@@ -252,7 +291,7 @@ class AcmeClient:
         directory = self._directory_now()
         fields: dict[str, Any] = {"identifiers": identifiers}
         if profile is not None:
-            offered = dict(getattr(directory.meta, "profiles", None) or {})
+            offered = self.profiles()
             if profile not in offered:
                 raise errors.AcmeConfigError(
                     f"ACME server {self.directory_url} does not offer profile {profile!r}"
