@@ -16,6 +16,7 @@ import kubernetes.config
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
+from certctl.controllers import order_budget
 from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                        "capped at 32 h (default 3600, as cert-manager)")
     serve.add_argument("--no-watch", action="store_true",
                        help="read the manifests once instead of watching them")
+    _edge_arguments(serve)
+    _order_budget_argument(serve)
     _dns01_arguments(serve)
     serve.set_defaults(func=_serve)
 
@@ -105,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104
     controller.add_argument("--metrics-port", type=int, default=9402,
                             help="Prometheus /metrics port, cert-manager's 9402 (0: off)")
+    _order_budget_argument(controller)
     _dns01_arguments(controller)
     controller.set_defaults(func=_controller)
 
@@ -117,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     dataplane.add_argument("--http-port", type=int, default=8080)
     dataplane.add_argument("--https-port", type=int, default=8443)
     dataplane.add_argument("--ingress-class", default="certctl")
+    _edge_arguments(dataplane)
     dataplane.set_defaults(func=_dataplane)
 
     status = commands.add_parser(
@@ -141,6 +146,36 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_arguments(renew)
     renew.set_defaults(func=_renew)
     return parser
+
+
+def _edge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on this port (default: off)")
+    parser.add_argument("--load-balancer-address", default=None, metavar="IP|HOSTNAME",
+                        help="the address put into served Ingresses' status.loadBalancer "
+                        "(default: leave their status alone)")
+
+
+def _order_budget_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--order-budget", type=_order_budget, default="5/168h",
+                        metavar="N/DURATION|off",
+                        help="refuse more than N ACME orders for one exact set of names per CA "
+                        "within DURATION (default 5/168h, Let's Encrypt's duplicate-"
+                        "certificate limit); off for a private CA without limits")
+
+
+def _order_budget(text: str) -> order_budget.Budget | None:
+    if text == "off":
+        return None
+    count, _, window = text.partition("/")
+    try:
+        budget = order_budget.Budget(orders=int(count),
+                                     window=parsing.parse_duration(window or "168h"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected N/DURATION or off: {err}") from err
+    if budget.orders < 1:
+        raise argparse.ArgumentTypeError("N must be at least 1 (or say off)")
+    return budget
 
 
 def _dns01_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +251,9 @@ def _serve(args: argparse.Namespace) -> int:
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         watch_manifests=not args.no_watch,
         dns01=dns01,
+        order_budget=args.order_budget,
+        metrics_port=args.metrics_port,
+        load_balancer_address=args.load_balancer_address,
     )
     try:
         standalone.run(options)
@@ -267,6 +305,7 @@ def _controller(args: argparse.Namespace) -> int:
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         metrics_address=(args.metrics_address, args.metrics_port) if args.metrics_port else None,
         dns01=dns01,
+        order_budget=args.order_budget,
     )
     try:
         operator.run_controller(options)
@@ -282,21 +321,25 @@ def _dataplane(args: argparse.Namespace) -> int:
     configuration = _kube_configuration(args)
     if configuration is None:
         return 2
+    from certctl.runtime import dataplane_feed
+
     try:
         operator.run_dataplane(operator.DataPlaneOptions(
             configuration=configuration,
             namespaces=tuple(args.watch_namespaces),
-            listen_address=args.listen_address,
-            http_port=args.http_port,
-            https_port=args.https_port,
-            ingress_class=args.ingress_class,
+            listening=dataplane_feed.Listening(
+                address=args.listen_address, http_port=args.http_port,
+                https_port=args.https_port, ingress_class=args.ingress_class,
+                metrics_port=args.metrics_port or None,
+                load_balancer_address=args.load_balancer_address),
         ))
     except operator.StartupError as err:
         print(f"certctl: {err}", file=sys.stderr)
         return 1
     except OSError as err:
         print(f"certctl: cannot listen on {args.listen_address} ports {args.http_port}/"
-              f"{args.https_port}: {err.strerror or err}", file=sys.stderr)
+              f"{args.https_port}{f'/{args.metrics_port}' if args.metrics_port else ''}: "
+              f"{err.strerror or err}", file=sys.stderr)
         return 1
     return 0
 

@@ -165,6 +165,7 @@ class Serving:
         pebble: PebbleServer,
         self_check_port: int | None = None,
         dns01: dns01_solver.Options | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.options = ServeOptions(
             manifests=manifests,
@@ -177,6 +178,7 @@ class Serving:
             workers=4,
             backoff_base=datetime.timedelta(seconds=1),
             dns01=dns01 or dns01_solver.Options(),
+            metrics_port=metrics_port,
         )
         self.pebble = pebble
         self.standalone = Standalone(options=self.options)

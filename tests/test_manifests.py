@@ -565,7 +565,7 @@ def _status_samples() -> list[dict[str, Any]]:
         "conditions": issuing, "notBefore": stamp, "notAfter": stamp, "renewalTime": stamp,
         "revision": 3, "failedIssuanceAttempts": 1, "lastFailureTime": stamp,
         "lastFailureGeneration": 2, "lastFailedOrder": "example-com-4-0123456789",
-        "nextPrivateKeySecretName": "example-com-next-private-key",
+        "nextPrivateKeySecretName": "example-com-next-private-key", "retryAfter": stamp,
     }
     order = {
         "apiVersion": "certctl.io/v1", "kind": "Order",
@@ -575,6 +575,7 @@ def _status_samples() -> list[dict[str, Any]]:
         "status": {
             "url": "https://acme.example/order/1", "finalizeURL": "https://acme.example/fin/1",
             "state": "errored", "reason": "rate limited", "failureTime": stamp,
+            "retryAfter": stamp,
             "certificate": pem,
             "authorizations": [
                 {"url": "https://acme.example/authz/1", "identifier": "example.com",

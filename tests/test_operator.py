@@ -26,7 +26,7 @@ from prometheus_client import parser as prometheus_parser
 
 from certctl import cli
 from certctl.pki import inspect
-from certctl.runtime import leader, operator
+from certctl.runtime import dataplane_feed, leader, operator
 from certctl.solvers import http01_ingress
 from certctl.store.kube import KubeStore
 from tests.kube import Cluster
@@ -54,9 +54,9 @@ class Deployment:
         self.controllers: list[operator.Controller] = []
         self.dataplane = operator.ClusterDataPlane(options=operator.DataPlaneOptions(
             configuration=cluster.configuration(),
-            listen_address="127.0.0.1",
-            http_port=pebble.http_port,
-            https_port=free_port(),
+            listening=dataplane_feed.Listening(
+                address="127.0.0.1", http_port=pebble.http_port, https_port=free_port(),
+                ingress_class="certctl", load_balancer_address="203.0.113.7"),
         ))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -95,7 +95,7 @@ class Deployment:
 
     @property
     def https_port(self) -> int:
-        port = self.dataplane.dataplane.https_port
+        port = self.dataplane.edge.server.https_port
         assert port is not None
         return port
 
@@ -216,6 +216,12 @@ def test_annotated_ingress_gets_a_certificate_issued_through_orders_and_challeng
         status, body = https_get(port=deployment.https_port, host="shop.example.test",
                                  path="/cart", roots_pem=roots)
         assert (status, body) == (200, "shop-backend shop.example.test /cart https")
+
+    # Every served Ingress shows the data plane's address, as Ingress controllers do.
+    shop = eventually(lambda: (found := api.get(kind="Ingress", namespace="default", name="shop"))
+                      and (found.get("status") or {}).get("loadBalancer") and found,
+                      what="the Ingress status")
+    assert shop["status"]["loadBalancer"] == {"ingress": [{"ip": "203.0.113.7"}]}
 
     # The Certificate belongs to the Ingress; the issuer registered an account.
     certificate = api.get(kind="Certificate", namespace="default", name="shop-tls")

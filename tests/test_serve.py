@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography import x509
 
 from certctl.pki import inspect
 from certctl.pki import secret as tls_secret
 from tests.pebble import PebbleServer, free_port
 from tests.serving import (
+    Serving,
     cluster_issuer,
     dns_names,
     echo_backend,
@@ -324,6 +326,28 @@ def test_cli_serve_then_status_shows_the_certificate(tmp_path: Path, pebble: Peb
                               str(state)], capture_output=True, text=True, check=False)
     assert missing.returncode == 1
     assert "Certificate default/nope not found" in missing.stderr
+
+
+def test_one_metrics_port_serves_controller_and_data_plane_metrics(
+    tmp_path: Path, pebble: PebbleServer
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
+               ingress("shop", hosts=["shop.example.test"], secret_name="shop-tls"))
+    metrics_port = free_port()
+    run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble,
+                  metrics_port=metrics_port).start()
+    try:
+        roots = pebble.issuance_roots_pem()
+        eventually(partial(_served, run.https_port, "shop.example.test", roots),
+                   what="the certificate")
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    finally:
+        run.stop()
+    assert 'certmanager_certificate_ready_status{condition="True"' in scraped
+    assert "certmanager_http_acme_client_request_count_total{" in scraped
+    assert "certctl_dataplane_tls_handshakes" in scraped
 
 
 def test_serve_explains_a_port_in_use_and_an_unwritable_state_dir(tmp_path: Path):

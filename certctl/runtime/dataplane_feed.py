@@ -22,13 +22,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
-from certctl.dataplane import certstore, routing
+from certctl.dataplane import certstore, routing, server
 from certctl.pki import secret as tls_secret
 from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
 
@@ -247,3 +248,55 @@ def _parsed(
         except InvalidObject as err:
             (logger.debug if quiet else logger.error)("data plane skips %s", err)
     return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listening:
+    """Where and as what the data plane serves (`serve` and `dataplane` alike)."""
+
+    address: str
+    http_port: int
+    https_port: int
+    ingress_class: str
+    metrics_port: int | None = None  # Prometheus /metrics; None: off
+    load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
+
+
+class FedDataPlane:
+    """The data plane, its certificate index, and the feed keeping both in step with a store."""
+
+    def __init__(self, *, store: Store, listening: Listening) -> None:
+        self.listening = listening
+        self.certificate_index = certstore.CertificateIndex()
+        self.server = server.DataPlane(
+            http_address=(listening.address, listening.http_port),
+            https_address=(listening.address, listening.https_port),
+            certificates=self.certificate_index,
+            challenge_responder=self._respond_to_challenge,
+            metrics_address=None if listening.metrics_port is None
+            else (listening.address, listening.metrics_port),
+        )
+        self.feed = DataPlaneFeed(
+            store=store,
+            certificates=self.certificate_index,
+            publish_routes=self.server.set_routes,
+            ingress_class=listening.ingress_class,
+            load_balancer_address=listening.load_balancer_address,
+        )
+
+    def _respond_to_challenge(self, host: str, token: str) -> str | None:
+        return self.feed.respond_to_challenge(host, token)
+
+    async def start_server(self) -> None:
+        """Bind the ports; OSError (after closing what did bind) if one is taken."""
+        try:
+            await self.server.start()
+        except OSError:
+            await self.server.stop()
+            raise
+        logger.info("serving HTTP on %s:%s and HTTPS on %s:%s", self.listening.address,
+                    self.server.http_port, self.listening.address, self.server.https_port)
+
+    async def stop(self) -> None:
+        self.feed.stop()
+        await self.server.stop()

@@ -28,6 +28,7 @@ from certctl.controllers import (
     challenges,
     ingress_shim,
     issuers,
+    kept_certificates,
     orders,
     policies,
     reconciling,
@@ -95,6 +96,10 @@ def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQue
     )
 
 
+_CONTROLLER_SECRET_LABELS = (certificates.NEXT_KEY_LABEL, kept_certificates.KEPT_LABEL,
+                             order_budget_module.LEDGER_LABEL)
+
+
 def _fingerprint(obj: Object) -> object:
     """What must differ for a change to count: the generation, and for an Ingress also
     its annotations, which (being metadata) do not move `generation` on an API server,
@@ -158,6 +163,8 @@ class Dispatcher:
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
             yield from self._certificates_writing(event)
+        elif key.kind == "Certificate" and event.type == "DELETED":
+            yield from self._certificates_claiming(event)
 
     def everything(self) -> Iterator[Item]:
         """Every object with a reconciler, once (start-up, or leadership just won)."""
@@ -189,10 +196,19 @@ class Dispatcher:
             yield ("certificate", ObjectKey(kind="Certificate", namespace=event.key.namespace,
                                             name=name))
             return
-        if (event.obj.get("metadata", {}).get("labels") or {}).get(certificates.NEXT_KEY_LABEL):
-            return  # the next private key is the Certificate reconciler's own doing
+        labels = event.obj.get("metadata", {}).get("labels") or {}
+        if any(labels.get(label) for label in _CONTROLLER_SECRET_LABELS):
+            return  # next private keys, kept copies, order ledgers: the reconciler's own doing
         for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
             if (certificate.get("spec") or {}).get("secretName") == event.key.name:
+                yield ("certificate", reconciling.key_of(certificate))
+
+    def _certificates_claiming(self, event: WatchEvent) -> Iterator[Item]:
+        """A deleted Certificate may have held a Secret another one also names: that one
+        takes the Secret over now instead of at its next look."""
+        secret_name = (event.obj.get("spec") or {}).get("secretName")
+        for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
+            if (certificate.get("spec") or {}).get("secretName") == secret_name:
                 yield ("certificate", reconciling.key_of(certificate))
 
     def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:

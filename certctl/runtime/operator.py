@@ -39,7 +39,6 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.dataplane import certstore, server
 from certctl.runtime import dataplane_feed, dispatch, leader, metrics
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
@@ -93,11 +92,8 @@ class ControllerOptions:
 @dataclass(frozen=True, kw_only=True)
 class DataPlaneOptions:
     configuration: kubernetes.client.Configuration
+    listening: dataplane_feed.Listening
     namespaces: tuple[str, ...] = ()
-    listen_address: str = "0.0.0.0"  # noqa: S104 - an ingress controller listens on all
-    http_port: int = 8080
-    https_port: int = 8443
-    ingress_class: str = "certctl"
 
 
 class StartupError(Exception):
@@ -295,42 +291,23 @@ class ClusterDataPlane:
         self.options = options
         self.store = KubeStore(configuration=options.configuration,
                                component="certctl-dataplane")
-        self.certificate_index = certstore.CertificateIndex()
-        self.dataplane = server.DataPlane(
-            http_address=(options.listen_address, options.http_port),
-            https_address=(options.listen_address, options.https_port),
-            certificates=self.certificate_index,
-            challenge_responder=self._respond_to_challenge,
-        )
-        self.feed = dataplane_feed.DataPlaneFeed(
-            store=self.store,
-            certificates=self.certificate_index,
-            publish_routes=self.dataplane.set_routes,
-            ingress_class=options.ingress_class,
-        )
+        self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
         self.watcher = Watcher(
             configuration=options.configuration,
             kinds=(*dataplane_feed.ROUTING_KINDS, "Secret", "Challenge"),
             namespaces=options.namespaces,
-            listener=self.feed.on_event,
+            listener=self.edge.feed.on_event,
         )
-
-    def _respond_to_challenge(self, host: str, token: str) -> str | None:
-        return self.feed.respond_to_challenge(host, token)
 
     async def start(self) -> None:
         check_api(self.store, kinds=("Ingress", "Challenge"))
-        await self.dataplane.start()
+        await self.edge.start_server()
         self.watcher.start()
-        self.feed.start()
-        logger.info("serving HTTP on %s:%d and HTTPS on %s:%d", self.options.listen_address,
-                    self.dataplane.http_port, self.options.listen_address,
-                    self.dataplane.https_port)
+        self.edge.feed.start()
 
     async def stop(self) -> None:
         self.watcher.stop()
-        self.feed.stop()
-        await self.dataplane.stop()
+        await self.edge.stop()
         self.store.close()
 
 

@@ -27,8 +27,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.dataplane import certstore, server
-from certctl.runtime import dataplane_feed, dispatch
+from certctl.runtime import dataplane_feed, dispatch, metrics
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
 from certctl.store.interface import WatchEvent
@@ -57,6 +56,15 @@ class ServeOptions:
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
     # Orders allowed per exact name set per ACME server; None: no budget.
     order_budget: Budget | None = DUPLICATE_CERTIFICATE_LIMIT
+    metrics_port: int | None = None  # Prometheus /metrics of controller and data plane
+    load_balancer_address: str | None = None  # written into served Ingresses' status
+
+    @property
+    def listening(self) -> dataplane_feed.Listening:
+        return dataplane_feed.Listening(
+            address=self.listen_address, http_port=self.http_port, https_port=self.https_port,
+            ingress_class=self.ingress_class, metrics_port=self.metrics_port,
+            load_balancer_address=self.load_balancer_address)
 
 
 class StartupError(Exception):
@@ -75,9 +83,16 @@ class Standalone:
                 {"manifests": str(options.manifests.resolve())}).encode())
         except OSError as err:
             raise StartupError(f"--state-dir {options.state_dir}: {err.strerror or err}") from err
+        self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
+        self.feed = self.edge.feed
+        self.dataplane = self.edge.server
+        # One /metrics for both: the data plane's registry also carries the controller's.
+        self.metrics = metrics.ControllerMetrics(store=self.store,
+                                                 registry=self.dataplane.metrics.registry)
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
             user_agent="certctl-standalone",
+            on_response=self.metrics.observe_acme_response,
         )
         settings = dispatch.controller_settings(
             clock=clock,
@@ -91,25 +106,9 @@ class Standalone:
             order_budget=options.order_budget,
         )
         self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
-        self.certificate_index = certstore.CertificateIndex()
-        self.dataplane = server.DataPlane(
-            http_address=(options.listen_address, options.http_port),
-            https_address=(options.listen_address, options.https_port),
-            certificates=self.certificate_index,
-            challenge_responder=self._respond_to_challenge,
-        )
-        self.feed = dataplane_feed.DataPlaneFeed(
-            store=self.store,
-            certificates=self.certificate_index,
-            publish_routes=self.dataplane.set_routes,
-            ingress_class=options.ingress_class,
-        )
         self.queue = dispatch.work_queue(handler=self.dispatcher.handle, workers=options.workers)
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
-
-    def _respond_to_challenge(self, host: str, token: str) -> str | None:
-        return self.feed.respond_to_challenge(host, token)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -121,13 +120,13 @@ class Standalone:
         self.store.subscribe(self._on_event)
         self._seed_challenges()
         try:
-            await self.dataplane.start()
+            await self.edge.start_server()
         except OSError as err:
-            await self.dataplane.stop()
-            raise StartupError(
-                f"cannot listen on {self.options.listen_address} ports "
-                f"{self.options.http_port}/{self.options.https_port}: {err.strerror or err}"
-            ) from err
+            listening = self.options.listening
+            ports = f"{listening.http_port}/{listening.https_port}" + (
+                f"/{listening.metrics_port}" if listening.metrics_port is not None else "")
+            raise StartupError(f"cannot listen on {listening.address} ports {ports}: "
+                               f"{err.strerror or err}") from err
         self.feed.start()
         self.queue.start()
         for item in self.dispatcher.everything():
@@ -136,15 +135,11 @@ class Standalone:
             self._watcher = threading.Thread(target=self._watch, name="manifest-watcher",
                                              daemon=True)
             self._watcher.start()
-        logger.info("serving HTTP on %s:%d and HTTPS on %s:%s", self.options.listen_address,
-                    self.dataplane.http_port, self.options.listen_address,
-                    self.dataplane.https_port)
 
     async def stop(self) -> None:
         self._stop_watching.set()
         self.queue.stop()
-        self.feed.stop()
-        await self.dataplane.stop()
+        await self.edge.stop()
         self.accounts.close()
         if self._watcher is not None:
             self._watcher.join(5)
