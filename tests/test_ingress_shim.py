@@ -85,6 +85,8 @@ def test_one_owned_certificate_per_tls_entry_named_after_its_secret(store: Local
     assert owner["uid"] == created["metadata"]["uid"] == INGRESS_UID
     assert (owner["kind"], owner["name"], owner["controller"]) == ("Ingress", "web", True)
     assert owner["apiVersion"] == "networking.k8s.io/v1"
+    # Labelled with the Ingress, so reconciling it lists only its own Certificates.
+    assert a["metadata"]["labels"] == {"certctl.io/ingress-name": "web"}
     parsed = parsing.parse_certificate(a)  # what the certificates controller will read
     assert parsed.dns_names == ("a.example.test", "www.a.example.test")
 

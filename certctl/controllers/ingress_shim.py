@@ -24,6 +24,8 @@ from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
 
+INGRESS_NAME_LABEL = "certctl.io/ingress-name"
+
 # (annotation, kind it selects), in the order they are honoured.
 _ISSUER_ANNOTATIONS: tuple[tuple[str, IssuerKind], ...] = (
     (annotation_keys.CLUSTER_ISSUER, "ClusterIssuer"),
@@ -118,6 +120,7 @@ def desired_certificates(
             "metadata": {
                 "name": tls.secret_name,
                 "namespace": ingress.namespace,
+                "labels": _owner_labels(ingress),
                 "ownerReferences": [reconciling.owner_reference(ingress_obj)],
             },
             "spec": spec,
@@ -170,7 +173,9 @@ def reconcile(*, store: Store, key: ObjectKey) -> Result:
     wanted_names = {c["metadata"]["name"] for c in wanted}
     for certificate in wanted:
         _apply(store=store, ingress_obj=ingress_obj, certificate=certificate)
-    for existing in store.list(kind="Certificate", namespace=ingress.namespace):
+    # By label, so an Ingress costs its own Certificates, not all of its namespace's.
+    for existing in store.list(kind="Certificate", namespace=ingress.namespace,
+                               labels=_owner_labels(ingress) or None):
         if (
             reconciling.is_owned_by(existing, ingress_obj)
             and existing["metadata"]["name"] not in wanted_names
@@ -202,13 +207,25 @@ def _apply(*, store: Store, ingress_obj: Object, certificate: Object) -> None:
             "leaving it alone",
         )
         return
-    if existing.get("spec") == certificate["spec"]:
+    labels = existing["metadata"].get("labels") or {}
+    wanted_labels = {**labels, **certificate["metadata"].get("labels", {})}
+    if existing.get("spec") == certificate["spec"] and labels == wanted_labels:
         return
     updated = dict(existing)
     updated["spec"] = certificate["spec"]
+    updated["metadata"] = dict(existing["metadata"], labels=wanted_labels)
     store.replace(obj=updated)
     store.emit_event(obj=ingress_obj, type="Normal", reason="UpdateCertificate",
                      message=f"Successfully updated Certificate {name}")
+
+
+def _owner_labels(ingress: Ingress) -> dict[str, str]:
+    """Marks the Certificates an Ingress owns, so they are listed by label. A label value
+    holds at most 63 characters: a longer Ingress name goes unlabelled, and its
+    Certificates are then found by ownerReference in a list of the whole namespace."""
+    if len(ingress.name) > 63:
+        return {}
+    return {INGRESS_NAME_LABEL: ingress.name}
 
 
 def _invalid(ingress: Ingress, field: str, message: str, source: str | None) -> InvalidObject:
