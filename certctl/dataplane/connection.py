@@ -459,29 +459,17 @@ class ClientConnection(asyncio.Protocol):
         match = self._match
         assert match is not None
         options = match.options
-        upstreams = match.upstreams
         pool = self._plane.pool
-        count = len(upstreams)
-        for offset in range(count):
-            address = upstreams[(start + offset) % count]
-            connection = None if fresh else pool.take(address, options.backend_tls)
-            if connection is None:
-                try:
-                    connection = await pool.open(
-                        address,
-                        tls=options.backend_tls,
-                        timeout=options.connect_timeout or self._plane.connect_timeout,
-                    )
-                except OSError as err:  # TimeoutError included
-                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
-                    continue
+        connection = await pool.connect_any(
+            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+            timeout=options.connect_timeout or self._plane.connect_timeout)
+        if connection is not None:
             if self._closed or self._match is not match:
                 pool.release(connection)  # unused: the client left or timed out meanwhile
                 return
             self._attach(connection)
             return
         if not self._closed and self._match is match:
-            logger.warning("no upstream of %d accepted a connection: %s", count, upstreams)
             self._respond_local(status=502, keep_alive=False)
 
     def _attach(self, connection: upstream.UpstreamConnection) -> None:

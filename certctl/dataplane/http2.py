@@ -366,21 +366,11 @@ class Http2Connection(asyncio.Protocol):
         match = stream.match
         assert match is not None
         options = match.options
-        upstreams = match.upstreams
         pool = self.plane.pool
-        for offset in range(len(upstreams)):
-            address = upstreams[(start + offset) % len(upstreams)]
-            connection = None if fresh else pool.take(address, options.backend_tls)
-            if connection is None:
-                try:
-                    connection = await pool.open(
-                        address,
-                        tls=options.backend_tls,
-                        timeout=options.connect_timeout or self.plane.connect_timeout,
-                    )
-                except OSError as err:  # TimeoutError included
-                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
-                    continue
+        connection = await pool.connect_any(
+            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+            timeout=options.connect_timeout or self.plane.connect_timeout)
+        if connection is not None:
             if self._closed or stream.finished:
                 pool.release(connection)
                 return
@@ -388,8 +378,6 @@ class Http2Connection(asyncio.Protocol):
             self.flush()
             return
         if not self._closed and not stream.finished:
-            logger.warning("no upstream of %d accepted a connection: %s", len(upstreams),
-                           upstreams)
             self.answer(stream, status=502)
             self.flush()
 

@@ -20,6 +20,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Final, Protocol, cast
 
 import httptools
@@ -302,6 +303,30 @@ class Pool:
                 ssl=self._context() if tls else None,
             )
         return connection
+
+    async def connect_any(
+        self,
+        upstreams: Sequence[routing.Upstream],
+        *,
+        start: int,
+        tls: bool,
+        timeout: float,
+        fresh: bool,
+    ) -> UpstreamConnection | None:
+        """A connection to the first endpoint, round-robin from `start`, that has an idle
+        one (unless `fresh`) or accepts a new one; None when every endpoint refused."""
+        count = len(upstreams)
+        for offset in range(count):
+            address = upstreams[(start + offset) % count]
+            connection = None if fresh else self.take(address, tls)
+            if connection is not None:
+                return connection
+            try:
+                return await self.open(address, tls=tls, timeout=timeout)
+            except OSError as err:  # TimeoutError included
+                logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+        logger.warning("no upstream of %d accepted a connection: %s", count, list(upstreams))
+        return None
 
     def release(self, connection: UpstreamConnection) -> None:
         """Keep `connection` for the next request to its endpoint if it can serve one."""
