@@ -9,10 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import kubernetes.client
-import kubernetes.config
+from typing import TYPE_CHECKING, Any
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
@@ -21,6 +18,9 @@ from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
 from certctl.store.local import SERVE_INFO, LocalStore
+
+if TYPE_CHECKING:
+    import kubernetes.client
 
 STATUS_KINDS = {
     "certificate": "Certificate",
@@ -265,6 +265,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _kube_configuration(args: argparse.Namespace) -> kubernetes.client.Configuration | None:
     """The cluster connection, or None after printing why there is none."""
+    import kubernetes.config  # only cluster commands pay for importing the client
+
     from certctl.store import kube
 
     try:

@@ -27,3 +27,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# pip compiles what it installs, but not an editable install's sources, and
+# PYTHONDONTWRITEBYTECODE (set on some machines) stops Python caching them:
+# compile once, or every `certctl` start compiles the whole package again.
+.venv/bin/python -m compileall -q certctl
