@@ -59,28 +59,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder (or file) of Kubernetes YAML: issuers, Ingresses, Services")
     serve.add_argument("--state-dir", type=Path, required=True,
                        help="where Secrets, Certificates, Orders and statuses are kept")
-    serve.add_argument("--listen-address", default="0.0.0.0",  # noqa: S104
-                       help="address the data plane binds (default: all)")
-    serve.add_argument("--http-port", type=int, default=80)
-    serve.add_argument("--https-port", type=int, default=443)
-    serve.add_argument("--self-check-address", default=None,
-                       help="connect HTTP-01 self-checks here instead of resolving each name "
-                       "(like curl --resolve); default: DNS")
+    _edge_arguments(serve, http_port=80, https_port=443)
     serve.add_argument("--self-check-port", type=int, default=None,
                        help="port of HTTP-01 self-checks (default: --http-port)")
-    serve.add_argument("--cluster-resource-namespace", default="certctl",
-                       help="namespace of ClusterIssuer Secrets (ACME account keys)")
-    serve.add_argument("--ingress-class", default="certctl",
-                       help="Ingress class served when no IngressClass objects exist")
-    serve.add_argument("--workers", type=int, default=16)
-    serve.add_argument("--backoff-base", type=_seconds, default=3600.0,
-                       help="seconds before retrying a failed issuance; doubles per failure, "
-                       "capped at 32 h (default 3600, as cert-manager)")
+    _issuing_arguments(serve)
     serve.add_argument("--no-watch", action="store_true",
                        help="read the manifests once instead of watching them")
-    _edge_arguments(serve)
-    _order_budget_argument(serve)
-    _dns01_arguments(serve)
     serve.set_defaults(func=_serve)
 
     controller = commands.add_parser(
@@ -89,8 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--watch-namespace", action="append", default=[],
                             dest="watch_namespaces", metavar="NAMESPACE",
                             help="watch only this namespace (repeatable; default: all)")
-    controller.add_argument("--cluster-resource-namespace", default="certctl",
-                            help="namespace of ClusterIssuer Secrets (ACME account keys)")
     controller.add_argument("--leader-election-namespace", default="certctl")
     controller.add_argument("--leader-election-name", default="certctl-controller",
                             help="name of the coordination.k8s.io Lease the replicas share")
@@ -99,17 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--solver-service", default="certctl/certctl-dataplane",
                             metavar="NAMESPACE/NAME[:PORT]",
                             help="the data-plane Service solver Ingresses route HTTP-01 to")
-    controller.add_argument("--self-check-address", default=None,
-                            help="connect HTTP-01 self-checks here instead of resolving names")
     controller.add_argument("--self-check-port", type=int, default=80)
-    controller.add_argument("--workers", type=int, default=16)
-    controller.add_argument("--backoff-base", type=_seconds, default=3600.0,
-                            help="seconds before retrying a failed issuance (default 3600)")
     controller.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104
     controller.add_argument("--metrics-port", type=int, default=9402,
                             help="Prometheus /metrics port, cert-manager's 9402 (0: off)")
-    _order_budget_argument(controller)
-    _dns01_arguments(controller)
+    _issuing_arguments(controller)
     controller.set_defaults(func=_controller)
 
     dataplane = commands.add_parser(
@@ -117,11 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_arguments(dataplane)
     dataplane.add_argument("--watch-namespace", action="append", default=[],
                            dest="watch_namespaces", metavar="NAMESPACE")
-    dataplane.add_argument("--listen-address", default="0.0.0.0")  # noqa: S104
-    dataplane.add_argument("--http-port", type=int, default=8080)
-    dataplane.add_argument("--https-port", type=int, default=8443)
-    dataplane.add_argument("--ingress-class", default="certctl")
-    _edge_arguments(dataplane)
+    _edge_arguments(dataplane, http_port=8080, https_port=8443)
     dataplane.set_defaults(func=_dataplane)
 
     status = commands.add_parser(
@@ -148,7 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _edge_arguments(parser: argparse.ArgumentParser) -> None:
+def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_port: int) -> None:
+    """What the data plane listens on and serves (`serve`, `dataplane`)."""
+    parser.add_argument("--listen-address", default="0.0.0.0",  # noqa: S104
+                        help="address the data plane binds (default: all)")
+    parser.add_argument("--http-port", type=int, default=http_port)
+    parser.add_argument("--https-port", type=int, default=https_port)
+    parser.add_argument("--ingress-class", default="certctl",
+                        help="Ingress class served when no IngressClass objects exist")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics on this port (default: off)")
     parser.add_argument("--load-balancer-address", default=None, metavar="IP|HOSTNAME",
@@ -156,12 +135,24 @@ def _edge_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: leave their status alone)")
 
 
-def _order_budget_argument(parser: argparse.ArgumentParser) -> None:
+def _issuing_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the reconcilers issue (`serve`, `controller`)."""
+    parser.add_argument("--cluster-resource-namespace", default="certctl",
+                        help="namespace of ClusterIssuer Secrets (ACME account keys, CA "
+                        "key pairs, kept certificate copies)")
+    parser.add_argument("--self-check-address", default=None,
+                        help="connect HTTP-01 self-checks here instead of resolving each name "
+                        "(like curl --resolve); default: DNS")
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--backoff-base", type=_seconds, default=3600.0,
+                        help="seconds before retrying a failed issuance; doubles per failure, "
+                        "capped at 32 h (default 3600, as cert-manager)")
     parser.add_argument("--order-budget", type=_order_budget, default="5/168h",
                         metavar="N/DURATION|off",
                         help="refuse more than N ACME orders for one exact set of names per CA "
                         "within DURATION (default 5/168h, Let's Encrypt's duplicate-"
                         "certificate limit); off for a private CA without limits")
+    _dns01_arguments(parser)
 
 
 def _order_budget(text: str) -> order_budget.Budget | None:
