@@ -454,7 +454,7 @@ def _describe(obj: dict[str, Any]) -> str:
         lines.append(f"  {condition['type']}: {condition['status']} ({condition.get('reason')})"
                      f" {condition.get('message', '')}")
     for field in ("state", "reason", "notBefore", "notAfter", "renewalTime", "revision",
-                  "failedIssuanceAttempts", "lastFailureTime", "url"):
+                  "failedIssuanceAttempts", "lastFailureTime", "retryAfter", "url"):
         if field in status and not (field == "reason" and "conditions" in status):
             lines.append(f"  {field}: {status[field]}")
     if obj["kind"] == "Certificate":

@@ -100,6 +100,20 @@ _CONTROLLER_SECRET_LABELS = (certificates.NEXT_KEY_LABEL, kept_certificates.KEPT
                              order_budget_module.LEDGER_LABEL)
 
 
+def _secret_names(issuer: Object) -> set[str]:
+    """The Secrets an issuer reads, from its raw spec (which may not even parse)."""
+    paths = (("spec", "ca", "secretName"), ("spec", "acme", "privateKeySecretRef", "name"),
+             ("spec", "acme", "externalAccountBinding", "keySecretRef", "name"))
+    names = set()
+    for path in paths:
+        value: object = issuer
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            names.add(value)
+    return names
+
+
 def _fingerprint(obj: Object) -> object:
     """What must differ for a change to count: the generation, and for an Ingress also
     its annotations, which (being metadata) do not move `generation` on an API server,
@@ -163,6 +177,7 @@ class Dispatcher:
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
             yield from self._certificates_writing(event)
+            yield from self._issuers_reading(event)
         elif key.kind == "Certificate" and event.type == "DELETED":
             yield from self._certificates_claiming(event)
 
@@ -202,6 +217,21 @@ class Dispatcher:
         for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
             if (certificate.get("spec") or {}).get("secretName") == event.key.name:
                 yield ("certificate", reconciling.key_of(certificate))
+
+    def _issuers_reading(self, event: WatchEvent) -> Iterator[Item]:
+        """Issuers naming this Secret (CA key pair, EAB key, account key): a Secret
+        applied after its issuer, or fixed, makes the issuer Ready without waiting."""
+        metadata = event.obj.get("metadata", {})
+        labels = metadata.get("labels") or {}
+        if (metadata.get("annotations") or {}).get(annotation_keys.SECRET_CERTIFICATE_NAME) or any(
+                labels.get(label) for label in _CONTROLLER_SECRET_LABELS):
+            return
+        candidates = self._store.list(kind="Issuer", namespace=event.key.namespace)
+        if event.key.namespace == self._settings.certificates.cluster_resource_namespace:
+            candidates += self._store.list(kind="ClusterIssuer")
+        for issuer in candidates:
+            if event.key.name in _secret_names(issuer):
+                yield ("issuer", reconciling.key_of(issuer))
 
     def _certificates_claiming(self, event: WatchEvent) -> Iterator[Item]:
         """A deleted Certificate may have held a Secret another one also names: that one

@@ -1,0 +1,84 @@
+"""Which reconciler runs for which change (runtime/dispatch.py), on the local store."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certctl.api.resources import ObjectKey
+from certctl.controllers import acme_accounts, challenges, reconciling
+from certctl.runtime import dispatch
+from certctl.solvers.dns01 import solver as dns01_solver
+from certctl.store.interface import WatchEvent
+from certctl.store.local import LocalStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(manifests_dir=None, state_dir=tmp_path / "state")
+
+
+@pytest.fixture
+def dispatcher(store: LocalStore) -> dispatch.Dispatcher:
+    accounts = acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl")
+    settings = dispatch.controller_settings(
+        clock=reconciling.system_clock, accounts=accounts,
+        backoff_base=datetime.timedelta(hours=1),
+        self_check=challenges.self_check_for(port=80, connect_address=None),
+        dns01=dns01_solver.Options(), order_budget=None)
+    return dispatch.Dispatcher(store=store, settings=settings)
+
+
+def _secret_event(name: str, namespace: str, **metadata: Any) -> WatchEvent:
+    obj = {"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "namespace": namespace, **metadata}, "data": {}}
+    return WatchEvent(type="ADDED", key=ObjectKey(kind="Secret", namespace=namespace, name=name),
+                      obj=obj)
+
+
+def test_a_secret_wakes_the_issuers_that_read_it(
+    store: LocalStore, dispatcher: dispatch.Dispatcher
+) -> None:
+    store.create(obj={"apiVersion": "certctl.io/v1", "kind": "ClusterIssuer",
+                      "metadata": {"name": "private-ca"}, "spec": {"ca": {"secretName": "ca-key"}}})
+    store.create(obj={"apiVersion": "certctl.io/v1", "kind": "Issuer",
+                      "metadata": {"name": "zerossl", "namespace": "shop"},
+                      "spec": {"acme": {"server": "https://acme.example/dir",
+                                        "privateKeySecretRef": {"name": "zerossl-account"},
+                                        "externalAccountBinding": {
+                                            "keyID": "kid", "keySecretRef": {"name": "eab"}}}}})
+    store.create(obj={"apiVersion": "certctl.io/v1", "kind": "Issuer",
+                      "metadata": {"name": "broken", "namespace": "shop"},
+                      "spec": {"acme": "not a mapping"}})
+
+    assert list(dispatcher.items_for(_secret_event("ca-key", "certctl"))) == [
+        ("issuer", ObjectKey(kind="ClusterIssuer", namespace=None, name="private-ca"))]
+    assert list(dispatcher.items_for(_secret_event("eab", "shop"))) == [
+        ("issuer", ObjectKey(kind="Issuer", namespace="shop", name="zerossl"))]
+    # A ClusterIssuer reads Secrets of the cluster-resource namespace only.
+    assert list(dispatcher.items_for(_secret_event("ca-key", "shop"))) == []
+    # certctl's own Secrets (a Certificate's, a kept copy) wake no issuer.
+    written = _secret_event("ca-key", "certctl",
+                            annotations={"cert-manager.io/certificate-name": "web"})
+    assert ("issuer", ObjectKey(kind="ClusterIssuer", namespace=None, name="private-ca")) \
+        not in list(dispatcher.items_for(written))
+
+
+def test_an_ingress_annotation_change_runs_ingress_shim(dispatcher: dispatch.Dispatcher) -> None:
+    key = ObjectKey(kind="Ingress", namespace="default", name="web")
+
+    def event(annotations: dict[str, str]) -> WatchEvent:
+        return WatchEvent(type="MODIFIED", key=key, obj={
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "default", "generation": 1,
+                         "annotations": annotations}})
+
+    annotated = {"cert-manager.io/cluster-issuer": "pebble"}
+    assert ("ingress", key) in list(dispatcher.items_for(event(annotated)))
+    # Only its status changed (same generation, same annotations): nothing to do.
+    assert ("ingress", key) not in list(dispatcher.items_for(event(annotated)))
+    # Annotations are metadata: the generation stays, yet ingress-shim must run.
+    assert ("ingress", key) in list(dispatcher.items_for(event({})))
