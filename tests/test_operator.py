@@ -293,6 +293,33 @@ def test_annotated_ingress_gets_a_certificate_issued_through_orders_and_challeng
                                                 name=order["metadata"]["name"])]
 
 
+def test_solver_naming_an_ingress_gets_the_token_path_added_and_removed_again(
+    cluster: Cluster, api: KubeStore, deployment: Deployment, pebble: PebbleServer
+) -> None:
+    # As for GKE or ALB, where every Ingress has its own address: no solver Ingress.
+    issuer = _issuer(pebble)
+    issuer["spec"]["acme"]["solvers"] = [{"http01": {"ingress": {"name": "shop"}}}]
+    api.create(obj=issuer)
+    _apply_app(api, backend_port=free_port())
+    eventually(partial(_ready_secret, api, "shop-tls"), timeout=60, what="the certificate")
+
+    [shop_history] = [obj for obj in _history(cluster, plural="ingresses", namespace="default")
+                      if obj.history.last["metadata"]["name"] == "shop"]
+    challenge_paths = [
+        path for version in shop_history.history if version is not None
+        for rule in version["spec"]["rules"] for path in rule["http"]["paths"]
+        if path["path"].startswith("/.well-known/acme-challenge/")]
+    assert challenge_paths, "the token path was never added to Ingress shop"
+    assert challenge_paths[0]["pathType"] == "Exact"
+    assert challenge_paths[0]["backend"]["service"]["name"].startswith("certctl-http01-")
+    shop = api.get(kind="Ingress", namespace="default", name="shop")
+    assert shop is not None
+    assert [[p["path"] for p in rule["http"]["paths"]] for rule in shop["spec"]["rules"]] == [
+        ["/"]]
+    assert not [obj for obj in _history(cluster, plural="ingresses", namespace="default")
+                if obj.history.last["metadata"]["name"].startswith("certctl-http01-")]
+
+
 def test_removing_the_annotation_removes_the_certificate(
     api: KubeStore, deployment: Deployment, pebble: PebbleServer
 ) -> None:

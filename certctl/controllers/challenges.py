@@ -145,31 +145,50 @@ def _route_token(
     issuer: Issuer,
     data_plane: http01_ingress.DataPlaneService,
 ) -> None:
-    """Create the solver Service and Ingress if missing (they never change while the
-    challenge lives: the token and host are fixed)."""
+    """Create the solver Service and a solver Ingress if missing (they never change while
+    the challenge lives: the token and host are fixed), or, when the solver names an
+    Ingress (`http01.ingress.name`), add the token path to that Ingress instead."""
     assert issuer.acme is not None
     solvers = issuer.acme.solvers
     solver = solvers[challenge.solver_index].http01 if challenge.solver_index < len(
         solvers) else None
-    wanted = (
-        http01_ingress.solver_service(challenge_obj=obj, data_plane=data_plane),
-        http01_ingress.solver_ingress(challenge_obj=obj, challenge=challenge, solver=solver,
-                                      data_plane=data_plane),
-    )
-    for dependent in wanted:
-        meta = dependent["metadata"]
-        if store.get(kind=dependent["kind"], namespace=meta["namespace"],
-                     name=meta["name"]) is not None:
-            continue
-        try:
-            store.create(obj=dependent)
-        except AlreadyExists:
-            continue
-        if dependent["kind"] == "Ingress":
+    _create_if_missing(store, http01_ingress.solver_service(challenge_obj=obj,
+                                                            data_plane=data_plane))
+    url = f"http://{challenge.dns_name}{http01_ingress.CHALLENGE_PATH}{challenge.token}"
+    if solver is not None and solver.name:
+        named = store.get(kind="Ingress", namespace=challenge.namespace, name=solver.name)
+        if named is None:
+            raise TransientError(
+                f"{challenge.key_ref}: Ingress {challenge.namespace}/{solver.name} named by "
+                f"{issuer.kind} {issuer.name} spec.acme.solvers[{challenge.solver_index}]"
+                ".http01.ingress.name does not exist")
+        updated = http01_ingress.with_challenge_path(ingress_obj=named, challenge=challenge,
+                                                     data_plane=data_plane)
+        if updated is not None:
+            store.replace(obj=updated)  # a Conflict is retried by the queue
             store.emit_event(obj=obj, type="Normal", reason="Presented",
-                             message=f"Created solver Ingress {meta['name']} routing "
-                             f"http://{challenge.dns_name}{http01_ingress.CHALLENGE_PATH}"
-                             f"{challenge.token} to the data plane")
+                             message=f"Added {url} to Ingress {solver.name}, routed to the "
+                             "data plane")
+        return
+    ingress = http01_ingress.solver_ingress(challenge_obj=obj, challenge=challenge,
+                                            solver=solver, data_plane=data_plane)
+    if _create_if_missing(store, ingress):
+        store.emit_event(obj=obj, type="Normal", reason="Presented",
+                         message=f"Created solver Ingress {ingress['metadata']['name']} "
+                         f"routing {url} to the data plane")
+
+
+def _create_if_missing(store: Store, dependent: Object) -> bool:
+    """True if this call created it."""
+    meta = dependent["metadata"]
+    if store.get(kind=dependent["kind"], namespace=meta["namespace"],
+                 name=meta["name"]) is not None:
+        return False
+    try:
+        store.create(obj=dependent)
+    except AlreadyExists:
+        return False
+    return True
 
 
 def _present_txt_record(
@@ -305,9 +324,16 @@ def _remove_txt_record_of_deleted(*, key: ObjectKey, settings: Settings) -> Resu
 
 
 def _clean_up(store: Store, *, key: ObjectKey, settings: Settings) -> None:
-    """Delete the solver objects of a finished or deleted challenge (a no-op if absent)."""
+    """Delete the solver objects of a finished or deleted challenge, and its token paths
+    from Ingresses it edited (`http01.ingress.name`); a no-op for what is absent."""
     if settings.data_plane is None:
         return
+    for ingress in store.list(kind="Ingress", namespace=key.namespace):
+        if (ingress["metadata"].get("labels") or {}).get(http01_ingress.CHALLENGE_LABEL):
+            continue  # a solver Ingress: deleted below
+        updated = http01_ingress.without_challenge_paths(ingress_obj=ingress, challenge=key)
+        if updated is not None:
+            store.replace(obj=updated)
     for dependent in http01_ingress.solver_keys(key):
         store.delete(kind=dependent.kind, namespace=dependent.namespace, name=dependent.name)
 

@@ -16,6 +16,7 @@ them too if certctl is gone.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -113,3 +114,60 @@ def solver_ingress(
         metadata["annotations"] = {annotation_keys.INGRESS_CLASS: solver.ingress_class}
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata,
             "spec": spec}
+
+
+# --- `http01.ingress.name`: the token path goes into an existing Ingress ----------------
+# For controllers that give every Ingress its own load balancer (GKE, AWS ALB), a
+# separate solver Ingress would get another address than the one the name
+# resolves to; cert-manager then edits the named Ingress instead, and so does certctl.
+
+
+def with_challenge_path(
+    *, ingress_obj: dict[str, Any], challenge: Challenge, data_plane: DataPlaneService
+) -> dict[str, Any] | None:
+    """The named Ingress with the token path added for the challenged host, or None when
+    it is already there. The path comes first in its rule, so it wins every match."""
+    service = solver_name(challenge.name)
+    path = {
+        "path": CHALLENGE_PATH + challenge.token,
+        "pathType": "Exact",
+        "backend": {"service": {"name": service, "port": {"number": data_plane.port}}},
+    }
+    updated = copy.deepcopy(ingress_obj)
+    spec = updated.setdefault("spec", {})
+    rules: list[dict[str, Any]] = spec.setdefault("rules", [])
+    for rule in rules:
+        if rule.get("host") == challenge.dns_name:
+            paths: list[dict[str, Any]] = rule.setdefault("http", {}).setdefault("paths", [])
+            if path in paths:
+                return None
+            paths.insert(0, path)
+            return updated
+    rules.append({"host": challenge.dns_name, "http": {"paths": [path]}})
+    return updated
+
+
+def without_challenge_paths(
+    *, ingress_obj: dict[str, Any], challenge: ObjectKey
+) -> dict[str, Any] | None:
+    """The Ingress without the paths routed to `challenge`'s solver Service (and without
+    rules left empty by that), or None when it has none."""
+    service = solver_name(challenge.name)
+    updated = copy.deepcopy(ingress_obj)
+    rules = (updated.get("spec") or {}).get("rules") or []
+    found = False
+    kept_rules = []
+    for rule in rules:
+        paths = (rule.get("http") or {}).get("paths") or []
+        kept = [p for p in paths
+                if ((p.get("backend") or {}).get("service") or {}).get("name") != service]
+        if len(kept) != len(paths):
+            found = True
+            if not kept:
+                continue
+            rule["http"]["paths"] = kept
+        kept_rules.append(rule)
+    if not found:
+        return None
+    updated["spec"]["rules"] = kept_rules
+    return updated
