@@ -35,7 +35,6 @@ import datetime
 import importlib.metadata
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -56,18 +55,15 @@ from typing import IO
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from bench import reporting
 from tests.pebble import PebbleServer, free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 CERTCTL_BIN = Path(sys.executable).parent / "certctl"
 CERTBOT_BIN = "/usr/bin/certbot"
 LEGO_BIN = "/usr/bin/lego"
 EMAIL = "x@example.test"
 CLIENTS = ("certctl", "certbot", "lego")
 POLL_INTERVAL = 0.010
-SECTION_BEGIN = "<!-- b1_issuance:begin -->"
-SECTION_END = "<!-- b1_issuance:end -->"
 
 
 class RunFailed(Exception):
@@ -433,60 +429,20 @@ def _strip_log_prefix(line: str) -> str:
     return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", line)
 
 
-def command_output(argv: Sequence[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"({err})"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) \
-        else "?"
-
-
 def machine() -> list[tuple[str, str]]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    meminfo = Path("/proc/meminfo").read_text()
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.MULTILINE)
-    git = command_output(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"])
-
     def dpkg(package: str) -> str:
-        return command_output(["dpkg-query", "-W", "-f", "${Version}", package])
+        return reporting.command_output(["dpkg-query", "-W", "-f", "${Version}", package])
 
-    return [
-        ("nproc", command_output(["nproc"])),
-        ("CPU", model.group(1).strip() if model else "?"),
-        ("RAM", f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "?"),
-        ("kernel", platform.release()),
-        ("Python (certctl, benchmark)", platform.python_version()),
-        ("Python (certbot)", command_output(["/usr/bin/python3", "--version"])),
+    return reporting.machine_rows(extra=[
+        ("Python (certbot)", reporting.command_output(["/usr/bin/python3", "--version"])),
         ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
         ("Pebble", f"{dpkg('pebble')} (Debian)"),
-        ("certbot", f"{command_output([CERTBOT_BIN, '--version'])} "
+        ("certbot", f"{reporting.command_output([CERTBOT_BIN, '--version'])} "
                     f"(Debian {dpkg('certbot')}, python3-acme {dpkg('python3-acme')})"),
         ("lego", f"{dpkg('lego')} (Debian)"),
-        ("certctl", f"git {git}, acme {importlib.metadata.version('acme')}, "
+        ("certctl", f"git {reporting.git_describe()}, acme {importlib.metadata.version('acme')}, "
                     f"cryptography {importlib.metadata.version('cryptography')}"),
-    ]
-
-
-def write_results(*, section: str) -> None:
-    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
-    if RESULTS_PATH.exists():
-        text = RESULTS_PATH.read_text()
-        pattern = re.compile(re.escape(SECTION_BEGIN) + r".*?" + re.escape(SECTION_END) + r"\n?",
-                             re.DOTALL)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: block, text, count=1)
-        else:
-            text = text.rstrip("\n") + "\n\n" + block
-    else:
-        text = ("# Benchmark results\n\nOne section per benchmark script, written by the script "
-                "itself (`--write-results`) between its `<!-- name:begin/end -->` markers; text "
-                "outside the markers is hand-written and survives reruns.\n\n" + block)
-    RESULTS_PATH.write_text(text)
-
-
-# --- the run ---------------------------------------------------------------------
+    ])
 
 
 def schedule(*, runs: int, warmup: int) -> Iterator[tuple[int, str, bool]]:
@@ -507,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per client first")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per run")
     parser.add_argument("--write-results", action="store_true",
-                        help=f"replace this benchmark's section of {RESULTS_PATH.name}")
+                        help=f"replace this benchmark's section of {reporting.RESULTS_PATH.name}")
     parser.add_argument("--keep", action="store_true",
                         help="keep the work dir (logs of every run) instead of deleting it")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
@@ -595,10 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ncertctl log of the run nearest the median (seconds since spawn):")
         print(timeline)
     if args.write_results:
-        write_results(section=results_section(
+        reporting.write_results(name="b1_issuance", section=results_section(
             command=command, started_at=started_at, runs=args.runs, warmup=args.warmup,
             table=table, timeline=timeline, failure_notes=failure_notes, samples=samples))
-        print(f"\nwrote {RESULTS_PATH}")
+        print(f"\nwrote {reporting.RESULTS_PATH}")
     return 1 if any(failures.values()) else 0
 
 

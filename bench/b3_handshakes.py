@@ -42,7 +42,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import b3_peers
+from bench import b3_peers, reporting
+from tests.pebble import free_port
 
 
 def client_loop(port: int, names: Sequence[str], seconds: float, offset: int) -> tuple[int, int]:
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b3_peers.make_certificates(certs, [*names, "default.b3.bench.test"])
     print(f"{len(names)} certificates written in {time.monotonic() - t0:.1f} s", flush=True)
 
-    backend_port, nginx_port = b3_peers.free_port(), b3_peers.free_port()
+    backend_port, nginx_port = free_port(), free_port()
     backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
         f"  server {{ listen 127.0.0.1:{backend_port}; "
         'location / { return 200 "hello from the backend\\n"; } }'
@@ -138,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup["nginx"] = (time.monotonic() - t0, b3_peers.rss_bytes(nginx.pid))
         t0 = time.monotonic()
         plane = b3_peers.DataPlaneServer(
-            certs=certs, names=names, https_port=b3_peers.free_port(),
-            http_port=b3_peers.free_port(), backend_port=backend_port,
+            certs=certs, names=names, https_port=free_port(),
+            http_port=free_port(), backend_port=backend_port,
         )
         servers["certctl"] = plane.start(log=work / "certctl.log", timeout=600)
         startup["certctl"] = (time.monotonic() - t0, b3_peers.rss_bytes(plane.pid))
@@ -190,8 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               startup=startup, after_rss=after_rss)
     print("\n" + section)
     if args.write_results:
-        b3_peers.write_results(name="b3_handshakes", section=section)
-        print(f"wrote {b3_peers.RESULTS_PATH}")
+        reporting.write_results(name="b3_handshakes", section=section)
+        print(f"wrote {reporting.RESULTS_PATH}")
     return 0 if all(r[1] == 0 for runs in rows.values() for r in runs) else 1
 
 

@@ -20,7 +20,6 @@ import asyncio
 import datetime
 import importlib.metadata
 import os
-import platform
 import re
 import shlex
 import signal
@@ -38,8 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+from bench import reporting
+
 NGINX_BIN = "/usr/sbin/nginx"
 WRK_BIN = "/usr/bin/wrk"
 
@@ -159,13 +158,6 @@ def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes]) -
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- nginx ----------------------------------------------------------------------------
 
 
@@ -246,7 +238,7 @@ class DataPlaneServer:
             "--loop", self.loop,
         ]
         self.proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
+            argv, cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.https_port, timeout=timeout, proc=self.proc)
@@ -409,40 +401,14 @@ def wrk_version() -> str:
 
 
 def machine_table() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
-    git = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()
-    rows = [
-        ("nproc", str(os.cpu_count())),
-        ("CPU", model.group(1).strip() if model else "?"),
-        ("RAM", f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "?"),
-        ("kernel", platform.release()),
-        ("Python", platform.python_version()),
+    return reporting.machine_table(reporting.machine_rows(extra=[
         ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
         ("uvloop / httptools", f"{importlib.metadata.version('uvloop')} / "
                                f"{importlib.metadata.version('httptools')}"),
         ("nginx", f"{nginx_version()} (Debian nginx-light)"),
         ("wrk", wrk_version()),
-        ("certctl", f"git {git}"),
-    ]
-    return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
-
-
-def write_results(*, name: str, section: str) -> None:
-    """Replace this script's section of RESULTS.md, between its own markers."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{section.rstrip()}\n{end}\n"
-    text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS_PATH.write_text(text)
+        ("certctl", f"git {reporting.git_describe()}"),
+    ]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

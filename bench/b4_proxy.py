@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import b3_peers
+from bench import b3_peers, reporting
+from tests.pebble import free_port
 
 NAME = "b4.bench.test"
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="certctl-b4-"))
     certs = work / "certs"
     b3_peers.make_certificates(certs, [NAME])
-    backend_port, nginx_port = b3_peers.free_port(), b3_peers.free_port()
+    backend_port, nginx_port = free_port(), free_port()
     servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer] = {}
     backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
         f"  server {{ listen 127.0.0.1:{backend_port}; "
@@ -78,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for loop in loops:
             label = "certctl" if loop == "uvloop" else "certctl (asyncio loop)"
             servers[label] = b3_peers.DataPlaneServer(
-                certs=certs, names=[NAME], https_port=b3_peers.free_port(),
-                http_port=b3_peers.free_port(), backend_port=backend_port, loop=loop,
+                certs=certs, names=[NAME], https_port=free_port(),
+                http_port=free_port(), backend_port=backend_port, loop=loop,
             ).start(log=work / f"{loop}.log")
         ports = {
             label: (nginx_port if isinstance(srv, b3_peers.Nginx) else srv.https_port)
@@ -116,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = results_section(command=command, started=started, args=args, samples=samples)
     print("\n" + section)
     if args.write_results:
-        b3_peers.write_results(name="b4_proxy", section=section)
-        print(f"wrote {b3_peers.RESULTS_PATH}")
+        reporting.write_results(name="b4_proxy", section=section)
+        print(f"wrote {reporting.RESULTS_PATH}")
     return 0 if all(s.failures == 0 for s in samples.values()) else 1
 
 

@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bench import b3_peers
+from bench import b3_peers, reporting
+from tests.pebble import free_port
 
 NAME = "b5.bench.test"
 
@@ -213,12 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     (manifest_dir / "app.yaml").write_text(yaml.safe_dump_all(manifests(backend.server_address[1])))
     secret_path = manifest_dir / "secret.yaml"
     secret_path.write_text(yaml.safe_dump(secret))
-    https_port = b3_peers.free_port()
+    https_port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifest_dir),
          "--state-dir", str(work / "state"), "--listen-address", "127.0.0.1",
-         "--http-port", str(b3_peers.free_port()), "--https-port", str(https_port)],
-        cwd=b3_peers.REPO_ROOT, stdin=subprocess.DEVNULL,
+         "--http-port", str(free_port()), "--https-port", str(https_port)],
+        cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL,
         stdout=(work / "certctl.log").open("wb"), stderr=subprocess.STDOUT,
     )
     latencies: list[float] = []
@@ -281,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clients.failures:
         print("failures:", clients.failures[:10])
     if args.write_results:
-        b3_peers.write_results(name="b5_hot_swap", section=section)
-        print(f"wrote {b3_peers.RESULTS_PATH}")
+        reporting.write_results(name="b5_hot_swap", section=section)
+        print(f"wrote {reporting.RESULTS_PATH}")
     return 0 if not clients.failures and not missed and kept_ok else 1
 
 

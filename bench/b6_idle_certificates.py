@@ -39,7 +39,6 @@ import argparse
 import datetime
 import importlib.metadata
 import os
-import platform
 import random
 import re
 import shlex
@@ -61,12 +60,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bench import reporting
 from certctl.pki import secret as tls_secret
+from tests.pebble import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION_BEGIN = "<!-- b6_idle_certificates:begin -->"
-SECTION_END = "<!-- b6_idle_certificates:end -->"
+REPO_ROOT = reporting.REPO_ROOT
 PER_FILE = 500  # Ingress + Secret pairs per manifest file
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 QUIET_WINDOW = 2.0
@@ -307,53 +305,15 @@ def served_serial(*, port: int, host: str, ca_pem: bytes) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- results ----------------------------------------------------------------------------------
 
 
-def command_output(argv: Sequence[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"({err})"
-    lines = (done.stdout or done.stderr).strip().splitlines()
-    return lines[0] if lines else "?"
-
-
 def machine() -> list[tuple[str, str]]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    meminfo = Path("/proc/meminfo").read_text()
-    mem = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.MULTILINE)
-    git = command_output(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"])
-    return [
-        ("nproc", command_output(["nproc"])),
-        ("CPU", model.group(1).strip() if model else "?"),
-        ("RAM", f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "?"),
-        ("kernel", platform.release()),
-        ("Python", platform.python_version()),
-        ("certctl", f"git {git}, cryptography {importlib.metadata.version('cryptography')}, "
+    return reporting.machine_rows(extra=[
+        ("certctl", f"git {reporting.git_describe()}, cryptography "
+                    f"{importlib.metadata.version('cryptography')}, "
                     f"PyYAML {importlib.metadata.version('PyYAML')}"),
-    ]
-
-
-def write_results(section: str) -> None:
-    """Replace this benchmark's marked section of RESULTS.md (read now: others edit it too)."""
-    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
-    text = RESULTS_PATH.read_text()
-    pattern = re.compile(re.escape(SECTION_BEGIN) + r".*?" + re.escape(SECTION_END) + r"\n?",
-                         re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS_PATH.write_text(text)
+    ])
 
 
 def verdict(ok: bool) -> str:
@@ -380,7 +340,7 @@ def results_section(*, command: str, started_at: datetime.datetime, count: int,
         " | |",
     ]
     check_lines = [f"- {'ok' if ok else 'FAILED'}: {what}" for what, ok in checks]
-    machine_rows = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in machine()]
+    machine_rows = reporting.machine_table(machine()).splitlines()
     return "\n".join([
         "## B6: 10,000 Certificates at rest (renewal scheduling, idle)",
         "",
@@ -416,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--startup-timeout", type=float, default=900.0)
     parser.add_argument("--write-results", action="store_true",
-                        help=f"replace this benchmark's section of {RESULTS_PATH.name}")
+                        help=f"replace this benchmark's section of {reporting.RESULTS_PATH.name}")
     parser.add_argument("--ingresses", action="store_true",
                         help="derive the Certificates from annotated Ingresses and serve them")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
@@ -488,13 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write_results:
             command = "/work/venv/bin/python -m bench.b6_idle_certificates " + shlex.join(
                 sys.argv[1:] if argv is None else list(argv))
-            write_results(results_section(
+            reporting.write_results(name="b6_idle_certificates", section=results_section(
                 command=command.strip(), started_at=started_at, count=args.certificates,
                 ingresses=args.ingresses,
                 idle=args.idle_seconds, first=first, restart=restart,
                 idle_cpu_percent=idle_cpu_percent, rss_mb=rss_mb, hwm_mb=hwm_mb,
                 checks=checks))
-            print(f"wrote {RESULTS_PATH}")
+            print(f"wrote {reporting.RESULTS_PATH}")
         return 0 if all(ok for _, ok in checks) else 1
     finally:
         if args.keep:
