@@ -33,15 +33,11 @@ CM_PRIVATE_KEY_SIZE = "cert-manager.io/private-key-size"
 CM_PRIVATE_KEY_ENCODING = "cert-manager.io/private-key-encoding"
 CM_PRIVATE_KEY_ROTATION_POLICY = "cert-manager.io/private-key-rotation-policy"
 CM_USAGES = "cert-manager.io/usages"
-CM_EMAIL_SANS = "cert-manager.io/email-sans"
-CM_SUBJECT_ORGANIZATIONS = "cert-manager.io/subject-organizations"
 CM_REVISION_HISTORY_LIMIT = "cert-manager.io/revision-history-limit"
 
 # --- Kubernetes keys -------------------------------------------------------------
 
 INGRESS_CLASS = "kubernetes.io/ingress.class"
-# kube-lego's opt-in, still honoured by cert-manager when a default issuer is configured.
-TLS_ACME = "kubernetes.io/tls-acme"
 # On an IngressClass: "true" makes it the class of Ingresses that name none.
 INGRESS_CLASS_IS_DEFAULT = "ingressclass.kubernetes.io/is-default-class"
 
@@ -53,8 +49,6 @@ MANIFEST_SOURCE = "certctl.io/manifest-source"
 
 # --- keys accepted for one setting, in precedence order --------------------------
 
-CLUSTER_ISSUER_KEYS = (CLUSTER_ISSUER, CM_CLUSTER_ISSUER)
-ISSUER_KEYS = (ISSUER, CM_ISSUER)
 ISSUER_KIND_KEYS = (ISSUER_KIND, CM_ISSUER_KIND)
 ISSUER_GROUP_KEYS = (ISSUER_GROUP, CM_ISSUER_GROUP)
 

@@ -45,8 +45,6 @@ _KINDS = (
 
 BY_KIND: dict[str, KindInfo] = {info.kind: info for info in _KINDS}
 
-# cert-manager's group is read as ours, so users can bring their manifests as they are.
-ALIASED_API_VERSIONS = {"cert-manager.io/v1": "certctl.io/v1"}
 
 
 def lookup(kind: str) -> KindInfo | None:

@@ -632,7 +632,7 @@ def _write_secret(
         secret: Object = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": "kubernetes.io/tls",
+            "type": tls_secret.SECRET_TYPE,
             "metadata": {"name": certificate.secret_name, "namespace": certificate.namespace,
                          "annotations": secret_annotations, "labels": labels},
             "data": data,
@@ -651,7 +651,7 @@ def _write_secret(
     existing_data = {k: v for k, v in (existing.get("data") or {}).items() if k != "ca.crt"}
     existing_data.update(data)
     existing["data"] = existing_data
-    existing["type"] = "kubernetes.io/tls"
+    existing["type"] = tls_secret.SECRET_TYPE
     return store.replace(obj=existing)
 
 

@@ -29,8 +29,6 @@ from certctl.dataplane import routing
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE: Final = 65536
-
 # Hop-by-hop headers (RFC 9110 7.6.1, plus the legacy ones proxies strip).
 # Names are compared lowercased.
 HOP_BY_HOP: Final = frozenset(
