@@ -535,13 +535,20 @@ def test_editing_a_manifest_keeps_its_creation_timestamp(tmp_path: Path) -> None
     assert after["metadata"]["creationTimestamp"] == before["metadata"]["creationTimestamp"]
 
 
-def test_removed_manifest_owner_takes_its_state_dependents(tmp_path: Path) -> None:
+def _manifest_ingress_owning_a_certificate(tmp_path: Path) -> tuple[LocalStore, Path]:
+    """An Ingress from a manifest and a Certificate in the state dir owned by it: the
+    store and the manifest's path."""
     store = new_store(tmp_path, manifests=True)
     path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
     store.reload_manifests()
     ingress = store.get(kind="Ingress", namespace="default", name="web")
     assert ingress is not None
     store.create(obj=owned_by(certificate("web"), ingress))
+    return store, path
+
+
+def test_removed_manifest_owner_takes_its_state_dependents(tmp_path: Path) -> None:
+    store, path = _manifest_ingress_owning_a_certificate(tmp_path)
 
     path.unlink()
     store.reload_manifests()
@@ -550,12 +557,7 @@ def test_removed_manifest_owner_takes_its_state_dependents(tmp_path: Path) -> No
 
 
 def test_manifest_owner_removed_while_stopped_takes_its_dependents(tmp_path: Path) -> None:
-    store = new_store(tmp_path, manifests=True)
-    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
-    store.reload_manifests()
-    ingress = store.get(kind="Ingress", namespace="default", name="web")
-    assert ingress is not None
-    store.create(obj=owned_by(certificate("web"), ingress))
+    _, path = _manifest_ingress_owning_a_certificate(tmp_path)
 
     path.unlink()
     restarted = new_store(tmp_path, manifests=True)
