@@ -285,7 +285,7 @@ def _finish(
     status["state"] = state
     status["reason"] = reason
     if state != "valid":
-        status["failureTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        status["failureTime"] = conditions.format_time(now)
         store.emit_event(obj=order, type="Warning", reason="Failed", message=reason)
     else:
         status.pop("reason", None)

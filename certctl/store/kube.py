@@ -35,6 +35,7 @@ import kubernetes.client
 import kubernetes.config
 import requests
 
+from certctl.api import conditions
 from certctl.store import interface
 from certctl.store.interface import EventType, Object
 
@@ -201,7 +202,7 @@ class KubeStore:
         except (KeyError, TypeError, ValueError):
             return
         log("%s %s/%s %s: %s", kind, namespace or "", name, reason, message)
-        now = datetime.datetime.now(datetime.UTC)
+        stamp = conditions.format_time(datetime.datetime.now(datetime.UTC))
         event_namespace = namespace or CLUSTER_EVENTS_NAMESPACE
         event = {
             "apiVersion": "v1",
@@ -220,8 +221,8 @@ class KubeStore:
             "message": message[:1024],
             "source": {"component": self._component},
             "reportingComponent": self._component,
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
         try:

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from certctl.api import annotations as annotation_keys
-from certctl.api import kinds
+from certctl.api import conditions, kinds
 from certctl.api.resources import ObjectKey
 from certctl.store import interface
 from certctl.store.interface import EventType, Object, WatchEvent
@@ -70,7 +70,7 @@ def key_of(obj: Mapping[str, Any]) -> ObjectKey:
 
 
 def _now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return conditions.format_time(datetime.datetime.now(datetime.UTC))
 
 
 def private_mkdir(path: Path) -> None:
