@@ -18,7 +18,11 @@ pipelined requests wait, unread, for the response before them.
 Bodies are re-framed rather than copied verbatim: the parser has already
 decoded chunked framing, so we always emit framing we generated ourselves,
 and a request with both Content-Length and Transfer-Encoding, or two Hosts,
-is refused. That is what keeps request smuggling out.
+or Transfer-Encoding in HTTP/1.0, or an upgrade with a body, is refused;
+trailer fields are dropped, never merged into the head. That is what keeps
+request smuggling out. A head is limited in size (MAX_HEAD, 431), target
+(MAX_TARGET, 414) and field count (MAX_HEADERS, 431), whether it arrives in
+one read or many.
 
 A request with `Connection: upgrade` (WebSocket) is forwarded on a fresh
 upstream connection; if the upstream answers 101, both connections switch
@@ -29,6 +33,9 @@ Timeouts are deadlines checked by the data plane's sweeper (`check_deadline`,
 about twice a second) rather than a timer per read: waiting for a request or
 for a slow client uses `client_timeout`; waiting on the upstream (and
 relaying a tunnel) uses the route's read timeout, refreshed by any progress.
+A request head is the exception: it must be complete `client_timeout` after
+its first byte, however slowly the rest trickles in (slowloris), and bytes
+between requests do not extend the idle deadline.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_HEAD: Final = 65536  # request line + headers; beyond this: 431
+MAX_TARGET: Final = 32768  # the request target alone; beyond this: 414
+MAX_HEADERS: Final = 256  # header fields in one request; beyond this: 431
 
 # Request headers we drop because we set them ourselves (or answer them).
 _REPLACED: Final = frozenset(
@@ -69,6 +78,7 @@ _REASONS: Final = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Content Too Large",
+    414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -160,7 +170,11 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = 0.0
         # the request being parsed
         self._in_head = False
-        self._head_size = 0
+        self._head_size = 0  # bytes received while in the head (httptools buffers a partial one)
+        self._head_deadline = 0.0  # when a head being received must be complete
+        self._url_size = 0
+        self._header_size = 0
+        self._header_count = 0
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
@@ -200,6 +214,8 @@ class ClientConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._plane.handshake_completed(self)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             # ALPN chose HTTP/2 during the handshake: hand the connection over.
             replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip)
@@ -207,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
             replacement.connection_made(self._transport)
             return
         self._deadline = time.monotonic() + self._plane.client_timeout
-        self._plane.connection_opened(self, self._transport)
+        self._plane.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel:
@@ -218,9 +234,13 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded_bytes is not None:
             self._upgraded_bytes += data  # before the upstream answered the upgrade
             return
-        self._deadline = time.monotonic() + (
-            self._plane.client_timeout if self._upstream is None else self._read_timeout
-        )
+        if self._head is not None:  # progress on a request body
+            self._deadline = time.monotonic() + (
+                self._plane.client_timeout if self._upstream is None else self._read_timeout
+            )
+        # Between requests, bytes buy no time: the idle deadline set when the
+        # last response was done stands, and a head has `client_timeout` from
+        # its first byte however slowly the rest arrives (slowloris).
         events = self._events
         try:
             self._parser.feed_data(data)
@@ -233,9 +253,14 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading()
         if self._in_head:
             self._head_size += len(data)
-            if self._head_size > MAX_HEAD:
+            if self._url_size > MAX_TARGET:
+                events.append(_ParseError(414))
+                self._pause_reading()
+            elif self._head_size > MAX_HEAD:
                 events.append(_ParseError(431))
                 self._pause_reading()
+            elif self._head is None:
+                self._deadline = self._head_deadline
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -279,6 +304,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_size = 0
+        self._head_deadline = time.monotonic() + self._plane.client_timeout
+        self._url_size = self._header_size = self._header_count = 0
         self._url = []
         self._headers = []
         self._host = self._content_length = self._transfer_encoding = self._upgrade = None
@@ -288,19 +315,29 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
+        self._url_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A trailer field (after a chunked body): dropped, never promoted
+            # to a header, since the head may not have been forwarded yet.
+            return
+        self._header_size += len(name) + len(value) + 4
+        self._header_count += 1
         lname = name.lower()
         if lname not in upstream.HOP_BY_HOP and lname not in _REPLACED:
             self._headers.append((name, value))
         elif lname == b"host":
             if self._host is not None:
                 self._head_error = 400  # RFC 9112 3.2: more than one Host
-            self._host = value
+            self._host = value.strip()
         elif lname == b"content-length":
             self._content_length = value.strip()
         elif lname == b"transfer-encoding":
-            self._transfer_encoding = value.strip().lower()
+            # Every field counts: `gzip` then `chunked` is not plain chunked.
+            coding = value.strip().lower()
+            previous = self._transfer_encoding
+            self._transfer_encoding = coding if previous is None else previous + b", " + coding
         elif lname == b"connection":
             self._connection_tokens.extend(t.strip().lower() for t in value.split(b","))
         elif lname == b"upgrade":
@@ -313,17 +350,30 @@ class ClientConnection(asyncio.Protocol):
         parser = self._parser
         version = parser.get_http_version()
         error = self._head_error
-        if self._content_length is not None and self._transfer_encoding is not None:
+        tokens = self._connection_tokens
+        if self._url_size > MAX_TARGET:
+            error = 414  # also when the whole head came in one read
+        elif self._url_size + self._header_size > MAX_HEAD or self._header_count > MAX_HEADERS:
+            error = 431
+        elif self._content_length is not None and self._transfer_encoding is not None:
             error = 400  # llhttp refuses this too; never guess which framing wins
+        elif self._transfer_encoding is not None and version == "1.0":
+            error = 400  # RFC 9112 6.1: an HTTP/1.0 message with it has faulty framing
         elif self._transfer_encoding not in (None, b"chunked"):
             error = 501
         elif self._host is None and version != "1.0":
+            error = 400
+        elif b"upgrade" in tokens and (
+            self._transfer_encoding is not None or self._content_length not in (None, b"0")
+        ):
+            # llhttp hands what follows an upgrade request's head to the new
+            # protocol, so its body would never be forwarded: the upstream
+            # would wait for it and take the next bytes as the body instead.
             error = 400
         method = parser.get_method()
         if method == b"CONNECT":
             error = 405  # we are a reverse proxy, not a tunnel
         headers = self._headers
-        tokens = self._connection_tokens
         named = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
         if named:
             headers = [(n, v) for n, v in headers if n.lower() not in named]
@@ -770,7 +820,7 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self._upgraded_bytes is not None:
             self._close()
             return
-        self._deadline = time.monotonic() + self._plane.client_timeout
+        self._deadline = self._head_deadline = time.monotonic() + self._plane.client_timeout
         self._pump()
 
     def _write(self, data: bytes) -> None:

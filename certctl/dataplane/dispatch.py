@@ -4,8 +4,10 @@
 share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
 route, the canary split, 503 without ready endpoints, 413 over
-proxy-body-size by declared length, and rewrite-target. It touches no
-socket: the caller writes the answer or starts the upstream exchange.
+proxy-body-size by declared length, and rewrite-target; before all of
+them, 400 for a method, target or authority that is not well formed. It
+touches no socket: the caller writes the answer or starts the upstream
+exchange.
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from certctl.dataplane import route_options, routing
+from certctl.solvers import http01
 
 if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
 
-_CHALLENGE_PREFIX: Final = "/.well-known/acme-challenge/"
-_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+_CHALLENGE_PREFIX: Final = http01.CHALLENGE_PATH_PREFIX
+# RFC 9110 7.2 / RFC 3986 3.2.2: an IP literal or a reg-name, then an optional
+# port. A Host outside this (spaces, `/`, `@`, a second colon, raw 8-bit bytes)
+# is refused like nginx does, before it reaches routing, a Location or a backend.
+_AUTHORITY: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?"
+)
+# HTTP/2 only (llhttp already holds HTTP/1.1 to this): a method is a token and
+# a target has no whitespace or control bytes, so neither can reshape the
+# HTTP/1.1 request line sent upstream.
+_METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
 
 
 class Decision:
@@ -67,6 +80,8 @@ def decide(
     content_length: bytes | None,
 ) -> Decision:
     """The decision for one request; `header(lowercase name)` reads a request header."""
+    if not _METHOD.fullmatch(method) or _BAD_TARGET.search(target):
+        return Decision(status=400)
     if target.startswith(b"/"):
         query = target.find(b"?")
         raw_path = target if query < 0 else target[:query]
@@ -75,18 +90,21 @@ def decide(
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             return Decision(status=400)
-        if not url.host:
-            return Decision(status=400)
-        authority = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        if not url.host or url.userinfo is not None:
+            return Decision(status=400)  # RFC 9110 4.2.4: userinfo is an error
+        host_part = b"[%s]" % url.host if b":" in url.host else url.host
+        authority = host_part if url.port is None else b"%s:%d" % (host_part, url.port)
         raw_path = url.path or b"/"
         target = raw_path if url.query is None else raw_path + b"?" + url.query
+    if authority is not None and not _AUTHORITY.fullmatch(authority):
+        return Decision(status=400)
     path = raw_path.decode("latin-1")
     host = routing.normalize_host(authority.decode("latin-1")) if authority else ""
 
     if scheme == b"http" and path.startswith(_CHALLENGE_PREFIX) and method in (b"GET", b"HEAD"):
         token = path[len(_CHALLENGE_PREFIX) :]
         key_authorization = (
-            plane.challenge_responder(host, token) if _TOKEN.fullmatch(token) else None
+            plane.challenge_responder(host, token) if http01.TOKEN.fullmatch(token) else None
         )
         if key_authorization is None:
             return Decision(status=404)

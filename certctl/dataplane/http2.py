@@ -225,7 +225,7 @@ class Http2Connection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._deadline = time.monotonic() + self.plane.client_timeout
-        self.plane.connection_opened(self, self._transport)
+        self.plane.connection_opened(self)
         self._h2.initiate_connection()
         self._h2.update_settings(
             {

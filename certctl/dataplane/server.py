@@ -12,9 +12,10 @@ every connection's deadline (see `connection`) twice a second, instead of a
 timer per read.
 
 Handshake failures never reach application code (the loop drops the
-connection before calling us), so they are counted from the SSLObjects
-themselves: one seen by the SNI callback that is freed without having
-reached `_serve_https` failed.
+connection before calling us), so they are counted from the protocol
+objects themselves: an HTTPS connection's protocol is created when the TCP
+connection is accepted, and one freed before its handshake completed failed
+(garbage, a truncated hello, a timeout, a reset, plain HTTP on the TLS port).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import sys
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -82,7 +84,8 @@ class DataPlane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
-        self._handshaking: dict[weakref.ref[ssl.SSLObject], None] = {}
+        self._handshaking: dict[weakref.ref[connection.ClientConnection], None] = {}
+        self._previous_unraisablehook: Callable[[Any], object] | None = None
 
     def set_routes(self, table: routing.RouteTable) -> None:
         self._routes = table
@@ -122,9 +125,10 @@ class DataPlane:
         if self._https_address is not None:
             context = certstore.new_server_context()
             context.sni_callback = self._on_sni
+            self._install_unraisablehook()
             host, port = self._https_address
             server = await loop.create_server(
-                lambda: connection.ClientConnection(plane=self, scheme=b"https"),
+                self._accept_https,
                 host,
                 port,
                 ssl=context,
@@ -161,30 +165,64 @@ class DataPlane:
         self._servers.clear()
         self.pool.close_all()
         self.metrics.stop()
+        self._uninstall_unraisablehook()
         self._http_port = self._https_port = self._metrics_port = None
 
     def _on_sni(
         self, ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
     ) -> None:
         ssl_object.context = self.certificates.select(server_name)
-        self._handshaking[weakref.ref(ssl_object, self._handshake_freed)] = None
 
-    def _handshake_freed(self, ref: weakref.ref[ssl.SSLObject]) -> None:
+    def _accept_https(self) -> connection.ClientConnection:
+        client = connection.ClientConnection(plane=self, scheme=b"https")
+        self._handshaking[weakref.ref(client, self._handshake_freed)] = None
+        return client
+
+    def _handshake_freed(self, ref: weakref.ref[connection.ClientConnection]) -> None:
         if self._handshaking.pop(ref, 0) is None:
             self.metrics.handshake_errors += 1
+
+    def _install_unraisablehook(self) -> None:
+        """Count, rather than print, server names that are not ASCII.
+
+        CPython decodes the SNI name as ASCII before calling `_on_sni`; when
+        that fails it aborts the handshake and reports the error through
+        sys.unraisablehook, whose default prints a traceback to stderr for
+        every such ClientHello: anyone could flood the logs. The handshake
+        failure is counted when its connection is freed; this only keeps it
+        out of stderr. Anything else goes to the previous hook.
+        """
+        if self._previous_unraisablehook is not None:
+            return
+        previous = sys.unraisablehook
+
+        def hook(unraisable: Any) -> None:
+            if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(
+                unraisable.object, bytes
+            ):
+                logger.debug("TLS handshake refused: server name is not ASCII")
+                return
+            previous(unraisable)
+
+        self._previous_unraisablehook = previous
+        sys.unraisablehook = hook
+
+    def _uninstall_unraisablehook(self) -> None:
+        if self._previous_unraisablehook is not None:
+            sys.unraisablehook = self._previous_unraisablehook
+            self._previous_unraisablehook = None
 
     # -- used by connections -------------------------------------------------------------
 
     def connection_opened(
-        self,
-        client: connection.ClientConnection | http2.Http2Connection,
-        transport: asyncio.Transport,
+        self, client: connection.ClientConnection | http2.Http2Connection
     ) -> None:
         self._connections.add(client)
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self._handshaking.pop(weakref.ref(ssl_object), None)
-            self.metrics.handshakes += 1
+
+    def handshake_completed(self, client: connection.ClientConnection) -> None:
+        """`client`'s TLS handshake succeeded (it may hand over to HTTP/2 next)."""
+        self._handshaking.pop(weakref.ref(client), None)
+        self.metrics.handshakes += 1
 
     def connection_closed(
         self, client: connection.ClientConnection | http2.Http2Connection

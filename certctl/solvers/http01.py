@@ -8,8 +8,17 @@ while a failed self-check only means "try again in a moment".
 from __future__ import annotations
 
 import http.client
+import re
+from typing import Final
 
 CHALLENGE_PATH_PREFIX = "/.well-known/acme-challenge/"
+TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""A token the data plane answers for: base64url without padding (RFC 8555 8.3).
+
+ACME servers use 128 bits or more (22+ characters; Let's Encrypt and Pebble
+43); the upper bound only keeps junk out. Anything else (`..`, `/`, `%`,
+`.`) is never looked up: it cannot name a challenge, only a path trick.
+"""
 _MAX_BODY = 8192
 """More than any key authorization; validators cap the body similarly."""
 
@@ -33,11 +42,15 @@ def self_check(
     still says ``Host: host`` (curl's ``--resolve``): the machine's resolver
     may not know `host`, or may point at something other than certctl's data
     plane. Surrounding whitespace in the body is ignored, as ACME servers do.
+    A token that is not well formed (`TOKEN`) fails without a request: the
+    data plane would never answer it, and it must not shape the URL.
 
     Redirects are not followed: certctl's data plane answers challenges
     itself, so a 3xx means something else sits in front of it; the
     failure message names the Location. Raises `SelfCheckFailed`.
     """
+    if not TOKEN.fullmatch(token):
+        raise SelfCheckFailed(f"HTTP-01 self-check failed: malformed token {token[:100]!r}")
     url = f"http://{_authority(host, port)}{CHALLENGE_PATH_PREFIX}{token}"
     prefix = f"HTTP-01 self-check failed: GET {url}"
     connection = http.client.HTTPConnection(connect_address or host, port, timeout=timeout)
