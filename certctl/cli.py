@@ -70,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     controller = commands.add_parser(
         "controller", help="run the Kubernetes controller (kopf operator, leader-elected)")
     _cluster_arguments(controller)
-    controller.add_argument("--watch-namespace", action="append", default=[],
-                            dest="watch_namespaces", metavar="NAMESPACE",
-                            help="watch only this namespace (repeatable; default: all)")
+    controller.add_argument(
+        "--namespace", "--watch-namespace", action="append", default=[],
+        dest="watch_namespaces", metavar="NAMESPACE",
+        help="watch and list only this namespace (repeatable; default: the whole cluster); "
+             "include the --cluster-resource-namespace")
     controller.add_argument("--leader-election-namespace", default="certctl")
     controller.add_argument("--leader-election-name", default="certctl-controller",
                             help="name of the coordination.k8s.io Lease the replicas share")
@@ -91,8 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     dataplane = commands.add_parser(
         "dataplane", help="run the data plane for a cluster: serve Ingresses with TLS by SNI")
     _cluster_arguments(dataplane)
-    dataplane.add_argument("--watch-namespace", action="append", default=[],
-                           dest="watch_namespaces", metavar="NAMESPACE")
+    dataplane.add_argument(
+        "--namespace", "--watch-namespace", action="append", default=[],
+        dest="watch_namespaces", metavar="NAMESPACE",
+        help="serve the Ingresses, and read the Secrets, of this namespace only "
+             "(repeatable; default: the whole cluster)")
     _edge_arguments(dataplane, http_port=8080, https_port=8443)
     dataplane.set_defaults(func=_dataplane)
 
@@ -280,6 +285,11 @@ def _controller(args: argparse.Namespace) -> int:
     namespace, _, name = service.partition("/")
     if not namespace or not name or (port and not port.isdigit()):
         print(f"certctl: --solver-service {args.solver_service}: expected NAMESPACE/NAME[:PORT]",
+              file=sys.stderr)
+        return 2
+    if args.watch_namespaces and args.cluster_resource_namespace not in args.watch_namespaces:
+        print(f"certctl: --namespace: add --namespace {args.cluster_resource_namespace}, the "
+              "--cluster-resource-namespace (ClusterIssuers keep their Secrets there)",
               file=sys.stderr)
         return 2
     options = operator.ControllerOptions(

@@ -64,6 +64,7 @@ def _grants(*, groups: tuple[str, ...], resources: list[str] | tuple[str, ...],
 
 
 # Exactly what each ClusterRole may do; the comments in manifests/rbac-*.yaml say why.
+# The *-namespaced ones are bound only by RoleBindings, in the watched namespaces.
 CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
     "certctl-controller": (
         _grants(groups=("certctl.io",), resources=OUR_PLURALS, verbs=READ_WRITE)
@@ -72,24 +73,35 @@ CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
         | _grants(groups=("certctl.io",),
                   resources=("certificates/finalizers", "orders/finalizers",
                              "challenges/finalizers"), verbs=("update",))
-        | _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ_WRITE)
+    ),
+    "certctl-controller-namespaced": (
+        _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ_WRITE)
         | _grants(groups=("",), resources=("services",), verbs=("get", "create", "delete"))
         | _grants(groups=("",), resources=("secrets",), verbs=READ_WRITE)
         | _grants(groups=("", "events.k8s.io"), resources=("events",),
                   verbs=("create", "patch"))
     ),
     "certctl-dataplane": (
-        _grants(groups=("networking.k8s.io",), resources=("ingresses", "ingressclasses"),
-                verbs=READ)
+        _grants(groups=("networking.k8s.io",), resources=("ingressclasses",), verbs=READ)
+        | _grants(groups=("certctl.io",), resources=("challenges",), verbs=READ)
+    ),
+    "certctl-dataplane-namespaced": (
+        _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ)
         | _grants(groups=("networking.k8s.io",), resources=("ingresses/status",),
                   verbs=("get", "update", "patch"))
         | _grants(groups=("",), resources=("services", "endpoints", "secrets"), verbs=READ)
         | _grants(groups=("discovery.k8s.io",), resources=("endpointslices",), verbs=READ)
-        | _grants(groups=("certctl.io",), resources=("challenges",), verbs=READ)
         | _grants(groups=("", "events.k8s.io"), resources=("events",),
                   verbs=("create", "patch"))
     ),
 }
+# Where each component works (--namespace), and so where its *-namespaced role is bound.
+WATCHED_NAMESPACES = {
+    "certctl-controller": [NAMESPACE, "default"],
+    "certctl-dataplane": ["default"],
+}
+WRITE = ("create", "update", "patch", "delete", "deletecollection", "escalate", "bind",
+         "impersonate")
 
 
 # --- loading --------------------------------------------------------------------------
@@ -265,19 +277,27 @@ def test_base_renders_every_component(rendered):
         ("ServiceAccount", "certctl-controller"),
         ("ServiceAccount", "certctl-dataplane"),
         ("ClusterRole", "certctl-controller"),
+        ("ClusterRole", "certctl-controller-namespaced"),
         ("ClusterRoleBinding", "certctl-controller"),
+        ("RoleBinding", "certctl-controller"),
+        ("RoleBinding", "certctl-controller"),
         ("Role", "certctl-controller-leader-election"),
         ("RoleBinding", "certctl-controller-leader-election"),
         ("ClusterRole", "certctl-dataplane"),
+        ("ClusterRole", "certctl-dataplane-namespaced"),
         ("ClusterRoleBinding", "certctl-dataplane"),
+        ("RoleBinding", "certctl-dataplane"),
         ("Deployment", "certctl-controller"),
         ("Deployment", "certctl-dataplane"),
         ("Service", "certctl-dataplane"),
         ("IngressClass", "certctl"),
     ])
     namespaced = {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"}
+    watched = {ns for namespaces in WATCHED_NAMESPACES.values() for ns in namespaces}
     for obj in rendered:
-        if obj["kind"] in namespaced:
+        if obj["kind"] == "RoleBinding":  # in the namespaces where certctl works
+            assert obj["metadata"].get("namespace") in watched, obj["metadata"]
+        elif obj["kind"] in namespaced:
             assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "certctl"
 
@@ -300,6 +320,7 @@ def test_controller_runs_the_controller_command_with_leader_election(rendered):
         "--cluster-resource-namespace", NAMESPACE,
         "--leader-election-namespace", NAMESPACE,
         "--solver-service", f"{NAMESPACE}/certctl-dataplane",
+        "--namespace", NAMESPACE, "--namespace", "default",
     ]
     assert container["env"] == [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -317,7 +338,7 @@ def test_data_plane_runs_the_dataplane_command_and_probes_its_http_port(rendered
     command = container["command"] + container["args"]
     assert command == [
         "certctl", "dataplane", "--http-port", "8080", "--https-port", "8443",
-        "--ingress-class", "certctl",
+        "--ingress-class", "certctl", "--namespace", "default",
     ]
     assert [env["name"] for env in container["env"]] == ["POD_NAME", "POD_NAMESPACE"]
     assert [env["valueFrom"]["fieldRef"]["fieldPath"] for env in container["env"]] == [
@@ -783,13 +804,80 @@ def test_cluster_roles_grant_exactly_what_each_component_uses(rendered):
         assert not any("resourceNames" in rule for rule in _rules(role))
 
 
-def test_secrets_are_granted_only_as_listed(rendered):
-    allowed = {"certctl-controller": set(READ_WRITE), "certctl-dataplane": set(READ)}
+def _cluster_wide(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ClusterRoles some ClusterRoleBinding grants in every namespace."""
+    bound = {b["roleRef"]["name"] for b in _by_kind(rendered, "ClusterRoleBinding")}
+    return [r for r in _by_kind(rendered, "ClusterRole") if r["metadata"]["name"] in bound]
+
+
+def test_nothing_but_certctl_io_is_writable_cluster_wide(rendered):
+    cluster_wide = _cluster_wide(rendered)
+    assert {r["metadata"]["name"] for r in cluster_wide} == {"certctl-controller",
+                                                            "certctl-dataplane"}
+    for role in cluster_wide:
+        writes = {(g, r, v) for g, r, v in _flatten(role) if v in WRITE}
+        assert {g for g, _, _ in writes} <= {"certctl.io"}, (role["metadata"]["name"], writes)
+        # Not even reading a Secret, or any namespaced kind but ours, in every namespace.
+        others = {(g, r) for g, r, _ in _flatten(role) if g != "certctl.io"}
+        assert others <= {("networking.k8s.io", "ingressclasses")}, others  # cluster-scoped
+
+
+def test_secrets_only_through_role_bindings_in_the_watched_namespaces(rendered):
+    verbs = {"certctl-controller": set(READ_WRITE), "certctl-dataplane": set(READ)}
+    for role in _by_kind(rendered, "Role") + _cluster_wide(rendered):
+        assert not any(r == "secrets" for _, r, _ in _flatten(role)), role["metadata"]["name"]
+    bindings = _by_kind(rendered, "RoleBinding")
+    granting = {}
     for role in _by_kind(rendered, "ClusterRole"):
-        verbs = {v for g, r, v in _flatten(role) if (g, r) == ("", "secrets")}
-        assert verbs == allowed[role["metadata"]["name"]]
-    for role in _by_kind(rendered, "Role"):
-        assert not any(r == "secrets" for _, r, _ in _flatten(role))
+        secret_verbs = {v for g, r, v in _flatten(role) if (g, r) == ("", "secrets")}
+        if secret_verbs:
+            granting[role["metadata"]["name"]] = secret_verbs
+    assert granting == {f"{component}-namespaced": verbs[component] for component in verbs}
+    for component, namespaces in WATCHED_NAMESPACES.items():
+        where = sorted(b["metadata"]["namespace"] for b in bindings
+                       if b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                           "kind": "ClusterRole",
+                                           "name": f"{component}-namespaced"})
+        assert where == sorted(namespaces), component
+        for binding in bindings:
+            if binding["roleRef"]["name"] == f"{component}-namespaced":
+                assert binding["subjects"] == [{"kind": "ServiceAccount", "name": component,
+                                                "namespace": NAMESPACE}]
+
+
+def test_components_watch_exactly_the_namespaces_they_have_rights_in(rendered):
+    for component, namespaces in WATCHED_NAMESPACES.items():
+        (container,) = _containers(_one(rendered, "Deployment", component))
+        args = container["args"]
+        flagged = [args[i + 1] for i, arg in enumerate(args) if arg == "--namespace"]
+        assert flagged == namespaces, component
+    # The controller keeps ClusterIssuer Secrets in a namespace it watches.
+    (controller,) = _containers(_one(rendered, "Deployment", "certctl-controller"))
+    args = controller["args"]
+    assert args[args.index("--cluster-resource-namespace") + 1] in \
+        WATCHED_NAMESPACES["certctl-controller"]
+
+
+def test_overlay_example_adds_a_watched_namespace_and_nothing_else(rendered):
+    result = subprocess.run([KUBECTL, "kustomize", str(CLUSTER_EXAMPLES / "another-namespace")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    overlay = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    added = [obj for obj in overlay if obj not in rendered]
+    assert sorted((o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+                  for o in added) == [
+        ("Deployment", NAMESPACE, "certctl-controller"),
+        ("Deployment", NAMESPACE, "certctl-dataplane"),
+        ("RoleBinding", "shop", "certctl-controller"),
+        ("RoleBinding", "shop", "certctl-dataplane"),
+    ]
+    for component in WATCHED_NAMESPACES:
+        (container,) = _containers(_one(overlay, "Deployment", component))
+        (base,) = _containers(_one(rendered, "Deployment", component))
+        assert container["args"] == [*base["args"], "--namespace", "shop"]
+        binding = [b for b in _by_kind(overlay, "RoleBinding")
+                   if b["metadata"] == {**b["metadata"], "namespace": "shop", "name": component}]
+        assert [b["roleRef"]["name"] for b in binding] == [f"{component}-namespaced"]
 
 
 def test_leases_only_in_a_role_in_the_certctl_namespace(rendered):

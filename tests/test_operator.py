@@ -8,10 +8,7 @@ API and reads what the controller did.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import datetime
-import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -26,10 +23,8 @@ from prometheus_client import parser as prometheus_parser
 
 from certctl import cli
 from certctl.pki import inspect
-from certctl.runtime import dataplane_feed, leader, operator
-from certctl.solvers import http01_ingress
-from certctl.store.kube import KubeStore
-from tests.kube import Cluster
+from certctl.store.kube import RESOURCES, KubeStore
+from tests.kube import TEST_CLIENT, Cluster, Deployment
 from tests.pebble import PebbleServer, free_port
 from tests.serving import (
     cluster_issuer,
@@ -41,63 +36,6 @@ from tests.serving import (
     served_certificate,
     service_with_endpoints,
 )
-
-DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane")
-
-
-class Deployment:
-    """The controller (one replica per `add_controller`) and one data plane, in-process."""
-
-    def __init__(self, *, cluster: Cluster, pebble: PebbleServer) -> None:
-        self.cluster = cluster
-        self.pebble = pebble
-        self.controllers: list[operator.Controller] = []
-        self.dataplane = operator.ClusterDataPlane(options=operator.DataPlaneOptions(
-            configuration=cluster.configuration(),
-            listening=dataplane_feed.Listening(
-                address="127.0.0.1", http_port=pebble.http_port, https_port=free_port(),
-                ingress_class="certctl", load_balancer_address="203.0.113.7"),
-        ))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> Deployment:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.dataplane.start(), self._loop).result(30)
-        self.add_controller(identity="replica-0")
-        return self
-
-    def add_controller(self, *, identity: str,
-                       self_check_port: int | None = None) -> operator.Controller:
-        controller = operator.Controller(options=operator.ControllerOptions(
-            configuration=self.cluster.configuration(),
-            election=leader.ElectionSettings(namespace="certctl", name="certctl-controller",
-                                             identity=identity, lease_duration=3.0,
-                                             renew_deadline=2.0, retry_period=0.2),
-            data_plane=DATA_PLANE,
-            self_check_address="127.0.0.1",
-            self_check_port=self_check_port or self.pebble.http_port,
-            workers=4,
-            backoff_base=datetime.timedelta(seconds=1),
-            metrics_address=("127.0.0.1", free_port()),
-        ))
-        controller.start()
-        self.controllers.append(controller)
-        return controller
-
-    def stop(self) -> None:
-        for controller in self.controllers:
-            controller.stop()
-        asyncio.run_coroutine_threadsafe(self.dataplane.stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    @property
-    def https_port(self) -> int:
-        port = self.dataplane.edge.server.https_port
-        assert port is not None
-        return port
 
 
 @pytest.fixture
@@ -442,6 +380,61 @@ def test_two_replicas_elect_one_leader_and_issue_each_certificate_once(
                what="the new leader to act")
 
 
+def test_namespaced_controller_and_data_plane_ignore_other_namespaces(
+    cluster: Cluster, api: KubeStore, pebble: PebbleServer
+) -> None:
+    # As manifests/ runs them: the controller in certctl and default, the data plane in
+    # default; their RBAC allows nothing elsewhere.
+    allowed = {"certctl": {"certctl", "default"}, "certctl-dataplane": {"default"}}
+    running = Deployment(cluster=cluster, pebble=pebble, namespaces=("certctl", "default"),
+                         dataplane_namespaces=("default",)).start()
+    try:
+        api.create(obj=_issuer(pebble))
+        # Elsewhere: an annotated Ingress, and a Certificate written by hand.
+        api.create(obj=ingress("other-shop", hosts=["other.example.test"],
+                               secret_name="other-shop-tls", namespace="other"))
+        api.create(obj={
+            "apiVersion": "certctl.io/v1", "kind": "Certificate",
+            "metadata": {"name": "by-hand", "namespace": "other"},
+            "spec": {"secretName": "by-hand-tls", "dnsNames": ["hand.example.test"],
+                     "issuerRef": {"name": "pebble", "kind": "ClusterIssuer"}}})
+        with echo_backend("shop-backend") as backend_port:
+            _apply_app(api, backend_port=backend_port)
+            secret = eventually(partial(_ready_secret, api, "shop-tls"), timeout=60,
+                                what="the certificate in default")
+            leaf = eventually(lambda: served_certificate(
+                port=running.https_port, server_name="shop.example.test",
+                roots_pem=pebble.issuance_roots_pem()), what="the certificate served")
+            assert leaf.serial_number == _leaf(secret).serial_number
+    finally:
+        running.stop()
+
+    [by_hand] = api.list(kind="Certificate", namespace="other")
+    assert by_hand["metadata"]["name"] == "by-hand" and not by_hand.get("status")
+    for kind in ("Order", "Challenge", "Secret", "Event", "Service"):
+        assert api.list(kind=kind, namespace="other") == [], kind
+    other_ingress = api.get(kind="Ingress", namespace="other", name="other-shop")
+    assert other_ingress is not None and not other_ingress.get("status")  # not served either
+
+    # Not a single request went outside, not even a cluster-wide list: RBAC would refuse it.
+    namespaced = {resource.plural: resource.namespaced for resource in RESOURCES.values()}
+    seen: set[tuple[str, str | None, str]] = set()
+    for request in cluster.requests():
+        agent = request.headers.get("User-Agent", "")
+        if agent == TEST_CLIENT or request.resource is None or not request.resource.plural:
+            continue
+        plural = request.resource.plural
+        seen.add((agent.split("/")[0], request.namespace, plural))
+        if not namespaced[plural]:
+            continue
+        where = allowed.get(agent, allowed["certctl"] | allowed["certctl-dataplane"])  # kopf
+        assert request.namespace in where, (agent, request.method, request.url)
+    # The watches and lists were there, namespaced.
+    assert ("kopf", "default", "secrets") in seen and ("kopf", "certctl", "secrets") in seen
+    assert ("kopf", "default", "ingresses") in seen
+    assert ("kopf", None, "clusterissuers") in seen
+
+
 def _kubeconfig(path: Path, *, server: str) -> Path:
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "test",
@@ -469,6 +462,24 @@ def test_controller_explains_missing_crds_and_an_unreachable_api(
     kubeconfig = _kubeconfig(tmp_path / "closed", server=closed)
     assert cli.main(["controller", "--kubeconfig", str(kubeconfig)]) == 1
     assert f"cannot reach the Kubernetes API at {closed}" in capsys.readouterr().err
+
+
+def test_controller_namespaces_must_include_the_cluster_resource_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = Cluster(with_crds=False)
+    bare.start()
+    try:
+        kubeconfig = str(_kubeconfig(tmp_path / "bare", server=bare.url))
+        assert cli.main(["controller", "--kubeconfig", kubeconfig, "--namespace", "default"]) == 2
+        assert "add --namespace certctl, the --cluster-resource-namespace" in \
+            capsys.readouterr().err
+        # Given both, it starts as far as the API lets it.
+        assert cli.main(["controller", "--kubeconfig", kubeconfig, "--namespace", "certctl",
+                         "--namespace", "default"]) == 1
+        assert "install the CRDs first" in capsys.readouterr().err
+    finally:
+        bare.stop()
 
 
 def test_cli_status_and_renew_against_the_cluster(

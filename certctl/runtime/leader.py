@@ -137,13 +137,14 @@ class LeaderElector:
         return True
 
     def _release(self) -> None:
-        lease = self._store.get(kind="Lease", namespace=self._settings.namespace,
-                                name=self._settings.name)
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != \
-                self._settings.identity:
-            return
-        lease["spec"] = dict(lease["spec"], holderIdentity="", leaseDurationSeconds=1)
+        """Best effort: a Lease that cannot be released expires (lease_duration)."""
         try:
+            lease = self._store.get(kind="Lease", namespace=self._settings.namespace,
+                                    name=self._settings.name)
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != \
+                    self._settings.identity:
+                return
+            lease["spec"] = dict(lease["spec"], holderIdentity="", leaseDurationSeconds=1)
             self._store.replace(obj=lease)
         except interface.StoreError as err:
             logger.info("could not release Lease %s: %s", self._settings.name, err)

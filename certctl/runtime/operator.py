@@ -12,6 +12,12 @@ The controller reconciles only while it holds the leader Lease
 (`runtime.leader`); followers keep their watches warm and drop events, and
 a new leader starts by queueing every object once. The data plane has no
 leader: every replica serves.
+
+With `namespaces` (`--namespace`), kopf watches and the store lists only
+those namespaces, so the service accounts need rights there and nowhere
+else (manifests/rbac-*.yaml). When the API fails, nothing is lost: kopf is
+restarted if it gives up, an event whose fan-out needed the API is retried
+on the work queue, and so is the listing a new leader starts with.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -39,7 +46,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.runtime import dataplane_feed, dispatch, leader, metrics
+from certctl.runtime import dataplane_feed, dispatch, leader, metrics, workqueue
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
@@ -49,6 +56,9 @@ from certctl.store.kube import RESOURCES, KubeStore, auth_headers
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[WatchEvent], None]
+
+# Between restarts of kopf after it stopped on its own (`Watcher._run`).
+WATCH_RESTART = workqueue.Backoff(initial=1.0, maximum=30.0)
 
 
 class _KopfNoise(logging.Filter):
@@ -103,9 +113,10 @@ class StartupError(Exception):
 def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
     """Fail fast, and say why, when the API is unreachable or our CRDs are missing:
     kopf would otherwise retry quietly forever."""
+    namespace = store.namespaces[0] if store.namespaces else "default"
     for kind in kinds:
         try:
-            store.list(kind=kind, namespace="default" if RESOURCES[kind].namespaced else None)
+            store.list(kind=kind, namespace=namespace if RESOURCES[kind].namespaced else None)
         except store_interface.NotFound as err:
             raise StartupError(
                 f"the API server does not know {kind} ({RESOURCES[kind].api_version}): "
@@ -132,6 +143,7 @@ class Watcher:
         self._registry = kopf.OperatorRegistry()
         self._stop_flag = threading.Event()
         self._ready_flag = threading.Event()
+        self._stopper: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
         self._failure: BaseException | None = None
         kopf.on.login(registry=self._registry)(self._login)
@@ -149,28 +161,71 @@ class Watcher:
 
     def stop(self) -> None:
         self._stop_flag.set()
+        stopper = self._stopper
+        if stopper is not None:
+            loop, future = stopper
+            with contextlib.suppress(RuntimeError):  # that run has ended, its loop is closed
+                loop.call_soon_threadsafe(_resolve, future)
         self._thread.join(15)
 
     def _run(self) -> None:
+        """kopf, started again whenever it stops on its own.
+
+        kopf gives up on a watch, and then stops altogether, when the API keeps
+        failing past its retries (about a minute of 5xx or refused connections)
+        or sends an ERROR event other than 410 Gone down a stream. A controller
+        that kept running deaf would be worse than one that restarts: so it
+        restarts, with backoff, and its first listing replays every object."""
+        failures = 0
+        while not self._stop_flag.is_set():
+            started = time.monotonic()
+            try:
+                asyncio.run(self._operate())
+            except Exception as err:  # reported by start(), logged, and retried
+                self._failure = err
+                reason = f"{type(err).__name__}: {err}"
+            except BaseException as err:  # interpreter shutdown: nothing to restart for
+                self._failure = err
+                logger.exception("the Kubernetes watches stopped")
+                return
+            else:
+                reason = "kopf returned"
+            if self._stop_flag.is_set():
+                return
+            failures = 1 if time.monotonic() - started > WATCH_RESTART.maximum else failures + 1
+            delay = WATCH_RESTART.delay(failures)
+            logger.error("the Kubernetes watches stopped (%s); restarting them in %.0f s",
+                         reason, delay)
+            self._stop_flag.wait(delay)
+
+    async def _operate(self) -> None:
+        """One run of kopf. Its stop flag is a future of this run's loop, set by `stop()`:
+        kopf waits for a threading.Event in an executor thread, which would keep
+        `asyncio.run` from returning after a failure until the process stops."""
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+        self._stopper = (loop, stop)
+        if self._stop_flag.is_set():  # stop() came before the stopper was there
+            return
+        await kopf.operator(
+            registry=self._registry,
+            settings=self._settings(),
+            standalone=True,  # certctl elects its own leader (runtime.leader)
+            clusterwide=not self._namespaces,
+            namespaces=list(self._namespaces),
+            stop_flag=stop,
+            ready_flag=self._ready_flag,
+        )
+
+    @staticmethod
+    def _settings() -> kopf.OperatorSettings:
         settings = kopf.OperatorSettings()
         settings.posting.enabled = False  # certctl posts its own Events, kopf's would be noise
         settings.scanning.disabled = True  # no CRD/namespace scanning: needs no RBAC for it
         settings.watching.connect_timeout = 10
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
-        try:
-            asyncio.run(kopf.operator(
-                registry=self._registry,
-                settings=settings,
-                standalone=True,  # certctl elects its own leader (runtime.leader)
-                clusterwide=not self._namespaces,
-                namespaces=self._namespaces,
-                stop_flag=self._stop_flag,
-                ready_flag=self._ready_flag,
-            ))
-        except BaseException as err:  # reported by start() or logged; the thread must not die
-            self._failure = err
-            logger.exception("the Kubernetes watches stopped")
+        return settings
 
     def _login(self, **_: Any) -> kopf.ConnectionInfo:
         configuration = self._configuration
@@ -205,13 +260,19 @@ class Watcher:
         return on_event
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Controller:
     """The reconcilers against the Kubernetes API, reconciling only while leading."""
 
     def __init__(self, *, options: ControllerOptions,
                  clock: Clock = reconciling.system_clock) -> None:
         self.options = options
-        self.store = KubeStore(configuration=options.configuration, component="certctl")
+        self.store = KubeStore(configuration=options.configuration, component="certctl",
+                               namespaces=options.namespaces)
         self.metrics = metrics.ControllerMetrics(store=self.store)
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
@@ -270,18 +331,46 @@ class Controller:
         self.store.close()
 
     def _queue_everything(self) -> None:
-        for item in self.dispatcher.everything():
-            self.queue.add(item)
+        """Queued, not done here: listing may fail, and the queue retries with backoff
+        (this runs on the election thread, which must not die of an API error)."""
+        self.queue.add(_RESYNC)
 
     def _on_event(self, event: WatchEvent) -> None:
-        if self.is_leader:
+        if not self.is_leader:
+            return
+        try:
             for item in self.dispatcher.items_for(event):
                 self.queue.add(item)
+        except store_interface.StoreError as err:
+            # Which reconcilers an event concerns may take a list (the Certificates
+            # using an issuer, ...). kopf does not retry event handlers, so an API
+            # error here would lose the event: the queue retries it instead.
+            logger.info("%s %s: deferred (%s)", event.type, event.key, err)
+            self.queue.add(_Fanout(event=event))
 
     def _handle(self, item: Hashable) -> float | None:
         if not self.is_leader:
             return None  # the new leader re-reads everything
+        if item is _RESYNC:
+            for queued in self.dispatcher.everything():
+                self.queue.add(queued)
+            return None
+        if isinstance(item, _Fanout):
+            for queued in self.dispatcher.items_for(item.event):
+                self.queue.add(queued)
+            return None
         return self.dispatcher.handle(item)
+
+
+# Queue items of the controller's own, beside the reconcilers' (controller, key) items.
+_RESYNC = "resync"  # list everything and queue each object once
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Fanout:
+    """A watch event whose reconcilers are still to be found (compared by identity)."""
+
+    event: WatchEvent
 
 
 class ClusterDataPlane:
@@ -290,7 +379,7 @@ class ClusterDataPlane:
     def __init__(self, *, options: DataPlaneOptions) -> None:
         self.options = options
         self.store = KubeStore(configuration=options.configuration,
-                               component="certctl-dataplane")
+                               component="certctl-dataplane", namespaces=options.namespaces)
         self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
         self.watcher = Watcher(
             configuration=options.configuration,

@@ -19,6 +19,15 @@ that the tests' emulator has to copy:
 
 List responses omit `kind`/`apiVersion` on items; they are filled in so
 reconcilers see the same shape as from `get`.
+
+Transient failures (a refused or dropped connection, 429, 500, 502, 503,
+504) are retried a few times within about three seconds, honouring
+Retry-After, as client-go and kopf do; what still fails is a `StoreError`
+and the work queue retries the whole reconcile with its own backoff. A
+retried write may have been done the first time (the answer was lost), and
+the retry then says so in the Store's own terms: a create finds
+`AlreadyExists`, a replace finds `Conflict` (its resourceVersion is stale),
+a delete finds nothing to delete; callers handle those already.
 """
 
 from __future__ import annotations
@@ -26,8 +35,9 @@ from __future__ import annotations
 import builtins
 import datetime
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -92,6 +102,12 @@ RESOURCES: dict[str, Resource] = {
 # Events about cluster-scoped objects go here, as kubectl and client-go do.
 CLUSTER_EVENTS_NAMESPACE = "default"
 
+# Answers worth asking again: throttled, or the API server (or what is in front
+# of it) failing for a moment. Not 409 or 422: asking again changes nothing.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds; then the work queue's backoff takes over
+MAX_RETRY_AFTER = 10.0
+
 
 def load_configuration(
     *, kubeconfig: str | None = None, context: str | None = None
@@ -123,8 +139,12 @@ def auth_headers(configuration: kubernetes.client.Configuration) -> dict[str, st
 
 class KubeStore:
     def __init__(self, *, configuration: kubernetes.client.Configuration,
-                 component: str = "certctl") -> None:
+                 component: str = "certctl", namespaces: Iterable[str] = ()) -> None:
+        """`namespaces`: where lists of namespaced kinds look when given no namespace
+        (`certctl controller --namespace`), so that the service account needs rights
+        there only; empty: the whole cluster."""
         self.configuration = configuration
+        self.namespaces: tuple[str, ...] = tuple(dict.fromkeys(namespaces))
         self._server = configuration.host.rstrip("/")
         self._session = requests.Session()
         if configuration.ssl_ca_cert:
@@ -158,8 +178,14 @@ class KubeStore:
         query: list[tuple[str, str]] = []
         if labels:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
-        found = self._call("GET", resource.path(namespace=namespace), kind=kind, query=query)
-        items: list[Object] = found.get("items") or []
+        if namespace is None and resource.namespaced and self.namespaces:
+            where: tuple[str | None, ...] = self.namespaces
+        else:
+            where = (namespace,)
+        items: list[Object] = []
+        for each in where:
+            found = self._call("GET", resource.path(namespace=each), kind=kind, query=query)
+            items.extend(found.get("items") or [])
         for item in items:
             item.setdefault("kind", kind)
             item.setdefault("apiVersion", resource.api_version)
@@ -242,14 +268,26 @@ class KubeStore:
         body: Mapping[str, Any] | None = None,
         query: builtins.list[tuple[str, str]] | None = None,
     ) -> Object:
-        headers = {"Accept": "application/json", "User-Agent": self._component}
-        # Evaluated per request: the hook behind it refreshes expiring tokens.
-        headers.update(auth_headers(self.configuration))
-        try:
-            answer = self._session.request(method, self._server + path, params=query,
-                                           json=body, headers=headers, timeout=30)
-        except requests.RequestException as err:
-            raise interface.StoreError(f"{method} {path}: {err}") from err
+        for delay in (*RETRY_DELAYS, None):
+            headers = {"Accept": "application/json", "User-Agent": self._component}
+            # Evaluated per request: the hook behind it refreshes expiring tokens.
+            headers.update(auth_headers(self.configuration))
+            try:
+                answer = self._session.request(method, self._server + path, params=query,
+                                               json=body, headers=headers, timeout=30)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                if delay is None:
+                    raise interface.StoreError(f"{method} {path}: {err}") from err
+                logger.debug("%s %s: %s; retrying in %.1f s", method, path, err, delay)
+            except requests.RequestException as err:
+                raise interface.StoreError(f"{method} {path}: {err}") from err
+            else:
+                if answer.status_code not in TRANSIENT_STATUSES or delay is None:
+                    break
+                delay = _retry_after(answer) or delay
+                logger.debug("%s %s: %s %s; retrying in %.1f s", method, path,
+                             answer.status_code, answer.reason, delay)
+            time.sleep(delay)
         if answer.status_code >= 400:
             raise _store_error(answer, method=method, path=path)
         try:
@@ -283,6 +321,15 @@ def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> b
         return True
     present = obj.get("metadata", {}).get("labels") or {}
     return all(present.get(key) == value for key, value in labels.items())
+
+
+def _retry_after(answer: requests.Response) -> float | None:
+    """The server's Retry-After in seconds (capped), if it gave one."""
+    try:
+        seconds = float(answer.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _store_error(answer: requests.Response, *, method: str, path: str) -> interface.StoreError:
