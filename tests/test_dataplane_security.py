@@ -592,7 +592,7 @@ def test_handshakes_failing_before_the_sni_callback_are_counted_as_errors(plane)
     for data in garbage:
         send_and_drain(plane, data)
 
-    def counted() -> bool:
+    def counted():
         gc.collect()  # a failed connection's protocol may sit in a reference cycle
         return metrics.handshake_errors >= before[1] + len(garbage)
 

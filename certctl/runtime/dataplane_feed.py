@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 ROUTING_KINDS = frozenset({"Ingress", "Service", "EndpointSlice", "Endpoints", "IngressClass"})
 CONTROLLER_NAME = "certctl.io/ingress-controller"
 DEBOUNCE_SECONDS = 0.02
+# A refresh that failed (the API down past the store's own retries) is tried
+# again after these, doubling.
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 30.0
 
 
 class DataPlaneFeed:
@@ -113,6 +117,7 @@ class DataPlaneFeed:
     # --- rebuilding ----------------------------------------------------------
 
     def _run(self) -> None:
+        retry_delay = FIRST_RETRY_SECONDS
         while not self._stopping:
             self._wake.wait()
             if self._stopping:
@@ -123,21 +128,41 @@ class DataPlaneFeed:
                 self.refresh()
             except Exception:
                 logger.exception("refreshing the data plane failed")
+                # What failed is still marked dirty: try again, later each time
+                # (sooner when a new event or stop() sets the wake-up).
+                self._wake.wait(retry_delay)
+                retry_delay = min(retry_delay * 2, MAX_RETRY_SECONDS)
+                self._wake.set()
+            else:
+                retry_delay = FIRST_RETRY_SECONDS
 
     def refresh(self) -> None:
+        """Rebuild what events marked dirty; on failure it stays marked for the next try."""
         if self._routes_dirty:
+            # Cleared before reading, so an event arriving meanwhile marks it again.
             self._routes_dirty = False
-            table = self._build_routes()
-            self._publish_routes(table)
-            self._served = table.served
-            for problem in sorted(set(table.problems) - self._reported):
-                logger.warning("%s", problem)
-            self._reported = frozenset(table.problems)
-            if self._load_balancer is not None:
-                self._write_statuses(self._load_balancer)
+            try:
+                self._refresh_routes()
+            except Exception:
+                self._routes_dirty = True
+                raise
         if self._secrets_dirty:
             self._secrets_dirty = False
-            self._load_certificates()
+            try:
+                self._load_certificates()
+            except Exception:
+                self._secrets_dirty = True
+                raise
+
+    def _refresh_routes(self) -> None:
+        table = self._build_routes()
+        self._publish_routes(table)
+        self._served = table.served
+        for problem in sorted(set(table.problems) - self._reported):
+            logger.warning("%s", problem)
+        self._reported = frozenset(table.problems)
+        if self._load_balancer is not None:
+            self._write_statuses(self._load_balancer)
 
     def _write_statuses(self, entries: list[dict[str, str]]) -> None:
         """Served Ingresses say where they are served; ones no longer served stop saying it."""
