@@ -59,7 +59,8 @@ def normalize_dns_name(name: str, *, allow_wildcard: bool) -> str:
             raise ValueError(f"{name!r} has an empty label")
         if len(label) > MAX_LABEL_LENGTH:
             raise ValueError(
-                f"{name!r}: label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
+                f"{_shown(name)}: label {_shown(label)} is longer than {MAX_LABEL_LENGTH}"
+                f" characters ({len(label)})"
             )
         if not _LDH_LABEL.fullmatch(label):
             raise ValueError(
@@ -68,8 +69,17 @@ def normalize_dns_name(name: str, *, allow_wildcard: bool) -> str:
             )
     result = f"*.{ascii_name}" if wildcard else ascii_name
     if len(result) > MAX_NAME_LENGTH:
-        raise ValueError(f"{name!r} is longer than {MAX_NAME_LENGTH} characters")
+        raise ValueError(
+            f"{_shown(name)} is longer than {MAX_NAME_LENGTH} characters ({len(result)})"
+        )
     return result
+
+
+def _shown(text: str, *, limit: int = 80) -> str:
+    """`text` quoted for a message, its middle elided when long, so the message stays readable."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(f"{text[:40]}...{text[-30:]}")
 
 
 def _to_ascii(name: str, *, original: str) -> str:

@@ -13,7 +13,8 @@ does not implement are refused when set, rather than ignored, because
 ignoring them would issue a different certificate than the one asked for.
 Built-in kinds (Ingress, Service, ...) were already validated by the API
 server, and may carry fields newer than this code, so their unknown fields
-are ignored.
+are ignored; for Ingresses read from manifests, where no API server has
+checked them, `unknown_ingress_fields` names them so a typo is reported.
 
 Objects without `metadata.namespace` land in "default", as `kubectl apply`
 would put them.
@@ -632,6 +633,57 @@ def parse_ingress(obj: Mapping[str, Any], *, source: str | None = None) -> resou
     )
 
 
+# The fields of networking.k8s.io/v1 Ingress certctl knows: a mapping per object,
+# a one-item list for "each item is", None for a leaf (its type is checked by parse_ingress).
+_BACKEND_FIELDS: Final[dict[str, Any]] = {
+    "service": {"name": None, "port": {"number": None, "name": None}},
+    "resource": None,
+}
+_INGRESS_FIELDS: Final[dict[str, Any]] = {
+    "apiVersion": None,
+    "kind": None,
+    "metadata": None,  # open-ended enough (managedFields, finalizers...) to leave alone
+    "status": None,
+    "spec": {
+        "ingressClassName": None,
+        "defaultBackend": _BACKEND_FIELDS,
+        "rules": [{"host": None,
+                   "http": {"paths": [{"path": None, "pathType": None,
+                                       "backend": _BACKEND_FIELDS}]}}],
+        "tls": [{"hosts": None, "secretName": None}],
+    },
+}
+
+
+def unknown_ingress_fields(obj: Mapping[str, Any]) -> list[str]:
+    """`spec.tls[0].host: unknown field, ignored; did you mean 'hosts'?` for each typo.
+
+    An API server drops or refuses fields a built-in kind does not have
+    (`kubectl apply` validates strictly), so this only finds anything in
+    manifests read by `certctl serve`. The fields are ignored, not refused,
+    as newer Kubernetes versions may add some; but a typo such as `secretname`
+    would otherwise silently leave a host without its certificate.
+    """
+    found: list[str] = []
+    _walk_fields(obj, _INGRESS_FIELDS, at="", found=found)
+    return found
+
+
+def _walk_fields(value: Any, schema: Any, *, at: str, found: list[str]) -> None:
+    if isinstance(schema, list) and isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk_fields(item, schema[0], at=f"{at}[{index}]", found=found)
+    elif isinstance(schema, dict) and isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{at}.{key}" if at else str(key)
+            if key in schema:
+                _walk_fields(item, schema[key], at=path, found=found)
+                continue
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            found.append(f"{path}: unknown field, ignored{hint}")
+
+
 def _ingress_rule(ctx: _Object, value: Any, *, at: str) -> resources.IngressRule:
     rule = ctx.mapping(value, field=at)
     host = ctx.optional_str(rule, "host", at=at)
@@ -695,12 +747,23 @@ def _ingress_tls(ctx: _Object, value: Any, *, at: str) -> resources.IngressTLS:
     return resources.IngressTLS(
         hosts=tuple(
             dict.fromkeys(
-                ctx.dns_name(host, field=f"{at}.hosts[{index}]", allow_wildcard=True)
+                _tls_host(ctx, host, field=f"{at}.hosts[{index}]")
                 for index, host in enumerate(ctx.str_list(entry, "hosts", at=at))
             )
         ),
         secret_name=secret_name,
     )
+
+
+def _tls_host(ctx: _Object, host: str, *, field: str) -> str:
+    """A `spec.tls[].hosts` entry: a DNS name, or an IP address in canonical form.
+
+    The API server accepts IP addresses here (unlike in `rules[].host`), and
+    cert-manager's ingress-shim puts them in the Certificate's ipAddresses.
+    """
+    if names.is_ip_address(host):
+        return ctx.ip_address(host, field=field)
+    return ctx.dns_name(host, field=field, allow_wildcard=True)
 
 
 def parse_ingress_class(

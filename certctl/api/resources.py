@@ -218,7 +218,7 @@ class IngressRule:
 
 @dataclass(frozen=True, kw_only=True)
 class IngressTLS:
-    hosts: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # normalised DNS names, and IP addresses in canonical form
     secret_name: str | None = None
 
 

@@ -70,6 +70,10 @@ RESTORABLE = (policies.DOES_NOT_EXIST, policies.INVALID_CERTIFICATE, policies.IN
 # takes over once the older one is deleted (no event tells it).
 DUPLICATE_RECHECK_SECONDS = 600.0
 ORDER_BUDGET_EXHAUSTED = "OrderBudgetExhausted"
+# Let's Encrypt's limit of names in one certificate (most ACME CAs have the same
+# or a lower one). Pebble has none, so certctl refuses before ordering rather
+# than learning it from a production CA's rejected order.
+MAX_ACME_NAMES = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,13 +114,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                            name=issuer_ref.name)
     if issuer_obj is None:
         return _not_ready(store, obj, reason="IssuerNotFound",
-                          message=f"{issuer_ref.kind} {issuer_ref.name} not found", now=now,
+                          message=f"{issuer_ref.kind} {issuer_ref.name} not found"
+                          f"{_other_kind_hint(store, certificate)}", now=now,
                           field="spec.issuerRef")
     try:
         issuer = parsing.parse_issuer(issuer_obj, source=reconciling.manifest_source(issuer_obj))
     except InvalidObject as err:
         return _not_ready(store, obj, reason="IssuerNotReady",
-                          message=f"{issuer_ref.kind} {issuer_ref.name} is invalid: {err}",
+                          message=f"{issuer_ref.kind} {issuer_ref.name} is invalid: {err.detail}",
                           now=now)
 
     secret = store.get(kind="Secret", namespace=certificate.namespace,
@@ -221,6 +226,26 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     return Result.done()  # the Order's progress re-triggers this reconciler
 
 
+def _other_kind_hint(store: Store, certificate: Certificate) -> str:
+    """`; a ClusterIssuer x exists: ...` when the name is right but the kind is not.
+
+    The usual cause: `cert-manager.io/issuer` written for a ClusterIssuer (or
+    issuerRef without `kind`, which means Issuer).
+    """
+    ref = certificate.issuer_ref
+    if ref.kind == "Issuer":
+        other = store.get(kind="ClusterIssuer", namespace=None, name=ref.name)
+        fix = ("set issuerRef.kind: ClusterIssuer (on an Ingress, use the "
+               "cert-manager.io/cluster-issuer annotation)")
+        kind = "ClusterIssuer"
+    else:
+        other = store.get(kind="Issuer", namespace=certificate.namespace, name=ref.name)
+        fix = ("set issuerRef.kind: Issuer (on an Ingress, use the cert-manager.io/issuer "
+               "annotation)")
+        kind = f"Issuer in namespace {certificate.namespace}"
+    return f"; a {kind} {ref.name} exists: {fix}" if other is not None else ""
+
+
 def _issuer_problem(
     *, issuer_obj: Object, issuer: Issuer, certificate: Certificate, labels: dict[str, str]
 ) -> tuple[str, str] | None:
@@ -237,7 +262,22 @@ def _issuer_problem(
                 "for Ed25519 keys (the CA/Browser Forum rules allow only RSA and ECDSA, and "
                 "Let's Encrypt refuses them); use ECDSA or RSA, or a selfSigned or ca issuer")
     if certificate.ip_addresses:
-        return ("BadConfig", "spec.ipAddresses: ACME HTTP-01 cannot validate IP addresses")
+        # Pebble offers http-01 (and tls-alpn-01) for IP identifiers, and Let's Encrypt
+        # issues IP certificates under its short-lived profile since 2025; but DNS-01
+        # cannot prove an IP (RFC 8738) and certctl routes HTTP-01 challenges by host
+        # name through a solver Ingress, whose rules cannot hold an IP address.
+        return ("BadConfig", f"spec.ipAddresses[0]: {certificate.ip_addresses[0]}: "
+                f"{issuer.kind} {issuer.name} is an ACME issuer, and certctl does not order "
+                "IP address certificates over ACME (DNS-01 cannot prove an IP address and "
+                "certctl answers HTTP-01 by host name); use a selfSigned or ca issuer for "
+                "IP addresses, or a DNS name")
+    count = len({*certificate.dns_names, *certificate.ip_addresses,
+                 *([certificate.common_name] if certificate.common_name else [])})
+    if count > MAX_ACME_NAMES:
+        return ("BadConfig", f"spec.dnsNames: {count} names, more than the {MAX_ACME_NAMES} "
+                "Let's Encrypt allows in one certificate; split them over several "
+                "Certificates (for an Ingress: several spec.tls entries, each with its own "
+                "secretName)")
     for index, name in enumerate(certificate.dns_names):
         try:
             chosen = selection.select_solver(issuer=issuer.acme, dns_name=name, labels=labels)
@@ -648,7 +688,10 @@ def _write_secret(
     existing_annotations.pop(kept_certificates.RESTORED_FROM_ANNOTATION, None)
     existing_annotations.update(secret_annotations)
     existing["metadata"].setdefault("labels", {}).update(labels)
-    existing_data = {k: v for k, v in (existing.get("data") or {}).items() if k != "ca.crt"}
+    # A Secret whose data is not even a mapping (hand-written garbage) is replaced whole.
+    old_data = existing.get("data")
+    existing_data = ({k: v for k, v in old_data.items() if k != "ca.crt"}
+                     if isinstance(old_data, Mapping) else {})
     existing_data.update(data)
     existing["data"] = existing_data
     existing["type"] = tls_secret.SECRET_TYPE

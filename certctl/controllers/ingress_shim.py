@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certctl.api import annotations as annotation_keys
-from certctl.api import parsing
+from certctl.api import names, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import GROUP, Ingress, IssuerKind, ObjectKey
 from certctl.controllers import reconciling
@@ -47,6 +47,10 @@ _SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (annotation_keys.CM_USAGES, ("usages",)),  # comma-separated
 )
 _INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size")})
+# X.520's upper bound for a subject common name (and the Certificate CRD's maxLength).
+MAX_COMMON_NAME_LENGTH = 64
+COMMON_NAME_TOO_LONG = "CommonNameTooLong"
+UNKNOWN_FIELD = "UnknownField"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,24 +82,45 @@ def _first_annotation(ingress: Ingress, keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def desired_certificates(
-    *, ingress: Ingress, ingress_obj: Mapping[str, Any]
-) -> tuple[list[Object], list[InvalidObject]]:
+@dataclass(frozen=True, kw_only=True)
+class Desired:
+    """What an Ingress asks for: its Certificates, the entries refused, and notices.
+
+    A notice explains an adjustment made instead of a refusal (a common name
+    too long for a subject, kept in the SAN only); it becomes a Warning event.
+    """
+
+    certificates: list[Object]
+    problems: list[InvalidObject]
+    notices: list[str]
+
+
+def desired_certificates(*, ingress: Ingress, ingress_obj: Mapping[str, Any]) -> Desired:
     """The Certificates an Ingress asks for, and the tls entries that are invalid.
 
     Invalid entries do not stop the valid ones: one bad host must not take
-    down the certificates of its neighbours.
+    down the certificates of its neighbours. Hosts that are IP addresses go
+    to `ipAddresses`, the others to `dnsNames`, as cert-manager's ingress-shim
+    does; whether the issuer can certify them is the Certificate's business.
     """
     issuer = select_issuer(ingress)
     if issuer is None:
-        return [], []
+        return Desired(certificates=[], problems=[], notices=[])
     problems: list[InvalidObject] = []
+    notices: list[str] = []
     wanted: dict[str, Object] = {}
     source = reconciling.manifest_source(ingress_obj)
     try:
         annotation_fields = _annotation_fields(ingress, source)
+        san_only_name = _long_common_name(ingress, source)
     except InvalidObject as err:
-        return [], [err]
+        return Desired(certificates=[], problems=[err], notices=[])
+    if san_only_name is not None:
+        notices.append(
+            f"metadata.annotations[{annotation_keys.CM_COMMON_NAME}]: {san_only_name!r} is "
+            f"{len(san_only_name)} characters, more than the {MAX_COMMON_NAME_LENGTH} a "
+            "certificate subject may hold: it is left out of the subject and kept in the "
+            "SAN (spec.dnsNames), which is what clients check")
     for index, tls in enumerate(ingress.tls):
         field = f"spec.tls[{index}]"
         if not tls.secret_name:
@@ -106,12 +131,18 @@ def desired_certificates(
             problems.append(_invalid(ingress, f"{field}.hosts", "at least one host is required "
                                      "to issue a certificate", source))
             continue
+        dns_names = [h for h in tls.hosts if not names.is_ip_address(h)]
+        ip_addresses = [h for h in tls.hosts if names.is_ip_address(h)]
+        if san_only_name is not None and san_only_name not in dns_names:
+            dns_names.append(san_only_name)
         spec: dict[str, Any] = {
             "secretName": tls.secret_name,
-            "dnsNames": list(tls.hosts),
+            "dnsNames": dns_names,
             "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
             "usages": ["digital signature", "key encipherment"],
         }
+        if ip_addresses:
+            spec["ipAddresses"] = ip_addresses
         for path, value in annotation_fields:
             _set_path(spec, path, value)
         certificate: Object = {
@@ -129,8 +160,12 @@ def desired_certificates(
             certificate["metadata"]["annotations"] = {annotation_keys.MANIFEST_SOURCE: source}
         if tls.secret_name in wanted:
             # Two entries for one Secret: merge hosts like cert-manager does.
-            merged = wanted[tls.secret_name]["spec"]["dnsNames"]
-            merged.extend(h for h in tls.hosts if h not in merged)
+            merged_spec = wanted[tls.secret_name]["spec"]
+            merged = merged_spec["dnsNames"]
+            merged.extend(h for h in dns_names if h not in merged)
+            if ip_addresses:
+                merged_ips = merged_spec.setdefault("ipAddresses", [])
+                merged_ips.extend(ip for ip in ip_addresses if ip not in merged_ips)
             continue
         try:
             parsing.parse_certificate(certificate, source=source)
@@ -138,7 +173,7 @@ def desired_certificates(
             problems.append(_invalid(ingress, f"{field} ({err.field})", err.message, source))
             continue
         wanted[tls.secret_name] = certificate
-    return list(wanted.values()), problems
+    return Desired(certificates=list(wanted.values()), problems=problems, notices=notices)
 
 
 def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple[str, ...], Any]]:
@@ -148,6 +183,8 @@ def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple
         value: Any = ingress.annotation(annotation)
         if value is None:
             continue
+        if path == ("commonName",) and len(value) > MAX_COMMON_NAME_LENGTH:
+            continue  # SAN only: see _long_common_name
         if path in _INTEGER_PATHS:
             value = _int_annotation(ingress, annotation, value, source)
         elif path == ("usages",):
@@ -156,20 +193,47 @@ def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple
     return fields
 
 
+def _long_common_name(ingress: Ingress, source: str | None) -> str | None:
+    """The common-name annotation when too long for a subject, as the DNS name it must be.
+
+    X.509 bounds a subject CN at 64 characters; cert-manager's webhook (and
+    the Certificate CRD) refuse a longer `spec.commonName`. A name this long
+    can still be certified in the SAN, where clients look anyway, so the
+    shim keeps it there instead of writing a Certificate that cannot exist.
+    """
+    value = ingress.annotation(annotation_keys.CM_COMMON_NAME)
+    if value is None or len(value) <= MAX_COMMON_NAME_LENGTH:
+        return None
+    try:
+        return names.normalize_dns_name(value, allow_wildcard=True)
+    except ValueError as err:
+        raise _invalid(
+            ingress, f"metadata.annotations[{annotation_keys.CM_COMMON_NAME}]",
+            f"is {len(value)} characters, more than the {MAX_COMMON_NAME_LENGTH} a certificate "
+            f"subject may hold, and not a DNS name that could go in the SAN instead: {err}",
+            source) from err
+
+
 def reconcile(*, store: Store, key: ObjectKey) -> Result:
     ingress_obj = store.get(kind="Ingress", namespace=key.namespace, name=key.name)
     if ingress_obj is None:
         return Result.done()  # owned Certificates go with it (ownerReferences)
+    for unknown in parsing.unknown_ingress_fields(ingress_obj):
+        store.emit_event(obj=ingress_obj, type="Warning", reason=UNKNOWN_FIELD, message=unknown)
     try:
         ingress = parsing.parse_ingress(ingress_obj,
                                         source=reconciling.manifest_source(ingress_obj))
     except InvalidObject as err:
         store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig", message=err.detail)
         return Result.done()
-    wanted, problems = desired_certificates(ingress=ingress, ingress_obj=ingress_obj)
-    for problem in problems:
+    desired = desired_certificates(ingress=ingress, ingress_obj=ingress_obj)
+    wanted = desired.certificates
+    for problem in desired.problems:
         store.emit_event(obj=ingress_obj, type="Warning", reason="BadConfig",
                          message=problem.detail)
+    for notice in desired.notices:
+        store.emit_event(obj=ingress_obj, type="Warning", reason=COMMON_NAME_TOO_LONG,
+                         message=notice)
     wanted_names = {c["metadata"]["name"] for c in wanted}
     for certificate in wanted:
         _apply(store=store, ingress_obj=ingress_obj, certificate=certificate)
