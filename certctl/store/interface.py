@@ -53,6 +53,11 @@ class NotFound(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store could not take a write (disk full, read-only state dir...): nothing
+    changed, the previous object is intact; retry later. The message says where and why."""
+
+
 class Store(Protocol):
     def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
         """The object, or None if it does not exist."""
