@@ -29,6 +29,7 @@ from certctl.controllers import acme_accounts, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers import ca as ca_issuer
 from certctl.issuers.acme import errors as acme_errors
+from certctl.pki import keys
 from certctl.store.interface import Object, Store
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,17 @@ def _reconcile_acme(
     ref = acme_accounts.account_key_ref(
         issuer=issuer, cluster_resource_namespace=settings.accounts.cluster_resource_namespace)
     key_pem = acme_accounts.ensure_account_key(store=store, ref=ref)
-    client = settings.accounts.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
     try:
+        keys.load_private_key(key_pem)
+    except ValueError as err:
+        # Someone else's bytes in the Secret: name it and the field, never quote them.
+        message = (f"Failed to register ACME account: Secret {ref.namespace}/{ref.name} key "
+                   f"{ref.field!r}: {err}")
+        _set_ready(store, obj, ready=False, reason="ErrRegisterACMEAccount", message=message,
+                   now=now)
+        raise TransientError(f"{key}: {message}") from err
+    try:
+        client = settings.accounts.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
         external_account = acme_accounts.external_account_key(
             store=store, issuer=issuer,
             cluster_resource_namespace=settings.accounts.cluster_resource_namespace)

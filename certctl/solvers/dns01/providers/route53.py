@@ -24,6 +24,7 @@ challenges of one order, solved concurrently, cannot drop each other's value.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,13 @@ from certctl.solvers.dns01.provider import ProviderContext, TxtRecord
 if TYPE_CHECKING:
     from mypy_boto3_route53.client import Route53Client
     from mypy_boto3_route53.type_defs import ChangeTypeDef, ResourceRecordSetOutputTypeDef
+
+# botocore logs every request and response at DEBUG, headers and bodies included: the
+# Authorization header names the access key ID (which may come from a Secret) and STS
+# answers carry the assumed role's SecretAccessKey and SessionToken. `certctl
+# --log-level debug` must never print credentials, so boto logs from INFO up.
+for _library in ("botocore", "boto3"):
+    logging.getLogger(_library).setLevel(logging.INFO)
 
 TTL: Final = 10
 DEFAULT_REGION: Final = "us-east-1"
