@@ -197,6 +197,17 @@ class PebbleServer:
         response.raise_for_status()
         return response.content
 
+    def log_lines(self, containing: str) -> list[str]:
+        """Lines of Pebble's log (all runs, restarts included) that contain `containing`.
+
+        Pebble logs each request (`POST /order-plz -> calling handler()`), each
+        validation (`authz <id> set VALID by completed challenge <id>`) and each
+        issuance (`Issued certificate serial <hex> for order <id>`).
+        """
+        log_path = self.workdir / "pebble.log"
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        return [line for line in text.splitlines() if containing in line]
+
     def restart(self, *, startup_timeout: float = 15.0) -> None:
         _stop_process(self._pebble)
         self._pebble = None

@@ -168,6 +168,19 @@ class AcmeAccounts:
                 cluster_resource_namespace=self.cluster_resource_namespace))
         return found
 
+    def register_again(self, *, store: Store, issuer: Issuer) -> str:
+        """Register the issuer's account anew; its URI.
+
+        For after `AccountDoesNotExist`: the server forgot the account (a
+        restarted or reset CA). Binds the external account again when the
+        issuer has one. Several reconcilers racing here is harmless: the
+        first creates the account, the others find it by its key.
+        """
+        assert issuer.acme is not None
+        found = self.client(store=store, issuer=issuer)
+        return found.register(email=issuer.acme.email, external_account=external_account_key(
+            store=store, issuer=issuer, cluster_resource_namespace=self.cluster_resource_namespace))
+
     def client_for_key(
         self, *, acme: AcmeIssuer, account_key_pem: bytes
     ) -> acme_client.AcmeClient:

@@ -15,7 +15,11 @@ DNS-01 goes through the issuer solver's DNS provider (`solvers.dns01`): the
 TXT record is written once, the self-check waits until the zone's
 nameservers serve it (failing the challenge after the propagation timeout),
 and the record is removed when the challenge ends, valid or not, and when
-the Challenge is deleted. A provider that refuses its configuration or
+the Challenge is deleted. What a provider needs to remove a record lives in
+the process that wrote it, so an ending Order does not delete a DNS-01
+Challenge whose record is out there: the Challenge sees its Order ended,
+removes the record (rebuilt from its spec after a restart) and is deleted
+after that. A provider that refuses its configuration or
 credentials fails the challenge at once, without asking the CA anything:
 retrying would not help, and the Order reports the reason.
 """
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Challenge, Issuer, ObjectKey
-from certctl.controllers import acme_accounts, reconciling
+from certctl.controllers import acme_accounts, orders, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers.acme import errors as acme_errors
 from certctl.solvers import http01, http01_ingress
@@ -82,6 +86,13 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         settings.forget(key)
         _clean_up(store, key=key, settings=settings)
         return Result.done()
+    if (obj.get("spec") or {}).get("type") == "DNS-01":
+        # Its Order leaves a DNS-01 Challenge to end itself, so the record goes first.
+        ended = _order_ended(store, obj)
+        if ended is not None:
+            return _finish(store, obj, state="valid" if ended == "valid" else "invalid",
+                           reason=f"Its Order is {ended}: the challenge ends with it",
+                           settings=settings)
     try:
         challenge = parsing.parse_challenge(obj)
     except InvalidObject as err:
@@ -121,6 +132,17 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             reconciling.write_status(store, obj=obj)
         else:
             state = client.get_challenge(challenge.url)
+    except acme_errors.AcmeNotFound as err:
+        # The server forgot the challenge (a restarted CA): it can never be solved. Its
+        # Order, woken by this, finds its own URL forgotten too and places a new order.
+        return _finish(store, obj, state="invalid", settings=settings,
+                       reason=f"The ACME server forgot this challenge: {err}")
+    except acme_errors.AccountDoesNotExist as err:
+        # The server forgot the account: the Order registers it again and starts over.
+        # Saying so in the status wakes the Order now rather than at its next poll.
+        status["reason"] = f"The ACME server forgot this challenge's account: {err}"
+        reconciling.write_status(store, obj=obj)
+        raise TransientError(f"{key}: {err}") from err
     except (acme_errors.AcmeError, LookupError) as err:
         raise TransientError(f"{key}: {err}") from err
 
@@ -135,6 +157,17 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if state.retry_after is not None and state.retry_after > now:
         return Result.after((state.retry_after - now).total_seconds())
     return Result.after(settings.next_delay(key))
+
+
+def _order_ended(store: Store, obj: Object) -> str | None:
+    """The final state of the Order owning this Challenge; None while it runs (or is gone,
+    when the store deletes the Challenge with it)."""
+    owner = reconciling.controller_of(obj)
+    if owner is None or owner.kind != "Order":
+        return None
+    order = store.get(kind="Order", namespace=owner.namespace, name=owner.name)
+    state = ((order or {}).get("status") or {}).get("state")
+    return state if state in orders.FINAL_STATES else None
 
 
 def _route_token(

@@ -8,8 +8,10 @@ gets a Challenge object; Challenges report back through their status, which
 re-triggers this reconciler (they are owned by the Order).
 
 `status.state` follows cert-manager: pending, ready, processing, valid, and
-the final failures invalid (the CA said no) and errored (we could not go on,
-e.g. the server forgot the order).
+the final failures invalid (the CA said no) and errored (we could not go on).
+A server that forgot the order (a restarted CA: its account answers
+accountDoesNotExist, its URLs 404) is not a failure: the account is
+registered again and the Order places a new ACME order, a few times at most.
 """
 
 from __future__ import annotations
@@ -67,20 +69,25 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         return _step(store, order, issuer=issuer, client=client, now=now)
     except acme_errors.AccountDoesNotExist as err:
         # The server forgot our account (a restarted Pebble does): register
-        # again; its orders are gone too, so this one cannot be continued.
-        assert issuer.acme is not None
-        client = settings.accounts.client(store=store, issuer=issuer)
-        client.register(email=issuer.acme.email)
-        if status.get("url"):
-            return _finish(store, order, state="errored", now=now,
-                           reason=f"the ACME server no longer knows this order's account: {err}")
+        # again; its orders are gone too, so this one starts over.
+        settings.accounts.register_again(store=store, issuer=issuer)
+        if _placed(order):
+            return _replace_forgotten(store, order, now=now,
+                                      why=f"it no longer knows the order's account: {err}")
         raise TransientError(f"{key}: re-registered the ACME account") from err
+    except acme_errors.AcmeNotFound as err:
+        # Another reconciler registered the account again first: the order's URLs 404.
+        if _placed(order):
+            return _replace_forgotten(store, order, now=now, why=str(err))
+        raise TransientError(f"{key}: {err}") from err
     except (acme_errors.RateLimited, acme_errors.Unauthorized) as err:
         if err.retry_after is not None:
             # The Certificate waits at least this long before ordering again.
             order.setdefault("status", {})["retryAfter"] = conditions.format_time(err.retry_after)
         return _finish(store, order, state="errored", now=now, reason=str(err))
     except acme_errors.AcmeProblem as err:
+        if err.status == 404 and _placed(order):  # a problem document saying the same
+            return _replace_forgotten(store, order, now=now, why=str(err))
         if err.status == 404 or err.code in ("malformed", "rejectedIdentifier", "badCSR",
                                               "caa", "unsupportedIdentifier"):
             return _finish(store, order, state="errored", now=now, reason=str(err))
@@ -296,12 +303,66 @@ def _finish(
     return Result.done()
 
 
+# How many times one Order replaces an ACME order the server forgot before it errors.
+MAX_FORGOTTEN_ORDERS = 3
+
+
+def _placed(order: Object) -> bool:
+    """Whether the ACME order exists (its URL was recorded), even if placed in this pass."""
+    return bool((order.get("status") or {}).get("url"))
+
+
+def _replace_forgotten(
+    store: Store, order: Object, *, now: datetime.datetime, why: str
+) -> Result:
+    """Start this Order over with a new ACME order: the server forgot the one it had.
+
+    Nothing of the old order can be continued (its authorizations and
+    challenges went with it), yet the CA said nothing about the request
+    itself, so this is no failure for the Certificate to count and back off
+    from. The Challenges end here (their cleanup runs on delete). A server
+    that forgets every order would be asked forever: after
+    MAX_FORGOTTEN_ORDERS replacements the Order errors instead.
+    """
+    status = order.setdefault("status", {})
+    forgotten = int(status.get("forgottenOrders") or 0) + 1
+    if forgotten > MAX_FORGOTTEN_ORDERS:
+        return _finish(store, order, state="errored", now=now,
+                       reason=f"the ACME server forgot {MAX_FORGOTTEN_ORDERS} orders placed "
+                       f"for this request; the last time {why}")
+    old_url = status.get("url")
+    _delete_challenges(store, order)
+    for placed in ("url", "finalizeURL", "authorizations"):
+        status.pop(placed, None)
+    status.update(state="pending", forgottenOrders=forgotten,
+                  reason=f"placing a new ACME order: the server forgot {old_url}: {why}")
+    reconciling.write_status(store, obj=order)
+    store.emit_event(obj=order, type="Warning", reason="OrderForgotten",
+                     message=f"The ACME server forgot order {old_url} ({why}); placing a new one")
+    return Result.after(0)
+
+
 def _delete_challenges(store: Store, order: Object) -> None:
-    """Challenges end with their order, succeeded or failed (their cleanup runs on delete)."""
+    """Challenges end with their order, succeeded or failed (their cleanup runs on delete).
+
+    Except a DNS-01 Challenge whose TXT record is out there: what a provider
+    needs to remove a record lives only in the process that wrote it, so
+    deleted by a restarted certctl the record would stay behind. Such a
+    Challenge ends itself when it sees its Order ended (or hears the CA's
+    verdict), removing the record; that status change wakes this reconciler,
+    which deletes it then.
+    """
     for challenge in store.list(kind="Challenge", namespace=order["metadata"]["namespace"]):
-        if reconciling.is_owned_by(challenge, order):
+        if reconciling.is_owned_by(challenge, order) and not _txt_record_out_there(challenge):
             store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
                          name=challenge["metadata"]["name"])
+
+
+def _txt_record_out_there(challenge: Object) -> bool:
+    status = challenge.get("status") or {}
+    return ((challenge.get("spec") or {}).get("type") == "DNS-01"
+            and bool(status.get("presented"))
+            and status.get("state") not in ("valid", "invalid"))
 
 
 def _delay_until(

@@ -22,7 +22,7 @@ import email.utils
 import ssl
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +47,9 @@ _T = TypeVar("_T")
 
 PEM_CHAIN_CONTENT_TYPE = "application/pem-certificate-chain"
 _REQUIRED_DIRECTORY_KEYS = ("newNonce", "newAccount", "newOrder")
+# Challenges seen in fetched authorizations, kept so answering one needs no fetch of its
+# own; bounded, oldest dropped first (a dropped one is fetched when answered).
+_KNOWN_CHALLENGES_LIMIT = 4096
 _EC_ALGORITHMS: Mapping[str, jwa.JWASignature] = {
     "secp256r1": jwa.ES256,
     "secp384r1": jwa.ES384,
@@ -201,6 +204,7 @@ class AcmeClient:
         )
         self._thread = _ThreadState()
         self._networks: weakref.WeakSet[acme_client.ClientNetwork] = weakref.WeakSet()
+        self._known_challenges: dict[str, messages.ChallengeBody] = {}  # by URL, under _lock
 
     @property
     def account_uri(self) -> str | None:
@@ -319,6 +323,7 @@ class AcmeClient:
     def get_authorization(self, url: str) -> AuthorizationState:
         response = self._post(url, None)
         body = self._parse(url, lambda: messages.Authorization.from_json(response.json()))
+        self._remember_challenges(body.challenges)
         return AuthorizationState(
             url=url,
             status=_status(body.status),
@@ -339,12 +344,19 @@ class AcmeClient:
     def answer_challenge(self, url: str) -> ChallengeState:
         """Tell the server the challenge is ready to be validated.
 
-        Fetches the challenge first to build the library's typed response for
-        its type (two requests). Answering an already valid or processing
-        challenge is harmless: the server returns its current state.
+        The library's typed response is built from the challenge as this
+        client saw it in its authorization (`get_authorization`); a challenge
+        it has not seen (after a restart) is fetched first, one more request.
+        Only its type and token are used, which never change. Answering an
+        already valid or processing challenge is harmless: the server returns
+        its current state.
         """
-        current = self._post(url, None)
-        challenge_body = self._parse(url, lambda: messages.ChallengeBody.from_json(current.json()))
+        with self._lock:
+            challenge_body = self._known_challenges.pop(url, None)
+        if challenge_body is None:
+            current = self._post(url, None)
+            challenge_body = self._parse(
+                url, lambda: messages.ChallengeBody.from_json(current.json()))
         if not isinstance(challenge_body.chall, challenges.KeyAuthorizationChallenge):
             raise errors.AcmeProtocolError(
                 f"cannot answer challenge {url}: unsupported type"
@@ -356,6 +368,13 @@ class AcmeClient:
             lambda: client.answer_challenge(challenge_body, challenge_body.response(self._jwk)),
         )
         return _challenge_state(answered.body, retry_after=_retry_after(self._thread.last_response))
+
+    def _remember_challenges(self, bodies: Iterable[messages.ChallengeBody]) -> None:
+        with self._lock:
+            for body in bodies:
+                self._known_challenges[body.uri] = body
+            while len(self._known_challenges) > _KNOWN_CHALLENGES_LIMIT:
+                del self._known_challenges[next(iter(self._known_challenges))]
 
     def key_authorization(self, token: str) -> str:
         """The HTTP-01 response body for `token`: ``token.<account key thumbprint>``."""
@@ -459,6 +478,10 @@ class AcmeClient:
             ) from error
         # Before RequestException: requests' JSONDecodeError is both.
         except (acme_errors.ClientError, jose_errors.DeserializationError, ValueError) as error:
+            if _http_status(error) == 404:
+                raise errors.AcmeNotFound(
+                    f"ACME server answered 404 for {url}: it does not know it (any more)", url=url
+                ) from error
             raise errors.AcmeProtocolError(
                 f"unexpected answer from ACME server {url}: {_describe(error)}"
             ) from error
@@ -607,6 +630,13 @@ def _describe(error: Exception) -> str:
         if isinstance(first, requests.Response):
             return f"HTTP {first.status_code}: {error.args[0][1]}"
     return str(error) or type(error).__name__
+
+
+def _http_status(error: Exception) -> int | None:
+    """The HTTP status of the bare Response one of the library's errors wraps, if any."""
+    if error.args and isinstance(error.args[0], requests.Response):
+        return int(error.args[0].status_code)
+    return None
 
 
 def _retry_after(response: requests.Response | None) -> datetime.datetime | None:

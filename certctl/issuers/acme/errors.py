@@ -47,6 +47,21 @@ class AcmeProtocolError(AcmeError):
     """The server answered something that is neither success nor a problem document."""
 
 
+class AcmeNotFound(AcmeProtocolError):
+    """The server answered 404 to a request for an order, authorization, challenge
+    or certificate URL it gave out: it does not know that resource (any more).
+
+    A restarted or reset CA (Pebble keeps everything in memory) forgets its
+    orders; retrying the URL will never help, the caller must start over with
+    a new order. Pebble sends this 404 without a problem document, so it
+    cannot be an `AcmeProblem`.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
 class AcmeConfigError(AcmeError, ValueError):
     """The client cannot be built: unusable account key or CA bundle, unknown profile.
 
