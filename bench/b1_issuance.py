@@ -37,13 +37,11 @@ import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -56,6 +54,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from bench import reporting
+from bench import workdir as workdir_module
 from tests.pebble import PebbleServer, free_port
 
 CERTCTL_BIN = Path(sys.executable).parent / "certctl"
@@ -170,6 +169,11 @@ class LogLines:
         with self._lock:
             return next((at for at, line in self.lines if needle in line), None)
 
+    def since(self, index: int) -> list[tuple[float, str]]:
+        """The lines from the `index`-th on (callers keep their own read position)."""
+        with self._lock:
+            return self.lines[index:]
+
     def text(self) -> str:
         with self._lock:
             return "\n".join(line for _, line in self.lines)
@@ -191,8 +195,10 @@ def served_and_verified(*, port: int, host: str, context: ssl.SSLContext) -> boo
 # --- the three clients ----------------------------------------------------------
 
 
-def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
-    ca_bundle = base64.b64encode(bench.pebble.ca_bundle_pem).decode()
+def issuer_manifests(*, pebble: PebbleServer, backend_port: int) -> str:
+    """The ClusterIssuer `pebble` (HTTP-01 through the data plane) and a Service
+    `b1-backend` with its EndpointSlice, which the Ingresses route to."""
+    ca_bundle = base64.b64encode(pebble.ca_bundle_pem).decode()
     return textwrap.dedent(f"""\
         apiVersion: cert-manager.io/v1
         kind: ClusterIssuer
@@ -200,7 +206,7 @@ def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
           name: pebble
         spec:
           acme:
-            server: {bench.pebble.directory_url}
+            server: {pebble.directory_url}
             email: {EMAIL}
             caBundle: {ca_bundle}
             privateKeySecretRef:
@@ -236,11 +242,16 @@ def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
           - addresses: ["127.0.0.1"]
             conditions:
               ready: true
-        ---
+        """)
+
+
+def ingress_manifest(*, name: str, host: str) -> str:
+    """An Ingress annotated for the `pebble` ClusterIssuer; its Secret is `<name>-tls`."""
+    return textwrap.dedent(f"""\
         apiVersion: networking.k8s.io/v1
         kind: Ingress
         metadata:
-          name: b1
+          name: {name}
           namespace: default
           annotations:
             cert-manager.io/cluster-issuer: pebble
@@ -249,7 +260,7 @@ def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
           tls:
             - hosts:
                 - {host}
-              secretName: b1-tls
+              secretName: {name}-tls
           rules:
             - host: {host}
               http:
@@ -264,16 +275,28 @@ def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
         """)
 
 
+def certctl_manifests(*, bench: Bench, host: str, backend_port: int) -> str:
+    return (issuer_manifests(pebble=bench.pebble, backend_port=backend_port) + "---\n"
+            + ingress_manifest(name="b1", host=host))
+
+
+def certctl_argv(*, manifests: Path, state: Path, http_port: int, https_port: int) -> list[str]:
+    """`certctl serve` on loopback, answering Pebble's VA on `http_port` and self-checking
+    against 127.0.0.1 (the machine's resolver knows none of the benchmark names)."""
+    return [str(CERTCTL_BIN), "serve", "--manifests", str(manifests),
+            "--state-dir", str(state), "--listen-address", "127.0.0.1",
+            "--http-port", str(http_port), "--https-port", str(https_port),
+            "--self-check-address", "127.0.0.1"]
+
+
 def run_certctl(bench: Bench, host: str, rundir: Path) -> Sample:
     manifests = rundir / "manifests"
     manifests.mkdir()
     # The backend is never contacted; any closed port will do.
     (manifests / "b1.yaml").write_text(certctl_manifests(bench=bench, host=host, backend_port=9))
     https_port = free_https_port(bench)
-    argv = [str(CERTCTL_BIN), "serve", "--manifests", str(manifests),
-            "--state-dir", str(rundir / "state"), "--listen-address", "127.0.0.1",
-            "--http-port", str(bench.pebble.http_port), "--https-port", str(https_port),
-            "--self-check-address", "127.0.0.1"]
+    argv = certctl_argv(manifests=manifests, state=rundir / "state",
+                        http_port=bench.pebble.http_port, https_port=https_port)
     context = ssl.create_default_context(cadata=bench.issuance_root_pem.decode())
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -481,10 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
 
-    command = f"{sys.executable} -m bench.b1_issuance " + shlex.join(
-        sys.argv[1:] if argv is None else list(argv))
+    command = reporting.command_line(module="bench.b1_issuance", argv=argv)
     started_at = datetime.datetime.now(datetime.UTC)
-    workdir = Path(tempfile.mkdtemp(prefix="certctl-b1-"))
+    workdir = workdir_module.create(prefix="certctl-b1-")
     samples: dict[str, list[Sample]] = {client: [] for client in CLIENTS}
     failures: dict[str, int] = dict.fromkeys(CLIENTS, 0)
     failure_notes: list[str] = []
@@ -528,10 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if pebble is not None:
             pebble.stop()
-        if args.keep:
-            print(f"work dir kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        workdir_module.remove_unless_kept(workdir, keep=args.keep)
 
     summaries = {client: summarise(client, [s.seconds for s in samples[client]], failures[client])
                  for client in CLIENTS}

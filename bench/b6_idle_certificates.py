@@ -41,14 +41,11 @@ import importlib.metadata
 import os
 import random
 import re
-import shlex
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +57,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bench import reporting
+from bench import reporting, workdir
 from certctl.pki import secret as tls_secret
 from tests.pebble import free_port
 
@@ -382,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args(argv)
     started_at = datetime.datetime.now(datetime.UTC)
-    work = Path(tempfile.mkdtemp(prefix="certctl-b6-"))
+    work = workdir.create(prefix="certctl-b6-")
     manifests, state = work / "manifests", work / "state"
     manifests.mkdir()
     try:
@@ -446,10 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(peak {hwm_mb:.0f} MB); first start {first.seconds:.1f} s, restart "
               f"{restart.seconds:.1f} s")
         if args.write_results:
-            command = "/work/venv/bin/python -m bench.b6_idle_certificates " + shlex.join(
-                sys.argv[1:] if argv is None else list(argv))
+            command = reporting.command_line(module="bench.b6_idle_certificates", argv=argv)
             reporting.write_results(name="b6_idle_certificates", section=results_section(
-                command=command.strip(), started_at=started_at, count=args.certificates,
+                command=command, started_at=started_at, count=args.certificates,
                 ingresses=args.ingresses,
                 idle=args.idle_seconds, first=first, restart=restart,
                 idle_cpu_percent=idle_cpu_percent, rss_mb=rss_mb, hwm_mb=hwm_mb,
@@ -457,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {reporting.RESULTS_PATH}")
         return 0 if all(ok for _, ok in checks) else 1
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        workdir.remove_unless_kept(work, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 import re
+import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,13 @@ def command_output(argv: Sequence[str]) -> str:
         return f"({err})"
     lines = (done.stdout or done.stderr).strip().splitlines()
     return lines[0] if lines else "?"
+
+
+def command_line(*, module: str, argv: Sequence[str] | None) -> str:
+    """How a benchmark was run (from the repo root), for its section of RESULTS.md;
+    `argv` None means this process's own arguments."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join([sys.executable, "-m", module, *arguments])
 
 
 def git_describe() -> str:

@@ -12,7 +12,7 @@ from certctl.api.resources import ObjectKey
 from certctl.controllers import acme_accounts, challenges, reconciling
 from certctl.runtime import dispatch
 from certctl.solvers.dns01 import solver as dns01_solver
-from certctl.store.interface import WatchEvent
+from certctl.store.interface import WatchEvent, WatchType
 from certctl.store.local import LocalStore
 
 
@@ -82,3 +82,34 @@ def test_an_ingress_annotation_change_runs_ingress_shim(dispatcher: dispatch.Dis
     assert ("ingress", key) not in list(dispatcher.items_for(event(annotated)))
     # Annotations are metadata: the generation stays, yet ingress-shim must run.
     assert ("ingress", key) in list(dispatcher.items_for(event({})))
+
+
+def test_an_order_wakes_its_certificate_only_with_its_verdict(
+    dispatcher: dispatch.Dispatcher,
+) -> None:
+    key = ObjectKey(kind="Order", namespace="default", name="web-tls-1")
+    certificate = ObjectKey(kind="Certificate", namespace="default", name="web-tls")
+
+    def event(type_: WatchType, state: str | None) -> WatchEvent:
+        return WatchEvent(type=type_, key=key, obj={
+            "apiVersion": "certctl.io/v1", "kind": "Order",
+            "metadata": {"name": "web-tls-1", "namespace": "default", "generation": 1,
+                         "ownerReferences": [{"apiVersion": "certctl.io/v1",
+                                              "kind": "Certificate", "name": "web-tls",
+                                              "uid": "u1", "controller": True}]},
+            "status": {} if state is None else {"state": state}})
+
+    wakes = ("certificate", certificate)
+    assert wakes not in list(dispatcher.items_for(event("ADDED", None)))
+    assert wakes not in list(dispatcher.items_for(event("MODIFIED", "pending")))
+    assert wakes not in list(dispatcher.items_for(event("MODIFIED", "processing")))
+    for verdict in ("valid", "invalid", "errored"):
+        assert wakes in list(dispatcher.items_for(event("MODIFIED", verdict)))
+    assert wakes in list(dispatcher.items_for(event("DELETED", "pending")))
+
+
+def test_the_queue_runs_later_steps_of_the_flow_first() -> None:
+    key = ObjectKey(kind="Order", namespace="default", name="x")
+    ranks = [dispatch.flow_rank((controller, key))
+             for controller in ("issuer", "challenge", "order", "certificate", "ingress")]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)

@@ -249,3 +249,17 @@ def test_expected_errors_are_retried_and_logged_without_traceback(
     assert "issuer x: ACME server unreachable (attempt 1" in expected.getMessage()
     assert expected.exc_info is None
     assert unexpected.exc_info is not None, "a bug keeps its traceback"
+
+
+def test_due_items_run_by_priority_then_in_due_order(queues: list[WorkQueue]) -> None:
+    handler = Recorder()
+    queue = WorkQueue(handler=handler, workers=1, priority=lambda item: 0 if item == "a" else 1)
+    queues.append(queue)
+    for item in ("c1", "c2", "a"):
+        queue.add(item)
+    queue.add("c1")  # already queued: keeps its place
+    queue.start()
+
+    wait_for(lambda: len(handler.runs) == 3)
+    assert [run[0] for run in handler.runs] == ["a", "c1", "c2"]
+    assert queue.idle()

@@ -1,0 +1,406 @@
+"""B2: 500 annotated Ingresses at once to served certificates (HTTP-01, Pebble), vs peers.
+
+    /work/venv/bin/python -m bench.b2_bulk_issuance [--ingresses 500] [--peer-sample 20]
+        [--workers N] [--profile FILE.svg [--profile-gil]] [--write-results] [--keep]
+
+One Pebble (+ challtestsrv, `PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0
+PEBBLE_WFE_NONCEREJECT=0`) serves the whole run. certctl goes first: one
+`certctl serve` is spawned on a manifests folder holding the ClusterIssuer and
+`--ingresses` annotated Ingresses, one fresh hostname each, and a fresh state
+dir (so it also registers its ACME account). Timed: from the spawn until every
+host has been served a chain that verifies against Pebble's issuance root in a
+TLS handshake with SNI=host. The benchmark learns which hosts to try from
+certctl's "serving certificate from Secret ... for <host>" log lines (trying
+all 500 hosts over and over would steal CPU from the process under test), and
+retries a host whose handshake does not verify yet on the next poll. Peak RSS
+(VmHWM) and CPU time (user + system) are read from `/proc/<pid>` of the
+certctl process just before it is stopped.
+
+Then the peers, in sequence against the same Pebble: `certbot certonly
+--standalone` and `lego run` issue `--peer-sample` certificates each, one
+CLI run after another (as a user scripting them over 500 hosts would), with
+their account registered once beforehand (untimed). 500 sequential runs of
+each would take most of an hour, so only the sample is measured: the table
+gives the measured mean per certificate and the 500 total extrapolated from
+it, labelled as such.
+
+`--profile` runs `py-spy record` on the certctl process for the whole timed
+run (an SVG flame graph; `--profile-format speedscope` for speedscope JSON).
+Exit status: 0 when every certificate was served (and every peer run
+succeeded), 1 otherwise, 2 when the set-up failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import re
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from bench import b1_issuance as b1
+from bench import b6_idle_certificates as b6
+from bench import reporting
+from bench import workdir as workdir_module
+from tests.pebble import PebbleServer, free_port
+
+PY_SPY_BIN = Path(sys.executable).parent / "py-spy"
+TARGET_SECONDS = 60.0
+TARGET_RSS_MB = 300.0
+POLL_INTERVAL = 0.05
+SERVING_LINE = re.compile(r"serving certificate from Secret \S+ for (?P<names>.+)$")
+# Pebble logs every request it handles: "Pebble <date> <time> POST /my-order/... -> calling".
+PEBBLE_REQUEST = re.compile(r"^Pebble \S+ \S+ (?P<method>[A-Z]+) (?P<path>/[a-z-]*)\S* -> calling",
+                            re.MULTILINE)
+PEERS = ("certbot", "lego")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BulkRun:
+    """certctl's run: every host's time to a verified handshake, since spawn."""
+
+    seconds: float
+    served: dict[str, float]
+    serving_http: float | None  # spawn -> "serving HTTP" log line
+    peak_rss_mb: float
+    cpu_seconds: float
+    workers: int | None  # --workers given to certctl serve; None: its default
+    acme_requests: dict[str, int]  # "POST /my-order" -> count, as Pebble logged them
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PeerRun:
+    client: str
+    samples: tuple[float, ...]
+    failed: int
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples)
+
+
+def host_name(index: int) -> str:
+    return f"b2-{index:04d}.example.test"
+
+
+def write_manifests(*, folder: Path, pebble: PebbleServer, count: int) -> list[str]:
+    """The ClusterIssuer and `count` Ingresses in one file; returns their hosts."""
+    hosts = [host_name(index) for index in range(count)]
+    documents = [b1.issuer_manifests(pebble=pebble, backend_port=9)]  # backend never contacted
+    documents += [b1.ingress_manifest(name=f"b2-{index:04d}", host=host)
+                  for index, host in enumerate(hosts)]
+    (folder / "b2.yaml").write_text("---\n".join(documents))
+    return hosts
+
+
+def pebble_log_size(pebble: PebbleServer) -> int:
+    return (pebble.workdir / "pebble.log").stat().st_size
+
+
+def acme_requests(pebble: PebbleServer, *, since: int) -> dict[str, int]:
+    """The requests Pebble handled since byte `since` of its log, by method and endpoint."""
+    with (pebble.workdir / "pebble.log").open("rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    return dict(collections.Counter(f"{m['method']} {m['path']}"
+                                    for m in PEBBLE_REQUEST.finditer(text)).most_common())
+
+
+def py_spy(*, pid: int, output: Path, profile_format: str,
+           gil_only: bool) -> subprocess.Popen[bytes]:
+    """py-spy on `pid`: every thread not idle (threads waiting for a lock count), or with
+    `gil_only` the thread holding the GIL, i.e. where the CPU goes."""
+    argv = [str(PY_SPY_BIN), "record", "--pid", str(pid), "--output", str(output),
+            "--format", profile_format, "--threads", "--nonblocking", "--rate", "50",
+            *(["--gil"] if gil_only else [])]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int | None,
+                timeout: float, root_pem: bytes, profile: Path | None,
+                profile_format: str, profile_gil: bool) -> BulkRun:
+    manifests = workdir / "manifests"
+    manifests.mkdir(parents=True)
+    hosts = write_manifests(folder=manifests, pebble=pebble, count=count)
+    https_port = free_port()
+    while https_port == pebble.http_port:
+        https_port = free_port()
+    argv = b1.certctl_argv(manifests=manifests, state=workdir / "state",
+                           http_port=pebble.http_port, https_port=https_port)
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    context = ssl.create_default_context(cadata=root_pem.decode())
+    pending: set[str] = set(hosts)
+    announced: set[str] = set()
+    served: dict[str, float] = {}
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd=workdir)
+    assert proc.stdout is not None
+    log = b1.LogLines(proc.stdout, workdir / "certctl.log")
+    profiler = None if profile is None else py_spy(
+        pid=proc.pid, output=profile, profile_format=profile_format, gil_only=profile_gil)
+    read = 0
+    pebble_log_start = pebble_log_size(pebble)
+    try:
+        deadline = started + timeout
+        while pending:
+            attempt = time.monotonic()
+            fresh = log.since(read)
+            read += len(fresh)
+            for _, line in fresh:
+                match = SERVING_LINE.search(line)
+                if match:
+                    announced.update(match.group("names").split(", "))
+            for host in sorted(announced & pending):
+                if b1.served_and_verified(port=https_port, host=host, context=context):
+                    served[host] = time.monotonic() - started
+                    pending.discard(host)
+            if not pending:
+                break
+            if proc.poll() is not None:
+                raise b1.RunFailed(f"{shlex.join(argv)}: exit {proc.returncode} with "
+                                   f"{len(pending)} hosts not served\n{b1.tail(log.text())}")
+            if attempt > deadline:
+                raise b1.RunFailed(f"{len(pending)} of {count} hosts not served after "
+                                   f"{timeout:.0f} s\n{b1.tail(log.text())}")
+            time.sleep(max(0.0, attempt + POLL_INTERVAL - time.monotonic()))
+        seconds = time.monotonic() - started
+        _, peak_rss_mb = b6.memory_mb(proc.pid)
+        cpu = b6.cpu_seconds(proc.pid)
+    finally:
+        if profiler is not None:
+            # py-spy writes its output when the process it samples exits.
+            b1.stop_process(proc)
+            try:
+                profiler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                b1.stop_process(profiler)
+        b1.stop_process(proc)
+        log.join()
+    serving = log.first("serving HTTP")
+    return BulkRun(seconds=seconds, served=served,
+                   serving_http=None if serving is None else serving - started,
+                   peak_rss_mb=peak_rss_mb, cpu_seconds=cpu,
+                   workers=workers,
+                   acme_requests=acme_requests(pebble, since=pebble_log_start))
+
+
+PEER_RUNNERS: dict[str, Callable[[b1.Bench, str, Path], b1.Sample]] = {
+    "certbot": b1.run_certbot,
+    "lego": b1.run_lego,
+}
+
+
+def run_peer(*, bench: b1.Bench, client: str, sample: int) -> PeerRun:
+    """`sample` sequential issuances, after one untimed warm-up run (lego registers its
+    account there; certbot's is registered before)."""
+    samples: list[float] = []
+    failed = 0
+    for index in range(-1, sample):
+        host = f"b2-{client}-{'warmup' if index < 0 else index}.example.test"
+        rundir = bench.workdir / "runs" / host
+        rundir.mkdir(parents=True)
+        try:
+            seconds = PEER_RUNNERS[client](bench, host, rundir).seconds
+        except b1.RunFailed as err:
+            print(f"FAILED {client} {host}: {b1.tail(str(err), lines=8)}", file=sys.stderr,
+                  flush=True)
+            if index < 0:
+                raise
+            failed += 1
+            continue
+        if index >= 0:
+            samples.append(seconds)
+        print(f"{client} {host}: {seconds:.3f} s", flush=True)
+    return PeerRun(client=client, samples=tuple(samples), failed=failed)
+
+
+# --- reporting ---------------------------------------------------------------------------
+
+
+def results_table(*, run: BulkRun, count: int, peers: Sequence[PeerRun]) -> str:
+    rows = [
+        f"| client | certificates | total (s) | certs/s | s per certificate | {count} total (s) "
+        "| ratio to certctl |",
+        "|---|---|---|---|---|---|---|",
+        f"| certctl, {count} at once | {len(run.served)} | {run.seconds:.1f} "
+        f"| {len(run.served) / run.seconds:.1f} | {run.seconds / count:.3f} "
+        f"| {run.seconds:.1f} (measured) | 1.00x |",
+    ]
+    for peer in peers:
+        if not peer.samples:
+            rows.append(f"| {peer.client}, in sequence | 0 ({peer.failed} failed) "
+                        "| - | - | - | - | - |")
+            continue
+        total = sum(peer.samples)
+        extrapolated = peer.mean * count
+        rows.append(
+            f"| {peer.client}, in sequence | {len(peer.samples)} (sample) | {total:.1f} "
+            f"| {len(peer.samples) / total:.2f} | {peer.mean:.3f} "
+            f"| {extrapolated:.0f} (**extrapolated** from the sample) "
+            f"| {extrapolated / run.seconds:.1f}x |")
+    return "\n".join(rows)
+
+
+def progress_table(run: BulkRun, *, count: int) -> str:
+    """When the first, 10 %, ..., last certificate was served: the shape of the run."""
+    times = sorted(run.served.values())
+    rows = ["| served | seconds since spawn |", "|---|---|"]
+    if run.serving_http is not None:
+        rows.append(f"| (\"serving HTTP\" log line) | {run.serving_http:.2f} |")
+    for share in (0.0, 0.1, 0.5, 0.9, 1.0):
+        index = max(0, min(len(times) - 1, round(share * count) - 1))
+        label = "first" if share == 0.0 else f"{share:.0%} ({index + 1})"
+        rows.append(f"| {label} | {times[index]:.2f} |")
+    return "\n".join(rows)
+
+
+def verdicts(run: BulkRun, *, count: int) -> str:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    all_served = len(run.served) == count
+    requests = sum(run.acme_requests.values())
+    threads = "default number of" if run.workers is None else run.workers
+    per_endpoint = ", ".join(f"{name} {number}" for name, number in run.acme_requests.items())
+    return (f"Targets: {count} served in <= {TARGET_SECONDS:.0f} s: "
+            f"{verdict(all_served and run.seconds <= TARGET_SECONDS)} ({run.seconds:.1f} s); "
+            f"peak RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(run.peak_rss_mb <= TARGET_RSS_MB)} "
+            f"({run.peak_rss_mb:.0f} MB). certctl used {run.cpu_seconds:.1f} s of CPU "
+            f"({threads} work-queue threads) and made {requests} ACME requests "
+            f"({requests / count:.1f} per certificate: {per_endpoint}).")
+
+
+def results_section(*, command: str, started_at: datetime.datetime, count: int,
+                    run: BulkRun, peers: Sequence[PeerRun]) -> str:
+    return "\n".join([
+        f"## B2: {count} Ingresses at once to served certificates (HTTP-01, Pebble)",
+        "",
+        f"Command (from the repo root): `{command}`  ",
+        f"Date: {started_at:%Y-%m-%d %H:%M} UTC. One Pebble (`PEBBLE_VA_NOSLEEP=1 "
+        "PEBBLE_AUTHZREUSE=0 PEBBLE_WFE_NONCEREJECT=0`) for certctl and both peers.",
+        "",
+        results_table(run=run, count=count, peers=peers),
+        "",
+        verdicts(run, count=count),
+        "",
+        f"- **certctl**: one `certctl serve`, spawned on {count} annotated Ingresses (one "
+        "fresh host each, one manifest file) and an empty state dir, timed until every "
+        "host's TLS handshake with SNI=host verifies against Pebble's issuance root. Peak "
+        "RSS is VmHWM of the process.",
+        "- **certbot / lego**: whole CLI runs one after another (`certbot certonly "
+        "--standalone`, `lego run`), one host each, account registered beforehand; "
+        f"the {count} total is the sample's mean times {count}, **not measured**.",
+        "- The machine is shared (2 cores, other jobs running): numbers are noisy.",
+        "",
+        "certctl's progress:",
+        "",
+        progress_table(run, count=count),
+        "",
+        "Machine:",
+        "",
+        reporting.machine_table(b1.machine()),
+    ])
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.b2_bulk_issuance",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--ingresses", type=int, default=500)
+    parser.add_argument("--peer-sample", type=int, default=20,
+                        help="sequential issuances timed per peer (0: no peers)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="certctl serve --workers (default: certctl's own)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds for certctl to serve every host")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy record the certctl process into this file")
+    parser.add_argument("--profile-format", default="flamegraph",
+                        choices=("flamegraph", "speedscope", "raw"))
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="profile only the thread holding the GIL (CPU, not waits)")
+    parser.add_argument("--write-results", action="store_true",
+                        help=f"replace this benchmark's section of {reporting.RESULTS_PATH.name}")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (all logs)")
+    args = parser.parse_args(argv)
+    if args.ingresses < 1:
+        parser.error("--ingresses must be at least 1")
+    needed = [str(b1.CERTCTL_BIN)] + ([b1.CERTBOT_BIN, b1.LEGO_BIN] if args.peer_sample else [])
+    if args.profile is not None:
+        needed.append(str(PY_SPY_BIN))
+    for binary in needed:
+        if not Path(binary).exists():
+            parser.error(f"{binary} is missing (apt-get install -y certbot lego pebble; "
+                         "pip install -e . and py-spy in the venv)")
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)  # unwind through the finally blocks
+    command = reporting.command_line(module="bench.b2_bulk_issuance", argv=argv)
+    started_at = datetime.datetime.now(datetime.UTC)
+    workdir = workdir_module.create(prefix="certctl-b2-")
+    pebble: PebbleServer | None = None
+    peers: list[PeerRun] = []
+    try:
+        pebble = PebbleServer.start(tmp_path=workdir, http_port=free_port(),
+                                    env={"PEBBLE_AUTHZREUSE": "0", "PEBBLE_WFE_NONCEREJECT": "0"})
+        root_pem = pebble.issuance_roots_pem()
+        print(f"work dir {workdir}; certctl: {args.ingresses} Ingresses...", flush=True)
+        try:
+            run = run_certctl(pebble=pebble, workdir=workdir / "certctl", count=args.ingresses,
+                              workers=args.workers, timeout=args.timeout, root_pem=root_pem,
+                              profile=args.profile, profile_format=args.profile_format,
+                              profile_gil=args.profile_gil)
+        except b1.RunFailed as err:
+            print(f"FAILED certctl: {err}", file=sys.stderr)
+            return 1
+        print(f"certctl: {len(run.served)} served in {run.seconds:.1f} s "
+              f"({len(run.served) / run.seconds:.1f} certs/s), peak RSS "
+              f"{run.peak_rss_mb:.0f} MB, {run.cpu_seconds:.1f} s CPU", flush=True)
+        if args.peer_sample:
+            bench = b1.Bench(pebble=pebble, workdir=workdir, issuance_root_pem=root_pem,
+                             timeout=120.0, certbot_dir=workdir / "certbot",
+                             lego_dir=workdir / "lego")
+            bench.certbot_dir.mkdir()
+            try:
+                b1.register_certbot(bench)
+                for client in PEERS:
+                    peers.append(run_peer(bench=bench, client=client, sample=args.peer_sample))
+            except b1.RunFailed as err:
+                print(f"FAILED peer set-up: {err}", file=sys.stderr)
+                return 2
+    finally:
+        if pebble is not None:
+            pebble.stop()
+        workdir_module.remove_unless_kept(workdir, keep=args.keep)
+
+    print()
+    print(results_table(run=run, count=args.ingresses, peers=peers))
+    print()
+    print(verdicts(run, count=args.ingresses))
+    print()
+    print(progress_table(run, count=args.ingresses))
+    if args.write_results:
+        reporting.write_results(name="b2_bulk_issuance", section=results_section(
+            command=command, started_at=started_at, count=args.ingresses, run=run, peers=peers))
+        print(f"\nwrote {reporting.RESULTS_PATH}")
+    return 0 if len(run.served) == args.ingresses and not any(p.failed for p in peers) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
