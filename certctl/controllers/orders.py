@@ -352,10 +352,16 @@ def _delete_challenges(store: Store, order: Object) -> None:
     verdict), removing the record; that status change wakes this reconciler,
     which deletes it then.
     """
-    for challenge in store.list(kind="Challenge", namespace=order["metadata"]["namespace"]):
-        if reconciling.is_owned_by(challenge, order) and not _txt_record_out_there(challenge):
-            store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
-                         name=challenge["metadata"]["name"])
+    # By name, not by listing the namespace: a list per finished order made
+    # issuing N certificates at once cost N^2 (a quarter of B2's CPU).
+    namespace = order["metadata"]["namespace"]
+    for authorization in (order.get("status") or {}).get("authorizations") or []:
+        name = _challenge_name(order, authorization_url=authorization["url"])
+        challenge = store.get(kind="Challenge", namespace=namespace, name=name)
+        if (challenge is None or not reconciling.is_owned_by(challenge, order)
+                or _txt_record_out_there(challenge)):
+            continue
+        store.delete(kind="Challenge", namespace=namespace, name=name)
 
 
 def _txt_record_out_there(challenge: Object) -> bool:
