@@ -38,7 +38,7 @@ import datetime
 import random
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +51,7 @@ from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectN
 
 from certctl.runtime import dataplane_feed, leader, operator
 from certctl.solvers import http01_ingress
+from certctl.store.interface import Conflict
 from certctl.store.kube import RESOURCES, KubeStore
 from tests.pebble import PebbleServer, free_port
 
@@ -78,6 +79,24 @@ class _ResourceVersions:
 
 
 _versions = _ResourceVersions()
+
+
+def edit(
+    api: KubeStore, *, kind: str, namespace: str, name: str,
+    change: Callable[[dict[str, Any]], None],
+) -> None:
+    """Get, change and replace an object, again on a 409, as a user's `kubectl edit` would:
+    the controllers write to the same objects (an Ingress's status, for one)."""
+    for _ in range(10):
+        obj = api.get(kind=kind, namespace=namespace, name=name)
+        assert obj is not None, f"{kind} {namespace}/{name} not found"
+        change(obj)
+        try:
+            api.replace(obj=obj)
+        except Conflict:
+            continue
+        return
+    raise AssertionError(f"{kind} {namespace}/{name}: 10 conflicts in a row")
 
 
 def _version_of(event: dict[str, Any]) -> int | None:

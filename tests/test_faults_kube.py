@@ -21,7 +21,7 @@ from cryptography.x509 import verification
 
 from certctl.pki import inspect, keys
 from certctl.store.kube import KubeStore
-from tests.kube import Cluster, Deployment
+from tests.kube import Cluster, Deployment, edit
 from tests.pebble import PebbleServer
 from tests.serving import (
     cluster_issuer,
@@ -211,10 +211,11 @@ def test_route_change_during_an_api_outage_is_served_once_the_api_is_back(
         # stay up and bring the change to the data plane, whose refresh fails.
         caplog.clear()
         cluster.faults.errors = 1.0
-        shop = api.get(kind="Ingress", namespace="default", name="shop")
-        assert shop is not None
-        shop["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "new"
-        api.replace(obj=shop)
+
+        def to_new_backend(shop: dict[str, Any]) -> None:
+            shop["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "new"
+
+        edit(api, kind="Ingress", namespace="default", name="shop", change=to_new_backend)
         eventually(lambda: any(r.getMessage() == "refreshing the data plane failed"
                                for r in caplog.records), timeout=30,
                    what="the data plane to fail to refresh")

@@ -24,7 +24,7 @@ from prometheus_client import parser as prometheus_parser
 from certctl import cli
 from certctl.pki import inspect
 from certctl.store.kube import RESOURCES, KubeStore
-from tests.kube import TEST_CLIENT, Cluster, Deployment
+from tests.kube import TEST_CLIENT, Cluster, Deployment, edit
 from tests.pebble import PebbleServer, free_port
 from tests.serving import (
     cluster_issuer,
@@ -78,10 +78,8 @@ def _apply_app(api: KubeStore, *, backend_port: int, name: str = "shop",
 
 
 def _remove_annotations(api: KubeStore, *, ingress_name: str) -> None:
-    found = api.get(kind="Ingress", namespace="default", name=ingress_name)
-    assert found is not None
-    found["metadata"]["annotations"] = {}
-    api.replace(obj=found)
+    edit(api, kind="Ingress", namespace="default", name=ingress_name,
+         change=lambda found: found["metadata"].update(annotations={}))
 
 
 def _ready_secret(api: KubeStore, name: str) -> dict[str, Any] | None:
