@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.pebble import PebbleServer, free_port
+
+if TYPE_CHECKING:
+    from certctl.store.kube import KubeStore
+    from tests.kube import Cluster, Deployment
 
 __all__ = ["free_port"]
 
@@ -28,3 +33,40 @@ def pebble(tmp_path: Path) -> Iterator[PebbleServer]:
         yield server
     finally:
         server.stop()
+
+
+# The operator suites' fixtures: an emulated API server, a client of it, and
+# certctl's controller and data plane running against it (tests/kube.py).
+# Imported when used, so suites without a cluster do not load kopf.
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    from tests.kube import Cluster
+
+    running = Cluster()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Iterator[KubeStore]:
+    store = cluster.store()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def deployment(cluster: Cluster, pebble: PebbleServer) -> Iterator[Deployment]:
+    from tests.kube import Deployment
+
+    running = Deployment(cluster=cluster, pebble=pebble).start()
+    try:
+        yield running
+    finally:
+        running.stop()

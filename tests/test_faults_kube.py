@@ -11,7 +11,6 @@ left behind.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -35,34 +34,6 @@ from tests.serving import (
 )
 
 HOST = "shop.example.test"
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    running = Cluster()
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def api(cluster: Cluster) -> Iterator[KubeStore]:
-    store = cluster.store()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def deployment(cluster: Cluster, pebble: PebbleServer) -> Iterator[Deployment]:
-    running = Deployment(cluster=cluster, pebble=pebble).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def _apply_app(api: KubeStore, *, backend_port: int) -> None:

@@ -9,7 +9,6 @@ API and reads what the controller did.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,34 +35,6 @@ from tests.serving import (
     served_certificate,
     service_with_endpoints,
 )
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    running = Cluster()
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def api(cluster: Cluster) -> Iterator[KubeStore]:
-    store = cluster.store()
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def deployment(cluster: Cluster, pebble: PebbleServer) -> Iterator[Deployment]:
-    running = Deployment(cluster=cluster, pebble=pebble).start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def _issuer(pebble: PebbleServer, *, name: str = "pebble") -> dict[str, Any]:
