@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from certctl.api.resources import ObjectKey
-from certctl.store import interface
+from certctl.store import interface, local
 from certctl.store.interface import WatchEvent
 from certctl.store.local import SOURCE_ANNOTATION, LocalStore
 
@@ -643,3 +644,163 @@ data:
     again = restarted.get(kind="Secret", namespace="default", name="web-tls")
     assert again is not None
     assert again["data"] == {"k": "Y2VydGN0bA=="}
+
+
+# --- list index and incremental reload -----------------------------------------------------
+
+
+def test_list_returns_only_its_kind_and_namespace_after_creates_deletes_and_replaces(
+    tmp_path: Path,
+) -> None:
+    store = new_store(tmp_path)
+    for namespace in ("default", "other"):
+        for name in ("a", "b", "c"):
+            store.create(obj=secret(name, namespace=namespace, metadata={
+                "name": name, "namespace": namespace, "labels": {"app": name}}))
+        store.create(obj=certificate("web", namespace=namespace))
+    store.create(obj={"apiVersion": "certctl.io/v1", "kind": "ClusterIssuer",
+                      "metadata": {"name": "ca"}, "spec": {"selfSigned": {}}})
+
+    store.delete(kind="Secret", namespace="default", name="b")
+    moved = store.get(kind="Secret", namespace="other", name="c")
+    assert moved is not None
+    moved["metadata"]["labels"] = {"app": "a"}
+    store.replace(obj=moved)
+    store.delete(kind="Certificate", namespace="other", name="web")
+
+    def keys(objs: list[dict[str, Any]]) -> list[str]:
+        return [f"{o['kind']} {o['metadata'].get('namespace')}/{o['metadata']['name']}"
+                for o in objs]
+
+    assert keys(store.list(kind="Secret", namespace="default")) == [
+        "Secret default/a", "Secret default/c"]
+    assert keys(store.list(kind="Secret")) == [
+        "Secret default/a", "Secret default/c", "Secret other/a", "Secret other/b",
+        "Secret other/c"]
+    assert keys(store.list(kind="Secret", labels={"app": "a"})) == [
+        "Secret default/a", "Secret other/a", "Secret other/c"]
+    assert keys(store.list(kind="Secret", namespace="other", labels={"app": "c"})) == []
+    assert keys(store.list(kind="Secret", labels={"app": "b"})) == ["Secret other/b"]
+    assert keys(store.list(kind="Certificate")) == ["Certificate default/web"]
+    assert store.list(kind="Certificate", namespace="other") == []
+    assert keys(store.list(kind="ClusterIssuer")) == ["ClusterIssuer None/ca"]
+    assert store.list(kind="ClusterIssuer", namespace="default") == []
+    assert store.list(kind="Issuer") == []
+
+
+def test_list_sees_a_state_object_shadowing_a_manifest_object_and_its_labels(
+    tmp_path: Path,
+) -> None:
+    store = new_store(tmp_path, manifests=True)
+    write_manifest(tmp_path, "tls.yaml", """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-tls
+  labels: {owner: user}
+""")
+    store.reload_manifests()
+    seeded = store.get(kind="Secret", namespace="default", name="web-tls")
+    assert seeded is not None
+
+    seeded["metadata"]["labels"] = {"owner": "certctl"}
+    store.replace(obj=seeded)
+
+    assert store.list(kind="Secret", labels={"owner": "user"}) == []
+    [listed] = store.list(kind="Secret", labels={"owner": "certctl"})
+    assert listed["metadata"]["name"] == "web-tls"
+    assert len(store.list(kind="Secret")) == 1
+
+
+def test_unchanged_manifest_files_are_not_parsed_again(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    a = write_manifest(tmp_path, "a.yaml", ISSUER_YAML.format(name="a"))
+    b = write_manifest(tmp_path, "b.yaml", ISSUER_YAML.format(name="b"))
+    store.reload_manifests()
+    parsed = [store.last_parsed]
+    kept = store.get(kind="ClusterIssuer", namespace=None, name="a")
+    events = recording(store)
+
+    b.write_text(ISSUER_YAML.format(name="b").replace("selfSigned: {}", "ca: {}"))
+    os.utime(a)  # touched, same bytes
+    store.reload_manifests()
+    parsed.append(store.last_parsed)
+    store.reload_manifests()
+    parsed.append(store.last_parsed)
+
+    assert parsed == [(a, b), (b,), ()]
+    assert [(e.type, e.key.name) for e in events] == [("MODIFIED", "b")]
+    assert store.get(kind="ClusterIssuer", namespace=None, name="a") == kept
+
+
+def test_an_edit_keeping_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    store.reload_manifests()
+
+    path.write_text(INGRESS_YAML.format(host="b.example.test"))
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    store.reload_manifests()
+
+    assert store.last_parsed == (path,)
+    ingress = store.get(kind="Ingress", namespace="default", name="web")
+    assert ingress is not None
+    assert ingress["spec"]["rules"][0]["host"] == "b.example.test"
+
+
+def test_a_file_broken_then_restored_keeps_its_objects_without_events(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "web.yaml", INGRESS_YAML.format(host="a.example.test"))
+    store.reload_manifests()
+    before = store.get(kind="Ingress", namespace="default", name="web")
+    events = recording(store)
+
+    path.write_text("kind: [unclosed\n")
+    broken_twice = [store.reload_manifests(), store.reload_manifests()]
+    path.write_text(INGRESS_YAML.format(host="a.example.test"))
+    assert store.reload_manifests() == []
+
+    assert [[e.source for e in errors] for errors in broken_twice] == [[str(path)]] * 2
+    assert "line 1" in broken_twice[1][0].message
+    assert events == []
+    assert store.get(kind="Ingress", namespace="default", name="web") == before
+
+
+def test_a_duplicate_takes_over_when_the_file_defining_it_first_goes(tmp_path: Path) -> None:
+    store = new_store(tmp_path, manifests=True)
+    first = write_manifest(tmp_path, "1.yaml", ISSUER_YAML.format(name="dup"))
+    write_manifest(
+        tmp_path, "2.yaml", ISSUER_YAML.format(name="dup").replace("selfSigned: {}", "ca: {}"))
+    assert len(store.reload_manifests()) == 1
+    events = recording(store)
+
+    first.unlink()
+    assert store.reload_manifests() == []
+
+    assert [(e.type, e.key.name) for e in events] == [("MODIFIED", "dup")]
+    kept = store.get(kind="ClusterIssuer", namespace=None, name="dup")
+    assert kept is not None
+    assert "ca" in kept["spec"]
+
+
+def test_state_files_are_written_with_libyaml_when_pyyaml_has_it() -> None:
+    expected = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
+    assert local._SafeDumper is expected
+    assert yaml.safe_load(local.dump_yaml({"b": 1, "a": [1, "x"]})) == {"b": 1, "a": [1, "x"]}
+    assert local.dump_yaml({"b": 1, "a": 2}).startswith(b"b: 1\n")  # key order kept
+
+
+def test_listed_objects_are_copies_down_to_nested_values(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("a", metadata={"name": "a", "namespace": "default",
+                                           "labels": {"app": "web"}},
+                            extra={"hosts": ["a.test"], "when": {"b", "c"}}))
+
+    [listed] = store.list(kind="Secret", labels={"app": "web"})
+    listed["metadata"]["labels"]["app"] = "changed"
+    listed["extra"]["hosts"].append("b.test")
+    listed["extra"]["when"].add("d")
+
+    [again] = store.list(kind="Secret", labels={"app": "web"})
+    assert again["extra"] == {"hosts": ["a.test"], "when": {"b", "c"}}
