@@ -533,6 +533,14 @@ class ServeProcess:
         return self.proc.returncode
 
 
+def _step_recorded(state_dir: Path, kill_point: str) -> bool:
+    """Whether certctl has written down the step it is to be killed after."""
+    if kill_point == "after-challenge-accepted":
+        return any((c.get("status") or {}).get("processing")
+                   for c in _state_objects(state_dir, "Challenge"))
+    return any((o.get("status") or {}).get("url") for o in _state_objects(state_dir, "Order"))
+
+
 def _state_objects(state_dir: Path, kind: str) -> list[dict[str, Any]]:
     folder = state_dir / "objects" / kind
     return [yaml.safe_load(path.read_text()) for path in sorted(folder.rglob("*.yaml"))]
@@ -559,9 +567,10 @@ def test_sigkill_at_each_step_of_an_order_resumes_it_without_a_second_order(
         first = ServeProcess(manifests=manifests, state_dir=state, pebble=pebble,
                              https_port=https_port, log_path=tmp_path / "first.log")
         try:
-            # certctl answered that step and now waits at the gate for the next request:
-            # everything it does in between (recording the step in the state dir) is done.
-            eventually(gate.is_holding, timeout=60, what=f"certctl to stop {kill_point}")
+            # certctl answered that step and waits at the gate for the next request; with
+            # several worker threads the one that took the step may still be recording it.
+            eventually(lambda: gate.is_holding() and _step_recorded(state, kill_point),
+                       timeout=60, what=f"certctl to stop {kill_point}")
             if kill_point == "after-challenge-accepted":
                 # Pebble validates against the data plane about to die: let it finish, so
                 # the step certctl is killed after is "accepted and valid at the CA".
@@ -655,7 +664,8 @@ def test_sigkill_during_a_dns01_order_leaves_no_txt_record(
                              https_port=https_port, log_path=tmp_path / "first.log",
                              extra_args=dns01_args)
         try:
-            eventually(lambda: gate.count(KILL_POINTS[kill_point]) and gate.is_holding(),
+            eventually(lambda: gate.count(KILL_POINTS[kill_point]) and gate.is_holding()
+                       and _step_recorded(state, kill_point),
                        timeout=60, what=f"certctl to stop {kill_point}")
             eventually(lambda: pebble.log_lines("set VALID by completed challenge"),
                        what="Pebble to validate the TXT record")
