@@ -5,7 +5,7 @@ share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
 route, the canary split, 503 without ready endpoints, 413 over
 proxy-body-size by declared length, and rewrite-target; before all of
-them, 400 for a method, target or authority that is not well formed. It
+them, 400 for an authority that is not well formed. It
 touches no socket: the caller writes the answer or starts the upstream
 exchange.
 """
@@ -32,11 +32,15 @@ _CHALLENGE_PREFIX: Final = http01.CHALLENGE_PATH_PREFIX
 _AUTHORITY: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?"
 )
-# HTTP/2 only (llhttp already holds HTTP/1.1 to this): a method is a token and
-# a target has no whitespace or control bytes, so neither can reshape the
-# HTTP/1.1 request line sent upstream.
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
+
+
+def is_request_line_safe(*, method: bytes, target: bytes) -> bool:
+    """A method that is a token and a target without whitespace or control bytes, so
+    neither can reshape the HTTP/1.1 request line sent upstream. For HTTP/2's
+    pseudo-headers only: llhttp already holds HTTP/1.1 requests to this."""
+    return _METHOD.fullmatch(method) is not None and _BAD_TARGET.search(target) is None
 
 
 class Decision:
@@ -80,8 +84,6 @@ def decide(
     content_length: bytes | None,
 ) -> Decision:
     """The decision for one request; `header(lowercase name)` reads a request header."""
-    if not _METHOD.fullmatch(method) or _BAD_TARGET.search(target):
-        return Decision(status=400)
     if target.startswith(b"/"):
         query = target.find(b"?")
         raw_path = target if query < 0 else target[:query]

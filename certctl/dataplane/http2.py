@@ -329,6 +329,9 @@ class Http2Connection(asyncio.Protocol):
         if stream.method == b"CONNECT":
             self.answer(stream, status=400)  # not a tunnel, and extended CONNECT is not offered
             return
+        if not dispatch.is_request_line_safe(method=stream.method, target=stream.path):
+            self.answer(stream, status=400)
+            return
         decision = dispatch.decide(
             plane=self.plane,
             scheme=b"https",
