@@ -22,7 +22,8 @@ reconcilers see the same shape as from `get`.
 
 Transient failures (a refused or dropped connection, 429, 500, 502, 503,
 504) are retried a few times within about three seconds, honouring
-Retry-After, as client-go and kopf do; what still fails is a `StoreError`
+Retry-After, as client-go and kopf do (urllib3's `Retry`, mounted on the
+session); what still fails is a `StoreError`
 and the work queue retries the whole reconcile with its own backoff. A
 retried write may have been done the first time (the answer was lost), and
 the retry then says so in the Store's own terms: a create finds
@@ -35,7 +36,6 @@ from __future__ import annotations
 import builtins
 import datetime
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +44,8 @@ from typing import Any, cast
 import kubernetes.client
 import kubernetes.config
 import requests
+import requests.adapters
+import urllib3.util
 
 from certctl.api import conditions
 from certctl.store import interface
@@ -104,9 +106,17 @@ CLUSTER_EVENTS_NAMESPACE = "default"
 
 # Answers worth asking again: throttled, or the API server (or what is in front
 # of it) failing for a moment. Not 409 or 422: asking again changes nothing.
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds; then the work queue's backoff takes over
-MAX_RETRY_AFTER = 10.0
+# Every method is retried: a write whose answer was lost shows as AlreadyExists
+# or Conflict the second time. Waits 0, 0.2, 0.4, 0.8, 1.6 s (or Retry-After);
+# then the work queue's backoff takes over.
+TRANSIENT_RETRY = urllib3.util.Retry(
+    total=5,
+    backoff_factor=0.1,
+    status_forcelist=frozenset({429, 500, 502, 503, 504}),
+    allowed_methods=None,
+    raise_on_status=False,
+    respect_retry_after_header=True,
+)
 
 
 def load_configuration(
@@ -147,6 +157,8 @@ class KubeStore:
         self.namespaces: tuple[str, ...] = tuple(dict.fromkeys(namespaces))
         self._server = configuration.host.rstrip("/")
         self._session = requests.Session()
+        self._session.mount(self._server,
+                            requests.adapters.HTTPAdapter(max_retries=TRANSIENT_RETRY))
         if configuration.ssl_ca_cert:
             self._session.verify = configuration.ssl_ca_cert
         if not configuration.verify_ssl:
@@ -268,26 +280,14 @@ class KubeStore:
         body: Mapping[str, Any] | None = None,
         query: builtins.list[tuple[str, str]] | None = None,
     ) -> Object:
-        for delay in (*RETRY_DELAYS, None):
-            headers = {"Accept": "application/json", "User-Agent": self._component}
-            # Evaluated per request: the hook behind it refreshes expiring tokens.
-            headers.update(auth_headers(self.configuration))
-            try:
-                answer = self._session.request(method, self._server + path, params=query,
-                                               json=body, headers=headers, timeout=30)
-            except (requests.ConnectionError, requests.Timeout) as err:
-                if delay is None:
-                    raise interface.StoreError(f"{method} {path}: {err}") from err
-                logger.debug("%s %s: %s; retrying in %.1f s", method, path, err, delay)
-            except requests.RequestException as err:
-                raise interface.StoreError(f"{method} {path}: {err}") from err
-            else:
-                if answer.status_code not in TRANSIENT_STATUSES or delay is None:
-                    break
-                delay = _retry_after(answer) or delay
-                logger.debug("%s %s: %s %s; retrying in %.1f s", method, path,
-                             answer.status_code, answer.reason, delay)
-            time.sleep(delay)
+        headers = {"Accept": "application/json", "User-Agent": self._component}
+        # Evaluated per request: the hook behind it refreshes expiring tokens.
+        headers.update(auth_headers(self.configuration))
+        try:
+            answer = self._session.request(method, self._server + path, params=query,
+                                           json=body, headers=headers, timeout=30)
+        except requests.RequestException as err:
+            raise interface.StoreError(f"{method} {path}: {err}") from err
         if answer.status_code >= 400:
             raise _store_error(answer, method=method, path=path)
         try:
@@ -321,15 +321,6 @@ def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> b
         return True
     present = obj.get("metadata", {}).get("labels") or {}
     return all(present.get(key) == value for key, value in labels.items())
-
-
-def _retry_after(answer: requests.Response) -> float | None:
-    """The server's Retry-After in seconds (capped), if it gave one."""
-    try:
-        seconds = float(answer.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _store_error(answer: requests.Response, *, method: str, path: str) -> interface.StoreError:
