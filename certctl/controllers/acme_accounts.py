@@ -163,22 +163,22 @@ class AcmeAccounts:
                               f"(field {ref.field}) not found")
         found = self.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
         if found.account_uri is None:
-            found.register(email=issuer.acme.email, external_account=external_account_key(
-                store=store, issuer=issuer,
-                cluster_resource_namespace=self.cluster_resource_namespace))
+            self._register(found, store=store, issuer=issuer)
         return found
 
-    def register_again(self, *, store: Store, issuer: Issuer) -> str:
-        """Register the issuer's account anew; its URI.
+    def register_again(self, *, store: Store, issuer: Issuer) -> None:
+        """Register the issuer's account anew.
 
         For after `AccountDoesNotExist`: the server forgot the account (a
         restarted or reset CA). Binds the external account again when the
         issuer has one. Several reconcilers racing here is harmless: the
         first creates the account, the others find it by its key.
         """
+        self._register(self.client(store=store, issuer=issuer), store=store, issuer=issuer)
+
+    def _register(self, found: acme_client.AcmeClient, *, store: Store, issuer: Issuer) -> None:
         assert issuer.acme is not None
-        found = self.client(store=store, issuer=issuer)
-        return found.register(email=issuer.acme.email, external_account=external_account_key(
+        found.register(email=issuer.acme.email, external_account=external_account_key(
             store=store, issuer=issuer, cluster_resource_namespace=self.cluster_resource_namespace))
 
     def client_for_key(

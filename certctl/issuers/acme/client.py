@@ -480,7 +480,7 @@ class AcmeClient:
         except (acme_errors.ClientError, jose_errors.DeserializationError, ValueError) as error:
             if _http_status(error) == 404:
                 raise errors.AcmeNotFound(
-                    f"ACME server answered 404 for {url}: it does not know it (any more)", url=url
+                    f"ACME server answered 404 for {url}: it does not know it (any more)"
                 ) from error
             raise errors.AcmeProtocolError(
                 f"unexpected answer from ACME server {url}: {_describe(error)}"

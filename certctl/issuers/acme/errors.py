@@ -57,10 +57,6 @@ class AcmeNotFound(AcmeProtocolError):
     cannot be an `AcmeProblem`.
     """
 
-    def __init__(self, message: str, *, url: str) -> None:
-        super().__init__(message)
-        self.url = url
-
 
 class AcmeConfigError(AcmeError, ValueError):
     """The client cannot be built: unusable account key or CA bundle, unknown profile.
