@@ -15,6 +15,9 @@ import idna
 
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
+# X.520 ub-common-name: a longer CN makes an invalid subject, so it is left
+# out and the name lives only in the SAN (which is what clients check anyway).
+MAX_COMMON_NAME_LENGTH = 64
 
 _LDH_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 

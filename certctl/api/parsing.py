@@ -432,10 +432,11 @@ def parse_certificate(
         )
     )
     common_name = ctx.optional_str(spec, "commonName", at="spec")
-    if common_name is not None and len(common_name) > 64:
+    if common_name is not None and len(common_name) > names.MAX_COMMON_NAME_LENGTH:
         ctx.fail(
             "spec.commonName",
-            f"must be at most 64 characters, is {len(common_name)}; put long names in dnsNames",
+            f"must be at most {names.MAX_COMMON_NAME_LENGTH} characters, is {len(common_name)}; "
+            "put long names in dnsNames",
         )
     if not (dns_names or ip_addresses or common_name):
         ctx.fail("spec", "at least one of dnsNames, ipAddresses or commonName must be set")

@@ -47,8 +47,6 @@ _SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (annotation_keys.CM_USAGES, ("usages",)),  # comma-separated
 )
 _INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size")})
-# X.520's upper bound for a subject common name (and the Certificate CRD's maxLength).
-MAX_COMMON_NAME_LENGTH = 64
 COMMON_NAME_TOO_LONG = "CommonNameTooLong"
 UNKNOWN_FIELD = "UnknownField"
 
@@ -118,7 +116,7 @@ def desired_certificates(*, ingress: Ingress, ingress_obj: Mapping[str, Any]) ->
     if san_only_name is not None:
         notices.append(
             f"metadata.annotations[{annotation_keys.CM_COMMON_NAME}]: {san_only_name!r} is "
-            f"{len(san_only_name)} characters, more than the {MAX_COMMON_NAME_LENGTH} a "
+            f"{len(san_only_name)} characters, more than the {names.MAX_COMMON_NAME_LENGTH} a "
             "certificate subject may hold: it is left out of the subject and kept in the "
             "SAN (spec.dnsNames), which is what clients check")
     for index, tls in enumerate(ingress.tls):
@@ -183,7 +181,7 @@ def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple
         value: Any = ingress.annotation(annotation)
         if value is None:
             continue
-        if path == ("commonName",) and len(value) > MAX_COMMON_NAME_LENGTH:
+        if path == ("commonName",) and len(value) > names.MAX_COMMON_NAME_LENGTH:
             continue  # SAN only: see _long_common_name
         if path in _INTEGER_PATHS:
             value = _int_annotation(ingress, annotation, value, source)
@@ -202,15 +200,16 @@ def _long_common_name(ingress: Ingress, source: str | None) -> str | None:
     shim keeps it there instead of writing a Certificate that cannot exist.
     """
     value = ingress.annotation(annotation_keys.CM_COMMON_NAME)
-    if value is None or len(value) <= MAX_COMMON_NAME_LENGTH:
+    if value is None or len(value) <= names.MAX_COMMON_NAME_LENGTH:
         return None
     try:
         return names.normalize_dns_name(value, allow_wildcard=True)
     except ValueError as err:
         raise _invalid(
             ingress, f"metadata.annotations[{annotation_keys.CM_COMMON_NAME}]",
-            f"is {len(value)} characters, more than the {MAX_COMMON_NAME_LENGTH} a certificate "
-            f"subject may hold, and not a DNS name that could go in the SAN instead: {err}",
+            f"is {len(value)} characters, more than the {names.MAX_COMMON_NAME_LENGTH} a "
+            "certificate subject may hold, and not a DNS name that could go in the SAN "
+            f"instead: {err}",
             source) from err
 
 

@@ -15,11 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certctl.api.names import MAX_COMMON_NAME_LENGTH
 from certctl.pki import keys
-
-# X.520 ub-common-name: a longer CN makes an invalid subject, so it is left
-# out and the name lives only in the SAN (which is what clients check anyway).
-MAX_COMMON_NAME_LENGTH = 64
 
 _KEY_USAGE_FLAGS: dict[str, str] = {
     "signing": "digital_signature",
