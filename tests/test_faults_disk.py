@@ -19,7 +19,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -234,14 +234,17 @@ def _served(port: int, host: str, roots: bytes) -> Any:
     return certificate if host in dns_names(certificate) else None
 
 
-def test_serve_with_a_full_disk_keeps_serving_the_old_secret_and_recovers(
-    tmp_path: Path, small_disk: Path, pebble: PebbleServer
-):
+def _serve_through_failing_writes(
+    *, tmp_path: Path, state: Path, pebble: PebbleServer, error: str,
+    fail_writes: Callable[[ServeProcess], Callable[[], object]],
+) -> None:
+    """Issue, make state writes fail (`fail_writes` returns how to undo that), change the
+    Certificate, and check: the error names the file, the old Secret is intact and still
+    served, no temp file lasts; once writes work again the new certificate arrives."""
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
                ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
-    state = small_disk / "state"
     secret_path = _state_file(state, "web-tls")
     https_port = free_port()
     roots = pebble.issuance_roots_pem()
@@ -252,13 +255,12 @@ def test_serve_with_a_full_disk_keeps_serving_the_old_secret_and_recovers(
                            what="the first certificate")
         eventually(secret_path.exists)
         before = secret_path.read_bytes()
-        filler = fill(small_disk)
+        restore_writes = fail_writes(serve)
         # A second name: the Certificate changes, a new order, a new Secret, all to write.
         write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
                    ingress("web", hosts=["web.example.test", "www.example.test"],
                            secret_name="web-tls"))
-        eventually(lambda: "No space left on device" in serve.log(),
-                   timeout=30, what="the write error in the log")
+        eventually(lambda: error in serve.log(), timeout=30, what="the write error in the log")
         log = serve.log()
         assert f"cannot write state file {state}/objects/" in log
         assert "Traceback" not in log
@@ -268,14 +270,24 @@ def test_serve_with_a_full_disk_keeps_serving_the_old_secret_and_recovers(
                                    roots_pem=roots)
         assert still.serial_number == first.serial_number
 
-        filler.unlink()
+        restore_writes()
         eventually(partial(_served, https_port, "www.example.test", roots), timeout=60,
-                   what="the new certificate once there is space again")
+                   what="the new certificate once writes work again")
     finally:
         assert serve.stop() == 0
     assert secret_path.read_bytes() != before
     assert _leftovers(state) == []
     _assert_private(state)
+
+
+def test_serve_with_a_full_disk_keeps_serving_the_old_secret_and_recovers(
+    tmp_path: Path, small_disk: Path, pebble: PebbleServer
+):
+    def fill_the_disk(_serve: ServeProcess) -> Callable[[], object]:
+        return fill(small_disk).unlink
+
+    _serve_through_failing_writes(tmp_path=tmp_path, state=small_disk / "state", pebble=pebble,
+                                  error="No space left on device", fail_writes=fill_the_disk)
 
 
 def test_serve_under_a_file_size_limit_keeps_the_old_secret_and_recovers(
@@ -283,42 +295,11 @@ def test_serve_under_a_file_size_limit_keeps_the_old_secret_and_recovers(
 ):
     """No root needed: RLIMIT_FSIZE set on the running process fails every state file
     bigger than the limit after a partial write (the Order with its chain, the Secret)."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-               ingress("web", hosts=["web.example.test"], secret_name="web-tls"))
-    state = tmp_path / "state"
-    secret_path = _state_file(state, "web-tls")
-    https_port = free_port()
-    roots = pebble.issuance_roots_pem()
-    serve = ServeProcess(manifests=manifests, state_dir=state, pebble=pebble,
-                         https_port=https_port, log_path=tmp_path / "serve.log", watch=True)
-    try:
-        first = eventually(partial(_served, https_port, "web.example.test", roots), timeout=60,
-                           what="the first certificate")
-        eventually(secret_path.exists)
-        before = secret_path.read_bytes()
+
+    def limit_file_size(serve: ServeProcess) -> Callable[[], object]:
         unlimited = resource.prlimit(serve.proc.pid, resource.RLIMIT_FSIZE)
         resource.prlimit(serve.proc.pid, resource.RLIMIT_FSIZE, (2048, unlimited[1]))
-        write_yaml(manifests / "all.yaml", cluster_issuer(pebble),
-                   ingress("web", hosts=["web.example.test", "www.example.test"],
-                           secret_name="web-tls"))
-        eventually(lambda: "File too large" in serve.log(), timeout=30,
-                   what="the write error in the log")
-        log = serve.log()
-        assert f"cannot write state file {state}/objects/" in log
-        assert "Traceback" not in log
-        assert secret_path.read_bytes() == before
-        assert _lasting_leftovers(state) == []
-        still = served_certificate(port=https_port, server_name="web.example.test",
-                                   roots_pem=roots)
-        assert still.serial_number == first.serial_number
+        return partial(resource.prlimit, serve.proc.pid, resource.RLIMIT_FSIZE, unlimited)
 
-        resource.prlimit(serve.proc.pid, resource.RLIMIT_FSIZE, unlimited)
-        eventually(partial(_served, https_port, "www.example.test", roots), timeout=60,
-                   what="the new certificate once files may grow again")
-    finally:
-        assert serve.stop() == 0
-    assert secret_path.read_bytes() != before
-    assert _leftovers(state) == []
-    _assert_private(state)
+    _serve_through_failing_writes(tmp_path=tmp_path, state=tmp_path / "state", pebble=pebble,
+                                  error="File too large", fail_writes=limit_file_size)
