@@ -261,7 +261,7 @@ def _ca_bundle(ctx: _Object, value: Any, *, field: str) -> bytes:
     TLS verification failure against the ACME server, far from its cause.
     """
     if not isinstance(value, str):
-        ctx.fail(field, f"must be a base64-encoded string, got {_describe(value)}")
+        ctx.fail(field, f"must be a base64-encoded string, got {describe_value(value)}")
     try:
         pem = base64.b64decode("".join(value.split()), validate=True)
     except binascii.Error:
@@ -808,7 +808,8 @@ def parse_service(obj: Mapping[str, Any], *, source: str | None = None) -> resou
             target_port = target
         else:
             ctx.fail(
-                f"{at}.targetPort", f"must be a port number or a port name, got {_describe(target)}"
+                f"{at}.targetPort",
+                f"must be a port number or a port name, got {describe_value(target)}",
             )
         ports.append(
             resources.ServicePort(
@@ -962,7 +963,8 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
 # --- reading helpers ---------------------------------------------------------------------
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A value's YAML type for error messages ("a number", "null", "a mapping", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -997,7 +999,7 @@ def _open(
             namespace=None,
             name=_UNNAMED,
             field="(object)",
-            message=f"must be a mapping, got {_describe(obj)}",
+            message=f"must be a mapping, got {describe_value(obj)}",
             source=source,
         )
     metadata = obj.get("metadata")
@@ -1095,14 +1097,14 @@ class _Object:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.fail(field, f"must be a mapping, got {_describe(value)}")
+            self.fail(field, f"must be a mapping, got {describe_value(value)}")
         return value
 
     def sequence(self, value: Any, *, field: str) -> list[Any]:
         if value is None:
             return []
         if not isinstance(value, list | tuple):
-            self.fail(field, f"must be a list, got {_describe(value)}")
+            self.fail(field, f"must be a list, got {describe_value(value)}")
         return list(value)
 
     def optional_str(self, value: Mapping[str, Any], key: str, *, at: str) -> str | None:
@@ -1111,7 +1113,8 @@ class _Object:
         if item is None or item == "":
             return None
         if not isinstance(item, str):
-            self.fail(f"{at}.{key}", f"must be a string, got {_describe(item)}; quote the value")
+            self.fail(f"{at}.{key}",
+                      f"must be a string, got {describe_value(item)}; quote the value")
         return item
 
     def required_str(self, value: Mapping[str, Any], key: str, *, at: str) -> str:
@@ -1125,7 +1128,7 @@ class _Object:
         if item is None:
             return None
         if isinstance(item, bool) or not isinstance(item, int):
-            self.fail(f"{at}.{key}", f"must be an integer, got {_describe(item)}")
+            self.fail(f"{at}.{key}", f"must be an integer, got {describe_value(item)}")
         return item
 
     def required_int(self, value: Mapping[str, Any], key: str, *, at: str) -> int:
@@ -1139,7 +1142,7 @@ class _Object:
         if item is None:
             return None
         if not isinstance(item, bool):
-            self.fail(f"{at}.{key}", f"must be true or false, got {_describe(item)}")
+            self.fail(f"{at}.{key}", f"must be true or false, got {describe_value(item)}")
         return item
 
     def choice(
@@ -1154,7 +1157,7 @@ class _Object:
         items = self.sequence(value.get(key), field=f"{at}.{key}")
         for index, item in enumerate(items):
             if not isinstance(item, str):
-                self.fail(f"{at}.{key}[{index}]", f"must be a string, got {_describe(item)}")
+                self.fail(f"{at}.{key}[{index}]", f"must be a string, got {describe_value(item)}")
         return items
 
     def str_map(
@@ -1166,7 +1169,7 @@ class _Object:
             if not isinstance(item, str):
                 self.fail(
                     f"{at}.{key}.{name}",
-                    f"must be a string, got {_describe(item)}; quote the value",
+                    f"must be a string, got {describe_value(item)}; quote the value",
                 )
         return tuple(sorted((str(name), item) for name, item in items.items()))
 
@@ -1188,7 +1191,7 @@ class _Object:
                 return value.replace(tzinfo=datetime.UTC)
             return value.astimezone(datetime.UTC)
         if not isinstance(value, str):
-            self.fail(field, f"must be an RFC 3339 timestamp, got {_describe(value)}")
+            self.fail(field, f"must be an RFC 3339 timestamp, got {describe_value(value)}")
         try:
             return conditions.parse_time(value)
         except ValueError as exc:

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import yaml
 
 from certctl.api import annotations as annotation_keys
-from certctl.api import conditions, kinds
+from certctl.api import conditions, kinds, parsing
 from certctl.api.resources import ObjectKey
 from certctl.store import interface
 from certctl.store.interface import EventType, Object, WatchEvent
@@ -171,13 +171,16 @@ def remove_state_file(path: Path) -> None:
         raise StateWriteError(path=path, error=err, action="remove") from err
 
 
+def _labels_of(obj: Object | None) -> Mapping[Any, Any]:
+    """The labels of `obj`; none if it has no (or a malformed) `metadata.labels`."""
+    labels = ((obj or {}).get("metadata") or {}).get("labels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
 def _label_items(obj: Object | None) -> set[tuple[Any, Any]]:
     """The (name, value) labels of `obj` a selector can match through a dict lookup."""
-    labels = ((obj or {}).get("metadata") or {}).get("labels")
-    if not isinstance(labels, Mapping):
-        return set()
     items = set()
-    for item in labels.items():
+    for item in _labels_of(obj).items():
         with contextlib.suppress(TypeError):  # an unhashable value never equals a selector's
             hash(item)
             items.add(item)
@@ -296,13 +299,14 @@ class LocalStore:
             obj = self._manifest.get(key)
         return obj
 
-    def _set_state(self, key: ObjectKey, obj: Object | None) -> None:
-        """Put (None: drop) the state object at `key`, keeping the list index in step."""
+    def _put(self, layer: dict[ObjectKey, Object], key: ObjectKey, obj: Object | None) -> None:
+        """Put (None: drop) the object at `key` of `layer` (`_state` or `_manifest`),
+        keeping the list index in step."""
         before = self._visible(key)
         if obj is None:
-            del self._state[key]
+            del layer[key]
         else:
-            self._state[key] = obj
+            layer[key] = obj
         self._index.update(key, before=before, after=self._visible(key))
 
     # Reads copy outside the lock: a stored object is never changed in place (every
@@ -328,9 +332,7 @@ class LocalStore:
                 if obj is None:
                     continue
                 if labels:
-                    have = obj.get("metadata", {}).get("labels") or {}
-                    if not isinstance(have, Mapping):
-                        have = {}
+                    have = _labels_of(obj)
                     if any(have.get(k) != v for k, v in labels.items()):
                         continue
                 found.append(obj)
@@ -448,7 +450,6 @@ class LocalStore:
             loaded: dict[ObjectKey, Object] = {}
             files: dict[str, _ParsedFile] = {}
             parsed: builtins.list[Path] = []
-            previous_by_source: dict[str, builtins.list[tuple[ObjectKey, Object]]] | None = None
             for path in sorted(self._manifest_files()):
                 source = str(path)
                 previous = self._files.get(source)
@@ -460,10 +461,11 @@ class LocalStore:
                     errors.append(ManifestError(source=source, message=message))
                     if previous is not None:
                         files[source] = previous  # its objects are still the ones loaded
-                    if previous_by_source is None:
-                        previous_by_source = self._parsed_by_source()
-                    for key, obj in previous_by_source.get(source, []):
-                        loaded[key] = obj
+                        for entry in previous.entries:
+                            if not isinstance(entry, ManifestError) and (
+                                self._parsed.get(entry[0]) is entry[1]
+                            ):
+                                loaded[entry[0]] = entry[1]
                     continue
                 files[source] = record
                 if previous is None or record.entries is not previous.entries:
@@ -494,14 +496,6 @@ class LocalStore:
             self._notify(events)
         return errors
 
-    def _parsed_by_source(self) -> dict[str, builtins.list[tuple[ObjectKey, Object]]]:
-        """The loaded objects as parsed, by the file they came from."""
-        by_source: dict[str, builtins.list[tuple[ObjectKey, Object]]] = {}
-        for key, obj in self._parsed.items():
-            source = obj["metadata"]["annotations"][SOURCE_ANNOTATION].split("#")[0]
-            by_source.setdefault(source, []).append((key, obj))
-        return by_source
-
     def _manifest_files(self) -> Iterator[Path]:
         assert self.manifests_dir is not None
         if self.manifests_dir.is_file():
@@ -515,14 +509,14 @@ class LocalStore:
     def _apply_manifests(self, loaded: dict[ObjectKey, Object]) -> Iterator[WatchEvent]:
         """Make `loaded` (objects as parsed, never changed) the manifest objects; events
         for the objects that changed."""
-        old, old_parsed = self._manifest, self._parsed
+        old = self._manifest
         manifest: dict[ObjectKey, Object] = {}
         changed: builtins.list[ObjectKey] = []
         events: builtins.list[WatchEvent] = []
         for key, parsed in loaded.items():
             previous = old.get(key)
             if previous is not None and (
-                old_parsed.get(key) is parsed
+                self._parsed.get(key) is parsed
                 or _without_version(previous) == _without_version(parsed)
             ):
                 manifest[key] = previous
@@ -552,11 +546,8 @@ class LocalStore:
                 ))
         removed = [key for key in old if key not in manifest]
         self._manifest, self._parsed = manifest, loaded
-        for key in changed:
-            before = self._state.get(key, old.get(key))
-            self._index.update(key, before=before, after=self._visible(key))
-        for key in removed:
-            self._index.update(key, before=self._state.get(key, old[key]),
+        for key in [*changed, *removed]:
+            self._index.update(key, before=self._state.get(key, old.get(key)),
                                after=self._visible(key))
         yield from events
         for key in removed:
@@ -598,7 +589,7 @@ class LocalStore:
     def _write_state(self, key: ObjectKey, obj: Object) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
         atomic_write(self._path_for(key), dump_yaml(obj))
-        self._set_state(key, obj)
+        self._put(self._state, key, obj)
 
     def _write_manifest_status(self, key: ObjectKey, obj: Object) -> None:
         """Status of a user's object is kept beside it, so edits to the file still apply."""
@@ -606,9 +597,7 @@ class LocalStore:
         status = obj.get("status", {})
         atomic_write(self._status_path_for(key), dump_yaml(status))
         self._manifest_status[key] = _copy(status)
-        before = self._visible(key)
-        self._manifest[key] = obj
-        self._index.update(key, before=before, after=self._visible(key))
+        self._put(self._manifest, key, obj)
 
     def _load_state(self) -> None:
         for path in self._status_dir.glob("*/*/*.yaml"):
@@ -626,7 +615,7 @@ class LocalStore:
             except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
                 logger.error("ignoring unreadable state file %s: %s", path, _unquoted(err))
                 continue
-            self._set_state(key, obj)
+            self._put(self._state, key, obj)
             with contextlib.suppress(TypeError, ValueError):
                 highest = max(highest, int(obj["metadata"].get("resourceVersion", 0)))
         self._versions = itertools.count(highest + 1)
@@ -641,7 +630,7 @@ class LocalStore:
         # The file goes first: if it cannot, memory still matches the disk.
         if manifest_object is None:
             remove_state_file(self._path_for(key))
-            self._set_state(key, None)
+            self._put(self._state, key, None)
         elif key in self._manifest_status:
             remove_state_file(self._status_path_for(key))
             del self._manifest_status[key]
@@ -733,11 +722,6 @@ def dump_yaml(obj: Any) -> bytes:
     return yaml.dump(obj, Dumper=_SafeDumper, sort_keys=False).encode()
 
 
-def load_manifest_documents(path: Path) -> builtins.list[Any]:
-    """Every YAML document of a manifest file, parsed with libyaml when available."""
-    return parse_manifest(path.read_bytes())
-
-
 def parse_manifest(data: bytes) -> builtins.list[Any]:
     """Every YAML document of a manifest file's bytes, parsed with libyaml when available.
 
@@ -748,8 +732,8 @@ def parse_manifest(data: bytes) -> builtins.list[Any]:
 
 
 def _read_manifest(path: Path, *, previous: _ParsedFile | None) -> _ParsedFile:
-    """`path` parsed, or `previous` (the very same record, entries and all) if its bytes
-    are those `previous` was parsed from.
+    """`path` parsed; if its bytes are those `previous` was parsed from, `previous`
+    itself or a record with its very same entries.
 
     OSError, UnicodeDecodeError or yaml.YAMLError if it cannot be read or parsed.
     """
@@ -762,8 +746,6 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None) -> _ParsedFile:
     digest = hashlib.sha256(data).digest()
     settled = max(stat.st_mtime_ns, stat.st_ctime_ns) < started - _TIMESTAMP_SLACK_NS
     if previous is not None and previous.digest == digest:
-        if previous.signature == signature and previous.settled == settled:
-            return previous
         return dataclasses.replace(previous, signature=signature, settled=settled)
     documents = parse_manifest(data)
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).strftime(
@@ -776,7 +758,7 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None) -> _ParsedFile:
             entries.append(ManifestError(source=where, message=problem))
             continue
         # A copy: YAML anchors may share parts between documents.
-        obj = copy.deepcopy(document)
+        obj = _copy(document)
         metadata = obj["metadata"]
         info = kinds.lookup(obj["kind"])
         if info is not None and info.namespaced:
@@ -842,29 +824,30 @@ def _document_problem(document: Any) -> str | None:
     otherwise be ignored without a word.
     """
     if not isinstance(document, dict):
-        return f"expected a Kubernetes object (a mapping), got {_describe(document)}"
+        return f"expected a Kubernetes object (a mapping), got {parsing.describe_value(document)}"
     kind = document.get("kind")
     if kind is None or kind == "":
         return "kind: required"
     if not isinstance(kind, str):
-        return f"kind: must be a string, got {_describe(kind)}"
+        return f"kind: must be a string, got {parsing.describe_value(kind)}"
     api_version = document.get("apiVersion")
     if api_version is None or api_version == "":
         return f"{kind}: apiVersion: required"
     if not isinstance(api_version, str):
-        return f"{kind}: apiVersion: must be a string, got {_describe(api_version)}"
+        return f"{kind}: apiVersion: must be a string, got {parsing.describe_value(api_version)}"
     metadata = document.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        return f"{kind}: metadata: must be a mapping, got {_describe(metadata)}"
+        return f"{kind}: metadata: must be a mapping, got {parsing.describe_value(metadata)}"
     name = (metadata or {}).get("name")
     if name is None or name == "":
         return f"{kind}: metadata.name: required"
     if not isinstance(name, str):
-        return f"{kind}: metadata.name: must be a string, got {_describe(name)}; quote the value"
+        return (f"{kind}: metadata.name: must be a string, got {parsing.describe_value(name)};"
+                " quote the value")
     namespace = (metadata or {}).get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         return (f"{kind} {name}: metadata.namespace: must be a string, got "
-                f"{_describe(namespace)}; quote the value")
+                f"{parsing.describe_value(namespace)}; quote the value")
     if kinds.lookup(kind) is None:
         group = api_version.rpartition("/")[0]
         if group in _OUR_GROUPS:
@@ -877,14 +860,3 @@ def _document_problem(document: Any) -> str | None:
             return f"{kind} {name}: kind: unknown kind {kind!r}; did you mean {close[0]!r}?"
     return None
 
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    return type(value).__name__
