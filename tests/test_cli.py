@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from pathlib import Path
 
 import pytest
 
 from certctl import cli
+from certctl.api.resources import ObjectKey
 from certctl.controllers.order_budget import Budget
+from certctl.runtime import dataplane_feed
+from certctl.store.local import LocalStore
+from tests.testca import TestCA
 
 
 def test_order_budget_reads_count_and_window_or_off() -> None:
@@ -29,3 +34,30 @@ def test_serve_refuses_a_bad_order_budget_naming_the_option(
     with pytest.raises(SystemExit):
         cli.main(["serve", "--manifests", ".", "--state-dir", "/tmp/x", "--order-budget", "x/1h"])
     assert "--order-budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_serve_refuses_a_bad_tls_context_cache_naming_the_option(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--manifests", ".", "--state-dir", "/tmp/x",
+                  "--tls-context-cache", value])
+    assert "--tls-context-cache" in capsys.readouterr().err
+
+
+def test_tls_context_cache_bounds_the_data_planes_built_contexts(tmp_path: Path) -> None:
+    ca = TestCA()
+    edge = dataplane_feed.FedDataPlane(
+        store=LocalStore(manifests_dir=None, state_dir=tmp_path),
+        listening=dataplane_feed.Listening(
+            address="127.0.0.1", http_port=0, https_port=0, ingress_class="certctl",
+            tls_context_cache=2),
+    )
+    for name in ("one", "two", "three"):
+        cert = ca.issue(f"{name}.test")
+        edge.certificate_index.set_certificate(
+            source=ObjectKey(kind="Secret", namespace="default", name=name),
+            chain_pem=cert.chain_pem, key_pem=cert.key_pem)
+        edge.certificate_index.select(f"{name}.test")
+    assert edge.certificate_index.context_count == 2

@@ -285,6 +285,7 @@ class Listening:
     ingress_class: str
     metrics_port: int | None = None  # Prometheus /metrics; None: off
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
+    tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
 
 
 class FedDataPlane:
@@ -292,7 +293,9 @@ class FedDataPlane:
 
     def __init__(self, *, store: Store, listening: Listening) -> None:
         self.listening = listening
-        self.certificate_index = certstore.CertificateIndex()
+        self.certificate_index = certstore.CertificateIndex(
+            context_cache_size=listening.tls_context_cache
+        )
         self.server = server.DataPlane(
             http_address=(listening.address, listening.http_port),
             https_address=(listening.address, listening.https_port),
