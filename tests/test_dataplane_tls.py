@@ -9,7 +9,11 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +21,7 @@ from cryptography import x509
 
 from certctl.api import resources
 from certctl.dataplane import certstore
+from tests.serving import eventually
 from tests.test_dataplane import EchoServer, secret
 from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
 from tests.testca import TestCA
@@ -191,3 +196,75 @@ def test_evicted_context_is_rebuilt_on_the_next_handshake():
     assert index.context_count == 1
     assert again is not first  # rebuilt after eviction
     assert again is not index.select(None)  # and not the default certificate
+
+
+# --- the TLS transport (certctl.dataplane.tls) -------------------------------------------------
+
+
+def test_connection_close_response_ends_with_a_close_notify(plane):
+    # Without suppress_ragged_eofs, a TCP close with no close_notify raises SSLEOFError.
+    with connect(plane, "a.test", suppress_ragged_eofs=False) as tls:
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+def test_client_leaving_without_close_notify_frees_its_connection(plane):
+    before = len(plane.plane._connections)
+    tls = connect(plane, "a.test")
+    assert get(tls, "a.test").startswith(b"HTTP/1.1 200")
+    assert len(plane.plane._connections) == before + 1
+    tls.close()  # TCP FIN, no close_notify
+    eventually(lambda: len(plane.plane._connections) == before, timeout=5,
+               what="the data plane to drop the connection")
+
+
+_OUT_OF_DESCRIPTORS = textwrap.dedent("""
+    import asyncio, logging, os, resource, sys
+    from certctl.dataplane import certstore, server
+    logging.basicConfig(level=logging.ERROR, stream=sys.stdout, format="%(message)s")
+
+    async def main():
+        plane = server.DataPlane(
+            http_address=("127.0.0.1", 0), https_address=("127.0.0.1", 0),
+            certificates=certstore.CertificateIndex(),
+            challenge_responder=lambda host, token: None)
+        await plane.start()
+        # Room for 5 more connections, then accept4 fails with EMFILE.
+        limit = len(os.listdir("/proc/self/fd")) + 4
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        print("port", plane.https_port, flush=True)
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+""")
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_and_recovers():
+    child = subprocess.Popen([sys.executable, "-c", _OUT_OF_DESCRIPTORS],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline().split()[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
+        time.sleep(2.5)
+        for sock in idle:  # they never sent a ClientHello; the server sees EOF
+            sock.close()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def handshake() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
+                    context.wrap_socket(raw, server_hostname="any.test"):
+                return True
+
+        eventually(handshake, timeout=10, what="a handshake once descriptors are free")
+    finally:
+        child.kill()
+        output, _ = child.communicate()
+    refusals = [line for line in output.splitlines() if "cannot accept TLS connections" in line]
+    # Paused for a second each time rather than retried in a busy loop.
+    assert 1 <= len(refusals) <= 6, output[-2000:]

@@ -214,8 +214,6 @@ class ClientConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self._plane.handshake_completed(self)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             # ALPN chose HTTP/2 during the handshake: hand the connection over.
             replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip)

@@ -34,7 +34,7 @@ class Metrics:
         # per service: [count in each bucket (the last is +Inf)], and the sum
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
         self.handshakes = 0
-        self.handshake_errors = 0  # bumped from a weakref callback too: no locks here
+        self.handshake_errors = 0
         self.registry.register(_Collector(metrics=self, certificates=certificates))
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

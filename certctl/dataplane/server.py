@@ -3,19 +3,20 @@
 Each accepted connection is a `connection.ClientConnection` protocol on the
 running event loop; the runtime picks uvloop
 (`asyncio.Runner(loop_factory=uvloop.new_event_loop)`) when it is installed.
-TLS is terminated by the loop's own SSL transport; the SNI callback only
-looks the certificate up in the in-memory index (`certstore`), so nothing
-slow happens during a handshake. Clients that negotiate `h2` through ALPN
-are handed to `http2.Http2Connection` right after the handshake; the rest
-speak HTTP/1.1 with `connection.ClientConnection`. A sweeper task enforces
-every connection's deadline (see `connection`) twice a second, instead of a
-timer per read.
+TLS is terminated by `tls.TlsListener`, a transport of our own that is
+lighter per connection than the loop's SSL transport (bench B3); the SNI
+callback only looks the certificate up in the in-memory index
+(`certstore`), so nothing slow happens during a handshake. Clients that
+negotiate `h2` through ALPN are handed to `http2.Http2Connection` right
+after the handshake; the rest speak HTTP/1.1 with
+`connection.ClientConnection`. A sweeper task enforces every connection's
+deadline (see `connection`) and every handshake's twice a second, instead
+of a timer per read.
 
-Handshake failures never reach application code (the loop drops the
-connection before calling us), so they are counted from the protocol
-objects themselves: an HTTPS connection's protocol is created when the TCP
-connection is accepted, and one freed before its handshake completed failed
-(garbage, a truncated hello, a timeout, a reset, plain HTTP on the TLS port).
+Handshakes are counted by the TLS listener: a protocol is only created for a
+connection whose handshake completed; the others (garbage, a truncated
+hello, a timeout, a reset, plain HTTP on the TLS port) are counted as
+failed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ import logging
 import ssl
 import sys
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from certctl.dataplane import certstore, connection, http2, metrics, routing, upstream
+from certctl.dataplane import certstore, connection, http2, metrics, routing, tls, upstream
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class DataPlane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
-        self._handshaking: dict[weakref.ref[connection.ClientConnection], None] = {}
+        self._tls: tls.TlsListener | None = None
         self._previous_unraisablehook: Callable[[Any], object] | None = None
 
     def set_routes(self, table: routing.RouteTable) -> None:
@@ -123,20 +123,16 @@ class DataPlane:
         self._servers.append(server)
         self._http_port = server.sockets[0].getsockname()[1]
         if self._https_address is not None:
-            context = certstore.new_server_context()
-            context.sni_callback = self._on_sni
             self._install_unraisablehook()
-            host, port = self._https_address
-            server = await loop.create_server(
-                self._accept_https,
-                host,
-                port,
-                ssl=context,
-                ssl_handshake_timeout=self._handshake_timeout,
-                reuse_address=True,
+            self._tls = tls.TlsListener(
+                context=certstore.new_server_context(),
+                select_context=self._select_context,
+                protocol_factory=lambda: connection.ClientConnection(plane=self, scheme=b"https"),
+                handshake_timeout=self._handshake_timeout,
+                on_handshake=self._count_handshake,
             )
-            self._servers.append(server)
-            self._https_port = server.sockets[0].getsockname()[1]
+            self._tls.listen(*self._https_address)
+            self._https_port = self._tls.sockets[0].getsockname()[1]
         if self._metrics_address is not None:
             self._metrics_port = self.metrics.serve(self._metrics_address)
         self._sweeper = asyncio.create_task(self._sweep())
@@ -151,6 +147,9 @@ class DataPlane:
         """Stop listening and drop open connections (in-flight requests are cut)."""
         for server in self._servers:
             server.close()
+        if self._tls is not None:
+            self._tls.close()
+            self._tls = None
         tasks = list(self._tasks)
         if self._sweeper is not None:
             tasks.append(self._sweeper)
@@ -168,18 +167,13 @@ class DataPlane:
         self._uninstall_unraisablehook()
         self._http_port = self._https_port = self._metrics_port = None
 
-    def _on_sni(
-        self, ssl_object: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
-    ) -> None:
-        ssl_object.context = self.certificates.select(server_name)
+    def _select_context(self, server_name: str | None) -> ssl.SSLContext:
+        return self.certificates.select(server_name)  # `certificates` may be replaced
 
-    def _accept_https(self) -> connection.ClientConnection:
-        client = connection.ClientConnection(plane=self, scheme=b"https")
-        self._handshaking[weakref.ref(client, self._handshake_freed)] = None
-        return client
-
-    def _handshake_freed(self, ref: weakref.ref[connection.ClientConnection]) -> None:
-        if self._handshaking.pop(ref, 0) is None:
+    def _count_handshake(self, completed: bool) -> None:
+        if completed:
+            self.metrics.handshakes += 1
+        else:
             self.metrics.handshake_errors += 1
 
     def _install_unraisablehook(self) -> None:
@@ -219,11 +213,6 @@ class DataPlane:
     ) -> None:
         self._connections.add(client)
 
-    def handshake_completed(self, client: connection.ClientConnection) -> None:
-        """`client`'s TLS handshake succeeded (it may hand over to HTTP/2 next)."""
-        self._handshaking.pop(weakref.ref(client), None)
-        self.metrics.handshakes += 1
-
     def connection_closed(
         self, client: connection.ClientConnection | http2.Http2Connection
     ) -> None:
@@ -248,5 +237,7 @@ class DataPlane:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
+            if self._tls is not None:
+                self._tls.sweep(asyncio.get_running_loop().time())
             for client in list(self._connections):
                 client.check_deadline(now)
