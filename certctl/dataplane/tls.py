@@ -338,6 +338,7 @@ class TlsTransport(asyncio.Transport):
     def _decrypt(self) -> None:
         """Hand the protocol what OpenSSL can decrypt from the incoming bytes."""
         ssl_object = self._ssl
+        incoming = self._incoming
         protocol = self._protocol
         try:
             while self._reading and self._state == _OPEN:
@@ -346,8 +347,10 @@ class TlsTransport(asyncio.Transport):
                     self._eof()
                     break
                 protocol.data_received(data)  # type: ignore[union-attr]
+                if not (ssl_object.pending() or incoming.pending or incoming.eof):
+                    break  # all of it was read: spare the SSLWantReadError of one more read
         except ssl.SSLWantReadError:
-            if self._incoming.eof:
+            if incoming.eof:
                 self._eof()  # the peer closed without a close_notify
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             self._eof()
