@@ -32,6 +32,8 @@ _CHALLENGE_PREFIX: Final = http01.CHALLENGE_PATH_PREFIX
 _AUTHORITY: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?"
 )
+_ROUTING_HOSTS: dict[bytes, str | None] = {}  # see _routing_host
+_ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
 
@@ -98,10 +100,10 @@ def decide(
         authority = host_part if url.port is None else b"%s:%d" % (host_part, url.port)
         raw_path = url.path or b"/"
         target = raw_path if url.query is None else raw_path + b"?" + url.query
-    if authority is not None and not _AUTHORITY.fullmatch(authority):
+    host = _routing_host(authority) if authority else ""
+    if host is None:
         return Decision(status=400)
     path = raw_path.decode("latin-1")
-    host = routing.normalize_host(authority.decode("latin-1")) if authority else ""
 
     if scheme == b"http" and path.startswith(_CHALLENGE_PREFIX) and method in (b"GET", b"HEAD"):
         token = path[len(_CHALLENGE_PREFIX) :]
@@ -137,6 +139,24 @@ def decide(
     if options.rewrite_target is not None:
         target = rewrite(target=target, raw_path=raw_path, match=match)
     return Decision(match=match, target=target, authority=authority, route_host=route_host)
+
+
+def _routing_host(authority: bytes) -> str | None:
+    """The routing key of a Host / :authority, None if it is not well formed; remembered,
+    since a keep-alive client sends the same one with every request."""
+    try:
+        return _ROUTING_HOSTS[authority]
+    except KeyError:
+        pass
+    host = (
+        routing.normalize_host(authority.decode("latin-1"))
+        if _AUTHORITY.fullmatch(authority)
+        else None
+    )
+    if len(_ROUTING_HOSTS) >= _ROUTING_HOSTS_SIZE:
+        _ROUTING_HOSTS.clear()  # bounded: made-up Hosts only cost their own check
+    _ROUTING_HOSTS[authority] = host
+    return host
 
 
 def takes_canary(
