@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -91,7 +91,9 @@ def decide(
         raw_path = target if query < 0 else target[:query]
     else:  # absolute-form: the authority replaces Host (RFC 9112 3.2.2)
         try:
-            url = httptools.parse_url(target)
+            # Any: httptools' stub types the parts a URL lacks as bytes, but they are None
+            # (and compiled with mypyc, a wrong type is a TypeError).
+            url: Any = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             return Decision(status=400)
         if not url.host or url.userinfo is not None:
