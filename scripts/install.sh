@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything certctl's demo and tests need on a fresh Debian machine:
 # the Debian packages (Pebble, BIND9 for DNS-01, curl, kubectl) and a
-# virtualenv in .venv with certctl and its test tools. Safe to run again; it
+# virtualenv in .venv with certctl and its test tools, the data plane's
+# per-request modules compiled (scripts/compile.sh). Safe to run again; it
 # only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,compile]'
+bash scripts/compile.sh
 # pip compiles what it installs, but not an editable install's sources, and
 # PYTHONDONTWRITEBYTECODE (set on some machines) stops Python caching them:
 # compile once, or every `certctl` start compiles the whole package again.
