@@ -84,7 +84,8 @@ class TlsListener:
             if (family, sockaddr) in seen:
                 continue
             seen.add((family, sockaddr))
-            listening = socket.create_server(sockaddr[:2], family=family, backlog=BACKLOG)
+            # The whole address: an IPv6 one keeps its scope (link-local) and flow info.
+            listening = socket.create_server(sockaddr, family=family, backlog=BACKLOG)
             listening.setblocking(False)
             self.sockets.append(listening)
             self._families[listening] = int(family)
