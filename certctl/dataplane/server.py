@@ -238,6 +238,6 @@ class DataPlane:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             if self._tls is not None:
-                self._tls.sweep(asyncio.get_running_loop().time())
+                self._tls.sweep(now)
             for client in list(self._connections):
                 client.check_deadline(now)

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -68,7 +69,7 @@ class TlsListener:
         self.loop = asyncio.get_running_loop()
         self.sockets: list[socket.socket] = []
         self._families: dict[socket.socket, int] = {}
-        # Connections still handshaking, with the loop time they must be done by.
+        # Connections still handshaking, with the time.monotonic() they must be done by.
         self.handshaking: dict[TlsTransport, float] = {}
         # Every connection of this listener's loop receives into this buffer (the loop runs
         # one callback at a time) and copies it into its incoming BIO at once: no 64 KiB
@@ -101,7 +102,7 @@ class TlsListener:
             transport.abort()
 
     def sweep(self, now: float) -> None:
-        """Cut handshakes past their deadline (`now` in loop time)."""
+        """Cut handshakes past their deadline (`now`: time.monotonic(), as the sweeper's)."""
         for transport, deadline in list(self.handshaking.items()):
             if now >= deadline:
                 transport.abort()
@@ -162,7 +163,6 @@ class TlsTransport(asyncio.Transport):
     )
 
     def __init__(self, *, listener: TlsListener, sock: socket.socket, peer: Any) -> None:
-        self._extra: dict[str, Any] = {}
         self._listener = listener
         self._loop = listener.loop
         self._sock = sock
@@ -182,7 +182,7 @@ class TlsTransport(asyncio.Transport):
         self._out = b""  # TLS bytes the socket did not take yet
         self._writing = False  # a writer callback is registered
         self._protocol_paused = False
-        listener.handshaking[self] = self._loop.time() + listener.handshake_timeout
+        listener.handshaking[self] = time.monotonic() + listener.handshake_timeout
         self._loop.add_reader(self._fd, self._on_readable)
 
     # -- asyncio.Transport --------------------------------------------------------------
@@ -238,9 +238,6 @@ class TlsTransport(asyncio.Transport):
             self._finish(err)
             return
         self._flush()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
         return False
