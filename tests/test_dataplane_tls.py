@@ -6,6 +6,7 @@ against a throwaway CA; certificates are told apart by serial number.
 
 from __future__ import annotations
 
+import gc
 import random
 import socket
 import ssl
@@ -20,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from certctl.api import resources
-from certctl.dataplane import certstore
+from certctl.dataplane import certstore, tls
 from tests.serving import eventually
 from tests.test_dataplane import EchoServer, secret
 from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
@@ -219,6 +220,27 @@ def test_client_leaving_without_close_notify_frees_its_connection(plane):
     tls.close()  # TCP FIN, no close_notify
     eventually(lambda: len(plane.plane._connections) == before, timeout=5,
                what="the data plane to drop the connection")
+
+
+def test_ended_connections_are_freed_without_the_garbage_collector(plane):
+    # No reference cycle may outlive a connection: its objects and OpenSSL's buffers are
+    # freed when it ends, not whenever the collector runs next.
+    def transports() -> int:
+        return sum(isinstance(each, tls.TlsTransport) for each in gc.get_objects())
+
+    gc.collect()
+    before = transports()
+    gc.disable()
+    try:
+        for _ in range(20):
+            with connect(plane, "a.test") as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                while conn.recv(65536):
+                    pass
+        eventually(lambda: transports() <= before, timeout=5,
+                   what="the 20 closed connections to be freed with the collector off")
+    finally:
+        gc.enable()
 
 
 _OUT_OF_DESCRIPTORS = textwrap.dedent("""

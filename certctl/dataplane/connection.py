@@ -212,7 +212,7 @@ class ClientConnection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._events: deque[_Event] = deque()
         self._closed = False
         self._reading_paused = False  # by us: flow control or a request in flight
@@ -290,8 +290,11 @@ class ClientConnection(asyncio.Protocol):
         # last response was done stands, and a head has `client_timeout` from
         # its first byte however slowly the rest arrives (slowloris).
         events = self._events
+        parser = self._parser
+        if parser is None:
+            return  # the connection was lost
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             # Events up to the upgrade are queued; what follows is the upgraded
             # protocol, relayed raw if the upstream agrees.
@@ -316,6 +319,10 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        # The parser holds this protocol's callbacks: without that cycle the connection's
+        # objects (its transport's OpenSSL buffers too) are freed now, memory the next
+        # connection reuses while it is still in the CPU's caches, not at the next GC.
+        self._parser = None
         self._plane.connection_closed(self)
         connection, self._upstream = self._upstream, None
         if connection is not None:
@@ -396,6 +403,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
+        assert parser is not None  # it is calling
         version = parser.get_http_version()
         error = self._head_error
         tokens = self._connection_tokens
