@@ -243,6 +243,18 @@ def test_ended_connections_are_freed_without_the_garbage_collector(plane):
         gc.enable()
 
 
+def test_accepted_connections_do_not_delay_small_writes(plane):
+    # TCP_NODELAY is set on the listening socket and inherited by each connection.
+    tls_listener = plane.plane._tls
+    assert tls_listener is not None
+    with connect(plane, "a.test") as conn:
+        assert get(conn, "a.test").startswith(b"HTTP/1.1 200")
+        (transport,) = (t for t in list(tls_listener.transports.values())
+                        if t.get_extra_info("peername") == conn.getsockname())
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 _OUT_OF_DESCRIPTORS = textwrap.dedent("""
     import asyncio, logging, os, resource, sys
     from certctl.dataplane import certstore, server

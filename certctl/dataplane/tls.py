@@ -109,6 +109,8 @@ class TlsListener:
             # The whole address: an IPv6 one keeps its scope (link-local) and flow info.
             listening = socket.create_server(sockaddr, family=family, backlog=BACKLOG)
             listening.setblocking(False)
+            # Accepted connections inherit it (Linux): no setsockopt per connection.
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sockets.append(listening)
             self._listening[listening.fileno()] = (listening, int(family))
             self.poller.register(listening.fileno(), select.EPOLLIN)
@@ -170,7 +172,6 @@ class TlsListener:
         # three to close each connection.
         sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         TlsTransport(listener=self, sock=sock, peer=peer)
 
     def _resume_accepting(self, listening_fd: int) -> None:
@@ -293,7 +294,6 @@ class TlsTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self.pause_reading()
         if self._state == _HANDSHAKING:
             self._finish(None)
             return
@@ -305,7 +305,9 @@ class TlsTransport(asyncio.Transport):
             pass  # SSLWantReadError: the peer's close_notify is not awaited
         self._flush()
         if not self._out:
-            self._finish(None)
+            self._finish(None)  # closing the socket also unregisters it: no epoll_ctl
+        else:
+            self.pause_reading()  # only the socket taking the rest is waited for
 
     def abort(self) -> None:
         self._closing = True
