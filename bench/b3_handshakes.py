@@ -21,7 +21,10 @@ Loads, each run against both servers:
 - resumed handshakes: `wrk -H "Connection: close"`, which resumes its TLS
   session on every reconnect (both servers allow it), one name per run.
 
-    python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 2]
+Each row is the median over the rounds: on a shared 2-core machine single
+rounds of the same server move by 10 % and more.
+
+    python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 4]
                                   [--write-results]
 
 Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--certificates", type=int, default=10_000)
     parser.add_argument("--hot-names", type=int, default=1_000)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)

@@ -86,7 +86,7 @@ BENCHMARKS = (
               full=("--ingresses", "500", "--peer-sample", "20"),
               quick=("--ingresses", "50", "--peer-sample", "2"), prerequisite=needs_pebble),
     Benchmark(name="B3", module="bench.b3_handshakes",
-              full=("--certificates", "10000", "--seconds", "10", "--rounds", "2"),
+              full=("--certificates", "10000", "--seconds", "10", "--rounds", "4"),
               quick=("--certificates", "1000", "--hot-names", "100", "--seconds", "2",
                      "--rounds", "1"),
               prerequisite=needs_root_nginx_wrk),
