@@ -16,6 +16,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 
@@ -189,3 +190,58 @@ def test_http11_only_clients_still_get_http11(plane):
     assert json.loads(response.read())["backend"] == "one"
     assert conn.sock.selected_alpn_protocol() == "http/1.1"
     conn.close()
+
+
+class CountingEchoServer(EchoServer):
+    """An echo backend that counts the connections the data plane opened to it."""
+
+    def __init__(self, name: str) -> None:
+        self.connections = 0
+        super().__init__(name)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
+
+def test_rapid_reset_reaches_no_backend_and_ends_the_connection():
+    backend = CountingEchoServer("counted")
+    with running_plane(
+        ingresses=[simple_ingress("reset", {("reset.test", "/"): "counted"})],
+        backends={"counted": (backend.port,)},
+        tls_hosts=("reset.test",),
+    ) as running:
+        attacker = H2Client(running, "reset.test")
+        (first,) = attacker.wait(attacker.request("GET", "/"))
+        assert first["status"] == 200
+        before = backend.connections
+        # CVE-2023-44487: open a stream and cancel it at once, a thousand times; the data
+        # plane lets 200 through, then sends GOAWAY (ENHANCE_YOUR_CALM) and closes.
+        for _ in range(1000):
+            stream_id = attacker.conn.get_next_available_stream_id()
+            attacker.conn.send_headers(
+                stream_id,
+                [(":method", "GET"), (":path", "/"), (":scheme", "https"),
+                 (":authority", "reset.test")],
+                end_stream=True,
+            )
+            attacker.conn.reset_stream(stream_id)
+        with contextlib.suppress(OSError):
+            attacker.sock.sendall(attacker.conn.data_to_send())
+        error_code = None
+        with contextlib.suppress(OSError):
+            while data := attacker.sock.recv(65536):
+                for event in attacker.conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        error_code = event.error_code
+        attacker.sock.close()
+        assert error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        # The cancelled streams did not churn the backend's connections: those opened for
+        # them went back to the pool unused.
+        assert backend.connections - before < 20
+        other = H2Client(running, "reset.test")
+        (answer,) = other.wait(other.request("GET", "/"))
+        assert answer["status"] == 200
+        other.close()
+    backend.shutdown()
+    backend.server_close()

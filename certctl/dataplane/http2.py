@@ -14,6 +14,15 @@ Flow control instead of buffering, per stream:
   waits in the stream, and past 64 KB the upstream stops being read until
   the client's WINDOW_UPDATE makes room.
 
+Rapid reset (CVE-2023-44487): a client that cancels more than `RESET_BURST`
+streams, refilled at `RESET_RATE` per second (browsers cancel a few when the
+user navigates away), gets a GOAWAY with ENHANCE_YOUR_CALM and is
+disconnected. Each cancelled stream was routed and handed an upstream
+connection, which is closed if the request had reached it (the exchange is
+out of step): without a limit one client could keep the proxy and the
+backends busy with requests nobody waits for, never more than
+MAX_CONCURRENT_STREAMS open at a time.
+
 Not supported: upgrades inside HTTP/2 (extended CONNECT for WebSocket, RFC
 8441: not advertised, so clients use HTTP/1.1 for WebSocket), server push,
 and trailers (dropped, as the upstream leg is HTTP/1.1 without TE).
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_CONCURRENT_STREAMS: Final = 128
+RESET_BURST: Final = 200  # streams a client may cancel at once ...
+RESET_RATE: Final = 100.0  # ... and per second after that
 MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 there)
 _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
 _REASONS: Final = {
@@ -218,6 +229,8 @@ class Http2Connection(asyncio.Protocol):
         self._closed = False
         self._client_slow = False
         self._deadline = 0.0
+        self._reset_allowance = float(RESET_BURST)  # a token bucket of client resets
+        self._reset_checked = time.monotonic()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -254,6 +267,15 @@ class Http2Connection(asyncio.Protocol):
                     self.send_body(stream)
             elif isinstance(event, h2.events.StreamReset):
                 self._forget(event.stream_id, cancel=True)
+                if event.remote_reset and not self._allow_reset():
+                    logger.info("HTTP/2 client %s cancels streams too fast: disconnected",
+                                self._client_ip.decode())
+                    self._h2.close_connection(
+                        error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+                    )
+                    self.flush()
+                    self._close()
+                    return
             elif isinstance(event, h2.events.WindowUpdated):
                 targets = (
                     list(self._streams.values())
@@ -270,6 +292,14 @@ class Http2Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def _allow_reset(self) -> bool:
+        """Take one client reset from the allowance; False once it is spent."""
+        now = time.monotonic()
+        refilled = self._reset_allowance + (now - self._reset_checked) * RESET_RATE
+        self._reset_allowance = min(float(RESET_BURST), refilled) - 1
+        self._reset_checked = now
+        return self._reset_allowance >= 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
