@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
-from certctl.dataplane import certstore
+from certctl.dataplane import certstore, server
 from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
@@ -144,6 +144,11 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
                         help="keep the TLS contexts of the N most recently served certificates "
                         "(about 24 KiB each; a name whose context was dropped costs about 1 ms "
                         "of CPU on its next handshake; default: %(default)s)")
+    parser.add_argument("--max-connections", type=_positive_int,
+                        default=server.DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="client connections the data plane holds at once; beyond it "
+                        "HTTPS clients wait in the listen backlog and HTTP ones are closed "
+                        "(default: %(default)s)")
 
 
 def _issuing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -267,6 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         load_balancer_address=args.load_balancer_address,
         tls_context_cache=args.tls_context_cache,
+        max_connections=args.max_connections,
     )
     try:
         standalone.run(options)
@@ -352,7 +358,8 @@ def _dataplane(args: argparse.Namespace) -> int:
                 https_port=args.https_port, ingress_class=args.ingress_class,
                 metrics_port=args.metrics_port or None,
                 load_balancer_address=args.load_balancer_address,
-                tls_context_cache=args.tls_context_cache),
+                tls_context_cache=args.tls_context_cache,
+                max_connections=args.max_connections),
         ))
     except operator.StartupError as err:
         print(f"certctl: {err}", file=sys.stderr)

@@ -61,3 +61,23 @@ def test_tls_context_cache_bounds_the_data_planes_built_contexts(tmp_path: Path)
             chain_pem=cert.chain_pem, key_pem=cert.key_pem)
         edge.certificate_index.select(f"{name}.test")
     assert edge.certificate_index.context_count == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots"])
+def test_serve_refuses_a_bad_max_connections_naming_the_option(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--manifests", ".", "--state-dir", "/tmp/x",
+                  "--max-connections", value])
+    assert "--max-connections" in capsys.readouterr().err
+
+
+def test_max_connections_reaches_the_data_plane(tmp_path: Path) -> None:
+    edge = dataplane_feed.FedDataPlane(
+        store=LocalStore(manifests_dir=None, state_dir=tmp_path),
+        listening=dataplane_feed.Listening(
+            address="127.0.0.1", http_port=0, https_port=0, ingress_class="certctl",
+            max_connections=7),
+    )
+    assert edge.server.max_connections == 7

@@ -7,6 +7,7 @@ against a throwaway CA; certificates are told apart by serial number.
 from __future__ import annotations
 
 import gc
+import http.client
 import random
 import socket
 import ssl
@@ -253,6 +254,41 @@ def test_accepted_connections_do_not_delay_small_writes(plane):
                         if t.get_extra_info("peername") == conn.getsockname())
         sock = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_connection_limit_holds_new_clients_until_one_leaves(caplog):
+    backend = EchoServer("echo")
+    with running_plane(
+        ingresses=[simple_ingress("limit", {("limit.test", "/"): "echo"})],
+        backends={"echo": (backend.port,)},
+        tls_hosts=("limit.test",),
+        max_connections=3,
+    ) as running, caplog.at_level("WARNING", logger="certctl.dataplane.server"):
+        held = [connect(running, "limit.test") for _ in range(2)]
+        plain = running.http()
+        plain.request("GET", "/", headers={"Host": "limit.test"})
+        assert plain.getresponse().read()  # a kept-alive HTTP connection: the third
+        waiting: list[ssl.SSLSocket] = []
+        handshaking = threading.Thread(
+            target=lambda: waiting.append(connect(running, "limit.test")), daemon=True)
+        handshaking.start()
+        handshaking.join(1.0)
+        assert not waiting  # TCP-connected, but not accepted: no handshake
+        refused = running.http()
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            refused.request("GET", "/", headers={"Host": "limit.test"})
+            refused.getresponse()
+        held.pop().close()
+        handshaking.join(5)
+        assert waiting, "the waiting client was not accepted when a connection ended"
+        assert get(waiting[0], "limit.test").startswith(b"HTTP/1.1 200")
+        for conn in [*held, *waiting]:
+            conn.close()
+        plain.close()
+    backend.shutdown()
+    backend.server_close()
+    limits = [r for r in caplog.records if "--max-connections" in r.getMessage()]
+    assert 1 <= len(limits) <= 2, [r.getMessage() for r in limits]
 
 
 _OUT_OF_DESCRIPTORS = textwrap.dedent("""

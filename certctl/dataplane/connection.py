@@ -261,6 +261,11 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if self._scheme == b"http" and not self._plane.admits_connection():
+            # The HTTPS listener was admitted at accept; this server cannot pause accepting.
+            self._closed = True
+            self._transport.abort()
+            return
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")

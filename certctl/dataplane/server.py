@@ -34,6 +34,9 @@ from certctl.dataplane import certstore, connection, http2, metrics, routing, tl
 
 logger = logging.getLogger(__name__)
 
+# Client connections held at once, as ingress-nginx's max-worker-connections.
+DEFAULT_MAX_CONNECTIONS = 16_384
+
 ChallengeResponder = Callable[[str, str], str | None]
 """(host, token) -> the key authorization to serve, or None. Called on the event loop: be quick."""
 
@@ -58,12 +61,19 @@ class DataPlane:
         client_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
         metrics_address: tuple[str, int] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         """`upstream_timeout` bounds each wait for upstream bytes (like nginx's
         proxy_read_timeout) and `connect_timeout` each connect, unless an
         Ingress annotation says otherwise; `client_timeout` bounds each wait
         for client bytes, including the idle time between keep-alive
-        requests. `metrics_address` serves Prometheus metrics (None: off)."""
+        requests. `metrics_address` serves Prometheus metrics (None: off).
+
+        At most `max_connections` client connections are held, both listeners and
+        TLS handshakes in progress together: at the limit the HTTPS listener stops
+        accepting until one closes (new clients wait in the kernel's backlog, as with
+        nginx's worker_connections), and the HTTP listener closes new connections at
+        once (its server cannot pause accepting)."""
         self._http_address = http_address
         self._https_address = https_address
         self._metrics_address = metrics_address
@@ -73,6 +83,8 @@ class DataPlane:
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
         self._handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self._at_limit = False  # the limit was reached (and logged once)
         self._routes = routing.RouteTable.empty()
         self._servers: list[asyncio.Server] = []
         self._http_port: int | None = None
@@ -130,6 +142,7 @@ class DataPlane:
                 protocol_factory=lambda: connection.ClientConnection(plane=self, scheme=b"https"),
                 handshake_timeout=self._handshake_timeout,
                 on_handshake=self._count_handshake,
+                admit=self.admits_connection,
             )
             self._tls.listen(*self._https_address)
             self._https_port = self._tls.sockets[0].getsockname()[1]
@@ -208,6 +221,19 @@ class DataPlane:
 
     # -- used by connections -------------------------------------------------------------
 
+    def admits_connection(self) -> bool:
+        """Whether one more client connection stays within `max_connections`."""
+        held = len(self._connections) + (len(self._tls.handshaking) if self._tls else 0)
+        if held < self.max_connections:
+            self._at_limit = False
+            return True
+        if not self._at_limit:
+            self._at_limit = True
+            logger.warning(
+                "data plane holds %d client connections, its limit (--max-connections): "
+                "new ones wait or are closed until some end", held)
+        return False
+
     def connection_opened(
         self, client: connection.ClientConnection | http2.Http2Connection
     ) -> None:
@@ -217,6 +243,8 @@ class DataPlane:
         self, client: connection.ClientConnection | http2.Http2Connection
     ) -> None:
         self._connections.discard(client)
+        if self._tls is not None:
+            self._tls.resume_accepting()  # if the limit had paused it
 
     def next_upstream_index(self, count: int) -> int:
         """Where round-robin starts: one process-wide counter, even enough without state."""

@@ -68,10 +68,13 @@ class TlsListener:
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
         on_handshake: Callable[[bool], None],
+        admit: Callable[[], bool],
     ) -> None:
         """Handshakes start on `context` and switch to `select_context(server name)` (None:
         no SNI); `on_handshake(True)` after each completed handshake, `(False)` after each
-        failed one (an error, a timeout, the peer leaving before it finished)."""
+        failed one (an error, a timeout, the peer leaving before it finished). Before each
+        accept, `admit()` says whether there is room for one more connection; when there
+        is not, accepting stops until `resume_accepting` (or a failed handshake)."""
         # The SNI callback receives the SSL connection's owner: the transport.
         context.sni_callback = _switch_context  # type: ignore[assignment]
         self.context = context
@@ -79,6 +82,7 @@ class TlsListener:
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.on_handshake = on_handshake
+        self.admit = admit
         self.loop = asyncio.get_running_loop()
         self.sockets: list[socket.socket] = []
         # Connections still handshaking, with the time.monotonic() they must be done by.
@@ -95,6 +99,8 @@ class TlsListener:
         self.poller = select.epoll()
         self.transports: dict[int, TlsTransport] = {}
         self._listening: dict[int, tuple[socket.socket, int]] = {}  # fd: (socket, family)
+        self._accepting: set[int] = set()  # listening descriptors in the poller's set
+        self._full = False  # stopped accepting: `admit` said no
         self.loop.add_reader(self.poller.fileno(), self._dispatch)
 
     def listen(self, host: str, port: int) -> None:
@@ -113,7 +119,7 @@ class TlsListener:
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sockets.append(listening)
             self._listening[listening.fileno()] = (listening, int(family))
-            self.poller.register(listening.fileno(), select.EPOLLIN)
+            self._start_accepting(listening.fileno())
 
     def close(self) -> None:
         """Stop accepting and drop every connection."""
@@ -121,6 +127,7 @@ class TlsListener:
             listening.close()
         self.sockets.clear()
         self._listening.clear()
+        self._accepting.clear()
         for transport in list(self.transports.values()):
             transport.abort()
         if not self.poller.closed:
@@ -136,6 +143,25 @@ class TlsListener:
     def handshake_ended(self, transport: TlsTransport, *, completed: bool) -> None:
         del self.handshaking[transport]
         self.on_handshake(completed)
+        if not completed:
+            self.resume_accepting()  # if the limit had paused it
+
+    def resume_accepting(self) -> None:
+        """Accept again if `admit` had stopped it (a connection was let go)."""
+        if self._full:
+            self._full = False
+            for fd in self._listening:
+                self._start_accepting(fd)
+
+    def _start_accepting(self, fd: int) -> None:
+        if fd not in self._accepting:
+            self._accepting.add(fd)
+            self.poller.register(fd, select.EPOLLIN)
+
+    def _stop_accepting(self, fd: int) -> None:
+        if fd in self._accepting:
+            self._accepting.discard(fd)
+            self.poller.unregister(fd)
 
     def _dispatch(self) -> None:
         transports = self.transports
@@ -156,6 +182,12 @@ class TlsListener:
                 transport.abort()
 
     def _accept(self, listening_fd: int, listening: socket.socket, family: int) -> None:
+        if not self.admit():
+            # Unregistered, or the waiting connection would wake the poller in a loop.
+            self._full = True
+            for fd in list(self._accepting):
+                self._stop_accepting(fd)
+            return
         # One connection per readable event, as nginx does by default (multi_accept off):
         # draining the backlog costs a failing accept4 per event.
         try:
@@ -165,8 +197,8 @@ class TlsListener:
             return
         except OSError as err:  # EMFILE, ENFILE, ENOBUFS: pause, as asyncio's servers do
             logger.error("cannot accept TLS connections for %.0f s: %s", ACCEPT_RETRY_DELAY, err)
-            self.poller.unregister(listening_fd)
-            self.loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting, listening_fd)
+            self._stop_accepting(listening_fd)
+            self.loop.call_later(ACCEPT_RETRY_DELAY, self._retry_accepting, listening_fd)
             return
         # The C socket type: socket.socket's Python layer would add two calls to open and
         # three to close each connection.
@@ -174,9 +206,9 @@ class TlsListener:
         sock.setblocking(False)
         TlsTransport(listener=self, sock=sock, peer=peer)
 
-    def _resume_accepting(self, listening_fd: int) -> None:
-        if listening_fd in self._listening:  # not closed meanwhile
-            self.poller.register(listening_fd, select.EPOLLIN)
+    def _retry_accepting(self, listening_fd: int) -> None:
+        if listening_fd in self._listening and not self._full:  # not closed nor full meanwhile
+            self._start_accepting(listening_fd)
 
 
 def _switch_context(

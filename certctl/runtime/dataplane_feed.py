@@ -286,6 +286,7 @@ class Listening:
     metrics_port: int | None = None  # Prometheus /metrics; None: off
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
+    max_connections: int = server.DEFAULT_MAX_CONNECTIONS  # client connections held at once
 
 
 class FedDataPlane:
@@ -303,6 +304,7 @@ class FedDataPlane:
             challenge_responder=self._respond_to_challenge,
             metrics_address=None if listening.metrics_port is None
             else (listening.address, listening.metrics_port),
+            max_connections=listening.max_connections,
         )
         self.feed = DataPlaneFeed(
             store=store,
