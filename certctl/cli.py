@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from certctl.api import conditions, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
-from certctl.dataplane import certstore, server
+from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
 from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
@@ -145,7 +145,7 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
                         "(about 24 KiB each; a name whose context was dropped costs about 1 ms "
                         "of CPU on its next handshake; default: %(default)s)")
     parser.add_argument("--max-connections", type=_positive_int,
-                        default=server.DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                         help="client connections the data plane holds at once; beyond it "
                         "HTTPS clients wait in the listen backlog and HTTP ones are closed "
                         "(default: %(default)s)")

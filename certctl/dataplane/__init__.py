@@ -12,6 +12,10 @@ from __future__ import annotations
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
+# Client connections held at once, as ingress-nginx's max-worker-connections. Here, not in
+# `server`, so that the command line can offer it without importing the data plane.
+DEFAULT_MAX_CONNECTIONS = 16_384
+
 
 def stale_compiled_modules(directory: Path) -> list[str]:
     """The sources in `directory` changed after the module compiled from them was built."""

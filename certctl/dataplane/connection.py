@@ -296,8 +296,7 @@ class ClientConnection(asyncio.Protocol):
         # its first byte however slowly the rest arrives (slowloris).
         events = self._events
         parser = self._parser
-        if parser is None:
-            return  # the connection was lost
+        assert parser is not None  # dropped only when the connection was lost
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:

@@ -30,12 +30,18 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from certctl.dataplane import certstore, connection, http2, metrics, routing, tls, upstream
+from certctl.dataplane import (
+    DEFAULT_MAX_CONNECTIONS,
+    certstore,
+    connection,
+    http2,
+    metrics,
+    routing,
+    tls,
+    upstream,
+)
 
 logger = logging.getLogger(__name__)
-
-# Client connections held at once, as ingress-nginx's max-worker-connections.
-DEFAULT_MAX_CONNECTIONS = 16_384
 
 ChallengeResponder = Callable[[str, str], str | None]
 """(host, token) -> the key authorization to serve, or None. Called on the event loop: be quick."""

@@ -84,7 +84,6 @@ class TlsListener:
         self.on_handshake = on_handshake
         self.admit = admit
         self.loop = asyncio.get_running_loop()
-        self.sockets: list[socket.socket] = []
         # Connections still handshaking, with the time.monotonic() they must be done by.
         self.handshaking: dict[TlsTransport, float] = {}
         # Every connection of this listener's loop receives into this buffer (the loop runs
@@ -117,15 +116,18 @@ class TlsListener:
             listening.setblocking(False)
             # Accepted connections inherit it (Linux): no setsockopt per connection.
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sockets.append(listening)
             self._listening[listening.fileno()] = (listening, int(family))
             self._start_accepting(listening.fileno())
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [listening for listening, _ in self._listening.values()]
+
     def close(self) -> None:
         """Stop accepting and drop every connection."""
-        for listening in self.sockets:
+        for listening, _ in self._listening.values():
             listening.close()
-        self.sockets.clear()
         self._listening.clear()
         self._accepting.clear()
         for transport in list(self.transports.values()):

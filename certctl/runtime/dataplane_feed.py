@@ -29,7 +29,7 @@ from certctl.api import parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
-from certctl.dataplane import certstore, routing, server
+from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, routing, server
 from certctl.pki import secret as tls_secret
 from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
 
@@ -286,7 +286,7 @@ class Listening:
     metrics_port: int | None = None  # Prometheus /metrics; None: off
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
-    max_connections: int = server.DEFAULT_MAX_CONNECTIONS  # client connections held at once
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections held at once
 
 
 class FedDataPlane:

@@ -27,7 +27,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.dataplane import certstore, server
+from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
 from certctl.runtime import dataplane_feed, dispatch, metrics
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
@@ -60,7 +60,7 @@ class ServeOptions:
     metrics_port: int | None = None  # Prometheus /metrics of controller and data plane
     load_balancer_address: str | None = None  # written into served Ingresses' status
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE
-    max_connections: int = server.DEFAULT_MAX_CONNECTIONS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def listening(self) -> dataplane_feed.Listening:
