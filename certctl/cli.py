@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certctl.api import conditions, parsing
+from certctl.api import conditions, nginx_annotations, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
@@ -34,6 +34,8 @@ STATUS_KINDS = {
     "issuers": "Issuer",
     "clusterissuer": "ClusterIssuer",
     "clusterissuers": "ClusterIssuer",
+    "ingress": "Ingress",
+    "ingresses": "Ingress",
 }
 
 
@@ -149,6 +151,11 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
                         help="client connections the data plane holds at once; beyond it "
                         "HTTPS clients wait in the listen backlog and HTTP ones are closed "
                         "(default: %(default)s)")
+    parser.add_argument(nginx_annotations.OPT_OUT_FLAG, dest="allow_unenforced_access",
+                        action="store_true",
+                        help="serve Ingresses whose access-restricting annotations (auth-*, "
+                        "*-source-range, limit-*, snippets) certctl does not enforce, without "
+                        "those restrictions (default: answer 503 for them)")
 
 
 def _issuing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +280,7 @@ def _serve(args: argparse.Namespace) -> int:
         load_balancer_address=args.load_balancer_address,
         tls_context_cache=args.tls_context_cache,
         max_connections=args.max_connections,
+        enforce_access_annotations=not args.allow_unenforced_access,
     )
     try:
         standalone.run(options)
@@ -359,7 +367,8 @@ def _dataplane(args: argparse.Namespace) -> int:
                 metrics_port=args.metrics_port or None,
                 load_balancer_address=args.load_balancer_address,
                 tls_context_cache=args.tls_context_cache,
-                max_connections=args.max_connections),
+                max_connections=args.max_connections,
+                enforce_access_annotations=not args.allow_unenforced_access),
         ))
     except operator.StartupError as err:
         print(f"certctl: {err}", file=sys.stderr)
@@ -449,6 +458,8 @@ def _show_status(args: argparse.Namespace, *, store: Store, where: str) -> int:
         found = [obj]
     else:
         found = store.list(kind=kind, namespace=namespace)
+    if kind == "Ingress":
+        found = [_with_annotation_conditions(obj) for obj in found]
     if args.output == "json":
         shown: Any = [_public(obj) for obj in found]
         print(json.dumps(shown[0] if args.name else shown, indent=2, sort_keys=True))
@@ -456,6 +467,14 @@ def _show_status(args: argparse.Namespace, *, store: Store, where: str) -> int:
     for obj in found:
         print(_describe(obj))
     return 0
+
+
+def _with_annotation_conditions(ingress: dict[str, Any]) -> dict[str, Any]:
+    """An Ingress with the conditions certctl's review of its annotations gives it."""
+    annotations = (ingress.get("metadata") or {}).get("annotations") or {}
+    review = nginx_annotations.review({k: str(v) for k, v in annotations.items()})
+    status = dict(ingress.get("status") or {}, conditions=review.conditions())
+    return dict(ingress, status=status)
 
 
 def _served_manifests(state_dir: Path) -> Path | None:

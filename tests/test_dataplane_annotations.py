@@ -238,8 +238,9 @@ def test_unreadable_annotation_keeps_the_default_and_is_reported(key, value):
     match = table.match(host="bad.test", path="/")
     assert match is not None
     assert match.options == route_options.DEFAULT_OPTIONS
-    assert len(table.problems) == 1
-    assert key in table.problems[0] and "Ingress default/bad" in table.problems[0]
+    (problem,) = table.problems
+    assert problem.reason == routing.BAD_ANNOTATION
+    assert key in problem.message and str(problem.ingress) == "Ingress default/bad"
 
 
 def test_certctl_key_wins_over_the_nginx_alias():

@@ -144,3 +144,29 @@ def test_secret_of_an_ingress_served_by_another_controller_is_not_loaded(tmp_pat
     env.store.create(obj=tls_secret("theirs-tls", env.ca.issue("theirs.test")))
     env.feed.refresh()
     assert env.certificates.names() == {}
+
+
+def test_unenforced_access_annotation_is_a_warning_event_once_and_only_for_our_ingresses(
+    tmp_path, caplog
+):
+    env = Fixture(tmp_path, address=None)
+    admin = ingress_manifest("admin", host="admin.test", secret_name="admin-tls")
+    admin["metadata"]["annotations"] = {
+        "nginx.ingress.kubernetes.io/auth-url": "http://auth.internal/check"}
+    theirs = ingress_manifest("theirs", host="theirs.test", secret_name="theirs-tls",
+                              class_name="nginx")
+    theirs["metadata"]["annotations"] = dict(admin["metadata"]["annotations"])
+    env.store.create(obj=admin)
+    env.store.create(obj=theirs)
+    caplog.set_level("WARNING")
+    env.feed.refresh()
+    warnings = [r.getMessage() for r in caplog.records if "AccessNotEnforced" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Ingress default/admin" in warnings[0]
+    assert "nginx.ingress.kubernetes.io/auth-url" in warnings[0]
+    match = env.tables[-1].match(host="admin.test", path="/")
+    assert match is not None and match.options.refusal is not None
+    caplog.clear()
+    env.store.create(obj=ingress_manifest("other", host="other.test", secret_name="other-tls"))
+    env.feed.refresh()  # rebuilt for another Ingress: the same problem is not reported again
+    assert not [r for r in caplog.records if "AccessNotEnforced" in r.getMessage()]

@@ -89,6 +89,7 @@ def running_plane(
     ingresses: list[resources.Ingress],
     backends: dict[str, tuple[int, ...]],
     tls_hosts: tuple[str, ...] = (),
+    enforce_access_annotations: bool = True,
     **options: Any,
 ) -> Iterator[Running]:
     """A DataPlane on uvloop serving `ingresses`; `backends` maps Service name -> ports."""
@@ -133,6 +134,7 @@ def running_plane(
             ingress_classes=[],
             controller_name="certctl.io/ingress-controller",
             class_name=None,
+            enforce_access_annotations=enforce_access_annotations,
         )
     )
     loop = LoopThread(uvloop.new_event_loop())

@@ -3,7 +3,8 @@
 `decide` holds the decisions HTTP/1.1 (`connection`) and HTTP/2 (`http2`)
 share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
-route, the canary split, 503 without ready endpoints, 413 over
+route, 503 for an Ingress refused for unenforced access annotations, the
+canary split, 503 without ready endpoints, 413 over
 proxy-body-size by declared length, and rewrite-target; before all of
 them, 400 for an authority that is not well formed. It
 touches no socket: the caller writes the answer or starts the upstream
@@ -36,6 +37,9 @@ _ROUTING_HOSTS: dict[bytes, str | None] = {}  # see _routing_host
 _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
+_REFUSED_BODY: Final = (
+    b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
+)
 
 
 def is_request_line_safe(*, method: bytes, target: bytes) -> bool:
@@ -131,6 +135,10 @@ def decide(
             )
     if match is None:
         return Decision(status=404)
+    if options.refusal is not None:
+        # Never served open: see certctl.api.nginx_annotations. The reason is
+        # logged by the data plane feed; the client learns only that it is refused.
+        return Decision(status=503, body=_REFUSED_BODY, route_host=route_host)
     if match.canary is not None and takes_canary(header, match.canary.settings):
         match = match.canary.route
     if not match.upstreams:

@@ -32,7 +32,7 @@ class RouteOptions:
 
     `read_timeout` / `connect_timeout` None means the data plane's defaults;
     `body_size_limit` None means unlimited; `hsts_max_age` None means no
-    Strict-Transport-Security header.
+    Strict-Transport-Security header; `refusal` None means served.
     """
 
     ssl_redirect: bool = True
@@ -44,6 +44,9 @@ class RouteOptions:
     connect_timeout: float | None = None
     backend_tls: bool = False
     rewrite_target: str | None = None
+    # Why the Ingress is not served (503), when it carries an access-restricting
+    # annotation certctl does not enforce (certctl.api.nginx_annotations).
+    refusal: str | None = None
 
     def hsts_header(self) -> bytes | None:
         if self.hsts_max_age is None:

@@ -29,6 +29,11 @@ Semantics (DESIGN.md, "Ingress semantics the data plane must honour"):
   its own: each of its rules attaches to the served route with the same host,
   path and match type, which then splits traffic by header, cookie or
   weight. A canary rule with no such route is ignored, as in ingress-nginx.
+- An Ingress with an access-restricting annotation certctl does not enforce
+  (`nginx_annotations`) keeps its routes, so no other Ingress's rule takes
+  its paths over, but they answer 503 (`RouteOptions.refusal`), and so does
+  a canary attached to them; `enforce_access_annotations=False` is the
+  operator's explicit opt-out.
 """
 
 from __future__ import annotations
@@ -38,10 +43,22 @@ import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from certctl.api import resources
+from certctl.api import nginx_annotations, resources
 from certctl.dataplane import route_options
 
 Upstream = tuple[str, int]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IngressProblem:
+    """Something to tell the owner of an Ingress: an Event's reason and message."""
+
+    ingress: resources.ObjectKey
+    reason: str
+    message: str
+
+
+BAD_ANNOTATION = "BadAnnotation"  # a value that does not parse; the setting keeps its default
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -136,14 +153,14 @@ class RouteTable:
         hostless: _HostRoutes,
         default: RouteMatch | None,
         served: frozenset[resources.ObjectKey] = frozenset(),
-        problems: tuple[str, ...] = (),
+        problems: tuple[IngressProblem, ...] = (),
     ) -> None:
         self._exact_hosts = exact_hosts
         self._wildcard_hosts = wildcard_hosts  # keyed by the suffix after "*."
         self._hostless = hostless
         self._default = default
         self.served = served  # the Ingresses this controller serves (for their status)
-        self.problems = problems  # annotation values that could not be read, one line each
+        self.problems = problems  # annotations not honoured as written, per Ingress
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -160,6 +177,7 @@ class RouteTable:
         ingress_classes: Iterable[resources.IngressClass],
         controller_name: str,
         class_name: str | None,
+        enforce_access_annotations: bool = True,
     ) -> RouteTable:
         """Merge the Ingresses this controller serves into one table.
 
@@ -193,7 +211,7 @@ class RouteTable:
             key=_age_key,
         )
         resolver = _Resolver(services=services, endpoint_slices=endpoint_slices)
-        problems: list[str] = []
+        problems: list[IngressProblem] = []
         canaries: list[tuple[resources.Ingress, route_options.CanarySettings]] = []
 
         exact_hosts: dict[str, _HostRoutes] = {}
@@ -203,9 +221,15 @@ class RouteTable:
         for ing in served:
             canary, found = route_options.canary_settings(ing.annotations)
             options, more = route_options.route_options(ing.annotations)
-            problems += (f"{ing.key}: {problem}" for problem in (*found, *more))
+            problems += (IngressProblem(ingress=ing.key, reason=BAD_ANNOTATION, message=problem)
+                         for problem in (*found, *more))
+            refusal = _review_annotations(ingress=ing, problems=problems,
+                                          enforce=enforce_access_annotations)
+            if refusal is not None:
+                options = dataclasses.replace(options, refusal=refusal)
             if canary is not None:
-                canaries.append((ing, canary))
+                if refusal is None:  # a refused canary takes no traffic from its main route
+                    canaries.append((ing, canary))
                 continue
             ing_default = (
                 resolver.route(ingress=ing, backend=ing.default_backend, options=options)
@@ -294,6 +318,25 @@ def _age_key(ingress: resources.Ingress) -> tuple[datetime.datetime, str, str]:
     elif created.tzinfo is None:
         created = created.replace(tzinfo=datetime.UTC)
     return (created, ingress.namespace, ingress.name)
+
+
+def _review_annotations(
+    *, ingress: resources.Ingress, problems: list[IngressProblem], enforce: bool
+) -> str | None:
+    """Reports the annotations certctl does not honour; why the Ingress is refused, if it is."""
+    review = nginx_annotations.review(dict(ingress.annotations))
+    for finding in review.findings:
+        message = finding.message
+        if finding.refuses_routes and not enforce:
+            message = (f"{finding.key}: not enforced by certctl; the Ingress is served without "
+                       f"it because the data plane runs with {nginx_annotations.OPT_OUT_FLAG}")
+        problems.append(IngressProblem(ingress=ingress.key, reason=finding.reason,
+                                       message=message))
+    if not enforce or not review.refusals:
+        return None
+    return (f"{ingress.key} is not served: "
+            + ", ".join(f.key for f in review.refusals)
+            + " restrict access and certctl does not enforce them")
 
 
 def _routes_for(

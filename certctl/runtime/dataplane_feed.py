@@ -53,9 +53,11 @@ class DataPlaneFeed:
         publish_routes: Callable[[routing.RouteTable], None],
         ingress_class: str,
         load_balancer_address: str | None = None,
+        enforce_access_annotations: bool = True,
     ) -> None:
         """`load_balancer_address` (an IP or a DNS name) goes into the status of
-        served Ingresses; None leaves their status alone."""
+        served Ingresses; None leaves their status alone. `enforce_access_annotations`
+        False serves Ingresses with access annotations certctl does not enforce."""
         self._store = store
         self._certificates = certificates
         self._publish_routes = publish_routes
@@ -63,7 +65,8 @@ class DataPlaneFeed:
         self._load_balancer = _load_balancer_entries(load_balancer_address)
         self._served: frozenset[ObjectKey] = frozenset()
         self._status_written: set[ObjectKey] = set()
-        self._reported: frozenset[str] = frozenset()
+        self._enforce_access_annotations = enforce_access_annotations
+        self._reported: frozenset[routing.IngressProblem] = frozenset()
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
         self._wake = threading.Event()
@@ -158,11 +161,20 @@ class DataPlaneFeed:
         table = self._build_routes()
         self._publish_routes(table)
         self._served = table.served
-        for problem in sorted(set(table.problems) - self._reported):
-            logger.warning("%s", problem)
-        self._reported = frozenset(table.problems)
+        self._report(table.problems)
         if self._load_balancer is not None:
             self._write_statuses(self._load_balancer)
+
+    def _report(self, problems: tuple[routing.IngressProblem, ...]) -> None:
+        """A Warning event (logged too) on the Ingress for each problem not reported yet."""
+        for problem in sorted(set(problems) - self._reported,
+                              key=lambda p: (str(p.ingress), p.message)):
+            obj = self._store.get(kind="Ingress", namespace=problem.ingress.namespace,
+                                  name=problem.ingress.name)
+            if obj is not None:
+                self._store.emit_event(obj=obj, type="Warning", reason=problem.reason,
+                                       message=problem.message)
+        self._reported = frozenset(problems)
 
     def _write_statuses(self, entries: list[dict[str, str]]) -> None:
         """Served Ingresses say where they are served; ones no longer served stop saying it."""
@@ -214,6 +226,7 @@ class DataPlaneFeed:
             ingress_classes=classes,
             controller_name=CONTROLLER_NAME,
             class_name=self._ingress_class,
+            enforce_access_annotations=self._enforce_access_annotations,
         )
 
     def _load_certificates(self) -> None:
@@ -287,6 +300,9 @@ class Listening:
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections held at once
+    # False serves Ingresses whose access annotations certctl does not enforce (the
+    # operator's explicit opt-out, --allow-unenforced-access-annotations).
+    enforce_access_annotations: bool = True
 
 
 class FedDataPlane:
@@ -312,6 +328,7 @@ class FedDataPlane:
             publish_routes=self.server.set_routes,
             ingress_class=listening.ingress_class,
             load_balancer_address=listening.load_balancer_address,
+            enforce_access_annotations=listening.enforce_access_annotations,
         )
 
     def _respond_to_challenge(self, host: str, token: str) -> str | None:

@@ -61,6 +61,7 @@ class ServeOptions:
     load_balancer_address: str | None = None  # written into served Ingresses' status
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    enforce_access_annotations: bool = True
 
     @property
     def listening(self) -> dataplane_feed.Listening:
@@ -69,7 +70,8 @@ class ServeOptions:
             ingress_class=self.ingress_class, metrics_port=self.metrics_port,
             load_balancer_address=self.load_balancer_address,
             tls_context_cache=self.tls_context_cache,
-            max_connections=self.max_connections)
+            max_connections=self.max_connections,
+            enforce_access_annotations=self.enforce_access_annotations)
 
 
 class StartupError(Exception):

@@ -1,0 +1,212 @@
+"""Which ingress-nginx annotations certctl honours, and what it does with the others.
+
+Someone moving from ingress-nginx brings Ingresses annotated for it. An
+annotation certctl ignores silently is a lie about how the Ingress is served,
+and for the annotations that restrict access (authentication, source ranges,
+rate limits, client certificates, a WAF) it would publish what they protected.
+So every `nginx.ingress.kubernetes.io/<name>` and `certctl.io/<name>` key is
+reviewed here:
+
+- supported: the data plane (route_options) or ingress-shim honours it;
+- no-op: accepted and ignored, because it changes nothing certctl does
+  (buffer sizes of a proxy that streams, nginx's logging and tracing modules);
+- unsupported: not implemented, and serving without it exposes nothing that
+  was protected (a redirect, CORS, affinity): reported, the Ingress is served;
+- restricts access: not enforced, so the Ingress's routes are refused (503)
+  unless the operator explicitly accepts serving them open;
+- raw nginx configuration (snippets): never run, refused like an access
+  annotation (a snippet may hold `deny` or `auth_request` lines), with a
+  message saying what to use instead.
+
+Pure: `review` takes the annotations and returns findings; routing turns
+refusals into 503s and the data plane feed into Warning events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+NGINX_PREFIX: Final = "nginx.ingress.kubernetes.io/"
+CERTCTL_PREFIX: Final = "certctl.io/"
+
+# The annotation names (after either prefix) that certctl honours. Keep in step
+# with certctl.api.annotations' *_KEYS tuples and ingress-shim's issuer keys.
+SUPPORTED: Final = frozenset({
+    "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
+    "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
+    "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
+    "canary-by-header-value", "canary-by-cookie",
+})
+# certctl's own keys that are not data plane settings (certctl.io/ only).
+CERTCTL_OWN: Final = frozenset({
+    "cluster-issuer", "issuer", "issuer-kind", "issuer-group", "manifest-source",
+})
+
+# name -> why it changes nothing in certctl.
+_STREAMS = "certctl streams bodies both ways and never buffers them to disk"
+NO_OP: Final[dict[str, str]] = {
+    "proxy-buffering": _STREAMS,
+    "proxy-buffers-number": _STREAMS,
+    "proxy-buffer-size": _STREAMS,
+    "proxy-max-temp-file-size": _STREAMS,
+    "client-body-buffer-size": _STREAMS,
+    "proxy-http-version": "certctl always speaks HTTP/1.1 to backends, with keep-alive",
+    "connection-proxy-header": "certctl manages the upstream Connection header itself "
+                               "(keep-alive, and Upgrade passed through)",
+    "enable-access-log": "certctl has no per-request access log; see its request metrics",
+    "enable-rewrite-log": "nginx's rewrite log has no counterpart in certctl",
+    "enable-opentracing": "certctl has no tracing module",
+    "opentracing-trust-incoming-span": "certctl has no tracing module",
+    "enable-opentelemetry": "certctl has no tracing module",
+    "opentelemetry-trust-incoming-span": "certctl has no tracing module",
+    "opentelemetry-operation-name": "certctl has no tracing module",
+    "enable-influxdb": "certctl exports Prometheus metrics, not InfluxDB",
+    "influxdb-measurement": "certctl exports Prometheus metrics, not InfluxDB",
+    "influxdb-port": "certctl exports Prometheus metrics, not InfluxDB",
+    "influxdb-host": "certctl exports Prometheus metrics, not InfluxDB",
+    "influxdb-server-name": "certctl exports Prometheus metrics, not InfluxDB",
+    "http2-push-preload": "browsers no longer accept HTTP/2 server push",
+    "enable-global-auth": "certctl has no global external authentication to opt out of",
+}
+
+# Raw nginx configuration: name -> what to use instead.
+SNIPPETS: Final[dict[str, str]] = {
+    "configuration-snippet": "use the annotation for what the snippet did (e.g. "
+                             "rewrite-target, ssl-redirect, canary-*), or an HTTPRoute filter",
+    "server-snippet": "use the annotation for what the snippet did, or a Gateway listener "
+                      "and HTTPRoute filters",
+    "location-snippet": "use the annotation for what the snippet did",
+    "stream-snippet": "certctl proxies HTTP only; expose TCP services with a Service of "
+                      "type LoadBalancer",
+    "auth-snippet": "raw nginx configuration cannot express certctl's authentication",
+    "modsecurity-snippet": "certctl has no ModSecurity WAF; put a WAF in front of it",
+}
+
+# Names that restrict who may reach the backend, by prefix or in full.
+_ACCESS_PREFIXES: Final = ("auth-", "limit-", "global-rate-limit")
+_ACCESS_NAMES: Final = frozenset({
+    "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "satisfy",
+})
+# Names that restrict access only when switched on.
+_ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-rules"})
+
+# Every other annotation ingress-nginx documents: known, not implemented, and
+# serving without it exposes nothing its user protected with it.
+UNSUPPORTED: Final = frozenset({
+    "app-root", "affinity", "affinity-mode", "affinity-canary-behavior",
+    "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
+    "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
+    "cors-expose-headers", "cors-allow-credentials", "cors-max-age", "from-to-www-redirect",
+    "permanent-redirect", "permanent-redirect-code", "temporal-redirect",
+    "temporal-redirect-code", "preserve-trailing-slash", "proxy-cookie-domain",
+    "proxy-cookie-path", "proxy-send-timeout", "proxy-next-upstream",
+    "proxy-next-upstream-timeout", "proxy-next-upstream-tries", "proxy-request-buffering",
+    "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",
+    "proxy-ssl-name", "proxy-ssl-protocols", "proxy-ssl-verify", "proxy-ssl-verify-depth",
+    "proxy-ssl-server-name", "server-alias", "service-upstream", "session-cookie-name",
+    "session-cookie-path", "session-cookie-domain", "session-cookie-expires",
+    "session-cookie-max-age", "session-cookie-secure", "session-cookie-samesite",
+    "session-cookie-change-on-failure", "session-cookie-conditional-samesite-none",
+    "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers", "upstream-hash-by",
+    "upstream-hash-by-subset", "upstream-hash-by-subset-size", "x-forwarded-prefix",
+    "load-balance", "upstream-vhost", "use-regex", "mirror-request-body", "mirror-target",
+    "mirror-host", "modsecurity-transaction-id",
+})
+
+Verdict = Literal["unsupported", "unknown", "restricts-access", "snippet"]
+OPT_OUT_FLAG: Final = "--allow-unenforced-access-annotations"
+# Event and condition reasons.
+UNSUPPORTED_ANNOTATION: Final = "UnsupportedAnnotation"  # ignored, the Ingress is served
+ACCESS_NOT_ENFORCED: Final = "AccessNotEnforced"  # routes refused (503), or open by opt-out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Finding:
+    """One annotation certctl does not honour: the key as written, and what to tell the user."""
+
+    key: str
+    verdict: Verdict
+    message: str
+
+    @property
+    def refuses_routes(self) -> bool:
+        return self.verdict in ("restricts-access", "snippet")
+
+    @property
+    def reason(self) -> str:
+        return ACCESS_NOT_ENFORCED if self.refuses_routes else UNSUPPORTED_ANNOTATION
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Review:
+    findings: tuple[Finding, ...]
+
+    @property
+    def refusals(self) -> tuple[Finding, ...]:
+        """The findings that keep the Ingress's routes from being served."""
+        return tuple(f for f in self.findings if f.refuses_routes)
+
+    def conditions(self) -> list[dict[str, str]]:
+        """What `certctl status ingress` shows: Ingresses have no conditions of their own."""
+        ignored = [f for f in self.findings if not f.refuses_routes]
+        return [
+            _condition("AccessEnforced", self.refusals, ACCESS_NOT_ENFORCED,
+                       "every access-restricting annotation is enforced"),
+            _condition("AnnotationsSupported", ignored, UNSUPPORTED_ANNOTATION,
+                       "every annotation is honoured"),
+        ]
+
+
+def _condition(type: str, findings: Sequence[Finding], reason: str, fine: str) -> dict[str, str]:
+    if not findings:
+        return {"type": type, "status": "True", "reason": "AsExpected", "message": fine}
+    return {"type": type, "status": "False", "reason": reason,
+            "message": "; ".join(f.message for f in findings)}
+
+
+def review(annotations: dict[str, str]) -> Review:
+    """Every ingress-nginx / certctl annotation of an Ingress that certctl does not honour."""
+    findings = [
+        finding
+        for key in sorted(annotations)
+        if (finding := _finding(key, annotations[key])) is not None
+    ]
+    return Review(findings=tuple(findings))
+
+
+def _finding(key: str, value: str) -> Finding | None:
+    if key.startswith(NGINX_PREFIX):
+        name = key[len(NGINX_PREFIX):]
+    elif key.startswith(CERTCTL_PREFIX):
+        name = key[len(CERTCTL_PREFIX):]
+        if name in CERTCTL_OWN:
+            return None
+    else:
+        return None
+    if name in SUPPORTED or name in NO_OP:
+        return None
+    if name in SNIPPETS:
+        return Finding(key=key, verdict="snippet",
+                       message=f"{key}: raw nginx configuration is never run by certctl, and it "
+                       f"may restrict access, so the Ingress is not served; {SNIPPETS[name]}")
+    if _restricts_access(name, value):
+        return Finding(key=key, verdict="restricts-access",
+                       message=f"{key}: restricts access and certctl does not enforce it yet, so "
+                       "the Ingress is not served (503) rather than served open; remove the "
+                       f"annotation, or run the data plane with {OPT_OUT_FLAG} to serve it "
+                       "without that restriction")
+    if name in UNSUPPORTED or name in _ACCESS_SWITCHES:
+        return Finding(key=key, verdict="unsupported",
+                       message=f"{key}: not supported by certctl and ignored; the Ingress is "
+                       "served without it")
+    return Finding(key=key, verdict="unknown",
+                   message=f"{key}: not an annotation certctl or ingress-nginx knows; ignored")
+
+
+def _restricts_access(name: str, value: str) -> bool:
+    if name in _ACCESS_SWITCHES:
+        return value.strip().lower() == "true"
+    return name in _ACCESS_NAMES or name.startswith(_ACCESS_PREFIXES)
+
