@@ -3,6 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# The servers the tests run against that Debian lacks or has too old (kube-apiserver,
+# kube-controller-manager, kubectl, etcd, the current Pebble, the Gateway API CRDs):
+# built from Go modules once per machine, minutes the first time (progress on stderr).
+bash scripts/testservers/build.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/pytest -q
