@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything certctl's demo and tests need on a fresh Debian machine:
-# the Debian packages (Pebble, BIND9 for DNS-01, curl, kubectl) and a
+# the Debian packages (Pebble, BIND9 for DNS-01, curl) and a
 # virtualenv in .venv with certctl and its test tools, the data plane's
 # per-request modules compiled (scripts/compile.sh). Safe to run again; it
 # only installs what is missing.
@@ -13,9 +13,6 @@ for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
-# `kubectl kustomize` renders manifests/ in the tests. Debian's kubernetes-client
-# only when no kubectl is installed: its /usr/bin/kubectl clashes with others'.
-command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -1,8 +1,9 @@
 """The CRDs, the kustomize base and the cluster examples, checked without a cluster.
 
-No API server can run here, so each of its checks is done by a stand-in:
-`kubectl kustomize` renders the base (set KUBECTL to try another kubectl,
-such as Debian's 1.20 with its old built-in kustomize); the official
+Offline, each of the API server's checks is done by a stand-in (the
+tests/test_cluster_* suites make the same checks against a real one):
+`kubectl kustomize` renders the base (the kubectl built from the Kubernetes
+release the tests run, tests/testservers.py; set KUBECTL to try another); the official
 Kubernetes OpenAPI schemas bundled by kubernetes-validate check the built-in
 objects; jsonschema checks our objects against the CRDs' openAPIV3Schema
 (closed, as `kubectl apply`'s strict field validation treats unknown
@@ -20,7 +21,6 @@ import datetime
 import functools
 import os
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -36,12 +36,12 @@ from celpy import adapter, celparser, celtypes, evaluation
 
 from certctl.api import conditions, errors, kinds, parsing, resources
 from certctl.runtime import dataplane_feed
+from tests import testservers
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
 MANIFESTS = ROOT / "manifests"
 CLUSTER_EXAMPLES = ROOT / "examples" / "cluster"
-KUBECTL = os.environ.get("KUBECTL", "kubectl")
 NAMESPACE = "certctl"
 IMAGE = "ghcr.io/certctl/certctl:0.1.0"
 # CEL rules in CRDs are on by default from Kubernetes 1.25; the newest is
@@ -122,13 +122,14 @@ def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def _kubectl() -> str:
+    return os.environ.get("KUBECTL") or str(testservers.binary("kubernetes", "kubectl"))
+
+
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
     """`kubectl kustomize manifests/`, as `kubectl apply -k` would send it."""
-    if shutil.which(KUBECTL) is None:
-        pytest.fail(f"{KUBECTL} not found: install kubectl (Debian: apt-get install "
-                    "kubernetes-client)")
-    result = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS)], capture_output=True,
+    result = subprocess.run([_kubectl(), "kustomize", str(MANIFESTS)], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -859,7 +860,7 @@ def test_components_watch_exactly_the_namespaces_they_have_rights_in(rendered):
 
 
 def test_overlay_example_adds_a_watched_namespace_and_nothing_else(rendered):
-    result = subprocess.run([KUBECTL, "kustomize", str(CLUSTER_EXAMPLES / "another-namespace")],
+    result = subprocess.run([_kubectl(), "kustomize", str(CLUSTER_EXAMPLES / "another-namespace")],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     overlay = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
