@@ -90,6 +90,7 @@ def running_plane(
     backends: dict[str, tuple[int, ...]],
     tls_hosts: tuple[str, ...] = (),
     enforce_access_annotations: bool = True,
+    secrets: dict[tuple[str, str], dict[str, bytes]] | None = None,
     **options: Any,
 ) -> Iterator[Running]:
     """A DataPlane on uvloop serving `ingresses`; `backends` maps Service name -> ports."""
@@ -135,6 +136,7 @@ def running_plane(
             controller_name="certctl.io/ingress-controller",
             class_name=None,
             enforce_access_annotations=enforce_access_annotations,
+            secret_data=lambda namespace, name: (secrets or {}).get((namespace, name)),
         )
     )
     loop = LoopThread(uvloop.new_event_loop())

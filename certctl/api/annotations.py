@@ -96,3 +96,18 @@ CANARY_BY_HEADER_VALUE_KEYS = (
     _NGINX + "canary-by-header-value",
 )
 CANARY_BY_COOKIE_KEYS = ("certctl.io/canary-by-cookie", _NGINX + "canary-by-cookie")
+
+# Access rules (certctl.dataplane.access). ingress-nginx renamed whitelist to
+# allowlist in some places; both spellings are read, certctl's keys first.
+ALLOWLIST_SOURCE_RANGE_KEYS = (
+    "certctl.io/allowlist-source-range",
+    "certctl.io/whitelist-source-range",
+    _NGINX + "allowlist-source-range",
+    _NGINX + "whitelist-source-range",
+)
+DENYLIST_SOURCE_RANGE_KEYS = ("certctl.io/denylist-source-range", _NGINX + "denylist-source-range")
+AUTH_TYPE_KEYS = ("certctl.io/auth-type", _NGINX + "auth-type")
+AUTH_SECRET_KEYS = ("certctl.io/auth-secret", _NGINX + "auth-secret")
+AUTH_SECRET_TYPE_KEYS = ("certctl.io/auth-secret-type", _NGINX + "auth-secret-type")
+AUTH_REALM_KEYS = ("certctl.io/auth-realm", _NGINX + "auth-realm")
+SATISFY_KEYS = ("certctl.io/satisfy", _NGINX + "satisfy")

@@ -34,6 +34,9 @@ CERTCTL_PREFIX: Final = "certctl.io/"
 # The annotation names (after either prefix) that certctl honours. Keep in step
 # with certctl.api.annotations' *_KEYS tuples and ingress-shim's issuer keys.
 SUPPORTED: Final = frozenset({
+    # access rules (certctl.dataplane.access); auth-type other than basic is refused there
+    "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
+    "auth-secret", "auth-secret-type", "auth-realm", "satisfy",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
@@ -84,11 +87,8 @@ SNIPPETS: Final[dict[str, str]] = {
     "modsecurity-snippet": "certctl has no ModSecurity WAF; put a WAF in front of it",
 }
 
-# Names that restrict who may reach the backend, by prefix or in full.
+# Names that restrict who may reach the backend (the supported ones aside).
 _ACCESS_PREFIXES: Final = ("auth-", "limit-", "global-rate-limit")
-_ACCESS_NAMES: Final = frozenset({
-    "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "satisfy",
-})
 # Names that restrict access only when switched on.
 _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-rules"})
 
@@ -208,5 +208,5 @@ def _finding(key: str, value: str) -> Finding | None:
 def _restricts_access(name: str, value: str) -> bool:
     if name in _ACCESS_SWITCHES:
         return value.strip().lower() == "true"
-    return name in _ACCESS_NAMES or name.startswith(_ACCESS_PREFIXES)
+    return name.startswith(_ACCESS_PREFIXES)
 

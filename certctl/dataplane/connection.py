@@ -75,6 +75,8 @@ _REASONS: Final = {
     200: b"OK",
     308: b"Permanent Redirect",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Content Too Large",
@@ -521,16 +523,20 @@ class ClientConnection(asyncio.Protocol):
             authority=head.host,
             header=head.header,
             content_length=head.content_length,
+            client_ip=self._client_ip,
         )
         self._route_host = decision.route_host
         match = decision.match
         if match is None:
+            extra_headers = b""
+            if decision.location is not None:
+                extra_headers = b"location: " + decision.location + b"\r\n"
+            elif decision.challenge is not None:
+                extra_headers = b"www-authenticate: " + decision.challenge + b"\r\n"
             self._respond_local(
                 status=decision.status,
                 body=decision.body,
-                extra_headers=b""
-                if decision.location is None
-                else b"location: " + decision.location + b"\r\n",
+                extra_headers=extra_headers,
                 keep_alive=head.keep_alive and decision.status not in (400, 413),
             )
             return

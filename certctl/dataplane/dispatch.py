@@ -3,11 +3,11 @@
 `decide` holds the decisions HTTP/1.1 (`connection`) and HTTP/2 (`http2`)
 share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
-route, 503 for an Ingress refused for unenforced access annotations, the
-canary split, 503 without ready endpoints, 413 over
-proxy-body-size by declared length, and rewrite-target; before all of
-them, 400 for an authority that is not well formed. It
-touches no socket: the caller writes the answer or starts the upstream
+route, 503 for an Ingress refused for unenforced access annotations, 403
+and 401 from its access rules (source ranges, basic auth), the canary
+split, 503 without ready endpoints, 413 over proxy-body-size by declared
+length, and rewrite-target; before all of them, 400 for an authority that
+is not well formed. It touches no socket: the caller writes the answer or starts the upstream
 exchange.
 """
 
@@ -57,7 +57,8 @@ class Decision:
     `route_host` the metrics label of the matched rule ("" without a match).
     """
 
-    __slots__ = ("authority", "body", "location", "match", "route_host", "status", "target")
+    __slots__ = ("authority", "body", "challenge", "location", "match", "route_host", "status",
+                 "target")
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class Decision:
         authority: bytes | None = None,
         body: bytes | None = None,
         location: bytes | None = None,
+        challenge: bytes | None = None,
         route_host: str = "",
     ) -> None:
         self.status = status
@@ -76,6 +78,7 @@ class Decision:
         self.authority = authority
         self.body = body
         self.location = location
+        self.challenge = challenge  # WWW-Authenticate of a 401
         self.route_host = route_host
 
 
@@ -88,6 +91,7 @@ def decide(
     authority: bytes | None,
     header: Callable[[bytes], bytes | None],
     content_length: bytes | None,
+    client_ip: bytes,
 ) -> Decision:
     """The decision for one request; `header(lowercase name)` reads a request header."""
     if target.startswith(b"/"):
@@ -139,6 +143,13 @@ def decide(
         # Never served open: see certctl.api.nginx_annotations. The reason is
         # logged by the data plane feed; the client learns only that it is refused.
         return Decision(status=503, body=_REFUSED_BODY, route_host=route_host)
+    rules = options.access
+    if rules is not None:
+        verdict = rules.check(client_ip=client_ip, authorization=header(b"authorization"))
+        if verdict:
+            basic = rules.basic_auth
+            return Decision(status=verdict, route_host=route_host,
+                            challenge=basic.challenge if verdict == 401 and basic else None)
     if match.canary is not None and takes_canary(header, match.canary.settings):
         match = match.canary.route
     if not match.upstreams:

@@ -57,6 +57,8 @@ MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 the
 _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
 _REASONS: Final = {
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     413: b"Content Too Large",
     502: b"Bad Gateway",
@@ -370,11 +372,13 @@ class Http2Connection(asyncio.Protocol):
             authority=stream.authority,
             header=stream.header,
             content_length=stream.content_length,
+            client_ip=self._client_ip,
         )
         stream.route_host = decision.route_host
         match = decision.match
         if match is None:
-            self.answer(stream, status=decision.status, body=decision.body)
+            self.answer(stream, status=decision.status, body=decision.body,
+                        challenge=decision.challenge)
             return
         stream.authority = decision.authority
         stream.match = match
@@ -514,8 +518,12 @@ class Http2Connection(asyncio.Protocol):
             stream.upstream_reading_paused = paused
             stream.connection.pause_reading(paused or self._client_slow)
 
-    def answer(self, stream: _Stream, *, status: int, body: bytes | None = None) -> None:
-        """Answer a stream ourselves (no upstream, or instead of a failed one)."""
+    def answer(
+        self, stream: _Stream, *, status: int, body: bytes | None = None,
+        challenge: bytes | None = None,
+    ) -> None:
+        """Answer a stream ourselves (no upstream, or instead of a failed one);
+        `challenge` is a 401's WWW-Authenticate."""
         if self._closed or stream.finished:
             return
         reason = _REASONS.get(status, b"")
@@ -526,6 +534,8 @@ class Http2Connection(asyncio.Protocol):
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
         ]
+        if challenge is not None:
+            headers.append((b"www-authenticate", challenge))
         stream.status = status
         stream.response_started = True
         if stream.method == b"HEAD":

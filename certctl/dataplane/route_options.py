@@ -3,7 +3,9 @@
 Pure: `route_options` and `canary_settings` turn an Ingress's annotations
 into frozen settings the route table carries, plus one message per value
 that does not parse. A bad value never drops the Ingress: the setting keeps
-its default and the message says which key and why, as ingress-nginx does.
+its default and the message says which key and why, as ingress-nginx does;
+except for access rules (`access`), where a value that cannot be enforced
+refuses the Ingress (`refusal`) instead of serving it open.
 
 Defaults differ from ingress-nginx's in two places, on purpose:
 - no request body limit unless `proxy-body-size` is set (nginx: 1m), since
@@ -19,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from certctl.api import annotations as keys
+from certctl.dataplane import access
 
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -44,8 +47,11 @@ class RouteOptions:
     connect_timeout: float | None = None
     backend_tls: bool = False
     rewrite_target: str | None = None
+    # Who may pass (source ranges, basic auth); None lets every client through.
+    access: access.AccessRules | None = None
     # Why the Ingress is not served (503), when it carries an access-restricting
-    # annotation certctl does not enforce (certctl.api.nginx_annotations).
+    # annotation certctl does not enforce (certctl.api.nginx_annotations) or
+    # cannot read.
     refusal: str | None = None
 
     def hsts_header(self) -> bytes | None:
@@ -77,11 +83,30 @@ class CanarySettings:
     cookie: bytes | None = None
 
 
-def route_options(annotations: Iterable[tuple[str, str]]) -> tuple[RouteOptions, list[str]]:
-    """The settings an Ingress's annotations ask for, and what could not be read."""
+def _no_secrets(namespace: str, name: str) -> None:
+    return None
+
+
+def route_options(
+    annotations: Iterable[tuple[str, str]],
+    *,
+    namespace: str = "",
+    secret_data: access.SecretData = _no_secrets,
+) -> tuple[RouteOptions, list[str]]:
+    """The settings an Ingress's annotations ask for, and what could not be read.
+
+    `secret_data(namespace, name)` gives a Secret's decoded data (None when
+    it does not exist), for basic authentication.
+    """
     values = dict(annotations)
     problems: list[str] = []
     reader = _Reader(values=values, problems=problems)
+    try:
+        rules = _access_rules(reader, namespace=namespace, secret_data=secret_data)
+        refusal = None
+    except access.Unreadable as err:
+        problems.append(str(err))
+        rules, refusal = None, f"{err} (the Ingress is not served until it is fixed)"
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
     protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS, choices=("HTTP", "HTTPS"))
@@ -95,8 +120,62 @@ def route_options(annotations: Iterable[tuple[str, str]]) -> tuple[RouteOptions,
         connect_timeout=reader.seconds(keys.PROXY_CONNECT_TIMEOUT_KEYS),
         backend_tls=protocol == "HTTPS",
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
+        access=rules,
+        refusal=refusal,
     )
     return (DEFAULT_OPTIONS if options == DEFAULT_OPTIONS else options), problems
+
+
+def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) -> str | None:
+    """The Secret an Ingress's basic authentication reads (in its own namespace), if any."""
+    values = dict(annotations)
+    ref = _Reader(values=values, problems=[]).text(keys.AUTH_SECRET_KEYS)
+    if not ref:
+        return None
+    ref_namespace, slash, name = ref.partition("/")
+    if slash and ref_namespace != namespace:
+        return None  # refused when the rules are read
+    return name if slash else ref
+
+
+def _access_rules(
+    reader: _Reader, *, namespace: str, secret_data: access.SecretData
+) -> access.AccessRules | None:
+    """The access rules asked for; access.Unreadable when one cannot be enforced."""
+    deny = reader.raw(keys.DENYLIST_SOURCE_RANGE_KEYS)
+    allow = reader.raw(keys.ALLOWLIST_SOURCE_RANGE_KEYS)
+    auth_type = reader.raw(keys.AUTH_TYPE_KEYS)
+    auth_secret = reader.raw(keys.AUTH_SECRET_KEYS)
+    satisfy = reader.raw(keys.SATISFY_KEYS)
+    if deny is None and allow is None and auth_type is None and auth_secret is None:
+        return None
+    basic = None
+    if auth_type is not None or auth_secret is not None:
+        if auth_type is None:
+            assert auth_secret is not None
+            raise access.Unreadable(f"{auth_secret[0]}: set without an auth-type")
+        if auth_type[1].lower() != "basic":
+            # digest is refused by the annotation review; anything else is a typo.
+            raise access.Unreadable(f"{auth_type[0]}: {auth_type[1]!r} is not enforced by "
+                                    "certctl; use basic")
+        if not auth_secret:
+            raise access.Unreadable(f"{auth_type[0]}: basic needs an auth-secret")
+        secret_type = reader.text(keys.AUTH_SECRET_TYPE_KEYS) or "auth-file"
+        basic = access.basic_auth(
+            key=auth_secret[0], secret_ref=auth_secret[1], secret_type=secret_type,
+            realm=reader.text(keys.AUTH_REALM_KEYS) or access.DEFAULT_REALM,
+            namespace=namespace, secret_data=secret_data)
+    satisfy_any = False
+    if satisfy is not None:
+        if satisfy[1].lower() not in ("any", "all"):
+            raise access.Unreadable(f"{satisfy[0]}: {satisfy[1]!r} is not any or all")
+        satisfy_any = satisfy[1].lower() == "any"
+    return access.AccessRules(
+        deny=access.parse_networks(*deny) if deny is not None else (),
+        allow=access.parse_networks(*allow) if allow is not None else (),
+        basic_auth=basic,
+        satisfy_any=satisfy_any,
+    )
 
 
 def canary_settings(
@@ -132,7 +211,8 @@ class _Reader:
     values: dict[str, str]
     problems: list[str]
 
-    def _raw(self, names: tuple[str, ...]) -> tuple[str, str] | None:
+    def raw(self, names: tuple[str, ...]) -> tuple[str, str] | None:
+        """(key, stripped value) of the first key present."""
         for name in names:
             value = self.values.get(name)
             if value is not None:
@@ -140,11 +220,11 @@ class _Reader:
         return None
 
     def text(self, names: tuple[str, ...]) -> str | None:
-        found = self._raw(names)
+        found = self.raw(names)
         return found[1] if found else None
 
     def choice(self, names: tuple[str, ...], *, choices: tuple[str, ...]) -> str | None:
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return None
         name, value = found
@@ -154,7 +234,7 @@ class _Reader:
         return None
 
     def absolute_path(self, names: tuple[str, ...]) -> str | None:
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return None
         name, value = found
@@ -164,7 +244,7 @@ class _Reader:
         return None
 
     def boolean(self, names: tuple[str, ...], *, default: bool) -> bool:
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return default
         name, value = found
@@ -174,7 +254,7 @@ class _Reader:
         return default
 
     def integer(self, names: tuple[str, ...], *, default: int) -> int:
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return default
         name, value = found
@@ -185,7 +265,7 @@ class _Reader:
 
     def size(self, names: tuple[str, ...]) -> int | None:
         """nginx's size syntax (`8m`, `512k`, `1g`, bytes); 0 means unlimited."""
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return None
         name, value = found
@@ -198,7 +278,7 @@ class _Reader:
 
     def seconds(self, names: tuple[str, ...]) -> float | None:
         """Whole seconds, as ingress-nginx takes them (`60`, or `60s`)."""
-        found = self._raw(names)
+        found = self.raw(names)
         if found is None:
             return None
         name, value = found

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from certctl.api import nginx_annotations, resources
-from certctl.dataplane import route_options
+from certctl.dataplane import access, route_options
 
 Upstream = tuple[str, int]
 
@@ -178,6 +178,7 @@ class RouteTable:
         controller_name: str,
         class_name: str | None,
         enforce_access_annotations: bool = True,
+        secret_data: access.SecretData | None = None,
     ) -> RouteTable:
         """Merge the Ingresses this controller serves into one table.
 
@@ -192,6 +193,8 @@ class RouteTable:
           (standalone convenience: a directory of plain Ingresses just works).
         A backend whose Service or port does not exist resolves to no
         upstreams (503), as ingress-nginx does, rather than dropping the rule.
+        `secret_data(namespace, name)` reads the auth Secrets Ingresses name
+        (see `route_options.auth_secret_name`); without it they are missing.
         """
         classes = list(ingress_classes)
         class_names = {c.name for c in classes}
@@ -220,12 +223,14 @@ class RouteTable:
         default: RouteMatch | None = None
         for ing in served:
             canary, found = route_options.canary_settings(ing.annotations)
-            options, more = route_options.route_options(ing.annotations)
+            options, more = route_options.route_options(
+                ing.annotations, namespace=ing.namespace,
+                secret_data=secret_data or _no_secrets)
             problems += (IngressProblem(ingress=ing.key, reason=BAD_ANNOTATION, message=problem)
                          for problem in (*found, *more))
             refusal = _review_annotations(ingress=ing, problems=problems,
                                           enforce=enforce_access_annotations)
-            if refusal is not None:
+            if refusal is not None and options.refusal is None:
                 options = dataclasses.replace(options, refusal=refusal)
             if canary is not None:
                 if refusal is None:  # a refused canary takes no traffic from its main route
@@ -318,6 +323,10 @@ def _age_key(ingress: resources.Ingress) -> tuple[datetime.datetime, str, str]:
     elif created.tzinfo is None:
         created = created.replace(tzinfo=datetime.UTC)
     return (created, ingress.namespace, ingress.name)
+
+
+def _no_secrets(namespace: str, name: str) -> None:
+    return None
 
 
 def _review_annotations(

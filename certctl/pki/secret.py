@@ -87,6 +87,17 @@ def read_tls_secret(secret: Mapping[str, Any]) -> TLSSecretContents:
     )
 
 
+def decoded_data(secret: Mapping[str, Any]) -> dict[str, bytes]:
+    """Every key of a Secret, decoded (`stringData` over `data`); SecretInvalid if one is not."""
+    names = {*(secret.get("data") or {}), *(secret.get("stringData") or {})}
+    found = {}
+    for name in names:
+        value = _value(secret, str(name))
+        if value is not None:
+            found[str(name)] = value
+    return found
+
+
 def _required(secret: Mapping[str, Any], name: str) -> bytes:
     raw = _value(secret, name)
     if raw is None:

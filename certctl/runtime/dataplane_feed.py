@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from certctl.api import parsing
+from certctl.api import parsing, resources
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
-from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, routing, server
+from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, route_options, routing, server
 from certctl.pki import secret as tls_secret
 from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
 
@@ -69,6 +69,8 @@ class DataPlaneFeed:
         self._reported: frozenset[routing.IngressProblem] = frozenset()
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
+        # (namespace, name) of the Secrets the routes' basic authentication read.
+        self._auth_secrets: frozenset[tuple[str, str]] = frozenset()
         self._wake = threading.Event()
         self._stopping = False
         self._routes_dirty = True
@@ -92,7 +94,9 @@ class DataPlaneFeed:
         if kind == "Challenge":
             self._on_challenge(event)
             return
-        if kind in ROUTING_KINDS:
+        if kind in ROUTING_KINDS or (
+            kind == "Secret" and (event.key.namespace or "", event.key.name) in self._auth_secrets
+        ):
             self._routes_dirty = True
         if kind in ("Ingress", "Secret"):
             self._secrets_dirty = True
@@ -219,6 +223,7 @@ class DataPlaneFeed:
             except InvalidObject as err:
                 logger.error("%s", err)
         classes = _parsed(self._store.list(kind="IngressClass"), parsing.parse_ingress_class)
+        auth_secrets = self._read_auth_secrets(ingresses)
         return routing.RouteTable.build(
             ingresses=ingresses,
             services=services,
@@ -227,7 +232,32 @@ class DataPlaneFeed:
             controller_name=CONTROLLER_NAME,
             class_name=self._ingress_class,
             enforce_access_annotations=self._enforce_access_annotations,
+            secret_data=lambda namespace, name: auth_secrets.get((namespace, name)),
         )
+
+    def _read_auth_secrets(
+        self, ingresses: list[resources.Ingress]
+    ) -> dict[tuple[str, str], dict[str, bytes]]:
+        """The Secrets basic authentication reads; one that is missing or unreadable is left
+        out, and the Ingress naming it is then refused, not served open."""
+        wanted = set()
+        for ingress in ingresses:
+            name = route_options.auth_secret_name(ingress.annotations,
+                                                  namespace=ingress.namespace)
+            if name is not None:
+                wanted.add((ingress.namespace, name))
+        self._auth_secrets = frozenset(wanted)  # before reading: a change meanwhile re-marks
+        found = {}
+        for namespace, name in sorted(wanted):
+            secret = self._store.get(kind="Secret", namespace=namespace, name=name)
+            if secret is None:
+                continue
+            try:
+                found[(namespace, name)] = tls_secret.decoded_data(secret)
+            except tls_secret.SecretInvalid as err:
+                logger.warning("Secret %s/%s is not used for authentication: %s", namespace,
+                               name, err)
+        return found
 
     def _load_certificates(self) -> None:
         wanted: set[ObjectKey] = set()
