@@ -45,8 +45,8 @@ ACCESS_ANNOTATIONS = [
     {NGINX + "auth-secret": "no-such-secret"},
     {NGINX + "whitelist-source-range": "10.0.0.0/33"},
     {NGINX + "auth-tls-secret": "default/client-ca", NGINX + "auth-tls-verify-client": "on"},
-    {NGINX + "limit-rps": "5"},
-    {NGINX + "limit-connections": "2"},
+    {NGINX + "limit-rate": "100k"},
+    {NGINX + "limit-rate-after": "1m"},
     {NGINX + "global-rate-limit": "100"},
     {NGINX + "enable-modsecurity": "true"},
     {NGINX + "configuration-snippet": "deny all;"},
@@ -95,7 +95,7 @@ def _ingresses() -> list[resources.Ingress]:
         simple_ingress("refused-canary", {("canary-refused.test", "/"): "secret"},
                        created_offset=5,
                        annotations={NGINX + "canary": "true", NGINX + "canary-weight": "100",
-                                    NGINX + "limit-rps": "1"}),
+                                    NGINX + "limit-rate": "1k"}),
     ]
 
 
@@ -192,7 +192,7 @@ def test_snippet_is_refused_with_what_to_use_instead():
 
 def test_opt_out_is_reported_as_served_without_the_restriction():
     table = _table([simple_ingress("admin", {("admin.test", "/"): "web"},
-                                   annotations={NGINX + "limit-rps": "5"})], enforce=False)
+                                   annotations={NGINX + "limit-rate": "5k"})], enforce=False)
     (problem,) = table.problems
     assert problem.reason == nginx_annotations.ACCESS_NOT_ENFORCED
     assert nginx_annotations.OPT_OUT_FLAG in problem.message
@@ -266,7 +266,7 @@ def test_serve_opt_out_flag_serves_it_open(tmp_path):
         manifests = tmp_path / "manifests"
         manifests.mkdir()
         admin = ingress("admin", hosts=["admin.test"], secret_name=None, backend="admin",
-                        annotations={NGINX + "limit-connections": "1"})
+                        annotations={NGINX + "global-rate-limit": "1"})
         write_yaml(manifests / "apps.yaml", admin, *service_with_endpoints("admin", port=port))
         proc, http_port = _serve(manifests, tmp_path / "state", tmp_path / "serve.log",
                                  nginx_annotations.OPT_OUT_FLAG)

@@ -111,3 +111,18 @@ AUTH_SECRET_KEYS = ("certctl.io/auth-secret", _NGINX + "auth-secret")
 AUTH_SECRET_TYPE_KEYS = ("certctl.io/auth-secret-type", _NGINX + "auth-secret-type")
 AUTH_REALM_KEYS = ("certctl.io/auth-realm", _NGINX + "auth-realm")
 SATISFY_KEYS = ("certctl.io/satisfy", _NGINX + "satisfy")
+
+# Request limits (certctl.dataplane.limits).
+LIMIT_RPS_KEYS = ("certctl.io/limit-rps", _NGINX + "limit-rps")
+LIMIT_RPM_KEYS = ("certctl.io/limit-rpm", _NGINX + "limit-rpm")
+LIMIT_BURST_MULTIPLIER_KEYS = (
+    "certctl.io/limit-burst-multiplier",
+    _NGINX + "limit-burst-multiplier",
+)
+LIMIT_CONNECTIONS_KEYS = ("certctl.io/limit-connections", _NGINX + "limit-connections")
+LIMIT_EXEMPT_KEYS = (
+    "certctl.io/limit-allowlist",
+    "certctl.io/limit-whitelist",
+    _NGINX + "limit-allowlist",
+    _NGINX + "limit-whitelist",
+)

@@ -37,6 +37,9 @@ SUPPORTED: Final = frozenset({
     # access rules (certctl.dataplane.access); auth-type other than basic is refused there
     "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
     "auth-secret", "auth-secret-type", "auth-realm", "satisfy",
+    # request limits (certctl.dataplane.limits)
+    "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
+    "limit-allowlist",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from certctl.dataplane import dispatch, http2, routing, upstream
+from certctl.dataplane import dispatch, http2, limits, routing, upstream
 
 if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
@@ -184,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
         "_host",
         "_in_head",
         "_keep_alive",
+        "_limit_slot",
         "_match",
         "_parser",
         "_plane",
@@ -214,6 +215,7 @@ class ClientConnection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
+        self._limit_slot: limits.Slot | None = None  # released when the request ends
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._events: deque[_Event] = deque()
         self._closed = False
@@ -330,6 +332,7 @@ class ClientConnection(asyncio.Protocol):
         # connection reuses while it is still in the CPU's caches, not at the next GC.
         self._parser = None
         self._plane.connection_closed(self)
+        self._release_limit()
         connection, self._upstream = self._upstream, None
         if connection is not None:
             connection.close()  # mid-exchange: the upstream stream is out of step
@@ -526,6 +529,7 @@ class ClientConnection(asyncio.Protocol):
             client_ip=self._client_ip,
         )
         self._route_host = decision.route_host
+        self._limit_slot = decision.slot
         match = decision.match
         if match is None:
             extra_headers = b""
@@ -878,6 +882,7 @@ class ClientConnection(asyncio.Protocol):
     def _finish(self, *, keep_alive: bool) -> None:
         """The response is written: count it, then serve the next request or close."""
         self._plane.metrics.count_request(host=self._route_host, status=self._status)
+        self._release_limit()
         self._drop_upstream()  # still attached only when answered instead of it
         self._head = None
         self._match = None
@@ -888,6 +893,11 @@ class ClientConnection(asyncio.Protocol):
             return
         self._deadline = self._head_deadline = time.monotonic() + self._plane.client_timeout
         self._pump()
+
+    def _release_limit(self) -> None:
+        slot, self._limit_slot = self._limit_slot, None
+        if slot is not None:
+            self._plane.limits.release(slot)
 
     def _write(self, data: bytes) -> None:
         if not self._closed and self._transport is not None:

@@ -3,8 +3,9 @@
 `decide` holds the decisions HTTP/1.1 (`connection`) and HTTP/2 (`http2`)
 share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
-route, 503 for an Ingress refused for unenforced access annotations, 403
-and 401 from its access rules (source ranges, basic auth), the canary
+route, 503 for an Ingress refused for unenforced access annotations, 503
+over its request limits, 403 and 401 from its access rules (source ranges,
+basic auth), the canary
 split, 503 without ready endpoints, 413 over proxy-body-size by declared
 length, and rewrite-target; before all of them, 400 for an authority that
 is not well formed. It touches no socket: the caller writes the answer or starts the upstream
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
-from certctl.dataplane import route_options, routing
+from certctl.dataplane import limits, route_options, routing
 from certctl.solvers import http01
 
 if TYPE_CHECKING:
@@ -57,8 +59,8 @@ class Decision:
     `route_host` the metrics label of the matched rule ("" without a match).
     """
 
-    __slots__ = ("authority", "body", "challenge", "location", "match", "route_host", "status",
-                 "target")
+    __slots__ = ("authority", "body", "challenge", "location", "match", "route_host", "slot",
+                 "status", "target")
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class Decision:
         location: bytes | None = None,
         challenge: bytes | None = None,
         route_host: str = "",
+        slot: limits.Slot | None = None,
     ) -> None:
         self.status = status
         self.match = match
@@ -80,6 +83,9 @@ class Decision:
         self.location = location
         self.challenge = challenge  # WWW-Authenticate of a 401
         self.route_host = route_host
+        # A limit-connections count taken for this request: the caller releases it
+        # (plane.limits.release) when the request ends, whatever the answer.
+        self.slot = slot
 
 
 def decide(
@@ -143,23 +149,31 @@ def decide(
         # Never served open: see certctl.api.nginx_annotations. The reason is
         # logged by the data plane feed; the client learns only that it is refused.
         return Decision(status=503, body=_REFUSED_BODY, route_host=route_host)
+    slot = None
+    limit_rules = options.limits
+    if limit_rules is not None:  # before the access rules, as nginx's preaccess phase
+        admitted, slot = plane.limits.admit(rules=limit_rules, client_ip=client_ip,
+                                            now=time.monotonic())
+        if not admitted:
+            return Decision(status=503, route_host=route_host)
     rules = options.access
     if rules is not None:
         verdict = rules.check(client_ip=client_ip, authorization=header(b"authorization"))
         if verdict:
             basic = rules.basic_auth
-            return Decision(status=verdict, route_host=route_host,
+            return Decision(status=verdict, route_host=route_host, slot=slot,
                             challenge=basic.challenge if verdict == 401 and basic else None)
     if match.canary is not None and takes_canary(header, match.canary.settings):
         match = match.canary.route
     if not match.upstreams:
-        return Decision(status=503, route_host=route_host)
+        return Decision(status=503, route_host=route_host, slot=slot)
     limit = options.body_size_limit
     if limit is not None and content_length is not None and int(content_length) > limit:
-        return Decision(status=413, route_host=route_host)
+        return Decision(status=413, route_host=route_host, slot=slot)
     if options.rewrite_target is not None:
         target = rewrite(target=target, raw_path=raw_path, match=match)
-    return Decision(match=match, target=target, authority=authority, route_host=route_host)
+    return Decision(match=match, target=target, authority=authority, route_host=route_host,
+                    slot=slot)
 
 
 def _routing_host(authority: bytes) -> str | None:

@@ -43,7 +43,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from certctl.dataplane import dispatch, routing, upstream
+from certctl.dataplane import dispatch, limits, routing, upstream
 
 if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
@@ -116,6 +116,7 @@ class _Stream:
         self.match: routing.RouteMatch | None = None
         self.target = b""
         self.route_host = ""
+        self.limit_slot: limits.Slot | None = None  # released when the stream is forgotten
         self.connection: upstream.UpstreamConnection | None = None
         self.upstream_paused = False
         self.read_timeout = 0.0
@@ -375,6 +376,7 @@ class Http2Connection(asyncio.Protocol):
             client_ip=self._client_ip,
         )
         stream.route_host = decision.route_host
+        stream.limit_slot = decision.slot
         match = decision.match
         if match is None:
             self.answer(stream, status=decision.status, body=decision.body,
@@ -564,6 +566,9 @@ class Http2Connection(asyncio.Protocol):
         if stream is None:
             return
         stream.finished = True
+        slot, stream.limit_slot = stream.limit_slot, None
+        if slot is not None:
+            self.plane.limits.release(slot)
         connection, stream.connection = stream.connection, None
         if connection is not None:
             if cancel:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from certctl.api import annotations as keys
-from certctl.dataplane import access
+from certctl.dataplane import access, limits
 
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -49,6 +49,7 @@ class RouteOptions:
     rewrite_target: str | None = None
     # Who may pass (source ranges, basic auth); None lets every client through.
     access: access.AccessRules | None = None
+    limits: limits.LimitRules | None = None  # requests per client; None: unlimited
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
@@ -91,22 +92,26 @@ def route_options(
     annotations: Iterable[tuple[str, str]],
     *,
     namespace: str = "",
+    name: str = "",
     secret_data: access.SecretData = _no_secrets,
 ) -> tuple[RouteOptions, list[str]]:
     """The settings an Ingress's annotations ask for, and what could not be read.
 
     `secret_data(namespace, name)` gives a Secret's decoded data (None when
-    it does not exist), for basic authentication.
+    it does not exist), for basic authentication; `namespace`/`name` are the
+    Ingress's, whose routes share one limits zone.
     """
     values = dict(annotations)
     problems: list[str] = []
     reader = _Reader(values=values, problems=problems)
     try:
         rules = _access_rules(reader, namespace=namespace, secret_data=secret_data)
+        limit_rules = _limit_rules(reader, zone=f"{namespace}/{name}")
         refusal = None
     except access.Unreadable as err:
         problems.append(str(err))
-        rules, refusal = None, f"{err} (the Ingress is not served until it is fixed)"
+        rules, limit_rules = None, None
+        refusal = f"{err} (the Ingress is not served until it is fixed)"
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
     protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS, choices=("HTTP", "HTTPS"))
@@ -121,6 +126,7 @@ def route_options(
         backend_tls=protocol == "HTTPS",
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
         access=rules,
+        limits=limit_rules,
         refusal=refusal,
     )
     return (DEFAULT_OPTIONS if options == DEFAULT_OPTIONS else options), problems
@@ -136,6 +142,32 @@ def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) 
     if slash and ref_namespace != namespace:
         return None  # refused when the rules are read
     return name if slash else ref
+
+
+def _limit_rules(reader: _Reader, *, zone: str) -> limits.LimitRules | None:
+    """The request limits asked for; access.Unreadable when one cannot be enforced."""
+    rps = _positive(reader.raw(keys.LIMIT_RPS_KEYS))
+    rpm = _positive(reader.raw(keys.LIMIT_RPM_KEYS))
+    connections = _positive(reader.raw(keys.LIMIT_CONNECTIONS_KEYS))
+    if rps is None and rpm is None and connections is None:
+        return None
+    multiplier = _positive(reader.raw(keys.LIMIT_BURST_MULTIPLIER_KEYS))
+    exempt = reader.raw(keys.LIMIT_EXEMPT_KEYS)
+    return limits.LimitRules(
+        zone=zone, rps=rps, rpm=rpm, connections=connections,
+        burst_multiplier=multiplier or limits.DEFAULT_BURST_MULTIPLIER,
+        exempt=access.parse_networks(*exempt) if exempt is not None else (),
+    )
+
+
+def _positive(found: tuple[str, str] | None) -> int | None:
+    """A whole number above 0; ingress-nginx's 0 means unset."""
+    if found is None:
+        return None
+    key, value = found
+    if not value.isdigit():
+        raise access.Unreadable(f"{key}: {value!r} is not a whole number")
+    return int(value) or None
 
 
 def _access_rules(

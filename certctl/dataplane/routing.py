@@ -224,7 +224,7 @@ class RouteTable:
         for ing in served:
             canary, found = route_options.canary_settings(ing.annotations)
             options, more = route_options.route_options(
-                ing.annotations, namespace=ing.namespace,
+                ing.annotations, namespace=ing.namespace, name=ing.name,
                 secret_data=secret_data or _no_secrets)
             problems += (IngressProblem(ingress=ing.key, reason=BAD_ANNOTATION, message=problem)
                          for problem in (*found, *more))

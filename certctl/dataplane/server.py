@@ -35,6 +35,7 @@ from certctl.dataplane import (
     certstore,
     connection,
     http2,
+    limits,
     metrics,
     routing,
     tls,
@@ -97,6 +98,7 @@ class DataPlane:
         self._https_port: int | None = None
         self._metrics_port: int | None = None
         self.pool = upstream.Pool()
+        self.limits = limits.RequestLimits()  # Ingresses' limit-rps/-rpm/-connections counts
         self.metrics = metrics.Metrics(certificates=certificates)
         self._connections: set[connection.ClientConnection | http2.Http2Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
