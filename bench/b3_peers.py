@@ -258,6 +258,7 @@ def serve(args: argparse.Namespace) -> None:
     """The body of `python -m bench.b3_peers serve`; runs until SIGTERM."""
     from certctl.api import resources
     from certctl.dataplane import certstore, routing, server
+    from certctl.routes import ingress as ingress_routes
 
     names = Path(args.names).read_text().split()
     certificates = certstore.CertificateIndex()
@@ -281,18 +282,28 @@ def serve(args: argparse.Namespace) -> None:
         ),
     )
     table = routing.RouteTable.build(
-        ingresses=[ingress],
-        services=[resources.Service(namespace="bench", name="backend",
-                                    ports=(resources.ServicePort(port=80, name="http",
-                                                                 target_port=args.backend_port),))],
-        endpoint_slices=[resources.EndpointSlice(
-            namespace="bench", name="backend-1", service_name="backend",
-            ports=(resources.EndpointPort(port=args.backend_port, name="http"),),
-            endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),),
-        )],
-        ingress_classes=[],
-        controller_name="certctl.io/ingress-controller",
-        class_name=None,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=[ingress],
+            ingress_classes=[],
+            controller_name="certctl.io/ingress-controller",
+            class_name=None,
+        ),
+        services=[
+            resources.Service(
+                namespace="bench",
+                name="backend",
+                ports=(resources.ServicePort(port=80, name="http", target_port=args.backend_port),),
+            )
+        ],
+        endpoint_slices=[
+            resources.EndpointSlice(
+                namespace="bench",
+                name="backend-1",
+                service_name="backend",
+                ports=(resources.EndpointPort(port=args.backend_port, name="http"),),
+                endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),),
+            )
+        ],
     )
 
     async def main() -> None:

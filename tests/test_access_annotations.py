@@ -22,6 +22,7 @@ import pytest
 
 from certctl.api import nginx_annotations, resources
 from certctl.dataplane import routing
+from certctl.routes import ingress as ingress_routes
 from tests.pebble import free_port
 from tests.serving import (
     echo_backend,
@@ -159,9 +160,15 @@ def test_opt_out_serves_the_ingress_without_the_restriction(backends):
 
 def _table(ingresses: list[resources.Ingress], *, enforce: bool = True) -> routing.RouteTable:
     return routing.RouteTable.build(
-        ingresses=ingresses, services=[], endpoint_slices=[], ingress_classes=[],
-        controller_name="certctl.io/ingress-controller", class_name=None,
-        enforce_access_annotations=enforce,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=ingresses,
+            ingress_classes=[],
+            controller_name="certctl.io/ingress-controller",
+            class_name=None,
+            enforce_access_annotations=enforce,
+        ),
+        services=[],
+        endpoint_slices=[],
     )
 
 
@@ -177,7 +184,7 @@ def test_each_annotation_not_honoured_is_reported_with_its_key():
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "enable-cors"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "made-up-thing"),
     }
-    assert all(str(p.ingress) == "Ingress default/mixed" for p in table.problems)
+    assert all(str(p.source) == "Ingress default/mixed" for p in table.problems)
     match = table.match(host="mixed.test", path="/")
     assert match is not None and match.options.refusal is not None
     assert NGINX + "auth-url" in match.options.refusal

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from certctl.dataplane import access, routing
+from certctl.dataplane import routing
+from certctl.routes import access
+from certctl.routes import ingress as ingress_routes
 from tests.pebble import free_port
 from tests.serving import eventually, ingress, service_with_endpoints, write_yaml
 from tests.test_dataplane import EchoServer
@@ -151,7 +153,7 @@ def test_malformed_source_range_refuses_the_ingress(value):
     match = table.match(host="t.test", path="/")
     assert match is not None and match.options.refusal is not None
     (problem,) = table.problems
-    assert problem.reason == routing.BAD_ANNOTATION
+    assert problem.reason == ingress_routes.BAD_ANNOTATION
     assert problem.message.startswith(NGINX + "whitelist-source-range: ")
 
 
@@ -206,7 +208,7 @@ def test_unreadable_auth_secret_refuses_the_ingress(plane, host, why):
     status, _, body = _status(plane, host, Authorization=basic("alice", "pw-plain"))
     assert status == 503 and b"access restrictions" in body
     routes = plane.plane.routes
-    problems = [p.message for p in routes.problems if p.ingress.name == host.split(".")[0]]
+    problems = [p.message for p in routes.problems if p.source.name == host.split(".")[0]]
     assert any(why in message for message in problems), problems
     assert not any("pw-plain" in message for message in problems)
 
@@ -233,9 +235,14 @@ def test_http2_requests_are_checked_the_same_way(plane):
 
 def _table(annotations: dict[str, str]) -> routing.RouteTable:
     return routing.RouteTable.build(
-        ingresses=[simple_ingress("t", {("t.test", "/"): "web"}, annotations=annotations)],
-        services=[], endpoint_slices=[], ingress_classes=[],
-        controller_name="certctl.io/ingress-controller", class_name=None,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=[simple_ingress("t", {("t.test", "/"): "web"}, annotations=annotations)],
+            ingress_classes=[],
+            controller_name="certctl.io/ingress-controller",
+            class_name=None,
+        ),
+        services=[],
+        endpoint_slices=[],
     )
 
 

@@ -26,6 +26,7 @@ from cryptography import x509
 
 from certctl.api import resources
 from certctl.dataplane import certstore, routing, server
+from certctl.routes import ingress as ingress_routes
 from tests.testca import Issued, TestCA
 
 
@@ -324,12 +325,14 @@ def env(request, backends, silent_port) -> Iterator[Env]:
     )
     plane.set_routes(
         routing.RouteTable.build(
-            ingresses=[ingress],
+            routes=ingress_routes.compile_ingresses(
+                ingresses=[ingress],
+                ingress_classes=[],
+                controller_name="certctl.io/ingress-controller",
+                class_name=None,
+            ),
             services=services,
             endpoint_slices=slices,
-            ingress_classes=[],
-            controller_name="certctl.io/ingress-controller",
-            class_name=None,
         )
     )
     loop = LoopThread(LOOPS[request.param]())

@@ -14,7 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from certctl.dataplane import route_options, routing
+from certctl.dataplane import routing
+from certctl.routes import ingress as ingress_routes
+from certctl.routes import ingress_annotations
+from certctl.routes import options as route_options
 from tests.test_dataplane import EchoServer, read_until_closed
 from tests.test_dataplane_proxy import Running, echoed, running_plane, simple_ingress
 from tests.testca import TestCA
@@ -210,7 +213,7 @@ def test_canary_ingress_takes_requests_by_header_cookie_or_weight(plane, host, h
 
 
 def test_canary_weight_and_weight_total_are_read():
-    options, _ = route_options.canary_settings([(NGINX + "canary", "true"),
+    options, _ = ingress_annotations.canary_settings([(NGINX + "canary", "true"),
                                                 (NGINX + "canary-weight", "50")])
     assert options is not None
     assert (options.weight, options.weight_total) == (50, 100)
@@ -232,19 +235,25 @@ def test_canary_weight_and_weight_total_are_read():
 def test_unreadable_annotation_keeps_the_default_and_is_reported(key, value):
     ingress = simple_ingress("bad", {("bad.test", "/"): "main"}, annotations={key: value})
     table = routing.RouteTable.build(
-        ingresses=[ingress], services=[], endpoint_slices=[], ingress_classes=[],
-        controller_name="certctl.io/ingress-controller", class_name=None,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=[ingress],
+            ingress_classes=[],
+            controller_name="certctl.io/ingress-controller",
+            class_name=None,
+        ),
+        services=[],
+        endpoint_slices=[],
     )
     match = table.match(host="bad.test", path="/")
     assert match is not None
     assert match.options == route_options.DEFAULT_OPTIONS
     (problem,) = table.problems
-    assert problem.reason == routing.BAD_ANNOTATION
-    assert key in problem.message and str(problem.ingress) == "Ingress default/bad"
+    assert problem.reason == ingress_routes.BAD_ANNOTATION
+    assert key in problem.message and str(problem.source) == "Ingress default/bad"
 
 
 def test_certctl_key_wins_over_the_nginx_alias():
-    options, problems = route_options.route_options(
+    options, problems = ingress_annotations.route_options(
         [(NGINX + "proxy-body-size", "1m"), (CERTCTL + "proxy-body-size", "2k")]
     )
     assert problems == []

@@ -28,6 +28,7 @@ import websocket
 
 from certctl.api import resources
 from certctl.dataplane import certstore, routing, server
+from certctl.routes import ingress as ingress_routes
 from tests.test_dataplane import EchoServer, LoopThread, read_until_closed, secret
 from tests.testca import TestCA
 
@@ -129,14 +130,16 @@ def running_plane(
     )
     plane.set_routes(
         routing.RouteTable.build(
-            ingresses=ingresses,
+            routes=ingress_routes.compile_ingresses(
+                ingresses=ingresses,
+                ingress_classes=[],
+                controller_name="certctl.io/ingress-controller",
+                class_name=None,
+                enforce_access_annotations=enforce_access_annotations,
+                secret_data=lambda namespace, name: (secrets or {}).get((namespace, name)),
+            ),
             services=services,
             endpoint_slices=slices,
-            ingress_classes=[],
-            controller_name="certctl.io/ingress-controller",
-            class_name=None,
-            enforce_access_annotations=enforce_access_annotations,
-            secret_data=lambda namespace, name: (secrets or {}).get((namespace, name)),
         )
     )
     loop = LoopThread(uvloop.new_event_loop())

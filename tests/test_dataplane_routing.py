@@ -20,6 +20,7 @@ import uvloop
 
 from certctl.api import parsing
 from certctl.dataplane import certstore, routing, server
+from certctl.routes import ingress as ingress_routes
 from tests.test_dataplane import EchoServer, LoopThread
 
 CONTROLLER = "certctl.io/ingress-controller"
@@ -181,14 +182,18 @@ def plane_port() -> Iterator[int]:
         certificates=certstore.CertificateIndex(),
         challenge_responder=lambda host, token: None,
     )
-    plane.set_routes(routing.RouteTable.build(
-        ingresses=[parsing.parse_ingress(obj) for obj in INGRESSES],
-        services=services,
-        endpoint_slices=slices,
-        ingress_classes=classes,
-        controller_name=CONTROLLER,
-        class_name="certctl",
-    ))
+    plane.set_routes(
+        routing.RouteTable.build(
+            routes=ingress_routes.compile_ingresses(
+                ingresses=[parsing.parse_ingress(obj) for obj in INGRESSES],
+                ingress_classes=classes,
+                controller_name=CONTROLLER,
+                class_name="certctl",
+            ),
+            services=services,
+            endpoint_slices=slices,
+        )
+    )
     loop = LoopThread(uvloop.new_event_loop())
     loop.run(plane.start())
     yield plane.http_port
@@ -224,15 +229,23 @@ def test_request_is_answered_by_the_backend_the_ingress_rules_choose(client, hos
 def test_ingress_without_class_is_not_served_when_no_class_is_default():
     obj = ingress("classless", [("classless.test", [p("/", "Prefix", "classless")])])
     table = routing.RouteTable.build(
-        ingresses=[parsing.parse_ingress(obj)],
+        routes=ingress_routes.compile_ingresses(
+            ingresses=[parsing.parse_ingress(obj)],
+            ingress_classes=[
+                parsing.parse_ingress_class(
+                    {
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "IngressClass",
+                        "metadata": {"name": "certctl"},
+                        "spec": {"controller": CONTROLLER},
+                    }
+                )
+            ],
+            controller_name=CONTROLLER,
+            class_name="certctl",
+        ),
         services=[],
         endpoint_slices=[],
-        ingress_classes=[parsing.parse_ingress_class({
-            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
-            "metadata": {"name": "certctl"}, "spec": {"controller": CONTROLLER},
-        })],
-        controller_name=CONTROLLER,
-        class_name="certctl",
     )
     assert table.match(host="classless.test", path="/") is None
     assert table.served == frozenset()

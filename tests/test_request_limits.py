@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from certctl.dataplane import access, limits, routing
+from certctl.dataplane import limits, routing
+from certctl.routes import access, options
+from certctl.routes import ingress as ingress_routes
 from tests.test_dataplane import EchoServer
 from tests.test_dataplane_http2 import H2Client
 from tests.test_dataplane_proxy import RawServer, Running, read_head, running_plane, simple_ingress
@@ -27,11 +29,11 @@ NGINX = "nginx.ingress.kubernetes.io/"
 # --- the arithmetic, with an injected clock ----------------------------------------------------
 
 
-def _rules(**settings: Any) -> limits.LimitRules:
-    return limits.LimitRules(zone="default/web", **settings)
+def _rules(**settings: Any) -> options.LimitRules:
+    return options.LimitRules(zone="default/web", **settings)
 
 
-def _admitted(state: limits.RequestLimits, rules: limits.LimitRules, *, at: float,
+def _admitted(state: limits.RequestLimits, rules: options.LimitRules, *, at: float,
               client: bytes = b"192.0.2.1") -> bool:
     return state.admit(rules=rules, client_ip=client, now=at)[0]
 
@@ -61,7 +63,7 @@ def test_rpm_counts_per_minute():
 
 def test_clients_and_zones_are_counted_apart():
     state = limits.RequestLimits()
-    web, api = _rules(rps=1, burst_multiplier=1), limits.LimitRules(zone="default/api", rps=1,
+    web, api = _rules(rps=1, burst_multiplier=1), options.LimitRules(zone="default/api", rps=1,
                                                                      burst_multiplier=1)
     assert sum(_admitted(state, web, at=0.0) for _ in range(5)) == 2
     assert sum(_admitted(state, web, at=0.0, client=b"192.0.2.2") for _ in range(5)) == 2
@@ -91,10 +93,18 @@ def test_connections_count_requests_in_progress_until_released():
 @pytest.mark.parametrize("value", ["-1", "ten", "1.5"])
 def test_unreadable_limit_refuses_the_ingress(value):
     table = routing.RouteTable.build(
-        ingresses=[simple_ingress("t", {("t.test", "/"): "web"},
-                                  annotations={NGINX + "limit-rps": value})],
-        services=[], endpoint_slices=[], ingress_classes=[],
-        controller_name="certctl.io/ingress-controller", class_name=None,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=[
+                simple_ingress(
+                    "t", {("t.test", "/"): "web"}, annotations={NGINX + "limit-rps": value}
+                )
+            ],
+            ingress_classes=[],
+            controller_name="certctl.io/ingress-controller",
+            class_name=None,
+        ),
+        services=[],
+        endpoint_slices=[],
     )
     match = table.match(host="t.test", path="/")
     assert match is not None and match.options.refusal is not None

@@ -8,6 +8,7 @@ import pytest
 
 from certctl.api import resources
 from certctl.dataplane import routing
+from certctl.routes import ingress as ingress_routes
 
 CONTROLLER = "certctl.io/ingress-controller"
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -52,18 +53,20 @@ def table(
     class_name: str | None = None,
 ) -> routing.RouteTable:
     return routing.RouteTable.build(
-        ingresses=ingresses,
+        routes=ingress_routes.compile_ingresses(
+            ingresses=ingresses,
+            ingress_classes=classes,
+            controller_name=CONTROLLER,
+            class_name=class_name,
+        ),
         services=services,
         endpoint_slices=slices,
-        ingress_classes=classes,
-        controller_name=CONTROLLER,
-        class_name=class_name,
     )
 
 
 def chosen(routes: routing.RouteTable, host: str, path: str) -> str | None:
     match = routes.match(host=host, path=path)
-    return None if match is None else match.backend.name
+    return None if match is None else match.backend.service
 
 
 # (rule paths as (path, pathType, backend), request path, expected backend or None)
@@ -179,8 +182,8 @@ def test_conflicting_rule_goes_to_the_oldest_ingress_whatever_the_input_order(or
     routes = table(*[old, new][::order])
     match = routes.match(host="foo.com", path="/a")
     assert match is not None
-    assert match.backend.name == "old"
-    assert match.ingress == old.key
+    assert match.backend.service == "old"
+    assert match.source == old.key
 
 
 def test_conflict_between_equally_old_ingresses_goes_by_namespace_then_name():
@@ -275,12 +278,14 @@ def service_routes(
         ),
     )
     routes = routing.RouteTable.build(
-        ingresses=(ing,),
+        routes=ingress_routes.compile_ingresses(
+            ingresses=(ing,),
+            ingress_classes=(),
+            controller_name=CONTROLLER,
+            class_name=None,
+        ),
         services=services,
         endpoint_slices=slices,
-        ingress_classes=(),
-        controller_name=CONTROLLER,
-        class_name=None,
     )
     return routes.match(host="foo.com", path="/")
 

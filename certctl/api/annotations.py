@@ -97,7 +97,7 @@ CANARY_BY_HEADER_VALUE_KEYS = (
 )
 CANARY_BY_COOKIE_KEYS = ("certctl.io/canary-by-cookie", _NGINX + "canary-by-cookie")
 
-# Access rules (certctl.dataplane.access). ingress-nginx renamed whitelist to
+# Access rules (certctl.routes.access). ingress-nginx renamed whitelist to
 # allowlist in some places; both spellings are read, certctl's keys first.
 ALLOWLIST_SOURCE_RANGE_KEYS = (
     "certctl.io/allowlist-source-range",
@@ -112,7 +112,7 @@ AUTH_SECRET_TYPE_KEYS = ("certctl.io/auth-secret-type", _NGINX + "auth-secret-ty
 AUTH_REALM_KEYS = ("certctl.io/auth-realm", _NGINX + "auth-realm")
 SATISFY_KEYS = ("certctl.io/satisfy", _NGINX + "satisfy")
 
-# Request limits (certctl.dataplane.limits).
+# Request limits (certctl.routes.options.LimitRules).
 LIMIT_RPS_KEYS = ("certctl.io/limit-rps", _NGINX + "limit-rps")
 LIMIT_RPM_KEYS = ("certctl.io/limit-rpm", _NGINX + "limit-rpm")
 LIMIT_BURST_MULTIPLIER_KEYS = (

@@ -7,7 +7,7 @@ rate limits, client certificates, a WAF) it would publish what they protected.
 So every `nginx.ingress.kubernetes.io/<name>` and `certctl.io/<name>` key is
 reviewed here:
 
-- supported: the data plane (route_options) or ingress-shim honours it;
+- supported: the data plane (certctl.routes.ingress_annotations) or ingress-shim honours it;
 - no-op: accepted and ignored, because it changes nothing certctl does
   (buffer sizes of a proxy that streams, nginx's logging and tracing modules);
 - unsupported: not implemented, and serving without it exposes nothing that
@@ -34,10 +34,10 @@ CERTCTL_PREFIX: Final = "certctl.io/"
 # The annotation names (after either prefix) that certctl honours. Keep in step
 # with certctl.api.annotations' *_KEYS tuples and ingress-shim's issuer keys.
 SUPPORTED: Final = frozenset({
-    # access rules (certctl.dataplane.access); auth-type other than basic is refused there
+    # access rules (certctl.routes.access); auth-type other than basic is refused there
     "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
     "auth-secret", "auth-secret-type", "auth-realm", "satisfy",
-    # request limits (certctl.dataplane.limits)
+    # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
-from certctl.dataplane import limits, route_options, routing
+from certctl.dataplane import limits, routing
+from certctl.routes import options as route_options
 from certctl.solvers import http01
 
 if TYPE_CHECKING:

@@ -18,37 +18,13 @@ process (per replica in a cluster), as ingress-nginx's are per pod.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
 from typing import Final
 
-from certctl.dataplane import access
+from certctl.routes import options
 
-DEFAULT_BURST_MULTIPLIER: Final = 5
 _MAX_KEYS: Final = 100_000  # client states kept per kind; the oldest go first beyond it
 
 Slot = tuple[str, bytes]  # (zone, client address) of a request counted by limit-connections
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LimitRules:
-    zone: str  # the Ingress ("namespace/name"): its routes share one count per client
-    rps: float | None = None
-    rpm: float | None = None
-    burst_multiplier: int = DEFAULT_BURST_MULTIPLIER
-    connections: int | None = None
-    exempt: tuple[access.Network, ...] = ()
-
-    def exempts(self, client_ip: bytes) -> bool:
-        if not self.exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(client_ip.decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.exempt)
 
 
 class RequestLimits:
@@ -61,7 +37,9 @@ class RequestLimits:
         self._excess: dict[tuple[str, float, bytes], tuple[float, float]] = {}
         self._in_progress: dict[Slot, int] = {}
 
-    def admit(self, *, rules: LimitRules, client_ip: bytes, now: float) -> tuple[bool, Slot | None]:
+    def admit(
+        self, *, rules: options.LimitRules, client_ip: bytes, now: float
+    ) -> tuple[bool, Slot | None]:
         """(False, None) when over a limit (503); else (True, the slot to release when the
         request ends, None without limit-connections)."""
         if rules.exempts(client_ip):

@@ -29,8 +29,10 @@ from certctl.api import parsing, resources
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
-from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, route_options, routing, server
+from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, routing, server
 from certctl.pki import secret as tls_secret
+from certctl.routes import ingress as ingress_routes
+from certctl.routes import ingress_annotations, model
 from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class DataPlaneFeed:
         self._served: frozenset[ObjectKey] = frozenset()
         self._status_written: set[ObjectKey] = set()
         self._enforce_access_annotations = enforce_access_annotations
-        self._reported: frozenset[routing.IngressProblem] = frozenset()
+        self._reported: frozenset[model.SourceProblem] = frozenset()
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
         # (namespace, name) of the Secrets the routes' basic authentication read.
@@ -169,12 +171,12 @@ class DataPlaneFeed:
         if self._load_balancer is not None:
             self._write_statuses(self._load_balancer)
 
-    def _report(self, problems: tuple[routing.IngressProblem, ...]) -> None:
-        """A Warning event (logged too) on the Ingress for each problem not reported yet."""
+    def _report(self, problems: tuple[model.SourceProblem, ...]) -> None:
+        """A Warning event (logged too) on the source object of each problem not reported yet."""
         for problem in sorted(set(problems) - self._reported,
-                              key=lambda p: (str(p.ingress), p.message)):
-            obj = self._store.get(kind="Ingress", namespace=problem.ingress.namespace,
-                                  name=problem.ingress.name)
+                              key=lambda p: (str(p.source), p.message)):
+            obj = self._store.get(kind=problem.source.kind, namespace=problem.source.namespace,
+                                  name=problem.source.name)
             if obj is not None:
                 self._store.emit_event(obj=obj, type="Warning", reason=problem.reason,
                                        message=problem.message)
@@ -224,16 +226,15 @@ class DataPlaneFeed:
                 logger.error("%s", err)
         classes = _parsed(self._store.list(kind="IngressClass"), parsing.parse_ingress_class)
         auth_secrets = self._read_auth_secrets(ingresses)
-        return routing.RouteTable.build(
+        routes = ingress_routes.compile_ingresses(
             ingresses=ingresses,
-            services=services,
-            endpoint_slices=slices,
             ingress_classes=classes,
             controller_name=CONTROLLER_NAME,
             class_name=self._ingress_class,
             enforce_access_annotations=self._enforce_access_annotations,
             secret_data=lambda namespace, name: auth_secrets.get((namespace, name)),
         )
+        return routing.RouteTable.build(routes=routes, services=services, endpoint_slices=slices)
 
     def _read_auth_secrets(
         self, ingresses: list[resources.Ingress]
@@ -242,7 +243,7 @@ class DataPlaneFeed:
         out, and the Ingress naming it is then refused, not served open."""
         wanted = set()
         for ingress in ingresses:
-            name = route_options.auth_secret_name(ingress.annotations,
+            name = ingress_annotations.auth_secret_name(ingress.annotations,
                                                   namespace=ingress.namespace)
             if name is not None:
                 wanted.add((ingress.namespace, name))

@@ -1,17 +1,12 @@
-"""Per-Ingress data plane settings read from annotations (ingress-nginx's names accepted).
+"""The Ingress source's options: an Ingress's annotations read into route options.
 
-Pure: `route_options` and `canary_settings` turn an Ingress's annotations
-into frozen settings the route table carries, plus one message per value
-that does not parse. A bad value never drops the Ingress: the setting keeps
-its default and the message says which key and why, as ingress-nginx does;
-except for access rules (`access`), where a value that cannot be enforced
+ingress-nginx's names are accepted beside certctl's own (`certctl.io/<name>`,
+which wins). Pure: `route_options` and `canary_settings` turn annotations
+into frozen settings the routes carry, plus one message per value that does
+not parse. A bad value never drops the Ingress: the setting keeps its
+default and the message says which key and why, as ingress-nginx does;
+except for access rules and limits, where a value that cannot be enforced
 refuses the Ingress (`refusal`) instead of serving it open.
-
-Defaults differ from ingress-nginx's in two places, on purpose:
-- no request body limit unless `proxy-body-size` is set (nginx: 1m), since
-  certctl streams bodies and never buffers them;
-- no HSTS header unless `hsts` is "true" (nginx: on, from its ConfigMap),
-  since HSTS cannot be taken back from browsers that saw it.
 """
 
 from __future__ import annotations
@@ -21,67 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from certctl.api import annotations as keys
-from certctl.dataplane import access, limits
+from certctl.routes import access, options
 
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _SECONDS = re.compile(r"(\d+)(s?)")
 DEFAULT_HSTS_MAX_AGE = 31_536_000  # one year, as ingress-nginx
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RouteOptions:
-    """How requests matched by one Ingress's rules are served.
-
-    `read_timeout` / `connect_timeout` None means the data plane's defaults;
-    `body_size_limit` None means unlimited; `hsts_max_age` None means no
-    Strict-Transport-Security header; `refusal` None means served.
-    """
-
-    ssl_redirect: bool = True
-    force_ssl_redirect: bool = False
-    hsts_max_age: int | None = None
-    hsts_include_subdomains: bool = True
-    body_size_limit: int | None = None
-    read_timeout: float | None = None
-    connect_timeout: float | None = None
-    backend_tls: bool = False
-    rewrite_target: str | None = None
-    # Who may pass (source ranges, basic auth); None lets every client through.
-    access: access.AccessRules | None = None
-    limits: limits.LimitRules | None = None  # requests per client; None: unlimited
-    # Why the Ingress is not served (503), when it carries an access-restricting
-    # annotation certctl does not enforce (certctl.api.nginx_annotations) or
-    # cannot read.
-    refusal: str | None = None
-
-    def hsts_header(self) -> bytes | None:
-        if self.hsts_max_age is None:
-            return None
-        value = b"max-age=%d" % self.hsts_max_age
-        if self.hsts_include_subdomains:
-            value += b"; includeSubDomains"
-        return b"strict-transport-security: " + value + b"\r\n"
-
-
-DEFAULT_OPTIONS = RouteOptions()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CanarySettings:
-    """When a request goes to the canary Ingress's backend instead of the main one.
-
-    Precedence as in ingress-nginx: the header, then the cookie, then the
-    weight. A header equal to `header_value` (or "always" when no value is
-    set) selects the canary and "never" the main backend; other values fall
-    through to the cookie and the weight.
-    """
-
-    weight: int = 0
-    weight_total: int = 100
-    header: bytes | None = None  # lowercased header name
-    header_value: bytes | None = None
-    cookie: bytes | None = None
 
 
 def _no_secrets(namespace: str, name: str) -> None:
@@ -94,7 +34,7 @@ def route_options(
     namespace: str = "",
     name: str = "",
     secret_data: access.SecretData = _no_secrets,
-) -> tuple[RouteOptions, list[str]]:
+) -> tuple[options.RouteOptions, list[str]]:
     """The settings an Ingress's annotations ask for, and what could not be read.
 
     `secret_data(namespace, name)` gives a Secret's decoded data (None when
@@ -115,7 +55,7 @@ def route_options(
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
     protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS, choices=("HTTP", "HTTPS"))
-    options = RouteOptions(
+    found = options.RouteOptions(
         ssl_redirect=reader.boolean(keys.SSL_REDIRECT_KEYS, default=True),
         force_ssl_redirect=reader.boolean(keys.FORCE_SSL_REDIRECT_KEYS, default=False),
         hsts_max_age=max_age if hsts else None,
@@ -129,7 +69,7 @@ def route_options(
         limits=limit_rules,
         refusal=refusal,
     )
-    return (DEFAULT_OPTIONS if options == DEFAULT_OPTIONS else options), problems
+    return (options.DEFAULT_OPTIONS if found == options.DEFAULT_OPTIONS else found), problems
 
 
 def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) -> str | None:
@@ -144,7 +84,7 @@ def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) 
     return name if slash else ref
 
 
-def _limit_rules(reader: _Reader, *, zone: str) -> limits.LimitRules | None:
+def _limit_rules(reader: _Reader, *, zone: str) -> options.LimitRules | None:
     """The request limits asked for; access.Unreadable when one cannot be enforced."""
     rps = _positive(reader.raw(keys.LIMIT_RPS_KEYS))
     rpm = _positive(reader.raw(keys.LIMIT_RPM_KEYS))
@@ -153,9 +93,9 @@ def _limit_rules(reader: _Reader, *, zone: str) -> limits.LimitRules | None:
         return None
     multiplier = _positive(reader.raw(keys.LIMIT_BURST_MULTIPLIER_KEYS))
     exempt = reader.raw(keys.LIMIT_EXEMPT_KEYS)
-    return limits.LimitRules(
+    return options.LimitRules(
         zone=zone, rps=rps, rpm=rpm, connections=connections,
-        burst_multiplier=multiplier or limits.DEFAULT_BURST_MULTIPLIER,
+        burst_multiplier=multiplier or options.DEFAULT_BURST_MULTIPLIER,
         exempt=access.parse_networks(*exempt) if exempt is not None else (),
     )
 
@@ -212,7 +152,7 @@ def _access_rules(
 
 def canary_settings(
     annotations: Iterable[tuple[str, str]],
-) -> tuple[CanarySettings | None, list[str]]:
+) -> tuple[options.CanarySettings | None, list[str]]:
     """The canary settings of a canary Ingress, None for an ordinary one."""
     values = dict(annotations)
     problems: list[str] = []
@@ -225,7 +165,7 @@ def canary_settings(
     header_value = reader.text(keys.CANARY_BY_HEADER_VALUE_KEYS)
     cookie = reader.text(keys.CANARY_BY_COOKIE_KEYS)
     return (
-        CanarySettings(
+        options.CanarySettings(
             weight=weight,
             weight_total=total,
             header=header.lower().encode() if header else None,

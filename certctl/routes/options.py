@@ -1,0 +1,98 @@
+"""How the data plane serves the requests of a route: the options a route source sets.
+
+Every route source (Ingress annotations today, HTTPRoute filters next)
+compiles into these; the data plane reads nothing else of its source.
+Defaults differ from ingress-nginx's in two places, on purpose:
+- no request body limit unless one is set (nginx: 1m), since certctl
+  streams bodies and never buffers them;
+- no HSTS header unless asked for (nginx: on, from its ConfigMap), since
+  HSTS cannot be taken back from browsers that saw it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from certctl.routes import access
+
+DEFAULT_BURST_MULTIPLIER: Final = 5
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitRules:
+    """Requests per client address (certctl.dataplane.limits keeps the counts)."""
+
+    zone: str  # the source ("namespace/name"): its routes share one count per client
+    rps: float | None = None
+    rpm: float | None = None
+    burst_multiplier: int = DEFAULT_BURST_MULTIPLIER
+    connections: int | None = None
+    exempt: tuple[access.Network, ...] = ()
+
+    def exempts(self, client_ip: bytes) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            address = ipaddress.ip_address(client_ip.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.exempt)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RouteOptions:
+    """How requests matched by one source's routes are served.
+
+    `read_timeout` / `connect_timeout` None means the data plane's defaults;
+    `body_size_limit` None means unlimited; `hsts_max_age` None means no
+    Strict-Transport-Security header; `refusal` None means served.
+    """
+
+    ssl_redirect: bool = True
+    force_ssl_redirect: bool = False
+    hsts_max_age: int | None = None
+    hsts_include_subdomains: bool = True
+    body_size_limit: int | None = None
+    read_timeout: float | None = None
+    connect_timeout: float | None = None
+    backend_tls: bool = False
+    rewrite_target: str | None = None
+    # Who may pass (source ranges, basic auth); None lets every client through.
+    access: access.AccessRules | None = None
+    limits: LimitRules | None = None  # requests per client; None: unlimited
+    # Why the Ingress is not served (503), when it carries an access-restricting
+    # annotation certctl does not enforce (certctl.api.nginx_annotations) or
+    # cannot read.
+    refusal: str | None = None
+
+    def hsts_header(self) -> bytes | None:
+        if self.hsts_max_age is None:
+            return None
+        value = b"max-age=%d" % self.hsts_max_age
+        if self.hsts_include_subdomains:
+            value += b"; includeSubDomains"
+        return b"strict-transport-security: " + value + b"\r\n"
+
+
+DEFAULT_OPTIONS = RouteOptions()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CanarySettings:
+    """When a request goes to the canary's backend instead of the main one.
+
+    Precedence as in ingress-nginx: the header, then the cookie, then the
+    weight. A header equal to `header_value` (or "always" when no value is
+    set) selects the canary and "never" the main backend; other values fall
+    through to the cookie and the weight.
+    """
+
+    weight: int = 0
+    weight_total: int = 100
+    header: bytes | None = None  # lowercased header name
+    header_value: bytes | None = None
+    cookie: bytes | None = None
