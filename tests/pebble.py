@@ -6,6 +6,20 @@ validator always connects to 127.0.0.1:<http_port>) and Pebble itself with a
 freshly generated listener certificate. Nothing listens on `http_port`: the
 caller binds it (certctl's data plane, or a test's own responder).
 
+Two Pebbles (`build=`); the ACME suites run against both (`any_pebble` and
+`pebble_build` in tests/conftest.py):
+
+- ``"debian"``: Debian's Pebble 2.4 (/usr/bin/pebble), what `demo/run.sh`
+  installs; no profiles, no ARI, no User-Agent check.
+- ``"current"``: the current release, built from its Go module by
+  scripts/testservers/build.sh and located through `tests.testservers`. It
+  rejects requests without a User-Agent (RFC 8555 section 6.1), advertises
+  profiles (`meta.profiles`) and picks one at random for an order that names
+  none, reads a certificate's lifetime from its profile only (the old
+  `certificateValidityPeriod` key is ignored), offers ARI (`renewalInfo`),
+  asks its `-dnsserver` over TCP, and its challtestsrv has renamed and added
+  listeners (`-dnsserver`, `-doh`).
+
 Benchmarks import this module too (`from tests.pebble import PebbleServer`), so
 it depends on nothing from pytest.
 """
@@ -22,11 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import requests
 
+from tests import testservers
 from tests.testca import TestCA
 
+PebbleBuild = Literal["debian", "current"]
+# Both, in the order parametrized tests run them.
+PEBBLE_BUILDS: tuple[PebbleBuild, ...] = ("debian", "current")
+# Debian's Pebble 2.4; the current one lives where tests.testservers builds it.
 PEBBLE_BIN = "/usr/bin/pebble"
 CHALLTESTSRV_BIN = "/usr/bin/pebble-challtestsrv"
 
@@ -41,6 +61,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True, kw_only=True)
+class PebbleProfile:
+    """A certificate profile of the current Pebble (its JSON config's `profiles`).
+
+    `validity_period` is in seconds (None: Pebble's 90 days, or the server's
+    `certificate_validity_period`); `promote_common_name` puts the first name
+    into the subject's Common Name, as Let's Encrypt's `classic` profile does
+    and its `tlsserver` and `shortlived` profiles do not.
+    """
+
+    description: str
+    validity_period: int | None = None
+    promote_common_name: bool = False
+
+
+# The profile the current Pebble has when its config names none, written out so that
+# `certificate_validity_period` can go into it. One profile, so an order naming none
+# gets it every time (Pebble picks among several at random).
+DEFAULT_PROFILES: dict[str, PebbleProfile] = {
+    "default": PebbleProfile(description="The default profile"),
+}
 
 
 @dataclass(frozen=True)
@@ -96,9 +139,11 @@ class PebbleServer:
         dns_port: int,
         challtestsrv_management_port: int,
         env: dict[str, str],
+        build: PebbleBuild,
         dns_server: str | None = None,
     ) -> None:
         self.workdir = workdir
+        self.build: PebbleBuild = build
         self.http_port = http_port
         self.acme_port = acme_port
         self.management_port = management_port
@@ -123,18 +168,25 @@ class PebbleServer:
         startup_timeout: float = 15.0,
         dns_server: str | None = None,
         config: dict[str, object] | None = None,
+        build: PebbleBuild = "debian",
+        profiles: dict[str, PebbleProfile] | None = None,
     ) -> PebbleServer:
         """Start challtestsrv and Pebble and return once the ACME directory answers.
 
+        `build` picks the Pebble (see the module docstring); Debian's is the
+        default because benchmarks and the demo run it and it needs no build.
         `env` is added to Pebble's environment on top of `PEBBLE_VA_NOSLEEP=1`
         (e.g. `{"PEBBLE_WFE_NONCEREJECT": "50"}`); note Pebble's own defaults
         already reject 5 % of nonces and reuse 50 % of valid authorizations.
-        `certificate_validity_period` is in seconds. `dns_server` (`host:port`,
+        `certificate_validity_period` is in seconds, for every profile of the
+        current Pebble that does not set its own. `dns_server` (`host:port`,
         e.g. a BIND fixture for DNS-01) replaces challtestsrv as Pebble's DNS
         server, which is then not started. `config` is merged into Pebble's JSON
         config (e.g. `externalAccountBindingRequired` and `externalAccountMACKeys`).
-        Raises RuntimeError with the tail of the process log if either process
-        dies or never becomes ready.
+        `profiles` (current Pebble only; `DEFAULT_PROFILES` if None) are the
+        profiles its directory offers. Raises ValueError for `profiles` with
+        Debian's Pebble (it would ignore them), RuntimeError with the tail of the
+        process log if either process dies or never becomes ready.
         """
         workdir = tmp_path / "pebble"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +200,7 @@ class PebbleServer:
             dns_port=free_port(),
             challtestsrv_management_port=free_port(),
             env={"PEBBLE_VA_NOSLEEP": "1", **(env or {})},
+            build=build,
             dns_server=dns_server,
         )
         (workdir / "cert.pem").write_bytes(pki.cert_pem)
@@ -165,9 +218,10 @@ class PebbleServer:
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }
-        if certificate_validity_period is not None:
-            settings["certificateValidityPeriod"] = certificate_validity_period
         settings.update(config or {})
+        settings.update(_lifetime_settings(
+            build=build, profiles=profiles,
+            certificate_validity_period=certificate_validity_period))
         (workdir / "pebble-config.json").write_text(json.dumps({"pebble": settings}, indent=2))
         try:
             if dns_server is None:
@@ -208,6 +262,13 @@ class PebbleServer:
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         return [line for line in text.splitlines() if containing in line]
 
+    def profiles(self) -> dict[str, str]:
+        """The profiles the directory advertises (name -> description); none for Debian's."""
+        response = requests.get(self.directory_url, verify=str(self.ca_bundle_path), timeout=5)
+        response.raise_for_status()
+        offered = response.json().get("meta", {}).get("profiles") or {}
+        return {str(name): str(description) for name, description in offered.items()}
+
     def restart(self, *, startup_timeout: float = 15.0) -> None:
         _stop_process(self._pebble)
         self._pebble = None
@@ -235,18 +296,22 @@ class PebbleServer:
 
     def _start_challtestsrv(self, *, startup_timeout: float) -> None:
         log_path = self.workdir / "challtestsrv.log"
+        dns_address = f"127.0.0.1:{self.dns_port}"
+        # The current challtestsrv calls the DNS listener -dnsserver (2.4: -dns01) and
+        # adds a DNS-over-HTTPS one on :8443 of every interface unless told not to.
+        listeners = (["-dns01", dns_address] if self.build == "debian"
+                     else ["-dnsserver", dns_address, "-doh", ""])
         with log_path.open("ab") as log:
             self._challtestsrv = subprocess.Popen(
                 [
-                    CHALLTESTSRV_BIN,
+                    str(_challtestsrv_program(self.build)),
                     "-http01",
                     "",
                     "-https01",
                     "",
                     "-tlsalpn01",
                     "",
-                    "-dns01",
-                    f"127.0.0.1:{self.dns_port}",
+                    *listeners,
                     "-management",
                     f"127.0.0.1:{self.challtestsrv_management_port}",
                     "-defaultIPv6",
@@ -269,7 +334,7 @@ class PebbleServer:
         with log_path.open("ab") as log:
             self._pebble = subprocess.Popen(
                 [
-                    PEBBLE_BIN,
+                    str(_pebble_program(self.build)),
                     "-config",
                     str(self.workdir / "pebble-config.json"),
                     "-dnsserver",
@@ -319,3 +384,39 @@ def _tcp_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
     return False
+
+
+def _pebble_program(build: PebbleBuild) -> Path:
+    return Path(PEBBLE_BIN) if build == "debian" else testservers.binary("pebble", "pebble")
+
+
+def _challtestsrv_program(build: PebbleBuild) -> Path:
+    if build == "debian":
+        return Path(CHALLTESTSRV_BIN)
+    return testservers.binary("pebble", "pebble-challtestsrv")
+
+
+def _lifetime_settings(
+    *, build: PebbleBuild, profiles: dict[str, PebbleProfile] | None,
+    certificate_validity_period: int | None,
+) -> dict[str, object]:
+    """The config keys that set certificate lifetimes, in the form each build reads.
+
+    Pebble 2.4 reads `certificateValidityPeriod` and knows no profiles; the
+    current Pebble reads only each profile's `validityPeriod`.
+    """
+    if build == "debian":
+        if profiles is not None:
+            raise ValueError("Debian's Pebble 2.4 has no profiles: start build='current'")
+        if certificate_validity_period is None:
+            return {}
+        return {"certificateValidityPeriod": certificate_validity_period}
+    written: dict[str, dict[str, object]] = {}
+    for name, profile in (profiles or DEFAULT_PROFILES).items():
+        settings: dict[str, object] = {"description": profile.description,
+                                       "promoteCommonName": profile.promote_common_name}
+        validity_period = profile.validity_period or certificate_validity_period
+        if validity_period is not None:
+            settings["validityPeriod"] = validity_period
+        written[name] = settings
+    return {"profiles": written}

@@ -1,12 +1,16 @@
 """The ACME client wrapper and the HTTP-01 self-check, against a real Pebble.
 
 The tests answer HTTP-01 themselves with a tiny http.server on Pebble's
-httpPort, so they do not depend on certctl's data plane.
+httpPort, so they do not depend on certctl's data plane. Every test that talks
+to Pebble runs twice, against Debian's Pebble 2.4 and the current release.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.server
+import importlib.metadata
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -22,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from certctl.issuers.acme import errors
 from certctl.issuers.acme.client import AcmeClient, OrderState
 from certctl.solvers.http01 import SelfCheckFailed, self_check
-from tests.pebble import PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleProfile, PebbleServer, free_port
 
 
 def _account_key_pem(kind: str = "ec") -> bytes:
@@ -84,6 +89,12 @@ class ChallengeResponder:
 
 
 @pytest.fixture
+def pebble(any_pebble: PebbleServer) -> PebbleServer:
+    """This module's tests meet both Pebbles (conftest's `any_pebble`)."""
+    return any_pebble
+
+
+@pytest.fixture
 def responder(pebble: PebbleServer) -> Iterator[ChallengeResponder]:
     server = ChallengeResponder(pebble.http_port)
     try:
@@ -112,11 +123,12 @@ def _wait(fetch, *, until: set[str], timeout: float = 10.0):
 
 
 def _issue(
-    client: AcmeClient, responder: ChallengeResponder, *names: str, http_port: int
+    client: AcmeClient, responder: ChallengeResponder, *names: str, http_port: int,
+    profile: str | None = None,
 ) -> tuple[OrderState, str]:
     """The resumable flow a reconciler runs, one call per step."""
     csr = _csr_pem(*names)
-    order = client.new_order(csr_pem=csr)
+    order = client.new_order(csr_pem=csr, profile=profile)
     for authorization_url in order.authorization_urls:
         authorization = client.get_authorization(authorization_url)
         if authorization.status == "valid":  # Pebble reuses authorizations 50 % of the time
@@ -222,9 +234,12 @@ def test_request_before_register_is_a_typed_error(pebble: PebbleServer) -> None:
         _client(pebble).new_order(csr_pem=_csr_pem("x.example.test"))
 
 
-def test_preferred_chain_picks_alternate_by_top_issuer_cn(tmp_path: Path) -> None:
+def test_preferred_chain_picks_alternate_by_top_issuer_cn(
+    tmp_path: Path, pebble_build: PebbleBuild
+) -> None:
     with PebbleServer.start(
-        tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_ALTERNATE_ROOTS": "1"}
+        tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_ALTERNATE_ROOTS": "1"},
+        build=pebble_build,
     ) as pebble:
         responder = ChallengeResponder(pebble.http_port)
         try:
@@ -252,16 +267,20 @@ def test_preferred_chain_picks_alternate_by_top_issuer_cn(tmp_path: Path) -> Non
     assert unknown == default_chain
 
 
-def test_persistent_bad_nonce_is_typed_and_transient_ones_are_retried(tmp_path: Path) -> None:
+def test_persistent_bad_nonce_is_typed_and_transient_ones_are_retried(
+    tmp_path: Path, pebble_build: PebbleBuild
+) -> None:
     with (
         PebbleServer.start(
-            tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "100"}
+            tmp_path=tmp_path, http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "100"},
+            build=pebble_build,
         ) as pebble,
         pytest.raises(errors.BadNonce),
     ):
         _client(pebble).register(email=None)
     with PebbleServer.start(
-        tmp_path=tmp_path / "half", http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "50"}
+        tmp_path=tmp_path / "half", http_port=free_port(), env={"PEBBLE_WFE_NONCEREJECT": "50"},
+        build=pebble_build,
     ) as pebble:
         client = _client(pebble, bad_nonce_attempts=10)
         client.register(email=None)
@@ -387,3 +406,87 @@ def test_profile_the_server_does_not_offer_is_a_config_error(pebble: PebbleServe
     client.register(email=None)
     with pytest.raises(errors.AcmeConfigError, match=r"does not offer profile 'shortlived'"):
         client.new_order(csr_pem=_csr_pem("p.example.test"), profile="shortlived")
+
+
+def test_every_request_names_certctl_and_its_version_in_the_user_agent(
+    pebble: PebbleServer, responder: ChallengeResponder
+) -> None:
+    # RFC 8555 section 6.1; the current Pebble refuses requests without one (Debian's
+    # does not check), so this also holds where no CA would notice.
+    sent: list[str] = []
+    client = _client(pebble, component="controller",
+                     on_response=lambda response: sent.append(
+                         str(response.request.headers.get("User-Agent"))))
+    client.register(email=None)
+    _issue(client, responder, "agent.example.test", http_port=pebble.http_port)
+
+    version = re.escape(importlib.metadata.version("certctl"))
+    assert len(sent) > 5, "the directory, the account, the order, its steps, the certificate"
+    assert {agent for agent in sent if not re.fullmatch(
+        rf"certctl/{version} \(controller\) acme-python/\S+ python-requests/\S+", agent)} == set()
+
+
+def test_the_current_pebble_refuses_a_request_without_user_agent(tmp_path: Path) -> None:
+    """Why the User-Agent matters: without one, nothing works with a current CA."""
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build="current") as pebble:
+        response = requests.get(pebble.directory_url, verify=str(pebble.ca_bundle_path),
+                                headers={"User-Agent": ""}, timeout=5)
+    assert response.status_code == 400
+    assert "User-Agent" in response.json()["detail"]
+
+
+def test_reused_authorizations_need_no_challenge_answered(tmp_path: Path,
+                                                           pebble_build: PebbleBuild) -> None:
+    # PEBBLE_AUTHZREUSE=100: a second order for the same name gets the valid
+    # authorization of the first, as ACME CAs do for a while after validating a name.
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(),
+                            env={"PEBBLE_AUTHZREUSE": "100"}, build=pebble_build) as pebble:
+        responder = ChallengeResponder(pebble.http_port)
+        try:
+            client = _client(pebble)
+            client.register(email=None)
+            first, _ = _issue(client, responder, "reuse.example.test", http_port=pebble.http_port)
+            fetched = len(responder.hosts_seen)
+            second = client.new_order(csr_pem=_csr_pem("reuse.example.test"))
+            authorizations = [client.get_authorization(url) for url in second.authorization_urls]
+            ready = _wait(lambda: client.get_order(second.url), until={"ready", "invalid"})
+        finally:
+            responder.close()
+    assert second.authorization_urls == first.authorization_urls
+    assert [authorization.status for authorization in authorizations] == ["valid"]
+    assert ready.status == "ready"
+    assert len(responder.hosts_seen) == fetched, "nothing validated again"
+
+
+def test_an_order_for_a_profile_gets_that_profiles_certificate(tmp_path: Path) -> None:
+    # Current Pebble only: Debian's 2.4 has no profiles. Shaped after Let's Encrypt's.
+    profiles = {
+        "classic": PebbleProfile(description="90 days, Common Name", promote_common_name=True),
+        "shortlived": PebbleProfile(description="6 days, no Common Name",
+                                    validity_period=6 * 24 * 3600),
+    }
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build="current",
+                            profiles=profiles) as pebble:
+        responder = ChallengeResponder(pebble.http_port)
+        try:
+            client = _client(pebble)
+            client.register(email=None)
+            offered = client.profiles()
+            leaves = {
+                profile: x509.load_pem_x509_certificates(_issue(
+                    client, responder, f"{profile}.example.test", http_port=pebble.http_port,
+                    profile=profile)[1].encode())[0]
+                for profile in profiles
+            }
+        finally:
+            responder.close()
+
+    assert offered == {name: profile.description for name, profile in profiles.items()}
+    lifetime = {profile: leaf.not_valid_after_utc - leaf.not_valid_before_utc + datetime.timedelta(
+        seconds=1) for profile, leaf in leaves.items()}  # Pebble's notAfter is inclusive
+    assert lifetime == {"classic": datetime.timedelta(days=90),
+                        "shortlived": datetime.timedelta(days=6)}
+    common_names = {profile: [attribute.value for attribute in
+                              leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+                    for profile, leaf in leaves.items()}
+    assert common_names == {"classic": ["classic.example.test"], "shortlived": []}

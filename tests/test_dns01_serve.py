@@ -1,7 +1,9 @@
 """End to end: a wildcard certificate through DNS-01, RFC 2136 to a real BIND, issued by Pebble.
 
 Pebble resolves through the same BIND (`-dnsserver`), so its validation sees
-exactly the TXT records certctl wrote with TSIG-signed updates.
+exactly the TXT records certctl wrote with TSIG-signed updates. Each test with
+Pebble validating runs against Debian's Pebble 2.4 (DNS over UDP) and the
+current release (DNS over TCP).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from certctl.pki import secret as tls_secret
 from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from tests.bind import BindServer
-from tests.pebble import PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleServer, free_port
 from tests.serving import (
     Serving,
     dns_names,
@@ -43,9 +45,10 @@ def bind(tmp_path: Path) -> Iterator[BindServer]:
 
 
 @pytest.fixture
-def pebble_via_bind(tmp_path: Path, bind: BindServer) -> Iterator[PebbleServer]:
+def pebble_via_bind(tmp_path: Path, bind: BindServer, pebble_build: PebbleBuild
+                    ) -> Iterator[PebbleServer]:
     server = PebbleServer.start(tmp_path=tmp_path, http_port=free_port(),
-                                dns_server=bind.nameserver)
+                                dns_server=bind.nameserver, build=pebble_build)
     try:
         yield server
     finally:

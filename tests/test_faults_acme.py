@@ -9,6 +9,10 @@ outside, without timing guesses: once the request of that step was answered,
 the next request certctl makes waits at the gate, and the test knows certctl
 has done everything it does between the two. The gate also keeps the log of
 requests and answers the assertions count (newOrder, finalize, badNonce).
+
+The faults that are Pebble's (badNonce, a restart that forgets everything) run
+against Debian's Pebble 2.4 and the current release; certctl's own (SIGKILL), which
+no Pebble changes, against Debian's.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from cryptography import x509
 
 from certctl.controllers import orders
 from tests.bind import BindServer
-from tests.pebble import PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleServer, free_port
 from tests.serving import (
     Serving,
     dns_names,
@@ -302,10 +306,10 @@ def _manifests(tmp_path: Path, pebble: PebbleServer, gate: AcmeGate, hosts: list
 
 
 def test_half_the_nonces_rejected_every_certificate_is_still_issued_and_served(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pebble_build: PebbleBuild
 ) -> None:
     hosts = _hosts(5)
-    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(),
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build=pebble_build,
                             env={"PEBBLE_WFE_NONCEREJECT": "50"}) as pebble, \
             gated(pebble) as gate:
         manifests = _manifests(tmp_path, pebble, gate, hosts)
@@ -333,10 +337,11 @@ def test_half_the_nonces_rejected_every_certificate_is_still_issued_and_served(
 
 
 def test_pebble_restarted_mid_order_certctl_registers_again_and_replaces_forgotten_orders(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pebble_build: PebbleBuild
 ) -> None:
     hosts = _hosts(3)
-    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port()) as pebble, \
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(),
+                            build=pebble_build) as pebble, \
             gated(pebble) as gate:
         manifests = _manifests(tmp_path, pebble, gate, hosts)
         # Stop everything once the first challenge was answered: that order (and maybe
@@ -385,10 +390,11 @@ def test_pebble_restarted_mid_order_certctl_registers_again_and_replaces_forgott
 
 
 def test_an_order_whose_url_404s_after_a_pebble_restart_is_replaced_not_retried(
-    tmp_path: Path, pebble: PebbleServer
+    tmp_path: Path, any_pebble: PebbleServer
 ) -> None:
     """The account was registered again (here by the issuer) before the order looked
     again: the order's own requests carry a valid account and its URL answers 404."""
+    pebble = any_pebble
     host = "web.example.test"
     with gated(pebble) as gate:
         manifests = _manifests(tmp_path, pebble, gate, [host])
@@ -440,8 +446,9 @@ def test_an_order_whose_url_404s_after_a_pebble_restart_is_replaced_not_retried(
 
 
 def test_a_ca_that_forgets_every_order_is_not_asked_forever(
-    tmp_path: Path, pebble: PebbleServer
+    tmp_path: Path, any_pebble: PebbleServer
 ) -> None:
+    pebble = any_pebble
     host = "web.example.test"
     with gated(pebble) as gate:
         manifests = _manifests(tmp_path, pebble, gate, [host])

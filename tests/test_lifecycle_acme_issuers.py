@@ -1,8 +1,13 @@
-"""ACME issuer options against a real Pebble: externalAccountBinding, profile, preferredChain."""
+"""ACME issuer options against a real Pebble: externalAccountBinding, profile, preferredChain.
+
+Each runs against Debian's Pebble 2.4 and the current release, but for the
+profile a CA offers: only the current Pebble has profiles.
+"""
 
 from __future__ import annotations
 
 import base64
+import datetime
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -14,11 +19,12 @@ from cryptography.x509.oid import NameOID
 
 from certctl.controllers.reconciling import TransientError
 from tests.lifecycle import World
-from tests.pebble import PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleProfile, PebbleServer, free_port
 from tests.serving import (
     cluster_issuer,
     eventually,
     ingress,
+    served_certificate,
     serving,
     write_yaml,
 )
@@ -28,11 +34,10 @@ HMAC_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
 
 
 @pytest.fixture
-def eab_pebble(tmp_path: Path) -> Iterator[PebbleServer]:
-    server = PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), config={
-        "externalAccountBindingRequired": True,
-        "externalAccountMACKeys": {"kid-1": HMAC_KEY},
-    })
+def eab_pebble(tmp_path: Path, pebble_build: PebbleBuild) -> Iterator[PebbleServer]:
+    server = PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build=pebble_build,
+                                config={"externalAccountBindingRequired": True,
+                                        "externalAccountMACKeys": {"kid-1": HMAC_KEY}})
     try:
         yield server
     finally:
@@ -107,9 +112,12 @@ def test_registration_without_a_good_binding_is_not_ready_and_says_why(
 
 
 def test_profile_the_server_does_not_offer_makes_the_issuer_not_ready(
-    tmp_path: Path, pebble: PebbleServer
+    tmp_path: Path, any_pebble: PebbleServer
 ) -> None:
-    # Debian's Pebble 2.4 advertises no profiles in its directory (no meta.profiles).
+    # Debian's Pebble 2.4 advertises no profiles in its directory (no meta.profiles), the
+    # current one only its "default" unless told otherwise.
+    pebble = any_pebble
+    offers = ", ".join(sorted(pebble.profiles())) or "none"
     world = World(tmp_path)
     world.store.create(obj=_acme_issuer(pebble, profile="shortlived"))
 
@@ -118,7 +126,7 @@ def test_profile_the_server_does_not_offer_makes_the_issuer_not_ready(
     ready = _ready(world)
     assert (ready["status"], ready["reason"]) == ("False", "BadConfig")
     assert ready["message"] == (f"spec.acme.profile: ACME server {pebble.directory_url} does "
-                                "not offer profile 'shortlived' (offers: none)")
+                                f"not offer profile 'shortlived' (offers: {offers})")
     world.add_certificate("web", issuer="pebble")
     world.reconcile("web")
     assert world.orders("web") == [], "no order for an issuer that is not ready"
@@ -134,8 +142,10 @@ def _secret_chain(run: Any, name: str) -> bytes | None:
     return base64.b64decode(secret["data"]["tls.crt"]) if secret else None
 
 
-def test_preferred_chain_selects_the_alternate_root_for_the_secret(tmp_path: Path) -> None:
-    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(),
+def test_preferred_chain_selects_the_alternate_root_for_the_secret(
+    tmp_path: Path, pebble_build: PebbleBuild
+) -> None:
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build=pebble_build,
                             env={"PEBBLE_ALTERNATE_ROOTS": "1", "PEBBLE_CHAIN_LENGTH": "2"}
                             ) as pebble:
         alternate = x509.load_pem_x509_certificate(pebble.issuance_roots_pem(index=1))
@@ -150,3 +160,41 @@ def test_preferred_chain_selects_the_alternate_root_for_the_secret(tmp_path: Pat
 
     assert _top_issuer(chain) == alternate_cn
     assert len(x509.load_pem_x509_certificates(chain)) == 3  # leaf + 2 intermediates
+
+
+def test_the_issuers_profile_shapes_the_certificate_and_a_left_out_common_name_is_no_mismatch(
+    tmp_path: Path,
+) -> None:
+    # Current Pebble only (Debian's has no profiles), with profiles shaped after Let's
+    # Encrypt's: "shortlived" certificates live 6 days and have no Common Name, even
+    # when the CSR asks for one. That is no mismatch to order again for: one order, once.
+    host = "web.example.test"
+    profiles = {
+        "classic": PebbleProfile(description="90 days, Common Name", promote_common_name=True),
+        "shortlived": PebbleProfile(description="6 days, no Common Name",
+                                    validity_period=6 * 24 * 3600),
+    }
+    with PebbleServer.start(tmp_path=tmp_path, http_port=free_port(), build="current",
+                            profiles=profiles) as pebble:
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        write_yaml(manifests / "all.yaml", _acme_issuer(pebble, profile="shortlived"),
+                   ingress("web", hosts=[host], secret_name="web-tls", annotations={
+                       "cert-manager.io/cluster-issuer": "pebble",
+                       "cert-manager.io/common-name": host}))
+        roots = pebble.issuance_roots_pem()
+        with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
+            served = eventually(lambda: served_certificate(
+                port=run.https_port, server_name=host, roots_pem=roots), what="the certificate")
+            eventually(run.standalone.queue.idle, what="the controllers to settle")
+            certificate = run.certificate("web-tls")
+            ready = run.condition("web-tls", "Ready")
+        issued = pebble.log_lines("Issued certificate serial")
+
+    assert served.not_valid_after_utc - served.not_valid_before_utc == datetime.timedelta(
+        days=6, seconds=-1)  # Pebble's notAfter is inclusive
+    assert served.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
+    assert certificate is not None
+    assert certificate["status"]["revision"] == 1
+    assert ready["status"] == "True", ready
+    assert len(issued) == 1, "no second order for the Common Name the profile leaves out"

@@ -136,11 +136,11 @@ class AcmeAccounts:
         self,
         *,
         cluster_resource_namespace: str,
-        user_agent: str = "certctl",
+        component: str | None = None,
         on_response: Callable[[requests.Response], None] | None = None,
     ) -> None:
         self.cluster_resource_namespace = cluster_resource_namespace
-        self._user_agent = user_agent
+        self._component = component  # in the User-Agent of every ACME request
         self._on_response = on_response
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, str, bool], acme_client.AcmeClient] = {}
@@ -198,7 +198,7 @@ class AcmeAccounts:
                     account_key_pem=account_key_pem,
                     ca_bundle_pem=acme.ca_bundle,
                     skip_tls_verify=acme.skip_tls_verify,
-                    user_agent=self._user_agent,
+                    component=self._component,
                     on_response=self._on_response,
                 )
                 self._clients[cache_key] = found

@@ -276,7 +276,7 @@ class Controller:
         self.metrics = metrics.ControllerMetrics(store=self.store)
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
-            user_agent="certctl-controller",
+            component="controller",
             on_response=self.metrics.observe_acme_response,
         )
         settings = dispatch.controller_settings(

@@ -98,7 +98,7 @@ class Standalone:
                                                  registry=self.dataplane.metrics.registry)
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
-            user_agent="certctl-standalone",
+            component="standalone",
             on_response=self.metrics.observe_acme_response,
         )
         settings = dispatch.controller_settings(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
+import importlib.metadata
 import ssl
 import threading
 import weakref
@@ -55,6 +57,28 @@ _EC_ALGORITHMS: Mapping[str, jwa.JWASignature] = {
     "secp384r1": jwa.ES384,
     "secp521r1": jwa.ES512,
 }
+
+
+@functools.cache
+def user_agent(*, component: str | None = None) -> str:
+    """The User-Agent header of every ACME request, e.g.
+    ``certctl/0.1.0 (controller) acme-python/5.9.0 python-requests/2.32.3``.
+
+    RFC 8555 section 6.1: clients MUST send one and SHOULD name the ACME
+    software and the HTTP client with their versions; current CAs (Pebble
+    since 2.10) refuse requests without it. `component` says which certctl
+    command is asking.
+    """
+    detail = f" ({component})" if component else ""
+    return (f"certctl/{_version('certctl')}{detail} acme-python/{_version('acme')}"
+            f" python-requests/{requests.__version__}")
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 @dataclass(frozen=True, order=True)
@@ -169,7 +193,8 @@ class AcmeClient:
     again after a failed fetch). Pass `account_uri` when the account is
     already known (from the issuer's status) to skip `register()`.
     `ca_bundle_pem` replaces the system trust store for the ACME server's TLS
-    certificate, as cert-manager's `caBundle` does.
+    certificate, as cert-manager's `caBundle` does. `component` names the
+    certctl command in the User-Agent (see `user_agent()`).
     """
 
     def __init__(
@@ -180,7 +205,7 @@ class AcmeClient:
         account_uri: str | None = None,
         ca_bundle_pem: bytes | None = None,
         skip_tls_verify: bool = False,
-        user_agent: str = "certctl",
+        component: str | None = None,
         timeout: int = 30,
         bad_nonce_attempts: int = 3,
         on_response: Callable[[requests.Response], None] | None = None,
@@ -192,7 +217,7 @@ class AcmeClient:
             _ssl_context(ca_bundle_pem) if ca_bundle_pem and not skip_tls_verify else None
         )
         self._skip_tls_verify = skip_tls_verify
-        self._user_agent = user_agent
+        self.user_agent = user_agent(component=component)
         self._timeout = timeout
         self._bad_nonce_attempts = max(1, bad_nonce_attempts)
         self._lock = threading.Lock()
@@ -504,7 +529,7 @@ class AcmeClient:
                 key=self._jwk,
                 alg=self._alg,
                 verify_ssl=not self._skip_tls_verify,
-                user_agent=self._user_agent,
+                user_agent=self.user_agent,
                 timeout=self._timeout,
             )
             if self._ssl_context is not None:
@@ -545,7 +570,7 @@ class AcmeClient:
     def _fetch_directory(self) -> messages.Directory:
         url = self.directory_url
         network = acme_client.ClientNetwork(
-            verify_ssl=not self._skip_tls_verify, user_agent=self._user_agent, timeout=self._timeout
+            verify_ssl=not self._skip_tls_verify, user_agent=self.user_agent, timeout=self._timeout
         )
         if self._ssl_context is not None:
             network.session.mount("https://", _CABundleAdapter(ssl_context=self._ssl_context))
