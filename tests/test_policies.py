@@ -218,6 +218,33 @@ def test_matching_ip_addresses_and_common_name_need_nothing() -> None:
     assert check(cert, secret) is None
 
 
+@pytest.mark.parametrize(("dns_names", "ip_addresses", "common_name", "requested", "violated"), [
+    (("web.example.test",), (), "web.example.test", "web.example.test", False),
+    (("web.example.test",), ("192.0.2.1",), "192.0.2.1", "192.0.2.1", False),
+    (("www.example.test",), (), "web.example.test", "web.example.test", True),
+    (("web.example.test",), (), "web.example.test", None, True),
+    (("web.example.test",), (), "web.example.test", "www.example.test", True),
+], ids=["dns-name-among-sans", "ip-among-sans", "not-among-sans", "never-requested",
+        "other-name-requested"])
+def test_a_certificate_the_ca_issued_without_the_requested_common_name_matches(
+    dns_names: tuple[str, ...], ip_addresses: tuple[str, ...], common_name: str,
+    requested: str | None, violated: bool,
+) -> None:
+    # As Let's Encrypt's tlsserver/shortlived profiles and the current Pebble issue them:
+    # fine if it was requested with that Common Name and the SANs hold it.
+    cert = certificate(dnsNames=list(dns_names), ipAddresses=list(ip_addresses),
+                       commonName=common_name)
+    secret = tls_secret(dns_names=dns_names, ip_addresses=ip_addresses, common_name=None)
+    if requested is not None:
+        secret["metadata"]["annotations"][policies.REQUESTED_COMMON_NAME_ANNOTATION] = requested
+
+    violation = check(cert, secret)
+
+    assert (violation is not None) == violated
+    if violation is not None:
+        assert violation.message.endswith("does not match spec.commonName")
+
+
 def test_different_key_algorithm_is_incorrect_private_key() -> None:
     secret = tls_secret(key=ed25519.Ed25519PrivateKey.generate())
 

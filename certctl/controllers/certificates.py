@@ -662,6 +662,9 @@ def _write_secret(
         annotation_keys.SECRET_IP_SANS: ",".join(info.ip_addresses),
         annotation_keys.SECRET_URI_SANS: "",
     }
+    if certificate.common_name:
+        # The order (or the kept copy, checked against this spec) asked for it.
+        secret_annotations[policies.REQUESTED_COMMON_NAME_ANNOTATION] = certificate.common_name
     if restored_from is not None:
         secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from
     labels = {**dict(certificate.secret_template.labels),

@@ -10,8 +10,9 @@ garbage collection nor a namespace deletion takes it. When a Certificate's
 Secret is gone (or unreadable) and the copy is still valid for the spec, the
 copy is restored and no order is placed.
 
-The copy carries the issuer annotations of a certctl-written Secret, so the
-issuance checks of `policies` judge it exactly as they judge the Secret.
+The copy carries the issuer and requested-Common-Name annotations of a
+certctl-written Secret, so the issuance checks of `policies` judge it exactly
+as they judge the Secret.
 It is an Opaque Secret named in no Ingress, so the data plane never serves it.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from certctl.api import annotations as annotation_keys
 from certctl.api.resources import Certificate
+from certctl.controllers import policies
 from certctl.store.interface import AlreadyExists, Object, Store
 
 KEPT_LABEL = "certctl.io/kept-certificate"
@@ -75,6 +77,8 @@ def keep(
                 annotation_keys.SECRET_ISSUER_NAME: issuer.name,
                 annotation_keys.SECRET_ISSUER_KIND: issuer.kind,
                 annotation_keys.SECRET_ISSUER_GROUP: issuer.group,
+                **({policies.REQUESTED_COMMON_NAME_ANNOTATION: certificate.common_name}
+                   if certificate.common_name else {}),
             },
         },
         "data": dict(data),

@@ -30,6 +30,10 @@ RENEWING = "Renewing"
 EXPIRED = "Expired"
 MANUALLY_TRIGGERED = "ManuallyTriggered"  # what `cmctl renew` and `certctl renew` set
 
+# On a Secret certctl wrote (and its kept copy): the spec.commonName its certificate was
+# requested with, which the CA may have left out of the certificate (`names_differ`).
+REQUESTED_COMMON_NAME_ANNOTATION = "certctl.io/requested-common-name"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Violation:
@@ -137,7 +141,7 @@ def names_differ(data: Input) -> Violation | None:
         differences.append("spec.ipAddresses")
     if spec.common_name and len(spec.common_name) <= 64 and (
         spec.common_name != data.info.common_name
-    ):
+    ) and not _common_name_left_out(spec.common_name, data):
         differences.append("spec.commonName")
     if differences:
         return Violation(
@@ -146,6 +150,24 @@ def names_differ(data: Input) -> Violation | None:
             f"{', '.join(differences)}",
         )
     return None
+
+
+def _common_name_left_out(common_name: str, data: Input) -> bool:
+    """The certificate was requested with this Common Name, and the CA issued it
+    without any, the name being among its SANs.
+
+    ACME CAs may drop the CSR's Common Name whatever it asks: Let's Encrypt's
+    `tlsserver` and `shortlived` profiles and the current Pebble's default do.
+    Ordering again would get the same certificate, until the order budget ran out.
+    A Common Name added to the spec since, or a Secret certctl did not write,
+    still counts as a mismatch: the certificate was never asked for it.
+    """
+    info = data.info
+    assert info is not None and data.secret is not None
+    requested = (data.secret.get("metadata", {}).get("annotations") or {}).get(
+        REQUESTED_COMMON_NAME_ANNOTATION)
+    return requested == common_name and info.common_name is None and (
+        common_name in info.dns_names or common_name in info.ip_addresses)
 
 
 def key_differs(data: Input) -> Violation | None:
