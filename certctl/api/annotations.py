@@ -126,3 +126,15 @@ LIMIT_EXEMPT_KEYS = (
     _NGINX + "limit-allowlist",
     _NGINX + "limit-whitelist",
 )
+
+# CORS (certctl.routes.options.CorsPolicy).
+ENABLE_CORS_KEYS = ("certctl.io/enable-cors", _NGINX + "enable-cors")
+CORS_ALLOW_ORIGIN_KEYS = ("certctl.io/cors-allow-origin", _NGINX + "cors-allow-origin")
+CORS_ALLOW_METHODS_KEYS = ("certctl.io/cors-allow-methods", _NGINX + "cors-allow-methods")
+CORS_ALLOW_HEADERS_KEYS = ("certctl.io/cors-allow-headers", _NGINX + "cors-allow-headers")
+CORS_EXPOSE_HEADERS_KEYS = ("certctl.io/cors-expose-headers", _NGINX + "cors-expose-headers")
+CORS_ALLOW_CREDENTIALS_KEYS = (
+    "certctl.io/cors-allow-credentials",
+    _NGINX + "cors-allow-credentials",
+)
+CORS_MAX_AGE_KEYS = ("certctl.io/cors-max-age", _NGINX + "cors-max-age")

@@ -40,6 +40,8 @@ SUPPORTED: Final = frozenset({
     # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",
+    "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
+    "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
@@ -100,8 +102,7 @@ _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-ru
 UNSUPPORTED: Final = frozenset({
     "app-root", "affinity", "affinity-mode", "affinity-canary-behavior",
     "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
-    "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
-    "cors-expose-headers", "cors-allow-credentials", "cors-max-age", "from-to-www-redirect",
+    "from-to-www-redirect",
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect",
     "temporal-redirect-code", "preserve-trailing-slash", "proxy-cookie-domain",
     "proxy-cookie-path", "proxy-send-timeout", "proxy-next-upstream",

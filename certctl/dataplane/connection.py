@@ -73,6 +73,7 @@ _REPLACED: Final = frozenset(
 )
 _REASONS: Final = {
     200: b"OK",
+    204: b"No Content",
     308: b"Permanent Redirect",
     400: b"Bad Request",
     401: b"Unauthorized",
@@ -173,6 +174,7 @@ class ClientConnection(asyncio.Protocol):
         "_deadline",
         "_events",
         "_expect_continue",
+        "_extra_headers",
         "_head",
         "_head_deadline",
         "_head_error",
@@ -216,6 +218,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
         self._limit_slot: limits.Slot | None = None  # released when the request ends
+        self._extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # the dispatch decision's
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._events: deque[_Event] = deque()
         self._closed = False
@@ -530,13 +533,13 @@ class ClientConnection(asyncio.Protocol):
         )
         self._route_host = decision.route_host
         self._limit_slot = decision.slot
+        self._extra_headers = decision.headers
         match = decision.match
         if match is None:
-            extra_headers = b""
+            extra_headers = b"".join(name + b": " + value + b"\r\n"
+                                     for name, value in decision.headers)
             if decision.location is not None:
-                extra_headers = b"location: " + decision.location + b"\r\n"
-            elif decision.challenge is not None:
-                extra_headers = b"www-authenticate: " + decision.challenge + b"\r\n"
+                extra_headers += b"location: " + decision.location + b"\r\n"
             self._respond_local(
                 status=decision.status,
                 body=decision.body,
@@ -713,8 +716,17 @@ class ClientConnection(asyncio.Protocol):
             connection = b"connection: close\r\n"
         self._keep_alive = keep_alive
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
-        for name, value in response.headers:
-            parts += (name, b": ", value, b"\r\n")
+        extra = self._extra_headers
+        if extra:
+            replaced = {name for name, _ in extra}
+            for name, value in response.headers:
+                if name.lower() not in replaced:
+                    parts += (name, b": ", value, b"\r\n")
+            for name, value in extra:
+                parts += (name, b": ", value, b"\r\n")
+        else:
+            for name, value in response.headers:
+                parts += (name, b": ", value, b"\r\n")
         if self._scheme == b"https":
             hsts = match.options.hsts_header()
             if hsts is not None:
@@ -847,7 +859,8 @@ class ClientConnection(asyncio.Protocol):
             body = reason + b"\n"
         parts = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
-            b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"" if status == 204 else b"content-length: %d\r\n" % len(body),  # RFC 9110 8.6
             extra_headers,
             b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
         ]

@@ -5,7 +5,7 @@ share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
 route, 503 for an Ingress refused for unenforced access annotations, 503
 over its request limits, 403 and 401 from its access rules (source ranges,
-basic auth), the canary
+basic auth), 204 for a CORS preflight, the canary
 split, 503 without ready endpoints, 413 over proxy-body-size by declared
 length, and rewrite-target; before all of them, 400 for an authority that
 is not well formed. It touches no socket: the caller writes the answer or starts the upstream
@@ -60,7 +60,7 @@ class Decision:
     `route_host` the metrics label of the matched rule ("" without a match).
     """
 
-    __slots__ = ("authority", "body", "challenge", "location", "match", "route_host", "slot",
+    __slots__ = ("authority", "body", "headers", "location", "match", "route_host", "slot",
                  "status", "target")
 
     def __init__(
@@ -72,7 +72,7 @@ class Decision:
         authority: bytes | None = None,
         body: bytes | None = None,
         location: bytes | None = None,
-        challenge: bytes | None = None,
+        headers: tuple[route_options.Header, ...] = (),
         route_host: str = "",
         slot: limits.Slot | None = None,
     ) -> None:
@@ -82,7 +82,9 @@ class Decision:
         self.authority = authority
         self.body = body
         self.location = location
-        self.challenge = challenge  # WWW-Authenticate of a 401
+        # Added to the answer, local or the backend's (whose same-named ones they
+        # replace): a 401's WWW-Authenticate, CORS headers.
+        self.headers = headers
         self.route_host = route_host
         # A limit-connections count taken for this request: the caller releases it
         # (plane.limits.release) when the request ends, whatever the answer.
@@ -162,19 +164,29 @@ def decide(
         verdict = rules.check(client_ip=client_ip, authorization=header(b"authorization"))
         if verdict:
             basic = rules.basic_auth
-            return Decision(status=verdict, route_host=route_host, slot=slot,
-                            challenge=basic.challenge if verdict == 401 and basic else None)
+            challenge = ((b"www-authenticate", basic.challenge),) if verdict == 401 and basic \
+                else ()
+            return Decision(status=verdict, route_host=route_host, slot=slot, headers=challenge)
+    headers: tuple[route_options.Header, ...] = ()
+    cors = options.cors
+    if cors is not None:
+        found = cors.response_headers(header(b"origin"))
+        if found is not None:
+            if method == b"OPTIONS":  # a preflight: answered here, the backend never sees it
+                return Decision(status=204, route_host=route_host, slot=slot, body=b"",
+                                headers=found + cors.preflight_headers())
+            headers = found
     if match.canary is not None and takes_canary(header, match.canary.settings):
         match = match.canary.route
     if not match.upstreams:
-        return Decision(status=503, route_host=route_host, slot=slot)
+        return Decision(status=503, route_host=route_host, slot=slot, headers=headers)
     limit = options.body_size_limit
     if limit is not None and content_length is not None and int(content_length) > limit:
         return Decision(status=413, route_host=route_host, slot=slot)
     if options.rewrite_target is not None:
         target = rewrite(target=target, raw_path=raw_path, match=match)
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
-                    slot=slot)
+                    slot=slot, headers=headers)
 
 
 def _routing_host(authority: bytes) -> str | None:

@@ -56,6 +56,7 @@ RESET_RATE: Final = 100.0  # ... and per second after that
 MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 there)
 _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
 _REASONS: Final = {
+    204: b"No Content",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
@@ -117,6 +118,8 @@ class _Stream:
         self.target = b""
         self.route_host = ""
         self.limit_slot: limits.Slot | None = None  # released when the stream is forgotten
+        # Added to the backend's response, replacing its same-named ones (CORS headers).
+        self.extra_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.connection: upstream.UpstreamConnection | None = None
         self.upstream_paused = False
         self.read_timeout = 0.0
@@ -147,7 +150,14 @@ class _Stream:
             service=match.service, seconds=now - self.started_at
         )
         headers = [(b":status", b"%d" % head.status)]
-        headers += [(name.lower(), value) for name, value in head.headers]
+        extra = self.extra_headers
+        if extra:
+            replaced = {name for name, _ in extra}
+            headers += [(name.lower(), value) for name, value in head.headers
+                        if name.lower() not in replaced]
+            headers += extra
+        else:
+            headers += [(name.lower(), value) for name, value in head.headers]
         if head.content_length is not None and not head.chunked:
             headers.append((b"content-length", head.content_length))
         hsts = match.options.hsts_header()
@@ -377,10 +387,11 @@ class Http2Connection(asyncio.Protocol):
         )
         stream.route_host = decision.route_host
         stream.limit_slot = decision.slot
+        stream.extra_headers = decision.headers
         match = decision.match
         if match is None:
             self.answer(stream, status=decision.status, body=decision.body,
-                        challenge=decision.challenge)
+                        headers=decision.headers)
             return
         stream.authority = decision.authority
         stream.match = match
@@ -522,28 +533,27 @@ class Http2Connection(asyncio.Protocol):
 
     def answer(
         self, stream: _Stream, *, status: int, body: bytes | None = None,
-        challenge: bytes | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """Answer a stream ourselves (no upstream, or instead of a failed one);
-        `challenge` is a 401's WWW-Authenticate."""
+        `headers` are added (a 401's WWW-Authenticate, CORS headers)."""
         if self._closed or stream.finished:
             return
         reason = _REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
-        headers = [
+        response_headers = [
             (b":status", b"%d" % status),
             (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
+            *([] if status == 204 else [(b"content-length", b"%d" % len(body))]),
+            *headers,
         ]
-        if challenge is not None:
-            headers.append((b"www-authenticate", challenge))
         stream.status = status
         stream.response_started = True
-        if stream.method == b"HEAD":
-            self.send_headers(stream, headers, end_stream=True)
+        if stream.method == b"HEAD" or status == 204:
+            self.send_headers(stream, response_headers, end_stream=True)
             return
-        self._h2.send_headers(stream.stream_id, headers)
+        self._h2.send_headers(stream.stream_id, response_headers)
         stream.pending += body
         stream.end_after_pending = True
         self.send_pending(stream)

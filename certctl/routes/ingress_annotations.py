@@ -65,11 +65,59 @@ def route_options(
         connect_timeout=reader.seconds(keys.PROXY_CONNECT_TIMEOUT_KEYS),
         backend_tls=protocol == "HTTPS",
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
+        cors=_cors_policy(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
     )
     return (options.DEFAULT_OPTIONS if found == options.DEFAULT_OPTIONS else found), problems
+
+
+_ORIGIN = re.compile(r"https?://(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:[0-9]{1,5})?")
+_TOKEN_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
+
+
+def _cors_policy(reader: _Reader) -> options.CorsPolicy | None:
+    """enable-cors and its settings; a value that does not read keeps the default, except
+    origins: one that does not read is left out, and with none left CORS stays off
+    (browsers then refuse cross-origin reads: the safe side)."""
+    if not reader.boolean(keys.ENABLE_CORS_KEYS, default=False):
+        return None
+    default = options.CorsPolicy()
+    origins: tuple[str, ...] = ("*",)
+    found = reader.raw(keys.CORS_ALLOW_ORIGIN_KEYS)
+    if found is not None and found[1] != "*":
+        key, value = found
+        origins = ()
+        for origin in (o.strip().lower() for o in value.split(",")):
+            if _ORIGIN.fullmatch(origin):
+                origins += (origin,)
+            elif origin:
+                reader.problems.append(f"{key}: {origin!r} is not an origin such as "
+                                       "https://app.example.com or https://*.example.com; "
+                                       "left out")
+        if not origins:
+            return None
+    return options.CorsPolicy(
+        origins=origins,
+        methods=_tokens(reader, keys.CORS_ALLOW_METHODS_KEYS, default.methods),
+        headers=_tokens(reader, keys.CORS_ALLOW_HEADERS_KEYS, default.headers),
+        expose_headers=_tokens(reader, keys.CORS_EXPOSE_HEADERS_KEYS, default.expose_headers),
+        credentials=reader.boolean(keys.CORS_ALLOW_CREDENTIALS_KEYS, default=True),
+        max_age=reader.integer(keys.CORS_MAX_AGE_KEYS, default=default.max_age),
+    )
+
+
+def _tokens(reader: _Reader, names: tuple[str, ...], default: bytes) -> bytes:
+    """A comma-separated list of HTTP tokens (methods, header names), safe in a header."""
+    found = reader.raw(names)
+    if found is None:
+        return default
+    key, value = found
+    if value == "" or _TOKEN_LIST.fullmatch(value):
+        return value.encode()
+    reader.problems.append(f"{key}: {value!r} is not a comma-separated list of names")
+    return default
 
 
 def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) -> str | None:

@@ -43,6 +43,62 @@ class LimitRules:
         return any(address in network for network in self.exempt)
 
 
+Header = tuple[bytes, bytes]  # (lowercase name, value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CorsPolicy:
+    """Cross-origin requests, as ingress-nginx's enable-cors answers them.
+
+    `origins` is ("*",) or exact origins (`https://app.example.com[:port]`),
+    where a host may start with `*.` for one label. The response headers of
+    an allowed origin replace the backend's own; a preflight (OPTIONS from an
+    allowed origin) is answered 204 by the data plane without the backend.
+    With "*" every request counts as allowed, as in ingress-nginx.
+    """
+
+    origins: tuple[str, ...] = ("*",)
+    methods: bytes = b"GET, PUT, POST, DELETE, PATCH, OPTIONS"
+    headers: bytes = (b"DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,"
+                      b"Cache-Control,Content-Type,Range,Authorization")
+    expose_headers: bytes = b""
+    credentials: bool = True
+    max_age: int = 1_728_000
+
+    def response_headers(self, origin: bytes | None) -> tuple[Header, ...] | None:
+        """The CORS headers for a request from `origin`; None when it is not allowed."""
+        if self.origins == ("*",):
+            allowed = b"*"
+        elif origin is None or not self._allows(origin.decode("latin-1").lower()):
+            return None
+        else:
+            allowed = origin
+        found: list[Header] = [(b"access-control-allow-origin", allowed)]
+        if self.credentials:
+            found.append((b"access-control-allow-credentials", b"true"))
+        found += [(b"access-control-allow-methods", self.methods),
+                  (b"access-control-allow-headers", self.headers)]
+        if self.expose_headers:
+            found.append((b"access-control-expose-headers", self.expose_headers))
+        if allowed != b"*":
+            found.append((b"vary", b"Origin"))  # the answer differs per origin: caches must know
+        return tuple(found)
+
+    def preflight_headers(self) -> tuple[Header, ...]:
+        return ((b"access-control-max-age", b"%d" % self.max_age),)
+
+    def _allows(self, origin: str) -> bool:
+        for allowed in self.origins:
+            if origin == allowed:
+                return True
+            scheme, sep, host = allowed.partition("://*.")
+            if sep and origin.startswith(scheme + "://"):
+                label, dot, rest = origin[len(scheme) + 3:].partition(".")
+                if dot and label and "/" not in label and rest == host:
+                    return True
+        return False
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
@@ -64,6 +120,7 @@ class RouteOptions:
     # Who may pass (source ranges, basic auth); None lets every client through.
     access: access.AccessRules | None = None
     limits: LimitRules | None = None  # requests per client; None: unlimited
+    cors: CorsPolicy | None = None  # cross-origin requests; None: passed through untouched
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
