@@ -18,6 +18,9 @@ CLUSTER_ISSUER = "certctl.io/cluster-issuer"
 ISSUER = "certctl.io/issuer"
 ISSUER_KIND = "certctl.io/issuer-kind"
 ISSUER_GROUP = "certctl.io/issuer-group"
+# The ACME profile of the Ingress's certificates (Certificate spec.acme.profile);
+# cert-manager has no such key.
+ACME_PROFILE = "certctl.io/acme-profile"
 
 # --- cert-manager's ingress-shim keys -----------------------------------------
 
@@ -138,3 +141,17 @@ CORS_ALLOW_CREDENTIALS_KEYS = (
     _NGINX + "cors-allow-credentials",
 )
 CORS_MAX_AGE_KEYS = ("certctl.io/cors-max-age", _NGINX + "cors-max-age")
+
+# Redirects (certctl.routes.options.Redirect).
+PERMANENT_REDIRECT_KEYS = ("certctl.io/permanent-redirect", _NGINX + "permanent-redirect")
+PERMANENT_REDIRECT_CODE_KEYS = (
+    "certctl.io/permanent-redirect-code",
+    _NGINX + "permanent-redirect-code",
+)
+TEMPORAL_REDIRECT_KEYS = ("certctl.io/temporal-redirect", _NGINX + "temporal-redirect")
+TEMPORAL_REDIRECT_CODE_KEYS = (
+    "certctl.io/temporal-redirect-code",
+    _NGINX + "temporal-redirect-code",
+)
+APP_ROOT_KEYS = ("certctl.io/app-root", _NGINX + "app-root")
+FROM_TO_WWW_REDIRECT_KEYS = ("certctl.io/from-to-www-redirect", _NGINX + "from-to-www-redirect")

@@ -42,6 +42,8 @@ SUPPORTED: Final = frozenset({
     "limit-allowlist",
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
+    "permanent-redirect", "permanent-redirect-code", "temporal-redirect",
+    "temporal-redirect-code", "app-root", "from-to-www-redirect",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
@@ -100,11 +102,9 @@ _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-ru
 # Every other annotation ingress-nginx documents: known, not implemented, and
 # serving without it exposes nothing its user protected with it.
 UNSUPPORTED: Final = frozenset({
-    "app-root", "affinity", "affinity-mode", "affinity-canary-behavior",
+    "affinity", "affinity-mode", "affinity-canary-behavior",
     "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
-    "from-to-www-redirect",
-    "permanent-redirect", "permanent-redirect-code", "temporal-redirect",
-    "temporal-redirect-code", "preserve-trailing-slash", "proxy-cookie-domain",
+    "preserve-trailing-slash", "proxy-cookie-domain",
     "proxy-cookie-path", "proxy-send-timeout", "proxy-next-upstream",
     "proxy-next-upstream-timeout", "proxy-next-upstream-tries", "proxy-request-buffering",
     "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",

@@ -74,6 +74,10 @@ _REPLACED: Final = frozenset(
 _REASONS: Final = {
     200: b"OK",
     204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
     308: b"Permanent Redirect",
     400: b"Bad Request",
     401: b"Unauthorized",
@@ -538,8 +542,6 @@ class ClientConnection(asyncio.Protocol):
         if match is None:
             extra_headers = b"".join(name + b": " + value + b"\r\n"
                                      for name, value in decision.headers)
-            if decision.location is not None:
-                extra_headers += b"location: " + decision.location + b"\r\n"
             self._respond_local(
                 status=decision.status,
                 body=decision.body,

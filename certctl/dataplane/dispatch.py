@@ -3,7 +3,8 @@
 `decide` holds the decisions HTTP/1.1 (`connection`) and HTTP/2 (`http2`)
 share, in order: ACME HTTP-01 tokens on plain HTTP, the Ingress route,
 redirects to HTTPS (ssl-redirect / force-ssl-redirect), 404 without a
-route, 503 for an Ingress refused for unenforced access annotations, 503
+route, the redirect annotations (before the HTTPS redirect, as nginx's
+`return`), 503 for an Ingress refused for unenforced access annotations, 503
 over its request limits, 403 and 401 from its access rules (source ranges,
 basic auth), 204 for a CORS preflight, the canary
 split, 503 without ready endpoints, 413 over proxy-body-size by declared
@@ -53,14 +54,14 @@ def is_request_line_safe(*, method: bytes, target: bytes) -> bool:
 
 
 class Decision:
-    """Either `status` (answer locally, with `body` and `location`) or `match` (forward).
+    """Either `status` (answer locally, with `body` and `headers`) or `match` (forward).
 
     `target` is what to send upstream (after rewrite-target), `authority` the
     Host to send (the absolute-form URL's, if the request used one), and
     `route_host` the metrics label of the matched rule ("" without a match).
     """
 
-    __slots__ = ("authority", "body", "headers", "location", "match", "route_host", "slot",
+    __slots__ = ("authority", "body", "headers", "match", "route_host", "slot",
                  "status", "target")
 
     def __init__(
@@ -71,7 +72,6 @@ class Decision:
         target: bytes = b"",
         authority: bytes | None = None,
         body: bytes | None = None,
-        location: bytes | None = None,
         headers: tuple[route_options.Header, ...] = (),
         route_host: str = "",
         slot: limits.Slot | None = None,
@@ -81,9 +81,8 @@ class Decision:
         self.target = target
         self.authority = authority
         self.body = body
-        self.location = location
         # Added to the answer, local or the backend's (whose same-named ones they
-        # replace): a 401's WWW-Authenticate, CORS headers.
+        # replace): a redirect's Location, a 401's WWW-Authenticate, CORS headers.
         self.headers = headers
         self.route_host = route_host
         # A limit-connections count taken for this request: the caller releases it
@@ -136,6 +135,14 @@ def decide(
     match = plane.routes.match(host=host, path=path)
     route_host = "" if match is None else (match.host or "*")
     options = route_options.DEFAULT_OPTIONS if match is None else match.options
+    redirect = options.redirect
+    if redirect is not None and options.refusal is None and (
+        not redirect.only_root or path == "/"
+    ):  # nginx's `return`: its rewrite phase comes before the HTTPS redirect and access
+        location = redirect.location(scheme=scheme, http_host=authority or b"", host=host,
+                                     target=target)
+        return Decision(status=redirect.code, headers=((b"location", location),),
+                        route_host=route_host)
     if scheme == b"http" and host:
         https_port = plane.https_port
         if https_port is not None and (
@@ -144,7 +151,8 @@ def decide(
         ):
             netloc = host if https_port == 443 else f"{host}:{https_port}"
             return Decision(
-                status=308, location=b"https://" + netloc.encode() + target, route_host=route_host
+                status=308, headers=((b"location", b"https://" + netloc.encode() + target),),
+                route_host=route_host,
             )
     if match is None:
         return Decision(status=404)

@@ -57,6 +57,11 @@ MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 the
 _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
 _REASONS: Final = {
     204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",

@@ -20,6 +20,9 @@ Pure. Semantics (DESIGN.md, "Semantics to honour"):
   rules attaches to the route with the same host, path and match type (the
   first canary wins), which then splits traffic by header, cookie or weight;
   a canary rule with no such route is ignored, as in ingress-nginx.
+- `from-to-www-redirect`: each host of the Ingress's rules gets its `www.`
+  twin (or its bare name, for a `www.` host) redirected to it (308, path and
+  query kept), unless some Ingress has rules for the twin itself.
 - Annotations become route options (`ingress_annotations`); the ones certctl
   does not honour are reported (`certctl.api.nginx_annotations`), and an
   access-restricting one it does not enforce refuses the Ingress's routes
@@ -62,6 +65,7 @@ def compile_ingresses(
     defaults: list[model.DefaultRoute] = []
     problems: list[model.SourceProblem] = []
     canaries: list[tuple[resources.Ingress, options.CanarySettings]] = []
+    www_twins: list[resources.Ingress] = []
     for ing in served:
         canary, found = ingress_annotations.canary_settings(ing.annotations)
         route_options, more = ingress_annotations.route_options(
@@ -77,6 +81,11 @@ def compile_ingresses(
             if refusal is None:  # a refused canary takes no traffic from its main route
                 canaries.append((ing, canary))
             continue
+        twins, bad = ingress_annotations.from_to_www_redirect(ing.annotations)
+        problems += (model.SourceProblem(source=ing.key, reason=BAD_ANNOTATION, message=problem)
+                     for problem in bad)
+        if twins:
+            www_twins.append(ing)
         if ing.default_backend is not None:
             defaults.append(model.DefaultRoute(
                 source=ing.key, backend=_backend(ing, ing.default_backend),
@@ -94,6 +103,7 @@ def compile_ingresses(
                     backend=_backend(ing, ing_path.backend), options=route_options))
     for ing, settings in canaries:
         _attach_canary(ingress=ing, settings=settings, routes=routes, claimed=claimed)
+    routes += _www_twin_routes(ingresses=www_twins, served=served)
     return model.RouteSet(routes=tuple(routes), defaults=tuple(defaults),
                           served=frozenset(ing.key for ing in served), problems=tuple(problems))
 
@@ -162,6 +172,32 @@ def _attach_canary(
             routes[index] = dataclasses.replace(routes[index], canary=model.Canary(
                 source=ingress.key, backend=_backend(ingress, ing_path.backend),
                 settings=settings))
+
+
+def _www_twin_routes(
+    *, ingresses: list[resources.Ingress], served: list[resources.Ingress]
+) -> list[model.Route]:
+    """Redirects from each host's www./bare twin, for the twins no Ingress has rules for."""
+    taken = {(rule.host or "").lower() for ing in served for rule in ing.rules}
+    twins = []
+    for ing in ingresses:
+        for rule in ing.rules:
+            host = (rule.host or "").lower()
+            if not host or host.startswith("*."):
+                continue
+            twin = host.removeprefix("www.") if host.startswith("www.") else "www." + host
+            if twin in taken:
+                continue
+            taken.add(twin)
+            # The backend is never reached: every request is redirected first.
+            backend = rule.paths[0].backend if rule.paths else ing.default_backend
+            if backend is None:
+                continue
+            twins.append(model.Route(
+                source=ing.key, host=twin, path="/", exact=False, backend=_backend(ing, backend),
+                options=options.RouteOptions(redirect=options.Redirect(
+                    code=308, target=f"$scheme://{host}$request_uri"))))
+    return twins
 
 
 def _no_secrets(namespace: str, name: str) -> None:

@@ -66,6 +66,7 @@ def route_options(
         backend_tls=protocol == "HTTPS",
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
         cors=_cors_policy(reader),
+        redirect=_redirect(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -118,6 +119,53 @@ def _tokens(reader: _Reader, names: tuple[str, ...], default: bytes) -> bytes:
         return value.encode()
     reader.problems.append(f"{key}: {value!r} is not a comma-separated list of names")
     return default
+
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+# An absolute URL (its scheme may be `$scheme`) or an absolute path, header-safe.
+_REDIRECT_TARGET = re.compile(
+    r"((https?|\$scheme)://[^/\s]+)?/[^\s\"'<>\\^`{|}]*|(https?|\$scheme)://[^/\s\"'<>\\^`{|}]+")
+_VARIABLE = re.compile(r"\$[a-z_]*")
+
+
+def _redirect(reader: _Reader) -> options.Redirect | None:
+    """permanent-redirect (301), else temporal-redirect (302), else app-root; a target that
+    does not read is reported and not followed (the backend answers, as ingress-nginx)."""
+    for url_keys, code_keys, default_code in (
+        (keys.PERMANENT_REDIRECT_KEYS, keys.PERMANENT_REDIRECT_CODE_KEYS, 301),
+        (keys.TEMPORAL_REDIRECT_KEYS, keys.TEMPORAL_REDIRECT_CODE_KEYS, 302),
+    ):
+        found = reader.raw(url_keys)
+        if not found or not found[1]:
+            continue
+        key, target = found
+        if not _REDIRECT_TARGET.fullmatch(target):
+            reader.problems.append(f"{key}: {target!r} is not a URL or an absolute path")
+            continue
+        unknown = sorted(set(_VARIABLE.findall(target)) - set(options.REDIRECT_VARIABLES))
+        if unknown:
+            reader.problems.append(f"{key}: {', '.join(unknown)} is not a variable certctl fills "
+                                   f"in (it knows {', '.join(options.REDIRECT_VARIABLES)})")
+            continue
+        code = reader.integer(code_keys, default=default_code)
+        if code not in REDIRECT_CODES:
+            reader.problems.append(f"{code_keys[-1]}: {code} is not a redirect status "
+                                   f"({', '.join(map(str, REDIRECT_CODES))})")
+            code = default_code
+        return options.Redirect(code=code, target=target)
+    app_root = reader.absolute_path(keys.APP_ROOT_KEYS)
+    if app_root is not None and app_root != "/":
+        return options.Redirect(code=302, target="$scheme://$http_host" + app_root,
+                                only_root=True)
+    return None
+
+
+def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]:
+    """from-to-www-redirect: whether the Ingress's hosts take their www./bare twins too."""
+    problems: list[str] = []
+    wanted = _Reader(values=dict(annotations), problems=problems).boolean(
+        keys.FROM_TO_WWW_REDIRECT_KEYS, default=False)
+    return wanted, problems
 
 
 def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) -> str | None:

@@ -99,6 +99,38 @@ class CorsPolicy:
         return False
 
 
+REDIRECT_VARIABLES: Final = ("$request_uri", "$uri", "$is_args", "$args", "$scheme",
+                              "$http_host", "$host")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Redirect:
+    """Answer with a redirect instead of the backend (permanent-redirect, temporal-redirect,
+    app-root, from-to-www-redirect).
+
+    `target` may hold nginx's variables (REDIRECT_VARIABLES), filled in per
+    request; `only_root` limits it to the path `/` (app-root).
+    """
+
+    code: int
+    target: str
+    only_root: bool = False
+
+    def location(self, *, scheme: bytes, http_host: bytes, host: str, target: bytes) -> bytes:
+        """The Location for a request (`target` is its path and query as received)."""
+        location = self.target.encode()
+        if b"$" not in location:
+            return location
+        path, question, query = target.partition(b"?")
+        values = {  # longest names first, so $is_args is not read as $is + args
+            b"$request_uri": target, b"$http_host": http_host, b"$is_args": question,
+            b"$scheme": scheme, b"$args": query, b"$host": host.encode(), b"$uri": path,
+        }
+        for name, value in values.items():
+            location = location.replace(name, value)
+        return location
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
@@ -121,6 +153,7 @@ class RouteOptions:
     access: access.AccessRules | None = None
     limits: LimitRules | None = None  # requests per client; None: unlimited
     cors: CorsPolicy | None = None  # cross-origin requests; None: passed through untouched
+    redirect: Redirect | None = None  # answer every request with this redirect
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
