@@ -155,3 +155,6 @@ TEMPORAL_REDIRECT_CODE_KEYS = (
 )
 APP_ROOT_KEYS = ("certctl.io/app-root", _NGINX + "app-root")
 FROM_TO_WWW_REDIRECT_KEYS = ("certctl.io/from-to-www-redirect", _NGINX + "from-to-www-redirect")
+
+# Regular-expression paths (certctl.routes.ingress).
+USE_REGEX_KEYS = ("certctl.io/use-regex", _NGINX + "use-regex")

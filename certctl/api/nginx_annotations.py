@@ -43,7 +43,7 @@ SUPPORTED: Final = frozenset({
     "enable-cors", "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
     "cors-expose-headers", "cors-allow-credentials", "cors-max-age",
     "permanent-redirect", "permanent-redirect-code", "temporal-redirect",
-    "temporal-redirect-code", "app-root", "from-to-www-redirect",
+    "temporal-redirect-code", "app-root", "from-to-www-redirect", "use-regex",
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
@@ -115,7 +115,7 @@ UNSUPPORTED: Final = frozenset({
     "session-cookie-change-on-failure", "session-cookie-conditional-samesite-none",
     "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers", "upstream-hash-by",
     "upstream-hash-by-subset", "upstream-hash-by-subset-size", "x-forwarded-prefix",
-    "load-balance", "upstream-vhost", "use-regex", "mirror-request-body", "mirror-target",
+    "load-balance", "upstream-vhost", "mirror-request-body", "mirror-target",
     "mirror-host", "modsecurity-transaction-id",
 })
 

@@ -41,6 +41,7 @@ _ROUTING_HOSTS: dict[bytes, str | None] = {}  # see _routing_host
 _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
+_GROUP: Final = re.compile(r"\$([1-9])")
 _REFUSED_BODY: Final = (
     b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
 )
@@ -250,9 +251,13 @@ def rewrite(*, target: bytes, raw_path: bytes, match: routing.RouteMatch) -> byt
 
     For a Prefix rule `/app` with target `/`, `/app/x?q` goes upstream as
     `/x?q` and `/app` as `/`; for an Exact rule the whole path is replaced.
-    The query string is kept as it came.
+    The query string is kept as it came. A regular-expression path rewrites as
+    nginx's `rewrite` does (`_rewrite_by_pattern`).
     """
     assert match.options.rewrite_target is not None
+    if match.pattern is not None:
+        return _rewrite_by_pattern(target=target, raw_path=raw_path, pattern=match.pattern,
+                                   replacement=match.options.rewrite_target)
     new_target = match.options.rewrite_target.encode()
     remainder = b"" if match.exact else raw_path[len(match.path.rstrip("/")) :]
     path = new_target.rstrip(b"/") + remainder if remainder else new_target
@@ -260,3 +265,27 @@ def rewrite(*, target: bytes, raw_path: bytes, match: routing.RouteMatch) -> byt
         path = b"/" + path
     query = target[len(raw_path) :] if target.startswith(raw_path) else b""
     return path + query
+
+
+def _rewrite_by_pattern(
+    *, target: bytes, raw_path: bytes, pattern: re.Pattern[str], replacement: str
+) -> bytes:
+    """nginx's `rewrite <path> <target> break`: the whole path becomes the target, its
+    `$1`..`$9` filled with the path's groups (unmatched ones empty). The query string
+    follows, after `&` when the target has one of its own; a target ending in `?` drops it.
+    """
+    path = raw_path.decode("latin-1")
+    found = pattern.search(path)
+    if found is None:  # the route matched with this very pattern: cannot happen
+        return target
+    groups = found.groups()
+    rewritten = _GROUP.sub(
+        lambda ref: groups[int(ref[1]) - 1] or "" if int(ref[1]) <= len(groups) else "",
+        replacement)
+    query = target[len(raw_path) + 1:] if len(target) > len(raw_path) else b""
+    result = rewritten.encode("latin-1")
+    if result.endswith(b"?"):
+        return result[:-1]
+    if not query:
+        return result
+    return result + (b"&" if b"?" in result else b"?") + query

@@ -10,6 +10,9 @@ time, so matching allocates nothing but the path candidates it probes.
 Matching (DESIGN.md, "Semantics to honour"):
 
 - Exact paths match the request path exactly, case-sensitive.
+- Regular-expression paths (a route's `pattern`; ingress-nginx's use-regex)
+  are tried after Exact ones and before Prefix ones, longest path first; the
+  first that matches wins (nginx's `location ~*`).
 - Prefix paths match element-wise: `/foo` matches `/foo`, `/foo/`,
   `/foo/bar`, not `/foobar`; a trailing slash in the rule is ignored; `/`
   matches every path.
@@ -29,6 +32,7 @@ Matching (DESIGN.md, "Semantics to honour"):
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -66,6 +70,7 @@ class RouteMatch:
     options: route_options.RouteOptions = route_options.DEFAULT_OPTIONS
     canary: Canary | None = None
     service: str = ""  # "namespace/name" of the backend Service, the metrics label
+    pattern: re.Pattern[str] | None = None  # a regular-expression path: rewrite-target's groups
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,10 +79,12 @@ class _HostRoutes:
 
     exact: dict[str, RouteMatch] = field(default_factory=dict)
     prefix: dict[str, RouteMatch] = field(default_factory=dict)
+    regex: dict[str, RouteMatch] = field(default_factory=dict)  # by path; ordered at the end
     default: RouteMatch | None = None
 
     def match(self, path: str) -> RouteMatch | None:
-        """Longest match: the whole path as Exact first, then Prefix keys from long to short.
+        """Longest match: the whole path as Exact first, then the regular expressions in
+        their order, then Prefix keys from long to short.
 
         An Exact hit on the whole path is at least as long as any Prefix hit,
         and beats a Prefix rule of equal length, so it is checked first. The
@@ -88,6 +95,11 @@ class _HostRoutes:
             hit = self.exact.get(path)
             if hit is not None:
                 return hit
+        if self.regex:
+            for match in self.regex.values():
+                pattern = match.pattern
+                if pattern is not None and pattern.match(path) is not None:
+                    return match
         prefix = self.prefix
         if not prefix:
             return None
@@ -162,8 +174,12 @@ class RouteTable:
         for route in routes.routes:
             host_routes = _routes_for(host=route.host, exact_hosts=exact_hosts,
                                       wildcard_hosts=wildcard_hosts, hostless=hostless)
-            found_in = host_routes.exact if route.exact else host_routes.prefix
-            key = route.path if route.exact else route.path.rstrip("/")
+            if route.pattern is not None:
+                found_in, key = host_routes.regex, route.path
+            elif route.exact:
+                found_in, key = host_routes.exact, route.path
+            else:
+                found_in, key = host_routes.prefix, route.path.rstrip("/")
             if key in found_in:
                 continue
             match = resolver.route(source=route.source, backend=route.backend,
@@ -175,7 +191,13 @@ class RouteTable:
                                         path=route.path, exact=route.exact)
                 match = dataclasses.replace(match, canary=Canary(settings=route.canary.settings,
                                                                  route=target))
+            if route.pattern is not None:
+                match = dataclasses.replace(match, pattern=route.pattern)
             found_in[key] = match
+        for host_routes in (*exact_hosts.values(), *wildcard_hosts.values(), hostless):
+            if host_routes.regex:  # ingress-nginx orders its regex locations longest first
+                host_routes.regex = dict(sorted(host_routes.regex.items(),
+                                                key=lambda item: -len(item[0])))
         default: RouteMatch | None = None
         for fallback in routes.defaults:
             match = resolver.route(source=fallback.source, backend=fallback.backend,

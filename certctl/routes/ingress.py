@@ -20,6 +20,11 @@ Pure. Semantics (DESIGN.md, "Semantics to honour"):
   rules attaches to the route with the same host, path and match type (the
   first canary wins), which then splits traffic by header, cookie or weight;
   a canary rule with no such route is ignored, as in ingress-nginx.
+- `use-regex` (or a rewrite-target with capture groups) makes every Prefix
+  path of the Ingress's hosts, in every Ingress, a regular expression, as
+  ingress-nginx's host-wide `location ~*`: case-insensitive, anchored at the
+  start, tried longest path first after Exact paths; a path that does not
+  compile is reported and not served.
 - `from-to-www-redirect`: each host of the Ingress's rules gets its `www.`
   twin (or its bare name, for a `www.` host) redirected to it (308, path and
   query kept), unless some Ingress has rules for the twin itself.
@@ -35,12 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 from collections.abc import Iterable
 
 from certctl.api import nginx_annotations, resources
 from certctl.routes import access, ingress_annotations, model, options
 
 BAD_ANNOTATION = "BadAnnotation"  # a value that does not parse; the setting keeps its default
+BAD_PATH = "BadPath"  # a regular-expression path that does not compile; not served
 _NEWEST = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 
 
@@ -66,6 +73,7 @@ def compile_ingresses(
     problems: list[model.SourceProblem] = []
     canaries: list[tuple[resources.Ingress, options.CanarySettings]] = []
     www_twins: list[resources.Ingress] = []
+    regex_hosts = _regex_hosts(served, problems)
     for ing in served:
         canary, found = ingress_annotations.canary_settings(ing.annotations)
         route_options, more = ingress_annotations.route_options(
@@ -97,15 +105,40 @@ def compile_ingresses(
                 key = _key(host, ing_path)
                 if key in claimed:
                     continue
+                pattern = None
+                if host in regex_hosts and not key[2]:
+                    try:
+                        pattern = re.compile("^" + ing_path.path, re.IGNORECASE)
+                    except re.error as err:
+                        problems.append(model.SourceProblem(
+                            source=ing.key, reason=BAD_PATH,
+                            message=f"path {ing_path.path!r} of host {host or '*'} is not a "
+                            f"regular expression ({err}), and use-regex is in force for the "
+                            "host: the path is not served"))
+                        continue
                 claimed[key] = len(routes)
                 routes.append(model.Route(
                     source=ing.key, host=host, path=ing_path.path, exact=key[2],
-                    backend=_backend(ing, ing_path.backend), options=route_options))
+                    backend=_backend(ing, ing_path.backend), options=route_options,
+                    pattern=pattern))
     for ing, settings in canaries:
         _attach_canary(ingress=ing, settings=settings, routes=routes, claimed=claimed)
     routes += _www_twin_routes(ingresses=www_twins, served=served)
     return model.RouteSet(routes=tuple(routes), defaults=tuple(defaults),
                           served=frozenset(ing.key for ing in served), problems=tuple(problems))
+
+
+def _regex_hosts(served: list[resources.Ingress], problems: list[model.SourceProblem]) -> set[str]:
+    """The hosts ("" for rules without one) whose Prefix paths are regular expressions."""
+    hosts: set[str] = set()
+    for ing in served:
+        wanted, bad = ingress_annotations.uses_regex(ing.annotations)
+        problems += (model.SourceProblem(source=ing.key, reason=BAD_ANNOTATION, message=problem)
+                     for problem in bad)
+        canary, _ = ingress_annotations.canary_settings(ing.annotations)
+        if wanted and canary is None:  # a canary follows its main Ingress's paths
+            hosts.update((rule.host or "").lower() for rule in ing.rules)
+    return hosts
 
 
 def served_ingresses(

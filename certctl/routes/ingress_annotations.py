@@ -160,6 +160,19 @@ def _redirect(reader: _Reader) -> options.Redirect | None:
     return None
 
 
+_CAPTURE_GROUP = re.compile(r"\$[1-9]")
+
+
+def uses_regex(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]:
+    """Whether the Ingress's hosts take regular-expression paths: `use-regex: "true"`, or a
+    rewrite-target with capture groups (`/$2`), which only a regex can fill."""
+    problems: list[str] = []
+    reader = _Reader(values=dict(annotations), problems=problems)
+    target = reader.text(keys.REWRITE_TARGET_KEYS) or ""
+    wanted = reader.boolean(keys.USE_REGEX_KEYS, default=False)
+    return wanted or _CAPTURE_GROUP.search(target) is not None, problems
+
+
 def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]:
     """from-to-www-redirect: whether the Ingress's hosts take their www./bare twins too."""
     problems: list[str] = []

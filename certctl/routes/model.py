@@ -6,6 +6,7 @@ host, path and match type, the first wins (for Ingresses: the oldest).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from certctl.api.resources import ObjectKey
@@ -36,7 +37,10 @@ class Route:
     """Requests for `host` whose path matches `path` go to `backend`.
 
     `host` "" matches every host, `*.example.com` one extra label; `path` is
-    as written (Prefix matches element-wise, a trailing slash ignored).
+    as written (Prefix matches element-wise, a trailing slash ignored). With
+    `pattern` the path is a regular expression instead (nginx's `location ~*`:
+    case-insensitive, anchored at the start), tried in the order of the set
+    after Exact routes and before Prefix ones.
     """
 
     source: ObjectKey
@@ -44,6 +48,7 @@ class Route:
     path: str
     exact: bool
     backend: Backend
+    pattern: re.Pattern[str] | None = None
     options: route_options.RouteOptions = route_options.DEFAULT_OPTIONS
     canary: Canary | None = None
 
