@@ -159,10 +159,14 @@ class KubeStore:
         self._session = requests.Session()
         self._session.mount(self._server,
                             requests.adapters.HTTPAdapter(max_retries=TRANSIENT_RETRY))
+        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE
+        # or CURL_CA_BUNDLE in the environment override a session's `verify`, and the
+        # cluster's CA would then be ignored (every call failing certificate verification).
+        self._verify: bool | str = True
         if configuration.ssl_ca_cert:
-            self._session.verify = configuration.ssl_ca_cert
+            self._verify = configuration.ssl_ca_cert
         if not configuration.verify_ssl:
-            self._session.verify = False
+            self._verify = False
         if configuration.cert_file and configuration.key_file:
             self._session.cert = (configuration.cert_file, configuration.key_file)
         self._component = component
@@ -285,7 +289,8 @@ class KubeStore:
         headers.update(auth_headers(self.configuration))
         try:
             answer = self._session.request(method, self._server + path, params=query,
-                                           json=body, headers=headers, timeout=30)
+                                           json=body, headers=headers, timeout=30,
+                                           verify=self._verify)
         except requests.RequestException as err:
             raise interface.StoreError(f"{method} {path}: {err}") from err
         if answer.status_code >= 400:
