@@ -1,0 +1,401 @@
+"""The operator flow on a real Kubernetes API server (tests/controlplane.py) and real Pebble.
+
+An annotated Ingress becomes a Certificate, an Order, a Challenge answered by
+the data plane over HTTP-01, a kubernetes.io/tls Secret, and the data plane
+serves it by SNI over real TLS, proxying to a backend in a network
+namespace of its own. The flow runs once for the module (`flow`); the tests
+then look at what it left: the objects, every write the controller and data
+plane made next to what the server kept of it (the CRDs' structural pruning),
+the audit log of their requests (none refused), and how many requests a
+certificate costs.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.x509 import verification
+from prometheus_client import parser as prometheus_parser
+
+from certctl import cli
+from certctl.pki import inspect
+from certctl.store.kube import KubeStore
+from tests.clusterops import (
+    OPERATOR_AGENTS,
+    Backend,
+    Operator,
+    admin_store,
+    annotated_ingress,
+    issuer_ready,
+    leaf_of,
+    namespace,
+    netns_available,
+    netns_backend,
+    ready_secret,
+    service_with_slice,
+)
+from tests.pebble import PebbleServer, free_port
+from tests.serving import cluster_issuer, dns_names, eventually, https_get, served_certificate
+from tests.testca import TestCA
+
+if TYPE_CHECKING:
+    from tests.controlplane import AuditEvent, ControlPlane
+
+pytest_plugins = ["tests.controlplane"]
+
+NAMESPACE = "flow"
+ISSUER = "pebble-flow"
+HOST = "shop.example.test"
+
+
+@dataclass
+class Flow:
+    plane: ControlPlane
+    api: KubeStore
+    operator: Operator
+    pebble: PebbleServer
+    backend: Backend
+    audit_start: int  # audit log offset when the Ingress was created
+    audit_end: int  # ... when its challenge objects were cleaned up
+    served_seconds: float
+    secret: dict[str, Any]
+    served: x509.Certificate
+
+    def operator_events(self) -> list[AuditEvent]:
+        """The controller's and data plane's requests for the first certificate."""
+        return _operators(self.plane.audit.events(since=self.audit_start, until=self.audit_end))
+
+
+def _operators(events: list[AuditEvent]) -> list[AuditEvent]:
+    return [e for e in events if e.user_agent.split("/")[0] in OPERATOR_AGENTS]
+
+
+def _ingress(name: str, host: str) -> dict[str, Any]:
+    return annotated_ingress(name, host, namespace=NAMESPACE, issuer=ISSUER)
+
+
+def _challenges_cleaned_up(api: KubeStore) -> bool:
+    return not api.list(kind="Challenge", namespace=NAMESPACE) and not [
+        obj for kind in ("Ingress", "Service") for obj in api.list(kind=kind, namespace=NAMESPACE)
+        if obj["metadata"]["name"].startswith("certctl-http01-")]
+
+
+@pytest.fixture(scope="module")
+def flow(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
+    if not netns_available():
+        pytest.skip("needs root for a network namespace (ip netns)")
+    plane = control_plane
+    with contextlib.ExitStack() as cleanup:
+        pebble = PebbleServer.start(tmp_path=tmp_path_factory.mktemp("pebble"),
+                                    http_port=free_port())
+        cleanup.callback(pebble.stop)
+        api = admin_store(plane)
+        cleanup.callback(api.close)
+        cleanup.enter_context(namespace(plane, NAMESPACE))
+        backend = cleanup.enter_context(netns_backend("shop-backend"))
+        operator = Operator(plane=plane, pebble=pebble, namespaces=("certctl", NAMESPACE),
+                            dataplane_namespaces=(NAMESPACE,))
+        cleanup.callback(operator.stop)
+        operator.start()
+        api.create(obj=cluster_issuer(pebble, name=ISSUER, api_version="certctl.io/v1"))
+        cleanup.callback(api.delete, kind="ClusterIssuer", namespace=None, name=ISSUER)
+        # The ACME account first, so that the time measured is the Ingress's alone.
+        eventually(lambda: issuer_ready(api, ISSUER), timeout=60, what="the ClusterIssuer Ready")
+        for obj in service_with_slice("shop", namespace=NAMESPACE, address=backend.address,
+                                      port=backend.port):
+            api.create(obj=obj)
+
+        audit_start = plane.audit.mark()
+        started = time.monotonic()
+        api.create(obj=_ingress("shop", HOST))
+        served = eventually(lambda: served_certificate(
+            port=operator.https_port, server_name=HOST,
+            roots_pem=pebble.issuance_roots_pem()), timeout=60,
+            what="the certificate served by SNI")
+        served_seconds = time.monotonic() - started
+        secret = eventually(lambda: ready_secret(api, namespace=NAMESPACE, name="shop-tls"),
+                            what="the Certificate Ready")
+        eventually(lambda: _challenges_cleaned_up(api), what="the challenge cleaned up")
+        time.sleep(0.5)  # requests in flight reach the audit log
+        audit_end = plane.audit.mark()
+        plane.report(f"Ingress to served certificate (HTTP-01, Pebble): {served_seconds:.2f} s")
+        yield Flow(plane=plane, api=api, operator=operator, pebble=pebble, backend=backend,
+                   audit_start=audit_start, audit_end=audit_end,
+                   served_seconds=served_seconds, secret=secret, served=served)
+
+
+def test_annotated_ingress_is_issued_and_served_by_sni_over_tls(flow: Flow) -> None:
+    api, roots = flow.api, flow.pebble.issuance_roots_pem()
+    secret = flow.secret
+    assert secret["type"] == "kubernetes.io/tls"
+    chain = inspect.split_pem_chain(base64.b64decode(secret["data"]["tls.crt"]))
+    verifier = verification.PolicyBuilder().store(verification.Store(
+        x509.load_pem_x509_certificates(roots))).build_server_verifier(x509.DNSName(HOST))
+    verifier.verify(chain[0], chain[1:])  # raises unless Pebble's root vouches for it
+    assert dns_names(leaf_of(secret)) == [HOST]
+    # What the data plane presents for the name is that certificate, verified by the client.
+    assert flow.served.serial_number == leaf_of(secret).serial_number
+    # ... and it proxies to the backend in its network namespace, found through the slice.
+    status, body = https_get(port=flow.operator.https_port, host=HOST, path="/cart",
+                             roots_pem=roots)
+    assert (status, body) == (200, f"shop-backend {HOST} /cart https")
+
+    # The Certificate belongs to the Ingress (the server's uid), the Order is valid.
+    shop = api.get(kind="Ingress", namespace=NAMESPACE, name="shop")
+    certificate = api.get(kind="Certificate", namespace=NAMESPACE, name="shop-tls")
+    assert shop is not None and certificate is not None
+    [owner] = certificate["metadata"]["ownerReferences"]
+    assert (owner["apiVersion"], owner["kind"], owner["name"], owner["uid"]) == (
+        "networking.k8s.io/v1", "Ingress", "shop", shop["metadata"]["uid"])
+    [order] = api.list(kind="Order", namespace=NAMESPACE)
+    assert order["status"]["state"] == "valid"
+    assert order["metadata"]["ownerReferences"][0]["uid"] == certificate["metadata"]["uid"]
+    eventually(lambda: (api.get(kind="Ingress", namespace=NAMESPACE, name="shop") or {}).get(
+        "status", {}).get("loadBalancer") == {"ingress": [{"ip": "203.0.113.7"}]},
+        what="the data plane's address in the Ingress status")
+
+    # The challenge's objects existed on the server and are gone: a solver Ingress routed
+    # the token to the data plane through an ExternalName Service. (Deleted by certctl or,
+    # once their owner the Challenge is gone, by the garbage collector: whoever is first.)
+    created = {(e.resource, e.name) for e in flow.operator_events()
+               if e.verb == "create" and e.code == 201}
+    deleted = {(e.resource, e.name) for e in flow.plane.audit.events(since=flow.audit_start)
+               if e.verb == "delete" and e.code == 200}
+    solver = {(r, n) for r, n in created if r in ("ingresses", "services", "challenges")}
+    assert {r for r, _ in solver} == {"ingresses", "services", "challenges"}, created
+    assert solver <= deleted, solver - deleted
+    # Prometheus metrics, under cert-manager's names, from what the server holds.
+    [controller] = flow.operator.controllers
+    assert controller.options.metrics_address is not None
+    scraped = {(sample.name, frozenset(sample.labels.items())): sample.value
+               for family in prometheus_parser.text_string_to_metric_families(requests.get(
+                   f"http://127.0.0.1:{controller.options.metrics_address[1]}/metrics",
+                   timeout=5).text)
+               for sample in family.samples}
+    labels = {"issuer_group": "certctl.io", "issuer_kind": "ClusterIssuer",
+              "issuer_name": ISSUER, "name": "shop-tls", "namespace": NAMESPACE}
+    assert scraped[("certmanager_certificate_ready_status",
+                    frozenset({**labels, "condition": "True"}.items()))] == 1.0
+    assert scraped[("certmanager_certificate_expiration_timestamp_seconds",
+                    frozenset(labels.items()))] == leaf_of(secret).not_valid_after_utc.timestamp()
+
+    events = [(e["involvedObject"]["kind"], e["reason"])
+              for e in api.list(kind="Event", namespace=NAMESPACE)]
+    assert ("Ingress", "CreateCertificate") in events
+    assert ("Certificate", "Issuing") in events
+    assert ("Order", "Complete") in events
+
+
+def test_no_request_of_the_controller_or_data_plane_is_refused(flow: Flow) -> None:
+    # 404 (a get of what is not there yet) and 409 (a stale write, retried) are part of the
+    # protocol; anything else in 4xx is an object or a request the real server rejects.
+    refused = [str(e) for e in flow.operator_events() if e.code >= 400
+               and e.code not in (404, 409)]
+    assert refused == []
+
+
+def test_every_status_the_controllers_write_survives_structural_pruning(flow: Flow) -> None:
+    """What certctl sent against what the server answered: a field the CRD's structural
+    schema does not declare is dropped silently, and the reconciler that wrote it would
+    find it missing and write it again, forever. (The audit log cannot show this: it
+    records custom resources as decoded, pruned already.)"""
+    writes = [w for w in flow.operator.writes.snapshot() if w.path.startswith("/apis/certctl.io/")]
+    status_writes = [w for w in writes if w.path.endswith("/status")]
+    kinds = {w.kind for w in status_writes}
+    assert {"ClusterIssuer", "Certificate", "Order", "Challenge"} <= kinds, kinds
+    assert {"Certificate", "Order", "Challenge"} <= {w.kind for w in writes
+                                                   if w.method == "POST"}
+    last_status: dict[tuple[str, str | None, str], Any] = {}
+    for write in writes:
+        part = "status" if write.path.endswith("/status") else "spec"
+        assert write.stored.get(part) == write.sent.get(part), (
+            f"{write.method} {write.path}: the server pruned or changed {part}",
+            write.sent.get(part), write.stored.get(part))
+        if part == "status":
+            metadata = write.stored["metadata"]
+            last_status[(write.kind, metadata.get("namespace"), metadata["name"])] = \
+                write.stored.get("status")
+    # Read back now, what is still there holds exactly what was written last (the flow is
+    # at rest: its certificates are issued).
+    read_back = 0
+    for (kind, namespace_, name), status in last_status.items():
+        current = flow.api.get(kind=kind, namespace=namespace_, name=name)
+        if current is not None:
+            read_back += 1
+            assert current.get("status") == status, (kind, name)
+    assert read_back >= 3  # the ClusterIssuer, the Certificate and the Order at least
+
+
+def test_requests_per_certificate(flow: Flow) -> None:
+    """Four more Ingresses at once: what each certificate costs in API requests."""
+    api, plane = flow.api, flow.plane
+    names = [f"shop{i}" for i in range(4)]
+    start = plane.audit.mark()
+    started = time.monotonic()
+    for name in names:
+        api.create(obj=_ingress(name, f"{name}.example.test"))
+    for name in names:
+        eventually(partial(served_certificate, port=flow.operator.https_port,
+                           server_name=f"{name}.example.test",
+                           roots_pem=flow.pebble.issuance_roots_pem()),
+                   timeout=90, what=f"{name} served")
+    batch_seconds = time.monotonic() - started
+    eventually(lambda: _challenges_cleaned_up(api), what="the challenges cleaned up")
+    time.sleep(0.5)
+    events = _operators(plane.audit.events(since=start))
+    # Exactly one Order per certificate: nothing was ordered twice.
+    orders = collections.Counter(e.name.rsplit("-", 2)[0] for e in events
+                                 if e.resource == "orders" and e.verb == "create"
+                                 and not e.subresource and e.code == 201)
+    assert sorted(orders) == sorted(f"{name}-tls" for name in names), orders
+    assert set(orders.values()) == {1}
+
+    plane.report(f"{len(names)} Ingresses at once to served certificates: {batch_seconds:.2f} s")
+    for label, counted, count in (("the first certificate", flow.operator_events(), 1),
+                                  (f"{len(names)} at once", events, len(names))):
+        plane.report(f"API requests per certificate, {label}: {_summary(counted, count)}")
+
+
+def _summary(events: list[AuditEvent], certificates: int) -> str:
+    """Requests of the controller and data plane per certificate, leader-lease renewals apart
+    (they depend on time, not work); then the writes by verb and resource."""
+    leases = [e for e in events if e.resource == "leases"]
+    counted = [e for e in events if e.resource != "leases"]
+    writes = [e for e in counted if e.is_write]
+    by_kind = collections.Counter(
+        f"{e.verb} {e.resource}{'/' + e.subresource if e.subresource else ''}"
+        + (f" ({e.code})" if e.code >= 400 else "") for e in writes)
+    per = certificates
+    return (f"{len(counted) / per:.1f} requests ({len(writes) / per:.1f} writes, "
+            f"{sum(1 for e in writes if e.resource == 'events') / per:.1f} of them Events; "
+            f"{sum(1 for e in counted if e.verb in ('list', 'watch')) / per:.1f} lists/watches) "
+            f"+ {len(leases)} lease requests; writes: "
+            + ", ".join(f"{k} {v / per:g}" for k, v in sorted(by_kind.items())))
+
+
+def test_deleted_secret_is_restored_from_the_kept_copy_without_a_new_order(flow: Flow) -> None:
+    api = flow.api
+    first = eventually(lambda: ready_secret(api, namespace=NAMESPACE, name="shop-tls"),
+                       what="the Secret")
+    orders = sorted(o["metadata"]["name"] for o in api.list(kind="Order", namespace=NAMESPACE))
+    api.delete(kind="Secret", namespace=NAMESPACE, name="shop-tls")
+    second = eventually(lambda: ready_secret(api, namespace=NAMESPACE, name="shop-tls"),
+                        what="the Secret back")
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]  # really deleted and made anew
+    assert leaf_of(second).serial_number == leaf_of(first).serial_number
+    assert sorted(o["metadata"]["name"]
+                  for o in api.list(kind="Order", namespace=NAMESPACE)) == orders
+    assert "Restored" in [e["reason"] for e in api.list(kind="Event", namespace=NAMESPACE)
+                          if e["involvedObject"]["name"] == "shop-tls"]
+
+
+def test_missing_issuer_is_a_clear_condition_and_no_order(flow: Flow) -> None:
+    api = flow.api
+    api.create(obj=annotated_ingress("lost", "lost.example.test", namespace=NAMESPACE,
+                                     issuer="letsencrypt-prod"))
+
+    def not_ready() -> dict[str, Any] | None:
+        certificate = api.get(kind="Certificate", namespace=NAMESPACE, name="lost-tls") or {}
+        return next((c for c in (certificate.get("status") or {}).get("conditions") or []
+                     if c["type"] == "Ready"), None)
+
+    ready = eventually(not_ready, what="a Ready condition")
+    assert (ready["status"], ready["reason"]) == ("False", "IssuerNotFound")
+    assert "ClusterIssuer letsencrypt-prod not found" in ready["message"]
+    assert not [o for o in api.list(kind="Order", namespace=NAMESPACE)
+                if o["metadata"]["name"].startswith("lost-tls")]
+
+
+def test_cli_status_and_renew_against_the_cluster(
+    flow: Flow, capsys: pytest.CaptureFixture[str],
+) -> None:
+    kubeconfig = str(flow.plane.kubeconfig)
+    first = eventually(lambda: ready_secret(flow.api, namespace=NAMESPACE, name="shop-tls"),
+                       what="the Secret")
+    capsys.readouterr()
+    assert cli.main(["status", "certificate", "shop-tls", "-n", NAMESPACE,
+                     "--kubeconfig", kubeconfig]) == 0
+    shown = capsys.readouterr().out
+    assert f"Certificate {NAMESPACE}/shop-tls" in shown and "Ready: True" in shown
+
+    assert cli.main(["renew", "shop-tls", "-n", NAMESPACE, "--kubeconfig", kubeconfig]) == 0
+    assert f"Manually triggered issuance of Certificate {NAMESPACE}/shop-tls" in \
+        capsys.readouterr().out
+
+    def renewed_and_served() -> x509.Certificate | None:
+        served = served_certificate(port=flow.operator.https_port, server_name=HOST,
+                                    roots_pem=flow.pebble.issuance_roots_pem())
+        return served if served.serial_number != leaf_of(first).serial_number else None
+
+    renewed = eventually(renewed_and_served, timeout=60, what="the renewed certificate served")
+    assert dns_names(renewed) == [HOST]
+    assert cli.main(["status", "certificate", "nope", "-n", NAMESPACE,
+                     "--kubeconfig", kubeconfig]) == 1
+    assert f"Certificate {NAMESPACE}/nope not found" in capsys.readouterr().err
+
+
+def test_the_clusters_ca_is_trusted_whatever_the_environment_names(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # requests prefers REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE to a session's own CA; a store
+    # that set its CA on the session failed every call wherever those are set.
+    unrelated = tmp_path / "unrelated-ca.pem"
+    unrelated.write_bytes(TestCA(common_name="not the cluster's CA").pem)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(unrelated))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(unrelated))
+    store = KubeStore(configuration=control_plane.configuration(), component="certctl-test")
+    try:
+        assert "certctl" in [c["metadata"]["name"] for c in store.list(kind="IngressClass")]
+    finally:
+        store.close()
+
+
+def test_solver_naming_an_ingress_gets_the_token_path_added_and_removed_again(
+    flow: Flow,
+) -> None:
+    # As for GKE or ALB, where every Ingress has its own address: no solver Ingress.
+    api, plane = flow.api, flow.plane
+    issuer = cluster_issuer(flow.pebble, name=f"{ISSUER}-named", api_version="certctl.io/v1")
+    issuer["spec"]["acme"]["solvers"] = [{"http01": {"ingress": {"name": "named"}}}]
+    api.create(obj=issuer)
+    try:
+        eventually(lambda: issuer_ready(api, issuer["metadata"]["name"]), timeout=60,
+                   what="the ClusterIssuer")
+        start = plane.audit.mark()
+        api.create(obj=annotated_ingress("named", "named.example.test", namespace=NAMESPACE,
+                                         issuer=issuer["metadata"]["name"]))
+        eventually(partial(served_certificate, port=flow.operator.https_port,
+                           server_name="named.example.test",
+                           roots_pem=flow.pebble.issuance_roots_pem()),
+                   timeout=60, what="the certificate served")
+        eventually(lambda: not api.list(kind="Challenge", namespace=NAMESPACE),
+                   what="the challenge cleaned up")
+        time.sleep(0.5)
+    finally:
+        api.delete(kind="ClusterIssuer", namespace=None, name=issuer["metadata"]["name"])
+    updates = [e for e in _operators(plane.audit.events(since=start))
+               if e.resource == "ingresses" and e.verb == "update" and e.code == 200]
+    assert not [e for e in updates if e.name != "named"]  # no solver Ingress, no other one
+    paths = [[(p["path"], p["pathType"], p["backend"]["service"]["name"])
+              for rule in e.raw["requestObject"]["spec"]["rules"]
+              for p in rule["http"]["paths"]]
+             for e in updates if not e.subresource]
+    added = [path for version in paths for path in version
+             if path[0].startswith("/.well-known/acme-challenge/")]
+    assert added, f"the token path was never added to Ingress named: {paths}"
+    assert added[0][1] == "Exact" and added[0][2].startswith("certctl-http01-")
+    named = api.get(kind="Ingress", namespace=NAMESPACE, name="named")
+    assert named is not None
+    assert [[p["path"] for p in rule["http"]["paths"]] for rule in named["spec"]["rules"]] == [
+        ["/"]]
