@@ -77,6 +77,7 @@ class DataPlaneFeed:
         self._stopping = False
         self._routes_dirty = True
         self._secrets_dirty = True
+        self._statuses_dirty = False
         self._thread = threading.Thread(target=self._run, name="dataplane-feed", daemon=True)
 
     def start(self) -> None:
@@ -146,7 +147,12 @@ class DataPlaneFeed:
                 retry_delay = FIRST_RETRY_SECONDS
 
     def refresh(self) -> None:
-        """Rebuild what events marked dirty; on failure it stays marked for the next try."""
+        """Rebuild what events marked dirty; on failure it stays marked for the next try.
+
+        Ingress statuses come last: a status the API refuses (a 403 from a
+        Role without `ingresses/status`, a server down) must not keep routes
+        or certificates from being served.
+        """
         if self._routes_dirty:
             # Cleared before reading, so an event arriving meanwhile marks it again.
             self._routes_dirty = False
@@ -162,14 +168,20 @@ class DataPlaneFeed:
             except Exception:
                 self._secrets_dirty = True
                 raise
+        if self._statuses_dirty and self._load_balancer is not None:
+            self._statuses_dirty = False
+            try:
+                self._write_statuses(self._load_balancer)
+            except Exception:
+                self._statuses_dirty = True
+                raise
 
     def _refresh_routes(self) -> None:
         table = self._build_routes()
         self._publish_routes(table)
         self._served = table.served
         self._report(table.problems)
-        if self._load_balancer is not None:
-            self._write_statuses(self._load_balancer)
+        self._statuses_dirty = True
 
     def _report(self, problems: tuple[model.SourceProblem, ...]) -> None:
         """A Warning event (logged too) on the source object of each problem not reported yet."""
@@ -204,7 +216,7 @@ class DataPlaneFeed:
                 self._store.replace_status(obj=obj)
             except Conflict:
                 # Changed since we read it: its watch event brings us back here.
-                self._routes_dirty = True
+                self._statuses_dirty = True
                 self._wake.set()
                 continue
             except NotFound:
