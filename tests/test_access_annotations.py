@@ -174,14 +174,14 @@ def _table(ingresses: list[resources.Ingress], *, enforce: bool = True) -> routi
 
 def test_each_annotation_not_honoured_is_reported_with_its_key():
     table = _table([simple_ingress("mixed", {("mixed.test", "/"): "web"}, annotations={
-        NGINX + "auth-url": "http://auth/", NGINX + "server-alias": "alias.test",
+        NGINX + "auth-url": "http://auth/", NGINX + "affinity": "cookie",
         NGINX + "proxy-buffering": "off", NGINX + "ssl-redirect": "false",
         NGINX + "made-up-thing": "1", "example.com/other": "x",
     })])
     reported = {(p.reason, p.message.split(":")[0]) for p in table.problems}
     assert reported == {
         (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-url"),
-        (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "server-alias"),
+        (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "affinity"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "made-up-thing"),
     }
     assert all(str(p.source) == "Ingress default/mixed" for p in table.problems)

@@ -158,3 +158,4 @@ FROM_TO_WWW_REDIRECT_KEYS = ("certctl.io/from-to-www-redirect", _NGINX + "from-t
 
 # Regular-expression paths (certctl.routes.ingress).
 USE_REGEX_KEYS = ("certctl.io/use-regex", _NGINX + "use-regex")
+SERVER_ALIAS_KEYS = ("certctl.io/server-alias", _NGINX + "server-alias")

@@ -25,6 +25,10 @@ Pure. Semantics (DESIGN.md, "Semantics to honour"):
   ingress-nginx's host-wide `location ~*`: case-insensitive, anchored at the
   start, tried longest path first after Exact paths; a path that does not
   compile is reported and not served.
+- `server-alias`: more names for the hosts of the Ingress's rules, served
+  exactly as they are (every Ingress's paths for them); an alias that is a
+  host of some Ingress's rules, or an earlier Ingress's alias, is left out
+  and reported, as ingress-nginx does.
 - `from-to-www-redirect`: each host of the Ingress's rules gets its `www.`
   twin (or its bare name, for a `www.` host) redirected to it (308, path and
   query kept), unless some Ingress has rules for the twin itself.
@@ -48,6 +52,7 @@ from certctl.routes import access, ingress_annotations, model, options
 
 BAD_ANNOTATION = "BadAnnotation"  # a value that does not parse; the setting keeps its default
 BAD_PATH = "BadPath"  # a regular-expression path that does not compile; not served
+ALIAS_CONFLICT = "AliasConflict"  # a server-alias that another Ingress's host already is
 _NEWEST = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 
 
@@ -73,6 +78,7 @@ def compile_ingresses(
     problems: list[model.SourceProblem] = []
     canaries: list[tuple[resources.Ingress, options.CanarySettings]] = []
     www_twins: list[resources.Ingress] = []
+    aliased: list[resources.Ingress] = []
     regex_hosts = _regex_hosts(served, problems)
     for ing in served:
         canary, found = ingress_annotations.canary_settings(ing.annotations)
@@ -94,6 +100,11 @@ def compile_ingresses(
                      for problem in bad)
         if twins:
             www_twins.append(ing)
+        aliases, bad = ingress_annotations.server_aliases(ing.annotations)
+        problems += (model.SourceProblem(source=ing.key, reason=BAD_ANNOTATION, message=problem)
+                     for problem in bad)
+        if aliases:
+            aliased.append(ing)
         if ing.default_backend is not None:
             defaults.append(model.DefaultRoute(
                 source=ing.key, backend=_backend(ing, ing.default_backend),
@@ -123,6 +134,7 @@ def compile_ingresses(
                     pattern=pattern))
     for ing, settings in canaries:
         _attach_canary(ingress=ing, settings=settings, routes=routes, claimed=claimed)
+    routes += _alias_routes(ingresses=aliased, served=served, routes=routes, problems=problems)
     routes += _www_twin_routes(ingresses=www_twins, served=served)
     return model.RouteSet(routes=tuple(routes), defaults=tuple(defaults),
                           served=frozenset(ing.key for ing in served), problems=tuple(problems))
@@ -205,6 +217,30 @@ def _attach_canary(
             routes[index] = dataclasses.replace(routes[index], canary=model.Canary(
                 source=ingress.key, backend=_backend(ingress, ing_path.backend),
                 settings=settings))
+
+
+def _alias_routes(
+    *, ingresses: list[resources.Ingress], served: list[resources.Ingress],
+    routes: list[model.Route], problems: list[model.SourceProblem],
+) -> list[model.Route]:
+    """Copies of the aliased hosts' routes under each alias not taken by a rule or an
+    earlier alias."""
+    taken = {(rule.host or "").lower() for ing in served for rule in ing.rules}
+    copies: list[model.Route] = []
+    for ing in ingresses:
+        aliases, _ = ingress_annotations.server_aliases(ing.annotations)
+        hosts = {(rule.host or "").lower() for rule in ing.rules if rule.host}
+        for alias in aliases:
+            if alias in taken:
+                problems.append(model.SourceProblem(
+                    source=ing.key, reason=ALIAS_CONFLICT,
+                    message=f"server-alias {alias!r} is already a host of an Ingress's rules "
+                    "or another Ingress's alias; left out"))
+                continue
+            taken.add(alias)
+            copies += (dataclasses.replace(route, host=alias) for route in routes
+                       if route.host in hosts)
+    return copies
 
 
 def _www_twin_routes(

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from certctl.api import annotations as keys
+from certctl.api import names
 from certctl.routes import access, options
 
 _SIZE = re.compile(r"(\d+)([kKmMgG]?)")
@@ -171,6 +172,24 @@ def uses_regex(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]
     target = reader.text(keys.REWRITE_TARGET_KEYS) or ""
     wanted = reader.boolean(keys.USE_REGEX_KEYS, default=False)
     return wanted or _CAPTURE_GROUP.search(target) is not None, problems
+
+
+def server_aliases(annotations: Iterable[tuple[str, str]]) -> tuple[tuple[str, ...], list[str]]:
+    """server-alias: more host names served exactly as the Ingress's hosts."""
+    problems: list[str] = []
+    found = _Reader(values=dict(annotations), problems=problems).raw(keys.SERVER_ALIAS_KEYS)
+    if found is None:
+        return (), problems
+    key, value = found
+    aliases: list[str] = []
+    for alias in (a.strip().lower().rstrip(".") for a in value.split(",")):
+        if not alias:
+            continue
+        try:
+            aliases.append(names.normalize_dns_name(alias, allow_wildcard=True))
+        except ValueError as err:
+            problems.append(f"{key}: {alias!r} is not a host name ({err}); left out")
+    return tuple(dict.fromkeys(aliases)), problems
 
 
 def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]:
