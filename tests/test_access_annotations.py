@@ -1,7 +1,7 @@
 """Ingresses whose ingress-nginx annotations certctl does not enforce are never served open.
 
-An access-restricting annotation certctl does not implement (auth-url,
-auth-tls-*, digest auth, limit-*, a WAF switched on), an access annotation
+An access-restricting annotation certctl does not implement (auth-tls-*,
+auth-proxy-set-headers, digest auth, limit-*, a WAF switched on), an access annotation
 it cannot read (basic auth whose Secret is missing), or raw nginx
 configuration (snippets) makes the Ingress's routes answer 503 instead of
 serving what the annotation protected; other unimplemented annotations are
@@ -40,7 +40,7 @@ CERTCTL = "certctl.io/"
 REFUSED_BODY = b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
 
 ACCESS_ANNOTATIONS = [
-    {NGINX + "auth-url": "http://auth.internal/check"},
+    {NGINX + "auth-proxy-set-headers": "default/auth-headers"},
     {NGINX + "auth-type": "basic", NGINX + "auth-secret": "no-such-secret"},
     {NGINX + "auth-type": "digest", NGINX + "auth-secret": "no-such-secret"},
     {NGINX + "auth-secret": "no-such-secret"},
@@ -52,7 +52,7 @@ ACCESS_ANNOTATIONS = [
     {NGINX + "enable-modsecurity": "true"},
     {NGINX + "configuration-snippet": "deny all;"},
     {NGINX + "server-snippet": "allow 10.0.0.0/8; deny all;"},
-    {CERTCTL + "auth-url": "http://auth.internal/check"},
+    {CERTCTL + "auth-tls-secret": "default/client-ca"},
 ]
 
 
@@ -77,7 +77,7 @@ def _ingresses() -> list[resources.Ingress]:
     return [
         *_refused_ingresses(),
         simple_ingress("refused-tls", {("refused-tls.test", "/"): "secret"},
-                       annotations={NGINX + "auth-url": "http://auth.internal/check"}),
+                       annotations={NGINX + "auth-tls-secret": "default/client-ca"}),
         simple_ingress("open", {("open.test", "/"): "open"}),
         # A hostless rule for every path must not take over a refused host's requests.
         simple_ingress("catch-all", {("", "/"): "open"}, created_offset=10),
@@ -87,7 +87,7 @@ def _ingresses() -> list[resources.Ingress]:
                                     NGINX + "proxy-buffering": "off"}),
         # A canary attached to a refused main route is refused with it ...
         simple_ingress("canary-main-refused", {("canary-main.test", "/"): "secret"},
-                       annotations={NGINX + "auth-url": "http://auth.internal/check"}),
+                       annotations={NGINX + "auth-tls-secret": "default/client-ca"}),
         simple_ingress("canary-of-refused", {("canary-main.test", "/"): "canary"},
                        created_offset=5,
                        annotations={NGINX + "canary": "true", NGINX + "canary-weight": "100"}),
@@ -151,7 +151,7 @@ def test_refused_canary_takes_no_traffic_from_its_main_route(plane):
 
 def test_opt_out_serves_the_ingress_without_the_restriction(backends):
     ingresses = [simple_ingress("admin", {("admin.test", "/"): "secret"},
-                                annotations={NGINX + "auth-url": "http://auth.internal/"})]
+                                annotations={NGINX + "auth-tls-secret": "default/client-ca"})]
     with running_plane(ingresses=ingresses,
                        backends={"secret": (backends["secret"].port,)},
                        enforce_access_annotations=False) as running:
@@ -174,20 +174,20 @@ def _table(ingresses: list[resources.Ingress], *, enforce: bool = True) -> routi
 
 def test_each_annotation_not_honoured_is_reported_with_its_key():
     table = _table([simple_ingress("mixed", {("mixed.test", "/"): "web"}, annotations={
-        NGINX + "auth-url": "http://auth/", NGINX + "affinity": "cookie",
+        NGINX + "auth-tls-secret": "default/ca", NGINX + "affinity": "cookie",
         NGINX + "proxy-buffering": "off", NGINX + "ssl-redirect": "false",
         NGINX + "made-up-thing": "1", "example.com/other": "x",
     })])
     reported = {(p.reason, p.message.split(":")[0]) for p in table.problems}
     assert reported == {
-        (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-url"),
+        (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-tls-secret"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "affinity"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "made-up-thing"),
     }
     assert all(str(p.source) == "Ingress default/mixed" for p in table.problems)
     match = table.match(host="mixed.test", path="/")
     assert match is not None and match.options.refusal is not None
-    assert NGINX + "auth-url" in match.options.refusal
+    assert NGINX + "auth-tls-secret" in match.options.refusal
 
 
 def test_snippet_is_refused_with_what_to_use_instead():
@@ -241,8 +241,8 @@ def test_serve_refuses_an_auth_annotated_ingress_until_the_annotation_is_removed
         manifests = tmp_path / "manifests"
         manifests.mkdir()
         admin = ingress("admin", hosts=["admin.test"], secret_name=None, backend="admin",
-                        annotations={NGINX + "auth-url": "http://auth.internal/check",
-                                     NGINX + "auth-signin": "https://login.example/"})
+                        annotations={NGINX + "auth-tls-secret": "default/client-ca",
+                                     NGINX + "auth-tls-verify-client": "on"})
         write_yaml(manifests / "apps.yaml", admin, *service_with_endpoints("admin", port=port))
         log = tmp_path / "serve.log"
         proc, http_port = _serve(manifests, tmp_path / "state", log)
@@ -251,13 +251,13 @@ def test_serve_refuses_an_auth_annotated_ingress_until_the_annotation_is_removed
                        what="503 for admin.test")
             text = eventually(lambda: "AccessNotEnforced" in log.read_text() and log.read_text(),
                               what="the Warning in the log")
-            assert "Ingress default/admin" in text and NGINX + "auth-url" in text
-            assert NGINX + "auth-signin" in text
+            assert "Ingress default/admin" in text and NGINX + "auth-tls-secret" in text
+            assert NGINX + "auth-tls-verify-client" in text
             shown = subprocess.run(
                 [sys.executable, "-m", "certctl", "status", "ingress", "admin", "--state-dir",
                  str(tmp_path / "state")], capture_output=True, text=True, check=True).stdout
             assert "AccessEnforced: False (AccessNotEnforced)" in shown
-            assert NGINX + "auth-url" in shown
+            assert NGINX + "auth-tls-secret" in shown
             assert "AnnotationsSupported: True" in shown
             admin["metadata"]["annotations"] = {}
             write_yaml(manifests / "apps.yaml", admin, *service_with_endpoints("admin", port=port))

@@ -159,3 +159,20 @@ FROM_TO_WWW_REDIRECT_KEYS = ("certctl.io/from-to-www-redirect", _NGINX + "from-t
 # Regular-expression paths (certctl.routes.ingress).
 USE_REGEX_KEYS = ("certctl.io/use-regex", _NGINX + "use-regex")
 SERVER_ALIAS_KEYS = ("certctl.io/server-alias", _NGINX + "server-alias")
+
+# External authentication (certctl.routes.options.ExternalAuth).
+AUTH_URL_KEYS = ("certctl.io/auth-url", _NGINX + "auth-url")
+AUTH_METHOD_KEYS = ("certctl.io/auth-method", _NGINX + "auth-method")
+AUTH_SIGNIN_KEYS = ("certctl.io/auth-signin", _NGINX + "auth-signin")
+AUTH_SIGNIN_REDIRECT_PARAM_KEYS = (
+    "certctl.io/auth-signin-redirect-param",
+    _NGINX + "auth-signin-redirect-param",
+)
+AUTH_RESPONSE_HEADERS_KEYS = ("certctl.io/auth-response-headers", _NGINX + "auth-response-headers")
+AUTH_REQUEST_REDIRECT_KEYS = ("certctl.io/auth-request-redirect", _NGINX + "auth-request-redirect")
+AUTH_ALWAYS_SET_COOKIE_KEYS = (
+    "certctl.io/auth-always-set-cookie",
+    _NGINX + "auth-always-set-cookie",
+)
+AUTH_CACHE_KEY_KEYS = ("certctl.io/auth-cache-key", _NGINX + "auth-cache-key")
+AUTH_CACHE_DURATION_KEYS = ("certctl.io/auth-cache-duration", _NGINX + "auth-cache-duration")

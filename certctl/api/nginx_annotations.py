@@ -37,6 +37,10 @@ SUPPORTED: Final = frozenset({
     # access rules (certctl.routes.access); auth-type other than basic is refused there
     "whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
     "auth-secret", "auth-secret-type", "auth-realm", "satisfy",
+    # external authentication (certctl.dataplane.external_auth)
+    "auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
+    "auth-response-headers", "auth-request-redirect", "auth-always-set-cookie",
+    "auth-cache-key", "auth-cache-duration",
     # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",
@@ -79,6 +83,10 @@ NO_OP: Final[dict[str, str]] = {
     "influxdb-server-name": "certctl exports Prometheus metrics, not InfluxDB",
     "http2-push-preload": "browsers no longer accept HTTP/2 server push",
     "enable-global-auth": "certctl has no global external authentication to opt out of",
+    "auth-keepalive": "connections to the auth service are always kept alive and reused",
+    "auth-keepalive-requests": "connections to the auth service are always kept alive",
+    "auth-keepalive-timeout": "connections to the auth service are always kept alive",
+    "auth-keepalive-share-vars": "each request gets its own subrequest's answer",
 }
 
 # Raw nginx configuration: name -> what to use instead.

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from certctl.dataplane import dispatch, http2, limits, routing, upstream
+from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
@@ -562,6 +563,38 @@ class ClientConnection(asyncio.Protocol):
         self._read_timeout = match.options.read_timeout or self._plane.upstream_timeout
         self._body_sent = 0
         self._retried = False
+        options = match.options
+        rules = options.access
+        if options.external_auth is not None and not (
+            rules is not None and rules.satisfied_by_address(self._client_ip)
+        ):
+            self._deadline = time.monotonic() + self._read_timeout
+            self._plane.spawn(self._authorize(options.external_auth, match, head))
+            return
+        self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
+
+    async def _authorize(
+        self, rules: route_options.ExternalAuth, match: routing.RouteMatch, head: _RequestHead
+    ) -> None:
+        """auth-url: ask the auth service, then forward the request or answer it."""
+        authority = head.host or b""
+        verdict = await self._plane.external_auth.check(
+            rules=rules, scheme=self._scheme, method=head.method, target=head.target,
+            http_host=authority, host=routing.normalize_host(authority.decode("latin-1")),
+            client_ip=self._client_ip, headers=head.headers)
+        if self._closed or self._match is not match:
+            return  # the client left, or timed out, meanwhile
+        if verdict.status:
+            self._respond_local(
+                status=verdict.status, keep_alive=head.keep_alive,
+                extra_headers=b"".join(name + b": " + value + b"\r\n"
+                                       for name, value in verdict.client_headers))
+            return
+        if verdict.upstream_headers:  # the auth service's word replaces the client's
+            names = {name for name, _ in verdict.upstream_headers}
+            head.headers = [(name, value) for name, value in head.headers
+                            if name.lower() not in names] + list(verdict.upstream_headers)
+        self._extra_headers += verdict.client_headers
         self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
 
     # -- talking to the upstream -------------------------------------------------------------

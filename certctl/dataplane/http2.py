@@ -44,6 +44,7 @@ import h2.exceptions
 import h2.settings
 
 from certctl.dataplane import dispatch, limits, routing, upstream
+from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
@@ -67,6 +68,7 @@ _REASONS: Final = {
     403: b"Forbidden",
     404: b"Not Found",
     413: b"Content Too Large",
+    500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
@@ -403,7 +405,35 @@ class Http2Connection(asyncio.Protocol):
         stream.target = decision.target
         stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
         stream.deadline = time.monotonic() + stream.read_timeout
+        options = match.options
+        rules = options.access
+        if options.external_auth is not None and not (
+            rules is not None and rules.satisfied_by_address(self._client_ip)
+        ):
+            self.plane.spawn(self._authorize(stream, options.external_auth))
+            return
         self.connect(stream, fresh=False)
+
+    async def _authorize(self, stream: _Stream, rules: route_options.ExternalAuth) -> None:
+        """auth-url: ask the auth service, then forward the stream's request or answer it."""
+        authority = stream.authority or b""
+        verdict = await self.plane.external_auth.check(
+            rules=rules, scheme=b"https", method=stream.method, target=stream.path,
+            http_host=authority, host=routing.normalize_host(authority.decode("latin-1")),
+            client_ip=self._client_ip, headers=stream.headers)
+        if self._closed or stream.finished:
+            return
+        if verdict.status:
+            self.answer(stream, status=verdict.status, headers=verdict.client_headers)
+            self.flush()
+            return
+        if verdict.upstream_headers:  # the auth service's word replaces the client's
+            names = {name for name, _ in verdict.upstream_headers}
+            stream.headers = [(name, value) for name, value in stream.headers
+                              if name not in names] + list(verdict.upstream_headers)
+        stream.extra_headers += verdict.client_headers
+        self.connect(stream, fresh=False)
+        self.flush()
 
     def connect(self, stream: _Stream, *, fresh: bool) -> None:
         match = stream.match

@@ -34,6 +34,7 @@ from certctl.dataplane import (
     DEFAULT_MAX_CONNECTIONS,
     certstore,
     connection,
+    external_auth,
     http2,
     limits,
     metrics,
@@ -99,6 +100,8 @@ class DataPlane:
         self._metrics_port: int | None = None
         self.pool = upstream.Pool()
         self.limits = limits.RequestLimits()  # Ingresses' limit-rps/-rpm/-connections counts
+        self.external_auth = external_auth.ExternalAuthorizer(
+            pool=self.pool, connect_timeout=connect_timeout, timeout=upstream_timeout)
         self.metrics = metrics.Metrics(certificates=certificates)
         self._connections: set[connection.ClientConnection | http2.Http2Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -97,11 +97,16 @@ class AccessRules:
         auth = self.basic_auth
         if auth is None:
             return ALLOWED if address_ok else FORBIDDEN
-        if self.satisfy_any and address_ok and (self.allow or self.deny):
+        if self.satisfied_by_address(client_ip):
             return ALLOWED
         if not address_ok and not self.satisfy_any:
             return FORBIDDEN
         return ALLOWED if auth.allows(authorization) else UNAUTHORIZED
+
+    def satisfied_by_address(self, client_ip: bytes) -> bool:
+        """`satisfy: any` with address rules the client passes: no other check applies."""
+        return self.satisfy_any and bool(self.allow or self.deny) and self._address_allowed(
+            client_ip)
 
     def _address_allowed(self, client_ip: bytes) -> bool:
         if not self.allow and not self.deny:

@@ -48,10 +48,11 @@ def route_options(
     try:
         rules = _access_rules(reader, namespace=namespace, secret_data=secret_data)
         limit_rules = _limit_rules(reader, zone=f"{namespace}/{name}")
+        external_auth = _external_auth(reader, zone=f"{namespace}/{name}")
         refusal = None
     except access.Unreadable as err:
         problems.append(str(err))
-        rules, limit_rules = None, None
+        rules, limit_rules, external_auth = None, None, None
         refusal = f"{err} (the Ingress is not served until it is fixed)"
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
@@ -68,6 +69,7 @@ def route_options(
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
         cors=_cors_policy(reader),
         redirect=_redirect(reader),
+        external_auth=external_auth,
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -190,6 +192,71 @@ def server_aliases(annotations: Iterable[tuple[str, str]]) -> tuple[tuple[str, .
         except ValueError as err:
             problems.append(f"{key}: {alias!r} is not a host name ({err}); left out")
     return tuple(dict.fromkeys(aliases)), problems
+
+
+_AUTH_URL = re.compile(r"(https?|\$scheme)://[^/\s\"'<>\\^`{|}]+(/[^\s\"'<>\\^`{|}]*)?")
+_AUTH_VARIABLE = re.compile(r"\$[a-z_0-9]*")
+_METHOD = re.compile(r"[A-Za-z]+")
+_CACHE_DURATION = re.compile(r"((?:[1-5][0-9]{2}\s+)*)([0-9]+)([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _external_auth(reader: _Reader, *, zone: str) -> options.ExternalAuth | None:
+    """auth-url and its settings; access.Unreadable for any that cannot be enforced."""
+    found = reader.raw(keys.AUTH_URL_KEYS)
+    if not found or not found[1]:
+        return None
+    url = _auth_template(found, url=True)
+    method = reader.raw(keys.AUTH_METHOD_KEYS)
+    if method is not None and not _METHOD.fullmatch(method[1]):
+        raise access.Unreadable(f"{method[0]}: {method[1]!r} is not an HTTP method")
+    signin = reader.raw(keys.AUTH_SIGNIN_KEYS)
+    headers = reader.raw(keys.AUTH_RESPONSE_HEADERS_KEYS)
+    if headers is not None and headers[1] and not _TOKEN_LIST.fullmatch(headers[1]):
+        raise access.Unreadable(f"{headers[0]}: {headers[1]!r} is not a comma-separated "
+                                "list of header names")
+    redirect = reader.raw(keys.AUTH_REQUEST_REDIRECT_KEYS)
+    param = reader.raw(keys.AUTH_SIGNIN_REDIRECT_PARAM_KEYS)
+    if param is not None and not re.fullmatch(r"[A-Za-z0-9_.~-]+", param[1]):
+        raise access.Unreadable(f"{param[0]}: {param[1]!r} is not a query parameter name")
+    cache_key = reader.raw(keys.AUTH_CACHE_KEY_KEYS)
+    statuses, seconds = frozenset({200, 202, 401}), 300.0
+    duration = reader.raw(keys.AUTH_CACHE_DURATION_KEYS)
+    if duration is not None:
+        parsed = _CACHE_DURATION.fullmatch(duration[1])
+        if parsed is None:
+            raise access.Unreadable(f"{duration[0]}: {duration[1]!r} is not status codes and "
+                                    "a duration, such as '200 202 401 5m'")
+        statuses = frozenset(int(code) for code in parsed[1].split()) or statuses
+        seconds = float(int(parsed[2]) * _DURATION_UNITS[parsed[3]])
+    return options.ExternalAuth(
+        zone=zone, url=url,
+        method=method[1].upper().encode() if method else b"GET",
+        signin=_auth_template(signin, url=True) if signin and signin[1] else None,
+        signin_redirect_param=param[1] if param else "rd",
+        response_headers=tuple(h.strip().lower().encode() for h in headers[1].split(",")
+                               if h.strip()) if headers else (),
+        request_redirect=_auth_template(redirect, url=False) if redirect else None,
+        always_set_cookie=reader.boolean(keys.AUTH_ALWAYS_SET_COOKIE_KEYS, default=False),
+        cache_key=_auth_template(cache_key, url=False) if cache_key else None,
+        cache_statuses=statuses, cache_seconds=seconds,
+    )
+
+
+def _auth_template(found: tuple[str, str], *, url: bool) -> str:
+    """A value with nginx variables certctl fills in; a URL when `url`."""
+    key, value = found
+    if url and not _AUTH_URL.fullmatch(value):
+        raise access.Unreadable(f"{key}: {value!r} is not an http or https URL")
+    if any(c in value for c in "\r\n"):
+        raise access.Unreadable(f"{key}: holds a line break")
+    unknown = sorted(name for name in set(_AUTH_VARIABLE.findall(value))
+                     if name not in options.AUTH_VARIABLES and not name.startswith("$http_"))
+    if unknown:
+        raise access.Unreadable(f"{key}: {', '.join(unknown)} is not a variable certctl fills "
+                                f"in (it knows {', '.join(options.AUTH_VARIABLES)} and "
+                                "$http_<header>)")
+    return value
 
 
 def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, list[str]]:

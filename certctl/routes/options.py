@@ -12,6 +12,7 @@ Defaults differ from ingress-nginx's in two places, on purpose:
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -101,6 +102,47 @@ class CorsPolicy:
 
 REDIRECT_VARIABLES: Final = ("$request_uri", "$uri", "$is_args", "$args", "$scheme",
                               "$http_host", "$host")
+# What external authentication's URLs and cache key may also use.
+AUTH_VARIABLES: Final = (*REDIRECT_VARIABLES, "$escaped_request_uri", "$remote_addr",
+                         "$request_method")
+
+
+def expand(template: str, values: dict[str, bytes]) -> bytes:
+    """nginx's variables in `template` replaced by `values` (longest names first, so
+    `$request_uri` is not read as `$request` + `_uri`); `$http_<name>` are request headers
+    and must be in `values` too (absent ones as b"")."""
+    result = template.encode()
+    for name in sorted(values, key=len, reverse=True):
+        result = result.replace(name.encode(), values[name])
+    return _ABSENT_HEADER.sub(b"", result)
+
+
+_ABSENT_HEADER: Final = re.compile(rb"\$http_[a-z0-9_]+")  # a header the request lacks: empty
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExternalAuth:
+    """ingress-nginx's auth-url: a subrequest to `url` decides each request.
+
+    2xx lets it through (with `response_headers` of the answer copied onto the
+    request to the backend, replacing what the client sent under those names);
+    401 goes back to the client (or, with `signin`, a 302 to it with the
+    original URL in `signin_redirect_param`); 403 goes back; anything else,
+    or no answer, is 500. `cache_key` (nginx variables) caches the outcomes
+    whose status is in `cache_statuses` for `cache_seconds`.
+    """
+
+    zone: str  # the source ("namespace/name"): cached outcomes are kept per zone
+    url: str
+    method: bytes = b"GET"
+    signin: str | None = None
+    signin_redirect_param: str = "rd"
+    response_headers: tuple[bytes, ...] = ()  # lowercase names
+    request_redirect: str | None = None  # X-Auth-Request-Redirect (default: $request_uri)
+    always_set_cookie: bool = False
+    cache_key: str | None = None
+    cache_statuses: frozenset[int] = frozenset({200, 202, 401})
+    cache_seconds: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -154,6 +196,7 @@ class RouteOptions:
     limits: LimitRules | None = None  # requests per client; None: unlimited
     cors: CorsPolicy | None = None  # cross-origin requests; None: passed through untouched
     redirect: Redirect | None = None  # answer every request with this redirect
+    external_auth: ExternalAuth | None = None  # auth-url: a subrequest decides each request
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
