@@ -14,7 +14,6 @@ import pytest
 
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
-from tests.test_dataplane import EchoServer
 from tests.test_dataplane_http2 import H2Client
 from tests.test_dataplane_proxy import RawServer, Running, read_head, running_plane, simple_ingress
 
@@ -33,7 +32,6 @@ def _answer_with_its_own_cors_header(conn) -> None:
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Running]:
-    echo = EchoServer("api")
     own_headers = RawServer(_answer_with_its_own_cors_header)
     ingresses = [
         simple_ingress("open", {("open.test", "/"): "api"},
@@ -55,13 +53,11 @@ def plane() -> Iterator[Running]:
         simple_ingress("all-bad", {("all-bad.test", "/"): "api"}, annotations={
             NGINX + "enable-cors": "true", NGINX + "cors-allow-origin": "app.example.com"}),
     ]
-    with running_plane(ingresses=ingresses,
-                       backends={"api": (echo.port,), "own": (own_headers.port,)},
+    with running_plane(ingresses=ingresses, echo=("api",),
+                       backends={"own": (own_headers.port,)},
                        tls_hosts=("h2-open.test",)) as running:
         yield running
     own_headers.close()
-    echo.shutdown()
-    echo.server_close()
 
 
 def _send(plane: Running, method: str, host: str,

@@ -88,13 +88,36 @@ class Running:
 def running_plane(
     *,
     ingresses: list[resources.Ingress],
-    backends: dict[str, tuple[int, ...]],
+    backends: dict[str, tuple[int, ...]] | None = None,
+    echo: tuple[str, ...] = (),
     tls_hosts: tuple[str, ...] = (),
     enforce_access_annotations: bool = True,
     secrets: dict[tuple[str, str], dict[str, bytes]] | None = None,
     **options: Any,
 ) -> Iterator[Running]:
-    """A DataPlane on uvloop serving `ingresses`; `backends` maps Service name -> ports."""
+    """A DataPlane on uvloop serving `ingresses`; `backends` maps Service name -> ports,
+    and each Service named in `echo` gets an EchoServer of that name for the plane's life."""
+    with contextlib.ExitStack() as stack:
+        servers = {name: EchoServer(name) for name in echo}
+        for server in servers.values():
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
+        yield from _running_plane(
+            ingresses=ingresses,
+            backends={**(backends or {}), **{n: (s.port,) for n, s in servers.items()}},
+            tls_hosts=tls_hosts, enforce_access_annotations=enforce_access_annotations,
+            secrets=secrets, **options)
+
+
+def _running_plane(
+    *,
+    ingresses: list[resources.Ingress],
+    backends: dict[str, tuple[int, ...]],
+    tls_hosts: tuple[str, ...],
+    enforce_access_annotations: bool,
+    secrets: dict[tuple[str, str], dict[str, bytes]] | None,
+    **options: Any,
+) -> Iterator[Running]:
     ca = TestCA()
     certificates = certstore.CertificateIndex()
     for host in tls_hosts:

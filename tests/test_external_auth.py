@@ -21,7 +21,7 @@ import pytest
 
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
-from tests.test_dataplane import EchoServer, closed_port
+from tests.test_dataplane import closed_port
 from tests.test_dataplane_http2 import H2Client
 from tests.test_dataplane_proxy import RawServer, Running, read_head, running_plane, simple_ingress
 
@@ -84,7 +84,6 @@ def auth() -> Iterator[AuthService]:
 
 @pytest.fixture(scope="module")
 def plane(auth: AuthService) -> Iterator[Running]:
-    backend = EchoServer("app")
     raw = RawServer(_echo_raw_head)
     url = f"http://127.0.0.1:{auth.port}"
     ingresses = [
@@ -112,13 +111,10 @@ def plane(auth: AuthService) -> Iterator[Running]:
             NGINX + "auth-url": url + "/any", NGINX + "satisfy": "any",
             NGINX + "whitelist-source-range": "127.0.0.0/8"}),
     ]
-    with running_plane(ingresses=ingresses,
-                       backends={"app": (backend.port,), "raw": (raw.port,)},
+    with running_plane(ingresses=ingresses, echo=("app",), backends={"raw": (raw.port,)},
                        tls_hosts=("h2.test",)) as running:
         yield running
     raw.close()
-    backend.shutdown()
-    backend.server_close()
 
 
 def _echo_raw_head(conn: Any) -> None:

@@ -13,7 +13,6 @@ import pytest
 
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
-from tests.test_dataplane import EchoServer
 from tests.test_dataplane_http2 import H2Client
 from tests.test_dataplane_proxy import Running, echoed, running_plane, simple_ingress
 
@@ -23,7 +22,6 @@ CERTCTL = "certctl.io/"
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Running]:
-    echo = EchoServer("web")
     ingresses = [
         simple_ingress("moved", {("moved.test", "/"): "web"}, annotations={
             NGINX + "permanent-redirect": "https://new.example$request_uri"}),
@@ -53,11 +51,8 @@ def plane() -> Iterator[Running]:
             NGINX + "permanent-redirect": "https://x.example/",
             NGINX + "permanent-redirect-code": "305"}),
     ]
-    with running_plane(ingresses=ingresses, backends={"web": (echo.port,)},
-                       tls_hosts=("moved.test",)) as running:
+    with running_plane(ingresses=ingresses, echo=("web",), tls_hosts=("moved.test",)) as running:
         yield running
-    echo.shutdown()
-    echo.server_close()
 
 
 def _get(plane: Running, host: str, target: str = "/") -> tuple[int, str | None]:

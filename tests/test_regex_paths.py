@@ -18,7 +18,6 @@ import pytest
 from certctl.api import resources
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
-from tests.test_dataplane import EchoServer
 from tests.test_dataplane_proxy import Running, echoed, running_plane
 
 NGINX = "nginx.ingress.kubernetes.io/"
@@ -44,7 +43,6 @@ def regex_ingress(
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Running]:
-    backends = {name: EchoServer(name) for name in ("one", "two", "exact")}
     ingresses = [
         regex_ingress("rewrite", "rewrite.test",
                       [("/something(/|$)(.*)", "ImplementationSpecific", "one")],
@@ -66,12 +64,8 @@ def plane() -> Iterator[Running]:
         regex_ingress("broken", "broken.test", [("/ok", "Prefix", "one"), ("/(", "Prefix", "two")],
                       annotations={NGINX + "use-regex": "true"}),
     ]
-    with running_plane(ingresses=ingresses,
-                       backends={name: (srv.port,) for name, srv in backends.items()}) as running:
+    with running_plane(ingresses=ingresses, echo=("one", "two", "exact")) as running:
         yield running
-    for server in backends.values():
-        server.shutdown()
-        server.server_close()
 
 
 def _upstream(plane: Running, host: str, target: str) -> tuple[str, str]:

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from certctl.routes import ingress as ingress_routes
-from tests.test_dataplane import EchoServer
 from tests.test_dataplane_proxy import Running, echoed, running_plane, simple_ingress
 
 NGINX = "nginx.ingress.kubernetes.io/"
@@ -15,7 +14,6 @@ NGINX = "nginx.ingress.kubernetes.io/"
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Running]:
-    backends = {name: EchoServer(name) for name in ("one", "two", "three")}
     ingresses = [
         simple_ingress("main", {("main.test", "/"): "one"},
                        annotations={NGINX + "server-alias": "Alias.test, *.wild.test, bad_host!"}),
@@ -24,12 +22,8 @@ def plane() -> Iterator[Running]:
         simple_ingress("grabber", {("grabber.test", "/"): "one"}, created_offset=10,
                        annotations={NGINX + "server-alias": "taken.test"}),
     ]
-    with running_plane(ingresses=ingresses,
-                       backends={name: (srv.port,) for name, srv in backends.items()}) as running:
+    with running_plane(ingresses=ingresses, echo=("one", "two", "three")) as running:
         yield running
-    for server in backends.values():
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize(("host", "path", "backend"), [

@@ -72,107 +72,77 @@ SECRET_URI_SANS = "cert-manager.io/uri-sans"
 
 _NGINX = "nginx.ingress.kubernetes.io/"
 
-SSL_REDIRECT_KEYS = ("certctl.io/ssl-redirect", _NGINX + "ssl-redirect")
-FORCE_SSL_REDIRECT_KEYS = ("certctl.io/force-ssl-redirect", _NGINX + "force-ssl-redirect")
+
+def _keys(*names: str) -> tuple[str, ...]:
+    """The keys of one setting, in precedence order: every `certctl.io/<name>`, then every
+    ingress-nginx `<name>` (a setting ingress-nginx renamed has both names)."""
+    return (*("certctl.io/" + name for name in names), *(_NGINX + name for name in names))
+
+
+SSL_REDIRECT_KEYS = _keys("ssl-redirect")
+FORCE_SSL_REDIRECT_KEYS = _keys("force-ssl-redirect")
 # ingress-nginx reads the HSTS settings from its ConfigMap only; the Ingress
 # keys are certctl's, with the ConfigMap names accepted under nginx's prefix.
-HSTS_KEYS = ("certctl.io/hsts", _NGINX + "hsts")
-HSTS_MAX_AGE_KEYS = ("certctl.io/hsts-max-age", _NGINX + "hsts-max-age")
-HSTS_INCLUDE_SUBDOMAINS_KEYS = (
-    "certctl.io/hsts-include-subdomains",
-    _NGINX + "hsts-include-subdomains",
-)
-PROXY_BODY_SIZE_KEYS = ("certctl.io/proxy-body-size", _NGINX + "proxy-body-size")
-PROXY_READ_TIMEOUT_KEYS = ("certctl.io/proxy-read-timeout", _NGINX + "proxy-read-timeout")
-PROXY_CONNECT_TIMEOUT_KEYS = (
-    "certctl.io/proxy-connect-timeout",
-    _NGINX + "proxy-connect-timeout",
-)
-BACKEND_PROTOCOL_KEYS = ("certctl.io/backend-protocol", _NGINX + "backend-protocol")
-REWRITE_TARGET_KEYS = ("certctl.io/rewrite-target", _NGINX + "rewrite-target")
-CANARY_KEYS = ("certctl.io/canary", _NGINX + "canary")
-CANARY_WEIGHT_KEYS = ("certctl.io/canary-weight", _NGINX + "canary-weight")
-CANARY_WEIGHT_TOTAL_KEYS = ("certctl.io/canary-weight-total", _NGINX + "canary-weight-total")
-CANARY_BY_HEADER_KEYS = ("certctl.io/canary-by-header", _NGINX + "canary-by-header")
-CANARY_BY_HEADER_VALUE_KEYS = (
-    "certctl.io/canary-by-header-value",
-    _NGINX + "canary-by-header-value",
-)
-CANARY_BY_COOKIE_KEYS = ("certctl.io/canary-by-cookie", _NGINX + "canary-by-cookie")
+HSTS_KEYS = _keys("hsts")
+HSTS_MAX_AGE_KEYS = _keys("hsts-max-age")
+HSTS_INCLUDE_SUBDOMAINS_KEYS = _keys("hsts-include-subdomains")
+PROXY_BODY_SIZE_KEYS = _keys("proxy-body-size")
+PROXY_READ_TIMEOUT_KEYS = _keys("proxy-read-timeout")
+PROXY_CONNECT_TIMEOUT_KEYS = _keys("proxy-connect-timeout")
+BACKEND_PROTOCOL_KEYS = _keys("backend-protocol")
+REWRITE_TARGET_KEYS = _keys("rewrite-target")
+CANARY_KEYS = _keys("canary")
+CANARY_WEIGHT_KEYS = _keys("canary-weight")
+CANARY_WEIGHT_TOTAL_KEYS = _keys("canary-weight-total")
+CANARY_BY_HEADER_KEYS = _keys("canary-by-header")
+CANARY_BY_HEADER_VALUE_KEYS = _keys("canary-by-header-value")
+CANARY_BY_COOKIE_KEYS = _keys("canary-by-cookie")
 
 # Access rules (certctl.routes.access). ingress-nginx renamed whitelist to
 # allowlist in some places; both spellings are read, certctl's keys first.
-ALLOWLIST_SOURCE_RANGE_KEYS = (
-    "certctl.io/allowlist-source-range",
-    "certctl.io/whitelist-source-range",
-    _NGINX + "allowlist-source-range",
-    _NGINX + "whitelist-source-range",
-)
-DENYLIST_SOURCE_RANGE_KEYS = ("certctl.io/denylist-source-range", _NGINX + "denylist-source-range")
-AUTH_TYPE_KEYS = ("certctl.io/auth-type", _NGINX + "auth-type")
-AUTH_SECRET_KEYS = ("certctl.io/auth-secret", _NGINX + "auth-secret")
-AUTH_SECRET_TYPE_KEYS = ("certctl.io/auth-secret-type", _NGINX + "auth-secret-type")
-AUTH_REALM_KEYS = ("certctl.io/auth-realm", _NGINX + "auth-realm")
-SATISFY_KEYS = ("certctl.io/satisfy", _NGINX + "satisfy")
+ALLOWLIST_SOURCE_RANGE_KEYS = _keys("allowlist-source-range", "whitelist-source-range")
+DENYLIST_SOURCE_RANGE_KEYS = _keys("denylist-source-range")
+AUTH_TYPE_KEYS = _keys("auth-type")
+AUTH_SECRET_KEYS = _keys("auth-secret")
+AUTH_SECRET_TYPE_KEYS = _keys("auth-secret-type")
+AUTH_REALM_KEYS = _keys("auth-realm")
+SATISFY_KEYS = _keys("satisfy")
 
 # Request limits (certctl.routes.options.LimitRules).
-LIMIT_RPS_KEYS = ("certctl.io/limit-rps", _NGINX + "limit-rps")
-LIMIT_RPM_KEYS = ("certctl.io/limit-rpm", _NGINX + "limit-rpm")
-LIMIT_BURST_MULTIPLIER_KEYS = (
-    "certctl.io/limit-burst-multiplier",
-    _NGINX + "limit-burst-multiplier",
-)
-LIMIT_CONNECTIONS_KEYS = ("certctl.io/limit-connections", _NGINX + "limit-connections")
-LIMIT_EXEMPT_KEYS = (
-    "certctl.io/limit-allowlist",
-    "certctl.io/limit-whitelist",
-    _NGINX + "limit-allowlist",
-    _NGINX + "limit-whitelist",
-)
+LIMIT_RPS_KEYS = _keys("limit-rps")
+LIMIT_RPM_KEYS = _keys("limit-rpm")
+LIMIT_BURST_MULTIPLIER_KEYS = _keys("limit-burst-multiplier")
+LIMIT_CONNECTIONS_KEYS = _keys("limit-connections")
+LIMIT_EXEMPT_KEYS = _keys("limit-allowlist", "limit-whitelist")
 
 # CORS (certctl.routes.options.CorsPolicy).
-ENABLE_CORS_KEYS = ("certctl.io/enable-cors", _NGINX + "enable-cors")
-CORS_ALLOW_ORIGIN_KEYS = ("certctl.io/cors-allow-origin", _NGINX + "cors-allow-origin")
-CORS_ALLOW_METHODS_KEYS = ("certctl.io/cors-allow-methods", _NGINX + "cors-allow-methods")
-CORS_ALLOW_HEADERS_KEYS = ("certctl.io/cors-allow-headers", _NGINX + "cors-allow-headers")
-CORS_EXPOSE_HEADERS_KEYS = ("certctl.io/cors-expose-headers", _NGINX + "cors-expose-headers")
-CORS_ALLOW_CREDENTIALS_KEYS = (
-    "certctl.io/cors-allow-credentials",
-    _NGINX + "cors-allow-credentials",
-)
-CORS_MAX_AGE_KEYS = ("certctl.io/cors-max-age", _NGINX + "cors-max-age")
+ENABLE_CORS_KEYS = _keys("enable-cors")
+CORS_ALLOW_ORIGIN_KEYS = _keys("cors-allow-origin")
+CORS_ALLOW_METHODS_KEYS = _keys("cors-allow-methods")
+CORS_ALLOW_HEADERS_KEYS = _keys("cors-allow-headers")
+CORS_EXPOSE_HEADERS_KEYS = _keys("cors-expose-headers")
+CORS_ALLOW_CREDENTIALS_KEYS = _keys("cors-allow-credentials")
+CORS_MAX_AGE_KEYS = _keys("cors-max-age")
 
 # Redirects (certctl.routes.options.Redirect).
-PERMANENT_REDIRECT_KEYS = ("certctl.io/permanent-redirect", _NGINX + "permanent-redirect")
-PERMANENT_REDIRECT_CODE_KEYS = (
-    "certctl.io/permanent-redirect-code",
-    _NGINX + "permanent-redirect-code",
-)
-TEMPORAL_REDIRECT_KEYS = ("certctl.io/temporal-redirect", _NGINX + "temporal-redirect")
-TEMPORAL_REDIRECT_CODE_KEYS = (
-    "certctl.io/temporal-redirect-code",
-    _NGINX + "temporal-redirect-code",
-)
-APP_ROOT_KEYS = ("certctl.io/app-root", _NGINX + "app-root")
-FROM_TO_WWW_REDIRECT_KEYS = ("certctl.io/from-to-www-redirect", _NGINX + "from-to-www-redirect")
+PERMANENT_REDIRECT_KEYS = _keys("permanent-redirect")
+PERMANENT_REDIRECT_CODE_KEYS = _keys("permanent-redirect-code")
+TEMPORAL_REDIRECT_KEYS = _keys("temporal-redirect")
+TEMPORAL_REDIRECT_CODE_KEYS = _keys("temporal-redirect-code")
+APP_ROOT_KEYS = _keys("app-root")
+FROM_TO_WWW_REDIRECT_KEYS = _keys("from-to-www-redirect")
 
 # Regular-expression paths (certctl.routes.ingress).
-USE_REGEX_KEYS = ("certctl.io/use-regex", _NGINX + "use-regex")
-SERVER_ALIAS_KEYS = ("certctl.io/server-alias", _NGINX + "server-alias")
+USE_REGEX_KEYS = _keys("use-regex")
+SERVER_ALIAS_KEYS = _keys("server-alias")
 
 # External authentication (certctl.routes.options.ExternalAuth).
-AUTH_URL_KEYS = ("certctl.io/auth-url", _NGINX + "auth-url")
-AUTH_METHOD_KEYS = ("certctl.io/auth-method", _NGINX + "auth-method")
-AUTH_SIGNIN_KEYS = ("certctl.io/auth-signin", _NGINX + "auth-signin")
-AUTH_SIGNIN_REDIRECT_PARAM_KEYS = (
-    "certctl.io/auth-signin-redirect-param",
-    _NGINX + "auth-signin-redirect-param",
-)
-AUTH_RESPONSE_HEADERS_KEYS = ("certctl.io/auth-response-headers", _NGINX + "auth-response-headers")
-AUTH_REQUEST_REDIRECT_KEYS = ("certctl.io/auth-request-redirect", _NGINX + "auth-request-redirect")
-AUTH_ALWAYS_SET_COOKIE_KEYS = (
-    "certctl.io/auth-always-set-cookie",
-    _NGINX + "auth-always-set-cookie",
-)
-AUTH_CACHE_KEY_KEYS = ("certctl.io/auth-cache-key", _NGINX + "auth-cache-key")
-AUTH_CACHE_DURATION_KEYS = ("certctl.io/auth-cache-duration", _NGINX + "auth-cache-duration")
+AUTH_URL_KEYS = _keys("auth-url")
+AUTH_METHOD_KEYS = _keys("auth-method")
+AUTH_SIGNIN_KEYS = _keys("auth-signin")
+AUTH_SIGNIN_REDIRECT_PARAM_KEYS = _keys("auth-signin-redirect-param")
+AUTH_RESPONSE_HEADERS_KEYS = _keys("auth-response-headers")
+AUTH_REQUEST_REDIRECT_KEYS = _keys("auth-request-redirect")
+AUTH_ALWAYS_SET_COOKIE_KEYS = _keys("auth-always-set-cookie")
+AUTH_CACHE_KEY_KEYS = _keys("auth-cache-key")
+AUTH_CACHE_DURATION_KEYS = _keys("auth-cache-duration")

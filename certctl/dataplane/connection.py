@@ -72,28 +72,6 @@ _REPLACED: Final = frozenset(
         b"x-real-ip",
     }
 )
-_REASONS: Final = {
-    200: b"OK",
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class _ParseError:
@@ -889,7 +867,7 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """Answer the current request ourselves (no upstream, or instead of a failed one)."""
         keep_alive = keep_alive and self._request_fully_read()
-        reason = _REASONS[status]
+        reason = dispatch.REASONS[status]
         if body is None:
             body = reason + b"\n"
         parts = [

@@ -42,6 +42,30 @@ _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _GROUP: Final = re.compile(r"\$([1-9])")
+# The reason phrase of every status the data plane answers itself (HTTP/1.1 status
+# lines, and the plain-text body of a local answer on either version).
+REASONS: Final = {
+    200: b"OK",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 _REFUSED_BODY: Final = (
     b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
 )

@@ -56,23 +56,6 @@ RESET_BURST: Final = 200  # streams a client may cancel at once ...
 RESET_RATE: Final = 100.0  # ... and per second after that
 MAX_HEADER_LIST_SIZE: Final = 65536  # as HTTP/1.1's request head limit (431 there)
 _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstream is paused
-_REASONS: Final = {
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    413: b"Content Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 # Request headers not forwarded: pseudo-headers are turned into the request
 # line and Host; the rest we set ourselves or are HTTP/2-only.
 _NOT_FORWARDED: Final = frozenset(
@@ -574,7 +557,7 @@ class Http2Connection(asyncio.Protocol):
         `headers` are added (a 401's WWW-Authenticate, CORS headers)."""
         if self._closed or stream.finished:
             return
-        reason = _REASONS.get(status, b"")
+        reason = dispatch.REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
         response_headers = [
