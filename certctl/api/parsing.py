@@ -400,6 +400,7 @@ def parse_certificate(
             "usages",
             "secretTemplate",
             "revisionHistoryLimit",
+            "acme",
         ),
         unsupported=(
             "subject",
@@ -474,8 +475,25 @@ def parse_certificate(
         private_key=_private_key(ctx, spec.get("privateKey"), at="spec.privateKey"),
         secret_template=_secret_template(ctx, spec.get("secretTemplate"), at="spec.secretTemplate"),
         revision_history_limit=revision_history_limit,
+        acme_profile=_certificate_acme_profile(ctx, spec.get("acme"), at="spec.acme"),
         **({"usages": usages} if usages else {}),
     )
+
+
+def _certificate_acme_profile(ctx: _Object, value: Any, *, at: str) -> str | None:
+    """`spec.acme.profile`: this Certificate's ACME profile, overriding its issuer's.
+
+    Whether the CA offers it is known only from its directory: the
+    Certificate reconciler checks that before ordering.
+    """
+    if value is None:
+        return None
+    acme = ctx.mapping(value, field=at)
+    ctx.check_fields(acme, at=at, known=("profile",))
+    profile = ctx.optional_str(acme, "profile", at=at)
+    if profile is not None and not profile.strip():
+        ctx.fail(f"{at}.profile", "must not be blank; leave it out to use the issuer's profile")
+    return profile
 
 
 def _check_renewal(

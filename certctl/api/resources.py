@@ -185,6 +185,8 @@ class Certificate:
     usages: tuple[str, ...] = ("digital signature", "key encipherment")
     secret_template: SecretTemplate = field(default_factory=SecretTemplate)
     revision_history_limit: int | None = None
+    # spec.acme.profile: overrides the ACME issuer's spec.acme.profile for this certificate.
+    acme_profile: str | None = None
 
     @property
     def key(self) -> ObjectKey:

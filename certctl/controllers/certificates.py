@@ -5,7 +5,8 @@ One pass decides, in cert-manager's order:
   no key, no order, no ACME traffic);
 - is it the rightful writer of its Secret? (`secret_claims`: of two
   Certificates naming one Secret the newer stands down);
-- does the Secret need (re)issuing? (`policies.needs_issuing`);
+- does the Secret need (re)issuing? (`policies.needs_issuing`; for ACME, the
+  renewal time is the CA's ARI window when it offers one, `renewal_info`);
 - can a kept copy stand in for a lost Secret? (`kept_certificates`: no order);
 - is a failed issuance still backing off? (1 h doubling to 32 h, or longer
   when the CA said Retry-After);
@@ -14,20 +15,24 @@ One pass decides, in cert-manager's order:
 - selfSigned and ca issuers sign right here; for ACME, which Order? (named
   from a hash of everything the CSR depends on, so a restart finds the order
   it placed instead of placing a second one, and counted against the order
-  budget before it is placed);
+  budget before it is placed; it names the certificate it `replaces`, and a
+  `spec.acme.profile` the CA does not offer stops it before ordering);
 - when the certificate is there: write the `kubernetes.io/tls` Secret, keep a
-  copy, bump the revision, mark Ready and requeue at the renewal time (a timer
-  in the work queue, not a poll).
+  copy, bump the revision, mark Ready and requeue at the renewal time, or at
+  the CA's next ARI check when that comes first (a timer in the work queue,
+  not a poll).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,16 +43,20 @@ from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Certificate, Issuer, KeyEncoding, ObjectKey
 from certctl.controllers import (
+    acme_accounts,
     kept_certificates,
     order_budget,
     policies,
     reconciling,
+    renewal_info,
     secret_claims,
 )
 from certctl.controllers.reconciling import Clock, Result
 from certctl.issuers import ca as ca_issuer
 from certctl.issuers import issued
 from certctl.issuers import selfsigned as selfsigned_issuer
+from certctl.issuers.acme import ari
+from certctl.issuers.acme import errors as acme_errors
 from certctl.pki import csr, inspect, keys
 from certctl.pki import secret as tls_secret
 from certctl.solvers import selection
@@ -85,6 +94,11 @@ class Settings:
     cluster_resource_namespace: str = "certctl"
     # None: no budget (a private ACME CA without limits).
     order_budget: order_budget.Budget | None = order_budget.DUPLICATE_CERTIFICATE_LIMIT
+    # The ACME clients, for renewal information (ARI) and the profiles a CA offers;
+    # None: neither is asked for (renewal by lifetime, profiles checked by the CA).
+    accounts: acme_accounts.AcmeAccounts | None = None
+    # Where in an ARI window to renew, 0..1 (RFC 9773: uniformly at random).
+    draw: Callable[[], float] = random.random
 
 
 def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
@@ -141,14 +155,21 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     data = policies.read_input(
         certificate=certificate, secret=secret, now=now,
         renewal_requested=issuing is not None and issuing.get("status") == "True"
-        and issuing.get("reason") == policies.MANUALLY_TRIGGERED)
+        and issuing.get("reason") == policies.MANUALLY_TRIGGERED,
+        acme=issuer.acme is not None, ari=renewal_info.stored_window(obj.get("status") or {}))
+    readiness = policies.needs_issuing(data, policies.READINESS_CHAIN)
+    if readiness is None:
+        data = _with_renewal_info(store, obj, data=data, issuer=issuer, now=now,
+                                  settings=settings)
     violation = policies.needs_issuing(data)
     if violation is None:
         return _up_to_date(store, obj, certificate=certificate, data=data, now=now)
 
-    readiness = policies.needs_issuing(data, policies.READINESS_CHAIN)
     problem = _issuer_problem(issuer_obj=issuer_obj, issuer=issuer, certificate=certificate,
                               labels=obj["metadata"].get("labels") or {})
+    if problem is None:
+        problem = _profile_problem(store, certificate=certificate, issuer=issuer,
+                                   settings=settings)
     if problem is not None:
         return _not_ready(store, obj, reason=problem[0], message=problem[1], now=now,
                           keep_ready=readiness is None)
@@ -192,7 +213,8 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             usages=certificate.usages,
         )
         order = _create_order(store, obj, certificate=certificate, name=order_name,
-                              request_pem=request_pem)
+                              request_pem=request_pem,
+                              replaces=_replaced_cert_id(data=data, issuer=issuer))
         store.emit_event(obj=obj, type="Normal", reason="Requested",
                          message=f"Created new Order {order_name}: {violation.message}")
 
@@ -291,6 +313,54 @@ def _issuer_problem(
                 return ("BadConfig", f"spec.dnsNames[{index}]: {name}: {issuer.kind} "
                         f"{issuer.name} spec.acme.solvers[{chosen.index}].dns01: {err}")
     return None
+
+
+def _profile_problem(
+    store: Store, *, certificate: Certificate, issuer: Issuer, settings: Settings
+) -> tuple[str, str] | None:
+    """spec.acme.profile names a profile the CA's directory does not offer.
+
+    Checked before ordering, against the directory the issuer's client has
+    already fetched, so the condition names the field to fix instead of an
+    Order failing. Without `settings.accounts` the CA's answer has to do.
+    """
+    profile = certificate.acme_profile
+    if profile is None or issuer.acme is None or settings.accounts is None:
+        return None
+    try:
+        offered = settings.accounts.client(store=store, issuer=issuer).profiles()
+    except (acme_errors.AcmeError, LookupError) as err:
+        raise reconciling.TransientError(
+            f"{certificate.key}: cannot read the profiles of {issuer.acme.server}: {err}") from err
+    if profile in offered:
+        return None
+    return ("BadConfig", f"spec.acme.profile: ACME server {issuer.acme.server} does not offer "
+            f"profile {profile!r} (offers: {', '.join(sorted(offered)) or 'none'})")
+
+
+def _with_renewal_info(
+    store: Store, obj: Object, *, data: policies.Input, issuer: Issuer, now: datetime.datetime,
+    settings: Settings,
+) -> policies.Input:
+    """`data` with the CA's current renewal window (ARI), asked for when due."""
+    if issuer.acme is None or data.contents is None:
+        return data
+    window = renewal_info.refresh(store, obj, issuer=issuer, secret=data.secret,
+                                  leaf=data.contents.leaf, accounts=settings.accounts, now=now,
+                                  draw=settings.draw)
+    return dataclasses.replace(data, ari=window)
+
+
+def _replaced_cert_id(*, data: policies.Input, issuer: Issuer) -> str | None:
+    """The ARI CertID for the new order's `replaces`: the certificate it renews.
+
+    Only a certificate this issuer's CA issued (certctl wrote it from this
+    issuer) can be named to it; the Order sends it only to a CA offering ARI.
+    """
+    if data.contents is None or data.secret is None or not renewal_info.issued_by(
+            secret=data.secret, issuer=issuer):
+        return None
+    return ari.cert_id(data.contents.leaf)
 
 
 def _retry_time(
@@ -486,7 +556,8 @@ def _order_name(
 
 
 def _create_order(
-    store: Store, obj: Object, *, certificate: Certificate, name: str, request_pem: bytes
+    store: Store, obj: Object, *, certificate: Certificate, name: str, request_pem: bytes,
+    replaces: str | None,
 ) -> Object:
     revision = int((obj.get("status") or {}).get("revision") or 0) + 1
     order = {
@@ -509,6 +580,8 @@ def _create_order(
             "dnsNames": list(certificate.dns_names),
             "ipAddresses": list(certificate.ip_addresses),
             **({"commonName": certificate.common_name} if certificate.common_name else {}),
+            **({"profile": certificate.acme_profile} if certificate.acme_profile else {}),
+            **({"replaces": replaces} if replaces else {}),
         },
     }
     try:
@@ -603,7 +676,10 @@ def _store_issued(
     _prune_orders(store, fresh, certificate=certificate)
     store.emit_event(obj=fresh, type="Normal", reason="Issuing",
                      message="The certificate has been successfully issued")
-    data_input = policies.read_input(certificate=certificate, secret=secret, now=now)
+    data_input = _with_renewal_info(
+        store, fresh, data=policies.read_input(certificate=certificate, secret=secret, now=now,
+                                               acme=issuer.acme is not None),
+        issuer=issuer, now=now, settings=settings)
     return _up_to_date(store, fresh, certificate=certificate, data=data_input, now=now)
 
 
@@ -623,7 +699,7 @@ def _restore_kept_copy(
     kept = kept_certificates.find(store=store, ref=ref)
     if kept is None:
         return None
-    kept_input = policies.read_input(certificate=certificate, secret=kept, now=now)
+    kept_input = policies.read_input(certificate=certificate, secret=kept, now=now, acme=True)
     if policies.needs_issuing(kept_input, policies.READINESS_CHAIN) is not None:
         return None  # expired, or for other names, keys or issuer: only an order helps
     assert kept_input.contents is not None and kept_input.info is not None
@@ -637,7 +713,10 @@ def _restore_kept_copy(
         f"Restored the certificate (serial {kept_input.info.serial:x}, valid until "
         f"{conditions.format_time(kept_input.info.not_after)}) from the copy certctl keeps in "
         f"Secret {ref}, without a new order: {violation.message}"))
-    restored = policies.read_input(certificate=certificate, secret=secret, now=now)
+    restored = _with_renewal_info(
+        store, obj, data=policies.read_input(certificate=certificate, secret=secret, now=now,
+                                             acme=True),
+        issuer=issuer, now=now, settings=settings)
     return _up_to_date(store, obj, certificate=certificate, data=restored, now=now)
 
 
@@ -665,6 +744,8 @@ def _write_secret(
     if certificate.common_name:
         # The order (or the kept copy, checked against this spec) asked for it.
         secret_annotations[policies.REQUESTED_COMMON_NAME_ANNOTATION] = certificate.common_name
+    if issuer.acme is not None and certificate.acme_profile:
+        secret_annotations[policies.REQUESTED_PROFILE_ANNOTATION] = certificate.acme_profile
     if restored_from is not None:
         secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from
     labels = {**dict(certificate.secret_template.labels),
@@ -789,7 +870,7 @@ def _up_to_date(
         # Only spec.privateKey.encoding changed: same key, same certificate, no issuance.
         _reencode_key(store, secret=dict(data.secret), key=data.contents.key,
                       encoding=wanted_encoding)
-    renewal_time = policies.renewal_time_of(certificate=certificate, info=data.info)
+    renewal_time, source = policies.renewal_schedule(data)
     message = "Certificate is up to date and has not expired"
     restored_from = ((data.secret.get("metadata") or {}).get("annotations") or {}).get(
         kept_certificates.RESTORED_FROM_ANNOTATION)
@@ -803,9 +884,14 @@ def _up_to_date(
     status["notBefore"] = conditions.format_time(data.info.not_before)
     status["notAfter"] = conditions.format_time(data.info.not_after)
     status["renewalTime"] = conditions.format_time(renewal_time)
+    status["renewalTimeSource"] = source
     status.pop("nextPrivateKeySecretName", None)
     reconciling.write_status(store, obj=updated)
-    return Result.after((renewal_time - now).total_seconds())
+    wake = renewal_time
+    check = renewal_info.next_check(status)
+    if check is not None and data.acme and now < check < wake:
+        wake = check  # the CA may move the window: ask again when it said to
+    return Result.after((wake - now).total_seconds())
 
 
 def _not_ready(

@@ -45,6 +45,7 @@ _SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (annotation_keys.CM_REVISION_HISTORY_LIMIT, ("revisionHistoryLimit",)),
     (annotation_keys.CM_PRIVATE_KEY_SIZE, ("privateKey", "size")),
     (annotation_keys.CM_USAGES, ("usages",)),  # comma-separated
+    (annotation_keys.ACME_PROFILE, ("acme", "profile")),
 )
 _INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size")})
 COMMON_NAME_TOO_LONG = "CommonNameTooLong"

@@ -10,7 +10,7 @@ garbage collection nor a namespace deletion takes it. When a Certificate's
 Secret is gone (or unreadable) and the copy is still valid for the spec, the
 copy is restored and no order is placed.
 
-The copy carries the issuer and requested-Common-Name annotations of a
+The copy carries the issuer, requested-Common-Name and requested-profile annotations of a
 certctl-written Secret, so the issuance checks of `policies` judge it exactly
 as they judge the Secret.
 It is an Opaque Secret named in no Ingress, so the data plane never serves it.
@@ -79,6 +79,8 @@ def keep(
                 annotation_keys.SECRET_ISSUER_GROUP: issuer.group,
                 **({policies.REQUESTED_COMMON_NAME_ANNOTATION: certificate.common_name}
                    if certificate.common_name else {}),
+                **({policies.REQUESTED_PROFILE_ANNOTATION: certificate.acme_profile}
+                   if certificate.acme_profile else {}),
             },
         },
         "data": dict(data),

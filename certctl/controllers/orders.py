@@ -108,7 +108,8 @@ def _step(
     status = order.setdefault("status", {})
     request_pem = base64.b64decode(order["spec"]["request"])
     if not status.get("url"):
-        state = client.new_order(csr_pem=request_pem, profile=issuer.acme.profile)
+        state = _new_order(store, order, client=client, request_pem=request_pem,
+                           profile=order["spec"].get("profile") or issuer.acme.profile)
         status.update(url=state.url, finalizeURL=state.finalize_url, state=state.status,
                       authorizations=[{"url": url} for url in state.authorization_urls])
         reconciling.write_status(store, obj=order)  # the URL first, before anything can fail
@@ -135,6 +136,35 @@ def _step(
         return _finish(store, order, state="invalid", now=now,
                        reason=_failure_reason(store, order, client=client, state=state))
     raise TransientError(f"order {state.url} is {state.status}; waiting")
+
+
+REPLACES_REFUSED = "ReplacesRefused"  # the Event when the CA will not take `replaces`
+
+
+def _new_order(
+    store: Store, order: Object, *, client: acme_client.AcmeClient, request_pem: bytes,
+    profile: str | None,
+) -> acme_client.OrderState:
+    """Place the ACME order, naming the certificate it replaces when the CA offers ARI.
+
+    RFC 9773 section 5: a CA may refuse `replaces` (the certificate was
+    issued to another account, was already replaced, or it does not know
+    it), which says nothing against the order itself: it is placed again
+    without `replaces`, a renewal like any other. Problems that are about
+    the request, not the field (rate limits, the account), are not retried.
+    """
+    replaces = order["spec"].get("replaces")
+    if replaces and client.offers_renewal_info():
+        try:
+            return client.new_order(csr_pem=request_pem, profile=profile, replaces=replaces)
+        except (acme_errors.RateLimited, acme_errors.BadNonce,
+                acme_errors.AccountDoesNotExist):
+            raise
+        except acme_errors.AcmeProblem as err:
+            store.emit_event(obj=order, type="Warning", reason=REPLACES_REFUSED, message=(
+                f"The ACME server refused replaces={replaces} ({err}); ordering without it"))
+            order.setdefault("status", {})["replacesRefused"] = str(err)
+    return client.new_order(csr_pem=request_pem, profile=profile)
 
 
 def _present(

@@ -16,6 +16,7 @@ from typing import Any
 
 from certctl.api import annotations as annotation_keys
 from certctl.api.resources import Certificate, PrivateKeySpec
+from certctl.issuers.acme import ari
 from certctl.pki import inspect, keys, renewal
 from certctl.pki import secret as tls_secret
 
@@ -33,6 +34,8 @@ MANUALLY_TRIGGERED = "ManuallyTriggered"  # what `cmctl renew` and `certctl rene
 # On a Secret certctl wrote (and its kept copy): the spec.commonName its certificate was
 # requested with, which the CA may have left out of the certificate (`names_differ`).
 REQUESTED_COMMON_NAME_ANNOTATION = "certctl.io/requested-common-name"
+# Likewise the spec.acme.profile it was ordered under: the certificate does not say.
+REQUESTED_PROFILE_ANNOTATION = "certctl.io/requested-acme-profile"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,10 @@ class Input:
     now: datetime.datetime
     # The Issuing condition says a user asked for a new certificate (`certctl renew`).
     renewal_requested: bool = False
+    # The issuer is an ACME issuer: profiles and the short-lived renewal rule apply.
+    acme: bool = False
+    # The ARI window last fetched (status.acme.ari), for whichever certificate it was.
+    ari: renewal.RenewalWindow | None = None
 
 
 Check = Callable[[Input], Violation | None]
@@ -64,6 +71,8 @@ def read_input(
     secret: Mapping[str, Any] | None,
     now: datetime.datetime,
     renewal_requested: bool = False,
+    acme: bool = False,
+    ari: renewal.RenewalWindow | None = None,
 ) -> Input:
     """Parse the Secret once; a parse failure becomes `secret_problem`, not an exception."""
     contents = None
@@ -77,7 +86,8 @@ def read_input(
             problem = str(err)
             contents = None
     return Input(certificate=certificate, secret=secret, contents=contents,
-                 secret_problem=problem, info=info, now=now, renewal_requested=renewal_requested)
+                 secret_problem=problem, info=info, now=now, renewal_requested=renewal_requested,
+                 acme=acme, ari=ari)
 
 
 def renewal_requested(data: Input) -> Violation | None:
@@ -191,6 +201,28 @@ def wanted_key_shape(spec: PrivateKeySpec) -> tuple[str, int]:
     return ("Ed25519", 256)
 
 
+def profile_differs(data: Input) -> Violation | None:
+    """spec.acme.profile changed since the certificate was ordered (ACME issuers only).
+
+    A certificate does not name its profile, so certctl records the one it
+    asked for on the Secret; a Secret without the record (ordered under the
+    issuer's profile, or before the field was set) is issued again once.
+    """
+    wanted = data.certificate.acme_profile
+    if not data.acme or wanted is None:
+        return None
+    assert data.secret is not None
+    have = (data.secret.get("metadata", {}).get("annotations") or {}).get(
+        REQUESTED_PROFILE_ANNOTATION)
+    if have != wanted:
+        return Violation(
+            reason=SECRET_MISMATCH,
+            message="Issuing certificate as the issued certificate was not ordered under "
+            f"ACME profile {wanted!r}, which spec.acme.profile asks for",
+        )
+    return None
+
+
 def expired(data: Input) -> Violation | None:
     assert data.info is not None
     if data.now >= data.info.not_after:
@@ -200,23 +232,35 @@ def expired(data: Input) -> Violation | None:
 
 
 def renewal_due(data: Input) -> Violation | None:
-    assert data.info is not None
-    when = renewal_time_of(certificate=data.certificate, info=data.info)
+    when, source = renewal_schedule(data)
     if data.now >= when:
+        where = (" inside the renewal window the ACME server suggested (ARI)"
+                 if source == renewal.ARI else "")
         return Violation(reason=RENEWING, message="Renewing certificate as renewal was "
-                         f"scheduled at {when:%Y-%m-%dT%H:%M:%SZ}")
+                         f"scheduled at {when:%Y-%m-%dT%H:%M:%SZ}{where}")
     return None
 
 
-def renewal_time_of(
-    *, certificate: Certificate, info: inspect.CertificateInfo
-) -> datetime.datetime:
+def renewal_schedule(data: Input) -> tuple[datetime.datetime, renewal.RenewalTimeSource]:
+    """When to renew the certificate in the Secret, and whether ARI or its lifetime said so.
+
+    An ARI window counts only for the certificate it was fetched for (its
+    CertID): a window fetched before the current certificate was issued
+    says nothing about it, whatever it says (cert-manager #8993, where a
+    stale window in the past renewed short-lived certificates in a loop).
+    Until the current certificate's own window is fetched, its lifetime rules.
+    """
+    assert data.info is not None and data.contents is not None
+    window = data.ari
+    if window is not None and window.cert_id == ari.cert_id(data.contents.leaf):
+        return window.selected, renewal.ARI
     return renewal.renewal_time(
-        not_before=info.not_before,
-        not_after=info.not_after,
-        renew_before=certificate.renew_before,
-        renew_before_percentage=certificate.renew_before_percentage,
-    )
+        not_before=data.info.not_before,
+        not_after=data.info.not_after,
+        renew_before=data.certificate.renew_before,
+        renew_before_percentage=data.certificate.renew_before_percentage,
+        short_lived_at_half=data.acme,
+    ), renewal.LIFETIME
 
 
 ISSUANCE_CHAIN: Sequence[Check] = (
@@ -227,6 +271,7 @@ ISSUANCE_CHAIN: Sequence[Check] = (
     issuer_changed,
     names_differ,
     key_differs,
+    profile_differs,
     expired,
     renewal_due,
 )

@@ -82,7 +82,7 @@ def controller_settings(
     return ControllerSettings(
         certificates=certificates.Settings(
             clock=clock, backoff_base=backoff_base, order_budget=order_budget,
-            cluster_resource_namespace=accounts.cluster_resource_namespace),
+            cluster_resource_namespace=accounts.cluster_resource_namespace, accounts=accounts),
         orders=orders.Settings(clock=clock, accounts=accounts),
         issuers=issuers.Settings(clock=clock, accounts=accounts),
         challenges=challenges.Settings(clock=clock, accounts=accounts, self_check=self_check,

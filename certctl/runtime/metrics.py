@@ -28,9 +28,9 @@ from certctl.store.interface import Store
 ACME_LABELS = ("scheme", "host", "path", "method", "status")
 CERTIFICATE_LABELS = ("name", "namespace", "issuer_name", "issuer_kind", "issuer_group")
 # A path segment that names one object (an order, an authorization...) rather than a
-# kind of request: a number or a long random token. It and everything after it are
-# scrubbed, to keep label values few.
-_OBJECT_ID = re.compile(r"^\d+$|^[A-Za-z0-9_-]{16,}$")
+# kind of request: a number or a long random token (an ARI CertID is two, joined by a
+# dot). It and everything after it are scrubbed, to keep label values few.
+_OBJECT_ID = re.compile(r"^\d+$|^[A-Za-z0-9_.-]{16,}$")
 
 
 def acme_path(url: str) -> str:

@@ -40,10 +40,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from josepy import b64, interfaces, jwa, jwk
+from josepy import b64, interfaces, json_util, jwa, jwk
 from josepy import errors as jose_errors
 
-from certctl.issuers.acme import errors
+from certctl.issuers.acme import ari, errors
 
 _T = TypeVar("_T")
 
@@ -151,6 +151,31 @@ class OrderState:
     expires: datetime.datetime | None
     error: Problem | None
     retry_after: datetime.datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenewalInfo:
+    """A CA's suggested renewal window for one certificate (RFC 9773).
+
+    `retry_after` is how long the CA asks the client to wait before asking
+    again (its Retry-After header), None when it said nothing; a duration
+    rather than a time so that the caller's clock, not this one, places it.
+    """
+
+    cert_id: str
+    window_start: datetime.datetime
+    window_end: datetime.datetime
+    explanation_url: str | None
+    retry_after: datetime.timedelta | None
+
+
+class _NewOrder(messages.NewOrder):
+    """newOrder with RFC 9773's `replaces`: the CertID of the certificate it renews.
+
+    The `acme` library's NewOrder has `profile` but not (yet) `replaces`.
+    """
+
+    replaces: str | None = json_util.field("replaces", omitempty=True)
 
 
 class _CABundleAdapter(requests.adapters.HTTPAdapter):
@@ -304,13 +329,61 @@ class AcmeClient:
         """The certificate profiles the directory offers (name -> description); often none."""
         return dict(getattr(self._directory_now().meta, "profiles", None) or {})
 
+    def offers_renewal_info(self) -> bool:
+        """Whether the directory has ARI's `renewalInfo` (RFC 9773); Pebble 2.4 has not."""
+        return _renewal_info_url(self._directory_now()) is not None
+
+    def renewal_info(self, *, certificate: x509.Certificate) -> RenewalInfo:
+        """The CA's suggested renewal window for `certificate` (one unauthenticated GET).
+
+        Raises `AcmeConfigError` when the directory offers no `renewalInfo`
+        or the certificate has no Authority Key Identifier to name it by,
+        `AcmeProtocolError` for an answer that is not a valid window (RFC
+        9773 section 4.2: an end at or before the start is invalid), and the
+        wrapper's usual errors for problems and unreachable servers.
+        """
+        base = _renewal_info_url(self._directory_now())
+        if base is None:
+            raise errors.AcmeConfigError(
+                f"ACME server {self.directory_url} offers no renewalInfo (ARI)")
+        identifier = ari.cert_id(certificate)
+        if identifier is None:
+            raise errors.AcmeConfigError(
+                "the certificate has no Authority Key Identifier: ARI cannot name it")
+        url = f"{base.rstrip('/')}/{identifier}"
+        network = self._client(anonymous=True).net
+        response: requests.Response = self._request(
+            url, lambda: network.get(url, content_type="application/json"))
+        body = self._parse(url, lambda: messages.RenewalInfo.from_json(response.json()))
+        window = body.suggested_window
+        if window.start is None or window.end is None or window.end <= window.start:
+            raise errors.AcmeProtocolError(
+                f"ACME server {url} suggested an invalid renewal window "
+                f"({window.start} to {window.end})")
+        explanation = self._parse(url, lambda: response.json().get("explanationURL"))
+        retry_after = _retry_after(response)
+        return RenewalInfo(
+            cert_id=identifier,
+            window_start=_aware(window.start),
+            window_end=_aware(window.end),
+            explanation_url=explanation if isinstance(explanation, str) else None,
+            retry_after=(retry_after - datetime.datetime.now(datetime.UTC)
+                         if retry_after is not None else None),
+        )
+
     # --- orders ------------------------------------------------------------
 
-    def new_order(self, *, csr_pem: bytes, profile: str | None = None) -> OrderState:
+    def new_order(
+        self, *, csr_pem: bytes, profile: str | None = None, replaces: str | None = None
+    ) -> OrderState:
         """Create an order for the DNS names and IPs of the CSR (its CN first, like certbot).
 
         `profile` must be one the directory advertises, else `AcmeConfigError`
         (servers without profile support would silently ignore it).
+        `replaces` is the ARI CertID of the certificate this order renews
+        (RFC 9773 section 5); a CA may refuse it with a problem (Pebble:
+        alreadyReplaced, or unauthorized when another account holds the old
+        certificate), which the caller answers by ordering without it.
         """
         csr = x509.load_pem_x509_csr(csr_pem)
         dns_names, ip_addresses = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
@@ -327,7 +400,9 @@ class AcmeClient:
                     f" (offers: {', '.join(sorted(offered)) or 'none'})"
                 )
             fields["profile"] = profile
-        response = self._post(directory["newOrder"], messages.NewOrder(**fields))
+        if replaces is not None:
+            fields["replaces"] = replaces
+        response = self._post(directory["newOrder"], _NewOrder(**fields))
         location = response.headers.get("Location")
         if not location:
             raise errors.AcmeProtocolError("newOrder response has no Location header")
@@ -679,6 +754,19 @@ def _retry_after(response: requests.Response | None) -> datetime.datetime | None
     except (TypeError, ValueError):
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _renewal_info_url(directory: messages.Directory) -> str | None:
+    try:
+        url = directory["renewalInfo"]
+    except KeyError:
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def _aware(moment: datetime.datetime) -> datetime.datetime:
+    """RFC 3339 times carry an offset; a naive one (none given) is read as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
 def _status(status: messages.Status | None) -> str:
