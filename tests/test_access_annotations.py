@@ -1,13 +1,14 @@
 """Ingresses whose ingress-nginx annotations certctl does not enforce are never served open.
 
-An access-restricting annotation certctl does not implement (auth-tls-*,
-auth-proxy-set-headers, digest auth, limit-*, a WAF switched on), an access annotation
-it cannot read (basic auth whose Secret is missing), or raw nginx
-configuration (snippets) makes the Ingress's routes answer 503 instead of
-serving what the annotation protected; other unimplemented annotations are
-reported and the Ingress is served. Checked through the real data plane over
-real sockets, through the feed's Warning events, and through `certctl serve`
-itself. (The rules certctl enforces: test_access_rules.py.)
+An access-restricting annotation certctl does not implement (auth-proxy-set-headers,
+limit-rate, global-rate-limit, a WAF switched on), one it cannot enforce as written
+(digest auth, a Secret that is missing, a CIDR that does not parse), or raw nginx
+configuration (snippets) makes the Ingress's routes answer 503 instead of serving what
+the annotation protected; other unimplemented annotations are reported and the Ingress
+is served. Checked through the real data plane over real sockets, through the feed's
+Warning events, and through `certctl serve` itself. (What certctl enforces:
+test_access_rules.py, test_external_auth.py, test_client_certificates.py,
+test_request_limits.py.)
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def test_refused_canary_takes_no_traffic_from_its_main_route(plane):
 
 def test_opt_out_serves_the_ingress_without_the_restriction(backends):
     ingresses = [simple_ingress("admin", {("admin.test", "/"): "secret"},
-                                annotations={NGINX + "auth-tls-secret": "default/client-ca"})]
+                                annotations={NGINX + "auth-proxy-set-headers": "default/h"})]
     with running_plane(ingresses=ingresses,
                        backends={"secret": (backends["secret"].port,)},
                        enforce_access_annotations=False) as running:
@@ -174,20 +175,20 @@ def _table(ingresses: list[resources.Ingress], *, enforce: bool = True) -> routi
 
 def test_each_annotation_not_honoured_is_reported_with_its_key():
     table = _table([simple_ingress("mixed", {("mixed.test", "/"): "web"}, annotations={
-        NGINX + "auth-tls-secret": "default/ca", NGINX + "affinity": "cookie",
+        NGINX + "auth-proxy-set-headers": "default/h", NGINX + "affinity": "cookie",
         NGINX + "proxy-buffering": "off", NGINX + "ssl-redirect": "false",
         NGINX + "made-up-thing": "1", "example.com/other": "x",
     })])
     reported = {(p.reason, p.message.split(":")[0]) for p in table.problems}
     assert reported == {
-        (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-tls-secret"),
+        (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-proxy-set-headers"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "affinity"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "made-up-thing"),
     }
     assert all(str(p.source) == "Ingress default/mixed" for p in table.problems)
     match = table.match(host="mixed.test", path="/")
     assert match is not None and match.options.refusal is not None
-    assert NGINX + "auth-tls-secret" in match.options.refusal
+    assert NGINX + "auth-proxy-set-headers" in match.options.refusal
 
 
 def test_snippet_is_refused_with_what_to_use_instead():
@@ -241,8 +242,8 @@ def test_serve_refuses_an_auth_annotated_ingress_until_the_annotation_is_removed
         manifests = tmp_path / "manifests"
         manifests.mkdir()
         admin = ingress("admin", hosts=["admin.test"], secret_name=None, backend="admin",
-                        annotations={NGINX + "auth-tls-secret": "default/client-ca",
-                                     NGINX + "auth-tls-verify-client": "on"})
+                        annotations={NGINX + "auth-proxy-set-headers": "default/h",
+                                     NGINX + "global-rate-limit": "100"})
         write_yaml(manifests / "apps.yaml", admin, *service_with_endpoints("admin", port=port))
         log = tmp_path / "serve.log"
         proc, http_port = _serve(manifests, tmp_path / "state", log)
@@ -251,13 +252,13 @@ def test_serve_refuses_an_auth_annotated_ingress_until_the_annotation_is_removed
                        what="503 for admin.test")
             text = eventually(lambda: "AccessNotEnforced" in log.read_text() and log.read_text(),
                               what="the Warning in the log")
-            assert "Ingress default/admin" in text and NGINX + "auth-tls-secret" in text
-            assert NGINX + "auth-tls-verify-client" in text
+            assert "Ingress default/admin" in text and NGINX + "auth-proxy-set-headers" in text
+            assert NGINX + "global-rate-limit" in text
             shown = subprocess.run(
                 [sys.executable, "-m", "certctl", "status", "ingress", "admin", "--state-dir",
                  str(tmp_path / "state")], capture_output=True, text=True, check=True).stdout
             assert "AccessEnforced: False (AccessNotEnforced)" in shown
-            assert NGINX + "auth-tls-secret" in shown
+            assert NGINX + "auth-proxy-set-headers" in shown
             assert "AnnotationsSupported: True" in shown
             admin["metadata"]["annotations"] = {}
             write_yaml(manifests / "apps.yaml", admin, *service_with_endpoints("admin", port=port))

@@ -152,7 +152,7 @@ def test_unenforced_access_annotation_is_a_warning_event_once_and_only_for_our_i
     env = Fixture(tmp_path, address=None)
     admin = ingress_manifest("admin", host="admin.test", secret_name="admin-tls")
     admin["metadata"]["annotations"] = {
-        "nginx.ingress.kubernetes.io/auth-tls-secret": "default/client-ca"}
+        "nginx.ingress.kubernetes.io/auth-proxy-set-headers": "default/h"}
     theirs = ingress_manifest("theirs", host="theirs.test", secret_name="theirs-tls",
                               class_name="nginx")
     theirs["metadata"]["annotations"] = dict(admin["metadata"]["annotations"])
@@ -163,7 +163,7 @@ def test_unenforced_access_annotation_is_a_warning_event_once_and_only_for_our_i
     warnings = [r.getMessage() for r in caplog.records if "AccessNotEnforced" in r.getMessage()]
     assert len(warnings) == 1
     assert "Ingress default/admin" in warnings[0]
-    assert "nginx.ingress.kubernetes.io/auth-tls-secret" in warnings[0]
+    assert "nginx.ingress.kubernetes.io/auth-proxy-set-headers" in warnings[0]
     match = env.tables[-1].match(host="admin.test", path="/")
     assert match is not None and match.options.refusal is not None
     caplog.clear()

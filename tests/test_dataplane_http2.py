@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +30,11 @@ MiB = 1024 * 1024
 class H2Client:
     """A blocking HTTP/2 client: send requests on streams, then collect their responses."""
 
-    def __init__(self, running: Running, host: str) -> None:
+    def __init__(self, running: Running, host: str,
+                 context: ssl.SSLContext | None = None) -> None:
         port = running.plane.https_port
         assert port is not None
-        context = running.ca.client_context()
+        context = context or running.ca.client_context()
         context.set_alpn_protocols(["h2", "http/1.1"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.sock = context.wrap_socket(raw, server_hostname=host)

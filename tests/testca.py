@@ -67,8 +67,10 @@ class TestCA:
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, *names: str, ips: tuple[str, ...] = (), days: int = 1) -> Issued:
-        """A server certificate for DNS `names` (the first is also the CN) and `ips`."""
+    def issue(self, *names: str, ips: tuple[str, ...] = (), days: int = 1,
+              client: bool = False) -> Issued:
+        """A server certificate for DNS `names` (the first is also the CN) and `ips`; with
+        `client`, a client certificate (clientAuth) for the subject CN `names[0]`."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
@@ -87,8 +89,9 @@ class TestCA:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False)
             .sign(self.key, hashes.SHA256())
         )
         return Issued(

@@ -146,3 +146,11 @@ AUTH_REQUEST_REDIRECT_KEYS = _keys("auth-request-redirect")
 AUTH_ALWAYS_SET_COOKIE_KEYS = _keys("auth-always-set-cookie")
 AUTH_CACHE_KEY_KEYS = _keys("auth-cache-key")
 AUTH_CACHE_DURATION_KEYS = _keys("auth-cache-duration")
+
+# Client certificates (certctl.routes.options.ClientCertificates).
+AUTH_TLS_SECRET_KEYS = _keys("auth-tls-secret")
+AUTH_TLS_VERIFY_CLIENT_KEYS = _keys("auth-tls-verify-client")
+AUTH_TLS_VERIFY_DEPTH_KEYS = _keys("auth-tls-verify-depth")
+AUTH_TLS_ERROR_PAGE_KEYS = _keys("auth-tls-error-page")
+AUTH_TLS_PASS_CERTIFICATE_KEYS = _keys("auth-tls-pass-certificate-to-upstream")
+AUTH_TLS_MATCH_CN_KEYS = _keys("auth-tls-match-cn")

@@ -41,6 +41,9 @@ SUPPORTED: Final = frozenset({
     "auth-url", "auth-method", "auth-signin", "auth-signin-redirect-param",
     "auth-response-headers", "auth-request-redirect", "auth-always-set-cookie",
     "auth-cache-key", "auth-cache-duration",
+    # client certificates (certctl.routes.options.ClientCertificates)
+    "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth", "auth-tls-error-page",
+    "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
     # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",

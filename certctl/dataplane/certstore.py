@@ -101,6 +101,10 @@ class CertificateIndex:
         self._by_source: dict[resources.ObjectKey, _Entry] = {}
         self._claims: dict[str, dict[resources.ObjectKey, _Entry]] = {}
         self._by_name: dict[str, _Entry] = {}  # read without the lock
+        # Host (or `*.` pattern) -> CA bundle: its handshakes ask for a client certificate
+        # that chains to it (auth-tls-secret); replaced whole, read without the lock.
+        self._client_cas: dict[str, bytes] = {}
+        self._client_contexts: dict[tuple[_Entry, bytes], ssl.SSLContext] = {}
         chain_pem, key_pem = _default_certificate()
         self._default_context = new_server_context()
         _load_chain(context=self._default_context, chain_pem=chain_pem, key_pem=key_pem)
@@ -156,6 +160,10 @@ class CertificateIndex:
                 if dot > 0:
                     entry = self._by_name.get("*" + name[dot:])
             if entry is not None:
+                if self._client_cas:
+                    ca = self._client_ca(name)
+                    if ca is not None:
+                        return self._client_context(entry, ca)
                 context = entry.context
                 recent = self._recent
                 if context is None:
@@ -168,6 +176,46 @@ class CertificateIndex:
                     recent.move_to_end(entry)
                 return context
         return self._default_context
+
+    def set_client_certificates(self, by_host: dict[str, bytes]) -> None:
+        """Which hosts' handshakes ask for a client certificate, and the CA it must chain to."""
+        if by_host != self._client_cas:
+            self._client_contexts = {}
+            self._client_cas = dict(by_host)
+
+    @property
+    def asks_for_client_certificates(self) -> bool:
+        return bool(self._client_cas)
+
+    def _client_ca(self, name: str) -> bytes | None:
+        cas = self._client_cas
+        ca = cas.get(name)
+        if ca is None:
+            dot = name.find(".")
+            if dot > 0:
+                ca = cas.get("*" + name[dot:])
+        return ca
+
+    def _client_context(self, entry: _Entry, ca: bytes) -> ssl.SSLContext:
+        """The certificate's context that also asks for a client certificate and has OpenSSL
+        check its chain and the client's possession of the key. Optional at the handshake:
+        a client without one gets an HTTP answer (403) rather than a TLS alert."""
+        contexts = self._client_contexts
+        context = contexts.get((entry, ca))
+        if context is None:
+            context = new_server_context()
+            try:
+                _load_chain(context=context, chain_pem=entry.chain_pem, key_pem=entry.key_pem)
+                context.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+            except (ssl.SSLError, OSError, ValueError) as err:
+                logger.error("cannot build the client-certificate context for %s: %s",
+                             entry.source, err)
+                return self._default_context
+            context.verify_mode = ssl.CERT_OPTIONAL
+            if len(contexts) >= self._context_cache_size:
+                contexts.clear()
+            contexts[(entry, ca)] = context
+        return context
 
     def has_certificate_for(self, host: str) -> bool:
         """Whether `select(host)` would present a real certificate (used to redirect to HTTPS)."""

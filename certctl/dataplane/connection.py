@@ -148,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_body_done",
         "_body_sent",
+        "_client_certificate",
         "_client_ip",
         "_client_slow",
         "_close_delimited",
@@ -200,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
+        self._client_certificate: bytes | None = None  # DER, of a TLS client that sent one
         self._limit_slot: limits.Slot | None = None  # released when the request ends
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # the dispatch decision's
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -259,9 +261,13 @@ class ClientConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # Asked for only by hosts with auth-tls-secret, checked by OpenSSL at the handshake.
+            self._client_certificate = ssl_object.getpeercert(True)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             # ALPN chose HTTP/2 during the handshake: hand the connection over.
-            replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip)
+            replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip,
+                                                client_certificate=self._client_certificate)
             self._transport.set_protocol(replacement)
             replacement.connection_made(self._transport)
             return
@@ -513,6 +519,7 @@ class ClientConnection(asyncio.Protocol):
             header=head.header,
             content_length=head.content_length,
             client_ip=self._client_ip,
+            client_certificate=self._client_certificate,
         )
         self._route_host = decision.route_host
         self._limit_slot = decision.slot
@@ -529,6 +536,11 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         head.host = decision.authority
+        if match.options.client_certificates is not None:
+            # Only the data plane says what it verified: whatever the client sent goes.
+            head.headers = [(name, value) for name, value in head.headers
+                            if name.lower() not in route_options.CLIENT_CERTIFICATE_HEADERS]
+            head.headers += decision.request_headers
         if not head.has_body:
             # Only the end of the message is left (bodies of 0 bytes included).
             if self._events and self._events[0] is None:

@@ -15,6 +15,7 @@ exchange.
 
 from __future__ import annotations
 
+import datetime
 import random
 import re
 import time
@@ -86,8 +87,8 @@ class Decision:
     `route_host` the metrics label of the matched rule ("" without a match).
     """
 
-    __slots__ = ("authority", "body", "headers", "match", "route_host", "slot",
-                 "status", "target")
+    __slots__ = ("authority", "body", "headers", "match", "request_headers", "route_host",
+                 "slot", "status", "target")
 
     def __init__(
         self,
@@ -100,6 +101,7 @@ class Decision:
         headers: tuple[route_options.Header, ...] = (),
         route_host: str = "",
         slot: limits.Slot | None = None,
+        request_headers: tuple[route_options.Header, ...] = (),
     ) -> None:
         self.status = status
         self.match = match
@@ -113,6 +115,9 @@ class Decision:
         # A limit-connections count taken for this request: the caller releases it
         # (plane.limits.release) when the request ends, whatever the answer.
         self.slot = slot
+        # Set on the request to the backend, replacing what the client sent under
+        # those names (the ssl-client-* headers of a verified client certificate).
+        self.request_headers = request_headers
 
 
 def decide(
@@ -125,6 +130,7 @@ def decide(
     header: Callable[[bytes], bytes | None],
     content_length: bytes | None,
     client_ip: bytes,
+    client_certificate: bytes | None = None,
 ) -> Decision:
     """The decision for one request; `header(lowercase name)` reads a request header."""
     if target.startswith(b"/"):
@@ -200,6 +206,20 @@ def decide(
             challenge = ((b"www-authenticate", basic.challenge),) if verdict == 401 and basic \
                 else ()
             return Decision(status=verdict, route_host=route_host, slot=slot, headers=challenge)
+    request_headers: tuple[route_options.Header, ...] = ()
+    certificates = options.client_certificates
+    if certificates is not None:  # auth-tls-*: nginx's `$ssl_client_verify != SUCCESS` check
+        allowed, request_headers = certificates.check(
+            client_certificate if scheme == b"https" else None,
+            now=datetime.datetime.now(datetime.UTC))
+        if not allowed:
+            if certificates.error_page is not None:
+                location = route_options.expand(certificates.error_page, {
+                    "$scheme": scheme, "$http_host": authority or b"", "$host": host.encode(),
+                    "$request_uri": target})
+                return Decision(status=302, route_host=route_host, slot=slot,
+                                headers=((b"location", location),))
+            return Decision(status=403, route_host=route_host, slot=slot)
     headers: tuple[route_options.Header, ...] = ()
     cors = options.cors
     if cors is not None:
@@ -219,7 +239,7 @@ def decide(
     if options.rewrite_target is not None:
         target = rewrite(target=target, raw_path=raw_path, match=match)
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
-                    slot=slot, headers=headers)
+                    slot=slot, headers=headers, request_headers=request_headers)
 
 
 def _routing_host(authority: bytes) -> str | None:

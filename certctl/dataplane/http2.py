@@ -221,9 +221,12 @@ class _Stream:
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection, handed over by `ClientConnection` after ALPN chose h2."""
 
-    def __init__(self, *, plane: DataPlane, client_ip: bytes) -> None:
+    def __init__(
+        self, *, plane: DataPlane, client_ip: bytes, client_certificate: bytes | None = None
+    ) -> None:
         self.plane = plane
         self._client_ip = client_ip
+        self._client_certificate = client_certificate  # DER, checked at the handshake
         self._transport: asyncio.Transport | None = None
         self._h2 = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -374,6 +377,7 @@ class Http2Connection(asyncio.Protocol):
             header=stream.header,
             content_length=stream.content_length,
             client_ip=self._client_ip,
+            client_certificate=self._client_certificate,
         )
         stream.route_host = decision.route_host
         stream.limit_slot = decision.slot
@@ -384,6 +388,11 @@ class Http2Connection(asyncio.Protocol):
                         headers=decision.headers)
             return
         stream.authority = decision.authority
+        if match.options.client_certificates is not None:
+            # Only the data plane says what it verified: whatever the client sent goes.
+            stream.headers = [(name, value) for name, value in stream.headers
+                              if name not in route_options.CLIENT_CERTIFICATE_HEADERS]
+            stream.headers += decision.request_headers
         stream.match = match
         stream.target = decision.target
         stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout

@@ -133,7 +133,8 @@ def normalize_host(raw: str) -> str:
 class RouteTable:
     """An immutable routing table; build a new one when any input changes."""
 
-    __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts", "problems", "served")
+    __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts",
+                 "client_certificates", "problems", "served")
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class RouteTable:
         default: RouteMatch | None,
         served: frozenset[resources.ObjectKey] = frozenset(),
         problems: tuple[model.SourceProblem, ...] = (),
+        client_certificates: dict[str, bytes] | None = None,
     ) -> None:
         self._exact_hosts = exact_hosts
         self._wildcard_hosts = wildcard_hosts  # keyed by the suffix after "*."
@@ -151,6 +153,8 @@ class RouteTable:
         self._default = default
         self.served = served  # the objects this data plane serves (for their status)
         self.problems = problems  # what to tell the sources' owners
+        # Host -> the CA bundle its handshakes ask client certificates for (auth-tls-secret).
+        self.client_certificates = client_certificates or {}
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -171,7 +175,11 @@ class RouteTable:
         exact_hosts: dict[str, _HostRoutes] = {}
         wildcard_hosts: dict[str, _HostRoutes] = {}
         hostless = _HostRoutes()
+        client_certificates: dict[str, bytes] = {}
         for route in routes.routes:
+            required = route.options.client_certificates
+            if required is not None and route.host:
+                client_certificates.setdefault(route.host, required.ca_pem)
             host_routes = _routes_for(host=route.host, exact_hosts=exact_hosts,
                                       wildcard_hosts=wildcard_hosts, hostless=hostless)
             if route.pattern is not None:
@@ -216,6 +224,7 @@ class RouteTable:
             default=default,
             served=routes.served,
             problems=routes.problems,
+            client_certificates=client_certificates,
         )
 
     def match(self, *, host: str, path: str) -> RouteMatch | None:

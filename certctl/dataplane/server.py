@@ -111,6 +111,9 @@ class DataPlane:
         self._previous_unraisablehook: Callable[[Any], object] | None = None
 
     def set_routes(self, table: routing.RouteTable) -> None:
+        # The handshakes of hosts with auth-tls-secret ask for client certificates first,
+        # so no request of such a host is routed before its handshake could ask.
+        self.certificates.set_client_certificates(table.client_certificates)
         self._routes = table
 
     @property
@@ -154,6 +157,7 @@ class DataPlane:
                 handshake_timeout=self._handshake_timeout,
                 on_handshake=self._count_handshake,
                 admit=self.admits_connection,
+                preread=self._certificates_asked_for,
             )
             self._tls.listen(*self._https_address)
             self._https_port = self._tls.sockets[0].getsockname()[1]
@@ -190,6 +194,11 @@ class DataPlane:
         self.metrics.stop()
         self._uninstall_unraisablehook()
         self._http_port = self._https_port = self._metrics_port = None
+
+    def _certificates_asked_for(self) -> bool:
+        """Whether some host asks for client certificates (its handshakes then start on its
+        own context, see TlsListener)."""
+        return self.certificates.asks_for_client_certificates
 
     def _select_context(self, server_name: str | None) -> ssl.SSLContext:
         return self.certificates.select(server_name)  # `certificates` may be replaced

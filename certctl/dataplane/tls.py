@@ -69,12 +69,19 @@ class TlsListener:
         handshake_timeout: float,
         on_handshake: Callable[[bool], None],
         admit: Callable[[], bool],
+        preread: Callable[[], bool] = lambda: False,
     ) -> None:
         """Handshakes start on `context` and switch to `select_context(server name)` (None:
         no SNI); `on_handshake(True)` after each completed handshake, `(False)` after each
         failed one (an error, a timeout, the peer leaving before it finished). Before each
         accept, `admit()` says whether there is room for one more connection; when there
-        is not, accepting stops until `resume_accepting` (or a failed handshake)."""
+        is not, accepting stops until `resume_accepting` (or a failed handshake).
+
+        While `preread()` is true, a connection reads the ClientHello before OpenSSL
+        does and starts on the server name's context itself: a context that asks for
+        client certificates must be the one the handshake starts on, since OpenSSL's
+        SNI switch (SSL_set_SSL_CTX) keeps the verify mode of the first (nginx sets it
+        again in its SNI callback; Python cannot)."""
         # The SNI callback receives the SSL connection's owner: the transport.
         context.sni_callback = _switch_context  # type: ignore[assignment]
         self.context = context
@@ -83,6 +90,7 @@ class TlsListener:
         self.handshake_timeout = handshake_timeout
         self.on_handshake = on_handshake
         self.admit = admit
+        self.preread = preread
         self.loop = asyncio.get_running_loop()
         # Connections still handshaking, with the time.monotonic() they must be done by.
         self.handshaking: dict[TlsTransport, float] = {}
@@ -233,6 +241,7 @@ class TlsTransport(asyncio.Transport):
         "_outgoing",
         "_peer",
         "_polled",
+        "_preread",
         "_protocol",
         "_protocol_paused",
         "_reading",
@@ -255,6 +264,8 @@ class TlsTransport(asyncio.Transport):
         self._ssl = listener.context._wrap_bio(  # type: ignore[attr-defined]
             self._incoming, self._outgoing, True, None, owner=self
         )
+        # The ClientHello's bytes so far, while they are read before OpenSSL's (see preread).
+        self._preread: bytearray | None = bytearray() if listener.preread() else None
         self._protocol: asyncio.BaseProtocol | None = None
         self._state = _HANDSHAKING
         self._reading = True
@@ -360,7 +371,22 @@ class TlsTransport(asyncio.Transport):
         except OSError as err:
             self._finish(err)
             return
-        if size:
+        preread = self._preread
+        if preread is not None:
+            preread += received[:size]
+            name, complete = client_hello_server_name(bytes(preread))
+            if not complete and size and len(preread) <= _MAX_CLIENT_HELLO:
+                return  # the rest of the ClientHello is on its way
+            self._preread = None
+            if name is not None:
+                context = self._listener.select_context(name)
+                if context is not self._listener.context:
+                    self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
+                        self._incoming, self._outgoing, True, None, owner=self)
+            self._incoming.write(bytes(preread))
+            if not size:
+                self._incoming.write_eof()
+        elif size:
             self._incoming.write(received[:size])
         else:
             self._incoming.write_eof()
@@ -520,3 +546,50 @@ class TlsTransport(asyncio.Transport):
         elif self._protocol is not None:
             self._loop.call_soon(self._protocol.connection_lost, error)
             self._protocol = None  # it holds this transport: no cycle left for the GC
+
+
+_MAX_CLIENT_HELLO: Final = 16_384 + 5  # one TLS record: larger ones go to OpenSSL unread
+
+
+def client_hello_server_name(data: bytes) -> tuple[str | None, bool]:
+    """The server name of a TLS ClientHello at the start of `data`, and whether the whole
+    ClientHello record is there; (None, True) for anything that is not one, or has none
+    (OpenSSL then says what it thinks of it)."""
+    if len(data) < 5:
+        return None, False
+    if data[0] != 22:  # not a handshake record
+        return None, True
+    end = 5 + int.from_bytes(data[3:5], "big")
+    if len(data) < end:
+        return None, False
+    try:
+        return _server_name(data[5:end]), True
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None, True
+
+
+def _server_name(hello: bytes) -> str | None:
+    if hello[0] != 1:  # not a ClientHello
+        return None
+    at = 4 + 2 + 32  # handshake header, legacy_version, random
+    at += 1 + hello[at]  # session id
+    at += 2 + int.from_bytes(hello[at:at + 2], "big")  # cipher suites
+    at += 1 + hello[at]  # compression methods
+    end = at + 2 + int.from_bytes(hello[at:at + 2], "big")
+    at += 2
+    while at + 4 <= end:
+        kind = int.from_bytes(hello[at:at + 2], "big")
+        size = int.from_bytes(hello[at + 2:at + 4], "big")
+        at += 4
+        if kind == 0:  # server_name: a list of (type, name); host_name is type 0
+            names_end = at + 2 + int.from_bytes(hello[at:at + 2], "big")
+            at += 2
+            while at + 3 <= names_end:
+                name_type = hello[at]
+                length = int.from_bytes(hello[at + 1:at + 3], "big")
+                if name_type == 0:
+                    return hello[at + 3:at + 3 + length].decode("ascii")
+                at += 3 + length
+            return None
+        at += size
+    return None

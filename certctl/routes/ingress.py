@@ -68,7 +68,7 @@ def compile_ingresses(
     """The routes of the Ingresses this controller serves, oldest first.
 
     `secret_data(namespace, name)` reads the auth Secrets Ingresses name
-    (see `ingress_annotations.auth_secret_name`); without it they are missing.
+    (see `ingress_annotations.secret_names`); without it they are missing.
     """
     served = served_ingresses(ingresses=ingresses, ingress_classes=ingress_classes,
                               controller_name=controller_name, class_name=class_name)

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from certctl.api import annotations as keys
 from certctl.api import names
 from certctl.routes import access, options
@@ -49,10 +51,12 @@ def route_options(
         rules = _access_rules(reader, namespace=namespace, secret_data=secret_data)
         limit_rules = _limit_rules(reader, zone=f"{namespace}/{name}")
         external_auth = _external_auth(reader, zone=f"{namespace}/{name}")
+        client_certificates = _client_certificates(reader, namespace=namespace,
+                                                   secret_data=secret_data)
         refusal = None
     except access.Unreadable as err:
         problems.append(str(err))
-        rules, limit_rules, external_auth = None, None, None
+        rules, limit_rules, external_auth, client_certificates = None, None, None, None
         refusal = f"{err} (the Ingress is not served until it is fixed)"
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
@@ -70,6 +74,7 @@ def route_options(
         cors=_cors_policy(reader),
         redirect=_redirect(reader),
         external_auth=external_auth,
+        client_certificates=client_certificates,
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -267,16 +272,81 @@ def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, 
     return wanted, problems
 
 
-def auth_secret_name(annotations: Iterable[tuple[str, str]], *, namespace: str) -> str | None:
-    """The Secret an Ingress's basic authentication reads (in its own namespace), if any."""
-    values = dict(annotations)
-    ref = _Reader(values=values, problems=[]).text(keys.AUTH_SECRET_KEYS)
-    if not ref:
+def secret_names(
+    annotations: Iterable[tuple[str, str]], *, namespace: str
+) -> list[tuple[str, str]]:
+    """(namespace, name) of the Secrets an Ingress's access rules read: basic
+    authentication's (its own namespace only) and the client certificates' CA."""
+    reader = _Reader(values=dict(annotations), problems=[])
+    found = []
+    ref = reader.text(keys.AUTH_SECRET_KEYS)
+    if ref:
+        ref_namespace, slash, name = ref.partition("/")
+        if not slash:
+            found.append((namespace, ref))
+        elif ref_namespace == namespace:  # another namespace is refused when the rules are read
+            found.append((namespace, name))
+    ref = reader.text(keys.AUTH_TLS_SECRET_KEYS)
+    if ref:
+        ref_namespace, _, name = ref.rpartition("/")
+        found.append((ref_namespace or namespace, name))
+    return found
+
+
+_VERIFY_CLIENT = ("on", "optional", "off", "optional_no_ca")
+
+
+def _client_certificates(
+    reader: _Reader, *, namespace: str, secret_data: access.SecretData
+) -> options.ClientCertificates | None:
+    """auth-tls-* ; access.Unreadable for any setting that cannot be enforced."""
+    found = reader.raw(keys.AUTH_TLS_SECRET_KEYS)
+    if not found or not found[1]:
         return None
-    ref_namespace, slash, name = ref.partition("/")
-    if slash and ref_namespace != namespace:
-        return None  # refused when the rules are read
-    return name if slash else ref
+    key, ref = found
+    verify = reader.raw(keys.AUTH_TLS_VERIFY_CLIENT_KEYS)
+    mode = verify[1].lower() if verify else "on"
+    if verify is not None and mode not in _VERIFY_CLIENT:
+        raise access.Unreadable(f"{verify[0]}: {verify[1]!r} is not on, optional or off")
+    if mode == "off":
+        return None
+    if verify is not None and mode == "optional_no_ca":
+        raise access.Unreadable(f"{verify[0]}: optional_no_ca (a certificate asked for but not "
+                                "verified) is not enforced by certctl; use on or optional")
+    depth = reader.raw(keys.AUTH_TLS_VERIFY_DEPTH_KEYS)
+    if depth is not None and depth[1] != "1":
+        raise access.Unreadable(f"{depth[0]}: {depth[1]!r}: certctl accepts only client "
+                                "certificates issued directly by a CA of the Secret (depth 1)")
+    ref_namespace, _, name = ref.rpartition("/")
+    ref_namespace = ref_namespace or namespace
+    data = secret_data(ref_namespace, name)
+    if data is None:
+        raise access.Unreadable(f"{key}: Secret {ref_namespace}/{name} not found")
+    if "ca.crl" in data:
+        raise access.Unreadable(f"{key}: Secret {ref_namespace}/{name} has a ca.crl; "
+                                "certificate revocation lists are not enforced by certctl")
+    ca_pem = data.get("ca.crt")
+    if not ca_pem:
+        raise access.Unreadable(f"{key}: Secret {ref_namespace}/{name} has no ca.crt")
+    try:
+        issuers = tuple(x509.load_pem_x509_certificates(ca_pem))
+    except ValueError as err:
+        raise access.Unreadable(f"{key}: Secret {ref_namespace}/{name} key ca.crt is not "
+                                f"PEM certificates: {err}") from err
+    match_cn = reader.raw(keys.AUTH_TLS_MATCH_CN_KEYS)
+    pattern = None
+    if match_cn is not None and match_cn[1]:
+        try:
+            pattern = re.compile(match_cn[1])
+        except re.error as err:
+            raise access.Unreadable(f"{match_cn[0]}: {match_cn[1]!r} is not a regular "
+                                    f"expression ({err})") from err
+    error_page = reader.raw(keys.AUTH_TLS_ERROR_PAGE_KEYS)
+    return options.ClientCertificates(
+        ca_pem=ca_pem, issuers=issuers, required=mode == "on", match_cn=pattern,
+        pass_certificate=reader.boolean(keys.AUTH_TLS_PASS_CERTIFICATE_KEYS, default=False),
+        error_page=_auth_template(error_page, url=True) if error_page and error_page[1] else None,
+    )
 
 
 def _limit_rules(reader: _Reader, *, zone: str) -> options.LimitRules | None:

@@ -11,10 +11,16 @@ Defaults differ from ingress-nginx's in two places, on purpose:
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from certctl.routes import access
 
@@ -174,6 +180,63 @@ class Redirect:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClientCertificates:
+    """ingress-nginx's auth-tls-*: client certificates issued by `issuers` (depth 1).
+
+    The handshake for the route's host asks for a certificate and OpenSSL checks
+    it against `ca_pem` and the client's possession of its key; `check` then
+    holds each request to this route's own issuers (a connection may have been
+    made for another host), the validity period and `match_cn`.
+    """
+
+    ca_pem: bytes
+    issuers: tuple[x509.Certificate, ...]
+    required: bool = True  # auth-tls-verify-client: on; optional lets requests without one in
+    pass_certificate: bool = False  # the PEM, URL-encoded, in ssl-client-cert upstream
+    match_cn: re.Pattern[str] | None = None
+    error_page: str | None = None  # a 302 there instead of 403
+
+    def check(
+        self, der: bytes | None, *, now: datetime.datetime
+    ) -> tuple[bool, tuple[Header, ...]]:
+        """(allowed, the ssl-client-* headers for the backend)."""
+        if der is None:
+            return not self.required, ((b"ssl-client-verify", b"NONE"),)
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False, ()
+        if not any(_issued_by(leaf, issuer) for issuer in self.issuers) or not (
+            leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc
+        ):
+            return False, ()
+        subject = leaf.subject.rfc4514_string()
+        if self.match_cn is not None and not self.match_cn.search(subject):
+            return False, ()
+        headers: list[Header] = [
+            (b"ssl-client-verify", b"SUCCESS"),
+            (b"ssl-client-subject-dn", subject.encode()),
+            (b"ssl-client-issuer-dn", leaf.issuer.rfc4514_string().encode()),
+        ]
+        if self.pass_certificate:
+            pem = leaf.public_bytes(serialization.Encoding.PEM)
+            headers.append((b"ssl-client-cert", urllib.parse.quote(pem, safe="").encode()))
+        return True, tuple(headers)
+
+
+CLIENT_CERTIFICATE_HEADERS: Final = frozenset({
+    b"ssl-client-verify", b"ssl-client-subject-dn", b"ssl-client-issuer-dn", b"ssl-client-cert"})
+
+
+def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
 
@@ -197,6 +260,7 @@ class RouteOptions:
     cors: CorsPolicy | None = None  # cross-origin requests; None: passed through untouched
     redirect: Redirect | None = None  # answer every request with this redirect
     external_auth: ExternalAuth | None = None  # auth-url: a subrequest decides each request
+    client_certificates: ClientCertificates | None = None  # auth-tls-*
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.

@@ -251,14 +251,11 @@ class DataPlaneFeed:
     def _read_auth_secrets(
         self, ingresses: list[resources.Ingress]
     ) -> dict[tuple[str, str], dict[str, bytes]]:
-        """The Secrets basic authentication reads; one that is missing or unreadable is left
-        out, and the Ingress naming it is then refused, not served open."""
-        wanted = set()
-        for ingress in ingresses:
-            name = ingress_annotations.auth_secret_name(ingress.annotations,
-                                                  namespace=ingress.namespace)
-            if name is not None:
-                wanted.add((ingress.namespace, name))
+        """The Secrets access rules read (basic auth, client certificates' CA); one that is
+        missing or unreadable is left out, and the Ingress naming it is refused, not served
+        open."""
+        wanted = {found for ingress in ingresses for found in ingress_annotations.secret_names(
+            ingress.annotations, namespace=ingress.namespace)}
         self._auth_secrets = frozenset(wanted)  # before reading: a change meanwhile re-marks
         found = {}
         for namespace, name in sorted(wanted):
