@@ -154,3 +154,7 @@ AUTH_TLS_VERIFY_DEPTH_KEYS = _keys("auth-tls-verify-depth")
 AUTH_TLS_ERROR_PAGE_KEYS = _keys("auth-tls-error-page")
 AUTH_TLS_PASS_CERTIFICATE_KEYS = _keys("auth-tls-pass-certificate-to-upstream")
 AUTH_TLS_MATCH_CN_KEYS = _keys("auth-tls-match-cn")
+
+# What goes to the backend.
+UPSTREAM_VHOST_KEYS = _keys("upstream-vhost")
+X_FORWARDED_PREFIX_KEYS = _keys("x-forwarded-prefix")

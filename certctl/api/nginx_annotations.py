@@ -44,6 +44,7 @@ SUPPORTED: Final = frozenset({
     # client certificates (certctl.routes.options.ClientCertificates)
     "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth", "auth-tls-error-page",
     "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
+    "upstream-vhost", "x-forwarded-prefix",
     # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",
@@ -69,6 +70,9 @@ NO_OP: Final[dict[str, str]] = {
     "proxy-buffer-size": _STREAMS,
     "proxy-max-temp-file-size": _STREAMS,
     "client-body-buffer-size": _STREAMS,
+    "proxy-request-buffering": _STREAMS,
+    "proxy-send-timeout": "a backend that stops taking the request body is cut after "
+                          "proxy-read-timeout, as a backend that stops answering is",
     "proxy-http-version": "certctl always speaks HTTP/1.1 to backends, with keep-alive",
     "connection-proxy-header": "certctl manages the upstream Connection header itself "
                                "(keep-alive, and Upgrade passed through)",
@@ -116,8 +120,8 @@ UNSUPPORTED: Final = frozenset({
     "affinity", "affinity-mode", "affinity-canary-behavior",
     "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
     "preserve-trailing-slash", "proxy-cookie-domain",
-    "proxy-cookie-path", "proxy-send-timeout", "proxy-next-upstream",
-    "proxy-next-upstream-timeout", "proxy-next-upstream-tries", "proxy-request-buffering",
+    "proxy-cookie-path", "proxy-next-upstream",
+    "proxy-next-upstream-timeout", "proxy-next-upstream-tries",
     "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",
     "proxy-ssl-name", "proxy-ssl-protocols", "proxy-ssl-verify", "proxy-ssl-verify-depth",
     "proxy-ssl-server-name", "service-upstream", "session-cookie-name",
@@ -125,8 +129,8 @@ UNSUPPORTED: Final = frozenset({
     "session-cookie-max-age", "session-cookie-secure", "session-cookie-samesite",
     "session-cookie-change-on-failure", "session-cookie-conditional-samesite-none",
     "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers", "upstream-hash-by",
-    "upstream-hash-by-subset", "upstream-hash-by-subset-size", "x-forwarded-prefix",
-    "load-balance", "upstream-vhost", "mirror-request-body", "mirror-target",
+    "upstream-hash-by-subset", "upstream-hash-by-subset-size",
+    "load-balance", "mirror-request-body", "mirror-target",
     "mirror-host", "modsecurity-transaction-id",
 })
 

@@ -536,11 +536,16 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         head.host = decision.authority
-        if match.options.client_certificates is not None:
-            # Only the data plane says what it verified: whatever the client sent goes.
+        replaced = decision.request_headers
+        if replaced or match.options.client_certificates is not None:
+            # The data plane's headers replace the client's; of a verified client certificate
+            # only the data plane speaks, even when it has nothing to say.
+            names = {name for name, _ in replaced}
+            if match.options.client_certificates is not None:
+                names |= route_options.CLIENT_CERTIFICATE_HEADERS
             head.headers = [(name, value) for name, value in head.headers
-                            if name.lower() not in route_options.CLIENT_CERTIFICATE_HEADERS]
-            head.headers += decision.request_headers
+                            if name.lower() not in names]
+            head.headers += replaced
         if not head.has_body:
             # Only the end of the message is left (bodies of 0 bytes included).
             if self._events and self._events[0] is None:
@@ -645,7 +650,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _request_head(self, head: _RequestHead) -> bytes:
         host = head.host or b""
-        parts = [head.method, b" ", self._target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        match = self._match
+        vhost = match.options.upstream_vhost if match is not None else None
+        parts = [head.method, b" ", self._target, b" HTTP/1.1\r\nhost: ", vhost or host,
+                 b"\r\n"]
         for name, value in head.headers:
             parts += (name, b": ", value, b"\r\n")
         ip = self._client_ip

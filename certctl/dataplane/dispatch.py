@@ -239,7 +239,8 @@ def decide(
     if options.rewrite_target is not None:
         target = rewrite(target=target, raw_path=raw_path, match=match)
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
-                    slot=slot, headers=headers, request_headers=request_headers)
+                    slot=slot, headers=headers,
+                    request_headers=request_headers + options.request_headers)
 
 
 def _routing_host(authority: bytes) -> str | None:

@@ -388,11 +388,16 @@ class Http2Connection(asyncio.Protocol):
                         headers=decision.headers)
             return
         stream.authority = decision.authority
-        if match.options.client_certificates is not None:
-            # Only the data plane says what it verified: whatever the client sent goes.
+        replaced = decision.request_headers
+        if replaced or match.options.client_certificates is not None:
+            # The data plane's headers replace the client's; of a verified client certificate
+            # only the data plane speaks, even when it has nothing to say.
+            names = {name for name, _ in replaced}
+            if match.options.client_certificates is not None:
+                names |= route_options.CLIENT_CERTIFICATE_HEADERS
             stream.headers = [(name, value) for name, value in stream.headers
-                              if name not in route_options.CLIENT_CERTIFICATE_HEADERS]
-            stream.headers += decision.request_headers
+                              if name not in names]
+            stream.headers += replaced
         stream.match = match
         stream.target = decision.target
         stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
@@ -464,7 +469,10 @@ class Http2Connection(asyncio.Protocol):
         stream.started_at = time.monotonic()
         host = stream.authority or b""
         chunked = stream.content_length is None and not stream.body_done
-        parts = [stream.method, b" ", stream.target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        match = stream.match
+        vhost = match.options.upstream_vhost if match is not None else None
+        parts = [stream.method, b" ", stream.target, b" HTTP/1.1\r\nhost: ", vhost or host,
+                 b"\r\n"]
         for name, value in stream.headers:
             if name not in _NOT_FORWARDED and name not in upstream.HOP_BY_HOP:
                 parts += (name, b": ", value, b"\r\n")

@@ -75,6 +75,8 @@ def route_options(
         redirect=_redirect(reader),
         external_auth=external_auth,
         client_certificates=client_certificates,
+        upstream_vhost=_upstream_vhost(reader),
+        request_headers=_forwarded_prefix(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -270,6 +272,30 @@ def from_to_www_redirect(annotations: Iterable[tuple[str, str]]) -> tuple[bool, 
     wanted = _Reader(values=dict(annotations), problems=problems).boolean(
         keys.FROM_TO_WWW_REDIRECT_KEYS, default=False)
     return wanted, problems
+
+
+_AUTHORITY = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]+")
+
+
+def _upstream_vhost(reader: _Reader) -> bytes | None:
+    found = reader.raw(keys.UPSTREAM_VHOST_KEYS)
+    if not found or not found[1]:
+        return None
+    if _AUTHORITY.fullmatch(found[1]):
+        return found[1].encode()
+    reader.problems.append(f"{found[0]}: {found[1]!r} is not a host name[:port]")
+    return None
+
+
+def _forwarded_prefix(reader: _Reader) -> tuple[options.Header, ...]:
+    found = reader.raw(keys.X_FORWARDED_PREFIX_KEYS)
+    if not found or not found[1]:
+        return ()
+    if _HEADER_VALUE.fullmatch(found[1]):
+        return ((b"x-forwarded-prefix", found[1].encode()),)
+    reader.problems.append(f"{found[0]}: {found[1]!r} may not hold spaces or control characters")
+    return ()
 
 
 def secret_names(

@@ -261,6 +261,8 @@ class RouteOptions:
     redirect: Redirect | None = None  # answer every request with this redirect
     external_auth: ExternalAuth | None = None  # auth-url: a subrequest decides each request
     client_certificates: ClientCertificates | None = None  # auth-tls-*
+    upstream_vhost: bytes | None = None  # the Host sent to the backend (X-Forwarded-Host keeps it)
+    request_headers: tuple[Header, ...] = ()  # set on requests to the backend (x-forwarded-prefix)
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
