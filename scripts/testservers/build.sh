@@ -9,12 +9,14 @@
 #   etcd        etcd (go.etcd.io/etcd/server/v3; Debian's 3.4 is too old for kube-apiserver)
 #   pebble      pebble, pebble-challtestsrv (github.com/letsencrypt/pebble/v2, the current release)
 #   gateway-api the standard-channel CRDs (sigs.k8s.io/gateway-api, config/crd/standard)
+#   helm        helm (helm.sh/helm/v3), to lint and render charts/certctl
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.16
 PEBBLE_VERSION=v2.10.3
 GATEWAY_API_VERSION=v1.5.1
+HELM_VERSION=v3.22.0
 
 CACHE=${CERTCTL_TESTSERVERS:-/var/cache/certctl-testservers}
 mkdir -p "$CACHE"
@@ -89,7 +91,7 @@ gateway_api() {
 }
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(etcd pebble kubernetes gateway-api)
+[ ${#wanted[@]} -gt 0 ] || wanted=(etcd pebble kubernetes gateway-api helm)
 for name in "${wanted[@]}"; do
   case $name in
     kubernetes) build kubernetes "$KUBERNETES_VERSION" k8s.io/kubernetes \
@@ -101,6 +103,7 @@ for name in "${wanted[@]}"; do
               github.com/letsencrypt/pebble/v2/cmd/pebble \
               github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv ;;
     gateway-api) gateway_api ;;
+    helm) build helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     *) echo "testservers: unknown server '$name'" >&2; exit 2 ;;
   esac
 done
