@@ -158,3 +158,13 @@ AUTH_TLS_MATCH_CN_KEYS = _keys("auth-tls-match-cn")
 # What goes to the backend.
 UPSTREAM_VHOST_KEYS = _keys("upstream-vhost")
 X_FORWARDED_PREFIX_KEYS = _keys("x-forwarded-prefix")
+
+# Session affinity (certctl.routes.options.Affinity).
+AFFINITY_KEYS = _keys("affinity")
+AFFINITY_MODE_KEYS = _keys("affinity-mode")
+SESSION_COOKIE_NAME_KEYS = _keys("session-cookie-name")
+SESSION_COOKIE_PATH_KEYS = _keys("session-cookie-path")
+SESSION_COOKIE_DOMAIN_KEYS = _keys("session-cookie-domain")
+SESSION_COOKIE_EXPIRES_KEYS = _keys("session-cookie-max-age", "session-cookie-expires")
+SESSION_COOKIE_SAMESITE_KEYS = _keys("session-cookie-samesite")
+SESSION_COOKIE_SECURE_KEYS = _keys("session-cookie-secure")

@@ -45,6 +45,9 @@ SUPPORTED: Final = frozenset({
     "auth-tls-secret", "auth-tls-verify-client", "auth-tls-verify-depth", "auth-tls-error-page",
     "auth-tls-pass-certificate-to-upstream", "auth-tls-match-cn",
     "upstream-vhost", "x-forwarded-prefix",
+    "affinity", "affinity-mode", "session-cookie-name", "session-cookie-path",
+    "session-cookie-domain", "session-cookie-expires", "session-cookie-max-age",
+    "session-cookie-samesite", "session-cookie-secure",
     # request limits (certctl.routes.options.LimitRules, counted by certctl.dataplane.limits)
     "limit-rps", "limit-rpm", "limit-burst-multiplier", "limit-connections", "limit-whitelist",
     "limit-allowlist",
@@ -71,6 +74,10 @@ NO_OP: Final[dict[str, str]] = {
     "proxy-max-temp-file-size": _STREAMS,
     "client-body-buffer-size": _STREAMS,
     "proxy-request-buffering": _STREAMS,
+    "session-cookie-change-on-failure": "a client whose endpoint fails or goes is always "
+                                        "handed to another, with a new cookie",
+    "session-cookie-conditional-samesite-none": "certctl sends SameSite=None (with Secure) "
+                                                "to every browser",
     "proxy-send-timeout": "a backend that stops taking the request body is cut after "
                           "proxy-read-timeout, as a backend that stops answering is",
     "proxy-http-version": "certctl always speaks HTTP/1.1 to backends, with keep-alive",
@@ -117,17 +124,14 @@ _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-ru
 # Every other annotation ingress-nginx documents: known, not implemented, and
 # serving without it exposes nothing its user protected with it.
 UNSUPPORTED: Final = frozenset({
-    "affinity", "affinity-mode", "affinity-canary-behavior",
+    "affinity-canary-behavior",
     "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
     "preserve-trailing-slash", "proxy-cookie-domain",
     "proxy-cookie-path", "proxy-next-upstream",
     "proxy-next-upstream-timeout", "proxy-next-upstream-tries",
     "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",
     "proxy-ssl-name", "proxy-ssl-protocols", "proxy-ssl-verify", "proxy-ssl-verify-depth",
-    "proxy-ssl-server-name", "service-upstream", "session-cookie-name",
-    "session-cookie-path", "session-cookie-domain", "session-cookie-expires",
-    "session-cookie-max-age", "session-cookie-secure", "session-cookie-samesite",
-    "session-cookie-change-on-failure", "session-cookie-conditional-samesite-none",
+    "proxy-ssl-server-name", "service-upstream",
     "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers", "upstream-hash-by",
     "upstream-hash-by-subset", "upstream-hash-by-subset-size",
     "load-balance", "mirror-request-body", "mirror-target",

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from certctl.dataplane import dispatch, http2, limits, routing, upstream
+from certctl.dataplane import affinity, dispatch, http2, limits, routing, upstream
 from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
@@ -599,7 +599,13 @@ class ClientConnection(asyncio.Protocol):
         match = self._match
         assert match is not None
         upstreams = match.upstreams
-        start = self._plane.next_upstream_index(len(upstreams))
+        start = None
+        sticky = match.options.affinity
+        if sticky is not None and self._head is not None:
+            start = affinity.sticky_index(
+                upstreams, affinity.cookie_value(sticky, self._head.header(b"cookie")))
+        if start is None:
+            start = self._plane.next_upstream_index(len(upstreams))
         if not fresh:
             connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
             if connection is not None:
@@ -628,9 +634,22 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, connection: upstream.UpstreamConnection) -> None:
         """Send the request head on `connection`, then whatever body is queued."""
         head = self._head
-        assert head is not None
+        match = self._match
+        assert head is not None and match is not None
         self._upstream = connection
         self._upstream_paused = False
+        sticky = match.options.affinity
+        if sticky is not None and affinity.cookie_value(
+            sticky, head.header(b"cookie")
+        ) != affinity.endpoint_key(connection.address):
+            # Sent to an endpoint its cookie does not name (or it had none): name this one.
+            path = "/" if match.pattern is not None else match.path
+            ours = sticky.cookie_name.encode() + b"="
+            self._extra_headers = (
+                *(h for h in self._extra_headers  # a retry's second endpoint replaces the first
+                  if not (h[0] == b"set-cookie" and h[1].startswith(ours))),
+                (b"set-cookie", affinity.set_cookie(sticky, address=connection.address,
+                                                    path=path)))
         self._started_at = time.monotonic()
         self._deadline = self._started_at + self._read_timeout
         connection.begin(
@@ -751,7 +770,7 @@ class ClientConnection(asyncio.Protocol):
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
         extra = self._extra_headers
         if extra:
-            replaced = {name for name, _ in extra}
+            replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
             for name, value in response.headers:
                 if name.lower() not in replaced:
                     parts += (name, b": ", value, b"\r\n")

@@ -43,6 +43,8 @@ _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _GROUP: Final = re.compile(r"\$([1-9])")
+# Headers the data plane adds beside the backend's own rather than instead of them.
+ADDED_BESIDE: Final = frozenset({b"set-cookie"})
 # The reason phrase of every status the data plane answers itself (HTTP/1.1 status
 # lines, and the plain-text body of a local answer on either version).
 REASONS: Final = {

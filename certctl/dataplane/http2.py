@@ -43,7 +43,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from certctl.dataplane import dispatch, limits, routing, upstream
+from certctl.dataplane import affinity, dispatch, limits, routing, upstream
 from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class _Stream:
         headers = [(b":status", b"%d" % head.status)]
         extra = self.extra_headers
         if extra:
-            replaced = {name for name, _ in extra}
+            replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
             headers += [(name.lower(), value) for name, value in head.headers
                         if name.lower() not in replaced]
             headers += extra
@@ -436,7 +436,13 @@ class Http2Connection(asyncio.Protocol):
         match = stream.match
         assert match is not None
         upstreams = match.upstreams
-        start = self.plane.next_upstream_index(len(upstreams))
+        start = None
+        sticky = match.options.affinity
+        if sticky is not None:
+            start = affinity.sticky_index(
+                upstreams, affinity.cookie_value(sticky, stream.header(b"cookie")))
+        if start is None:
+            start = self.plane.next_upstream_index(len(upstreams))
         if not fresh:
             connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
             if connection is not None:
@@ -466,6 +472,19 @@ class Http2Connection(asyncio.Protocol):
     def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
         stream.connection = connection
         stream.upstream_paused = False
+        match = stream.match
+        sticky = match.options.affinity if match is not None else None
+        if match is not None and sticky is not None and affinity.cookie_value(
+            sticky, stream.header(b"cookie")
+        ) != affinity.endpoint_key(connection.address):
+            # Sent to an endpoint its cookie does not name (or it had none): name this one.
+            path = "/" if match.pattern is not None else match.path
+            ours = sticky.cookie_name.encode() + b"="
+            stream.extra_headers = (
+                *(h for h in stream.extra_headers
+                  if not (h[0] == b"set-cookie" and h[1].startswith(ours))),
+                (b"set-cookie", affinity.set_cookie(sticky, address=connection.address,
+                                                    path=path)))
         stream.started_at = time.monotonic()
         host = stream.authority or b""
         chunked = stream.content_length is None and not stream.body_done

@@ -77,6 +77,7 @@ def route_options(
         client_certificates=client_certificates,
         upstream_vhost=_upstream_vhost(reader),
         request_headers=_forwarded_prefix(reader),
+        affinity=_affinity(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -296,6 +297,48 @@ def _forwarded_prefix(reader: _Reader) -> tuple[options.Header, ...]:
         return ((b"x-forwarded-prefix", found[1].encode()),)
     reader.problems.append(f"{found[0]}: {found[1]!r} may not hold spaces or control characters")
     return ()
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")  # printable, no ';'
+
+
+def _affinity(reader: _Reader) -> options.Affinity | None:
+    """affinity: cookie and its session-cookie-* settings; a value that does not read
+    keeps its default and is reported."""
+    found = reader.raw(keys.AFFINITY_KEYS)
+    if not found or not found[1]:
+        return None
+    if found[1].lower() != "cookie":
+        reader.problems.append(f"{found[0]}: {found[1]!r} is not supported; use cookie")
+        return None
+    reader.choice(keys.AFFINITY_MODE_KEYS, choices=("BALANCED", "PERSISTENT"))
+    default = options.Affinity()
+    name = reader.text(keys.SESSION_COOKIE_NAME_KEYS) or default.cookie_name
+    if not _COOKIE_NAME.fullmatch(name):
+        reader.problems.append(f"{keys.SESSION_COOKIE_NAME_KEYS[-1]}: {name!r} is not a "
+                               "cookie name")
+        name = default.cookie_name
+    domain = reader.raw(keys.SESSION_COOKIE_DOMAIN_KEYS)
+    if domain is not None and not _AUTHORITY.fullmatch(domain[1]):
+        reader.problems.append(f"{domain[0]}: {domain[1]!r} is not a domain")
+        domain = None
+    expires = reader.raw(keys.SESSION_COOKIE_EXPIRES_KEYS)
+    samesite = reader.choice(keys.SESSION_COOKIE_SAMESITE_KEYS, choices=("NONE", "LAX", "STRICT"))
+    path = reader.absolute_path(keys.SESSION_COOKIE_PATH_KEYS)
+    if path is not None and not _COOKIE_PATH.fullmatch(path):
+        reader.problems.append(f"{keys.SESSION_COOKIE_PATH_KEYS[-1]}: {path!r} may not hold ';', "
+                               "spaces or control characters")
+        path = None
+    return options.Affinity(
+        cookie_name=name,
+        path=path,
+        domain=domain[1] if domain else None,
+        expires=reader.integer(keys.SESSION_COOKIE_EXPIRES_KEYS, default=0) or None
+        if expires else None,
+        samesite=samesite.capitalize() if samesite else None,
+        secure=reader.boolean(keys.SESSION_COOKIE_SECURE_KEYS, default=False),
+    )
 
 
 def secret_names(

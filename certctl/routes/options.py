@@ -237,6 +237,22 @@ def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Affinity:
+    """ingress-nginx's `affinity: cookie` and its session-cookie-* settings.
+
+    `path` None means the route's path (`/` for a regular-expression one);
+    `expires` is the cookie's lifetime in seconds (None: a session cookie).
+    """
+
+    cookie_name: str = "INGRESSCOOKIE"
+    path: str | None = None
+    domain: str | None = None
+    expires: int | None = None
+    samesite: str | None = None
+    secure: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
 
@@ -263,6 +279,7 @@ class RouteOptions:
     client_certificates: ClientCertificates | None = None  # auth-tls-*
     upstream_vhost: bytes | None = None  # the Host sent to the backend (X-Forwarded-Host keeps it)
     request_headers: tuple[Header, ...] = ()  # set on requests to the backend (x-forwarded-prefix)
+    affinity: Affinity | None = None  # sticky sessions by cookie
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
