@@ -86,7 +86,11 @@ def plane(backends, silent) -> Iterator[Running]:
                                    ("rewrite.test", "/api/v1/"): "main"},
                        annotations={NGINX + "rewrite-target": "/"}),
         simple_ingress("main", {("canary.test", "/"): "main", ("weighted.test", "/"): "main",
-                                ("heavy.test", "/"): "main"}),
+                                ("heavy.test", "/"): "main", ("pattern.test", "/"): "main"}),
+        simple_ingress("canary-pattern", {("pattern.test", "/"): "canary"}, created_offset=5,
+                       annotations={NGINX + "canary": "true",
+                                    NGINX + "canary-by-header": "X-Region",
+                                    NGINX + "canary-by-header-pattern": "^(eu|us)-west"}),
         simple_ingress("canary-header", {("canary.test", "/"): "canary"}, created_offset=5,
                        annotations={NGINX + "canary": "true",
                                     NGINX + "canary-by-header": "X-Canary",
@@ -201,6 +205,9 @@ def test_rewrite_target_replaces_the_matched_prefix(plane, path, upstream_path):
         ("weighted.test", {}, "main"),
         ("heavy.test", {}, "heavy"),
         ("orphan.test", {}, 404),
+        ("pattern.test", {"X-Region": "eu-west-1"}, "canary"),
+        ("pattern.test", {"X-Region": "ap-south-1"}, "main"),
+        ("pattern.test", {"X-Region": "always"}, "main"),  # a pattern, not the keyword
     ],
 )
 def test_canary_ingress_takes_requests_by_header_cookie_or_weight(plane, host, headers, expected):

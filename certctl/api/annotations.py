@@ -96,6 +96,7 @@ CANARY_WEIGHT_KEYS = _keys("canary-weight")
 CANARY_WEIGHT_TOTAL_KEYS = _keys("canary-weight-total")
 CANARY_BY_HEADER_KEYS = _keys("canary-by-header")
 CANARY_BY_HEADER_VALUE_KEYS = _keys("canary-by-header-value")
+CANARY_BY_HEADER_PATTERN_KEYS = _keys("canary-by-header-pattern")
 CANARY_BY_COOKIE_KEYS = _keys("canary-by-cookie")
 
 # Access rules (certctl.routes.access). ingress-nginx renamed whitelist to

@@ -58,7 +58,7 @@ SUPPORTED: Final = frozenset({
     "ssl-redirect", "force-ssl-redirect", "hsts", "hsts-max-age", "hsts-include-subdomains",
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
-    "canary-by-header-value", "canary-by-cookie",
+    "canary-by-header-value", "canary-by-header-pattern", "canary-by-cookie",
 })
 # certctl's own keys that are not data plane settings (certctl.io/ only).
 CERTCTL_OWN: Final = frozenset({
@@ -125,7 +125,7 @@ _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-ru
 # serving without it exposes nothing its user protected with it.
 UNSUPPORTED: Final = frozenset({
     "affinity-canary-behavior",
-    "canary-by-header-pattern", "custom-http-errors", "custom-headers", "default-backend",
+    "custom-http-errors", "custom-headers", "default-backend",
     "preserve-trailing-slash", "proxy-cookie-domain",
     "proxy-cookie-path", "proxy-next-upstream",
     "proxy-next-upstream-timeout", "proxy-next-upstream-tries",

@@ -274,6 +274,9 @@ def takes_canary(
             if settings.header_value is not None:
                 if value == settings.header_value:
                     return True
+            elif settings.header_pattern is not None:
+                if settings.header_pattern.search(value) is not None:
+                    return True
             elif value == b"always":
                 return True
             elif value == b"never":

@@ -484,6 +484,9 @@ def _access_rules(
     )
 
 
+_NEVER = re.compile(rb"(?!)")  # matches nothing: ingress-nginx's "request considered not matching"
+
+
 def canary_settings(
     annotations: Iterable[tuple[str, str]],
 ) -> tuple[options.CanarySettings | None, list[str]]:
@@ -497,6 +500,15 @@ def canary_settings(
     weight = min(reader.integer(keys.CANARY_WEIGHT_KEYS, default=0), total)
     header = reader.text(keys.CANARY_BY_HEADER_KEYS)
     header_value = reader.text(keys.CANARY_BY_HEADER_VALUE_KEYS)
+    header_pattern = None
+    pattern = reader.raw(keys.CANARY_BY_HEADER_PATTERN_KEYS)
+    if pattern is not None and pattern[1] and not header_value:
+        try:
+            header_pattern = re.compile(pattern[1].encode())
+        except re.error as err:
+            problems.append(f"{pattern[0]}: {pattern[1]!r} is not a regular expression ({err}); "
+                            "a header then never selects the canary")
+            header_pattern = _NEVER
     cookie = reader.text(keys.CANARY_BY_COOKIE_KEYS)
     return (
         options.CanarySettings(
@@ -504,6 +516,7 @@ def canary_settings(
             weight_total=total,
             header=header.lower().encode() if header else None,
             header_value=header_value.encode() if header and header_value else None,
+            header_pattern=header_pattern if header else None,
             cookie=cookie.encode() if cookie else None,
         ),
         problems,

@@ -302,13 +302,15 @@ class CanarySettings:
     """When a request goes to the canary's backend instead of the main one.
 
     Precedence as in ingress-nginx: the header, then the cookie, then the
-    weight. A header equal to `header_value` (or "always" when no value is
-    set) selects the canary and "never" the main backend; other values fall
-    through to the cookie and the weight.
+    weight. A header equal to `header_value` (or matching `header_pattern`
+    when no value is set, or "always" when neither is) selects the canary and
+    "never" the main backend; other values fall through to the cookie and the
+    weight.
     """
 
     weight: int = 0
     weight_total: int = 100
     header: bytes | None = None  # lowercased header name
     header_value: bytes | None = None
+    header_pattern: re.Pattern[bytes] | None = None
     cookie: bytes | None = None
