@@ -57,3 +57,28 @@ def set_cookie(rules: options.Affinity, *, address: routing.Upstream, path: str)
         parts.append("Secure")
     parts.append("HttpOnly")
     return "; ".join(parts).encode()
+
+
+def start_index(match: routing.RouteMatch, cookie_header: bytes | None) -> int | None:
+    """The endpoint a request's affinity cookie keeps it on, if the route has affinity."""
+    rules = match.options.affinity
+    if rules is None:
+        return None
+    return sticky_index(match.upstreams, cookie_value(rules, cookie_header))
+
+
+def with_cookie(
+    response_headers: tuple[options.Header, ...], *, match: routing.RouteMatch,
+    cookie_header: bytes | None, address: routing.Upstream,
+) -> tuple[options.Header, ...]:
+    """The headers a response gets, with the affinity cookie when the request was sent to an
+    endpoint its cookie does not name (or it had none); a retry's endpoint replaces the
+    first's."""
+    rules = match.options.affinity
+    if rules is None or cookie_value(rules, cookie_header) == endpoint_key(address):
+        return response_headers
+    path = "/" if match.pattern is not None else match.path
+    ours = rules.cookie_name.encode() + b"="
+    return (*(h for h in response_headers
+              if not (h[0] == b"set-cookie" and h[1].startswith(ours))),
+            (b"set-cookie", set_cookie(rules, address=address, path=path)))

@@ -536,16 +536,7 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         head.host = decision.authority
-        replaced = decision.request_headers
-        if replaced or match.options.client_certificates is not None:
-            # The data plane's headers replace the client's; of a verified client certificate
-            # only the data plane speaks, even when it has nothing to say.
-            names = {name for name, _ in replaced}
-            if match.options.client_certificates is not None:
-                names |= route_options.CLIENT_CERTIFICATE_HEADERS
-            head.headers = [(name, value) for name, value in head.headers
-                            if name.lower() not in names]
-            head.headers += replaced
+        head.headers = dispatch.upstream_request_headers(head.headers, decision, match.options)
         if not head.has_body:
             # Only the end of the message is left (bodies of 0 bytes included).
             if self._events and self._events[0] is None:
@@ -586,9 +577,7 @@ class ClientConnection(asyncio.Protocol):
                                        for name, value in verdict.client_headers))
             return
         if verdict.upstream_headers:  # the auth service's word replaces the client's
-            names = {name for name, _ in verdict.upstream_headers}
-            head.headers = [(name, value) for name, value in head.headers
-                            if name.lower() not in names] + list(verdict.upstream_headers)
+            head.headers = dispatch.replace_headers(head.headers, verdict.upstream_headers)
         self._extra_headers += verdict.client_headers
         self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
 
@@ -599,11 +588,8 @@ class ClientConnection(asyncio.Protocol):
         match = self._match
         assert match is not None
         upstreams = match.upstreams
-        start = None
-        sticky = match.options.affinity
-        if sticky is not None and self._head is not None:
-            start = affinity.sticky_index(
-                upstreams, affinity.cookie_value(sticky, self._head.header(b"cookie")))
+        head = self._head
+        start = affinity.start_index(match, head.header(b"cookie")) if head else None
         if start is None:
             start = self._plane.next_upstream_index(len(upstreams))
         if not fresh:
@@ -638,18 +624,9 @@ class ClientConnection(asyncio.Protocol):
         assert head is not None and match is not None
         self._upstream = connection
         self._upstream_paused = False
-        sticky = match.options.affinity
-        if sticky is not None and affinity.cookie_value(
-            sticky, head.header(b"cookie")
-        ) != affinity.endpoint_key(connection.address):
-            # Sent to an endpoint its cookie does not name (or it had none): name this one.
-            path = "/" if match.pattern is not None else match.path
-            ours = sticky.cookie_name.encode() + b"="
-            self._extra_headers = (
-                *(h for h in self._extra_headers  # a retry's second endpoint replaces the first
-                  if not (h[0] == b"set-cookie" and h[1].startswith(ours))),
-                (b"set-cookie", affinity.set_cookie(sticky, address=connection.address,
-                                                    path=path)))
+        self._extra_headers = affinity.with_cookie(
+            self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
+            address=connection.address)
         self._started_at = time.monotonic()
         self._deadline = self._started_at + self._read_timeout
         connection.begin(

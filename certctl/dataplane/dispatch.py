@@ -19,7 +19,7 @@ import datetime
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -339,3 +339,27 @@ def _rewrite_by_pattern(
     if not query:
         return result
     return result + (b"&" if b"?" in result else b"?") + query
+
+
+def replace_headers(
+    headers: list[route_options.Header], replacements: Sequence[route_options.Header], *,
+    drop: frozenset[bytes] = frozenset(),
+) -> list[route_options.Header]:
+    """`headers` (a request's) without the names of `replacements` or in `drop`, then the
+    replacements: what the data plane says under a name overrides what the client said."""
+    names = drop.union(name for name, _ in replacements)
+    return [(name, value) for name, value in headers if name.lower() not in names] + list(
+        replacements)
+
+
+def upstream_request_headers(
+    headers: list[route_options.Header], decision: Decision, options: route_options.RouteOptions,
+) -> list[route_options.Header]:
+    """The request's headers as the backend gets them: the decision's replace the client's,
+    and of a verified client certificate only the data plane speaks, even with nothing to say."""
+    verified = options.client_certificates is not None
+    if not decision.request_headers and not verified:
+        return headers
+    return replace_headers(headers, decision.request_headers,
+                           drop=route_options.CLIENT_CERTIFICATE_HEADERS if verified
+                           else frozenset())

@@ -388,16 +388,8 @@ class Http2Connection(asyncio.Protocol):
                         headers=decision.headers)
             return
         stream.authority = decision.authority
-        replaced = decision.request_headers
-        if replaced or match.options.client_certificates is not None:
-            # The data plane's headers replace the client's; of a verified client certificate
-            # only the data plane speaks, even when it has nothing to say.
-            names = {name for name, _ in replaced}
-            if match.options.client_certificates is not None:
-                names |= route_options.CLIENT_CERTIFICATE_HEADERS
-            stream.headers = [(name, value) for name, value in stream.headers
-                              if name not in names]
-            stream.headers += replaced
+        stream.headers = dispatch.upstream_request_headers(stream.headers, decision,
+                                                           match.options)
         stream.match = match
         stream.target = decision.target
         stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
@@ -425,9 +417,7 @@ class Http2Connection(asyncio.Protocol):
             self.flush()
             return
         if verdict.upstream_headers:  # the auth service's word replaces the client's
-            names = {name for name, _ in verdict.upstream_headers}
-            stream.headers = [(name, value) for name, value in stream.headers
-                              if name not in names] + list(verdict.upstream_headers)
+            stream.headers = dispatch.replace_headers(stream.headers, verdict.upstream_headers)
         stream.extra_headers += verdict.client_headers
         self.connect(stream, fresh=False)
         self.flush()
@@ -436,11 +426,7 @@ class Http2Connection(asyncio.Protocol):
         match = stream.match
         assert match is not None
         upstreams = match.upstreams
-        start = None
-        sticky = match.options.affinity
-        if sticky is not None:
-            start = affinity.sticky_index(
-                upstreams, affinity.cookie_value(sticky, stream.header(b"cookie")))
+        start = affinity.start_index(match, stream.header(b"cookie"))
         if start is None:
             start = self.plane.next_upstream_index(len(upstreams))
         if not fresh:
@@ -472,19 +458,10 @@ class Http2Connection(asyncio.Protocol):
     def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
         stream.connection = connection
         stream.upstream_paused = False
-        match = stream.match
-        sticky = match.options.affinity if match is not None else None
-        if match is not None and sticky is not None and affinity.cookie_value(
-            sticky, stream.header(b"cookie")
-        ) != affinity.endpoint_key(connection.address):
-            # Sent to an endpoint its cookie does not name (or it had none): name this one.
-            path = "/" if match.pattern is not None else match.path
-            ours = sticky.cookie_name.encode() + b"="
-            stream.extra_headers = (
-                *(h for h in stream.extra_headers
-                  if not (h[0] == b"set-cookie" and h[1].startswith(ours))),
-                (b"set-cookie", affinity.set_cookie(sticky, address=connection.address,
-                                                    path=path)))
+        if stream.match is not None:
+            stream.extra_headers = affinity.with_cookie(
+                stream.extra_headers, match=stream.match, cookie_header=stream.header(b"cookie"),
+                address=connection.address)
         stream.started_at = time.monotonic()
         host = stream.authority or b""
         chunked = stream.content_length is None and not stream.body_done
