@@ -430,7 +430,9 @@ def test_an_order_whose_url_404s_after_a_pebble_restart_is_replaced_not_retried(
                        what="a certificate from the restarted Pebble")
             replaced = run.store.get(kind="Order", namespace="default",
                                      name=order["metadata"]["name"])
-            certificate = run.certificate("web-tls")
+            # Served once the Secret is written; the status (revision) is written after it.
+            certificate = eventually(partial(_issued_certificate, run, "web-tls"),
+                                     what="the Certificate's status after issuance")
         finally:
             run.stop()
     forgotten = order["status"]["url"]
@@ -443,6 +445,11 @@ def test_an_order_whose_url_404s_after_a_pebble_restart_is_replaced_not_retried(
     assert replaced["status"]["forgottenOrders"] == 1
     assert gate.count(is_new_order) == 2, "one order before the restart, one after"
     assert certificate is not None and certificate["status"]["revision"] == 1
+
+
+def _issued_certificate(run: Serving, name: str) -> dict[str, Any] | None:
+    found = run.certificate(name)
+    return found if found and (found.get("status") or {}).get("revision") else None
 
 
 def test_a_ca_that_forgets_every_order_is_not_asked_forever(
@@ -476,7 +483,9 @@ def test_a_ca_that_forgets_every_order_is_not_asked_forever(
             roots = pebble.issuance_roots_pem()
             eventually(partial(_served, run.https_port, host, roots),
                        what="a certificate once the CA keeps its orders")
-            certificate = run.certificate("web-tls")
+            # Served once the Secret is written; the status (revision) is written after it.
+            certificate = eventually(partial(_issued_certificate, run, "web-tls"),
+                                     what="the Certificate's status after issuance")
         finally:
             run.stop()
     assert errored["status"]["reason"].startswith(

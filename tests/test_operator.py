@@ -84,8 +84,10 @@ def test_missing_issuer_is_a_clear_condition_and_no_acme_traffic(
     assert ready["status"] == "False"
     assert ready["reason"] == "IssuerNotFound"
     assert "ClusterIssuer letsencrypt-prod not found" in ready["message"]
-    assert ("Warning", "IssuerNotFound", "spec.issuerRef: ClusterIssuer letsencrypt-prod not found"
-            ) in _events(api, kind="Certificate", name="shop-tls")
+    # The Event follows the condition's write.
+    eventually(lambda: ("Warning", "IssuerNotFound",
+                        "spec.issuerRef: ClusterIssuer letsencrypt-prod not found")
+               in _events(api, kind="Certificate", name="shop-tls"), what="the Warning event")
     assert api.list(kind="Order", namespace="default") == []
     assert api.list(kind="Secret", namespace="certctl") == []  # no account key was made
 
