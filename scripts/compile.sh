@@ -4,22 +4,29 @@
 # request (bench B4). Each module is built on its own, so no shared library has
 # to be importable from outside the package. Needs a C compiler and the Python
 # headers; without them, or with CERTCTL_PURE_PYTHON=1, the sources run as they are.
-# Run it again after editing one of these modules: certctl refuses to import a
-# compiled module older than its source.
+# Run it again after editing one of these modules: until then certctl runs the
+# source of a compiled module older than it (slower), with a warning.
+# This is the editable install's compiler; `pip install .`, a wheel and the image
+# compile the same modules through setup.py. The list is pyproject.toml's
+# `[tool.certctl.mypyc] modules`, for both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODULES=(dispatch routing connection upstream tls)
 PYTHON="${PYTHON:-.venv/bin/python}"
+mapfile -t MODULES < <("$PYTHON" -c '
+import tomllib
+with open("pyproject.toml", "rb") as file:
+    print("\n".join(tomllib.load(file)["tool"]["certctl"]["mypyc"]["modules"]))')
+[ "${#MODULES[@]}" -gt 0 ] || { echo "compile: no modules in pyproject.toml" >&2; exit 1; }
 
 if [ "${CERTCTL_PURE_PYTHON:-}" = 1 ]; then
-  rm -f certctl/dataplane/*.so
+  # certctl runs the sources under CERTCTL_PURE_PYTHON=1 whatever is compiled.
   echo "compile: CERTCTL_PURE_PYTHON=1, the data plane runs from its sources"
   exit 0
 fi
 suffix="$("$PYTHON" -c 'import importlib.machinery as m; print(m.EXTENSION_SUFFIXES[0])')"
 fresh=1
 for module in "${MODULES[@]}"; do
-  [ "certctl/dataplane/$module$suffix" -nt "certctl/dataplane/$module.py" ] || fresh=0
+  [ "${module%.py}$suffix" -nt "$module" ] || fresh=0
 done
 if [ "$fresh" = 1 ]; then
   echo "compile: data plane modules up to date"
@@ -29,10 +36,10 @@ rm -f certctl/dataplane/*.so
 log="$(mktemp)"
 trap 'rm -rf "$log" build' EXIT
 for module in "${MODULES[@]}"; do
-  if ! "$PYTHON" -m mypyc "certctl/dataplane/$module.py" >"$log" 2>&1; then
+  if ! "$PYTHON" -m mypyc "$module" >"$log" 2>&1; then
     tail -n 20 "$log" >&2
     rm -f certctl/dataplane/*.so
-    echo "compile: mypyc failed on certctl/dataplane/$module.py; the data plane runs" \
+    echo "compile: mypyc failed on $module; the data plane runs" \
          "from its sources (slower)" >&2
     exit 0
   fi

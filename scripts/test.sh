@@ -10,3 +10,7 @@ bash scripts/testservers/build.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/pytest -q
+# The data plane's suites again on its pure-Python sources, the fallback of an install
+# without a compiler (or with a stale compiled module): both variants must pass.
+CERTCTL_PURE_PYTHON=1 .venv/bin/pytest -q \
+  tests/test_dataplane*.py tests/test_routing.py

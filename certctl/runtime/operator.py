@@ -46,7 +46,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.runtime import dataplane_feed, dispatch, leader, metrics, workqueue
+from certctl.runtime import dataplane_feed, dispatch, leader, metrics, runner, workqueue
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
@@ -413,8 +413,7 @@ def run_controller(options: ControllerOptions) -> None:
     controller = Controller(options=options)
     controller.start()
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_until_signalled())
+        runner.run(_until_signalled())
     finally:
         controller.stop()
 
@@ -428,5 +427,6 @@ def run_dataplane(options: DataPlaneOptions) -> None:
         finally:
             await plane.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    # The loop `serve` runs on (runtime.runner): the data plane a cluster runs is the one
+    # the benchmarks measure.
+    runner.run(main())

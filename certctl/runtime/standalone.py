@@ -8,7 +8,6 @@ runs for which change, exactly as in a cluster.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
@@ -28,7 +27,7 @@ from certctl.controllers import (
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
-from certctl.runtime import dataplane_feed, dispatch, metrics
+from certctl.runtime import dataplane_feed, dispatch, metrics, runner
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
 from certctl.store.interface import WatchEvent
@@ -178,12 +177,5 @@ class Standalone:
 
 
 def run(options: ServeOptions) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when it is installed; StartupError if it cannot."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib still works
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(Standalone(options=options).run_until_signalled())
+    """Serve until SIGINT/SIGTERM, on the commands' loop (uvloop); StartupError if it cannot."""
+    runner.run(Standalone(options=options).run_until_signalled())
