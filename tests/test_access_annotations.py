@@ -290,3 +290,11 @@ def test_serve_opt_out_flag_serves_it_open(tmp_path):
 def _served_body(port: int, host: str) -> str | None:
     status, _, body = http_get(port=port, host=host, path="/")
     return body if status == 200 else None
+
+
+def test_the_readme_gives_every_annotation_a_verdict():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## ingress-nginx annotations"):readme.index("## DNS-01")]
+    every = {*nginx_annotations.SUPPORTED, *nginx_annotations.NO_OP, *nginx_annotations.SNIPPETS,
+             *nginx_annotations.UNSUPPORTED}
+    assert [name for name in sorted(every) if f"`{name}" not in section] == []
