@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import certctl
 from certctl.api import conditions, nginx_annotations, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certctl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"certctl {certctl.version()}")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")

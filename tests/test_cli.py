@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,10 @@ def test_max_connections_reaches_the_data_plane(tmp_path: Path) -> None:
             max_connections=7),
     )
     assert edge.server.max_connections == 7
+
+
+def test_version_names_the_installed_package(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"certctl {importlib.metadata.version('certctl')}"

@@ -1,4 +1,5 @@
-"""ingress-nginx's upstream-vhost and x-forwarded-prefix: what the backend is told."""
+"""What the backend is told (upstream-vhost, x-forwarded-prefix) and the Server header
+clients get (the data plane's own answers, and backends' that sent none)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,57 @@ import pytest
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
 from tests.test_dataplane_http2 import H2Client
-from tests.test_dataplane_proxy import Running, echoed, running_plane, simple_ingress
+from tests.test_dataplane_proxy import (
+    RawServer,
+    Running,
+    echoed,
+    read_head,
+    running_plane,
+    simple_ingress,
+)
 
 NGINX = "nginx.ingress.kubernetes.io/"
 
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[Running]:
+    anonymous = RawServer(_answer_without_server)
     ingresses = [
+        simple_ingress("anonymous", {("anonymous.test", "/"): "anonymous"}),
         simple_ingress("vhost", {("vhost.test", "/"): "app"}, annotations={
             NGINX + "upstream-vhost": "internal.svc:8080",
             NGINX + "x-forwarded-prefix": "/shop"}),
     ]
-    with running_plane(ingresses=ingresses, echo=("app",), tls_hosts=("vhost.test",)) as running:
+    with running_plane(ingresses=ingresses, echo=("app",), tls_hosts=("vhost.test",),
+                       backends={"anonymous": (anonymous.port,)}) as running:
         yield running
+    anonymous.close()
+
+
+def _answer_without_server(conn) -> None:
+    while read_head(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+def _server_header(plane: Running, host: str) -> str | None:
+    connection = plane.http()
+    connection.request("GET", "/", headers={"Host": host})
+    response = connection.getresponse()
+    response.read()
+    return response.getheader("server")
+
+
+def test_server_header_is_the_backends_or_certctls(plane):
+    assert _server_header(plane, "anonymous.test") == "certctl"
+    assert _server_header(plane, "nowhere.test") == "certctl"  # the data plane's own 404
+    assert (_server_header(plane, "vhost.test") or "") == "certctl"  # its HTTPS redirect
+    backend = echoed(plane.https("vhost.test"), "/", headers={"Host": "vhost.test"})
+    assert backend["backend"] == "app"
+    connection = plane.https("vhost.test")
+    connection.request("GET", "/", headers={"Host": "vhost.test"})
+    response = connection.getresponse()
+    response.read()
+    assert (response.getheader("server") or "").startswith("BaseHTTP/")  # the backend's kept
 
 
 def test_backend_gets_the_vhost_and_the_prefix_and_the_original_host_forwarded(plane):

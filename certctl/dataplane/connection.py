@@ -756,6 +756,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             for name, value in response.headers:
                 parts += (name, b": ", value, b"\r\n")
+        if not response.has_server:
+            parts += (b"server: ", dispatch.SERVER, b"\r\n")
         if self._scheme == b"https":
             hsts = match.options.hsts_header()
             if hsts is not None:
@@ -888,7 +890,7 @@ class ClientConnection(asyncio.Protocol):
             body = reason + b"\n"
         parts = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason),
-            b"content-type: text/plain; charset=utf-8\r\n",
+            b"server: certctl\r\ncontent-type: text/plain; charset=utf-8\r\n",
             b"" if status == 204 else b"content-length: %d\r\n" % len(body),  # RFC 9110 8.6
             extra_headers,
             b"\r\n" if keep_alive else b"connection: close\r\n\r\n",

@@ -43,6 +43,9 @@ _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _GROUP: Final = re.compile(r"\$([1-9])")
+# The Server header of the data plane's own answers, and of a backend's that sent none
+# (the Ingress conformance suite looks for one).
+SERVER: Final = b"certctl"
 # Headers the data plane adds beside the backend's own rather than instead of them.
 ADDED_BESIDE: Final = frozenset({b"set-cookie"})
 # The reason phrase of every status the data plane answers itself (HTTP/1.1 status

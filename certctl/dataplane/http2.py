@@ -148,6 +148,8 @@ class _Stream:
             headers += extra
         else:
             headers += [(name.lower(), value) for name, value in head.headers]
+        if not head.has_server:
+            headers.append((b"server", dispatch.SERVER))
         if head.content_length is not None and not head.chunked:
             headers.append((b"content-length", head.content_length))
         hsts = match.options.hsts_header()
@@ -575,6 +577,7 @@ class Http2Connection(asyncio.Protocol):
             body = reason + b"\n"
         response_headers = [
             (b":status", b"%d" % status),
+            (b"server", dispatch.SERVER),
             (b"content-type", b"text/plain; charset=utf-8"),
             *([] if status == 204 else [(b"content-length", b"%d" % len(body))]),
             *headers,

@@ -51,7 +51,8 @@ class UpstreamError(Exception):
 
 
 class ResponseHead:
-    __slots__ = ("chunked", "content_length", "headers", "reason", "status", "upgrade")
+    __slots__ = ("chunked", "content_length", "has_server", "headers", "reason", "status",
+                 "upgrade")
 
     def __init__(self) -> None:
         self.status = 0
@@ -60,6 +61,7 @@ class ResponseHead:
         self.content_length: bytes | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
+        self.has_server = False  # the backend sent a Server header (else the data plane adds one)
 
 
 class Exchange(Protocol):
@@ -231,6 +233,8 @@ class UpstreamConnection(asyncio.Protocol):
             head.upgrade = value
         elif lname not in HOP_BY_HOP:
             head.headers.append((name, value))
+            if lname == b"server":
+                head.has_server = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

@@ -43,6 +43,7 @@ from cryptography.x509.oid import NameOID
 from josepy import b64, interfaces, json_util, jwa, jwk
 from josepy import errors as jose_errors
 
+import certctl
 from certctl.issuers.acme import ari, errors
 
 _T = TypeVar("_T")
@@ -70,15 +71,9 @@ def user_agent(*, component: str | None = None) -> str:
     command is asking.
     """
     detail = f" ({component})" if component else ""
-    return (f"certctl/{_version('certctl')}{detail} acme-python/{_version('acme')}"
+    return (f"certctl/{certctl.version()}{detail} "
+            f"acme-python/{importlib.metadata.version('acme')}"
             f" python-requests/{requests.__version__}")
-
-
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        return "unknown"
 
 
 @dataclass(frozen=True, order=True)
