@@ -804,3 +804,22 @@ def test_listed_objects_are_copies_down_to_nested_values(tmp_path: Path) -> None
 
     [again] = store.list(kind="Secret", labels={"app": "web"})
     assert again["extra"] == {"hosts": ["a.test"], "when": {"b", "c"}}
+
+
+def test_one_process_at_a_time_holds_a_state_dir_and_clears_what_a_killed_writer_left(
+    tmp_path: Path,
+):
+    state = tmp_path / "state"
+    leftover = state / "objects" / "Order" / "default" / ".web-tls-1.yaml.0123abcd.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half an ord")
+    kept = leftover.with_name("web-tls-1.yaml")
+    kept.write_bytes(b"kind: Order\n")
+    held = local.claim_state_dir(state)
+    try:
+        assert not leftover.exists() and kept.exists()
+        with pytest.raises(local.StateDirBusy, match="another certctl serve"):
+            local.claim_state_dir(state)  # a second open of the lock file: another holder
+    finally:
+        os.close(held)
+    os.close(local.claim_state_dir(state))  # free again once released

@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import json
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -83,11 +84,18 @@ class Standalone:
     def __init__(self, *, options: ServeOptions, clock: Clock = reconciling.system_clock) -> None:
         self.options = options
         try:
+            self._state_lock = local.claim_state_dir(options.state_dir)
+        except local.StateDirBusy as err:
+            raise StartupError(f"--state-dir {options.state_dir}: {err}") from err
+        except OSError as err:
+            raise StartupError(f"--state-dir {options.state_dir}: {err.strerror or err}") from err
+        try:
             self.store = LocalStore(manifests_dir=options.manifests, state_dir=options.state_dir)
             # Lets `certctl status` show user-defined objects without --manifests.
             local.atomic_write(options.state_dir / local.SERVE_INFO, json.dumps(
                 {"manifests": str(options.manifests.resolve())}).encode())
         except OSError as err:
+            self._release_state_dir()
             raise StartupError(f"--state-dir {options.state_dir}: {err.strerror or err}") from err
         self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
         self.feed = self.edge.feed
@@ -149,6 +157,12 @@ class Standalone:
         self.accounts.close()
         if self._watcher is not None:
             self._watcher.join(5)
+        self._release_state_dir()
+
+    def _release_state_dir(self) -> None:
+        lock, self._state_lock = self._state_lock, -1
+        if lock >= 0:
+            os.close(lock)
 
     async def run_until_signalled(self) -> None:
         await self.start()

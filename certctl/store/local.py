@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import datetime
 import difflib
+import fcntl
 import hashlib
 import itertools
 import logging
@@ -130,6 +131,32 @@ class StateWriteError(interface.StoreUnavailable, OSError):
 
     def __str__(self) -> str:
         return f"cannot {self.action} state file {self.path}: {self.strerror}"
+
+
+class StateDirBusy(Exception):
+    """Another process serves from this state dir."""
+
+
+def claim_state_dir(state_dir: Path) -> int:
+    """Hold `state_dir` for this process and clear what a killed writer left in it.
+
+    An exclusive lock on its `.lock` file (released when the returned descriptor is
+    closed, or the process ends however it ends) keeps two `serve` processes from
+    writing one state; holding it, the temporary files of an `atomic_write` that
+    never reached its rename (a SIGKILL mid-write) can only be leftovers, and go.
+    StateDirBusy when another process holds it.
+    """
+    private_mkdir(state_dir)
+    fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(f"another certctl serve is using {state_dir}") from None
+    for leftover in state_dir.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return fd
 
 
 def atomic_write(path: Path, data: bytes) -> None:
