@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import yaml
 from cryptography import x509
 
+from certctl.controllers import reconciling
+from certctl.controllers.reconciling import Clock
 from certctl.runtime.standalone import ServeOptions, Standalone
 from certctl.solvers.dns01 import solver as dns01_solver
 from tests.pebble import PebbleServer, free_port
@@ -166,6 +168,7 @@ class Serving:
         self_check_port: int | None = None,
         dns01: dns01_solver.Options | None = None,
         metrics_port: int | None = None,
+        clock: Clock = reconciling.system_clock,
     ) -> None:
         self.options = ServeOptions(
             manifests=manifests,
@@ -181,7 +184,7 @@ class Serving:
             metrics_port=metrics_port,
         )
         self.pebble = pebble
-        self.standalone = Standalone(options=self.options)
+        self.standalone = Standalone(options=self.options, clock=clock)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 

@@ -34,7 +34,6 @@ from certctl.controllers import certificates, policies
 from certctl.issuers.acme import ari
 from certctl.issuers.acme.client import AcmeClient
 from certctl.pki import renewal
-from certctl.runtime.standalone import Standalone
 from tests.lifecycle import World
 from tests.pebble import PebbleServer, free_port
 from tests.serving import Serving, cluster_issuer, eventually, ingress, write_yaml
@@ -72,8 +71,8 @@ def serving_with_clock(*, tmp_path: Path, pebble: PebbleServer, clock: MovableCl
     issuer = cluster_issuer(pebble)
     issuer["spec"]["acme"].update(issuer_spec)
     write_yaml(manifests / "all.yaml", issuer, ingress("web", hosts=[HOST], secret_name=SECRET))
-    run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble)
-    run.standalone = Standalone(options=run.options, clock=clock)
+    run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble,
+                  clock=clock)
     run.start()
     try:
         yield run
