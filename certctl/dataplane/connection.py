@@ -261,8 +261,9 @@ class ClientConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            # Asked for only by hosts with auth-tls-secret, checked by OpenSSL at the handshake.
+        if ssl_object is not None and self._plane.certificates.asks_for_client_certificates:
+            # Asked for only by hosts with auth-tls-secret (checked by OpenSSL at the
+            # handshake); no other connection pays for the lookup.
             self._client_certificate = ssl_object.getpeercert(True)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             # ALPN chose HTTP/2 during the handshake: hand the connection over.

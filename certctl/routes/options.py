@@ -166,17 +166,13 @@ class Redirect:
 
     def location(self, *, scheme: bytes, http_host: bytes, host: str, target: bytes) -> bytes:
         """The Location for a request (`target` is its path and query as received)."""
-        location = self.target.encode()
-        if b"$" not in location:
-            return location
+        if "$" not in self.target:
+            return self.target.encode()
         path, question, query = target.partition(b"?")
-        values = {  # longest names first, so $is_args is not read as $is + args
-            b"$request_uri": target, b"$http_host": http_host, b"$is_args": question,
-            b"$scheme": scheme, b"$args": query, b"$host": host.encode(), b"$uri": path,
-        }
-        for name, value in values.items():
-            location = location.replace(name, value)
-        return location
+        return expand(self.target, {
+            "$request_uri": target, "$http_host": http_host, "$is_args": question,
+            "$scheme": scheme, "$args": query, "$host": host.encode(), "$uri": path,
+        })
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
