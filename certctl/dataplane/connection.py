@@ -537,7 +537,9 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         head.host = decision.authority
-        head.headers = dispatch.upstream_request_headers(head.headers, decision, match.options)
+        if decision.request_headers or match.options.client_certificates is not None:
+            head.headers = dispatch.upstream_request_headers(head.headers, decision,
+                                                             match.options)
         if not head.has_body:
             # Only the end of the message is left (bodies of 0 bytes included).
             if self._events and self._events[0] is None:
@@ -590,7 +592,9 @@ class ClientConnection(asyncio.Protocol):
         assert match is not None
         upstreams = match.upstreams
         head = self._head
-        start = affinity.start_index(match, head.header(b"cookie")) if head else None
+        start = None
+        if match.options.affinity is not None and head is not None:  # per request: only then
+            start = affinity.start_index(match, head.header(b"cookie"))
         if start is None:
             start = self._plane.next_upstream_index(len(upstreams))
         if not fresh:
@@ -625,9 +629,10 @@ class ClientConnection(asyncio.Protocol):
         assert head is not None and match is not None
         self._upstream = connection
         self._upstream_paused = False
-        self._extra_headers = affinity.with_cookie(
-            self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
-            address=connection.address)
+        if match.options.affinity is not None:
+            self._extra_headers = affinity.with_cookie(
+                self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
+                address=connection.address)
         self._started_at = time.monotonic()
         self._deadline = self._started_at + self._read_timeout
         connection.begin(

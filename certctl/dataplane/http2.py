@@ -390,8 +390,9 @@ class Http2Connection(asyncio.Protocol):
                         headers=decision.headers)
             return
         stream.authority = decision.authority
-        stream.headers = dispatch.upstream_request_headers(stream.headers, decision,
-                                                           match.options)
+        if decision.request_headers or match.options.client_certificates is not None:
+            stream.headers = dispatch.upstream_request_headers(stream.headers, decision,
+                                                               match.options)
         stream.match = match
         stream.target = decision.target
         stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
@@ -428,7 +429,9 @@ class Http2Connection(asyncio.Protocol):
         match = stream.match
         assert match is not None
         upstreams = match.upstreams
-        start = affinity.start_index(match, stream.header(b"cookie"))
+        start = None
+        if match.options.affinity is not None:  # per request: only then
+            start = affinity.start_index(match, stream.header(b"cookie"))
         if start is None:
             start = self.plane.next_upstream_index(len(upstreams))
         if not fresh:
@@ -460,7 +463,7 @@ class Http2Connection(asyncio.Protocol):
     def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
         stream.connection = connection
         stream.upstream_paused = False
-        if stream.match is not None:
+        if stream.match is not None and stream.match.options.affinity is not None:
             stream.extra_headers = affinity.with_cookie(
                 stream.extra_headers, match=stream.match, cookie_header=stream.header(b"cookie"),
                 address=connection.address)
