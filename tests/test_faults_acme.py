@@ -279,6 +279,11 @@ def _served(port: int, host: str, roots: bytes) -> x509.Certificate | None:
     return certificate if host in dns_names(certificate) else None
 
 
+def _issued_certificate(run: Serving, name: str) -> dict[str, Any] | None:
+    found = run.certificate(name)
+    return found if found and (found.get("status") or {}).get("revision") else None
+
+
 _FAILED = re.compile(r"\b(Order|Certificate) \S+ Failed: ")
 
 
@@ -319,7 +324,11 @@ def test_half_the_nonces_rejected_every_certificate_is_still_issued_and_served(
             for host in hosts:
                 eventually(partial(_served, run.https_port, host, roots), timeout=90,
                            what=f"a verified certificate for {host}")
-            certificates = {host: run.certificate(f"{host.split('.')[0]}-tls") for host in hosts}
+            # Served once the Secret is written; the status (revision) is written after it.
+            certificates = {
+                host: eventually(partial(_issued_certificate, run, f"{host.split('.')[0]}-tls"),
+                                 what=f"the status of {host}'s Certificate after issuance")
+                for host in hosts}
         finally:
             run.stop()
     rejected = gate.count(lambda exchange: exchange.problem == BAD_NONCE)
@@ -361,7 +370,10 @@ def test_pebble_restarted_mid_order_certctl_registers_again_and_replaces_forgott
                 eventually(partial(_served, run.https_port, host, roots), timeout=60,
                            what=f"a certificate for {host} from the restarted Pebble")
             eventually(run.standalone.queue.idle, what="the controllers to settle")
-            certificates = [run.certificate(f"{host.split('.')[0]}-tls") for host in hosts]
+            certificates = [
+                eventually(partial(_issued_certificate, run, f"{host.split('.')[0]}-tls"),
+                           what=f"the status of {host}'s Certificate after issuance")
+                for host in hosts]
             orders = run.store.list(kind="Order")
             challenges = run.store.list(kind="Challenge")
         finally:
@@ -445,11 +457,6 @@ def test_an_order_whose_url_404s_after_a_pebble_restart_is_replaced_not_retried(
     assert replaced["status"]["forgottenOrders"] == 1
     assert gate.count(is_new_order) == 2, "one order before the restart, one after"
     assert certificate is not None and certificate["status"]["revision"] == 1
-
-
-def _issued_certificate(run: Serving, name: str) -> dict[str, Any] | None:
-    found = run.certificate(name)
-    return found if found and (found.get("status") or {}).get("revision") else None
 
 
 def test_a_ca_that_forgets_every_order_is_not_asked_forever(
