@@ -17,7 +17,8 @@ BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "testservers
 
 @functools.cache
 def directory(name: str) -> Path:
-    """The cache directory of one server (`kubernetes`, `etcd`, `pebble`, `gateway-api`),
+    """The cache directory of one server (`kubernetes`, `etcd`, `pebble`, `gateway-api`,
+    `helm`, `h2spec`),
     built first if this machine has not built that version yet."""
     result = subprocess.run(["bash", str(BUILD_SCRIPT), name], check=True,
                             capture_output=True, text=True)

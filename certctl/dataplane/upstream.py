@@ -7,7 +7,10 @@ without a task switch or a buffer in between. That is what lets a Python
 proxy keep up with nginx's share of the work; see bench/RESULTS.md (B4).
 
 The `Pool` keeps idle kept-alive connections per endpoint (like nginx's
-`keepalive` in an upstream block): at most `max_idle_per_endpoint`, dropped
+`keepalive` in an upstream block): at most `max_idle_per_endpoint` (512:
+ingress-nginx keeps 320 per worker process; four HTTP/2 clients with their
+128 streams each keep 512 requests in flight, and with fewer kept every
+burst past the limit costs new connections, bench B10), dropped
 after `idle_timeout` or as soon as the backend closes them. Only a
 connection whose last response ended cleanly, with framing that says where
 it ended and no `Connection: close`, goes back to the pool.
@@ -273,7 +276,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pool:
-    def __init__(self, *, max_idle_per_endpoint: int = 64, idle_timeout: float = 60.0) -> None:
+    def __init__(self, *, max_idle_per_endpoint: int = 512, idle_timeout: float = 60.0) -> None:
         self._idle: dict[tuple[routing.Upstream, bool], deque[UpstreamConnection]] = {}
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = idle_timeout

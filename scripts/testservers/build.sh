@@ -10,6 +10,8 @@
 #   pebble      pebble, pebble-challtestsrv (github.com/letsencrypt/pebble/v2, the current release)
 #   gateway-api the standard-channel CRDs (sigs.k8s.io/gateway-api, config/crd/standard)
 #   helm        helm (helm.sh/helm/v3), to lint and render charts/certctl
+#   h2spec      h2spec (github.com/summerwind/h2spec), the HTTP/2 conformance suite; its
+#               last tag has no go.mod, so its imports resolve to their newest versions
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.36.3
@@ -17,6 +19,7 @@ ETCD_VERSION=v3.6.16
 PEBBLE_VERSION=v2.10.3
 GATEWAY_API_VERSION=v1.5.1
 HELM_VERSION=v3.22.0
+H2SPEC_VERSION=v2.2.1+incompatible
 
 CACHE=${CERTCTL_TESTSERVERS:-/var/cache/certctl-testservers}
 mkdir -p "$CACHE"
@@ -91,7 +94,7 @@ gateway_api() {
 }
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(etcd pebble kubernetes gateway-api helm)
+[ ${#wanted[@]} -gt 0 ] || wanted=(etcd pebble kubernetes gateway-api helm h2spec)
 for name in "${wanted[@]}"; do
   case $name in
     kubernetes) build kubernetes "$KUBERNETES_VERSION" k8s.io/kubernetes \
@@ -104,6 +107,8 @@ for name in "${wanted[@]}"; do
               github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv ;;
     gateway-api) gateway_api ;;
     helm) build helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
+    h2spec) build h2spec "$H2SPEC_VERSION" github.com/summerwind/h2spec \
+              github.com/summerwind/h2spec/cmd/h2spec ;;
     *) echo "testservers: unknown server '$name'" >&2; exit 2 ;;
   esac
 done
