@@ -22,8 +22,8 @@ from cryptography import x509
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey, PrivateKeySpec
 from certctl.controllers import certificates, issuers, reconciling
-from certctl.controllers.acme_accounts import AcmeAccounts
 from certctl.controllers.reconciling import Result
+from certctl.issuers.acme.accounts import AcmeAccounts
 from certctl.pki import keys, selfsigned
 from certctl.pki import secret as tls_secret
 from certctl.store.interface import EventType, Object

@@ -136,10 +136,10 @@ def test_acme_cluster_issuer_is_read():
     issuer = parsing.parse_issuer(cluster_issuer())
     assert issuer.kind == "ClusterIssuer"
     assert issuer.namespace is None
-    assert issuer.acme is not None
-    assert issuer.acme.server == "https://acme.example.test/dir"
-    assert issuer.acme.private_key_secret_ref == resources.SecretKeySelector(name="acme-account")
-    assert issuer.acme.solvers[0].http01 == resources.Http01IngressSolver(
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    assert issuer.spec.server == "https://acme.example.test/dir"
+    assert issuer.spec.private_key_secret_ref == resources.SecretKeySelector(name="acme-account")
+    assert issuer.spec.solvers[0].config == resources.Http01IngressSolver(
         ingress_class_name="certctl"
     )
 
@@ -181,10 +181,10 @@ def test_missing_name_is_refused():
 
 def test_selfsigned_and_ca_issuers():
     self_signed = parsing.parse_issuer({**cluster_issuer(), "spec": {"selfSigned": {}}})
-    assert self_signed.self_signed is True
-    assert self_signed.acme is None
+    assert self_signed.spec == resources.SelfSignedIssuer()
+    assert not isinstance(self_signed.spec, resources.AcmeIssuer)
     ca = parsing.parse_issuer({**cluster_issuer(), "spec": {"ca": {"secretName": "root-ca"}}})
-    assert ca.ca_secret_name == "root-ca"
+    assert ca.spec == resources.CaIssuer(secret_name="root-ca")
 
 
 def test_issuer_needs_exactly_one_type():
@@ -229,8 +229,8 @@ def test_private_key_secret_name_is_required():
 def test_ca_bundle_is_decoded_to_pem():
     pem = _ca_pem()
     issuer = parsing.parse_issuer(cluster_issuer(caBundle=base64.b64encode(pem).decode()))
-    assert issuer.acme is not None
-    assert issuer.acme.ca_bundle == pem
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    assert issuer.spec.ca_bundle == pem
 
 
 @pytest.mark.parametrize(
@@ -276,13 +276,14 @@ def test_solver_selector_names_are_normalised_and_validated():
         }
     ]
     issuer = parsing.parse_issuer(cluster_issuer(solvers=solvers))
-    assert issuer.acme is not None
-    solver = issuer.acme.solvers[0]
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    solver = issuer.spec.solvers[0]
     assert solver.selector == resources.SolverSelector(
         dns_names=("*.example.test",), dns_zones=("example.test",), match_labels=(("team", "web"),)
     )
-    assert solver.dns01_provider == "rfc2136"
-    assert dict(solver.dns01_config) == {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}
+    assert isinstance(solver.config, resources.Dns01ProviderSolver)
+    assert solver.config.provider == "rfc2136"
+    assert dict(solver.config.config) == {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}
 
     bad = copy.deepcopy(solvers)
     bad[0]["selector"]["dnsZones"] = ["*.example.test"]
@@ -299,8 +300,8 @@ def test_dns01_needs_exactly_one_provider():
 
 def test_dns01_cname_strategy_is_accepted_and_checked():
     follow: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Follow", "rfc2136": {}}}]
-    [solver] = parsing.parse_issuer(cluster_issuer(solvers=follow)).acme.solvers  # type: ignore[union-attr]
-    assert solver.dns01_provider == "rfc2136"
+    [solver] = parsing.parse_issuer(cluster_issuer(solvers=follow)).spec.solvers  # type: ignore[union-attr]
+    assert solver.config == resources.Dns01ProviderSolver(provider="rfc2136")
 
     bogus: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Sometimes", "rfc2136": {}}}]
     error = invalid(parsing.parse_issuer, cluster_issuer(solvers=bogus))
@@ -318,8 +319,8 @@ def test_http01_ingress_fields_for_solver_pods_are_ignored():
         {"http01": {"ingress": {"class": "nginx", "serviceType": "NodePort", "podTemplate": {}}}}
     ]
     issuer = parsing.parse_issuer(cluster_issuer(solvers=solvers))
-    assert issuer.acme is not None
-    assert issuer.acme.solvers[0].http01 == resources.Http01IngressSolver(ingress_class="nginx")
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    assert issuer.spec.solvers[0].config == resources.Http01IngressSolver(ingress_class="nginx")
 
 
 def test_http01_ingress_allows_one_of_class_fields():
@@ -335,8 +336,8 @@ def test_external_account_binding_is_read():
         "keyAlgorithm": "HS256",
     }
     issuer = parsing.parse_issuer(cluster_issuer(externalAccountBinding=eab))
-    assert issuer.acme is not None
-    assert issuer.acme.external_account_binding == resources.ExternalAccountBinding(
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    assert issuer.spec.external_account_binding == resources.ExternalAccountBinding(
         key_id="kid-1", key_secret_ref=resources.SecretKeySelector(name="eab", key="secret")
     )
 
@@ -365,8 +366,8 @@ spec:
 """
     issuer = parsing.parse_issuer(yaml.safe_load(doc))
     assert issuer.name == "pebble"
-    assert issuer.acme is not None
-    assert issuer.acme.server == "https://127.0.0.1:14000/dir"
+    assert isinstance(issuer.spec, resources.AcmeIssuer)
+    assert issuer.spec.server == "https://127.0.0.1:14000/dir"
 
 
 # --- certificates -------------------------------------------------------------------------
@@ -792,6 +793,7 @@ def _challenge(**spec_overrides: Any) -> dict[str, Any]:
         "token": "tok",
         "key": "tok.thumb",
         "issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"},
+        "solver": {"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53"}}},
         "solverIndex": 1,
     }
     spec.update(spec_overrides)
@@ -820,6 +822,23 @@ def test_challenge_requires_token():
     obj = _challenge()
     del obj["spec"]["token"]
     assert invalid(parsing.parse_challenge, obj).field == "spec.token"
+
+
+def test_challenge_carries_the_solver_it_was_created_with():
+    solver = {"selector": {"dnsZones": ["example.test"], "matchLabels": {"team": "web"}},
+              "dns01": {"rfc2136": {"nameserver": "127.0.0.1:53", "tsigKeyName": "k"}}}
+    challenge = parsing.parse_challenge(_challenge(solver=solver))
+    assert challenge.solver.config == resources.Dns01ProviderSolver(
+        provider="rfc2136", config=(("nameserver", "127.0.0.1:53"), ("tsigKeyName", "k")))
+    assert parsing.solver_spec(challenge.solver) == solver, "written back as it was read"
+    http01 = {"http01": {"ingress": {"ingressClassName": "certctl"}}}
+    assert parsing.solver_spec(parsing.parse_challenge(_challenge(solver=http01)).solver) == http01
+
+
+def test_challenge_requires_its_solver():
+    obj = _challenge()
+    del obj["spec"]["solver"]
+    assert invalid(parsing.parse_challenge, obj).field == "spec.solver"
 
 
 def test_size_without_algorithm_keeps_cert_manager_meaning_of_rsa():

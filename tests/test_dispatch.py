@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from certctl.api.resources import ObjectKey
-from certctl.controllers import acme_accounts, challenges, reconciling
+from certctl.controllers import challenges, reconciling
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dispatch
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import WatchEvent, WatchType

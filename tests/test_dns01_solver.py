@@ -56,17 +56,23 @@ def issuer(bind: BindServer, *, provider: dict[str, Any] | None = None) -> Any:
     })
 
 
-def challenge(dns_name: str, *, wildcard: bool = False, value: str = "txt-value") -> Challenge:
-    return Challenge(namespace="default", name=KEY.name, url="https://acme.example.test/chall",
+def challenge(
+    bind: BindServer, dns_name: str, *, wildcard: bool = False, value: str = "txt-value",
+    key: ObjectKey = KEY, provider: dict[str, Any] | None = None,
+) -> Challenge:
+    """A Challenge carrying the issuer's DNS-01 solver (`solvers[1]`), as orders.py makes it."""
+    return Challenge(namespace="default", name=key.name, url="https://acme.example.test/chall",
                      authorization_url="https://acme.example.test/authz", dns_name=dns_name,
                      wildcard=wildcard, type="DNS-01", token="token", key=value,
-                     issuer_ref=IssuerRef(name="dns", kind="ClusterIssuer"), solver_index=1)
+                     issuer_ref=IssuerRef(name="dns", kind="ClusterIssuer"),
+                     solver=issuer(bind, provider=provider).spec.solvers[1], solver_index=1)
 
 
 def solver_via(bind: BindServer) -> dns01_solver.Dns01Solver:
-    return dns01_solver.Dns01Solver(options=dns01_solver.Options(
-        recursive_nameservers=(lookup.parse_nameserver(bind.nameserver),),
-        recursive_nameservers_only=True, query_timeout=1.0))
+    return dns01_solver.Dns01Solver(
+        cluster_resource_namespace="certctl", options=dns01_solver.Options(
+            recursive_nameservers=(lookup.parse_nameserver(bind.nameserver),),
+            recursive_nameservers_only=True, query_timeout=1.0))
 
 
 def test_wildcard_and_apex_values_share_the_name_and_each_cleanup_takes_only_its_own(
@@ -75,18 +81,17 @@ def test_wildcard_and_apex_values_share_the_name_and_each_cleanup_takes_only_its
     solver = solver_via(bind)
     apex_key = KEY
     wildcard_key = ObjectKey(kind="Challenge", namespace="default", name="c2")
-    for key, item in ((apex_key, challenge("example.test", value="apex")),
-                      (wildcard_key, challenge("example.test", wildcard=True, value="wild"))):
-        presented = solver.present(key=key, store=store, issuer=issuer(bind), challenge=item,
-                                   cluster_resource_namespace="certctl", now=NOW)
+    for item in (challenge(bind, "example.test", value="apex", key=apex_key),
+                 challenge(bind, "example.test", wildcard=True, value="wild", key=wildcard_key)):
+        presented = solver.present_record(store=store, challenge=item, now=NOW)
         assert presented.record.fqdn == "_acme-challenge.example.test."
-        solver.check(record=presented.record)
+        solver.check_record(record=presented.record)
     assert bind.txt_values("_acme-challenge.example.test.") == {"apex", "wild"}
-    removed = solver.cleanup(key=apex_key)
+    removed = solver.remove_record(key=apex_key)
     assert removed is not None and removed.record.value == "apex"
     assert bind.txt_values("_acme-challenge.example.test.") == {"wild"}
-    assert solver.cleanup(key=apex_key) is None, "nothing left to remove for that challenge"
-    solver.cleanup(key=wildcard_key)
+    assert solver.remove_record(key=apex_key) is None, "nothing left to remove for that challenge"
+    solver.remove_record(key=wildcard_key)
     assert bind.txt_values("_acme-challenge.example.test.") == set()
 
 
@@ -94,13 +99,12 @@ def test_a_delegated_acme_challenge_name_is_written_in_the_zone_its_cname_points
     bind: BindServer, store: LocalStore
 ):
     solver = solver_via(bind)
-    presented = solver.present(key=KEY, store=store, issuer=issuer(bind),
-                               challenge=challenge("alias.example.test"),
-                               cluster_resource_namespace="certctl", now=NOW)
+    presented = solver.present_record(store=store, challenge=challenge(bind, "alias.example.test"),
+                                      now=NOW)
     assert (presented.record.fqdn, presented.record.zone) == ("alias.delegated.test.",
                                                               "delegated.test.")
     assert bind.txt_values("alias.delegated.test.") == {"txt-value"}
-    solver.check(record=presented.record)
+    solver.check_record(record=presented.record)
     assert presented.describe() == (
         "TXT alias.delegated.test. in zone delegated.test. via the rfc2136 provider")
 
@@ -108,28 +112,24 @@ def test_a_delegated_acme_challenge_name_is_written_in_the_zone_its_cname_points
 def test_a_restarted_process_cleans_up_from_the_challenge_and_issuer(
     bind: BindServer, store: LocalStore
 ):
-    solver_via(bind).present(key=KEY, store=store, issuer=issuer(bind),
-                             challenge=challenge("www.example.test"),
-                             cluster_resource_namespace="certctl", now=NOW)
+    solver_via(bind).present_record(store=store, challenge=challenge(bind, "www.example.test"),
+                                    now=NOW)
     restarted = solver_via(bind)
-    assert restarted.cleanup(key=KEY) is None, "a new process knows nothing by itself"
+    assert restarted.remove_record(key=KEY) is None, "a new process knows nothing by itself"
     assert bind.txt_values("_acme-challenge.www.example.test.") == {"txt-value"}
-    restarted.cleanup(key=KEY, rebuild_from=(store, issuer(bind), challenge("www.example.test"),
-                                             "certctl"))
+    restarted.remove_record(key=KEY, rebuild_from=(store, challenge(bind, "www.example.test")))
     assert bind.txt_values("_acme-challenge.www.example.test.") == set()
 
 
 def test_provider_errors_name_the_issuer_and_the_field(bind: BindServer, store: LocalStore):
     solver = solver_via(bind)
     with pytest.raises(errors.ConfigError) as raised:
-        solver.present(key=KEY, store=store, issuer=issuer(bind, provider={"rfc2136": {}}),
-                       challenge=challenge("www.example.test"),
-                       cluster_resource_namespace="certctl", now=NOW)
+        solver.present_record(store=store, now=NOW, challenge=challenge(
+            bind, "www.example.test", provider={"rfc2136": {}}))
     assert str(raised.value) == (
         "ClusterIssuer dns: spec.acme.solvers[1].dns01.rfc2136.nameserver: is required")
     with pytest.raises(errors.ConfigError, match="ClusterIssuer dns: no DNS-01 provider named "
                                                  "'nosuch'"):
-        solver.present(key=KEY, store=store, issuer=issuer(bind, provider={"nosuch": {}}),
-                       challenge=challenge("www.example.test"),
-                       cluster_resource_namespace="certctl", now=NOW)
+        solver.present_record(store=store, now=NOW, challenge=challenge(
+            bind, "www.example.test", provider={"nosuch": {}}))
     assert solver.presented(KEY) is None

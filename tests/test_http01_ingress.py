@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from certctl.api.resources import Challenge, IssuerRef, ObjectKey
+from certctl.api.resources import AcmeSolver, Challenge, Http01IngressSolver, IssuerRef, ObjectKey
 from certctl.solvers import http01_ingress
 
 DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane")
@@ -14,7 +14,8 @@ def _challenge(name: str = "shop-tls-1-abc", host: str = "shop.example.test") ->
     return Challenge(namespace="default", name=name, url="https://ca/chall/1",
                      authorization_url="https://ca/authz/1", dns_name=host, wildcard=False,
                      type="HTTP-01", token="tok", key="tok.thumb",
-                     issuer_ref=IssuerRef(name="le", kind="ClusterIssuer"))
+                     issuer_ref=IssuerRef(name="le", kind="ClusterIssuer"),
+                     solver=AcmeSolver(config=Http01IngressSolver()))
 
 
 def _ingress() -> dict[str, Any]:

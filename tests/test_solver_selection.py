@@ -8,6 +8,7 @@ import pytest
 
 from certctl.api import parsing
 from certctl.api.resources import AcmeIssuer
+from certctl.solvers import registry
 from certctl.solvers.selection import NoSolver, select_solver
 
 
@@ -36,8 +37,8 @@ def issuer(*solvers: dict[str, Any]) -> AcmeIssuer:
             "solvers": list(solvers),
         }},
     })
-    assert parsed.acme is not None
-    return parsed.acme
+    assert isinstance(parsed.spec, AcmeIssuer)
+    return parsed.spec
 
 
 def pick(acme: AcmeIssuer, name: str, labels: dict[str, str] | None = None) -> int:
@@ -48,7 +49,7 @@ def test_solver_without_selector_matches_any_name() -> None:
     acme = issuer(http01())
     selected = select_solver(issuer=acme, dns_name="web.example.test", labels={})
     assert selected.index == 0
-    assert selected.challenge_type == "HTTP-01"
+    assert registry.solver_type(selected.solver.config).challenge_type == "HTTP-01"
 
 
 def test_dns_names_beat_dns_zones_beat_match_labels_beat_no_selector() -> None:
@@ -141,7 +142,7 @@ def test_wildcard_never_picks_http01() -> None:
     selected = select_solver(issuer=acme, dns_name="*.example.test", labels={})
 
     assert selected.index == 2
-    assert selected.challenge_type == "DNS-01"
+    assert registry.solver_type(selected.solver.config).challenge_type == "DNS-01"
 
 
 def test_wildcard_dns_names_selector_matches_the_wildcard_itself() -> None:

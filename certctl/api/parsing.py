@@ -30,8 +30,8 @@ import difflib
 import fractions
 import ipaddress
 import re
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, NoReturn, cast
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Final, NoReturn, cast, get_args
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -118,7 +118,9 @@ def format_duration(value: datetime.timedelta) -> str:
 # --- issuers -------------------------------------------------------------------
 
 
-def parse_issuer(obj: Mapping[str, Any], *, source: str | None = None) -> resources.Issuer:
+def parse_issuer(
+    obj: Mapping[str, Any], *, source: str | None = None
+) -> resources.Issuer[resources.IssuerSpec]:
     """Read a ClusterIssuer or Issuer, `certctl.io/v1` or `cert-manager.io/v1`."""
     ctx = _open(
         obj,
@@ -140,34 +142,32 @@ def parse_issuer(obj: Mapping[str, Any], *, source: str | None = None) -> resour
             f"only one issuer type may be set, found {' and '.join(configured)}",
         )
     kind: resources.IssuerKind = "ClusterIssuer" if ctx.kind == "ClusterIssuer" else "Issuer"
-    acme = None
-    ca_secret_name = None
-    if configured[0] == "acme":
-        acme = _acme_issuer(ctx, spec["acme"], at="spec.acme")
-    elif configured[0] == "selfSigned":
-        self_signed = ctx.mapping(spec["selfSigned"], field="spec.selfSigned")
-        ctx.check_fields(
-            self_signed, at="spec.selfSigned", known=(), unsupported=("crlDistributionPoints",)
-        )
-    else:
-        ca = ctx.mapping(spec["ca"], field="spec.ca")
-        ctx.check_fields(
-            ca,
-            at="spec.ca",
-            known=("secretName",),
-            unsupported=("crlDistributionPoints", "ocspServers", "issuingCertificateURLs"),
-        )
-        ca_secret_name = ctx.required_str(ca, "secretName", at="spec.ca")
-        ctx.check_subdomain(ca_secret_name, field="spec.ca.secretName")
     return resources.Issuer(
         kind=kind,
         namespace=ctx.namespace,
         name=ctx.name,
         generation=ctx.generation(obj),
-        acme=acme,
-        self_signed=configured[0] == "selfSigned",
-        ca_secret_name=ca_secret_name,
+        spec=_ISSUER_SPECS[configured[0]](ctx, spec[configured[0]], at=f"spec.{configured[0]}"),
     )
+
+
+def _self_signed_issuer(ctx: _Object, value: Any, *, at: str) -> resources.SelfSignedIssuer:
+    self_signed = ctx.mapping(value, field=at)
+    ctx.check_fields(self_signed, at=at, known=(), unsupported=("crlDistributionPoints",))
+    return resources.SelfSignedIssuer()
+
+
+def _ca_issuer(ctx: _Object, value: Any, *, at: str) -> resources.CaIssuer:
+    ca = ctx.mapping(value, field=at)
+    ctx.check_fields(
+        ca,
+        at=at,
+        known=("secretName",),
+        unsupported=("crlDistributionPoints", "ocspServers", "issuingCertificateURLs"),
+    )
+    secret_name = ctx.required_str(ca, "secretName", at=at)
+    ctx.check_subdomain(secret_name, field=f"{at}.secretName")
+    return resources.CaIssuer(secret_name=secret_name)
 
 
 def _acme_issuer(ctx: _Object, value: Any, *, at: str) -> resources.AcmeIssuer:
@@ -229,6 +229,11 @@ def _acme_issuer(ctx: _Object, value: Any, *, at: str) -> resources.AcmeIssuer:
         profile=ctx.optional_str(acme, "profile", at=at),
         solvers=solvers,
     )
+
+
+# The issuer types by their spec field: the one-of resolved once, here.
+_ISSUER_SPECS: Final[dict[str, Callable[..., resources.IssuerSpec]]] = {
+    "acme": _acme_issuer, "selfSigned": _self_signed_issuer, "ca": _ca_issuer}
 
 
 def _secret_key_selector(
@@ -295,7 +300,7 @@ def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
         ctx.fail(at, "exactly one of http01 or dns01 must be set")
     if has_http01:
         return resources.AcmeSolver(
-            selector=selector, http01=_http01(ctx, solver["http01"], at=f"{at}.http01")
+            selector=selector, config=_http01(ctx, solver["http01"], at=f"{at}.http01")
         )
     dns01 = ctx.mapping(solver["dns01"], field=f"{at}.dns01")
     # Provider names are open-ended (third-party providers register their own),
@@ -312,9 +317,46 @@ def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
     config = ctx.mapping(dns01[provider], field=f"{at}.dns01.{provider}")
     return resources.AcmeSolver(
         selector=selector,
-        dns01_provider=provider,
-        dns01_config=tuple((str(key), copy.deepcopy(item)) for key, item in config.items()),
+        config=resources.Dns01ProviderSolver(
+            provider=provider,
+            config=tuple((str(key), copy.deepcopy(item)) for key, item in config.items()),
+        ),
     )
+
+
+def solver_spec(solver: resources.AcmeSolver) -> dict[str, Any]:
+    """The `solvers[]` entry `solver` was read from, as a Challenge's `spec.solver` keeps it.
+
+    Written back from the model rather than copied from the issuer, so the
+    copy holds exactly what certctl acts on (ignored fields are left out).
+    """
+    spec: dict[str, Any] = {}
+    selector = solver.selector
+    if selector is not None:
+        spec["selector"] = {
+            key: value
+            for key, value in (
+                ("dnsNames", list(selector.dns_names)),
+                ("dnsZones", list(selector.dns_zones)),
+                ("matchLabels", dict(selector.match_labels)),
+            )
+            if value
+        }
+    config = solver.config
+    if isinstance(config, resources.Http01IngressSolver):
+        ingress = {
+            key: value
+            for key, value in (
+                ("ingressClassName", config.ingress_class_name),
+                ("class", config.ingress_class),
+                ("name", config.name),
+            )
+            if value is not None
+        }
+        spec["http01"] = {"ingress": ingress}
+    else:
+        spec["dns01"] = {config.provider: copy.deepcopy(dict(config.config))}
+    return spec
 
 
 def _solver_selector(ctx: _Object, value: Any, *, at: str) -> resources.SolverSelector:
@@ -952,12 +994,14 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
             "token",
             "key",
             "issuerRef",
+            "solver",
             "solverIndex",
         ),
     )
-    challenge_type = ctx.choice(spec, "type", at="spec", choices=("HTTP-01", "DNS-01"))
+    types = get_args(resources.ChallengeType)
+    challenge_type = ctx.choice(spec, "type", at="spec", choices=types)
     if challenge_type is None:
-        ctx.fail("spec.type", "is required: HTTP-01 or DNS-01")
+        ctx.fail("spec.type", f"is required: {' or '.join(types)}")
     solver_index = ctx.optional_int(spec, "solverIndex", at="spec") or 0
     if solver_index < 0:
         ctx.fail("spec.solverIndex", "must not be negative")
@@ -974,6 +1018,7 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
         token=ctx.required_str(spec, "token", at="spec"),
         key=ctx.required_str(spec, "key", at="spec"),
         issuer_ref=_issuer_ref(ctx, spec.get("issuerRef"), at="spec.issuerRef"),
+        solver=_acme_solver(ctx, spec.get("solver"), at="spec.solver"),
         solver_index=solver_index,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 GROUP = "certctl.io"
 CERT_MANAGER_GROUP = "cert-manager.io"
@@ -97,13 +97,24 @@ class Http01IngressSolver:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dns01ProviderSolver:
+    """`solvers[].dns01.<provider>`: the provider name and its raw config mapping, validated
+    by the provider plugin, not here (third-party providers define their own)."""
+
+    provider: str
+    config: tuple[tuple[str, object], ...] = ()
+
+
+# One variant per solver type; `certctl.solvers.registry` maps each to its Solver.
+SolverConfig = Http01IngressSolver | Dns01ProviderSolver
+
+
+@dataclass(frozen=True, kw_only=True)
 class AcmeSolver:
+    """One entry of `spec.acme.solvers`, and the copy a Challenge carries (`spec.solver`)."""
+
+    config: SolverConfig
     selector: SolverSelector | None = None
-    http01: Http01IngressSolver | None = None
-    # `dns01.<provider>`: provider name -> its raw config mapping, validated by
-    # the provider plugin, not here (third-party providers define their own).
-    dns01_provider: str | None = None
-    dns01_config: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,16 +139,33 @@ class AcmeIssuer:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Issuer:
-    """A ClusterIssuer (namespace None) or a namespaced Issuer."""
+class SelfSignedIssuer:
+    """`spec.selfSigned`: each certificate is signed by its own key; nothing to configure."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaIssuer:
+    """`spec.ca`: sign with the CA key pair in this Secret."""
+
+    secret_name: str
+
+
+# The spec's one-of, resolved once when the issuer is parsed; `certctl.issuers.registry`
+# maps each variant to the module implementing it.
+IssuerSpec = AcmeIssuer | CaIssuer | SelfSignedIssuer
+SpecT = TypeVar("SpecT", bound=IssuerSpec, covariant=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Issuer(Generic[SpecT]):
+    """A ClusterIssuer (namespace None) or a namespaced Issuer; `Issuer[AcmeIssuer]` is one
+    known to be ACME (what Orders and Challenges work with)."""
 
     kind: IssuerKind
     namespace: str | None
     name: str
+    spec: SpecT
     generation: int = 0
-    acme: AcmeIssuer | None = None
-    self_signed: bool = False
-    ca_secret_name: str | None = None
 
     @property
     def key(self) -> ObjectKey:
@@ -308,6 +336,9 @@ class Challenge:
     token: str
     key: str  # the key authorization served (HTTP-01) or hashed into TXT (DNS-01)
     issuer_ref: IssuerRef
+    # A copy of the issuer's solver when the Challenge was created (cert-manager's
+    # `spec.solver`): editing the issuer does not change a running challenge.
+    solver: AcmeSolver
     solver_index: int = 0
 
     @property

@@ -12,7 +12,9 @@ One pass decides, in cert-manager's order:
   when the CA said Retry-After);
 - which private key? (for ACME a "next private key" Secret owned by the
   Certificate, so a restart reuses the key the pending order's CSR was made with);
-- selfSigned and ca issuers sign right here; for ACME, which Order? (named
+- the issuer's type (`issuers.protocol`, one module per type, found by
+  `issuers.registry`) refuses what it cannot issue, then signs the CSR right
+  here (selfSigned, ca) or says which order to place; for ACME, which Order? (named
   from a hash of everything the CSR depends on, so a restart finds the order
   it placed instead of placing a second one, and counted against the order
   budget before it is placed; it names the certificate it `replaces`, and a
@@ -41,9 +43,8 @@ from cryptography.hazmat.primitives import serialization
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
-from certctl.api.resources import Certificate, Issuer, KeyEncoding, ObjectKey
+from certctl.api.resources import Certificate, Issuer, IssuerSpec, KeyEncoding, ObjectKey
 from certctl.controllers import (
-    acme_accounts,
     kept_certificates,
     order_budget,
     policies,
@@ -52,16 +53,12 @@ from certctl.controllers import (
     secret_claims,
 )
 from certctl.controllers.reconciling import Clock, Result
-from certctl.issuers import ca as ca_issuer
-from certctl.issuers import issued
-from certctl.issuers import selfsigned as selfsigned_issuer
+from certctl.issuers import protocol, registry
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.issuers.acme import ari
 from certctl.issuers.acme import errors as acme_errors
 from certctl.pki import csr, inspect, keys
 from certctl.pki import secret as tls_secret
-from certctl.solvers import selection
-from certctl.solvers.dns01 import errors as dns01_errors
-from certctl.solvers.dns01 import registry as dns01_registry
 from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
@@ -79,10 +76,6 @@ RESTORABLE = (policies.DOES_NOT_EXIST, policies.INVALID_CERTIFICATE, policies.IN
 # takes over once the older one is deleted (no event tells it).
 DUPLICATE_RECHECK_SECONDS = 600.0
 ORDER_BUDGET_EXHAUSTED = "OrderBudgetExhausted"
-# Let's Encrypt's limit of names in one certificate (most ACME CAs have the same
-# or a lower one). Pebble has none, so certctl refuses before ordering rather
-# than learning it from a production CA's rejected order.
-MAX_ACME_NAMES = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +130,10 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         return _not_ready(store, obj, reason="IssuerNotReady",
                           message=f"{issuer_ref.kind} {issuer_ref.name} is invalid: {err.detail}",
                           now=now)
+    issuer_type = registry.issuer_type(issuer)
+    order_server = issuer_type.order_server(issuer)
+    env = protocol.Environment(cluster_resource_namespace=settings.cluster_resource_namespace,
+                               accounts=settings.accounts)
 
     secret = store.get(kind="Secret", namespace=certificate.namespace,
                        name=certificate.secret_name)
@@ -156,7 +153,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         certificate=certificate, secret=secret, now=now,
         renewal_requested=issuing is not None and issuing.get("status") == "True"
         and issuing.get("reason") == policies.MANUALLY_TRIGGERED,
-        acme=issuer.acme is not None, ari=renewal_info.stored_window(obj.get("status") or {}))
+        acme=order_server is not None, ari=renewal_info.stored_window(obj.get("status") or {}))
     readiness = policies.needs_issuing(data, policies.READINESS_CHAIN)
     if readiness is None:
         data = _with_renewal_info(store, obj, data=data, issuer=issuer, now=now,
@@ -165,16 +162,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if violation is None:
         return _up_to_date(store, obj, certificate=certificate, data=data, now=now)
 
-    problem = _issuer_problem(issuer_obj=issuer_obj, issuer=issuer, certificate=certificate,
-                              labels=obj["metadata"].get("labels") or {})
-    if problem is None:
-        problem = _profile_problem(store, certificate=certificate, issuer=issuer,
-                                   settings=settings)
+    problem = _issuer_problem(store, issuer_obj=issuer_obj, issuer=issuer,
+                              certificate=certificate,
+                              labels=obj["metadata"].get("labels") or {}, env=env)
     if problem is not None:
-        return _not_ready(store, obj, reason=problem[0], message=problem[1], now=now,
+        return _not_ready(store, obj, reason=problem.reason, message=str(problem), now=now,
                           keep_ready=readiness is None)
 
-    if issuer.acme is not None and violation.reason in RESTORABLE:
+    if order_server is not None and violation.reason in RESTORABLE:
         restored = _restore_kept_copy(store, obj, certificate=certificate, issuer=issuer,
                                       violation=violation, now=now, settings=settings)
         if restored is not None:
@@ -189,9 +184,9 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         if now < retry_at:
             return Result.after((retry_at - now).total_seconds())
 
-    if issuer.acme is None:
+    if order_server is None:
         return _sign_locally(store, obj, certificate=certificate, issuer=issuer, data=data,
-                             violation=violation, now=now, settings=settings,
+                             violation=violation, now=now, settings=settings, env=env,
                              keep_ready=readiness is None)
 
     private_key = _next_private_key(store, obj, certificate=certificate, data=data)
@@ -199,7 +194,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                              failures=failures)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
-        refused = _spend_order_budget(store, obj, certificate=certificate, issuer=issuer,
+        refused = _spend_order_budget(store, obj, certificate=certificate, server=order_server,
                                       order_name=order_name, now=now, settings=settings,
                                       keep_ready=readiness is None)
         if refused is not None:
@@ -212,9 +207,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             common_name=certificate.common_name,
             usages=certificate.usages,
         )
+        outcome = issuer_type.issue(store=store, issuer=issuer, env=env, request=protocol.Request(
+            certificate=certificate, csr_pem=request_pem, private_key=private_key, now=now,
+            replaces=_replaced_cert_id(data=data, issuer=issuer)))
+        assert isinstance(outcome, protocol.Ordered)  # an issuer that places orders
         order = _create_order(store, obj, certificate=certificate, name=order_name,
-                              request_pem=request_pem,
-                              replaces=_replaced_cert_id(data=data, issuer=issuer))
+                              spec=outcome.spec)
         store.emit_event(obj=obj, type="Normal", reason="Requested",
                          message=f"Created new Order {order_name}: {violation.message}")
 
@@ -228,7 +226,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if order_status.get("state") in ("invalid", "errored"):
         if settings.order_budget is not None:
             order_budget.refund_order(store=store, ref=_ledger_ref(certificate=certificate,
-                                                                   issuer=issuer,
+                                                                   server=order_server,
                                                                    settings=settings),
                                       order=f"{certificate.namespace}/{order_name}")
         retry_after = order_status.get("retryAfter")
@@ -269,81 +267,34 @@ def _other_kind_hint(store: Store, certificate: Certificate) -> str:
 
 
 def _issuer_problem(
-    *, issuer_obj: Object, issuer: Issuer, certificate: Certificate, labels: dict[str, str]
-) -> tuple[str, str] | None:
-    """Why issuing cannot start now, as (reason, message), or None."""
+    store: Store, *, issuer_obj: Object, issuer: Issuer[IssuerSpec], certificate: Certificate,
+    labels: dict[str, str], env: protocol.Environment,
+) -> protocol.Refused | None:
+    """Why issuing cannot start now, or None: the issuer is not Ready, or refuses this
+    certificate (its type says why)."""
     issuer_status = issuer_obj.get("status") or {}
     ready = conditions.get_condition(issuer_status.get("conditions") or [], "Ready")
     if ready is None or ready.get("status") != "True":
         detail = f": {ready['message']}" if ready and ready.get("message") else ""
-        return ("IssuerNotReady", f"{issuer.kind} {issuer.name} is not ready{detail}")
-    if issuer.acme is None:
-        return None  # selfSigned and ca sign any key type, DNS names and IP addresses
-    if certificate.private_key.algorithm == "Ed25519":
-        return ("BadConfig", "spec.privateKey.algorithm: ACME CAs do not issue certificates "
-                "for Ed25519 keys (the CA/Browser Forum rules allow only RSA and ECDSA, and "
-                "Let's Encrypt refuses them); use ECDSA or RSA, or a selfSigned or ca issuer")
-    if certificate.ip_addresses:
-        # Pebble offers http-01 (and tls-alpn-01) for IP identifiers, and Let's Encrypt
-        # issues IP certificates under its short-lived profile since 2025; but DNS-01
-        # cannot prove an IP (RFC 8738) and certctl routes HTTP-01 challenges by host
-        # name through a solver Ingress, whose rules cannot hold an IP address.
-        return ("BadConfig", f"spec.ipAddresses[0]: {certificate.ip_addresses[0]}: "
-                f"{issuer.kind} {issuer.name} is an ACME issuer, and certctl does not order "
-                "IP address certificates over ACME (DNS-01 cannot prove an IP address and "
-                "certctl answers HTTP-01 by host name); use a selfSigned or ca issuer for "
-                "IP addresses, or a DNS name")
-    count = len({*certificate.dns_names, *certificate.ip_addresses,
-                 *([certificate.common_name] if certificate.common_name else [])})
-    if count > MAX_ACME_NAMES:
-        return ("BadConfig", f"spec.dnsNames: {count} names, more than the {MAX_ACME_NAMES} "
-                "Let's Encrypt allows in one certificate; split them over several "
-                "Certificates (for an Ingress: several spec.tls entries, each with its own "
-                "secretName)")
-    for index, name in enumerate(certificate.dns_names):
-        try:
-            chosen = selection.select_solver(issuer=issuer.acme, dns_name=name, labels=labels)
-        except selection.NoSolver as err:
-            return ("BadConfig", f"spec.dnsNames[{index}]: {err}")
-        provider = chosen.solver.dns01_provider
-        if provider is not None:
-            try:
-                dns01_registry.find_factory(provider)
-            except dns01_errors.Dns01Error as err:
-                return ("BadConfig", f"spec.dnsNames[{index}]: {name}: {issuer.kind} "
-                        f"{issuer.name} spec.acme.solvers[{chosen.index}].dns01: {err}")
+        return protocol.Refused(f"{issuer.kind} {issuer.name} is not ready{detail}",
+                                reason="IssuerNotReady")
+    try:
+        registry.issuer_type(issuer).refuse(
+            store=store, issuer=issuer, certificate=certificate, labels=labels, env=env)
+    except protocol.Refused as refused:
+        return refused
+    except acme_errors.AcmeError as err:  # the CA could not be asked
+        raise reconciling.TransientError(str(err)) from err
     return None
 
 
-def _profile_problem(
-    store: Store, *, certificate: Certificate, issuer: Issuer, settings: Settings
-) -> tuple[str, str] | None:
-    """spec.acme.profile names a profile the CA's directory does not offer.
-
-    Checked before ordering, against the directory the issuer's client has
-    already fetched, so the condition names the field to fix instead of an
-    Order failing. Without `settings.accounts` the CA's answer has to do.
-    """
-    profile = certificate.acme_profile
-    if profile is None or issuer.acme is None or settings.accounts is None:
-        return None
-    try:
-        offered = settings.accounts.client(store=store, issuer=issuer).profiles()
-    except (acme_errors.AcmeError, LookupError) as err:
-        raise reconciling.TransientError(
-            f"{certificate.key}: cannot read the profiles of {issuer.acme.server}: {err}") from err
-    if profile in offered:
-        return None
-    return ("BadConfig", f"spec.acme.profile: ACME server {issuer.acme.server} does not offer "
-            f"profile {profile!r} (offers: {', '.join(sorted(offered)) or 'none'})")
-
-
 def _with_renewal_info(
-    store: Store, obj: Object, *, data: policies.Input, issuer: Issuer, now: datetime.datetime,
-    settings: Settings,
+    store: Store, obj: Object, *, data: policies.Input, issuer: Issuer[IssuerSpec],
+    now: datetime.datetime, settings: Settings,
 ) -> policies.Input:
-    """`data` with the CA's current renewal window (ARI), asked for when due."""
-    if issuer.acme is None or data.contents is None:
+    """`data` with the CA's current renewal window (ARI), asked for when due (issuers that
+    place orders only: `data.acme`)."""
+    if not data.acme or data.contents is None:
         return data
     window = renewal_info.refresh(store, obj, issuer=issuer, secret=data.secret,
                                   leaf=data.contents.leaf, accounts=settings.accounts, now=now,
@@ -351,7 +302,11 @@ def _with_renewal_info(
     return dataclasses.replace(data, ari=window)
 
 
-def _replaced_cert_id(*, data: policies.Input, issuer: Issuer) -> str | None:
+def _places_orders(issuer: Issuer[IssuerSpec]) -> bool:
+    return registry.issuer_type(issuer).order_server(issuer) is not None
+
+
+def _replaced_cert_id(*, data: policies.Input, issuer: Issuer[IssuerSpec]) -> str | None:
     """The ARI CertID for the new order's `replaces`: the certificate it renews.
 
     Only a certificate this issuer's CA issued (certctl wrote it from this
@@ -438,14 +393,15 @@ def _sign_locally(
     obj: Object,
     *,
     certificate: Certificate,
-    issuer: Issuer,
+    issuer: Issuer[IssuerSpec],
     data: policies.Input,
     violation: policies.Violation,
     now: datetime.datetime,
     settings: Settings,
+    env: protocol.Environment,
     keep_ready: bool,
 ) -> Result:
-    """selfSigned and ca issuers: no Order, the certificate is signed in this pass."""
+    """Issuers that place no orders (selfSigned, ca): signed in this pass."""
     private_key = _key_for_issuance(certificate=certificate, data=data)
     request_pem = csr.build_csr(
         key=private_key,
@@ -454,28 +410,17 @@ def _sign_locally(
         common_name=certificate.common_name,
         usages=certificate.usages,
     )
-    duration = certificate.duration or parsing.DEFAULT_DURATION
-    signed: issued.IssuedCertificate
-    if issuer.self_signed:
-        signed = selfsigned_issuer.sign(csr_pem=request_pem, key=private_key, now=now,
-                                        duration=duration)
-    else:
-        assert issuer.ca_secret_name is not None
-        namespace = issuer.namespace or settings.cluster_resource_namespace
-        try:
-            key_pair = ca_issuer.load_key_pair(
-                secret=store.get(kind="Secret", namespace=namespace,
-                                 name=issuer.ca_secret_name),
-                namespace=namespace, name=issuer.ca_secret_name, now=now)
-        except ca_issuer.KeyPairProblem as err:
-            return _not_ready(store, obj, reason="IssuerNotReady",
-                              message=f"{issuer.kind} {issuer.name}: {err.message}", now=now,
-                              keep_ready=keep_ready)
-        signed = ca_issuer.sign(key_pair=key_pair, csr_pem=request_pem, now=now,
-                                duration=duration)
-    kind = "self-signed" if issuer.self_signed else f"signed by {issuer.kind} {issuer.name}"
+    try:
+        outcome = registry.issuer_type(issuer).issue(
+            store=store, issuer=issuer, env=env, request=protocol.Request(
+                certificate=certificate, csr_pem=request_pem, private_key=private_key, now=now))
+    except protocol.CannotIssue as err:
+        return _not_ready(store, obj, reason="IssuerNotReady", message=str(err), now=now,
+                          keep_ready=keep_ready)
+    assert isinstance(outcome, protocol.Issued)  # an issuer that places no orders
+    signed = outcome.certificate
     store.emit_event(obj=obj, type="Normal", reason="Requested",
-                     message=f"Issuing a certificate {kind}: {violation.message}")
+                     message=f"Issuing a certificate {outcome.how}: {violation.message}")
     return _store_issued(store, obj, certificate=certificate, issuer=issuer,
                          private_key=private_key, chain_pem=signed.chain_pem,
                          ca_pem=signed.ca_pem, failed_request="local-signing", now=now,
@@ -490,7 +435,7 @@ def _spend_order_budget(
     obj: Object,
     *,
     certificate: Certificate,
-    issuer: Issuer,
+    server: str,
     order_name: str,
     now: datetime.datetime,
     settings: Settings,
@@ -500,7 +445,7 @@ def _spend_order_budget(
     budget = settings.order_budget
     if budget is None:
         return None
-    ledger = _ledger_ref(certificate=certificate, issuer=issuer, settings=settings)
+    ledger = _ledger_ref(certificate=certificate, server=server, settings=settings)
     placed = order_budget.placed_orders(store=store, ref=ledger)
     allowed_at = order_budget.next_allowed(placed=placed, now=now, budget=budget)
     if allowed_at is None:
@@ -508,9 +453,8 @@ def _spend_order_budget(
                                   f"{order_name}", now=now, budget=budget)
         return None
     recent = sum(1 for time in placed if time > now - budget.window)
-    assert issuer.acme is not None
     message = (f"Not placing an order: {recent} orders for exactly [{', '.join(ledger.names)}] "
-               f"were placed with {issuer.acme.server} within "
+               f"were placed with {server} within "
                f"{parsing.format_duration(budget.window)} (failed ones not counted), the budget "
                f"certctl keeps to stay clear of the CA's duplicate-certificate limit "
                f"({budget.describe()}); the next order may be placed at "
@@ -527,13 +471,12 @@ def _spend_order_budget(
 
 
 def _ledger_ref(
-    *, certificate: Certificate, issuer: Issuer, settings: Settings
+    *, certificate: Certificate, server: str, settings: Settings
 ) -> order_budget.LedgerRef:
-    assert issuer.acme is not None
     names = order_budget.name_set(dns_names=certificate.dns_names,
                                   ip_addresses=certificate.ip_addresses,
                                   common_name=certificate.common_name)
-    return order_budget.ledger_ref(server=issuer.acme.server, names=names,
+    return order_budget.ledger_ref(server=server, names=names,
                                    cluster_resource_namespace=settings.cluster_resource_namespace)
 
 
@@ -556,9 +499,9 @@ def _order_name(
 
 
 def _create_order(
-    store: Store, obj: Object, *, certificate: Certificate, name: str, request_pem: bytes,
-    replaces: str | None,
+    store: Store, obj: Object, *, certificate: Certificate, name: str, spec: Mapping[str, Any]
 ) -> Object:
+    """The Order the issuer asked for (its `spec`), owned and labelled for this Certificate."""
     revision = int((obj.get("status") or {}).get("revision") or 0) + 1
     order = {
         "apiVersion": "certctl.io/v1",
@@ -570,19 +513,7 @@ def _create_order(
             "annotations": {REVISION_ANNOTATION: str(revision)},
             "ownerReferences": [reconciling.owner_reference(obj)],
         },
-        "spec": {
-            "request": base64.b64encode(request_pem).decode(),
-            "issuerRef": {
-                "name": certificate.issuer_ref.name,
-                "kind": certificate.issuer_ref.kind,
-                "group": certificate.issuer_ref.group,
-            },
-            "dnsNames": list(certificate.dns_names),
-            "ipAddresses": list(certificate.ip_addresses),
-            **({"commonName": certificate.common_name} if certificate.common_name else {}),
-            **({"profile": certificate.acme_profile} if certificate.acme_profile else {}),
-            **({"replaces": replaces} if replaces else {}),
-        },
+        "spec": dict(spec),
     }
     try:
         return store.create(obj=order)
@@ -630,7 +561,7 @@ def _store_issued(
     obj: Object,
     *,
     certificate: Certificate,
-    issuer: Issuer,
+    issuer: Issuer[IssuerSpec],
     private_key: keys.PrivateKey,
     chain_pem: bytes,
     ca_pem: bytes | None,
@@ -654,7 +585,7 @@ def _store_issued(
         return _duplicate(store, obj, holder=contender, now=now)
     key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
     data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem, ca_pem=ca_pem)
-    if issuer.acme is not None:
+    if _places_orders(issuer):
         # Before the Secret: if certctl stops in between, the copy restores the Secret
         # instead of a second order replacing it.
         kept_certificates.keep(store=store, certificate=certificate, data=data,
@@ -678,7 +609,7 @@ def _store_issued(
                      message="The certificate has been successfully issued")
     data_input = _with_renewal_info(
         store, fresh, data=policies.read_input(certificate=certificate, secret=secret, now=now,
-                                               acme=issuer.acme is not None),
+                                               acme=_places_orders(issuer)),
         issuer=issuer, now=now, settings=settings)
     return _up_to_date(store, fresh, certificate=certificate, data=data_input, now=now)
 
@@ -688,7 +619,7 @@ def _restore_kept_copy(
     obj: Object,
     *,
     certificate: Certificate,
-    issuer: Issuer,
+    issuer: Issuer[IssuerSpec],
     violation: policies.Violation,
     now: datetime.datetime,
     settings: Settings,
@@ -724,7 +655,7 @@ def _write_secret(
     store: Store,
     *,
     certificate: Certificate,
-    issuer: Issuer,
+    issuer: Issuer[IssuerSpec],
     data: dict[str, str],
     info: inspect.CertificateInfo,
     restored_from: str | None,
@@ -744,7 +675,7 @@ def _write_secret(
     if certificate.common_name:
         # The order (or the kept copy, checked against this spec) asked for it.
         secret_annotations[policies.REQUESTED_COMMON_NAME_ANNOTATION] = certificate.common_name
-    if issuer.acme is not None and certificate.acme_profile:
+    if _places_orders(issuer) and certificate.acme_profile:
         secret_annotations[policies.REQUESTED_PROFILE_ANNOTATION] = certificate.acme_profile
     if restored_from is not None:
         secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from

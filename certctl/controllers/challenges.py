@@ -1,51 +1,43 @@
 """The Challenge reconciler: present, self-check, accept, wait for the CA's verdict.
 
-HTTP-01 needs no solver pod: the data plane answers
-`/.well-known/acme-challenge/<token>` from live Challenge objects, so a
-Challenge is presented as soon as it exists. In a cluster, where the host
-may be served by another Ingress controller, a temporary solver Ingress
-routes the token path to the data plane (`solvers.http01_ingress`); it is
-deleted as soon as the challenge ends, valid or not. Before asking the CA to
-validate, certctl fetches the token itself the way the CA will (the
-self-check); telling the CA too early would burn the authorization, since a
-failed validation is final. Self-check retries back off from 50 ms so a
-fast path stays fast and a broken one stays cheap.
+The steps are the Challenge's solver's (`solvers.protocol.Solver`, chosen by
+the solver configuration the Challenge carries): HTTP-01 answered by the data
+plane, DNS-01 through a provider. Before asking the CA to validate, certctl
+checks the answer itself the way the CA will (the self-check); telling the CA
+too early would burn the authorization, since a failed validation is final.
+Self-check retries back off from 50 ms so a fast path stays fast and a broken
+one stays cheap. What was presented is cleaned up when the challenge ends,
+valid or not, and when the Challenge is deleted.
 
-DNS-01 goes through the issuer solver's DNS provider (`solvers.dns01`): the
-TXT record is written once, the self-check waits until the zone's
-nameservers serve it (failing the challenge after the propagation timeout),
-and the record is removed when the challenge ends, valid or not, and when
-the Challenge is deleted. What a provider needs to remove a record lives in
-the process that wrote it, so an ending Order does not delete a DNS-01
-Challenge whose record is out there: the Challenge sees its Order ended,
-removes the record (rebuilt from its spec after a restart) and is deleted
-after that. A provider that refuses its configuration or
-credentials fails the challenge at once, without asking the CA anything:
-retrying would not help, and the Order reports the reason.
+What a DNS provider needs to remove a record lives in the process that wrote
+it, so an ending Order does not delete a Challenge whose solver
+`ends_with_its_challenge`: the Challenge sees its Order ended, cleans up
+(rebuilt from its spec after a restart) and is deleted after that. A solver
+that refuses its configuration or credentials fails the challenge at once,
+without asking the CA anything: retrying would not help, and the Order
+reports the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
-from certctl.api.resources import Challenge, Issuer, ObjectKey
-from certctl.controllers import acme_accounts, orders, reconciling
+from certctl.api.resources import Challenge, ObjectKey
+from certctl.controllers import orders, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.issuers.acme import errors as acme_errors
-from certctl.solvers import http01, http01_ingress
-from certctl.solvers.dns01 import errors as dns01_errors
-from certctl.solvers.dns01 import propagation
-from certctl.solvers.dns01 import solver as dns01_solver
-from certctl.store.interface import AlreadyExists, Object, Store
+from certctl.solvers import http01, http01_solver, protocol
+from certctl.solvers import registry as solver_registry
+from certctl.store.interface import Object, Store
 
 logger = logging.getLogger(__name__)
 
-SelfCheck = Callable[[Challenge], None]  # raises http01.SelfCheckFailed
+SelfCheck = http01_solver.SelfCheck
 
 FIRST_RETRY = 0.05
 LONGEST_RETRY = 10.0
@@ -55,11 +47,7 @@ LONGEST_RETRY = 10.0
 class Settings:
     clock: Clock
     accounts: acme_accounts.AcmeAccounts
-    self_check: SelfCheck
-    # Set in a cluster: solver Ingresses route tokens to this Service.
-    data_plane: http01_ingress.DataPlaneService | None = None
-    # DNS-01 providers, lookups and what this process presented.
-    dns01: dns01_solver.Dns01Solver = field(default_factory=dns01_solver.Dns01Solver)
+    solvers: solver_registry.Solvers
     # Per-challenge retry counters: in memory on purpose, a restart may start
     # polling fast again.
     _attempts: dict[ObjectKey, int] = field(default_factory=dict)
@@ -79,15 +67,14 @@ class Settings:
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     obj = store.get(kind="Challenge", namespace=key.namespace, name=key.name)
     if obj is None:
-        _clean_up(store, key=key, settings=settings)
-        return _remove_txt_record_of_deleted(key=key, settings=settings)
+        return _clean_up_deleted(store, key=key, settings=settings)
     status = obj.setdefault("status", {})
     if status.get("state") in ("valid", "invalid"):
         settings.forget(key)
-        _clean_up(store, key=key, settings=settings)
+        _clean_up_deleted(store, key=key, settings=settings)
         return Result.done()
-    if (obj.get("spec") or {}).get("type") == "DNS-01":
-        # Its Order leaves a DNS-01 Challenge to end itself, so the record goes first.
+    if solver_registry.ends_with_its_challenge((obj.get("spec") or {}).get("type")):
+        # Its Order leaves such a Challenge to end itself, so the cleanup goes first.
         ended = _order_ended(store, obj)
         if ended is not None:
             return _finish(store, obj, state="valid" if ended == "valid" else "invalid",
@@ -102,27 +89,19 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         namespace=challenge.namespace)
     if issuer is None:
         raise TransientError(f"{key}: issuer {challenge.issuer_ref.name} is missing or invalid")
-    if challenge.type == "DNS-01":
-        if not status.get("processing"):
-            waiting = _present_txt_record(store, obj, key=key, challenge=challenge,
-                                          issuer=issuer, settings=settings)
-            if waiting is not None:
-                return waiting
-    else:
-        if not status.get("processing") and settings.data_plane is not None:
-            _route_token(store, obj, challenge=challenge, issuer=issuer,
-                         data_plane=settings.data_plane)
-        if not status.get("presented"):
-            status.update(presented=True, processing=False, state="pending",
-                          reason="Presented: the data plane answers the HTTP-01 token")
-            reconciling.write_status(store, obj=obj)
+    solver = settings.solvers.for_config(challenge.solver.config)
+    if not status.get("processing"):
+        waiting = _present(store, obj, key=key, challenge=challenge, solver=solver,
+                           settings=settings)
+        if waiting is not None:
+            return waiting
 
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
         if not status.get("processing"):
             try:
-                _self_check(challenge, key=key, settings=settings)
-            except (http01.SelfCheckFailed, propagation.NotVisible) as err:
+                solver.check(challenge=challenge, now=settings.clock())
+            except protocol.NotServed as err:
                 return _wait_for_propagation(store, obj, key=key, challenge=challenge,
                                              error=err, settings=settings)
             settings.forget(key)
@@ -170,105 +149,37 @@ def _order_ended(store: Store, obj: Object) -> str | None:
     return state if state in orders.FINAL_STATES else None
 
 
-def _route_token(
-    store: Store,
-    obj: Object,
-    *,
-    challenge: Challenge,
-    issuer: Issuer,
-    data_plane: http01_ingress.DataPlaneService,
-) -> None:
-    """Create the solver Service and a solver Ingress if missing (they never change while
-    the challenge lives: the token and host are fixed), or, when the solver names an
-    Ingress (`http01.ingress.name`), add the token path to that Ingress instead."""
-    assert issuer.acme is not None
-    solvers = issuer.acme.solvers
-    solver = solvers[challenge.solver_index].http01 if challenge.solver_index < len(
-        solvers) else None
-    _create_if_missing(store, http01_ingress.solver_service(challenge_obj=obj,
-                                                            data_plane=data_plane))
-    url = f"http://{challenge.dns_name}{http01_ingress.CHALLENGE_PATH}{challenge.token}"
-    if solver is not None and solver.name:
-        named = store.get(kind="Ingress", namespace=challenge.namespace, name=solver.name)
-        if named is None:
-            raise TransientError(
-                f"{challenge.key_ref}: Ingress {challenge.namespace}/{solver.name} named by "
-                f"{issuer.kind} {issuer.name} spec.acme.solvers[{challenge.solver_index}]"
-                ".http01.ingress.name does not exist")
-        updated = http01_ingress.with_challenge_path(ingress_obj=named, challenge=challenge,
-                                                     data_plane=data_plane)
-        if updated is not None:
-            store.replace(obj=updated)  # a Conflict is retried by the queue
-            store.emit_event(obj=obj, type="Normal", reason="Presented",
-                             message=f"Added {url} to Ingress {solver.name}, routed to the "
-                             "data plane")
-        return
-    ingress = http01_ingress.solver_ingress(challenge_obj=obj, challenge=challenge,
-                                            solver=solver, data_plane=data_plane)
-    if _create_if_missing(store, ingress):
-        store.emit_event(obj=obj, type="Normal", reason="Presented",
-                         message=f"Created solver Ingress {ingress['metadata']['name']} "
-                         f"routing {url} to the data plane")
-
-
-def _create_if_missing(store: Store, dependent: Object) -> bool:
-    """True if this call created it."""
-    meta = dependent["metadata"]
-    if store.get(kind=dependent["kind"], namespace=meta["namespace"],
-                 name=meta["name"]) is not None:
-        return False
-    try:
-        store.create(obj=dependent)
-    except AlreadyExists:
-        return False
-    return True
-
-
-def _present_txt_record(
+def _present(
     store: Store,
     obj: Object,
     *,
     key: ObjectKey,
     challenge: Challenge,
-    issuer: Issuer,
+    solver: protocol.Solver,
     settings: Settings,
 ) -> Result | None:
-    """Write the TXT record unless this process already did; a Result means "stop here".
-
-    A restarted controller writes it again (providers make that a no-op),
-    which also brings back what cleanup on deletion needs.
-    """
-    if settings.dns01.presented(key) is not None:
-        return None
+    """Present the answer unless it already is; a Result means "stop here"."""
     status = obj.setdefault("status", {})
     try:
-        presented = settings.dns01.present(
-            key=key, store=store, issuer=issuer, challenge=challenge, now=settings.clock(),
-            cluster_resource_namespace=settings.accounts.cluster_resource_namespace)
-    except dns01_errors.Dns01Error as err:
+        presented = solver.present(store=store, obj=obj, challenge=challenge,
+                                   now=settings.clock())
+    except protocol.PresentFailed as err:
+        reason = f"Error presenting {challenge.type} challenge: {err}"
         if err.permanent:
-            return _finish(store, obj, state="invalid", settings=settings,
-                           reason=f"Error presenting DNS-01 challenge: {err}")
-        status.update(state="pending", reason=f"Error presenting DNS-01 challenge: {err}")
+            return _finish(store, obj, state="invalid", settings=settings, reason=reason)
+        status.update(state="pending", reason=reason)
         if reconciling.write_status(store, obj=obj):  # once per distinct failure
             store.emit_event(obj=obj, type="Warning", reason="PresentError", message=str(err))
         return Result.after(settings.next_delay(key))
+    if presented is None:
+        return None
     status.update(presented=True, processing=False, state="pending",
-                  reason=f"Presented: {presented.describe()}")
-    if reconciling.write_status(store, obj=obj):
+                  reason=f"Presented: {presented.description}")
+    if reconciling.write_status(store, obj=obj) and presented.announce:
         store.emit_event(obj=obj, type="Normal", reason="Presented",
-                         message=f"Presented challenge using DNS-01: {presented.describe()}")
+                         message=f"Presented challenge using {challenge.type}: "
+                         f"{presented.description}")
     return None
-
-
-def _self_check(challenge: Challenge, *, key: ObjectKey, settings: Settings) -> None:
-    """Raise SelfCheckFailed (HTTP-01) or NotVisible (DNS-01) until the CA would succeed."""
-    if challenge.type != "DNS-01":
-        settings.self_check(challenge)
-        return
-    presented = settings.dns01.presented(key)
-    assert presented is not None  # _present_txt_record ran first in this pass
-    settings.dns01.check(record=presented.record)
 
 
 def _wait_for_propagation(
@@ -277,18 +188,13 @@ def _wait_for_propagation(
     *,
     key: ObjectKey,
     challenge: Challenge,
-    error: Exception,
+    error: protocol.NotServed,
     settings: Settings,
 ) -> Result:
     """Record why the self-check failed, once per distinct failure, and look again soon;
-    a DNS-01 record still not served after the propagation timeout fails the challenge."""
-    presented = settings.dns01.presented(key) if challenge.type == "DNS-01" else None
-    if presented is not None:
-        waited = settings.clock() - presented.presented_at
-        if waited > settings.dns01.options.propagation_timeout:
-            return _finish(store, obj, state="invalid", settings=settings,
-                           reason=f"DNS-01 self-check failed after waiting"
-                           f" {int(waited.total_seconds())}s: {error}")
+    a solver that gave up waiting fails the challenge."""
+    if error.final:
+        return _finish(store, obj, state="invalid", settings=settings, reason=str(error))
     status = obj.setdefault("status", {})
     status["reason"] = f"Waiting for {challenge.type} challenge propagation: {error}"
     if reconciling.write_status(store, obj=obj):  # once per distinct failure
@@ -296,79 +202,52 @@ def _wait_for_propagation(
     return Result.after(settings.next_delay(key))
 
 
-def _remove_txt_record(store: Store, obj: Object, *, settings: Settings) -> None:
-    """Remove an ending DNS-01 challenge's record (also after a restart, from its spec).
+def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
+    """Take away what every solver presented for an ending challenge: what this process
+    holds, and, after a restart, what the Challenge's own solver presented (from its spec).
 
     A temporary failure raises TransientError so the challenge is not
-    recorded as ended before its record is gone; a permanent one (the
-    credentials were revoked meanwhile) is reported and given up on.
+    recorded as ended before its answer is gone; a permanent one is reported
+    and given up on.
     """
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    if spec.get("type") != "DNS-01" or not status.get("presented"):
-        return
     key = reconciling.key_of(obj)
-    rebuild_from = None
-    if settings.dns01.presented(key) is None:
+    challenge = None
+    if (obj.get("status") or {}).get("presented"):
         try:
             challenge = parsing.parse_challenge(obj)
         except InvalidObject:
-            return
-        issuer = acme_accounts.find_acme_issuer(
-            store=store, kind=challenge.issuer_ref.kind, name=challenge.issuer_ref.name,
-            namespace=challenge.namespace)
-        if issuer is None:
-            logger.warning("%s: cannot remove its TXT record: issuer %s is gone", key,
-                           challenge.issuer_ref.name)
-            return
-        rebuild_from = (store, issuer, challenge, settings.accounts.cluster_resource_namespace)
-    try:
-        removed = settings.dns01.cleanup(key=key, rebuild_from=rebuild_from)
-    except dns01_errors.Dns01Error as err:
-        if not err.permanent:
-            raise TransientError(f"{key}: removing the DNS-01 TXT record: {err}") from err
-        settings.dns01.forget(key)
-        store.emit_event(obj=obj, type="Warning", reason="CleanUpError",
-                         message=f"Could not remove the DNS-01 TXT record: {err}")
-        return
-    if removed is not None:
-        store.emit_event(obj=obj, type="Normal", reason="CleanedUp",
-                         message=f"Removed {removed.describe()}")
+            challenge = None
+    for solver in settings.solvers:
+        ours = challenge is not None and isinstance(challenge.solver.config, solver.config_type)
+        try:
+            removed = solver.clean_up(store=store, key=key,
+                                      challenge=challenge if ours else None)
+        except protocol.CleanUpFailed as err:
+            if not err.permanent:
+                raise TransientError(f"{key}: {err}") from err
+            store.emit_event(obj=obj, type="Warning", reason="CleanUpError", message=str(err))
+            continue
+        if removed is not None:
+            store.emit_event(obj=obj, type="Normal", reason="CleanedUp",
+                             message=f"Removed {removed}")
 
 
-def _remove_txt_record_of_deleted(*, key: ObjectKey, settings: Settings) -> Result:
-    """The Challenge is gone: remove what this process presented for it, retrying
-    temporary failures (nothing else will ever remove it)."""
-    try:
-        removed = settings.dns01.cleanup(key=key)
-    except dns01_errors.Dns01Error as err:
-        if not err.permanent:
-            logger.warning("%s was deleted; removing its DNS-01 TXT record failed, will retry:"
-                           " %s", key, err)
-            return Result.after(settings.next_delay(key))
-        settings.dns01.forget(key)
-        logger.warning("%s was deleted; could not remove its DNS-01 TXT record: %s", key, err)
-        settings.forget(key)
-        return Result.done()
-    if removed is not None:
-        logger.info("%s was deleted; removed %s", key, removed.describe())
+def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Result:
+    """The Challenge is gone (or ended): take away what this process presented for it,
+    retrying temporary failures (nothing else will ever remove it)."""
+    for solver in settings.solvers:
+        try:
+            removed = solver.clean_up(store=store, key=key, challenge=None)
+        except protocol.CleanUpFailed as err:
+            if not err.permanent:
+                logger.warning("%s ended; %s failed, will retry", key, err)
+                return Result.after(settings.next_delay(key))
+            logger.warning("%s ended: %s", key, err)
+            continue
+        if removed is not None:
+            logger.info("%s ended; removed %s", key, removed)
     settings.forget(key)
     return Result.done()
-
-
-def _clean_up(store: Store, *, key: ObjectKey, settings: Settings) -> None:
-    """Delete the solver objects of a finished or deleted challenge, and its token paths
-    from Ingresses it edited (`http01.ingress.name`); a no-op for what is absent."""
-    if settings.data_plane is None:
-        return
-    for ingress in store.list(kind="Ingress", namespace=key.namespace):
-        if (ingress["metadata"].get("labels") or {}).get(http01_ingress.CHALLENGE_LABEL):
-            continue  # a solver Ingress: deleted below
-        updated = http01_ingress.without_challenge_paths(ingress_obj=ingress, challenge=key)
-        if updated is not None:
-            store.replace(obj=updated)
-    for dependent in http01_ingress.solver_keys(key):
-        store.delete(kind=dependent.kind, namespace=dependent.namespace, name=dependent.name)
 
 
 def _finish(
@@ -376,8 +255,7 @@ def _finish(
 ) -> Result:
     key = reconciling.key_of(obj)
     settings.forget(key)
-    _clean_up(store, key=key, settings=settings)
-    _remove_txt_record(store, obj, settings=settings)
+    _clean_up_ending(store, obj, settings=settings)
     status = obj.setdefault("status", {})
     status.update(state=state, processing=False, reason=reason)
     reconciling.write_status(store, obj=obj)

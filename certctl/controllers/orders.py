@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from certctl.api import conditions
-from certctl.api.resources import Issuer, ObjectKey
-from certctl.controllers import acme_accounts, reconciling
+from certctl.api import conditions, parsing
+from certctl.api.resources import AcmeIssuer, AcmeSolver, Issuer, ObjectKey
+from certctl.controllers import reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.issuers.acme import client as acme_client
 from certctl.issuers.acme import errors as acme_errors
+from certctl.solvers import registry as solver_registry
 from certctl.solvers import selection
 from certctl.store.interface import AlreadyExists, Object, Store
 
@@ -100,16 +102,15 @@ def _step(
     store: Store,
     order: Object,
     *,
-    issuer: Issuer,
+    issuer: Issuer[AcmeIssuer],
     client: acme_client.AcmeClient,
     now: datetime.datetime,
 ) -> Result:
-    assert issuer.acme is not None
     status = order.setdefault("status", {})
     request_pem = base64.b64decode(order["spec"]["request"])
     if not status.get("url"):
         state = _new_order(store, order, client=client, request_pem=request_pem,
-                           profile=order["spec"].get("profile") or issuer.acme.profile)
+                           profile=order["spec"].get("profile") or issuer.spec.profile)
         status.update(url=state.url, finalizeURL=state.finalize_url, state=state.status,
                       authorizations=[{"url": url} for url in state.authorization_urls])
         reconciling.write_status(store, obj=order)  # the URL first, before anything can fail
@@ -129,7 +130,7 @@ def _step(
         return Result.after(_delay_until(state.retry_after, now=now, default=PROCESSING_POLL))
     if state.status == "valid" and state.certificate_url:
         chain = client.download_certificate(certificate_url=state.certificate_url,
-                                            preferred_chain=issuer.acme.preferred_chain)
+                                            preferred_chain=issuer.spec.preferred_chain)
         status["certificate"] = base64.b64encode(chain.encode()).decode()
         return _finish(store, order, state="valid", now=now, reason="")
     if state.status == "invalid":
@@ -171,7 +172,7 @@ def _present(
     store: Store,
     order: Object,
     *,
-    issuer: Issuer,
+    issuer: Issuer[AcmeIssuer],
     client: acme_client.AcmeClient,
     state: acme_client.OrderState,
     now: datetime.datetime,
@@ -180,9 +181,9 @@ def _present(
 
     An authorization recorded in status already has its Challenge (created
     before the status write), so only new ones are fetched: while challenges
-    run, each of their updates costs this reconciler one ACME request.
+    run, each of their updates costs this reconciler one ACME request. The
+    solver is chosen here, once: the Challenge carries a copy of it.
     """
-    assert issuer.acme is not None
     labels = order["metadata"].get("labels") or {}
     recorded = {a["url"]: a for a in (order.get("status") or {}).get("authorizations") or []
                 if "identifier" in a}
@@ -200,22 +201,22 @@ def _present(
         authorizations.append(record)
         if authorization.status != "pending":
             continue
-        chosen = selection.select_solver(issuer=issuer.acme, dns_name=dns_name, labels=labels)
-        offered = [c for c in authorization.challenges if c.type == chosen.challenge_type.lower()]
+        chosen = selection.select_solver(issuer=issuer.spec, dns_name=dns_name, labels=labels)
+        solver = solver_registry.solver_type(chosen.solver.config)
+        offered = [c for c in authorization.challenges
+                   if c.type == solver.challenge_type.lower()]
         token = offered[0].token if offered else None
         if token is None:
             return _finish(store, order, state="errored", now=now,
-                           reason=f"the ACME server offers no {chosen.challenge_type} challenge "
+                           reason=f"the ACME server offers no {solver.challenge_type} challenge "
                            f"for {dns_name}")
         challenge = offered[0]
         record["challenges"] = [{"type": challenge.type, "url": challenge.url,
                                  "token": challenge.token}]
-        # As in cert-manager, a DNS-01 Challenge's key is the TXT value itself.
-        key = (client.dns01_txt_value(token) if chosen.challenge_type == "DNS-01"
-               else client.key_authorization(token))
-        _ensure_challenge(store, order, issuer=issuer, dns_name=identifier,
+        _ensure_challenge(store, order, dns_name=identifier,
                           wildcard=authorization.wildcard, authorization_url=url,
-                          challenge=challenge, solver_index=chosen.index, key=key)
+                          challenge=challenge, solver=chosen.solver, solver_index=chosen.index,
+                          key=solver.challenge_key(client=client, token=token))
     failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
     if failed is not None:
         return _finish(store, order, state="errored", now=now, reason=failed)
@@ -230,11 +231,11 @@ def _ensure_challenge(
     store: Store,
     order: Object,
     *,
-    issuer: Issuer,
     dns_name: str,
     wildcard: bool,
     authorization_url: str,
     challenge: acme_client.ChallengeState,
+    solver: AcmeSolver,
     solver_index: int,
     key: str,
 ) -> None:
@@ -260,6 +261,7 @@ def _ensure_challenge(
             "token": challenge.token,
             "key": key,
             "issuerRef": order["spec"]["issuerRef"],
+            "solver": parsing.solver_spec(solver),
             "solverIndex": solver_index,
         },
     }
@@ -375,9 +377,10 @@ def _replace_forgotten(
 def _delete_challenges(store: Store, order: Object) -> None:
     """Challenges end with their order, succeeded or failed (their cleanup runs on delete).
 
-    Except a DNS-01 Challenge whose TXT record is out there: what a provider
-    needs to remove a record lives only in the process that wrote it, so
-    deleted by a restarted certctl the record would stay behind. Such a
+    Except a Challenge whose answer is out there and whose solver
+    `ends_with_its_challenge` (DNS-01: what a provider needs to remove a
+    record lives only in the process that wrote it, so deleted by a
+    restarted certctl the record would stay behind). Such a
     Challenge ends itself when it sees its Order ended (or hears the CA's
     verdict), removing the record; that status change wakes this reconciler,
     which deletes it then.
@@ -389,14 +392,14 @@ def _delete_challenges(store: Store, order: Object) -> None:
         name = _challenge_name(order, authorization_url=authorization["url"])
         challenge = store.get(kind="Challenge", namespace=namespace, name=name)
         if (challenge is None or not reconciling.is_owned_by(challenge, order)
-                or _txt_record_out_there(challenge)):
+                or _answer_out_there(challenge)):
             continue
         store.delete(kind="Challenge", namespace=namespace, name=name)
 
 
-def _txt_record_out_there(challenge: Object) -> bool:
+def _answer_out_there(challenge: Object) -> bool:
     status = challenge.get("status") or {}
-    return ((challenge.get("spec") or {}).get("type") == "DNS-01"
+    return (solver_registry.ends_with_its_challenge((challenge.get("spec") or {}).get("type"))
             and bool(status.get("presented"))
             and status.get("state") not in ("valid", "invalid"))
 

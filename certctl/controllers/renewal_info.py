@@ -29,8 +29,8 @@ from cryptography import x509
 
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
-from certctl.api.resources import Issuer
-from certctl.controllers import acme_accounts
+from certctl.api.resources import Issuer, IssuerSpec
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.issuers.acme import ari
 from certctl.issuers.acme import errors as acme_errors
 from certctl.pki import renewal
@@ -72,7 +72,7 @@ def refresh(
     store: Store,
     obj: Object,
     *,
-    issuer: Issuer,
+    issuer: Issuer[IssuerSpec],
     secret: Mapping[str, Any] | None,
     leaf: x509.Certificate | None,
     accounts: acme_accounts.AcmeAccounts | None,
@@ -86,7 +86,8 @@ def refresh(
     """
     status = obj.setdefault("status", {})
     known = stored_window(status)
-    if accounts is None or issuer.acme is None or leaf is None or secret is None:
+    acme = acme_accounts.acme_issuer(issuer)
+    if accounts is None or acme is None or leaf is None or secret is None:
         return known
     if leaf.not_valid_after_utc <= now or not issued_by(secret=secret, issuer=issuer):
         return known
@@ -98,7 +99,7 @@ def refresh(
     if same and due is not None and now < due:
         return known
     try:
-        client = accounts.client(store=store, issuer=issuer)
+        client = accounts.client(store=store, issuer=acme)
         if not client.offers_renewal_info():
             (status.get("acme") or {}).pop("ari", None)
             if not status.get("acme"):
@@ -153,7 +154,7 @@ def _failed_recheck(err: Exception) -> datetime.timedelta:
     return min(max(wait, MINIMUM_RECHECK), MAXIMUM_RECHECK)
 
 
-def issued_by(*, secret: Mapping[str, Any], issuer: Issuer) -> bool:
+def issued_by(*, secret: Mapping[str, Any], issuer: Issuer[IssuerSpec]) -> bool:
     """Whether certctl wrote the Secret from this issuer: only its CA knows the certificate."""
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     return (annotations.get(annotation_keys.SECRET_ISSUER_NAME) == issuer.name

@@ -6,22 +6,27 @@ private key, and `ca.crt` (optional) the root. Issued Secrets get the leaf and
 any intermediates in `tls.crt` and the root in `ca.crt`, so
 `openssl verify -CAfile ca.crt -untrusted tls.crt tls.crt` succeeds.
 
-No I/O here: the caller reads the Secret and passes the object.
+The issuer type (`protocol.IssuerType`) reads the Secret through the store
+(in the issuer's namespace, or the cluster resource namespace for a
+ClusterIssuer); `load_key_pair` and `sign` below do no I/O.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certctl.issuers import issued
+from certctl.api import parsing
+from certctl.api.resources import CaIssuer, Issuer, IssuerSpec
+from certctl.issuers import issued, protocol
 from certctl.pki import inspect, keys, selfsigned
 from certctl.pki import secret as tls_secret
+from certctl.store.interface import Store
 
 # cert-manager's reasons for a CA issuer that cannot sign, so users find them.
 ProblemReason = Literal["ErrGetKeyPair", "ErrInvalidKeyPair"]
@@ -112,3 +117,53 @@ def sign(
 
 def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+# --- the issuer type -------------------------------------------------------------------
+
+secret_paths: Sequence[tuple[str, ...]] = (("spec", "ca", "secretName"),)
+
+
+def order_server(issuer: Issuer[IssuerSpec]) -> None:
+    return None  # signs in-process
+
+
+def readiness(
+    *, store: Store, issuer: Issuer[IssuerSpec], now: datetime.datetime,
+    env: protocol.Environment,
+) -> protocol.Readiness:
+    """Ready while the key pair can sign; looked at again when the CA certificate expires."""
+    try:
+        key_pair = _key_pair(store=store, issuer=issuer, now=now, env=env)
+    except KeyPairProblem as err:
+        return protocol.Readiness(ready=False, reason=err.reason, message=err.message,
+                                  retry=True)
+    return protocol.Readiness(
+        ready=True, reason="KeyPairVerified", message="Signing CA verified",
+        look_again=(key_pair.certificate.not_valid_after_utc - now).total_seconds())
+
+
+refuse = protocol.refuses_nothing
+
+
+def issue(
+    *, store: Store, issuer: Issuer[IssuerSpec], request: protocol.Request,
+    env: protocol.Environment,
+) -> protocol.Issued:
+    try:
+        key_pair = _key_pair(store=store, issuer=issuer, now=request.now, env=env)
+    except KeyPairProblem as err:
+        raise protocol.CannotIssue(f"{issuer.kind} {issuer.name}: {err.message}") from err
+    signed = sign(key_pair=key_pair, csr_pem=request.csr_pem, now=request.now,
+                  duration=request.certificate.duration or parsing.DEFAULT_DURATION)
+    return protocol.Issued(certificate=signed, how=f"signed by {issuer.kind} {issuer.name}")
+
+
+def _key_pair(
+    *, store: Store, issuer: Issuer[IssuerSpec], now: datetime.datetime,
+    env: protocol.Environment,
+) -> KeyPair:
+    secret_name = cast(CaIssuer, issuer.spec).secret_name
+    namespace = issuer.namespace or env.cluster_resource_namespace
+    return load_key_pair(secret=store.get(kind="Secret", namespace=namespace, name=secret_name),
+                         namespace=namespace, name=secret_name, now=now)

@@ -7,7 +7,7 @@ cert-manager's rules, in order of preference:
    (more labels matched wins);
 4. a solver with no selector at all.
 Ties keep the order of `solvers[]`. Wildcard names can only be proven with
-DNS-01, so HTTP-01 solvers never match them.
+DNS-01, so solvers of a type that cannot prove them (HTTP-01) never match them.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from certctl.api.resources import AcmeIssuer, AcmeSolver
+from certctl.solvers import registry
 
 
 @dataclass(frozen=True, kw_only=True)
 class SelectedSolver:
     index: int
     solver: AcmeSolver
-
-    @property
-    def challenge_type(self) -> str:
-        return "HTTP-01" if self.solver.http01 is not None else "DNS-01"
 
 
 class NoSolver(ValueError):
@@ -39,7 +36,7 @@ def select_solver(
     base_name = dns_name[2:] if wildcard else dns_name
     best: tuple[tuple[int, int], int] | None = None
     for index, solver in enumerate(issuer.solvers):
-        if wildcard and solver.http01 is not None:
+        if wildcard and not _proves_wildcards(solver):
             continue
         score = _score(solver=solver, dns_name=dns_name, base_name=base_name, labels=labels)
         if score is None:
@@ -47,13 +44,17 @@ def select_solver(
         if best is None or score > best[0]:
             best = (score, index)
     if best is None:
-        if wildcard and any(s.http01 is not None for s in issuer.solvers):
+        if wildcard and not all(_proves_wildcards(s) for s in issuer.solvers):
             raise NoSolver(
                 f"{dns_name}: wildcard names need a DNS-01 solver; "
                 "the issuer only has HTTP-01 solvers that could match"
             )
         raise NoSolver(f"{dns_name}: no solver of the issuer matches this name")
     return SelectedSolver(index=best[1], solver=issuer.solvers[best[1]])
+
+
+def _proves_wildcards(solver: AcmeSolver) -> bool:
+    return registry.solver_type(solver.config).proves_wildcards
 
 
 def _score(

@@ -1,13 +1,15 @@
-"""DNS-01 for the Challenge reconciler: which provider, where the record goes, check, clean up.
+"""The DNS-01 solver (`solvers.protocol.Solver`): provider, where the record goes, check, clean up.
 
 The reconciler decides when each step runs (present once, self-check until
 the value is served, accept, clean up when the challenge ends); this module
-does the DNS-01 part of each step. It keeps one piece of state: what this
-process presented for which Challenge, with the provider built for it, so
-that the record of a deleted Challenge is still removed although the
-Challenge (and maybe its issuer) is gone. The state is in memory: a record
-whose Challenge is deleted while certctl is stopped stays behind (a
-Challenge that still exists is cleaned up from its own spec after a restart).
+does the DNS-01 part of each step, with the provider and configuration the
+Challenge carries (`spec.solver.dns01`, copied from the issuer when the
+Challenge was created). It keeps one piece of state: what this process
+presented for which Challenge, with the provider built for it, so that the
+record of a deleted Challenge is still removed although the Challenge is
+gone. The state is in memory: a record whose Challenge is deleted while
+certctl is stopped stays behind (a Challenge that still exists is cleaned up
+from its own spec after a restart).
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from certctl.api.resources import Challenge, Issuer, ObjectKey
+from certctl.api.resources import (
+    Challenge,
+    ChallengeType,
+    Dns01ProviderSolver,
+    ObjectKey,
+    SolverConfig,
+)
+from certctl.issuers.acme import client as acme_client
+from certctl.solvers import protocol
 from certctl.solvers.dns01 import config, credentials, errors, lookup, propagation, registry
 from certctl.solvers.dns01.provider import Provider, ProviderContext, TxtRecord
-from certctl.store.interface import Store
+from certctl.store.interface import Object, Store
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +85,89 @@ def challenge_fqdn(challenge: Challenge) -> str:
 
 
 class Dns01Solver:
-    """Thread-safe; one per controller process (`challenges.Settings.dns01`)."""
+    """Thread-safe; one per controller process."""
 
-    def __init__(self, *, options: Options | None = None) -> None:
+    config_type: type = Dns01ProviderSolver
+    challenge_type: ChallengeType = "DNS-01"
+    ends_with_its_challenge = True
+    proves_wildcards = True
+
+    def __init__(self, *, cluster_resource_namespace: str, options: Options | None = None) -> None:
         self.options = options or Options()
+        # Where a ClusterIssuer's provider Secrets live, as in cert-manager.
+        self.cluster_resource_namespace = cluster_resource_namespace
         self.dns = lookup.DnsLookup(nameservers=self.options.recursive_nameservers,
                                     timeout=self.options.query_timeout)
         self._presented: dict[ObjectKey, Presented] = {}
         self._lock = threading.Lock()
+
+    # --- the Solver protocol ---------------------------------------------------------
+
+    @staticmethod
+    def configuration_problem(config: SolverConfig) -> str | None:
+        """A provider nobody registered is refused before any order is placed."""
+        if not isinstance(config, Dns01ProviderSolver):
+            return f"not a DNS-01 solver: {type(config).__name__}"
+        try:
+            registry.find_factory(config.provider)
+        except errors.Dns01Error as err:
+            return f"dns01: {err}"
+        return None
+
+    @staticmethod
+    def challenge_key(*, client: acme_client.AcmeClient, token: str) -> str:
+        # As in cert-manager, a DNS-01 Challenge's key is the TXT value itself.
+        return client.dns01_txt_value(token)
+
+    def present(
+        self, *, store: Store, obj: Object, challenge: Challenge, now: datetime.datetime
+    ) -> protocol.Presented | None:
+        """Write the TXT record unless this process already did.
+
+        A restarted controller writes it again (providers make that a no-op),
+        which also brings back what cleanup on deletion needs.
+        """
+        if self.presented(challenge.key_ref) is not None:
+            return None
+        try:
+            presented = self.present_record(store=store, challenge=challenge, now=now)
+        except errors.Dns01Error as err:
+            raise protocol.PresentFailed(str(err), permanent=err.permanent) from err
+        return protocol.Presented(description=presented.describe(), announce=True)
+
+    def check(self, *, challenge: Challenge, now: datetime.datetime) -> None:
+        """Fails for good once the record was not served for the propagation timeout."""
+        presented = self.presented(challenge.key_ref)
+        if presented is None:
+            raise protocol.NotServed("no TXT record presented by this process yet")
+        try:
+            self.check_record(record=presented.record)
+        except propagation.NotVisible as err:
+            waited = now - presented.presented_at
+            if waited > self.options.propagation_timeout:
+                raise protocol.NotServed(f"DNS-01 self-check failed after waiting"
+                                         f" {int(waited.total_seconds())}s: {err}",
+                                         final=True) from err
+            raise protocol.NotServed(str(err)) from err
+
+    def clean_up(
+        self, *, store: Store, key: ObjectKey, challenge: Challenge | None
+    ) -> str | None:
+        """A temporary failure keeps the record remembered, so a later call can try again; a
+        permanent one (the credentials were revoked meanwhile) gives up on it."""
+        try:
+            removed = self.remove_record(
+                key=key, rebuild_from=(store, challenge) if challenge is not None else None)
+        except errors.Dns01Error as err:
+            if not err.permanent:
+                raise protocol.CleanUpFailed(f"removing the DNS-01 TXT record: {err}",
+                                             permanent=False) from err
+            self.forget(key)
+            raise protocol.CleanUpFailed(f"Could not remove the DNS-01 TXT record: {err}",
+                                         permanent=True) from err
+        return removed.describe() if removed is not None else None
+
+    # --- the steps ---------------------------------------------------------------------
 
     def txt_record(self, *, challenge: Challenge) -> TxtRecord:
         """Where the challenge's TXT value goes: CNAMEs followed, then the zone found."""
@@ -90,50 +175,45 @@ class Dns01Solver:
         return TxtRecord(dns_name=challenge.dns_name, wildcard=challenge.wildcard, fqdn=fqdn,
                          zone=self.dns.find_zone(fqdn), value=challenge.key)
 
-    def provider_for(
-        self, *, store: Store, issuer: Issuer, solver_index: int, cluster_resource_namespace: str
-    ) -> tuple[str, Provider]:
-        """The provider of `solvers[solver_index]`, built with its config and Secrets."""
-        assert issuer.acme is not None
-        solvers = issuer.acme.solvers
-        at = f"spec.acme.solvers[{solver_index}]"
-        solver = solvers[solver_index] if solver_index < len(solvers) else None
-        if solver is None or solver.dns01_provider is None:
-            raise errors.ConfigError(f"{issuer.key}: {at} is not a DNS-01 solver (the issuer"
-                                     " changed since the challenge was created)")
-        name = solver.dns01_provider
-        namespace = issuer.namespace or cluster_resource_namespace
+    def provider_for(self, *, store: Store, challenge: Challenge) -> tuple[str, Provider]:
+        """The provider of the Challenge's solver, built with its config and Secrets.
+
+        Errors name the issuer's field the configuration was copied from: that
+        is where it is fixed.
+        """
+        solver = challenge.solver.config
+        ref = challenge.issuer_ref
+        namespaced = ref.kind == "Issuer"
+        issuer = ObjectKey(kind=ref.kind, namespace=challenge.namespace if namespaced else None,
+                           name=ref.name)
+        if not isinstance(solver, Dns01ProviderSolver):
+            raise errors.ConfigError(f"{issuer}: {challenge.key_ref} has no DNS-01 solver")
+        name = solver.provider
+        at = f"spec.acme.solvers[{challenge.solver_index}]"
         context = ProviderContext(
-            secrets=credentials.SecretReader(store=store, namespace=namespace),
+            secrets=credentials.SecretReader(
+                store=store,
+                namespace=challenge.namespace if namespaced else self.cluster_resource_namespace),
             dns=self.dns,
-            allow_ambient_credentials=(self.options.issuer_ambient_credentials
-                                       if issuer.namespace else
-                                       self.options.cluster_issuer_ambient_credentials),
+            allow_ambient_credentials=(self.options.issuer_ambient_credentials if namespaced
+                                       else self.options.cluster_issuer_ambient_credentials),
             api_endpoints=self.options.api_endpoints,
             timeout=self.options.api_timeout,
         )
-        provider_config = config.ProviderConfig(dict(solver.dns01_config),
-                                                path=f"{at}.dns01.{name}")
+        provider_config = config.ProviderConfig(dict(solver.config), path=f"{at}.dns01.{name}")
         try:
             factory = registry.find_factory(name)
             return name, factory(config=provider_config, context=context)
         except errors.Dns01Error as err:
             named = copy.copy(err)  # same kind (a plugin's own subclass too), issuer named
-            named.args = (f"{issuer.key}: {err}",)
+            named.args = (f"{issuer}: {err}",)
             raise named from err
         except Exception as err:  # a plugin's bug must read as a failed challenge, not a crash
-            raise errors.ConfigError(f"{issuer.key}: the {name} provider failed to start:"
+            raise errors.ConfigError(f"{issuer}: the {name} provider failed to start:"
                                      f" {type(err).__name__}: {err}") from err
 
-    def present(
-        self,
-        *,
-        key: ObjectKey,
-        store: Store,
-        issuer: Issuer,
-        challenge: Challenge,
-        cluster_resource_namespace: str,
-        now: datetime.datetime,
+    def present_record(
+        self, *, store: Store, challenge: Challenge, now: datetime.datetime
     ) -> Presented:
         """Write the challenge's TXT value; raises `errors.Dns01Error`.
 
@@ -142,9 +222,8 @@ class Dns01Solver:
         cleanup, unconfirmed (`presented()` does not return it, so the
         caller presents again); a refused one wrote nothing.
         """
-        name, provider = self.provider_for(store=store, issuer=issuer,
-                                           solver_index=challenge.solver_index,
-                                           cluster_resource_namespace=cluster_resource_namespace)
+        key = challenge.key_ref
+        name, provider = self.provider_for(store=store, challenge=challenge)
         with self._lock:
             earlier = self._presented.get(key)
         presented = Presented(provider_name=name, provider=provider,
@@ -160,7 +239,7 @@ class Dns01Solver:
         self._remember(key, confirmed)
         return confirmed
 
-    def check(self, *, record: TxtRecord) -> None:
+    def check_record(self, *, record: TxtRecord) -> None:
         """Raise `propagation.NotVisible` unless the value is served where the CA will look."""
         propagation.check_txt_visible(
             dns=self.dns, fqdn=record.fqdn, zone=record.zone, value=record.value,
@@ -173,26 +252,21 @@ class Dns01Solver:
             found = self._presented.get(key)
         return found if found is not None and found.confirmed else None
 
-    def cleanup(
-        self,
-        *,
-        key: ObjectKey,
-        rebuild_from: tuple[Store, Issuer, Challenge, str] | None = None,
+    def remove_record(
+        self, *, key: ObjectKey, rebuild_from: tuple[Store, Challenge] | None = None
     ) -> Presented | None:
         """Remove the record presented for `key`; returns what was removed, if anything.
 
-        Uses what this process presented; `rebuild_from` (store, issuer,
-        challenge, cluster resource namespace) rebuilds it after a restart.
-        Raises `errors.Dns01Error`; the record is then still remembered, so
-        a later call can try again.
+        Uses what this process presented; `rebuild_from` (the store holding the
+        provider's Secrets, and the Challenge that presented it) rebuilds it
+        after a restart. Raises `errors.Dns01Error`; the record is then still
+        remembered, so a later call can try again.
         """
         with self._lock:
             presented = self._presented.get(key)
         if presented is None and rebuild_from is not None:
-            store, issuer, challenge, namespace = rebuild_from
-            name, provider = self.provider_for(store=store, issuer=issuer,
-                                               solver_index=challenge.solver_index,
-                                               cluster_resource_namespace=namespace)
+            store, challenge = rebuild_from
+            name, provider = self.provider_for(store=store, challenge=challenge)
             presented = Presented(provider_name=name, provider=provider,
                                   record=self.txt_record(challenge=challenge),
                                   presented_at=datetime.datetime.now(datetime.UTC))

@@ -12,12 +12,13 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import requests
 
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
-from certctl.api.resources import AcmeIssuer, Issuer, PrivateKeySpec
+from certctl.api.resources import AcmeIssuer, Issuer, IssuerSpec, PrivateKeySpec
 from certctl.issuers.acme import client as acme_client
 from certctl.pki import keys
 from certctl.store.interface import AlreadyExists, Object, Store
@@ -32,10 +33,11 @@ class AccountKeyRef:
     field: str
 
 
-def account_key_ref(*, issuer: Issuer, cluster_resource_namespace: str) -> AccountKeyRef:
+def account_key_ref(
+    *, issuer: Issuer[AcmeIssuer], cluster_resource_namespace: str
+) -> AccountKeyRef:
     """A ClusterIssuer's Secrets live in the cluster resource namespace, as in cert-manager."""
-    assert issuer.acme is not None
-    ref = issuer.acme.private_key_secret_ref
+    ref = issuer.spec.private_key_secret_ref
     namespace = issuer.namespace or cluster_resource_namespace
     return AccountKeyRef(namespace=namespace, name=ref.name, field=ref.key or DEFAULT_KEY_FIELD)
 
@@ -81,7 +83,7 @@ def ensure_account_key(*, store: Store, ref: AccountKeyRef) -> bytes:
 
 
 def external_account_key(
-    *, store: Store, issuer: Issuer, cluster_resource_namespace: str
+    *, store: Store, issuer: Issuer[AcmeIssuer], cluster_resource_namespace: str
 ) -> acme_client.ExternalAccountKey | None:
     """The issuer's EAB key ID and HMAC key, or None when it binds no external account.
 
@@ -89,8 +91,7 @@ def external_account_key(
     namespace for a ClusterIssuer). Raises LookupError naming the Secret and
     field when either is missing; the key itself is never in a message.
     """
-    assert issuer.acme is not None
-    binding = issuer.acme.external_account_binding
+    binding = issuer.spec.external_account_binding
     if binding is None:
         return None
     ref = binding.key_secret_ref
@@ -114,9 +115,14 @@ def external_account_key(
     return acme_client.ExternalAccountKey(key_id=binding.key_id, hmac_key=hmac_key)
 
 
+def acme_issuer(issuer: Issuer[IssuerSpec]) -> Issuer[AcmeIssuer] | None:
+    """`issuer` typed as the ACME issuer it is, or None when it is of another type."""
+    return cast(Issuer[AcmeIssuer], issuer) if isinstance(issuer.spec, AcmeIssuer) else None
+
+
 def find_acme_issuer(
     *, store: Store, kind: str, name: str, namespace: str
-) -> Issuer | None:
+) -> Issuer[AcmeIssuer] | None:
     """The ACME issuer an Order or Challenge refers to, or None if missing or invalid."""
     obj = store.get(kind=kind, namespace=None if kind == "ClusterIssuer" else namespace,
                     name=name)
@@ -126,7 +132,7 @@ def find_acme_issuer(
         issuer = parsing.parse_issuer(obj)
     except InvalidObject:
         return None
-    return issuer if issuer.acme is not None else None
+    return acme_issuer(issuer)
 
 
 class AcmeAccounts:
@@ -145,7 +151,7 @@ class AcmeAccounts:
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, str, bool], acme_client.AcmeClient] = {}
 
-    def client(self, *, store: Store, issuer: Issuer) -> acme_client.AcmeClient:
+    def client(self, *, store: Store, issuer: Issuer[AcmeIssuer]) -> acme_client.AcmeClient:
         """The registered client for an issuer whose account key exists.
 
         Registers on first use in this process (registration is idempotent:
@@ -154,19 +160,18 @@ class AcmeAccounts:
         EAB Secret) is missing: the issuer reconciler has not run yet or the
         Secret was deleted.
         """
-        assert issuer.acme is not None
         ref = account_key_ref(issuer=issuer, cluster_resource_namespace=self.
                               cluster_resource_namespace)
         key_pem = read_account_key(store=store, ref=ref)
         if key_pem is None:
             raise LookupError(f"ACME account key Secret {ref.namespace}/{ref.name} "
                               f"(field {ref.field}) not found")
-        found = self.client_for_key(acme=issuer.acme, account_key_pem=key_pem)
+        found = self.client_for_key(acme=issuer.spec, account_key_pem=key_pem)
         if found.account_uri is None:
             self._register(found, store=store, issuer=issuer)
         return found
 
-    def register_again(self, *, store: Store, issuer: Issuer) -> None:
+    def register_again(self, *, store: Store, issuer: Issuer[AcmeIssuer]) -> None:
         """Register the issuer's account anew.
 
         For after `AccountDoesNotExist`: the server forgot the account (a
@@ -176,9 +181,10 @@ class AcmeAccounts:
         """
         self._register(self.client(store=store, issuer=issuer), store=store, issuer=issuer)
 
-    def _register(self, found: acme_client.AcmeClient, *, store: Store, issuer: Issuer) -> None:
-        assert issuer.acme is not None
-        found.register(email=issuer.acme.email, external_account=external_account_key(
+    def _register(
+        self, found: acme_client.AcmeClient, *, store: Store, issuer: Issuer[AcmeIssuer]
+    ) -> None:
+        found.register(email=issuer.spec.email, external_account=external_account_key(
             store=store, issuer=issuer, cluster_resource_namespace=self.cluster_resource_namespace))
 
     def client_for_key(

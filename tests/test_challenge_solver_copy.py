@@ -1,0 +1,134 @@
+"""A Challenge keeps the solver it was created with: editing the issuer does not change it.
+
+The Challenge reconciler runs against a real BIND (TSIG-signed updates) and a
+local store; the ACME server is never reached (the issuer's account does not
+exist, so each pass stops before asking it), which is where a DNS-01
+challenge waits anyway while its record propagates.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from certctl.api import parsing
+from certctl.api.resources import AcmeIssuer, ObjectKey
+from certctl.controllers import challenges, reconciling
+from certctl.issuers.acme import accounts as acme_accounts
+from certctl.runtime import dispatch
+from certctl.solvers.dns01 import lookup
+from certctl.solvers.dns01 import solver as dns01_solver
+from certctl.store.interface import Object
+from tests.bind import BindServer
+from tests.lifecycle import RecordingStore
+
+NAME = "www.example.test"
+RECORD = f"_acme-challenge.{NAME}."
+
+
+@pytest.fixture
+def bind(tmp_path: Path) -> Iterator[BindServer]:
+    with BindServer.start(tmp_path=tmp_path, zones=("example.test",)) as server:
+        yield server
+
+
+def _settings(bind: BindServer) -> challenges.Settings:
+    """A controller process's Challenge settings; a new call is a restarted process."""
+    return dispatch.controller_settings(
+        clock=reconciling.system_clock,
+        accounts=acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl"),
+        backoff_base=datetime.timedelta(hours=1),
+        self_check=challenges.self_check_for(port=80, connect_address=None),
+        dns01=dns01_solver.Options(
+            recursive_nameservers=(lookup.parse_nameserver(bind.nameserver),),
+            recursive_nameservers_only=True, query_timeout=1.0),
+        order_budget=None).challenges
+
+
+def _issuer(bind: BindServer) -> Object:
+    return {
+        "apiVersion": "certctl.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "dns"},
+        "spec": {"acme": {
+            "server": "https://acme.example.test/dir",
+            "privateKeySecretRef": {"name": "account"},
+            "solvers": [{"dns01": {"rfc2136": {
+                "nameserver": bind.nameserver, "tsigKeyName": bind.tsig_key_name,
+                "tsigAlgorithm": "hmac-sha256",
+                "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}}}],
+        }},
+    }
+
+
+def _replace_solver_by_http01(issuer: Object) -> None:
+    issuer["spec"]["acme"]["solvers"] = [{"http01": {"ingress": {"ingressClassName": "x"}}}]
+
+
+def _point_tsig_at_a_missing_secret(issuer: Object) -> None:
+    issuer["spec"]["acme"]["solvers"][0]["dns01"]["rfc2136"]["tsigSecretSecretRef"] = {
+        "name": "rotated-tsig", "key": "secret"}
+
+
+def _order_and_challenge(store: RecordingStore) -> ObjectKey:
+    """An Order and the DNS-01 Challenge orders.py creates for it, solver copied in."""
+    order = store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Order",
+        "metadata": {"name": "web-1", "namespace": "default"},
+        "spec": {"request": "", "issuerRef": {"name": "dns", "kind": "ClusterIssuer"}},
+    })
+    issuer_obj = store.get(kind="ClusterIssuer", namespace=None, name="dns")
+    assert issuer_obj is not None
+    issuer = parsing.parse_issuer(issuer_obj)
+    assert isinstance(issuer.spec, AcmeIssuer)
+    store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Challenge",
+        "metadata": {"name": "web-1-abc", "namespace": "default",
+                     "ownerReferences": [reconciling.owner_reference(order)]},
+        "spec": {"url": "https://acme.example.test/chall/1",
+                 "authorizationURL": "https://acme.example.test/authz/1", "dnsName": NAME,
+                 "wildcard": False, "type": "DNS-01", "token": "tok", "key": "txt-value",
+                 "issuerRef": {"name": "dns", "kind": "ClusterIssuer"},
+                 "solver": parsing.solver_spec(issuer.spec.solvers[0]), "solverIndex": 0},
+    })
+    return ObjectKey(kind="Challenge", namespace="default", name="web-1-abc")
+
+
+@pytest.mark.parametrize("edit", [_replace_solver_by_http01, _point_tsig_at_a_missing_secret])
+def test_editing_the_issuers_solver_mid_challenge_cleans_up_with_the_original_config(
+    bind: BindServer, tmp_path: Path, edit: Callable[[Object], None]
+) -> None:
+    store = RecordingStore(state_dir=tmp_path / "state")
+    store.create(obj={"apiVersion": "v1", "kind": "Secret",
+                      "metadata": {"name": "tsig", "namespace": "certctl"},
+                      "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}})
+    store.create(obj=_issuer(bind))
+    key = _order_and_challenge(store)
+
+    with pytest.raises(reconciling.TransientError, match="account key"):
+        challenges.reconcile(store=store, key=key, settings=_settings(bind))
+    assert bind.txt_values(RECORD) == {"txt-value"}, "presented with the issuer's solver"
+
+    issuer = store.get(kind="ClusterIssuer", namespace=None, name="dns")
+    assert issuer is not None
+    edit(issuer)
+    store.replace(obj=issuer)
+    order = store.get(kind="Order", namespace="default", name="web-1")
+    assert order is not None
+    order["status"] = {"state": "invalid"}
+    store.replace_status(obj=order)
+
+    # A restarted controller: only the Challenge says where the record is and how to reach it.
+    challenges.reconcile(store=store, key=key, settings=_settings(bind))
+
+    assert bind.txt_values(RECORD) == set(), "removed with the solver the challenge started with"
+    challenge = store.get(kind="Challenge", namespace="default", name="web-1-abc")
+    assert challenge is not None
+    assert challenge["status"]["state"] == "invalid"
+    assert challenge["status"]["reason"] == "Its Order is invalid: the challenge ends with it"
+    warnings = [reason for _, type, reason, _ in store.events if type == "Warning"]
+    assert warnings == ["Failed"], "no CleanUpError: the record's provider was still reachable"
+    assert any(reason == "CleanedUp" and RECORD in message
+               for _, _, reason, message in store.events)
