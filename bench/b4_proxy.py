@@ -3,11 +3,15 @@
 Both proxies terminate TLS for the same certificate and forward every request
 to the same backend (a second nginx answering `return 200`) over kept-alive
 upstream connections; wrk drives each in turn with the same keep-alive load.
+certctl runs twice: once routing by an Ingress, once by an HTTPRoute attached to
+an HTTPS listener of a Gateway (the same backend Service, the route table built
+by the Gateway API route source as the data plane feed builds it).
 The rounds interleave the servers. Reported per server: median requests/s,
 latency percentiles, server CPU per 1,000 requests and RSS, and the ratio to
 nginx (DESIGN.md target: >= 0.5 x nginx).
 
     python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--write-results]
+    python -m bench.b4_proxy serve-httproute ...   (the HTTPRoute server, started by the above)
 
 Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
 `apt-get install -y nginx-light wrk`.
@@ -16,19 +20,31 @@ Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import uvloop
 
 from bench import b3_peers, reporting
+from certctl.api import gateway as gateway_api
+from certctl.api import resources
+from certctl.dataplane import certstore, routing, server
+from certctl.routes import gateway as gateway_routes
 from tests.pebble import free_port
 
 NAME = "b4.bench.test"
+HTTPROUTE_LABEL = "certctl (HTTPRoute)"
+_NAMESPACE = "bench"
 
 
 @dataclass
@@ -42,6 +58,9 @@ class Samples:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve-httproute"]:
+        return serve_httproute(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.b4_proxy", description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -57,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs = work / "certs"
     b3_peers.make_certificates(certs, [NAME])
     backend_port, nginx_port = free_port(), free_port()
-    servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer] = {}
+    servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer | HTTPRouteServer] = {}
     backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
         f"  server {{ listen 127.0.0.1:{backend_port}; "
         'location / { return 200 "hello from the backend\\n"; } }'
@@ -82,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 certs=certs, names=[NAME], https_port=free_port(),
                 http_port=free_port(), backend_port=backend_port, loop=loop,
             ).start(log=work / f"{loop}.log")
+        servers[HTTPROUTE_LABEL] = HTTPRouteServer(
+            certs=certs, https_port=free_port(), http_port=free_port(),
+            backend_port=backend_port).start(log=work / "httproute.log")
         ports = {
             label: (nginx_port if isinstance(srv, b3_peers.Nginx) else srv.https_port)
             for label, srv in servers.items()
@@ -147,10 +169,114 @@ def results_section(
         "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Both proxies: TLS 1.2/1.3 with the same ECDSA P-256 certificate, forward to one "
         "backend (nginx, 1 worker, `return 200`, 23-byte body) over kept-alive upstream "
-        "connections, set Host and X-Forwarded-*; nginx has 1 worker. wrk, both proxies and "
-        "the backend share the machine's 2 cores.\n\n"
+        "connections, set Host and X-Forwarded-*; nginx has 1 worker. certctl routes by an "
+        f"Ingress; `{HTTPROUTE_LABEL}` is the same data plane routing by an HTTPRoute "
+        "(PathPrefix `/`, one backendRef) attached to a Gateway's HTTPS listener. wrk, the "
+        "proxies and the backend share the machine's 2 cores.\n\n"
         "Machine:\n\n" + b3_peers.machine_table()
     )
+
+
+# --- the HTTPRoute server ---------------------------------------------------------------
+
+
+def httproute_table(*, names: Sequence[str], backend_port: int) -> routing.RouteTable:
+    """The route table of a Gateway with an HTTPS listener per name and one HTTPRoute to the
+    backend Service, compiled by the Gateway API route source; ValueError if the route did
+    not attach (the bench would measure 404s)."""
+    api = gateway_api.API_VERSION
+    gateway: dict[str, Any] = {
+        "apiVersion": api, "kind": "Gateway",
+        "metadata": {"name": "bench", "namespace": _NAMESPACE},
+        "spec": {"gatewayClassName": "certctl", "listeners": [
+            {"name": f"https-{index}", "port": 443, "protocol": "HTTPS", "hostname": name,
+             "tls": {"certificateRefs": [{"name": name}]}} for index, name in enumerate(names)]}}
+    route: dict[str, Any] = {
+        "apiVersion": api, "kind": "HTTPRoute",
+        "metadata": {"name": "bench", "namespace": _NAMESPACE},
+        "spec": {"parentRefs": [{"name": "bench"}], "hostnames": list(names), "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+             "backendRefs": [{"name": "backend", "port": 80}]}]}}
+    service = resources.Service(namespace=_NAMESPACE, name="backend", ports=(
+        resources.ServicePort(port=80, name="http", target_port=backend_port),))
+    compiled = gateway_routes.compile_gateways(
+        classes=[gateway_api.GatewayClass(name="certctl",
+                                          controller_name=gateway_routes.CONTROLLER_NAME)],
+        gateways=[gateway_api.parse_gateway(gateway)],
+        http_routes=[gateway_api.parse_http_route(route)], grants=[], services=[service],
+        secret_exists=lambda namespace, name: name in names)
+    (status,) = compiled.http_routes
+    accepted = {c.type: c.status for parent in status.parents for c in parent.conditions}
+    if accepted != {"Accepted": "True", "ResolvedRefs": "True"}:
+        raise ValueError(f"the bench's HTTPRoute did not attach: {status.parents}")
+    return routing.RouteTable.build(
+        routes=compiled.routes, services=[service],
+        endpoint_slices=[resources.EndpointSlice(
+            namespace=_NAMESPACE, name="backend-1", service_name="backend",
+            ports=(resources.EndpointPort(port=backend_port, name="http"),),
+            endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),))])
+
+
+@dataclass
+class HTTPRouteServer:
+    """`python -m bench.b4_proxy serve-httproute`: b3_peers' data plane, routing by an
+    HTTPRoute."""
+
+    certs: Path
+    https_port: int
+    http_port: int
+    backend_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, log: Path, timeout: float = 300.0) -> HTTPRouteServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.b4_proxy", "serve-httproute",
+             "--certs", str(self.certs), "--https-port", str(self.https_port),
+             "--http-port", str(self.http_port), "--backend-port", str(self.backend_port)],
+            cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT)
+        b3_peers.wait_for_port(self.https_port, timeout=timeout, proc=self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            b3_peers.stop_process(self.proc)
+
+
+def serve_httproute(argv: Sequence[str]) -> int:
+    """Serve NAME's certificate from `--certs` and the HTTPRoute table until SIGTERM, on
+    uvloop, as `b3_peers serve` serves the Ingress one."""
+    parser = argparse.ArgumentParser(prog="python -m bench.b4_proxy serve-httproute")
+    for option in ("--https-port", "--http-port", "--backend-port"):
+        parser.add_argument(option, type=int, required=True)
+    parser.add_argument("--certs", type=Path, required=True)
+    args = parser.parse_args(argv)
+    certificates = certstore.CertificateIndex()
+    certificates.set_certificate(
+        source=resources.ObjectKey(kind="Secret", namespace=_NAMESPACE, name=NAME),
+        chain_pem=(args.certs / f"{NAME}.crt").read_bytes(),
+        key_pem=(args.certs / f"{NAME}.key").read_bytes())
+    table = httproute_table(names=[NAME], backend_port=args.backend_port)
+
+    async def run() -> None:
+        plane = server.DataPlane(
+            http_address=("127.0.0.1", args.http_port),
+            https_address=("127.0.0.1", args.https_port), certificates=certificates,
+            challenge_responder=lambda host, token: None)
+        plane.set_routes(table)
+        await plane.start()
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        await stopped.wait()
+        await plane.stop()
+
+    uvloop.run(run())
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ loopback from a temporary directory:
   controller-manager runs (it only concerns Pods, of which there are none);
 - an audit log (`ControlPlane.audit`): every request with its user agent,
   user, verb, object and answer, and the bodies of writes to Ingresses;
-- certctl's CRDs (crds/) installed and Established, the namespace `certctl`
-  and the IngressClass `certctl` of manifests/, before the controller-manager
-  starts, so its garbage collector knows our kinds from its first discovery.
+- certctl's CRDs (crds/) and the Gateway API's (GATEWAY_API_CRDS) installed
+  and Established, the namespace `certctl` and the IngressClass `certctl` of
+  manifests/, before the controller-manager starts, so its garbage collector
+  knows our kinds from its first discovery.
 
 There is no kubelet, scheduler or Pod: tests write EndpointSlices themselves.
 Start-up takes about 5 s on two busy cores (reported at the end of the
@@ -65,6 +66,9 @@ from tests.pebble import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CERTCTL_CRDS = ("clusterissuers", "issuers", "certificates", "orders", "challenges")
+# The Gateway API kinds certctl serves, from the standard channel's CRDs (v1.5.1, cached by
+# scripts/testservers/build.sh), installed as `kubectl apply --server-side` would.
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -381,8 +385,13 @@ class ControlPlane:
         self.kubectl("apply", "-k", str(REPO / "crds"))
         self.kubectl("apply", "-f", str(REPO / "manifests" / "namespace.yaml"),
                      "-f", str(REPO / "manifests" / "ingressclass.yaml"))
+        gateway_crds = testservers.directory("gateway-api") / "crds"
+        self.kubectl("apply", "--server-side", *(
+            f"-f={gateway_crds / f'gateway.networking.k8s.io_{plural}.yaml'}"
+            for plural in GATEWAY_API_CRDS))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *(f"crd/{plural}.certctl.io" for plural in CERTCTL_CRDS))
+                     *(f"crd/{plural}.certctl.io" for plural in CERTCTL_CRDS),
+                     *(f"crd/{plural}.gateway.networking.k8s.io" for plural in GATEWAY_API_CRDS))
         self.startup_seconds["CRDs established"] = time.monotonic() - started
 
         # Not waited for: only the tests relying on it do (wait_garbage_collector).

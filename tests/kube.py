@@ -395,6 +395,11 @@ class Cluster:
         self._stack = contextlib.AsyncExitStack()
         emulator = ApiServerEmulator()
         emulator.resources.load_bundled()
+        # kmock's bundle predates ListenerSet (Gateway API v1.5), which certctl reads.
+        emulator.resources["gateway.networking.k8s.io/v1/listenersets"] = kmock.ResourceInfo(
+            kind="ListenerSet", singular="listenerset", namespaced=True,
+            subresources={"status"}, verbs={"list", "watch", "get", "create", "update",
+                                             "patch", "delete"})
         for plural, (kind, namespaced) in (CERTCTL_RESOURCES if self._with_crds else {}).items():
             emulator.resources[f"certctl.io/v1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, singular=kind.lower(), namespaced=namespaced,

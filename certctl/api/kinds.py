@@ -41,6 +41,30 @@ _KINDS = (
         namespaced=False,
         plural="ingressclasses",
     ),
+    KindInfo(
+        kind="GatewayClass",
+        api_version="gateway.networking.k8s.io/v1",
+        namespaced=False,
+        plural="gatewayclasses",
+    ),
+    KindInfo(
+        kind="Gateway", api_version="gateway.networking.k8s.io/v1", namespaced=True,
+        plural="gateways",
+    ),
+    KindInfo(
+        kind="HTTPRoute", api_version="gateway.networking.k8s.io/v1", namespaced=True,
+        plural="httproutes",
+    ),
+    KindInfo(
+        kind="ListenerSet", api_version="gateway.networking.k8s.io/v1", namespaced=True,
+        plural="listenersets",
+    ),
+    KindInfo(
+        kind="ReferenceGrant",
+        api_version="gateway.networking.k8s.io/v1beta1",
+        namespaced=True,
+        plural="referencegrants",
+    ),
 )
 
 BY_KIND: dict[str, KindInfo] = {info.kind: info for info in _KINDS}

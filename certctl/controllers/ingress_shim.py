@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from certctl.api import annotations as annotation_keys
 from certctl.api import names, parsing
@@ -52,6 +52,22 @@ COMMON_NAME_TOO_LONG = "CommonNameTooLong"
 UNKNOWN_FIELD = "UnknownField"
 
 
+class ShimSource(Protocol):
+    """What the shims read of an annotated object: an Ingress, or a Gateway
+    (`controllers.gateway_shim`, which shares the annotation handling here)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> ObjectKey: ...
+
+    def annotation(self, name: str) -> str | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class IssuerSelection:
     name: str
@@ -59,7 +75,7 @@ class IssuerSelection:
     group: str
 
 
-def select_issuer(ingress: Ingress) -> IssuerSelection | None:
+def select_issuer(ingress: ShimSource) -> IssuerSelection | None:
     """The issuer the Ingress asks for, or None when it is not annotated for certctl."""
     for annotation, kind in _ISSUER_ANNOTATIONS:
         name = ingress.annotation(annotation)
@@ -73,7 +89,7 @@ def select_issuer(ingress: Ingress) -> IssuerSelection | None:
     return None
 
 
-def _first_annotation(ingress: Ingress, keys: tuple[str, ...]) -> str | None:
+def _first_annotation(ingress: ShimSource, keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = ingress.annotation(key)
         if value:
@@ -110,8 +126,8 @@ def desired_certificates(*, ingress: Ingress, ingress_obj: Mapping[str, Any]) ->
     wanted: dict[str, Object] = {}
     source = reconciling.manifest_source(ingress_obj)
     try:
-        annotation_fields = _annotation_fields(ingress, source)
-        san_only_name = _long_common_name(ingress, source)
+        annotation_fields = spec_annotation_fields(ingress, source)
+        san_only_name = long_common_name(ingress, source)
     except InvalidObject as err:
         return Desired(certificates=[], problems=[err], notices=[])
     if san_only_name is not None:
@@ -143,7 +159,7 @@ def desired_certificates(*, ingress: Ingress, ingress_obj: Mapping[str, Any]) ->
         if ip_addresses:
             spec["ipAddresses"] = ip_addresses
         for path, value in annotation_fields:
-            _set_path(spec, path, value)
+            set_path(spec, path, value)
         certificate: Object = {
             "apiVersion": "certctl.io/v1",
             "kind": "Certificate",
@@ -175,7 +191,9 @@ def desired_certificates(*, ingress: Ingress, ingress_obj: Mapping[str, Any]) ->
     return Desired(certificates=list(wanted.values()), problems=problems, notices=notices)
 
 
-def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple[str, ...], Any]]:
+def spec_annotation_fields(
+    ingress: ShimSource, source: str | None
+) -> list[tuple[tuple[str, ...], Any]]:
     """(spec path, value) set through annotations, the same for every tls entry."""
     fields: list[tuple[tuple[str, ...], Any]] = []
     for annotation, path in _SPEC_ANNOTATIONS:
@@ -183,7 +201,7 @@ def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple
         if value is None:
             continue
         if path == ("commonName",) and len(value) > names.MAX_COMMON_NAME_LENGTH:
-            continue  # SAN only: see _long_common_name
+            continue  # SAN only: see long_common_name
         if path in _INTEGER_PATHS:
             value = _int_annotation(ingress, annotation, value, source)
         elif path == ("usages",):
@@ -192,7 +210,7 @@ def _annotation_fields(ingress: Ingress, source: str | None) -> list[tuple[tuple
     return fields
 
 
-def _long_common_name(ingress: Ingress, source: str | None) -> str | None:
+def long_common_name(ingress: ShimSource, source: str | None) -> str | None:
     """The common-name annotation when too long for a subject, as the DNS name it must be.
 
     X.509 bounds a subject CN at 64 characters; cert-manager's webhook (and
@@ -236,7 +254,7 @@ def reconcile(*, store: Store, key: ObjectKey) -> Result:
                          message=notice)
     wanted_names = {c["metadata"]["name"] for c in wanted}
     for certificate in wanted:
-        _apply(store=store, ingress_obj=ingress_obj, certificate=certificate)
+        apply_certificate(store=store, ingress_obj=ingress_obj, certificate=certificate)
     # By label, so an Ingress costs its own Certificates, not all of its namespace's.
     for existing in store.list(kind="Certificate", namespace=ingress.namespace,
                                labels=_owner_labels(ingress) or None):
@@ -252,7 +270,8 @@ def reconcile(*, store: Store, key: ObjectKey) -> Result:
     return Result.done()
 
 
-def _apply(*, store: Store, ingress_obj: Object, certificate: Object) -> None:
+def apply_certificate(*, store: Store, ingress_obj: Object, certificate: Object) -> None:
+    """Create or update one Certificate the object (an Ingress, a Gateway) owns."""
     name = certificate["metadata"]["name"]
     namespace = certificate["metadata"]["namespace"]
     existing = store.get(kind="Certificate", namespace=namespace, name=name)
@@ -267,7 +286,8 @@ def _apply(*, store: Store, ingress_obj: Object, certificate: Object) -> None:
     if not reconciling.is_owned_by(existing, ingress_obj):
         store.emit_event(
             obj=ingress_obj, type="Warning", reason="BadConfig",
-            message=f"Certificate {name} already exists and is not owned by this Ingress; "
+            message=f"Certificate {name} already exists and is not owned by this "
+            f"{ingress_obj.get('kind', 'Ingress')}; "
             "leaving it alone",
         )
         return
@@ -292,12 +312,13 @@ def _owner_labels(ingress: Ingress) -> dict[str, str]:
     return {INGRESS_NAME_LABEL: ingress.name}
 
 
-def _invalid(ingress: Ingress, field: str, message: str, source: str | None) -> InvalidObject:
-    return InvalidObject(kind="Ingress", namespace=ingress.namespace, name=ingress.name,
+def _invalid(ingress: ShimSource, field: str, message: str,
+             source: str | None) -> InvalidObject:
+    return InvalidObject(kind=ingress.key.kind, namespace=ingress.namespace, name=ingress.name,
                          field=field, message=message, source=source)
 
 
-def _int_annotation(ingress: Ingress, annotation: str, value: str, source: str | None) -> int:
+def _int_annotation(ingress: ShimSource, annotation: str, value: str, source: str | None) -> int:
     try:
         return int(value)
     except ValueError as err:
@@ -305,7 +326,7 @@ def _int_annotation(ingress: Ingress, annotation: str, value: str, source: str |
                        f"must be a whole number, got {value!r}", source) from err
 
 
-def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     for part in path[:-1]:
         target = target.setdefault(part, {})
     target[path[-1]] = value

@@ -9,7 +9,11 @@ over its request limits, 403 and 401 from its access rules (source ranges,
 basic auth), 204 for a CORS preflight, the canary
 split, 503 without ready endpoints, 413 over proxy-body-size by declared
 length, and rewrite-target; before all of them, 400 for an authority that
-is not well formed. It touches no socket: the caller writes the answer or starts the upstream
+is not well formed. An HTTPRoute rule (a match with `filters` or a `split`)
+takes its own branch after the route is found (`_gateway_decision`): its
+RequestRedirect, its weighted backend (500 for an invalid one's share), 503
+without ready endpoints, then URLRewrite and the header modifiers. It
+touches no socket: the caller writes the answer or starts the upstream
 exchange.
 """
 
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httptools
 
 from certctl.dataplane import limits, routing
+from certctl.routes import model
 from certctl.routes import options as route_options
 from certctl.solvers import http01
 
@@ -168,7 +173,17 @@ def decide(
             return Decision(status=404)
         return Decision(status=200, body=key_authorization.encode())
 
-    match = plane.routes.match(host=host, path=path)
+    routes = plane.routes
+    if routes.conditional:
+        query_at = target.find(b"?")
+        match = routes.match_request(host=host, path=path, method=method, scheme=scheme,
+                                     header=header,
+                                     query=b"" if query_at < 0 else target[query_at + 1:])
+    else:
+        match = routes.match(host=host, path=path)
+    if match is not None and (match.filters is not None or match.split):
+        return _gateway_decision(match=match, scheme=scheme, target=target, raw_path=raw_path,
+                                 authority=authority, host=host, header=header)
     route_host = "" if match is None else (match.host or "*")
     options = route_options.DEFAULT_OPTIONS if match is None else match.options
     redirect = options.redirect
@@ -246,6 +261,102 @@ def decide(
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
                     slot=slot, headers=headers,
                     request_headers=request_headers + options.request_headers)
+
+
+def _gateway_decision(
+    *,
+    match: routing.RouteMatch,
+    scheme: bytes,
+    target: bytes,
+    raw_path: bytes,
+    authority: bytes | None,
+    host: str,
+    header: Callable[[bytes], bytes | None],
+) -> Decision:
+    """An HTTPRoute rule's answer, the filters in the spec's order (see the module)."""
+    route_host = match.host or "*"
+    filters = match.filters
+    if filters is not None and filters.redirect is not None:
+        location = _redirect_location(filters.redirect, match=match, scheme=scheme,
+                                      target=target, raw_path=raw_path, host=host,
+                                      authority=authority)
+        return Decision(status=filters.redirect.status, headers=((b"location", location),),
+                        route_host=route_host)
+    if match.split:
+        roll = random.randrange(match.split[-1][0])  # noqa: S311 - a traffic split
+        chosen = next(found for total, found in match.split if roll < total)
+        if chosen is None:
+            return Decision(status=500, route_host=route_host)
+        match = chosen
+    if not match.upstreams:
+        return Decision(status=503, route_host=route_host)
+    if filters is None:
+        return Decision(match=match, target=target, authority=authority, route_host=route_host)
+    if filters.rewrite_path is not None:
+        target = _replaced_path(filters.rewrite_path, match=match, target=target,
+                                raw_path=raw_path)
+    if filters.rewrite_host is not None:
+        authority = filters.rewrite_host
+    request_headers = filters.request_set
+    for name, value in filters.request_add:  # appended to what the client sent
+        sent = header(name)
+        request_headers += ((name, value if sent is None else sent + b"," + value),)
+    # An empty value removes the header (HTTPRoute header values are never empty), so
+    # removal travels the same way as the headers set (see upstream_request_headers).
+    request_headers += tuple((name, b"") for name in filters.request_remove)
+    return Decision(match=match, target=target, authority=authority, route_host=route_host,
+                    headers=filters.response_set, request_headers=request_headers)
+
+
+def _replaced_path(
+    modifier: model.PathModifier, *, match: routing.RouteMatch, target: bytes, raw_path: bytes
+) -> bytes:
+    """A path after ReplaceFullPath, or ReplacePrefixMatch of the matched prefix (element-wise:
+    `/prefix/one` with `/prefix` replaced by `/` becomes `/one`); the query string is kept."""
+    query = target[len(raw_path):]
+    if not modifier.prefix:
+        return modifier.value + query
+    matched = match.path.rstrip("/").encode("latin-1")
+    rest = raw_path[len(matched):]
+    replacement = modifier.value
+    if replacement.endswith(b"/") and rest.startswith(b"/"):
+        replacement = replacement[:-1]
+    path = replacement + rest
+    return (path or b"/") + query
+
+
+def _redirect_location(
+    redirect: model.Redirect,
+    *,
+    match: routing.RouteMatch,
+    scheme: bytes,
+    target: bytes,
+    raw_path: bytes,
+    host: str,
+    authority: bytes | None,
+) -> bytes:
+    """RequestRedirect's Location: each part the filter does not set is the request's.
+
+    The port, when not set: the well-known one of a scheme the filter changes,
+    else the port the request came to (as its Host says; none said is the
+    scheme's); omitted when it is the new scheme's well-known port.
+    """
+    new_scheme = redirect.scheme or scheme
+    port = redirect.port
+    if port is None:
+        given = b""
+        if authority and not authority.endswith(b"]"):
+            given = authority.rpartition(b":")[2] if b":" in authority else b""
+        if (redirect.scheme is not None and redirect.scheme != scheme) or not given.isdigit():
+            port = 443 if new_scheme == b"https" else 80
+        else:
+            port = int(given)
+    hostname = redirect.hostname or host.encode()
+    default_port = 443 if new_scheme == b"https" else 80
+    netloc = hostname if port == default_port else b"%s:%d" % (hostname, port)
+    path_and_query = target if redirect.path is None else _replaced_path(
+        redirect.path, match=match, target=target, raw_path=raw_path)
+    return new_scheme + b"://" + netloc + path_and_query
 
 
 def _routing_host(authority: bytes) -> str | None:
@@ -363,6 +474,11 @@ def upstream_request_headers(
     verified = options.client_certificates is not None
     if not decision.request_headers and not verified:
         return headers
-    return replace_headers(headers, decision.request_headers,
-                           drop=route_options.CLIENT_CERTIFICATE_HEADERS if verified
-                           else frozenset())
+    replaced = replace_headers(headers, decision.request_headers,
+                               drop=route_options.CLIENT_CERTIFICATE_HEADERS if verified
+                               else frozenset())
+    removed = {name for name, value in decision.request_headers if not value}
+    if removed:  # HTTPRoute removals: see _gateway_decision
+        return [(name, value) for name, value in replaced
+                if value or name.lower() not in removed]
+    return replaced

@@ -27,13 +27,20 @@ Matching (DESIGN.md, "Semantics to honour"):
   set wins.
 - The path matched is the raw request path without the query string, not
   percent-decoded (as ingress-nginx does).
+- HTTPRoute rules may also ask for a method, headers, query parameters or a
+  scheme (`model.RequestConditions`): routes with the same host, path and
+  match type form a chain in the set's order (the route source orders them
+  by the Gateway API's precedence) and the first whose conditions hold
+  wins; when none holds, matching goes on with the next shorter path. Only
+  a table with such routes (`conditional`) is matched through
+  `match_request`; Ingress-only tables keep the plain `match`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from certctl.api import resources
@@ -71,6 +78,39 @@ class RouteMatch:
     canary: Canary | None = None
     service: str = ""  # "namespace/name" of the backend Service, the metrics label
     pattern: re.Pattern[str] | None = None  # a regular-expression path: rewrite-target's groups
+    # HTTPRoute rules only: what else must hold, the next route of the same path when it
+    # does not, the filters, and the weighted split (cumulative weight, target; None: 500).
+    conditions: model.RequestConditions | None = None
+    otherwise: RouteMatch | None = None
+    filters: model.GatewayFilters | None = None
+    split: tuple[tuple[int, RouteMatch | None], ...] = ()
+
+
+def admits(
+    conditions: model.RequestConditions,
+    *,
+    method: bytes,
+    scheme: bytes,
+    header: Callable[[bytes], bytes | None],
+    query: bytes,
+) -> bool:
+    """Whether a request meets a route's conditions (see `model.RequestConditions`)."""
+    if conditions.scheme is not None and conditions.scheme != scheme:
+        return False
+    if conditions.method is not None and conditions.method != method:
+        return False
+    for name, value in conditions.headers:
+        if header(name) != value:
+            return False
+    if conditions.query:
+        found: dict[bytes, bytes] = {}
+        for pair in query.split(b"&"):
+            key, _, item = pair.partition(b"=")
+            found.setdefault(key, item)
+        for key, value in conditions.query:
+            if found.get(key) != value:
+                return False
+    return True
 
 
 @dataclass(kw_only=True, slots=True)
@@ -113,6 +153,62 @@ class _HostRoutes:
             end = path.rfind("/", 0, end)
         return None
 
+    def match_request(
+        self,
+        path: str,
+        *,
+        method: bytes,
+        scheme: bytes,
+        header: Callable[[bytes], bytes | None],
+        query: bytes,
+    ) -> RouteMatch | None:
+        """As `match`, each candidate path's chain tried for the first route whose
+        conditions hold; a path whose chain has none falls through to the next."""
+        hit = self.exact.get(path) if self.exact else None
+        if hit is not None:
+            found = _admitted(hit, method=method, scheme=scheme, header=header, query=query)
+            if found is not None:
+                return found
+        for match in self.regex.values():
+            pattern = match.pattern
+            if pattern is not None and pattern.match(path) is not None:
+                found = _admitted(match, method=method, scheme=scheme, header=header,
+                                  query=query)
+                if found is not None:
+                    return found
+        if not self.prefix:
+            return None
+        end = len(path)
+        while end >= 0:
+            hit = self.prefix.get(path[:end])
+            if hit is not None:
+                found = _admitted(hit, method=method, scheme=scheme, header=header, query=query)
+                if found is not None:
+                    return found
+            if end == 0:
+                return None
+            end = path.rfind("/", 0, end)
+        return None
+
+
+def _admitted(
+    chain: RouteMatch,
+    *,
+    method: bytes,
+    scheme: bytes,
+    header: Callable[[bytes], bytes | None],
+    query: bytes,
+) -> RouteMatch | None:
+    """The first route of a path's chain whose conditions the request meets."""
+    current: RouteMatch | None = chain
+    while current is not None:
+        conditions = current.conditions
+        if conditions is None or admits(conditions, method=method, scheme=scheme,
+                                        header=header, query=query):
+            return current
+        current = current.otherwise
+    return None
+
 
 def normalize_host(raw: str) -> str:
     """A Host header (or SNI name) as routing keys it: lowercase, no port, no trailing dot.
@@ -134,7 +230,7 @@ class RouteTable:
     """An immutable routing table; build a new one when any input changes."""
 
     __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts",
-                 "client_certificates", "problems", "served")
+                 "client_certificates", "conditional", "problems", "served")
 
     def __init__(
         self,
@@ -146,6 +242,7 @@ class RouteTable:
         served: frozenset[resources.ObjectKey] = frozenset(),
         problems: tuple[model.SourceProblem, ...] = (),
         client_certificates: dict[str, bytes] | None = None,
+        conditional: bool = False,
     ) -> None:
         self._exact_hosts = exact_hosts
         self._wildcard_hosts = wildcard_hosts  # keyed by the suffix after "*."
@@ -155,6 +252,8 @@ class RouteTable:
         self.problems = problems  # what to tell the sources' owners
         # Host -> the CA bundle its handshakes ask client certificates for (auth-tls-secret).
         self.client_certificates = client_certificates or {}
+        # Some route has conditions (HTTPRoute matches): requests go through match_request.
+        self.conditional = conditional
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -176,6 +275,9 @@ class RouteTable:
         wildcard_hosts: dict[str, _HostRoutes] = {}
         hostless = _HostRoutes()
         client_certificates: dict[str, bytes] = {}
+        # (id of the dict, key) -> the routes of one path, in precedence order.
+        chains: dict[tuple[int, str], list[RouteMatch]] = {}
+        conditional = False
         for route in routes.routes:
             required = route.options.client_certificates
             if required is not None and route.host:
@@ -189,6 +291,14 @@ class RouteTable:
             else:
                 found_in, key = host_routes.prefix, route.path.rstrip("/")
             if key in found_in:
+                head = found_in[key]
+                if head.conditions is not None:  # may not hold: the next one may
+                    chains.setdefault((id(found_in), key), [head]).append(
+                        resolver.gateway_route(route))
+                continue
+            if route.conditions is not None or route.filters is not None or route.backends:
+                found_in[key] = resolver.gateway_route(route)
+                conditional = conditional or route.conditions is not None
                 continue
             match = resolver.route(source=route.source, backend=route.backend,
                                    options=route.options, host=route.host, path=route.path,
@@ -203,6 +313,11 @@ class RouteTable:
                 match = dataclasses.replace(match, pattern=route.pattern)
             found_in[key] = match
         for host_routes in (*exact_hosts.values(), *wildcard_hosts.values(), hostless):
+            for found_in in (host_routes.exact, host_routes.prefix, host_routes.regex):
+                for key in found_in:
+                    chain = chains.get((id(found_in), key))
+                    if chain is not None:
+                        found_in[key] = _linked(chain)
             if host_routes.regex:  # ingress-nginx orders its regex locations longest first
                 host_routes.regex = dict(sorted(host_routes.regex.items(),
                                                 key=lambda item: -len(item[0])))
@@ -225,7 +340,45 @@ class RouteTable:
             served=routes.served,
             problems=routes.problems,
             client_certificates=client_certificates,
+            conditional=conditional,
         )
+
+    def match_request(
+        self,
+        *,
+        host: str,
+        path: str,
+        method: bytes,
+        scheme: bytes,
+        header: Callable[[bytes], bytes | None],
+        query: bytes,
+    ) -> RouteMatch | None:
+        """`match` for a table with conditional routes (`conditional`): the request's
+        method, scheme, headers (`header(lowercase name)`) and raw query count too."""
+        exact = self._exact_hosts.get(host)
+        if exact is not None:
+            hit = exact.match_request(path, method=method, scheme=scheme, header=header,
+                                      query=query)
+            if hit is not None:
+                return hit
+        wildcard = None
+        dot = host.find(".")
+        if dot > 0:
+            wildcard = self._wildcard_hosts.get(host[dot + 1 :])
+            if wildcard is not None:
+                hit = wildcard.match_request(path, method=method, scheme=scheme, header=header,
+                                             query=query)
+                if hit is not None:
+                    return hit
+        hit = self._hostless.match_request(path, method=method, scheme=scheme, header=header,
+                                           query=query)
+        if hit is not None:
+            return hit
+        if exact is not None and exact.default is not None:
+            return exact.default
+        if wildcard is not None and wildcard.default is not None:
+            return wildcard.default
+        return self._default
 
     def match(self, *, host: str, path: str) -> RouteMatch | None:
         """The route for a request, or None (404).
@@ -271,6 +424,15 @@ def _routes_for(
     return exact_hosts.setdefault(host, _HostRoutes())
 
 
+def _linked(chain: list[RouteMatch]) -> RouteMatch:
+    """The routes of one path as a chain: each one's `otherwise` is the next."""
+    following: RouteMatch | None = None
+    for match in reversed(chain):
+        following = dataclasses.replace(match, otherwise=following)
+    assert following is not None
+    return following
+
+
 class _Resolver:
     """Resolves backends to ready endpoint addresses, once per Service port."""
 
@@ -310,6 +472,29 @@ class _Resolver:
             options=options,
             service=f"{backend.namespace}/{backend.service}",
         )
+
+    def gateway_route(self, route: model.Route) -> RouteMatch:
+        """An HTTPRoute rule's match: its conditions and filters, and its weighted split
+        when it has more than one backend or an invalid one."""
+        backends = route.backends
+        first = next((b.backend for b in backends if b.backend is not None and b.weight),
+                     route.backend)
+        match = self.route(source=route.source, backend=first, options=route.options,
+                           host=route.host, path=route.path, exact=route.exact)
+        split: list[tuple[int, RouteMatch | None]] = []
+        if len(backends) > 1 or any(b.backend is None for b in backends):
+            total = 0
+            for weighted in backends:
+                if not weighted.weight:
+                    continue
+                total += weighted.weight
+                split.append((total, None if weighted.backend is None else self.route(
+                    source=route.source, backend=weighted.backend, options=route.options,
+                    host=route.host, path=route.path, exact=route.exact)))
+            if not split:  # every weight 0: no backend takes requests (500)
+                split.append((1, None))
+        return dataclasses.replace(match, conditions=route.conditions, filters=route.filters,
+                                   split=tuple(split), pattern=route.pattern)
 
     def _upstreams(self, backend: model.Backend) -> tuple[Upstream, ...]:
         """Ready addresses of the Service port the backend names, in slice order, deduplicated.

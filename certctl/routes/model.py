@@ -32,6 +32,74 @@ class Canary:
     settings: route_options.CanarySettings
 
 
+Header = route_options.Header  # (lowercase name, value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestConditions:
+    """What a request must also have for a route to take it (HTTPRoute matches): all hold.
+
+    Header names are lowercase and compare case-insensitively, values exactly;
+    query parameters compare exactly (the first value of a repeated name);
+    `scheme` b"http" or b"https" limits the route to the listeners it attached
+    to, None serves both.
+    """
+
+    method: bytes | None = None
+    headers: tuple[Header, ...] = ()
+    query: tuple[tuple[bytes, bytes], ...] = ()
+    scheme: bytes | None = None
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """The Gateway API's order after the path: a method match, then more header
+        matches, then more query parameter matches (larger first)."""
+        return (self.method is not None, len(self.headers), len(self.query))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathModifier:
+    """`ReplaceFullPath` (`prefix` False) or `ReplacePrefixMatch` (True) with `value`."""
+
+    prefix: bool
+    value: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Redirect:
+    """An HTTPRoute RequestRedirect; None fields keep the request's own."""
+
+    status: int
+    scheme: bytes | None = None
+    hostname: bytes | None = None
+    port: int | None = None
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatewayFilters:
+    """HTTPRoute filters, applied by the data plane in the order the spec gives: a redirect
+    answers at once; otherwise request headers and the URL change on the way to the backend
+    and response headers on the way back."""
+
+    request_set: tuple[Header, ...] = ()
+    request_add: tuple[Header, ...] = ()
+    request_remove: tuple[bytes, ...] = ()
+    response_set: tuple[Header, ...] = ()
+    redirect: Redirect | None = None
+    rewrite_host: bytes | None = None
+    rewrite_path: PathModifier | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WeightedBackend:
+    """One backendRef's share of a route's requests; `backend` None answers 500 for it
+    (a Service that does not exist, a namespace not granted, a kind certctl cannot reach)."""
+
+    backend: Backend | None
+    weight: int
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Route:
     """Requests for `host` whose path matches `path` go to `backend`.
@@ -51,6 +119,11 @@ class Route:
     pattern: re.Pattern[str] | None = None
     options: route_options.RouteOptions = route_options.DEFAULT_OPTIONS
     canary: Canary | None = None
+    # HTTPRoute rules only (None/empty for Ingresses, which pay nothing for them): more
+    # to match, filters, and weighted backends replacing `backend` when not empty.
+    conditions: RequestConditions | None = None
+    filters: GatewayFilters | None = None
+    backends: tuple[WeightedBackend, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,7 +148,7 @@ class SourceProblem:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RouteSet:
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()  # Ingress routes, then HTTPRoute rules by precedence
     defaults: tuple[DefaultRoute, ...] = ()
     served: frozenset[ObjectKey] = frozenset()  # the objects this data plane serves
     problems: tuple[SourceProblem, ...] = ()

@@ -25,9 +25,9 @@ from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
-    acme_accounts,
     certificates,
     challenges,
+    gateway_shim,
     ingress_shim,
     issuers,
     kept_certificates,
@@ -36,8 +36,11 @@ from certctl.controllers import (
     reconciling,
 )
 from certctl.controllers import order_budget as order_budget_module
+from certctl.issuers import registry as issuer_registry
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import workqueue
 from certctl.solvers import http01_ingress
+from certctl.solvers import registry as solver_registry
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
 from certctl.store.interface import Object, Store, WatchEvent
@@ -49,12 +52,18 @@ OWN_CONTROLLER = {
     "ClusterIssuer": "issuer",
     "Issuer": "issuer",
     "Ingress": "ingress",
+    "Gateway": "gateway",
+    "ListenerSet": "listenerset",
+    "HTTPRoute": "httproute",
     "Certificate": "certificate",
     "Order": "order",
     "Challenge": "challenge",
 }
 # Kinds whose events matter to the reconcilers (beyond their own kinds).
 WATCHED_KINDS = (*OWN_CONTROLLER, "Secret")
+# Kinds a cluster may lack (the Gateway API CRDs are installed separately) or a Role from
+# before them may not grant: not required at start-up, and such a list lists nothing.
+OPTIONAL_KINDS = frozenset({"Gateway", "ListenerSet", "HTTPRoute"})
 # A Certificate acts on its Order's verdict only (store the chain, or count a failure):
 # waking it on the Order's progress writes (pending, processing) cost each Certificate
 # reconciles that changed nothing (bench B2).
@@ -85,9 +94,11 @@ def controller_settings(
             cluster_resource_namespace=accounts.cluster_resource_namespace, accounts=accounts),
         orders=orders.Settings(clock=clock, accounts=accounts),
         issuers=issuers.Settings(clock=clock, accounts=accounts),
-        challenges=challenges.Settings(clock=clock, accounts=accounts, self_check=self_check,
-                                       dns01=dns01_solver.Dns01Solver(options=dns01),
-                                       data_plane=data_plane),
+        challenges=challenges.Settings(
+            clock=clock, accounts=accounts, solvers=solver_registry.Solvers(
+                self_check=self_check, data_plane=data_plane, dns01=dns01_solver.Dns01Solver(
+                    options=dns01,
+                    cluster_resource_namespace=accounts.cluster_resource_namespace))),
     )
 
 
@@ -95,7 +106,8 @@ def controller_settings(
 # issuer gates all its Certificates, then a Challenge before its Order before its
 # Certificate before the Ingress it came from. With 500 new Ingresses at once (bench B2)
 # the first certificates are served in seconds instead of after all the others.
-FLOW_RANK = {"issuer": 0, "challenge": 1, "order": 2, "certificate": 3, "ingress": 4}
+FLOW_RANK = {"issuer": 0, "challenge": 1, "order": 2, "certificate": 3, "ingress": 4,
+             "gateway": 4, "listenerset": 4, "httproute": 4}
 
 
 def flow_rank(item: Hashable) -> int:
@@ -127,10 +139,8 @@ _CONTROLLER_SECRET_LABELS = (certificates.NEXT_KEY_LABEL, kept_certificates.KEPT
 
 def _secret_names(issuer: Object) -> set[str]:
     """The Secrets an issuer reads, from its raw spec (which may not even parse)."""
-    paths = (("spec", "ca", "secretName"), ("spec", "acme", "privateKeySecretRef", "name"),
-             ("spec", "acme", "externalAccountBinding", "keySecretRef", "name"))
     names = set()
-    for path in paths:
+    for path in issuer_registry.secret_paths():
         value: object = issuer
         for step in path:
             value = value.get(step) if isinstance(value, dict) else None
@@ -140,12 +150,14 @@ def _secret_names(issuer: Object) -> set[str]:
 
 
 def _fingerprint(obj: Object) -> object:
-    """What must differ for a change to count: the generation, and for an Ingress also
-    its annotations, which (being metadata) do not move `generation` on an API server,
-    yet removing the issuer annotation must reach ingress-shim. None: always counts."""
+    """What must differ for a change to count: the generation, and for an Ingress, a
+    Gateway, a ListenerSet or an HTTPRoute also its annotations, which (being metadata) do
+    not move `generation` on an API server, yet removing the issuer annotation must reach
+    the shim. None: always counts."""
     metadata = obj.get("metadata", {})
     generation = metadata.get("generation")
-    if obj.get("kind") != "Ingress" or generation is None:
+    if obj.get("kind") not in ("Ingress", "Gateway", "ListenerSet", "HTTPRoute") \
+            or generation is None:
         return generation
     return (generation, repr(sorted((metadata.get("annotations") or {}).items())))
 
@@ -183,6 +195,12 @@ class Dispatcher:
         store, settings = self._store, self._settings
         if controller == "ingress":
             result = ingress_shim.reconcile(store=store, key=key)
+        elif controller == "gateway":
+            result = gateway_shim.reconcile(store=store, key=key)
+        elif controller == "listenerset":
+            result = gateway_shim.reconcile_listener_set(store=store, key=key)
+        elif controller == "httproute":
+            result = gateway_shim.reconcile_route(store=store, key=key)
         elif controller == "certificate":
             result = certificates.reconcile(store=store, key=key, settings=settings.certificates)
         elif controller == "order":
@@ -201,6 +219,16 @@ class Dispatcher:
             own = OWN_CONTROLLER.get(key.kind)
             if own is not None:
                 yield (own, key)
+            if key.kind == "Gateway":  # its listeners and annotations decide these
+                listener_sets = gateway_shim.listener_sets_of(store=self._store, gateway=key)
+                for listener_set in listener_sets:
+                    yield ("listenerset", listener_set)
+                for route in gateway_shim.routes_of(store=self._store,
+                                                    parents={key, *listener_sets}):
+                    yield ("httproute", route)
+            elif key.kind == "ListenerSet":
+                for route in gateway_shim.routes_of(store=self._store, parents={key}):
+                    yield ("httproute", route)
         owner = reconciling.controller_of(event.obj)
         if key.kind == "Order" and owner is not None and owner.kind == "Certificate":
             if _order_verdict(event):
@@ -218,7 +246,13 @@ class Dispatcher:
     def everything(self) -> Iterator[Item]:
         """Every object with a reconciler, once (start-up, or leadership just won)."""
         for kind, controller in OWN_CONTROLLER.items():
-            for obj in self._store.list(kind=kind):
+            try:
+                objects = self._store.list(kind=kind)
+            except (store_interface.NotFound, store_interface.Forbidden):
+                if kind in OPTIONAL_KINDS:
+                    continue
+                raise
+            for obj in objects:
                 key = reconciling.key_of(obj)
                 with self._generations_lock:
                     self._generations[key] = _fingerprint(obj)

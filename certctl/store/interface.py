@@ -53,6 +53,10 @@ class NotFound(StoreError):
     pass
 
 
+class Forbidden(StoreError):
+    """The API refused the request to this identity (RBAC): asking again changes nothing."""
+
+
 class StoreUnavailable(StoreError):
     """The store could not take a write (disk full, read-only state dir...): nothing
     changed, the previous object is intact; retry later. The message says where and why."""

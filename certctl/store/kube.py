@@ -91,6 +91,17 @@ RESOURCES: dict[str, Resource] = {
                         namespaced=True),
     "IngressClass": Resource(group="networking.k8s.io", version="v1", plural="ingressclasses",
                              namespaced=False),
+    "GatewayClass": Resource(group="gateway.networking.k8s.io", version="v1",
+                             plural="gatewayclasses", namespaced=False),
+    "Gateway": Resource(group="gateway.networking.k8s.io", version="v1", plural="gateways",
+                        namespaced=True),
+    "HTTPRoute": Resource(group="gateway.networking.k8s.io", version="v1", plural="httproutes",
+                          namespaced=True),
+    "ListenerSet": Resource(group="gateway.networking.k8s.io", version="v1",
+                            plural="listenersets", namespaced=True),
+    "ReferenceGrant": Resource(group="gateway.networking.k8s.io", version="v1beta1",
+                               plural="referencegrants", namespaced=True),
+    "Namespace": Resource(group="", version="v1", plural="namespaces", namespaced=False),
     "Secret": Resource(group="", version="v1", plural="secrets", namespaced=True),
     "Service": Resource(group="", version="v1", plural="services", namespaced=True),
     "Endpoints": Resource(group="", version="v1", plural="endpoints", namespaced=True),
@@ -338,4 +349,6 @@ def _store_error(answer: requests.Response, *, method: str, path: str) -> interf
         return interface.NotFound(message)
     if answer.status_code == 409:
         return interface.Conflict(message)
+    if answer.status_code == 403:
+        return interface.Forbidden(message)
     return interface.StoreError(message)
