@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(pebble bind9 bind9-utils curl ca-certificates apache2-utils iproute2 prometheus)
+# chromium: the dashboard's browser test (Playwright drives it; it downloads no browser).
+APT_PACKAGES=(pebble bind9 bind9-utils curl ca-certificates apache2-utils iproute2 prometheus
+              chromium)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -219,6 +219,8 @@ def test_wheel_installs_the_compiled_data_plane_and_runs(tmp_path: Path):
         assert f"{stem}{EXTENSION_SUFFIXES[0]}" in names, module
         assert f"{stem}__mypyc{EXTENSION_SUFFIXES[0]}" in names, module
         assert module in names  # the source too: the fallback
+    for page in ("index.html", "dashboard.js", "dashboard.css"):  # package data
+        assert f"certctl/admin/static/{page}" in names, page
 
     # The image's build stage runs the same check, and stops when it fails.
     checked = subprocess.run([sys.executable, "-c", _dockerfile_wheel_check(wheels=dist)],

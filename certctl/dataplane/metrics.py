@@ -1,4 +1,4 @@
-"""Prometheus metrics of the data plane, served on a port of their own.
+"""Prometheus metrics of the data plane, served by the admin address (certctl.admin).
 
 Each DataPlane has its own registry (several run in one test process). The
 request path only bumps plain ints in dicts (no locks: everything runs on
@@ -15,9 +15,7 @@ backends, "" when nothing matched), `service` is `namespace/name`.
 from __future__ import annotations
 
 import bisect
-import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client import core
@@ -36,8 +34,6 @@ class Metrics:
         self.handshakes = 0
         self.handshake_errors = 0
         self.registry.register(_Collector(metrics=self, certificates=certificates))
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     def count_request(self, *, host: str, status: int) -> None:
         key = (host, status)
@@ -51,23 +47,6 @@ class Metrics:
             self.latency[service] = found
         found[0][bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         found[1][0] += seconds
-
-    def serve(self, address: tuple[str, int]) -> int:
-        """Serve /metrics on `address` from a thread of its own; returns the bound port."""
-        self._server, self._thread = prometheus_client.start_http_server(
-            address[1], addr=address[0], registry=self.registry
-        )
-        port: int = self._server.server_address[1]
-        return port
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
 
 
 class _Collector(prometheus_client.registry.Collector):

@@ -1,6 +1,11 @@
 """Controller metrics for Prometheus, under cert-manager's names so its dashboards and
 alerts work unchanged.
 
+Issuances are counted from the Certificates' status as their watch events
+show it (`observe_certificate`): `status.revision` going up is one certificate
+issued, a new `status.lastFailureTime` one failed attempt. The reconcilers are
+not touched, and an event the leader sees is counted once, by the leader only.
+
 Certificate gauges are computed at scrape time from the Certificates' status
 (one list per scrape), so they can never disagree with what `certctl status`
 shows, and an idle controller does no metrics work at all. ACME requests are
@@ -14,6 +19,7 @@ cert-manager's `certmanager_http_acme_client_request_count` is scraped as
 from __future__ import annotations
 
 import re
+import threading
 import urllib.parse
 from collections.abc import Iterator
 
@@ -23,10 +29,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from certctl.api import conditions
-from certctl.store.interface import Store
+from certctl.api.resources import ObjectKey
+from certctl.store.interface import Object, Store, WatchEvent
 
 ACME_LABELS = ("scheme", "host", "path", "method", "status")
 CERTIFICATE_LABELS = ("name", "namespace", "issuer_name", "issuer_kind", "issuer_group")
+ISSUANCE_LABELS = ("issuer_name", "issuer_kind", "issuer_group", "result")
 # A path segment that names one object (an order, an authorization...) rather than a
 # kind of request: a number or a long random token (an ARI CertID is two, joined by a
 # dot). It and everything after it are scrubbed, to keep label values few.
@@ -54,7 +62,36 @@ class ControllerMetrics:
             "certmanager_http_acme_client_request_duration_seconds",
             "The HTTP request latencies in seconds for the ACME client.",
             ACME_LABELS, registry=self.registry)
+        self._issuances = prometheus_client.Counter(
+            "certctl_certificate_issuances",
+            "Issuances that ended, by issuer and result: success (a certificate was stored) "
+            "or failure (the attempt failed and backs off).",
+            ISSUANCE_LABELS, registry=self.registry)
+        # Certificate -> (status.revision, status.lastFailureTime) last seen.
+        self._seen: dict[ObjectKey, tuple[int, str | None]] = {}
+        self._seen_lock = threading.Lock()
         self.registry.register(_CertificateCollector(store=store))
+
+    def observe_certificate(self, event: WatchEvent) -> None:
+        """Count the issuance a Certificate's watch event shows ended. The first event of a
+        Certificate (a start's initial listing) only records where it stands."""
+        if event.key.kind != "Certificate":
+            return
+        status = event.obj.get("status") or {}
+        now = (int(status.get("revision") or 0), status.get("lastFailureTime"))
+        with self._seen_lock:
+            if event.type == "DELETED":
+                self._seen.pop(event.key, None)
+                return
+            before = self._seen.get(event.key)
+            self._seen[event.key] = now
+        if before is None:
+            return
+        labels = _issuer_labels(event.obj)
+        if now[0] > before[0]:
+            self._issuances.labels(*labels, "success").inc(now[0] - before[0])
+        if now[1] is not None and now[1] != before[1]:
+            self._issuances.labels(*labels, "failure").inc()
 
     def observe_acme_response(self, response: requests.Response) -> None:
         """A `requests` response hook: count and time one ACME HTTP request."""
@@ -63,10 +100,6 @@ class ControllerMetrics:
                   response.request.method or "", str(response.status_code))
         self._acme_requests.labels(*labels).inc()
         self._acme_duration.labels(*labels).observe(response.elapsed.total_seconds())
-
-    def serve(self, *, address: str, port: int) -> None:
-        """Expose /metrics on a port of its own (a daemon thread)."""
-        prometheus_client.start_http_server(port, addr=address, registry=self.registry)
 
 
 class _CertificateCollector(Collector):
@@ -88,10 +121,8 @@ class _CertificateCollector(Collector):
             labels=(*CERTIFICATE_LABELS, "condition"))
         for certificate in self._store.list(kind="Certificate"):
             metadata = certificate["metadata"]
-            ref = (certificate.get("spec") or {}).get("issuerRef") or {}
             labels = [metadata["name"], metadata.get("namespace") or "",
-                      str(ref.get("name", "")), str(ref.get("kind", "Issuer")),
-                      str(ref.get("group", ""))]
+                      *_issuer_labels(certificate)]
             status = certificate.get("status") or {}
             for family, field in ((expiration, "notAfter"), (renewal, "renewalTime")):
                 if status.get(field):
@@ -103,3 +134,9 @@ class _CertificateCollector(Collector):
         yield expiration
         yield renewal
         yield ready
+
+
+def _issuer_labels(certificate: Object) -> list[str]:
+    """issuer_name, issuer_kind, issuer_group of a Certificate, as cert-manager labels them."""
+    ref = (certificate.get("spec") or {}).get("issuerRef") or {}
+    return [str(ref.get("name", "")), str(ref.get("kind", "Issuer")), str(ref.get("group", ""))]
