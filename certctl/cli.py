@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder (or file) of Kubernetes YAML: issuers, Ingresses, Services")
     serve.add_argument("--state-dir", type=Path, required=True,
                        help="where Secrets, Certificates, Orders and statuses are kept")
-    _edge_arguments(serve, http_port=80, https_port=443)
+    _edge_arguments(serve, http_port=80, https_port=443, metrics_address="127.0.0.1",
+                    shutdown_delay=0.0)
     serve.add_argument("--self-check-port", type=int, default=None,
                        help="port of HTTP-01 self-checks (default: --http-port)")
     _issuing_arguments(serve)
@@ -89,9 +90,12 @@ def _parser() -> argparse.ArgumentParser:
                             metavar="NAMESPACE/NAME[:PORT]",
                             help="the data-plane Service solver Ingresses route HTTP-01 to")
     controller.add_argument("--self-check-port", type=int, default=80)
-    controller.add_argument("--metrics-address", default="0.0.0.0")  # noqa: S104
+    controller.add_argument("--metrics-address", default="127.0.0.1", metavar="HOST[,HOST]",
+                            help="host(s) of the admin address: /metrics, /healthz, /readyz "
+                            "and the dashboard, without login (default: %(default)s; in a pod, "
+                            "its own IP for the probes and Prometheus)")
     controller.add_argument("--metrics-port", type=int, default=9402,
-                            help="Prometheus /metrics port, cert-manager's 9402 (0: off)")
+                            help="port of the admin address, cert-manager's 9402 (0: off)")
     _issuing_arguments(controller)
     controller.set_defaults(func=_controller)
 
@@ -103,7 +107,23 @@ def _parser() -> argparse.ArgumentParser:
         dest="watch_namespaces", metavar="NAMESPACE",
         help="serve the Ingresses, and read the Secrets, of this namespace only "
              "(repeatable; default: the whole cluster)")
-    _edge_arguments(dataplane, http_port=8080, https_port=8443)
+    # The data plane's admin address stays on its listen address (all of them) by default:
+    # kubelet's probes and Prometheus reach a pod on its own IP, which the manifests name.
+    _edge_arguments(dataplane, http_port=8080, https_port=8443, metrics_address=None,
+                    shutdown_delay=5.0)
+    # 5 s of delay and 20 s of drain stay within kubelet's default 30 s
+    # terminationGracePeriodSeconds (the manifests set it), so the process exits by itself.
+    dataplane.add_argument("--drain-timeout", type=_seconds, default=20.0, metavar="DURATION",
+                           help="after the --shutdown-delay, stop accepting and let in-flight "
+                           "requests and HTTP/2 streams finish for up to this long (each "
+                           "connection closed once idle), then cut what is left and exit "
+                           "(default: %(default)gs)")
+    dataplane.add_argument("--publish-service", default=None, metavar="NAMESPACE/NAME",
+                           help="put the addresses of this Service (its load balancer's "
+                           "status.loadBalancer.ingress and its externalIPs), followed as they "
+                           "change, into served Ingresses' status.loadBalancer, as "
+                           "ingress-nginx's flag of that name (--load-balancer-address, "
+                           "when given too, wins)")
     dataplane.set_defaults(func=_dataplane)
 
     status = commands.add_parser(
@@ -130,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_port: int) -> None:
+def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_port: int,
+                    metrics_address: str | None, shutdown_delay: float) -> None:
     """What the data plane listens on and serves (`serve`, `dataplane`)."""
     parser.add_argument("--listen-address", default="0.0.0.0",  # noqa: S104
                         help="address the data plane binds (default: all)")
@@ -139,7 +160,16 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
     parser.add_argument("--ingress-class", default="certctl",
                         help="Ingress class served when no IngressClass objects exist")
     parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics on this port (default: off)")
+                        help="serve the admin address on this port: Prometheus /metrics, "
+                        "/healthz, /readyz and the dashboard, without login (default: off)")
+    parser.add_argument("--metrics-address", default=metrics_address, metavar="HOST[,HOST]",
+                        help="host(s) of the admin address; never a public one, it has no "
+                        f"login (default: {metrics_address or 'the --listen-address'})")
+    parser.add_argument("--shutdown-delay", type=_seconds, default=shutdown_delay,
+                        metavar="DURATION",
+                        help="after SIGTERM, answer /readyz 503 and keep serving this long "
+                        "before closing the listeners, while load balancers stop sending "
+                        f"new connections here (default: {shutdown_delay:g}s)")
     parser.add_argument("--load-balancer-address", default=None, metavar="IP|HOSTNAME",
                         help="the address put into served Ingresses' status.loadBalancer "
                         "(default: leave their status alone)")
@@ -279,6 +309,8 @@ def _serve(args: argparse.Namespace) -> int:
         dns01=dns01,
         order_budget=args.order_budget,
         metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        shutdown_delay=args.shutdown_delay,
         load_balancer_address=args.load_balancer_address,
         tls_context_cache=args.tls_context_cache,
         max_connections=args.max_connections,
@@ -352,12 +384,22 @@ def _controller(args: argparse.Namespace) -> int:
 
 
 def _dataplane(args: argparse.Namespace) -> int:
-    from certctl.runtime import operator
+    from certctl.runtime import dataplane_feed, operator, published_service
 
+    publish_service = None
+    if args.publish_service is not None:
+        try:
+            publish_service = published_service.parse_reference(args.publish_service)
+        except ValueError as err:
+            print(f"certctl: {err}", file=sys.stderr)
+            return 2
+        if args.load_balancer_address is not None:
+            # The fixed address wins, as ingress-nginx's --publish-status-address does, so
+            # that the chart's extraArgs can override the --publish-service it passes.
+            publish_service = None
     configuration = _kube_configuration(args)
     if configuration is None:
         return 2
-    from certctl.runtime import dataplane_feed
 
     try:
         operator.run_dataplane(operator.DataPlaneOptions(
@@ -367,10 +409,14 @@ def _dataplane(args: argparse.Namespace) -> int:
                 address=args.listen_address, http_port=args.http_port,
                 https_port=args.https_port, ingress_class=args.ingress_class,
                 metrics_port=args.metrics_port or None,
+                metrics_address=args.metrics_address,
                 load_balancer_address=args.load_balancer_address,
                 tls_context_cache=args.tls_context_cache,
                 max_connections=args.max_connections,
-                enforce_access_annotations=not args.allow_unenforced_access),
+                enforce_access_annotations=not args.allow_unenforced_access,
+                drain_timeout=args.drain_timeout),
+            shutdown_delay=args.shutdown_delay,
+            publish_service=publish_service,
         ))
     except operator.StartupError as err:
         print(f"certctl: {err}", file=sys.stderr)

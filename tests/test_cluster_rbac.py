@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 import yaml
 
 from tests.clusterops import (
@@ -194,17 +195,21 @@ def test_the_commands_of_the_manifests_deployments_issue_and_serve(
     deployments = {d["metadata"]["name"]: d for d in granted.rendered
                    if d["kind"] == "Deployment"}
     https_port = free_port()
+    # The admin addresses' probes, on loopback instead of the pod's IP.
+    admin_ports = {"certctl-controller": free_port(), "certctl-dataplane": free_port()}
     commands = {
         "certctl-controller": _args(
             deployments["certctl-controller"], kubeconfig=str(
                 granted.kubeconfigs["certctl-controller"]),
             self_check_address="127.0.0.1", self_check_port=str(pebble.http_port),
-            metrics_address="127.0.0.1", metrics_port=str(free_port()), backoff_base="1"),
+            metrics_address="127.0.0.1", metrics_port=str(admin_ports["certctl-controller"]),
+            backoff_base="1"),
         "certctl-dataplane": _args(
             deployments["certctl-dataplane"], kubeconfig=str(
                 granted.kubeconfigs["certctl-dataplane"]),
             listen_address="127.0.0.1", http_port=str(pebble.http_port),
-            https_port=str(https_port)),
+            https_port=str(https_port), metrics_address="127.0.0.1",
+            metrics_port=str(admin_ports["certctl-dataplane"])),
     }
     api = admin_store(plane)
     mark = plane.audit.mark()
@@ -233,6 +238,10 @@ def test_the_commands_of_the_manifests_deployments_issue_and_serve(
                                       roots_pem=pebble.issuance_roots_pem())
 
         eventually(served, timeout=90, what="the certificate served by `certctl dataplane`")
+        for name, port in admin_ports.items():  # what the Deployments' probes ask
+            for probe in ("/healthz", "/readyz"):
+                answer = requests.get(f"http://127.0.0.1:{port}{probe}", timeout=5)
+                assert (answer.status_code, answer.text) == (200, "ok\n"), (name, probe)
         eventually(lambda: not api.list(kind="Challenge", namespace="default"),
                    what="the challenge cleaned up")
         # SIGTERM, as kubelet stops a pod: both stop cleanly.

@@ -73,9 +73,17 @@ CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
         | _grants(groups=("certctl.io",),
                   resources=("certificates/finalizers", "orders/finalizers",
                              "challenges/finalizers"), verbs=("update",))
+        | _grants(groups=("gateway.networking.k8s.io",), resources=("gatewayclasses",),
+                  verbs=READ)
+        | _grants(groups=("",), resources=("namespaces",), verbs=READ)
     ),
     "certctl-controller-namespaced": (
         _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ_WRITE)
+        | _grants(groups=("gateway.networking.k8s.io",),
+                  resources=("gateways", "listenersets", "httproutes"), verbs=READ)
+        | _grants(groups=("gateway.networking.k8s.io",),
+                  resources=("gateways/finalizers", "listenersets/finalizers",
+                             "httproutes/finalizers"), verbs=("update",))
         | _grants(groups=("",), resources=("services",), verbs=("get", "create", "delete"))
         | _grants(groups=("",), resources=("secrets",), verbs=READ_WRITE)
         | _grants(groups=("", "events.k8s.io"), resources=("events",),
@@ -84,10 +92,21 @@ CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
     "certctl-dataplane": (
         _grants(groups=("networking.k8s.io",), resources=("ingressclasses",), verbs=READ)
         | _grants(groups=("certctl.io",), resources=("challenges",), verbs=READ)
+        | _grants(groups=("gateway.networking.k8s.io",), resources=("gatewayclasses",),
+                  verbs=READ)
+        | _grants(groups=("gateway.networking.k8s.io",), resources=("gatewayclasses/status",),
+                  verbs=("get", "update", "patch"))
+        | _grants(groups=("",), resources=("namespaces",), verbs=READ)
     ),
     "certctl-dataplane-namespaced": (
         _grants(groups=("networking.k8s.io",), resources=("ingresses",), verbs=READ)
         | _grants(groups=("networking.k8s.io",), resources=("ingresses/status",),
+                  verbs=("get", "update", "patch"))
+        | _grants(groups=("gateway.networking.k8s.io",),
+                  resources=("gateways", "listenersets", "httproutes", "referencegrants"),
+                  verbs=READ)
+        | _grants(groups=("gateway.networking.k8s.io",),
+                  resources=("gateways/status", "listenersets/status", "httproutes/status"),
                   verbs=("get", "update", "patch"))
         | _grants(groups=("",), resources=("services", "endpoints", "secrets"), verbs=READ)
         | _grants(groups=("discovery.k8s.io",), resources=("endpointslices",), verbs=READ)
@@ -288,6 +307,8 @@ def test_base_renders_every_component(rendered):
         ("ClusterRole", "certctl-dataplane-namespaced"),
         ("ClusterRoleBinding", "certctl-dataplane"),
         ("RoleBinding", "certctl-dataplane"),
+        ("Role", "certctl-dataplane-publish-service"),
+        ("RoleBinding", "certctl-dataplane-publish-service"),
         ("Deployment", "certctl-controller"),
         ("Deployment", "certctl-dataplane"),
         ("Service", "certctl-dataplane"),
@@ -321,16 +342,29 @@ def test_controller_runs_the_controller_command_with_leader_election(rendered):
         "--cluster-resource-namespace", NAMESPACE,
         "--leader-election-namespace", NAMESPACE,
         "--solver-service", f"{NAMESPACE}/certctl-dataplane",
+        "--metrics-address", "$(POD_IP),127.0.0.1", "--metrics-port", "9402",
         "--namespace", NAMESPACE, "--namespace", "default",
     ]
     assert container["env"] == [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
-    # Nothing listens in the controller: no ports, and so nothing to probe.
-    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & container.keys()
+    _probes_the_admin_address(container)
 
 
-def test_data_plane_runs_the_dataplane_command_and_probes_its_http_port(rendered):
+def _probes_the_admin_address(container: dict[str, Any]) -> None:
+    """Liveness on /healthz and readiness on /readyz of the admin address, which listens on
+    the pod's IP (kubelet probes it there) and loopback (kubectl port-forward), never on
+    all addresses, at the port the container names `metrics`."""
+    args = container["args"]
+    assert args[args.index("--metrics-address") + 1] == "$(POD_IP),127.0.0.1"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == int(args[args.index("--metrics-port") + 1])
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
+
+
+def test_data_plane_runs_the_dataplane_command_and_probes_its_admin_address(rendered):
     deployment = _one(rendered, "Deployment", "certctl-dataplane")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "certctl-dataplane"
@@ -339,17 +373,50 @@ def test_data_plane_runs_the_dataplane_command_and_probes_its_http_port(rendered
     command = container["command"] + container["args"]
     assert command == [
         "certctl", "dataplane", "--http-port", "8080", "--https-port", "8443",
-        "--ingress-class", "certctl", "--namespace", "default",
+        "--ingress-class", "certctl",
+        "--metrics-address", "$(POD_IP),127.0.0.1", "--metrics-port", "9403",
+        "--publish-service", f"{NAMESPACE}/certctl-dataplane",
+        "--namespace", "default",
     ]
-    assert [env["name"] for env in container["env"]] == ["POD_NAME", "POD_NAMESPACE"]
+    assert [env["name"] for env in container["env"]] == ["POD_NAME", "POD_NAMESPACE", "POD_IP"]
     assert [env["valueFrom"]["fieldRef"]["fieldPath"] for env in container["env"]] == [
-        "metadata.name", "metadata.namespace",
+        "metadata.name", "metadata.namespace", "status.podIP",
     ]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"http": 8080, "https": 8443}
-    for probe in ("livenessProbe", "readinessProbe"):
-        port = container[probe]["tcpSocket"]["port"]
-        assert ports[port] == int(command[command.index("--http-port") + 1])
+    assert ports == {"http": 8080, "https": 8443, "metrics": 9403}
+    _probes_the_admin_address(container)
+
+
+def test_data_plane_exits_within_its_termination_grace_period(rendered):
+    """SIGTERM: not ready for --shutdown-delay, then a drain of up to --drain-timeout; kubelet
+    kills the pod after terminationGracePeriodSeconds, which must come later."""
+    from certctl import cli
+
+    deployment = _one(rendered, "Deployment", "certctl-dataplane")
+    (container,) = _containers(deployment)
+    args = cli._parser().parse_args(container["args"])
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert args.shutdown_delay + args.drain_timeout + 2 <= grace, (args, grace)
+
+
+def test_data_plane_reads_only_its_own_service_in_the_certctl_namespace(rendered):
+    """--publish-service names the Service the base creates, which a Role lets the data
+    plane's account get, list and watch by name, and nothing else of namespace certctl."""
+    (container,) = _containers(_one(rendered, "Deployment", "certctl-dataplane"))
+    args = container["args"]
+    namespace, name = args[args.index("--publish-service") + 1].split("/")
+    service = _one(rendered, "Service", name)
+    assert service["metadata"]["namespace"] == namespace == NAMESPACE
+    role = _one(rendered, "Role", "certctl-dataplane-publish-service")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _rules(role) == [{"apiGroups": [""], "resources": ["services"],
+                             "resourceNames": [name], "verbs": ["get", "list", "watch"]}]
+    binding = _one(rendered, "RoleBinding", role["metadata"]["name"])
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "certctl-dataplane",
+                                    "namespace": NAMESPACE}]
 
 
 def test_pods_run_unprivileged_on_a_read_only_root(rendered):
@@ -407,7 +474,7 @@ def test_builtin_objects_match_the_kubernetes_openapi_schemas(rendered, version,
         kubernetes_validate.validate(obj, version, strict=True)
 
     mistyped = copy.deepcopy(_one(rendered, "Deployment", "certctl-dataplane"))
-    _containers(mistyped)[0]["readinessProbe"]["tcpSocket"]["prot"] = "http"
+    _containers(mistyped)[0]["readinessProbe"]["httpGet"]["prot"] = "metrics"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(mistyped, version, strict=True)
 
@@ -614,7 +681,9 @@ def _status_samples() -> list[dict[str, Any]]:
         "spec": {"url": "https://acme.example/chall/1",
                  "authorizationURL": "https://acme.example/authz/1", "dnsName": "example.com",
                  "wildcard": False, "type": "HTTP-01", "token": "tok", "key": "tok.thumbprint",
-                 "issuerRef": issuer_ref, "solverIndex": 0},
+                 "issuerRef": issuer_ref, "solverIndex": 0,
+                 "solver": {"selector": {"dnsNames": ["example.com"]},
+                            "http01": {"ingress": {"ingressClassName": "certctl"}}}},
         "status": {"presented": True, "processing": True, "state": "pending",
                    "reason": "Accepted: waiting for the ACME server to validate"},
     }
@@ -737,8 +806,9 @@ def test_dns01_plugin_providers_pass_the_schema_and_the_parser_counts_providers(
     plugin = _mutate(_DNS01_ISSUER, _set(f"{_SOLVER}.dns01", {"example": {"apiURL": "x"}}))
     assert _violations(plugin) == []
     parsed = _parse(plugin)
-    assert isinstance(parsed, resources.Issuer) and parsed.acme is not None
-    assert parsed.acme.solvers[0].dns01_provider == "example"
+    assert isinstance(parsed, resources.Issuer) and isinstance(parsed.spec, resources.AcmeIssuer)
+    assert parsed.spec.solvers[0].config == resources.Dns01ProviderSolver(
+        provider="example", config=(("apiURL", "x"),))
 
     # CEL cannot see plugin keys, so "no provider at all" is certctl's to refuse.
     empty = _mutate(_DNS01_ISSUER, _set(f"{_SOLVER}.dns01", {}))
@@ -754,11 +824,14 @@ def test_cluster_examples_parse_and_fit_together(rendered):
               for obj in (_cluster_example(path.name)
                           for path in sorted(CLUSTER_EXAMPLES.glob("*.yaml")))}
     issuers = {name: p for name, p in parsed.items() if isinstance(p, resources.Issuer)}
-    acme = {name: p.acme for name, p in issuers.items() if p.acme is not None}
-    assert any(i.self_signed for i in issuers.values())
-    http01 = [s.http01 for a in acme.values() for s in a.solvers if s.http01 is not None]
+    acme = {name: p.spec for name, p in issuers.items()
+            if isinstance(p.spec, resources.AcmeIssuer)}
+    assert any(isinstance(i.spec, resources.SelfSignedIssuer) for i in issuers.values())
+    configs = [s.config for a in acme.values() for s in a.solvers]
+    http01 = [c for c in configs if isinstance(c, resources.Http01IngressSolver)]
     assert http01 and all(h.ingress_class_name == "certctl" for h in http01)
-    assert {s.dns01_provider for a in acme.values() for s in a.solvers} >= {"rfc2136"}
+    assert {c.provider for c in configs
+            if isinstance(c, resources.Dns01ProviderSolver)} >= {"rfc2136"}
 
     (certificate,) = [p for p in parsed.values() if isinstance(p, resources.Certificate)]
     assert certificate.issuer_ref.name in issuers
@@ -816,11 +889,18 @@ def test_nothing_but_certctl_io_is_writable_cluster_wide(rendered):
     assert {r["metadata"]["name"] for r in cluster_wide} == {"certctl-controller",
                                                             "certctl-dataplane"}
     for role in cluster_wide:
+        # Beside ours, only the status of the cluster-scoped GatewayClass (the Gateway API
+        # asks its implementation to set Accepted there).
         writes = {(g, r, v) for g, r, v in _flatten(role) if v in WRITE}
-        assert {g for g, _, _ in writes} <= {"certctl.io"}, (role["metadata"]["name"], writes)
+        assert {(g, r) for g, r, _ in writes if g != "certctl.io"} <= {
+            ("gateway.networking.k8s.io", "gatewayclasses/status")}, (role["metadata"]["name"],
+                                                                      writes)
         # Not even reading a Secret, or any namespaced kind but ours, in every namespace.
         others = {(g, r) for g, r, _ in _flatten(role) if g != "certctl.io"}
-        assert others <= {("networking.k8s.io", "ingressclasses")}, others  # cluster-scoped
+        assert others <= {("networking.k8s.io", "ingressclasses"),  # cluster-scoped
+                          ("", "namespaces"),  # read for their labels only
+                          ("gateway.networking.k8s.io", "gatewayclasses"),
+                          ("gateway.networking.k8s.io", "gatewayclasses/status")}, others
 
 
 def test_secrets_only_through_role_bindings_in_the_watched_namespaces(rendered):

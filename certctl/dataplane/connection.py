@@ -36,6 +36,10 @@ relaying a tunnel) uses the route's read timeout, refreshed by any progress.
 A request head is the exception: it must be complete `client_timeout` after
 its first byte, however slowly the rest trickles in (slowloris), and bytes
 between requests do not extend the idle deadline.
+
+When the data plane drains (`drain`, SIGTERM), a connection between requests
+is closed at once and one serving a request answers it with `Connection:
+close` and closes after it; a tunnel runs on until the grace period ends.
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ class ClientConnection(asyncio.Protocol):
         "_connection_tokens",
         "_content_length",
         "_deadline",
+        "_draining",
         "_events",
         "_expect_continue",
         "_extra_headers",
@@ -210,6 +215,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False  # by us: flow control or a request in flight
         self._client_slow = False  # the client's transport asked us to stop writing
         self._deadline = 0.0
+        self._draining = False  # the data plane stops: close after the request in flight
         # the request being parsed
         self._in_head = False
         self._head_size = 0  # bytes received while in the head (httptools buffers a partial one)
@@ -273,6 +279,8 @@ class ClientConnection(asyncio.Protocol):
             replacement.connection_made(self._transport)
             return
         self._deadline = time.monotonic() + self._plane.client_timeout
+        # A handshake that completed after the listeners closed: serve its one request.
+        self._draining = self._plane.draining
         self._plane.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -730,6 +738,8 @@ class ClientConnection(asyncio.Protocol):
             return
         client_http11 = head.version != "1.0"
         keep_alive = head.keep_alive and (head.upgrade is None or self._upgraded_bytes is None)
+        if self._draining:
+            keep_alive = False  # `Connection: close`: the client's next request goes elsewhere
         bodyless = head.method == b"HEAD" or response.status in (204, 304)
         # Framing towards the client: keep a Content-Length, re-chunk the rest
         # for HTTP/1.1 clients, and fall back to closing for HTTP/1.0 ones.
@@ -890,7 +900,7 @@ class ClientConnection(asyncio.Protocol):
         extra_headers: bytes = b"",
     ) -> None:
         """Answer the current request ourselves (no upstream, or instead of a failed one)."""
-        keep_alive = keep_alive and self._request_fully_read()
+        keep_alive = keep_alive and not self._draining and self._request_fully_read()
         reason = dispatch.REASONS[status]
         if body is None:
             body = reason + b"\n"
@@ -938,7 +948,7 @@ class ClientConnection(asyncio.Protocol):
         self._match = None
         self._body_done = False
         self._response_started = False
-        if not keep_alive or self._upgraded_bytes is not None:
+        if not keep_alive or self._upgraded_bytes is not None or self._draining:
             self._close()
             return
         self._deadline = self._head_deadline = time.monotonic() + self._plane.client_timeout
@@ -966,6 +976,13 @@ class ClientConnection(asyncio.Protocol):
             self._closed = True
             self._transport.abort()
         self._drop_upstream()
+
+    def drain(self) -> None:
+        """The data plane stops: close now if between requests, else after the response
+        in flight (sent with `Connection: close` if its head is not out yet)."""
+        self._draining = True
+        if self._head is None and not self._events and not self._in_head:
+            self._close()
 
     def close(self) -> None:
         """Stop serving this connection now (the data plane is stopping)."""

@@ -13,6 +13,15 @@ after the handshake; the rest speak HTTP/1.1 with
 deadline (see `connection`) and every handshake's twice a second, instead
 of a timer per read.
 
+`stop(grace=...)` drains rather than cuts (SIGTERM, after the shutdown
+delay): the listeners close, so new connections are refused and go to another
+replica; each HTTP/1.1 connection is closed as soon as it is between requests,
+and the request in flight, if any, is answered with `Connection: close` first;
+each HTTP/2 connection gets a GOAWAY naming the last stream it had opened, its
+open streams finish and it closes when none is left. Whatever still runs when
+the grace period ends (a long download, a WebSocket) is cut, so that the
+process exits before kubelet's terminationGracePeriodSeconds kills it.
+
 Handshakes are counted by the TLS listener: a protocol is only created for a
 connection whose handshake completed; the others (garbage, a truncated
 hello, a timeout, a reset, plain HTTP on the TLS port) are counted as
@@ -30,6 +39,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from certctl.admin import health as admin_health
+from certctl.admin import server as admin_server
 from certctl.dataplane import (
     DEFAULT_MAX_CONNECTIONS,
     certstore,
@@ -75,7 +86,9 @@ class DataPlane:
         proxy_read_timeout) and `connect_timeout` each connect, unless an
         Ingress annotation says otherwise; `client_timeout` bounds each wait
         for client bytes, including the idle time between keep-alive
-        requests. `metrics_address` serves Prometheus metrics (None: off).
+        requests. `metrics_address` serves the admin address (None: off): /metrics and
+        the probes of a data plane embedded on its own (tests, benchmarks); the commands
+        run one admin server per process instead (runtime.dataplane_feed).
 
         At most `max_connections` client connections are held, both listeners and
         TLS handshakes in progress together: at the limit the HTTPS listener stops
@@ -84,7 +97,6 @@ class DataPlane:
         once (its server cannot pause accepting)."""
         self._http_address = http_address
         self._https_address = https_address
-        self._metrics_address = metrics_address
         self.certificates = certificates
         self.challenge_responder = challenge_responder
         self.connect_timeout = connect_timeout
@@ -97,13 +109,18 @@ class DataPlane:
         self._servers: list[asyncio.Server] = []
         self._http_port: int | None = None
         self._https_port: int | None = None
-        self._metrics_port: int | None = None
         self.pool = upstream.Pool()
         self.limits = limits.RequestLimits()  # Ingresses' limit-rps/-rpm/-connections counts
         self.external_auth = external_auth.ExternalAuthorizer(
             pool=self.pool, connect_timeout=connect_timeout, timeout=upstream_timeout)
         self.metrics = metrics.Metrics(certificates=certificates)
+        self.health = admin_health.Health(waiting_for=())
+        self._admin = None if metrics_address is None else admin_server.AdminServer(
+            address=metrics_address, health=self.health, registry=self.metrics.registry)
         self._connections: set[connection.ClientConnection | http2.Http2Connection] = set()
+        # Stopping: connections finish what they serve, then close (read by them).
+        self.draining = False
+        self._drained: asyncio.Event | None = None  # set when the last one closed
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
@@ -134,8 +151,8 @@ class DataPlane:
 
     @property
     def metrics_port(self) -> int | None:
-        """The bound metrics port, None when metrics are off or not started."""
-        return self._metrics_port
+        """The bound admin port, None when it is off or not started."""
+        return None if self._admin is None else self._admin.port
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,18 +178,22 @@ class DataPlane:
             )
             self._tls.listen(*self._https_address)
             self._https_port = self._tls.sockets[0].getsockname()[1]
-        if self._metrics_address is not None:
-            self._metrics_port = self.metrics.serve(self._metrics_address)
+        if self._admin is not None:
+            self.health.watch_loop(loop)
+            self._admin.start()
         self._sweeper = asyncio.create_task(self._sweep())
         logger.info(
             "data plane listening: http %s, https %s, metrics %s",
             self._http_port,
             self._https_port,
-            self._metrics_port,
+            self.metrics_port,
         )
 
-    async def stop(self) -> None:
-        """Stop listening and drop open connections (in-flight requests are cut)."""
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Stop listening and drop open connections; with a `grace` period (seconds), let
+        in-flight requests and streams finish first, for up to that long (see above)."""
+        if grace > 0 and self._servers:
+            await self._drain(grace)
         for server in self._servers:
             server.close()
         if self._tls is not None:
@@ -191,9 +212,33 @@ class DataPlane:
             await server.wait_closed()
         self._servers.clear()
         self.pool.close_all()
-        self.metrics.stop()
+        if self._admin is not None:
+            self._admin.stop()
         self._uninstall_unraisablehook()
-        self._http_port = self._https_port = self._metrics_port = None
+        self._http_port = self._https_port = None
+        self.draining = False
+        self._drained = None
+
+    async def _drain(self, grace: float) -> None:
+        """Refuse new connections and wait, up to `grace` seconds, until the open ones
+        finished what they serve and closed."""
+        self.draining = True
+        self._drained = asyncio.Event()
+        for server in self._servers:
+            server.close()
+        if self._tls is not None:
+            self._tls.stop_listening()
+        for client in list(self._connections):
+            client.drain()
+        if not self._connections:
+            return
+        logger.info("draining %d client connections for up to %g s", len(self._connections),
+                    grace)
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace)
+        except TimeoutError:
+            logger.warning("%d client connections still busy after the drain timeout: cut",
+                           len(self._connections))
 
     def _certificates_asked_for(self) -> bool:
         """Whether some host asks for client certificates (its handshakes then start on its
@@ -263,6 +308,8 @@ class DataPlane:
         self, client: connection.ClientConnection | http2.Http2Connection
     ) -> None:
         self._connections.discard(client)
+        if self._drained is not None and not self._connections:
+            self._drained.set()
         if self._tls is not None:
             self._tls.resume_accepting()  # if the limit had paused it
 

@@ -132,6 +132,15 @@ class TlsListener:
         """The listening sockets."""
         return [listening for listening, _ in self._listening.values()]
 
+    def stop_listening(self) -> None:
+        """Close the listening sockets, so that new connections are refused, and keep
+        serving the open ones (the data plane drains them)."""
+        for fd in list(self._accepting):
+            self._stop_accepting(fd)
+        for listening, _ in self._listening.values():
+            listening.close()
+        self._listening.clear()
+
     def close(self) -> None:
         """Stop accepting and drop every connection."""
         for listening, _ in self._listening.values():

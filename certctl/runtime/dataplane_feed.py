@@ -6,17 +6,30 @@ reference, the certificate index, a token dict), so nothing slow happens
 while a client waits. Rebuilds are debounced: a burst of events (500
 Ingresses at start-up) costs one rebuild, not 500.
 
-With a load-balancer address configured, every Ingress this data plane
-serves gets it in `status.loadBalancer.ingress` (an `ip` entry for an IP
-address, else a `hostname`), as every Ingress controller reports where it
-serves; the write is skipped when the status already says so, and the entry
-is taken away again from an Ingress that is no longer served. Only the Store
+With a load-balancer address configured (a fixed one, or with
+--publish-service its Service's, followed as they change:
+`runtime.published_service`), every Ingress this data plane serves gets it
+in `status.loadBalancer.ingress` (an `ip` entry for an IP address, else a
+`hostname`), as every Ingress controller reports where it serves; the
+write is skipped when the status already says so, and the entry is taken
+away again from an Ingress that is no longer served. Only the Store
 protocol is used, so the same feed runs against the local store and the
 Kubernetes API.
+
+Gateway API objects (GatewayClass, Gateway, ListenerSet, HTTPRoute, ReferenceGrant) are a
+second route source (`certctl.routes.gateway`) served from the same route
+table; its statuses (GatewayClass, Gateway and ListenerSet conditions, listeners, the
+route parents of our controllerName) are written after every rebuild that
+changes them, with `status.addresses` from the load-balancer address, else
+the listen address when it is a specific one. A cluster without the Gateway
+API CRDs simply has none of these objects.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import functools
 import ipaddress
 import logging
 import threading
@@ -25,19 +38,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from certctl.api import parsing, resources
+from certctl.admin import dashboard, health
+from certctl.admin import server as admin_server
+from certctl.admin.events import EventRecorder
+from certctl.api import conditions, parsing, resources
+from certctl.api import gateway as gateway_api
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import reconciling
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore, routing, server
 from certctl.pki import secret as tls_secret
+from certctl.routes import gateway as gateway_routes
 from certctl.routes import ingress as ingress_routes
 from certctl.routes import ingress_annotations, model
-from certctl.store.interface import Conflict, NotFound, Object, Store, WatchEvent
+from certctl.store.interface import Conflict, Forbidden, NotFound, Object, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
 
-ROUTING_KINDS = frozenset({"Ingress", "Service", "EndpointSlice", "Endpoints", "IngressClass"})
+# Namespaces for their labels (Gateway listeners taking routes `from: Selector`).
+ROUTING_KINDS = frozenset({"Ingress", "Service", "EndpointSlice", "Endpoints", "IngressClass",
+                           "Namespace", *gateway_api.KINDS})
 CONTROLLER_NAME = "certctl.io/ingress-controller"
 DEBOUNCE_SECONDS = 0.02
 # A refresh that failed (the API down past the store's own retries) is tried
@@ -56,15 +76,25 @@ class DataPlaneFeed:
         ingress_class: str,
         load_balancer_address: str | None = None,
         enforce_access_annotations: bool = True,
+        gateway_address: str | None = None,
+        clock: reconciling.Clock = reconciling.system_clock,
+        on_loaded: Callable[[], None] | None = None,
     ) -> None:
         """`load_balancer_address` (an IP or a DNS name) goes into the status of
         served Ingresses; None leaves their status alone. `enforce_access_annotations`
-        False serves Ingresses with access annotations certctl does not enforce."""
+        False serves Ingresses with access annotations certctl does not enforce.
+        `gateway_address` goes into served Gateways' `status.addresses`. `on_loaded` is
+        called once, after the first refresh that loaded the routes (with their Services)
+        and the certificates: the data plane's readiness."""
+        self._on_loaded = on_loaded
+        self.routes = model.RouteSet()  # the route set last published (for the dashboard)
         self._store = store
         self._certificates = certificates
         self._publish_routes = publish_routes
         self._ingress_class = ingress_class
         self._load_balancer = _load_balancer_entries(load_balancer_address)
+        # Entries published before and no longer (set_load_balancer): taken away too.
+        self._withdrawn: list[dict[str, str]] = []
         self._served: frozenset[ObjectKey] = frozenset()
         self._status_written: set[ObjectKey] = set()
         self._enforce_access_annotations = enforce_access_annotations
@@ -78,10 +108,25 @@ class DataPlaneFeed:
         self._routes_dirty = True
         self._secrets_dirty = True
         self._statuses_dirty = False
+        self._gateway_addresses = _gateway_addresses(gateway_address)
+        self._clock = clock
+        self._gateways = gateway_routes.Compiled(routes=model.RouteSet())
+        self._gateway_statuses_dirty = False
+        # HTTPRoutes whose status has a parent entry of ours (to take it back when detached).
+        self._route_parents_written: set[ObjectKey] = set()
+        self._forbidden_kinds: set[str] = set()  # Gateway API kinds logged as not readable
+        # (namespace, name) of the Secrets our Gateways' listeners name, resolved or not.
+        self._listener_secrets: frozenset[tuple[str, str]] = frozenset()
         self._thread = threading.Thread(target=self._run, name="dataplane-feed", daemon=True)
 
     def start(self) -> None:
-        self.refresh()
+        """Load everything once now; when that fails (the API refuses, RBAC is missing), the
+        feed's thread retries with backoff and the data plane stays not ready meanwhile."""
+        try:
+            self.refresh()
+        except Exception:
+            logger.exception("loading routes and certificates failed; retrying")
+            self._wake.set()
         self._thread.start()
 
     def stop(self) -> None:
@@ -98,10 +143,11 @@ class DataPlaneFeed:
             self._on_challenge(event)
             return
         if kind in ROUTING_KINDS or (
-            kind == "Secret" and (event.key.namespace or "", event.key.name) in self._auth_secrets
+            kind == "Secret" and (event.key.namespace or "", event.key.name) in (
+                self._auth_secrets | self._listener_secrets)
         ):
             self._routes_dirty = True
-        if kind in ("Ingress", "Secret"):
+        if kind in ("Ingress", "Secret", "Gateway"):
             self._secrets_dirty = True
         if self._routes_dirty or self._secrets_dirty:
             self._wake.set()
@@ -116,6 +162,15 @@ class DataPlaneFeed:
             self._tokens.pop(token, None)
         elif spec.get("type") == "HTTP-01":
             self._tokens[token] = (str(spec.get("dnsName", "")).lower(), str(spec.get("key")))
+
+    def set_load_balancer(self, entries: list[dict[str, str]]) -> None:
+        """What served Ingresses' `status.loadBalancer.ingress` says from now on (with
+        --publish-service, its Service's addresses as they change); from any thread."""
+        previous = self._load_balancer or []
+        self._withdrawn = [e for e in (*self._withdrawn, *previous) if e not in entries]
+        self._load_balancer = entries
+        self._statuses_dirty = True
+        self._wake.set()
 
     def respond_to_challenge(self, host: str, token: str) -> str | None:
         """The key authorization for a live challenge of this host, else None (a 404)."""
@@ -168,6 +223,16 @@ class DataPlaneFeed:
             except Exception:
                 self._secrets_dirty = True
                 raise
+        if self._on_loaded is not None:
+            loaded, self._on_loaded = self._on_loaded, None
+            loaded()
+        if self._gateway_statuses_dirty:
+            self._gateway_statuses_dirty = False
+            try:
+                self._write_gateway_statuses()
+            except Exception:
+                self._gateway_statuses_dirty = True
+                raise
         if self._statuses_dirty and self._load_balancer is not None:
             self._statuses_dirty = False
             try:
@@ -177,11 +242,17 @@ class DataPlaneFeed:
                 raise
 
     def _refresh_routes(self) -> None:
+        served_secrets = self._gateways.secrets
         table = self._build_routes()
+        if self._gateways.secrets != served_secrets:
+            self._secrets_dirty = True  # a listener's Secret resolved, or no longer
         self._publish_routes(table)
-        self._served = table.served
+        # The Ingresses served (the table's also names Gateways and HTTPRoutes, whose
+        # statuses are the Gateway API's own).
+        self._served = frozenset(key for key in table.served if key.kind == "Ingress")
         self._report(table.problems)
         self._statuses_dirty = True
+        self._gateway_statuses_dirty = True
 
     def _report(self, problems: tuple[model.SourceProblem, ...]) -> None:
         """A Warning event (logged too) on the source object of each problem not reported yet."""
@@ -204,7 +275,8 @@ class DataPlaneFeed:
                 continue
             status = obj.get("status") or {}
             current = (status.get("loadBalancer") or {}).get("ingress") or []
-            wanted = entries if served else [e for e in current if e not in entries]
+            wanted = entries if served else [
+                e for e in current if e not in entries and e not in self._withdrawn]
             if current == wanted:
                 if served:
                     self._status_written.add(key)
@@ -238,6 +310,7 @@ class DataPlaneFeed:
                 logger.error("%s", err)
         classes = _parsed(self._store.list(kind="IngressClass"), parsing.parse_ingress_class)
         auth_secrets = self._read_auth_secrets(ingresses)
+        self._gateways = self._compile_gateways(services)
         routes = ingress_routes.compile_ingresses(
             ingresses=ingresses,
             ingress_classes=classes,
@@ -246,7 +319,127 @@ class DataPlaneFeed:
             enforce_access_annotations=self._enforce_access_annotations,
             secret_data=lambda namespace, name: auth_secrets.get((namespace, name)),
         )
+        gateway_set = self._gateways.routes
+        if gateway_set.routes or gateway_set.served:
+            routes = model.RouteSet(routes=routes.routes + gateway_set.routes,
+                                    defaults=routes.defaults,
+                                    served=routes.served | gateway_set.served,
+                                    problems=routes.problems + gateway_set.problems)
+        self.routes = routes
         return routing.RouteTable.build(routes=routes, services=services, endpoint_slices=slices)
+
+    def _compile_gateways(self, services: list[resources.Service]) -> gateway_routes.Compiled:
+        gateways = _parsed(self._listed("Gateway"), gateway_api.parse_gateway)
+        listener_sets = _parsed(self._listed("ListenerSet"), gateway_api.parse_listener_set)
+        http_routes = _parsed(self._listed("HTTPRoute"), gateway_api.parse_http_route)
+        # Before reading them: a Secret changing meanwhile marks the routes again.
+        self._listener_secrets = frozenset(
+            (ref.namespace or owner.namespace, ref.name) for owner in (*gateways, *listener_sets)
+            for listener in owner.listeners for ref in listener.certificate_refs
+        ) | frozenset((route.namespace, name) for route in http_routes
+                      if (name := _route_certificate_secret(route)) is not None)
+        return gateway_routes.compile_gateways(
+            classes=_parsed(self._listed("GatewayClass"),
+                            gateway_api.parse_gateway_class),
+            gateways=gateways,
+            listener_sets=listener_sets,
+            http_routes=http_routes,
+            grants=_parsed(self._listed("ReferenceGrant"),
+                           gateway_api.parse_reference_grant),
+            services=services,
+            secret_exists=self._tls_secret_exists,
+            # Read only when a selector needs their labels.
+            namespaces=_parsed(self._listed("Namespace"), gateway_api.parse_namespace)
+            if _selects_namespaces(gateways, listener_sets) else (),
+        )
+
+    def _listed(self, kind: str) -> list[Object]:
+        """The objects of a Gateway API kind (or Namespaces): none when the cluster does not
+        know the kind (its CRDs not installed) or the data plane may not read it (a Role from
+        before certctl served the Gateway API): Ingresses are served all the same."""
+        try:
+            return self._store.list(kind=kind)
+        except NotFound:
+            return []
+        except Forbidden as err:
+            if kind not in self._forbidden_kinds:
+                self._forbidden_kinds.add(kind)
+                logger.warning("%s are not served: the data plane may not list them (%s); "
+                               "its Role needs the Gateway API rules of "
+                               "manifests/rbac-dataplane.yaml", kind, err)
+            return []
+
+    def _tls_secret_exists(self, namespace: str, name: str) -> bool:
+        secret = self._store.get(kind="Secret", namespace=namespace, name=name)
+        if secret is None:
+            return False
+        try:
+            tls_secret.read_tls_secret(secret)
+        except (tls_secret.SecretInvalid, ValueError):
+            return False
+        return True
+
+    def _write_gateway_statuses(self) -> None:
+        """GatewayClass, Gateway and HTTPRoute statuses as compiled; a write that changes
+        nothing is skipped, so replicas agreeing on the status write it once."""
+        now = self._clock()
+        compiled = self._gateways
+        for found in compiled.classes:
+            self._update_status(kind="GatewayClass", namespace=None, name=found.name,
+                                change=functools.partial(_class_status, found=found, now=now))
+        for gateway in (*compiled.gateways, *compiled.listener_sets):
+            self._update_status(kind=gateway.key.kind, namespace=gateway.key.namespace,
+                                name=gateway.key.name,
+                                change=functools.partial(self._gateway_status, found=gateway,
+                                                         now=now))
+        wanted = {route.key: route for route in compiled.http_routes}
+        for key in sorted(set(wanted) | self._route_parents_written, key=str):
+            route = wanted.get(key)
+            self._update_status(kind="HTTPRoute", namespace=key.namespace, name=key.name,
+                                change=functools.partial(_route_status, found=route, now=now))
+            if route is None:
+                self._route_parents_written.discard(key)
+            else:
+                self._route_parents_written.add(key)
+
+    def _gateway_status(self, status: dict[str, Any], *, found: gateway_routes.GatewayStatus,
+                        now: datetime.datetime) -> dict[str, Any]:
+        before = {entry.get("name"): entry for entry in status.get("listeners") or []
+                  if isinstance(entry, dict)}
+        listeners = [{
+            "name": listener.name,
+            "supportedKinds": [{"group": k.group, "kind": k.kind}
+                               for k in listener.supported_kinds],
+            "attachedRoutes": listener.attached_routes,
+            "conditions": _conditions((before.get(listener.name) or {}).get("conditions") or [],
+                                      listener.conditions, generation=found.generation, now=now),
+        } for listener in found.listeners]
+        updated = {**status, "listeners": listeners, "conditions": _conditions(
+            status.get("conditions") or [], found.conditions, generation=found.generation,
+            now=now)}
+        if found.attached_listener_sets is not None:  # a Gateway (not a ListenerSet)
+            updated["attachedListenerSets"] = found.attached_listener_sets
+            if self._gateway_addresses:
+                updated["addresses"] = self._gateway_addresses
+        return updated
+
+    def _update_status(self, *, kind: str, namespace: str | None, name: str,
+                       change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        obj = self._store.get(kind=kind, namespace=namespace, name=name)
+        if obj is None:
+            return
+        status = dict(obj.get("status") or {})
+        wanted = change(status)
+        if wanted == status:
+            return
+        obj["status"] = wanted
+        try:
+            self._store.replace_status(obj=obj)
+        except Conflict:
+            self._gateway_statuses_dirty = True  # its watch event brings us back
+            self._wake.set()
+        except NotFound:
+            pass
 
     def _read_auth_secrets(
         self, ingresses: list[resources.Ingress]
@@ -280,6 +473,7 @@ class DataPlaneFeed:
                 name = tls.get("secretName") if isinstance(tls, dict) else None
                 if isinstance(name, str) and name:
                     wanted.add(ObjectKey(kind="Secret", namespace=namespace, name=name))
+        wanted |= self._gateways.secrets
         for key in wanted:
             secret = self._store.get(kind="Secret", namespace=key.namespace, name=key.name)
             if secret is None:
@@ -315,6 +509,82 @@ def _load_balancer_entries(address: str | None) -> list[dict[str, str]] | None:
     return [{"ip": address}]
 
 
+def _selects_namespaces(gateways: list[gateway_api.Gateway],
+                        listener_sets: list[gateway_api.ListenerSet]) -> bool:
+    """Whether a Gateway takes ListenerSets, or a listener routes, by namespace labels."""
+    owners: list[gateway_api.Gateway | gateway_api.ListenerSet] = [*gateways, *listener_sets]
+    return any(gateway.allowed_listeners_from == "Selector" for gateway in gateways) or any(
+        listener.allowed_from == "Selector" for owner in owners for listener in owner.listeners)
+
+
+def _route_certificate_secret(route: gateway_api.HTTPRoute) -> str | None:
+    """The Secret of a route's opt-in Certificate; a bad annotation is gateway-shim's to
+    report."""
+    try:
+        return gateway_api.route_certificate_secret(route)
+    except InvalidObject:
+        return None
+
+
+def _gateway_addresses(address: str | None) -> list[dict[str, str]]:
+    if address is None:
+        return []
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [{"type": "Hostname", "value": address}]
+    return [{"type": "IPAddress", "value": address}]
+
+
+def _conditions(
+    current: list[dict[str, Any]], wanted: tuple[gateway_routes.Condition, ...], *,
+    generation: int, now: datetime.datetime,
+) -> list[dict[str, Any]]:
+    found = current
+    for condition in wanted:
+        found = conditions.set_condition(found, type=condition.type, status=condition.status,
+                                         reason=condition.reason, message=condition.message,
+                                         now=now, observed_generation=generation)
+    return found
+
+
+def _class_status(status: dict[str, Any], *, found: gateway_routes.ClassStatus,
+                  now: datetime.datetime) -> dict[str, Any]:
+    return {**status, "conditions": _conditions(status.get("conditions") or [], found.conditions,
+                                                generation=found.generation, now=now)}
+
+
+def _route_status(status: dict[str, Any], *, found: gateway_routes.RouteStatus | None,
+                  now: datetime.datetime) -> dict[str, Any]:
+    """`status.parents` with the entries of other controllers kept and ours replaced."""
+    parents = [entry for entry in status.get("parents") or []
+               if isinstance(entry, dict)]
+    ours = {_parent_key(entry.get("parentRef") or {}): entry for entry in parents
+            if entry.get("controllerName") == gateway_routes.CONTROLLER_NAME}
+    kept = [entry for entry in parents
+            if entry.get("controllerName") != gateway_routes.CONTROLLER_NAME]
+    for parent in found.parents if found is not None else ():
+        ref: dict[str, Any] = {"group": parent.parent.group, "kind": parent.parent.kind,
+                               "name": parent.parent.name}
+        if parent.parent.namespace is not None:
+            ref["namespace"] = parent.parent.namespace
+        if parent.parent.section_name is not None:
+            ref["sectionName"] = parent.parent.section_name
+        if parent.parent.port is not None:
+            ref["port"] = parent.parent.port
+        before = ours.get(_parent_key(ref)) or {}
+        kept.append({"parentRef": ref, "controllerName": gateway_routes.CONTROLLER_NAME,
+                     "conditions": _conditions(before.get("conditions") or [], parent.conditions,
+                                               generation=found.generation if found else 0,
+                                               now=now)})
+    return {**status, "parents": kept}
+
+
+def _parent_key(ref: dict[str, Any]) -> tuple[object, ...]:
+    return (ref.get("group", gateway_api.GROUP), ref.get("kind", "Gateway"), ref.get("namespace"),
+            ref.get("name"), ref.get("sectionName"), ref.get("port"))
+
+
 def _parsed(
     objects: list[Object], parse: Callable[..., Any], *, quiet: bool = False
 ) -> list[Any]:
@@ -336,20 +606,34 @@ class Listening:
     http_port: int
     https_port: int
     ingress_class: str
-    metrics_port: int | None = None  # Prometheus /metrics; None: off
+    metrics_port: int | None = None  # the admin address's port: /metrics, probes; None: off
+    metrics_address: str | None = None  # the admin address's host; None: `address`
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections held at once
     # False serves Ingresses whose access annotations certctl does not enforce (the
     # operator's explicit opt-out, --allow-unenforced-access-annotations).
     enforce_access_annotations: bool = True
+    # At stop, seconds in-flight requests and streams get to finish (0: cut them).
+    drain_timeout: float = 0.0
+
+
+# What a data plane's readiness waits for, after its caller's own steps.
+LOADED = "routes, Services and certificates loaded"
 
 
 class FedDataPlane:
-    """The data plane, its certificate index, and the feed keeping both in step with a store."""
+    """The data plane, its certificate index, and the feed keeping both in step with a store;
+    and its process's admin address (with `listening.metrics_port`)."""
 
-    def __init__(self, *, store: Store, listening: Listening) -> None:
+    def __init__(self, *, store: Store, listening: Listening, process: str = "dataplane",
+                 awaiting: tuple[str, ...] = (), status_store: Store | None = None,
+                 events: EventRecorder | None = None) -> None:
+        """`process` names the command on the dashboard; `awaiting` are the caller's steps
+        before the process is ready (LOADED comes after them); `status_store` and `events`
+        add the certificates, orders and events views (`serve`: one process does all)."""
         self.listening = listening
+        self.health = health.Health(waiting_for=(*awaiting, LOADED))
         self.certificate_index = certstore.CertificateIndex(
             context_cache_size=listening.tls_context_cache
         )
@@ -358,8 +642,6 @@ class FedDataPlane:
             https_address=(listening.address, listening.https_port),
             certificates=self.certificate_index,
             challenge_responder=self._respond_to_challenge,
-            metrics_address=None if listening.metrics_port is None
-            else (listening.address, listening.metrics_port),
             max_connections=listening.max_connections,
         )
         self.feed = DataPlaneFeed(
@@ -369,21 +651,47 @@ class FedDataPlane:
             ingress_class=listening.ingress_class,
             load_balancer_address=listening.load_balancer_address,
             enforce_access_annotations=listening.enforce_access_annotations,
+            gateway_address=listening.load_balancer_address or (
+                None if listening.address in ("", "0.0.0.0", "::")  # noqa: S104 - compared
+                else listening.address),
+            on_loaded=lambda: self.health.done(LOADED),
         )
+        self.admin: admin_server.AdminServer | None = None
+        if listening.metrics_port is not None:
+            self.admin = admin_server.AdminServer(
+                address=(listening.metrics_address or listening.address,
+                         listening.metrics_port),
+                health=self.health,
+                registry=self.server.metrics.registry,
+                dashboard=dashboard.Dashboard(sources=dashboard.Sources(
+                    process=process, store=status_store, events=events,
+                    routes=lambda: self.feed.routes, route_store=store,
+                    served_names=self.certificate_index.names)))
+
+    def start_admin(self) -> None:
+        """Serve the admin address, first, so that its probes answer while the rest starts;
+        OSError if its port is taken."""
+        if self.admin is not None:
+            self.admin.start()
 
     def _respond_to_challenge(self, host: str, token: str) -> str | None:
         return self.feed.respond_to_challenge(host, token)
 
     async def start_server(self) -> None:
         """Bind the ports; OSError (after closing what did bind) if one is taken."""
+        self.health.watch_loop(asyncio.get_running_loop())
         try:
             await self.server.start()
         except OSError:
             await self.server.stop()
+            if self.admin is not None:
+                self.admin.stop()
             raise
         logger.info("serving HTTP on %s:%s and HTTPS on %s:%s", self.listening.address,
                     self.server.http_port, self.listening.address, self.server.https_port)
 
     async def stop(self) -> None:
         self.feed.stop()
-        await self.server.stop()
+        await self.server.stop(grace=self.listening.drain_timeout)
+        if self.admin is not None:
+            self.admin.stop()

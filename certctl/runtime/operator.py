@@ -39,14 +39,25 @@ from typing import Any
 import kopf
 import kubernetes.client
 
+from certctl.admin import dashboard, health
+from certctl.admin import server as admin_server
+from certctl.admin.events import EventRecorder
 from certctl.controllers import (
-    acme_accounts,
     challenges,
     reconciling,
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.runtime import dataplane_feed, dispatch, leader, metrics, runner, workqueue
+from certctl.issuers.acme import accounts as acme_accounts
+from certctl.runtime import (
+    dataplane_feed,
+    dispatch,
+    leader,
+    metrics,
+    published_service,
+    runner,
+    workqueue,
+)
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
@@ -93,7 +104,8 @@ class ControllerOptions:
     self_check_port: int = 80
     workers: int = 16
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
-    metrics_address: tuple[str, int] | None = None  # Prometheus /metrics; None: off
+    # The admin address: /metrics, /healthz, /readyz, the dashboard; None: off.
+    metrics_address: tuple[str, int] | None = None
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
     # Orders allowed per exact name set per ACME server; None: no budget.
     order_budget: Budget | None = DUPLICATE_CERTIFICATE_LIMIT
@@ -104,10 +116,22 @@ class DataPlaneOptions:
     configuration: kubernetes.client.Configuration
     listening: dataplane_feed.Listening
     namespaces: tuple[str, ...] = ()
+    # After SIGTERM: seconds not ready but still serving, while load balancers and the
+    # Service's endpoints stop sending new connections here.
+    shutdown_delay: float = 0.0
+    # (namespace, name) of the data plane's own Service, whose addresses served Ingresses
+    # publish (--publish-service); None: `listening.load_balancer_address`, if any.
+    publish_service: tuple[str, str] | None = None
 
 
 class StartupError(Exception):
     """The controller or data plane cannot start; the message says what to do."""
+
+
+# What /readyz waits for, in this order (certctl.admin.health).
+API_CHECKED = "Kubernetes API reachable, CRDs installed"
+WATCHES_STARTED = "watches started"
+WATCHES_LISTED = "watched kinds listed"
 
 
 def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
@@ -274,6 +298,13 @@ class Controller:
         self.store = KubeStore(configuration=options.configuration, component="certctl",
                                namespaces=options.namespaces)
         self.metrics = metrics.ControllerMetrics(store=self.store)
+        # The reconcilers emit their events through it, for the dashboard's last events.
+        self.events = EventRecorder(store=self.store)
+        self.health = health.Health(waiting_for=(API_CHECKED, WATCHES_STARTED, WATCHES_LISTED))
+        self.admin = None if options.metrics_address is None else admin_server.AdminServer(
+            address=options.metrics_address, health=self.health, registry=self.metrics.registry,
+            dashboard=dashboard.Dashboard(sources=dashboard.Sources(
+                process="controller", store=self.store, events=self.events)))
         self.accounts = acme_accounts.AcmeAccounts(
             cluster_resource_namespace=options.cluster_resource_namespace,
             component="controller",
@@ -289,7 +320,7 @@ class Controller:
             order_budget=options.order_budget,
             data_plane=options.data_plane,
         )
-        self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
+        self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
         self.queue = dispatch.work_queue(handler=self._handle, workers=options.workers)
         self.elector: leader.LeaderElector | None = None
         if options.leader_election:
@@ -307,16 +338,26 @@ class Controller:
         return self.elector is None or self.elector.is_leader
 
     def start(self) -> None:
-        check_api(self.store, kinds=dispatch.OWN_CONTROLLER)
-        if self.options.metrics_address is not None:
+        if self.admin is not None and self.options.metrics_address is not None:
             address, port = self.options.metrics_address
             try:
-                self.metrics.serve(address=address, port=port)
+                self.admin.start()  # first: /healthz answers while the rest starts
             except OSError as err:
                 raise StartupError(f"cannot serve metrics on {address}:{port}: "
                                    f"{err.strerror or err}") from err
-        self.queue.start()
-        self.watcher.start()
+        try:
+            check_api(self.store, kinds=[kind for kind in dispatch.OWN_CONTROLLER
+                                         if kind not in dispatch.OPTIONAL_KINDS])
+            self.health.done(API_CHECKED)
+            self.queue.start()
+            self.watcher.start()
+            self.health.done(WATCHES_STARTED)
+            self._list_watched()
+            self.health.done(WATCHES_LISTED)
+        except BaseException:
+            if self.admin is not None:
+                self.admin.stop()  # a controller that did not start holds no port
+            raise
         if self.elector is None:
             self._queue_everything()
         else:
@@ -329,6 +370,21 @@ class Controller:
         self.queue.stop()
         self.accounts.close()
         self.store.close()
+        if self.admin is not None:
+            self.admin.stop()
+
+    def _list_watched(self) -> None:
+        """List each watched kind once, as the watches just did: Ready means the API answers
+        every list this replica needs with its RBAC (kopf tells no one when its own initial
+        lists are done; one list per kind at start is the price of knowing)."""
+        for kind in dispatch.WATCHED_KINDS:
+            try:
+                self.store.list(kind=kind)
+            except (store_interface.NotFound, store_interface.Forbidden) as err:
+                if kind not in dispatch.OPTIONAL_KINDS:  # no Gateway API CRDs: no Gateways
+                    raise StartupError(f"cannot list {kind}: {err}") from err
+            except store_interface.StoreError as err:
+                raise StartupError(f"cannot list {kind}: {err}") from err
 
     def _queue_everything(self) -> None:
         """Queued, not done here: listing may fail, and the queue retries with backoff
@@ -338,6 +394,7 @@ class Controller:
     def _on_event(self, event: WatchEvent) -> None:
         if not self.is_leader:
             return
+        self.metrics.observe_certificate(event)
         try:
             for item in self.dispatcher.items_for(event):
                 self.queue.add(item)
@@ -380,32 +437,69 @@ class ClusterDataPlane:
         self.options = options
         self.store = KubeStore(configuration=options.configuration,
                                component="certctl-dataplane", namespaces=options.namespaces)
-        self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
+        # The feed's Warnings about the sources it serves, for the dashboard's last events.
+        self.events = EventRecorder(store=self.store)
+        self.edge = dataplane_feed.FedDataPlane(store=self.events, listening=options.listening,
+                                                process="dataplane", events=self.events,
+                                                awaiting=(API_CHECKED, WATCHES_STARTED))
         self.watcher = Watcher(
             configuration=options.configuration,
             kinds=(*dataplane_feed.ROUTING_KINDS, "Secret", "Challenge"),
             namespaces=options.namespaces,
             listener=self.edge.feed.on_event,
         )
+        self.published: published_service.PublishedService | None = None
+        if options.publish_service is not None:
+            namespace, name = options.publish_service
+            self.published = published_service.PublishedService(
+                configuration=options.configuration, namespace=namespace, name=name,
+                on_change=self.edge.feed.set_load_balancer)
 
     async def start(self) -> None:
-        check_api(self.store, kinds=("Ingress", "Challenge"))
-        await self.edge.start_server()
-        self.watcher.start()
-        self.edge.feed.start()
+        """Ready (/readyz) once the API answered, the watches started and then routes,
+        Services and certificates were loaded by a full list made after they started, so
+        that every later change reaches the feed as an event. The blocking steps run on
+        threads: the loop keeps answering /healthz meanwhile."""
+        self.edge.start_admin()
+        try:
+            await asyncio.to_thread(check_api, self.store, kinds=("Ingress", "Challenge"))
+            self.edge.health.done(API_CHECKED)
+            await self.edge.start_server()
+            await asyncio.to_thread(self.watcher.start)
+            self.edge.health.done(WATCHES_STARTED)
+            await asyncio.to_thread(self.edge.feed.start)
+            if self.published is not None:
+                self.published.start()
+        except BaseException:
+            if self.edge.admin is not None:
+                self.edge.admin.stop()  # a data plane that did not start holds no port
+            raise
 
     async def stop(self) -> None:
+        if self.published is not None:
+            self.published.stop()
         self.watcher.stop()
         await self.edge.stop()
         self.store.close()
 
 
-async def _until_signalled() -> None:
+def _stop_signal() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM, from now on: a signal arriving while the process still
+    starts (its loop is free meanwhile) stops it once started, not by the default action."""
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopped.set)
-    await stopped.wait()
+    return stopped
+
+
+async def _until_signalled(process_health: health.Health,
+                           stopped: asyncio.Event | None = None) -> None:
+    """Until SIGINT or SIGTERM; then the process is not ready (its /healthz watches the
+    loop this runs on meanwhile)."""
+    process_health.watch_loop(asyncio.get_running_loop())
+    await (stopped or _stop_signal()).wait()
+    process_health.start_draining()
     logger.info("stopping")
 
 
@@ -413,7 +507,7 @@ def run_controller(options: ControllerOptions) -> None:
     controller = Controller(options=options)
     controller.start()
     try:
-        runner.run(_until_signalled())
+        runner.run(_until_signalled(controller.health))
     finally:
         controller.stop()
 
@@ -421,9 +515,14 @@ def run_controller(options: ControllerOptions) -> None:
 def run_dataplane(options: DataPlaneOptions) -> None:
     async def main() -> None:
         plane = ClusterDataPlane(options=options)
+        stopped = _stop_signal()
         await plane.start()
         try:
-            await _until_signalled()
+            await _until_signalled(plane.edge.health, stopped)
+            if options.shutdown_delay > 0:
+                logger.info("not ready; serving for %g s more while traffic moves away",
+                            options.shutdown_delay)
+                await asyncio.sleep(options.shutdown_delay)
         finally:
             await plane.stop()
 

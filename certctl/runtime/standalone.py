@@ -19,15 +19,16 @@ from pathlib import Path
 
 import watchfiles
 
+from certctl.admin.events import EventRecorder
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
-    acme_accounts,
     challenges,
     reconciling,
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dataplane_feed, dispatch, metrics, runner
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
@@ -57,7 +58,11 @@ class ServeOptions:
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
     # Orders allowed per exact name set per ACME server; None: no budget.
     order_budget: Budget | None = DUPLICATE_CERTIFICATE_LIMIT
-    metrics_port: int | None = None  # Prometheus /metrics of controller and data plane
+    # The admin address: /metrics of controller and data plane, probes, the dashboard.
+    metrics_port: int | None = None  # None: off
+    metrics_address: str = "127.0.0.1"  # no login: never a public address by default
+    # After SIGTERM: seconds not ready but still serving, before the listeners close.
+    shutdown_delay: float = 0.0
     load_balancer_address: str | None = None  # written into served Ingresses' status
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -68,6 +73,7 @@ class ServeOptions:
         return dataplane_feed.Listening(
             address=self.listen_address, http_port=self.http_port, https_port=self.https_port,
             ingress_class=self.ingress_class, metrics_port=self.metrics_port,
+            metrics_address=self.metrics_address,
             load_balancer_address=self.load_balancer_address,
             tls_context_cache=self.tls_context_cache,
             max_connections=self.max_connections,
@@ -97,7 +103,11 @@ class Standalone:
         except OSError as err:
             self._release_state_dir()
             raise StartupError(f"--state-dir {options.state_dir}: {err.strerror or err}") from err
-        self.edge = dataplane_feed.FedDataPlane(store=self.store, listening=options.listening)
+        # Reconcilers and the feed emit their events through it, for the dashboard.
+        self.events = EventRecorder(store=self.store)
+        self.edge = dataplane_feed.FedDataPlane(store=self.events, listening=options.listening,
+                                                process="serve", status_store=self.store,
+                                                events=self.events)
         self.feed = self.edge.feed
         self.dataplane = self.edge.server
         # One /metrics for both: the data plane's registry also carries the controller's.
@@ -119,7 +129,7 @@ class Standalone:
             dns01=options.dns01,
             order_budget=options.order_budget,
         )
-        self.dispatcher = dispatch.Dispatcher(store=self.store, settings=settings)
+        self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
         self.queue = dispatch.work_queue(handler=self.dispatcher.handle, workers=options.workers)
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -134,6 +144,7 @@ class Standalone:
         self.store.subscribe(self._on_event)
         self._seed_challenges()
         try:
+            self.edge.start_admin()
             await self.edge.start_server()
         except OSError as err:
             listening = self.options.listening
@@ -171,7 +182,10 @@ class Standalone:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopped.set)
         await stopped.wait()
+        self.edge.health.start_draining()
         logger.info("stopping")
+        if self.options.shutdown_delay > 0:
+            await asyncio.sleep(self.options.shutdown_delay)
         await self.stop()
 
     def _watch(self) -> None:
@@ -181,6 +195,7 @@ class Standalone:
             self.store.reload_manifests()
 
     def _on_event(self, event: WatchEvent) -> None:
+        self.metrics.observe_certificate(event)
         for item in self.dispatcher.items_for(event):
             self.queue.add(item)
 
