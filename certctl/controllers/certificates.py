@@ -194,9 +194,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                              failures=failures)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
+        replaces = _replaced_cert_id(data=data, issuer=issuer)
         refused = _spend_order_budget(store, obj, certificate=certificate, server=order_server,
                                       order_name=order_name, now=now, settings=settings,
-                                      keep_ready=readiness is None)
+                                      keep_ready=readiness is None,
+                                      exempt=order_budget.ari_renewal(
+                                          replaces=replaces, window=data.ari, now=now))
         if refused is not None:
             return refused
         _delete_unfinished_orders(store, obj, keep=order_name)
@@ -209,7 +212,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         )
         outcome = issuer_type.issue(store=store, issuer=issuer, env=env, request=protocol.Request(
             certificate=certificate, csr_pem=request_pem, private_key=private_key, now=now,
-            replaces=_replaced_cert_id(data=data, issuer=issuer)))
+            replaces=replaces))
         assert isinstance(outcome, protocol.Ordered)  # an issuer that places orders
         order = _create_order(store, obj, certificate=certificate, name=order_name,
                               spec=outcome.spec)
@@ -218,6 +221,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
     order_status = order.get("status") or {}
     if order_status.get("state") == "valid" and order_status.get("certificate"):
+        if order_status.get("replacesRefused") and settings.order_budget is not None:
+            # Placed as an ARI renewal, not counted; issued without `replaces`, the CA counts it.
+            order_budget.record_order(store=store, ref=_ledger_ref(
+                certificate=certificate, server=order_server, settings=settings),
+                order=f"{certificate.namespace}/{order_name}", now=now,
+                budget=settings.order_budget)
         chain_pem = base64.b64decode(order_status["certificate"])
         return _store_issued(store, obj, certificate=certificate, issuer=issuer,
                              private_key=private_key, chain_pem=chain_pem, ca_pem=None,
@@ -440,10 +449,12 @@ def _spend_order_budget(
     now: datetime.datetime,
     settings: Settings,
     keep_ready: bool,
+    exempt: bool,
 ) -> Result | None:
-    """Count the order about to be placed, or refuse it (a Result) when over budget."""
+    """Count the order about to be placed, or refuse it (a Result) when over budget;
+    an `exempt` one (an ARI renewal, see `order_budget.ari_renewal`) is neither."""
     budget = settings.order_budget
-    if budget is None:
+    if budget is None or exempt:
         return None
     ledger = _ledger_ref(certificate=certificate, server=server, settings=settings)
     placed = order_budget.placed_orders(store=store, ref=ledger)

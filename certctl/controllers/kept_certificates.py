@@ -10,6 +10,15 @@ garbage collection nor a namespace deletion takes it. When a Certificate's
 Secret is gone (or unreadable) and the copy is still valid for the spec, the
 copy is restored and no order is placed.
 
+A copy is restored only when it fits the Certificate exactly: the same DNS
+names and IP addresses (as sets), the same issuer (kind and name: the copy's
+Secret name is derived from them, and its annotations are checked too), the
+same key algorithm and size, and not expired. It is kept until its
+certificate expires, not forever: `reconcile` deletes it at its notAfter (a
+timer on the injected clock) and at start-up, when every copy is looked at
+once; each issuance replaces it with the newer certificate. A 6-day
+(short-lived) certificate is thus kept for at most 6 days.
+
 The copy carries the issuer, requested-Common-Name and requested-profile annotations of a
 certctl-written Secret, so the issuance checks of `policies` judge it exactly
 as they judge the Secret.
@@ -18,14 +27,23 @@ It is an Opaque Secret named in no Ingress, so the data plane never serves it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from certctl.api import annotations as annotation_keys
-from certctl.api.resources import Certificate
+from certctl.api import conditions
+from certctl.api.resources import Certificate, ObjectKey
 from certctl.controllers import policies
+from certctl.controllers.reconciling import Clock, Result
+from certctl.pki import inspect
+from certctl.pki import secret as tls_secret
 from certctl.store.interface import AlreadyExists, Object, Store
+
+logger = logging.getLogger(__name__)
 
 KEPT_LABEL = "certctl.io/kept-certificate"
 # Which Certificate the copy is of, for people reading `kubectl get secret -o yaml`.
@@ -96,3 +114,44 @@ def keep(
                 raise
     secret["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
     store.replace(obj=secret)
+
+
+def is_kept_copy(obj: Mapping[str, Any], *, cluster_resource_namespace: str) -> bool:
+    """A copy certctl keeps: labelled so, in the cluster resource namespace (a Secret
+    elsewhere carrying the label is someone else's, never deleted for it)."""
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace") == cluster_resource_namespace and (
+        (metadata.get("labels") or {}).get(KEPT_LABEL) == "true")
+
+
+def expiry(secret: Mapping[str, Any]) -> datetime.datetime | None:
+    """The kept certificate's notAfter; None when the copy cannot be read."""
+    try:
+        contents = tls_secret.read_tls_secret(secret)
+        return inspect.inspect_certificate(contents.chain_pem).not_after
+    except ValueError:  # SecretInvalid is one
+        return None
+
+
+def reconcile(*, store: Store, key: ObjectKey, clock: Clock,
+              cluster_resource_namespace: str) -> Result:
+    """Delete the copy once its certificate has expired; until then look again at notAfter.
+
+    An expired copy can never be restored (restoring checks expiry too), so
+    keeping it would only leave a private key lying around. A copy that
+    cannot be read could never be restored either, and goes as well.
+    """
+    secret = store.get(kind="Secret", namespace=key.namespace, name=key.name)
+    if secret is None or not is_kept_copy(
+            secret, cluster_resource_namespace=cluster_resource_namespace):
+        return Result.done()
+    not_after = expiry(secret)
+    now = clock()
+    if not_after is not None and now < not_after:
+        return Result.after((not_after - now).total_seconds())
+    why = (f"its certificate expired at {conditions.format_time(not_after)}"
+           if not_after is not None else "it holds no readable certificate and key")
+    logger.info("deleting the kept copy %s/%s of %s: %s", key.namespace, key.name,
+                (secret["metadata"].get("annotations") or {}).get(KEPT_FOR_ANNOTATION, "?"), why)
+    store.delete(kind="Secret", namespace=key.namespace, name=key.name)
+    return Result.done()

@@ -15,6 +15,13 @@ record is keyed by the Order, so recording the same Order twice counts once.
 An order that fails is taken off again: the CA's limit counts certificates
 issued, and failures are already spaced out by the failure backoff, so after
 fixing what failed the user is not locked out for a week.
+
+A renewal naming the certificate it renews in ARI's `replaces` (RFC 9773),
+placed once that certificate's suggested window has opened, is exempt from
+all of Let's Encrypt's limits, so it is not counted (`ari_renewal`): ARI and
+short-lived certificates (6 days, renewed every 3) would otherwise spend the
+budget on renewals the CA does not count. When the CA refuses `replaces` and
+the order goes again without it, the certificate it yields is counted then.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certctl.api import conditions
+from certctl.pki import renewal
 from certctl.store.interface import AlreadyExists, Store
 
 LEDGER_LABEL = "certctl.io/order-ledger"
@@ -68,6 +76,19 @@ def next_allowed(
         return None
     # The order that must leave the window before another one may enter it.
     return recent[len(recent) - budget.orders] + budget.window
+
+
+def ari_renewal(*, replaces: str | None, window: renewal.RenewalWindow | None,
+                now: datetime.datetime) -> bool:
+    """Whether an order with this `replaces` is one the CA exempts from its limits.
+
+    The window must be the CA's own answer for the replaced certificate (it
+    offers ARI and knows it) and must have opened: Let's Encrypt exempts a
+    replacement inside the suggested window, not one ordered before it opens
+    (`certctl renew`).
+    """
+    return (replaces is not None and window is not None and window.cert_id == replaces
+            and now >= window.start)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,9 @@ controller-runtime controller:
   Certificate has nothing to do until the verdict;
 - an issuer change runs the Certificates that use it; a Secret change runs
   the Certificate that writes it (a deleted Secret is reissued at once);
-- a renewal requested in a Certificate's status (`certctl renew`) runs it.
+- a renewal requested in a Certificate's status (`certctl renew`) runs it;
+- a kept copy of a certificate (`kept_certificates`) runs its own expiry
+  timer, started by its creation and, for every copy, at start-up.
 """
 
 from __future__ import annotations
@@ -209,6 +211,10 @@ class Dispatcher:
             result = challenges.reconcile(store=store, key=key, settings=settings.challenges)
         elif controller == "issuer":
             result = issuers.reconcile(store=store, key=key, settings=settings.issuers)
+        elif controller == "kept":
+            result = kept_certificates.reconcile(
+                store=store, key=key, clock=settings.certificates.clock,
+                cluster_resource_namespace=settings.certificates.cluster_resource_namespace)
         else:
             raise ValueError(f"unknown controller {controller}")
         return result.requeue_after
@@ -238,6 +244,9 @@ class Dispatcher:
         elif key.kind in ("ClusterIssuer", "Issuer"):
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
+            if event.type != "DELETED" and kept_certificates.is_kept_copy(
+                    event.obj, cluster_resource_namespace=self._kept_namespace):
+                yield ("kept", key)
             yield from self._certificates_writing(event)
             yield from self._issuers_reading(event)
         elif key.kind == "Certificate" and event.type == "DELETED":
@@ -257,6 +266,15 @@ class Dispatcher:
                 with self._generations_lock:
                     self._generations[key] = _fingerprint(obj)
                 yield (controller, key)
+        # Kept copies have no reconciler of their kind, only an expiry timer: one that
+        # expired while certctl was not running goes now.
+        for secret in self._store.list(kind="Secret", namespace=self._kept_namespace,
+                                       labels={kept_certificates.KEPT_LABEL: "true"}):
+            yield ("kept", reconciling.key_of(secret))
+
+    @property
+    def _kept_namespace(self) -> str:
+        return self._settings.certificates.cluster_resource_namespace
 
     def _spec_changed(self, event: WatchEvent) -> bool:
         """Skip our own status writes, like controller-runtime's generation predicate."""
