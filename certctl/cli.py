@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import certctl
-from certctl.api import conditions, nginx_annotations, parsing
+from certctl.api import conditions, kinds, nginx_annotations, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
@@ -24,19 +24,12 @@ from certctl.store.local import SERVE_INFO, LocalStore
 if TYPE_CHECKING:
     import kubernetes.client
 
+# `certctl status KIND`: singular or plural, as kubectl takes them.
 STATUS_KINDS = {
-    "certificate": "Certificate",
-    "certificates": "Certificate",
-    "order": "Order",
-    "orders": "Order",
-    "challenge": "Challenge",
-    "challenges": "Challenge",
-    "issuer": "Issuer",
-    "issuers": "Issuer",
-    "clusterissuer": "ClusterIssuer",
-    "clusterissuers": "ClusterIssuer",
-    "ingress": "Ingress",
-    "ingresses": "Ingress",
+    name: info.kind
+    for info in map(kinds.BY_KIND.__getitem__,
+                    ("Certificate", "Order", "Challenge", "Issuer", "ClusterIssuer", "Ingress"))
+    for name in (info.kind.lower(), info.plural)
 }
 
 

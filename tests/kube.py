@@ -49,20 +49,16 @@ import kubernetes.client
 from kmock._internal import aiobus, k8s_dicts, rendering  # the emulator's own types
 from kmock._internal.k8s import KubernetesObjectConflictError, KubernetesObjectNotFoundError
 
+from certctl.api import kinds
 from certctl.runtime import dataplane_feed, leader, operator
 from certctl.solvers import http01_ingress
 from certctl.store.interface import Conflict
 from certctl.store.kube import RESOURCES, KubeStore
 from tests.pebble import PebbleServer, free_port
 
-# Our CRDs as the emulator should list them (discovery), from crds/ in spirit.
-CERTCTL_RESOURCES = {
-    "clusterissuers": ("ClusterIssuer", False),
-    "issuers": ("Issuer", True),
-    "certificates": ("Certificate", True),
-    "orders": ("Order", True),
-    "challenges": ("Challenge", True),
-}
+# Our CRDs as the emulator should list them (discovery), from the kinds table.
+CERTCTL_RESOURCES = {info.plural: info for info in kinds.BY_KIND.values()
+                     if info.group == "certctl.io"}
 
 
 class _ResourceVersions:
@@ -396,13 +392,12 @@ class Cluster:
         emulator = ApiServerEmulator()
         emulator.resources.load_bundled()
         # kmock's bundle predates ListenerSet (Gateway API v1.5), which certctl reads.
-        emulator.resources["gateway.networking.k8s.io/v1/listenersets"] = kmock.ResourceInfo(
-            kind="ListenerSet", singular="listenerset", namespaced=True,
-            subresources={"status"}, verbs={"list", "watch", "get", "create", "update",
-                                             "patch", "delete"})
-        for plural, (kind, namespaced) in (CERTCTL_RESOURCES if self._with_crds else {}).items():
-            emulator.resources[f"certctl.io/v1/{plural}"] = kmock.ResourceInfo(
-                kind=kind, singular=kind.lower(), namespaced=namespaced,
+        added = [kinds.BY_KIND["ListenerSet"]]
+        if self._with_crds:
+            added += CERTCTL_RESOURCES.values()
+        for info in added:
+            emulator.resources[f"{info.api_version}/{info.plural}"] = kmock.ResourceInfo(
+                kind=info.kind, singular=info.kind.lower(), namespaced=info.namespaced,
                 subresources={"status"}, verbs={"list", "watch", "get", "create", "update",
                                                  "patch", "delete"})
         await self._stack.enter_async_context(emulator)

@@ -1,4 +1,6 @@
-"""The kinds certctl reads and writes, with their apiVersion and scope."""
+"""The kinds certctl reads and writes, with their apiVersion, scope and plural: the one
+table of them. The local store takes scopes and apiVersions from it, the Kubernetes store
+its REST paths, the tests' API emulator its resources."""
 
 from __future__ import annotations
 
@@ -11,6 +13,15 @@ class KindInfo:
     api_version: str
     namespaced: bool
     plural: str
+
+    @property
+    def group(self) -> str:
+        """The API group: "" for the core group (apiVersion `v1`)."""
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
 
 
 _KINDS = (
@@ -67,8 +78,19 @@ _KINDS = (
     ),
 )
 
-BY_KIND: dict[str, KindInfo] = {info.kind: info for info in _KINDS}
+# What the cluster runtime reaches through the Kubernetes API besides, which `serve`'s
+# manifests do not hold: the Namespaces a ListenerSet's Gateway admits by label, Events,
+# the leader-election Lease.
+_API_ONLY = (
+    KindInfo(kind="Namespace", api_version="v1", namespaced=False, plural="namespaces"),
+    KindInfo(kind="Event", api_version="v1", namespaced=True, plural="events"),
+    KindInfo(kind="Lease", api_version="coordination.k8s.io/v1", namespaced=True,
+             plural="leases"),
+)
 
+BY_KIND: dict[str, KindInfo] = {info.kind: info for info in _KINDS}
+# Every kind the Kubernetes store reaches.
+WITH_API_ONLY: dict[str, KindInfo] = {info.kind: info for info in (*_KINDS, *_API_ONLY)}
 
 
 def lookup(kind: str) -> KindInfo | None:

@@ -23,10 +23,10 @@ from typing import Any
 
 from certctl.api import annotations as annotation_keys
 from certctl.api.resources import Challenge, Http01IngressSolver, ObjectKey
+from certctl.solvers import http01
 
 SOLVER_LABEL = "acme.cert-manager.io/http01-solver"  # cert-manager's, so users' tooling finds it
 CHALLENGE_LABEL = "certctl.io/challenge"
-CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +101,7 @@ def solver_ingress(
         "rules": [{
             "host": challenge.dns_name,
             "http": {"paths": [{
-                "path": CHALLENGE_PATH + challenge.token,
+                "path": http01.CHALLENGE_PATH_PREFIX + challenge.token,
                 "pathType": "Exact",
                 "backend": {"service": {"name": name, "port": {"number": data_plane.port}}},
             }]},
@@ -129,7 +129,7 @@ def with_challenge_path(
     it is already there. The path comes first in its rule, so it wins every match."""
     service = solver_name(challenge.name)
     path = {
-        "path": CHALLENGE_PATH + challenge.token,
+        "path": http01.CHALLENGE_PATH_PREFIX + challenge.token,
         "pathType": "Exact",
         "backend": {"service": {"name": service, "port": {"number": data_plane.port}}},
     }

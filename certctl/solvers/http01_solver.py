@@ -99,7 +99,7 @@ def _route_token(
                                      permanent=True)
     _create_if_missing(store, http01_ingress.solver_service(challenge_obj=obj,
                                                             data_plane=data_plane))
-    url = f"http://{challenge.dns_name}{http01_ingress.CHALLENGE_PATH}{challenge.token}"
+    url = f"http://{challenge.dns_name}{http01.CHALLENGE_PATH_PREFIX}{challenge.token}"
     if solver.name:
         named = store.get(kind="Ingress", namespace=challenge.namespace, name=solver.name)
         if named is None:

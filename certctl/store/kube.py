@@ -34,11 +34,11 @@ a delete finds nothing to delete; callers handle those already.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import kubernetes.client
@@ -47,70 +47,35 @@ import requests
 import requests.adapters
 import urllib3.util
 
-from certctl.api import conditions
+from certctl.api import conditions, kinds
+from certctl.api.resources import ObjectKey
 from certctl.store import interface
 from certctl.store.interface import EventType, Object
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, *, namespace: str | None, name: str | None = None,
-             subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace is not None:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{name}"
-        if subresource is not None:
-            base += f"/{subresource}"
-        return base
+# The kinds this store reaches, with their REST resources: api/kinds.py is their one table.
+RESOURCES: Mapping[str, kinds.KindInfo] = kinds.WITH_API_ONLY
 
 
-RESOURCES: dict[str, Resource] = {
-    "ClusterIssuer": Resource(group="certctl.io", version="v1", plural="clusterissuers",
-                              namespaced=False),
-    "Issuer": Resource(group="certctl.io", version="v1", plural="issuers", namespaced=True),
-    "Certificate": Resource(group="certctl.io", version="v1", plural="certificates",
-                            namespaced=True),
-    "Order": Resource(group="certctl.io", version="v1", plural="orders", namespaced=True),
-    "Challenge": Resource(group="certctl.io", version="v1", plural="challenges",
-                          namespaced=True),
-    "Ingress": Resource(group="networking.k8s.io", version="v1", plural="ingresses",
-                        namespaced=True),
-    "IngressClass": Resource(group="networking.k8s.io", version="v1", plural="ingressclasses",
-                             namespaced=False),
-    "GatewayClass": Resource(group="gateway.networking.k8s.io", version="v1",
-                             plural="gatewayclasses", namespaced=False),
-    "Gateway": Resource(group="gateway.networking.k8s.io", version="v1", plural="gateways",
-                        namespaced=True),
-    "HTTPRoute": Resource(group="gateway.networking.k8s.io", version="v1", plural="httproutes",
-                          namespaced=True),
-    "ListenerSet": Resource(group="gateway.networking.k8s.io", version="v1",
-                            plural="listenersets", namespaced=True),
-    "ReferenceGrant": Resource(group="gateway.networking.k8s.io", version="v1beta1",
-                               plural="referencegrants", namespaced=True),
-    "Namespace": Resource(group="", version="v1", plural="namespaces", namespaced=False),
-    "Secret": Resource(group="", version="v1", plural="secrets", namespaced=True),
-    "Service": Resource(group="", version="v1", plural="services", namespaced=True),
-    "Endpoints": Resource(group="", version="v1", plural="endpoints", namespaced=True),
-    "EndpointSlice": Resource(group="discovery.k8s.io", version="v1", plural="endpointslices",
-                              namespaced=True),
-    "Lease": Resource(group="coordination.k8s.io", version="v1", plural="leases",
-                      namespaced=True),
-    "Event": Resource(group="", version="v1", plural="events", namespaced=True),
-}
+def resource_path(resource: kinds.KindInfo, *, namespace: str | None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    """The REST path of a kind's collection (no `name`), or of one object or its
+    subresource; a namespaced kind without `namespace` means all namespaces."""
+    if resource.group:
+        base = f"/apis/{resource.group}/{resource.version}"
+    else:
+        base = f"/api/{resource.version}"
+    if resource.namespaced and namespace is not None:
+        base += f"/namespaces/{namespace}"
+    base += f"/{resource.plural}"
+    if name is not None:
+        base += f"/{name}"
+    if subresource is not None:
+        base += f"/{subresource}"
+    return base
+
 
 # Events about cluster-scoped objects go here, as kubectl and client-go do.
 CLUSTER_EVENTS_NAMESPACE = "default"
@@ -190,7 +155,8 @@ class KubeStore:
     def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
         resource = _resource(kind)
         try:
-            return self._call("GET", resource.path(namespace=namespace, name=name), kind=kind)
+            return self._call("GET", resource_path(resource, namespace=namespace, name=name),
+                              kind=kind)
         except interface.NotFound:
             return None
 
@@ -211,7 +177,8 @@ class KubeStore:
             where = (namespace,)
         items: list[Object] = []
         for each in where:
-            found = self._call("GET", resource.path(namespace=each), kind=kind, query=query)
+            found = self._call("GET", resource_path(resource, namespace=each), kind=kind,
+                               query=query)
             items.extend(found.get("items") or [])
         for item in items:
             item.setdefault("kind", kind)
@@ -220,28 +187,35 @@ class KubeStore:
         return [item for item in items if _labels_match(item, labels)]
 
     def create(self, *, obj: Object) -> Object:
-        kind, namespace, _ = _identity(obj)
-        resource = _resource(kind)
+        key = _identity(obj)
         try:
-            return self._call("POST", resource.path(namespace=namespace), kind=kind, body=obj)
+            with _naming(key):
+                return self._call("POST", resource_path(_resource(key.kind),
+                                                        namespace=key.namespace),
+                                  kind=key.kind, body=obj)
         except interface.Conflict as err:
             raise interface.AlreadyExists(str(err)) from err
 
     def replace(self, *, obj: Object) -> Object:
-        kind, namespace, name = _identity(obj)
-        return self._call("PUT", _resource(kind).path(namespace=namespace, name=name), kind=kind,
-                          body=obj)
+        key = _identity(obj)
+        with _naming(key):
+            return self._call("PUT", resource_path(_resource(key.kind),
+                                                   namespace=key.namespace, name=key.name),
+                              kind=key.kind, body=obj)
 
     def replace_status(self, *, obj: Object) -> Object:
-        kind, namespace, name = _identity(obj)
-        return self._call("PUT", _resource(kind).path(namespace=namespace, name=name,
-                                                      subresource="status"),
-                          kind=kind, body=obj)
+        key = _identity(obj)
+        with _naming(key):
+            return self._call("PUT", resource_path(
+                _resource(key.kind), namespace=key.namespace, name=key.name,
+                subresource="status"),
+                kind=key.kind, body=obj)
 
     def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
         try:
-            self._call("DELETE", _resource(kind).path(namespace=namespace, name=name), kind=kind,
-                       body={"propagationPolicy": "Background"})
+            with _naming(ObjectKey(kind=kind, namespace=namespace, name=name)):
+                self._call("DELETE", resource_path(_resource(kind), namespace=namespace, name=name),
+                           kind=kind, body={"propagationPolicy": "Background"})
         except interface.NotFound:
             return
 
@@ -251,9 +225,10 @@ class KubeStore:
         """A core/v1 Event, as `kubectl describe` shows them; best effort, never raises."""
         log = logger.warning if type == "Warning" else logger.info
         try:
-            kind, namespace, name = _identity(obj)
-        except (KeyError, TypeError, ValueError):
+            key = _identity(obj)
+        except (KeyError, TypeError, ValueError, interface.StoreError):
             return
+        kind, namespace, name = key.kind, key.namespace, key.name
         log("%s %s/%s %s: %s", kind, namespace or "", name, reason, message)
         stamp = conditions.format_time(datetime.datetime.now(datetime.UTC))
         event_namespace = namespace or CLUSTER_EVENTS_NAMESPACE
@@ -279,8 +254,8 @@ class KubeStore:
             "count": 1,
         }
         try:
-            self._call("POST", RESOURCES["Event"].path(namespace=event_namespace), kind="Event",
-                       body=event)
+            self._call("POST", resource_path(RESOURCES["Event"], namespace=event_namespace),
+                       kind="Event", body=event)
         except interface.StoreError as err:
             logger.debug("could not record an event about %s %s: %s", kind, name, err)
 
@@ -318,18 +293,23 @@ class KubeStore:
         return response
 
 
-def _resource(kind: str) -> Resource:
+def _resource(kind: str) -> kinds.KindInfo:
     try:
         return RESOURCES[kind]
     except KeyError:
         raise interface.StoreError(f"certctl does not know the API of kind {kind}") from None
 
 
-def _identity(obj: Mapping[str, Any]) -> tuple[str, str | None, str]:
+def _identity(obj: Mapping[str, Any]) -> ObjectKey:
+    """The object's key; refused here when its namespace does not fit its kind's scope,
+    as the local store refuses it (the API server would answer a puzzling 404 or 405 for
+    the path without a namespace, or put a namespaced path to a cluster-scoped kind)."""
     kind = obj["kind"]
     metadata = obj["metadata"]
-    namespace = metadata.get("namespace") if _resource(kind).namespaced else None
-    return kind, namespace, metadata["name"]
+    key = ObjectKey(kind=kind, namespace=metadata.get("namespace"), name=metadata["name"])
+    if _resource(kind).namespaced != (key.namespace is not None):
+        raise interface.StoreError(f"{key}: namespace does not match the kind's scope")
+    return key
 
 
 def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
@@ -337,6 +317,16 @@ def _labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> b
         return True
     present = obj.get("metadata", {}).get("labels") or {}
     return all(present.get(key) == value for key, value in labels.items())
+
+
+@contextlib.contextmanager
+def _naming(key: ObjectKey) -> Iterator[None]:
+    """A write's errors name its object first, as the local store's do (`Secret web/a
+    already exists`), so that logs and conditions read the same in both."""
+    try:
+        yield
+    except interface.StoreError as err:
+        raise type(err)(f"{key}: {err}") from err
 
 
 def _store_error(answer: requests.Response, *, method: str, path: str) -> interface.StoreError:
