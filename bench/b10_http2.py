@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,6 @@ from tests.pebble import free_port
 
 NAME = "b10.bench.test"
 H2LOAD_BIN = "/usr/bin/h2load"
-
-
-@dataclass
-class Samples:
-    rates: list[float] = field(default_factory=list)
-    p50: list[float] = field(default_factory=list)
-    p99: list[float] = field(default_factory=list)
-    cpu_per_1000: list[float] = field(default_factory=list)
-    failures: int = 0
-    rss: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,7 +114,7 @@ def manifests(*, certs: Path, backend_port: int) -> list[dict[str, Any]]:
     ]
 
 
-class CertctlServe:
+class CertctlServe(b3_peers.ServerProcess):
     """`python -m certctl serve` on the benchmark's manifests."""
 
     def __init__(self, *, work: Path, certs: Path, backend_port: int) -> None:
@@ -140,20 +130,8 @@ class CertctlServe:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CertctlServe:
-        self.proc = subprocess.Popen(
-            self.argv, cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL,
-            stdout=(self.work / "certctl.log").open("wb"), stderr=subprocess.STDOUT)
-        b3_peers.wait_for_port(self.https_port, timeout=60, proc=self.proc)
+        self._spawn(self.argv, log=self.work / "certctl.log", port=self.https_port, timeout=60)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            b3_peers.stop_process(self.proc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,24 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     b3_peers.make_certificates(certs, [NAME])
     backend_port, nginx_port = free_port(), free_port()
     servers: dict[str, b3_peers.Nginx | CertctlServe] = {}
-    backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
-        f"  server {{ listen 127.0.0.1:{backend_port}; "
-        'location / { return 200 "hello from the backend\\n"; } }'
-    )).start(port=backend_port)
+    backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port)
     try:
-        servers["nginx"] = b3_peers.Nginx(workdir=work / "nginx", http_block=(
-            f"  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n"
-            f"  server {{ listen 127.0.0.1:{nginx_port} ssl http2; server_name {NAME};\n"
-            f"    ssl_certificate {certs}/{NAME}.crt; ssl_certificate_key {certs}/{NAME}.key;\n"
-            "    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;\n"
-            "    http2_max_requests 1000000;\n"
-            "    location / { proxy_pass http://backend; proxy_http_version 1.1;\n"
-            '      proxy_set_header Connection ""; proxy_set_header Host $http_host;\n'
-            "      proxy_set_header X-Forwarded-For $remote_addr;\n"
-            "      proxy_set_header X-Real-IP $remote_addr;\n"
-            "      proxy_set_header X-Forwarded-Proto $scheme;\n"
-            "      proxy_set_header X-Forwarded-Host $http_host; } }"
-        )).start(port=nginx_port)
+        servers["nginx"] = b3_peers.proxy_nginx(
+            workdir=work / "nginx", port=nginx_port, backend_port=backend_port,
+            certs=certs, name=NAME, http2=True)
         certctl = CertctlServe(work=work / "certctl", certs=certs, backend_port=backend_port)
         servers["certctl serve"] = certctl.start()
         ports = {"nginx": nginx_port, "certctl serve": certctl.https_port}
@@ -199,43 +164,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                           streams=args.streams, log=log)
             if warm.requests == 0:
                 raise RuntimeError(f"{label} answered no request in the warm-up")
-        samples = {label: Samples() for label in servers}
-        for round_index in range(args.rounds):
-            order = list(servers)
-            order = order[round_index % len(order):] + order[:round_index % len(order)]
-            for label in order:
-                pid = servers[label].pid
-                cpu_before = b3_peers.cpu_seconds(pid)
-                result = h2load(port=ports[label], seconds=args.seconds, clients=args.clients,
-                                streams=args.streams, log=log)
-                # h2load's warm-up second is served too: count its CPU per request measured
-                # over the whole run, warm-up included.
-                cpu = b3_peers.cpu_seconds(pid) - cpu_before
-                found = samples[label]
-                found.rates.append(result.rate)
-                found.p50.append(result.p50_ms)
-                found.p99.append(result.p99_ms)
-                found.cpu_per_1000.append(cpu / (result.rate * (args.seconds + 1)) * 1000)
-                found.failures += result.failed
-                found.rss = max(found.rss, b3_peers.rss_bytes(pid))
-                print(f"round {round_index + 1} {label}: {result.rate:,.0f} req/s, "
-                      f"p99 {result.p99_ms:.2f} ms, {cpu:.2f} s CPU, "
-                      f"{result.failed} failed", flush=True)
+
+        def run(label: str) -> b3_peers.Run:
+            result = h2load(port=ports[label], seconds=args.seconds, clients=args.clients,
+                            streams=args.streams, log=log)
+            # h2load's warm-up second is served too: count its CPU per request measured
+            # over the whole run, warm-up included.
+            return b3_peers.Run(rate=result.rate, p50_ms=result.p50_ms, p99_ms=result.p99_ms,
+                                served=result.rate * (args.seconds + 1), failures=result.failed)
+
+        samples = b3_peers.measure_rounds(servers=servers, rounds=args.rounds, run=run)
     finally:
-        for srv in servers.values():
-            srv.stop()
-        backend.stop()
+        b3_peers.stop_all(*servers.values(), backend)
     section = results_section(command=command, started=started, args=args, samples=samples)
-    print("\n" + section)
-    if args.write_results:
-        reporting.write_results(name="b10_http2", section=section)
-        print(f"wrote {reporting.RESULTS_PATH}")
-    return 0 if all(s.failures == 0 for s in samples.values()) else 1
+    return b3_peers.report(name="b10_http2", section=section, samples=samples,
+                           write=args.write_results)
 
 
 def results_section(
     *, command: str, started: datetime.datetime, args: argparse.Namespace,
-    samples: dict[str, Samples],
+    samples: dict[str, b3_peers.Samples],
 ) -> str:
     nginx = samples["nginx"]
     nginx_rate = statistics.median(nginx.rates)

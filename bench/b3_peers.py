@@ -28,8 +28,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -158,10 +158,33 @@ def wait_for_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes]) -
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+class ServerProcess:
+    """A server under test in its own process: measured by pid, stopped with SIGTERM."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    def _spawn(self, argv: Sequence[str], *, log: Path, port: int, timeout: float) -> None:
+        """Start `argv` from the repo root, its output to `log`; return once `port` listens."""
+        self.proc = subprocess.Popen(
+            argv, cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(port, timeout=timeout, proc=self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 # --- nginx ----------------------------------------------------------------------------
 
 
-class Nginx:
+class Nginx(ServerProcess):
     """nginx with one worker on a config written by the caller (`http { ... }` body)."""
 
     def __init__(self, *, workdir: Path, http_block: str) -> None:
@@ -195,26 +218,119 @@ class Nginx:
         wait_for_port(port, timeout=timeout, proc=self.proc)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
 
 def nginx_version() -> str:
     done = subprocess.run([NGINX_BIN, "-v"], capture_output=True, text=True, check=False)
     return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
 
 
+# --- proxy benchmarks (B4, B10): one backend, servers measured in interleaved rounds ---
+
+
+@dataclass
+class Samples:
+    """One server's measurements, a value per round."""
+
+    rates: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    cpu_per_1000: list[float] = field(default_factory=list)
+    failures: int = 0
+    rss: int = 0
+
+    def record(self, run: Run, *, cpu: float, pid: int) -> None:
+        self.rates.append(run.rate)
+        self.p50.append(run.p50_ms)
+        self.p99.append(run.p99_ms)
+        self.cpu_per_1000.append(cpu / run.served * 1000)
+        self.failures += run.failures
+        self.rss = max(self.rss, rss_bytes(pid))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """One load run against one server."""
+
+    rate: float  # successful requests/s
+    p50_ms: float
+    p99_ms: float
+    served: float  # the requests the server's CPU time over the run is divided by
+    failures: int
+
+
+def measure_rounds(
+    *, servers: Mapping[str, ServerProcess], rounds: int, run: Callable[[str], Run],
+) -> dict[str, Samples]:
+    """`rounds` interleaved rounds: every server loaded by `run(label)` in turn, its CPU
+    time counted around the run."""
+    samples = {label: Samples() for label in servers}
+    for round_index in range(rounds):
+        for label in round_order(list(servers), round_index):
+            pid = servers[label].pid
+            cpu_before = cpu_seconds(pid)
+            result = run(label)
+            cpu = cpu_seconds(pid) - cpu_before
+            samples[label].record(result, cpu=cpu, pid=pid)
+            print(f"round {round_index + 1} {label}: {result.rate:,.0f} req/s, "
+                  f"p99 {result.p99_ms:.2f} ms, {cpu:.2f} s CPU, "
+                  f"{result.failures} failed", flush=True)
+    return samples
+
+
+def stop_all(*servers: ServerProcess) -> None:
+    for server in servers:
+        server.stop()
+
+
+def round_order(labels: Sequence[str], round_index: int) -> list[str]:
+    """`labels` rotated by the round, so no server always runs first (or after the same one)."""
+    shift = round_index % len(labels)
+    return [*labels[shift:], *labels[:shift]]
+
+
+def backend_nginx(*, workdir: Path, port: int) -> Nginx:
+    """The proxied backend: `return 200` with a 23-byte body."""
+    return Nginx(workdir=workdir, http_block=(
+        f"  server {{ listen 127.0.0.1:{port}; "
+        'location / { return 200 "hello from the backend\\n"; } }'
+    )).start(port=port)
+
+
+def proxy_nginx(
+    *, workdir: Path, port: int, backend_port: int, certs: Path, name: str, http2: bool,
+) -> Nginx:
+    """nginx as the reference proxy: TLS with `name`'s certificate, kept-alive upstream
+    connections to the backend, Host and X-Forwarded-* set as certctl sets them."""
+    listen = f"127.0.0.1:{port} ssl http2" if http2 else f"127.0.0.1:{port} ssl"
+    return Nginx(workdir=workdir, http_block=(
+        f"  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n"
+        f"  server {{ listen {listen}; server_name {name};\n"
+        f"    ssl_certificate {certs}/{name}.crt; ssl_certificate_key {certs}/{name}.key;\n"
+        "    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;\n"
+        + ("    http2_max_requests 1000000;\n" if http2 else "")
+        + "    location / { proxy_pass http://backend; proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection ""; proxy_set_header Host $http_host;\n'
+        "      proxy_set_header X-Forwarded-For $remote_addr;\n"
+        "      proxy_set_header X-Real-IP $remote_addr;\n"
+        "      proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "      proxy_set_header X-Forwarded-Host $http_host; } }"
+    )).start(port=port)
+
+
+def report(*, name: str, section: str, samples: dict[str, Samples], write: bool) -> int:
+    """Print the results section (and write it to RESULTS.md); 1 if any request failed."""
+    print("\n" + section)
+    if write:
+        reporting.write_results(name=name, section=section)
+        print(f"wrote {reporting.RESULTS_PATH}")
+    return 0 if all(s.failures == 0 for s in samples.values()) else 1
+
+
 # --- certctl's data plane in its own process ----------------------------------------------
 
 
 @dataclass
-class DataPlaneServer:
+class DataPlaneServer(ServerProcess):
     """`python -m bench.b3_peers serve`: the data plane on given ports and certificates."""
 
     certs: Path
@@ -237,21 +353,8 @@ class DataPlaneServer:
             "--backend-port", str(self.backend_port),
             "--loop", self.loop,
         ]
-        self.proc = subprocess.Popen(
-            argv, cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_port(self.https_port, timeout=timeout, proc=self.proc)
+        self._spawn(argv, log=log, port=self.https_port, timeout=timeout)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -29,13 +29,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench import b3_peers, reporting
+from bench import b3_peers
 from certctl.api import gateway as gateway_api
 from certctl.api import resources
 from certctl.dataplane import certstore, routing, server
@@ -45,16 +45,6 @@ from tests.pebble import free_port
 NAME = "b4.bench.test"
 HTTPROUTE_LABEL = "certctl (HTTPRoute)"
 _NAMESPACE = "bench"
-
-
-@dataclass
-class Samples:
-    rates: list[float] = field(default_factory=list)
-    p50: list[float] = field(default_factory=list)
-    p99: list[float] = field(default_factory=list)
-    cpu_per_1000: list[float] = field(default_factory=list)
-    failures: int = 0
-    rss: int = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,23 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     b3_peers.make_certificates(certs, [NAME])
     backend_port, nginx_port = free_port(), free_port()
     servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer | HTTPRouteServer] = {}
-    backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
-        f"  server {{ listen 127.0.0.1:{backend_port}; "
-        'location / { return 200 "hello from the backend\\n"; } }'
-    )).start(port=backend_port)
+    backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port)
     try:
-        servers["nginx"] = b3_peers.Nginx(workdir=work / "nginx", http_block=(
-            f"  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n"
-            f"  server {{ listen 127.0.0.1:{nginx_port} ssl; server_name {NAME};\n"
-            f"    ssl_certificate {certs}/{NAME}.crt; ssl_certificate_key {certs}/{NAME}.key;\n"
-            "    ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;\n"
-            "    location / { proxy_pass http://backend; proxy_http_version 1.1;\n"
-            '      proxy_set_header Connection ""; proxy_set_header Host $http_host;\n'
-            "      proxy_set_header X-Forwarded-For $remote_addr;\n"
-            "      proxy_set_header X-Real-IP $remote_addr;\n"
-            "      proxy_set_header X-Forwarded-Proto $scheme;\n"
-            "      proxy_set_header X-Forwarded-Host $http_host; } }"
-        )).start(port=nginx_port)
+        servers["nginx"] = b3_peers.proxy_nginx(
+            workdir=work / "nginx", port=nginx_port, backend_port=backend_port,
+            certs=certs, name=NAME, http2=False)
         loops = ["uvloop", "asyncio"] if args.asyncio else ["uvloop"]
         for loop in loops:
             label = "certctl" if loop == "uvloop" else "certctl (asyncio loop)"
@@ -108,45 +86,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             label: (nginx_port if isinstance(srv, b3_peers.Nginx) else srv.https_port)
             for label, srv in servers.items()
         }
-        samples = {label: Samples() for label in servers}
         for label in servers:  # warm-up: pools, caches, first handshakes
             b3_peers.wrk(url=f"https://{NAME}:{ports[label]}/", hosts={NAME: "127.0.0.1"},
                          workdir=work, seconds=1, connections=args.connections)
-        for round_index in range(args.rounds):
-            order = list(servers)
-            order = order[round_index % len(order):] + order[:round_index % len(order)]
-            for label in order:
-                pid = servers[label].pid
-                cpu_before = b3_peers.cpu_seconds(pid)
-                result = b3_peers.wrk(
-                    url=f"https://{NAME}:{ports[label]}/", hosts={NAME: "127.0.0.1"},
-                    workdir=work, seconds=args.seconds, connections=args.connections,
-                )
-                cpu = b3_peers.cpu_seconds(pid) - cpu_before
-                found = samples[label]
-                found.rates.append(result.rate)
-                found.p50.append(result.p50_ms)
-                found.p99.append(result.p99_ms)
-                found.cpu_per_1000.append(cpu / result.requests * 1000)
-                found.failures += result.errors + result.non_2xx
-                found.rss = max(found.rss, b3_peers.rss_bytes(pid))
-                print(f"round {round_index + 1} {label}: {result.rate:,.0f} req/s, "
-                      f"p99 {result.p99_ms:.2f} ms, {cpu:.2f} s CPU", flush=True)
+
+        def run(label: str) -> b3_peers.Run:
+            result = b3_peers.wrk(
+                url=f"https://{NAME}:{ports[label]}/", hosts={NAME: "127.0.0.1"},
+                workdir=work, seconds=args.seconds, connections=args.connections,
+            )
+            return b3_peers.Run(rate=result.rate, p50_ms=result.p50_ms, p99_ms=result.p99_ms,
+                                served=result.requests, failures=result.errors + result.non_2xx)
+
+        samples = b3_peers.measure_rounds(servers=servers, rounds=args.rounds, run=run)
     finally:
-        for srv in servers.values():
-            srv.stop()
-        backend.stop()
+        b3_peers.stop_all(*servers.values(), backend)
     section = results_section(command=command, started=started, args=args, samples=samples)
-    print("\n" + section)
-    if args.write_results:
-        reporting.write_results(name="b4_proxy", section=section)
-        print(f"wrote {reporting.RESULTS_PATH}")
-    return 0 if all(s.failures == 0 for s in samples.values()) else 1
+    return b3_peers.report(name="b4_proxy", section=section, samples=samples,
+                           write=args.write_results)
 
 
 def results_section(
     *, command: str, started: datetime.datetime, args: argparse.Namespace,
-    samples: dict[str, Samples],
+    samples: dict[str, b3_peers.Samples],
 ) -> str:
     nginx_rate = statistics.median(samples["nginx"].rates)
     rows = []
@@ -218,7 +180,7 @@ def httproute_table(*, names: Sequence[str], backend_port: int) -> routing.Route
 
 
 @dataclass
-class HTTPRouteServer:
+class HTTPRouteServer(b3_peers.ServerProcess):
     """`python -m bench.b4_proxy serve-httproute`: b3_peers' data plane, routing by an
     HTTPRoute."""
 
@@ -229,23 +191,12 @@ class HTTPRouteServer:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, log: Path, timeout: float = 300.0) -> HTTPRouteServer:
-        self.proc = subprocess.Popen(
+        self._spawn(
             [sys.executable, "-m", "bench.b4_proxy", "serve-httproute",
              "--certs", str(self.certs), "--https-port", str(self.https_port),
              "--http-port", str(self.http_port), "--backend-port", str(self.backend_port)],
-            cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
-            stderr=subprocess.STDOUT)
-        b3_peers.wait_for_port(self.https_port, timeout=timeout, proc=self.proc)
+            log=log, port=self.https_port, timeout=timeout)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            b3_peers.stop_process(self.proc)
 
 
 def serve_httproute(argv: Sequence[str]) -> int:

@@ -43,6 +43,10 @@ DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-
 LOAD_BALANCER_ADDRESS = "203.0.113.7"
 # User-Agents of the code under test: certctl's store, and kopf's watches.
 OPERATOR_AGENTS = ("certctl", "certctl-dataplane", "kopf")
+# The ServiceAccounts manifests/ creates, as the audit log names them.
+CONTROLLER_USER = "system:serviceaccount:certctl:certctl-controller"
+DATA_PLANE_USER = "system:serviceaccount:certctl:certctl-dataplane"
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,32 @@ class WriteLog:
 
 def admin_store(plane: ControlPlane) -> KubeStore:
     return KubeStore(configuration=plane.configuration(), component=TEST_CLIENT)
+
+
+def apply_manifests(plane: ControlPlane, *, directory: Path) -> tuple[str, dict[str, Path]]:
+    """`kubectl kustomize manifests/` applied: its YAML, and per ServiceAccount
+    (certctl-controller, certctl-dataplane) a kubeconfig in `directory` with a token from
+    the TokenRequest API, so that RBAC decides what certctl may do."""
+    rendered = plane.kubectl("kustomize", str(MANIFESTS)).stdout
+    plane.kubectl("apply", "-f", "-", input=rendered)
+    kubeconfigs = {
+        name: plane.token_kubeconfig(directory / f"{name}.kubeconfig", token=plane.token(
+            namespace="certctl", service_account=name))
+        for name in ("certctl-controller", "certctl-dataplane")
+    }
+    return rendered, kubeconfigs
+
+
+def granted_operator(*, plane: ControlPlane, pebble: PebbleServer,
+                     kubeconfigs: dict[str, Path]) -> Operator:
+    """Controller and data plane as manifests/ deploys them: with their ServiceAccounts'
+    tokens (`apply_manifests`), watching the namespaces their Roles cover, on the one Lease
+    the controller's Role allows."""
+    return Operator(plane=plane, pebble=pebble, namespaces=("certctl", "default"),
+                    dataplane_namespaces=("default",),
+                    controller_kubeconfig=kubeconfigs["certctl-controller"],
+                    dataplane_kubeconfig=kubeconfigs["certctl-dataplane"],
+                    lease="certctl-controller")
 
 
 class Operator:

@@ -30,9 +30,12 @@ import requests
 import yaml
 
 from tests.clusterops import (
-    Operator,
+    CONTROLLER_USER,
+    DATA_PLANE_USER,
     admin_store,
     annotated_ingress,
+    apply_manifests,
+    granted_operator,
     issuer_ready,
     leaf_of,
     namespace,
@@ -47,8 +50,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.controlplane"]
 
 REPO = Path(__file__).resolve().parent.parent
-CONTROLLER = "system:serviceaccount:certctl:certctl-controller"
-DATA_PLANE = "system:serviceaccount:certctl:certctl-dataplane"
 ISSUER = "pebble-rbac"
 HOST = "rbac.example.test"
 HOST2 = "rbac2.example.test"
@@ -68,14 +69,7 @@ class Granted:
 def granted(control_plane: ControlPlane,
             tmp_path_factory: pytest.TempPathFactory) -> Granted:
     plane = control_plane
-    rendered = plane.kubectl("kustomize", str(REPO / "manifests")).stdout
-    plane.kubectl("apply", "-f", "-", input=rendered)
-    directory = tmp_path_factory.mktemp("tokens")
-    kubeconfigs = {
-        name: plane.token_kubeconfig(directory / f"{name}.kubeconfig", token=plane.token(
-            namespace="certctl", service_account=name))
-        for name in ("certctl-controller", "certctl-dataplane")
-    }
+    rendered, kubeconfigs = apply_manifests(plane, directory=tmp_path_factory.mktemp("tokens"))
     # The tokens are what they claim, and RBAC holds: a Secret in another namespace is off
     # limits to the data plane.
     denied = plane.kubectl("get", "secrets", "-n", "certctl",
@@ -87,14 +81,15 @@ def granted(control_plane: ControlPlane,
 
 def _never_refused(events: list[AuditEvent], *, writes_expected: set[str]) -> None:
     """Both identities worked, were never refused, and stayed in their namespaces."""
-    by_user = {user: [e for e in events if e.user == user] for user in (CONTROLLER, DATA_PLANE)}
+    by_user = {user: [e for e in events if e.user == user]
+               for user in (CONTROLLER_USER, DATA_PLANE_USER)}
     for user, made in by_user.items():
         assert len(made) > 10, f"{user} made no requests: not running with its token?"
         refused = [str(e) for e in made if e.code in (401, 403)]
         assert refused == [], f"{user} was refused:\n" + "\n".join(refused)
     # And the test is not vacuous: the controller did write with its own identity.
-    assert {e.resource for e in by_user[CONTROLLER] if e.is_write} >= writes_expected
-    assert [str(e) for e in events if e.user in (CONTROLLER, DATA_PLANE)
+    assert {e.resource for e in by_user[CONTROLLER_USER] if e.is_write} >= writes_expected
+    assert [str(e) for e in events if e.user in (CONTROLLER_USER, DATA_PLANE_USER)
             and e.namespace not in (None, "certctl", "default")] == []
 
 
@@ -104,11 +99,7 @@ def test_controller_and_data_plane_need_no_more_than_the_manifests_grant(
     plane, kubeconfigs = granted.plane, granted.kubeconfigs
     api = admin_store(plane)
     mark = plane.audit.mark()
-    operator = Operator(plane=plane, pebble=pebble, namespaces=("certctl", "default"),
-                        dataplane_namespaces=("default",),
-                        controller_kubeconfig=kubeconfigs["certctl-controller"],
-                        dataplane_kubeconfig=kubeconfigs["certctl-dataplane"],
-                        lease="certctl-controller")  # the only Lease its Role allows
+    operator = granted_operator(plane=plane, pebble=pebble, kubeconfigs=kubeconfigs)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(api.close)
         cleanup.callback(operator.stop)
@@ -154,9 +145,9 @@ def test_controller_and_data_plane_need_no_more_than_the_manifests_grant(
     _never_refused(events, writes_expected={
         "certificates", "orders", "challenges", "secrets", "ingresses", "services", "events"})
     assert any(e.resource == "ingresses" and e.subresource == "status" and e.is_write
-               for e in events if e.user == DATA_PLANE)
+               for e in events if e.user == DATA_PLANE_USER)
     # One Order per certificate, with two replicas and a change of leader.
-    created = [e.name for e in events if e.user == CONTROLLER
+    created = [e.name for e in events if e.user == CONTROLLER_USER
                and e.resource == "orders" and e.verb == "create" and e.code == 201]
     assert sorted(name.rsplit("-", 2)[0] for name in created) == ["rbac-tls", "rbac2-tls"]
 

@@ -14,18 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests import testservers
-from tests.clusterops import (
-    LOAD_BALANCER_ADDRESS,
-    Operator,
-    admin_store,
-    issuer_ready,
-    leaf_of,
-    netns_available,
-    netns_backend,
-    ready_secret,
-    service_with_slice,
-)
+from tests import clusterops, testservers
 from tests.pebble import PebbleServer
 from tests.serving import cluster_issuer, dns_names, eventually, https_get, served_certificate
 
@@ -34,9 +23,6 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["tests.controlplane"]
 
-REPO = Path(__file__).resolve().parent.parent
-CONTROLLER = "system:serviceaccount:certctl:certctl-controller"
-DATA_PLANE = "system:serviceaccount:certctl:certctl-dataplane"
 ISSUER = "pebble-gateway"
 HOSTS = {"gw-a": "gw-a.example.test", "gw-b": "gw-b.example.test"}
 API = "gateway.networking.k8s.io/v1"
@@ -74,35 +60,27 @@ def _objects() -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def certctl_in_cluster(plane: ControlPlane, pebble: PebbleServer, tmp_path: Path,
-                       objects: list[dict[str, Any]]) -> Iterator[tuple[Any, Operator]]:
+                       objects: list[dict[str, Any]]) -> Iterator[tuple[Any, clusterops.Operator]]:
     """manifests/ applied, the controller and the data plane running with exactly their
     rights, the ClusterIssuer ready, `objects` and the backend Service gw-shop created; after
     the block, neither component was refused anything."""
-    if not netns_available():
+    if not clusterops.netns_available():
         pytest.skip("needs root for a network namespace (ip netns)")
-    plane.kubectl("apply", "-f", "-", input=plane.kubectl(
-        "kustomize", str(REPO / "manifests")).stdout)
-    kubeconfigs = {name: plane.token_kubeconfig(tmp_path / f"{name}.kubeconfig",
-                                                token=plane.token(namespace="certctl",
-                                                                  service_account=name))
-                   for name in ("certctl-controller", "certctl-dataplane")}
-    api = admin_store(plane)
+    _, kubeconfigs = clusterops.apply_manifests(plane, directory=tmp_path)
+    api = clusterops.admin_store(plane)
     mark = plane.audit.mark()
-    operator = Operator(plane=plane, pebble=pebble, namespaces=("certctl", "default"),
-                        dataplane_namespaces=("default",),
-                        controller_kubeconfig=kubeconfigs["certctl-controller"],
-                        dataplane_kubeconfig=kubeconfigs["certctl-dataplane"],
-                        lease="certctl-controller")  # the only Lease its Role allows
+    operator = clusterops.granted_operator(plane=plane, pebble=pebble, kubeconfigs=kubeconfigs)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(api.close)
-        backend = cleanup.enter_context(netns_backend("gateway-backend"))
+        backend = cleanup.enter_context(clusterops.netns_backend("gateway-backend"))
         cleanup.callback(operator.stop)
         operator.start()
         api.create(obj=cluster_issuer(pebble, name=ISSUER, api_version="certctl.io/v1"))
         cleanup.callback(api.delete, kind="ClusterIssuer", namespace=None, name=ISSUER)
-        eventually(lambda: issuer_ready(api, ISSUER), timeout=60, what="the ClusterIssuer")
-        for obj in [*service_with_slice("gw-shop", namespace="default",
-                                        address=backend.address, port=backend.port),
+        eventually(lambda: clusterops.issuer_ready(api, ISSUER), timeout=60,
+                   what="the ClusterIssuer")
+        for obj in [*clusterops.service_with_slice("gw-shop", namespace="default",
+                                                   address=backend.address, port=backend.port),
                     *objects]:
             api.create(obj=obj)
             cleanup.callback(api.delete, kind=obj["kind"],
@@ -111,7 +89,8 @@ def certctl_in_cluster(plane: ControlPlane, pebble: PebbleServer, tmp_path: Path
         yield api, operator
 
     refused = [str(e) for e in plane.audit.events(since=mark)
-               if e.user in (CONTROLLER, DATA_PLANE) and e.code in (401, 403)]
+               if e.user in (clusterops.CONTROLLER_USER, clusterops.DATA_PLANE_USER)
+               and e.code in (401, 403)]
     assert refused == []
 
 
@@ -125,10 +104,10 @@ def test_annotated_gateway_is_issued_served_and_reported_in_the_cluster(
                 served_certificate, port=operator.https_port, server_name=host,
                 roots_pem=roots), timeout=90, what=f"the certificate for {host} served by SNI")
             assert dns_names(served) == [host]
-            secret = eventually(functools.partial(ready_secret, api, namespace="default",
-                                                  name=f"{name}-tls"),
+            secret = eventually(functools.partial(clusterops.ready_secret, api,
+                                                  namespace="default", name=f"{name}-tls"),
                                 what=f"Certificate {name}-tls Ready")
-            assert served.serial_number == leaf_of(secret).serial_number
+            assert served.serial_number == clusterops.leaf_of(secret).serial_number
             status, body = https_get(port=operator.https_port, host=host, path="/cart",
                                      roots_pem=roots)
             assert (status, body) == (200, f"gateway-backend {host} /cart https")
@@ -151,7 +130,7 @@ def test_annotated_gateway_is_issued_served_and_reported_in_the_cluster(
         assert _conditions(gateway) == {"Accepted": ("True", "Accepted"),
                                         "Programmed": ("True", "Programmed")}
         assert gateway["status"]["addresses"] == [{"type": "IPAddress",
-                                                   "value": LOAD_BALANCER_ADDRESS}]
+                                                   "value": clusterops.LOAD_BALANCER_ADDRESS}]
         assert {entry["name"]: entry["attachedRoutes"]
                 for entry in gateway["status"]["listeners"]} == {"http": 1, "gw-a": 1, "gw-b": 1}
         route = eventually(lambda: (api.get(kind="HTTPRoute", namespace="default", name="edge")

@@ -163,6 +163,13 @@ spec:
 """
 
 
+def match_rules(*rules: tuple[str, str]) -> str:
+    """`http_route` rules from (matches, backend) pairs: the matches (a YAML flow list, ""
+    for none) to port 8080 of the backend."""
+    return "".join((f"  - matches: {matches}\n    backendRefs" if matches else "  - backendRefs")
+                   + f": [{{name: {backend}, port: 8080}}]\n" for matches, backend in rules)
+
+
 def route_conditions(compiled: gateway_routes.Compiled, name: str,
                      namespace: str = NS) -> dict[str, tuple[str, str]]:
     (status,) = [r for r in compiled.http_routes if r.key.name == name
@@ -199,12 +206,9 @@ def test_httproute_matching_path_and_header_pick_the_backend() -> None:
 
 def test_httproute_exact_path_matching() -> None:
     """HTTPRouteExactPathMatching."""
-    rules = """
-  - matches: [{path: {type: Exact, value: /one}}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{path: {type: Exact, value: /two}}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-"""
+    rules = match_rules(
+        ("[{path: {type: Exact, value: /one}}]", "infra-backend-v1"),
+        ("[{path: {type: Exact, value: /two}}]", "infra-backend-v2"))
     with gateway_plane(http_route("exact-matching", rules)) as plane:
         assert plane.backend("/one") == "infra-backend-v1"
         assert plane.backend("/two") == "infra-backend-v2"
@@ -214,11 +218,9 @@ def test_httproute_exact_path_matching() -> None:
 
 def test_httproute_path_prefix_matches_whole_segments() -> None:
     """HTTPRouteMatching's PathPrefix semantics: `/v2` is not a prefix of `/v2example`."""
-    rules = """
-  - matches: [{path: {type: PathPrefix, value: /v2/}}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-  - backendRefs: [{name: infra-backend-v1, port: 8080}]
-"""
+    rules = match_rules(
+        ("[{path: {type: PathPrefix, value: /v2/}}]", "infra-backend-v2"),
+        ("", "infra-backend-v1"))
     with gateway_plane(http_route("prefix", rules)) as plane:
         assert plane.backend("/v2") == "infra-backend-v2"
         assert plane.backend("/v2/x") == "infra-backend-v2"
@@ -227,18 +229,15 @@ def test_httproute_path_prefix_matches_whole_segments() -> None:
 
 def test_httproute_header_matching() -> None:
     """HTTPRouteHeaderMatching: names are case-insensitive, values exact; more headers win."""
-    rules = """
-  - matches: [{headers: [{name: version, value: one}]}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{headers: [{name: version, value: two}]}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-  - matches: [{headers: [{name: version, value: two}, {name: color, value: orange}]}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{headers: [{name: color, value: blue}]}, {headers: [{name: color, value: green}]}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{headers: [{name: color, value: red}]}, {headers: [{name: color, value: yellow}]}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-"""
+    rules = match_rules(
+        ("[{headers: [{name: version, value: one}]}]", "infra-backend-v1"),
+        ("[{headers: [{name: version, value: two}]}]", "infra-backend-v2"),
+        ("[{headers: [{name: version, value: two}, {name: color, value: orange}]}]",
+         "infra-backend-v1"),
+        ("[{headers: [{name: color, value: blue}]}, {headers: [{name: color, value: green}]}]",
+         "infra-backend-v1"),
+        ("[{headers: [{name: color, value: red}]}, {headers: [{name: color, value: yellow}]}]",
+         "infra-backend-v2"))
     with gateway_plane(http_route("header-matching", rules)) as plane:
         assert plane.backend("/", headers={"Version": "one"}) == "infra-backend-v1"
         assert plane.backend("/", headers={"VERSION": "two"}) == "infra-backend-v2"
@@ -255,14 +254,11 @@ def test_httproute_header_matching() -> None:
 
 def test_httproute_query_param_matching() -> None:
     """HTTPRouteQueryParamMatching."""
-    rules = """
-  - matches: [{queryParams: [{name: animal, value: whale}]}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{queryParams: [{name: animal, value: dolphin}]}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-  - matches: [{queryParams: [{name: animal, value: dolphin}, {name: color, value: blue}]}]
-    backendRefs: [{name: infra-backend-v3, port: 8080}]
-"""
+    rules = match_rules(
+        ("[{queryParams: [{name: animal, value: whale}]}]", "infra-backend-v1"),
+        ("[{queryParams: [{name: animal, value: dolphin}]}]", "infra-backend-v2"),
+        ("[{queryParams: [{name: animal, value: dolphin}, {name: color, value: blue}]}]",
+         "infra-backend-v3"))
     with gateway_plane(http_route("query-param-matching", rules)) as plane:
         assert plane.backend("/?animal=whale") == "infra-backend-v1"
         assert plane.backend("/?animal=dolphin") == "infra-backend-v2"
@@ -274,14 +270,10 @@ def test_httproute_query_param_matching() -> None:
 
 def test_httproute_method_matching() -> None:
     """HTTPRouteMethodMatching: a method match outranks header matches on the same path."""
-    rules = """
-  - matches: [{method: POST}]
-    backendRefs: [{name: infra-backend-v1, port: 8080}]
-  - matches: [{method: GET}]
-    backendRefs: [{name: infra-backend-v2, port: 8080}]
-  - matches: [{headers: [{name: version, value: one}]}]
-    backendRefs: [{name: infra-backend-v3, port: 8080}]
-"""
+    rules = match_rules(
+        ("[{method: POST}]", "infra-backend-v1"),
+        ("[{method: GET}]", "infra-backend-v2"),
+        ("[{headers: [{name: version, value: one}]}]", "infra-backend-v3"))
     with gateway_plane(http_route("method-matching", rules)) as plane:
         assert plane.backend("/", method="POST") == "infra-backend-v1"
         assert plane.backend("/", method="GET") == "infra-backend-v2"

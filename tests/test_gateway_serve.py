@@ -5,9 +5,11 @@ state dir; and the bad input the Gateway API spec names a condition for."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import socket
 import ssl
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from cryptography import x509
 
 from tests.pebble import PebbleServer
 from tests.serving import (
+    Serving,
     cluster_issuer,
     dns_names,
     echo_backend,
@@ -40,6 +43,40 @@ def readme_gateway_manifests() -> list[dict[str, Any]]:
     block = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)[0]  # the main example
     block = block.replace("example.com", "example.test").replace("letsencrypt", "pebble")
     return [doc for doc in yaml.safe_load_all(block) if doc]
+
+
+API = "gateway.networking.k8s.io/v1"
+CERTCTL_CLASS = {"apiVersion": API, "kind": "GatewayClass", "metadata": {"name": "certctl"},
+                 "spec": {"controllerName": "certctl.io/gateway-controller"}}
+
+
+def _object(kind: str, name: str, spec: dict[str, Any], *, namespace: str = "default",
+            annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Gateway API object in `namespace`, with `annotations` when given."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": API, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def _manifests(tmp_path: Path) -> Path:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    return manifests
+
+
+@contextlib.contextmanager
+def _served_with_pebble(tmp_path: Path, pebble: PebbleServer, *objects: dict[str, Any],
+                        service: str) -> Iterator[Serving]:
+    """`objects` with certctl's GatewayClass, the ClusterIssuer `pebble` and the Service
+    `service` to an echo backend `<service>-backend`, in `certctl serve`."""
+    manifests = _manifests(tmp_path)
+    with echo_backend(f"{service}-backend") as port:
+        write_yaml(manifests / "issuer.yaml", cluster_issuer(pebble, name="pebble"))
+        write_yaml(manifests / "all.yaml", CERTCTL_CLASS, *objects,
+                   *service_with_endpoints(service, port=port))
+        with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
+            yield run
 
 
 def _served(port: int, host: str, roots: bytes) -> x509.Certificate | None:
@@ -68,6 +105,20 @@ def _presented_serial(port: int, host: str) -> int | None:
     return None if der is None else x509.load_der_x509_certificate(der).serial_number
 
 
+def _issued_certificate(run: Serving, *, roots: bytes, host: str, secret: str,
+                        owner: tuple[str, str]) -> dict[str, Any]:
+    """The Certificate `secret`, once Pebble's certificate for `host` (and only `host`) is
+    served by SNI; owned by `owner` (kind, name)."""
+    leaf = eventually(partial(_served, run.https_port, host, roots), timeout=60,
+                      what=f"a Pebble certificate for {host}")
+    assert dns_names(leaf) == [host]
+    certificate = run.certificate(secret)
+    assert certificate is not None
+    (found,) = certificate["metadata"]["ownerReferences"]
+    assert (found["kind"], found["name"]) == owner
+    return certificate
+
+
 def listeners_now(run: Any) -> dict[str, dict[str, Any]]:
     return _listeners(run.store.get(kind="Gateway", namespace="default", name="edge"))
 
@@ -79,8 +130,7 @@ def _listeners(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 def test_readme_gateway_is_issued_served_by_sni_and_routed(tmp_path: Path,
                                                           pebble: PebbleServer) -> None:
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
+    manifests = _manifests(tmp_path)
     with echo_backend("shop-backend") as shop_port, echo_backend("blog-backend") as blog_port, \
             echo_backend("api-backend") as api_port:
         write_yaml(manifests / "issuer.yaml", cluster_issuer(pebble, name="pebble"))
@@ -149,27 +199,20 @@ def test_bad_gateway_input_gets_the_spec_conditions_and_is_not_served(
     """A Secret in another namespace without a ReferenceGrant (RefNotPermitted), two
     listeners claiming one hostname (HostnameConflict), and a route whose parent is another
     controller's Gateway (no status from us, nothing served)."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    gateway = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "edge", "namespace": "default"},
-        "spec": {"gatewayClassName": "certctl", "listeners": [
-            {"name": "http", "port": 80, "protocol": "HTTP"},
-            {"name": "foreign", "port": 443, "protocol": "HTTPS",
-             "hostname": "foreign.example.test",
-             "tls": {"certificateRefs": [{"name": "theirs", "namespace": "other"}]}},
-            {"name": "twin-a", "port": 8080, "protocol": "HTTP", "hostname": "twin.example.test"},
-            {"name": "twin-b", "port": 8080, "protocol": "HTTP", "hostname": "twin.example.test"},
-        ]}}
-    theirs = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-              "metadata": {"name": "theirs", "namespace": "default"},
-              "spec": {"gatewayClassName": "other", "listeners": [
-                  {"name": "http", "port": 80, "protocol": "HTTP"}]}}
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "lost", "namespace": "default"},
-             "spec": {"parentRefs": [{"name": "theirs"}], "hostnames": ["lost.example.test"],
-                      "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}}
+    manifests = _manifests(tmp_path)
+    gateway = _object("Gateway", "edge", {"gatewayClassName": "certctl", "listeners": [
+        {"name": "http", "port": 80, "protocol": "HTTP"},
+        {"name": "foreign", "port": 443, "protocol": "HTTPS",
+         "hostname": "foreign.example.test",
+         "tls": {"certificateRefs": [{"name": "theirs", "namespace": "other"}]}},
+        {"name": "twin-a", "port": 8080, "protocol": "HTTP", "hostname": "twin.example.test"},
+        {"name": "twin-b", "port": 8080, "protocol": "HTTP", "hostname": "twin.example.test"},
+    ]})
+    theirs = _object("Gateway", "theirs", {"gatewayClassName": "other", "listeners": [
+        {"name": "http", "port": 80, "protocol": "HTTP"}]})
+    route = _object("HTTPRoute", "lost", {
+        "parentRefs": [{"name": "theirs"}], "hostnames": ["lost.example.test"],
+        "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]})
     issued = TestCA().issue("foreign.example.test")
     foreign_secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                       "metadata": {"name": "theirs", "namespace": "other"},
@@ -178,11 +221,8 @@ def test_bad_gateway_input_gets_the_spec_conditions_and_is_not_served(
     with echo_backend("shop-backend") as shop_port:
         write_yaml(manifests / "secret.yaml", foreign_secret)
         write_yaml(manifests / "all.yaml",
-                   {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": "certctl"},
-                    "spec": {"controllerName": "certctl.io/gateway-controller"}},
-                   {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": "other"},
+                   CERTCTL_CLASS,
+                   {"apiVersion": API, "kind": "GatewayClass", "metadata": {"name": "other"},
                     "spec": {"controllerName": "example.com/other"}},
                    gateway, theirs, route, *service_with_endpoints("shop", port=shop_port))
         with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
@@ -221,31 +261,23 @@ def test_listener_selects_route_namespaces_by_their_labels_live(tmp_path: Path,
                                                                 pebble: PebbleServer) -> None:
     """`allowedRoutes.namespaces.from: Selector` in serve: the Namespace manifest's labels
     decide, and relabelling it detaches the route (NotAllowedByListeners, 404)."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
+    manifests = _manifests(tmp_path)
 
     def namespace(labels: dict[str, str]) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": "shop", "labels": labels}}
 
-    gateway = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "edge", "namespace": "default"},
-        "spec": {"gatewayClassName": "certctl", "listeners": [
-            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
-                "from": "Selector", "selector": {"matchLabels": {"edge": "allowed"}}}}}]}}
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "shop", "namespace": "shop"},
-             "spec": {"parentRefs": [{"name": "edge", "namespace": "default"}],
-                      "hostnames": ["shop.example.test"],
-                      "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}}
+    gateway = _object("Gateway", "edge", {"gatewayClassName": "certctl", "listeners": [
+        {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
+            "from": "Selector", "selector": {"matchLabels": {"edge": "allowed"}}}}}]})
+    route = _object("HTTPRoute", "shop", {
+        "parentRefs": [{"name": "edge", "namespace": "default"}],
+        "hostnames": ["shop.example.test"],
+        "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}, namespace="shop")
     with echo_backend("shop-backend") as shop_port:
         write_yaml(manifests / "namespace.yaml", namespace({"edge": "allowed"}))
         write_yaml(manifests / "all.yaml",
-                   {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": "certctl"},
-                    "spec": {"controllerName": "certctl.io/gateway-controller"}},
-                   gateway, route,
+                   CERTCTL_CLASS, gateway, route,
                    *service_with_endpoints("shop", port=shop_port, namespace="shop"))
         with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
             eventually(lambda: http_get(port=run.http_port, host="shop.example.test",
@@ -275,42 +307,24 @@ def test_opted_in_httproute_gets_a_certificate_served_by_sni(tmp_path: Path,
     listener (its own Secret absent), not annotated; the app's HTTPRoute asks for a
     Certificate for its hostname, gets one from Pebble, served by SNI; a hostname the
     listener does not admit is left out."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    gateway = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "platform", "namespace": "default"},
-        "spec": {"gatewayClassName": "certctl", "listeners": [
-            {"name": "http", "port": 80, "protocol": "HTTP"},
-            {"name": "apps", "port": 443, "protocol": "HTTPS", "hostname": "*.apps.test",
-             "tls": {"certificateRefs": [{"name": "apps-wildcard"}]}}]}}
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "shop", "namespace": "default", "annotations": {
-                 "certctl.io/certificate": "true", "cert-manager.io/cluster-issuer": "pebble",
-                 "certctl.io/certificate-secret-name": "shop-route-tls"}},
-             "spec": {"parentRefs": [{"name": "platform"}],
-                      "hostnames": ["shop.apps.test", "shop.elsewhere.test"],
-                      "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}}
-    with echo_backend("shop-backend") as shop_port:
-        write_yaml(manifests / "issuer.yaml", cluster_issuer(pebble, name="pebble"))
-        write_yaml(manifests / "all.yaml",
-                   {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": "certctl"},
-                    "spec": {"controllerName": "certctl.io/gateway-controller"}},
-                   gateway, route, *service_with_endpoints("shop", port=shop_port))
-        with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
-            roots = pebble.issuance_roots_pem()
-            leaf = eventually(partial(_served, run.https_port, "shop.apps.test", roots),
-                              timeout=60, what="a Pebble certificate for the route's hostname")
-            assert dns_names(leaf) == ["shop.apps.test"]
-            certificate = run.certificate("shop-route-tls")
-            assert certificate is not None
-            (owner,) = certificate["metadata"]["ownerReferences"]
-            assert (owner["kind"], owner["name"]) == ("HTTPRoute", "shop")
-            assert https_get(port=run.https_port, host="shop.apps.test", path="/cart",
-                             roots_pem=roots) == (200, "shop-backend shop.apps.test /cart https")
-            # The Gateway was not annotated: no Certificate of its own.
-            assert run.certificate("apps-wildcard") is None
+    gateway = _object("Gateway", "platform", {"gatewayClassName": "certctl", "listeners": [
+        {"name": "http", "port": 80, "protocol": "HTTP"},
+        {"name": "apps", "port": 443, "protocol": "HTTPS", "hostname": "*.apps.test",
+         "tls": {"certificateRefs": [{"name": "apps-wildcard"}]}}]})
+    route = _object("HTTPRoute", "shop", {
+        "parentRefs": [{"name": "platform"}],
+        "hostnames": ["shop.apps.test", "shop.elsewhere.test"],
+        "rules": [{"backendRefs": [{"name": "shop", "port": 80}]}]}, annotations={
+            "certctl.io/certificate": "true", "cert-manager.io/cluster-issuer": "pebble",
+            "certctl.io/certificate-secret-name": "shop-route-tls"})
+    with _served_with_pebble(tmp_path, pebble, gateway, route, service="shop") as run:
+        roots = pebble.issuance_roots_pem()
+        _issued_certificate(run, roots=roots, host="shop.apps.test", secret="shop-route-tls",
+                            owner=("HTTPRoute", "shop"))
+        assert https_get(port=run.https_port, host="shop.apps.test", path="/cart",
+                         roots_pem=roots) == (200, "shop-backend shop.apps.test /cart https")
+        # The Gateway was not annotated: no Certificate of its own.
+        assert run.certificate("apps-wildcard") is None
 
 
 def test_listener_set_adds_an_https_listener_issued_served_and_reported(
@@ -319,69 +333,46 @@ def test_listener_set_adds_an_https_listener_issued_served_and_reported(
     (which allows ListenerSets of its namespace): gateway-shim issues its Secret with the
     ListenerSet's annotations over the Gateway's, served by SNI, a route naming the
     ListenerSet is routed there; statuses on both."""
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    gateway = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-        "metadata": {"name": "platform", "namespace": "default",
-                     "annotations": {"cert-manager.io/cluster-issuer": "pebble",
-                                     "cert-manager.io/private-key-algorithm": "RSA"}},
-        "spec": {"gatewayClassName": "certctl",
-                 "allowedListeners": {"namespaces": {"from": "Same"}},
-                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}
-    team = {
-        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "ListenerSet",
-        "metadata": {"name": "team", "namespace": "default",
-                     "annotations": {"cert-manager.io/private-key-algorithm": "ECDSA"}},
-        "spec": {"parentRef": {"name": "platform"}, "listeners": [
-            {"name": "team-https", "port": 443, "protocol": "HTTPS",
-             "hostname": "team.example.test",
-             "tls": {"certificateRefs": [{"name": "team-tls"}]}}]}}
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": "team", "namespace": "default"},
-             "spec": {"parentRefs": [{"name": "team", "kind": "ListenerSet",
-                                      "sectionName": "team-https"}],
-                      "rules": [{"backendRefs": [{"name": "team", "port": 80}]}]}}
-    with echo_backend("team-backend") as team_port:
-        write_yaml(manifests / "issuer.yaml", cluster_issuer(pebble, name="pebble"))
-        write_yaml(manifests / "all.yaml",
-                   {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-                    "metadata": {"name": "certctl"},
-                    "spec": {"controllerName": "certctl.io/gateway-controller"}},
-                   gateway, team, route, *service_with_endpoints("team", port=team_port))
-        with serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble) as run:
-            roots = pebble.issuance_roots_pem()
-            leaf = eventually(partial(_served, run.https_port, "team.example.test", roots),
-                              timeout=60, what="a Pebble certificate for the ListenerSet")
-            assert dns_names(leaf) == ["team.example.test"]
-            certificate = run.certificate("team-tls")
-            assert certificate is not None
-            assert certificate["spec"]["privateKey"] == {"algorithm": "ECDSA"}
-            (owner,) = certificate["metadata"]["ownerReferences"]
-            assert (owner["kind"], owner["name"]) == ("ListenerSet", "team")
-            assert https_get(port=run.https_port, host="team.example.test", path="/x",
-                             roots_pem=roots) == (200, "team-backend team.example.test /x https")
-            # Attached to the HTTPS listener only: plain HTTP is not routed to it.
-            assert http_get(port=run.http_port, host="team.example.test",
-                            path="/x")[2] != "team-backend team.example.test /x http"
+    gateway = _object("Gateway", "platform", {
+        "gatewayClassName": "certctl", "allowedListeners": {"namespaces": {"from": "Same"}},
+        "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}, annotations={
+            "cert-manager.io/cluster-issuer": "pebble",
+            "cert-manager.io/private-key-algorithm": "RSA"})
+    team = _object("ListenerSet", "team", {"parentRef": {"name": "platform"}, "listeners": [
+        {"name": "team-https", "port": 443, "protocol": "HTTPS", "hostname": "team.example.test",
+         "tls": {"certificateRefs": [{"name": "team-tls"}]}}]},
+        annotations={"cert-manager.io/private-key-algorithm": "ECDSA"})
+    route = _object("HTTPRoute", "team", {
+        "parentRefs": [{"name": "team", "kind": "ListenerSet", "sectionName": "team-https"}],
+        "rules": [{"backendRefs": [{"name": "team", "port": 80}]}]})
+    with _served_with_pebble(tmp_path, pebble, gateway, team, route, service="team") as run:
+        roots = pebble.issuance_roots_pem()
+        certificate = _issued_certificate(run, roots=roots, host="team.example.test",
+                                          secret="team-tls", owner=("ListenerSet", "team"))
+        assert certificate["spec"]["privateKey"] == {"algorithm": "ECDSA"}
+        assert https_get(port=run.https_port, host="team.example.test", path="/x",
+                         roots_pem=roots) == (200, "team-backend team.example.test /x https")
+        # Attached to the HTTPS listener only: plain HTTP is not routed to it.
+        assert http_get(port=run.http_port, host="team.example.test",
+                        path="/x")[2] != "team-backend team.example.test /x http"
 
-            def set_listeners() -> dict[str, dict[str, Any]] | None:
-                found = _listeners(run.store.get(kind="ListenerSet", namespace="default",
-                                                 name="team"))
-                entry = found.get("team-https")
-                ready = entry is not None and _conditions(entry).get("ResolvedRefs") == (
-                    "True", "ResolvedRefs")
-                return found if ready else None
+        def set_listeners() -> dict[str, dict[str, Any]] | None:
+            found = _listeners(run.store.get(kind="ListenerSet", namespace="default",
+                                             name="team"))
+            entry = found.get("team-https")
+            ready = entry is not None and _conditions(entry).get("ResolvedRefs") == (
+                "True", "ResolvedRefs")
+            return found if ready else None
 
-            listeners = eventually(set_listeners, timeout=10,
-                                   what="the ListenerSet's listener with its Secret resolved")
-            assert listeners["team-https"]["attachedRoutes"] == 1
-            assert _conditions(run.store.get(kind="ListenerSet", namespace="default",
-                                             name="team")) == {
-                "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
-            platform = run.store.get(kind="Gateway", namespace="default", name="platform")
-            assert platform["status"]["attachedListenerSets"] == 1
-            (parent,) = run.store.get(kind="HTTPRoute", namespace="default",
-                                      name="team")["status"]["parents"]
-            assert parent["parentRef"]["kind"] == "ListenerSet"
-            assert _conditions(parent)["Accepted"] == ("True", "Accepted")
+        listeners = eventually(set_listeners, timeout=10,
+                               what="the ListenerSet's listener with its Secret resolved")
+        assert listeners["team-https"]["attachedRoutes"] == 1
+        assert _conditions(run.store.get(kind="ListenerSet", namespace="default",
+                                         name="team")) == {
+            "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+        platform = run.store.get(kind="Gateway", namespace="default", name="platform")
+        assert platform["status"]["attachedListenerSets"] == 1
+        (parent,) = run.store.get(kind="HTTPRoute", namespace="default",
+                                  name="team")["status"]["parents"]
+        assert parent["parentRef"]["kind"] == "ListenerSet"
+        assert _conditions(parent)["Accepted"] == ("True", "Accepted")

@@ -26,10 +26,10 @@ import pytest
 
 from certctl import cli
 from certctl.runtime import published_service
-from tests.clusterops import admin_store, service_with_slice
+from tests.clusterops import DATA_PLANE_USER, admin_store, service_with_slice
 from tests.pebble import free_port
 from tests.serving import eventually
-from tests.test_cluster_rbac import DATA_PLANE, REPO, Granted, _args, granted
+from tests.test_cluster_rbac import REPO, Granted, _args, granted
 from tests.test_health_cluster import probe
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def test_served_ingresses_publish_the_address_of_the_data_planes_service(
         assert process.wait(30) == 0, log.read_text()
         time.sleep(0.5)  # requests in flight reach the audit log
 
-    made = [e for e in plane.audit.events(since=mark) if e.user == DATA_PLANE]
+    made = [e for e in plane.audit.events(since=mark) if e.user == DATA_PLANE_USER]
     assert [str(e) for e in made if e.code in (401, 403)] == []
     in_certctl = {(e.resource, e.name, e.verb) for e in made if e.namespace == SERVICE[0]}
     assert in_certctl == {("services", SERVICE[1], "list"), ("services", SERVICE[1], "watch")}

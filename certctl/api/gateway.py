@@ -18,9 +18,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, ClassVar, Final, Literal, TypedDict, cast
 
-from certctl.api import parsing
+from certctl.api import parsing, resources
 from certctl.api.resources import ObjectKey
 
 GROUP: Final = "gateway.networking.k8s.io"
@@ -128,49 +128,42 @@ class Listener:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Gateway:
+class _Namespaced(resources.Annotated):
+    """The metadata Gateway, ListenerSet and HTTPRoute keep (read by `_metadata`)."""
+
+    KIND: ClassVar[str]
     namespace: str
     name: str
     uid: str = ""
     generation: int = 0
     creation_timestamp: datetime.datetime | None = None
     annotations: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(kind=self.KIND, namespace=self.namespace, name=self.name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gateway(_Namespaced):
+    KIND: ClassVar[str] = "Gateway"
     gateway_class_name: str
     listeners: tuple[Listener, ...] = ()
     # spec.allowedListeners.namespaces: which ListenerSets may attach (None: none).
     allowed_listeners_from: ListenersFrom = "None"
     allowed_listeners_selector: LabelSelector | None = None  # with from Selector
 
-    @property
-    def key(self) -> ObjectKey:
-        return ObjectKey(kind="Gateway", namespace=self.namespace, name=self.name)
-
-    def annotation(self, name: str) -> str | None:
-        for key, value in self.annotations:
-            if key == name:
-                return value
-        return None
-
 
 @dataclass(frozen=True, kw_only=True)
-class ListenerSet:
+class ListenerSet(_Namespaced):
     """Listeners added to a parent Gateway (standard channel since v1.5) that allows them."""
 
-    namespace: str
-    name: str
-    uid: str = ""
-    generation: int = 0
-    creation_timestamp: datetime.datetime | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
+    KIND: ClassVar[str] = "ListenerSet"
     parent_group: str = GROUP
     parent_kind: str = "Gateway"
     parent_name: str
     parent_namespace: str | None = None  # None: the ListenerSet's own
     listeners: tuple[Listener, ...] = ()
-
-    @property
-    def key(self) -> ObjectKey:
-        return ObjectKey(kind="ListenerSet", namespace=self.namespace, name=self.name)
 
     @property
     def parent_key(self) -> ObjectKey | None:
@@ -179,12 +172,6 @@ class ListenerSet:
             return None
         return ObjectKey(kind="Gateway", namespace=self.parent_namespace or self.namespace,
                          name=self.parent_name)
-
-    def annotation(self, name: str) -> str | None:
-        for key, value in self.annotations:
-            if key == name:
-                return value
-        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,25 +263,11 @@ class HTTPRouteRule:
 
 
 @dataclass(frozen=True, kw_only=True)
-class HTTPRoute:
-    namespace: str
-    name: str
-    generation: int = 0
-    creation_timestamp: datetime.datetime | None = None
-    annotations: tuple[tuple[str, str], ...] = ()
+class HTTPRoute(_Namespaced):
+    KIND: ClassVar[str] = "HTTPRoute"
     parent_refs: tuple[ParentReference, ...] = ()
     hostnames: tuple[str, ...] = ()  # normalised; may start with "*."
     rules: tuple[HTTPRouteRule, ...] = ()
-
-    @property
-    def key(self) -> ObjectKey:
-        return ObjectKey(kind="HTTPRoute", namespace=self.namespace, name=self.name)
-
-    def annotation(self, name: str) -> str | None:
-        for key, value in self.annotations:
-            if key == name:
-                return value
-        return None
 
 
 def route_certificate_secret(route: HTTPRoute, *, source: str | None = None) -> str | None:
@@ -303,8 +276,8 @@ def route_certificate_secret(route: HTTPRoute, *, source: str | None = None) -> 
     opt_in = route.annotation(ROUTE_CERTIFICATE)
     if opt_in is None or opt_in == "false":
         return None
-    ctx = parsing._Object(kind="HTTPRoute", namespace=route.namespace, name=route.name,
-                          source=source)
+    ctx = parsing.ObjectReader(kind="HTTPRoute", namespace=route.namespace, name=route.name,
+                               source=source)
     if opt_in != "true":
         ctx.fail(f"metadata.annotations[{ROUTE_CERTIFICATE}]",
                  f'must be "true" or "false", got {opt_in!r}')
@@ -348,18 +321,39 @@ class ReferenceGrant:
 
 
 def parse_gateway_class(obj: Mapping[str, Any], *, source: str | None = None) -> GatewayClass:
-    ctx = parsing._open(obj, kinds=("GatewayClass",), api_versions=(API_VERSION,),
-                        cluster_scoped=("GatewayClass",), source=source)
+    ctx = parsing.open_object(obj, kinds=("GatewayClass",), api_versions=(API_VERSION,),
+                              cluster_scoped=("GatewayClass",), source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
     return GatewayClass(name=ctx.name,
                         controller_name=ctx.required_str(spec, "controllerName", at="spec"),
                         generation=ctx.generation(obj))
 
 
-def parse_gateway(obj: Mapping[str, Any], *, source: str | None = None) -> Gateway:
-    ctx = parsing._open(obj, kinds=("Gateway",), api_versions=(API_VERSION,), cluster_scoped=(),
-                        source=source)
+class _Metadata(TypedDict):
+    """What Gateway, ListenerSet and HTTPRoute read from metadata alike."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    creation_timestamp: datetime.datetime | None
+    annotations: tuple[tuple[str, str], ...]
+
+
+def _metadata(ctx: parsing.ObjectReader, obj: Mapping[str, Any]) -> _Metadata:
     metadata = ctx.mapping(obj.get("metadata"), field="metadata")
+    return _Metadata(
+        namespace=ctx.scoped_namespace, name=ctx.name,
+        uid=ctx.optional_str(metadata, "uid", at="metadata") or "",
+        generation=ctx.generation(obj),
+        creation_timestamp=ctx.timestamp(metadata.get("creationTimestamp"),
+                                         field="metadata.creationTimestamp"),
+        annotations=ctx.str_map(metadata, "annotations", at="metadata"))
+
+
+def parse_gateway(obj: Mapping[str, Any], *, source: str | None = None) -> Gateway:
+    ctx = parsing.open_object(obj, kinds=("Gateway",), api_versions=(API_VERSION,),
+                              cluster_scoped=(), source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
     listeners = _listeners(ctx, spec)
     allowed = ctx.mapping(ctx.mapping(spec.get("allowedListeners"),
@@ -368,12 +362,7 @@ def parse_gateway(obj: Mapping[str, Any], *, source: str | None = None) -> Gatew
     listeners_from = ctx.choice(allowed, "from", at="spec.allowedListeners.namespaces",
                                 choices=("All", "Same", "Selector", "None")) or "None"
     return Gateway(
-        namespace=ctx.scoped_namespace, name=ctx.name,
-        uid=ctx.optional_str(metadata, "uid", at="metadata") or "",
-        generation=ctx.generation(obj),
-        creation_timestamp=ctx.timestamp(metadata.get("creationTimestamp"),
-                                         field="metadata.creationTimestamp"),
-        annotations=ctx.str_map(metadata, "annotations", at="metadata"),
+        **_metadata(ctx, obj),
         gateway_class_name=ctx.required_str(spec, "gatewayClassName", at="spec"),
         listeners=listeners, allowed_listeners_from=cast(ListenersFrom, listeners_from),
         allowed_listeners_selector=_label_selector(
@@ -382,7 +371,7 @@ def parse_gateway(obj: Mapping[str, Any], *, source: str | None = None) -> Gatew
     )
 
 
-def _listeners(ctx: parsing._Object, spec: Mapping[str, Any]) -> tuple[Listener, ...]:
+def _listeners(ctx: parsing.ObjectReader, spec: Mapping[str, Any]) -> tuple[Listener, ...]:
     """spec.listeners of a Gateway or a ListenerSet: at least one, names unique."""
     listeners = tuple(_listener(ctx, item, at=f"spec.listeners[{index}]") for index, item
                       in enumerate(ctx.sequence(spec.get("listeners"), field="spec.listeners")))
@@ -398,20 +387,14 @@ def _listeners(ctx: parsing._Object, spec: Mapping[str, Any]) -> tuple[Listener,
 
 
 def parse_listener_set(obj: Mapping[str, Any], *, source: str | None = None) -> ListenerSet:
-    ctx = parsing._open(obj, kinds=("ListenerSet",), api_versions=(API_VERSION,),
-                        cluster_scoped=(), source=source)
-    metadata = ctx.mapping(obj.get("metadata"), field="metadata")
+    ctx = parsing.open_object(obj, kinds=("ListenerSet",), api_versions=(API_VERSION,),
+                              cluster_scoped=(), source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
     if spec.get("parentRef") is None:
         ctx.fail("spec.parentRef", "is required: the Gateway the listeners are added to")
     parent = ctx.mapping(spec.get("parentRef"), field="spec.parentRef")
     return ListenerSet(
-        namespace=ctx.scoped_namespace, name=ctx.name,
-        uid=ctx.optional_str(metadata, "uid", at="metadata") or "",
-        generation=ctx.generation(obj),
-        creation_timestamp=ctx.timestamp(metadata.get("creationTimestamp"),
-                                         field="metadata.creationTimestamp"),
-        annotations=ctx.str_map(metadata, "annotations", at="metadata"),
+        **_metadata(ctx, obj),
         parent_group=ctx.optional_str(parent, "group", at="spec.parentRef") or GROUP,
         parent_kind=ctx.optional_str(parent, "kind", at="spec.parentRef") or "Gateway",
         parent_name=ctx.required_str(parent, "name", at="spec.parentRef"),
@@ -419,7 +402,7 @@ def parse_listener_set(obj: Mapping[str, Any], *, source: str | None = None) -> 
         listeners=_listeners(ctx, spec))
 
 
-def _listener(ctx: parsing._Object, value: Any, *, at: str) -> Listener:
+def _listener(ctx: parsing.ObjectReader, value: Any, *, at: str) -> Listener:
     entry = ctx.mapping(value, field=at)
     name = ctx.required_str(entry, "name", at=at)
     port = ctx.required_int(entry, "port", at=at)
@@ -464,7 +447,7 @@ def _listener(ctx: parsing._Object, value: Any, *, at: str) -> Listener:
         allowed_selector=selector, allowed_kinds=tuple(kinds))
 
 
-def _label_selector(ctx: parsing._Object, value: Any, *, at: str) -> LabelSelector:
+def _label_selector(ctx: parsing.ObjectReader, value: Any, *, at: str) -> LabelSelector:
     """`from: Selector` requires a selector (the CRD's CEL rule says so too)."""
     if value is None:
         ctx.fail(at, "is required when from is Selector")
@@ -490,8 +473,8 @@ def _label_selector(ctx: parsing._Object, value: Any, *, at: str) -> LabelSelect
 
 
 def parse_namespace(obj: Mapping[str, Any], *, source: str | None = None) -> Namespace:
-    ctx = parsing._open(obj, kinds=("Namespace",), api_versions=("v1",),
-                        cluster_scoped=("Namespace",), source=source)
+    ctx = parsing.open_object(obj, kinds=("Namespace",), api_versions=("v1",),
+                              cluster_scoped=("Namespace",), source=source)
     metadata = ctx.mapping(obj.get("metadata"), field="metadata")
     labels = dict(ctx.str_map(metadata, "labels", at="metadata"))
     labels[NAMESPACE_NAME_LABEL] = ctx.name
@@ -499,9 +482,8 @@ def parse_namespace(obj: Mapping[str, Any], *, source: str | None = None) -> Nam
 
 
 def parse_http_route(obj: Mapping[str, Any], *, source: str | None = None) -> HTTPRoute:
-    ctx = parsing._open(obj, kinds=("HTTPRoute",), api_versions=(API_VERSION,),
-                        cluster_scoped=(), source=source)
-    metadata = ctx.mapping(obj.get("metadata"), field="metadata")
+    ctx = parsing.open_object(obj, kinds=("HTTPRoute",), api_versions=(API_VERSION,),
+                              cluster_scoped=(), source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
     parents = []
     for index, item in enumerate(ctx.sequence(spec.get("parentRefs"), field="spec.parentRefs")):
@@ -522,15 +504,12 @@ def parse_http_route(obj: Mapping[str, Any], *, source: str | None = None) -> HT
     rules = tuple(_rule(ctx, item, at=f"spec.rules[{index}]") for index, item
                   in enumerate(ctx.sequence(spec.get("rules"), field="spec.rules")))
     return HTTPRoute(
-        namespace=ctx.scoped_namespace, name=ctx.name, generation=ctx.generation(obj),
-        creation_timestamp=ctx.timestamp(metadata.get("creationTimestamp"),
-                                         field="metadata.creationTimestamp"),
-        annotations=ctx.str_map(metadata, "annotations", at="metadata"),
+        **_metadata(ctx, obj),
         parent_refs=tuple(parents), hostnames=hostnames,
         rules=rules or (HTTPRouteRule(),))
 
 
-def _rule(ctx: parsing._Object, value: Any, *, at: str) -> HTTPRouteRule:
+def _rule(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPRouteRule:
     entry = ctx.mapping(value, field=at)
     matches = tuple(_match(ctx, item, at=f"{at}.matches[{index}]") for index, item
                     in enumerate(ctx.sequence(entry.get("matches"), field=f"{at}.matches")))
@@ -560,14 +539,14 @@ def _rule(ctx: parsing._Object, value: Any, *, at: str) -> HTTPRouteRule:
                                                   at=f"{at}.timeouts"))
 
 
-def _gateway_duration(ctx: parsing._Object, value: Mapping[str, Any], key: str, *,
+def _gateway_duration(ctx: parsing.ObjectReader, value: Mapping[str, Any], key: str, *,
                       at: str) -> datetime.timedelta | None:
     """A Gateway API Duration (GEP-2257: `1h`, `10s`, `500ms`); "0s" means no timeout."""
     found = ctx.duration(value, key, at=at)
     return found if found else None
 
 
-def _match(ctx: parsing._Object, value: Any, *, at: str) -> HTTPRouteMatch:
+def _match(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPRouteMatch:
     entry = ctx.mapping(value, field=at)
     path = ctx.mapping(entry.get("path"), field=f"{at}.path")
     path_type = ctx.choice(path, "type", at=f"{at}.path",
@@ -584,7 +563,7 @@ def _match(ctx: parsing._Object, value: Any, *, at: str) -> HTTPRouteMatch:
         method=method)
 
 
-def _value_matches(ctx: parsing._Object, entry: Mapping[str, Any], key: str, *,
+def _value_matches(ctx: parsing.ObjectReader, entry: Mapping[str, Any], key: str, *,
                    at: str) -> tuple[ValueMatch, ...]:
     found = []
     for index, item in enumerate(ctx.sequence(entry.get(key), field=f"{at}.{key}")):
@@ -599,7 +578,7 @@ def _value_matches(ctx: parsing._Object, entry: Mapping[str, Any], key: str, *,
     return tuple(found)
 
 
-def _filters(ctx: parsing._Object, entry: Mapping[str, Any], *,
+def _filters(ctx: parsing.ObjectReader, entry: Mapping[str, Any], *,
              at: str) -> tuple[HTTPRouteFilter, ...]:
     found = []
     for index, item in enumerate(ctx.sequence(entry.get("filters"), field=f"{at}.filters")):
@@ -631,7 +610,7 @@ def _filters(ctx: parsing._Object, entry: Mapping[str, Any], *,
     return tuple(found)
 
 
-def _header_modifier(ctx: parsing._Object, value: Any, *, at: str) -> HeaderModifier:
+def _header_modifier(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HeaderModifier:
     spec = ctx.mapping(value, field=at)
 
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
@@ -646,7 +625,7 @@ def _header_modifier(ctx: parsing._Object, value: Any, *, at: str) -> HeaderModi
                           remove=tuple(ctx.str_list(spec, "remove", at=at)))
 
 
-def _path_modifier(ctx: parsing._Object, value: Any, *, at: str) -> PathModifier | None:
+def _path_modifier(ctx: parsing.ObjectReader, value: Any, *, at: str) -> PathModifier | None:
     if value is None:
         return None
     spec = ctx.mapping(value, field=at)
@@ -660,7 +639,7 @@ def _path_modifier(ctx: parsing._Object, value: Any, *, at: str) -> PathModifier
     return PathModifier(type=cast(PathModifierType, kind), value=replacement)
 
 
-def _redirect(ctx: parsing._Object, value: Any, *, at: str) -> RequestRedirect:
+def _redirect(ctx: parsing.ObjectReader, value: Any, *, at: str) -> RequestRedirect:
     spec = ctx.mapping(value, field=at)
     hostname = ctx.optional_str(spec, "hostname", at=at)
     port = ctx.optional_int(spec, "port", at=at)
@@ -680,8 +659,9 @@ def _redirect(ctx: parsing._Object, value: Any, *, at: str) -> RequestRedirect:
 
 def parse_reference_grant(obj: Mapping[str, Any], *,
                           source: str | None = None) -> ReferenceGrant:
-    ctx = parsing._open(obj, kinds=("ReferenceGrant",), api_versions=REFERENCE_GRANT_VERSIONS,
-                        cluster_scoped=(), source=source)
+    ctx = parsing.open_object(obj, kinds=("ReferenceGrant",),
+                              api_versions=REFERENCE_GRANT_VERSIONS, cluster_scoped=(),
+                              source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
     froms, tos = [], []
     for index, item in enumerate(ctx.sequence(spec.get("from"), field="spec.from")):

@@ -1284,3 +1284,9 @@ class _Object:
                 f"{value!r} is not a valid object name: lowercase letters, digits, '-' and '.',"
                 " starting and ending with a letter or digit",
             )
+
+
+# The reader and its opening, public for the parsers of kinds with their own module
+# (api/gateway.py: the Gateway API).
+ObjectReader = _Object
+open_object = _open

@@ -252,8 +252,20 @@ class IngressTLS:
     secret_name: str | None = None
 
 
+class Annotated:
+    """An object whose annotations the shims read (Ingress, Gateway, ListenerSet, HTTPRoute)."""
+
+    annotations: tuple[tuple[str, str], ...]
+
+    def annotation(self, name: str) -> str | None:
+        for key, value in self.annotations:
+            if key == name:
+                return value
+        return None
+
+
 @dataclass(frozen=True, kw_only=True)
-class Ingress:
+class Ingress(Annotated):
     namespace: str
     name: str
     uid: str = ""
@@ -267,12 +279,6 @@ class Ingress:
     @property
     def key(self) -> ObjectKey:
         return ObjectKey(kind="Ingress", namespace=self.namespace, name=self.name)
-
-    def annotation(self, name: str) -> str | None:
-        for key, value in self.annotations:
-            if key == name:
-                return value
-        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -239,35 +239,24 @@ def _skipped(owner: gateway_api.Gateway | gateway_api.ListenerSet,
 
 
 def reconcile(*, store: Store, key: ObjectKey) -> Result:
-    gateway_obj = store.get(kind="Gateway", namespace=key.namespace, name=key.name)
-    if gateway_obj is None:
-        return Result.done()  # owned Certificates go with it (ownerReferences)
-    try:
-        gateway = gateway_api.parse_gateway(gateway_obj,
-                                            source=reconciling.manifest_source(gateway_obj))
-    except InvalidObject as err:
-        store.emit_event(obj=gateway_obj, type="Warning", reason=BAD_CONFIG, message=err.detail)
+    read = _read(store=store, kind="Gateway", key=key, parse=gateway_api.parse_gateway)
+    if read is None:
         return Result.done()
-    desired = desired_certificates(gateway=gateway, gateway_obj=gateway_obj)
-    for notice in desired.notices:
-        store.emit_event(obj=gateway_obj, type="Warning",
-                         reason=ingress_shim.COMMON_NAME_TOO_LONG, message=notice)
-    _apply(store=store, owner_obj=gateway_obj, desired=desired,
+    gateway_obj, gateway = read
+    _apply(store=store, owner_obj=gateway_obj,
+           desired=desired_certificates(gateway=gateway, gateway_obj=gateway_obj),
+           notice_reason=ingress_shim.COMMON_NAME_TOO_LONG,
            labels=_owner_labels(GATEWAY_NAME_LABEL, gateway.name))
     return Result.done()
 
 
 def reconcile_listener_set(*, store: Store, key: ObjectKey) -> Result:
     """A ListenerSet's Certificates, while its Gateway takes it (allowedListeners)."""
-    set_obj = store.get(kind="ListenerSet", namespace=key.namespace, name=key.name)
-    if set_obj is None:
-        return Result.done()  # owned Certificates go with it (ownerReferences)
-    try:
-        listener_set = gateway_api.parse_listener_set(
-            set_obj, source=reconciling.manifest_source(set_obj))
-    except InvalidObject as err:
-        store.emit_event(obj=set_obj, type="Warning", reason=BAD_CONFIG, message=err.detail)
+    read = _read(store=store, kind="ListenerSet", key=key,
+                 parse=gateway_api.parse_listener_set)
+    if read is None:
         return Result.done()
+    set_obj, listener_set = read
     gateway = _parent_gateway(store=store, listener_set=listener_set)
     if gateway is None:
         desired = ingress_shim.Desired(certificates=[], problems=[], notices=[])
@@ -277,10 +266,8 @@ def reconcile_listener_set(*, store: Store, key: ObjectKey) -> Result:
     else:
         desired = desired_listener_set_certificates(listener_set=listener_set,
                                                     listener_set_obj=set_obj, gateway=gateway)
-    for notice in desired.notices:
-        store.emit_event(obj=set_obj, type="Warning",
-                         reason=ingress_shim.COMMON_NAME_TOO_LONG, message=notice)
     _apply(store=store, owner_obj=set_obj, desired=desired,
+           notice_reason=ingress_shim.COMMON_NAME_TOO_LONG,
            labels=_owner_labels(LISTENER_SET_NAME_LABEL, listener_set.name))
     return Result.done()
 
@@ -321,15 +308,10 @@ def listener_sets_of(*, store: Store, gateway: ObjectKey) -> list[ObjectKey]:
 
 def reconcile_route(*, store: Store, key: ObjectKey) -> Result:
     """An HTTPRoute's opt-in Certificate, for what the listeners of our Gateways admit."""
-    route_obj = store.get(kind="HTTPRoute", namespace=key.namespace, name=key.name)
-    if route_obj is None:
-        return Result.done()  # its Certificate goes with it (ownerReferences)
-    try:
-        route = gateway_api.parse_http_route(route_obj,
-                                             source=reconciling.manifest_source(route_obj))
-    except InvalidObject as err:
-        store.emit_event(obj=route_obj, type="Warning", reason=BAD_CONFIG, message=err.detail)
+    read = _read(store=store, kind="HTTPRoute", key=key, parse=gateway_api.parse_http_route)
+    if read is None:
         return Result.done()
+    route_obj, route = read
     admitted = None
     if route.annotation(gateway_api.ROUTE_CERTIFICATE) not in (None, "false"):
         compiled = gateway_routes.compile_gateways(
@@ -340,12 +322,11 @@ def reconcile_route(*, store: Store, key: ObjectKey) -> Result:
             secret_exists=lambda namespace, name: False,
             namespaces=_parsed(store, "Namespace", gateway_api.parse_namespace))
         admitted = next(iter(compiled.route_certificates), None)
-    desired = desired_route_certificates(route=route, route_obj=route_obj, admitted=admitted)
-    for notice in desired.notices:
-        store.emit_event(obj=route_obj, type="Warning",
-                         reason=NOT_ADMITTED if admitted is None
-                         else ingress_shim.COMMON_NAME_TOO_LONG, message=notice)
-    _apply(store=store, owner_obj=route_obj, desired=desired,
+    _apply(store=store, owner_obj=route_obj,
+           desired=desired_route_certificates(route=route, route_obj=route_obj,
+                                              admitted=admitted),
+           notice_reason=NOT_ADMITTED if admitted is None
+           else ingress_shim.COMMON_NAME_TOO_LONG,
            labels=_owner_labels(HTTPROUTE_NAME_LABEL, route.name))
     return Result.done()
 
@@ -364,12 +345,28 @@ def routes_of(*, store: Store, parents: set[ObjectKey]) -> list[ObjectKey]:
     return found
 
 
+def _read(*, store: Store, kind: str, key: ObjectKey,
+          parse: Callable[..., T]) -> tuple[Object, T] | None:
+    """An owner and its model; None when it is gone (its Certificates go with it, by
+    ownerReferences) or does not parse (a Warning event on it says why)."""
+    obj = store.get(kind=kind, namespace=key.namespace, name=key.name)
+    if obj is None:
+        return None
+    try:
+        return obj, parse(obj, source=reconciling.manifest_source(obj))
+    except InvalidObject as err:
+        store.emit_event(obj=obj, type="Warning", reason=BAD_CONFIG, message=err.detail)
+        return None
+
+
 def _apply(*, store: Store, owner_obj: Object, desired: ingress_shim.Desired,
-           labels: dict[str, str]) -> None:
-    """Report the problems, create or update the Certificates wanted, delete the others the
-    owner owns."""
+           notice_reason: str, labels: dict[str, str]) -> None:
+    """Report the notices (as `notice_reason`) and problems, create or update the
+    Certificates wanted, delete the others the owner owns."""
     kind = owner_obj["kind"]
     namespace = owner_obj["metadata"]["namespace"]
+    for notice in desired.notices:
+        store.emit_event(obj=owner_obj, type="Warning", reason=notice_reason, message=notice)
     for problem in desired.problems:
         store.emit_event(obj=owner_obj, type="Warning", reason=BAD_CONFIG,
                          message=problem.detail)

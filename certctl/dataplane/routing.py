@@ -113,6 +113,16 @@ def admits(
     return True
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Request:
+    """What conditional routes look at besides host and path."""
+
+    method: bytes
+    scheme: bytes
+    header: Callable[[bytes], bytes | None]  # by lowercase name
+    query: bytes  # raw, without the "?"
+
+
 @dataclass(kw_only=True, slots=True)
 class _HostRoutes:
     """Merged rules for one host pattern; Prefix keys have no trailing slash."""
@@ -122,9 +132,11 @@ class _HostRoutes:
     regex: dict[str, RouteMatch] = field(default_factory=dict)  # by path; ordered at the end
     default: RouteMatch | None = None
 
-    def match(self, path: str) -> RouteMatch | None:
+    def match(self, path: str, request: Request | None = None) -> RouteMatch | None:
         """Longest match: the whole path as Exact first, then the regular expressions in
-        their order, then Prefix keys from long to short.
+        their order, then Prefix keys from long to short; with `request`, each candidate
+        path's chain is tried for the first route whose conditions hold, and a path whose
+        chain has none falls through to the next.
 
         An Exact hit on the whole path is at least as long as any Prefix hit,
         and beats a Prefix rule of equal length, so it is checked first. The
@@ -134,12 +146,16 @@ class _HostRoutes:
         if self.exact:
             hit = self.exact.get(path)
             if hit is not None:
-                return hit
+                found = _admitted(hit, request)
+                if found is not None:
+                    return found
         if self.regex:
             for match in self.regex.values():
                 pattern = match.pattern
                 if pattern is not None and pattern.match(path) is not None:
-                    return match
+                    found = _admitted(match, request)
+                    if found is not None:
+                        return found
         prefix = self.prefix
         if not prefix:
             return None
@@ -147,42 +163,7 @@ class _HostRoutes:
         while end >= 0:
             hit = prefix.get(path[:end])
             if hit is not None:
-                return hit
-            if end == 0:
-                return None
-            end = path.rfind("/", 0, end)
-        return None
-
-    def match_request(
-        self,
-        path: str,
-        *,
-        method: bytes,
-        scheme: bytes,
-        header: Callable[[bytes], bytes | None],
-        query: bytes,
-    ) -> RouteMatch | None:
-        """As `match`, each candidate path's chain tried for the first route whose
-        conditions hold; a path whose chain has none falls through to the next."""
-        hit = self.exact.get(path) if self.exact else None
-        if hit is not None:
-            found = _admitted(hit, method=method, scheme=scheme, header=header, query=query)
-            if found is not None:
-                return found
-        for match in self.regex.values():
-            pattern = match.pattern
-            if pattern is not None and pattern.match(path) is not None:
-                found = _admitted(match, method=method, scheme=scheme, header=header,
-                                  query=query)
-                if found is not None:
-                    return found
-        if not self.prefix:
-            return None
-        end = len(path)
-        while end >= 0:
-            hit = self.prefix.get(path[:end])
-            if hit is not None:
-                found = _admitted(hit, method=method, scheme=scheme, header=header, query=query)
+                found = _admitted(hit, request)
                 if found is not None:
                     return found
             if end == 0:
@@ -191,20 +172,17 @@ class _HostRoutes:
         return None
 
 
-def _admitted(
-    chain: RouteMatch,
-    *,
-    method: bytes,
-    scheme: bytes,
-    header: Callable[[bytes], bytes | None],
-    query: bytes,
-) -> RouteMatch | None:
-    """The first route of a path's chain whose conditions the request meets."""
+def _admitted(chain: RouteMatch, request: Request | None) -> RouteMatch | None:
+    """The first route of a path's chain whose conditions the request meets; without a
+    request (a table without conditional routes) the chain's first."""
+    if request is None:
+        return chain
     current: RouteMatch | None = chain
     while current is not None:
         conditions = current.conditions
-        if conditions is None or admits(conditions, method=method, scheme=scheme,
-                                        header=header, query=query):
+        if conditions is None or admits(conditions, method=request.method,
+                                        scheme=request.scheme, header=request.header,
+                                        query=request.query):
             return current
         current = current.otherwise
     return None
@@ -355,40 +333,19 @@ class RouteTable:
     ) -> RouteMatch | None:
         """`match` for a table with conditional routes (`conditional`): the request's
         method, scheme, headers (`header(lowercase name)`) and raw query count too."""
-        exact = self._exact_hosts.get(host)
-        if exact is not None:
-            hit = exact.match_request(path, method=method, scheme=scheme, header=header,
-                                      query=query)
-            if hit is not None:
-                return hit
-        wildcard = None
-        dot = host.find(".")
-        if dot > 0:
-            wildcard = self._wildcard_hosts.get(host[dot + 1 :])
-            if wildcard is not None:
-                hit = wildcard.match_request(path, method=method, scheme=scheme, header=header,
-                                             query=query)
-                if hit is not None:
-                    return hit
-        hit = self._hostless.match_request(path, method=method, scheme=scheme, header=header,
-                                           query=query)
-        if hit is not None:
-            return hit
-        if exact is not None and exact.default is not None:
-            return exact.default
-        if wildcard is not None and wildcard.default is not None:
-            return wildcard.default
-        return self._default
+        return self.match(host=host, path=path, request=Request(
+            method=method, scheme=scheme, header=header, query=query))
 
-    def match(self, *, host: str, path: str) -> RouteMatch | None:
+    def match(self, *, host: str, path: str, request: Request | None = None) -> RouteMatch | None:
         """The route for a request, or None (404).
 
         `host` must already be normalized (see `normalize_host`); `path` is
-        the raw path without the query string.
+        the raw path without the query string; `request` only for a table with
+        conditional routes (see `match_request`).
         """
         exact = self._exact_hosts.get(host)
         if exact is not None:
-            hit = exact.match(path)
+            hit = exact.match(path, request)
             if hit is not None:
                 return hit
         wildcard = None
@@ -396,10 +353,10 @@ class RouteTable:
         if dot > 0:
             wildcard = self._wildcard_hosts.get(host[dot + 1 :])
             if wildcard is not None:
-                hit = wildcard.match(path)
+                hit = wildcard.match(path, request)
                 if hit is not None:
                     return hit
-        hit = self._hostless.match(path)
+        hit = self._hostless.match(path, request)
         if hit is not None:
             return hit
         if exact is not None and exact.default is not None:
