@@ -189,7 +189,8 @@ def _issuing_arguments(parser: argparse.ArgumentParser) -> None:
                         help="namespace of ClusterIssuer Secrets (ACME account keys, CA "
                         "key pairs, kept certificate copies)")
     parser.add_argument("--self-check-address", default=None,
-                        help="connect HTTP-01 self-checks here instead of resolving each name "
+                        help="connect HTTP-01 and TLS-ALPN-01 self-checks here instead of "
+                        "resolving each name "
                         "(like curl --resolve); default: DNS")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--backoff-base", type=_seconds, default=3600.0,

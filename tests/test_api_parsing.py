@@ -815,7 +815,7 @@ def test_challenge_is_read():
 
 
 def test_challenge_type_must_be_known():
-    assert invalid(parsing.parse_challenge, _challenge(type="TLS-ALPN-01")).field == "spec.type"
+    assert invalid(parsing.parse_challenge, _challenge(type="TLS-SNI-01")).field == "spec.type"
 
 
 def test_challenge_requires_token():

@@ -84,15 +84,46 @@ def _refused(world: World, name: str) -> dict[str, Any]:
 # --- Certificates: names -------------------------------------------------------------
 
 
-def test_ip_address_with_an_acme_issuer_is_refused_before_any_order(world: World) -> None:
-    world.add_certificate("ip", dnsNames=["ip.example.test"], ipAddresses=["192.0.2.10"])
+def test_ip_address_only_a_dns01_solver_could_prove_is_refused_before_any_order(
+    world: World,
+) -> None:
+    world.add_acme_issuer("dns")
+    issuer = world.issuer("dns")
+    issuer["spec"]["acme"]["solvers"] = [{"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53"}}}]
+    world.store.replace(obj=issuer)
+    world.add_certificate("ip", issuer="dns", dnsNames=[], ipAddresses=["192.0.2.10"])
 
     ready = _refused(world, "ip")
 
-    assert ready["message"].startswith("spec.ipAddresses[0]: 192.0.2.10: ClusterIssuer acme "
-                                       "is an ACME issuer")
-    assert "use a selfSigned or ca issuer" in ready["message"]
+    assert ready["message"].startswith(
+        "spec.ipAddresses[0]: 192.0.2.10: ClusterIssuer dns spec.acme.solvers[0] is a DNS-01 "
+        "solver, and DNS-01 cannot prove an IP address (RFC 8738)"), ready
     assert ("ip", "Warning", "BadConfig", ready["message"]) in world.store.events
+
+
+def test_ip_address_as_common_name_with_an_acme_issuer_is_refused(world: World) -> None:
+    world.add_certificate("ipcn", dnsNames=[], commonName="192.0.2.10",
+                          ipAddresses=["192.0.2.10"])
+
+    ready = _refused(world, "ipcn")
+
+    assert ready["message"].startswith("spec.commonName: 192.0.2.10 is an IP address"), ready
+
+
+def test_ip_address_with_an_http01_acme_issuer_is_ordered_without_common_name(
+    world: World,
+) -> None:
+    world.add_certificate("ip", dnsNames=[], ipAddresses=["192.0.2.10", "2001:DB8::1"])
+
+    world.reconcile("ip")
+
+    [order] = world.orders("ip")
+    assert order["spec"]["ipAddresses"] == ["192.0.2.10", "2001:db8::1"]
+    csr = _csr(order)
+    assert len(csr.subject) == 0, "an IP-only request has no common name"
+    assert csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    assert [str(ip) for ip in _sans(csr).get_values_for_type(x509.IPAddress)] == [
+        "192.0.2.10", "2001:db8::1"]
 
 
 def test_ip_address_with_a_ca_issuer_is_issued_in_the_san(world: World) -> None:
@@ -446,7 +477,7 @@ def test_acme_account_key_secret_with_garbage_pem_is_named_and_not_quoted(
          "spec.acme.privateKeySecretRef", "must be a mapping, got a string"),
         ({"acme": {"server": "https://x.test/dir", "privateKeySecretRef": {"name": "k"},
                    "solvers": [{"http01": {"ingress": {}}, "dns01": {"rfc2136": {}}}]}},
-         "spec.acme.solvers[0]", "exactly one of http01 or dns01 must be set"),
+         "spec.acme.solvers[0]", "exactly one of http01, dns01 or tlsALPN01 must be set"),
         ({"ca": {"secretName": "Not_A_Name"}}, "spec.ca.secretName",
          "is not a valid object name"),
     ],
@@ -750,6 +781,11 @@ def _tls_ingress(name: str, *, tls_hosts: list[str], rule_hosts: list[str],
     return obj
 
 
+def _with_annotation(obj: dict[str, Any], key: str, value: str) -> dict[str, Any]:
+    obj["metadata"]["annotations"][key] = value
+    return obj
+
+
 # Pebble copies a name over 64 characters into the subject CN, which cryptography warns
 # about when certctl inspects the issued certificate; certctl itself asked for no CN.
 @pytest.mark.filterwarnings("ignore:Attribute's length must be >= 1 and <= 64")
@@ -805,8 +841,9 @@ def test_serve_reports_each_bad_object_and_serves_the_good_ones(
             _tls_ingress("label", tls_hosts=[LABEL_OVER_63],
                          rule_hosts=["label.example.test"], secret_name="label-tls"),
             _tls_ingress("many", tls_hosts=many, rule_hosts=many[:1], secret_name="many-tls"),
-            _tls_ingress("ip", tls_hosts=["ip.example.test", "127.0.0.1"],
-                         rule_hosts=["ip.example.test"], secret_name="ip-tls"),
+            _with_annotation(_tls_ingress("ip", tls_hosts=["ip.example.test", "127.0.0.1"],
+                                          rule_hosts=["ip.example.test"], secret_name="ip-tls"),
+                             "cert-manager.io/common-name", "127.0.0.1"),
             ingress("wild", hosts=["*.wild.example.test"], secret_name="wild-tls"),
             _tls_ingress("wrongtype", tls_hosts="wrongtype.example.test",  # type: ignore[arg-type]
                          rule_hosts=["wrongtype.example.test"], secret_name="wrongtype-tls"),
@@ -871,7 +908,8 @@ def test_serve_reports_each_bad_object_and_serves_the_good_ones(
                                              "'dnsNames'?")
     assert conditions["cn"]["message"].startswith("spec.commonName: must be at most 64")
     assert conditions["many-tls"]["message"].startswith("spec.dnsNames: 101 names")
-    assert conditions["ip-tls"]["message"].startswith("spec.ipAddresses[0]: 127.0.0.1: ")
+    assert conditions["ip-tls"]["message"].startswith(
+        "spec.commonName: 127.0.0.1 is an IP address")
     assert conditions["wild-tls"]["message"].startswith("spec.dnsNames[0]: *.wild.example.test")
     assert conditions["lost-tls"]["message"] == "ClusterIssuer nowhere not found"
     assert conditions["down-tls"]["message"].startswith("ClusterIssuer unreachable is not ready")
@@ -901,7 +939,7 @@ def test_serve_reports_each_bad_object_and_serves_the_good_ones(
         "did you mean 'secretName'?",
         "Ingress default/typoing BadConfig: spec.tls[0].secretName: required",
         "Certificate default/many-tls BadConfig: spec.dnsNames: 101 names",
-        "Certificate default/ip-tls BadConfig: spec.ipAddresses[0]: 127.0.0.1: ",
+        "Certificate default/ip-tls BadConfig: spec.commonName: 127.0.0.1 is an IP address",
         "Certificate default/lost-tls IssuerNotFound: spec.issuerRef: ClusterIssuer nowhere",
         "Certificate default/typo BadConfig: spec.dnsName: unknown field",
         "ClusterIssuer typo BadConfig: spec.acme.sever: unknown field",
@@ -926,7 +964,8 @@ def test_parse_errors_name_kind_namespace_name_and_field() -> None:
 
 
 def test_refused_input_places_no_order_however_often_it_is_reconciled(world: World) -> None:
-    world.add_certificate("ip", dnsNames=["ip.example.test"], ipAddresses=["192.0.2.1"])
+    world.add_certificate("ip", dnsNames=["ip.example.test"], ipAddresses=["192.0.2.1"],
+                          commonName="192.0.2.1")
 
     for _ in range(24):
         world.reconcile("ip")

@@ -290,14 +290,20 @@ def _ca_bundle(ctx: _Object, value: Any, *, field: str) -> bytes:
 
 def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
     solver = ctx.mapping(value, field=at)
-    ctx.check_fields(solver, at=at, known=("selector", "http01", "dns01"))
+    ctx.check_fields(solver, at=at, known=("selector", "http01", "dns01", "tlsALPN01"))
     selector = None
     if solver.get("selector") is not None:
         selector = _solver_selector(ctx, solver["selector"], at=f"{at}.selector")
     has_http01 = solver.get("http01") is not None
     has_dns01 = solver.get("dns01") is not None
-    if has_http01 == has_dns01:
-        ctx.fail(at, "exactly one of http01 or dns01 must be set")
+    has_tls_alpn01 = solver.get("tlsALPN01") is not None
+    if has_http01 + has_dns01 + has_tls_alpn01 != 1:
+        ctx.fail(at, "exactly one of http01, dns01 or tlsALPN01 must be set")
+    if has_tls_alpn01:
+        tls_alpn01 = ctx.mapping(solver["tlsALPN01"], field=f"{at}.tlsALPN01")
+        for unknown in tls_alpn01:
+            ctx.fail(f"{at}.tlsALPN01.{unknown}", "unknown field; tlsALPN01 takes no settings: {}")
+        return resources.AcmeSolver(selector=selector, config=resources.TlsAlpn01ListenerSolver())
     if has_http01:
         return resources.AcmeSolver(
             selector=selector, config=_http01(ctx, solver["http01"], at=f"{at}.http01")
@@ -354,6 +360,8 @@ def solver_spec(solver: resources.AcmeSolver) -> dict[str, Any]:
             if value is not None
         }
         spec["http01"] = {"ingress": ingress}
+    elif isinstance(config, resources.TlsAlpn01ListenerSolver):
+        spec["tlsALPN01"] = {}
     else:
         spec["dns01"] = {config.provider: copy.deepcopy(dict(config.config))}
     return spec
@@ -1010,9 +1018,7 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
         name=ctx.name,
         url=ctx.required_str(spec, "url", at="spec"),
         authorization_url=ctx.required_str(spec, "authorizationURL", at="spec"),
-        dns_name=ctx.dns_name(
-            ctx.required_str(spec, "dnsName", at="spec"), field="spec.dnsName", allow_wildcard=False
-        ),
+        dns_name=_challenge_name(ctx, ctx.required_str(spec, "dnsName", at="spec")),
         wildcard=ctx.optional_bool(spec, "wildcard", at="spec") or False,
         type=cast(resources.ChallengeType, challenge_type),
         token=ctx.required_str(spec, "token", at="spec"),
@@ -1021,6 +1027,13 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
         solver=_acme_solver(ctx, spec.get("solver"), at="spec.solver"),
         solver_index=solver_index,
     )
+
+
+def _challenge_name(ctx: _Object, value: str) -> str:
+    """`spec.dnsName`: the identifier proven, a DNS name or (RFC 8738) an IP address."""
+    if names.is_ip_address(value):
+        return ctx.ip_address(value, field="spec.dnsName")
+    return ctx.dns_name(value, field="spec.dnsName", allow_wildcard=False)
 
 
 # --- reading helpers ---------------------------------------------------------------------

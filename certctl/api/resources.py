@@ -20,7 +20,7 @@ PathType = Literal["Exact", "Prefix", "ImplementationSpecific"]
 KeyAlgorithm = Literal["RSA", "ECDSA", "Ed25519"]
 KeyEncoding = Literal["PKCS1", "PKCS8"]
 RotationPolicy = Literal["Always", "Never"]
-ChallengeType = Literal["HTTP-01", "DNS-01"]
+ChallengeType = Literal["HTTP-01", "DNS-01", "TLS-ALPN-01"]
 
 # `Certificate.spec.usages` values, as cert-manager spells them. "signing" is
 # cert-manager's alias of "digital signature", "s/mime" of "email protection".
@@ -105,8 +105,13 @@ class Dns01ProviderSolver:
     config: tuple[tuple[str, object], ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class TlsAlpn01ListenerSolver:
+    """`solvers[].tlsALPN01: {}`: answered by the data plane's HTTPS listener (RFC 8737)."""
+
+
 # One variant per solver type; `certctl.solvers.registry` maps each to its Solver.
-SolverConfig = Http01IngressSolver | Dns01ProviderSolver
+SolverConfig = Http01IngressSolver | Dns01ProviderSolver | TlsAlpn01ListenerSolver
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,7 +345,9 @@ class Challenge:
     wildcard: bool
     type: ChallengeType
     token: str
-    key: str  # the key authorization served (HTTP-01) or hashed into TXT (DNS-01)
+    # The key authorization served (HTTP-01), hashed into TXT (DNS-01) or into the
+    # acmeIdentifier extension of the acme-tls/1 certificate (TLS-ALPN-01).
+    key: str
     issuer_ref: IssuerRef
     # A copy of the issuer's solver when the Challenge was created (cert-manager's
     # `spec.solver`): editing the issuer does not change a running challenge.

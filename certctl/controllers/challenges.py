@@ -1,8 +1,8 @@
 """The Challenge reconciler: present, self-check, accept, wait for the CA's verdict.
 
 The steps are the Challenge's solver's (`solvers.protocol.Solver`, chosen by
-the solver configuration the Challenge carries): HTTP-01 answered by the data
-plane, DNS-01 through a provider. Before asking the CA to validate, certctl
+the solver configuration the Challenge carries): HTTP-01 and TLS-ALPN-01
+answered by the data plane, DNS-01 through a provider. Before asking the CA to validate, certctl
 checks the answer itself the way the CA will (the self-check); telling the CA
 too early would burn the authorization, since a failed validation is final.
 Self-check retries back off from 50 ms so a fast path stays fast and a broken
@@ -24,7 +24,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from certctl.api import parsing
+from certctl.api import names, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Challenge, ObjectKey
 from certctl.controllers import orders, reconciling
@@ -267,11 +267,17 @@ def _finish(
 def self_check_for(
     *, port: int, connect_address: str | None, timeout: float = 5.0
 ) -> SelfCheck:
-    """The HTTP-01 self-check against `port` (and `connect_address` instead of DNS if given)."""
+    """The HTTP-01 self-check against `port` (and `connect_address` instead of DNS if given).
+
+    An IP address is checked at the address itself, as the CA will (RFC 8738):
+    `connect_address` stands in for name resolution only.
+    """
 
     def check(challenge: Challenge) -> None:
+        address = names.is_ip_address(challenge.dns_name)
         http01.self_check(host=challenge.dns_name, token=challenge.token,
                           expected_key_authorization=challenge.key, port=port,
-                          connect_address=connect_address, timeout=timeout)
+                          connect_address=None if address else connect_address,
+                          timeout=timeout)
 
     return check

@@ -1,9 +1,10 @@
 """The SNI certificate store: which certificate a TLS handshake presents.
 
 Certificates arrive from Secrets (keyed by the Secret's ObjectKey) and are
-indexed by the DNS names in the leaf's subjectAltName. The handshake path only
-does dict lookups: `select` is called from the SNI callback for every new TLS
-connection, so it never parses PEM unless a name is served for the first time.
+indexed by the DNS names and IP addresses in the leaf's subjectAltName. The
+handshake path only does dict lookups: `select` is called from the SNI callback
+for every new TLS connection, so it never parses PEM unless a name is served
+for the first time.
 
 - SSLContexts are built lazily, on the first handshake for a certificate, and
   kept for the `context_cache_size` most recently used certificates: a
@@ -24,6 +25,12 @@ connection, so it never parses PEM unless a name is served for the first time.
 - Two Secrets may claim the same name: the certificate that expires last
   serves it (ties: the Secret's key, for determinism), and removing one falls
   back to the other.
+- A client that sends no SNI (one connecting to an IP address: RFC 6066
+  forbids an address as SNI, so curl and browsers send none) gets the
+  certificate for an IP address that expires last, if any is loaded, else the
+  default; one sending the address as SNI anyway gets that address's. The
+  handshake does not say which local address the client connected to, so
+  with certificates for several addresses, put them in one certificate.
 - Private keys are handed to OpenSSL through an anonymous memfd, never a named
   file (see `_load_chain`), and are never logged.
 """
@@ -31,6 +38,7 @@ connection, so it never parses PEM unless a name is served for the first time.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import logging
 import os
 import ssl
@@ -79,7 +87,8 @@ class _Entry:
     """One loaded certificate; `context` is filled on the first handshake that needs it."""
 
     source: resources.ObjectKey
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # DNS names, then IP addresses in canonical form
+    addressed: bool  # it certifies an IP address: a candidate for handshakes without SNI
     not_after: datetime.datetime
     chain_pem: bytes
     key_pem: bytes
@@ -101,10 +110,19 @@ class CertificateIndex:
         self._by_source: dict[resources.ObjectKey, _Entry] = {}
         self._claims: dict[str, dict[resources.ObjectKey, _Entry]] = {}
         self._by_name: dict[str, _Entry] = {}  # read without the lock
+        # Certificates for IP addresses (few: kept apart so that loading 10,000 DNS
+        # certificates costs no scan each), and the best of them, which a handshake
+        # without SNI gets.
+        self._addressed: dict[resources.ObjectKey, _Entry] = {}
+        self._no_sni: _Entry | None = None  # read without the lock
         # Host (or `*.` pattern) -> CA bundle: its handshakes ask for a client certificate
         # that chains to it (auth-tls-secret); replaced whole, read without the lock.
         self._client_cas: dict[str, bytes] = {}
         self._client_contexts: dict[tuple[_Entry, bytes], ssl.SSLContext] = {}
+        # Live TLS-ALPN-01 challenges: name -> the context answering acme-tls/1 for it,
+        # replaced whole, read without the lock; and the Challenge each came from.
+        self._acme_tls: dict[str, ssl.SSLContext] = {}
+        self._acme_tls_sources: dict[resources.ObjectKey, tuple[str, ssl.SSLContext]] = {}
         chain_pem, key_pem = _default_certificate()
         self._default_context = new_server_context()
         _load_chain(context=self._default_context, chain_pem=chain_pem, key_pem=key_pem)
@@ -121,7 +139,8 @@ class CertificateIndex:
         """
         entry = _parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem)
         if not entry.names:
-            logger.warning("certificate from %s has no DNS names; it serves nothing", source)
+            logger.warning("certificate from %s has no DNS names nor IP addresses; it serves "
+                           "nothing", source)
         with self._lock:
             previous = self._by_source.get(source)
             self._by_source[source] = entry
@@ -133,6 +152,8 @@ class CertificateIndex:
             for name in entry.names:
                 self._claims.setdefault(name, {})[source] = entry
             self._publish(affected)
+            if entry.addressed or (previous is not None and previous.addressed):
+                self._publish_no_sni(source, entry if entry.addressed else None)
         logger.info("serving certificate from %s for %s", source, ", ".join(entry.names))
 
     def remove_certificate(self, *, source: resources.ObjectKey) -> None:
@@ -144,38 +165,84 @@ class CertificateIndex:
             for name in previous.names:
                 self._claims[name].pop(source, None)
             self._publish(set(previous.names))
+            if previous.addressed:
+                self._publish_no_sni(source, None)
         logger.info("removed certificate from %s", source)
 
     def select(self, server_name: str | None) -> ssl.SSLContext:
-        """The context for a handshake: exact name, then `*.` + parent, then the default.
+        """The context for a handshake: exact name, then `*.` + parent, then the default;
+        without a name, the certificate for an IP address (see the module docstring).
 
         Never raises: a certificate OpenSSL refuses to load is logged once and
         answered with the default certificate until it is replaced.
         """
-        if server_name:
-            name = server_name.lower()
-            entry = self._by_name.get(name)
-            if entry is None:
-                dot = name.find(".")
-                if dot > 0:
-                    entry = self._by_name.get("*" + name[dot:])
-            if entry is not None:
-                if self._client_cas:
-                    ca = self._client_ca(name)
-                    if ca is not None:
-                        return self._client_context(entry, ca)
-                context = entry.context
-                recent = self._recent
-                if context is None:
-                    context = self._build(entry)
-                    recent[entry] = None
-                    if len(recent) > self._context_cache_size:
-                        evicted, _ = recent.popitem(last=False)
-                        evicted.context = None
-                else:
-                    recent.move_to_end(entry)
-                return context
-        return self._default_context
+        if not server_name:
+            entry = self._no_sni
+            return self._default_context if entry is None else self._context_of(entry)
+        name = server_name.lower()
+        entry = self._by_name.get(name)
+        if entry is None:
+            dot = name.find(".")
+            if dot > 0:
+                entry = self._by_name.get("*" + name[dot:])
+        if entry is None:
+            return self._default_context
+        if self._client_cas:
+            ca = self._client_ca(name)
+            if ca is not None:
+                return self._client_context(entry, ca)
+        return self._context_of(entry)
+
+    def _context_of(self, entry: _Entry) -> ssl.SSLContext:
+        """The entry's context, built on first use and kept among the most recent."""
+        context = entry.context
+        recent = self._recent
+        if context is None:
+            context = self._build(entry)
+            recent[entry] = None
+            if len(recent) > self._context_cache_size:
+                evicted, _ = recent.popitem(last=False)
+                evicted.context = None
+        else:
+            recent.move_to_end(entry)
+        return context
+
+    def set_acme_tls_certificate(
+        self, *, source: resources.ObjectKey, name: str, chain_pem: bytes, key_pem: bytes
+    ) -> None:
+        """Answer handshakes for `name` offering ALPN acme-tls/1 with this TLS-ALPN-01
+        certificate (RFC 8737) until `remove_acme_tls_certificate(source=...)`."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8737: TLS 1.2 or later
+        context.set_alpn_protocols(["acme-tls/1"])
+        # Nothing but the handshake: no session tickets after it (TLS 1.3) either.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+        _load_chain(context=context, chain_pem=chain_pem, key_pem=key_pem)
+        with self._lock:
+            self._acme_tls_sources[source] = (name.lower(), context)
+            self._publish_acme_tls()
+        logger.info("answering TLS-ALPN-01 for %s (%s)", name, source)
+
+    def remove_acme_tls_certificate(self, *, source: resources.ObjectKey) -> None:
+        """Stop answering the TLS-ALPN-01 challenge of `source`; unknown ones are ignored."""
+        with self._lock:
+            if self._acme_tls_sources.pop(source, None) is None:
+                return
+            self._publish_acme_tls()
+        logger.info("stopped answering TLS-ALPN-01 for %s", source)
+
+    def _publish_acme_tls(self) -> None:
+        self._acme_tls = {name: context for name, context in self._acme_tls_sources.values()}
+
+    def select_acme_tls(self, server_name: str) -> ssl.SSLContext | None:
+        """The context answering acme-tls/1 for `server_name`, None when no challenge is live."""
+        return self._acme_tls.get(server_name.lower())
+
+    @property
+    def answers_acme_tls(self) -> bool:
+        """Whether a TLS-ALPN-01 challenge is live (handshakes then preread their ALPN)."""
+        return bool(self._acme_tls)
 
     def set_client_certificates(self, by_host: dict[str, bytes]) -> None:
         """Which hosts' handshakes ask for a client certificate, and the CA it must chain to."""
@@ -218,7 +285,10 @@ class CertificateIndex:
         return context
 
     def has_certificate_for(self, host: str) -> bool:
-        """Whether `select(host)` would present a real certificate (used to redirect to HTTPS)."""
+        """Whether `select(host)` would present a real certificate (used to redirect to HTTPS);
+        `host` is a routing key, so an IPv6 address comes bracketed."""
+        if host.startswith("["):
+            host = _canonical_address(host[1:-1]) or host
         if host in self._by_name:
             return True
         dot = host.find(".")
@@ -249,6 +319,16 @@ class CertificateIndex:
                 self._claims.pop(name, None)
                 self._by_name.pop(name, None)
 
+    def _publish_no_sni(self, source: resources.ObjectKey, entry: _Entry | None) -> None:
+        """Record what `source` now holds for an address (None: nothing) and pick what
+        handshakes without SNI get (lock held)."""
+        if entry is None:
+            self._addressed.pop(source, None)
+        else:
+            self._addressed[source] = entry
+        addressed = self._addressed.values()
+        self._no_sni = max(addressed, key=_Entry.rank) if addressed else None
+
     def _build(self, entry: _Entry) -> ssl.SSLContext:
         context = new_server_context()
         try:
@@ -277,16 +357,25 @@ def _parse_entry(*, source: resources.ObjectKey, chain_pem: bytes, key_pem: byte
         raise ValueError(f"{source}: private key does not match the certificate")
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = tuple(dict.fromkeys(n.lower() for n in san.get_values_for_type(x509.DNSName)))
+        dns_names = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+        addresses = [str(address) for address in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
-        names = ()
+        dns_names, addresses = [], []
     return _Entry(
         source=source,
-        names=names,
+        names=tuple(dict.fromkeys([*dns_names, *addresses])),
+        addressed=bool(addresses),
         not_after=leaf.not_valid_after_utc,
         chain_pem=chain_pem,
         key_pem=key_pem,
     )
+
+
+def _canonical_address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _load_chain(*, context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:

@@ -175,6 +175,7 @@ class DataPlane:
                 on_handshake=self._count_handshake,
                 admit=self.admits_connection,
                 preread=self._certificates_asked_for,
+                select_acme_context=self._select_acme_context,
             )
             self._tls.listen(*self._https_address)
             self._https_port = self._tls.sockets[0].getsockname()[1]
@@ -242,8 +243,12 @@ class DataPlane:
 
     def _certificates_asked_for(self) -> bool:
         """Whether some host asks for client certificates (its handshakes then start on its
-        own context, see TlsListener)."""
-        return self.certificates.asks_for_client_certificates
+        own context, see TlsListener) or a TLS-ALPN-01 challenge is live."""
+        certificates = self.certificates
+        return certificates.asks_for_client_certificates or certificates.answers_acme_tls
+
+    def _select_acme_context(self, server_name: str) -> ssl.SSLContext | None:
+        return self.certificates.select_acme_tls(server_name)
 
     def _select_context(self, server_name: str | None) -> ssl.SSLContext:
         return self.certificates.select(server_name)  # `certificates` may be replaced

@@ -30,6 +30,15 @@ needs:
 
 The certificate is switched in the SNI callback, before OpenSSL picks one:
 the listener's `select_context` maps the server name to its SSLContext.
+
+TLS-ALPN-01 (RFC 8737) needs the certificate chosen by the ALPN the client
+offers, which OpenSSL only looks at after the SNI callback (and Python has no
+hook between the two and the certificate choice). So while a challenge is
+live, connections read their ClientHello first (`preread`), and one for a
+challenge's name offering `acme-tls/1` starts on the challenge's context
+(`select_acme_context`), completes the handshake and is closed without
+anything else sent. Without live challenges nothing of this runs: normal
+handshakes pay one attribute store.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class TlsListener:
         on_handshake: Callable[[bool], None],
         admit: Callable[[], bool],
         preread: Callable[[], bool] = lambda: False,
+        select_acme_context: Callable[[str], ssl.SSLContext | None] = lambda _name: None,
     ) -> None:
         """Handshakes start on `context` and switch to `select_context(server name)` (None:
         no SNI); `on_handshake(True)` after each completed handshake, `(False)` after each
@@ -81,7 +91,9 @@ class TlsListener:
         does and starts on the server name's context itself: a context that asks for
         client certificates must be the one the handshake starts on, since OpenSSL's
         SNI switch (SSL_set_SSL_CTX) keeps the verify mode of the first (nginx sets it
-        again in its SNI callback; Python cannot)."""
+        again in its SNI callback; Python cannot). It must also be true while
+        `select_acme_context(server name)` may return a context: the one answering a
+        TLS-ALPN-01 challenge, for a ClientHello that offers ALPN acme-tls/1."""
         # The SNI callback receives the SSL connection's owner: the transport.
         context.sni_callback = _switch_context  # type: ignore[assignment]
         self.context = context
@@ -91,6 +103,7 @@ class TlsListener:
         self.on_handshake = on_handshake
         self.admit = admit
         self.preread = preread
+        self.select_acme_context = select_acme_context
         self.loop = asyncio.get_running_loop()
         # Connections still handshaking, with the time.monotonic() they must be done by.
         self.handshaking: dict[TlsTransport, float] = {}
@@ -241,6 +254,7 @@ class TlsTransport(asyncio.Transport):
 
     __slots__ = (
         "__weakref__",
+        "_acme_tls",
         "_closing",
         "_fd",
         "_incoming",
@@ -275,6 +289,7 @@ class TlsTransport(asyncio.Transport):
         )
         # The ClientHello's bytes so far, while they are read before OpenSSL's (see preread).
         self._preread: bytearray | None = bytearray() if listener.preread() else None
+        self._acme_tls = False  # answering a TLS-ALPN-01 challenge: handshake only
         self._protocol: asyncio.BaseProtocol | None = None
         self._state = _HANDSHAKING
         self._reading = True
@@ -388,7 +403,11 @@ class TlsTransport(asyncio.Transport):
                 return  # the rest of the ClientHello is on its way
             self._preread = None
             if name is not None:
-                context = self._listener.select_context(name)
+                context = self._listener.select_acme_context(name)
+                if context is not None and ACME_TLS_ALPN in client_hello_alpn(bytes(preread)):
+                    self._acme_tls = True
+                else:
+                    context = self._listener.select_context(name)
                 if context is not self._listener.context:
                     self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
                         self._incoming, self._outgoing, True, None, owner=self)
@@ -443,6 +462,9 @@ class TlsTransport(asyncio.Transport):
             return
         self._state = _OPEN
         self._listener.handshake_ended(self, completed=True)
+        if self._acme_tls:
+            self.close()  # the validator only needed the handshake (RFC 8737 section 3)
+            return
         protocol = self._listener.protocol_factory()
         self._protocol = protocol
         try:
@@ -558,6 +580,9 @@ class TlsTransport(asyncio.Transport):
 
 
 _MAX_CLIENT_HELLO: Final = 16_384 + 5  # one TLS record: larger ones go to OpenSSL unread
+SERVER_NAME_EXTENSION: Final = 0
+ALPN_EXTENSION: Final = 16
+ACME_TLS_ALPN: Final = b"acme-tls/1"
 
 
 def client_hello_server_name(data: bytes) -> tuple[str | None, bool]:
@@ -577,7 +602,43 @@ def client_hello_server_name(data: bytes) -> tuple[str | None, bool]:
         return None, True
 
 
+def client_hello_alpn(data: bytes) -> list[bytes]:
+    """The ALPN protocols a complete ClientHello record at the start of `data` offers; none
+    for anything that is not one, or offers none."""
+    try:
+        hello = data[5:5 + int.from_bytes(data[3:5], "big")]
+        at = _extension(hello, ALPN_EXTENSION)
+        if at is None:
+            return []
+        end = at + 2 + int.from_bytes(hello[at:at + 2], "big")  # the protocol name list
+        at += 2
+        offered: list[bytes] = []
+        while at < end:
+            length = hello[at]
+            offered.append(hello[at + 1:at + 1 + length])
+            at += 1 + length
+        return offered
+    except (IndexError, ValueError):
+        return []
+
+
 def _server_name(hello: bytes) -> str | None:
+    at = _extension(hello, SERVER_NAME_EXTENSION)
+    if at is None:
+        return None
+    names_end = at + 2 + int.from_bytes(hello[at:at + 2], "big")  # (type, name) pairs
+    at += 2
+    while at + 3 <= names_end:
+        name_type = hello[at]
+        length = int.from_bytes(hello[at + 1:at + 3], "big")
+        if name_type == 0:  # host_name
+            return hello[at + 3:at + 3 + length].decode("ascii")
+        at += 3 + length
+    return None
+
+
+def _extension(hello: bytes, wanted: int) -> int | None:
+    """Where the data of extension `wanted` of a ClientHello message starts."""
     if hello[0] != 1:  # not a ClientHello
         return None
     at = 4 + 2 + 32  # handshake header, legacy_version, random
@@ -590,15 +651,7 @@ def _server_name(hello: bytes) -> str | None:
         kind = int.from_bytes(hello[at:at + 2], "big")
         size = int.from_bytes(hello[at + 2:at + 4], "big")
         at += 4
-        if kind == 0:  # server_name: a list of (type, name); host_name is type 0
-            names_end = at + 2 + int.from_bytes(hello[at:at + 2], "big")
-            at += 2
-            while at + 3 <= names_end:
-                name_type = hello[at]
-                length = int.from_bytes(hello[at + 1:at + 3], "big")
-                if name_type == 0:
-                    return hello[at + 3:at + 3 + length].decode("ascii")
-                at += 3 + length
-            return None
+        if kind == wanted:
+            return at
         at += size
     return None

@@ -1,4 +1,5 @@
-"""Keeps the data plane in step with the store: routes, certificates, HTTP-01 tokens.
+"""Keeps the data plane in step with the store: routes, certificates, HTTP-01 tokens and
+TLS-ALPN-01 certificates.
 
 Store events arrive on reconciler threads; the handshake and request paths
 only ever read what this feed publishes (an immutable route table swapped by
@@ -51,6 +52,7 @@ from certctl.pki import secret as tls_secret
 from certctl.routes import gateway as gateway_routes
 from certctl.routes import ingress as ingress_routes
 from certctl.routes import ingress_annotations, model
+from certctl.solvers import tls_alpn01_solver
 from certctl.store.interface import Conflict, Forbidden, NotFound, Object, Store, WatchEvent
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ class DataPlaneFeed:
         self._enforce_access_annotations = enforce_access_annotations
         self._reported: frozenset[model.SourceProblem] = frozenset()
         self._tokens: dict[str, tuple[str, str]] = {}  # token -> (dns name, key authorization)
+        # Live TLS-ALPN-01 Challenges -> the (dns name, key authorization) answered for them.
+        self._tls_alpn01: dict[ObjectKey, tuple[str, str]] = {}
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
         # (namespace, name) of the Secrets the routes' basic authentication read.
         self._auth_secrets: frozenset[tuple[str, str]] = frozenset()
@@ -158,10 +162,30 @@ class DataPlaneFeed:
         if not isinstance(token, str):
             return
         state = (event.obj.get("status") or {}).get("state")
-        if event.type == "DELETED" or state in ("valid", "invalid"):
+        ended = event.type == "DELETED" or state in ("valid", "invalid")
+        if ended:
             self._tokens.pop(token, None)
         elif spec.get("type") == "HTTP-01":
             self._tokens[token] = (str(spec.get("dnsName", "")).lower(), str(spec.get("key")))
+        if spec.get("type") == "TLS-ALPN-01":
+            self._on_tls_alpn01(event.key, spec, ended=ended)
+
+    def _on_tls_alpn01(self, key: ObjectKey, spec: dict[str, Any], *, ended: bool) -> None:
+        """Answer acme-tls/1 handshakes for the Challenge's name while it is live; each
+        replica makes its own certificate (only its extension and name are checked)."""
+        if ended:
+            if self._tls_alpn01.pop(key, None) is not None:
+                self._certificates.remove_acme_tls_certificate(source=key)
+            return
+        answer = (str(spec.get("dnsName", "")).lower(), str(spec.get("key")))
+        if self._tls_alpn01.get(key) == answer:
+            return  # a status update: the certificate answering it is unchanged
+        chain_pem, key_pem = tls_alpn01_solver.challenge_certificate(
+            dns_name=answer[0], key_authorization=answer[1])
+        self._certificates.set_acme_tls_certificate(source=key,
+                                                    name=tls_alpn01_solver.server_name(answer[0]),
+                                                    chain_pem=chain_pem, key_pem=key_pem)
+        self._tls_alpn01[key] = answer
 
     def set_load_balancer(self, entries: list[dict[str, str]]) -> None:
         """What served Ingresses' `status.loadBalancer.ingress` says from now on (with
@@ -173,9 +197,20 @@ class DataPlaneFeed:
         self._wake.set()
 
     def respond_to_challenge(self, host: str, token: str) -> str | None:
-        """The key authorization for a live challenge of this host, else None (a 404)."""
+        """The key authorization for a live challenge of this host, else None (a 404).
+
+        An IPv6 address arrives bracketed (`[::1]`, the routing key) while its
+        Challenge names it bare (RFC 8738 identifiers), in canonical form.
+        """
         found = self._tokens.get(token)
-        if found is None or found[0] != host.lower():
+        if found is None:
+            return None
+        if host.startswith("["):
+            try:
+                host = str(ipaddress.IPv6Address(host[1:-1]))
+            except ValueError:
+                return None
+        if found[0] != host.lower():
             return None
         return found[1]
 

@@ -41,7 +41,7 @@ from certctl.controllers import order_budget as order_budget_module
 from certctl.issuers import registry as issuer_registry
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import workqueue
-from certctl.solvers import http01_ingress
+from certctl.solvers import http01_ingress, tls_alpn01_solver
 from certctl.solvers import registry as solver_registry
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
@@ -89,6 +89,7 @@ def controller_settings(
     dns01: dns01_solver.Options,
     order_budget: order_budget_module.Budget | None,
     data_plane: http01_ingress.DataPlaneService | None = None,
+    tls_alpn01: tls_alpn01_solver.SelfCheckTarget | None = None,
 ) -> ControllerSettings:
     return ControllerSettings(
         certificates=certificates.Settings(
@@ -98,7 +99,8 @@ def controller_settings(
         issuers=issuers.Settings(clock=clock, accounts=accounts),
         challenges=challenges.Settings(
             clock=clock, accounts=accounts, solvers=solver_registry.Solvers(
-                self_check=self_check, data_plane=data_plane, dns01=dns01_solver.Dns01Solver(
+                self_check=self_check, data_plane=data_plane, tls_alpn01=tls_alpn01,
+                dns01=dns01_solver.Dns01Solver(
                     options=dns01,
                     cluster_resource_namespace=accounts.cluster_resource_namespace))),
     )

@@ -58,7 +58,7 @@ from certctl.runtime import (
     runner,
     workqueue,
 )
-from certctl.solvers import http01_ingress
+from certctl.solvers import http01_ingress, tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
 from certctl.store.interface import WatchEvent
@@ -319,6 +319,9 @@ class Controller:
             dns01=options.dns01,
             order_budget=options.order_budget,
             data_plane=options.data_plane,
+            # The CA's port 443, at the self-check address too (the data plane's Service).
+            tls_alpn01=tls_alpn01_solver.SelfCheckTarget(
+                connect_address=options.self_check_address),
         )
         self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
         self.queue = dispatch.work_queue(handler=self._handle, workers=options.workers)

@@ -30,6 +30,7 @@ from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dataplane_feed, dispatch, metrics, runner
+from certctl.solvers import tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
 from certctl.store.interface import WatchEvent
@@ -128,6 +129,9 @@ class Standalone:
             ),
             dns01=options.dns01,
             order_budget=options.order_budget,
+            # This process's own HTTPS listener answers TLS-ALPN-01.
+            tls_alpn01=tls_alpn01_solver.SelfCheckTarget(
+                port=options.https_port, connect_address=options.self_check_address),
         )
         self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
         self.queue = dispatch.work_queue(handler=self.dispatcher.handle, workers=options.workers)

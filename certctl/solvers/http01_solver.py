@@ -5,7 +5,9 @@ from live Challenge objects, so a Challenge is presented as soon as it
 exists. In a cluster, where the host may be served by another Ingress
 controller, a temporary solver Ingress routes the token path to the data
 plane (`http01_ingress`); it is deleted as soon as the challenge ends, valid
-or not. The self-check fetches the token the way the CA will (`http01`).
+or not. An IP address (RFC 8738) gets none: the CA connects to the address,
+so the data plane listening there answers it directly. The self-check
+fetches the token the way the CA will (`http01`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 
+from certctl.api import names
 from certctl.api.resources import (
     Challenge,
     ChallengeType,
@@ -53,10 +56,17 @@ class Http01Solver:
     def present(
         self, *, store: Store, obj: Object, challenge: Challenge, now: datetime.datetime
     ) -> protocol.Presented | None:
-        if self.data_plane is not None:
+        address = names.is_ip_address(challenge.dns_name)
+        if self.data_plane is not None and not address:
             _route_token(store, obj, challenge=challenge, data_plane=self.data_plane)
         if (obj.get("status") or {}).get("presented"):
             return None
+        if address:
+            # An Ingress rule cannot hold an IP address, so no solver Ingress: the CA
+            # connects to the address itself, where the data plane answers the token
+            # from the Challenge objects it watches, whatever Host the request names.
+            return protocol.Presented(
+                description=f"the data plane answers the HTTP-01 token at {challenge.dns_name}")
         return protocol.Presented(description="the data plane answers the HTTP-01 token")
 
     def check(self, *, challenge: Challenge, now: datetime.datetime) -> None:

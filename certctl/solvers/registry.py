@@ -2,7 +2,8 @@
 
 The solver types are listed once here; `Solvers` holds this process's one
 instance of each (built with what the process has: the HTTP-01 self-check and
-data-plane Service, the DNS-01 solver with its options), and picks the one
+data-plane Service, the DNS-01 solver with its options, where the TLS-ALPN-01
+self-check connects), and picks the one
 for a Challenge by the configuration it carries. Adding a solver type is
 adding its module, its configuration variant (`api.resources`, `api.parsing`)
 and a line below.
@@ -14,10 +15,11 @@ from collections.abc import Iterator
 from typing import Final
 
 from certctl.api.resources import SolverConfig
-from certctl.solvers import http01_ingress, http01_solver, protocol
+from certctl.solvers import http01_ingress, http01_solver, protocol, tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 
-SOLVER_TYPES: Final = (http01_solver.Http01Solver, dns01_solver.Dns01Solver)
+SOLVER_TYPES: Final = (http01_solver.Http01Solver, dns01_solver.Dns01Solver,
+                       tls_alpn01_solver.TlsAlpn01Solver)
 
 
 def solver_type(config: SolverConfig) -> type[protocol.Solver]:
@@ -44,11 +46,15 @@ class Solvers:
         self_check: http01_solver.SelfCheck,
         dns01: dns01_solver.Dns01Solver,
         data_plane: http01_ingress.DataPlaneService | None = None,
+        tls_alpn01: tls_alpn01_solver.SelfCheckTarget | None = None,
     ) -> None:
+        """`tls_alpn01`: where its self-check connects (default: the name, port 443)."""
         self.http01 = http01_solver.Http01Solver(self_check=self_check, data_plane=data_plane)
         self.dns01 = dns01
+        self.tls_alpn01 = tls_alpn01_solver.TlsAlpn01Solver(
+            self_check=tls_alpn01 or tls_alpn01_solver.SelfCheckTarget())
         self._by_config: dict[type, protocol.Solver] = {
-            solver.config_type: solver for solver in (self.http01, self.dns01)}
+            solver.config_type: solver for solver in (self.http01, self.dns01, self.tls_alpn01)}
 
     def for_config(self, config: SolverConfig) -> protocol.Solver:
         return self._by_config[type(config)]

@@ -7,7 +7,8 @@ cert-manager's rules, in order of preference:
    (more labels matched wins);
 4. a solver with no selector at all.
 Ties keep the order of `solvers[]`. Wildcard names can only be proven with
-DNS-01, so solvers of a type that cannot prove them (HTTP-01) never match them.
+DNS-01, so solvers of a type that cannot prove them (HTTP-01, TLS-ALPN-01)
+never match them.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ def select_solver(
             best = (score, index)
     if best is None:
         if wildcard and not all(_proves_wildcards(s) for s in issuer.solvers):
+            types = " and ".join(sorted({registry.solver_type(s.config).challenge_type
+                                         for s in issuer.solvers if not _proves_wildcards(s)}))
             raise NoSolver(
                 f"{dns_name}: wildcard names need a DNS-01 solver; "
-                "the issuer only has HTTP-01 solvers that could match"
+                f"the issuer only has {types} solvers that could match"
             )
         raise NoSolver(f"{dns_name}: no solver of the issuer matches this name")
     return SelectedSolver(index=best[1], solver=issuer.solvers[best[1]])

@@ -452,16 +452,23 @@ class AcmeClient:
             current = self._post(url, None)
             challenge_body = self._parse(
                 url, lambda: messages.ChallengeBody.from_json(current.json()))
-        if not isinstance(challenge_body.chall, challenges.KeyAuthorizationChallenge):
+        response: challenges.ChallengeResponse
+        if isinstance(challenge_body.chall, challenges.KeyAuthorizationChallenge):
+            response = challenge_body.response(self._jwk)
+        elif challenge_body.chall.to_partial_json().get("type") == "tls-alpn-01":
+            # certbot's acme no longer knows TLS-ALPN-01 (RFC 8737); its answer is the
+            # empty object every ACME answer is (RFC 8555 section 7.5.1), which this class
+            # sends (a field-less ChallengeResponse is falsy: acme would POST-as-GET it).
+            token = str(challenge_body.chall.to_partial_json().get("token", ""))
+            response = challenges.KeyAuthorizationChallengeResponse(
+                key_authorization=self.key_authorization(token))
+        else:
             raise errors.AcmeProtocolError(
                 f"cannot answer challenge {url}: unsupported type"
                 f" {challenge_body.chall.to_partial_json().get('type')!r}"
             )
         client = self._client()
-        answered = self._request(
-            url,
-            lambda: client.answer_challenge(challenge_body, challenge_body.response(self._jwk)),
-        )
+        answered = self._request(url, lambda: client.answer_challenge(challenge_body, response))
         return _challenge_state(answered.body, retry_after=_retry_after(self._thread.last_response))
 
     def _remember_challenges(self, bodies: Iterable[messages.ChallengeBody]) -> None:

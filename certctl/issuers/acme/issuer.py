@@ -7,7 +7,9 @@
   HMAC key from its Secret; a `profile` the server does not offer is a
   configuration error, reported here rather than on every order.
 - refusal: what no ACME CA would issue, or certctl cannot prove, fails before
-  an order is spent on it.
+  an order is spent on it. IP addresses (RFC 8738) are ordered as `ip`
+  identifiers, proven by HTTP-01 at the address, without a common name, and
+  under `shortlived` when the CA offers it (Let's Encrypt issues them only so).
 - issue: nothing is signed here: the CSR becomes an Order (`controllers.orders`
   follows it through authorizations, challenges and finalization).
 """
@@ -19,6 +21,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from certctl.api import annotations as annotation_keys
+from certctl.api import names
 from certctl.api.resources import AcmeIssuer, Certificate, Issuer, IssuerSpec
 from certctl.issuers import protocol
 from certctl.issuers.acme import accounts, errors
@@ -36,6 +40,8 @@ secret_paths: Sequence[tuple[str, ...]] = (
 # lower one). Pebble has none, so certctl refuses before ordering rather than learning
 # it from a production CA's rejected order.
 MAX_NAMES = 100
+# Let's Encrypt's profile of 6-day certificates, the only one it issues IP addresses under.
+SHORT_LIVED = "shortlived"
 
 _NOT_REGISTERED = "ErrRegisterACMEAccount"
 
@@ -94,16 +100,13 @@ def refuse(
             "spec.privateKey.algorithm: ACME CAs do not issue certificates for Ed25519 keys "
             "(the CA/Browser Forum rules allow only RSA and ECDSA, and Let's Encrypt refuses "
             "them); use ECDSA or RSA, or a selfSigned or ca issuer")
-    if certificate.ip_addresses:
-        # Pebble offers http-01 (and tls-alpn-01) for IP identifiers, and Let's Encrypt
-        # issues IP certificates under its short-lived profile since 2025; but DNS-01
-        # cannot prove an IP (RFC 8738) and certctl routes HTTP-01 challenges by host
-        # name through a solver Ingress, whose rules cannot hold an IP address.
+    if certificate.common_name is not None and names.is_ip_address(certificate.common_name):
+        # acme's CSR reader orders a CN as a DNS identifier, which no CA accepts for an
+        # address, and Let's Encrypt's IP certificates carry no common name at all.
         raise protocol.Refused(
-            f"spec.ipAddresses[0]: {certificate.ip_addresses[0]}: {issuer.kind} {issuer.name} "
-            "is an ACME issuer, and certctl does not order IP address certificates over ACME "
-            "(DNS-01 cannot prove an IP address and certctl answers HTTP-01 by host name); "
-            "use a selfSigned or ca issuer for IP addresses, or a DNS name")
+            f"spec.commonName: {certificate.common_name} is an IP address; an ACME "
+            "certificate for an address has no common name: leave commonName out and list "
+            "the address in spec.ipAddresses")
     count = len({*certificate.dns_names, *certificate.ip_addresses,
                  *([certificate.common_name] if certificate.common_name else [])})
     if count > MAX_NAMES:
@@ -122,6 +125,8 @@ def refuse(
             raise protocol.Refused(
                 f"spec.dnsNames[{index}]: {name}: {issuer.kind} {issuer.name} "
                 f"spec.acme.solvers[{chosen.index}].{problem}")
+    for index, address in enumerate(certificate.ip_addresses):
+        _refuse_unprovable_address(issuer=acme, address=address, index=index, labels=labels)
     _refuse_missing_profile(store=store, issuer=acme, certificate=certificate, env=env)
 
 
@@ -147,18 +152,43 @@ def issue(
     return protocol.Ordered(spec=spec)
 
 
+def _refuse_unprovable_address(
+    *, issuer: Issuer[AcmeIssuer], address: str, index: int, labels: Mapping[str, str]
+) -> None:
+    """The solver the order will pick for `address` must be able to prove it.
+
+    RFC 8738: an IP identifier is proven by HTTP-01 (the CA connects to the
+    address itself, and our data plane answers there) or TLS-ALPN-01, never
+    DNS-01 (no DNS name to put a TXT record under).
+    """
+    try:
+        chosen = selection.select_solver(issuer=issuer.spec, dns_name=address, labels=labels)
+    except selection.NoSolver as err:
+        raise protocol.Refused(f"spec.ipAddresses[{index}]: {err}") from err
+    if solver_registry.solver_type(chosen.solver.config).challenge_type == "DNS-01":
+        raise protocol.Refused(
+            f"spec.ipAddresses[{index}]: {address}: {issuer.kind} {issuer.name} "
+            f"spec.acme.solvers[{chosen.index}] is a DNS-01 solver, and DNS-01 cannot prove an "
+            "IP address (RFC 8738); add an http01 solver the address selects (the CA connects "
+            "to the address itself, where certctl's data plane must listen on port 80)")
+
+
 def _refuse_missing_profile(
     *, store: Store, issuer: Issuer[AcmeIssuer], certificate: Certificate,
     env: protocol.Environment,
 ) -> None:
-    """spec.acme.profile names a profile the CA's directory does not offer.
+    """The profile is one the CA's directory offers, and `shortlived` for IP addresses.
 
     Checked before ordering, against the directory the issuer's client has
     already fetched, so the condition names the field to fix instead of an
-    Order failing. Without `env.accounts` the CA's answer has to do.
+    Order failing. Let's Encrypt issues IP-address certificates only under its
+    `shortlived` profile, so when the CA offers one by that name an IP
+    certificate must ask for it; a CA without profiles (Pebble 2.4) or without
+    that one decides for itself. Without `env.accounts` the CA's answer has to do.
     """
-    profile = certificate.acme_profile
-    if profile is None or env.accounts is None:
+    explicit = certificate.acme_profile
+    profile = explicit or issuer.spec.profile
+    if (explicit is None and not certificate.ip_addresses) or env.accounts is None:
         return
     try:
         offered = env.accounts.client(store=store, issuer=issuer).profiles()
@@ -166,8 +196,15 @@ def _refuse_missing_profile(
         raise errors.AcmeError(
             f"{certificate.key}: cannot read the profiles of {issuer.spec.server}: {err}"
         ) from err
-    if profile not in offered:
-        raise protocol.Refused(_profile_missing(issuer.spec, profile, offered))
+    if explicit is not None and explicit not in offered:
+        raise protocol.Refused(_profile_missing(issuer.spec, explicit, offered))
+    if certificate.ip_addresses and SHORT_LIVED in offered and profile != SHORT_LIVED:
+        raise protocol.Refused(
+            f"spec.acme.profile: {certificate.ip_addresses[0]} is an IP address, which ACME "
+            f"server {issuer.spec.server} certifies only under its {SHORT_LIVED!r} profile; "
+            f"set spec.acme.profile: {SHORT_LIVED} on this Certificate (annotation "
+            f"{annotation_keys.ACME_PROFILE} on an Ingress) or on {issuer.kind} "
+            f"{issuer.name}" + (f" (asks for {profile!r})" if profile else " (asks for none)"))
 
 
 def _profile_missing(acme: AcmeIssuer, profile: str, offered: Mapping[str, str]) -> str:
