@@ -315,7 +315,9 @@ def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
     # Accepted for cert-manager compatibility; certctl always follows a CNAME at
     # _acme-challenge, since a TXT record cannot sit beside one ("None" could only fail).
     ctx.choice(dns01, "cnameStrategy", at=f"{at}.dns01", choices=("None", "Follow"))
-    providers = [key for key in dns01 if key != "cnameStrategy"]
+    account_label = ctx.choice(dns01, "accountLabel", at=f"{at}.dns01",
+                               choices=get_args(resources.AccountLabelMode)) or "Never"
+    providers = [key for key in dns01 if key not in ("cnameStrategy", "accountLabel")]
     if len(providers) != 1:
         found = ", ".join(providers) if providers else "none"
         ctx.fail(f"{at}.dns01", f"exactly one DNS provider must be configured, found {found}")
@@ -326,6 +328,7 @@ def _acme_solver(ctx: _Object, value: Any, *, at: str) -> resources.AcmeSolver:
         config=resources.Dns01ProviderSolver(
             provider=provider,
             config=tuple((str(key), copy.deepcopy(item)) for key, item in config.items()),
+            account_label=cast(resources.AccountLabelMode, account_label),
         ),
     )
 
@@ -364,6 +367,8 @@ def solver_spec(solver: resources.AcmeSolver) -> dict[str, Any]:
         spec["tlsALPN01"] = {}
     else:
         spec["dns01"] = {config.provider: copy.deepcopy(dict(config.config))}
+        if config.account_label != "Never":
+            spec["dns01"]["accountLabel"] = config.account_label
     return spec
 
 
@@ -1004,6 +1009,7 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
             "issuerRef",
             "solver",
             "solverIndex",
+            "accountURI",
         ),
     )
     types = get_args(resources.ChallengeType)
@@ -1013,6 +1019,10 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
     solver_index = ctx.optional_int(spec, "solverIndex", at="spec") or 0
     if solver_index < 0:
         ctx.fail("spec.solverIndex", "must not be negative")
+    account_uri = ctx.optional_str(spec, "accountURI", at="spec")
+    if challenge_type == "DNS-ACCOUNT-01" and not account_uri:
+        ctx.fail("spec.accountURI", "is required for a DNS-ACCOUNT-01 challenge: the TXT"
+                 " record's name is derived from the ACME account's URL")
     return resources.Challenge(
         namespace=ctx.scoped_namespace,
         name=ctx.name,
@@ -1026,6 +1036,7 @@ def parse_challenge(obj: Mapping[str, Any], *, source: str | None = None) -> res
         issuer_ref=_issuer_ref(ctx, spec.get("issuerRef"), at="spec.issuerRef"),
         solver=_acme_solver(ctx, spec.get("solver"), at="spec.solver"),
         solver_index=solver_index,
+        account_uri=account_uri,
     )
 
 

@@ -20,7 +20,11 @@ PathType = Literal["Exact", "Prefix", "ImplementationSpecific"]
 KeyAlgorithm = Literal["RSA", "ECDSA", "Ed25519"]
 KeyEncoding = Literal["PKCS1", "PKCS8"]
 RotationPolicy = Literal["Always", "Never"]
-ChallengeType = Literal["HTTP-01", "DNS-01", "TLS-ALPN-01"]
+# DNS-ACCOUNT-01 (draft-ietf-acme-dns-account-label) is answered by the DNS-01 solver.
+ChallengeType = Literal["HTTP-01", "DNS-01", "DNS-ACCOUNT-01", "TLS-ALPN-01"]
+# `solvers[].dns01.accountLabel`: whether the TXT record goes to the account-scoped name
+# of dns-account-01 (Never: always `_acme-challenge`; IfOffered; Required).
+AccountLabelMode = Literal["Never", "IfOffered", "Required"]
 
 # `Certificate.spec.usages` values, as cert-manager spells them. "signing" is
 # cert-manager's alias of "digital signature", "s/mime" of "email protection".
@@ -103,6 +107,7 @@ class Dns01ProviderSolver:
 
     provider: str
     config: tuple[tuple[str, object], ...] = ()
+    account_label: AccountLabelMode = "Never"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,6 +358,8 @@ class Challenge:
     # `spec.solver`): editing the issuer does not change a running challenge.
     solver: AcmeSolver
     solver_index: int = 0
+    # The ACME account's URL, for DNS-ACCOUNT-01 (its TXT name is derived from it).
+    account_uri: str | None = None
 
     @property
     def key_ref(self) -> ObjectKey:

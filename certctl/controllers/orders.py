@@ -203,20 +203,29 @@ def _present(
             continue
         chosen = selection.select_solver(issuer=issuer.spec, dns_name=dns_name, labels=labels)
         solver = solver_registry.solver_type(chosen.solver.config)
-        offered = [c for c in authorization.challenges
-                   if c.type == solver.challenge_type.lower()]
-        token = offered[0].token if offered else None
-        if token is None:
+        # In the solver's order of preference (dns-account-01 before dns-01 when allowed).
+        wanted = solver_registry.challenge_types(chosen.solver.config)
+        offered = {c.type: c for c in authorization.challenges}
+        picked = next((offered[t] for t in wanted if t in offered), None)
+        if picked is None or picked.token is None:
             return _finish(store, order, state="errored", now=now,
-                           reason=f"the ACME server offers no {solver.challenge_type} challenge "
-                           f"for {dns_name}")
-        challenge = offered[0]
-        record["challenges"] = [{"type": challenge.type, "url": challenge.url,
-                                 "token": challenge.token}]
+                           reason=f"the ACME server offers no "
+                           f"{' or '.join(t.upper() for t in wanted)} challenge for {dns_name}"
+                           f" (spec.acme.solvers[{chosen.index}])")
+        if picked.type != wanted[0]:
+            fallback = (f"The ACME server offers no {wanted[0].upper()} challenge for"
+                        f" {dns_name}; solving {picked.type.upper()} instead")
+            record["challengeFallback"] = fallback
+            store.emit_event(obj=order, type="Normal", reason="ChallengeTypeFallback",
+                             message=fallback)
+        record["challenges"] = [{"type": picked.type, "url": picked.url,
+                                 "token": picked.token}]
         _ensure_challenge(store, order, dns_name=identifier,
                           wildcard=authorization.wildcard, authorization_url=url,
-                          challenge=challenge, solver=chosen.solver, solver_index=chosen.index,
-                          key=solver.challenge_key(client=client, token=token))
+                          challenge=picked, solver=chosen.solver, solver_index=chosen.index,
+                          key=solver.challenge_key(client=client, token=picked.token),
+                          account_uri=(client.account_uri if picked.type == "dns-account-01"
+                                       else None))
     failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
     if failed is not None:
         return _finish(store, order, state="errored", now=now, reason=failed)
@@ -238,6 +247,7 @@ def _ensure_challenge(
     solver: AcmeSolver,
     solver_index: int,
     key: str,
+    account_uri: str | None,
 ) -> None:
     namespace = order["metadata"]["namespace"]
     name = _challenge_name(order, authorization_url=authorization_url)
@@ -263,6 +273,7 @@ def _ensure_challenge(
             "issuerRef": order["spec"]["issuerRef"],
             "solver": parsing.solver_spec(solver),
             "solverIndex": solver_index,
+            **({"accountURI": account_uri} if account_uri is not None else {}),
         },
     }
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from certctl.api.resources import SolverConfig
+from certctl.api.resources import Dns01ProviderSolver, SolverConfig
 from certctl.solvers import http01_ingress, http01_solver, protocol, tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 
@@ -31,8 +31,19 @@ def solver_type(config: SolverConfig) -> type[protocol.Solver]:
     raise TypeError(f"no solver for {type(config).__name__}")
 
 
+def challenge_types(config: SolverConfig) -> tuple[str, ...]:
+    """The ACME challenge types (wire names, as in an authorization) a configuration
+    answers, preferred first: its solver's type, except that a DNS-01 solver may take
+    dns-account-01 too (`dns01.solver.challenge_types`)."""
+    if isinstance(config, Dns01ProviderSolver):
+        return dns01_solver.challenge_types(config)
+    return (solver_type(config).challenge_type.lower(),)
+
+
 def ends_with_its_challenge(challenge_type: object) -> bool:
     """Whether a raw Challenge of `spec.type` ends itself (`Solver.ends_with_its_challenge`)."""
+    if challenge_type == "DNS-ACCOUNT-01":  # answered by the DNS-01 solver
+        challenge_type = dns01_solver.Dns01Solver.challenge_type
     return any(found.challenge_type == challenge_type and found.ends_with_its_challenge
                for found in SOLVER_TYPES)
 

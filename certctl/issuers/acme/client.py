@@ -455,8 +455,10 @@ class AcmeClient:
         response: challenges.ChallengeResponse
         if isinstance(challenge_body.chall, challenges.KeyAuthorizationChallenge):
             response = challenge_body.response(self._jwk)
-        elif challenge_body.chall.to_partial_json().get("type") == "tls-alpn-01":
-            # certbot's acme no longer knows TLS-ALPN-01 (RFC 8737); its answer is the
+        elif challenge_body.chall.to_partial_json().get("type") in ("tls-alpn-01",
+                                                                       "dns-account-01"):
+            # certbot's acme no longer knows TLS-ALPN-01 (RFC 8737) and does not know
+            # dns-account-01 (draft-ietf-acme-dns-account-label); their answer is the
             # empty object every ACME answer is (RFC 8555 section 7.5.1), which this class
             # sends (a field-less ChallengeResponse is falsy: acme would POST-as-GET it).
             token = str(challenge_body.chall.to_partial_json().get("token", ""))

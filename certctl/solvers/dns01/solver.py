@@ -4,19 +4,24 @@ The reconciler decides when each step runs (present once, self-check until
 the value is served, accept, clean up when the challenge ends); this module
 does the DNS-01 part of each step, with the provider and configuration the
 Challenge carries (`spec.solver.dns01`, copied from the issuer when the
-Challenge was created). It keeps one piece of state: what this process
-presented for which Challenge, with the provider built for it, so that the
-record of a deleted Challenge is still removed although the Challenge is
-gone. The state is in memory: a record whose Challenge is deleted while
+Challenge was created). It answers dns-account-01 too
+(draft-ietf-acme-dns-account-label, as the solver's `accountLabel` allows):
+the same TXT value at a name of the ACME account's own, so several accounts
+can validate one name at once. It keeps one piece of state: what this
+process presented for which Challenge, with the provider built for it, so
+that the record of a deleted Challenge is still removed although the
+Challenge is gone. The state is in memory: a record whose Challenge is deleted while
 certctl is stopped stays behind (a Challenge that still exists is cleaned up
 from its own spec after a restart).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import datetime
+import hashlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -79,9 +84,31 @@ class Presented:
                 f" via the {self.provider_name} provider")
 
 
+def account_label(account_uri: str) -> str:
+    """The dns-account-01 label of an ACME account (draft-ietf-acme-dns-account-label):
+    `_` and the lowercase base32 of the first 10 bytes of SHA-256 of the account's URL
+    (16 characters, no padding since 10 bytes are 80 bits)."""
+    digest = hashlib.sha256(account_uri.encode()).digest()[:10]
+    return "_" + base64.b32encode(digest).decode().lower()
+
+
 def challenge_fqdn(challenge: Challenge) -> str:
-    """`_acme-challenge.<name>.`, for wildcard names too (RFC 8555 section 8.4)."""
-    return lookup.absolute(f"{CHALLENGE_LABEL}.{challenge.dns_name}")
+    """`_acme-challenge.<name>.` for DNS-01, `_<account label>._acme-challenge.<name>.` for
+    DNS-ACCOUNT-01; wildcard names drop their `*.` (RFC 8555 section 8.4)."""
+    name = f"{CHALLENGE_LABEL}.{challenge.dns_name}"
+    if challenge.type == "DNS-ACCOUNT-01":
+        if not challenge.account_uri:  # parsing refuses it; the type checker cannot know
+            raise errors.ConfigError(f"{challenge.key_ref}: spec.accountURI: is required")
+        name = f"{account_label(challenge.account_uri)}.{name}"
+    return lookup.absolute(name)
+
+
+def challenge_types(config: Dns01ProviderSolver) -> tuple[str, ...]:
+    """The ACME challenge types (wire names) a DNS-01 solver answers, preferred first, as its
+    `accountLabel` says: dns-account-01 puts each account's record at its own name, so
+    other ACME clients validating the same name at once do not race on one record set."""
+    return {"Never": ("dns-01",), "IfOffered": ("dns-account-01", "dns-01"),
+            "Required": ("dns-account-01",)}[config.account_label]
 
 
 class Dns01Solver:
