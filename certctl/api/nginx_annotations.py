@@ -59,6 +59,9 @@ SUPPORTED: Final = frozenset({
     "proxy-body-size", "proxy-read-timeout", "proxy-connect-timeout", "backend-protocol",
     "rewrite-target", "canary", "canary-weight", "canary-weight-total", "canary-by-header",
     "canary-by-header-value", "canary-by-header-pattern", "canary-by-cookie",
+    # endpoint choice and retries (certctl.routes.options.Balancing, NextUpstream)
+    "upstream-hash-by", "load-balance", "proxy-next-upstream", "proxy-next-upstream-tries",
+    "proxy-next-upstream-timeout",
 })
 # certctl's own keys that are not data plane settings (certctl.io/ only).
 CERTCTL_OWN: Final = frozenset({
@@ -127,14 +130,13 @@ UNSUPPORTED: Final = frozenset({
     "affinity-canary-behavior",
     "custom-http-errors", "custom-headers", "default-backend",
     "preserve-trailing-slash", "proxy-cookie-domain",
-    "proxy-cookie-path", "proxy-next-upstream",
-    "proxy-next-upstream-timeout", "proxy-next-upstream-tries",
+    "proxy-cookie-path",
     "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",
     "proxy-ssl-name", "proxy-ssl-protocols", "proxy-ssl-verify", "proxy-ssl-verify-depth",
     "proxy-ssl-server-name", "service-upstream",
-    "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers", "upstream-hash-by",
-    "upstream-hash-by-subset", "upstream-hash-by-subset-size",
-    "load-balance", "mirror-request-body", "mirror-target",
+    "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers",
+    "upstream-hash-by-subset", "upstream-hash-by-subset-size", "mirror-request-body",
+    "mirror-target",
     "mirror-host", "modsecurity-transaction-id",
 })
 

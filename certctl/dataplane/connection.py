@@ -191,6 +191,8 @@ class ClientConnection(asyncio.Protocol):
         "_target",
         "_transfer_encoding",
         "_transport",
+        "_tried",
+        "_tried_since",
         "_tunnel",
         "_upgrade",
         "_upgrade_head",
@@ -249,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
         self._close_delimited = False
         self._started_at = 0.0
         self._retried = False
+        self._tried = 0  # endpoints tried for this request (proxy-next-upstream)
+        self._tried_since = 0.0
         self._tunnel = False
         self._upgrade_head: upstream.ResponseHead | None = None
         self._held = b""  # a response head waiting for the first body bytes
@@ -361,6 +365,14 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._upstream is not None:
             logger.warning("upstream %s:%s timed out", *self._upstream.address)
+            policy = self._match.options.next_upstream if self._match is not None else None
+            if (
+                policy is not None
+                and policy.timeout
+                and not self._head.has_body
+                and self._try_next(policy)
+            ):
+                return
         self._drop_upstream()
         self._respond_local(status=504, keep_alive=False)
 
@@ -560,6 +572,7 @@ class ClientConnection(asyncio.Protocol):
         self._read_timeout = match.options.read_timeout or self._plane.upstream_timeout
         self._body_sent = 0
         self._retried = False
+        self._tried = 0
         options = match.options
         rules = options.access
         if options.external_auth is not None and not (
@@ -600,11 +613,24 @@ class ClientConnection(asyncio.Protocol):
         assert match is not None
         upstreams = match.upstreams
         head = self._head
-        start = None
-        if match.options.affinity is not None and head is not None:  # per request: only then
-            start = affinity.start_index(match, head.header(b"cookie"))
-        if start is None:
+        options = match.options
+        if (options.affinity is not None or options.balancing is not None) and head is not None:
+            start = dispatch.first_endpoint(  # per request: only then
+                plane=self._plane, match=match, header=head.header, method=head.method,
+                target=head.target, authority=head.host, scheme=self._scheme,
+                client_ip=self._client_ip)
+        else:
             start = self._plane.next_upstream_index(len(upstreams))
+        self._open_from(start, fresh=fresh)
+
+    def _open_from(self, start: int, *, fresh: bool) -> None:
+        """Use an idle pooled connection to the endpoint at `start` at once, or find one
+        from there in a task."""
+        match = self._match
+        assert match is not None
+        if self._tried == 0 and match.options.next_upstream is not None:
+            self._tried_since = time.monotonic()
+        upstreams = match.upstreams
         if not fresh:
             connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
             if connection is not None:
@@ -618,9 +644,20 @@ class ClientConnection(asyncio.Protocol):
         assert match is not None
         options = match.options
         pool = self._plane.pool
-        connection = await pool.connect_any(
-            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-            timeout=options.connect_timeout or self._plane.connect_timeout)
+        policy = options.next_upstream
+        if policy is None:
+            connection = await pool.connect_any(
+                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+                timeout=options.connect_timeout or self._plane.connect_timeout)
+        else:
+            connection = await pool.connect_any(
+                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+                timeout=options.connect_timeout or self._plane.connect_timeout,
+                attempts=max(1, min(policy.tries or len(match.upstreams),
+                                    len(match.upstreams)) - self._tried),
+                next_upstream=policy,
+                deadline=self._tried_since + policy.timeout_seconds
+                if policy.timeout_seconds else 0.0)
         if connection is not None:
             if self._closed or self._match is not match:
                 pool.release(connection)  # unused: the client left or timed out meanwhile
@@ -637,6 +674,7 @@ class ClientConnection(asyncio.Protocol):
         assert head is not None and match is not None
         self._upstream = connection
         self._upstream_paused = False
+        self._tried += connection.tries
         if match.options.affinity is not None:
             self._extra_headers = affinity.with_cookie(
                 self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
@@ -733,6 +771,18 @@ class ClientConnection(asyncio.Protocol):
             service=match.service,
             seconds=now - self._started_at,
         )
+        options = match.options
+        if options.balancing is not None and options.balancing.ewma and self._upstream is not None:
+            self._plane.pool.latencies.observe(self._upstream.address, now - self._started_at,
+                                               now=now)
+        policy = options.next_upstream
+        if (
+            policy is not None
+            and response.status in policy.statuses
+            and not head.has_body
+            and self._try_next(policy)
+        ):
+            return
         if response.status == 101:
             self._upgrade_head = response  # relayed by `response_upgraded`, which follows
             return
@@ -846,9 +896,40 @@ class ClientConnection(asyncio.Protocol):
             self._retried = True
             self._connect(fresh=True)
             return
+        match = self._match
+        policy = None if match is None else match.options.next_upstream
+        if (
+            policy is not None
+            and policy.error
+            and connection is not None
+            and not head.has_body
+            and self._try_next(policy, failed=connection)
+        ):
+            return
         address = connection.address if connection is not None else ("?", 0)
         logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
         self._respond_local(status=502, keep_alive=False)
+
+    def _try_next(
+        self, policy: route_options.NextUpstream,
+        failed: upstream.UpstreamConnection | None = None,
+    ) -> bool:
+        """proxy-next-upstream: send the request to the next endpoint, if the policy lets
+        it, dropping the one that failed (its answer unread); False: answer with it."""
+        head, match = self._head, self._match
+        connection = failed or self._upstream
+        assert head is not None and match is not None and connection is not None
+        start = dispatch.next_endpoint(policy, match=match, address=connection.address,
+                                       tried=self._tried, since=self._tried_since,
+                                       method=head.method)
+        if start is None:
+            return False
+        logger.info("upstream %s:%s failed; trying the next endpoint", *connection.address)
+        connection.reusable = False
+        self._drop_upstream()
+        connection.close()
+        self._open_from(start, fresh=False)
+        return True
 
     def response_upgraded(self, leftover: bytes) -> None:
         """The upstream answered 101: relay its head, then bytes both ways."""

@@ -14,12 +14,15 @@ takes its own branch after the route is found (`_gateway_decision`): its
 RequestRedirect, its weighted backend (500 for an invalid one's share), 503
 without ready endpoints, then URLRewrite and the header modifiers. It
 touches no socket: the caller writes the answer or starts the upstream
-exchange.
+exchange. Which endpoint it goes to is `first_endpoint`'s (affinity, upstream-hash-by,
+load-balance) or the plane's round-robin, and `next_endpoint` says where a failed try
+goes next (proxy-next-upstream).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import random
 import re
 import time
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
-from certctl.dataplane import limits, routing
+from certctl.dataplane import affinity, limits, routing
 from certctl.routes import model
 from certctl.routes import options as route_options
 from certctl.solvers import http01
@@ -375,6 +378,99 @@ def _routing_host(authority: bytes) -> str | None:
         _ROUTING_HOSTS.clear()  # bounded: made-up Hosts only cost their own check
     _ROUTING_HOSTS[authority] = host
     return host
+
+
+def first_endpoint(
+    *,
+    plane: DataPlane,
+    match: routing.RouteMatch,
+    header: Callable[[bytes], bytes | None],
+    method: bytes,
+    target: bytes,
+    authority: bytes | None,
+    scheme: bytes,
+    client_ip: bytes,
+) -> int:
+    """The index of the endpoint a request goes to first, for a route with affinity or
+    balancing (the caller asks the plane's round-robin for the others): the affinity
+    cookie's endpoint, else upstream-hash-by's, else the fastest by EWMA."""
+    upstreams = match.upstreams
+    options = match.options
+    if options.affinity is not None:
+        found = affinity.start_index(match, header(b"cookie"))
+        if found is not None:
+            return found
+    balancing = options.balancing
+    if balancing is not None and balancing.hash_by is not None:
+        key = hash_key(balancing.hash_by, header=header, method=method, target=target,
+                       authority=authority, scheme=scheme, client_ip=client_ip)
+        return hashed_index(upstreams, key)
+    start = plane.next_upstream_index(len(upstreams))
+    if balancing is not None and balancing.ewma:
+        return plane.pool.latencies.fastest(upstreams, start=start, now=time.monotonic())
+    return start
+
+
+_NAMED_VARIABLE: Final = re.compile(rb"\$(http|cookie|arg)_([a-z0-9_]+)")
+
+
+def hash_key(
+    template: str, *, header: Callable[[bytes], bytes | None], method: bytes, target: bytes,
+    authority: bytes | None, scheme: bytes, client_ip: bytes,
+) -> bytes:
+    """upstream-hash-by's template with nginx's variables filled in for one request."""
+    path, question, query = target.partition(b"?")
+
+    def named(found: re.Match[bytes]) -> bytes:
+        kind, name = found[1], found[2]
+        if kind == b"http":
+            return header(name.replace(b"_", b"-")) or b""
+        pairs = (header(b"cookie") or b"").split(b";") if kind == b"cookie" \
+            else query.split(b"&")
+        for pair in pairs:
+            key, _, value = pair.strip().partition(b"=")
+            if key == name:
+                return value
+        return b""
+
+    expanded = _NAMED_VARIABLE.sub(named, template.encode())
+    if b"$" not in expanded:
+        return expanded
+    host = authority or b""
+    return route_options.expand(expanded.decode("latin-1"), {
+        "$request_uri": target, "$uri": path, "$args": query, "$is_args": question,
+        "$host": (_routing_host(host) or "").encode(), "$http_host": host,
+        "$remote_addr": client_ip, "$scheme": scheme, "$request_method": method,
+    })
+
+
+def hashed_index(upstreams: Sequence[routing.Upstream], key: bytes) -> int:
+    """Rendezvous hashing: the endpoint whose digest with `key` is highest. A key keeps
+    its endpoint while it is ready, and an endpoint's leaving moves only its own keys."""
+    best, best_digest = 0, b""
+    for index, (address, port) in enumerate(upstreams):
+        digest = hashlib.blake2b(b"%s:%d\0%s" % (address.encode(), port, key),
+                                 digest_size=8).digest()
+        if digest > best_digest:
+            best, best_digest = index, digest
+    return best
+
+
+def next_endpoint(
+    policy: route_options.NextUpstream, *, match: routing.RouteMatch,
+    address: routing.Upstream, tried: int, since: float, method: bytes,
+) -> int | None:
+    """proxy-next-upstream: where to try next after the endpoint at `address` failed, the
+    request having tried `tried` endpoints since `since` (monotonic); None: answer now."""
+    upstreams = match.upstreams
+    if tried >= len(upstreams) or not policy.allows(
+        method=method, tried=tried, elapsed=time.monotonic() - since
+    ):
+        return None
+    try:
+        return (upstreams.index(address) + 1) % len(upstreams)
+    except ValueError:
+        return None
 
 
 def takes_canary(

@@ -199,6 +199,8 @@ class _Stream:
         self.end_after_pending = False
         self.upstream_reading_paused = False
         self.retried = False
+        self.tried = 0  # endpoints tried (proxy-next-upstream)
+        self.tried_since = 0.0
         self.finished = False
 
     def header(self, lname: bytes) -> bytes | None:
@@ -217,6 +219,20 @@ class _Stream:
         self.owner.plane.metrics.observe_upstream(
             service=match.service, seconds=now - self.started_at
         )
+        options = match.options
+        balancing = options.balancing
+        if balancing is not None and balancing.ewma and self.connection is not None:
+            self.owner.plane.pool.latencies.observe(self.connection.address,
+                                                    now - self.started_at, now=now)
+        policy = options.next_upstream
+        if (
+            policy is not None
+            and head.status in policy.statuses
+            and self.body_sent == 0
+            and self.body_done
+            and self.try_next(policy)
+        ):
+            return
         headers = [(b":status", b"%d" % head.status)]
         extra = self.extra_headers
         if extra:
@@ -289,6 +305,16 @@ class _Stream:
             self.retried = True  # a kept-alive connection closed while idle: once more
             self.owner.connect(self, fresh=True)
             return
+        policy = None if self.match is None else self.match.options.next_upstream
+        if (
+            policy is not None
+            and policy.error
+            and connection is not None
+            and self.body_sent == 0
+            and self.body_done
+            and self.try_next(policy, failed=connection)
+        ):
+            return
         address = connection.address if connection is not None else ("?", 0)
         logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
         self.owner.answer(self, status=502)
@@ -297,6 +323,27 @@ class _Stream:
         self.upstream_paused = paused
         if not paused:
             self.owner.send_body(self)
+
+    def try_next(
+        self, policy: route_options.NextUpstream,
+        failed: upstream.UpstreamConnection | None = None,
+    ) -> bool:
+        """proxy-next-upstream: send the request to the next endpoint, if the policy lets
+        it, dropping the one that failed (its answer unread); False: answer with it."""
+        connection = failed or self.connection
+        assert self.match is not None and connection is not None
+        start = dispatch.next_endpoint(policy, match=self.match, address=connection.address,
+                                       tried=self.tried, since=self.tried_since,
+                                       method=self.method)
+        if start is None:
+            return False
+        logger.info("upstream %s:%s failed; trying the next endpoint", *connection.address)
+        self.connection = None
+        connection.reusable = False
+        connection.close()
+        self.owner.open_from(self, start, fresh=False)
+        self.owner.flush()
+        return True
 
 
 class Http2Connection(asyncio.Protocol):
@@ -427,6 +474,15 @@ class Http2Connection(asyncio.Protocol):
                     connection, stream.connection = stream.connection, None
                     if connection is not None:
                         logger.warning("upstream %s:%s timed out", *connection.address)
+                        policy = stream.match.options.next_upstream
+                        if (
+                            policy is not None
+                            and policy.timeout
+                            and stream.body_sent == 0
+                            and stream.body_done
+                            and stream.try_next(policy, failed=connection)
+                        ):
+                            continue
                         connection.close()
                     self.answer(stream, status=504)
         if self._streams:
@@ -538,12 +594,24 @@ class Http2Connection(asyncio.Protocol):
     def connect(self, stream: _Stream, *, fresh: bool) -> None:
         match = stream.match
         assert match is not None
+        options = match.options
+        if options.affinity is not None or options.balancing is not None:
+            start = dispatch.first_endpoint(  # per request: only then
+                plane=self.plane, match=match, header=stream.header, method=stream.method,
+                target=stream.path, authority=stream.authority, scheme=b"https",
+                client_ip=self._client_ip)
+        else:
+            start = self.plane.next_upstream_index(len(match.upstreams))
+        self.open_from(stream, start, fresh=fresh)
+
+    def open_from(self, stream: _Stream, start: int, *, fresh: bool) -> None:
+        """Use an idle pooled connection to the endpoint at `start` at once, or find one
+        from there in a task."""
+        match = stream.match
+        assert match is not None
+        if stream.tried == 0 and match.options.next_upstream is not None:
+            stream.tried_since = time.monotonic()
         upstreams = match.upstreams
-        start = None
-        if match.options.affinity is not None:  # per request: only then
-            start = affinity.start_index(match, stream.header(b"cookie"))
-        if start is None:
-            start = self.plane.next_upstream_index(len(upstreams))
         if not fresh:
             connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
             if connection is not None:
@@ -556,9 +624,20 @@ class Http2Connection(asyncio.Protocol):
         assert match is not None
         options = match.options
         pool = self.plane.pool
-        connection = await pool.connect_any(
-            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-            timeout=options.connect_timeout or self.plane.connect_timeout)
+        policy = options.next_upstream
+        if policy is None:
+            connection = await pool.connect_any(
+                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+                timeout=options.connect_timeout or self.plane.connect_timeout)
+        else:
+            connection = await pool.connect_any(
+                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+                timeout=options.connect_timeout or self.plane.connect_timeout,
+                attempts=max(1, min(policy.tries or len(match.upstreams),
+                                    len(match.upstreams)) - stream.tried),
+                next_upstream=policy,
+                deadline=stream.tried_since + policy.timeout_seconds
+                if policy.timeout_seconds else 0.0)
         if connection is not None:
             if self._closed or stream.finished:
                 pool.release(connection)
@@ -573,6 +652,7 @@ class Http2Connection(asyncio.Protocol):
     def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
         stream.connection = connection
         stream.upstream_paused = False
+        stream.tried += connection.tries
         if stream.match is not None and stream.match.options.affinity is not None:
             stream.extra_headers = affinity.with_cookie(
                 stream.extra_headers, match=stream.match, cookie_header=stream.header(b"cookie"),

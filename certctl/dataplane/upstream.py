@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from typing import Final, Protocol, cast
 import httptools
 
 from certctl.dataplane import routing
+from certctl.routes import options as route_options
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.reading_paused = False
         self.received_any = False  # of the current response
+        self.tries = 1  # endpoints tried to get this one for the request it serves
         self._parser = httptools.HttpResponseParser(self)
         self._head = ResponseHead()
         self._head_only = False
@@ -275,9 +278,44 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete_pending = True
 
 
+EWMA_DECAY_SECONDS: Final = 10.0  # ingress-nginx's balancer/ewma.lua DECAY_TIME
+
+
+class Latencies:
+    """Per endpoint, the peak-weighted moving average of how long its response heads take
+    (ingress-nginx's `load-balance: ewma`): a slower answer counts at once, a faster one is
+    averaged in, and an idle score decays towards 0 so a once-slow endpoint is tried again."""
+
+    def __init__(self) -> None:
+        self._scores: dict[routing.Upstream, tuple[float, float]] = {}  # (ewma, when)
+
+    def observe(self, address: routing.Upstream, seconds: float, *, now: float) -> None:
+        found = self._scores.get(address)
+        if found is None or seconds > found[0]:
+            self._scores[address] = (seconds, now)
+            return
+        weight = math.exp(-(now - found[1]) / EWMA_DECAY_SECONDS)
+        self._scores[address] = (found[0] * weight + seconds * (1.0 - weight), now)
+
+    def fastest(self, upstreams: Sequence[routing.Upstream], *, start: int, now: float) -> int:
+        """The index of the endpoint with the lowest decayed score (never measured: 0); ties
+        go to the first from `start`, so a round-robin start spreads them."""
+        count = len(upstreams)
+        best, best_score = start % count, math.inf
+        for offset in range(count):
+            index = (start + offset) % count
+            found = self._scores.get(upstreams[index])
+            score = 0.0 if found is None else found[0] * math.exp(
+                -(now - found[1]) / EWMA_DECAY_SECONDS)
+            if score < best_score:
+                best, best_score = index, score
+        return best
+
+
 class Pool:
     def __init__(self, *, max_idle_per_endpoint: int = 512, idle_timeout: float = 60.0) -> None:
         self._idle: dict[tuple[routing.Upstream, bool], deque[UpstreamConnection]] = {}
+        self.latencies = Latencies()  # fed only by routes with load-balance: ewma
         self._max_idle = max_idle_per_endpoint
         self._idle_timeout = idle_timeout
         self._tls_context: ssl.SSLContext | None = None
@@ -291,6 +329,7 @@ class Pool:
         while idle:
             connection = idle.pop()
             if connection.idle_since >= oldest_allowed and not connection.closed:
+                connection.tries = 1
                 return connection
             connection.close()
         return None
@@ -317,19 +356,35 @@ class Pool:
         tls: bool,
         timeout: float,
         fresh: bool,
+        attempts: int = 0,
+        next_upstream: route_options.NextUpstream | None = None,
+        deadline: float = 0.0,
     ) -> UpstreamConnection | None:
         """A connection to the first endpoint, round-robin from `start`, that has an idle
-        one (unless `fresh`) or accepts a new one; None when every endpoint refused."""
+        one (unless `fresh`) or accepts a new one; None when every endpoint refused.
+
+        With `next_upstream` (proxy-next-upstream), at most `attempts` endpoints (0: all),
+        stopping at a failure it does not list or past `deadline` (monotonic, 0: none); the
+        connection's `tries` says how many endpoints it took."""
         count = len(upstreams)
-        for offset in range(count):
+        limit = min(attempts, count) if attempts else count
+        for offset in range(limit):
             address = upstreams[(start + offset) % count]
             connection = None if fresh else self.take(address, tls)
-            if connection is not None:
-                return connection
-            try:
-                return await self.open(address, tls=tls, timeout=timeout)
-            except OSError as err:  # TimeoutError included
-                logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+            if connection is None:
+                try:
+                    connection = await self.open(address, tls=tls, timeout=timeout)
+                except OSError as err:  # TimeoutError included
+                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+                    if next_upstream is not None and (
+                        not (next_upstream.timeout if isinstance(err, TimeoutError)
+                             else next_upstream.error)
+                        or (deadline and time.monotonic() >= deadline)
+                    ):
+                        break
+                    continue
+            connection.tries = offset + 1
+            return connection
         logger.warning("no upstream of %d accepted a connection: %s", count, list(upstreams))
         return None
 

@@ -78,6 +78,8 @@ def route_options(
         upstream_vhost=_upstream_vhost(reader),
         request_headers=_forwarded_prefix(reader),
         affinity=_affinity(reader),
+        balancing=_balancing(reader),
+        next_upstream=_next_upstream(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -338,6 +340,79 @@ def _affinity(reader: _Reader) -> options.Affinity | None:
         if expires else None,
         samesite=samesite.capitalize() if samesite else None,
         secure=reader.boolean(keys.SESSION_COOKIE_SECURE_KEYS, default=False),
+    )
+
+
+def _setting(name: str) -> tuple[str, str]:
+    return ("certctl.io/" + name, "nginx.ingress.kubernetes.io/" + name)
+
+
+UPSTREAM_HASH_BY_KEYS = _setting("upstream-hash-by")
+LOAD_BALANCE_KEYS = _setting("load-balance")
+PROXY_NEXT_UPSTREAM_KEYS = _setting("proxy-next-upstream")
+PROXY_NEXT_UPSTREAM_TRIES_KEYS = _setting("proxy-next-upstream-tries")
+PROXY_NEXT_UPSTREAM_TIMEOUT_KEYS = _setting("proxy-next-upstream-timeout")
+_HASH_VARIABLE = re.compile(r"\$([a-z_][a-z0-9_]*)")
+_HASH_VARIABLES = frozenset({"request_uri", "uri", "args", "is_args", "host", "http_host",
+                             "remote_addr", "scheme", "request_method"})
+
+
+def _balancing(reader: _Reader) -> options.Balancing | None:
+    """upstream-hash-by (which wins, as in ingress-nginx) and load-balance."""
+    found = reader.raw(UPSTREAM_HASH_BY_KEYS)
+    if found is not None and found[1]:
+        name, template = found
+        used = _HASH_VARIABLE.findall(template)
+        unknown = [v for v in used if v not in _HASH_VARIABLES
+                   and not v.startswith(("http_", "cookie_", "arg_"))]
+        if not used or unknown:
+            reader.problems.append(
+                f"{name}: {template!r} needs nginx variables certctl knows ($request_uri, "
+                "$uri, $args, $host, $remote_addr, $http_<header>, $cookie_<name>, "
+                f"$arg_<name>){'; not ' + ', '.join('$' + v for v in unknown) if unknown else ''}")
+        else:
+            return options.Balancing(hash_by=template)
+    balance = reader.raw(LOAD_BALANCE_KEYS)
+    if balance is None or balance[1].lower() == "round_robin":
+        return None
+    if balance[1].lower() == "ewma":
+        return options.Balancing(ewma=True)
+    reader.problems.append(f"{balance[0]}: {balance[1]!r} is not supported; use round_robin "
+                           "or ewma")
+    return None
+
+
+def _next_upstream(reader: _Reader) -> options.NextUpstream | None:
+    """proxy-next-upstream (space-separated conditions, as nginx's directive), -tries
+    (0: unlimited) and -timeout (seconds, 0: unlimited); ingress-nginx's defaults for
+    what is not set: `error timeout`, 3 tries, no time bound."""
+    found = reader.raw(PROXY_NEXT_UPSTREAM_KEYS)
+    tries_found = reader.raw(PROXY_NEXT_UPSTREAM_TRIES_KEYS)
+    timeout_found = reader.raw(PROXY_NEXT_UPSTREAM_TIMEOUT_KEYS)
+    if found is None and tries_found is None and timeout_found is None:
+        return None
+    default = options.NextUpstream()
+    conditions = ["error", "timeout"]
+    if found is not None:
+        given = found[1].split()
+        bad = [c for c in given if c not in options.NEXT_UPSTREAM_CONDITIONS]
+        if bad or not given or ("off" in given and len(given) > 1):
+            reader.problems.append(
+                f"{found[0]}: {found[1]!r} is not a list of "
+                f"{', '.join(options.NEXT_UPSTREAM_CONDITIONS)} (off alone)")
+        else:
+            conditions = given
+    if conditions == ["off"]:
+        return options.NO_NEXT_UPSTREAM
+    tries = reader.integer(PROXY_NEXT_UPSTREAM_TRIES_KEYS, default=default.tries)
+    timeout = reader.integer(PROXY_NEXT_UPSTREAM_TIMEOUT_KEYS, default=0)
+    return options.NextUpstream(
+        error="error" in conditions or "invalid_header" in conditions,
+        timeout="timeout" in conditions,
+        statuses=frozenset(int(c[5:]) for c in conditions if c.startswith("http_")),
+        non_idempotent="non_idempotent" in conditions,
+        tries=tries,
+        timeout_seconds=float(timeout),
     )
 
 

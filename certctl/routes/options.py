@@ -249,6 +249,65 @@ class Affinity:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Balancing:
+    """Which endpoint a request goes to first, when not round-robin (ingress-nginx's
+    upstream-hash-by, which wins, and load-balance: ewma).
+
+    `hash_by` is an nginx variable template (`$request_uri`, `$remote_addr`,
+    `$host`, `$uri`, `$args`, `$http_<name>`, `$cookie_<name>`, `$arg_<name>`):
+    requests whose key is the same go to the same endpoint while it is ready,
+    and an endpoint's leaving moves only its own keys (rendezvous hashing, as
+    consistent as ingress-nginx's chash). `ewma`: the endpoint with the lowest
+    peak-weighted moving average of response-header latency.
+    """
+
+    hash_by: str | None = None
+    ewma: bool = False
+
+
+NEXT_UPSTREAM_CONDITIONS: Final = ("error", "timeout", "invalid_header", "http_500",
+                                   "http_502", "http_503", "http_504", "http_403", "http_404",
+                                   "http_429", "non_idempotent", "off")
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE",
+                                       b"TRACE"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NextUpstream:
+    """ingress-nginx's proxy-next-upstream(-tries, -timeout): when a request is passed to
+    the route's next endpoint instead of answering with what the first one did.
+
+    `error`: the endpoint refused the connection, reset it or sent an invalid
+    response before its head; `timeout`: connecting took longer than
+    proxy-connect-timeout, or the response head longer than proxy-read-timeout; `statuses`: the
+    endpoint answered one of these. `tries` bounds the endpoints tried (0: all),
+    `timeout_seconds` the time spent trying (0: no bound). As nginx, only before
+    anything went to the client, and a request whose method is not idempotent
+    (POST, PATCH, LOCK) only with `non_idempotent`. certctl streams request bodies
+    instead of buffering them, so a request whose body already went to an endpoint
+    is retried only on a connection error that happened before it was sent.
+    """
+
+    error: bool = True
+    timeout: bool = True
+    statuses: frozenset[int] = frozenset()
+    non_idempotent: bool = False
+    tries: int = 3
+    timeout_seconds: float = 0.0
+
+    def allows(self, *, method: bytes, tried: int, elapsed: float) -> bool:
+        """Whether one more endpoint may be tried after `tried` of them."""
+        if self.tries and tried >= self.tries:
+            return False
+        if self.timeout_seconds and elapsed >= self.timeout_seconds:
+            return False
+        return self.non_idempotent or method in IDEMPOTENT_METHODS
+
+
+NO_NEXT_UPSTREAM: Final = NextUpstream(error=False, timeout=False, tries=1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
 
@@ -276,6 +335,9 @@ class RouteOptions:
     upstream_vhost: bytes | None = None  # the Host sent to the backend (X-Forwarded-Host keeps it)
     request_headers: tuple[Header, ...] = ()  # set on requests to the backend (x-forwarded-prefix)
     affinity: Affinity | None = None  # sticky sessions by cookie
+    balancing: Balancing | None = None  # None: round-robin
+    # proxy-next-upstream*; None: every endpoint is tried until one accepts the connection
+    next_upstream: NextUpstream | None = None
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
