@@ -21,6 +21,11 @@ ISSUER_GROUP = "certctl.io/issuer-group"
 # The ACME profile of the Ingress's certificates (Certificate spec.acme.profile);
 # cert-manager has no such key.
 ACME_PROFILE = "certctl.io/acme-profile"
+# The Certificate's spec.fallbackIssuerRefs, as `Kind/name` (or a name alone, of the kind
+# the first choice's annotation names), comma-separated in order; and its
+# spec.fallbackAfterFailedAttempts. cert-manager has no fallback issuers.
+FALLBACK_ISSUERS = "certctl.io/fallback-issuers"
+FALLBACK_AFTER_FAILED_ATTEMPTS = "certctl.io/fallback-after-failed-attempts"
 
 # --- cert-manager's ingress-shim keys -----------------------------------------
 

@@ -456,6 +456,8 @@ def parse_certificate(
             "secretTemplate",
             "revisionHistoryLimit",
             "acme",
+            "fallbackIssuerRefs",
+            "fallbackAfterFailedAttempts",
         ),
         unsupported=(
             "subject",
@@ -515,11 +517,15 @@ def parse_certificate(
                 f"unknown usage {usage!r}; expected one of: {', '.join(sorted(known_usages))}",
             )
 
+    issuer_ref = _issuer_ref(ctx, spec.get("issuerRef"), at="spec.issuerRef")
+    fallback_refs = _fallback_issuer_refs(ctx, spec, first=issuer_ref)
     return resources.Certificate(
         namespace=ctx.scoped_namespace,
         name=ctx.name,
         secret_name=secret_name,
-        issuer_ref=_issuer_ref(ctx, spec.get("issuerRef"), at="spec.issuerRef"),
+        issuer_ref=issuer_ref,
+        fallback_issuer_refs=fallback_refs,
+        fallback_after_failed_attempts=_fallback_after(ctx, spec, fallbacks=fallback_refs),
         generation=ctx.generation(obj),
         dns_names=dns_names,
         ip_addresses=ip_addresses,
@@ -533,6 +539,44 @@ def parse_certificate(
         acme_profile=_certificate_acme_profile(ctx, spec.get("acme"), at="spec.acme"),
         **({"usages": usages} if usages else {}),
     )
+
+
+# Enough for any sensible chain (Caddy's default has two); each one is tried in turn.
+MAX_FALLBACK_ISSUERS: Final = 5
+MAX_FALLBACK_AFTER_FAILED_ATTEMPTS: Final = 10
+
+
+def _fallback_issuer_refs(
+    ctx: _Object, spec: Mapping[str, Any], *, first: resources.IssuerRef
+) -> tuple[resources.IssuerRef, ...]:
+    """`spec.fallbackIssuerRefs`: the issuers after `issuerRef`, each named once."""
+    at = "spec.fallbackIssuerRefs"
+    items = ctx.sequence(spec.get("fallbackIssuerRefs"), field=at)
+    if len(items) > MAX_FALLBACK_ISSUERS:
+        ctx.fail(at, f"at most {MAX_FALLBACK_ISSUERS} fallback issuers, got {len(items)}")
+    refs: list[resources.IssuerRef] = []
+    for index, item in enumerate(items):
+        ref = _issuer_ref(ctx, item, at=f"{at}[{index}]")
+        if (ref.kind, ref.name) in {(r.kind, r.name) for r in (first, *refs)}:
+            ctx.fail(f"{at}[{index}]", f"{ref.kind} {ref.name} is already named in issuerRef or "
+                     "an earlier fallbackIssuerRefs entry; name each issuer once")
+        refs.append(ref)
+    return tuple(refs)
+
+
+def _fallback_after(
+    ctx: _Object, spec: Mapping[str, Any], *, fallbacks: tuple[resources.IssuerRef, ...]
+) -> int:
+    """`spec.fallbackAfterFailedAttempts` (default 1): only meaningful with fallbacks."""
+    at = "spec.fallbackAfterFailedAttempts"
+    attempts = ctx.optional_int(spec, "fallbackAfterFailedAttempts", at="spec")
+    if attempts is None:
+        return 1
+    if not fallbacks:
+        ctx.fail(at, "only applies with spec.fallbackIssuerRefs; set those or leave it out")
+    if not 1 <= attempts <= MAX_FALLBACK_AFTER_FAILED_ATTEMPTS:
+        ctx.fail(at, f"must be between 1 and {MAX_FALLBACK_AFTER_FAILED_ATTEMPTS}, is {attempts}")
+    return attempts
 
 
 def _certificate_acme_profile(ctx: _Object, value: Any, *, at: str) -> str | None:

@@ -225,10 +225,20 @@ class Certificate:
     revision_history_limit: int | None = None
     # spec.acme.profile: overrides the ACME issuer's spec.acme.profile for this certificate.
     acme_profile: str | None = None
+    # spec.fallbackIssuerRefs: tried in order when issuance with the one before failed for
+    # a reason another issuer could fix (controllers.certificates says which).
+    fallback_issuer_refs: tuple[IssuerRef, ...] = ()
+    # spec.fallbackAfterFailedAttempts: failed attempts with one issuer before the next.
+    fallback_after_failed_attempts: int = 1
 
     @property
     def key(self) -> ObjectKey:
         return ObjectKey(kind="Certificate", namespace=self.namespace, name=self.name)
+
+    @property
+    def issuer_refs(self) -> tuple[IssuerRef, ...]:
+        """Every issuer this Certificate may be issued by, first choice first."""
+        return (self.issuer_ref, *self.fallback_issuer_refs)
 
 
 # --- ingress and services ------------------------------------------------------

@@ -2,7 +2,9 @@
 
 One pass decides, in cert-manager's order:
 - is the Certificate valid and its issuer present? (else `Ready=False` and stop:
-  no key, no order, no ACME traffic);
+  no key, no order, no ACME traffic); with `spec.fallbackIssuerRefs`, which issuer
+  this issuance tries now (`issuer_fallback`: the first choice, unless it failed in
+  this issuance for a reason the next one could fix; `_fall_back` moves on);
 - is it the rightful writer of its Secret? (`secret_claims`: of two
   Certificates naming one Secret the newer stands down);
 - does the Secret need (re)issuing? (`policies.needs_issuing`; for ACME, the
@@ -34,7 +36,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +45,16 @@ from cryptography.hazmat.primitives import serialization
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
-from certctl.api.resources import Certificate, Issuer, IssuerSpec, KeyEncoding, ObjectKey
+from certctl.api.resources import (
+    Certificate,
+    Issuer,
+    IssuerRef,
+    IssuerSpec,
+    KeyEncoding,
+    ObjectKey,
+)
 from certctl.controllers import (
+    issuer_fallback,
     kept_certificates,
     order_budget,
     policies,
@@ -92,6 +102,11 @@ class Settings:
     accounts: acme_accounts.AcmeAccounts | None = None
     # Where in an ARI window to renew, 0..1 (RFC 9773: uniformly at random).
     draw: Callable[[], float] = random.random
+    # A Certificate with a fallback issuer passes over one whose CA has not taken the order
+    # (no order URL) this long after it was created: the CA went down after its issuer
+    # became Ready, and the Order reconciler is retrying an unreachable server. Long enough
+    # for a queue of thousands of new orders.
+    order_placement_timeout: datetime.timedelta = datetime.timedelta(minutes=2)
 
 
 def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
@@ -100,8 +115,9 @@ def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
     return min(delay, settings.backoff_max)
 
 
-def issuer_key(certificate: Certificate) -> ObjectKey:
-    ref = certificate.issuer_ref
+def issuer_key(certificate: Certificate, ref: IssuerRef | None = None) -> ObjectKey:
+    """Where the issuer `ref` (default: spec.issuerRef) of `certificate` is stored."""
+    ref = ref or certificate.issuer_ref
     namespace = None if ref.kind == "ClusterIssuer" else certificate.namespace
     return ObjectKey(kind=ref.kind, namespace=namespace, name=ref.name)
 
@@ -116,22 +132,35 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     except InvalidObject as err:
         return _not_ready(store, obj, reason="BadConfig", message=err.detail, now=now)
 
-    issuer_ref = issuer_key(certificate)
+    # Which of the Certificate's issuers this issuance tries now (issuer_fallback): the
+    # first choice unless it failed in this issuance for a reason the next one could fix.
+    attempt = issuer_fallback.read(obj.get("status") or {}, certificate=certificate)
+    position = attempt.current_index(certificate)
+    fallback = _Fallback(certificate=certificate, attempt=attempt, position=position)
+    tried = fallback.tried
+    issuer_ref = issuer_key(tried)
     issuer_obj = store.get(kind=issuer_ref.kind, namespace=issuer_ref.namespace,
                            name=issuer_ref.name)
     if issuer_obj is None:
+        # Not a reason to fall back: a typo in the Certificate, or an issuer not applied
+        # yet (falling back would issue from the second choice on every first deploy).
         return _not_ready(store, obj, reason="IssuerNotFound",
                           message=f"{issuer_ref.kind} {issuer_ref.name} not found"
-                          f"{_other_kind_hint(store, certificate)}", now=now,
-                          field="spec.issuerRef")
+                          f"{_other_kind_hint(store, tried)}", now=now,
+                          field=fallback.field)
     try:
         issuer = parsing.parse_issuer(issuer_obj, source=reconciling.manifest_source(issuer_obj))
     except InvalidObject as err:
-        return _not_ready(store, obj, reason="IssuerNotReady",
-                          message=f"{issuer_ref.kind} {issuer_ref.name} is invalid: {err.detail}",
-                          now=now)
+        message = f"{issuer_ref.kind} {issuer_ref.name} is invalid: {err.detail}"
+        if fallback.has_next:
+            return _fall_back(store, obj, fallback=fallback, now=now, request=None,
+                              reason=issuer_fallback.ISSUER_NOT_READY, message=message)
+        return _not_ready(store, obj, reason="IssuerNotReady", message=message, now=now)
     issuer_type = registry.issuer_type(issuer)
     order_server = issuer_type.order_server(issuer)
+    # The Secret is judged (ACME renewal rules, the CA's renewal window) by the issuer
+    # that issued it, which may be a fallback.
+    judge = _issuer_of_secret(store, obj, certificate=certificate, tried=issuer)
     env = protocol.Environment(cluster_resource_namespace=settings.cluster_resource_namespace,
                                accounts=settings.accounts)
 
@@ -153,27 +182,41 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         certificate=certificate, secret=secret, now=now,
         renewal_requested=issuing is not None and issuing.get("status") == "True"
         and issuing.get("reason") == policies.MANUALLY_TRIGGERED,
-        acme=order_server is not None, ari=renewal_info.stored_window(obj.get("status") or {}))
+        acme=_places_orders(judge), ari=renewal_info.stored_window(obj.get("status") or {}))
     readiness = policies.needs_issuing(data, policies.READINESS_CHAIN)
     if readiness is None:
-        data = _with_renewal_info(store, obj, data=data, issuer=issuer, now=now,
+        data = _with_renewal_info(store, obj, data=data, issuer=judge, now=now,
                                   settings=settings)
     violation = policies.needs_issuing(data)
     if violation is None:
         return _up_to_date(store, obj, certificate=certificate, data=data, now=now)
+    data = dataclasses.replace(data, acme=order_server is not None)
 
-    problem = _issuer_problem(store, issuer_obj=issuer_obj, issuer=issuer,
-                              certificate=certificate,
-                              labels=obj["metadata"].get("labels") or {}, env=env)
+    # A kept copy needs no issuer: it comes back even while the CA is down.
+    if order_server is not None and violation.reason in RESTORABLE:
+        restored = _restore_kept_copy(store, obj, certificate=certificate, violation=violation,
+                                      now=now, settings=settings)
+        if restored is not None:
+            return restored
+
+    try:
+        problem = _issuer_problem(store, issuer_obj=issuer_obj, issuer=issuer,
+                                  certificate=tried,
+                                  labels=obj["metadata"].get("labels") or {}, env=env)
+    except acme_errors.AcmeError as err:  # the CA could not be asked
+        if not fallback.has_next:
+            raise reconciling.TransientError(str(err)) from err
+        return _fall_back(store, obj, fallback=fallback, now=now, request=None,
+                          reason=issuer_fallback.CA_UNREACHABLE, message=str(err))
     if problem is not None:
+        if fallback.has_next and not isinstance(problem, _NotLookedAt):
+            return _fall_back(store, obj, fallback=fallback, now=now, request=None,
+                              reason=(issuer_fallback.ISSUER_NOT_READY
+                                      if problem.reason == "IssuerNotReady"
+                                      else issuer_fallback.REFUSED), message=str(problem))
         return _not_ready(store, obj, reason=problem.reason, message=str(problem), now=now,
                           keep_ready=readiness is None)
 
-    if order_server is not None and violation.reason in RESTORABLE:
-        restored = _restore_kept_copy(store, obj, certificate=certificate, issuer=issuer,
-                                      violation=violation, now=now, settings=settings)
-        if restored is not None:
-            return restored
 
     status = obj.get("status") or {}
     failures = int(status.get("failedIssuanceAttempts") or 0)
@@ -185,13 +228,13 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             return Result.after((retry_at - now).total_seconds())
 
     if order_server is None:
-        return _sign_locally(store, obj, certificate=certificate, issuer=issuer, data=data,
+        return _sign_locally(store, obj, fallback=fallback, issuer=issuer, data=data,
                              violation=violation, now=now, settings=settings, env=env,
                              keep_ready=readiness is None)
 
     private_key = _next_private_key(store, obj, certificate=certificate, data=data)
     order_name = _order_name(certificate=certificate, obj=obj, private_key=private_key,
-                             failures=failures)
+                             failures=failures, issuer=fallback.ref)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
         replaces = _replaced_cert_id(data=data, issuer=issuer)
@@ -211,11 +254,11 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             usages=certificate.usages,
         )
         outcome = issuer_type.issue(store=store, issuer=issuer, env=env, request=protocol.Request(
-            certificate=certificate, csr_pem=request_pem, private_key=private_key, now=now,
+            certificate=tried, csr_pem=request_pem, private_key=private_key, now=now,
             replaces=replaces))
         assert isinstance(outcome, protocol.Ordered)  # an issuer that places orders
         order = _create_order(store, obj, certificate=certificate, name=order_name,
-                              spec=outcome.spec)
+                              spec=outcome.spec, now=now)
         store.emit_event(obj=obj, type="Normal", reason="Requested",
                          message=f"Created new Order {order_name}: {violation.message}")
 
@@ -228,7 +271,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                 order=f"{certificate.namespace}/{order_name}", now=now,
                 budget=settings.order_budget)
         chain_pem = base64.b64decode(order_status["certificate"])
-        return _store_issued(store, obj, certificate=certificate, issuer=issuer,
+        return _store_issued(store, obj, fallback=fallback, issuer=issuer,
                              private_key=private_key, chain_pem=chain_pem, ca_pem=None,
                              failed_request=order_name, now=now, failures=failures,
                              settings=settings)
@@ -238,11 +281,38 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                                                    server=order_server,
                                                                    settings=settings),
                                       order=f"{certificate.namespace}/{order_name}")
-        retry_after = order_status.get("retryAfter")
-        return _failed(store, obj, message=order_status.get("reason") or "the ACME order failed",
-                       request=order_name, failures=failures, now=now, settings=settings,
-                       keep_ready=readiness is None,
-                       retry_after=conditions.parse_time(retry_after) if retry_after else None)
+        retry_after_text = order_status.get("retryAfter")
+        retry_after = conditions.parse_time(retry_after_text) if retry_after_text else None
+        message = order_status.get("reason") or "the ACME order failed"
+        reason = issuer_fallback.order_failure_reason(message)
+        if reason is not None and certificate.fallback_issuer_refs:
+            return _fall_back(store, obj, fallback=fallback, now=now, request=order_name,
+                              reason=reason, message=message, retry_after=retry_after,
+                              failures=failures, settings=settings,
+                              keep_ready=readiness is None)
+        return _failed(store, obj, message=message, request=order_name, failures=failures,
+                       now=now, settings=settings, keep_ready=readiness is None,
+                       retry_after=retry_after,
+                       attempt=fallback.attempt.new_round() if fallback.attempt.failures
+                       else None)
+    wake: float | None = None  # the Order's progress re-triggers this reconciler
+    if fallback.has_next and not order_status.get("url"):
+        created = (order.get("metadata") or {}).get("creationTimestamp")
+        deadline = (conditions.parse_time(created) if created else now) + \
+            settings.order_placement_timeout
+        if now >= deadline:
+            if settings.order_budget is not None:
+                order_budget.refund_order(store=store, ref=_ledger_ref(
+                    certificate=certificate, server=order_server, settings=settings),
+                    order=f"{certificate.namespace}/{order_name}")
+            store.delete(kind="Order", namespace=certificate.namespace, name=order_name)
+            return _fall_back(
+                store, obj, fallback=fallback, now=now, request=None,
+                reason=issuer_fallback.CA_UNREACHABLE,
+                message=f"ACME server {order_server} did not take Order {order_name} within "
+                f"{parsing.format_duration(settings.order_placement_timeout)} (the Order's "
+                "events say why)")
+        wake = (deadline - now).total_seconds()
     updated = reconciling.with_condition(obj, type="Issuing", status="True",
                                          reason=violation.reason, message=violation.message,
                                          now=now)
@@ -252,7 +322,136 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                              now=now)
     updated["status"]["nextPrivateKeySecretName"] = _next_key_name(certificate)
     reconciling.write_status(store, obj=updated)
-    return Result.done()  # the Order's progress re-triggers this reconciler
+    return Result() if wake is None else Result.after(wake)
+
+
+# --- issuer fallback ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fallback:
+    """The issuer this pass tries: `certificate.issuer_refs[position]`."""
+
+    certificate: Certificate
+    attempt: issuer_fallback.Attempt
+    position: int
+
+    @property
+    def ref(self) -> IssuerRef:
+        return self.certificate.issuer_refs[self.position]
+
+    @property
+    def tried(self) -> Certificate:
+        """The Certificate as this issuer issues it: its Order, kept copy and Secret name
+        this issuer."""
+        return dataclasses.replace(self.certificate, issuer_ref=self.ref)
+
+    @property
+    def has_next(self) -> bool:
+        return self.position + 1 < len(self.certificate.issuer_refs)
+
+    @property
+    def field(self) -> str:
+        return ("spec.issuerRef" if self.position == 0
+                else f"spec.fallbackIssuerRefs[{self.position - 1}]")
+
+
+def _fall_back(
+    store: Store,
+    obj: Object,
+    *,
+    fallback: _Fallback,
+    now: datetime.datetime,
+    request: str | None,
+    reason: str,
+    message: str,
+    retry_after: datetime.datetime | None = None,
+    failures: int = 0,
+    settings: Settings | None = None,
+    keep_ready: bool = True,
+) -> Result:
+    """The tried issuer failed for `reason`, which another issuer could fix.
+
+    A failed order (`request`) counts one attempt; once the issuer has failed
+    `fallbackAfterFailedAttempts` times the next issuer is tried at once, and the last
+    one's failure backs off as usual before a new round from the first choice. An
+    issuer that cannot start (not ready, unreachable, refusing) or that said when to
+    come back (a rate limit's Retry-After) is passed over at once.
+    """
+    certificate = fallback.certificate
+    attempt = fallback.attempt.failed(ref=fallback.ref, reason=reason, message=message,
+                                      now=now, retry_after=retry_after)
+    threshold = certificate.fallback_after_failed_attempts
+    if request is None or (retry_after is not None and retry_after > now):
+        # Passed over at once: no order was placed, so there is no attempt to repeat; or
+        # the CA said when to come back (Retry-After), which no attempt before then helps.
+        attempt = dataclasses.replace(attempt, failures=tuple(
+            dataclasses.replace(f, failed_attempts=max(f.failed_attempts, threshold))
+            if f.ref == fallback.ref else f for f in attempt.failures))
+    failure = attempt.failure_of(fallback.ref)
+    assert failure is not None
+    if request is not None and (failure.failed_attempts < threshold or not fallback.has_next):
+        assert settings is not None
+        # Another attempt with this issuer after the backoff, or, after the last one, a new
+        # round from the first choice.
+        return _failed(store, obj, message=message, request=request, failures=failures,
+                       now=now, settings=settings, keep_ready=keep_ready,
+                       retry_after=retry_after,
+                       attempt=attempt if failure.failed_attempts < threshold
+                       else attempt.new_round())
+    if not fallback.has_next:
+        # The last issuer cannot start either: start over from the first choice when an
+        # issuer's verdict next wakes this Certificate (no busy loop meanwhile).
+        updated = reconciling.with_condition(obj, type="Issuing", status="False",
+                                             reason=failure.reason,
+                                             message=failure.describe(), now=now)
+        updated["status"]["issuerFallback"] = issuer_fallback.to_status(attempt.new_round())
+        if not keep_ready:
+            updated = reconciling.with_condition(updated, type="Ready", status="False",
+                                                 reason=failure.reason,
+                                                 message=failure.describe(), now=now)
+        if reconciling.write_status(store, obj=updated):
+            store.emit_event(obj=obj, type="Warning", reason=failure.reason,
+                             message=f"{fallback.field}: {failure.describe()}")
+        return Result.done()
+    following = certificate.issuer_refs[fallback.position + 1]
+    text = (f"Passing over {fallback.ref.kind} {fallback.ref.name} ({failure.reason}: "
+            f"{failure.message}); trying {following.kind} {following.name} next")
+    updated = reconciling.with_condition(obj, type="Issuing", status="True",
+                                         reason=issuer_fallback.FALLING_BACK, message=text,
+                                         now=now)
+    updated["status"]["issuerFallback"] = issuer_fallback.to_status(attempt)
+    reconciling.write_status(store, obj=updated)
+    store.emit_event(obj=obj, type="Warning", reason=issuer_fallback.FALLING_BACK, message=text)
+    return Result.after(0)
+
+
+def _issuer_of_secret(
+    store: Store, obj: Object, *, certificate: Certificate, tried: Issuer[IssuerSpec]
+) -> Issuer[IssuerSpec]:
+    """The issuer that issued the Secret's certificate (`status.issuedBy`), when it is one
+    of the Certificate's and can be read; else the one tried now."""
+    ref = issuer_fallback.issued_by(obj.get("status") or {}, certificate=certificate)
+    if ref is None or (ref.kind, ref.name) == (tried.kind, tried.name):
+        return tried
+    key = issuer_key(certificate, ref)
+    issuer_obj = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+    if issuer_obj is None:
+        return tried
+    try:
+        return parsing.parse_issuer(issuer_obj, source=reconciling.manifest_source(issuer_obj))
+    except InvalidObject:
+        return tried
+
+
+def _issued_by_note(
+    passed_over: Sequence[issuer_fallback.Failure], *, ref: IssuerRef
+) -> str:
+    """`; issued by ClusterIssuer b, passed over: ...` for a fallback's certificate."""
+    if not passed_over:
+        return ""
+    return (f"; issued by {ref.kind} {ref.name}, passed over: "
+            + "; ".join(failure.describe() for failure in passed_over))
 
 
 def _other_kind_hint(store: Store, certificate: Certificate) -> str:
@@ -280,11 +479,13 @@ def _issuer_problem(
     labels: dict[str, str], env: protocol.Environment,
 ) -> protocol.Refused | None:
     """Why issuing cannot start now, or None: the issuer is not Ready, or refuses this
-    certificate (its type says why)."""
+    certificate (its type says why); raises `AcmeError` when the CA cannot be asked."""
     issuer_status = issuer_obj.get("status") or {}
     ready = conditions.get_condition(issuer_status.get("conditions") or [], "Ready")
-    if ready is None or ready.get("status") != "True":
-        detail = f": {ready['message']}" if ready and ready.get("message") else ""
+    if ready is None:
+        return _NotLookedAt(f"{issuer.kind} {issuer.name} is not ready", reason="IssuerNotReady")
+    if ready.get("status") != "True":
+        detail = f": {ready['message']}" if ready.get("message") else ""
         return protocol.Refused(f"{issuer.kind} {issuer.name} is not ready{detail}",
                                 reason="IssuerNotReady")
     try:
@@ -292,9 +493,12 @@ def _issuer_problem(
             store=store, issuer=issuer, certificate=certificate, labels=labels, env=env)
     except protocol.Refused as refused:
         return refused
-    except acme_errors.AcmeError as err:  # the CA could not be asked
-        raise reconciling.TransientError(str(err)) from err
     return None
+
+
+class _NotLookedAt(protocol.Refused):
+    """The issuer has no Ready condition yet: its reconciler has not run. Not a reason to
+    fall back: its verdict wakes this Certificate."""
 
 
 def _with_renewal_info(
@@ -401,7 +605,7 @@ def _sign_locally(
     store: Store,
     obj: Object,
     *,
-    certificate: Certificate,
+    fallback: _Fallback,
     issuer: Issuer[IssuerSpec],
     data: policies.Input,
     violation: policies.Violation,
@@ -411,6 +615,7 @@ def _sign_locally(
     keep_ready: bool,
 ) -> Result:
     """Issuers that place no orders (selfSigned, ca): signed in this pass."""
+    certificate = fallback.certificate
     private_key = _key_for_issuance(certificate=certificate, data=data)
     request_pem = csr.build_csr(
         key=private_key,
@@ -422,15 +627,19 @@ def _sign_locally(
     try:
         outcome = registry.issuer_type(issuer).issue(
             store=store, issuer=issuer, env=env, request=protocol.Request(
-                certificate=certificate, csr_pem=request_pem, private_key=private_key, now=now))
+                certificate=fallback.tried, csr_pem=request_pem, private_key=private_key,
+                now=now))
     except protocol.CannotIssue as err:
+        if fallback.has_next:
+            return _fall_back(store, obj, fallback=fallback, now=now, request=None,
+                              reason=issuer_fallback.ISSUER_NOT_READY, message=str(err))
         return _not_ready(store, obj, reason="IssuerNotReady", message=str(err), now=now,
                           keep_ready=keep_ready)
     assert isinstance(outcome, protocol.Issued)  # an issuer that places no orders
     signed = outcome.certificate
     store.emit_event(obj=obj, type="Normal", reason="Requested",
                      message=f"Issuing a certificate {outcome.how}: {violation.message}")
-    return _store_issued(store, obj, certificate=certificate, issuer=issuer,
+    return _store_issued(store, obj, fallback=fallback, issuer=issuer,
                          private_key=private_key, chain_pem=signed.chain_pem,
                          ca_pem=signed.ca_pem, failed_request="local-signing", now=now,
                          failures=0, settings=settings)
@@ -492,11 +701,17 @@ def _ledger_ref(
 
 
 def _order_name(
-    *, certificate: Certificate, obj: Object, private_key: keys.PrivateKey, failures: int
+    *, certificate: Certificate, obj: Object, private_key: keys.PrivateKey, failures: int,
+    issuer: IssuerRef,
 ) -> str:
     """Deterministic: everything the order depends on, so a restart finds the same one."""
     status = obj.get("status") or {}
+    # A fallback issuer's order differs from the first choice's (whose names stay as they
+    # were before fallbacks existed).
+    other_issuer = ({"issuer": [issuer.kind, issuer.name]}
+                    if issuer != certificate.issuer_ref else {})
     material = json.dumps({
+        **other_issuer,
         "spec": obj.get("spec"),
         "key": hashlib.sha256(private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo,
@@ -510,7 +725,8 @@ def _order_name(
 
 
 def _create_order(
-    store: Store, obj: Object, *, certificate: Certificate, name: str, spec: Mapping[str, Any]
+    store: Store, obj: Object, *, certificate: Certificate, name: str, spec: Mapping[str, Any],
+    now: datetime.datetime,
 ) -> Object:
     """The Order the issuer asked for (its `spec`), owned and labelled for this Certificate."""
     revision = int((obj.get("status") or {}).get("revision") or 0) + 1
@@ -520,6 +736,8 @@ def _create_order(
         "metadata": {
             "name": name,
             "namespace": certificate.namespace,
+            # The injected clock's (the API server sets its own): the placement deadline.
+            "creationTimestamp": conditions.format_time(now),
             "labels": {CERTIFICATE_NAME_LABEL: certificate.name},
             "annotations": {REVISION_ANNOTATION: str(revision)},
             "ownerReferences": [reconciling.owner_reference(obj)],
@@ -571,7 +789,7 @@ def _store_issued(
     store: Store,
     obj: Object,
     *,
-    certificate: Certificate,
+    fallback: _Fallback,
     issuer: Issuer[IssuerSpec],
     private_key: keys.PrivateKey,
     chain_pem: bytes,
@@ -582,6 +800,7 @@ def _store_issued(
     settings: Settings,
 ) -> Result:
     """Write the new certificate: kept copy first, then the Secret, then the status."""
+    certificate = fallback.certificate
     leaf = inspect.split_pem_chain(chain_pem)[0]
     if not inspect.key_matches_certificate(private_key, leaf):
         # Never publish a key pair that does not belong together; a new order follows.
@@ -599,11 +818,14 @@ def _store_issued(
     if _places_orders(issuer):
         # Before the Secret: if certctl stops in between, the copy restores the Secret
         # instead of a second order replacing it.
-        kept_certificates.keep(store=store, certificate=certificate, data=data,
+        # One copy per issuer (`fallback.tried` names the one that issued): a copy is
+        # restored only as what it is, that issuer's certificate.
+        kept_certificates.keep(store=store, certificate=fallback.tried, data=data,
                                ref=kept_certificates.kept_ref(
-                                   certificate=certificate,
+                                   certificate=fallback.tried,
                                    cluster_resource_namespace=settings.cluster_resource_namespace))
-    secret = _write_secret(store, certificate=certificate, issuer=issuer, data=data,
+    secret = _write_secret(store, certificate=certificate, ref=fallback.ref,
+                           acme=_places_orders(issuer), data=data,
                            info=inspect.certificate_info(leaf), restored_from=None)
     store.delete(kind="Secret", namespace=certificate.namespace,
                  name=_next_key_name(certificate))
@@ -615,9 +837,18 @@ def _store_issued(
     for stale in ("failedIssuanceAttempts", "lastFailureTime", "lastFailureGeneration",
                   "lastFailedOrder", "retryAfter", "nextPrivateKeySecretName"):
         status.pop(stale, None)
+    status["issuedBy"] = issuer_fallback.ref_status(fallback.ref)
+    passed_over = fallback.attempt.passed_over(certificate, before=fallback.position)
+    if passed_over:
+        # Why the first choice did not issue this one, until the next issuance.
+        status["issuerFallback"] = issuer_fallback.to_status(dataclasses.replace(
+            fallback.attempt, failures=tuple(passed_over)))
+    else:
+        status.pop("issuerFallback", None)
     _prune_orders(store, fresh, certificate=certificate)
     store.emit_event(obj=fresh, type="Normal", reason="Issuing",
-                     message="The certificate has been successfully issued")
+                     message="The certificate has been successfully issued"
+                     + _issued_by_note(passed_over, ref=fallback.ref))
     data_input = _with_renewal_info(
         store, fresh, data=policies.read_input(certificate=certificate, secret=secret, now=now,
                                                acme=_places_orders(issuer)),
@@ -630,35 +861,77 @@ def _restore_kept_copy(
     obj: Object,
     *,
     certificate: Certificate,
-    issuer: Issuer[IssuerSpec],
     violation: policies.Violation,
     now: datetime.datetime,
     settings: Settings,
 ) -> Result | None:
-    """Put the kept copy back when it is still good for the spec; None when it is not."""
-    ref = kept_certificates.kept_ref(certificate=certificate,
-                                     cluster_resource_namespace=settings.cluster_resource_namespace)
+    """Put a kept copy back when it is still good for the spec; None when none is.
+
+    Each issuer of the Certificate has its own copy; the one of the issuer that issued
+    the lost certificate is tried first, then the others, first choice first. A copy is
+    restored as what it is: its issuer's certificate (`status.issuedBy` says so).
+    """
+    issued_by = issuer_fallback.issued_by(obj.get("status") or {}, certificate=certificate)
+    for issuer_ref in dict.fromkeys((*([issued_by] if issued_by else []),
+                                     *certificate.issuer_refs)):
+        restored = _restore_copy_of(store, obj, certificate=certificate, issuer_ref=issuer_ref,
+                                    violation=violation, now=now, settings=settings)
+        if restored is not None:
+            return restored
+    return None
+
+
+def _restore_copy_of(
+    store: Store,
+    obj: Object,
+    *,
+    certificate: Certificate,
+    issuer_ref: IssuerRef,
+    violation: policies.Violation,
+    now: datetime.datetime,
+    settings: Settings,
+) -> Result | None:
+    ref = kept_certificates.kept_ref(certificate=dataclasses.replace(
+        certificate, issuer_ref=issuer_ref),
+        cluster_resource_namespace=settings.cluster_resource_namespace)
     kept = kept_certificates.find(store=store, ref=ref)
     if kept is None:
         return None
     kept_input = policies.read_input(certificate=certificate, secret=kept, now=now, acme=True)
     if policies.needs_issuing(kept_input, policies.READINESS_CHAIN) is not None:
-        return None  # expired, or for other names, keys or issuer: only an order helps
+        return None  # expired, or for other names, keys or issuers: only an order helps
+    kept_by = (kept.get("metadata", {}).get("annotations") or {})
+    if (kept_by.get(annotation_keys.SECRET_ISSUER_NAME) != issuer_ref.name
+            or kept_by.get(annotation_keys.SECRET_ISSUER_KIND) != issuer_ref.kind):
+        return None  # a copy is restored only for the issuer that issued it
+    issuer_key_ = issuer_key(certificate, issuer_ref)
+    issuer_obj = store.get(kind=issuer_key_.kind, namespace=issuer_key_.namespace,
+                           name=issuer_key_.name)
+    if issuer_obj is None:
+        return None
     assert kept_input.contents is not None and kept_input.info is not None
     key_pem = keys.encode_private_key(kept_input.contents.key,
                                       encoding=certificate.private_key.encoding)
     data = tls_secret.build_tls_secret_data(chain_pem=kept_input.contents.chain_pem,
                                             key_pem=key_pem, ca_pem=kept_input.contents.ca_pem)
-    secret = _write_secret(store, certificate=certificate, issuer=issuer, data=data,
+    secret = _write_secret(store, certificate=certificate, ref=issuer_ref, acme=True, data=data,
                            info=kept_input.info, restored_from=str(ref))
     store.emit_event(obj=obj, type="Normal", reason="Restored", message=(
         f"Restored the certificate (serial {kept_input.info.serial:x}, valid until "
         f"{conditions.format_time(kept_input.info.not_after)}) from the copy certctl keeps in "
         f"Secret {ref}, without a new order: {violation.message}"))
-    restored = _with_renewal_info(
-        store, obj, data=policies.read_input(certificate=certificate, secret=secret, now=now,
-                                             acme=True),
-        issuer=issuer, now=now, settings=settings)
+    try:
+        issuer = parsing.parse_issuer(issuer_obj, source=reconciling.manifest_source(issuer_obj))
+    except InvalidObject:
+        issuer = None  # the CA's renewal window cannot be asked: the lifetime rules
+    written = policies.read_input(certificate=certificate, secret=secret, now=now, acme=True)
+    restored = written if issuer is None else _with_renewal_info(
+        store, obj, data=written, issuer=issuer, now=now, settings=settings)
+    status = obj.setdefault("status", {})
+    status["issuedBy"] = issuer_fallback.ref_status(issuer_ref)
+    if (status.get("issuerFallback") or {}).get("revision") != status.get("revision"):
+        # What failed in this pass is no longer news: nothing was issued.
+        status.pop("issuerFallback", None)
     return _up_to_date(store, obj, certificate=certificate, data=restored, now=now)
 
 
@@ -666,18 +939,20 @@ def _write_secret(
     store: Store,
     *,
     certificate: Certificate,
-    issuer: Issuer[IssuerSpec],
+    ref: IssuerRef,
+    acme: bool,
     data: dict[str, str],
     info: inspect.CertificateInfo,
     restored_from: str | None,
 ) -> Object:
-    """Create or update the Secret; returns it as stored."""
+    """Create or update the Secret, as issued by `ref` (an ACME issuer when `acme`);
+    returns it as stored."""
     secret_annotations = {
         **dict(certificate.secret_template.annotations),
         annotation_keys.SECRET_CERTIFICATE_NAME: certificate.name,
-        annotation_keys.SECRET_ISSUER_NAME: issuer.name,
-        annotation_keys.SECRET_ISSUER_KIND: issuer.kind,
-        annotation_keys.SECRET_ISSUER_GROUP: certificate.issuer_ref.group,
+        annotation_keys.SECRET_ISSUER_NAME: ref.name,
+        annotation_keys.SECRET_ISSUER_KIND: ref.kind,
+        annotation_keys.SECRET_ISSUER_GROUP: ref.group,
         annotation_keys.SECRET_COMMON_NAME: info.common_name or "",
         annotation_keys.SECRET_ALT_NAMES: ",".join(info.dns_names),
         annotation_keys.SECRET_IP_SANS: ",".join(info.ip_addresses),
@@ -686,7 +961,7 @@ def _write_secret(
     if certificate.common_name:
         # The order (or the kept copy, checked against this spec) asked for it.
         secret_annotations[policies.REQUESTED_COMMON_NAME_ANNOTATION] = certificate.common_name
-    if _places_orders(issuer) and certificate.acme_profile:
+    if acme and certificate.acme_profile:
         secret_annotations[policies.REQUESTED_PROFILE_ANNOTATION] = certificate.acme_profile
     if restored_from is not None:
         secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from
@@ -748,13 +1023,17 @@ def _failed(
     settings: Settings,
     keep_ready: bool,
     retry_after: datetime.datetime | None,
+    attempt: issuer_fallback.Attempt | None = None,
 ) -> Result:
     """Count one failure per request (reconciling a failed Order again adds none) and back off.
 
     `retry_after` is the CA's Retry-After (a rateLimited order): the next
-    attempt waits for it when it is later than the backoff.
+    attempt waits for it when it is later than the backoff. `attempt`: what the
+    issuers of a Certificate with fallbacks did in this issuance, for its status.
     """
     status = obj.setdefault("status", {})
+    if attempt is not None:
+        status["issuerFallback"] = issuer_fallback.to_status(attempt)
     text = f"The certificate request has failed to complete and will be retried: {message}"
     if status.get("lastFailedOrder") != request:
         failures += 1
@@ -819,6 +1098,14 @@ def _up_to_date(
     if restored_from:
         message += (f"; restored from the copy certctl keeps in Secret {restored_from}, "
                     "without a new order")
+    status_now = obj.get("status") or {}
+    issued_by = issuer_fallback.issued_by(status_now, certificate=certificate)
+    if issued_by is not None and issued_by != certificate.issuer_ref:
+        attempt = issuer_fallback.read({**status_now, "revision": int(
+            status_now.get("revision") or 1) - 1}, certificate=certificate)
+        message += _issued_by_note(
+            attempt.passed_over(certificate, before=certificate.issuer_refs.index(issued_by))
+            or [], ref=issued_by) or f"; issued by {issued_by.kind} {issued_by.name}"
     updated = reconciling.with_condition(obj, type="Ready", status="True", reason="Ready",
                                          message=message, now=now)
     updated = reconciling.without_condition(updated, type="Issuing")

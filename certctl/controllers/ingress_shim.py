@@ -46,8 +46,11 @@ _SPEC_ANNOTATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (annotation_keys.CM_PRIVATE_KEY_SIZE, ("privateKey", "size")),
     (annotation_keys.CM_USAGES, ("usages",)),  # comma-separated
     (annotation_keys.ACME_PROFILE, ("acme", "profile")),
+    (annotation_keys.FALLBACK_ISSUERS, ("fallbackIssuerRefs",)),
+    (annotation_keys.FALLBACK_AFTER_FAILED_ATTEMPTS, ("fallbackAfterFailedAttempts",)),
 )
-_INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size")})
+_INTEGER_PATHS = frozenset({("revisionHistoryLimit",), ("privateKey", "size"),
+                            ("fallbackAfterFailedAttempts",)})
 COMMON_NAME_TOO_LONG = "CommonNameTooLong"
 UNKNOWN_FIELD = "UnknownField"
 
@@ -206,8 +209,28 @@ def spec_annotation_fields(
             value = _int_annotation(ingress, annotation, value, source)
         elif path == ("usages",):
             value = [u.strip() for u in value.split(",") if u.strip()]
+        elif path == ("fallbackIssuerRefs",):
+            value = _fallback_issuers(ingress, value, source)
         fields.append((path, value))
     return fields
+
+
+def _fallback_issuers(ingress: ShimSource, value: str, source: str | None) -> list[Any]:
+    """`ClusterIssuer/b,Issuer/c` as issuerRefs; a bare name has the first choice's kind."""
+    first = select_issuer(ingress)
+    refs: list[Any] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        kind, _, name = item.rpartition("/")
+        if kind not in ("", "ClusterIssuer", "Issuer") or not name:
+            raise _invalid(
+                ingress, f"metadata.annotations[{annotation_keys.FALLBACK_ISSUERS}]",
+                f"{item!r} is not an issuer: write ClusterIssuer/NAME or Issuer/NAME (or NAME, "
+                "of the kind of the first choice), comma-separated", source)
+        refs.append({"name": name, "kind": kind or (first.kind if first else "Issuer"),
+                     "group": first.group if first else GROUP})
+    return refs
 
 
 def long_common_name(ingress: ShimSource, source: str | None) -> str | None:

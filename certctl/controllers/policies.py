@@ -132,7 +132,9 @@ def issuer_changed(data: Input) -> Violation | None:
     kind = have.get(annotation_keys.SECRET_ISSUER_KIND)
     if name is None:
         return None  # a Secret the user brought: judge it by its contents only
-    if name != ref.name or (kind or "Issuer") != ref.kind:
+    # A fallback issuer's certificate is as good as the first choice's until renewal,
+    # which starts with the first choice again.
+    if all(name != r.name or (kind or "Issuer") != r.kind for r in data.certificate.issuer_refs):
         return Violation(
             reason=INCORRECT_ISSUER,
             message=f"Issuing certificate as Secret was previously issued by {kind}/{name}, "

@@ -331,8 +331,10 @@ class Dispatcher:
 
     def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:
         for certificate in self._store.list(kind="Certificate"):
-            ref = (certificate.get("spec") or {}).get("issuerRef") or {}
-            if ref.get("name") != issuer.name or ref.get("kind", "Issuer") != issuer.kind:
+            spec = certificate.get("spec") or {}
+            refs = [spec.get("issuerRef") or {}, *(spec.get("fallbackIssuerRefs") or [])]
+            if not any(isinstance(ref, dict) and ref.get("name") == issuer.name
+                       and ref.get("kind", "Issuer") == issuer.kind for ref in refs):
                 continue
             if issuer.namespace is not None and (
                 certificate["metadata"].get("namespace") != issuer.namespace
