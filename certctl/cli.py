@@ -16,6 +16,7 @@ from certctl.api import conditions, kinds, nginx_annotations, parsing
 from certctl.api.resources import ObjectKey
 from certctl.controllers import order_budget
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
+from certctl.runtime import on_demand
 from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Conflict, Store, StoreError
@@ -61,9 +62,16 @@ def _parser() -> argparse.ArgumentParser:
                     shutdown_delay=0.0)
     serve.add_argument("--self-check-port", type=int, default=None,
                        help="port of HTTP-01 self-checks (default: --http-port)")
+    # Shorter than the data plane's 20 s: `docker stop` sends SIGKILL 10 s after SIGTERM
+    # by default, and serve, usually one host, has no replica to take over meanwhile.
+    serve.add_argument("--drain-timeout", type=_seconds, default=8.0, metavar="DURATION",
+                       help="after SIGTERM (and --shutdown-delay), stop accepting and let "
+                       "in-flight requests and HTTP/2 streams finish for up to this long, "
+                       "then cut what is left and exit (default: %(default)gs)")
     _issuing_arguments(serve)
     serve.add_argument("--no-watch", action="store_true",
                        help="read the manifests once instead of watching them")
+    _on_demand_arguments(serve)
     serve.set_defaults(func=_serve)
 
     controller = commands.add_parser(
@@ -278,6 +286,43 @@ def _seconds(text: str) -> float:
         return float(text)
 
 
+def _on_demand_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "on-demand TLS", "obtain a certificate during the first handshake for a name no "
+        "certificate covers (needs --on-demand-tls-ask or --on-demand-tls-allow)")
+    group.add_argument("--on-demand-tls-issuer", metavar="KIND/NAME", default=None,
+                       help="turn it on, issuing from ClusterIssuer/NAME or Issuer/NAME")
+    group.add_argument("--on-demand-tls-ask", metavar="URL", default=None,
+                       help="a name is permitted when GET URL?domain=NAME answers 2xx")
+    group.add_argument("--on-demand-tls-allow", metavar="PATTERN", action="append",
+                       default=[], help="a name matching it is permitted ('*' is one whole "
+                       "label, e.g. '*.example.com'); repeatable")
+    group.add_argument("--on-demand-tls-wait", type=_seconds, default=10.0,
+                       help="how long a first handshake waits for its certificate before it "
+                       "gets the default one (default: 10s)")
+    group.add_argument("--on-demand-tls-rate", type=_positive_int, default=10,
+                       help="new on-demand certificates per minute, all names together "
+                       "(default: 10)")
+    group.add_argument("--on-demand-tls-namespace", default="certctl",
+                       help="namespace of the on-demand Certificates and of an Issuer "
+                       "(default: certctl)")
+
+
+def _on_demand_policy(args: argparse.Namespace) -> on_demand.Policy | None:
+    """The on-demand TLS policy the flags ask for, None when off; ValueError naming the flag
+    when they cannot be used."""
+    if args.on_demand_tls_issuer is None:
+        if args.on_demand_tls_ask is not None or args.on_demand_tls_allow:
+            raise ValueError("--on-demand-tls-ask and --on-demand-tls-allow need "
+                             "--on-demand-tls-issuer")
+        return None
+    kind, name = on_demand.parse_issuer(args.on_demand_tls_issuer)
+    return on_demand.Policy(
+        issuer_kind=kind, issuer_name=name, namespace=args.on_demand_tls_namespace,
+        ask_url=args.on_demand_tls_ask, allow=tuple(args.on_demand_tls_allow),
+        wait=args.on_demand_tls_wait, names_per_minute=args.on_demand_tls_rate)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from certctl.runtime import standalone
 
@@ -286,6 +331,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     dns01 = _dns01_options(args)
     if dns01 is None:
+        return 2
+    try:
+        on_demand_tls = _on_demand_policy(args)
+    except ValueError as err:
+        print(f"certctl: {err}", file=sys.stderr)
         return 2
     options = standalone.ServeOptions(
         manifests=args.manifests,
@@ -305,10 +355,12 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         shutdown_delay=args.shutdown_delay,
+        drain_timeout=args.drain_timeout,
         load_balancer_address=args.load_balancer_address,
         tls_context_cache=args.tls_context_cache,
         max_connections=args.max_connections,
         enforce_access_annotations=not args.allow_unenforced_access,
+        on_demand_tls=on_demand_tls,
     )
     try:
         standalone.run(options)

@@ -193,6 +193,11 @@ class CertificateIndex:
                 return self._client_context(entry, ca)
         return self._context_of(entry)
 
+    @property
+    def default_context(self) -> ssl.SSLContext:
+        """What `select` answers for a name no certificate covers."""
+        return self._default_context
+
     def _context_of(self, entry: _Entry) -> ssl.SSLContext:
         """The entry's context, built on first use and kept among the most recent."""
         context = entry.context

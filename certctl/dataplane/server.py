@@ -125,7 +125,16 @@ class DataPlane:
         self._sweeper: asyncio.Task[None] | None = None
         self._round_robin = itertools.count()
         self._tls: tls.TlsListener | None = None
+        self._hold: tls.Hold | None = None
+        self._hold_timeout = 0.0
         self._previous_unraisablehook: Callable[[Any], object] | None = None
+
+    def hold_unknown_names(self, *, hold: tls.Hold, timeout: float) -> None:
+        """Before `start`: handshakes for names no certificate covers are offered to `hold`
+        (on-demand TLS, see `tls.TlsListener`), which resumes them within `timeout` seconds.
+        Every handshake then reads its ClientHello before OpenSSL does."""
+        self._hold = hold
+        self._hold_timeout = timeout
 
     def set_routes(self, table: routing.RouteTable) -> None:
         # The handshakes of hosts with auth-tls-secret ask for client certificates first,
@@ -176,6 +185,9 @@ class DataPlane:
                 admit=self.admits_connection,
                 preread=self._certificates_asked_for,
                 select_acme_context=self._select_acme_context,
+                hold=self._hold,
+                unknown_context=self.certificates.default_context,
+                hold_timeout=self._hold_timeout,
             )
             self._tls.listen(*self._https_address)
             self._https_port = self._tls.sockets[0].getsockname()[1]
@@ -243,9 +255,11 @@ class DataPlane:
 
     def _certificates_asked_for(self) -> bool:
         """Whether some host asks for client certificates (its handshakes then start on its
-        own context, see TlsListener) or a TLS-ALPN-01 challenge is live."""
+        own context, see TlsListener), a TLS-ALPN-01 challenge is live, or on-demand TLS
+        may hold handshakes for unknown names."""
         certificates = self.certificates
-        return certificates.asks_for_client_certificates or certificates.answers_acme_tls
+        return (certificates.asks_for_client_certificates or certificates.answers_acme_tls
+                or self._hold is not None)
 
     def _select_acme_context(self, server_name: str) -> ssl.SSLContext | None:
         return self.certificates.select_acme_tls(server_name)

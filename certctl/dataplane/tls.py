@@ -39,6 +39,12 @@ challenge's name offering `acme-tls/1` starts on the challenge's context
 (`select_acme_context`), completes the handshake and is closed without
 anything else sent. Without live challenges nothing of this runs: normal
 handshakes pay one attribute store.
+
+On-demand TLS (`runtime.on_demand`) reads ClientHellos first too: one for a
+name whose context is the default (no certificate covers it) is offered to
+`hold`, which may keep it waiting, unread by OpenSSL and its socket not
+polled, until a certificate was obtained for the name or a bound passed; it
+then resumes where it stopped, on the name's context as it is by then.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ _READABLE: Final = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 POLL_BATCH: Final = 64  # events taken per wake-up; more wait for the loop's next turn
 
+Hold = Callable[[str, Callable[[], None]], bool]
+"""(server name, resume) -> whether the handshake waits for `resume()` (on-demand TLS)."""
+
 
 class TlsListener:
     """Accepts TLS connections and hands each, once handshaken, to a new protocol."""
@@ -80,6 +89,9 @@ class TlsListener:
         admit: Callable[[], bool],
         preread: Callable[[], bool] = lambda: False,
         select_acme_context: Callable[[str], ssl.SSLContext | None] = lambda _name: None,
+        hold: Hold | None = None,
+        unknown_context: ssl.SSLContext | None = None,
+        hold_timeout: float = 0.0,
     ) -> None:
         """Handshakes start on `context` and switch to `select_context(server name)` (None:
         no SNI); `on_handshake(True)` after each completed handshake, `(False)` after each
@@ -93,7 +105,12 @@ class TlsListener:
         SNI switch (SSL_set_SSL_CTX) keeps the verify mode of the first (nginx sets it
         again in its SNI callback; Python cannot). It must also be true while
         `select_acme_context(server name)` may return a context: the one answering a
-        TLS-ALPN-01 challenge, for a ClientHello that offers ALPN acme-tls/1."""
+        TLS-ALPN-01 challenge, for a ClientHello that offers ALPN acme-tls/1.
+
+        With `hold`, `preread()` must be true, and a ClientHello whose name gets
+        `unknown_context` (the default certificate) is offered to `hold(name, resume)`:
+        True keeps the handshake waiting until `resume()`, which `hold` promises within
+        `hold_timeout` seconds (the handshake deadline is extended by that much)."""
         # The SNI callback receives the SSL connection's owner: the transport.
         context.sni_callback = _switch_context  # type: ignore[assignment]
         self.context = context
@@ -104,6 +121,9 @@ class TlsListener:
         self.admit = admit
         self.preread = preread
         self.select_acme_context = select_acme_context
+        self.hold = hold
+        self.unknown_context = unknown_context
+        self.hold_timeout = hold_timeout
         self.loop = asyncio.get_running_loop()
         # Connections still handshaking, with the time.monotonic() they must be done by.
         self.handshaking: dict[TlsTransport, float] = {}
@@ -257,6 +277,7 @@ class TlsTransport(asyncio.Transport):
         "_acme_tls",
         "_closing",
         "_fd",
+        "_held",
         "_incoming",
         "_listener",
         "_loop",
@@ -290,6 +311,8 @@ class TlsTransport(asyncio.Transport):
         # The ClientHello's bytes so far, while they are read before OpenSSL's (see preread).
         self._preread: bytearray | None = bytearray() if listener.preread() else None
         self._acme_tls = False  # answering a TLS-ALPN-01 challenge: handshake only
+        # Held for on-demand TLS: the server name and the ClientHello read so far.
+        self._held: tuple[str, bytes] | None = None
         self._protocol: asyncio.BaseProtocol | None = None
         self._state = _HANDSHAKING
         self._reading = True
@@ -403,11 +426,19 @@ class TlsTransport(asyncio.Transport):
                 return  # the rest of the ClientHello is on its way
             self._preread = None
             if name is not None:
-                context = self._listener.select_acme_context(name)
+                listener = self._listener
+                context = listener.select_acme_context(name)
                 if context is not None and ACME_TLS_ALPN in client_hello_alpn(bytes(preread)):
                     self._acme_tls = True
                 else:
-                    context = self._listener.select_context(name)
+                    context = listener.select_context(name)
+                    if (context is listener.unknown_context and listener.hold is not None
+                            and size and listener.hold(name, self._resume)):
+                        self._held = (name, bytes(preread))
+                        self.pause_reading()
+                        listener.handshaking[self] = (
+                            time.monotonic() + listener.hold_timeout + listener.handshake_timeout)
+                        return
                 if context is not self._listener.context:
                     self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
                         self._incoming, self._outgoing, True, None, owner=self)
@@ -422,6 +453,26 @@ class TlsTransport(asyncio.Transport):
             self._handshake()
         else:
             self._decrypt()
+
+    def _resume(self) -> None:
+        """Go on with a handshake `hold` kept waiting, on the context its name has now."""
+        held, self._held = self._held, None
+        if held is None or self._state == _CLOSED:
+            return
+        name, hello = held
+        listener = self._listener
+        listener.handshaking[self] = time.monotonic() + listener.handshake_timeout
+        context = listener.select_context(name)
+        if context is not listener.context:
+            self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
+                self._incoming, self._outgoing, True, None, owner=self)
+        self.resume_reading()
+        self._incoming.write(hello)
+        try:
+            self._handshake()
+        except Exception:
+            logger.exception("TLS connection from %s failed", self._peer)
+            self.abort()
 
     def _on_writable(self) -> None:
         try:

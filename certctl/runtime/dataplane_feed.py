@@ -105,6 +105,8 @@ class DataPlaneFeed:
         # Live TLS-ALPN-01 Challenges -> the (dns name, key authorization) answered for them.
         self._tls_alpn01: dict[ObjectKey, tuple[str, str]] = {}
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
+        # More Secrets to serve than the routes name (on-demand TLS's Certificates').
+        self._more_secrets: Callable[[], frozenset[ObjectKey]] = frozenset
         # (namespace, name) of the Secrets the routes' basic authentication read.
         self._auth_secrets: frozenset[tuple[str, str]] = frozenset()
         self._wake = threading.Event()
@@ -186,6 +188,12 @@ class DataPlaneFeed:
                                                     name=tls_alpn01_solver.server_name(answer[0]),
                                                     chain_pem=chain_pem, key_pem=key_pem)
         self._tls_alpn01[key] = answer
+
+    def serve_secrets(self, source: Callable[[], frozenset[ObjectKey]]) -> None:
+        """Also serve the Secrets `source()` names (read at each load; from any thread)."""
+        self._more_secrets = source
+        self._secrets_dirty = True
+        self._wake.set()
 
     def set_load_balancer(self, entries: list[dict[str, str]]) -> None:
         """What served Ingresses' `status.loadBalancer.ingress` says from now on (with
@@ -509,6 +517,7 @@ class DataPlaneFeed:
                 if isinstance(name, str) and name:
                     wanted.add(ObjectKey(kind="Secret", namespace=namespace, name=name))
         wanted |= self._gateways.secrets
+        wanted |= self._more_secrets()
         for key in wanted:
             secret = self._store.get(kind="Secret", namespace=key.namespace, name=key.name)
             if secret is None:

@@ -29,7 +29,7 @@ from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
 from certctl.issuers.acme import accounts as acme_accounts
-from certctl.runtime import dataplane_feed, dispatch, metrics, runner
+from certctl.runtime import dataplane_feed, dispatch, metrics, on_demand, runner
 from certctl.solvers import tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import local
@@ -64,10 +64,14 @@ class ServeOptions:
     metrics_address: str = "127.0.0.1"  # no login: never a public address by default
     # After SIGTERM: seconds not ready but still serving, before the listeners close.
     shutdown_delay: float = 0.0
+    # Then: seconds in-flight requests and streams get to finish before they are cut
+    # (0: cut them; the command's --drain-timeout defaults to 8 s, see cli.py).
+    drain_timeout: float = 0.0
     load_balancer_address: str | None = None  # written into served Ingresses' status
     tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     enforce_access_annotations: bool = True
+    on_demand_tls: on_demand.Policy | None = None  # None: off
 
     @property
     def listening(self) -> dataplane_feed.Listening:
@@ -78,7 +82,8 @@ class ServeOptions:
             load_balancer_address=self.load_balancer_address,
             tls_context_cache=self.tls_context_cache,
             max_connections=self.max_connections,
-            enforce_access_annotations=self.enforce_access_annotations)
+            enforce_access_annotations=self.enforce_access_annotations,
+            drain_timeout=self.drain_timeout)
 
 
 class StartupError(Exception):
@@ -111,6 +116,14 @@ class Standalone:
                                                 events=self.events)
         self.feed = self.edge.feed
         self.dataplane = self.edge.server
+        self.on_demand: on_demand.OnDemandTls | None = None
+        if options.on_demand_tls is not None:
+            self.on_demand = on_demand.OnDemandTls(
+                policy=options.on_demand_tls, store=self.store,
+                covers=self.edge.certificate_index.has_certificate_for)
+            self.dataplane.hold_unknown_names(hold=self.on_demand.hold,
+                                              timeout=options.on_demand_tls.wait)
+            self.feed.serve_secrets(self.on_demand.secrets)
         # One /metrics for both: the data plane's registry also carries the controller's.
         self.metrics = metrics.ControllerMetrics(store=self.store,
                                                  registry=self.dataplane.metrics.registry)
@@ -147,6 +160,8 @@ class Standalone:
         # Subscribed after the first load: `_everything` below queues those objects once.
         self.store.subscribe(self._on_event)
         self._seed_challenges()
+        if self.on_demand is not None:
+            self.on_demand.start(asyncio.get_running_loop())
         try:
             self.edge.start_admin()
             await self.edge.start_server()
@@ -168,6 +183,8 @@ class Standalone:
     async def stop(self) -> None:
         self._stop_watching.set()
         self.queue.stop()
+        if self.on_demand is not None:
+            self.on_demand.stop()
         await self.edge.stop()
         self.accounts.close()
         if self._watcher is not None:
