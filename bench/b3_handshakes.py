@@ -1,9 +1,13 @@
 """B3: server CPU per 1,000 new TLS connections with 10,000 certificates loaded, vs nginx.
 
-Both servers load the same 10,000 ECDSA P-256 certificates (one name each)
-and proxy `GET /` for every name to one backend (nginx `return 200`); nginx
-has one worker and a `server` block per name, certctl one Ingress rule per
-name. Every connection is a new TCP connection, a TLS handshake with SNI,
+Every server loads the same 10,000 ECDSA P-256 certificates (one name each)
+and proxies `GET /` for every name to one backend (nginx `return 200`); nginx
+has one worker and a `server` block per name. certctl runs twice: as the
+shipped `certctl dataplane` against a real control plane (etcd +
+kube-apiserver from tests/controlplane.py, started here) holding a TLS Secret
+per name and Ingresses of 500 rules, and as bench.b3_peers' harness (the same
+data plane fed directly, one Ingress rule per name, no API server).
+Every connection is a new TCP connection, a TLS handshake with SNI,
 one request and a close. What is compared is the CPU the server process
 spent (utime + stime from /proc, master and worker for nginx) per 1,000
 connections; the clients saturate before either server on 2 cores, so
@@ -27,13 +31,15 @@ rounds of the same server move by 10 % and more.
     python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 4]
                                   [--write-results]
 
-Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
+Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py; the
+backend's address on `lo`), the test servers of scripts/testservers/build.sh and
 `apt-get install -y nginx-light wrk`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import itertools
 import multiprocessing
@@ -49,6 +55,10 @@ from pathlib import Path
 
 from bench import b3_peers, reporting
 from tests.pebble import free_port
+
+HARNESS = "certctl (harness)"
+DATAPLANE = "certctl dataplane"
+_NAMESPACE = "bench"
 
 
 def client_loop(
@@ -128,14 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(names)} certificates written in {time.monotonic() - t0:.1f} s", flush=True)
 
     backend_port, nginx_port = free_port(), free_port()
-    backend = b3_peers.Nginx(workdir=work / "backend", http_block=(
-        f"  server {{ listen 127.0.0.1:{backend_port}; "
-        'location / { return 200 "hello from the backend\\n"; } }'
-    )).start(port=backend_port)
-    servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer] = {}
+    servers: dict[str, b3_peers.ServerProcess] = {}
     rows: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
     startup: dict[str, tuple[float, int]] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        # The API server refuses loopback addresses in EndpointSlices: `certctl dataplane`
+        # reaches the backend on an address of `lo` outside 127.0.0.0/8, the rest on 127.0.0.1.
+        alias = stack.enter_context(b3_peers.loopback_alias())
+        cluster = stack.enter_context(b3_peers.control_plane(
+            workdir=work / "controlplane", namespace=_NAMESPACE))
+        backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port,
+                                         also_on=[alias])
+        stack.callback(backend.stop)
+        stack.callback(lambda: b3_peers.stop_all(*servers.values()))
         location = (
             "location / { proxy_pass http://backend; proxy_http_version 1.1; "
             'proxy_set_header Connection ""; proxy_set_header Host $http_host; '
@@ -163,9 +178,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             certs=certs, names=names, https_port=free_port(),
             http_port=free_port(), backend_port=backend_port,
         )
-        servers["certctl"] = plane.start(log=work / "certctl.log", timeout=600)
-        startup["certctl"] = (time.monotonic() - t0, b3_peers.rss_bytes(plane.pid))
-        ports = {"nginx": nginx_port, "certctl": plane.https_port}
+        servers[HARNESS] = plane.start(log=work / "certctl.log", timeout=600)
+        startup[HARNESS] = (time.monotonic() - t0, b3_peers.rss_bytes(plane.pid))
+        t0 = time.monotonic()
+        b3_peers.create_objects(cluster, b3_peers.site_objects(
+            certs=certs, names=names, namespace=_NAMESPACE, backend_address=alias,
+            backend_port=backend_port))
+        print(f"{len(names)} Secrets and their Ingresses created in the API server in "
+              f"{time.monotonic() - t0:.1f} s", flush=True)
+        t0 = time.monotonic()
+        # Served once its last name answers: every Secret and Ingress is loaded.
+        dataplane = b3_peers.DataPlaneCommand(
+            kubeconfig=cluster.kubeconfig, namespace=_NAMESPACE, certs=certs, name=names[-1],
+            https_port=free_port(), http_port=free_port())
+        stack.callback(dataplane.stop)  # also when it never comes to serve
+        servers[DATAPLANE] = dataplane.start(log=work / "dataplane.log", timeout=600)
+        startup[DATAPLANE] = (time.monotonic() - t0, b3_peers.rss_bytes(dataplane.pid))
+        ports = {"nginx": nginx_port, HARNESS: plane.https_port,
+                 DATAPLANE: dataplane.https_port}
         for label, (seconds, rss) in startup.items():
             print(f"{label}: listening after {seconds:.1f} s, RSS {rss / 2**20:.0f} MiB",
                   flush=True)
@@ -207,10 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {round_index + 1} wrk {label}: {resumed.requests} ok, "
                       f"{cpu:.2f} s CPU", flush=True)
         after_rss = {label: b3_peers.rss_bytes(srv.pid) for label, srv in servers.items()}
-    finally:
-        for srv in servers.values():
-            srv.stop()
-        backend.stop()
 
     section = results_section(command=command, started=started, args=args, rows=rows,
                               startup=startup, after_rss=after_rss)
@@ -259,7 +285,12 @@ def results_section(
         "| load | server | connections | failed | server CPU s / 1,000 connections | "
         "ratio to nginx |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
-        "Start-up with the certificates (spawn to listening) and resident memory:\n\n"
+        f"`{DATAPLANE}` is the shipped command against a real kube-apiserver + etcd "
+        "(started by the benchmark, idle on the same cores during the runs) holding a TLS "
+        f"Secret per name; `{HARNESS}` is the same data plane fed directly by "
+        "bench.b3_peers.\n\n"
+        "Start-up with the certificates (spawn to listening; for the data plane command, "
+        "to serving its last name) and resident memory:\n\n"
         "| server | start-up (s) | RSS at start (MiB) | RSS after the runs (MiB) |\n"
         "|---|---|---|---|\n" + "\n".join(start_lines) + "\n\n"
         "Machine:\n\n" + b3_peers.machine_table()

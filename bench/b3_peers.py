@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import datetime
+import http.client
 import importlib.metadata
 import os
+import random
 import re
 import shlex
 import signal
@@ -28,16 +32,21 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench import reporting
+
+if TYPE_CHECKING:  # imported when a benchmark starts one: it pulls in pytest and requests
+    from tests.controlplane import ControlPlane
 
 NGINX_BIN = "/usr/sbin/nginx"
 WRK_BIN = "/usr/bin/wrk"
@@ -288,10 +297,13 @@ def round_order(labels: Sequence[str], round_index: int) -> list[str]:
     return [*labels[shift:], *labels[:shift]]
 
 
-def backend_nginx(*, workdir: Path, port: int) -> Nginx:
-    """The proxied backend: `return 200` with a 23-byte body."""
+def backend_nginx(*, workdir: Path, port: int, also_on: Sequence[str] = ()) -> Nginx:
+    """The proxied backend: `return 200` with a 23-byte body, on 127.0.0.1 and the
+    addresses `also_on` (B4's `certctl dataplane` reaches it on one the API server accepts
+    in an EndpointSlice)."""
+    listens = "".join(f"listen {address}:{port}; " for address in ("127.0.0.1", *also_on))
     return Nginx(workdir=workdir, http_block=(
-        f"  server {{ listen 127.0.0.1:{port}; "
+        f"  server {{ {listens}"
         'location / { return 200 "hello from the backend\\n"; } }'
     )).start(port=port)
 
@@ -430,6 +442,170 @@ def serve(args: argparse.Namespace) -> None:
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+# --- the shipped commands: `certctl serve` and `certctl dataplane` --------------------------
+
+
+def site_objects(
+    *, certs: Path, names: Sequence[str], namespace: str, backend_address: str,
+    backend_port: int, rules_per_ingress: int = 500,
+) -> list[dict[str, Any]]:
+    """What a user gives either command for `names`: a TLS Secret per name, Ingresses of
+    class certctl (`rules_per_ingress` names each: an object stays far below the API
+    server's size limit) routing `/` to Service `backend`, and the Service's EndpointSlice."""
+    from tests.clusterops import service_with_slice
+
+    def secret(index: int, name: str) -> dict[str, Any]:
+        data = {key: base64.b64encode((certs / f"{name}.{suffix}").read_bytes()).decode()
+                for key, suffix in (("tls.crt", "crt"), ("tls.key", "key"))}
+        return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": f"tls-{index}", "namespace": namespace}, "data": data}
+
+    def ingress(first: int) -> dict[str, Any]:
+        chunk = list(enumerate(names))[first:first + rules_per_ingress]
+        path = {"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "backend", "port": {"number": 80}}}}
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": f"bench-{first // rules_per_ingress}",
+                             "namespace": namespace},
+                "spec": {"ingressClassName": "certctl",
+                         "tls": [{"hosts": [name], "secretName": f"tls-{index}"}
+                                 for index, name in chunk],
+                         "rules": [{"host": name, "http": {"paths": [path]}}
+                                   for _, name in chunk]}}
+
+    return [
+        *(secret(index, name) for index, name in enumerate(names)),
+        *(ingress(first) for first in range(0, len(names), rules_per_ingress)),
+        *service_with_slice("backend", namespace=namespace, address=backend_address,
+                            port=backend_port),
+    ]
+
+
+def wait_served(*, port: int, name: str, certs: Path, proc: subprocess.Popen[bytes],
+                timeout: float) -> None:
+    """Until `name` on `port` answers 200 over TLS, verified against the bench CA: the
+    command has loaded the certificate and the route, not only opened its listener."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+            connection.sock = context.wrap_socket(raw, server_hostname=name)
+            connection.request("GET", "/", headers={"Host": name})
+            response = connection.getresponse()
+            response.read()
+            if response.status == 200:
+                return
+            last = f"status {response.status}"
+        except (OSError, http.client.HTTPException) as err:
+            last = str(err)
+        finally:
+            connection.close()
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} not served on port {port} after {timeout} s: {last}")
+
+
+@dataclass
+class ServeCommand(ServerProcess):
+    """`python -m certctl serve` on a manifests folder of `site_objects` (the backend on
+    127.0.0.1), listening on 127.0.0.1."""
+
+    workdir: Path
+    certs: Path
+    name: str
+    https_port: int
+    http_port: int
+    backend_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, log: Path, timeout: float = 300.0) -> ServeCommand:
+        manifests = self.workdir / "manifests"
+        manifests.mkdir(parents=True, exist_ok=True)
+        (manifests / "site.yaml").write_text(yaml.safe_dump_all(site_objects(
+            certs=self.certs, names=[self.name], namespace="default",
+            backend_address="127.0.0.1", backend_port=self.backend_port)))
+        self._spawn(
+            [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifests),
+             "--state-dir", str(self.workdir / "state"), "--listen-address", "127.0.0.1",
+             "--http-port", str(self.http_port), "--https-port", str(self.https_port)],
+            log=log, port=self.https_port, timeout=timeout)
+        assert self.proc is not None
+        wait_served(port=self.https_port, name=self.name, certs=self.certs, proc=self.proc,
+                    timeout=timeout)
+        return self
+
+
+@dataclass
+class DataPlaneCommand(ServerProcess):
+    """`python -m certctl dataplane` against a real control plane (tests/controlplane.py),
+    as the admin, watching one namespace whose objects the caller created."""
+
+    kubeconfig: Path
+    namespace: str
+    certs: Path
+    name: str
+    https_port: int
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, log: Path, timeout: float = 300.0) -> DataPlaneCommand:
+        self._spawn(
+            [sys.executable, "-m", "certctl", "dataplane", "--kubeconfig", str(self.kubeconfig),
+             "--namespace", self.namespace, "--listen-address", "127.0.0.1",
+             "--http-port", str(self.http_port), "--https-port", str(self.https_port)],
+            log=log, port=self.https_port, timeout=timeout)
+        assert self.proc is not None
+        wait_served(port=self.https_port, name=self.name, certs=self.certs, proc=self.proc,
+                    timeout=timeout)
+        return self
+
+
+@contextlib.contextmanager
+def loopback_alias() -> Iterator[str]:
+    """An address of the `lo` interface outside 127.0.0.0/8 (root only): the API server
+    refuses loopback addresses in EndpointSlices, the traffic still stays on `lo`."""
+    used = subprocess.run(["ip", "-4", "-br", "addr"], capture_output=True, text=True,
+                          check=True).stdout
+    address = next(a for a in (f"10.215.{random.randrange(256)}.{random.randrange(1, 255)}"
+                               for _ in range(100)) if a + "/" not in used)
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
+
+
+@contextlib.contextmanager
+def control_plane(*, workdir: Path, namespace: str) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver (+ the CRDs and the certctl IngressClass) from
+    tests/controlplane.py, with `namespace` created; stopped after."""
+    from tests.controlplane import ControlPlane
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    plane = ControlPlane.start(workdir)
+    try:
+        plane.kubectl("create", "namespace", namespace)
+        yield plane
+    finally:
+        plane.stop()
+
+
+def create_objects(plane: ControlPlane, objects: Sequence[dict[str, Any]]) -> None:
+    """Create `objects` through the API server, as the admin."""
+    from tests.clusterops import admin_store
+
+    store = admin_store(plane)
+    try:
+        for obj in objects:
+            store.create(obj=obj)
+    finally:
+        store.close()
 
 
 # --- wrk ----------------------------------------------------------------------------------

@@ -1,19 +1,25 @@
 """B4: keep-alive requests/s through the proxy, certctl's data plane vs nginx proxy_pass.
 
-Both proxies terminate TLS for the same certificate and forward every request
+Every proxy terminates TLS for the same certificate and forwards every request
 to the same backend (a second nginx answering `return 200`) over kept-alive
 upstream connections; wrk drives each in turn with the same keep-alive load.
-certctl runs twice: once routing by an Ingress, once by an HTTPRoute attached to
-an HTTPS listener of a Gateway (the same backend Service, the route table built
-by the Gateway API route source as the data plane feed builds it).
+certctl runs as the commands users start: `certctl serve` on a manifests folder,
+and `certctl dataplane` against a real control plane (etcd + kube-apiserver
+from tests/controlplane.py, started here) holding the same Secret, Ingress,
+Service and EndpointSlice. One more row routes by an HTTPRoute attached to an
+HTTPS listener of a Gateway, in this module's own process (`serve-httproute`:
+the route table built by the Gateway API route source as the data plane feed
+builds it); `--harness` adds bench.b3_peers' directly fed data plane.
 The rounds interleave the servers. Reported per server: median requests/s,
 latency percentiles, server CPU per 1,000 requests and RSS, and the ratio to
 nginx (DESIGN.md target: >= 0.5 x nginx).
 
-    python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--write-results]
+    python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--harness]
+        [--asyncio] [--write-results]
     python -m bench.b4_proxy serve-httproute ...   (the HTTPRoute server, started by the above)
 
-Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py) and
+Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py; the
+backend's address on `lo`), the test servers of scripts/testservers/build.sh and
 `apt-get install -y nginx-light wrk`.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import shlex
 import signal
@@ -43,7 +50,10 @@ from certctl.routes import gateway as gateway_routes
 from tests.pebble import free_port
 
 NAME = "b4.bench.test"
-HTTPROUTE_LABEL = "certctl (HTTPRoute)"
+SERVE_LABEL = "certctl serve"
+DATAPLANE_LABEL = "certctl dataplane"
+HARNESS_LABEL = "certctl (harness)"
+HTTPROUTE_LABEL = "certctl (HTTPRoute, harness)"
 _NAMESPACE = "bench"
 
 
@@ -55,8 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--harness", action="store_true",
+                        help=f"also run `{HARNESS_LABEL}`: the data plane fed directly by "
+                        "bench.b3_peers, without the commands' store and feed")
     parser.add_argument("--asyncio", action="store_true",
-                        help="also run certctl on the stdlib event loop")
+                        help="also run the harness on the stdlib event loop")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m bench.b4_proxy " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -66,26 +79,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs = work / "certs"
     b3_peers.make_certificates(certs, [NAME])
     backend_port, nginx_port = free_port(), free_port()
-    servers: dict[str, b3_peers.Nginx | b3_peers.DataPlaneServer | HTTPRouteServer] = {}
-    backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port)
-    try:
+    servers: dict[str, b3_peers.ServerProcess] = {}
+    ports: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        # The API server refuses loopback addresses in EndpointSlices: `certctl dataplane`
+        # reaches the backend on an address of `lo` outside 127.0.0.0/8, the rest on 127.0.0.1.
+        alias = stack.enter_context(b3_peers.loopback_alias())
+        plane = stack.enter_context(b3_peers.control_plane(
+            workdir=work / "controlplane", namespace=_NAMESPACE))
+        b3_peers.create_objects(plane, b3_peers.site_objects(
+            certs=certs, names=[NAME], namespace=_NAMESPACE, backend_address=alias,
+            backend_port=backend_port))
+        backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port,
+                                         also_on=[alias])
+        stack.callback(backend.stop)
         servers["nginx"] = b3_peers.proxy_nginx(
             workdir=work / "nginx", port=nginx_port, backend_port=backend_port,
             certs=certs, name=NAME, http2=False)
-        loops = ["uvloop", "asyncio"] if args.asyncio else ["uvloop"]
+        stack.callback(servers["nginx"].stop)
+        ports["nginx"] = nginx_port
+        serve = b3_peers.ServeCommand(
+            workdir=work / "serve", certs=certs, name=NAME, https_port=free_port(),
+            http_port=free_port(), backend_port=backend_port)
+        stack.callback(serve.stop)  # also when it never comes to serve
+        servers[SERVE_LABEL], ports[SERVE_LABEL] = serve.start(log=work / "serve.log"), \
+            serve.https_port
+        dataplane = b3_peers.DataPlaneCommand(
+            kubeconfig=plane.kubeconfig, namespace=_NAMESPACE, certs=certs, name=NAME,
+            https_port=free_port(), http_port=free_port())
+        stack.callback(dataplane.stop)
+        servers[DATAPLANE_LABEL], ports[DATAPLANE_LABEL] = \
+            dataplane.start(log=work / "dataplane.log"), dataplane.https_port
+        loops = [*(["uvloop"] if args.harness else []), *(["asyncio"] if args.asyncio else [])]
         for loop in loops:
-            label = "certctl" if loop == "uvloop" else "certctl (asyncio loop)"
-            servers[label] = b3_peers.DataPlaneServer(
+            label = HARNESS_LABEL if loop == "uvloop" else f"{HARNESS_LABEL} (asyncio loop)"
+            harness = b3_peers.DataPlaneServer(
                 certs=certs, names=[NAME], https_port=free_port(),
-                http_port=free_port(), backend_port=backend_port, loop=loop,
-            ).start(log=work / f"{loop}.log")
-        servers[HTTPROUTE_LABEL] = HTTPRouteServer(
+                http_port=free_port(), backend_port=backend_port, loop=loop)
+            stack.callback(harness.stop)
+            servers[label], ports[label] = harness.start(log=work / f"{loop}.log"), \
+                harness.https_port
+        httproute = HTTPRouteServer(
             certs=certs, https_port=free_port(), http_port=free_port(),
-            backend_port=backend_port).start(log=work / "httproute.log")
-        ports = {
-            label: (nginx_port if isinstance(srv, b3_peers.Nginx) else srv.https_port)
-            for label, srv in servers.items()
-        }
+            backend_port=backend_port)
+        stack.callback(httproute.stop)
+        servers[HTTPROUTE_LABEL], ports[HTTPROUTE_LABEL] = \
+            httproute.start(log=work / "httproute.log"), httproute.https_port
         for label in servers:  # warm-up: pools, caches, first handshakes
             b3_peers.wrk(url=f"https://{NAME}:{ports[label]}/", hosts={NAME: "127.0.0.1"},
                          workdir=work, seconds=1, connections=args.connections)
@@ -99,8 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 served=result.requests, failures=result.errors + result.non_2xx)
 
         samples = b3_peers.measure_rounds(servers=servers, rounds=args.rounds, run=run)
-    finally:
-        b3_peers.stop_all(*servers.values(), backend)
     section = results_section(command=command, started=started, args=args, samples=samples)
     return b3_peers.report(name="b4_proxy", section=section, samples=samples,
                            write=args.write_results)
@@ -129,12 +166,19 @@ def results_section(
         "| server | requests/s | ratio to nginx | p50 (ms) | p99 (ms) | "
         "server CPU s / 1,000 req | RSS (MiB) | failed requests |\n"
         "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Both proxies: TLS 1.2/1.3 with the same ECDSA P-256 certificate, forward to one "
+        "Every proxy: TLS 1.2/1.3 with the same ECDSA P-256 certificate, forward to one "
         "backend (nginx, 1 worker, `return 200`, 23-byte body) over kept-alive upstream "
-        "connections, set Host and X-Forwarded-*; nginx has 1 worker. certctl routes by an "
-        f"Ingress; `{HTTPROUTE_LABEL}` is the same data plane routing by an HTTPRoute "
-        "(PathPrefix `/`, one backendRef) attached to a Gateway's HTTPS listener. wrk, the "
-        "proxies and the backend share the machine's 2 cores.\n\n"
+        "connections, set Host and X-Forwarded-*; nginx has 1 worker. "
+        f"`{SERVE_LABEL}` is the shipped command on a manifests folder (the TLS Secret, an "
+        f"Ingress, its Service and EndpointSlice); `{DATAPLANE_LABEL}` is the shipped command "
+        "against a real kube-apiserver + etcd (tests/controlplane.py) started by the "
+        "benchmark, holding the same objects (the backend on an address of `lo` outside "
+        "127.0.0.0/8, which the API server accepts in an EndpointSlice); the control plane "
+        "idles on the same cores during every row. "
+        f"`{HTTPROUTE_LABEL}` is bench.b4_proxy's own process feeding the data plane an "
+        "HTTPRoute (PathPrefix `/`, one backendRef) attached to a Gateway's HTTPS listener, "
+        "compiled by the Gateway API route source. wrk, the proxies and the backend share "
+        "the machine's cores.\n\n"
         "Machine:\n\n" + b3_peers.machine_table()
     )
 
