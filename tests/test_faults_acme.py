@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import http.client
 import http.server
 import json
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -41,6 +39,7 @@ import yaml
 from cryptography import x509
 
 from certctl.controllers import orders
+from tests.acme_proxy import PebbleProxy
 from tests.bind import BindServer
 from tests.pebble import PebbleBuild, PebbleServer, free_port
 from tests.serving import (
@@ -58,8 +57,6 @@ FINALIZE_PREFIX = "/finalize-order/"
 CHALLENGE_PREFIX = "/chalZ/"
 NEW_ACCOUNT_PATH = "/sign-me-up"
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date",
-               "server", "proxy-connection"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +77,7 @@ class Exchange(Request):
 Matcher = Callable[[Exchange], bool]
 
 
-class AcmeGate:
+class AcmeGate(PebbleProxy):
     """Pebble behind a proxy that logs every exchange and can hold requests back.
 
     `close_after(matcher)`: the answer to the first request matching is sent
@@ -93,7 +90,6 @@ class AcmeGate:
     """
 
     def __init__(self, pebble: PebbleServer) -> None:
-        self.pebble = pebble
         self.exchanges: list[Exchange] = []
         self.held = 0
         self._cond = threading.Condition()
@@ -101,38 +97,11 @@ class AcmeGate:
         self._generation = 0  # bumped by a dropping open()
         self._close_after: Matcher | None = None
         self._hold: Callable[[Request], bool] | None = None
-        gate = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                gate._handle(self)
-
-            do_HEAD = do_GET
-            do_POST = do_GET
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pebble.workdir / "cert.pem", pebble.workdir / "key.pem")
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._upstream = ssl.create_default_context(cafile=str(pebble.ca_bundle_path))
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    @property
-    def directory_url(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}/dir"
+        super().__init__(pebble)
 
     def close(self) -> None:
         self.open(drop_held=True)
-        self._server.shutdown()
-        self._server.server_close()
+        super().close()
 
     def close_after(self, matcher: Matcher) -> None:
         with self._cond:
@@ -164,8 +133,7 @@ class AcmeGate:
             return sum(1 for exchange in self.exchanges if matcher(exchange))
 
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
+        body = self.read_body(handler)
         request = Request(method=handler.command, path=handler.path.split("?")[0],
                           post_as_get=_empty_payload(body))
         with self._cond:
@@ -181,36 +149,19 @@ class AcmeGate:
             if generation != self._generation:
                 handler.close_connection = True  # its sender is gone: nothing reaches Pebble
                 return
-        headers = {name: value for name, value in handler.headers.items()
-                   if name.lower() not in _HOP_BY_HOP}
-        upstream = http.client.HTTPSConnection("127.0.0.1", self.pebble.acme_port,
-                                               context=self._upstream, timeout=30)
-        try:
-            upstream.request(handler.command, handler.path, body=body or None, headers=headers)
-            response = upstream.getresponse()
-            answer = response.read()
-            answer_headers = [(name, value) for name, value in response.getheaders()
-                              if name.lower() not in _HOP_BY_HOP]
-        except OSError:
-            handler.close_connection = True
+        forwarded = self.forward(handler, body)
+        if forwarded is None:
             return
-        finally:
-            upstream.close()
+        status, answer_headers, answer = forwarded
         exchange = Exchange(method=request.method, path=request.path,
-                            post_as_get=request.post_as_get, status=response.status,
+                            post_as_get=request.post_as_get, status=status,
                             problem=_problem_type(answer_headers, answer))
         with self._cond:
             self.exchanges.append(exchange)
             if self._close_after is not None and self._close_after(exchange):
                 self._open = False
                 self._close_after = None
-        handler.send_response(response.status)
-        for name, value in answer_headers:
-            handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(answer)
+        self.reply(handler, status, answer_headers, answer)
 
 
 def _empty_payload(body: bytes) -> bool:

@@ -16,8 +16,6 @@ import datetime
 import http.client
 import http.server
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -43,6 +41,7 @@ from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import WatchEvent
 from certctl.store.local import LocalStore
 from tests import lifecycle, test_gateway_shim
+from tests.acme_proxy import PebbleProxy
 from tests.pebble import PebbleServer, free_port
 from tests.serving import Serving, eventually, ingress, write_yaml
 from tests.test_manifests import _violations
@@ -51,91 +50,38 @@ NEW_ORDER_PATH = "/order-plz"  # Pebble's
 HOST = "fallback.example.test"
 
 
-class CaSwitch:
+class CaSwitch(PebbleProxy):
     """Pebble behind a proxy that can play dead or answer newOrder with a problem."""
 
     def __init__(self, pebble: PebbleServer) -> None:
-        self.pebble = pebble
         self.up = True
         self.new_order_problem: tuple[int, str] | None = None  # (status, ACME error code)
         self.new_orders = 0  # orders placed (created by Pebble, or refused by the switch)
-        switch = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                switch._handle(self)
-
-            do_HEAD = do_GET
-            do_POST = do_GET
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pebble.workdir / "cert.pem", pebble.workdir / "key.pem")
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._upstream = ssl.create_default_context(cafile=str(pebble.ca_bundle_path))
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    @property
-    def directory_url(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}/dir"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(pebble)
 
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         if not self.up:
             handler.close_connection = True  # no answer at all, as from a CA that is down
             return
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
+        body = self.read_body(handler)
         new_order = handler.path == NEW_ORDER_PATH and handler.command == "POST"
         if new_order and self.new_order_problem is not None:
             self.new_orders += 1
             status, code = self.new_order_problem
             answer = json.dumps({"type": f"urn:ietf:params:acme:error:{code}",
                                  "detail": f"{code}, as the test asked"}).encode()
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/problem+json")
+            headers = [("Content-Type", "application/problem+json")]
             if code == "rateLimited":
-                handler.send_header("Retry-After", "3600")
-            handler.send_header("Content-Length", str(len(answer)))
-            handler.end_headers()
-            handler.wfile.write(answer)
+                headers.append(("Retry-After", "3600"))
+            self.reply(handler, status, headers, answer)
             return
-        headers = {name: value for name, value in handler.headers.items()
-                   if name.lower() not in ("connection", "content-length", "keep-alive")}
-        upstream = http.client.HTTPSConnection("127.0.0.1", self.pebble.acme_port,
-                                               context=self._upstream, timeout=30)
-        try:
-            upstream.request(handler.command, handler.path, body=body or None, headers=headers)
-            response = upstream.getresponse()
-            answer = response.read()
-            answer_headers = [(name, value) for name, value in response.getheaders()
-                              if name.lower() not in ("connection", "content-length",
-                                                      "transfer-encoding", "keep-alive")]
-        except OSError:
-            handler.close_connection = True
+        forwarded = self.forward(handler, body)
+        if forwarded is None:
             return
-        finally:
-            upstream.close()
-        if new_order and response.status == 201:  # not a badNonce retried
+        status, answer_headers, answer = forwarded
+        if new_order and status == 201:  # not a badNonce retried
             self.new_orders += 1
-        handler.send_response(response.status)
-        for name, value in answer_headers:
-            handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(answer)
+        self.reply(handler, status, answer_headers, answer)
 
 
 @contextmanager
