@@ -175,14 +175,14 @@ def _table(ingresses: list[resources.Ingress], *, enforce: bool = True) -> routi
 
 def test_each_annotation_not_honoured_is_reported_with_its_key():
     table = _table([simple_ingress("mixed", {("mixed.test", "/"): "web"}, annotations={
-        NGINX + "auth-proxy-set-headers": "default/h", NGINX + "custom-http-errors": "404",
+        NGINX + "auth-proxy-set-headers": "default/h", NGINX + "custom-headers": "default/h",
         NGINX + "proxy-buffering": "off", NGINX + "ssl-redirect": "false",
         NGINX + "made-up-thing": "1", "example.com/other": "x",
     })])
     reported = {(p.reason, p.message.split(":")[0]) for p in table.problems}
     assert reported == {
         (nginx_annotations.ACCESS_NOT_ENFORCED, NGINX + "auth-proxy-set-headers"),
-        (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "custom-http-errors"),
+        (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "custom-headers"),
         (nginx_annotations.UNSUPPORTED_ANNOTATION, NGINX + "made-up-thing"),
     }
     assert all(str(p.source) == "Ingress default/mixed" for p in table.problems)

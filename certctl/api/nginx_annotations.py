@@ -62,6 +62,8 @@ SUPPORTED: Final = frozenset({
     # endpoint choice and retries (certctl.routes.options.Balancing, NextUpstream)
     "upstream-hash-by", "load-balance", "proxy-next-upstream", "proxy-next-upstream-tries",
     "proxy-next-upstream-timeout",
+    # error pages (certctl.routes.options.ErrorPages)
+    "custom-http-errors", "default-backend",
 })
 # certctl's own keys that are not data plane settings (certctl.io/ only).
 CERTCTL_OWN: Final = frozenset({
@@ -128,7 +130,7 @@ _ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-ru
 # serving without it exposes nothing its user protected with it.
 UNSUPPORTED: Final = frozenset({
     "affinity-canary-behavior",
-    "custom-http-errors", "custom-headers", "default-backend",
+    "custom-headers",
     "preserve-trailing-slash", "proxy-cookie-domain",
     "proxy-cookie-path",
     "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",

@@ -665,7 +665,7 @@ class ClientConnection(asyncio.Protocol):
             self._attach(connection)
             return
         if not self._closed and self._match is match:
-            self._respond_local(status=502, keep_alive=False)
+            self._bad_gateway()
 
     def _attach(self, connection: upstream.UpstreamConnection) -> None:
         """Send the request head on `connection`, then whatever body is queued."""
@@ -783,6 +783,15 @@ class ClientConnection(asyncio.Protocol):
             and self._try_next(policy)
         ):
             return
+        errors = match.errors
+        if (
+            errors is not None
+            and response.status in errors.codes
+            and not head.has_body
+            and head.upgrade is None
+        ):
+            self._error_page(errors, response.status)
+            return
         if response.status == 101:
             self._upgrade_head = response  # relayed by `response_upgraded`, which follows
             return
@@ -832,6 +841,45 @@ class ClientConnection(asyncio.Protocol):
         self._response_started = True
         self._status = response.status
         self._held = b"".join(parts)  # written with the first body bytes: one TLS record
+
+    def _bad_gateway(self) -> None:
+        """No endpoint answered: 502, or the default backend's page for it when listed in
+        custom-http-errors (nginx's error_page takes its own 502s too)."""
+        head, match = self._head, self._match
+        errors = None if match is None else match.errors
+        if (
+            errors is not None
+            and 502 in errors.codes
+            and head is not None
+            and not head.has_body
+            and head.upgrade is None
+        ):
+            self._error_page(errors, 502)
+            return
+        self._respond_local(status=502, keep_alive=False)
+
+    def _error_page(self, errors: routing.ErrorRoute, code: int) -> None:
+        """custom-http-errors: the backend's answer (unread) is replaced by the default
+        backend's to the request sent again for `/` with X-Code and the rest; whatever that
+        answers goes to the client, and is never replaced in turn."""
+        head = self._head
+        assert head is not None
+        connection = self._upstream
+        if connection is not None:
+            connection.reusable = False
+        self._drop_upstream()
+        route = errors.route
+        if route is None or not route.upstreams:
+            self._respond_local(status=code if route is None else 503,
+                                keep_alive=head.keep_alive)
+            return
+        head.headers = dispatch.replace_headers(head.headers, dispatch.error_page_headers(
+            errors, code=code, target=head.target, header=head.header))
+        self._match = route
+        self._target = b"/"
+        self._tried = 0
+        self._retried = False
+        self._connect(fresh=False)
 
     def response_body(self, chunk: bytes) -> None:
         self._deadline = time.monotonic() + (
@@ -908,7 +956,7 @@ class ClientConnection(asyncio.Protocol):
             return
         address = connection.address if connection is not None else ("?", 0)
         logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
-        self._respond_local(status=502, keep_alive=False)
+        self._bad_gateway()
 
     def _try_next(
         self, policy: route_options.NextUpstream,
@@ -982,7 +1030,7 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """Answer the current request ourselves (no upstream, or instead of a failed one)."""
         keep_alive = keep_alive and not self._draining and self._request_fully_read()
-        reason = dispatch.REASONS[status]
+        reason = dispatch.REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
         parts = [

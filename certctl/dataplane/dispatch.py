@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import random
 import re
 import time
@@ -454,6 +455,19 @@ def hashed_index(upstreams: Sequence[routing.Upstream], key: bytes) -> int:
         if digest > best_digest:
             best, best_digest = index, digest
     return best
+
+
+def error_page_headers(
+    errors: routing.ErrorRoute, *, code: int, target: bytes,
+    header: Callable[[bytes], bytes | None],
+) -> tuple[route_options.Header, ...]:
+    """What the default backend is told of a response it replaces (custom-http-errors), as
+    ingress-nginx's error location sets them: X-Code, X-Format (the Accept header),
+    X-Original-URI (path and query as received), the route's X-Namespace, X-Ingress-Name,
+    X-Service-Name and X-Service-Port, and X-Request-ID (the client's, else a new one)."""
+    request_id = header(b"x-request-id") or os.urandom(16).hex().encode()
+    return ((b"x-code", b"%d" % code), (b"x-format", header(b"accept") or b""),
+            (b"x-original-uri", target), *errors.headers, (b"x-request-id", request_id))
 
 
 def next_endpoint(

@@ -233,6 +233,15 @@ class _Stream:
             and self.try_next(policy)
         ):
             return
+        errors = match.errors
+        if (
+            errors is not None
+            and head.status in errors.codes
+            and self.body_sent == 0
+            and self.body_done
+        ):
+            self.error_page(errors, head.status)
+            return
         headers = [(b":status", b"%d" % head.status)]
         extra = self.extra_headers
         if extra:
@@ -258,6 +267,36 @@ class _Stream:
         # Sent with the body this read brought (`send_pending`): a small response is one
         # HEADERS and one DATA frame that ends the stream, not a third to end it.
         self.head_pending = headers
+
+    def bad_gateway(self) -> None:
+        """No endpoint answered: 502, or the default backend's page for it when listed in
+        custom-http-errors (nginx's error_page takes its own 502s too)."""
+        errors = None if self.match is None else self.match.errors
+        if errors is not None and 502 in errors.codes and self.body_sent == 0 and self.body_done:
+            self.error_page(errors, 502)
+            return
+        self.owner.answer(self, status=502)
+
+    def error_page(self, errors: routing.ErrorRoute, code: int) -> None:
+        """custom-http-errors: the backend's answer (unread) is replaced by the default
+        backend's to the request sent again for `/` with X-Code and the rest; whatever that
+        answers goes to the client, and is never replaced in turn."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.reusable = False
+            connection.close()
+        route = errors.route
+        if route is None or not route.upstreams:
+            self.owner.answer(self, status=code if route is None else 503)
+            return
+        self.headers = dispatch.replace_headers(self.headers, dispatch.error_page_headers(
+            errors, code=code, target=self.path, header=self.header))
+        self.match = route
+        self.target = b"/"
+        self.tried = 0
+        self.retried = False
+        self.owner.connect(self, fresh=False)
+        self.owner.flush()
 
     def response_body(self, chunk: bytes) -> None:
         if self.end_after_pending:
@@ -317,7 +356,7 @@ class _Stream:
             return
         address = connection.address if connection is not None else ("?", 0)
         logger.warning("upstream %s:%s failed: %s", *address, error or "closed")
-        self.owner.answer(self, status=502)
+        self.bad_gateway()
 
     def upstream_write_paused(self, paused: bool) -> None:
         self.upstream_paused = paused
@@ -646,7 +685,7 @@ class Http2Connection(asyncio.Protocol):
             self.flush()
             return
         if not self._closed and not stream.finished:
-            self.answer(stream, status=502)
+            stream.bad_gateway()
             self.flush()
 
     def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:

@@ -48,6 +48,7 @@ from certctl.routes import model
 from certctl.routes import options as route_options
 
 Upstream = tuple[str, int]
+BAD_ANNOTATION = "BadAnnotation"  # as certctl.routes.ingress reports unreadable annotations
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,6 +57,18 @@ class Canary:
 
     settings: route_options.CanarySettings
     route: RouteMatch
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorRoute:
+    """custom-http-errors resolved (`route_options.ErrorPages`): a response with one of
+    `codes` is replaced by `route`'s answer (None: certctl answers the code itself), asked
+    with `headers` (X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port) and the
+    per-request ones (`dispatch.error_page_headers`)."""
+
+    codes: frozenset[int]
+    route: RouteMatch | None
+    headers: tuple[route_options.Header, ...]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,6 +97,7 @@ class RouteMatch:
     otherwise: RouteMatch | None = None
     filters: model.GatewayFilters | None = None
     split: tuple[tuple[int, RouteMatch | None], ...] = ()
+    errors: ErrorRoute | None = None  # custom-http-errors
 
 
 def admits(
@@ -316,7 +330,7 @@ class RouteTable:
             hostless=hostless,
             default=default,
             served=routes.served,
-            problems=routes.problems,
+            problems=routes.problems + tuple(resolver.problems),
             client_certificates=client_certificates,
             conditional=conditional,
         )
@@ -404,6 +418,7 @@ class _Resolver:
         for eps in sorted(endpoint_slices, key=lambda s: (s.namespace, s.name)):
             self._slices.setdefault((eps.namespace, eps.service_name), []).append(eps)
         self._cache: dict[model.Backend, tuple[Upstream, ...]] = {}
+        self.problems: dict[model.SourceProblem, None] = {}  # in order, once each
 
     def route(
         self,
@@ -419,7 +434,7 @@ class _Resolver:
         if upstreams is None:
             upstreams = self._upstreams(backend)
             self._cache[backend] = upstreams
-        return RouteMatch(
+        match = RouteMatch(
             source=source,
             backend=backend,
             upstreams=upstreams,
@@ -429,6 +444,54 @@ class _Resolver:
             options=options,
             service=f"{backend.namespace}/{backend.service}",
         )
+        if options.error_pages is None:
+            return match
+        return self._with_error_pages(match, options.error_pages)
+
+    def _with_error_pages(
+        self, match: RouteMatch, pages: route_options.ErrorPages
+    ) -> RouteMatch:
+        """default-backend: its endpoints when the route's Service has none (as ingress-nginx
+        does); custom-http-errors: the route that answers the listed codes. A default-backend
+        Service that does not exist is a problem, and the route is served without it."""
+        source = match.source
+        namespace = source.namespace or ""
+        fallback: RouteMatch | None = None
+        if pages.service is not None:
+            service = self._services.get((namespace, pages.service))
+            if service is None or not service.ports:
+                self.problems[model.SourceProblem(
+                    source=source, reason=BAD_ANNOTATION,
+                    message=f"{pages.service_key}: Service {namespace}/{pages.service} "
+                            f"{'not found' if service is None else 'has no ports'}; served "
+                            "without a default backend")] = None
+            else:
+                options = match.options
+                # The error location's own settings: nothing of the route's but its timeouts
+                # and HSTS (ingress-nginx's named location), and no error pages of its own.
+                fallback = self.route(
+                    source=source,
+                    backend=model.Backend(namespace=namespace, service=pages.service,
+                                          port_number=service.ports[0].port),
+                    options=route_options.RouteOptions(
+                        read_timeout=options.read_timeout,
+                        connect_timeout=options.connect_timeout,
+                        hsts_max_age=options.hsts_max_age,
+                        hsts_include_subdomains=options.hsts_include_subdomains),
+                    host=match.host, path=match.path, exact=match.exact)
+        if not match.upstreams and fallback is not None:
+            match = dataclasses.replace(match, upstreams=fallback.upstreams)
+        if not pages.codes:
+            return match
+        backend = match.backend
+        port = (str(backend.port_number) if backend.port_number is not None
+                else backend.port_name or "")
+        return dataclasses.replace(match, errors=ErrorRoute(
+            codes=pages.codes, route=fallback, headers=(
+                (b"x-namespace", namespace.encode()),
+                (b"x-ingress-name", source.name.encode()),
+                (b"x-service-name", backend.service.encode()),
+                (b"x-service-port", port.encode()))))
 
     def gateway_route(self, route: model.Route) -> RouteMatch:
         """An HTTPRoute rule's match: its conditions and filters, and its weighted split

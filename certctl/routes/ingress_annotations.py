@@ -80,6 +80,7 @@ def route_options(
         affinity=_affinity(reader),
         balancing=_balancing(reader),
         next_upstream=_next_upstream(reader),
+        error_pages=_error_pages(reader),
         access=rules,
         limits=limit_rules,
         refusal=refusal,
@@ -414,6 +415,38 @@ def _next_upstream(reader: _Reader) -> options.NextUpstream | None:
         tries=tries,
         timeout_seconds=float(timeout),
     )
+
+
+CUSTOM_HTTP_ERRORS_KEYS = _setting("custom-http-errors")
+DEFAULT_BACKEND_KEYS = _setting("default-backend")
+_SERVICE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _error_pages(reader: _Reader) -> options.ErrorPages | None:
+    """custom-http-errors (comma-separated codes, 400 to 599, as ingress-nginx) and
+    default-backend (a Service name; whether it exists is checked when routes are built)."""
+    codes: set[int] = set()
+    found = reader.raw(CUSTOM_HTTP_ERRORS_KEYS)
+    if found is not None:
+        key, value = found
+        for code in (c.strip() for c in value.split(",")):
+            if code.isdigit() and 400 <= int(code) <= 599:
+                codes.add(int(code))
+            elif code:
+                reader.problems.append(f"{key}: {code!r} is not an HTTP error status "
+                                       "(400 to 599); left out")
+    service = None
+    backend = reader.raw(DEFAULT_BACKEND_KEYS)
+    if backend is not None and backend[1]:
+        if _SERVICE_NAME.fullmatch(backend[1]) and len(backend[1]) <= 63:
+            service = backend[1]
+        else:
+            reader.problems.append(f"{backend[0]}: {backend[1]!r} is not a Service name "
+                                   "(a Service of the Ingress's namespace)")
+    if not codes and service is None:
+        return None
+    return options.ErrorPages(codes=frozenset(codes), service=service,
+                              service_key=backend[0] if backend is not None else "")
 
 
 def secret_names(

@@ -308,6 +308,27 @@ NO_NEXT_UPSTREAM: Final = NextUpstream(error=False, timeout=False, tries=1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorPages:
+    """ingress-nginx's custom-http-errors and default-backend.
+
+    `service` (default-backend: a Service of the Ingress's namespace, its first
+    port) takes the route's requests while the route's own Service has no ready
+    endpoints. A response whose status is in `codes` is replaced by the answer
+    of `service` (or, without one, certctl's own answer with that status, as
+    ingress-nginx's built-in default backend) to the request sent again with
+    path `/` and X-Code and the other headers ingress-nginx sends; that answer's
+    status and body go to the client unchanged, as nginx's `error_page = ...`
+    (which takes the data plane's own 502, no endpoint connecting, too).
+    Only requests without a body: certctl streams bodies and keeps no copy to
+    send again. `service_key` is the annotation that named the Service.
+    """
+
+    codes: frozenset[int] = frozenset()
+    service: str | None = None
+    service_key: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RouteOptions:
     """How requests matched by one source's routes are served.
 
@@ -338,6 +359,7 @@ class RouteOptions:
     balancing: Balancing | None = None  # None: round-robin
     # proxy-next-upstream*; None: every endpoint is tried until one accepts the connection
     next_upstream: NextUpstream | None = None
+    error_pages: ErrorPages | None = None  # custom-http-errors, default-backend
     # Why the Ingress is not served (503), when it carries an access-restricting
     # annotation certctl does not enforce (certctl.api.nginx_annotations) or
     # cannot read.
