@@ -157,6 +157,9 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
     parser.add_argument("--listen-address", default="0.0.0.0",  # noqa: S104
                         help="address the data plane binds (default: all)")
     parser.add_argument("--http-port", type=int, default=http_port)
+    parser.add_argument("--no-http", action="store_true",
+                        help="no HTTP listener: certificates by TLS-ALPN-01 or DNS-01 only, "
+                        "no HTTP-to-HTTPS redirects")
     parser.add_argument("--https-port", type=int, default=https_port)
     parser.add_argument("--ingress-class", default="certctl",
                         help="Ingress class served when no IngressClass objects exist")
@@ -341,7 +344,7 @@ def _serve(args: argparse.Namespace) -> int:
         manifests=args.manifests,
         state_dir=args.state_dir,
         listen_address=args.listen_address,
-        http_port=args.http_port,
+        http_port=None if args.no_http else args.http_port,
         https_port=args.https_port,
         self_check_address=args.self_check_address,
         self_check_port=args.self_check_port,
@@ -452,7 +455,8 @@ def _dataplane(args: argparse.Namespace) -> int:
             configuration=configuration,
             namespaces=tuple(args.watch_namespaces),
             listening=dataplane_feed.Listening(
-                address=args.listen_address, http_port=args.http_port,
+                address=args.listen_address,
+                http_port=None if args.no_http else args.http_port,
                 https_port=args.https_port, ingress_class=args.ingress_class,
                 metrics_port=args.metrics_port or None,
                 metrics_address=args.metrics_address,

@@ -209,7 +209,9 @@ class Serving:
 
     @property
     def http_port(self) -> int:
-        return self.options.http_port
+        port = self.options.http_port
+        assert port is not None, "this serve has no HTTP listener"
+        return port
 
     def certificate(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         found: dict[str, Any] | None = self.store.get(kind="Certificate", namespace=namespace,

@@ -56,13 +56,13 @@ def tls_alpn01_issuer(pebble: PebbleServer) -> dict[str, Any]:
 
 
 class ServeHttpsOnly:
-    """`certctl serve` whose HTTPS port is Pebble's tlsPort; its HTTP port (serve cannot
-    turn it off) is not the one Pebble's HTTP-01 validator would use."""
+    """`certctl serve --no-http` whose HTTPS port is Pebble's tlsPort: no HTTP listener at
+    all, so nothing but TLS-ALPN-01 can validate."""
 
     def __init__(self, *, tmp_path: Path, pebble: PebbleServer, https_port: int) -> None:
         self.options = ServeOptions(
             manifests=tmp_path / "manifests", state_dir=tmp_path / "state",
-            listen_address="127.0.0.1", http_port=free_port(), https_port=https_port,
+            listen_address="127.0.0.1", http_port=None, https_port=https_port,
             self_check_address="127.0.0.1", workers=2,
             backoff_base=datetime.timedelta(seconds=1), dns01=dns01_solver.Options())
         self.standalone = Standalone(options=self.options, clock=reconciling.system_clock)
@@ -72,6 +72,8 @@ class ServeHttpsOnly:
     def __enter__(self) -> ServeHttpsOnly:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.standalone.start(), self._loop).result(15)
+        with pytest.raises(RuntimeError, match="no HTTP listener"):
+            self.standalone.dataplane.http_port  # noqa: B018 - it raises: nothing listens
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -71,7 +71,7 @@ class DataPlane:
     def __init__(
         self,
         *,
-        http_address: tuple[str, int],
+        http_address: tuple[str, int] | None,
         https_address: tuple[str, int] | None,
         certificates: certstore.CertificateIndex,
         challenge_responder: ChallengeResponder,
@@ -150,7 +150,7 @@ class DataPlane:
     def http_port(self) -> int:
         """The bound HTTP port (the real one when the address asked for port 0)."""
         if self._http_port is None:
-            raise RuntimeError("DataPlane is not started")
+            raise RuntimeError("DataPlane is not started, or has no HTTP listener")
         return self._http_port
 
     @property
@@ -165,15 +165,16 @@ class DataPlane:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        host, port = self._http_address
-        server = await loop.create_server(
-            lambda: connection.ClientConnection(plane=self, scheme=b"http"),
-            host,
-            port,
-            reuse_address=True,
-        )
-        self._servers.append(server)
-        self._http_port = server.sockets[0].getsockname()[1]
+        if self._http_address is not None:  # None: HTTPS only (no HTTP-01, no redirects)
+            host, port = self._http_address
+            server = await loop.create_server(
+                lambda: connection.ClientConnection(plane=self, scheme=b"http"),
+                host,
+                port,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            self._http_port = server.sockets[0].getsockname()[1]
         if self._https_address is not None:
             self._install_unraisablehook()
             self._tls = tls.TlsListener(
@@ -205,7 +206,7 @@ class DataPlane:
     async def stop(self, *, grace: float = 0.0) -> None:
         """Stop listening and drop open connections; with a `grace` period (seconds), let
         in-flight requests and streams finish first, for up to that long (see above)."""
-        if grace > 0 and self._servers:
+        if grace > 0 and (self._servers or self._tls is not None):
             await self._drain(grace)
         for server in self._servers:
             server.close()

@@ -647,7 +647,7 @@ class Listening:
     """Where and as what the data plane serves (`serve` and `dataplane` alike)."""
 
     address: str
-    http_port: int
+    http_port: int | None  # None: no HTTP listener (--no-http)
     https_port: int
     ingress_class: str
     metrics_port: int | None = None  # the admin address's port: /metrics, probes; None: off
@@ -682,7 +682,8 @@ class FedDataPlane:
             context_cache_size=listening.tls_context_cache
         )
         self.server = server.DataPlane(
-            http_address=(listening.address, listening.http_port),
+            http_address=None if listening.http_port is None
+            else (listening.address, listening.http_port),
             https_address=(listening.address, listening.https_port),
             certificates=self.certificate_index,
             challenge_responder=self._respond_to_challenge,
@@ -731,8 +732,10 @@ class FedDataPlane:
             if self.admin is not None:
                 self.admin.stop()
             raise
-        logger.info("serving HTTP on %s:%s and HTTPS on %s:%s", self.listening.address,
-                    self.server.http_port, self.listening.address, self.server.https_port)
+        http = ("no HTTP" if self.listening.http_port is None
+                else f"HTTP on {self.listening.address}:{self.server.http_port}")
+        logger.info("serving %s and HTTPS on %s:%s", http, self.listening.address,
+                    self.server.https_port)
 
     async def stop(self) -> None:
         self.feed.stop()

@@ -46,7 +46,7 @@ class ServeOptions:
     manifests: Path
     state_dir: Path
     listen_address: str = "0.0.0.0"  # noqa: S104 - an ingress controller listens on all
-    http_port: int = 80
+    http_port: int | None = 80  # None: no HTTP listener (TLS-ALPN-01 or DNS-01 only)
     https_port: int = 443
     # Where the HTTP-01 self-check connects; None resolves each name through DNS.
     self_check_address: str | None = None
@@ -137,7 +137,7 @@ class Standalone:
             accounts=self.accounts,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(
-                port=options.self_check_port or options.http_port,
+                port=options.self_check_port or options.http_port or 80,
                 connect_address=options.self_check_address,
             ),
             dns01=options.dns01,
