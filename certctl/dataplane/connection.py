@@ -642,22 +642,10 @@ class ClientConnection(asyncio.Protocol):
     async def _open(self, *, start: int, fresh: bool) -> None:
         match = self._match
         assert match is not None
-        options = match.options
         pool = self._plane.pool
-        policy = options.next_upstream
-        if policy is None:
-            connection = await pool.connect_any(
-                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-                timeout=options.connect_timeout or self._plane.connect_timeout)
-        else:
-            connection = await pool.connect_any(
-                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-                timeout=options.connect_timeout or self._plane.connect_timeout,
-                attempts=max(1, min(policy.tries or len(match.upstreams),
-                                    len(match.upstreams)) - self._tried),
-                next_upstream=policy,
-                deadline=self._tried_since + policy.timeout_seconds
-                if policy.timeout_seconds else 0.0)
+        connection = await pool.connect_for(
+            match, start=start, fresh=fresh, default_timeout=self._plane.connect_timeout,
+            tried=self._tried, tried_since=self._tried_since)
         if connection is not None:
             if self._closed or self._match is not match:
                 pool.release(connection)  # unused: the client left or timed out meanwhile

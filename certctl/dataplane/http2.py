@@ -661,22 +661,10 @@ class Http2Connection(asyncio.Protocol):
     async def _open(self, stream: _Stream, *, start: int, fresh: bool) -> None:
         match = stream.match
         assert match is not None
-        options = match.options
         pool = self.plane.pool
-        policy = options.next_upstream
-        if policy is None:
-            connection = await pool.connect_any(
-                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-                timeout=options.connect_timeout or self.plane.connect_timeout)
-        else:
-            connection = await pool.connect_any(
-                match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
-                timeout=options.connect_timeout or self.plane.connect_timeout,
-                attempts=max(1, min(policy.tries or len(match.upstreams),
-                                    len(match.upstreams)) - stream.tried),
-                next_upstream=policy,
-                deadline=stream.tried_since + policy.timeout_seconds
-                if policy.timeout_seconds else 0.0)
+        connection = await pool.connect_for(
+            match, start=start, fresh=fresh, default_timeout=self.plane.connect_timeout,
+            tried=stream.tried, tried_since=stream.tried_since)
         if connection is not None:
             if self._closed or stream.finished:
                 pool.release(connection)

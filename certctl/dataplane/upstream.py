@@ -348,6 +348,24 @@ class Pool:
             )
         return connection
 
+    async def connect_for(
+        self, match: routing.RouteMatch, *, start: int, fresh: bool, default_timeout: float,
+        tried: int, tried_since: float,
+    ) -> UpstreamConnection | None:
+        """`connect_any` for a matched route, within its proxy-next-upstream budget: `tried`
+        endpoints were already tried since `tried_since` (HTTP/1.1 and HTTP/2 alike)."""
+        options = match.options
+        timeout = options.connect_timeout or default_timeout
+        policy = options.next_upstream
+        if policy is None:
+            return await self.connect_any(match.upstreams, start=start, tls=options.backend_tls,
+                                          fresh=fresh, timeout=timeout)
+        count = len(match.upstreams)
+        return await self.connect_any(
+            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh, timeout=timeout,
+            attempts=max(1, min(policy.tries or count, count) - tried), next_upstream=policy,
+            deadline=tried_since + policy.timeout_seconds if policy.timeout_seconds else 0.0)
+
     async def connect_any(
         self,
         upstreams: Sequence[routing.Upstream],
