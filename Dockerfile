@@ -16,10 +16,12 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY certctl ./certctl
+# certctl/api/crds links here: the wheel ships the CRDs certctl validates with.
+COPY crds ./crds
 # Compiled files from a checkout (scripts/compile.sh) are for the checkout's Python and
 # may be stale: setup.py compiles the modules again, for this one.
 RUN find certctl -name '*.so' -delete \
-    && pip wheel --no-cache-dir --wheel-dir /wheels . \
+    && pip wheel --no-cache-dir --wheel-dir /wheels '.[route53]' \
     && python -c "import sys, tomllib, zipfile, pathlib; \
 modules = tomllib.load(open('pyproject.toml', 'rb'))['tool']['certctl']['mypyc']['modules']; \
 wheel = zipfile.ZipFile(next(pathlib.Path('/wheels').glob('certctl-*.whl'))).namelist(); \
@@ -32,7 +34,7 @@ sys.exit(f'not compiled: {missing}' if missing else 0)"
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels certctl \
+    pip install --no-cache-dir --no-index --find-links /wheels 'certctl[route53]' \
     && groupadd --system --gid 65532 certctl \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin \
        certctl \

@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,compile]'
+.venv/bin/python -m pip install -q -e '.[test,compile,route53]'
 bash scripts/compile.sh
 # pip compiles what it installs, but not an editable install's sources, and
 # PYTHONDONTWRITEBYTECODE (set on some machines) stops Python caching them:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from certctl.store.local import LocalStore
 # reading its config and a Secret through the context it is given.
 PLUGIN_SOURCE = '''
 import json
+import subprocess
 from pathlib import Path
 
 from certctl.solvers.dns01 import errors
@@ -163,3 +165,25 @@ def test_a_plugin_that_fails_to_import_is_reported_not_raised(site: Path):
                        match=f"DNS-01 provider '{name}' .* failed to load: ImportError: "
                              "needs libfoo"):
         registry.find_factory(name)
+
+
+def test_route53_without_its_extra_says_which_extra_to_install():
+    # A fresh interpreter where boto3 cannot be imported (None in sys.modules is how
+    # Python marks a module as unimportable): what `pip install certctl` without the
+    # route53 extra gives.
+    script = (
+        "import sys\n"
+        "sys.modules['boto3'] = None\n"
+        "from certctl.solvers.dns01 import errors, registry\n"
+        "try:\n"
+        "    registry.find_factory('route53')\n"
+        "except errors.ConfigError as err:\n"
+        "    print(err)\n"
+        "print(registry.find_factory('rfc2136').__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    lines = done.stdout.splitlines()
+    assert "pip install 'certctl[route53]'" in lines[0]
+    assert "'route53' needs boto3" in lines[0]
+    assert lines[1] == "certctl.solvers.dns01.providers.rfc2136"

@@ -38,6 +38,9 @@ BUILT_IN: Final = {
     "acmeDNS": "certctl.solvers.dns01.providers.acmedns:build",
     "webhook": "certctl.solvers.dns01.providers.webhook:build",
 }
+# Built-in providers whose client library is an optional extra of the package
+# (`pip install 'certctl[route53]'`): most installations never talk to AWS.
+EXTRA_OF: Final = {"route53": ("route53", "boto3")}
 
 
 def find_factory(name: str) -> ProviderFactory:
@@ -48,9 +51,17 @@ def find_factory(name: str) -> ProviderFactory:
     of sys.path, and installing a plugin means restarting anyway.
     """
     built_in = BUILT_IN.get(name)
-    if built_in is not None:
+    if built_in is None:
+        return _plugin(name)
+    try:
         return _load(built_in)
-    return _plugin(name)
+    except ModuleNotFoundError as err:
+        extra = EXTRA_OF.get(name)
+        if extra is None or err.name != extra[1]:
+            raise
+        raise errors.ConfigError(
+            f"the DNS-01 provider {name!r} needs {extra[1]}, which is not installed:"
+            f" pip install 'certctl[{extra[0]}]' (the image has it)") from err
 
 
 def available() -> list[str]:
