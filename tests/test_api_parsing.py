@@ -193,8 +193,8 @@ def test_issuer_needs_exactly_one_type():
     both = cluster_issuer()
     both["spec"]["selfSigned"] = {}
     error = invalid(parsing.parse_issuer, both)
-    assert error.field == "spec.selfSigned"
-    assert "only one issuer type" in error.message
+    assert error.field == "spec"
+    assert "exactly one issuer type must be set" in error.message
 
 
 def test_typo_in_spec_is_an_unknown_field_with_suggestion():
@@ -292,18 +292,27 @@ def test_solver_selector_names_are_normalised_and_validated():
 
 
 def test_dns01_needs_exactly_one_provider():
-    two: list[dict[str, Any]] = [{"dns01": {"rfc2136": {}, "cloudflare": {}}}]
+    two: list[dict[str, Any]] = [{"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53"},
+                                            "cloudflare": {}}}]
     error = invalid(parsing.parse_issuer, cluster_issuer(solvers=two))
     assert error.field == "spec.acme.solvers[0].dns01"
-    assert "rfc2136, cloudflare" in error.message
+    assert "exactly one DNS provider must be configured" in error.message
+    # a plugin's key is a provider too, which only the parser can count
+    plugin: list[dict[str, Any]] = [{"dns01": {"rfc2136": {"nameserver": "127.0.0.1:53"},
+                                               "example": {}}}]
+    error = invalid(parsing.parse_issuer, cluster_issuer(solvers=plugin))
+    assert error.field == "spec.acme.solvers[0].dns01"
+    assert "rfc2136, example" in error.message
 
 
 def test_dns01_cname_strategy_is_accepted_and_checked():
-    follow: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Follow", "rfc2136": {}}}]
+    rfc2136 = {"nameserver": "127.0.0.1:53"}
+    follow: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Follow", "rfc2136": rfc2136}}]
     [solver] = parsing.parse_issuer(cluster_issuer(solvers=follow)).spec.solvers  # type: ignore[union-attr]
-    assert solver.config == resources.Dns01ProviderSolver(provider="rfc2136")
+    assert solver.config == resources.Dns01ProviderSolver(
+        provider="rfc2136", config=(("nameserver", "127.0.0.1:53"),))
 
-    bogus: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Sometimes", "rfc2136": {}}}]
+    bogus: list[dict[str, Any]] = [{"dns01": {"cnameStrategy": "Sometimes", "rfc2136": rfc2136}}]
     error = invalid(parsing.parse_issuer, cluster_issuer(solvers=bogus))
     assert error.field == "spec.acme.solvers[0].dns01.cnameStrategy"
     assert "None, Follow" in error.message
@@ -462,20 +471,21 @@ def test_unparseable_duration_names_the_field():
 
 def test_renew_before_must_be_shorter_than_duration():
     error = invalid(parsing.parse_certificate, certificate(duration="24h", renewBefore="24h"))
-    assert error.field == "spec.renewBefore"
-    assert "24h0m0s" in error.message
+    assert error.field == "spec"
+    assert "renewBefore must be less than duration" in error.message
 
 
 def test_renew_before_is_checked_against_default_duration():
     error = invalid(parsing.parse_certificate, certificate(renewBefore="2200h"))
-    assert "2160h0m0s" in error.message
+    assert "2160h" in error.message
 
 
 def test_renew_before_and_percentage_are_exclusive():
     error = invalid(
         parsing.parse_certificate, certificate(renewBefore="1h", renewBeforePercentage=20)
     )
-    assert error.field == "spec.renewBeforePercentage"
+    assert error.field == "spec"
+    assert "renewBefore and renewBeforePercentage are mutually exclusive" in error.message
 
 
 @pytest.mark.parametrize("percentage", [0, 100])
@@ -488,11 +498,13 @@ def test_private_key_size_must_fit_algorithm():
     ecdsa = invalid(
         parsing.parse_certificate, certificate(privateKey={"algorithm": "ECDSA", "size": 2048})
     )
-    assert ecdsa.field == "spec.privateKey.size"
+    assert ecdsa.field == "spec.privateKey"
+    assert "size must be 256, 384 or 521 for ECDSA keys" in ecdsa.message
     rsa = invalid(
         parsing.parse_certificate, certificate(privateKey={"algorithm": "RSA", "size": 1024})
     )
-    assert rsa.field == "spec.privateKey.size"
+    assert rsa.field == "spec.privateKey"
+    assert "size must be between 2048 and 8192 for RSA keys" in rsa.message
 
 
 def test_private_key_algorithm_must_be_known():

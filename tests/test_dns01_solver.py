@@ -125,7 +125,7 @@ def test_provider_errors_name_the_issuer_and_the_field(bind: BindServer, store: 
     solver = solver_via(bind)
     with pytest.raises(errors.ConfigError) as raised:
         solver.present_record(store=store, now=NOW, challenge=challenge(
-            bind, "www.example.test", provider={"rfc2136": {}}))
+            bind, "www.example.test", provider={"rfc2136": {"nameserver": ""}}))
     assert str(raised.value) == (
         "ClusterIssuer dns: spec.acme.solvers[1].dns01.rfc2136.nameserver: is required")
     with pytest.raises(errors.ConfigError, match="ClusterIssuer dns: no DNS-01 provider named "

@@ -369,8 +369,8 @@ def test_parser_reads_the_fallback_list_in_order() -> None:
      "name each issuer once"),
     ({"fallbackIssuerRefs": None, "fallbackAfterFailedAttempts": 2},
      "fallbackAfterFailedAttempts only applies with fallbackIssuerRefs"),
-    ({"fallbackAfterFailedAttempts": 0}, "0 is less than the minimum of 1"),
-    ({"fallbackIssuerRefs": [{"name": "b", "kind": "Vault"}]}, "'Vault' is not one of"),
+    ({"fallbackAfterFailedAttempts": 0}, "must be between 1 and 10, is 0"),
+    ({"fallbackIssuerRefs": [{"name": "b", "kind": "Vault"}]}, "got 'Vault'"),
 ], ids=["names-issuerRef-again", "named-twice", "attempts-without-fallbacks", "attempts-0",
         "unknown-kind"])
 def test_schema_and_parser_refuse_the_same_fallback_mistakes(spec: dict[str, Any],
