@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     controller.add_argument("--solver-service", default="certctl/certctl-dataplane",
                             metavar="NAMESPACE/NAME[:PORT]",
                             help="the data-plane Service solver Ingresses route HTTP-01 to")
+    controller.add_argument("--ingress-class", default="certctl",
+                            help="the Ingress class the data plane serves: an HTTP-01 solver "
+                            "of this class needs no solver Ingress, the data plane answers "
+                            "the token itself (default: certctl)")
     controller.add_argument("--self-check-port", type=int, default=80)
     controller.add_argument("--metrics-address", default="127.0.0.1", metavar="HOST[,HOST]",
                             help="host(s) of the admin address: /metrics, /healthz, /readyz "
@@ -415,7 +419,8 @@ def _controller(args: argparse.Namespace) -> int:
                                          name=args.leader_election_name,
                                          identity=operator.default_identity()),
         data_plane=http01_ingress.DataPlaneService(namespace=namespace, name=name,
-                                                   port=int(port or 80)),
+                                                   port=int(port or 80),
+                                                   ingress_class=args.ingress_class),
         self_check_address=args.self_check_address,
         self_check_port=args.self_check_port,
         workers=args.workers,

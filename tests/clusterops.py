@@ -39,7 +39,10 @@ if TYPE_CHECKING:  # imported by pytest itself (pytest_plugins), to rewrite its 
     from tests.controlplane import ControlPlane
 
 TEST_CLIENT = "certctl-test"  # the User-Agent of the test's own requests
-DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane")
+# As manifests/ runs the controller: `--solver-service certctl/certctl-dataplane`,
+# `--ingress-class certctl`.
+DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane",
+                                             ingress_class="certctl")
 LOAD_BALANCER_ADDRESS = "203.0.113.7"
 # User-Agents of the code under test: certctl's store, and kopf's watches.
 OPERATOR_AGENTS = ("certctl", "certctl-dataplane", "kopf")
@@ -107,6 +110,20 @@ def apply_manifests(plane: ControlPlane, *, directory: Path) -> tuple[str, dict[
         for name in ("certctl-controller", "certctl-dataplane")
     }
     return rendered, kubeconfigs
+
+
+def deployment_args(deployment: dict[str, Any], **overrides: str) -> list[str]:
+    """The container's args, with `--flag value` pairs replaced (or added) by `overrides`
+    (`http_port="5002"` is `--http-port 5002`)."""
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args: list[str] = list(container["args"])
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    return args
 
 
 def granted_operator(*, plane: ControlPlane, pebble: PebbleServer,

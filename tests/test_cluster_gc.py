@@ -63,7 +63,12 @@ def stalled(control_plane: ControlPlane, pebble: PebbleServer,
         operator = cleanup.enter_context(running(Operator(
             plane=control_plane, pebble=pebble, namespaces=("certctl", name),
             dataplane_namespaces=(name,), self_check_port=wrong_port)))
-        api.create(obj=cluster_issuer(pebble, name=issuer, api_version="certctl.io/v1"))
+        # Solver Ingresses of another controller's class, so that the challenge has its
+        # solver Ingress and Service (the data plane's own class needs neither).
+        issuer_obj = cluster_issuer(pebble, name=issuer, api_version="certctl.io/v1")
+        issuer_obj["spec"]["acme"]["solvers"] = [
+            {"http01": {"ingress": {"ingressClassName": "nginx"}}}]
+        api.create(obj=issuer_obj)
         cleanup.callback(api.delete, kind="ClusterIssuer", namespace=None, name=issuer)
         eventually(lambda: issuer_ready(api, issuer), timeout=60, what="the ClusterIssuer")
         api.create(obj=annotated_ingress("shop", "shop.example.test", namespace=name,

@@ -165,16 +165,16 @@ def test_annotated_ingress_is_issued_and_served_by_sni_over_tls(flow: Flow) -> N
         "status", {}).get("loadBalancer") == {"ingress": [{"ip": "203.0.113.7"}]},
         what="the data plane's address in the Ingress status")
 
-    # The challenge's objects existed on the server and are gone: a solver Ingress routed
-    # the token to the data plane through an ExternalName Service. (Deleted by certctl or,
-    # once their owner the Challenge is gone, by the garbage collector: whoever is first.)
+    # The Challenge existed on the server and is gone (its solver, of the data plane's own
+    # class, needed no solver Ingress: see the next test; test_cluster_rbac has another
+    # controller's class).
     created = {(e.resource, e.name) for e in flow.operator_events()
                if e.verb == "create" and e.code == 201}
     deleted = {(e.resource, e.name) for e in flow.plane.audit.events(since=flow.audit_start)
                if e.verb == "delete" and e.code == 200}
-    solver = {(r, n) for r, n in created if r in ("ingresses", "services", "challenges")}
-    assert {r for r, _ in solver} == {"ingresses", "services", "challenges"}, created
-    assert solver <= deleted, solver - deleted
+    challenges = {(r, n) for r, n in created if r == "challenges"}
+    assert len(challenges) == 1, created
+    assert challenges <= deleted, challenges - deleted
     # Prometheus metrics, under cert-manager's names, from what the server holds.
     [controller] = flow.operator.controllers
     assert controller.options.metrics_address is not None
@@ -195,6 +195,15 @@ def test_annotated_ingress_is_issued_and_served_by_sni_over_tls(flow: Flow) -> N
     assert ("Ingress", "CreateCertificate") in events
     assert ("Certificate", "Issuing") in events
     assert ("Order", "Complete") in events
+
+
+def test_a_solver_of_the_data_planes_own_class_creates_no_solver_objects(flow: Flow) -> None:
+    # The ClusterIssuer's solver is `ingressClassName: certctl`, the class the data plane
+    # serves: a solver Ingress would route the token to the data plane, which answers every
+    # live token anyway. The certificate was issued and served (the fixture) without one.
+    solver_writes = [str(e) for e in flow.operator_events() if e.is_write
+                     and e.resource in ("ingresses", "services") and e.subresource != "status"]
+    assert solver_writes == []
 
 
 def test_no_request_of_the_controller_or_data_plane_is_refused(flow: Flow) -> None:

@@ -35,6 +35,7 @@ from tests.clusterops import (
     admin_store,
     annotated_ingress,
     apply_manifests,
+    deployment_args,
     granted_operator,
     issuer_ready,
     leaf_of,
@@ -107,7 +108,12 @@ def test_controller_and_data_plane_need_no_more_than_the_manifests_grant(
         # Two replicas, as manifests/ runs them: one leads, through the one Lease allowed.
         first, second = operator.controllers[0], operator.start_controller(identity="replica-1")
         eventually(lambda: first.is_leader != second.is_leader, what="exactly one leader")
-        api.create(obj=cluster_issuer(pebble, name=ISSUER, api_version="certctl.io/v1"))
+        # Solvers of another controller's class: the solver Ingress and Service are
+        # created (and removed) with the controller's own rights.
+        issuer = cluster_issuer(pebble, name=ISSUER, api_version="certctl.io/v1")
+        issuer["spec"]["acme"]["solvers"] = [
+            {"http01": {"ingress": {"ingressClassName": "nginx"}}}]
+        api.create(obj=issuer)
         cleanup.callback(api.delete, kind="ClusterIssuer", namespace=None, name=ISSUER)
         eventually(lambda: issuer_ready(api, ISSUER), timeout=60, what="the ClusterIssuer")
         # Outside the namespaces granted (and watched): left alone, and no request goes there.
@@ -144,26 +150,20 @@ def test_controller_and_data_plane_need_no_more_than_the_manifests_grant(
     events = plane.audit.events(since=mark)
     _never_refused(events, writes_expected={
         "certificates", "orders", "challenges", "secrets", "ingresses", "services", "events"})
+    # Deleted by certctl once the challenge ended or, once their owner the Challenge is
+    # gone, by the garbage collector: whoever is first.
+    solver_objects = {(e.resource, e.name) for e in events if e.user == CONTROLLER_USER
+                      and e.resource in ("ingresses", "services") and e.verb == "create"
+                      and e.code == 201}
+    deleted = {(e.resource, e.name) for e in events if e.verb == "delete" and e.code == 200}
+    assert {resource for resource, _ in solver_objects} == {"ingresses", "services"}
+    assert solver_objects <= deleted, solver_objects - deleted
     assert any(e.resource == "ingresses" and e.subresource == "status" and e.is_write
                for e in events if e.user == DATA_PLANE_USER)
     # One Order per certificate, with two replicas and a change of leader.
     created = [e.name for e in events if e.user == CONTROLLER_USER
                and e.resource == "orders" and e.verb == "create" and e.code == 201]
     assert sorted(name.rsplit("-", 2)[0] for name in created) == ["rbac-tls", "rbac2-tls"]
-
-
-def _args(deployment: dict[str, Any], **overrides: str) -> list[str]:
-    """The container's args, with `--flag value` pairs replaced (or added) by `overrides`
-    (`http_port="5002"` is `--http-port 5002`)."""
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    args: list[str] = list(container["args"])
-    for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        if flag in args:
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    return args
 
 
 def _stop_command(process: subprocess.Popen[bytes]) -> int:
@@ -189,13 +189,13 @@ def test_the_commands_of_the_manifests_deployments_issue_and_serve(
     # The admin addresses' probes, on loopback instead of the pod's IP.
     admin_ports = {"certctl-controller": free_port(), "certctl-dataplane": free_port()}
     commands = {
-        "certctl-controller": _args(
+        "certctl-controller": deployment_args(
             deployments["certctl-controller"], kubeconfig=str(
                 granted.kubeconfigs["certctl-controller"]),
             self_check_address="127.0.0.1", self_check_port=str(pebble.http_port),
             metrics_address="127.0.0.1", metrics_port=str(admin_ports["certctl-controller"]),
             backoff_base="1"),
-        "certctl-dataplane": _args(
+        "certctl-dataplane": deployment_args(
             deployments["certctl-dataplane"], kubeconfig=str(
                 granted.kubeconfigs["certctl-dataplane"]),
             listen_address="127.0.0.1", http_port=str(pebble.http_port),
@@ -241,6 +241,10 @@ def test_the_commands_of_the_manifests_deployments_issue_and_serve(
             assert code == 0, f"{name} exited with {code}:\n{logs[name].read_text()[-3000:]}"
         time.sleep(0.5)  # requests in flight reach the audit log
 
-    _never_refused(plane.audit.events(since=mark), writes_expected={
-        "certificates", "orders", "challenges", "secrets", "ingresses", "services", "events",
-        "leases"})
+    # The Deployment's `--ingress-class certctl` is the issuer's solver class: no solver
+    # Ingress or Service, the data plane answers the token itself.
+    events = plane.audit.events(since=mark)
+    _never_refused(events, writes_expected={
+        "certificates", "orders", "challenges", "secrets", "events", "leases"})
+    assert not [str(e) for e in events if e.user == CONTROLLER_USER and e.is_write
+                and e.resource in ("ingresses", "services")]

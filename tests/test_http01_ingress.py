@@ -61,3 +61,22 @@ def test_another_host_gets_a_rule_that_goes_again_with_its_path() -> None:
     assert http01_ingress.without_challenge_paths(
         ingress_obj=_ingress(), challenge=ObjectKey(kind="Challenge", namespace="default",
                                                     name="www-1-def")) is None
+
+
+def test_only_a_solver_of_the_data_planes_own_class_routes_itself() -> None:
+    ours = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane",
+                                           ingress_class="certctl")
+
+    def routes_itself(solver: Http01IngressSolver, data_plane: http01_ingress.DataPlaneService
+                      = ours) -> bool:
+        return http01_ingress.routes_itself(solver=solver, data_plane=data_plane)
+
+    assert routes_itself(Http01IngressSolver(ingress_class_name="certctl"))
+    assert routes_itself(Http01IngressSolver(ingress_class="certctl"))  # the legacy field
+    # Another controller's class, the cluster's default class, or an Ingress of the user's
+    # to edit: the token needs routing to the data plane.
+    assert not routes_itself(Http01IngressSolver(ingress_class_name="nginx"))
+    assert not routes_itself(Http01IngressSolver())
+    assert not routes_itself(Http01IngressSolver(ingress_class_name="certctl", name="shop"))
+    # A controller not told its data plane's class creates solver objects, as before.
+    assert not routes_itself(Http01IngressSolver(ingress_class_name="certctl"), DATA_PLANE)

@@ -262,7 +262,7 @@ def test_controller_runs_the_controller_command_with_leader_election(rendered):
         "certctl", "controller",
         "--cluster-resource-namespace", NAMESPACE,
         "--leader-election-namespace", NAMESPACE,
-        "--solver-service", f"{NAMESPACE}/certctl-dataplane",
+        "--solver-service", f"{NAMESPACE}/certctl-dataplane", "--ingress-class", "certctl",
         "--metrics-address", "$(POD_IP),127.0.0.1", "--metrics-port", "9402",
         "--namespace", NAMESPACE, "--namespace", "default",
     ]

@@ -31,12 +31,13 @@ CHALLENGE_LABEL = "certctl.io/challenge"
 
 @dataclass(frozen=True, kw_only=True)
 class DataPlaneService:
-    """Where the data plane is reachable inside the cluster."""
+    """Where the data plane is reachable inside the cluster, and the Ingress class it serves."""
 
     namespace: str
     name: str
     port: int = 80
     cluster_domain: str = "cluster.local"
+    ingress_class: str | None = None
 
     @property
     def fqdn(self) -> str:
@@ -86,6 +87,15 @@ def solver_service(
             "ports": [{"name": "http", "port": data_plane.port, "protocol": "TCP"}],
         },
     }
+
+
+def routes_itself(*, solver: Http01IngressSolver, data_plane: DataPlaneService) -> bool:
+    """Whether the solver's Ingress would be of the class the data plane serves: then it
+    would route the token to the data plane that answers every live token anyway, and is
+    not needed (two creates and two deletes per challenge saved)."""
+    if solver.name or data_plane.ingress_class is None:
+        return False
+    return (solver.ingress_class_name or solver.ingress_class) == data_plane.ingress_class
 
 
 def solver_ingress(

@@ -57,7 +57,8 @@ class Http01Solver:
         self, *, store: Store, obj: Object, challenge: Challenge, now: datetime.datetime
     ) -> protocol.Presented | None:
         address = names.is_ip_address(challenge.dns_name)
-        if self.data_plane is not None and not address:
+        if self.data_plane is not None and not address and not http01_ingress.routes_itself(
+                solver=_ingress_solver(challenge), data_plane=self.data_plane):
             _route_token(store, obj, challenge=challenge, data_plane=self.data_plane)
         if (obj.get("status") or {}).get("presented"):
             return None
@@ -80,7 +81,8 @@ class Http01Solver:
     ) -> str | None:
         """Delete the solver objects of the challenge, and its token paths from Ingresses
         it edited (`http01.ingress.name`); a no-op for what is absent."""
-        if self.data_plane is None:
+        if self.data_plane is None or (challenge is not None and http01_ingress.routes_itself(
+                solver=_ingress_solver(challenge), data_plane=self.data_plane)):
             return None
         for ingress in store.list(kind="Ingress", namespace=key.namespace):
             if (ingress["metadata"].get("labels") or {}).get(http01_ingress.CHALLENGE_LABEL):
@@ -89,8 +91,22 @@ class Http01Solver:
             if updated is not None:
                 store.replace(obj=updated)
         for dependent in http01_ingress.solver_keys(key):
-            store.delete(kind=dependent.kind, namespace=dependent.namespace, name=dependent.name)
+            # Clean-up runs when the challenge ends and again when its Challenge is deleted
+            # (then without the Challenge, so also for solvers that created nothing): a
+            # read first, so that the second pass is no refused delete.
+            if store.get(kind=dependent.kind, namespace=dependent.namespace,
+                         name=dependent.name) is not None:
+                store.delete(kind=dependent.kind, namespace=dependent.namespace,
+                             name=dependent.name)
         return None
+
+
+def _ingress_solver(challenge: Challenge) -> Http01IngressSolver:
+    solver = challenge.solver.config
+    if not isinstance(solver, Http01IngressSolver):
+        raise protocol.PresentFailed(f"{challenge.key_ref} has no HTTP-01 solver",
+                                     permanent=True)
+    return solver
 
 
 def _route_token(
@@ -103,10 +119,7 @@ def _route_token(
     """Create the solver Service and a solver Ingress if missing (they never change while
     the challenge lives: the token and host are fixed), or, when the solver names an
     Ingress (`http01.ingress.name`), add the token path to that Ingress instead."""
-    solver = challenge.solver.config
-    if not isinstance(solver, Http01IngressSolver):
-        raise protocol.PresentFailed(f"{challenge.key_ref} has no HTTP-01 solver",
-                                     permanent=True)
+    solver = _ingress_solver(challenge)
     _create_if_missing(store, http01_ingress.solver_service(challenge_obj=obj,
                                                             data_plane=data_plane))
     url = f"http://{challenge.dns_name}{http01.CHALLENGE_PATH_PREFIX}{challenge.token}"
