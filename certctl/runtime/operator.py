@@ -61,6 +61,7 @@ from certctl.runtime import (
 from certctl.solvers import http01_ingress, tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
+from certctl.store import watch_cache
 from certctl.store.interface import WatchEvent
 from certctl.store.kube import RESOURCES, KubeStore, auth_headers
 
@@ -440,17 +441,21 @@ class ClusterDataPlane:
         self.options = options
         self.store = KubeStore(configuration=options.configuration,
                                component="certctl-dataplane", namespaces=options.namespaces)
+        kinds = (*dataplane_feed.ROUTING_KINDS, "Secret", "Challenge")
+        # What the feed reads comes from the watches' own objects (watch_cache's docstring).
+        self.cache = watch_cache.WatchCache(backing=self.store, kinds=kinds)
         # The feed's Warnings about the sources it serves, for the dashboard's last events.
-        self.events = EventRecorder(store=self.store)
+        self.events = EventRecorder(store=self.cache)
         self.edge = dataplane_feed.FedDataPlane(store=self.events, listening=options.listening,
                                                 process="dataplane", events=self.events,
                                                 awaiting=(API_CHECKED, WATCHES_STARTED))
         self.watcher = Watcher(
             configuration=options.configuration,
-            kinds=(*dataplane_feed.ROUTING_KINDS, "Secret", "Challenge"),
+            kinds=kinds,
             namespaces=options.namespaces,
-            listener=self.edge.feed.on_event,
+            listener=self._on_event,
         )
+        self._reseeding: asyncio.Task[None] | None = None
         self.published: published_service.PublishedService | None = None
         if options.publish_service is not None:
             namespace, name = options.publish_service
@@ -470,7 +475,9 @@ class ClusterDataPlane:
             await self.edge.start_server()
             await asyncio.to_thread(self.watcher.start)
             self.edge.health.done(WATCHES_STARTED)
+            await asyncio.to_thread(self.cache.seed)
             await asyncio.to_thread(self.edge.feed.start)
+            self._reseeding = asyncio.create_task(self._reseed())
             if self.published is not None:
                 self.published.start()
         except BaseException:
@@ -478,7 +485,26 @@ class ClusterDataPlane:
                 self.edge.admin.stop()  # a data plane that did not start holds no port
             raise
 
+    def _on_event(self, event: WatchEvent) -> None:
+        self.cache.apply(event)
+        self.edge.feed.on_event(event)
+
+    async def _reseed(self) -> None:
+        """List again now and then: kopf's watches, listing again after a 410 Gone or a
+        restart, report what they list but not what was deleted meanwhile."""
+        while True:
+            await asyncio.sleep(watch_cache.RESEED_SECONDS)
+            try:
+                changes = await asyncio.to_thread(self.cache.seed)
+            except Exception:
+                logger.exception("listing the watched kinds again failed")
+                continue
+            for event in changes:
+                self.edge.feed.on_event(event)
+
     async def stop(self) -> None:
+        if self._reseeding is not None:
+            self._reseeding.cancel()
         if self.published is not None:
             self.published.stop()
         self.watcher.stop()

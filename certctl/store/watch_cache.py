@@ -1,0 +1,177 @@
+"""A Store whose reads of watched kinds come from memory, kept current by watch events.
+
+The cluster data plane rebuilds its routes and certificates from whole lists of
+Ingresses, Services, Secrets... after every burst of changes. Read from the API
+server, that is one list per kind plus a GET per served Secret each time: at
+1,000 certificates issued at once the data plane made 67 reads per certificate,
+and a replica starting against 10,000 Ingresses and Secrets took 206 s to be
+ready, most of it in 10,000 single GETs (bench B8). This is client-go's informer
+store: the watch events the data plane receives anyway carry the objects, so
+reads are answered from them and only writes go to the API.
+
+Consistency, as an informer's: `seed` lists each kind (one request per namespace)
+and merges what it lists with what the events already brought, by
+resourceVersion (etcd's revision: in practice an integer; an object whose
+version does not parse is taken as newer): an object is replaced only by a newer
+version of itself, a deletion leaves a tombstone so that a listing taken before
+the deletion cannot bring the object back, and an object missing from a listing
+is dropped only if its version is older than the listing's (it was deleted before
+the listing; one created after it stays). kopf's watches list again after a 410
+Gone or a restart and report what they list as events, but not what disappeared
+meanwhile: `seed` again then (the owner calls it when the watches restart, and
+every `RESEED_SECONDS`) drops those.
+
+A kind whose first listing fails (Gateway API CRDs not installed, a Role without
+it) is not cached: its reads go to the API as before, which reports why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from certctl.api.resources import ObjectKey
+from certctl.store.interface import EventType, Object, StoreError, WatchEvent
+from certctl.store.kube import KubeStore, labels_match
+
+logger = logging.getLogger(__name__)
+
+RESEED_SECONDS: Final = 300.0
+
+
+def _version(obj: Mapping[str, Any]) -> int | None:
+    version = str((obj.get("metadata") or {}).get("resourceVersion"))
+    return int(version) if version.isdigit() else None
+
+
+def _newer(candidate: int | None, than: int | None) -> bool:
+    """Whether a version `candidate` replaces `than` (unparsable versions always do)."""
+    return candidate is None or than is None or candidate > than
+
+
+class WatchCache:
+    """Reads of `kinds` from memory once seeded; everything else through `backing`."""
+
+    def __init__(self, *, backing: KubeStore, kinds: Iterable[str]) -> None:
+        self.backing = backing
+        self._kinds = frozenset(kinds)
+        self._cached: set[str] = set()  # kinds seeded: reads come from memory
+        self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
+        self._tombstones: dict[ObjectKey, int | None] = {}
+        self._lock = threading.Lock()
+
+    # --- fed by the watches ---------------------------------------------------------
+
+    def apply(self, event: WatchEvent) -> None:
+        """One watch event: before the listener that reads this store sees it."""
+        objects = self._objects.get(event.key.kind)
+        if objects is None:
+            return
+        version = _version(event.obj)
+        with self._lock:
+            current = objects.get(event.key)
+            if current is not None and not _newer(version, _version(current)):
+                return  # a replayed older version (kopf's listing after a restart)
+            if event.type == "DELETED":
+                objects.pop(event.key, None)
+                self._tombstones[event.key] = version
+                return
+            if event.key in self._tombstones:
+                deleted_at = self._tombstones[event.key]
+                if deleted_at is not None and version is not None and version <= deleted_at:
+                    return
+                del self._tombstones[event.key]  # created again
+            objects[event.key] = event.obj
+
+    def seed(self) -> list[WatchEvent]:
+        """List every kind and merge (see the module docstring); a kind whose listing
+        fails stays uncached (its first time) or keeps what it has (later). Returns what
+        changed for kinds already cached, as the events the watches did not bring."""
+        changes: list[WatchEvent] = []
+        for kind in sorted(self._kinds):
+            try:
+                listings = self.backing.list_with_versions(kind=kind)
+            except StoreError as err:
+                if kind in self._cached:
+                    logger.warning("listing %s again failed, its cache stays as it is: %s",
+                                   kind, err)
+                else:  # its reads go to the API, which reports why where they are made
+                    logger.debug("%s not cached: %s", kind, err)
+                continue
+            with self._lock:
+                merged = self._merge(kind, listings)
+                if kind in self._cached:
+                    changes += merged
+                self._cached.add(kind)
+        with self._lock:
+            self._tombstones.clear()  # every listing taken now is newer than they are
+        return changes
+
+    def _merge(self, kind: str, listings: list[tuple[str | None, int | None, list[Object]]]
+               ) -> list[WatchEvent]:
+        objects = self._objects[kind]
+        changes: list[WatchEvent] = []
+        for namespace, listed_at, items in listings:
+            listed: set[ObjectKey] = set()
+            for item in items:
+                meta = item["metadata"]
+                key = ObjectKey(kind=kind, namespace=meta.get("namespace"), name=meta["name"])
+                listed.add(key)
+                version = _version(item)
+                current = objects.get(key)
+                if current is not None and not _newer(version, _version(current)):
+                    continue
+                if key in self._tombstones:
+                    deleted_at = self._tombstones[key]
+                    if deleted_at is None or version is None or version <= deleted_at:
+                        continue  # the listing was taken before the deletion
+                changes.append(WatchEvent(type="MODIFIED" if current else "ADDED", key=key,
+                                          obj=item))
+                objects[key] = item
+            for key in [k for k in objects if k not in listed
+                        and (namespace is None or k.namespace == namespace)]:
+                if listed_at is not None and not _newer(_version(objects[key]), listed_at):
+                    # Deleted before the listing, and its event never came.
+                    changes.append(WatchEvent(type="DELETED", key=key, obj=objects.pop(key)))
+        return changes
+
+    # --- the Store protocol --------------------------------------------------------
+
+    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
+        if kind not in self._cached:
+            return self.backing.get(kind=kind, namespace=namespace, name=name)
+        with self._lock:
+            found = self._objects[kind].get(ObjectKey(kind=kind, namespace=namespace, name=name))
+        # A shallow copy: a caller may set a field (its status) before writing it back;
+        # what is below is shared, as `list` shares it.
+        return dict(found) if found is not None else None
+
+    def list(self, *, kind: str, namespace: str | None = None,
+             labels: Mapping[str, str] | None = None) -> list[Object]:
+        """The objects themselves, not copies (a list of 10,000 Secrets is read after every
+        burst of changes): read them, do not change them."""
+        if kind not in self._cached:
+            return self.backing.list(kind=kind, namespace=namespace, labels=labels)
+        with self._lock:
+            found = list(self._objects[kind].values())
+        return [obj for obj in found
+                if (namespace is None or obj["metadata"].get("namespace") == namespace)
+                and labels_match(obj, labels)]
+
+    def create(self, *, obj: Object) -> Object:
+        return self.backing.create(obj=obj)
+
+    def replace(self, *, obj: Object) -> Object:
+        return self.backing.replace(obj=obj)
+
+    def replace_status(self, *, obj: Object) -> Object:
+        return self.backing.replace_status(obj=obj)
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
+        self.backing.delete(kind=kind, namespace=namespace, name=name)
+
+    def emit_event(self, *, obj: Mapping[str, Any], type: EventType, reason: str,
+                   message: str) -> None:
+        self.backing.emit_event(obj=obj, type=type, reason=reason, message=message)

@@ -1,0 +1,145 @@
+"""The data plane's watch cache against the real API server: reads answered from the
+watches' objects, and listings that catch what the watches did not report."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from certctl.api.resources import ObjectKey
+from certctl.runtime.operator import Watcher
+from certctl.store.interface import WatchEvent
+from certctl.store.kube import KubeStore
+from certctl.store.watch_cache import WatchCache
+from tests.clusterops import namespace
+from tests.serving import eventually
+
+if TYPE_CHECKING:
+    from tests.controlplane import ControlPlane
+
+pytest_plugins = ["tests.controlplane"]
+pytestmark = pytest.mark.timeout(120)
+
+AGENT = "certctl-watch-cache-test"
+
+
+def _secret(name: str, ns: str, value: str = "djE=") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": ns}, "data": {"v": value}}
+
+
+def _state(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in objects}
+
+
+@contextlib.contextmanager
+def _stores(plane: ControlPlane, ns: str) -> Iterator[tuple[KubeStore, KubeStore, WatchCache]]:
+    admin = KubeStore(configuration=plane.configuration(), component="certctl-test")
+    backing = KubeStore(configuration=plane.configuration(), component=AGENT, namespaces=(ns,))
+    try:
+        yield admin, backing, WatchCache(backing=backing, kinds=("Secret", "Ingress"))
+    finally:
+        admin.close()
+        backing.close()
+
+
+def test_reads_come_from_the_watches_and_follow_every_change(control_plane: ControlPlane) -> None:
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-live"))
+        admin, _, cache = cleanup.enter_context(_stores(control_plane, ns))
+        admin.create(obj=_secret("before", ns))
+        seen: list[WatchEvent] = []
+
+        def listener(event: WatchEvent) -> None:
+            cache.apply(event)
+            seen.append(event)
+
+        watcher = Watcher(configuration=control_plane.configuration(), kinds=("Secret",),
+                          namespaces=(ns,), listener=listener)
+        watcher.start()
+        cleanup.callback(watcher.stop)
+        assert cache.seed() == []  # nothing was cached before: no changes to report
+        for name in ("a", "b", "c"):
+            admin.create(obj=_secret(name, ns))
+        changed = admin.get(kind="Secret", namespace=ns, name="b")
+        assert changed is not None
+        changed["data"] = {"v": "djI="}
+        admin.replace(obj=changed)
+        admin.delete(kind="Secret", namespace=ns, name="c")
+        admin.delete(kind="Secret", namespace=ns, name="before")
+
+        mark = control_plane.audit.mark()
+        expected = _state(admin.list(kind="Secret", namespace=ns))
+        assert set(expected) == {"a", "b"}
+        eventually(lambda: _state(cache.list(kind="Secret", namespace=ns)) == expected,
+                   what="the cache to follow the watch events")
+        got = cache.get(kind="Secret", namespace=ns, name="b")
+        assert got is not None and got["data"] == {"v": "djI="}
+        assert cache.get(kind="Secret", namespace=ns, name="c") is None
+        # A caller setting a field of what it got does not change the cache.
+        got["data"] = {"v": "changed locally"}
+        again = cache.get(kind="Secret", namespace=ns, name="b")
+        assert again is not None and again["data"] == {"v": "djI="}
+        # ... and none of these reads went to the API server.
+        assert [str(e) for e in control_plane.audit.events(since=mark)
+                if e.user_agent.split("/")[0] == AGENT] == []
+        assert {e.key.name for e in seen if e.type == "DELETED"} == {"c", "before"}
+
+
+def test_a_listing_drops_what_was_deleted_unseen_and_adds_what_is_new(
+    control_plane: ControlPlane,
+) -> None:
+    """No watches at all: what a listing finds is what kopf, listing again after a 410
+    Gone or a restart, would report, and deletions it never reports."""
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-seed"))
+        admin, _, cache = cleanup.enter_context(_stores(control_plane, ns))
+        for name in ("kept", "gone"):
+            admin.create(obj=_secret(name, ns))
+        cache.seed()
+        assert set(_state(cache.list(kind="Secret", namespace=ns))) == {"kept", "gone"}
+        admin.delete(kind="Secret", namespace=ns, name="gone")
+        admin.create(obj=_secret("new", ns))
+
+        changes = cache.seed()
+
+        assert sorted((e.type, e.key.name) for e in changes if e.key.kind == "Secret") == [
+            ("ADDED", "new"), ("DELETED", "gone")]
+        assert _state(cache.list(kind="Secret", namespace=ns)) == _state(
+            admin.list(kind="Secret", namespace=ns))
+
+
+def test_an_older_event_or_listing_does_not_undo_a_newer_one(control_plane: ControlPlane) -> None:
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-order"))
+        admin, _, cache = cleanup.enter_context(_stores(control_plane, ns))
+        first = admin.create(obj=_secret("s", ns))
+        cache.seed()
+        first["data"] = {"v": "djI="}
+        second = admin.replace(obj=first)
+        cache.apply(WatchEvent(type="MODIFIED", key=_key(second), obj=second))
+        # kopf replaying the first version (its listing after a restart) changes nothing.
+        original = admin.list(kind="Secret", namespace=ns)  # now: the second version
+        cache.apply(WatchEvent(type="ADDED", key=_key(first), obj={
+            **first, "metadata": {**first["metadata"],
+                                  "resourceVersion": str(int(_rv(second)) - 1)}}))
+        assert _state(cache.list(kind="Secret", namespace=ns)) == _state(original)
+        # Deleted: its tombstone keeps a replay of the older version out.
+        admin.delete(kind="Secret", namespace=ns, name="s")
+        deleted_at = str(int(_rv(second)) + 1)
+        cache.apply(WatchEvent(type="DELETED", key=_key(second), obj={
+            **second, "metadata": {**second["metadata"], "resourceVersion": deleted_at}}))
+        cache.apply(WatchEvent(type="ADDED", key=_key(second), obj=second))
+        assert cache.get(kind="Secret", namespace=ns, name="s") is None
+
+
+def _rv(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["resourceVersion"])
+
+
+def _key(obj: dict[str, Any]) -> ObjectKey:
+    return ObjectKey(kind="Secret", namespace=obj["metadata"]["namespace"],
+                     name=obj["metadata"]["name"])
