@@ -26,10 +26,10 @@ import pytest
 
 from certctl import cli
 from certctl.runtime import published_service
-from tests.clusterops import DATA_PLANE_USER, admin_store, service_with_slice
+from tests.clusterops import DATA_PLANE_USER, admin_store, deployment_args, service_with_slice
 from tests.pebble import free_port
 from tests.serving import eventually
-from tests.test_cluster_rbac import REPO, Granted, _args, granted
+from tests.test_cluster_rbac import REPO, Granted, granted
 from tests.test_health_cluster import probe
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def test_served_ingresses_publish_the_address_of_the_data_planes_service(
     [deployment] = [d for d in granted.rendered
                     if d["kind"] == "Deployment" and d["metadata"]["name"] == SERVICE[1]]
     admin_port = free_port()
-    args = _args(deployment, kubeconfig=str(granted.kubeconfigs["certctl-dataplane"]),
+    args = deployment_args(deployment, kubeconfig=str(granted.kubeconfigs["certctl-dataplane"]),
                  listen_address="127.0.0.1", http_port=str(free_port()),
                  https_port=str(free_port()), metrics_address="127.0.0.1",
                  metrics_port=str(admin_port), shutdown_delay="0")
