@@ -99,8 +99,8 @@ BENCHMARKS = (
               full=("--certificates", "10000", "--idle-seconds", "60"),
               quick=("--certificates", "500", "--idle-seconds", "5")),
     Benchmark(name="scale", module="bench.scale_controller",
-              full=("--ingresses", "10000", "--edits", "5"),
-              quick=("--ingresses", "500", "--edits", "2")),
+              full=("--sizes", "100,1000,10000", "--edits", "5"),
+              quick=("--sizes", "500", "--edits", "2")),
 )
 
 

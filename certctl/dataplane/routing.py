@@ -2,7 +2,10 @@
 
 Pure: `RouteTable.build` turns a route set (`certctl.routes.model`, compiled
 by a route source such as `certctl.routes.ingress`) plus Services and
-EndpointSlices into an immutable table that the server swaps in whole, and
+EndpointSlices into an immutable table that the server swaps in whole;
+`RouteTable.updated` makes the next table from the previous one and the
+hosts whose routes changed (each host is indexed from its own routes alone,
+so a table updated host by host equals one built whole); and
 `RouteTable.match` is a few dict lookups per request. Everything a request
 needs (the backend and its ready endpoint addresses) is resolved at build
 time, so matching allocates nothing but the path candidates it probes.
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from certctl.api import resources
@@ -145,6 +148,11 @@ class _HostRoutes:
     prefix: dict[str, RouteMatch] = field(default_factory=dict)
     regex: dict[str, RouteMatch] = field(default_factory=dict)  # by path; ordered at the end
     default: RouteMatch | None = None
+    # What building it found: the CA bundle its handshakes ask client certificates for,
+    # whether a route has conditions, and backend problems (a missing default-backend).
+    client_ca: bytes | None = None
+    conditional: bool = False
+    problems: tuple[model.SourceProblem, ...] = ()
 
     def match(self, path: str, request: Request | None = None) -> RouteMatch | None:
         """Longest match: the whole path as Exact first, then the regular expressions in
@@ -219,10 +227,12 @@ def normalize_host(raw: str) -> str:
 
 
 class RouteTable:
-    """An immutable routing table; build a new one when any input changes."""
+    """An immutable routing table: `build` indexes a whole route set, `updated` a copy with
+    some hosts indexed again (the others shared), so one Ingress's change costs its hosts."""
 
-    __slots__ = ("_default", "_exact_hosts", "_hostless", "_wildcard_hosts",
-                 "client_certificates", "conditional", "problems", "served")
+    __slots__ = ("_default", "_default_problems", "_exact_hosts", "_hostless",
+                 "_source_problems", "_wildcard_hosts", "client_certificates", "conditional",
+                 "served")
 
     def __init__(
         self,
@@ -233,19 +243,30 @@ class RouteTable:
         default: RouteMatch | None,
         served: frozenset[resources.ObjectKey] = frozenset(),
         problems: tuple[model.SourceProblem, ...] = (),
+        default_problems: tuple[model.SourceProblem, ...] = (),
         client_certificates: dict[str, bytes] | None = None,
-        conditional: bool = False,
     ) -> None:
         self._exact_hosts = exact_hosts
         self._wildcard_hosts = wildcard_hosts  # keyed by the suffix after "*."
         self._hostless = hostless
         self._default = default
+        self._default_problems = default_problems  # resolving `default` found them
         self.served = served  # the objects this data plane serves (for their status)
-        self.problems = problems  # what to tell the sources' owners
+        self._source_problems = problems  # the route sources' own
         # Host -> the CA bundle its handshakes ask client certificates for (auth-tls-secret).
         self.client_certificates = client_certificates or {}
         # Some route has conditions (HTTPRoute matches): requests go through match_request.
-        self.conditional = conditional
+        self.conditional = any(host_routes.conditional for host_routes in self._all_hosts())
+
+    @property
+    def problems(self) -> tuple[model.SourceProblem, ...]:
+        """What to tell the sources' owners: the route set's problems, then the backends'."""
+        return self._source_problems + tuple(dict.fromkeys(
+            (*(p for host_routes in self._all_hosts() for p in host_routes.problems),
+             *self._default_problems)))
+
+    def _all_hosts(self) -> list[_HostRoutes]:
+        return [*self._exact_hosts.values(), *self._wildcard_hosts.values(), self._hostless]
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -262,77 +283,69 @@ class RouteTable:
     ) -> RouteTable:
         """Index a route set. A backend whose Service or port does not exist resolves
         to no upstreams (503), as ingress-nginx does, rather than dropping the route."""
-        resolver = _Resolver(services=services, endpoint_slices=endpoint_slices)
-        exact_hosts: dict[str, _HostRoutes] = {}
-        wildcard_hosts: dict[str, _HostRoutes] = {}
-        hostless = _HostRoutes()
-        client_certificates: dict[str, bytes] = {}
-        # (id of the dict, key) -> the routes of one path, in precedence order.
-        chains: dict[tuple[int, str], list[RouteMatch]] = {}
-        conditional = False
+        by_host: dict[str, list[model.Route]] = {}
         for route in routes.routes:
-            required = route.options.client_certificates
-            if required is not None and route.host:
-                client_certificates.setdefault(route.host, required.ca_pem)
-            host_routes = _routes_for(host=route.host, exact_hosts=exact_hosts,
-                                      wildcard_hosts=wildcard_hosts, hostless=hostless)
-            if route.pattern is not None:
-                found_in, key = host_routes.regex, route.path
-            elif route.exact:
-                found_in, key = host_routes.exact, route.path
-            else:
-                found_in, key = host_routes.prefix, route.path.rstrip("/")
-            if key in found_in:
-                head = found_in[key]
-                if head.conditions is not None:  # may not hold: the next one may
-                    chains.setdefault((id(found_in), key), [head]).append(
-                        resolver.gateway_route(route))
-                continue
-            if route.conditions is not None or route.filters is not None or route.backends:
-                found_in[key] = resolver.gateway_route(route)
-                conditional = conditional or route.conditions is not None
-                continue
-            match = resolver.route(source=route.source, backend=route.backend,
-                                   options=route.options, host=route.host, path=route.path,
-                                   exact=route.exact)
-            if route.canary is not None:
-                target = resolver.route(source=route.canary.source, backend=route.canary.backend,
-                                        options=route.options, host=route.host,
-                                        path=route.path, exact=route.exact)
-                match = dataclasses.replace(match, canary=Canary(settings=route.canary.settings,
-                                                                 route=target))
-            if route.pattern is not None:
-                match = dataclasses.replace(match, pattern=route.pattern)
-            found_in[key] = match
-        for host_routes in (*exact_hosts.values(), *wildcard_hosts.values(), hostless):
-            for found_in in (host_routes.exact, host_routes.prefix, host_routes.regex):
-                for key in found_in:
-                    chain = chains.get((id(found_in), key))
-                    if chain is not None:
-                        found_in[key] = _linked(chain)
-            if host_routes.regex:  # ingress-nginx orders its regex locations longest first
-                host_routes.regex = dict(sorted(host_routes.regex.items(),
-                                                key=lambda item: -len(item[0])))
-        default: RouteMatch | None = None
+            by_host.setdefault(route.host.lower(), []).append(route)
+        defaults: dict[str, model.DefaultRoute] = {}
         for fallback in routes.defaults:
-            match = resolver.route(source=fallback.source, backend=fallback.backend,
-                                   options=fallback.options)
-            if default is None:
-                default = match
             for host in fallback.hosts:
-                host_routes = _routes_for(host=host, exact_hosts=exact_hosts,
-                                          wildcard_hosts=wildcard_hosts, hostless=hostless)
-                if host_routes.default is None:
-                    host_routes.default = match
-        return cls(
+                defaults.setdefault(host.lower(), fallback)
+        return cls.empty().updated(
+            hosts={host: model.HostRoutes(routes=tuple(by_host.get(host, ())),
+                                          default=defaults.get(host))
+                   for host in by_host.keys() | defaults.keys()},
+            default=routes.defaults[0] if routes.defaults else None,
+            served=routes.served, problems=routes.problems,
+            backends=Backends(services=services, endpoint_slices=endpoint_slices))
+
+    def updated(
+        self,
+        *,
+        hosts: Mapping[str, model.HostRoutes],
+        default: model.DefaultRoute | None,
+        served: frozenset[resources.ObjectKey],
+        problems: tuple[model.SourceProblem, ...],
+        backends: Backends,
+    ) -> RouteTable:
+        """A copy with each of `hosts` (lowercase: "" for routes without a host, `*.` for
+        wildcards) indexed again from all of its routes (every source's, in precedence
+        order), and the set-wide parts replaced: the catch-all `default`, what is `served`,
+        the sources' `problems`. The other hosts are shared with this table, so `backends`
+        must resolve as the ones this table was built with did (else `build` anew)."""
+        exact_hosts = dict(self._exact_hosts)
+        wildcard_hosts = dict(self._wildcard_hosts)
+        hostless = self._hostless
+        client_certificates = dict(self.client_certificates)
+        for host, found in hosts.items():
+            host_routes = _indexed(found, backends)
+            client_certificates.pop(host, None)
+            if host_routes.client_ca is not None:
+                client_certificates[host] = host_routes.client_ca
+            empty = not (host_routes.exact or host_routes.prefix or host_routes.regex
+                         or host_routes.default or host_routes.problems)
+            if not host:
+                hostless = host_routes
+            elif host.startswith("*."):
+                if empty:
+                    wildcard_hosts.pop(host[2:], None)
+                else:
+                    wildcard_hosts[host[2:]] = host_routes
+            elif empty:
+                exact_hosts.pop(host, None)
+            else:
+                exact_hosts[host] = host_routes
+        backends.problems.clear()
+        default_match = None if default is None else backends.route(
+            source=default.source, backend=default.backend, options=default.options)
+        return RouteTable(
             exact_hosts=exact_hosts,
             wildcard_hosts=wildcard_hosts,
             hostless=hostless,
-            default=default,
-            served=routes.served,
-            problems=routes.problems + tuple(resolver.problems),
+            default=default_match,
+            served=served,
+            problems=problems,
+            default_problems=tuple(backends.problems),
             client_certificates=client_certificates,
-            conditional=conditional,
         )
 
     def match_request(
@@ -380,19 +393,58 @@ class RouteTable:
         return self._default
 
 
-def _routes_for(
-    *,
-    host: str,
-    exact_hosts: dict[str, _HostRoutes],
-    wildcard_hosts: dict[str, _HostRoutes],
-    hostless: _HostRoutes,
-) -> _HostRoutes:
-    if not host:
-        return hostless
-    host = host.lower()
-    if host.startswith("*."):
-        return wildcard_hosts.setdefault(host[2:], _HostRoutes())
-    return exact_hosts.setdefault(host, _HostRoutes())
+def _indexed(found: model.HostRoutes, backends: Backends) -> _HostRoutes:
+    """One host's routes indexed by path, their backends resolved."""
+    host_routes = _HostRoutes()
+    backends.problems.clear()
+    # (id of the dict, key) -> the routes of one path, in precedence order.
+    chains: dict[tuple[int, str], list[RouteMatch]] = {}
+    for route in found.routes:
+        required = route.options.client_certificates
+        if required is not None and route.host and host_routes.client_ca is None:
+            host_routes.client_ca = required.ca_pem
+        if route.pattern is not None:
+            found_in, key = host_routes.regex, route.path
+        elif route.exact:
+            found_in, key = host_routes.exact, route.path
+        else:
+            found_in, key = host_routes.prefix, route.path.rstrip("/")
+        if key in found_in:
+            head = found_in[key]
+            if head.conditions is not None:  # may not hold: the next one may
+                chains.setdefault((id(found_in), key), [head]).append(
+                    backends.gateway_route(route))
+            continue
+        if route.conditions is not None or route.filters is not None or route.backends:
+            found_in[key] = backends.gateway_route(route)
+            host_routes.conditional = host_routes.conditional or route.conditions is not None
+            continue
+        match = backends.route(source=route.source, backend=route.backend,
+                               options=route.options, host=route.host, path=route.path,
+                               exact=route.exact)
+        if route.canary is not None:
+            target = backends.route(source=route.canary.source, backend=route.canary.backend,
+                                    options=route.options, host=route.host,
+                                    path=route.path, exact=route.exact)
+            match = dataclasses.replace(match, canary=Canary(settings=route.canary.settings,
+                                                             route=target))
+        if route.pattern is not None:
+            match = dataclasses.replace(match, pattern=route.pattern)
+        found_in[key] = match
+    for found_in in (host_routes.exact, host_routes.prefix, host_routes.regex):
+        for key in found_in:
+            chain = chains.get((id(found_in), key))
+            if chain is not None:
+                found_in[key] = _linked(chain)
+    if host_routes.regex:  # ingress-nginx orders its regex locations longest first
+        host_routes.regex = dict(sorted(host_routes.regex.items(),
+                                        key=lambda item: -len(item[0])))
+    if found.default is not None:
+        host_routes.default = backends.route(source=found.default.source,
+                                             backend=found.default.backend,
+                                             options=found.default.options)
+    host_routes.problems = tuple(backends.problems)
+    return host_routes
 
 
 def _linked(chain: list[RouteMatch]) -> RouteMatch:
@@ -404,8 +456,9 @@ def _linked(chain: list[RouteMatch]) -> RouteMatch:
     return following
 
 
-class _Resolver:
-    """Resolves backends to ready endpoint addresses, once per Service port."""
+class Backends:
+    """Resolves backends to ready endpoint addresses, once per Service port: one per set of
+    Services and EndpointSlices, kept while they do not change."""
 
     def __init__(
         self,

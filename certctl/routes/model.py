@@ -152,3 +152,12 @@ class RouteSet:
     defaults: tuple[DefaultRoute, ...] = ()
     served: frozenset[ObjectKey] = frozenset()  # the objects this data plane serves
     problems: tuple[SourceProblem, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HostRoutes:
+    """One host's routes from every source, in precedence order, and its default route:
+    what the route table indexes again when the host's routes change."""
+
+    routes: tuple[Route, ...] = ()
+    default: DefaultRoute | None = None

@@ -4,8 +4,18 @@ TLS-ALPN-01 certificates.
 Store events arrive on reconciler threads; the handshake and request paths
 only ever read what this feed publishes (an immutable route table swapped by
 reference, the certificate index, a token dict), so nothing slow happens
-while a client waits. Rebuilds are debounced: a burst of events (500
-Ingresses at start-up) costs one rebuild, not 500.
+while a client waits. Updates are debounced: a burst of events (500
+Ingresses at start-up) costs one update, not 500.
+
+Updates are incremental: an Ingress event recompiles that Ingress alone
+(`routes.ingress.IngressRoutes`), the route table indexes again only the
+hosts whose routes changed (`RouteTable.updated`), and only the Secrets it
+names, and its status, are looked at again; so an edit costs the same with
+10,000 Ingresses as with one. Whole rebuilds remain for what every route may
+depend on: an IngressClass (which Ingresses are ours), Services and
+EndpointSlices (every backend resolved again from the compiled routes, no
+Ingress recompiled), and the Gateway API objects (their routes compiled again
+as a whole; no Ingress recompiled).
 
 With a load-balancer address configured (a fixed one, or with
 --publish-service its Service's, followed as they change:
@@ -61,7 +71,9 @@ logger = logging.getLogger(__name__)
 ROUTING_KINDS = frozenset({"Ingress", "Service", "EndpointSlice", "Endpoints", "IngressClass",
                            "Namespace", *gateway_api.KINDS})
 CONTROLLER_NAME = "certctl.io/ingress-controller"
-DEBOUNCE_SECONDS = 0.02
+# Events of one change arrive together (a manifest reload notifies all of its at once); a
+# short wait still gathers a burst into one update, which is incremental: cheap either way.
+DEBOUNCE_SECONDS = 0.005
 # A refresh that failed (the API down past the store's own retries) is tried
 # again after these, doubling.
 FIRST_RETRY_SECONDS = 0.5
@@ -89,7 +101,6 @@ class DataPlaneFeed:
         called once, after the first refresh that loaded the routes (with their Services)
         and the certificates: the data plane's readiness."""
         self._on_loaded = on_loaded
-        self.routes = model.RouteSet()  # the route set last published (for the dashboard)
         self._store = store
         self._certificates = certificates
         self._publish_routes = publish_routes
@@ -107,13 +118,39 @@ class DataPlaneFeed:
         self._served_secrets: dict[ObjectKey, str] = {}  # Secret -> resourceVersion loaded
         # More Secrets to serve than the routes name (on-demand TLS's Certificates').
         self._more_secrets: Callable[[], frozenset[ObjectKey]] = frozenset
-        # (namespace, name) of the Secrets the routes' basic authentication read.
-        self._auth_secrets: frozenset[tuple[str, str]] = frozenset()
         self._wake = threading.Event()
         self._stopping = False
+        # What changed since the last refresh, set by events on any thread (under `_lock`);
+        # a refresh takes it all, and on failure leaves everything marked for a whole reload.
+        self._lock = threading.Lock()
         self._routes_dirty = True
+        self._all_ingresses = True  # recompile every Ingress (start, IngressClass changes)
+        self._changed_ingresses: set[ObjectKey] = set()
+        self._backends_dirty = True  # Services, EndpointSlices: resolve every backend again
+        self._gateways_dirty = True
         self._secrets_dirty = True
+        self._all_secrets = True  # look at every Secret to serve again
+        self._changed_secrets: set[ObjectKey] = set()
         self._statuses_dirty = False
+        self._all_statuses = True  # every Ingress's status to look at (the address changed)
+        self._changed_statuses: set[ObjectKey] = set()
+        # The Ingresses compiled, and what the table is built from besides them. Written by
+        # the feed's thread under `_routes_lock`, which `routes` (the dashboard) takes too.
+        self._routes_lock = threading.Lock()
+        self._ingress_routes = ingress_routes.IngressRoutes()
+        self._class_filter: ingress_routes.ClassFilter | None = None
+        self._services: list[resources.Service] = []
+        self._backends: routing.Backends | None = None
+        self._gateway_hosts: dict[str, tuple[model.Route, ...]] = {}  # Gateway API routes by host
+        self._table = routing.RouteTable.empty()
+        # Served Ingress -> the Secrets its tls section names, and the reverse.
+        self._tls_secrets: dict[ObjectKey, frozenset[ObjectKey]] = {}
+        self._tls_users: dict[ObjectKey, set[ObjectKey]] = {}
+        # Auth Secret (namespace, name) -> the served Ingresses whose access rules read it.
+        self._auth_users: dict[tuple[str, str], set[ObjectKey]] = {}
+        self._auth_by_ingress: dict[ObjectKey, frozenset[tuple[str, str]]] = {}
+        self._more_served: frozenset[ObjectKey] = frozenset()  # `_more_secrets()` last read
+        self._gateway_secrets_loaded: frozenset[ObjectKey] = frozenset()  # at the last load
         self._gateway_addresses = _gateway_addresses(gateway_address)
         self._clock = clock
         self._gateways = gateway_routes.Compiled(routes=model.RouteSet())
@@ -144,19 +181,32 @@ class DataPlaneFeed:
     # --- events --------------------------------------------------------------
 
     def on_event(self, event: WatchEvent) -> None:
-        kind = event.key.kind
+        key = event.key
+        kind = key.kind
         if kind == "Challenge":
             self._on_challenge(event)
             return
-        if kind in ROUTING_KINDS or (
-            kind == "Secret" and (event.key.namespace or "", event.key.name) in (
-                self._auth_secrets | self._listener_secrets)
-        ):
-            self._routes_dirty = True
-        if kind in ("Ingress", "Secret", "Gateway"):
-            self._secrets_dirty = True
-        if self._routes_dirty or self._secrets_dirty:
-            self._wake.set()
+        with self._lock:
+            if kind == "Ingress":
+                self._changed_ingresses.add(key)
+            elif kind == "IngressClass":
+                self._all_ingresses = True
+            elif kind in ("Service", "EndpointSlice", "Endpoints"):
+                self._backends_dirty = True
+            elif kind in ROUTING_KINDS:  # the Gateway API's kinds and Namespaces
+                self._gateways_dirty = True
+            elif kind == "Secret":
+                secret = (key.namespace or "", key.name)
+                self._changed_ingresses |= self._auth_users.get(secret, set())
+                if secret in self._listener_secrets:
+                    self._gateways_dirty = True
+                self._changed_secrets.add(key)
+                self._secrets_dirty = True
+            else:
+                return
+            if kind != "Secret" or self._changed_ingresses or self._gateways_dirty:
+                self._routes_dirty = True
+        self._wake.set()
 
     def _on_challenge(self, event: WatchEvent) -> None:
         spec = event.obj.get("spec") or {}
@@ -192,7 +242,8 @@ class DataPlaneFeed:
     def serve_secrets(self, source: Callable[[], frozenset[ObjectKey]]) -> None:
         """Also serve the Secrets `source()` names (read at each load; from any thread)."""
         self._more_secrets = source
-        self._secrets_dirty = True
+        with self._lock:
+            self._secrets_dirty = True
         self._wake.set()
 
     def set_load_balancer(self, entries: list[dict[str, str]]) -> None:
@@ -201,7 +252,9 @@ class DataPlaneFeed:
         previous = self._load_balancer or []
         self._withdrawn = [e for e in (*self._withdrawn, *previous) if e not in entries]
         self._load_balancer = entries
-        self._statuses_dirty = True
+        with self._lock:
+            self._statuses_dirty = True
+            self._all_statuses = True
         self._wake.set()
 
     def respond_to_challenge(self, host: str, token: str) -> str | None:
@@ -245,26 +298,37 @@ class DataPlaneFeed:
                 retry_delay = FIRST_RETRY_SECONDS
 
     def refresh(self) -> None:
-        """Rebuild what events marked dirty; on failure it stays marked for the next try.
+        """Update what events marked; on failure what failed is marked for a whole reload.
 
         Ingress statuses come last: a status the API refuses (a 403 from a
         Role without `ingresses/status`, a server down) must not keep routes
         or certificates from being served.
         """
         if self._routes_dirty:
-            # Cleared before reading, so an event arriving meanwhile marks it again.
-            self._routes_dirty = False
+            with self._lock:  # taken as it is now: an event arriving meanwhile marks anew
+                self._routes_dirty = False
+                everything, self._all_ingresses = self._all_ingresses, False
+                changed, self._changed_ingresses = self._changed_ingresses, set()
+                backends, self._backends_dirty = self._backends_dirty, False
+                gateways, self._gateways_dirty = self._gateways_dirty, False
             try:
-                self._refresh_routes()
+                self._refresh_routes(everything=everything, changed=changed, backends=backends,
+                                     gateways=gateways)
             except Exception:
-                self._routes_dirty = True
+                with self._lock:
+                    self._routes_dirty = self._all_ingresses = True
+                    self._backends_dirty = self._gateways_dirty = True
                 raise
         if self._secrets_dirty:
-            self._secrets_dirty = False
+            with self._lock:
+                self._secrets_dirty = False
+                everything, self._all_secrets = self._all_secrets, False
+                secrets, self._changed_secrets = self._changed_secrets, set()
             try:
-                self._load_certificates()
+                self._load_certificates(everything=everything, changed=secrets)
             except Exception:
-                self._secrets_dirty = True
+                with self._lock:
+                    self._secrets_dirty = self._all_secrets = True
                 raise
         if self._on_loaded is not None:
             loaded, self._on_loaded = self._on_loaded, None
@@ -277,25 +341,189 @@ class DataPlaneFeed:
                 self._gateway_statuses_dirty = True
                 raise
         if self._statuses_dirty and self._load_balancer is not None:
-            self._statuses_dirty = False
+            with self._lock:
+                self._statuses_dirty = False
+                everything, self._all_statuses = self._all_statuses, False
+                keys, self._changed_statuses = self._changed_statuses, set()
             try:
-                self._write_statuses(self._load_balancer)
+                self._write_statuses(self._load_balancer, everything=everything, keys=keys)
             except Exception:
-                self._statuses_dirty = True
+                with self._lock:
+                    self._statuses_dirty = self._all_statuses = True
                 raise
 
-    def _refresh_routes(self) -> None:
+    @property
+    def routes(self) -> model.RouteSet:
+        """The route set served (for the dashboard): Ingress routes, then HTTPRoute rules."""
+        with self._routes_lock:
+            routes = self._ingress_routes.route_set()
+            gateway_set = self._gateways.routes
+        if not (gateway_set.routes or gateway_set.served):
+            return routes
+        return model.RouteSet(routes=routes.routes + gateway_set.routes,
+                              defaults=routes.defaults, served=routes.served | gateway_set.served,
+                              problems=routes.problems + gateway_set.problems)
+
+    def _refresh_routes(self, *, everything: bool, changed: set[ObjectKey], backends: bool,
+                        gateways: bool) -> None:
         served_secrets = self._gateways.secrets
-        table = self._build_routes()
+        with self._routes_lock:
+            table, served = self._updated_table(everything=everything, changed=changed,
+                                                backends=backends, gateways=gateways)
         if self._gateways.secrets != served_secrets:
             self._secrets_dirty = True  # a listener's Secret resolved, or no longer
         self._publish_routes(table)
+        self._table = table
         # The Ingresses served (the table's also names Gateways and HTTPRoutes, whose
         # statuses are the Gateway API's own).
-        self._served = frozenset(key for key in table.served if key.kind == "Ingress")
+        self._served = served
         self._report(table.problems)
-        self._statuses_dirty = True
-        self._gateway_statuses_dirty = True
+        with self._lock:
+            self._statuses_dirty = True
+            if everything:
+                self._all_statuses = True
+            else:
+                self._changed_statuses |= changed
+        if gateways or backends:
+            self._gateway_statuses_dirty = True
+
+    def _updated_table(self, *, everything: bool, changed: set[ObjectKey], backends: bool,
+                       gateways: bool) -> tuple[routing.RouteTable, frozenset[ObjectKey]]:
+        """The next route table, from the previous one and what changed; and the Ingresses
+        served."""
+        rebuild = everything or backends or self._backends is None
+        if backends or self._backends is None:
+            self._services = _parsed(self._store.list(kind="Service"), parsing.parse_service)
+            slices = _parsed(self._store.list(kind="EndpointSlice"),
+                             parsing.parse_endpoint_slice)
+            for endpoints in self._store.list(kind="Endpoints"):
+                try:
+                    slices.extend(parsing.parse_endpoints(endpoints))
+                except InvalidObject as err:
+                    logger.error("%s", err)
+            self._backends = routing.Backends(services=self._services, endpoint_slices=slices)
+        hosts: set[str] = set()
+        if gateways or backends:  # HTTPRoutes name Services: compiled with them
+            hosts |= self._gateway_hosts.keys()
+            self._gateways = self._compile_gateways(self._services)
+            by_host: dict[str, list[model.Route]] = {}
+            for route in self._gateways.routes.routes:
+                by_host.setdefault(route.host.lower(), []).append(route)
+            self._gateway_hosts = {host: tuple(found) for host, found in by_host.items()}
+            hosts |= self._gateway_hosts.keys()
+        if everything:
+            hosts |= self._compile_every_ingress()
+        else:
+            hosts |= self._compile_ingresses(changed)
+        compiled = self._ingress_routes
+        if rebuild:
+            hosts = set(compiled.host_names()) | self._gateway_hosts.keys()
+        gateway_set = self._gateways.routes
+        table = (routing.RouteTable.empty() if rebuild else self._table).updated(
+            hosts={host: model.HostRoutes(
+                routes=compiled.routes_for(host) + self._gateway_hosts.get(host, ()),
+                default=compiled.default_for(host)) for host in hosts},
+            default=compiled.default,
+            served=compiled.served | gateway_set.served,
+            problems=compiled.problems() + gateway_set.problems,
+            backends=self._backends)
+        return table, compiled.served
+
+    def _compile_every_ingress(self) -> set[str]:
+        """Compile every Ingress anew (at start, and when the IngressClasses change)."""
+        with self._lock:
+            self._changed_ingresses.clear()  # listed now: their events are included
+            self._auth_users.clear()
+            self._auth_by_ingress.clear()
+            # Ingresses no longer ours stop naming Secrets: every one is looked at again.
+            self._secrets_dirty = self._all_secrets = True
+        self._class_filter = ingress_routes.class_filter(
+            ingress_classes=_parsed(self._store.list(kind="IngressClass"),
+                                    parsing.parse_ingress_class),
+            controller_name=CONTROLLER_NAME, class_name=self._ingress_class)
+        self._ingress_routes = ingress_routes.IngressRoutes()
+        self._tls_secrets.clear()
+        self._tls_users.clear()
+        # Ingress problems are reported by ingress-shim; the rest only matter here.
+        ingresses = _parsed(self._store.list(kind="Ingress"), parsing.parse_ingress, quiet=True)
+        return set(self._ingress_routes.update(
+            {ingress.key: self._compiled(ingress) for ingress in ingresses}))
+
+    def _compile_ingresses(self, keys: set[ObjectKey]) -> set[str]:
+        """Compile the Ingresses that changed, as the store has them now."""
+        changed: dict[ObjectKey, ingress_routes.CompiledIngress | None] = {}
+        for key in keys:
+            obj = self._store.get(kind="Ingress", namespace=key.namespace, name=key.name)
+            ingress = None if obj is None else _parsed_one(obj, parsing.parse_ingress, quiet=True)
+            changed[key] = None if ingress is None else self._compiled(ingress)
+            if changed[key] is None:
+                self._forget(key)
+        return set(self._ingress_routes.update(changed))
+
+    def _compiled(self, ingress: resources.Ingress) -> ingress_routes.CompiledIngress | None:
+        """One Ingress compiled, None when it is not ours; the Secrets it names indexed."""
+        assert self._class_filter is not None
+        key = ingress.key
+        if not self._class_filter.serves(ingress):
+            self._forget(key)
+            return None
+        wanted = frozenset(ObjectKey(kind="Secret", namespace=ingress.namespace,
+                                     name=tls.secret_name)
+                           for tls in ingress.tls if tls.secret_name)
+        self._index_secrets(key, tls=wanted, auth=frozenset(ingress_annotations.secret_names(
+            ingress.annotations, namespace=ingress.namespace)))
+        return ingress_routes.compile_ingress(
+            ingress, enforce_access_annotations=self._enforce_access_annotations,
+            secret_data=self._auth_secret)
+
+    def _forget(self, key: ObjectKey) -> None:
+        self._index_secrets(key, tls=frozenset(), auth=frozenset())
+
+    def _index_secrets(self, key: ObjectKey, *, tls: frozenset[ObjectKey],
+                       auth: frozenset[tuple[str, str]]) -> None:
+        """Record the Secrets a served Ingress names (its tls ones: to serve; its access rules'
+        ones: a change recompiles it); the ones it named before and no longer are looked at
+        again, to stop serving them."""
+        before = self._tls_secrets.pop(key, frozenset())
+        for secret in before - tls:
+            users = self._tls_users.get(secret)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._tls_users[secret]
+        for secret in tls:
+            self._tls_users.setdefault(secret, set()).add(key)
+        if tls:
+            self._tls_secrets[key] = tls
+        if before != tls:
+            with self._lock:
+                self._changed_secrets |= before ^ tls
+                self._secrets_dirty = True
+        with self._lock:  # read by on_event on other threads
+            for secret_name in self._auth_by_ingress.pop(key, frozenset()) - auth:
+                users = self._auth_users.get(secret_name)
+                if users is not None:
+                    users.discard(key)
+                    if not users:
+                        del self._auth_users[secret_name]
+            for secret_name in auth:
+                self._auth_users.setdefault(secret_name, set()).add(key)
+            if auth:
+                self._auth_by_ingress[key] = auth
+
+    def _auth_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """A Secret access rules read (basic auth, client certificates' CA); one that is
+        missing or unreadable is None, and the Ingress naming it is refused, not served
+        open."""
+        secret = self._store.get(kind="Secret", namespace=namespace, name=name)
+        if secret is None:
+            return None
+        try:
+            return tls_secret.decoded_data(secret)
+        except tls_secret.SecretInvalid as err:
+            logger.warning("Secret %s/%s is not used for authentication: %s", namespace,
+                           name, err)
+            return None
 
     def _report(self, problems: tuple[model.SourceProblem, ...]) -> None:
         """A Warning event (logged too) on the source object of each problem not reported yet."""
@@ -308,9 +536,13 @@ class DataPlaneFeed:
                                        message=problem.message)
         self._reported = frozenset(problems)
 
-    def _write_statuses(self, entries: list[dict[str, str]]) -> None:
-        """Served Ingresses say where they are served; ones no longer served stop saying it."""
-        for key in sorted(self._served | self._status_written, key=str):
+    def _write_statuses(self, entries: list[dict[str, str]], *, everything: bool,
+                        keys: set[ObjectKey]) -> None:
+        """Served Ingresses say where they are served; ones no longer served stop saying it.
+        Only `keys` are looked at, unless `everything`."""
+        candidates = self._served | self._status_written if everything else {
+            key for key in keys if key in self._served or key in self._status_written}
+        for key in sorted(candidates, key=str):
             served = key in self._served
             obj = self._store.get(kind="Ingress", namespace=key.namespace, name=key.name)
             if obj is None:
@@ -318,20 +550,23 @@ class DataPlaneFeed:
                 continue
             status = obj.get("status") or {}
             current = (status.get("loadBalancer") or {}).get("ingress") or []
-            wanted = entries if served else [
+            wanted_entries = entries if served else [
                 e for e in current if e not in entries and e not in self._withdrawn]
-            if current == wanted:
+            if current == wanted_entries:
                 if served:
                     self._status_written.add(key)
                 else:
                     self._status_written.discard(key)
                 continue
-            obj["status"] = {**status, "loadBalancer": {"ingress": wanted} if wanted else {}}
+            obj["status"] = {**status,
+                             "loadBalancer": {"ingress": wanted_entries} if wanted_entries else {}}
             try:
                 self._store.replace_status(obj=obj)
             except Conflict:
                 # Changed since we read it: its watch event brings us back here.
-                self._statuses_dirty = True
+                with self._lock:
+                    self._statuses_dirty = True
+                    self._changed_statuses.add(key)
                 self._wake.set()
                 continue
             except NotFound:
@@ -340,36 +575,6 @@ class DataPlaneFeed:
                 self._status_written.add(key)
             else:
                 self._status_written.discard(key)
-
-    def _build_routes(self) -> routing.RouteTable:
-        # Ingress problems are reported by ingress-shim; the rest only matter here.
-        ingresses = _parsed(self._store.list(kind="Ingress"), parsing.parse_ingress, quiet=True)
-        services = _parsed(self._store.list(kind="Service"), parsing.parse_service)
-        slices = _parsed(self._store.list(kind="EndpointSlice"), parsing.parse_endpoint_slice)
-        for endpoints in self._store.list(kind="Endpoints"):
-            try:
-                slices.extend(parsing.parse_endpoints(endpoints))
-            except InvalidObject as err:
-                logger.error("%s", err)
-        classes = _parsed(self._store.list(kind="IngressClass"), parsing.parse_ingress_class)
-        auth_secrets = self._read_auth_secrets(ingresses)
-        self._gateways = self._compile_gateways(services)
-        routes = ingress_routes.compile_ingresses(
-            ingresses=ingresses,
-            ingress_classes=classes,
-            controller_name=CONTROLLER_NAME,
-            class_name=self._ingress_class,
-            enforce_access_annotations=self._enforce_access_annotations,
-            secret_data=lambda namespace, name: auth_secrets.get((namespace, name)),
-        )
-        gateway_set = self._gateways.routes
-        if gateway_set.routes or gateway_set.served:
-            routes = model.RouteSet(routes=routes.routes + gateway_set.routes,
-                                    defaults=routes.defaults,
-                                    served=routes.served | gateway_set.served,
-                                    problems=routes.problems + gateway_set.problems)
-        self.routes = routes
-        return routing.RouteTable.build(routes=routes, services=services, endpoint_slices=slices)
 
     def _compile_gateways(self, services: list[resources.Service]) -> gateway_routes.Compiled:
         gateways = _parsed(self._listed("Gateway"), gateway_api.parse_gateway)
@@ -484,41 +689,23 @@ class DataPlaneFeed:
         except NotFound:
             pass
 
-    def _read_auth_secrets(
-        self, ingresses: list[resources.Ingress]
-    ) -> dict[tuple[str, str], dict[str, bytes]]:
-        """The Secrets access rules read (basic auth, client certificates' CA); one that is
-        missing or unreadable is left out, and the Ingress naming it is refused, not served
-        open."""
-        wanted = {found for ingress in ingresses for found in ingress_annotations.secret_names(
-            ingress.annotations, namespace=ingress.namespace)}
-        self._auth_secrets = frozenset(wanted)  # before reading: a change meanwhile re-marks
-        found = {}
-        for namespace, name in sorted(wanted):
-            secret = self._store.get(kind="Secret", namespace=namespace, name=name)
-            if secret is None:
+    def _load_certificates(self, *, everything: bool, changed: set[ObjectKey]) -> None:
+        """Serve the Secrets served Ingresses, Gateways and `serve_secrets` name: each of
+        them when `everything`, else those that `changed` or are named or no longer named."""
+        more = self._more_secrets()
+        candidates = set(changed) | (more ^ self._more_served)
+        self._more_served = more
+        gateway_secrets = self._gateways.secrets
+        if everything:
+            candidates |= (self._tls_users.keys() | gateway_secrets | more
+                           | self._served_secrets.keys())
+        else:
+            candidates |= gateway_secrets ^ self._gateway_secrets_loaded
+        self._gateway_secrets_loaded = gateway_secrets
+        for key in candidates:
+            if key not in self._tls_users and key not in gateway_secrets and key not in more:
+                self._drop(key)
                 continue
-            try:
-                found[(namespace, name)] = tls_secret.decoded_data(secret)
-            except tls_secret.SecretInvalid as err:
-                logger.warning("Secret %s/%s is not used for authentication: %s", namespace,
-                               name, err)
-        return found
-
-    def _load_certificates(self) -> None:
-        wanted: set[ObjectKey] = set()
-        for ingress in self._store.list(kind="Ingress"):
-            namespace = ingress["metadata"].get("namespace")
-            name = ingress["metadata"].get("name")
-            if ObjectKey(kind="Ingress", namespace=namespace, name=name) not in self._served:
-                continue  # another controller's Ingress: its Secrets are not ours to serve
-            for tls in (ingress.get("spec") or {}).get("tls") or []:
-                name = tls.get("secretName") if isinstance(tls, dict) else None
-                if isinstance(name, str) and name:
-                    wanted.add(ObjectKey(kind="Secret", namespace=namespace, name=name))
-        wanted |= self._gateways.secrets
-        wanted |= self._more_secrets()
-        for key in wanted:
             secret = self._store.get(kind="Secret", namespace=key.namespace, name=key.name)
             if secret is None:
                 self._drop(key)
@@ -535,8 +722,6 @@ class DataPlaneFeed:
                 self._drop(key)
                 continue
             self._served_secrets[key] = version
-        for key in set(self._served_secrets) - wanted:
-            self._drop(key)
 
     def _drop(self, key: ObjectKey) -> None:
         if self._served_secrets.pop(key, None) is not None:
@@ -633,13 +818,17 @@ def _parsed(
     objects: list[Object], parse: Callable[..., Any], *, quiet: bool = False
 ) -> list[Any]:
     """Parse what parses; an invalid object is skipped and reported, not fatal."""
-    found = []
-    for obj in objects:
-        try:
-            found.append(parse(obj, source=reconciling.manifest_source(obj)))
-        except InvalidObject as err:
-            (logger.debug if quiet else logger.error)("data plane skips %s", err)
-    return found
+    return [found for obj in objects
+            if (found := _parsed_one(obj, parse, quiet=quiet)) is not None]
+
+
+def _parsed_one(obj: Object, parse: Callable[..., Any], *, quiet: bool = False) -> Any:
+    """The object parsed, or None (reported) when it is invalid."""
+    try:
+        return parse(obj, source=reconciling.manifest_source(obj))
+    except InvalidObject as err:
+        (logger.debug if quiet else logger.error)("data plane skips %s", err)
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,189 @@
+"""What makes `certctl serve` restart fast with 10,000 objects: the local store's caches.
+
+A restart reads each manifest file's documents from the parse cache (JSON, by the
+digest of the file's bytes) and each state file from the state cache a clean stop
+wrote, unless the file changed since; what JSON cannot hold exactly is parsed from
+its YAML every time. Reads still hand out copies no caller can change the store by.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from certctl.store import local
+from certctl.store.local import LocalStore
+
+CONFIG = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "settings", "namespace": "default"}, "data": {"mode": "fast"}}
+
+
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(manifests_dir=tmp_path / "manifests", state_dir=tmp_path / "state")
+
+
+def cache_entries(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "state" / local.MANIFEST_CACHE).glob("*.json"))
+
+
+def test_a_restart_reads_manifest_documents_from_the_parse_cache(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "app.yaml").write_text(yaml.safe_dump(CONFIG))
+    first = store(tmp_path)
+    first.reload_manifests()
+    (entry,) = cache_entries(tmp_path)
+    assert json.loads(entry.read_text()) == [CONFIG]
+    # The entry is what a restart reads for these bytes: changed here, it shows.
+    entry.write_text(json.dumps([{**CONFIG, "data": {"mode": "from the cache"}}]))
+    second = store(tmp_path)
+    second.reload_manifests()
+    found = second.get(kind="ConfigMap", namespace="default", name="settings")
+    assert found is not None and found["data"] == {"mode": "from the cache"}
+
+
+def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    path = tmp_path / "manifests" / "app.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    kept = store(tmp_path)
+    kept.reload_manifests()
+    (before,) = cache_entries(tmp_path)
+    path.write_text(yaml.safe_dump({**CONFIG, "data": {"mode": "edited"}}))
+    kept.reload_manifests()
+    (after,) = cache_entries(tmp_path)
+    assert after != before
+    found = kept.get(kind="ConfigMap", namespace="default", name="settings")
+    assert found is not None and found["data"] == {"mode": "edited"}
+
+
+def test_a_document_json_cannot_hold_exactly_is_not_cached_and_still_loads(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    # An unquoted timestamp is a datetime to YAML; integer keys would come back strings.
+    (tmp_path / "manifests" / "odd.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: odd, namespace: default}\n"
+        "data: {when: 2026-01-02T03:04:05Z}\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keys, namespace: default}\n"
+        "data: {1: one}\n")
+    for _ in range(2):  # parsed from the YAML both times
+        loaded = store(tmp_path)
+        loaded.reload_manifests()
+        assert cache_entries(tmp_path) == []
+        odd = loaded.get(kind="ConfigMap", namespace="default", name="odd")
+        keys = loaded.get(kind="ConfigMap", namespace="default", name="keys")
+        assert odd is not None and isinstance(odd["data"]["when"], datetime.datetime)
+        assert keys is not None and keys["data"] == {1: "one"}
+
+
+def test_state_files_are_read_from_the_state_cache_unless_changed_since(tmp_path: Path):
+    first = store(tmp_path)
+    for name in ("a", "b"):
+        first.create(obj={**CONFIG, "metadata": {"name": name, "namespace": "default"}})
+    time.sleep(2.1)  # older than the timestamps' slack: a later write is told apart
+    first.save_state_cache()
+    cache = tmp_path / "state" / local.STATE_CACHE
+    entries: list[list[Any]] = json.loads(cache.read_text())
+    assert sorted(entry[0] for entry in entries) == [
+        "objects/ConfigMap/default/a.yaml", "objects/ConfigMap/default/b.yaml"]
+    # Used: a changed entry shows for a file that did not change ...
+    for entry in entries:
+        entry[2]["data"] = {"mode": "from the cache"}
+    cache.write_text(json.dumps(entries))
+    # ... and not for a file written since (a process that crashed before its stop).
+    path_b = tmp_path / "state" / "objects" / "ConfigMap" / "default" / "b.yaml"
+    changed = yaml.safe_load(path_b.read_text())
+    changed["data"] = {"mode": "written since"}
+    local.atomic_write(path_b, local.dump_yaml(changed))
+    second = store(tmp_path)
+    a = second.get(kind="ConfigMap", namespace="default", name="a")
+    b = second.get(kind="ConfigMap", namespace="default", name="b")
+    assert a is not None and a["data"] == {"mode": "from the cache"}
+    assert b is not None and b["data"] == {"mode": "written since"}
+
+
+def test_a_state_file_written_just_before_the_stop_is_left_out_of_the_cache(tmp_path: Path):
+    first = store(tmp_path)
+    first.create(obj=CONFIG)
+    first.save_state_cache()
+    assert json.loads((tmp_path / "state" / local.STATE_CACHE).read_text()) == []
+    assert store(tmp_path).get(kind="ConfigMap", namespace="default",
+                               name="settings") is not None
+
+
+def test_an_unreadable_state_cache_is_ignored(tmp_path: Path):
+    first = store(tmp_path)
+    first.create(obj=CONFIG)
+    (tmp_path / "state" / local.STATE_CACHE).write_text("[not json")
+    found = store(tmp_path).get(kind="ConfigMap", namespace="default", name="settings")
+    assert found is not None and found["data"] == {"mode": "fast"}
+
+
+def test_copies_keep_shared_parts_apart_and_take_timestamps():
+    shared = {"port": 80}
+    obj: dict[str, Any] = {"a": shared, "b": shared, "when": datetime.datetime(2026, 1, 1),
+                           "set": {1, 2}}
+    copied = local._copy(obj)
+    assert copied == obj
+    assert copied["a"] is not copied["b"] and copied["a"] is not shared
+    copied["a"]["port"] = 81
+    assert shared == {"port": 80} and copied["b"] == {"port": 80}
+    plain = {"spec": {"rules": [{"host": "a.test"}]}, "data": b"\x00", "n": 1.5}
+    again = local._copy(plain)
+    assert again == plain and again["spec"] is not plain["spec"]
+
+
+def test_cache_files_are_private(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "app.yaml").write_text(yaml.safe_dump(CONFIG))
+    first = store(tmp_path)
+    first.reload_manifests()
+    first.save_state_cache()
+    for path in (*cache_entries(tmp_path), tmp_path / "state" / local.STATE_CACHE):
+        assert os.stat(path).st_mode & 0o077 == 0, path
+
+
+def config(name: str, mode: str) -> str:
+    return yaml.safe_dump({**CONFIG, "metadata": {"name": name, "namespace": "default"},
+                           "data": {"mode": mode}})
+
+
+def mode(loaded: LocalStore, name: str) -> str | None:
+    found = loaded.get(kind="ConfigMap", namespace="default", name=name)
+    return None if found is None else found["data"]["mode"]
+
+
+def test_an_edit_reloads_only_its_file_and_objects_moving_between_files_follow(tmp_path: Path):
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(config("x", "in a"))
+    (folder / "b.yaml").write_text(config("y", "in b"))
+    kept = store(tmp_path)
+    kept.reload_manifests()
+    (folder / "a.yaml").write_text(config("z", "new in a"))
+    (folder / "b.yaml").write_text(config("y", "in b") + "---\n" + config("x", "moved to b"))
+    assert kept.reload_manifests() == []
+    assert (mode(kept, "x"), mode(kept, "y"), mode(kept, "z")) == (
+        "moved to b", "in b", "new in a")
+    (folder / "a.yaml").unlink()
+    kept.reload_manifests()
+    assert mode(kept, "z") is None and mode(kept, "x") == "moved to b"
+
+
+def test_an_edit_defining_a_key_another_file_has_keeps_the_first_and_says_so(tmp_path: Path):
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(config("x", "in a"))
+    (folder / "b.yaml").write_text(config("y", "in b"))
+    kept = store(tmp_path)
+    kept.reload_manifests()
+    (folder / "b.yaml").write_text(config("y", "in b") + "---\n" + config("x", "also in b"))
+    (error,) = kept.reload_manifests()
+    assert "also defined in" in error.message and mode(kept, "x") == "in a"
+    (folder / "b.yaml").write_text(config("y", "fixed"))
+    assert kept.reload_manifests() == []
+    assert (mode(kept, "x"), mode(kept, "y")) == ("in a", "fixed")
