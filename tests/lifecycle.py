@@ -21,7 +21,13 @@ from cryptography import x509
 
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey, PrivateKeySpec
-from certctl.controllers import certificates, issuers, reconciling
+from certctl.controllers import (
+    certificate_orders,
+    certificate_settings,
+    certificates,
+    issuers,
+    reconciling,
+)
 from certctl.controllers.reconciling import Result
 from certctl.issuers.acme.accounts import AcmeAccounts
 from certctl.pki import keys, selfsigned
@@ -97,7 +103,7 @@ class World:
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
         self.clock = Clock()
         self.store = RecordingStore(state_dir=tmp_path / "state")
-        self.settings = certificates.Settings(clock=self.clock, **settings)
+        self.settings = certificate_settings.Settings(clock=self.clock, **settings)
         self.acme_ca = TestCA(now=self.clock.now, common_name="stand-in ACME CA")
         self.accounts = AcmeAccounts(cluster_resource_namespace="certctl")
 
@@ -198,7 +204,7 @@ class World:
 
     def orders(self, name: str) -> list[Object]:
         return [o for o in self.store.list(kind="Order", namespace="default")
-                if o["metadata"]["labels"].get(certificates.CERTIFICATE_NAME_LABEL) == name]
+                if o["metadata"]["labels"].get(certificate_orders.CERTIFICATE_NAME_LABEL) == name]
 
     def pending_order(self, name: str) -> Object:
         pending = [o for o in self.orders(name)

@@ -30,7 +30,7 @@ from cryptography import x509
 
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
-from certctl.controllers import certificates, policies
+from certctl.controllers import certificate_orders, policies
 from certctl.issuers.acme import ari
 from certctl.issuers.acme.client import AcmeClient
 from certctl.pki import renewal
@@ -390,7 +390,7 @@ def test_a_refused_replaces_is_ordered_again_without_it(
     assert second is not None
     # The renewal's Order (the first one's is pruned once the renewal is stored).
     (order,) = [o for o in orders
-                if o["metadata"]["annotations"][certificates.REVISION_ANNOTATION] == "2"]
+                if o["metadata"]["annotations"][certificate_orders.REVISION_ANNOTATION] == "2"]
     assert crd_violations(order) == []
     assert order["spec"]["replaces"] == ari.cert_id(first)
     assert "unauthorized" in order["status"]["replacesRefused"]

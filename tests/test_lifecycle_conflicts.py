@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from certctl.controllers import certificates, secret_claims
+from certctl.controllers import certificate_status, secret_claims
 from certctl.pki import inspect
 from tests.lifecycle import World
 
@@ -46,7 +46,7 @@ def test_newer_certificate_naming_a_held_secret_issues_nothing(world: World) -> 
 
     _assert_stood_down(world, "newer", holder="older")
     assert world.orders("newer") == []
-    assert result.requeue_after == certificates.DUPLICATE_RECHECK_SECONDS
+    assert result.requeue_after == certificate_status.DUPLICATE_RECHECK_SECONDS
     assert ("Warning", secret_claims.DUPLICATE_SECRET_NAME,
             world.condition("newer", "Ready")["message"]) in world.events("newer")
 
@@ -111,10 +111,10 @@ def test_the_newer_one_takes_over_when_the_older_is_deleted(world: World) -> Non
     world.issue("older")
     world.clock.advance(seconds=1)
     world.add_certificate("newer", secretName="shared", dnsNames=["b.example.test"])
-    assert world.reconcile("newer").requeue_after == certificates.DUPLICATE_RECHECK_SECONDS
+    assert world.reconcile("newer").requeue_after == certificate_status.DUPLICATE_RECHECK_SECONDS
 
     world.store.delete(kind="Certificate", namespace="default", name="older")
-    world.clock.advance(seconds=certificates.DUPLICATE_RECHECK_SECONDS)
+    world.clock.advance(seconds=certificate_status.DUPLICATE_RECHECK_SECONDS)
     world.issue("newer")
 
     assert world.condition("newer", "Ready")["status"] == "True"

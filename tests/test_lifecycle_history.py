@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from certctl.controllers import certificates, policies
+from certctl.controllers import certificate_orders, policies
 from tests.lifecycle import World
 
 
@@ -19,7 +19,7 @@ def _renew(world: World) -> None:
 
 
 def _revisions(world: World) -> list[str]:
-    return sorted(o["metadata"]["annotations"][certificates.REVISION_ANNOTATION]
+    return sorted(o["metadata"]["annotations"][certificate_orders.REVISION_ANNOTATION]
                   for o in world.orders("web"))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from certctl.api import conditions
-from certctl.controllers import certificates, kept_certificates, policies
+from certctl.controllers import certificate_orders, kept_certificates, policies
 from tests.lifecycle import World
 
 DAY = datetime.timedelta(days=1)
@@ -181,15 +181,15 @@ def test_sixth_order_for_the_same_names_within_a_week_is_refused(world: World) -
     allowed_at = first_order_at + 7 * DAY
     issuing = world.condition("web", "Issuing")
     assert (issuing["status"], issuing["reason"]) == ("False",
-                                                      certificates.ORDER_BUDGET_EXHAUSTED)
+                                                      certificate_orders.ORDER_BUDGET_EXHAUSTED)
     assert issuing["message"] == (
         "Not placing an order: 5 orders for exactly [web.example.test] were placed with "
         "https://acme.example.invalid/directory within 168h0m0s (failed ones not counted), the "
         "budget certctl keeps to stay clear of the CA's duplicate-certificate limit (5 orders "
         f"per 168h); the next order may be placed at {conditions.format_time(allowed_at)}")
     assert world.condition("web", "Ready")["status"] == "True", "the current one still serves"
-    assert ("Warning", certificates.ORDER_BUDGET_EXHAUSTED, issuing["message"]) in world.events(
-        "web")
+    assert ("Warning", certificate_orders.ORDER_BUDGET_EXHAUSTED,
+            issuing["message"]) in world.events("web")
     assert result.requeue_after == pytest.approx((allowed_at - world.clock.now).total_seconds())
 
     # The refusal answered that request; once the first order leaves the window, one fits.
@@ -209,7 +209,7 @@ def test_the_budget_is_shared_by_certificates_with_the_same_names(world: World) 
         world.reconcile(name)
     placed = [name for name in "abcdef" if world.orders(name)]
     assert placed == ["a", "b", "c", "d", "e"]
-    assert world.condition("f", "Ready")["reason"] == certificates.ORDER_BUDGET_EXHAUSTED
+    assert world.condition("f", "Ready")["reason"] == certificate_orders.ORDER_BUDGET_EXHAUSTED
 
 
 def test_failed_orders_do_not_use_up_the_budget(world: World) -> None:

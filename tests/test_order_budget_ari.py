@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from certctl.api import conditions
-from certctl.controllers import certificates, order_budget, policies
+from certctl.controllers import certificate_orders, order_budget, policies
 from certctl.issuers.acme import ari
 from tests.lifecycle import ACME_SERVER, World
 
@@ -94,7 +94,7 @@ def test_a_renewal_before_the_window_opens_is_counted(world: World) -> None:
     world.reconcile("web")
 
     assert _requested(world) == 1
-    assert world.condition("web", "Issuing")["reason"] == certificates.ORDER_BUDGET_EXHAUSTED
+    assert world.condition("web", "Issuing")["reason"] == certificate_orders.ORDER_BUDGET_EXHAUSTED
 
 
 def test_a_window_for_another_certificate_exempts_nothing(world: World) -> None:
@@ -110,7 +110,7 @@ def test_a_window_for_another_certificate_exempts_nothing(world: World) -> None:
     world.reconcile("web")
 
     assert _requested(world) == 1
-    assert world.condition("web", "Issuing")["reason"] == certificates.ORDER_BUDGET_EXHAUSTED
+    assert world.condition("web", "Issuing")["reason"] == certificate_orders.ORDER_BUDGET_EXHAUSTED
 
 
 def test_an_ari_renewal_the_ca_refused_replaces_for_is_counted_once_issued(
@@ -136,4 +136,4 @@ def test_an_ari_renewal_the_ca_refused_replaces_for_is_counted_once_issued(
     assert _ledger_count(world) == 2
     _renew(world)
     world.reconcile("web")
-    assert world.condition("web", "Issuing")["reason"] == certificates.ORDER_BUDGET_EXHAUSTED
+    assert world.condition("web", "Issuing")["reason"] == certificate_orders.ORDER_BUDGET_EXHAUSTED

@@ -27,6 +27,8 @@ from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
+    certificate_keys,
+    certificate_settings,
     certificates,
     challenges,
     gateway_shim,
@@ -74,7 +76,7 @@ ORDER_STATES_WAKING_CERTIFICATE = frozenset(orders.FINAL_STATES)
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerSettings:
-    certificates: certificates.Settings
+    certificates: certificate_settings.Settings
     orders: orders.Settings
     challenges: challenges.Settings
     issuers: issuers.Settings
@@ -92,7 +94,7 @@ def controller_settings(
     tls_alpn01: tls_alpn01_solver.SelfCheckTarget | None = None,
 ) -> ControllerSettings:
     return ControllerSettings(
-        certificates=certificates.Settings(
+        certificates=certificate_settings.Settings(
             clock=clock, backoff_base=backoff_base, order_budget=order_budget,
             cluster_resource_namespace=accounts.cluster_resource_namespace, accounts=accounts),
         orders=orders.Settings(clock=clock, accounts=accounts),
@@ -137,7 +139,7 @@ def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQue
     )
 
 
-_CONTROLLER_SECRET_LABELS = (certificates.NEXT_KEY_LABEL, kept_certificates.KEPT_LABEL,
+_CONTROLLER_SECRET_LABELS = (certificate_keys.NEXT_KEY_LABEL, kept_certificates.KEPT_LABEL,
                              order_budget_module.LEDGER_LABEL)
 
 

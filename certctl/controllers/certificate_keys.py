@@ -1,0 +1,98 @@
+"""Which private key an issuance uses, and the CSR made with it.
+
+rotationPolicy Never keeps the Secret's key when it has the wanted shape; else a
+new one. For ACME the key waits for its order in a "next private key" Secret
+owned by the Certificate, so a restart reuses the key the pending order's CSR was
+made with. When only spec.privateKey.encoding changed, the Secret's key is
+re-encoded in place (`reencode_key`): no issuance.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+from certctl.api.resources import Certificate, KeyEncoding
+from certctl.controllers import certificate_orders, policies, reconciling
+from certctl.pki import csr, keys
+from certctl.pki import secret as tls_secret
+from certctl.store.interface import Object, Store
+
+logger = logging.getLogger(__name__)
+
+NEXT_KEY_LABEL = "certctl.io/next-private-key"
+
+
+def key_for_issuance(*, certificate: Certificate, data: policies.Input) -> keys.PrivateKey:
+    """rotationPolicy Never reuses the Secret's key when it has the wanted shape; else a new one."""
+    wanted = certificate.private_key
+    if (
+        wanted.rotation_policy == "Never"
+        and data.contents is not None
+        and keys.describe_key(data.contents.key) == policies.wanted_key_shape(wanted)
+    ):
+        return data.contents.key
+    return keys.generate_private_key(wanted)
+
+
+def signing_request(*, certificate: Certificate, key: keys.PrivateKey) -> bytes:
+    """The CSR of an issuance: the Certificate's names and usages, signed with `key`."""
+    return csr.build_csr(
+        key=key,
+        dns_names=certificate.dns_names,
+        ip_addresses=certificate.ip_addresses,
+        common_name=certificate.common_name,
+        usages=certificate.usages,
+    )
+
+
+def next_key_name(certificate: Certificate) -> str:
+    return f"{certificate.name}-next-private-key"
+
+
+def next_private_key(
+    store: Store, obj: Object, *, certificate: Certificate, data: policies.Input
+) -> keys.PrivateKey:
+    """The key the pending ACME issuance uses, kept in a Secret so restarts reuse it."""
+    name = next_key_name(certificate)
+    existing = store.get(kind="Secret", namespace=certificate.namespace, name=name)
+    wanted_shape = policies.wanted_key_shape(certificate.private_key)
+    if existing is not None:
+        try:
+            key = keys.load_private_key(base64.b64decode(existing["data"]["tls.key"]))
+            if keys.describe_key(key) == wanted_shape:
+                return key
+        except (KeyError, ValueError, TypeError):
+            logger.warning("%s: next private key Secret %s is unreadable; replacing it",
+                           certificate.key, name)
+    key = key_for_issuance(certificate=certificate, data=data)
+    secret: Object = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": certificate.namespace,
+            "labels": {NEXT_KEY_LABEL: "true",
+                       certificate_orders.CERTIFICATE_NAME_LABEL: certificate.name},
+            "ownerReferences": [reconciling.owner_reference(obj)],
+        },
+        "data": {"tls.key": base64.b64encode(keys.encode_private_key(
+            key, encoding="PKCS8")).decode()},
+    }
+    if existing is None:
+        store.create(obj=secret)
+    else:
+        secret["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
+        store.replace(obj=secret)
+    return key
+
+
+def reencode_key(
+    store: Store, *, secret: Object, key: keys.PrivateKey, encoding: KeyEncoding
+) -> None:
+    data = dict(secret.get("data") or {})
+    data[tls_secret.TLS_PRIVATE_KEY_KEY] = base64.b64encode(
+        keys.encode_private_key(key, encoding=encoding)).decode("ascii")
+    secret["data"] = data
+    store.replace(obj=secret)

@@ -1,0 +1,57 @@
+"""The Certificate reconciler's settings, and the failure backoff they set.
+
+A failed issuance waits `failure_backoff` (cert-manager's: 1 h, doubling per
+consecutive failure, capped at 32 h), or until the CA's Retry-After when that is
+later (`retry_time`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from certctl.api import conditions
+from certctl.controllers import order_budget
+from certctl.controllers.reconciling import Clock
+from certctl.issuers.acme import accounts as acme_accounts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    clock: Clock
+    backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
+    backoff_max: datetime.timedelta = datetime.timedelta(hours=32)
+    # Where ClusterIssuers' CA Secrets, kept copies and order ledgers live.
+    cluster_resource_namespace: str = "certctl"
+    # None: no budget (a private ACME CA without limits).
+    order_budget: order_budget.Budget | None = order_budget.DUPLICATE_CERTIFICATE_LIMIT
+    # The ACME clients, for renewal information (ARI) and the profiles a CA offers;
+    # None: neither is asked for (renewal by lifetime, profiles checked by the CA).
+    accounts: acme_accounts.AcmeAccounts | None = None
+    # Where in an ARI window to renew, 0..1 (RFC 9773: uniformly at random).
+    draw: Callable[[], float] = random.random
+    # A Certificate with a fallback issuer passes over one whose CA has not taken the order
+    # (no order URL) this long after it was created: the CA went down after its issuer
+    # became Ready, and the Order reconciler is retrying an unreachable server. Long enough
+    # for a queue of thousands of new orders.
+    order_placement_timeout: datetime.timedelta = datetime.timedelta(minutes=2)
+
+
+def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
+    """cert-manager's schedule: base, doubling per consecutive failure, capped."""
+    delay = settings.backoff_base * (1 << min(16, max(0, failures - 1)))
+    return min(delay, settings.backoff_max)
+
+
+def retry_time(
+    status: Mapping[str, Any], *, failures: int, settings: Settings
+) -> datetime.datetime:
+    """The backoff after the last failure, or the CA's Retry-After when that is later."""
+    retry_at = conditions.parse_time(status["lastFailureTime"]) + failure_backoff(
+        failures=failures, settings=settings)
+    if status.get("retryAfter"):
+        retry_at = max(retry_at, conditions.parse_time(status["retryAfter"]))
+    return retry_at
