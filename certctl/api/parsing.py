@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import datetime
 import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, cast
 
 from cryptography import x509
 
@@ -187,36 +188,14 @@ _DNS01_SETTINGS: Final = ("cnameStrategy", "accountLabel")
 
 
 def _acme_solver(ctx: _Object, solver: Mapping[str, Any], *, at: str) -> resources.AcmeSolver:
-    """One `solvers[]` entry (or a Challenge's copy), which the schema has checked."""
+    """One `solvers[]` entry (or a Challenge's copy), which the schema has checked (exactly
+    one solver type set among them)."""
     selector = None
     if solver.get("selector") is not None:
         selector = _solver_selector(ctx, solver["selector"], at=f"{at}.selector")
-    if solver.get("tlsALPN01") is not None:
-        return resources.AcmeSolver(selector=selector, config=resources.TlsAlpn01ListenerSolver())
-    if solver.get("http01") is not None:
-        return resources.AcmeSolver(
-            selector=selector, config=_http01(ctx, solver["http01"], at=f"{at}.http01")
-        )
-    dns01 = solver["dns01"]
-    # Provider names are open-ended (third-party providers register their own), so
-    # the schema keeps unknown keys here and cannot count them: that is done here.
-    # cnameStrategy is accepted for cert-manager compatibility; certctl always follows
-    # a CNAME at _acme-challenge, since a TXT record cannot sit beside one ("None"
-    # could only fail).
-    providers = [key for key in dns01 if key not in _DNS01_SETTINGS]
-    if len(providers) != 1:
-        found = ", ".join(providers) if providers else "none"
-        ctx.fail(f"{at}.dns01", f"exactly one DNS provider must be configured, found {found}")
-    provider = providers[0]
-    config = ctx.mapping(dns01[provider], field=f"{at}.dns01.{provider}")
+    (key,) = [key for key in SOLVER_TYPES if solver.get(key) is not None]
     return resources.AcmeSolver(
-        selector=selector,
-        config=resources.Dns01ProviderSolver(
-            provider=provider,
-            config=tuple((str(key), copy.deepcopy(item)) for key, item in config.items()),
-            account_label=cast(resources.AccountLabelMode, dns01.get("accountLabel") or "Never"),
-        ),
-    )
+        selector=selector, config=SOLVER_TYPES[key].parse(ctx, solver[key], at=f"{at}.{key}"))
 
 
 def solver_spec(solver: resources.AcmeSolver) -> dict[str, Any]:
@@ -237,24 +216,9 @@ def solver_spec(solver: resources.AcmeSolver) -> dict[str, Any]:
             )
             if value
         }
-    config = solver.config
-    if isinstance(config, resources.Http01IngressSolver):
-        ingress = {
-            key: value
-            for key, value in (
-                ("ingressClassName", config.ingress_class_name),
-                ("class", config.ingress_class),
-                ("name", config.name),
-            )
-            if value is not None
-        }
-        spec["http01"] = {"ingress": ingress}
-    elif isinstance(config, resources.TlsAlpn01ListenerSolver):
-        spec["tlsALPN01"] = {}
-    else:
-        spec["dns01"] = {config.provider: copy.deepcopy(dict(config.config))}
-        if config.account_label != "Never":
-            spec["dns01"]["accountLabel"] = config.account_label
+    key, solver_type = next((key, solver_type) for key, solver_type in SOLVER_TYPES.items()
+                            if isinstance(solver.config, solver_type.config_type))
+    spec[key] = solver_type.to_spec(solver.config)
     return spec
 
 
@@ -288,6 +252,84 @@ def _http01(ctx: _Object, http01: Mapping[str, Any], *, at: str) -> resources.Ht
         ingress_class=ctx.optional_str(ingress, "class", at=f"{at}.ingress"),
         name=ctx.optional_str(ingress, "name", at=f"{at}.ingress"),
     )
+
+
+def _http01_spec(config: resources.Http01IngressSolver) -> dict[str, Any]:
+    ingress = {
+        key: value
+        for key, value in (
+            ("ingressClassName", config.ingress_class_name),
+            ("class", config.ingress_class),
+            ("name", config.name),
+        )
+        if value is not None
+    }
+    return {"ingress": ingress}
+
+
+def _dns01(ctx: _Object, dns01: Mapping[str, Any], *, at: str) -> resources.Dns01ProviderSolver:
+    # Provider names are open-ended (third-party providers register their own), so
+    # the schema keeps unknown keys here and cannot count them: that is done here.
+    # cnameStrategy is accepted for cert-manager compatibility; certctl always follows
+    # a CNAME at _acme-challenge, since a TXT record cannot sit beside one ("None"
+    # could only fail).
+    providers = [key for key in dns01 if key not in _DNS01_SETTINGS]
+    if len(providers) != 1:
+        found = ", ".join(providers) if providers else "none"
+        ctx.fail(at, f"exactly one DNS provider must be configured, found {found}")
+    provider = providers[0]
+    config = ctx.mapping(dns01[provider], field=f"{at}.{provider}")
+    return resources.Dns01ProviderSolver(
+        provider=provider,
+        config=tuple((str(key), copy.deepcopy(item)) for key, item in config.items()),
+        account_label=cast(resources.AccountLabelMode, dns01.get("accountLabel") or "Never"),
+    )
+
+
+def _dns01_spec(config: resources.Dns01ProviderSolver) -> dict[str, Any]:
+    spec: dict[str, Any] = {config.provider: copy.deepcopy(dict(config.config))}
+    if config.account_label != "Never":
+        spec["accountLabel"] = config.account_label
+    return spec
+
+
+def _tls_alpn01(ctx: _Object, tls_alpn01: Mapping[str, Any], *,
+                at: str) -> resources.TlsAlpn01ListenerSolver:
+    return resources.TlsAlpn01ListenerSolver()  # no settings (the schema says so)
+
+
+def _tls_alpn01_spec(config: resources.TlsAlpn01ListenerSolver) -> dict[str, Any]:
+    return {}
+
+
+_Config = TypeVar("_Config")
+_Parsed = TypeVar("_Parsed", covariant=True)
+
+
+class _ParseSolver(Protocol[_Parsed]):
+    def __call__(self, ctx: _Object, value: Mapping[str, Any], /, *, at: str) -> _Parsed: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SolverType(Generic[_Config]):
+    """How one variant of `resources.SolverConfig` is read from its field of a `solvers[]`
+    entry, and written back (`solver_spec`)."""
+
+    config_type: type[_Config]
+    parse: _ParseSolver[_Config]
+    to_spec: Callable[[_Config], dict[str, Any]]
+
+
+# One line per solver type, keyed by its field in `solvers[]`; `certctl.solvers.registry`
+# maps each configuration variant to the Solver answering it.
+SOLVER_TYPES: Final[dict[str, SolverType[Any]]] = {
+    "http01": SolverType(config_type=resources.Http01IngressSolver, parse=_http01,
+                         to_spec=_http01_spec),
+    "dns01": SolverType(config_type=resources.Dns01ProviderSolver, parse=_dns01,
+                        to_spec=_dns01_spec),
+    "tlsALPN01": SolverType(config_type=resources.TlsAlpn01ListenerSolver, parse=_tls_alpn01,
+                            to_spec=_tls_alpn01_spec),
+}
 
 
 # --- certificates ------------------------------------------------------------------

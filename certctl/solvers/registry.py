@@ -5,7 +5,8 @@ instance of each (built with what the process has: the HTTP-01 self-check and
 data-plane Service, the DNS-01 solver with its options, where the TLS-ALPN-01
 self-check connects), and picks the one
 for a Challenge by the configuration it carries. Adding a solver type is
-adding its module, its configuration variant (`api.resources`, `api.parsing`)
+adding its module, its configuration variant (`api.resources`; its reader and
+writer and a line of `api.parsing.SOLVER_TYPES`; its field in the issuer CRDs)
 and a line below.
 """
 
