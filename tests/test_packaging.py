@@ -223,6 +223,8 @@ def test_wheel_installs_the_compiled_data_plane_and_runs(tmp_path: Path):
         assert module in names  # the source too: the fallback
     for page in ("index.html", "dashboard.js", "dashboard.css"):  # package data
         assert f"certctl/admin/static/{page}" in names, page
+    for crd in ("certificates", "issuers", "clusterissuers", "challenges", "orders"):
+        assert f"certctl/api/crds/{crd}.yaml" in names, crd  # what api/schema.py validates with
 
     # The image's build stage runs the same check, and stops when it fails.
     checked = subprocess.run([sys.executable, "-c", _dockerfile_wheel_check(wheels=dist)],
