@@ -235,7 +235,7 @@ def test_canary_weight_and_weight_total_are_read():
         (NGINX + "proxy-body-size", "lots"),
         (NGINX + "proxy-read-timeout", "0"),
         (NGINX + "ssl-redirect", "yes"),
-        (NGINX + "backend-protocol", "GRPC"),
+        (NGINX + "backend-protocol", "FCGI"),
         (NGINX + "rewrite-target", "relative"),
     ],
 )

@@ -24,6 +24,13 @@ request smuggling out. A head is limited in size (MAX_HEAD, 431), target
 (MAX_TARGET, 414) and field count (MAX_HEADERS, 431), whether it arrives in
 one read or many.
 
+A route with backend-protocol GRPC, GRPCS or H2C forwards each request as
+a stream of a multiplexed HTTP/2 connection (`upstream_h2`) through the
+same callbacks: the response is re-chunked unless it has a Content-Length,
+and the backend's trailers become the chunked body's trailer section (a
+client may ignore them; with a Content-Length they are dropped). The
+client's own trailers and TE are not forwarded (hop-by-hop on HTTP/1.1).
+
 A request with `Connection: upgrade` (WebSocket) is forwarded on a fresh
 upstream connection; if the upstream answers 101, both connections switch
 to relaying raw bytes until either side closes or both stay silent for the
@@ -52,7 +59,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from certctl.dataplane import affinity, dispatch, http2, limits, routing, upstream
+from certctl.dataplane import affinity, dispatch, http2, limits, routing, upstream, upstream_h2
 from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
@@ -189,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         "_started_at",
         "_status",
         "_target",
+        "_trailers",
         "_transfer_encoding",
         "_transport",
         "_tried",
@@ -240,7 +248,7 @@ class ClientConnection(asyncio.Protocol):
         self._match: routing.RouteMatch | None = None
         self._target = b""
         self._route_host = ""
-        self._upstream: upstream.UpstreamConnection | None = None
+        self._upstream: upstream.Leg | None = None
         self._upstream_paused = False
         self._body_done = False
         self._body_sent = 0
@@ -256,6 +264,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel = False
         self._upgrade_head: upstream.ResponseHead | None = None
         self._held = b""  # a response head waiting for the first body bytes
+        self._trailers = b""  # an HTTP/2 backend's, as the chunked body's trailer section
         self._read_timeout = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -632,10 +641,16 @@ class ClientConnection(asyncio.Protocol):
             self._tried_since = time.monotonic()
         upstreams = match.upstreams
         if not fresh:
-            connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
-            if connection is not None:
-                self._attach(connection)
-                return
+            if match.options.backend_h2:
+                leg = self._plane.h2_pool.take(upstreams[start], match.options.backend_tls)
+                if leg is not None:
+                    self._attach_h2(leg)
+                    return
+            else:
+                connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
+                if connection is not None:
+                    self._attach(connection)
+                    return
         self._deadline = time.monotonic() + self._read_timeout
         self._plane.spawn(self._open(start=start, fresh=fresh))
 
@@ -643,39 +658,79 @@ class ClientConnection(asyncio.Protocol):
         match = self._match
         assert match is not None
         pool = self._plane.pool
-        connection = await pool.connect_for(
-            match, start=start, fresh=fresh, default_timeout=self._plane.connect_timeout,
-            tried=self._tried, tried_since=self._tried_since)
-        if connection is not None:
-            if self._closed or self._match is not match:
-                pool.release(connection)  # unused: the client left or timed out meanwhile
+        if match.options.backend_h2:
+            leg = await upstream.connect_for(
+                self._plane.h2_pool, match, start=start, fresh=fresh,
+                default_timeout=self._plane.connect_timeout, tried=self._tried,
+                tried_since=self._tried_since)
+            if leg is not None:
+                if self._closed or self._match is not match:
+                    leg.close()  # unused: the client left or timed out meanwhile
+                    return
+                self._attach_h2(leg)
                 return
-            self._attach(connection)
-            return
+        else:
+            connection = await pool.connect_for(
+                match, start=start, fresh=fresh, default_timeout=self._plane.connect_timeout,
+                tried=self._tried, tried_since=self._tried_since)
+            if connection is not None:
+                if self._closed or self._match is not match:
+                    pool.release(connection)  # unused: the client left or timed out meanwhile
+                    return
+                self._attach(connection)
+                return
         if not self._closed and self._match is match:
             self._bad_gateway()
 
     def _attach(self, connection: upstream.UpstreamConnection) -> None:
         """Send the request head on `connection`, then whatever body is queued."""
-        head = self._head
-        match = self._match
-        assert head is not None and match is not None
-        self._upstream = connection
-        self._upstream_paused = False
-        self._tried += connection.tries
-        if match.options.affinity is not None:
-            self._extra_headers = affinity.with_cookie(
-                self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
-                address=connection.address)
-        self._started_at = time.monotonic()
-        self._deadline = self._started_at + self._read_timeout
+        head = self._attached(connection)
         connection.begin(
             exchange=self,
             request=self._request_head(head),
             head_only=head.method == b"HEAD",
         )
+        self._send_queued(connection)
+
+    def _attach_h2(self, leg: upstream_h2.Stream) -> None:
+        """Send the request as a stream to an HTTP/2 backend (GRPC, GRPCS, H2C; the client's
+        trailers are dropped, and TE with them), then whatever body is queued."""
+        head = self._attached(leg)
+        match = self._match
+        assert match is not None
+        host = head.host or b""
+        leg.begin(exchange=self, end_stream=self._body_done, headers=upstream_h2.request_headers(
+            method=head.method, scheme=b"https" if match.options.backend_tls else b"http",
+            target=self._target, authority=match.options.upstream_vhost or host,
+            headers=head.headers, content_length=None if head.chunked else head.content_length,
+            te_trailers=False, client_ip=self._client_ip, forwarded_proto=self._scheme,
+            forwarded_host=host))
+        self._send_queued(leg)
+
+    def _attached(self, leg: upstream.Leg) -> _RequestHead:
+        """`leg` serves the current request from now on."""
+        head = self._head
+        match = self._match
+        assert head is not None and match is not None
+        self._upstream = leg
+        self._upstream_paused = False
+        self._trailers = b""
+        self._tried += leg.tries
+        if match.options.affinity is not None:
+            self._extra_headers = affinity.with_cookie(
+                self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
+                address=leg.address)
+        self._started_at = time.monotonic()
+        self._deadline = self._started_at + self._read_timeout
+        return head
+
+    def _send_queued(self, leg: upstream.Leg) -> None:
+        """The request head went out on `leg`: the body follows as it comes."""
+        head = self._head
+        if head is None or self._upstream is not leg:
+            return  # failed at once, and answered or sent elsewhere
         if self._client_slow:
-            connection.pause_reading(True)
+            leg.pause_reading(True)
         if head.expect_continue and not self._body_done and head.version != "1.0":
             # We answer the client's Expect ourselves and do not forward it, so
             # the upstream never has to and the body is not held back.
@@ -708,9 +763,12 @@ class ClientConnection(asyncio.Protocol):
         head = self._head
         connection = self._upstream
         assert head is not None and connection is not None
+        h2_leg = connection if isinstance(connection, upstream_h2.Stream) else None
         if event is None:
             self._body_done = True
-            if head.chunked:
+            if h2_leg is not None:
+                h2_leg.end()
+            elif head.chunked:
                 connection.write(b"0\r\n\r\n")
             return
         self._body_sent += len(event)
@@ -723,7 +781,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._respond_local(status=413, keep_alive=False)
             return
-        if head.chunked:
+        if head.chunked and h2_leg is None:
             connection.write(b"%x\r\n%s\r\n" % (len(event), event))
         else:
             connection.write(event)
@@ -885,10 +943,18 @@ class ClientConnection(asyncio.Protocol):
             held, self._held = self._held, b""
             self._write(held)
 
+    def response_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """An HTTP/2 backend's trailers: the chunked body's trailer section (RFC 9112 7.1.2;
+        a client that wants none discards it), dropped when the body has a length."""
+        if self._rechunk:
+            self._trailers = b"".join(name + b": " + value + b"\r\n"
+                                      for name, value in trailers)
+
     def response_complete(self) -> None:
         held, self._held = self._held, b""
         if self._rechunk:
-            self._write(held + b"0\r\n\r\n")
+            trailers, self._trailers = self._trailers, b""
+            self._write(held + b"0\r\n" + trailers + b"\r\n")
         elif held:
             self._write(held)
         connection, self._upstream = self._upstream, None
@@ -947,8 +1013,7 @@ class ClientConnection(asyncio.Protocol):
         self._bad_gateway()
 
     def _try_next(
-        self, policy: route_options.NextUpstream,
-        failed: upstream.UpstreamConnection | None = None,
+        self, policy: route_options.NextUpstream, failed: upstream.Leg | None = None,
     ) -> bool:
         """proxy-next-upstream: send the request to the next endpoint, if the policy lets
         it, dropping the one that failed (its answer unread); False: answer with it."""

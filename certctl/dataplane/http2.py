@@ -6,10 +6,13 @@ place of the hpack library's; this module checks request headers
 itself (in the pass that reads them; h2's checks run a generator per rule
 and a Python loop per byte of every field), maps h2's events to the same decisions as
 HTTP/1.1 (`dispatch.decide`) and the same pooled upstream connections, one
-upstream exchange per stream. Backends keep speaking HTTP/1.1, as behind
-ingress-nginx. What h2 queues is written once per event-loop turn (`flush`),
-and a response's head waits for the body its upstream read brought, so a
-small response is two frames in one TLS record shared with other streams.
+upstream exchange per stream. Backends speak HTTP/1.1, as behind
+ingress-nginx, unless their route says GRPC, GRPCS or H2C (backend-protocol):
+then each stream is a stream to the backend too (`upstream_h2`), with `te:
+trailers` passed on and trailers relayed both ways. What h2 queues is
+written once per event-loop turn (`flush`), and a response's head waits
+for the body its upstream read brought, so a small response is two frames
+in one TLS record shared with other streams.
 h2spec's whole suite passes (tests/test_h2spec.py); the CPU per request is
 compared with nginx in bench B10.
 
@@ -32,7 +35,10 @@ MAX_CONCURRENT_STREAMS open at a time.
 
 Not supported: upgrades inside HTTP/2 (extended CONNECT for WebSocket, RFC
 8441: not advertised, so clients use HTTP/1.1 for WebSocket), server push,
-and trailers (dropped, as the upstream leg is HTTP/1.1 without TE).
+and trailers to or from HTTP/1.1 backends (dropped: that leg has no TE).
+A reset by an HTTP/2 backend resets the client's stream (with the backend's
+code when it is about the request, `upstream_h2.StreamReset`), and a client's
+reset resets the backend's stream.
 """
 
 from __future__ import annotations
@@ -51,7 +57,15 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from certctl.dataplane import affinity, dispatch, hpack_codec, limits, routing, upstream
+from certctl.dataplane import (
+    affinity,
+    dispatch,
+    hpack_codec,
+    limits,
+    routing,
+    upstream,
+    upstream_h2,
+)
 from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
@@ -60,6 +74,7 @@ if TYPE_CHECKING:
     from certctl.dataplane.server import DataPlane
 
 logger = logging.getLogger(__name__)
+UNPROCESSED_RETRIES: Final = 3
 
 MAX_CONCURRENT_STREAMS: Final = 128
 RESET_BURST: Final = 200  # streams a client may cancel at once ...
@@ -187,7 +202,7 @@ class _Stream:
         self.limit_slot: limits.Slot | None = None  # released when the stream is forgotten
         # Added to the backend's response, replacing its same-named ones (CORS headers).
         self.extra_headers: tuple[tuple[bytes, bytes], ...] = ()
-        self.connection: upstream.UpstreamConnection | None = None
+        self.connection: upstream.Leg | None = None
         self.upstream_paused = False
         self.read_timeout = 0.0
         self.deadline = 0.0
@@ -196,9 +211,11 @@ class _Stream:
         self.status = 0
         self.head_pending: list[tuple[bytes, bytes]] | None = None  # not sent yet
         self.pending = bytearray()  # response bytes waiting for flow-control window
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # sent after `pending`
+        self.request_trailers: list[tuple[bytes, bytes]] | None = None  # for an HTTP/2 backend
         self.end_after_pending = False
         self.upstream_reading_paused = False
-        self.retried = False
+        self.retried = 0  # sent again unprocessed (see upstream_failed)
         self.tried = 0  # endpoints tried (proxy-next-upstream)
         self.tried_since = 0.0
         self.finished = False
@@ -294,7 +311,7 @@ class _Stream:
         self.match = route
         self.target = b"/"
         self.tried = 0
-        self.retried = False
+        self.retried = 0
         self.owner.connect(self, fresh=False)
         self.owner.flush()
 
@@ -318,6 +335,11 @@ class _Stream:
             self.end_after_pending = True
             self.owner.send_pending(self)
 
+    def response_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """An HTTP/2 backend's trailers (gRPC's status): sent once the body is out."""
+        if not self.end_after_pending:
+            self.trailers = trailers
+
     def response_upgraded(self, leftover: bytes) -> None:
         self.upstream_failed(upstream.UpstreamError("unexpected protocol upgrade"))
 
@@ -331,7 +353,9 @@ class _Stream:
         if self.finished:
             return
         if self.response_started:
-            self.owner.reset(self)
+            self.owner.reset(self, error_code=error.client_code
+                             if isinstance(error, upstream_h2.StreamReset)
+                             else h2.errors.ErrorCodes.CANCEL)
             return
         if (
             connection is not None
@@ -339,9 +363,12 @@ class _Stream:
             and not connection.received_any
             and self.body_sent == 0
             and self.body_done
-            and not self.retried
+            and self.retried < UNPROCESSED_RETRIES
         ):
-            self.retried = True  # a kept-alive connection closed while idle: once more
+            # A kept-alive connection closed while idle, or an HTTP/2 backend refusing the
+            # stream unprocessed (RFC 9113 8.7; grpc-core does while 200 calls arrive at
+            # once): nothing reached the backend, so it is sent again, a few times at most.
+            self.retried += 1
             self.owner.connect(self, fresh=True)
             return
         policy = None if self.match is None else self.match.options.next_upstream
@@ -364,8 +391,7 @@ class _Stream:
             self.owner.send_body(self)
 
     def try_next(
-        self, policy: route_options.NextUpstream,
-        failed: upstream.UpstreamConnection | None = None,
+        self, policy: route_options.NextUpstream, failed: upstream.Leg | None = None,
     ) -> bool:
         """proxy-next-upstream: send the request to the next endpoint, if the policy lets
         it, dropping the one that failed (its answer unread); False: answer with it."""
@@ -644,47 +670,70 @@ class Http2Connection(asyncio.Protocol):
         self.open_from(stream, start, fresh=fresh)
 
     def open_from(self, stream: _Stream, start: int, *, fresh: bool) -> None:
-        """Use an idle pooled connection to the endpoint at `start` at once, or find one
-        from there in a task."""
+        """Use an idle pooled connection (or a stream on an HTTP/2 backend's connection)
+        to the endpoint at `start` at once, or find one from there in a task."""
         match = stream.match
         assert match is not None
         if stream.tried == 0 and match.options.next_upstream is not None:
             stream.tried_since = time.monotonic()
         upstreams = match.upstreams
         if not fresh:
-            connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
-            if connection is not None:
-                self._attach(stream, connection)
-                return
+            if match.options.backend_h2:
+                leg = self.plane.h2_pool.take(upstreams[start], match.options.backend_tls)
+                if leg is not None:
+                    self._attach_h2(stream, leg)
+                    return
+            else:
+                connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
+                if connection is not None:
+                    self._attach(stream, connection)
+                    return
         self.plane.spawn(self._open(stream, start=start, fresh=fresh))
 
     async def _open(self, stream: _Stream, *, start: int, fresh: bool) -> None:
         match = stream.match
         assert match is not None
         pool = self.plane.pool
-        connection = await pool.connect_for(
-            match, start=start, fresh=fresh, default_timeout=self.plane.connect_timeout,
-            tried=stream.tried, tried_since=stream.tried_since)
-        if connection is not None:
-            if self._closed or stream.finished:
-                pool.release(connection)
+        if match.options.backend_h2:
+            leg = await upstream.connect_for(
+                self.plane.h2_pool, match, start=start, fresh=fresh,
+                default_timeout=self.plane.connect_timeout, tried=stream.tried,
+                tried_since=stream.tried_since)
+            if leg is not None:
+                if self._closed or stream.finished:
+                    leg.close()
+                    return
+                self._attach_h2(stream, leg)
+                self.flush()
                 return
-            self._attach(stream, connection)
-            self.flush()
-            return
+        else:
+            connection = await pool.connect_for(
+                match, start=start, fresh=fresh, default_timeout=self.plane.connect_timeout,
+                tried=stream.tried, tried_since=stream.tried_since)
+            if connection is not None:
+                if self._closed or stream.finished:
+                    pool.release(connection)
+                    return
+                self._attach(stream, connection)
+                self.flush()
+                return
         if not self._closed and not stream.finished:
             stream.bad_gateway()
             self.flush()
 
-    def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
-        stream.connection = connection
+    def _attached(self, stream: _Stream, leg: upstream.Leg) -> None:
+        """`leg` serves the stream from now on."""
+        stream.connection = leg
         stream.upstream_paused = False
-        stream.tried += connection.tries
+        stream.tried += leg.tries
         if stream.match is not None and stream.match.options.affinity is not None:
             stream.extra_headers = affinity.with_cookie(
                 stream.extra_headers, match=stream.match, cookie_header=stream.header(b"cookie"),
-                address=connection.address)
+                address=leg.address)
         stream.started_at = time.monotonic()
+
+    def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
+        self._attached(stream, connection)
         host = stream.authority or b""
         chunked = stream.content_length is None and not stream.body_done
         match = stream.match
@@ -710,6 +759,24 @@ class Http2Connection(asyncio.Protocol):
             connection.pause_reading(True)
         self.send_body(stream)
 
+    def _attach_h2(self, stream: _Stream, leg: upstream_h2.Stream) -> None:
+        """Forward the stream's request as a stream to an HTTP/2 backend (GRPC, GRPCS,
+        H2C), `te: trailers` included when the client sent it."""
+        self._attached(stream, leg)
+        match = stream.match
+        assert match is not None
+        host = stream.authority or b""
+        stream.chunked = False
+        leg.begin(exchange=stream, end_stream=stream.body_done, headers=upstream_h2.request_headers(
+            method=stream.method, scheme=b"https" if match.options.backend_tls else b"http",
+            target=stream.target, authority=match.options.upstream_vhost or host,
+            headers=stream.headers, content_length=stream.content_length,
+            te_trailers=stream.header(b"te") is not None, client_ip=self._client_ip,
+            forwarded_proto=b"https", forwarded_host=host))
+        if self._client_slow and stream.connection is leg:
+            leg.pause_reading(True)
+        self.send_body(stream)
+
     def _data(self, event: h2.events.DataReceived) -> None:
         stream = self._streams.get(event.stream_id or 0)
         if stream is None or event.data is None:
@@ -721,7 +788,8 @@ class Http2Connection(asyncio.Protocol):
         self.send_body(stream)
 
     def send_body(self, stream: _Stream) -> None:
-        """Write queued body pieces upstream and return their window to the client."""
+        """Write queued body pieces upstream and return their window to the client; stop
+        while the upstream leg cannot take more (`upstream_write_paused`)."""
         connection = stream.connection
         if connection is None or stream.upstream_paused or stream.finished:
             return
@@ -729,11 +797,14 @@ class Http2Connection(asyncio.Protocol):
         assert match is not None
         limit = match.options.body_size_limit
         chunked = stream.chunked
-        while stream.body_queue:
+        h2_leg = connection if isinstance(connection, upstream_h2.Stream) else None
+        while stream.body_queue and not stream.upstream_paused:
             data, flow_length = stream.body_queue.popleft()
             if not data and not flow_length:
                 stream.body_done = True
-                if chunked:
+                if h2_leg is not None:
+                    h2_leg.end(stream.request_trailers)
+                elif chunked:
                     connection.write(b"0\r\n\r\n")
                 continue
             stream.body_sent += len(data)
@@ -747,6 +818,10 @@ class Http2Connection(asyncio.Protocol):
                 return
             if data:
                 connection.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                if h2_leg is not None and not stream.response_started:
+                    # A long client stream (gRPC) waits for no answer while it sends: the
+                    # read timeout runs from what the backend last took, as nginx's.
+                    stream.deadline = time.monotonic() + stream.read_timeout
             if flow_length and not self._closed:
                 self._h2.acknowledge_received_data(flow_length, stream.stream_id)
 
@@ -770,9 +845,11 @@ class Http2Connection(asyncio.Protocol):
         stream_id = stream.stream_id
         pending = stream.pending
         head = stream.head_pending
+        # The last DATA frame ends the stream, unless trailers (an HTTP/2 backend's) follow.
+        ending = stream.end_after_pending and stream.trailers is None
         if head is not None:
             stream.head_pending = None
-            ended = stream.end_after_pending and not pending
+            ended = ending and not pending
             h2conn.send_headers(stream_id, head, end_stream=ended)
             self.flush()
             if ended:
@@ -784,11 +861,10 @@ class Http2Connection(asyncio.Protocol):
             if window <= 0:
                 break
             if len(pending) <= window:
-                ended = stream.end_after_pending
-                h2conn.send_data(stream_id, bytes(pending), end_stream=ended)
+                h2conn.send_data(stream_id, bytes(pending), end_stream=ending)
                 pending.clear()
                 self.flush()
-                if ended:
+                if ending:
                     self._finish(stream)
                     return
                 break
@@ -796,7 +872,10 @@ class Http2Connection(asyncio.Protocol):
             del pending[:window]
             self.flush()
         if not pending and stream.end_after_pending:
-            h2conn.end_stream(stream_id)
+            if stream.trailers is not None:
+                h2conn.send_headers(stream_id, stream.trailers, end_stream=True)
+            else:
+                h2conn.end_stream(stream_id)
             self.flush()
             self._finish(stream)
             return
@@ -840,15 +919,20 @@ class Http2Connection(asyncio.Protocol):
         self._forget(stream_id, cancel=True)
 
     def _trailers(self, event: h2.events.TrailersReceived) -> None:
-        """Trailers are dropped (the upstream leg has none), but must be well-formed."""
-        for name, value in cast(list[tuple[bytes, bytes]], event.headers or []):
+        """Trailers must be well-formed; they go to an HTTP/2 backend with the end of the
+        body, and are dropped for an HTTP/1.1 one (that leg has no TE)."""
+        trailers = cast(list[tuple[bytes, bytes]], event.headers or [])
+        for name, value in trailers:
             if _token(name) is None or (value and _bad_value(value) is not None):
                 self._refuse_malformed(event.stream_id or 0)
                 return
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is not None and stream.match is not None and stream.match.options.backend_h2:
+            stream.request_trailers = trailers
 
-    def reset(self, stream: _Stream) -> None:
+    def reset(self, stream: _Stream, *, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         if not self._closed and not stream.finished:
-            self._h2.reset_stream(stream.stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            self._h2.reset_stream(stream.stream_id, error_code=error_code)
             self.flush()
         self._forget(stream.stream_id, cancel=True)
 

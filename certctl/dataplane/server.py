@@ -52,6 +52,7 @@ from certctl.dataplane import (
     routing,
     tls,
     upstream,
+    upstream_h2,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class DataPlane:
         self._http_port: int | None = None
         self._https_port: int | None = None
         self.pool = upstream.Pool()
+        self.h2_pool = upstream_h2.Pool()  # backend-protocol GRPC, GRPCS, H2C
         self.limits = limits.RequestLimits()  # Ingresses' limit-rps/-rpm/-connections counts
         self.external_auth = external_auth.ExternalAuthorizer(
             pool=self.pool, connect_timeout=connect_timeout, timeout=upstream_timeout)
@@ -226,6 +228,7 @@ class DataPlane:
             await server.wait_closed()
         self._servers.clear()
         self.pool.close_all()
+        self.h2_pool.close_all()
         if self._admin is not None:
             self._admin.stop()
         self._uninstall_unraisablehook()

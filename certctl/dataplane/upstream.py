@@ -25,7 +25,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Final, Protocol, cast
+from typing import Final, Protocol, TypeVar, cast
 
 import httptools
 
@@ -87,6 +87,38 @@ class Exchange(Protocol):
     def upstream_failed(self, error: Exception | None) -> None: ...
 
     def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class Leg(Protocol):
+    """What a client connection holds for the request it forwards: an `UpstreamConnection`
+    (HTTP/1.1, one exchange at a time) or a stream of a multiplexed HTTP/2 connection
+    (`upstream_h2.Stream`). Each tells its exchange what the backend answers."""
+
+    address: routing.Upstream
+    tries: int  # endpoints tried to get this one (proxy-next-upstream)
+    # The backend cannot have acted on the request: sending it again is safe if nothing
+    # of it was sent (a kept-alive connection closed while idle, a refused HTTP/2 stream).
+    reused: bool
+    received_any: bool  # of the response
+    reusable: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause_reading(self, paused: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+LegT = TypeVar("LegT", bound=Leg)
+LegT_co = TypeVar("LegT_co", bound=Leg, covariant=True)
+
+
+class Opener(Protocol[LegT_co]):
+    """Where legs to an endpoint come from: `Pool` here, `upstream_h2.Pool` for HTTP/2."""
+
+    def take(self, address: routing.Upstream, tls: bool) -> LegT_co | None: ...
+
+    async def open(self, address: routing.Upstream, *, tls: bool, timeout: float) -> LegT_co: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -352,19 +384,10 @@ class Pool:
         self, match: routing.RouteMatch, *, start: int, fresh: bool, default_timeout: float,
         tried: int, tried_since: float,
     ) -> UpstreamConnection | None:
-        """`connect_any` for a matched route, within its proxy-next-upstream budget: `tried`
-        endpoints were already tried since `tried_since` (HTTP/1.1 and HTTP/2 alike)."""
-        options = match.options
-        timeout = options.connect_timeout or default_timeout
-        policy = options.next_upstream
-        if policy is None:
-            return await self.connect_any(match.upstreams, start=start, tls=options.backend_tls,
-                                          fresh=fresh, timeout=timeout)
-        count = len(match.upstreams)
-        return await self.connect_any(
-            match.upstreams, start=start, tls=options.backend_tls, fresh=fresh, timeout=timeout,
-            attempts=max(1, min(policy.tries or count, count) - tried), next_upstream=policy,
-            deadline=tried_since + policy.timeout_seconds if policy.timeout_seconds else 0.0)
+        """`connect_for` with this pool's connections."""
+        return await connect_for(self, match, start=start, fresh=fresh,
+                                 default_timeout=default_timeout, tried=tried,
+                                 tried_since=tried_since)
 
     async def connect_any(
         self,
@@ -374,40 +397,18 @@ class Pool:
         tls: bool,
         timeout: float,
         fresh: bool,
-        attempts: int = 0,
-        next_upstream: route_options.NextUpstream | None = None,
-        deadline: float = 0.0,
     ) -> UpstreamConnection | None:
-        """A connection to the first endpoint, round-robin from `start`, that has an idle
-        one (unless `fresh`) or accepts a new one; None when every endpoint refused.
+        """`connect_any` with this pool's connections, every endpoint tried."""
+        return await connect_any(self, upstreams, start=start, tls=tls, timeout=timeout,
+                                 fresh=fresh)
 
-        With `next_upstream` (proxy-next-upstream), at most `attempts` endpoints (0: all),
-        stopping at a failure it does not list or past `deadline` (monotonic, 0: none); the
-        connection's `tries` says how many endpoints it took."""
-        count = len(upstreams)
-        limit = min(attempts, count) if attempts else count
-        for offset in range(limit):
-            address = upstreams[(start + offset) % count]
-            connection = None if fresh else self.take(address, tls)
-            if connection is None:
-                try:
-                    connection = await self.open(address, tls=tls, timeout=timeout)
-                except OSError as err:  # TimeoutError included
-                    logger.debug("upstream %s:%s: %r", address[0], address[1], err)
-                    if next_upstream is not None and (
-                        not (next_upstream.timeout if isinstance(err, TimeoutError)
-                             else next_upstream.error)
-                        or (deadline and time.monotonic() >= deadline)
-                    ):
-                        break
-                    continue
-            connection.tries = offset + 1
-            return connection
-        logger.warning("no upstream of %d accepted a connection: %s", count, list(upstreams))
-        return None
-
-    def release(self, connection: UpstreamConnection) -> None:
-        """Keep `connection` for the next request to its endpoint if it can serve one."""
+    def release(self, connection: Leg) -> None:
+        """Keep `connection` for the next request to its endpoint if it can serve one;
+        a stream of a multiplexed connection is closed instead (which ends it, if its
+        exchange did not, and frees its place on the connection)."""
+        if not isinstance(connection, UpstreamConnection):
+            connection.close()
+            return
         connection.exchange = None
         if not connection.reusable or connection.closed:
             connection.close()
@@ -439,3 +440,65 @@ class Pool:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             self._tls_context = context
         return self._tls_context
+
+
+async def connect_for(
+    opener: Opener[LegT], match: routing.RouteMatch, *, start: int, fresh: bool,
+    default_timeout: float, tried: int, tried_since: float,
+) -> LegT | None:
+    """`connect_any` for a matched route, within its proxy-next-upstream budget: `tried`
+    endpoints were already tried since `tried_since` (HTTP/1.1 and HTTP/2, clients and
+    backends alike)."""
+    options = match.options
+    timeout = options.connect_timeout or default_timeout
+    policy = options.next_upstream
+    if policy is None:
+        return await connect_any(opener, match.upstreams, start=start, tls=options.backend_tls,
+                                 fresh=fresh, timeout=timeout)
+    count = len(match.upstreams)
+    return await connect_any(
+        opener, match.upstreams, start=start, tls=options.backend_tls, fresh=fresh,
+        timeout=timeout, attempts=max(1, min(policy.tries or count, count) - tried),
+        next_upstream=policy,
+        deadline=tried_since + policy.timeout_seconds if policy.timeout_seconds else 0.0)
+
+
+async def connect_any(
+    opener: Opener[LegT],
+    upstreams: Sequence[routing.Upstream],
+    *,
+    start: int,
+    tls: bool,
+    timeout: float,
+    fresh: bool,
+    attempts: int = 0,
+    next_upstream: route_options.NextUpstream | None = None,
+    deadline: float = 0.0,
+) -> LegT | None:
+    """A leg to the first endpoint, round-robin from `start`, that has one ready (unless
+    `fresh`) or accepts a new connection; None when every endpoint refused.
+
+    With `next_upstream` (proxy-next-upstream), at most `attempts` endpoints (0: all),
+    stopping at a failure it does not list or past `deadline` (monotonic, 0: none); the
+    leg's `tries` says how many endpoints it took."""
+    count = len(upstreams)
+    limit = min(attempts, count) if attempts else count
+    for offset in range(limit):
+        address = upstreams[(start + offset) % count]
+        connection = None if fresh else opener.take(address, tls)
+        if connection is None:
+            try:
+                connection = await opener.open(address, tls=tls, timeout=timeout)
+            except OSError as err:  # TimeoutError included
+                logger.debug("upstream %s:%s: %r", address[0], address[1], err)
+                if next_upstream is not None and (
+                    not (next_upstream.timeout if isinstance(err, TimeoutError)
+                         else next_upstream.error)
+                    or (deadline and time.monotonic() >= deadline)
+                ):
+                    break
+                continue
+        connection.tries = offset + 1
+        return connection
+    logger.warning("no upstream of %d accepted a connection: %s", count, list(upstreams))
+    return None

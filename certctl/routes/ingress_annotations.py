@@ -60,7 +60,8 @@ def route_options(
         refusal = f"{err} (the Ingress is not served until it is fixed)"
     hsts = reader.boolean(keys.HSTS_KEYS, default=False)
     max_age = reader.integer(keys.HSTS_MAX_AGE_KEYS, default=DEFAULT_HSTS_MAX_AGE)
-    protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS, choices=("HTTP", "HTTPS"))
+    protocol = reader.choice(keys.BACKEND_PROTOCOL_KEYS,
+                             choices=("HTTP", "HTTPS", "GRPC", "GRPCS", "H2C"))
     found = options.RouteOptions(
         ssl_redirect=reader.boolean(keys.SSL_REDIRECT_KEYS, default=True),
         force_ssl_redirect=reader.boolean(keys.FORCE_SSL_REDIRECT_KEYS, default=False),
@@ -69,7 +70,8 @@ def route_options(
         body_size_limit=reader.size(keys.PROXY_BODY_SIZE_KEYS),
         read_timeout=reader.seconds(keys.PROXY_READ_TIMEOUT_KEYS),
         connect_timeout=reader.seconds(keys.PROXY_CONNECT_TIMEOUT_KEYS),
-        backend_tls=protocol == "HTTPS",
+        backend_tls=protocol in ("HTTPS", "GRPCS"),
+        backend_h2=protocol in ("GRPC", "GRPCS", "H2C"),
         rewrite_target=reader.absolute_path(keys.REWRITE_TARGET_KEYS),
         cors=_cors_policy(reader),
         redirect=_redirect(reader),

@@ -345,6 +345,9 @@ class RouteOptions:
     read_timeout: float | None = None
     connect_timeout: float | None = None
     backend_tls: bool = False
+    # HTTP/2 to the backend (backend-protocol GRPC, GRPCS, H2C): cleartext with prior
+    # knowledge, or TLS with ALPN h2 beside `backend_tls`; False: HTTP/1.1.
+    backend_h2: bool = False
     rewrite_target: str | None = None
     # Who may pass (source ranges, basic auth); None lets every client through.
     access: access.AccessRules | None = None
