@@ -34,7 +34,6 @@ import concurrent.futures
 import contextlib
 import datetime
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -50,6 +49,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench import b1_issuance as b1
+from bench import b6_idle_certificates as b6
 from bench import reporting
 from bench import workdir as workdir_module
 from certctl.pki import secret as tls_secret
@@ -86,32 +87,6 @@ def _spawn(args: Sequence[str], *, log: Path, name: str) -> subprocess.Popen[byt
             env={**os.environ, "POD_NAME": f"{name}-0", "POD_NAMESPACE": "certctl"})
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def _rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for pid {pid}")
-
-
-def _served(*, port: int, host: str, context: ssl.SSLContext) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock, \
-                context.wrap_socket(sock, server_hostname=host):
-            return True
-    except (ssl.SSLError, OSError):
-        return False
-
-
 def _create_all(api: KubeStore, objects: Sequence[dict[str, Any]]) -> None:
     with concurrent.futures.ThreadPoolExecutor(CREATE_THREADS) as pool:
         for done in pool.map(lambda obj: api.create(obj=obj), objects):
@@ -137,7 +112,7 @@ def issuance(*, plane: ControlPlane, api: KubeStore, pebble: PebbleServer, count
             raise RuntimeError(f"{len(waiting)} of {count} hosts not served after 600 s")
         secrets = {s["metadata"]["name"] for s in api.list(kind="Secret", namespace=NAMESPACE)}
         for host in sorted(waiting):
-            if f"{host.split('.')[0]}-tls" in secrets and _served(
+            if f"{host.split('.')[0]}-tls" in secrets and b1.served_and_verified(
                     port=https_port, host=host, context=context):
                 waiting.discard(host)
         time.sleep(0.2)
@@ -243,7 +218,7 @@ def _replica(args: Sequence[str], *, log: Path) -> Iterator[subprocess.Popen[byt
     try:
         yield process
     finally:
-        _stop(process)
+        b6.stop(process)
 
 
 def replica_start(*, api: KubeStore, count: int, edits: int, args: list[str],
@@ -266,9 +241,9 @@ def replica_start(*, api: KubeStore, count: int, edits: int, args: list[str],
                 raise RuntimeError("the replica was not ready after 300 s")
             time.sleep(0.02)
         ready = time.monotonic() - started
-        rss = _rss_mb(process.pid)
+        rss = b6.memory_mb(process.pid)[0]
         last = f"r{count - 1}.example.test"
-        served = _served(port=https_port, host=last, context=_ca_context(ca))
+        served = b1.served_and_verified(port=https_port, host=last, context=_ca_context(ca))
         edit_ms = []
         for n in range(edits):
             i = (n * 7919) % count
@@ -282,7 +257,7 @@ def replica_start(*, api: KubeStore, count: int, edits: int, args: list[str],
                 if time.monotonic() - written > 30:
                     raise RuntimeError(f"edit {n} not routed after 30 s")
             edit_ms.append((time.monotonic() - written) * 1000)
-        peak = _rss_mb(process.pid, "VmHWM")
+        peak = b6.memory_mb(process.pid)[1]
     return {"ready": ready, "rss": rss, "peak": peak, "served_last": served,
             "edit_ms": edit_ms, "count": count}
 
@@ -341,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes = {}
         for name, command in commands.items():
             processes[name] = _spawn(command, log=work / f"{name}.log", name=name)
-            cleanup.callback(_stop, processes[name])
+            cleanup.callback(b6.stop, processes[name])
         api = admin_store(plane)
         cleanup.callback(api.close)
         api.create(obj=cluster_issuer(pebble, name=ISSUER, api_version="certctl.io/v1"))
@@ -364,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{writes:.1f} (target <= {TARGET_WRITES:.0f})"))
             rows += _request_rows(found["events"], args.ingresses)
             for name, process in processes.items():
-                rows.append((f"{name} peak RSS (VmHWM)", f"{_rss_mb(process.pid, 'VmHWM'):.0f} MB"))
+                rows.append((f"{name} peak RSS (VmHWM)", f"{b6.memory_mb(process.pid)[1]:.0f} MB"))
             ok &= found["seconds"] <= TARGET_SECONDS
             checks.append(f"ok: every one of the {args.ingresses} hosts served a verified chain")
         if args.replica_ingresses:
