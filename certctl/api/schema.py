@@ -32,6 +32,7 @@ import difflib
 import fractions
 import functools
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -414,6 +415,13 @@ def _cel_violations(node: _CelNode, value: Any, *, at: str) -> Iterator[Violatio
         for rule in node.rules:
             if not _holds(rule.program, activation):
                 yield Violation(at or "(object)", rule.message)
+
+
+# celpy logs every step of an evaluation at DEBUG, with the values of the object checked:
+# noise in certctl's own debug output, and the values are users' objects. (With it on, as
+# `certctl serve` at its most verbose turns it on, rules also came out wrong: valid
+# Certificates and Issuers were refused; tests/test_security.py runs that way.)
+logging.getLogger("celpy").setLevel(logging.WARNING)
 
 
 def _holds(program: celpy.Runner, activation: Mapping[str, Any]) -> bool:
