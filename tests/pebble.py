@@ -51,16 +51,26 @@ PEBBLE_BIN = "/usr/bin/pebble"
 CHALLTESTSRV_BIN = "/usr/bin/pebble-challtestsrv"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, never one this process
+    was given before.
 
     The port is released before returning, so another process may grab it
-    first; on a test machine that race is rare enough to accept.
+    first; on a test machine that race is rare enough to accept. The kernel may
+    hand the same released port out twice in a row, though: Pebble's management
+    port once came out equal to the DNS port picked just before it (bind: address
+    already in use), so ports given out are remembered.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass(frozen=True, kw_only=True)
