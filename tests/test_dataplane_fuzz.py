@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
+from tests.test_dataplane_proxy import RawServer, Running, running_plane, simple_ingress
 
 FUZZ = settings(
     max_examples=int(os.environ.get("CERTCTL_FUZZ_EXAMPLES", "200")),
@@ -109,14 +109,11 @@ class RecordingBackend:
     """Parses what the proxy sends with llhttp in strict mode; any parse error is a finding."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port: int = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
         self.errors: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._server = RawServer(self._serve)
+        self.port = self._server.port
 
     def reset(self) -> tuple[list[Seen], list[str]]:
         with self.lock:
@@ -124,32 +121,23 @@ class RecordingBackend:
             self.seen, self.errors = [], []
         return seen, errors
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
     def _serve(self, conn: socket.socket) -> None:
         handler = _BackendParser(self, conn)
-        with conn, contextlib.suppress(OSError):
-            while data := conn.recv(65536):
-                try:
-                    handler.parser.feed_data(data)
-                except httptools.HttpParserUpgrade:
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                    )
-                    return
-                except httptools.HttpParserError as err:
-                    with self.lock:
-                        self.errors.append(f"{err!r} in {data[:300]!r}")
-                    return
+        while data := conn.recv(65536):
+            try:
+                handler.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                )
+                return
+            except httptools.HttpParserError as err:
+                with self.lock:
+                    self.errors.append(f"{err!r} in {data[:300]!r}")
+                return
 
     def close(self) -> None:
-        self.sock.close()
+        self._server.close()
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,7 @@ class RawServer:
     def __init__(self, handle: Any) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(128)
         self.port: int = self.sock.getsockname()[1]
         self._handle = handle
         threading.Thread(target=self._accept, daemon=True).start()

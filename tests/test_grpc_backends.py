@@ -33,7 +33,7 @@ from certctl.routes import ingress_annotations
 from certctl.routes import options as route_options
 from tests.test_dataplane import closed_port
 from tests.test_dataplane_http2 import H2Client
-from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
+from tests.test_dataplane_proxy import RawServer, Running, running_plane, simple_ingress
 from tests.testca import TestCA
 
 NGINX = "nginx.ingress.kubernetes.io/"
@@ -149,52 +149,40 @@ class H2cBackend:
     a GOAWAY sparing the stream, which is then answered."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port: int = self.sock.getsockname()[1]
         self.connections = 0
         self.refused = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._server = RawServer(self._serve)
+        self.port = self._server.port
 
     def _serve(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
         conn = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=False, header_encoding=None))
         conn.initiate_connection()
         requests: dict[int, dict[str, Any]] = {}
-        with sock, contextlib.suppress(OSError):
-            sock.sendall(conn.data_to_send())
-            while True:
-                data = sock.recv(65536)
-                if not data:
+        sock.sendall(conn.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    requests[event.stream_id] = {
+                        "headers": [[n.decode(), v.decode()] for n, v in event.headers],
+                        "body": 0, "trailers": []}
+                elif isinstance(event, h2.events.DataReceived):
+                    requests[event.stream_id]["body"] += len(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    requests[event.stream_id]["trailers"] = [
+                        [n.decode(), v.decode()] for n, v in event.headers]
+                elif isinstance(event, h2.events.StreamEnded) and not self._answer(
+                        sock, conn, event.stream_id, requests.pop(event.stream_id)):
                     return
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        requests[event.stream_id] = {
-                            "headers": [[n.decode(), v.decode()] for n, v in event.headers],
-                            "body": 0, "trailers": []}
-                    elif isinstance(event, h2.events.DataReceived):
-                        requests[event.stream_id]["body"] += len(event.data)
-                        conn.acknowledge_received_data(event.flow_controlled_length,
-                                                       event.stream_id)
-                    elif isinstance(event, h2.events.TrailersReceived):
-                        requests[event.stream_id]["trailers"] = [
-                            [n.decode(), v.decode()] for n, v in event.headers]
-                    elif isinstance(event, h2.events.StreamEnded) and not self._answer(
-                            sock, conn, event.stream_id, requests.pop(event.stream_id)):
-                        return
-                sock.sendall(conn.data_to_send())
+            sock.sendall(conn.data_to_send())
 
     def _answer(self, sock: socket.socket, conn: h2.connection.H2Connection, stream_id: int,
                 request: dict[str, Any]) -> bool:
@@ -230,7 +218,7 @@ class H2cBackend:
         return True
 
     def close(self) -> None:
-        self.sock.close()
+        self._server.close()
 
 
 # --- the data plane in front of them --------------------------------------------------------
