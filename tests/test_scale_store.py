@@ -157,13 +157,19 @@ def mode(loaded: LocalStore, name: str) -> str | None:
     return None if found is None else found["data"]["mode"]
 
 
-def test_an_edit_reloads_only_its_file_and_objects_moving_between_files_follow(tmp_path: Path):
+def two_files_loaded(tmp_path: Path) -> tuple[Path, LocalStore]:
+    """A store loaded from a.yaml (ConfigMap x) and b.yaml (ConfigMap y)."""
     folder = tmp_path / "manifests"
     folder.mkdir()
     (folder / "a.yaml").write_text(config("x", "in a"))
     (folder / "b.yaml").write_text(config("y", "in b"))
     kept = store(tmp_path)
     kept.reload_manifests()
+    return folder, kept
+
+
+def test_an_edit_reloads_only_its_file_and_objects_moving_between_files_follow(tmp_path: Path):
+    folder, kept = two_files_loaded(tmp_path)
     (folder / "a.yaml").write_text(config("z", "new in a"))
     (folder / "b.yaml").write_text(config("y", "in b") + "---\n" + config("x", "moved to b"))
     assert kept.reload_manifests() == []
@@ -175,12 +181,7 @@ def test_an_edit_reloads_only_its_file_and_objects_moving_between_files_follow(t
 
 
 def test_an_edit_defining_a_key_another_file_has_keeps_the_first_and_says_so(tmp_path: Path):
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    (folder / "a.yaml").write_text(config("x", "in a"))
-    (folder / "b.yaml").write_text(config("y", "in b"))
-    kept = store(tmp_path)
-    kept.reload_manifests()
+    folder, kept = two_files_loaded(tmp_path)
     (folder / "b.yaml").write_text(config("y", "in b") + "---\n" + config("x", "also in b"))
     (error,) = kept.reload_manifests()
     assert "also defined in" in error.message and mode(kept, "x") == "in a"
