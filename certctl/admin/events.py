@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from certctl.store.interface import EventType, Object, Store
+from certctl.store.interface import EventType, ForwardingStore, Store
 
 KEPT_EVENTS = 200
 
@@ -33,12 +33,12 @@ class RecordedEvent:
     name: str
 
 
-class EventRecorder:
+class EventRecorder(ForwardingStore):
     """A Store that remembers the last `keep` events emitted through it."""
 
     def __init__(self, *, store: Store, keep: int = KEPT_EVENTS,
                  now: Callable[[], datetime.datetime] | None = None) -> None:
-        self._store = store
+        super().__init__(backing=store)
         self._events: collections.deque[RecordedEvent] = collections.deque(maxlen=keep)
         self._lock = threading.Lock()
         self._now = now or (lambda: datetime.datetime.now(datetime.UTC))
@@ -48,25 +48,6 @@ class EventRecorder:
         with self._lock:
             return list(reversed(self._events))
 
-    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
-        return self._store.get(kind=kind, namespace=namespace, name=name)
-
-    def list(self, *, kind: str, namespace: str | None = None,
-             labels: Mapping[str, str] | None = None) -> list[Object]:
-        return self._store.list(kind=kind, namespace=namespace, labels=labels)
-
-    def create(self, *, obj: Object) -> Object:
-        return self._store.create(obj=obj)
-
-    def replace(self, *, obj: Object) -> Object:
-        return self._store.replace(obj=obj)
-
-    def replace_status(self, *, obj: Object) -> Object:
-        return self._store.replace_status(obj=obj)
-
-    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
-        self._store.delete(kind=kind, namespace=namespace, name=name)
-
     def emit_event(self, *, obj: Mapping[str, Any], type: EventType, reason: str,
                    message: str) -> None:
         metadata = obj.get("metadata") or {}
@@ -75,4 +56,4 @@ class EventRecorder:
                 time=self._now(), type=type, reason=reason, message=message,
                 kind=str(obj.get("kind", "")), namespace=metadata.get("namespace"),
                 name=str(metadata.get("name", ""))))
-        self._store.emit_event(obj=obj, type=type, reason=reason, message=message)
+        self.backing.emit_event(obj=obj, type=type, reason=reason, message=message)

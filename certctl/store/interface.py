@@ -90,3 +90,34 @@ class Store(Protocol):
     ) -> None:
         """Record a Kubernetes-style Event about `obj` (best effort, never raises)."""
         ...
+
+
+class ForwardingStore:
+    """A Store that passes every call to the store it wraps: the base of wrappers that
+    change one part (the watch cache its reads, the event recorder its events)."""
+
+    def __init__(self, *, backing: Store) -> None:
+        self.backing = backing
+
+    def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
+        return self.backing.get(kind=kind, namespace=namespace, name=name)
+
+    def list(self, *, kind: str, namespace: str | None = None,
+             labels: Mapping[str, str] | None = None) -> list[Object]:
+        return self.backing.list(kind=kind, namespace=namespace, labels=labels)
+
+    def create(self, *, obj: Object) -> Object:
+        return self.backing.create(obj=obj)
+
+    def replace(self, *, obj: Object) -> Object:
+        return self.backing.replace(obj=obj)
+
+    def replace_status(self, *, obj: Object) -> Object:
+        return self.backing.replace_status(obj=obj)
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
+        self.backing.delete(kind=kind, namespace=namespace, name=name)
+
+    def emit_event(self, *, obj: Mapping[str, Any], type: EventType, reason: str,
+                   message: str) -> None:
+        self.backing.emit_event(obj=obj, type=type, reason=reason, message=message)

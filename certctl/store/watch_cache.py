@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from certctl.api.resources import ObjectKey
-from certctl.store.interface import EventType, Object, StoreError, WatchEvent
+from certctl.store.interface import ForwardingStore, Object, StoreError, WatchEvent
 from certctl.store.kube import KubeStore, labels_match
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,12 @@ def _newer(candidate: int | None, than: int | None) -> bool:
     return candidate is None or than is None or candidate > than
 
 
-class WatchCache:
+class WatchCache(ForwardingStore):
     """Reads of `kinds` from memory once seeded; everything else through `backing`."""
 
     def __init__(self, *, backing: KubeStore, kinds: Iterable[str]) -> None:
-        self.backing = backing
+        super().__init__(backing=backing)
+        self._kube = backing
         self._kinds = frozenset(kinds)
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
@@ -92,7 +93,7 @@ class WatchCache:
         changes: list[WatchEvent] = []
         for kind in sorted(self._kinds):
             try:
-                listings = self.backing.list_with_versions(kind=kind)
+                listings = self._kube.list_with_versions(kind=kind)
             except StoreError as err:
                 if kind in self._cached:
                     logger.warning("listing %s again failed, its cache stays as it is: %s",
@@ -159,19 +160,3 @@ class WatchCache:
         return [obj for obj in found
                 if (namespace is None or obj["metadata"].get("namespace") == namespace)
                 and labels_match(obj, labels)]
-
-    def create(self, *, obj: Object) -> Object:
-        return self.backing.create(obj=obj)
-
-    def replace(self, *, obj: Object) -> Object:
-        return self.backing.replace(obj=obj)
-
-    def replace_status(self, *, obj: Object) -> Object:
-        return self.backing.replace_status(obj=obj)
-
-    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
-        self.backing.delete(kind=kind, namespace=namespace, name=name)
-
-    def emit_event(self, *, obj: Mapping[str, Any], type: EventType, reason: str,
-                   message: str) -> None:
-        self.backing.emit_event(obj=obj, type=type, reason=reason, message=message)
