@@ -203,6 +203,40 @@ def test_the_same_content_is_validated_once():
     assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
 
 
+def test_a_rule_is_remembered_by_the_fields_it_reads_only_when_it_reads_no_more():
+    assert schema._fields_read("!(has(self.renewBefore) && has(self.renewBeforePercentage))"
+                               ) == ("renewBefore", "renewBeforePercentage")
+    assert schema._fields_read("size(self) <= 64") is None  # self whole
+    assert schema._fields_read("self.all(k, k != '')") is None  # a method of self
+    assert schema._fields_read("self.x == 1 || self.matches('a')") is None
+
+    # Certificates that differ only in fields a rule does not read share its outcome;
+    # one that changes a field it reads gets its own. Outcomes stay those of a fresh
+    # evaluation whatever came first.
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        (certificate(dnsNames=[f"n{i}.example.test"]), None) for i in range(3)
+    ]
+    cases += [
+        (certificate(dnsNames=["r.example.test"], renewBefore="3000h"),
+         "must be less than duration"),
+        (certificate(dnsNames=["d.example.test"], renewBefore="3000h", duration="4000h"), None),
+        (certificate(dnsNames=["p.example.test"], renewBefore="1h", renewBeforePercentage=50),
+         "mutually exclusive"),
+        (certificate(dnsNames=["m.example.test"]), None),
+    ]
+    for obj, problem in cases:
+        if problem is None:
+            schema.validate(obj)
+        else:
+            assert problem in refused(obj).message
+
+    # Another name: only the rule that reads dnsNames is evaluated again.
+    before = schema._rule_holds.cache_info()
+    schema.validate(certificate(dnsNames=["another.example.test"]))
+    after = schema._rule_holds.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 5)
+
+
 def test_what_an_api_server_returns_carries_managed_fields(control_plane: ControlPlane):
     """The premise of the cheap path, with the real kube-apiserver."""
     api = admin_store(control_plane)
