@@ -51,6 +51,7 @@ ACCESS_ANNOTATIONS = [
     {NGINX + "limit-rate-after": "1m"},
     {NGINX + "global-rate-limit": "100"},
     {NGINX + "enable-modsecurity": "true"},
+    {NGINX + "backend-protocol": "HTTPS", NGINX + "proxy-ssl-verify": "on"},
     {NGINX + "configuration-snippet": "deny all;"},
     {NGINX + "server-snippet": "allow 10.0.0.0/8; deny all;"},
     {CERTCTL + "auth-tls-secret": "default/client-ca"},
@@ -210,13 +211,19 @@ def test_opt_out_is_reported_as_served_without_the_restriction():
 
 def test_every_documented_annotation_has_exactly_one_verdict():
     classes = [nginx_annotations.SUPPORTED, frozenset(nginx_annotations.NO_OP),
-               frozenset(nginx_annotations.SNIPPETS), nginx_annotations.UNSUPPORTED]
+               frozenset(nginx_annotations.SNIPPETS), frozenset(nginx_annotations.UNSUPPORTED)]
     for index, one in enumerate(classes):
         for other in classes[index + 1:]:
             assert not one & other
-    # No unsupported name slips past the access rule that should refuse it.
-    for name in nginx_annotations.UNSUPPORTED:
+    # No unsupported name slips past the access rule that should refuse it, and each
+    # Warning says what certctl does instead.
+    for name, instead in nginx_annotations.UNSUPPORTED.items():
         assert not name.startswith(("auth-", "limit-")), name
+        (finding,) = nginx_annotations.review({NGINX + name: "x"}).findings
+        assert finding.verdict == "unsupported" and f"({instead})" in finding.message
+    # A protection switched off asks for what certctl does: nothing to say.
+    assert nginx_annotations.review({NGINX + "proxy-ssl-verify": "off",
+                                     NGINX + "enable-modsecurity": "false"}).findings == ()
 
 
 # --- through `certctl serve` ------------------------------------------------------------------

@@ -101,6 +101,8 @@ NO_OP: Final[dict[str, str]] = {
     "influxdb-host": "certctl exports Prometheus metrics, not InfluxDB",
     "influxdb-server-name": "certctl exports Prometheus metrics, not InfluxDB",
     "http2-push-preload": "browsers no longer accept HTTP/2 server push",
+    "preserve-trailing-slash": "certctl's redirects keep the path as sent, trailing "
+                               "slash included",
     "enable-global-auth": "certctl has no global external authentication to opt out of",
     "auth-keepalive": "connections to the auth service are always kept alive and reused",
     "auth-keepalive-requests": "connections to the auth service are always kept alive",
@@ -123,24 +125,47 @@ SNIPPETS: Final[dict[str, str]] = {
 
 # Names that restrict who may reach the backend (the supported ones aside).
 _ACCESS_PREFIXES: Final = ("auth-", "limit-", "global-rate-limit")
-# Names that restrict access only when switched on.
-_ACCESS_SWITCHES: Final = frozenset({"enable-modsecurity", "enable-owasp-core-rules"})
+# Names that restrict access only when switched on (to a value in lower case). Verifying
+# an HTTPS backend's certificate keeps a man in the middle from the traffic: certctl does
+# not, so it does not serve such an Ingress rather than serve it unverified.
+_ACCESS_SWITCHES: Final = {"enable-modsecurity": "true", "enable-owasp-core-rules": "true",
+                           "proxy-ssl-verify": "on"}
 
 # Every other annotation ingress-nginx documents: known, not implemented, and
-# serving without it exposes nothing its user protected with it.
-UNSUPPORTED: Final = frozenset({
-    "affinity-canary-behavior",
-    "custom-headers",
-    "preserve-trailing-slash", "proxy-cookie-domain",
-    "proxy-cookie-path",
-    "proxy-redirect-from", "proxy-redirect-to", "proxy-ssl-secret", "proxy-ssl-ciphers",
-    "proxy-ssl-name", "proxy-ssl-protocols", "proxy-ssl-verify", "proxy-ssl-verify-depth",
-    "proxy-ssl-server-name", "service-upstream",
-    "ssl-passthrough", "ssl-ciphers", "ssl-prefer-server-ciphers",
-    "upstream-hash-by-subset", "upstream-hash-by-subset-size", "mirror-request-body",
-    "mirror-target",
-    "mirror-host", "modsecurity-transaction-id",
-})
+# serving without it exposes nothing its user protected with it: name -> what
+# certctl does instead.
+_BACKEND_TLS = ("certctl's TLS to HTTPS backends is unverified, as ingress-nginx's default "
+                "proxy-ssl-verify off, with Python's TLS 1.2+ defaults and no client certificate")
+_MIRROR = "certctl does not mirror requests"
+UNSUPPORTED: Final[dict[str, str]] = {
+    "affinity-canary-behavior": "certctl chooses the canary for each request by its weight, "
+                                "header or cookie (ingress-nginx's legacy behaviour)",
+    "custom-headers": "it names a ConfigMap, which certctl does not read; an HTTPRoute's "
+                      "ResponseHeaderModifier filter adds response headers",
+    "proxy-cookie-domain": "backends' Set-Cookie headers reach clients unchanged",
+    "proxy-cookie-path": "backends' Set-Cookie headers reach clients unchanged",
+    "proxy-redirect-from": "backends' Location headers reach clients unchanged",
+    "proxy-redirect-to": "backends' Location headers reach clients unchanged",
+    "proxy-ssl-secret": _BACKEND_TLS,
+    "proxy-ssl-ciphers": _BACKEND_TLS,
+    "proxy-ssl-name": _BACKEND_TLS,
+    "proxy-ssl-protocols": _BACKEND_TLS,
+    "proxy-ssl-verify-depth": _BACKEND_TLS,
+    "proxy-ssl-server-name": _BACKEND_TLS,
+    "service-upstream": "certctl balances over the Service's ready endpoints itself, as "
+                        "kube-proxy would behind the ClusterIP",
+    "ssl-passthrough": "certctl terminates TLS for every host it serves",
+    "ssl-ciphers": "one TLS configuration serves every host (TLS 1.2 and 1.3, Python's "
+                   "default ciphers)",
+    "ssl-prefer-server-ciphers": "one TLS configuration serves every host",
+    "upstream-hash-by-subset": "upstream-hash-by hashes over every endpoint",
+    "upstream-hash-by-subset-size": "upstream-hash-by hashes over every endpoint",
+    "mirror-request-body": _MIRROR,
+    "mirror-target": _MIRROR,
+    "mirror-host": _MIRROR,
+    "modsecurity-transaction-id": "certctl has no ModSecurity (enable-modsecurity refuses "
+                                  "the Ingress)",
+}
 
 Verdict = Literal["unsupported", "unknown", "restricts-access", "snippet"]
 OPT_OUT_FLAG: Final = "--allow-unenforced-access-annotations"
@@ -224,16 +249,18 @@ def _finding(key: str, value: str) -> Finding | None:
                        "the Ingress is not served (503) rather than served open; remove the "
                        f"annotation, or run the data plane with {OPT_OUT_FLAG} to serve it "
                        "without that restriction")
-    if name in UNSUPPORTED or name in _ACCESS_SWITCHES:
+    if name in UNSUPPORTED:
         return Finding(key=key, verdict="unsupported",
-                       message=f"{key}: not supported by certctl and ignored; the Ingress is "
-                       "served without it")
+                       message=f"{key}: not supported by certctl and ignored ("
+                       f"{UNSUPPORTED[name]}); the Ingress is served without it")
+    if name in _ACCESS_SWITCHES:
+        return None  # switched off: what certctl does
     return Finding(key=key, verdict="unknown",
                    message=f"{key}: not an annotation certctl or ingress-nginx knows; ignored")
 
 
 def _restricts_access(name: str, value: str) -> bool:
     if name in _ACCESS_SWITCHES:
-        return value.strip().lower() == "true"
+        return value.strip().lower() == _ACCESS_SWITCHES[name]
     return name.startswith(_ACCESS_PREFIXES)
 
