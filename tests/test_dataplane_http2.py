@@ -131,8 +131,9 @@ def client(plane) -> Iterator[H2Client]:
 
 def test_alpn_offers_h2_and_the_request_is_proxied_with_forwarding_headers(client, plane):
     assert client.alpn == "h2"
-    (response,) = client.wait(client.request("GET", "/a?b=c", headers=(("cookie", "a=1"),
-                                                                        ("cookie", "b=2"))))
+    (response,) = client.wait(client.request("GET", "/a?b=c", headers=(
+        ("cookie", "a=1"), ("cookie", "b=2"), ("x-real-ip", "10.9.9.9"),
+        ("expect", "100-continue"))))
     assert response["status"] == 200
     echoed = json.loads(response["body"])
     assert echoed["backend"] == "one"
@@ -141,6 +142,8 @@ def test_alpn_offers_h2_and_the_request_is_proxied_with_forwarding_headers(clien
     assert headers["host"] == "h2.test"
     assert headers["x-forwarded-proto"] == "https"
     assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-real-ip"] == "127.0.0.1"  # the client's own is replaced
+    assert "expect" not in headers  # answered by the data plane, as on HTTP/1.1
     assert headers["cookie"] == "a=1; b=2"  # HTTP/2 cookie crumbs joined for HTTP/1.1
 
 

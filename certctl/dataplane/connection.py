@@ -2,12 +2,13 @@
 
 `ClientConnection` is an asyncio Protocol driven by its callbacks, with no
 task per connection or per request: bytes from the client go into the
-request parser, whose callbacks queue events (request head, body piece, end
-of message, parse error); `_pump` consumes them in order. A proxied request
-is written to a pooled `upstream.UpstreamConnection`, whose response parser
-calls back `response_head` / `response_body` / `response_complete` here,
-which write to the client at once. Only opening a new upstream connection
-runs as a task.
+request parser (`http1_request.RequestReader`), whose callbacks queue events
+(request head, body piece, end of message, parse error); `_pump` consumes
+them in order. A proxied request is written to a leg (`legs`): a pooled
+`upstream.UpstreamConnection`, whose response parser calls back
+`response_head` / `response_body` / `response_complete` here, which write to
+the client at once, framed for it by `http1_response.Relay`. Only opening a
+new upstream connection runs as a task.
 
 Flow control instead of buffering: when the upstream cannot take more body,
 the client stops being read; when the client cannot take more response, the
@@ -16,13 +17,9 @@ so a 100 MB upload or download streams through in constant memory, and
 pipelined requests wait, unread, for the response before them.
 
 Bodies are re-framed rather than copied verbatim: the parser has already
-decoded chunked framing, so we always emit framing we generated ourselves,
-and a request with both Content-Length and Transfer-Encoding, or two Hosts,
-or Transfer-Encoding in HTTP/1.0, or an upgrade with a body, is refused;
-trailer fields are dropped, never merged into the head. That is what keeps
-request smuggling out. A head is limited in size (MAX_HEAD, 431), target
-(MAX_TARGET, 414) and field count (MAX_HEADERS, 431), whether it arrives in
-one read or many.
+decoded chunked framing, so we always emit framing we generated ourselves
+(`http1_request` says which heads are refused to keep request smuggling out),
+and the request head sent upstream is `forwarding.request_head`'s.
 
 A route with backend-protocol GRPC, GRPCS or H2C forwards each request as
 a stream of a multiplexed HTTP/2 connection (`upstream_h2`) through the
@@ -54,102 +51,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Final, cast
+from typing import cast
 
 import httptools
 
-from certctl.dataplane import affinity, dispatch, http2, limits, routing, upstream, upstream_h2
+from certctl.dataplane import (
+    affinity,
+    dispatch,
+    forwarding,
+    http1_request,
+    http1_response,
+    http2,
+    legs,
+    limits,
+    routing,
+    services,
+    upstream,
+    upstream_h2,
+)
 from certctl.routes import options as route_options
 
-if TYPE_CHECKING:
-    from certctl.dataplane.server import DataPlane
-
 logger = logging.getLogger(__name__)
-
-MAX_HEAD: Final = 65536  # request line + headers; beyond this: 431
-MAX_TARGET: Final = 32768  # the request target alone; beyond this: 414
-MAX_HEADERS: Final = 256  # header fields in one request; beyond this: 431
-
-# Request headers we drop because we set them ourselves (or answer them).
-_REPLACED: Final = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-real-ip",
-    }
-)
-
-
-class _ParseError:
-    """A queued event: the request stream cannot be parsed past this point."""
-
-    __slots__ = ("status",)
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-
-class _RequestHead:
-    __slots__ = (
-        "chunked",
-        "content_length",
-        "error",
-        "expect_continue",
-        "headers",
-        "host",
-        "keep_alive",
-        "method",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(
-        self,
-        *,
-        method: bytes,
-        target: bytes,
-        version: str,
-        headers: list[tuple[bytes, bytes]],
-        host: bytes | None,
-        keep_alive: bool,
-        content_length: bytes | None,
-        chunked: bool,
-        expect_continue: bool,
-        upgrade: bytes | None,
-        error: int | None,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers  # minus hop-by-hop and the ones we replace
-        self.host = host
-        self.keep_alive = keep_alive
-        self.content_length = content_length
-        self.chunked = chunked
-        self.expect_continue = expect_continue
-        self.upgrade = upgrade  # the Upgrade header when Connection names it
-        self.error = error  # a status to answer instead of serving the request
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or (self.content_length is not None and self.content_length != b"0")
-
-    def header(self, lname: bytes) -> bytes | None:
-        for name, value in self.headers:
-            if name.lower() == lname:
-                return value
-        return None
-
-
-# Parser events: a request head, a body piece, None for the end of a message.
-_Event = _RequestHead | bytes | _ParseError | None
-
 
 class ClientConnection(asyncio.Protocol):
     """One client connection; `on_*` are httptools callbacks, `response_*` the upstream's."""
@@ -162,89 +84,55 @@ class ClientConnection(asyncio.Protocol):
         "_client_certificate",
         "_client_ip",
         "_client_slow",
-        "_close_delimited",
         "_closed",
-        "_connection_tokens",
-        "_content_length",
         "_deadline",
         "_draining",
         "_events",
-        "_expect_continue",
         "_extra_headers",
         "_head",
-        "_head_deadline",
-        "_head_error",
-        "_head_size",
-        "_header_count",
-        "_header_size",
-        "_headers",
-        "_held",
-        "_host",
-        "_in_head",
-        "_keep_alive",
         "_limit_slot",
         "_match",
-        "_parser",
-        "_plane",
         "_read_timeout",
+        "_reader",
         "_reading_paused",
-        "_rechunk",
+        "_relay",
         "_response_started",
         "_retried",
         "_route_host",
         "_scheme",
+        "_sent_body",
+        "_services",
         "_started_at",
         "_status",
         "_target",
-        "_trailers",
-        "_transfer_encoding",
         "_transport",
         "_tried",
         "_tried_since",
         "_tunnel",
-        "_upgrade",
         "_upgrade_head",
         "_upgraded_bytes",
         "_upstream",
         "_upstream_paused",
-        "_url",
-        "_url_size",
     )
 
-    def __init__(self, *, plane: DataPlane, scheme: bytes) -> None:
-        self._plane = plane
+    def __init__(self, *, services: services.Services, scheme: bytes) -> None:
+        self._services = services
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
         self._client_certificate: bytes | None = None  # DER, of a TLS client that sent one
         self._limit_slot: limits.Slot | None = None  # released when the request ends
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # the dispatch decision's
-        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self._events: deque[_Event] = deque()
+        self._reader = http1_request.RequestReader(client_timeout=services.client_timeout)
+        self._events = self._reader.events  # read by `_pump`
         self._closed = False
         self._reading_paused = False  # by us: flow control or a request in flight
         self._client_slow = False  # the client's transport asked us to stop writing
         self._deadline = 0.0
         self._draining = False  # the data plane stops: close after the request in flight
-        # the request being parsed
-        self._in_head = False
-        self._head_size = 0  # bytes received while in the head (httptools buffers a partial one)
-        self._head_deadline = 0.0  # when a head being received must be complete
-        self._url_size = 0
-        self._header_size = 0
-        self._header_count = 0
-        self._url: list[bytes] = []
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._host: bytes | None = None
-        self._content_length: bytes | None = None
-        self._transfer_encoding: bytes | None = None
-        self._upgrade: bytes | None = None
-        self._expect_continue = False
-        self._connection_tokens: list[bytes] = []
-        self._head_error: int | None = None
         self._upgraded_bytes: bytes | None = None  # what followed an upgrade request
         # the request being served
-        self._head: _RequestHead | None = None
+        self._head: http1_request.RequestHead | None = None
         self._match: routing.RouteMatch | None = None
         self._target = b""
         self._route_host = ""
@@ -252,19 +140,18 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_paused = False
         self._body_done = False
         self._body_sent = 0
+        # The body written to an HTTP/2 backend, until its answer: sent again if it
+        # refuses the stream unprocessed (None: more than upstream_h2.RESEND_LIMIT).
+        self._sent_body: list[bytes] | None = []
         self._response_started = False
         self._status = 0
-        self._keep_alive = False
-        self._rechunk = False
-        self._close_delimited = False
+        self._relay = http1_response.Relay()
         self._started_at = 0.0
         self._retried = False
         self._tried = 0  # endpoints tried for this request (proxy-next-upstream)
         self._tried_since = 0.0
         self._tunnel = False
         self._upgrade_head: upstream.ResponseHead | None = None
-        self._held = b""  # a response head waiting for the first body bytes
-        self._trailers = b""  # an HTTP/2 backend's, as the chunked body's trailer section
         self._read_timeout = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -272,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        if self._scheme == b"http" and not self._plane.admits_connection():
+        if self._scheme == b"http" and not self._services.admits_connection():
             # The HTTPS listener was admitted at accept; this server cannot pause accepting.
             self._closed = True
             self._transport.abort()
@@ -280,21 +167,22 @@ class ClientConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
         ssl_object = self._transport.get_extra_info("ssl_object")
-        if ssl_object is not None and self._plane.certificates.asks_for_client_certificates:
+        if ssl_object is not None and self._services.certificates.asks_for_client_certificates:
             # Asked for only by hosts with auth-tls-secret (checked by OpenSSL at the
             # handshake); no other connection pays for the lookup.
             self._client_certificate = ssl_object.getpeercert(True)
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             # ALPN chose HTTP/2 during the handshake: hand the connection over.
-            replacement = http2.Http2Connection(plane=self._plane, client_ip=self._client_ip,
-                                                client_certificate=self._client_certificate)
+            replacement = http2.Http2Connection(
+                services=self._services, client_ip=self._client_ip,
+                client_certificate=self._client_certificate)
             self._transport.set_protocol(replacement)
             replacement.connection_made(self._transport)
             return
-        self._deadline = time.monotonic() + self._plane.client_timeout
+        self._deadline = time.monotonic() + self._services.client_timeout
         # A handshake that completed after the listeners closed: serve its one request.
-        self._draining = self._plane.draining
-        self._plane.connection_opened(self)
+        self._draining = self._services.draining
+        self._services.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel:
@@ -307,33 +195,21 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._head is not None:  # progress on a request body
             self._deadline = time.monotonic() + (
-                self._plane.client_timeout if self._upstream is None else self._read_timeout
+                self._services.client_timeout if self._upstream is None else self._read_timeout
             )
         # Between requests, bytes buy no time: the idle deadline set when the
         # last response was done stands, and a head has `client_timeout` from
         # its first byte however slowly the rest arrives (slowloris).
-        events = self._events
-        parser = self._parser
-        assert parser is not None  # dropped only when the connection was lost
+        reader = self._reader
         try:
-            parser.feed_data(data)
+            if reader.feed(data):
+                self._pause_reading()  # the rest cannot be parsed
+            elif reader.in_head and self._head is None:
+                self._deadline = reader.head_deadline
         except httptools.HttpParserUpgrade as upgrade:
             # Events up to the upgrade are queued; what follows is the upgraded
             # protocol, relayed raw if the upstream agrees.
             self._upgraded_bytes = data[upgrade.args[0] :]
-        except httptools.HttpParserError:
-            events.append(_ParseError(400))
-            self._pause_reading()
-        if self._in_head:
-            self._head_size += len(data)
-            if self._url_size > MAX_TARGET:
-                events.append(_ParseError(414))
-                self._pause_reading()
-            elif self._head_size > MAX_HEAD:
-                events.append(_ParseError(431))
-                self._pause_reading()
-            elif self._head is None:
-                self._deadline = self._head_deadline
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -341,11 +217,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        # The parser holds this protocol's callbacks: without that cycle the connection's
-        # objects (its transport's OpenSSL buffers too) are freed now, memory the next
-        # connection reuses while it is still in the CPU's caches, not at the next GC.
-        self._parser = None
-        self._plane.connection_closed(self)
+        # Without the parser's cycle the connection's objects (its transport's OpenSSL
+        # buffers too) are freed now, memory the next connection reuses while it is
+        # still in the CPU's caches, not at the next GC.
+        self._reader.close()
+        self._services.connection_closed(self)
         self._release_limit()
         connection, self._upstream = self._upstream, None
         if connection is not None:
@@ -353,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._client_slow = True
-        self._deadline = time.monotonic() + self._plane.client_timeout
+        self._deadline = time.monotonic() + self._services.client_timeout
         if self._upstream is not None:
             self._upstream.pause_reading(True)
 
@@ -385,108 +261,6 @@ class ClientConnection(asyncio.Protocol):
         self._drop_upstream()
         self._respond_local(status=504, keep_alive=False)
 
-    # -- httptools callbacks ----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_size = 0
-        self._head_deadline = time.monotonic() + self._plane.client_timeout
-        self._url_size = self._header_size = self._header_count = 0
-        self._url = []
-        self._headers = []
-        self._host = self._content_length = self._transfer_encoding = self._upgrade = None
-        self._expect_continue = False
-        self._connection_tokens = []
-        self._head_error = None
-
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._url_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            # A trailer field (after a chunked body): dropped, never promoted
-            # to a header, since the head may not have been forwarded yet.
-            return
-        self._header_size += len(name) + len(value) + 4
-        self._header_count += 1
-        lname = name.lower()
-        if lname not in upstream.HOP_BY_HOP and lname not in _REPLACED:
-            self._headers.append((name, value))
-        elif lname == b"host":
-            if self._host is not None:
-                self._head_error = 400  # RFC 9112 3.2: more than one Host
-            self._host = value.strip()
-        elif lname == b"content-length":
-            self._content_length = value.strip()
-        elif lname == b"transfer-encoding":
-            # Every field counts: `gzip` then `chunked` is not plain chunked.
-            coding = value.strip().lower()
-            previous = self._transfer_encoding
-            self._transfer_encoding = coding if previous is None else previous + b", " + coding
-        elif lname == b"connection":
-            self._connection_tokens.extend(t.strip().lower() for t in value.split(b","))
-        elif lname == b"upgrade":
-            self._upgrade = value.strip()
-        elif lname == b"expect":
-            self._expect_continue = value.strip().lower() == b"100-continue"
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        parser = self._parser
-        assert parser is not None  # it is calling
-        version = parser.get_http_version()
-        error = self._head_error
-        tokens = self._connection_tokens
-        if self._url_size > MAX_TARGET:
-            error = 414  # also when the whole head came in one read
-        elif self._url_size + self._header_size > MAX_HEAD or self._header_count > MAX_HEADERS:
-            error = 431
-        elif self._content_length is not None and self._transfer_encoding is not None:
-            error = 400  # llhttp refuses this too; never guess which framing wins
-        elif self._transfer_encoding is not None and version == "1.0":
-            error = 400  # RFC 9112 6.1: an HTTP/1.0 message with it has faulty framing
-        elif self._transfer_encoding not in (None, b"chunked"):
-            error = 501
-        elif self._host is None and version != "1.0":
-            error = 400
-        elif b"upgrade" in tokens and (
-            self._transfer_encoding is not None or self._content_length not in (None, b"0")
-        ):
-            # llhttp hands what follows an upgrade request's head to the new
-            # protocol, so its body would never be forwarded: the upstream
-            # would wait for it and take the next bytes as the body instead.
-            error = 400
-        method = parser.get_method()
-        if method == b"CONNECT":
-            error = 405  # we are a reverse proxy, not a tunnel
-        headers = self._headers
-        named = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
-        if named:
-            headers = [(n, v) for n, v in headers if n.lower() not in named]
-        self._events.append(
-            _RequestHead(
-                method=method,
-                target=b"".join(self._url),
-                version=version,
-                headers=headers,
-                host=self._host,
-                keep_alive=parser.should_keep_alive(),
-                content_length=self._content_length,
-                chunked=self._transfer_encoding is not None,
-                expect_continue=self._expect_continue,
-                upgrade=self._upgrade if b"upgrade" in tokens else None,
-                error=error,
-            )
-        )
-
-    def on_body(self, body: bytes) -> None:
-        if body:
-            self._events.append(body)
-
-    def on_message_complete(self) -> None:
-        self._events.append(None)
-
     # -- the request loop ---------------------------------------------------------------
 
     def _pump(self) -> None:
@@ -495,10 +269,10 @@ class ClientConnection(asyncio.Protocol):
         while events and not self._closed:
             if self._head is None:
                 event = events.popleft()
-                if isinstance(event, _ParseError):
+                if isinstance(event, http1_request.ParseError):
                     self._respond_local(status=event.status, keep_alive=False)
                     return
-                if isinstance(event, _RequestHead):
+                if isinstance(event, http1_request.RequestHead):
                     self._begin(event)
                 # A body piece or end of message here belongs to a request that
                 # was answered without reading its body; `_respond_local` closed.
@@ -506,10 +280,10 @@ class ClientConnection(asyncio.Protocol):
             if self._body_done or self._upstream is None or self._upstream_paused:
                 break  # the rest waits for the response, a connection or the upstream
             event = events[0]
-            if isinstance(event, _RequestHead):
+            if isinstance(event, http1_request.RequestHead):
                 break
             events.popleft()
-            if isinstance(event, _ParseError):  # the body cannot be read to its end
+            if isinstance(event, http1_request.ParseError):  # the body cannot be read to its end
                 self._drop_upstream()
                 if self._response_started:
                     self._abort()
@@ -532,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
             self._reading_paused = False
             self._transport.resume_reading()
 
-    def _begin(self, head: _RequestHead) -> None:
+    def _begin(self, head: http1_request.RequestHead) -> None:
         """Route one request and answer it locally, or start proxying it."""
         self._head = head
         self._route_host = ""
@@ -541,7 +315,7 @@ class ClientConnection(asyncio.Protocol):
             self._respond_local(status=head.error, keep_alive=False)
             return
         decision = dispatch.decide(
-            plane=self._plane,
+            services=self._services,
             scheme=self._scheme,
             method=head.method,
             target=head.target,
@@ -578,8 +352,9 @@ class ClientConnection(asyncio.Protocol):
             self._body_done = False
         self._match = match
         self._target = decision.target
-        self._read_timeout = match.options.read_timeout or self._plane.upstream_timeout
+        self._read_timeout = match.options.read_timeout or self._services.upstream_timeout
         self._body_sent = 0
+        self._sent_body = []
         self._retried = False
         self._tried = 0
         options = match.options
@@ -588,16 +363,17 @@ class ClientConnection(asyncio.Protocol):
             rules is not None and rules.satisfied_by_address(self._client_ip)
         ):
             self._deadline = time.monotonic() + self._read_timeout
-            self._plane.spawn(self._authorize(options.external_auth, match, head))
+            self._services.spawn(self._authorize(options.external_auth, match, head))
             return
         self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
 
     async def _authorize(
-        self, rules: route_options.ExternalAuth, match: routing.RouteMatch, head: _RequestHead
+        self, rules: route_options.ExternalAuth, match: routing.RouteMatch,
+        head: http1_request.RequestHead,
     ) -> None:
         """auth-url: ask the auth service, then forward the request or answer it."""
         authority = head.host or b""
-        verdict = await self._plane.external_auth.check(
+        verdict = await self._services.external_auth.check(
             rules=rules, scheme=self._scheme, method=head.method, target=head.target,
             http_host=authority, host=routing.normalize_host(authority.decode("latin-1")),
             client_ip=self._client_ip, headers=head.headers)
@@ -625,11 +401,11 @@ class ClientConnection(asyncio.Protocol):
         options = match.options
         if (options.affinity is not None or options.balancing is not None) and head is not None:
             start = dispatch.first_endpoint(  # per request: only then
-                plane=self._plane, match=match, header=head.header, method=head.method,
+                services=self._services, match=match, header=head.header, method=head.method,
                 target=head.target, authority=head.host, scheme=self._scheme,
                 client_ip=self._client_ip)
         else:
-            start = self._plane.next_upstream_index(len(upstreams))
+            start = self._services.next_upstream_index(len(upstreams))
         self._open_from(start, fresh=fresh)
 
     def _open_from(self, start: int, *, fresh: bool) -> None:
@@ -639,55 +415,48 @@ class ClientConnection(asyncio.Protocol):
         assert match is not None
         if self._tried == 0 and match.options.next_upstream is not None:
             self._tried_since = time.monotonic()
-        upstreams = match.upstreams
         if not fresh:
-            if match.options.backend_h2:
-                leg = self._plane.h2_pool.take(upstreams[start], match.options.backend_tls)
-                if leg is not None:
-                    self._attach_h2(leg)
-                    return
-            else:
-                connection = self._plane.pool.take(upstreams[start], match.options.backend_tls)
-                if connection is not None:
-                    self._attach(connection)
-                    return
+            leg = legs.take(self._services, match, start)
+            if leg is not None:
+                self._attach(leg)
+                return
         self._deadline = time.monotonic() + self._read_timeout
-        self._plane.spawn(self._open(start=start, fresh=fresh))
+        self._services.spawn(self._open(start=start, fresh=fresh))
 
     async def _open(self, *, start: int, fresh: bool) -> None:
         match = self._match
         assert match is not None
-        pool = self._plane.pool
-        if match.options.backend_h2:
-            leg = await upstream.connect_for(
-                self._plane.h2_pool, match, start=start, fresh=fresh,
-                default_timeout=self._plane.connect_timeout, tried=self._tried,
-                tried_since=self._tried_since)
-            if leg is not None:
-                if self._closed or self._match is not match:
-                    leg.close()  # unused: the client left or timed out meanwhile
-                    return
-                self._attach_h2(leg)
+        leg = await legs.connect(self._services, match, start=start, fresh=fresh,
+                                 tried=self._tried, tried_since=self._tried_since)
+        if leg is not None:
+            if self._closed or self._match is not match:
+                self._services.pool.release(leg)  # unused: the client left or timed out meanwhile
                 return
-        else:
-            connection = await pool.connect_for(
-                match, start=start, fresh=fresh, default_timeout=self._plane.connect_timeout,
-                tried=self._tried, tried_since=self._tried_since)
-            if connection is not None:
-                if self._closed or self._match is not match:
-                    pool.release(connection)  # unused: the client left or timed out meanwhile
-                    return
-                self._attach(connection)
-                return
+            self._attach(leg)
+            return
         if not self._closed and self._match is match:
             self._bad_gateway()
 
-    def _attach(self, connection: upstream.UpstreamConnection) -> None:
+    def _attach(self, leg: legs.Leg) -> None:
+        if isinstance(leg, upstream_h2.Stream):
+            self._attach_h2(leg)
+        else:
+            self._attach_h1(leg)
+
+    def _attach_h1(self, connection: upstream.UpstreamConnection) -> None:
         """Send the request head on `connection`, then whatever body is queued."""
         head = self._attached(connection)
+        match = self._match
+        assert match is not None
+        host = head.host or b""
         connection.begin(
             exchange=self,
-            request=self._request_head(head),
+            request=forwarding.request_head(
+                method=head.method, target=self._target,
+                host=match.options.upstream_vhost or host, headers=head.headers, checked=True,
+                client_ip=self._client_ip, proto=self._scheme, forwarded_host=host,
+                upgrade=head.upgrade if self._upgraded_bytes is not None else None,
+                chunked=head.chunked, content_length=head.content_length),
             head_only=head.method == b"HEAD",
         )
         self._send_queued(connection)
@@ -699,22 +468,28 @@ class ClientConnection(asyncio.Protocol):
         match = self._match
         assert match is not None
         host = head.host or b""
-        leg.begin(exchange=self, end_stream=self._body_done, headers=upstream_h2.request_headers(
+        headers = upstream_h2.request_headers(
             method=head.method, scheme=b"https" if match.options.backend_tls else b"http",
             target=self._target, authority=match.options.upstream_vhost or host,
             headers=head.headers, content_length=None if head.chunked else head.content_length,
             te_trailers=False, client_ip=self._client_ip, forwarded_proto=self._scheme,
-            forwarded_host=host))
+            forwarded_host=host)
+        sent = self._sent_body or ()  # to a stream the backend refused (`upstream_failed`)
+        leg.begin(exchange=self, end_stream=self._body_done and not sent, headers=headers)
+        if sent and self._upstream is leg:
+            for piece in sent:
+                leg.write(piece)
+            if self._body_done:
+                leg.end()
         self._send_queued(leg)
 
-    def _attached(self, leg: upstream.Leg) -> _RequestHead:
+    def _attached(self, leg: upstream.Leg) -> http1_request.RequestHead:
         """`leg` serves the current request from now on."""
         head = self._head
         match = self._match
         assert head is not None and match is not None
         self._upstream = leg
         self._upstream_paused = False
-        self._trailers = b""
         self._tried += leg.tries
         if match.options.affinity is not None:
             self._extra_headers = affinity.with_cookie(
@@ -739,26 +514,6 @@ class ClientConnection(asyncio.Protocol):
         if self._reading_paused and not self._body_done and not self._events:
             self._resume_reading()
 
-    def _request_head(self, head: _RequestHead) -> bytes:
-        host = head.host or b""
-        match = self._match
-        vhost = match.options.upstream_vhost if match is not None else None
-        parts = [head.method, b" ", self._target, b" HTTP/1.1\r\nhost: ", vhost or host,
-                 b"\r\n"]
-        for name, value in head.headers:
-            parts += (name, b": ", value, b"\r\n")
-        ip = self._client_ip
-        parts += (b"x-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n")
-        parts += (b"x-forwarded-proto: ", self._scheme, b"\r\nx-forwarded-host: ", host, b"\r\n")
-        if head.upgrade is not None and self._upgraded_bytes is not None:
-            parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
-        if head.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        elif head.content_length is not None:
-            parts += (b"content-length: ", head.content_length, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
-
     def _send_body(self, event: bytes | None) -> None:
         head = self._head
         connection = self._upstream
@@ -781,10 +536,16 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._respond_local(status=413, keep_alive=False)
             return
-        if head.chunked and h2_leg is None:
-            connection.write(b"%x\r\n%s\r\n" % (len(event), event))
-        else:
-            connection.write(event)
+        if h2_leg is None:
+            connection.write(b"%x\r\n%s\r\n" % (len(event), event) if head.chunked else event)
+            return
+        sent = self._sent_body
+        if sent is not None:
+            if self._body_sent > upstream_h2.RESEND_LIMIT:
+                self._sent_body = None
+            else:
+                sent.append(event)
+        h2_leg.write(event)
 
     def upstream_write_paused(self, paused: bool) -> None:
         self._upstream_paused = paused
@@ -811,16 +572,17 @@ class ClientConnection(asyncio.Protocol):
         head = self._head
         match = self._match
         assert head is not None and match is not None
+        self._sent_body = None  # answered: never sent again
         now = time.monotonic()
         self._deadline = now + self._read_timeout
-        self._plane.metrics.observe_upstream(
+        self._services.metrics.observe_upstream(
             service=match.service,
             seconds=now - self._started_at,
         )
         options = match.options
         if options.balancing is not None and options.balancing.ewma and self._upstream is not None:
-            self._plane.pool.latencies.observe(self._upstream.address, now - self._started_at,
-                                               now=now)
+            self._services.pool.latencies.observe(self._upstream.address,
+                                                  now - self._started_at, now=now)
         policy = options.next_upstream
         if (
             policy is not None
@@ -841,52 +603,14 @@ class ClientConnection(asyncio.Protocol):
         if response.status == 101:
             self._upgrade_head = response  # relayed by `response_upgraded`, which follows
             return
-        client_http11 = head.version != "1.0"
-        keep_alive = head.keep_alive and (head.upgrade is None or self._upgraded_bytes is None)
-        if self._draining:
-            keep_alive = False  # `Connection: close`: the client's next request goes elsewhere
-        bodyless = head.method == b"HEAD" or response.status in (204, 304)
-        # Framing towards the client: keep a Content-Length, re-chunk the rest
-        # for HTTP/1.1 clients, and fall back to closing for HTTP/1.0 ones.
-        self._rechunk = False
-        self._close_delimited = False
-        framing = b""
-        if response.content_length is not None and not response.chunked:
-            framing = b"content-length: " + response.content_length + b"\r\n"
-        elif not bodyless:
-            self._close_delimited = not response.chunked
-            if client_http11:
-                self._rechunk = True
-                framing = b"transfer-encoding: chunked\r\n"
-            else:
-                keep_alive = False
-        if keep_alive:
-            connection = b"" if client_http11 else b"connection: keep-alive\r\n"
-        else:
-            connection = b"connection: close\r\n"
-        self._keep_alive = keep_alive
-        parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
-        extra = self._extra_headers
-        if extra:
-            replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
-            for name, value in response.headers:
-                if name.lower() not in replaced:
-                    parts += (name, b": ", value, b"\r\n")
-            for name, value in extra:
-                parts += (name, b": ", value, b"\r\n")
-        else:
-            for name, value in response.headers:
-                parts += (name, b": ", value, b"\r\n")
-        if not response.has_server:
-            parts += (b"server: ", dispatch.SERVER, b"\r\n")
-        if self._scheme == b"https":
-            hsts = match.options.hsts_header()
-            if hsts is not None:
-                parts.append(hsts)
-        parts += (framing, connection, b"\r\n")
+        # `Connection: close` while draining: the client's next request goes elsewhere.
+        keep_alive = head.keep_alive and not self._draining and (
+            head.upgrade is None or self._upgraded_bytes is None)
+        self._relay.start(response, method=head.method, version=head.version,
+                          keep_alive=keep_alive, extra=self._extra_headers,
+                          hsts=options.hsts_header() if self._scheme == b"https" else None)
         self._response_started = True
         self._status = response.status
-        self._held = b"".join(parts)  # written with the first body bytes: one TLS record
 
     def _bad_gateway(self) -> None:
         """No endpoint answered: 502, or the default backend's page for it when listed in
@@ -929,36 +653,25 @@ class ClientConnection(asyncio.Protocol):
 
     def response_body(self, chunk: bytes) -> None:
         self._deadline = time.monotonic() + (
-            self._plane.client_timeout if self._client_slow else self._read_timeout
+            self._services.client_timeout if self._client_slow else self._read_timeout
         )
-        held, self._held = self._held, b""
-        if self._rechunk:
-            self._write(b"%s%x\r\n%s\r\n" % (held, len(chunk), chunk))
-        else:
-            self._write(held + chunk if held else chunk)
+        self._write(self._relay.body(chunk))
 
     def response_flush(self) -> None:
         """The upstream's bytes so far are relayed: send a head still held back."""
-        if self._held:
-            held, self._held = self._held, b""
+        held = self._relay.flush()
+        if held:
             self._write(held)
 
     def response_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """An HTTP/2 backend's trailers: the chunked body's trailer section (RFC 9112 7.1.2;
-        a client that wants none discards it), dropped when the body has a length."""
-        if self._rechunk:
-            self._trailers = b"".join(name + b": " + value + b"\r\n"
-                                      for name, value in trailers)
+        self._relay.trailers(trailers)
 
     def response_complete(self) -> None:
-        held, self._held = self._held, b""
-        if self._rechunk:
-            trailers, self._trailers = self._trailers, b""
-            self._write(held + b"0\r\n" + trailers + b"\r\n")
-        elif held:
-            self._write(held)
+        end = self._relay.end()
+        if end:
+            self._write(end)
         connection, self._upstream = self._upstream, None
-        keep_alive = self._keep_alive
+        keep_alive = self._relay.keep_alive
         if not self._body_done:
             # The upstream answered before taking the whole body: neither stream
             # can be trusted to be at a message boundary.
@@ -966,7 +679,7 @@ class ClientConnection(asyncio.Protocol):
             if connection is not None:
                 connection.reusable = False
         if connection is not None:
-            self._plane.pool.release(connection)
+            self._services.pool.release(connection)
         self._finish(keep_alive=keep_alive)
 
     def upstream_failed(self, error: Exception | None) -> None:
@@ -980,7 +693,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()  # after what the upstream sent last (a close frame) is flushed
             return
         if self._response_started:
-            if self._close_delimited and error is None:
+            if self._relay.close_delimited and error is None:
                 self.response_complete()  # EOF is how this body ends
             else:
                 self._abort()
@@ -990,11 +703,13 @@ class ClientConnection(asyncio.Protocol):
             connection is not None
             and connection.reused
             and not connection.received_any
-            and not head.has_body
+            and (not head.has_body or (self._sent_body is not None
+                                       and isinstance(connection, upstream_h2.Stream)))
             and not self._retried
         ):
-            # A kept-alive connection the backend closed while it sat idle:
-            # send a request without a body again, once, on a fresh one.
+            # A kept-alive connection the backend closed while it sat idle, or an HTTP/2
+            # backend refusing the stream unprocessed: send a request without a body, or
+            # with the body kept of what went to that stream, again, once, on a fresh one.
             self._retried = True
             self._connect(fresh=True)
             return
@@ -1046,25 +761,18 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.upstream_failed(upstream.UpstreamError("unexpected protocol upgrade"))
             return
-        parts = [b"HTTP/1.1 101 ", response.reason, b"\r\n"]
-        for name, value in response.headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts += (
-            b"connection: upgrade\r\nupgrade: ",
-            response.upgrade or head.upgrade,
-            b"\r\n\r\n",
-        )
         self._response_started = True
         self._status = 101
         self._tunnel = True
         self._deadline = time.monotonic() + self._read_timeout
-        self._write(b"".join(parts))
+        self._write(http1_response.switching_protocols(
+            response, upgrade=response.upgrade or head.upgrade))
         if leftover:
             self._write(leftover)
         pending, self._upgraded_bytes = self._upgraded_bytes, b""
         if pending:
             connection.write(pending)
-        self._plane.metrics.count_request(host=self._route_host, status=101)
+        self._services.metrics.count_request(host=self._route_host, status=101)
         self._resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
@@ -1083,22 +791,12 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """Answer the current request ourselves (no upstream, or instead of a failed one)."""
         keep_alive = keep_alive and not self._draining and self._request_fully_read()
-        reason = dispatch.REASONS.get(status, b"")
-        if body is None:
-            body = reason + b"\n"
-        parts = [
-            b"HTTP/1.1 %d %s\r\n" % (status, reason),
-            b"server: certctl\r\ncontent-type: text/plain; charset=utf-8\r\n",
-            b"" if status == 204 else b"content-length: %d\r\n" % len(body),  # RFC 9110 8.6
-            extra_headers,
-            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
-        ]
         head = self._head
-        if head is None or head.method != b"HEAD":
-            parts.append(body)
         self._response_started = True
         self._status = status
-        self._write(b"".join(parts))
+        self._write(http1_response.local_response(
+            status=status, body=body, extra_headers=extra_headers, keep_alive=keep_alive,
+            head_only=head is not None and head.method == b"HEAD"))
         self._finish(keep_alive=keep_alive)
 
     def _request_fully_read(self) -> bool:
@@ -1113,7 +811,7 @@ class ClientConnection(asyncio.Protocol):
         events = self._events
         while events:
             event = events[0]
-            if isinstance(event, _RequestHead | _ParseError):
+            if isinstance(event, http1_request.RequestHead | http1_request.ParseError):
                 return False
             events.popleft()
             if event is None:
@@ -1123,7 +821,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, *, keep_alive: bool) -> None:
         """The response is written: count it, then serve the next request or close."""
-        self._plane.metrics.count_request(host=self._route_host, status=self._status)
+        self._services.metrics.count_request(host=self._route_host, status=self._status)
         self._release_limit()
         self._drop_upstream()  # still attached only when answered instead of it
         self._head = None
@@ -1133,13 +831,14 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self._upgraded_bytes is not None or self._draining:
             self._close()
             return
-        self._deadline = self._head_deadline = time.monotonic() + self._plane.client_timeout
+        self._deadline = self._reader.head_deadline = (
+            time.monotonic() + self._services.client_timeout)
         self._pump()
 
     def _release_limit(self) -> None:
         slot, self._limit_slot = self._limit_slot, None
         if slot is not None:
-            self._plane.limits.release(slot)
+            self._services.limits.release(slot)
 
     def _write(self, data: bytes) -> None:
         if not self._closed and self._transport is not None:
@@ -1163,7 +862,7 @@ class ClientConnection(asyncio.Protocol):
         """The data plane stops: close now if between requests, else after the response
         in flight (sent with `Connection: close` if its head is not out yet)."""
         self._draining = True
-        if self._head is None and not self._events and not self._in_head:
+        if self._head is None and not self._events and not self._reader.in_head:
             self._close()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ RequestRedirect, its weighted backend (500 for an invalid one's share), 503
 without ready endpoints, then URLRewrite and the header modifiers. It
 touches no socket: the caller writes the answer or starts the upstream
 exchange. Which endpoint it goes to is `first_endpoint`'s (affinity, upstream-hash-by,
-load-balance) or the plane's round-robin, and `next_endpoint` says where a failed try
+load-balance) or the data plane's round-robin, and `next_endpoint` says where a failed try
 goes next (proxy-next-upstream).
 """
 
@@ -28,17 +28,14 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import httptools
 
-from certctl.dataplane import affinity, limits, routing
+from certctl.dataplane import affinity, limits, routing, services
 from certctl.routes import model
 from certctl.routes import options as route_options
 from certctl.solvers import http01
-
-if TYPE_CHECKING:
-    from certctl.dataplane.server import DataPlane
 
 _CHALLENGE_PREFIX: Final = http01.CHALLENGE_PATH_PREFIX
 # RFC 9110 7.2 / RFC 3986 3.2.2: an IP literal or a reg-name, then an optional
@@ -57,30 +54,6 @@ _GROUP: Final = re.compile(r"\$([1-9])")
 SERVER: Final = b"certctl"
 # Headers the data plane adds beside the backend's own rather than instead of them.
 ADDED_BESIDE: Final = frozenset({b"set-cookie"})
-# The reason phrase of every status the data plane answers itself (HTTP/1.1 status
-# lines, and the plain-text body of a local answer on either version).
-REASONS: Final = {
-    200: b"OK",
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    303: b"See Other",
-    307: b"Temporary Redirect",
-    308: b"Permanent Redirect",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 _REFUSED_BODY: Final = (
     b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
 )
@@ -127,7 +100,7 @@ class Decision:
         self.headers = headers
         self.route_host = route_host
         # A limit-connections count taken for this request: the caller releases it
-        # (plane.limits.release) when the request ends, whatever the answer.
+        # (services.limits.release) when the request ends, whatever the answer.
         self.slot = slot
         # Set on the request to the backend, replacing what the client sent under
         # those names (the ssl-client-* headers of a verified client certificate).
@@ -136,7 +109,7 @@ class Decision:
 
 def decide(
     *,
-    plane: DataPlane,
+    services: services.Services,
     scheme: bytes,
     method: bytes,
     target: bytes,
@@ -171,13 +144,13 @@ def decide(
     if scheme == b"http" and path.startswith(_CHALLENGE_PREFIX) and method in (b"GET", b"HEAD"):
         token = path[len(_CHALLENGE_PREFIX) :]
         key_authorization = (
-            plane.challenge_responder(host, token) if http01.TOKEN.fullmatch(token) else None
+            services.challenge_responder(host, token) if http01.TOKEN.fullmatch(token) else None
         )
         if key_authorization is None:
             return Decision(status=404)
         return Decision(status=200, body=key_authorization.encode())
 
-    routes = plane.routes
+    routes = services.routes
     if routes.conditional:
         query_at = target.find(b"?")
         match = routes.match_request(host=host, path=path, method=method, scheme=scheme,
@@ -199,10 +172,10 @@ def decide(
         return Decision(status=redirect.code, headers=((b"location", location),),
                         route_host=route_host)
     if scheme == b"http" and host:
-        https_port = plane.https_port
+        https_port = services.https_port
         if https_port is not None and (
             options.force_ssl_redirect
-            or (options.ssl_redirect and plane.certificates.has_certificate_for(host))
+            or (options.ssl_redirect and services.certificates.has_certificate_for(host))
         ):
             netloc = host if https_port == 443 else f"{host}:{https_port}"
             return Decision(
@@ -218,7 +191,7 @@ def decide(
     slot = None
     limit_rules = options.limits
     if limit_rules is not None:  # before the access rules, as nginx's preaccess phase
-        admitted, slot = plane.limits.admit(rules=limit_rules, client_ip=client_ip,
+        admitted, slot = services.limits.admit(rules=limit_rules, client_ip=client_ip,
                                             now=time.monotonic())
         if not admitted:
             return Decision(status=503, route_host=route_host)
@@ -383,7 +356,7 @@ def _routing_host(authority: bytes) -> str | None:
 
 def first_endpoint(
     *,
-    plane: DataPlane,
+    services: services.Services,
     match: routing.RouteMatch,
     header: Callable[[bytes], bytes | None],
     method: bytes,
@@ -393,7 +366,7 @@ def first_endpoint(
     client_ip: bytes,
 ) -> int:
     """The index of the endpoint a request goes to first, for a route with affinity or
-    balancing (the caller asks the plane's round-robin for the others): the affinity
+    balancing (the caller asks the data plane's round-robin for the others): the affinity
     cookie's endpoint, else upstream-hash-by's, else the fastest by EWMA."""
     upstreams = match.upstreams
     options = match.options
@@ -406,9 +379,9 @@ def first_endpoint(
         key = hash_key(balancing.hash_by, header=header, method=method, target=target,
                        authority=authority, scheme=scheme, client_ip=client_ip)
         return hashed_index(upstreams, key)
-    start = plane.next_upstream_index(len(upstreams))
+    start = services.next_upstream_index(len(upstreams))
     if balancing is not None and balancing.ewma:
-        return plane.pool.latencies.fastest(upstreams, start=start, now=time.monotonic())
+        return services.pool.latencies.fastest(upstreams, start=start, now=time.monotonic())
     return start
 
 

@@ -20,17 +20,16 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Final
 
-from certctl.dataplane import upstream
+from certctl.dataplane import forwarding, upstream
 from certctl.routes import options
 
 logger = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
-_NOT_SENT: Final = upstream.HOP_BY_HOP | {b"host", b"content-length", b"expect",
-                                         b"x-original-url", b"x-original-method",
-                                         b"x-original-uri", b"x-auth-request-redirect",
-                                         b"x-real-ip", b"x-forwarded-for", b"x-forwarded-proto",
-                                         b"x-forwarded-host", b"x-sent-from", b"x-scheme"}
+# The client's fields not passed on: as to a backend, and those the subrequest sets.
+_NOT_SENT: Final = forwarding.NOT_FORWARDED | {b"x-original-url", b"x-original-method",
+                                              b"x-original-uri", b"x-auth-request-redirect",
+                                              b"x-sent-from", b"x-scheme"}
 _CACHE_SIZE: Final = 10_000
 
 
@@ -108,12 +107,12 @@ class ExternalAuthorizer:
                 parts += (name, b": ", value, b"\r\n")
         parts += (b"x-original-url: ", values["$scheme"], b"://", values["$http_host"], target,
                   b"\r\nx-original-method: ", method, b"\r\nx-original-uri: ", target,
-                  b"\r\nx-auth-request-redirect: ", redirect,
-                  b"\r\nx-real-ip: ", values["$remote_addr"],
-                  b"\r\nx-forwarded-for: ", values["$remote_addr"],
-                  b"\r\nx-forwarded-proto: ", values["$scheme"],
-                  b"\r\nx-forwarded-host: ", values["$http_host"],
-                  b"\r\nx-scheme: ", values["$scheme"],
+                  b"\r\nx-auth-request-redirect: ", redirect, b"\r\n")
+        for name, value in forwarding.forwarded_fields(
+                client_ip=values["$remote_addr"], proto=values["$scheme"],
+                host=values["$http_host"]):
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"x-scheme: ", values["$scheme"],
                   b"\r\nx-sent-from: certctl\r\ncontent-length: 0\r\n\r\n")
         request = b"".join(parts)
         for fresh in (False, True):  # a kept-alive connection may have been closed meanwhile

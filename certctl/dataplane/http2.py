@@ -60,9 +60,13 @@ import h2.settings
 from certctl.dataplane import (
     affinity,
     dispatch,
+    forwarding,
     hpack_codec,
+    legs,
     limits,
+    reasons,
     routing,
+    services,
     upstream,
     upstream_h2,
 )
@@ -70,8 +74,6 @@ from certctl.routes import options as route_options
 
 if TYPE_CHECKING:
     import hpack.hpack
-
-    from certctl.dataplane.server import DataPlane
 
 logger = logging.getLogger(__name__)
 UNPROCESSED_RETRIES: Final = 3
@@ -102,19 +104,6 @@ _CONNECTION_SPECIFIC: Final = frozenset(
 _token: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
 # A field value holds no NUL, CR or LF and neither starts nor ends with a space or tab.
 _bad_value: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
-# Request headers not forwarded: pseudo-headers are turned into the request
-# line and Host; the rest we set ourselves or are HTTP/2-only.
-_NOT_FORWARDED: Final = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"te",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-real-ip",
-    }
-)
 
 
 def install_codec(connection: h2.connection.H2Connection) -> None:
@@ -196,6 +185,9 @@ class _Stream:
         self.body_done = False
         self.body_queue: deque[tuple[bytes, int]] = deque()  # (data, flow-controlled length)
         self.body_sent = 0
+        # The body written to an HTTP/2 backend, until its answer: sent again if it
+        # refuses the stream unprocessed (None: more than upstream_h2.RESEND_LIMIT).
+        self.sent_body: list[bytes] | None = []
         self.match: routing.RouteMatch | None = None
         self.target = b""
         self.route_host = ""
@@ -231,16 +223,17 @@ class _Stream:
     def response_head(self, head: upstream.ResponseHead) -> None:
         match = self.match
         assert match is not None
+        self.sent_body = None  # answered: never sent again
         now = time.monotonic()
         self.deadline = now + self.read_timeout
-        self.owner.plane.metrics.observe_upstream(
+        self.owner.services.metrics.observe_upstream(
             service=match.service, seconds=now - self.started_at
         )
         options = match.options
         balancing = options.balancing
         if balancing is not None and balancing.ewma and self.connection is not None:
-            self.owner.plane.pool.latencies.observe(self.connection.address,
-                                                    now - self.started_at, now=now)
+            self.owner.services.pool.latencies.observe(self.connection.address,
+                                                       now - self.started_at, now=now)
         policy = options.next_upstream
         if (
             policy is not None
@@ -330,7 +323,7 @@ class _Stream:
         if connection is not None:
             if not self.body_done:
                 connection.reusable = False
-            self.owner.plane.pool.release(connection)
+            self.owner.services.pool.release(connection)
         if not self.end_after_pending:
             self.end_after_pending = True
             self.owner.send_pending(self)
@@ -361,13 +354,15 @@ class _Stream:
             connection is not None
             and connection.reused
             and not connection.received_any
-            and self.body_sent == 0
+            and (self.body_sent == 0 or (self.sent_body is not None
+                                         and isinstance(connection, upstream_h2.Stream)))
             and self.body_done
             and self.retried < UNPROCESSED_RETRIES
         ):
             # A kept-alive connection closed while idle, or an HTTP/2 backend refusing the
             # stream unprocessed (RFC 9113 8.7; grpc-core does while 200 calls arrive at
-            # once): nothing reached the backend, so it is sent again, a few times at most.
+            # once): nothing reached the backend, so it is sent again (with the body kept of
+            # what went to that stream), a few times at most.
             self.retried += 1
             self.owner.connect(self, fresh=True)
             return
@@ -415,9 +410,10 @@ class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection, handed over by `ClientConnection` after ALPN chose h2."""
 
     def __init__(
-        self, *, plane: DataPlane, client_ip: bytes, client_certificate: bytes | None = None
+        self, *, services: services.Services, client_ip: bytes,
+        client_certificate: bytes | None = None,
     ) -> None:
-        self.plane = plane
+        self.services = services
         self._client_ip = client_ip
         self._client_certificate = client_certificate  # DER, checked at the handshake
         self._transport: asyncio.Transport | None = None
@@ -439,8 +435,8 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._deadline = time.monotonic() + self.plane.client_timeout
-        self.plane.connection_opened(self)
+        self._deadline = time.monotonic() + self.services.client_timeout
+        self.services.connection_opened(self)
         self._h2.initiate_connection()
         self._h2.update_settings(
             {
@@ -451,7 +447,7 @@ class Http2Connection(asyncio.Protocol):
         )
         self._h2.increment_flow_control_window(_INITIAL_WINDOW - 65535)  # from RFC 9113's
         self._write_out()
-        if self.plane.draining:  # a handshake that completed after the listeners closed
+        if self.services.draining:  # a handshake that completed after the listeners closed
             self.drain()
 
     def data_received(self, data: bytes) -> None:
@@ -511,7 +507,7 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.plane.connection_closed(self)
+        self.services.connection_closed(self)
         for stream_id in list(self._streams):
             self._forget(stream_id, cancel=True)
 
@@ -551,7 +547,7 @@ class Http2Connection(asyncio.Protocol):
                         connection.close()
                     self.answer(stream, status=504)
         if self._streams:
-            self._deadline = now + self.plane.client_timeout
+            self._deadline = now + self.services.client_timeout
         elif now >= self._deadline:
             self._h2.close_connection()
             self._write_out()
@@ -594,7 +590,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.malformed is not None:
             self._refuse_malformed(stream_id)
             return
-        stream.deadline = time.monotonic() + self.plane.client_timeout
+        stream.deadline = time.monotonic() + self.services.client_timeout
         if stream.method == b"CONNECT":
             self.answer(stream, status=400)  # not a tunnel, and extended CONNECT is not offered
             return
@@ -602,7 +598,7 @@ class Http2Connection(asyncio.Protocol):
             self.answer(stream, status=400)
             return
         decision = dispatch.decide(
-            plane=self.plane,
+            services=self.services,
             scheme=b"https",
             method=stream.method,
             target=stream.path,
@@ -626,21 +622,21 @@ class Http2Connection(asyncio.Protocol):
                                                                match.options)
         stream.match = match
         stream.target = decision.target
-        stream.read_timeout = match.options.read_timeout or self.plane.upstream_timeout
+        stream.read_timeout = match.options.read_timeout or self.services.upstream_timeout
         stream.deadline = time.monotonic() + stream.read_timeout
         options = match.options
         rules = options.access
         if options.external_auth is not None and not (
             rules is not None and rules.satisfied_by_address(self._client_ip)
         ):
-            self.plane.spawn(self._authorize(stream, options.external_auth))
+            self.services.spawn(self._authorize(stream, options.external_auth))
             return
         self.connect(stream, fresh=False)
 
     async def _authorize(self, stream: _Stream, rules: route_options.ExternalAuth) -> None:
         """auth-url: ask the auth service, then forward the stream's request or answer it."""
         authority = stream.authority or b""
-        verdict = await self.plane.external_auth.check(
+        verdict = await self.services.external_auth.check(
             rules=rules, scheme=b"https", method=stream.method, target=stream.path,
             http_host=authority, host=routing.normalize_host(authority.decode("latin-1")),
             client_ip=self._client_ip, headers=stream.headers)
@@ -662,11 +658,11 @@ class Http2Connection(asyncio.Protocol):
         options = match.options
         if options.affinity is not None or options.balancing is not None:
             start = dispatch.first_endpoint(  # per request: only then
-                plane=self.plane, match=match, header=stream.header, method=stream.method,
+                services=self.services, match=match, header=stream.header, method=stream.method,
                 target=stream.path, authority=stream.authority, scheme=b"https",
                 client_ip=self._client_ip)
         else:
-            start = self.plane.next_upstream_index(len(match.upstreams))
+            start = self.services.next_upstream_index(len(match.upstreams))
         self.open_from(stream, start, fresh=fresh)
 
     def open_from(self, stream: _Stream, start: int, *, fresh: bool) -> None:
@@ -676,47 +672,25 @@ class Http2Connection(asyncio.Protocol):
         assert match is not None
         if stream.tried == 0 and match.options.next_upstream is not None:
             stream.tried_since = time.monotonic()
-        upstreams = match.upstreams
         if not fresh:
-            if match.options.backend_h2:
-                leg = self.plane.h2_pool.take(upstreams[start], match.options.backend_tls)
-                if leg is not None:
-                    self._attach_h2(stream, leg)
-                    return
-            else:
-                connection = self.plane.pool.take(upstreams[start], match.options.backend_tls)
-                if connection is not None:
-                    self._attach(stream, connection)
-                    return
-        self.plane.spawn(self._open(stream, start=start, fresh=fresh))
+            leg = legs.take(self.services, match, start)
+            if leg is not None:
+                self._attach(stream, leg)
+                return
+        self.services.spawn(self._open(stream, start=start, fresh=fresh))
 
     async def _open(self, stream: _Stream, *, start: int, fresh: bool) -> None:
         match = stream.match
         assert match is not None
-        pool = self.plane.pool
-        if match.options.backend_h2:
-            leg = await upstream.connect_for(
-                self.plane.h2_pool, match, start=start, fresh=fresh,
-                default_timeout=self.plane.connect_timeout, tried=stream.tried,
-                tried_since=stream.tried_since)
-            if leg is not None:
-                if self._closed or stream.finished:
-                    leg.close()
-                    return
-                self._attach_h2(stream, leg)
-                self.flush()
+        leg = await legs.connect(self.services, match, start=start, fresh=fresh,
+                                 tried=stream.tried, tried_since=stream.tried_since)
+        if leg is not None:
+            if self._closed or stream.finished:
+                self.services.pool.release(leg)  # unused: the client reset or left meanwhile
                 return
-        else:
-            connection = await pool.connect_for(
-                match, start=start, fresh=fresh, default_timeout=self.plane.connect_timeout,
-                tried=stream.tried, tried_since=stream.tried_since)
-            if connection is not None:
-                if self._closed or stream.finished:
-                    pool.release(connection)
-                    return
-                self._attach(stream, connection)
-                self.flush()
-                return
+            self._attach(stream, leg)
+            self.flush()
+            return
         if not self._closed and not stream.finished:
             stream.bad_gateway()
             self.flush()
@@ -732,28 +706,30 @@ class Http2Connection(asyncio.Protocol):
                 address=leg.address)
         stream.started_at = time.monotonic()
 
-    def _attach(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
+    def _attach(self, stream: _Stream, leg: legs.Leg) -> None:
+        if isinstance(leg, upstream_h2.Stream):
+            self._attach_h2(stream, leg)
+        else:
+            self._attach_h1(stream, leg)
+
+    def _attach_h1(self, stream: _Stream, connection: upstream.UpstreamConnection) -> None:
         self._attached(stream, connection)
         host = stream.authority or b""
         chunked = stream.content_length is None and not stream.body_done
         match = stream.match
-        vhost = match.options.upstream_vhost if match is not None else None
-        parts = [stream.method, b" ", stream.target, b" HTTP/1.1\r\nhost: ", vhost or host,
-                 b"\r\n"]
-        for name, value in stream.headers:
-            if name not in _NOT_FORWARDED and name not in upstream.HOP_BY_HOP:
-                parts += (name, b": ", value, b"\r\n")
-        ip = self._client_ip
-        parts += (b"x-forwarded-for: ", ip, b"\r\nx-real-ip: ", ip, b"\r\n")
-        parts += (b"x-forwarded-proto: https\r\nx-forwarded-host: ", host, b"\r\n")
-        if stream.content_length is not None:
-            parts += (b"content-length: ", stream.content_length, b"\r\n")
-        elif chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"\r\n")
+        assert match is not None
         stream.chunked = chunked
+        # The pseudo-headers are the request line and Host; the client's fields were
+        # checked as HTTP/2's (lowercase) but not against what is not forwarded.
         connection.begin(
-            exchange=stream, request=b"".join(parts), head_only=stream.method == b"HEAD"
+            exchange=stream,
+            request=forwarding.request_head(
+                method=stream.method, target=stream.target,
+                host=match.options.upstream_vhost or host, headers=stream.headers,
+                checked=False, client_ip=self._client_ip, proto=b"https",
+                forwarded_host=host, upgrade=None, chunked=chunked,
+                content_length=stream.content_length),
+            head_only=stream.method == b"HEAD",
         )
         if self._client_slow:
             connection.pause_reading(True)
@@ -767,12 +743,21 @@ class Http2Connection(asyncio.Protocol):
         assert match is not None
         host = stream.authority or b""
         stream.chunked = False
-        leg.begin(exchange=stream, end_stream=stream.body_done, headers=upstream_h2.request_headers(
+        headers = upstream_h2.request_headers(
             method=stream.method, scheme=b"https" if match.options.backend_tls else b"http",
             target=stream.target, authority=match.options.upstream_vhost or host,
             headers=stream.headers, content_length=stream.content_length,
             te_trailers=stream.header(b"te") is not None, client_ip=self._client_ip,
-            forwarded_proto=b"https", forwarded_host=host))
+            forwarded_proto=b"https", forwarded_host=host)
+        # What went to a stream the backend refused (`upstream_failed`), sent again.
+        sent = stream.sent_body or ()
+        trailers = stream.request_trailers
+        leg.begin(exchange=stream, headers=headers,
+                  end_stream=stream.body_done and not sent and trailers is None)
+        if stream.connection is leg and stream.body_done and (sent or trailers is not None):
+            for piece in sent:
+                leg.write(piece)
+            leg.end(trailers)
         if self._client_slow and stream.connection is leg:
             leg.pause_reading(True)
         self.send_body(stream)
@@ -818,6 +803,12 @@ class Http2Connection(asyncio.Protocol):
                 return
             if data:
                 connection.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                sent = stream.sent_body
+                if h2_leg is not None and sent is not None:
+                    if stream.body_sent > upstream_h2.RESEND_LIMIT:
+                        stream.sent_body = None
+                    else:
+                        sent.append(data)
                 if h2_leg is not None and not stream.response_started:
                     # A long client stream (gRPC) waits for no answer while it sends: the
                     # read timeout runs from what the backend last took, as nginx's.
@@ -892,7 +883,7 @@ class Http2Connection(asyncio.Protocol):
         `headers` are added (a 401's WWW-Authenticate, CORS headers)."""
         if self._closed or stream.finished:
             return
-        reason = dispatch.REASONS.get(status, b"")
+        reason = reasons.REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
         response_headers = [
@@ -938,7 +929,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         """The response went out: count it and forget the stream."""
-        self.plane.metrics.count_request(host=stream.route_host, status=stream.status)
+        self.services.metrics.count_request(host=stream.route_host, status=stream.status)
         if not stream.body_done:
             # Answered before the request body ended: tell the client to stop sending.
             self._h2.reset_stream(stream.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
@@ -951,15 +942,15 @@ class Http2Connection(asyncio.Protocol):
         stream.finished = True
         slot, stream.limit_slot = stream.limit_slot, None
         if slot is not None:
-            self.plane.limits.release(slot)
+            self.services.limits.release(slot)
         connection, stream.connection = stream.connection, None
         if connection is not None:
             if cancel:
                 connection.close()
             else:
-                self.plane.pool.release(connection)
+                self.services.pool.release(connection)
         if not self._streams:
-            self._deadline = time.monotonic() + self.plane.client_timeout
+            self._deadline = time.monotonic() + self.services.client_timeout
             if self._last_stream is not None:
                 self.flush()  # then closes: draining, and the last stream is done
 

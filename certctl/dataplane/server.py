@@ -46,19 +46,16 @@ from certctl.dataplane import (
     certstore,
     connection,
     external_auth,
-    http2,
     limits,
     metrics,
     routing,
+    services,
     tls,
     upstream,
     upstream_h2,
 )
 
 logger = logging.getLogger(__name__)
-
-ChallengeResponder = Callable[[str, str], str | None]
-"""(host, token) -> the key authorization to serve, or None. Called on the event loop: be quick."""
 
 
 class DataPlane:
@@ -75,7 +72,7 @@ class DataPlane:
         http_address: tuple[str, int] | None,
         https_address: tuple[str, int] | None,
         certificates: certstore.CertificateIndex,
-        challenge_responder: ChallengeResponder,
+        challenge_responder: services.ChallengeResponder,
         connect_timeout: float = 5.0,
         upstream_timeout: float = 60.0,
         client_timeout: float = 60.0,
@@ -98,15 +95,12 @@ class DataPlane:
         once (its server cannot pause accepting)."""
         self._http_address = http_address
         self._https_address = https_address
-        self.certificates = certificates
-        self.challenge_responder = challenge_responder
         self.connect_timeout = connect_timeout
         self.upstream_timeout = upstream_timeout
         self.client_timeout = client_timeout
         self._handshake_timeout = handshake_timeout
         self.max_connections = max_connections
         self._at_limit = False  # the limit was reached (and logged once)
-        self._routes = routing.RouteTable.empty()
         self._servers: list[asyncio.Server] = []
         self._http_port: int | None = None
         self._https_port: int | None = None
@@ -119,9 +113,17 @@ class DataPlane:
         self.health = admin_health.Health(waiting_for=())
         self._admin = None if metrics_address is None else admin_server.AdminServer(
             address=metrics_address, health=self.health, registry=self.metrics.registry)
-        self._connections: set[connection.ClientConnection | http2.Http2Connection] = set()
-        # Stopping: connections finish what they serve, then close (read by them).
-        self.draining = False
+        self._connections: set[services.Client] = set()
+        # What connections use of the data plane; its routes, certificates, HTTPS port and
+        # draining flag are assigned there as they change.
+        self.services = services.Services(
+            certificates=certificates, challenge_responder=challenge_responder, pool=self.pool,
+            h2_pool=self.h2_pool, limits=self.limits, external_auth=self.external_auth,
+            metrics=self.metrics, connect_timeout=connect_timeout,
+            upstream_timeout=upstream_timeout, client_timeout=client_timeout,
+            admits_connection=self.admits_connection, connection_opened=self.connection_opened,
+            connection_closed=self.connection_closed,
+            next_upstream_index=self.next_upstream_index, spawn=self.spawn)
         self._drained: asyncio.Event | None = None  # set when the last one closed
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -142,11 +144,27 @@ class DataPlane:
         # The handshakes of hosts with auth-tls-secret ask for client certificates first,
         # so no request of such a host is routed before its handshake could ask.
         self.certificates.set_client_certificates(table.client_certificates)
-        self._routes = table
+        self.services.routes = table
 
     @property
     def routes(self) -> routing.RouteTable:
-        return self._routes
+        return self.services.routes
+
+    @property
+    def certificates(self) -> certstore.CertificateIndex:
+        return self.services.certificates
+
+    @certificates.setter
+    def certificates(self, certificates: certstore.CertificateIndex) -> None:
+        self.services.certificates = certificates
+
+    @property
+    def challenge_responder(self) -> services.ChallengeResponder:
+        return self.services.challenge_responder
+
+    @challenge_responder.setter
+    def challenge_responder(self, responder: services.ChallengeResponder) -> None:
+        self.services.challenge_responder = responder
 
     @property
     def http_port(self) -> int:
@@ -170,7 +188,7 @@ class DataPlane:
         if self._http_address is not None:  # None: HTTPS only (no HTTP-01, no redirects)
             host, port = self._http_address
             server = await loop.create_server(
-                lambda: connection.ClientConnection(plane=self, scheme=b"http"),
+                lambda: connection.ClientConnection(services=self.services, scheme=b"http"),
                 host,
                 port,
                 reuse_address=True,
@@ -182,7 +200,8 @@ class DataPlane:
             self._tls = tls.TlsListener(
                 context=certstore.new_server_context(),
                 select_context=self._select_context,
-                protocol_factory=lambda: connection.ClientConnection(plane=self, scheme=b"https"),
+                protocol_factory=lambda: connection.ClientConnection(services=self.services,
+                                                                     scheme=b"https"),
                 handshake_timeout=self._handshake_timeout,
                 on_handshake=self._count_handshake,
                 admit=self.admits_connection,
@@ -193,7 +212,7 @@ class DataPlane:
                 hold_timeout=self._hold_timeout,
             )
             self._tls.listen(*self._https_address)
-            self._https_port = self._tls.sockets[0].getsockname()[1]
+            self._https_port = self.services.https_port = self._tls.sockets[0].getsockname()[1]
         if self._admin is not None:
             self.health.watch_loop(loop)
             self._admin.start()
@@ -232,14 +251,14 @@ class DataPlane:
         if self._admin is not None:
             self._admin.stop()
         self._uninstall_unraisablehook()
-        self._http_port = self._https_port = None
-        self.draining = False
+        self._http_port = self._https_port = self.services.https_port = None
+        self.services.draining = False
         self._drained = None
 
     async def _drain(self, grace: float) -> None:
         """Refuse new connections and wait, up to `grace` seconds, until the open ones
         finished what they serve and closed."""
-        self.draining = True
+        self.services.draining = True
         self._drained = asyncio.Event()
         for server in self._servers:
             server.close()
@@ -322,14 +341,10 @@ class DataPlane:
                 "new ones wait or are closed until some end", held)
         return False
 
-    def connection_opened(
-        self, client: connection.ClientConnection | http2.Http2Connection
-    ) -> None:
+    def connection_opened(self, client: services.Client) -> None:
         self._connections.add(client)
 
-    def connection_closed(
-        self, client: connection.ClientConnection | http2.Http2Connection
-    ) -> None:
+    def connection_closed(self, client: services.Client) -> None:
         self._connections.discard(client)
         if self._drained is not None and not self._connections:
             self._drained.set()

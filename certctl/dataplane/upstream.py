@@ -380,15 +380,6 @@ class Pool:
             )
         return connection
 
-    async def connect_for(
-        self, match: routing.RouteMatch, *, start: int, fresh: bool, default_timeout: float,
-        tried: int, tried_since: float,
-    ) -> UpstreamConnection | None:
-        """`connect_for` with this pool's connections."""
-        return await connect_for(self, match, start=start, fresh=fresh,
-                                 default_timeout=default_timeout, tried=tried,
-                                 tried_since=tried_since)
-
     async def connect_any(
         self,
         upstreams: Sequence[routing.Upstream],

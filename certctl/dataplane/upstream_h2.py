@@ -25,7 +25,8 @@ Flow control instead of buffering, per stream, both ways:
 A backend's GOAWAY stops new streams on the connection (the next request
 opens another) while the streams it still serves finish; those above its
 last stream id were not processed and fail as `reused` (their exchange
-sends them again when nothing of their body was sent, else answers 502). A
+sends them again when nothing of their body was sent, or it kept what was:
+up to RESEND_LIMIT bytes, until the response head; else it answers 502). A
 REFUSED_STREAM reset is treated the same way; any other reset before the
 response head is a 502, after it a reset of the client's stream
 (`StreamReset` carries the code). A connection the backend closes fails
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import logging
 import ssl
 import time
@@ -52,11 +52,15 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-from certctl.dataplane import routing, upstream
+from certctl.dataplane import forwarding, reasons, routing, upstream
 
 logger = logging.getLogger(__name__)
 
 MAX_STREAMS: Final = 128  # streams per connection, however many the backend allows
+# Request body an exchange keeps of what it wrote to a stream, to send it again on another
+# if the backend did not process the stream (grpc-core refuses some at once when many
+# calls arrive together); a longer body is not kept, and such a refusal is a 502.
+RESEND_LIMIT: Final = 65536
 STREAM_WINDOW: Final = 1 << 20  # response bytes a backend may send ahead on one stream
 CONNECTION_WINDOW: Final = 1 << 24  # ... and on a connection (returned as they arrive)
 # Places on a connection still being set up (its SETTINGS not in yet) for requests
@@ -75,13 +79,6 @@ _LOCAL_SETTINGS: Final = {
     h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
     h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
 }
-# Request fields not forwarded as they came: set by `request_headers` itself, or
-# meaningful on the client's hop only (HTTP/1.1's connection-specific fields).
-_REPLACED: Final = frozenset(
-    {b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-     b"x-forwarded-host", b"x-real-ip"}
-) | upstream.HOP_BY_HOP
-_REASONS: Final = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 # A backend's reset passed on to the client as it is when its code says something about
 # the request; codes about the backend's own hop (PROTOCOL_ERROR, FLOW_CONTROL_ERROR...)
 # become INTERNAL_ERROR.
@@ -119,20 +116,20 @@ def request_headers(
     client_ip: bytes, forwarded_proto: bytes, forwarded_host: bytes,
 ) -> list[tuple[bytes, bytes]]:
     """The HEADERS of a request forwarded to an HTTP/2 backend: the client's fields
-    (HTTP/1.1 ones lowercased) minus connection-specific ones, with the X-Forwarded-*
-    set as on HTTP/1.1 legs; `te: trailers` only, and only when the client sent it
+    (HTTP/1.1 ones lowercased) minus those `forwarding` says are not, with its forwarding
+    fields as on HTTP/1.1 legs; `te: trailers` only, and only when the client sent it
     (gRPC servers require it)."""
     fields = [(b":method", method), (b":scheme", scheme), (b":path", target),
               (b":authority", authority)]
     fields += [(lname, value) for lname, value in ((name.lower(), value)
                                                    for name, value in headers)
-               if lname not in _REPLACED]
+               if lname not in forwarding.NOT_FORWARDED]
     if te_trailers:
         fields.append((b"te", b"trailers"))
     if content_length is not None:
         fields.append((b"content-length", content_length))
-    fields += ((b"x-forwarded-for", client_ip), (b"x-real-ip", client_ip),
-               (b"x-forwarded-proto", forwarded_proto), (b"x-forwarded-host", forwarded_host))
+    fields += forwarding.forwarded_fields(client_ip=client_ip, proto=forwarded_proto,
+                                          host=forwarded_host)
     return fields
 
 
@@ -314,7 +311,7 @@ class Stream:
             self._fail(upstream.UpstreamError(f"invalid :status {status!r}"), reset=True)
             return
         head.status = int(status)
-        head.reason = _REASONS.get(head.status, b"")
+        head.reason = reasons.REASONS.get(head.status, b"")
         head.chunked = head.content_length is None  # ends with the stream, not by length
         if self.exchange is not None:
             self.exchange.response_head(head)
