@@ -68,7 +68,8 @@ REPO = Path(__file__).resolve().parent.parent
 CERTCTL_CRDS = ("clusterissuers", "issuers", "certificates", "orders", "challenges")
 # The Gateway API kinds certctl serves, from the standard channel's CRDs (v1.5.1, cached by
 # scripts/testservers/build.sh), installed as `kubectl apply --server-side` would.
-GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "listenersets",
+                    "referencegrants")
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 

@@ -102,10 +102,11 @@ CLUSTER_ROLE_GRANTS: dict[str, set[Rule]] = {
         | _grants(groups=("networking.k8s.io",), resources=("ingresses/status",),
                   verbs=("get", "update", "patch"))
         | _grants(groups=("gateway.networking.k8s.io",),
-                  resources=("gateways", "listenersets", "httproutes", "referencegrants"),
-                  verbs=READ)
+                  resources=("gateways", "listenersets", "httproutes", "grpcroutes",
+                             "referencegrants"), verbs=READ)
         | _grants(groups=("gateway.networking.k8s.io",),
-                  resources=("gateways/status", "listenersets/status", "httproutes/status"),
+                  resources=("gateways/status", "listenersets/status", "httproutes/status",
+                             "grpcroutes/status"),
                   verbs=("get", "update", "patch"))
         | _grants(groups=("",), resources=("services", "endpoints", "secrets"), verbs=READ)
         | _grants(groups=("discovery.k8s.io",), resources=("endpointslices",), verbs=READ)

@@ -1,6 +1,6 @@
 """Typed models of the Gateway API kinds certctl reads, and their parsers.
 
-GatewayClass, Gateway, ListenerSet and HTTPRoute are read as
+GatewayClass, Gateway, ListenerSet, HTTPRoute and GRPCRoute are read as
 gateway.networking.k8s.io/v1,
 ReferenceGrant as v1beta1 (its storage version) or v1. As for Ingresses, the
 API server has already checked these against the CRDs in a cluster, so a
@@ -10,12 +10,14 @@ get the same errors naming file, object and field. Defaults are the CRDs'
 (a parentRef's kind Gateway, a listener's tls.mode Terminate, allowedRoutes
 from Same, a Gateway's allowedListeners from None, a ListenerSet's parentRef
 kind Gateway, a backendRef's weight 1, a rule without matches matching
-PathPrefix "/", a redirect's status 302).
+PathPrefix "/", a redirect's status 302, a GRPCRoute method match's type
+Exact).
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypedDict, cast
@@ -38,7 +40,13 @@ FilterType = Literal["RequestHeaderModifier", "ResponseHeaderModifier", "Request
 FILTER_TYPES: Final = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
                        "URLRewrite", "RequestMirror", "ExtensionRef", "CORS", "ExternalAuth")
 REDIRECT_CODES: Final = (301, 302, 303, 307, 308)
-KINDS: Final = ("GatewayClass", "Gateway", "ListenerSet", "HTTPRoute", "ReferenceGrant")
+KINDS: Final = ("GatewayClass", "Gateway", "ListenerSet", "HTTPRoute", "GRPCRoute",
+                "ReferenceGrant")
+ROUTE_KINDS: Final = ("HTTPRoute", "GRPCRoute")  # what HTTP and HTTPS listeners take
+GrpcMethodMatchType = Literal["Exact", "RegularExpression"]
+# The characters the CRD allows an Exact match's service and method (its CEL rules).
+_GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
+_GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
 # Set on every Namespace by the API server (and by certctl serve, which has no API server).
@@ -129,7 +137,8 @@ class Listener:
 
 @dataclass(frozen=True, kw_only=True)
 class _Namespaced(resources.Annotated):
-    """The metadata Gateway, ListenerSet and HTTPRoute keep (read by `_metadata`)."""
+    """The metadata Gateway, ListenerSet, HTTPRoute and GRPCRoute keep (read by
+    `_metadata`)."""
 
     KIND: ClassVar[str]
     namespace: str
@@ -270,6 +279,36 @@ class HTTPRoute(_Namespaced):
     rules: tuple[HTTPRouteRule, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class GRPCMethodMatch:
+    """A gRPC service/method match: at least one of the two is set; unset matches any."""
+
+    type: GrpcMethodMatchType = "Exact"
+    service: str | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPCRouteMatch:
+    method: GRPCMethodMatch | None = None  # None: every service and method
+    headers: tuple[ValueMatch, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPCRouteRule:
+    matches: tuple[GRPCRouteMatch, ...] = (GRPCRouteMatch(),)
+    filters: tuple[HTTPRouteFilter, ...] = ()
+    backend_refs: tuple[BackendRef, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPCRoute(_Namespaced):
+    KIND: ClassVar[str] = "GRPCRoute"
+    parent_refs: tuple[ParentReference, ...] = ()
+    hostnames: tuple[str, ...] = ()  # normalised; may start with "*."
+    rules: tuple[GRPCRouteRule, ...] = ()
+
+
 def route_certificate_secret(route: HTTPRoute, *, source: str | None = None) -> str | None:
     """The Secret of the Certificate the route opted in to, None without the opt-in;
     InvalidObject naming the annotation when a value is not one certctl can use."""
@@ -330,7 +369,7 @@ def parse_gateway_class(obj: Mapping[str, Any], *, source: str | None = None) ->
 
 
 class _Metadata(TypedDict):
-    """What Gateway, ListenerSet and HTTPRoute read from metadata alike."""
+    """What Gateway, ListenerSet, HTTPRoute and GRPCRoute read from metadata alike."""
 
     namespace: str
     name: str
@@ -485,6 +524,68 @@ def parse_http_route(obj: Mapping[str, Any], *, source: str | None = None) -> HT
     ctx = parsing.open_object(obj, kinds=("HTTPRoute",), api_versions=(API_VERSION,),
                               cluster_scoped=(), source=source)
     spec = ctx.mapping(obj.get("spec"), field="spec")
+    parents, hostnames = _route_parents_and_hostnames(ctx, spec)
+    rules = tuple(_rule(ctx, item, at=f"spec.rules[{index}]") for index, item
+                  in enumerate(ctx.sequence(spec.get("rules"), field="spec.rules")))
+    return HTTPRoute(
+        **_metadata(ctx, obj),
+        parent_refs=parents, hostnames=hostnames,
+        rules=rules or (HTTPRouteRule(),))
+
+
+def parse_grpc_route(obj: Mapping[str, Any], *, source: str | None = None) -> GRPCRoute:
+    ctx = parsing.open_object(obj, kinds=("GRPCRoute",), api_versions=(API_VERSION,),
+                              cluster_scoped=(), source=source)
+    spec = ctx.mapping(obj.get("spec"), field="spec")
+    parents, hostnames = _route_parents_and_hostnames(ctx, spec)
+    rules = []
+    for index, item in enumerate(ctx.sequence(spec.get("rules"), field="spec.rules")):
+        at = f"spec.rules[{index}]"
+        entry = ctx.mapping(item, field=at)
+        matches = tuple(_grpc_match(ctx, found, at=f"{at}.matches[{number}]")
+                        for number, found in enumerate(ctx.sequence(entry.get("matches"),
+                                                                    field=f"{at}.matches")))
+        rules.append(GRPCRouteRule(matches=matches or (GRPCRouteMatch(),),
+                                   filters=_filters(ctx, entry, at=at),
+                                   backend_refs=_backend_refs(ctx, entry, at=at)))
+    return GRPCRoute(**_metadata(ctx, obj), parent_refs=parents, hostnames=hostnames,
+                     rules=tuple(rules) or (GRPCRouteRule(),))
+
+
+def _grpc_match(ctx: parsing.ObjectReader, value: Any, *, at: str) -> GRPCRouteMatch:
+    entry = ctx.mapping(value, field=at)
+    method = None
+    if entry.get("method") is not None:
+        method_at = f"{at}.method"
+        spec = ctx.mapping(entry.get("method"), field=method_at)
+        kind = ctx.choice(spec, "type", at=method_at,
+                          choices=("Exact", "RegularExpression")) or "Exact"
+        service = ctx.optional_str(spec, "service", at=method_at)
+        name = ctx.optional_str(spec, "method", at=method_at)
+        if service is None and name is None:
+            ctx.fail(method_at, "one or both of service and method must be set")
+        for field, found, syntax in (("service", service, _GRPC_SERVICE),
+                                     ("method", name, _GRPC_METHOD)):
+            if found is None:
+                continue
+            if kind == "Exact" and syntax.fullmatch(found) is None:
+                ctx.fail(f"{method_at}.{field}", f"{found!r} is not a gRPC {field} name "
+                         f"(matching {syntax.pattern})")
+            if kind == "RegularExpression":
+                try:
+                    re.compile(found)
+                except re.error as err:
+                    ctx.fail(f"{method_at}.{field}",
+                             f"{found!r} is not a regular expression: {err}")
+        method = GRPCMethodMatch(type=cast(GrpcMethodMatchType, kind), service=service,
+                                 method=name)
+    return GRPCRouteMatch(method=method, headers=_value_matches(ctx, entry, "headers", at=at))
+
+
+def _route_parents_and_hostnames(
+    ctx: parsing.ObjectReader, spec: Mapping[str, Any],
+) -> tuple[tuple[ParentReference, ...], tuple[str, ...]]:
+    """spec.parentRefs and spec.hostnames, which HTTPRoute and GRPCRoute share."""
     parents = []
     for index, item in enumerate(ctx.sequence(spec.get("parentRefs"), field="spec.parentRefs")):
         at = f"spec.parentRefs[{index}]"
@@ -501,12 +602,7 @@ def parse_http_route(obj: Mapping[str, Any], *, source: str | None = None) -> HT
     hostnames = tuple(
         ctx.dns_name(host, field=f"spec.hostnames[{index}]", allow_wildcard=True)
         for index, host in enumerate(ctx.str_list(spec, "hostnames", at="spec")))
-    rules = tuple(_rule(ctx, item, at=f"spec.rules[{index}]") for index, item
-                  in enumerate(ctx.sequence(spec.get("rules"), field="spec.rules")))
-    return HTTPRoute(
-        **_metadata(ctx, obj),
-        parent_refs=tuple(parents), hostnames=hostnames,
-        rules=rules or (HTTPRouteRule(),))
+    return tuple(parents), hostnames
 
 
 def _rule(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPRouteRule:
@@ -514,6 +610,17 @@ def _rule(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPRouteRule:
     matches = tuple(_match(ctx, item, at=f"{at}.matches[{index}]") for index, item
                     in enumerate(ctx.sequence(entry.get("matches"), field=f"{at}.matches")))
     filters = _filters(ctx, entry, at=at)
+    timeouts = ctx.mapping(entry.get("timeouts"), field=f"{at}.timeouts")
+    return HTTPRouteRule(
+        matches=matches or (HTTPRouteMatch(),), filters=filters,
+        backend_refs=_backend_refs(ctx, entry, at=at),
+        request_timeout=_gateway_duration(ctx, timeouts, "request", at=f"{at}.timeouts"),
+        backend_request_timeout=_gateway_duration(ctx, timeouts, "backendRequest",
+                                                  at=f"{at}.timeouts"))
+
+
+def _backend_refs(ctx: parsing.ObjectReader, entry: Mapping[str, Any], *,
+                  at: str) -> tuple[BackendRef, ...]:
     backends = []
     for index, item in enumerate(ctx.sequence(entry.get("backendRefs"),
                                               field=f"{at}.backendRefs")):
@@ -531,12 +638,7 @@ def _rule(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPRouteRule:
             kind=ctx.optional_str(ref, "kind", at=ref_at) or "Service",
             namespace=ctx.optional_str(ref, "namespace", at=ref_at), port=port,
             weight=1 if weight is None else weight, filters=_filters(ctx, ref, at=ref_at)))
-    timeouts = ctx.mapping(entry.get("timeouts"), field=f"{at}.timeouts")
-    return HTTPRouteRule(
-        matches=matches or (HTTPRouteMatch(),), filters=filters, backend_refs=tuple(backends),
-        request_timeout=_gateway_duration(ctx, timeouts, "request", at=f"{at}.timeouts"),
-        backend_request_timeout=_gateway_duration(ctx, timeouts, "backendRequest",
-                                                  at=f"{at}.timeouts"))
+    return tuple(backends)
 
 
 def _gateway_duration(ctx: parsing.ObjectReader, value: Mapping[str, Any], key: str, *,

@@ -67,6 +67,10 @@ _KINDS = (
         plural="httproutes",
     ),
     KindInfo(
+        kind="GRPCRoute", api_version="gateway.networking.k8s.io/v1", namespaced=True,
+        plural="grpcroutes",
+    ),
+    KindInfo(
         kind="ListenerSet", api_version="gateway.networking.k8s.io/v1", namespaced=True,
         plural="listenersets",
     ),

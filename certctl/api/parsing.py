@@ -657,7 +657,8 @@ def parse_service(obj: Mapping[str, Any], *, source: str | None = None) -> resou
             )
         ports.append(
             resources.ServicePort(
-                port=port, name=ctx.optional_str(entry, "name", at=at), target_port=target_port
+                port=port, name=ctx.optional_str(entry, "name", at=at), target_port=target_port,
+                app_protocol=ctx.optional_str(entry, "appProtocol", at=at),
             )
         )
     return resources.Service(namespace=ctx.scoped_namespace, name=ctx.name, ports=tuple(ports))

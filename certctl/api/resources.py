@@ -313,6 +313,9 @@ class ServicePort:
     port: int
     name: str | None = None
     target_port: int | str | None = None  # None: same as port
+    # The application protocol (`kubernetes.io/h2c`, `kubernetes.io/ws`, ...): how the
+    # Gateway API's routes speak to the port (GEP-1911); None: not said.
+    app_protocol: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,12 +48,30 @@ only writes them). Semantics (GATEWAY-HTTP profile, DESIGN.md):
   are invalid and answer 500 for their weight's share (ResolvedRefs False
   with the spec's reason). A rule without backends answers 500 unless it
   redirects.
+- The Service port's appProtocol picks how a backend is spoken to (GEP-1911):
+  unset or `http` HTTP/1.1; `kubernetes.io/h2c` HTTP/2 cleartext with prior
+  knowledge (backend-protocol H2C's path); `kubernetes.io/ws` HTTP/1.1 and
+  `kubernetes.io/wss` TLS, unverified like backend-protocol HTTPS (certctl has
+  no BackendTLSPolicy), WebSocket upgrades passed through as for every
+  HTTP/1.1 backend. Any other value makes the backend invalid (ResolvedRefs
+  False, UnsupportedProtocol). The protocol is a route option, one per rule: a
+  backend speaking another protocol than the rule's first usable one is
+  invalid too.
 - An HTTPRoute annotated `certctl.io/certificate: "true"` (the opt-in of
   cert-manager #6051 and #7473) asks for a Certificate for the hostnames it
   is served under on HTTPS listeners of ours: the route's hostnames as the
   listeners admit them, never more. Once its Secret exists it is served by
   SNI, like a listener's. gateway-shim creates the Certificate from
   `Compiled.route_certificates`.
+- A GRPCRoute (standard since v1.1) attaches as an HTTPRoute does, to HTTP and
+  HTTPS listeners that take its kind (both kinds unless allowedRoutes.kinds
+  says otherwise). Its method matches become paths (`certctl.routes.grpc_route`),
+  its header matches and header modifier filters are an HTTPRoute's, its
+  backends speak gRPC over HTTP/2 cleartext unless their Service port's
+  appProtocol says otherwise (GEP-1911: only `kubernetes.io/h2c` fits).
+  An HTTPRoute and a GRPCRoute must not share a hostname on one listener
+  (GEP-1016): the newer route of the two is not Accepted there
+  (NotAllowedByListeners).
 - Implemented filters: RequestHeaderModifier, ResponseHeaderModifier (set
   and add; add replaces a header the backend sends), RequestRedirect,
   URLRewrite. Any other filter, a RegularExpression match, or a response
@@ -71,7 +89,7 @@ from certctl.api import gateway as gw
 from certctl.api import resources
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
-from certctl.routes import model, options
+from certctl.routes import grpc_route, model, options
 
 CONTROLLER_NAME = "certctl.io/gateway-controller"
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -79,6 +97,28 @@ _NEWEST = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 _SCHEMES = {"HTTP": b"http", "HTTPS": b"https"}
 _IMPLEMENTED_FILTERS = frozenset({"RequestHeaderModifier", "ResponseHeaderModifier",
                                   "RequestRedirect", "URLRewrite"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BackendProtocol:
+    """How the data plane speaks to a backend: the route options of the same names."""
+
+    backend_h2: bool = False
+    backend_tls: bool = False
+
+
+_HTTP1 = _BackendProtocol()
+# Service appProtocol -> protocol (GEP-1911's Kubernetes standard application protocols,
+# and IANA's `http` as most charts write it), by route kind: gRPC needs HTTP/2.
+_H2C = _BackendProtocol(backend_h2=True)
+_GRPC_APP_PROTOCOLS = {None: _H2C, "kubernetes.io/h2c": _H2C}
+_HTTP_APP_PROTOCOLS = {
+    None: _HTTP1,
+    "http": _HTTP1,
+    "kubernetes.io/h2c": _H2C,
+    "kubernetes.io/ws": _HTTP1,
+    "kubernetes.io/wss": _BackendProtocol(backend_tls=True),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,10 +187,12 @@ class Compiled:
     gateways: tuple[GatewayStatus, ...] = ()
     listener_sets: tuple[GatewayStatus, ...] = ()
     http_routes: tuple[RouteStatus, ...] = ()
+    grpc_routes: tuple[RouteStatus, ...] = ()
     secrets: frozenset[ObjectKey] = frozenset()  # listeners' and routes' Secrets, resolved
     route_certificates: tuple[RouteCertificate, ...] = ()
 
 
+Route = gw.HTTPRoute | gw.GRPCRoute
 SecretExists = Callable[[str, str], bool]  # (namespace, name) -> a kubernetes.io/tls Secret
 _Compiled = list[tuple["_Listener", tuple[Condition, ...], tuple[gw.RouteGroupKind, ...]]]
 
@@ -163,6 +205,7 @@ class _Listener:
     owner: ObjectKey
     spec: gw.Listener
     ready: bool  # accepted, not conflicted: takes routes
+    kinds: frozenset[str]  # the route kinds it takes
 
 
 def compile_gateways(
@@ -175,6 +218,7 @@ def compile_gateways(
     secret_exists: SecretExists,
     namespaces: Iterable[gw.Namespace] = (),
     listener_sets: Iterable[gw.ListenerSet] = (),
+    grpc_routes: Iterable[gw.GRPCRoute] = (),
     controller_name: str = CONTROLLER_NAME,
 ) -> Compiled:
     ours = {c.name: c for c in classes if c.controller_name == controller_name}
@@ -244,7 +288,11 @@ def compile_gateways(
     route_statuses: list[RouteStatus] = []
     served: set[ObjectKey] = {g.key for g in served_gateways}
     route_certificates = []
-    for route in sorted(http_routes, key=_age):
+    # Hostnames attached to each listener, by route kind: HTTPRoutes' and GRPCRoutes'
+    # must not meet (GEP-1016); routes come oldest first, so the newer one is refused.
+    kind_hosts: dict[tuple[ObjectKey, str], dict[str, set[str]]] = {}
+    every_route: list[Route] = [*http_routes, *grpc_routes]
+    for route in sorted(every_route, key=_age):
         parents = []
         https_hosts: list[str] = []
         for parent in route.parent_refs:
@@ -259,8 +307,9 @@ def compile_gateways(
                                    namespace_labels=labels_of(route.namespace),
                                    grants=grant_list, services=service_keys,
                                    attached=attached, routes=routes, served=served,
-                                   https_hosts=https_hosts))
-        certificate = _route_certificate(route, https_hosts)
+                                   https_hosts=https_hosts, kind_hosts=kind_hosts))
+        certificate = _route_certificate(route, https_hosts) \
+            if isinstance(route, gw.HTTPRoute) else None
         if certificate is not None:
             route_certificates.append(certificate)
             if secret_exists(route.namespace, certificate.secret_name):
@@ -289,7 +338,9 @@ def compile_gateways(
             type="Accepted", status="True", reason="Accepted",
             message=f"handled by {controller_name}"),)) for c in ours.values()),
         gateways=tuple(gateway_statuses), listener_sets=tuple(set_statuses),
-        http_routes=tuple(route_statuses), secrets=frozenset(secrets),
+        http_routes=tuple(r for r in route_statuses if r.key.kind == "HTTPRoute"),
+        grpc_routes=tuple(r for r in route_statuses if r.key.kind == "GRPCRoute"),
+        secrets=frozenset(secrets),
         route_certificates=tuple(route_certificates))
 
 
@@ -366,12 +417,13 @@ def _compile_listeners(
         supported = listener.protocol in _SCHEMES and (
             listener.protocol == "HTTP" or listener.tls_mode == "Terminate")
         kinds = tuple(k for k in listener.allowed_kinds
-                      if k.group == gw.GROUP and k.kind == "HTTPRoute") \
-            if listener.allowed_kinds else (gw.RouteGroupKind(group=gw.GROUP, kind="HTTPRoute"),)
+                      if k.group == gw.GROUP and k.kind in gw.ROUTE_KINDS) \
+            if listener.allowed_kinds else tuple(
+                gw.RouteGroupKind(group=gw.GROUP, kind=kind) for kind in gw.ROUTE_KINDS)
         resolved = ("ResolvedRefs", "references are resolved")
         if listener.allowed_kinds and len(kinds) < len(listener.allowed_kinds):
-            resolved = ("InvalidRouteKinds", "only HTTPRoute (gateway.networking.k8s.io) is "
-                        "supported in allowedRoutes.kinds")
+            resolved = ("InvalidRouteKinds", "only HTTPRoute and GRPCRoute "
+                        "(gateway.networking.k8s.io) are supported in allowedRoutes.kinds")
         if listener.protocol == "HTTPS" and supported:
             problem = _resolve_certificates(owner=owner, listener=listener, grants=grants,
                                             secret_exists=secret_exists, secrets=secrets)
@@ -395,7 +447,8 @@ def _compile_listeners(
             type="Programmed", status="True" if ready else "False",
             reason="Programmed" if ready else "Invalid",
             message="serving" if ready else "not served: see the other conditions"))
-        compiled.append((_Listener(owner=owner.key, spec=listener, ready=ready),
+        compiled.append((_Listener(owner=owner.key, spec=listener, ready=ready,
+                                   kinds=frozenset(k.kind for k in kinds)),
                          tuple(conditions), kinds if supported else ()))
     return compiled
 
@@ -434,7 +487,7 @@ def _resolve_certificates(
 
 def _attach(
     *,
-    route: gw.HTTPRoute,
+    route: Route,
     parent: gw.ParentReference,
     listeners: list[_Listener],
     namespace_labels: dict[str, str],
@@ -444,6 +497,7 @@ def _attach(
     routes: list[tuple[tuple[object, ...], model.Route]],
     served: set[ObjectKey],
     https_hosts: list[str],
+    kind_hosts: dict[tuple[ObjectKey, str], dict[str, set[str]]],
 ) -> RouteParentStatus:
     """One parentRef of our Gateway: its status, and its routes when accepted (and the
     hostnames it is served under by HTTPS listeners added to `https_hosts`)."""
@@ -456,13 +510,26 @@ def _attach(
                                        "matches sectionName/port (a ListenerSet its Gateway "
                                        "did not accept has none)"), resolved)
     allowed = [entry for entry in candidates
-               if entry.ready and _allows(entry, route, namespace_labels)]
+               if entry.ready and route.KIND in entry.kinds
+               and _allows(entry, route, namespace_labels)]
     if not allowed:
         return _parent_status(parent, ("NotAllowedByListeners", "no ready listener allows "
-                                       f"HTTPRoutes from namespace {route.namespace}"), resolved)
+                                       f"{route.KIND}s from namespace {route.namespace}"),
+                              resolved)
+    other_kind = "GRPCRoute" if route.KIND == "HTTPRoute" else "HTTPRoute"
+    by_listener = [(entry, _intersect(entry.spec.hostname, route.hostnames))
+                   for entry in allowed]
+    for entry, found in by_listener:
+        taken = kind_hosts.get((entry.owner, entry.spec.name), {}).get(other_kind, set())
+        shared = next((host for host in found for other in taken
+                       if _hosts_meet(host, other)), None)
+        if shared is not None:
+            return _parent_status(parent, ("NotAllowedByListeners", (
+                f"listener {entry.spec.name} already serves {other_kind}s for "
+                f"{shared or 'every hostname'}: an HTTPRoute and a GRPCRoute may not share a "
+                "hostname on one listener (GEP-1016)")), resolved)
     hosts: dict[str, set[bytes]] = {}  # effective hostname -> schemes of its listeners
-    for entry in allowed:
-        found = _intersect(entry.spec.hostname, route.hostnames)
+    for entry, found in by_listener:
         if found:
             key = (entry.owner, entry.spec.name)
             attached[key] = attached.get(key, 0) + 1
@@ -474,6 +541,9 @@ def _attach(
     unsupported = _unsupported(route)
     if unsupported is not None:
         return _parent_status(parent, ("UnsupportedValue", unsupported), resolved)
+    for entry, found in by_listener:  # served: routes of the other kind must keep off
+        kind_hosts.setdefault((entry.owner, entry.spec.name), {}).setdefault(
+            route.KIND, set()).update(found)
     served.add(route.key)
     https_hosts.extend(host for host, schemes in hosts.items() if b"https" in schemes)
     for host, schemes in hosts.items():
@@ -493,7 +563,7 @@ def _parent_status(parent: gw.ParentReference, refused: tuple[str, str] | None,
                   else "False", reason=resolved[0], message=resolved[1])))
 
 
-def _allows(entry: _Listener, route: gw.HTTPRoute, namespace_labels: dict[str, str]) -> bool:
+def _allows(entry: _Listener, route: Route, namespace_labels: dict[str, str]) -> bool:
     spec = entry.spec
     if spec.allowed_from == "All":
         return True
@@ -518,12 +588,19 @@ def _intersect(listener: str | None, hostnames: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _hosts_meet(one: str, other: str) -> bool:
+    """Whether two effective hostnames ("" for every host) have a host in common."""
+    return one == other or not one or not other or _covers(one, other) or _covers(other, one)
+
+
 def _covers(wildcard: str, host: str) -> bool:
     """`*.example.com` covers `a.example.com`, `a.b.example.com` and `*.a.example.com`."""
     return wildcard.startswith("*.") and host.endswith(wildcard[1:]) and host != wildcard
 
 
-def _unsupported(route: gw.HTTPRoute) -> str | None:
+def _unsupported(route: Route) -> str | None:
+    if isinstance(route, gw.GRPCRoute):
+        return _grpc_unsupported(route)
     for index, rule in enumerate(route.rules):
         at = f"spec.rules[{index}]"
         for filter_ in (*rule.filters, *(f for b in rule.backend_refs for f in b.filters)):
@@ -542,17 +619,75 @@ def _unsupported(route: gw.HTTPRoute) -> str | None:
     return None
 
 
-def _resolved_refs(*, route: gw.HTTPRoute, grants: list[gw.ReferenceGrant],
+def _grpc_unsupported(route: gw.GRPCRoute) -> str | None:
+    for index, rule in enumerate(route.rules):
+        at = f"spec.rules[{index}]"
+        for filter_ in (*rule.filters, *(f for b in rule.backend_refs for f in b.filters)):
+            if filter_.type not in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+                return f"{at}: filter {filter_.type} is not supported by certctl for GRPCRoutes"
+            modifier = filter_.response_header_modifier
+            if modifier is not None and modifier.remove:
+                return f"{at}: ResponseHeaderModifier.remove is not supported by certctl"
+        if any(b.filters for b in rule.backend_refs):
+            return f"{at}: filters on backendRefs are not supported by certctl"
+        if any(h.type == "RegularExpression" for m in rule.matches for h in m.headers):
+            return f"{at}: RegularExpression header matches are not supported by certctl"
+    return None
+
+
+def _resolved_refs(*, route: Route, grants: list[gw.ReferenceGrant],
                    services: dict[tuple[str, str], resources.Service]) -> tuple[str, str]:
-    for rule in route.rules:
-        for ref in rule.backend_refs:
-            problem = _backend_problem(route=route, ref=ref, grants=grants, services=services)
+    for index, rule in enumerate(_rules(route)):
+        problems, _ = _rule_backends(route=route, rule=rule, grants=grants,
+                                     services=services)
+        for problem in problems:
             if problem is not None:
-                return problem
+                return (problem[0], f"spec.rules[{index}]: {problem[1]}")
     return ("ResolvedRefs", "backends are resolved")
 
 
-def _backend_problem(*, route: gw.HTTPRoute, ref: gw.BackendRef,
+def _rule_backends(
+    *, route: Route, rule: gw.HTTPRouteRule | gw.GRPCRouteRule, grants: list[gw.ReferenceGrant],
+    services: dict[tuple[str, str], resources.Service],
+) -> tuple[list[tuple[str, str] | None], _BackendProtocol]:
+    """Each backendRef's problem (None: usable), and the protocol the rule's usable
+    backends are spoken to in: the route options hold one per rule, so a backend whose
+    Service port asks for another than the first usable one's is not usable."""
+    problems: list[tuple[str, str] | None] = []
+    protocol: _BackendProtocol | None = None
+    first = ""
+    for ref in rule.backend_refs:
+        problem = _backend_problem(route=route, ref=ref, grants=grants, services=services)
+        if problem is None:
+            app_protocol = _app_protocol(route=route, ref=ref, services=services)
+            spoken = _app_protocols(route)[app_protocol]
+            if protocol is None:
+                protocol, first = spoken, f"{ref.name} ({app_protocol or 'no appProtocol'})"
+            elif spoken != protocol:
+                problem = ("UnsupportedProtocol", f"backendRef {ref.name}: appProtocol "
+                           f"{app_protocol or '(none)'} differs from that of backendRef "
+                           f"{first} in the same rule; certctl speaks one protocol per rule")
+        problems.append(problem)
+    return problems, protocol or _HTTP1
+
+
+def _rules(route: Route) -> Sequence[gw.HTTPRouteRule | gw.GRPCRouteRule]:
+    """A route's rules as one sequence type (the union's own would iterate as objects)."""
+    return route.rules
+
+
+def _app_protocols(route: Route) -> dict[str | None, _BackendProtocol]:
+    return _GRPC_APP_PROTOCOLS if isinstance(route, gw.GRPCRoute) else _HTTP_APP_PROTOCOLS
+
+
+def _app_protocol(*, route: Route, ref: gw.BackendRef,
+                  services: dict[tuple[str, str], resources.Service]) -> str | None:
+    """The appProtocol of the Service port a (resolvable) backendRef names."""
+    service = services[(ref.namespace or route.namespace, ref.name)]
+    return next((port.app_protocol for port in service.ports if port.port == ref.port), None)
+
+
+def _backend_problem(*, route: Route, ref: gw.BackendRef,
                      grants: list[gw.ReferenceGrant],
                      services: dict[tuple[str, str], resources.Service]) -> tuple[str, str] | None:
     namespace = ref.namespace or route.namespace
@@ -561,31 +696,38 @@ def _backend_problem(*, route: gw.HTTPRoute, ref: gw.BackendRef,
                 "not a Service")
     if namespace != route.namespace and not any(
         g.namespace == namespace and g.permits(
-            from_group=gw.GROUP, from_kind="HTTPRoute", from_namespace=route.namespace,
+            from_group=gw.GROUP, from_kind=route.KIND, from_namespace=route.namespace,
             to_group="", to_kind="Service", to_name=ref.name) for g in grants):
         return ("RefNotPermitted", f"Service {namespace}/{ref.name} is in another namespace "
-                f"and no ReferenceGrant there allows HTTPRoutes of {route.namespace}")
+                f"and no ReferenceGrant there allows {route.KIND}s of {route.namespace}")
     if (namespace, ref.name) not in services:
         return ("BackendNotFound", f"Service {namespace}/{ref.name} does not exist")
     if ref.port is None:
         return ("UnsupportedValue", f"backendRef {ref.name}: port is required for a Service")
+    app_protocol = _app_protocol(route=route, ref=ref, services=services)
+    known = _app_protocols(route)
+    if app_protocol not in known:
+        return ("UnsupportedProtocol", f"Service {namespace}/{ref.name} port {ref.port}: "
+                f"appProtocol {app_protocol} is not supported by certctl for {route.KIND}s "
+                f"(it speaks {', '.join(p for p in known if p is not None)})")
     return None
 
 
 def _rule_routes(
-    *, route: gw.HTTPRoute, host: str, scheme: bytes | None, grants: list[gw.ReferenceGrant],
+    *, route: Route, host: str, scheme: bytes | None, grants: list[gw.ReferenceGrant],
     services: dict[tuple[str, str], resources.Service],
 ) -> Iterable[tuple[tuple[object, ...], model.Route]]:
     age = _age(route)
-    for rule_index, rule in enumerate(route.rules):
+    for rule_index, rule in enumerate(_rules(route)):
+        problems, protocol = _rule_backends(route=route, rule=rule, grants=grants,
+                                            services=services)
         backends = tuple(
             model.WeightedBackend(
-                backend=None if _backend_problem(route=route, ref=ref, grants=grants,
-                                                 services=services) is not None
+                backend=None if problem is not None
                 else model.Backend(namespace=ref.namespace or route.namespace,
                                    service=ref.name, port_number=ref.port),
                 weight=ref.weight)
-            for ref in rule.backend_refs)
+            for ref, problem in zip(rule.backend_refs, problems, strict=True))
         filters = _filters(rule.filters)
         if not backends and (filters is None or filters.redirect is None):
             backends = (model.WeightedBackend(backend=None, weight=1),)  # 500, as the spec says
@@ -593,10 +735,27 @@ def _rule_routes(
         backend = valid[0] if valid else model.Backend(namespace=route.namespace, service="")
         if len(backends) == 1 and backends[0].backend is not None and backends[0].weight:
             backends = ()  # one backend: a plain route
-        timeout = rule.backend_request_timeout or rule.request_timeout
+        timeout = rule.backend_request_timeout or rule.request_timeout \
+            if isinstance(rule, gw.HTTPRouteRule) else None
         route_options = options.RouteOptions(
-            ssl_redirect=False,
+            ssl_redirect=False, backend_h2=protocol.backend_h2, backend_tls=protocol.backend_tls,
             read_timeout=None if timeout is None else timeout.total_seconds())
+        if isinstance(rule, gw.GRPCRouteRule):
+            for match_index, grpc_match in enumerate(rule.matches):
+                conditions = model.RequestConditions(
+                    headers=_first_of_each((h.name.lower().encode(), h.value.encode())
+                                           for h in grpc_match.headers), scheme=scheme)
+                has_conditions = conditions != model.RequestConditions()
+                where = grpc_route.method_path(grpc_match.method)
+                # The spec's precedence after the method: more header matches, then age.
+                order = (tuple(-rank for rank in conditions.rank), age, rule_index,
+                         match_index)
+                yield order, model.Route(
+                    source=route.key, host=host, path=where.path, exact=where.exact,
+                    pattern=where.pattern, backend=backend, options=route_options,
+                    conditions=conditions if has_conditions else None, filters=filters,
+                    backends=backends)
+            continue
         for match_index, match in enumerate(rule.matches):
             conditions = model.RequestConditions(
                 method=None if match.method is None else match.method.encode(),
@@ -671,7 +830,7 @@ def _path_modifier(spec: gw.PathModifier | None) -> model.PathModifier | None:
 
 
 def _age(
-    obj: gw.Gateway | gw.ListenerSet | gw.HTTPRoute,
+    obj: gw.Gateway | gw.ListenerSet | gw.HTTPRoute | gw.GRPCRoute,
 ) -> tuple[datetime.datetime, str, str]:
     """Oldest first, then namespace/name, as the spec breaks ties between routes."""
     created = obj.creation_timestamp or _NEWEST

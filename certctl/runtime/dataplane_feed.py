@@ -580,6 +580,7 @@ class DataPlaneFeed:
         gateways = _parsed(self._listed("Gateway"), gateway_api.parse_gateway)
         listener_sets = _parsed(self._listed("ListenerSet"), gateway_api.parse_listener_set)
         http_routes = _parsed(self._listed("HTTPRoute"), gateway_api.parse_http_route)
+        grpc_routes = _parsed(self._listed("GRPCRoute"), gateway_api.parse_grpc_route)
         # Before reading them: a Secret changing meanwhile marks the routes again.
         self._listener_secrets = frozenset(
             (ref.namespace or owner.namespace, ref.name) for owner in (*gateways, *listener_sets)
@@ -592,6 +593,7 @@ class DataPlaneFeed:
             gateways=gateways,
             listener_sets=listener_sets,
             http_routes=http_routes,
+            grpc_routes=grpc_routes,
             grants=_parsed(self._listed("ReferenceGrant"),
                            gateway_api.parse_reference_grant),
             services=services,
@@ -640,10 +642,10 @@ class DataPlaneFeed:
                                 name=gateway.key.name,
                                 change=functools.partial(self._gateway_status, found=gateway,
                                                          now=now))
-        wanted = {route.key: route for route in compiled.http_routes}
+        wanted = {route.key: route for route in (*compiled.http_routes, *compiled.grpc_routes)}
         for key in sorted(set(wanted) | self._route_parents_written, key=str):
             route = wanted.get(key)
-            self._update_status(kind="HTTPRoute", namespace=key.namespace, name=key.name,
+            self._update_status(kind=key.kind, namespace=key.namespace, name=key.name,
                                 change=functools.partial(_route_status, found=route, now=now))
             if route is None:
                 self._route_parents_written.discard(key)
