@@ -9,7 +9,10 @@ HTTP/1.1 (`dispatch.decide`) and the same pooled upstream connections, one
 upstream exchange per stream. Backends speak HTTP/1.1, as behind
 ingress-nginx, unless their route says GRPC, GRPCS or H2C (backend-protocol):
 then each stream is a stream to the backend too (`upstream_h2`), with `te:
-trailers` passed on and trailers relayed both ways. What h2 queues is
+trailers` passed on and trailers relayed both ways. A gRPC call the data
+plane refuses itself (access rules, limits, no route or endpoint) is
+answered as gRPC servers refuse one, trailers-only with the gRPC status its
+HTTP status maps to (`_answer_grpc`). What h2 queues is
 written once per event-loop turn (`flush`), and a response's head waits
 for the body its upstream read brought, so a small response is two frames
 in one TLS record shared with other streams.
@@ -44,6 +47,7 @@ reset resets the backend's stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -104,6 +108,24 @@ _CONNECTION_SPECIFIC: Final = frozenset(
 _token: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+").fullmatch
 # A field value holds no NUL, CR or LF and neither starts nor ends with a space or tab.
 _bad_value: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
+# A gRPC request (application/grpc, alone or +proto, +json...; not grpc-web, whose
+# clients read an HTTP status): refused here, it is answered the way gRPC servers refuse
+# a call (`_answer_grpc`).
+_grpc_content_type: Final = re.compile(rb"application/grpc(?:[+;].*)?", re.IGNORECASE).fullmatch
+# gRPC's "HTTP to gRPC status code mapping" (doc/http-grpc-status-mapping.md); any other
+# status is UNKNOWN (2).
+_GRPC_STATUS: Final = {
+    400: 13,  # INTERNAL
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 12,  # UNIMPLEMENTED
+    429: 14,  # UNAVAILABLE (retryable, as Envoy's rate limits default to)
+    502: 14,
+    503: 14,  # also limit-rps and limit-connections: retried later, like a 429
+    504: 14,
+}
+# grpc-message is percent-encoded: bytes outside visible ASCII and space, and "%".
+_grpc_message_escaped: Final = re.compile(rb"[^\x20-\x24\x26-\x7e]")
 
 
 def install_codec(connection: h2.connection.H2Connection) -> None:
@@ -360,9 +382,10 @@ class _Stream:
             and self.retried < UNPROCESSED_RETRIES
         ):
             # A kept-alive connection closed while idle, or an HTTP/2 backend refusing the
-            # stream unprocessed (RFC 9113 8.7; grpc-core does while 200 calls arrive at
+            # stream unprocessed (RFC 9113 8.7; grpc-core does while 300 calls arrive at
             # once): nothing reached the backend, so it is sent again (with the body kept of
-            # what went to that stream), a few times at most.
+            # what went to that stream), a few times at most, on a connection with room
+            # (not the refusing one: `upstream_h2.Connection.stream_refused`).
             self.retried += 1
             self.owner.connect(self, fresh=True)
             return
@@ -886,15 +909,22 @@ class Http2Connection(asyncio.Protocol):
         reason = reasons.REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
+        added = [(name.lower(), value) for name, value in headers]  # h2 does not lowercase
+        stream.status = status
+        stream.response_started = True
+        if status >= 400:
+            content_type = stream.header(b"content-type")
+            if content_type is not None and _grpc_content_type(content_type) is not None:
+                self._answer_grpc(stream, status=status, message=body.strip() or reason,
+                                  headers=added)
+                return
         response_headers = [
             (b":status", b"%d" % status),
             (b"server", dispatch.SERVER),
             (b"content-type", b"text/plain; charset=utf-8"),
             *([] if status == 204 else [(b"content-length", b"%d" % len(body))]),
-            *[(name.lower(), value) for name, value in headers],  # h2 does not lowercase
+            *added,
         ]
-        stream.status = status
-        stream.response_started = True
         if stream.method == b"HEAD" or status == 204:
             self.send_headers(stream, response_headers, end_stream=True)
             return
@@ -902,6 +932,28 @@ class Http2Connection(asyncio.Protocol):
         stream.pending += body
         stream.end_after_pending = True
         self.send_pending(stream)
+
+    def _answer_grpc(
+        self, stream: _Stream, *, status: int, message: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """A gRPC call refused here: a trailers-only response (HTTP 200, grpc-status and
+        grpc-message in the one HEADERS frame that ends the stream), as gRPC servers, Envoy
+        and ingress-nginx's gRPC error pages answer. Clients map an HTTP error status
+        themselves, each its own way and with a message of their own ("Received http2
+        header with status: 403"); this is the gRPC status itself, with our reason (why
+        a route is refused), and grpc-core takes the RST_STREAM NO_ERROR that may follow
+        (`_finish`) as a clean end only once a call's trailers came."""
+        fields = [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"%d" % _GRPC_STATUS.get(status, 2)),
+            (b"grpc-message", _grpc_message_escaped.sub(
+                lambda found: b"%%%02X" % found[0][0], message)),
+            (b"server", dispatch.SERVER),
+            *headers,  # `answer`'s additions: a 401's WWW-Authenticate, CORS headers
+        ]
+        self.send_headers(stream, fields, end_stream=True)
 
     def _refuse_malformed(self, stream_id: int) -> None:
         """A malformed request (RFC 9113 8.1.1): a stream error PROTOCOL_ERROR."""
@@ -931,8 +983,14 @@ class Http2Connection(asyncio.Protocol):
         """The response went out: count it and forget the stream."""
         self.services.metrics.count_request(host=stream.route_host, status=stream.status)
         if not stream.body_done:
-            # Answered before the request body ended: tell the client to stop sending.
-            self._h2.reset_stream(stream.stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+            # Answered before the request body ended: tell the client to stop sending
+            # (RFC 9113 8.1), unless its END_STREAM came in the read being handled (h2
+            # closed the stream with our answer; the event follows): nothing is left to
+            # stop. A unary gRPC call refused on its HEADERS is that, its one message in
+            # the same TLS record; h2's StreamClosedError would end the connection.
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self._h2.reset_stream(stream.stream_id,
+                                      error_code=h2.errors.ErrorCodes.NO_ERROR)
         self._forget(stream.stream_id, cancel=not stream.body_done)
 
     def _forget(self, stream_id: int, *, cancel: bool) -> None:

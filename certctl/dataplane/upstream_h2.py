@@ -27,7 +27,10 @@ opens another) while the streams it still serves finish; those above its
 last stream id were not processed and fail as `reused` (their exchange
 sends them again when nothing of their body was sent, or it kept what was:
 up to RESEND_LIMIT bytes, until the response head; else it answers 502). A
-REFUSED_STREAM reset is treated the same way; any other reset before the
+REFUSED_STREAM reset is treated the same way, and also makes its connection
+full until one of its streams ends (`Connection.stream_refused`), so that
+the request sent again goes to another connection rather than back to the
+backend that still counts more streams than it allows; any other reset before the
 response head is a 502, after it a reset of the client's stream
 (`StreamReset` carries the code). A connection the backend closes fails
 the streams it carried; one idle for `idle_timeout` is closed by us.
@@ -349,6 +352,7 @@ class Stream:
     def reset_received(self, error_code: int) -> None:
         if error_code == h2.errors.ErrorCodes.REFUSED_STREAM and not self.received_any:
             self.reused = True  # RFC 9113 8.7: not processed, safe to send again
+            self.connection.stream_refused()
         if self.flush_pending and self.exchange is not None:
             self.exchange.response_flush()  # what came before the reset goes first
         self._fail(StreamReset(error_code))
@@ -389,6 +393,8 @@ class Connection(asyncio.Protocol):
                                                       initial_values=_LOCAL_SETTINGS)
         self.streams: dict[int, Stream] = {}
         self.max_streams = _ASSUMED_STREAMS  # the backend's SETTINGS tell, once in
+        # Lowered by a stream the backend refused (`stream_refused`) until none is left.
+        self._refusal_cap = MAX_STREAMS
         self.active = 0  # streams taken and not finished, and requests waiting for setup
         self._loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = self._loop.create_future()  # SETTINGS received
@@ -414,7 +420,28 @@ class Connection(asyncio.Protocol):
         """A stream ended (or a request stopped waiting for the setup)."""
         self.active -= 1
         if not self.active:
+            if self._refusal_cap < MAX_STREAMS:
+                # Nothing of ours left open: the backend's count is in step with ours again.
+                self._refusal_cap = MAX_STREAMS
+                if self.settled:
+                    self.max_streams = self._streams_allowed()
             self._idle()
+
+    def stream_refused(self) -> None:
+        """The backend refused a stream unprocessed (REFUSED_STREAM) below the limit its
+        SETTINGS gave: it still counts streams we saw end (grpc-core does, for a moment,
+        when a freed place is taken at once). Until a stream of ours ends here, the
+        connection is full: the refused request, sent again, and those after it go to
+        another connection (opened if none has room) rather than to the same refusal,
+        and each refusal lowers the limit again, to the streams still open, until the
+        connection has none left."""
+        others = len(self.streams) - 1  # the refused stream is still among them
+        self._refusal_cap = min(self._refusal_cap, others)
+        self.max_streams = self._streams_allowed()
+
+    def _streams_allowed(self) -> int:
+        return min(MAX_STREAMS, self.h2.remote_settings.max_concurrent_streams,
+                   self._refusal_cap)
 
     def _idle(self) -> None:
         """No stream left: close if draining, else once idle for the pool's idle timeout."""
@@ -575,7 +602,7 @@ class Connection(asyncio.Protocol):
             stream.send_queued()
 
     def _settings_changed(self) -> None:
-        self.max_streams = min(MAX_STREAMS, self.h2.remote_settings.max_concurrent_streams)
+        self.max_streams = self._streams_allowed()
         if not self.settled:
             self.settled = True
             if not self.ready.done():
