@@ -11,14 +11,14 @@ get the same errors naming file, object and field. Defaults are the CRDs'
 from Same, a Gateway's allowedListeners from None, a ListenerSet's parentRef
 kind Gateway, a backendRef's weight 1, a rule without matches matching
 PathPrefix "/", a redirect's status 302, a GRPCRoute method match's type
-Exact).
+Exact, a CORS filter's maxAge 5).
 """
 
 from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, TypedDict, cast
 
@@ -47,6 +47,15 @@ GrpcMethodMatchType = Literal["Exact", "RegularExpression"]
 # The characters the CRD allows an Exact match's service and method (its CEL rules).
 _GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+# The CRD's checks of a CORS filter: origins (`*`, or scheme, host with an optional
+# leading `*.` or `*` alone, optional port), method names, header names (HTTPHeaderName).
+_CORS_ORIGIN = re.compile(
+    r"\*|https?://((\*\.)?([a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+|\*)(:[0-9]{1,5})?")
+CORS_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                       "PATCH", "*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")
+CORS_DEFAULT_MAX_AGE: Final = 5
+_INT32_MAX: Final = 2**31 - 1
 SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 SELECTOR_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
 # Set on every Namespace by the API server (and by certctl serve, which has no API server).
@@ -240,6 +249,19 @@ class URLRewrite:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HTTPCORSFilter:
+    """A CORS filter as written (its CRD's defaults: no credentials, maxAge 5); a `*`
+    in a list is that list's only entry."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int = CORS_DEFAULT_MAX_AGE
+
+
+@dataclass(frozen=True, kw_only=True)
 class HTTPRouteFilter:
     """One filter; the field of its type is set (others certctl does not implement carry
     only their type, so the route's status can say which)."""
@@ -249,6 +271,7 @@ class HTTPRouteFilter:
     response_header_modifier: HeaderModifier | None = None
     request_redirect: RequestRedirect | None = None
     url_rewrite: URLRewrite | None = None
+    cors: HTTPCORSFilter | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -707,9 +730,60 @@ def _filters(ctx: parsing.ObjectReader, entry: Mapping[str, Any], *,
                 hostname=None if hostname is None else ctx.dns_name(
                     hostname, field=f"{rewrite_at}.hostname", allow_wildcard=False),
                 path=_path_modifier(ctx, rewrite.get("path"), at=f"{rewrite_at}.path"))))
+        elif kind == "CORS":
+            if any(f.type == "CORS" for f in found):
+                ctx.fail(f"{at}.filters", "a CORS filter cannot be repeated")
+            found.append(HTTPRouteFilter(type=kind, cors=_cors(ctx, spec.get("cors"),
+                                                               at=f"{item_at}.cors")))
         else:
             found.append(HTTPRouteFilter(type=kind))
     return tuple(found)
+
+
+def _cors(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HTTPCORSFilter:
+    if value is None:
+        ctx.fail(at, "is required for a filter of type CORS")
+    spec = ctx.mapping(value, field=at)
+
+    def listed(key: str, *, valid: Callable[[str], bool], expected: str,
+               wildcard_alone: bool = True) -> tuple[str, ...]:
+        items = ctx.str_list(spec, key, at=at)
+        for index, item in enumerate(items):
+            if not valid(item):
+                ctx.fail(f"{at}.{key}[{index}]", f"{item!r} is not {expected}")
+        if wildcard_alone and "*" in items and len(items) > 1:
+            ctx.fail(f"{at}.{key}", "'*' (all of them) cannot be listed with other entries")
+        if len(set(items)) < len(items):
+            ctx.fail(f"{at}.{key}", "lists an entry twice")
+        return tuple(items)
+
+    max_age = ctx.optional_int(spec, "maxAge", at=at)
+    if max_age is not None and not 1 <= max_age <= _INT32_MAX:
+        ctx.fail(f"{at}.maxAge", f"must be a number of seconds of at least 1, is {max_age}")
+    return HTTPCORSFilter(
+        allow_origins=listed("allowOrigins", valid=_is_cors_origin,
+                             expected="'*' or an origin http(s)://host[:port] whose host "
+                             "may start with '*.'"),
+        allow_credentials=bool(ctx.optional_bool(spec, "allowCredentials", at=at)),
+        allow_methods=listed("allowMethods", valid=CORS_METHODS.__contains__,
+                             expected=f"one of {', '.join(CORS_METHODS)}"),
+        allow_headers=listed("allowHeaders", valid=_is_header_name,
+                             expected="an HTTP header name"),
+        # The CRD lets `*` stand beside other names here (and only here).
+        expose_headers=listed("exposeHeaders", valid=_is_header_name,
+                              expected="an HTTP header name", wildcard_alone=False),
+        max_age=CORS_DEFAULT_MAX_AGE if max_age is None else max_age)
+
+
+def _is_cors_origin(value: str) -> bool:
+    if len(value) > 253 or _CORS_ORIGIN.fullmatch(value) is None:
+        return False
+    port = value.rpartition(":")[2]
+    return not port.isdigit() or 1 <= int(port) <= 65535
+
+
+def _is_header_name(value: str) -> bool:
+    return len(value) <= 256 and _HEADER_NAME.fullmatch(value) is not None
 
 
 def _header_modifier(ctx: parsing.ObjectReader, value: Any, *, at: str) -> HeaderModifier:

@@ -10,10 +10,11 @@ basic auth), 204 for a CORS preflight, the canary
 split, 503 without ready endpoints, 413 over proxy-body-size by declared
 length, and rewrite-target; before all of them, 400 for an authority that
 is not well formed. An HTTPRoute rule (a match with `filters` or a `split`)
-takes its own branch after the route is found (`_gateway_decision`): its
-RequestRedirect, its weighted backend (500 for an invalid one's share), 503
-without ready endpoints, then URLRewrite and the header modifiers. It
-touches no socket: the caller writes the answer or starts the upstream
+takes its own branch after the route is found (`_gateway_decision`): 204 for
+a CORS preflight, its RequestRedirect, its weighted backend (500 for an
+invalid one's share), 503 without ready endpoints, then URLRewrite and the
+header modifiers (CORS's response headers on every answer but a preflight's,
+local ones included). It touches no socket: the caller writes the answer or starts the upstream
 exchange. Which endpoint it goes to is `first_endpoint`'s (affinity, upstream-hash-by,
 load-balance) or the data plane's round-robin, and `next_endpoint` says where a failed try
 goes next (proxy-next-upstream).
@@ -159,8 +160,9 @@ def decide(
     else:
         match = routes.match(host=host, path=path)
     if match is not None and (match.filters is not None or match.split):
-        return _gateway_decision(match=match, scheme=scheme, target=target, raw_path=raw_path,
-                                 authority=authority, host=host, header=header)
+        return _gateway_decision(match=match, scheme=scheme, method=method, target=target,
+                                 raw_path=raw_path, authority=authority, host=host,
+                                 header=header)
     route_host = "" if match is None else (match.host or "*")
     options = route_options.DEFAULT_OPTIONS if match is None else match.options
     redirect = options.redirect
@@ -244,6 +246,7 @@ def _gateway_decision(
     *,
     match: routing.RouteMatch,
     scheme: bytes,
+    method: bytes,
     target: bytes,
     raw_path: bytes,
     authority: bytes | None,
@@ -253,20 +256,36 @@ def _gateway_decision(
     """An HTTPRoute rule's answer, the filters in the spec's order (see the module)."""
     route_host = match.host or "*"
     filters = match.filters
+    cors_headers: tuple[route_options.Header, ...] = ()
+    cors = None if filters is None else filters.cors
+    origin = None if cors is None else header(b"origin")
+    if cors is not None and origin is not None:
+        requested_method = header(b"access-control-request-method")
+        if method == b"OPTIONS" and requested_method is not None:
+            # A preflight (Fetch's definition): answered here, the backend never sees it;
+            # an origin not allowed gets no CORS headers, which the browser refuses.
+            return Decision(status=204, body=b"", route_host=route_host,
+                            headers=cors.preflight_headers(
+                                origin=origin, request_method=requested_method,
+                                request_headers=header(b"access-control-request-headers")))
+        # On every other answer of the rule, local ones too: a browser shows a script an
+        # error or a redirect only with them.
+        cors_headers = cors.response_headers(origin)
     if filters is not None and filters.redirect is not None:
         location = _redirect_location(filters.redirect, match=match, scheme=scheme,
                                       target=target, raw_path=raw_path, host=host,
                                       authority=authority)
-        return Decision(status=filters.redirect.status, headers=((b"location", location),),
+        return Decision(status=filters.redirect.status,
+                        headers=((b"location", location), *cors_headers),
                         route_host=route_host)
     if match.split:
         roll = random.randrange(match.split[-1][0])  # noqa: S311 - a traffic split
         chosen = next(found for total, found in match.split if roll < total)
         if chosen is None:
-            return Decision(status=500, route_host=route_host)
+            return Decision(status=500, route_host=route_host, headers=cors_headers)
         match = chosen
     if not match.upstreams:
-        return Decision(status=503, route_host=route_host)
+        return Decision(status=503, route_host=route_host, headers=cors_headers)
     if filters is None:
         return Decision(match=match, target=target, authority=authority, route_host=route_host)
     if filters.rewrite_path is not None:
@@ -282,7 +301,8 @@ def _gateway_decision(
     # removal travels the same way as the headers set (see upstream_request_headers).
     request_headers += tuple((name, b"") for name in filters.request_remove)
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
-                    headers=filters.response_set, request_headers=request_headers)
+                    headers=filters.response_set + cors_headers,
+                    request_headers=request_headers)
 
 
 def _replaced_path(

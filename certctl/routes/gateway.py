@@ -74,8 +74,10 @@ only writes them). Semantics (GATEWAY-HTTP profile, DESIGN.md):
   (NotAllowedByListeners).
 - Implemented filters: RequestHeaderModifier, ResponseHeaderModifier (set
   and add; add replaces a header the backend sends), RequestRedirect,
-  URLRewrite. Any other filter, a RegularExpression match, or a response
-  header removal leaves the route not Accepted (UnsupportedValue).
+  URLRewrite, CORS (the data plane answers preflights itself, with the
+  Gateway API's semantics: `options.GatewayCorsPolicy`). Any other filter, a
+  RegularExpression match, or a response header removal leaves the route not
+  Accepted (UnsupportedValue).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 _NEWEST = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 _SCHEMES = {"HTTP": b"http", "HTTPS": b"https"}
 _IMPLEMENTED_FILTERS = frozenset({"RequestHeaderModifier", "ResponseHeaderModifier",
-                                  "RequestRedirect", "URLRewrite"})
+                                  "RequestRedirect", "URLRewrite", "CORS"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -792,6 +794,7 @@ def _filters(filters: tuple[gw.HTTPRouteFilter, ...]) -> model.GatewayFilters | 
     redirect = None
     rewrite_host = None
     rewrite_path = None
+    cors = None
     for found in filters:
         request = found.request_header_modifier
         if request is not None:
@@ -812,10 +815,32 @@ def _filters(filters: tuple[gw.HTTPRouteFilter, ...]) -> model.GatewayFilters | 
             if found.url_rewrite.hostname is not None:
                 rewrite_host = found.url_rewrite.hostname.encode()
             rewrite_path = _path_modifier(found.url_rewrite.path)
+        if found.cors is not None:
+            cors = _cors_policy(found.cors)
     return model.GatewayFilters(request_set=request_set, request_add=request_add,
                                 request_remove=request_remove, response_set=response_set,
                                 redirect=redirect, rewrite_host=rewrite_host,
-                                rewrite_path=rewrite_path)
+                                rewrite_path=rewrite_path, cors=cors)
+
+
+def _cors_policy(spec: gw.HTTPCORSFilter) -> options.GatewayCorsPolicy:
+    """The filter as the data plane applies it: origins split into scheme, host and port
+    (the parser checked their form), names as bytes."""
+    origins = []
+    for origin in spec.allow_origins:
+        if origin == "*":
+            continue  # alone in its list (the parser checked): `any_origin`
+        parts = options.split_origin(origin)
+        assert parts is not None, origin  # the parser's pattern admits only these forms
+        scheme, host, port = parts
+        origins.append(options.AllowedOrigin(scheme=scheme, host=host, port=port))
+    return options.GatewayCorsPolicy(
+        any_origin="*" in spec.allow_origins, origins=tuple(origins),
+        credentials=spec.allow_credentials,
+        methods=tuple(m.encode() for m in spec.allow_methods),
+        headers=tuple(h.encode() for h in spec.allow_headers),
+        expose_headers=tuple(h.encode() for h in spec.expose_headers),
+        max_age=spec.max_age)
 
 
 def _headers(pairs: tuple[tuple[str, str], ...]) -> tuple[model.Header, ...]:

@@ -78,9 +78,10 @@ class Redirect:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GatewayFilters:
-    """HTTPRoute filters, applied by the data plane in the order the spec gives: a redirect
-    answers at once; otherwise request headers and the URL change on the way to the backend
-    and response headers on the way back."""
+    """HTTPRoute filters, applied by the data plane in the order the spec gives: a CORS
+    preflight is answered at once, then a redirect; otherwise request headers and the URL
+    change on the way to the backend and response headers (CORS's among them) on the way
+    back."""
 
     request_set: tuple[Header, ...] = ()
     request_add: tuple[Header, ...] = ()
@@ -89,6 +90,7 @@ class GatewayFilters:
     redirect: Redirect | None = None
     rewrite_host: bytes | None = None
     rewrite_path: PathModifier | None = None
+    cors: route_options.GatewayCorsPolicy | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -106,6 +106,145 @@ class CorsPolicy:
         return False
 
 
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# What a wildcard in allowMethods / allowHeaders / exposeHeaders is written as.
+WILDCARD: Final = (b"*",)
+
+
+def split_origin(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin `scheme://host[:port]`, lowercase, the port the
+    scheme's default when not written; None for anything else (`null`, a path, userinfo,
+    a port out of range, a scheme without a default port and none written)."""
+    scheme, sep, authority = origin.lower().partition("://")
+    if not sep or not scheme or not authority or "/" in authority or "@" in authority:
+        return None
+    if authority.startswith("["):  # an IPv6 literal: its colons are not the port's
+        host, bracket, rest = authority.partition("]")
+        host += bracket
+        colon, port_text = rest[:1], rest[1:]
+        if not bracket or (rest and colon != ":"):
+            return None
+    else:
+        host, colon, port_text = authority.partition(":")
+    if not host:
+        return None
+    if not colon:
+        default = DEFAULT_PORTS.get(scheme)
+        return None if default is None else (scheme, host, default)
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        return None
+    return scheme, host, int(port_text)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AllowedOrigin:
+    """One HTTPRoute CORS allowOrigins entry other than `*`: a scheme, a host and a port
+    (the scheme's default when not written, as the spec says, so `https://a.example`
+    is `https://a.example:443` and nothing else). `host` is lowercase; `*` alone
+    matches every host, a leading `*.` one or more labels."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def matches(self, *, scheme: str, host: str, port: int) -> bool:
+        if scheme != self.scheme or port != self.port:
+            return False
+        if self.host == "*":
+            return True
+        if self.host.startswith("*."):
+            suffix = self.host[1:]  # ".example.com": the dot keeps `example.com` itself out
+            return host.endswith(suffix) and len(host) > len(suffix)
+        return host == self.host
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatewayCorsPolicy:
+    """An HTTPRoute CORS filter, with the Gateway API's semantics (its CRD's field
+    descriptions), which differ from ingress-nginx's (`CorsPolicy`):
+
+    - an allowed origin is answered with itself, or with `*` only when every origin
+      is allowed and credentials are not (with allowCredentials the spec forbids `*`
+      in every Access-Control-Allow-* header: a `*` origin, method or header list
+      echoes the request's Origin, Access-Control-Request-Method or
+      -Request-Headers, and is omitted when there is nothing to echo);
+    - Access-Control-Allow-Methods / -Headers and -Max-Age (default 5 s) answer
+      preflights only; Access-Control-Allow-Credentials and -Expose-Headers go with
+      every answer to an allowed origin;
+    - an origin that is not allowed gets no CORS headers at all (its preflight is
+      still answered, 204, as the spec permits: the browser then refuses it).
+    """
+
+    any_origin: bool = False  # allowOrigins `*`
+    origins: tuple[AllowedOrigin, ...] = ()
+    credentials: bool = False
+    methods: tuple[bytes, ...] = ()  # WILDCARD, or names as written
+    headers: tuple[bytes, ...] = ()  # WILDCARD, or names as written
+    expose_headers: tuple[bytes, ...] = ()  # WILDCARD, or names as written
+    max_age: int = 5
+
+    def allows(self, origin: bytes) -> bool:
+        if self.any_origin:
+            return True
+        parts = split_origin(origin.decode("latin-1"))
+        if parts is None:
+            return False
+        scheme, host, port = parts
+        return any(allowed.matches(scheme=scheme, host=host, port=port)
+                   for allowed in self.origins)
+
+    def response_headers(self, origin: bytes) -> tuple[Header, ...]:
+        """The CORS headers of any answer but a preflight's to a request from `origin`;
+        none when it is not allowed."""
+        if not self.allows(origin):
+            return ()
+        found = self._origin_headers(origin)
+        exposed = self.expose_headers
+        if self.credentials:
+            # With credentials `*` would name a header called `*`: left out, and nothing
+            # said in its place, since the backend's header names are not known yet.
+            exposed = tuple(name for name in exposed if name != b"*")
+        if exposed:
+            found.append((b"access-control-expose-headers", b", ".join(exposed)))
+        return tuple(found)
+
+    def preflight_headers(
+        self, *, origin: bytes, request_method: bytes, request_headers: bytes | None,
+    ) -> tuple[Header, ...]:
+        """The headers of the data plane's answer to a preflight; none for an origin
+        that is not allowed."""
+        found = list(self.response_headers(origin))
+        if not found:
+            return ()
+        methods = self._listed(self.methods, requested=request_method)
+        if methods is not None:
+            found.append((b"access-control-allow-methods", methods))
+        headers = self._listed(self.headers, requested=request_headers)
+        if headers is not None:
+            found.append((b"access-control-allow-headers", headers))
+        found.append((b"access-control-max-age", b"%d" % self.max_age))
+        return tuple(found)
+
+    def _origin_headers(self, origin: bytes) -> list[Header]:
+        if self.any_origin and not self.credentials:
+            return [(b"access-control-allow-origin", b"*")]
+        found = [(b"access-control-allow-origin", origin),
+                 (b"vary", b"Origin")]  # the answer differs per origin: caches must know
+        if self.credentials:
+            found.append((b"access-control-allow-credentials", b"true"))
+        return found
+
+    def _listed(self, allowed: tuple[bytes, ...], *, requested: bytes | None) -> bytes | None:
+        """Access-Control-Allow-Methods' or -Headers' value: the list as configured,
+        `*`, or (a `*` with credentials) what the preflight asked for; None to omit."""
+        if allowed != WILDCARD:
+            return b", ".join(allowed) if allowed else None
+        if not self.credentials:
+            return b"*"
+        requested = (requested or b"").strip()
+        return requested or None
+
+
 REDIRECT_VARIABLES: Final = ("$request_uri", "$uri", "$is_args", "$args", "$scheme",
                               "$http_host", "$host")
 # What external authentication's URLs and cache key may also use.
