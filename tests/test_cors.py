@@ -27,7 +27,7 @@ PREFLIGHT = {"Access-Control-Request-Method": "PUT",
 def _answer_with_its_own_cors_header(conn) -> None:
     while read_head(conn):
         conn.sendall(b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: https://evil.example\r\n"
-                     b"content-length: 2\r\n\r\nok")
+                     b"vary: Accept-Encoding\r\ncontent-length: 2\r\n\r\nok")
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,8 @@ def test_cors_headers_replace_the_backends_own(plane):
     _, headers, body = _send(plane, "GET", "own.test", Origin="https://app.example.com")
     assert body == b"ok"
     assert headers["access-control-allow-origin"] == ["https://app.example.com"]
+    # Vary is a list: the backend's stays beside certctl's (a cache keyed by it needs both).
+    assert sorted(headers["vary"]) == ["Accept-Encoding", "Origin"]
 
 
 def test_backends_headers_pass_untouched_for_other_origins_and_without_cors(plane):

@@ -54,7 +54,7 @@ _GROUP: Final = re.compile(r"\$([1-9])")
 # (the Ingress conformance suite looks for one).
 SERVER: Final = b"certctl"
 # Headers the data plane adds beside the backend's own rather than instead of them.
-ADDED_BESIDE: Final = frozenset({b"set-cookie"})
+ADDED_BESIDE: Final = frozenset({b"set-cookie", b"vary"})
 _REFUSED_BODY: Final = (
     b"Not served: this Ingress asks for access restrictions certctl does not enforce.\n"
 )
