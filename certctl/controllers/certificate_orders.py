@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import Certificate, IssuerRef
+from certctl.api.status import OrderStatus
 from certctl.controllers import order_budget, reconciling
 from certctl.controllers.certificate_settings import Settings
 from certctl.controllers.reconciling import Result
@@ -143,7 +144,7 @@ def delete_unfinished_orders(store: Store, obj: Object, *, keep: str) -> None:
                             labels={CERTIFICATE_NAME_LABEL: obj["metadata"]["name"]}):
         if not reconciling.is_owned_by(order, obj) or order["metadata"]["name"] == keep:
             continue
-        if (order.get("status") or {}).get("state") != "valid":
+        if OrderStatus.from_object(order).state != "valid":
             store.delete(kind="Order", namespace=order["metadata"]["namespace"],
                          name=order["metadata"]["name"])
 

@@ -36,12 +36,12 @@ copy, restoring it) and `certificate_status` (Ready, failures, duplicates).
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
+from certctl.api.status import OrderStatus
 from certctl.controllers import (
     certificate_fallback,
     certificate_issuer,
@@ -213,27 +213,25 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         store.emit_event(obj=obj, type="Normal", reason="Requested",
                          message=f"Created new Order {order_name}: {violation.message}")
 
-    order_status = order.get("status") or {}
-    if order_status.get("state") == "valid" and order_status.get("certificate"):
-        if order_status.get("replacesRefused") and settings.order_budget is not None:
+    order_status = OrderStatus.from_object(order)
+    if order_status.state == "valid" and order_status.certificate:
+        if order_status.replaces_refused and settings.order_budget is not None:
             # Placed as an ARI renewal, not counted; issued without `replaces`, the CA counts it.
             order_budget.record_order(store=store, ref=certificate_orders.ledger_ref(
                 certificate=certificate, server=order_server, settings=settings),
                 order=f"{certificate.namespace}/{order_name}", now=now,
                 budget=settings.order_budget)
-        chain_pem = base64.b64decode(order_status["certificate"])
         return certificate_issuing.store_issued(
             store, obj, fallback=fallback, issuer=issuer, private_key=private_key,
-            chain_pem=chain_pem, ca_pem=None, failed_request=order_name, now=now,
+            chain_pem=order_status.certificate, ca_pem=None, failed_request=order_name, now=now,
             failures=failures, settings=settings)
-    if order_status.get("state") in ("invalid", "errored"):
+    if order_status.state in ("invalid", "errored"):
         if settings.order_budget is not None:
             order_budget.refund_order(store=store, ref=certificate_orders.ledger_ref(
                 certificate=certificate, server=order_server, settings=settings),
                 order=f"{certificate.namespace}/{order_name}")
-        retry_after_text = order_status.get("retryAfter")
-        retry_after = conditions.parse_time(retry_after_text) if retry_after_text else None
-        message = order_status.get("reason") or "the ACME order failed"
+        retry_after = order_status.retry_after
+        message = order_status.reason or "the ACME order failed"
         reason = issuer_fallback.order_failure_reason(message)
         if reason is not None and certificate.fallback_issuer_refs:
             return certificate_fallback.fall_back(
@@ -245,7 +243,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             settings=settings, keep_ready=readiness is None, retry_after=retry_after,
             attempt=fallback.attempt.new_round() if fallback.attempt.failures else None)
     wake: float | None = None  # the Order's progress re-triggers this reconciler
-    if fallback.has_next and not order_status.get("url"):
+    if fallback.has_next and not order_status.url:
         created = (order.get("metadata") or {}).get("creationTimestamp")
         deadline = (conditions.parse_time(created) if created else now) + \
             settings.order_placement_timeout

@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 from certctl.api import names, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Challenge, ObjectKey
+from certctl.api.status import ChallengeStatus, OrderStatus, challenge_state
 from certctl.controllers import orders, reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers.acme import accounts as acme_accounts
@@ -68,8 +70,8 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     obj = store.get(kind="Challenge", namespace=key.namespace, name=key.name)
     if obj is None:
         return _clean_up_deleted(store, key=key, settings=settings)
-    status = obj.setdefault("status", {})
-    if status.get("state") in ("valid", "invalid"):
+    status = ChallengeStatus.from_object(obj)
+    if status.ended:
         settings.forget(key)
         _clean_up_deleted(store, key=key, settings=settings)
         return Result.done()
@@ -77,60 +79,64 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         # Its Order leaves such a Challenge to end itself, so the cleanup goes first.
         ended = _order_ended(store, obj)
         if ended is not None:
-            return _finish(store, obj, state="valid" if ended == "valid" else "invalid",
+            return _finish(store, obj, status=status,
+                           state="valid" if ended == "valid" else "invalid",
                            reason=f"Its Order is {ended}: the challenge ends with it",
                            settings=settings)
     try:
         challenge = parsing.parse_challenge(obj)
     except InvalidObject as err:
-        return _finish(store, obj, state="invalid", reason=str(err), settings=settings)
+        return _finish(store, obj, status=status, state="invalid", reason=str(err),
+                       settings=settings)
     issuer = acme_accounts.find_acme_issuer(
         store=store, kind=challenge.issuer_ref.kind, name=challenge.issuer_ref.name,
         namespace=challenge.namespace)
     if issuer is None:
         raise TransientError(f"{key}: issuer {challenge.issuer_ref.name} is missing or invalid")
     solver = settings.solvers.for_config(challenge.solver.config)
-    if not status.get("processing"):
-        waiting = _present(store, obj, key=key, challenge=challenge, solver=solver,
-                           settings=settings)
+    if not status.processing:
+        waiting = _present(store, obj, status=status, key=key, challenge=challenge,
+                           solver=solver, settings=settings)
         if waiting is not None:
             return waiting
 
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
-        if not status.get("processing"):
+        if not status.processing:
             try:
                 solver.check(challenge=challenge, now=settings.clock())
             except protocol.NotServed as err:
-                return _wait_for_propagation(store, obj, key=key, challenge=challenge,
-                                             error=err, settings=settings)
+                return _wait_for_propagation(store, obj, status=status, key=key,
+                                             challenge=challenge, error=err,
+                                             settings=settings)
             settings.forget(key)
             state = client.answer_challenge(challenge.url)
-            status.update(processing=True, state=state.status,
-                          reason="Accepted: waiting for the ACME server to validate")
-            reconciling.write_status(store, obj=obj)
+            status.processing = True
+            status.state = challenge_state(state.status)
+            status.reason = "Accepted: waiting for the ACME server to validate"
+            reconciling.write_status(store, obj=obj, status=status)
         else:
             state = client.get_challenge(challenge.url)
     except acme_errors.AcmeNotFound as err:
         # The server forgot the challenge (a restarted CA): it can never be solved. Its
         # Order, woken by this, finds its own URL forgotten too and places a new order.
-        return _finish(store, obj, state="invalid", settings=settings,
+        return _finish(store, obj, status=status, state="invalid", settings=settings,
                        reason=f"The ACME server forgot this challenge: {err}")
     except acme_errors.AccountDoesNotExist as err:
         # The server forgot the account: the Order registers it again and starts over.
         # Saying so in the status wakes the Order now rather than at its next poll.
-        status["reason"] = f"The ACME server forgot this challenge's account: {err}"
-        reconciling.write_status(store, obj=obj)
+        status.reason = f"The ACME server forgot this challenge's account: {err}"
+        reconciling.write_status(store, obj=obj, status=status)
         raise TransientError(f"{key}: {err}") from err
     except (acme_errors.AcmeError, LookupError) as err:
         raise TransientError(f"{key}: {err}") from err
 
     if state.status == "valid":
-        return _finish(store, obj, state="valid", reason="Successfully authorized domain",
-                       settings=settings)
+        return _finish(store, obj, status=status, state="valid",
+                       reason="Successfully authorized domain", settings=settings)
     if state.status == "invalid":
         detail = state.error.detail if state.error is not None else "no detail given"
-        return _finish(store, obj, state="invalid", settings=settings,
+        return _finish(store, obj, status=status, state="invalid", settings=settings,
                        reason=f"Accepting challenge authorization failed: {detail}")
     now = settings.clock()
     if state.retry_after is not None and state.retry_after > now:
@@ -145,7 +151,9 @@ def _order_ended(store: Store, obj: Object) -> str | None:
     if owner is None or owner.kind != "Order":
         return None
     order = store.get(kind="Order", namespace=owner.namespace, name=owner.name)
-    state = ((order or {}).get("status") or {}).get("state")
+    if order is None:
+        return None
+    state = OrderStatus.from_object(order).state
     return state if state in orders.FINAL_STATES else None
 
 
@@ -153,29 +161,33 @@ def _present(
     store: Store,
     obj: Object,
     *,
+    status: ChallengeStatus,
     key: ObjectKey,
     challenge: Challenge,
     solver: protocol.Solver,
     settings: Settings,
 ) -> Result | None:
     """Present the answer unless it already is; a Result means "stop here"."""
-    status = obj.setdefault("status", {})
     try:
         presented = solver.present(store=store, obj=obj, challenge=challenge,
                                    now=settings.clock())
     except protocol.PresentFailed as err:
         reason = f"Error presenting {challenge.type} challenge: {err}"
         if err.permanent:
-            return _finish(store, obj, state="invalid", settings=settings, reason=reason)
-        status.update(state="pending", reason=reason)
-        if reconciling.write_status(store, obj=obj):  # once per distinct failure
+            return _finish(store, obj, status=status, state="invalid", settings=settings,
+                           reason=reason)
+        status.state = "pending"
+        status.reason = reason
+        if reconciling.write_status(store, obj=obj, status=status):  # once per distinct failure
             store.emit_event(obj=obj, type="Warning", reason="PresentError", message=str(err))
         return Result.after(settings.next_delay(key))
     if presented is None:
         return None
-    status.update(presented=True, processing=False, state="pending",
-                  reason=f"Presented: {presented.description}")
-    if reconciling.write_status(store, obj=obj) and presented.announce:
+    status.presented = True
+    status.processing = False
+    status.state = "pending"
+    status.reason = f"Presented: {presented.description}"
+    if reconciling.write_status(store, obj=obj, status=status) and presented.announce:
         store.emit_event(obj=obj, type="Normal", reason="Presented",
                          message=f"Presented challenge using {challenge.type}: "
                          f"{presented.description}")
@@ -186,6 +198,7 @@ def _wait_for_propagation(
     store: Store,
     obj: Object,
     *,
+    status: ChallengeStatus,
     key: ObjectKey,
     challenge: Challenge,
     error: protocol.NotServed,
@@ -194,10 +207,10 @@ def _wait_for_propagation(
     """Record why the self-check failed, once per distinct failure, and look again soon;
     a solver that gave up waiting fails the challenge."""
     if error.final:
-        return _finish(store, obj, state="invalid", settings=settings, reason=str(error))
-    status = obj.setdefault("status", {})
-    status["reason"] = f"Waiting for {challenge.type} challenge propagation: {error}"
-    if reconciling.write_status(store, obj=obj):  # once per distinct failure
+        return _finish(store, obj, status=status, state="invalid", settings=settings,
+                       reason=str(error))
+    status.reason = f"Waiting for {challenge.type} challenge propagation: {error}"
+    if reconciling.write_status(store, obj=obj, status=status):  # once per distinct failure
         store.emit_event(obj=obj, type="Warning", reason="SelfCheckFailed", message=str(error))
     return Result.after(settings.next_delay(key))
 
@@ -212,7 +225,7 @@ def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
     """
     key = reconciling.key_of(obj)
     challenge = None
-    if (obj.get("status") or {}).get("presented"):
+    if ChallengeStatus.from_object(obj).presented:
         try:
             challenge = parsing.parse_challenge(obj)
         except InvalidObject:
@@ -251,14 +264,21 @@ def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Re
 
 
 def _finish(
-    store: Store, obj: Object, *, state: str, reason: str, settings: Settings
+    store: Store,
+    obj: Object,
+    *,
+    status: ChallengeStatus,
+    state: Literal["valid", "invalid"],
+    reason: str,
+    settings: Settings,
 ) -> Result:
     key = reconciling.key_of(obj)
     settings.forget(key)
     _clean_up_ending(store, obj, settings=settings)
-    status = obj.setdefault("status", {})
-    status.update(state=state, processing=False, reason=reason)
-    reconciling.write_status(store, obj=obj)
+    status.state = state
+    status.processing = False
+    status.reason = reason
+    reconciling.write_status(store, obj=obj, status=status)
     store.emit_event(obj=obj, type="Normal" if state == "valid" else "Warning",
                      reason="DomainVerified" if state == "valid" else "Failed", message=reason)
     return Result.done()

@@ -22,10 +22,18 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from certctl.api import conditions, parsing
+from certctl.api import parsing
 from certctl.api.resources import AcmeIssuer, AcmeSolver, Issuer, ObjectKey
+from certctl.api.status import (
+    ChallengeStatus,
+    OrderAuthorization,
+    OrderChallenge,
+    OrderState,
+    OrderStatus,
+    authorization_state,
+    order_state,
+)
 from certctl.controllers import reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers.acme import accounts as acme_accounts
@@ -37,7 +45,7 @@ from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
 
-FINAL_STATES = ("valid", "invalid", "errored")
+FINAL_STATES: tuple[OrderState, ...] = ("valid", "invalid", "errored")
 # How long to wait for the CA while it processes a finalized order, absent Retry-After.
 PROCESSING_POLL = 0.1
 # Safety net while challenges run: their status changes wake us up anyway.
@@ -54,9 +62,9 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     order = store.get(kind="Order", namespace=key.namespace, name=key.name)
     if order is None:
         return Result.done()
-    status = order.get("status") or {}
-    if status.get("state") in FINAL_STATES:
-        _delete_challenges(store, order)
+    status = OrderStatus.from_object(order)
+    if status.state in FINAL_STATES:
+        _delete_challenges(store, order, status=status)
         return Result.done()
     now = settings.clock()
     ref = order["spec"]["issuerRef"]
@@ -64,35 +72,36 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                             name=ref["name"],
                                             namespace=order["metadata"]["namespace"])
     if issuer is None:
-        return _finish(store, order, state="errored", now=now,
+        return _finish(store, order, status=status, state="errored", now=now,
                        reason=f"{ref.get('kind', 'Issuer')} {ref.get('name')} not found or invalid")
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
-        return _step(store, order, issuer=issuer, client=client, now=now)
+        return _step(store, order, status=status, issuer=issuer, client=client, now=now)
     except acme_errors.AccountDoesNotExist as err:
         # The server forgot our account (a restarted Pebble does): register
         # again; its orders are gone too, so this one starts over.
         settings.accounts.register_again(store=store, issuer=issuer)
-        if _placed(order):
-            return _replace_forgotten(store, order, now=now,
+        if status.url:
+            return _replace_forgotten(store, order, status=status, now=now,
                                       why=f"it no longer knows the order's account: {err}")
         raise TransientError(f"{key}: re-registered the ACME account") from err
     except acme_errors.AcmeNotFound as err:
         # Another reconciler registered the account again first: the order's URLs 404.
-        if _placed(order):
-            return _replace_forgotten(store, order, now=now, why=str(err))
+        if status.url:
+            return _replace_forgotten(store, order, status=status, now=now, why=str(err))
         raise TransientError(f"{key}: {err}") from err
     except (acme_errors.RateLimited, acme_errors.Unauthorized) as err:
         if err.retry_after is not None:
             # The Certificate waits at least this long before ordering again.
-            order.setdefault("status", {})["retryAfter"] = conditions.format_time(err.retry_after)
-        return _finish(store, order, state="errored", now=now, reason=str(err))
+            status.retry_after = err.retry_after
+        return _finish(store, order, status=status, state="errored", now=now, reason=str(err))
     except acme_errors.AcmeProblem as err:
-        if err.status == 404 and _placed(order):  # a problem document saying the same
-            return _replace_forgotten(store, order, now=now, why=str(err))
+        if err.status == 404 and status.url:  # a problem document saying the same
+            return _replace_forgotten(store, order, status=status, now=now, why=str(err))
         if err.status == 404 or err.code in ("malformed", "rejectedIdentifier", "badCSR",
                                               "caa", "unsupportedIdentifier"):
-            return _finish(store, order, state="errored", now=now, reason=str(err))
+            return _finish(store, order, status=status, state="errored", now=now,
+                           reason=str(err))
         raise TransientError(f"{key}: {err}") from err
     except (acme_errors.AcmeError, LookupError) as err:
         raise TransientError(f"{key}: {err}") from err
@@ -102,39 +111,47 @@ def _step(
     store: Store,
     order: Object,
     *,
+    status: OrderStatus,
     issuer: Issuer[AcmeIssuer],
     client: acme_client.AcmeClient,
     now: datetime.datetime,
 ) -> Result:
-    status = order.setdefault("status", {})
+    """One step of the ACME order; `status` is the Order's, updated here as it goes (an
+    exception leaves in it what the step learned, such as the URL of a placed order)."""
     request_pem = base64.b64decode(order["spec"]["request"])
-    if not status.get("url"):
-        state = _new_order(store, order, client=client, request_pem=request_pem,
+    if not status.url:
+        state = _new_order(store, order, status=status, client=client,
+                           request_pem=request_pem,
                            profile=order["spec"].get("profile") or issuer.spec.profile)
-        status.update(url=state.url, finalizeURL=state.finalize_url, state=state.status,
-                      authorizations=[{"url": url} for url in state.authorization_urls])
-        reconciling.write_status(store, obj=order)  # the URL first, before anything can fail
+        status.url = state.url
+        status.finalize_url = state.finalize_url
+        status.state = order_state(state.status)
+        status.authorizations = [OrderAuthorization(url=url)
+                                 for url in state.authorization_urls]
+        # The URL first, before anything can fail.
+        reconciling.write_status(store, obj=order, status=status)
         store.emit_event(obj=order, type="Normal", reason="Created",
                          message=f"Created ACME order {state.url}")
     else:
-        state = client.get_order(status["url"])
+        state = client.get_order(status.url)
 
     if state.status == "pending":
-        return _present(store, order, issuer=issuer, client=client, state=state, now=now)
+        return _present(store, order, status=status, issuer=issuer, client=client,
+                        state=state, now=now)
     if state.status == "ready":
         state = client.finalize(order_url=state.url, finalize_url=state.finalize_url,
                                 csr_pem=request_pem)
     if state.status == "processing":
-        status["state"] = "processing"
-        reconciling.write_status(store, obj=order)
+        status.state = "processing"
+        reconciling.write_status(store, obj=order, status=status)
         return Result.after(_delay_until(state.retry_after, now=now, default=PROCESSING_POLL))
     if state.status == "valid" and state.certificate_url:
         chain = client.download_certificate(certificate_url=state.certificate_url,
                                             preferred_chain=issuer.spec.preferred_chain)
-        status["certificate"] = base64.b64encode(chain.encode()).decode()
-        return _finish(store, order, state="valid", now=now, reason="")
+        status.certificate = chain.encode()
+        return _finish(store, order, status=status, state="valid", now=now, reason="")
     if state.status == "invalid":
-        return _finish(store, order, state="invalid", now=now,
+        return _finish(store, order, status=status, state="invalid", now=now,
                        reason=_failure_reason(store, order, client=client, state=state))
     raise TransientError(f"order {state.url} is {state.status}; waiting")
 
@@ -143,8 +160,8 @@ REPLACES_REFUSED = "ReplacesRefused"  # the Event when the CA will not take `rep
 
 
 def _new_order(
-    store: Store, order: Object, *, client: acme_client.AcmeClient, request_pem: bytes,
-    profile: str | None,
+    store: Store, order: Object, *, status: OrderStatus, client: acme_client.AcmeClient,
+    request_pem: bytes, profile: str | None,
 ) -> acme_client.OrderState:
     """Place the ACME order, naming the certificate it replaces when the CA offers ARI.
 
@@ -164,7 +181,7 @@ def _new_order(
         except acme_errors.AcmeProblem as err:
             store.emit_event(obj=order, type="Warning", reason=REPLACES_REFUSED, message=(
                 f"The ACME server refused replaces={replaces} ({err}); ordering without it"))
-            order.setdefault("status", {})["replacesRefused"] = str(err)
+            status.replaces_refused = str(err)
     return client.new_order(csr_pem=request_pem, profile=profile)
 
 
@@ -172,6 +189,7 @@ def _present(
     store: Store,
     order: Object,
     *,
+    status: OrderStatus,
     issuer: Issuer[AcmeIssuer],
     client: acme_client.AcmeClient,
     state: acme_client.OrderState,
@@ -185,9 +203,8 @@ def _present(
     solver is chosen here, once: the Challenge carries a copy of it.
     """
     labels = order["metadata"].get("labels") or {}
-    recorded = {a["url"]: a for a in (order.get("status") or {}).get("authorizations") or []
-                if "identifier" in a}
-    authorizations: list[dict[str, Any]] = []
+    recorded = {a.url: a for a in status.authorizations if a.identifier is not None}
+    authorizations: list[OrderAuthorization] = []
     for url in state.authorization_urls:
         if url in recorded:
             authorizations.append(recorded[url])
@@ -195,9 +212,9 @@ def _present(
         authorization = client.get_authorization(url)
         identifier = authorization.identifier.value
         dns_name = f"*.{identifier}" if authorization.wildcard else identifier
-        record: dict[str, Any] = {"url": url, "identifier": identifier,
-                                  "wildcard": authorization.wildcard,
-                                  "initialState": authorization.status}
+        record = OrderAuthorization(url=url, identifier=identifier,
+                                    wildcard=authorization.wildcard,
+                                    initial_state=authorization_state(authorization.status))
         authorizations.append(record)
         if authorization.status != "pending":
             continue
@@ -208,18 +225,18 @@ def _present(
         offered = {c.type: c for c in authorization.challenges}
         picked = next((offered[t] for t in wanted if t in offered), None)
         if picked is None or picked.token is None:
-            return _finish(store, order, state="errored", now=now,
+            return _finish(store, order, status=status, state="errored", now=now,
                            reason=f"the ACME server offers no "
                            f"{' or '.join(t.upper() for t in wanted)} challenge for {dns_name}"
                            f" (spec.acme.solvers[{chosen.index}])")
         if picked.type != wanted[0]:
             fallback = (f"The ACME server offers no {wanted[0].upper()} challenge for"
                         f" {dns_name}; solving {picked.type.upper()} instead")
-            record["challengeFallback"] = fallback
+            record.challenge_fallback = fallback
             store.emit_event(obj=order, type="Normal", reason="ChallengeTypeFallback",
                              message=fallback)
-        record["challenges"] = [{"type": picked.type, "url": picked.url,
-                                 "token": picked.token}]
+        record.challenges = (OrderChallenge(type=picked.type, url=picked.url,
+                                            token=picked.token),)
         _ensure_challenge(store, order, dns_name=identifier,
                           wildcard=authorization.wildcard, authorization_url=url,
                           challenge=picked, solver=chosen.solver, solver_index=chosen.index,
@@ -228,11 +245,10 @@ def _present(
                                        else None))
     failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
     if failed is not None:
-        return _finish(store, order, state="errored", now=now, reason=failed)
-    status = order.setdefault("status", {})
-    status["state"] = "pending"
-    status["authorizations"] = authorizations
-    reconciling.write_status(store, obj=order)
+        return _finish(store, order, status=status, state="errored", now=now, reason=failed)
+    status.state = "pending"
+    status.authorizations = authorizations
+    reconciling.write_status(store, obj=order, status=status)
     return Result.after(PENDING_POLL)
 
 
@@ -303,12 +319,14 @@ def _locally_failed_challenge(
     for url in authorization_urls:
         challenge = store.get(kind="Challenge", namespace=namespace,
                               name=_challenge_name(order, authorization_url=url))
-        status = (challenge or {}).get("status") or {}
-        if challenge is not None and status.get("state") == "invalid":
+        if challenge is None:
+            continue
+        status = ChallengeStatus.from_object(challenge)
+        if status.state == "invalid":
             spec = challenge.get("spec") or {}
             name = f"*.{spec.get('dnsName')}" if spec.get("wildcard") else spec.get("dnsName")
             return (f"{spec.get('type')} challenge for {name} failed: "
-                    f"{status.get('reason') or 'no reason given'}")
+                    f"{status.reason or 'no reason given'}")
     return None
 
 
@@ -329,20 +347,25 @@ def _failure_reason(
 
 
 def _finish(
-    store: Store, order: Object, *, state: str, now: datetime.datetime, reason: str
+    store: Store,
+    order: Object,
+    *,
+    status: OrderStatus,
+    state: OrderState,
+    now: datetime.datetime,
+    reason: str,
 ) -> Result:
-    status = order.setdefault("status", {})
-    status["state"] = state
-    status["reason"] = reason
+    status.state = state
     if state != "valid":
-        status["failureTime"] = conditions.format_time(now)
+        status.reason = reason
+        status.failure_time = now
         store.emit_event(obj=order, type="Warning", reason="Failed", message=reason)
     else:
-        status.pop("reason", None)
+        status.reason = None
         store.emit_event(obj=order, type="Normal", reason="Complete",
                          message="Order completed successfully")
-    reconciling.write_status(store, obj=order)
-    _delete_challenges(store, order)
+    reconciling.write_status(store, obj=order, status=status)
+    _delete_challenges(store, order, status=status)
     return Result.done()
 
 
@@ -350,13 +373,8 @@ def _finish(
 MAX_FORGOTTEN_ORDERS = 3
 
 
-def _placed(order: Object) -> bool:
-    """Whether the ACME order exists (its URL was recorded), even if placed in this pass."""
-    return bool((order.get("status") or {}).get("url"))
-
-
 def _replace_forgotten(
-    store: Store, order: Object, *, now: datetime.datetime, why: str
+    store: Store, order: Object, *, status: OrderStatus, now: datetime.datetime, why: str
 ) -> Result:
     """Start this Order over with a new ACME order: the server forgot the one it had.
 
@@ -367,25 +385,25 @@ def _replace_forgotten(
     that forgets every order would be asked forever: after
     MAX_FORGOTTEN_ORDERS replacements the Order errors instead.
     """
-    status = order.setdefault("status", {})
-    forgotten = int(status.get("forgottenOrders") or 0) + 1
+    forgotten = (status.forgotten_orders or 0) + 1
     if forgotten > MAX_FORGOTTEN_ORDERS:
-        return _finish(store, order, state="errored", now=now,
+        return _finish(store, order, status=status, state="errored", now=now,
                        reason=f"the ACME server forgot {MAX_FORGOTTEN_ORDERS} orders placed "
                        f"for this request; the last time {why}")
-    old_url = status.get("url")
-    _delete_challenges(store, order)
-    for placed in ("url", "finalizeURL", "authorizations"):
-        status.pop(placed, None)
-    status.update(state="pending", forgottenOrders=forgotten,
-                  reason=f"placing a new ACME order: the server forgot {old_url}: {why}")
-    reconciling.write_status(store, obj=order)
+    old_url = status.url
+    _delete_challenges(store, order, status=status)
+    status.url = status.finalize_url = None
+    status.authorizations = []
+    status.state = "pending"
+    status.forgotten_orders = forgotten
+    status.reason = f"placing a new ACME order: the server forgot {old_url}: {why}"
+    reconciling.write_status(store, obj=order, status=status)
     store.emit_event(obj=order, type="Warning", reason="OrderForgotten",
                      message=f"The ACME server forgot order {old_url} ({why}); placing a new one")
     return Result.after(0)
 
 
-def _delete_challenges(store: Store, order: Object) -> None:
+def _delete_challenges(store: Store, order: Object, *, status: OrderStatus) -> None:
     """Challenges end with their order, succeeded or failed (their cleanup runs on delete).
 
     Except a Challenge whose answer is out there and whose solver
@@ -399,8 +417,8 @@ def _delete_challenges(store: Store, order: Object) -> None:
     # By name, not by listing the namespace: a list per finished order made
     # issuing N certificates at once cost N^2 (a quarter of B2's CPU).
     namespace = order["metadata"]["namespace"]
-    for authorization in (order.get("status") or {}).get("authorizations") or []:
-        name = _challenge_name(order, authorization_url=authorization["url"])
+    for authorization in status.authorizations:
+        name = _challenge_name(order, authorization_url=authorization.url)
         challenge = store.get(kind="Challenge", namespace=namespace, name=name)
         if (challenge is None or not reconciling.is_owned_by(challenge, order)
                 or _answer_out_there(challenge)):
@@ -409,10 +427,9 @@ def _delete_challenges(store: Store, order: Object) -> None:
 
 
 def _answer_out_there(challenge: Object) -> bool:
-    status = challenge.get("status") or {}
+    status = ChallengeStatus.from_object(challenge)
     return (solver_registry.ends_with_its_challenge((challenge.get("spec") or {}).get("type"))
-            and bool(status.get("presented"))
-            and status.get("state") not in ("valid", "invalid"))
+            and bool(status.presented) and not status.ended)
 
 
 def _delay_until(

@@ -18,6 +18,7 @@ from typing import Any
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
+from certctl.api.status import Status
 from certctl.store.interface import Object, Store
 
 Clock = Callable[[], datetime.datetime]
@@ -118,14 +119,20 @@ class TransientError(Exception):
     """A failure the driver retries with backoff; expected, so logged without a traceback."""
 
 
-def write_status(store: Store, *, obj: Object) -> bool:
+def write_status(store: Store, *, obj: Object, status: Status | None = None) -> bool:
     """Write `obj`'s status if it differs from the stored one; True if written.
+
+    With a typed `status` (kinds whose reconcilers moved to `certctl.api.status`),
+    that model is what `obj` carries and is written; without one, the raw
+    dict `obj` carries is (kinds not moved yet).
 
     Skipping no-op writes keeps level-triggered reconcilers from waking
     themselves up forever through their own watch events. After a write
     `obj` carries the new resourceVersion, so the caller can write it again
     in the same pass without a conflict with itself.
     """
+    if status is not None:
+        obj["status"] = status.to_dict()
     current = store.get(kind=obj["kind"], namespace=obj["metadata"].get("namespace"),
                         name=obj["metadata"]["name"])
     if current is None or current.get("status") == obj.get("status"):
