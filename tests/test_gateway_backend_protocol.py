@@ -16,16 +16,22 @@ from collections.abc import Iterator
 from http.client import HTTPConnection
 from typing import Any
 
-import uvloop
 import websocket
 
 from certctl.api import parsing, resources
-from certctl.dataplane import certstore, routing, server
+from certctl.dataplane import server
 from certctl.routes import gateway as gateway_routes
-from tests.test_dataplane import EchoServer, LoopThread
+from tests.test_dataplane import EchoServer
 from tests.test_dataplane_annotations import TlsEchoServer
 from tests.test_dataplane_proxy import RawServer, websocket_echo
-from tests.test_gateway_routing import INFRA, NS, compile_manifests, http_route, route_conditions
+from tests.test_gateway_routing import (
+    INFRA,
+    NS,
+    compile_manifests,
+    http_route,
+    route_conditions,
+    started_plane,
+)
 from tests.test_grpc_backends import H2cBackend
 
 # Service name -> the appProtocol of its port 8080 (None: not set).
@@ -104,19 +110,9 @@ def protocol_plane(routes: str) -> Iterator[Plane]:
                 ports=(resources.EndpointPort(port=port, name="web"),),
                 endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),)))
         compiled = compile_manifests(INFRA + "\n---\n" + routes, services=SERVICES)
-        plane = server.DataPlane(http_address=("127.0.0.1", 0),
-                                 https_address=("127.0.0.1", 0),
-                                 certificates=certstore.CertificateIndex(),
-                                 challenge_responder=lambda host, token: None)
-        plane.set_routes(routing.RouteTable.build(routes=compiled.routes, services=SERVICES,
-                                                  endpoint_slices=slices))
-        loop = LoopThread(uvloop.new_event_loop())
-        loop.run(plane.start())
-        try:
+        with started_plane(routes=compiled.routes, services=SERVICES,
+                           endpoint_slices=slices) as plane:
             yield Plane(plane, compiled, h2c)
-        finally:
-            loop.run(plane.stop())
-            loop.close()
 
 
 def test_service_port_app_protocol_is_parsed() -> None:

@@ -18,40 +18,26 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 import pytest
-import uvloop
 
 from certctl.api import gateway as gateway_api
 from certctl.api import parsing, resources
 from certctl.api.errors import InvalidObject
-from certctl.dataplane import certstore, routing, server
+from certctl.dataplane import certstore, server
 from certctl.routes import gateway as gateway_routes
 from tests.pebble import PebbleServer
 from tests.serving import eventually, service_with_endpoints, serving, write_yaml
-from tests.test_dataplane import LoopThread
-from tests.test_gateway_routing import documents
+from tests.test_gateway_routing import documents, started_plane, tls_gateway
 from tests.testca import TestCA
 
 NS = "grpc"
 HOST = "grpc.example"
-GATEWAY = f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: certctl}}
-spec: {{controllerName: certctl.io/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gateway, namespace: {NS}}}
-spec:
-  gatewayClassName: certctl
-  listeners:
+GATEWAY = tls_gateway("""\
   - name: https
     port: 443
     protocol: HTTPS
     hostname: "*.example"
-    tls: {{certificateRefs: [{{name: grpc-example}}]}}
-  - {{name: http, port: 80, protocol: HTTP}}
-"""
+    tls: {certificateRefs: [{name: grpc-example}]}
+  - {name: http, port: 80, protocol: HTTP}""", namespace=NS)
 PARSERS = {"GatewayClass": gateway_api.parse_gateway_class,
            "Gateway": gateway_api.parse_gateway, "HTTPRoute": gateway_api.parse_http_route,
            "GRPCRoute": gateway_api.parse_grpc_route}
@@ -160,18 +146,9 @@ def grpc_plane(routes: str) -> Iterator[Plane]:
                 ports=(resources.EndpointPort(port=backend.port, name="grpc"),),
                 endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),)))
         compiled = compile_manifests(routes)
-        plane = server.DataPlane(http_address=("127.0.0.1", 0),
-                                 https_address=("127.0.0.1", 0), certificates=certificates,
-                                 challenge_responder=lambda host, token: None)
-        plane.set_routes(routing.RouteTable.build(routes=compiled.routes, services=SERVICES,
-                                                  endpoint_slices=slices))
-        loop = LoopThread(uvloop.new_event_loop())
-        loop.run(plane.start())
-        try:
+        with started_plane(routes=compiled.routes, services=SERVICES, endpoint_slices=slices,
+                           certificates=certificates) as plane:
             yield Plane(plane, compiled, ca)
-        finally:
-            loop.run(plane.stop())
-            loop.close()
 
 
 MATCHING_RULES = r"""

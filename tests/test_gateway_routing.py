@@ -27,6 +27,7 @@ from certctl.api.resources import ObjectKey
 from certctl.dataplane import certstore, routing, server
 from certctl.routes import gateway as gateway_routes
 from certctl.routes import ingress as ingress_routes
+from certctl.routes.model import RouteSet
 from tests.test_dataplane import EchoServer, LoopThread
 from tests.test_dataplane_http2 import H2Client
 from tests.testca import TestCA
@@ -100,6 +101,27 @@ class Plane:
 
 
 @contextlib.contextmanager
+def started_plane(*, routes: RouteSet, services: list[resources.Service],
+                  endpoint_slices: list[resources.EndpointSlice],
+                  certificates: certstore.CertificateIndex | None = None,
+                  ) -> Iterator[server.DataPlane]:
+    """A data plane on its own loop thread, with HTTP and HTTPS listeners on loopback,
+    serving `routes`."""
+    plane = server.DataPlane(http_address=("127.0.0.1", 0), https_address=("127.0.0.1", 0),
+                             certificates=certificates or certstore.CertificateIndex(),
+                             challenge_responder=lambda host, token: None)
+    plane.set_routes(routing.RouteTable.build(routes=routes, services=services,
+                                              endpoint_slices=endpoint_slices))
+    loop = LoopThread(uvloop.new_event_loop())
+    loop.run(plane.start())
+    try:
+        yield plane
+    finally:
+        loop.run(plane.stop())
+        loop.close()
+
+
+@contextlib.contextmanager
 def gateway_plane(routes: str, *, infra: str = INFRA,
                   ingresses: list[resources.Ingress] = (),  # type: ignore[assignment]
                   tls_hosts: tuple[str, ...] = ()) -> Iterator[Plane]:
@@ -133,19 +155,9 @@ def gateway_plane(routes: str, *, infra: str = INFRA,
         route_set = route_set.__class__(routes=route_set.routes + compiled.routes.routes,
                                         defaults=route_set.defaults,
                                         served=route_set.served | compiled.routes.served)
-        plane = server.DataPlane(http_address=("127.0.0.1", 0),
-                                 https_address=("127.0.0.1", 0),
-                                 certificates=certificates,
-                                 challenge_responder=lambda host, token: None)
-        plane.set_routes(routing.RouteTable.build(routes=route_set, services=services,
-                                                  endpoint_slices=slices))
-        loop = LoopThread(uvloop.new_event_loop())
-        loop.run(plane.start())
-        try:
+        with started_plane(routes=route_set, services=services, endpoint_slices=slices,
+                           certificates=certificates) as plane:
             yield Plane(plane, compiled, ca)
-        finally:
-            loop.run(plane.stop())
-            loop.close()
 
 
 def http_route(name: str, rules: str, *, hostnames: str = "", parent: str = "same-namespace",
