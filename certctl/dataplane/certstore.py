@@ -51,9 +51,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from certctl.api import resources
+from certctl.pki import secret as tls_secret
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,18 @@ class CertificateIndex:
         chain does not parse or the key does not belong to the leaf: checked
         here because the context itself is only built at the first handshake.
         """
-        entry = _parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem)
+        self._serve(_parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem))
+
+    def serve_secret(self, *, source: resources.ObjectKey,
+                     contents: tls_secret.TLSSecretContents) -> None:
+        """`set_certificate` for a Secret already read by `pki.secret.read_tls_secret`:
+        its parsed leaf and key are used as they are, not parsed again from the PEM
+        (only the PEM bytes are kept, for the context built at the first handshake)."""
+        self._serve(_entry_of(source=source, leaf=contents.leaf, key=contents.key,
+                              chain_pem=contents.chain_pem, key_pem=contents.key_pem))
+
+    def _serve(self, entry: _Entry) -> None:
+        source = entry.source
         if not entry.names:
             logger.warning("certificate from %s has no DNS names nor IP addresses; it serves "
                            "nothing", source)
@@ -357,6 +370,13 @@ def _parse_entry(*, source: resources.ObjectKey, chain_pem: bytes, key_pem: byte
     except (ValueError, TypeError):
         # The message could quote key material: say only what failed.
         raise ValueError(f"{source}: private key does not parse") from None
+    return _entry_of(source=source, leaf=leaf, key=key, chain_pem=chain_pem, key_pem=key_pem)
+
+
+def _entry_of(*, source: resources.ObjectKey, leaf: x509.Certificate,
+              key: PrivateKeyTypes, chain_pem: bytes, key_pem: bytes) -> _Entry:
+    """The entry for a parsed leaf and key; only their PEM is kept (10,000 certificates
+    at rest must stay small), the x509 objects go once the names are read."""
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise ValueError(f"{source}: private key does not match the certificate")

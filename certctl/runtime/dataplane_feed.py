@@ -717,8 +717,7 @@ class DataPlaneFeed:
                 continue
             try:
                 contents = tls_secret.read_tls_secret(secret)
-                self._certificates.set_certificate(source=key, chain_pem=contents.chain_pem,
-                                                   key_pem=contents.key_pem)
+                self._certificates.serve_secret(source=key, contents=contents)
             except (tls_secret.SecretInvalid, ValueError) as err:
                 logger.warning("%s is not served: %s", key, err)
                 self._drop(key)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+
+import requests
 
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
@@ -50,29 +52,6 @@ from certctl.store import interface as store_interface
 from certctl.store.interface import Object, Store, WatchEvent
 
 Item = tuple[str, ObjectKey]
-
-# The kinds with a reconciler of their own, and its name in queue items.
-OWN_CONTROLLER = {
-    "ClusterIssuer": "issuer",
-    "Issuer": "issuer",
-    "Ingress": "ingress",
-    "Gateway": "gateway",
-    "ListenerSet": "listenerset",
-    "HTTPRoute": "httproute",
-    "Certificate": "certificate",
-    "Order": "order",
-    "Challenge": "challenge",
-}
-# Kinds whose events matter to the reconcilers (beyond their own kinds).
-WATCHED_KINDS = (*OWN_CONTROLLER, "Secret")
-# Kinds a cluster may lack (the Gateway API CRDs are installed separately) or a Role from
-# before them may not grant: not required at start-up, and such a list lists nothing.
-OPTIONAL_KINDS = frozenset({"Gateway", "ListenerSet", "HTTPRoute"})
-# A Certificate acts on its Order's verdict only (store the chain, or count a failure):
-# waking it on the Order's progress writes (pending, processing) cost each Certificate
-# reconciles that changed nothing (bench B2).
-ORDER_STATES_WAKING_CERTIFICATE = frozenset(orders.FINAL_STATES)
-
 
 @dataclass(frozen=True, kw_only=True)
 class ControllerSettings:
@@ -108,19 +87,79 @@ def controller_settings(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Reconciler:
+    """One reconciler as the queue knows it: its name in `(name, key)` items, the kinds
+    whose own changes run it, its rank in the flow (see `flow_rank`; None: after every
+    ranked one), and how to run it with the settings both drivers build alike."""
+    name: str
+    kinds: tuple[str, ...]
+    rank: int | None
+    run: Callable[[Store, ObjectKey, ControllerSettings], reconciling.Result]
+
+
+# Every reconciler, in one place: `certctl serve` and `certctl controller` both dispatch
+# through this table, so a new reconciler is one entry here (plus its rules in
+# `Dispatcher.items_for` when other kinds' changes must wake it).
 # Of the items due, the later steps of the flow run first (see runtime.workqueue): an
 # issuer gates all its Certificates, then a Challenge before its Order before its
 # Certificate before the Ingress it came from. With 500 new Ingresses at once (bench B2)
 # the first certificates are served in seconds instead of after all the others.
-FLOW_RANK = {"issuer": 0, "challenge": 1, "order": 2, "certificate": 3, "ingress": 4,
-             "gateway": 4, "listenerset": 4, "httproute": 4}
+RECONCILERS = (
+    Reconciler(name="issuer", kinds=("ClusterIssuer", "Issuer"), rank=0,
+               run=lambda store, key, settings: issuers.reconcile(
+                   store=store, key=key, settings=settings.issuers)),
+    Reconciler(name="ingress", kinds=("Ingress",), rank=4,
+               run=lambda store, key, settings: ingress_shim.reconcile(store=store, key=key)),
+    Reconciler(name="gateway", kinds=("Gateway",), rank=4,
+               run=lambda store, key, settings: gateway_shim.reconcile(store=store, key=key)),
+    Reconciler(name="listenerset", kinds=("ListenerSet",), rank=4,
+               run=lambda store, key, settings: gateway_shim.reconcile_listener_set(
+                   store=store, key=key)),
+    Reconciler(name="httproute", kinds=("HTTPRoute",), rank=4,
+               run=lambda store, key, settings: gateway_shim.reconcile_route(
+                   store=store, key=key)),
+    Reconciler(name="certificate", kinds=("Certificate",), rank=3,
+               run=lambda store, key, settings: certificates.reconcile(
+                   store=store, key=key, settings=settings.certificates)),
+    Reconciler(name="order", kinds=("Order",), rank=2,
+               run=lambda store, key, settings: orders.reconcile(
+                   store=store, key=key, settings=settings.orders)),
+    Reconciler(name="challenge", kinds=("Challenge",), rank=1,
+               run=lambda store, key, settings: challenges.reconcile(
+                   store=store, key=key, settings=settings.challenges)),
+    # A kept copy of a certificate (a Secret) has no kind of its own, only an expiry
+    # timer: `Dispatcher.items_for` and `everything` queue it.
+    Reconciler(name="kept", kinds=(), rank=None,
+               run=lambda store, key, settings: kept_certificates.reconcile(
+                   store=store, key=key, clock=settings.certificates.clock,
+                   cluster_resource_namespace=settings.certificates.cluster_resource_namespace)),
+)
+_RECONCILER_BY_NAME = {reconciler.name: reconciler for reconciler in RECONCILERS}
+# Anything but a ranked reconciler's item runs after every ranked one's.
+_LAST_RANK = max(reconciler.rank for reconciler in RECONCILERS
+                 if reconciler.rank is not None) + 1
+# The kinds with a reconciler of their own, and its name in queue items.
+OWN_CONTROLLER = {kind: reconciler.name for reconciler in RECONCILERS
+                  for kind in reconciler.kinds}
+# Kinds whose events matter to the reconcilers (beyond their own kinds).
+WATCHED_KINDS = (*OWN_CONTROLLER, "Secret")
+# Kinds a cluster may lack (the Gateway API CRDs are installed separately) or a Role from
+# before them may not grant: not required at start-up, and such a list lists nothing.
+OPTIONAL_KINDS = frozenset({"Gateway", "ListenerSet", "HTTPRoute"})
+# A Certificate acts on its Order's verdict only (store the chain, or count a failure):
+# waking it on the Order's progress writes (pending, processing) cost each Certificate
+# reconciles that changed nothing (bench B2).
+ORDER_STATES_WAKING_CERTIFICATE = frozenset(orders.FINAL_STATES)
 
 
 def flow_rank(item: Hashable) -> int:
     """The queue priority of a `(controller, key)` item; anything else runs last."""
     if isinstance(item, tuple) and item and isinstance(item[0], str):
-        return FLOW_RANK.get(item[0], len(FLOW_RANK))
-    return len(FLOW_RANK)
+        reconciler = _RECONCILER_BY_NAME.get(item[0])
+        if reconciler is not None and reconciler.rank is not None:
+            return reconciler.rank
+    return _LAST_RANK
 
 
 def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQueue:
@@ -198,29 +237,10 @@ class Dispatcher:
         assert isinstance(item, tuple)
         controller: str = item[0]
         key: ObjectKey = item[1]
-        store, settings = self._store, self._settings
-        if controller == "ingress":
-            result = ingress_shim.reconcile(store=store, key=key)
-        elif controller == "gateway":
-            result = gateway_shim.reconcile(store=store, key=key)
-        elif controller == "listenerset":
-            result = gateway_shim.reconcile_listener_set(store=store, key=key)
-        elif controller == "httproute":
-            result = gateway_shim.reconcile_route(store=store, key=key)
-        elif controller == "certificate":
-            result = certificates.reconcile(store=store, key=key, settings=settings.certificates)
-        elif controller == "order":
-            result = orders.reconcile(store=store, key=key, settings=settings.orders)
-        elif controller == "challenge":
-            result = challenges.reconcile(store=store, key=key, settings=settings.challenges)
-        elif controller == "issuer":
-            result = issuers.reconcile(store=store, key=key, settings=settings.issuers)
-        elif controller == "kept":
-            result = kept_certificates.reconcile(
-                store=store, key=key, clock=settings.certificates.clock,
-                cluster_resource_namespace=settings.certificates.cluster_resource_namespace)
-        else:
+        reconciler = _RECONCILER_BY_NAME.get(controller)
+        if reconciler is None:
             raise ValueError(f"unknown controller {controller}")
+        result = reconciler.run(self._store, key, self._settings)
         return result.requeue_after
 
     def items_for(self, event: WatchEvent) -> Iterator[Item]:
@@ -343,3 +363,37 @@ class Dispatcher:
             ):
                 continue
             yield ("certificate", reconciling.key_of(certificate))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Controllers:
+    """The reconcilers of one process, wired the same way for `certctl serve` and
+    `certctl controller`: the ACME accounts they share (closed by the process on stop)
+    and the dispatcher that runs them."""
+    accounts: acme_accounts.AcmeAccounts
+    dispatcher: Dispatcher
+
+
+def build_controllers(
+    *,
+    store: Store,
+    component: str,
+    cluster_resource_namespace: str,
+    on_acme_response: Callable[[requests.Response], None],
+    clock: reconciling.Clock,
+    backoff_base: datetime.timedelta,
+    self_check: challenges.SelfCheck,
+    dns01: dns01_solver.Options,
+    order_budget: order_budget_module.Budget | None,
+    data_plane: http01_ingress.DataPlaneService | None = None,
+    tls_alpn01: tls_alpn01_solver.SelfCheckTarget | None = None,
+) -> Controllers:
+    """The one place both drivers build their reconcilers from: what differs between
+    them (the store, where the data plane answers self-checks) comes in as arguments."""
+    accounts = acme_accounts.AcmeAccounts(
+        cluster_resource_namespace=cluster_resource_namespace, component=component,
+        on_response=on_acme_response)
+    settings = controller_settings(
+        clock=clock, accounts=accounts, backoff_base=backoff_base, self_check=self_check,
+        dns01=dns01, order_budget=order_budget, data_plane=data_plane, tls_alpn01=tls_alpn01)
+    return Controllers(accounts=accounts, dispatcher=Dispatcher(store=store, settings=settings))

@@ -48,7 +48,6 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import (
     dataplane_feed,
     dispatch,
@@ -306,14 +305,12 @@ class Controller:
             address=options.metrics_address, health=self.health, registry=self.metrics.registry,
             dashboard=dashboard.Dashboard(sources=dashboard.Sources(
                 process="controller", store=self.store, events=self.events)))
-        self.accounts = acme_accounts.AcmeAccounts(
-            cluster_resource_namespace=options.cluster_resource_namespace,
+        controllers = dispatch.build_controllers(
+            store=self.events,
             component="controller",
-            on_response=self.metrics.observe_acme_response,
-        )
-        settings = dispatch.controller_settings(
+            cluster_resource_namespace=options.cluster_resource_namespace,
+            on_acme_response=self.metrics.observe_acme_response,
             clock=clock,
-            accounts=self.accounts,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(port=options.self_check_port,
                                                  connect_address=options.self_check_address),
@@ -324,7 +321,8 @@ class Controller:
             tls_alpn01=tls_alpn01_solver.SelfCheckTarget(
                 connect_address=options.self_check_address),
         )
-        self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
+        self.accounts = controllers.accounts
+        self.dispatcher = controllers.dispatcher
         self.queue = dispatch.work_queue(handler=self._handle, workers=options.workers)
         self.elector: leader.LeaderElector | None = None
         if options.leader_election:

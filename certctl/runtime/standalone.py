@@ -30,7 +30,6 @@ from certctl.controllers import (
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
-from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dataplane_feed, dispatch, metrics, on_demand, runner
 from certctl.solvers import tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
@@ -129,14 +128,12 @@ class Standalone:
         # One /metrics for both: the data plane's registry also carries the controller's.
         self.metrics = metrics.ControllerMetrics(store=self.store,
                                                  registry=self.dataplane.metrics.registry)
-        self.accounts = acme_accounts.AcmeAccounts(
-            cluster_resource_namespace=options.cluster_resource_namespace,
+        controllers = dispatch.build_controllers(
+            store=self.events,
             component="standalone",
-            on_response=self.metrics.observe_acme_response,
-        )
-        settings = dispatch.controller_settings(
+            cluster_resource_namespace=options.cluster_resource_namespace,
+            on_acme_response=self.metrics.observe_acme_response,
             clock=clock,
-            accounts=self.accounts,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(
                 port=options.self_check_port or options.http_port or 80,
@@ -148,7 +145,8 @@ class Standalone:
             tls_alpn01=tls_alpn01_solver.SelfCheckTarget(
                 port=options.https_port, connect_address=options.self_check_address),
         )
-        self.dispatcher = dispatch.Dispatcher(store=self.events, settings=settings)
+        self.accounts = controllers.accounts
+        self.dispatcher = controllers.dispatcher
         self.queue = dispatch.work_queue(handler=self.dispatcher.handle, workers=options.workers)
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
