@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
 from certctl.api import conditions
+from certctl.api.conditions import Condition, ConditionStatus
 
 ChallengeState = Literal["pending", "processing", "valid", "invalid", "expired", "errored"]
 
@@ -241,4 +242,271 @@ class OrderStatus:
                             if self.certificate is not None else None),
             "authorizations": ([a.to_dict() for a in self.authorizations]
                                if self.authorizations else None),
+        })
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcmeAccountStatus:
+    """An ACME issuer's registered account (`status.acme`)."""
+
+    uri: str | None = None
+    last_registered_email: str | None = None
+
+    @classmethod
+    def from_stored(cls, stored: object) -> AcmeAccountStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        return cls(uri=_str(stored.get("uri")),
+                   last_registered_email=_str(stored.get("lastRegisteredEmail")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({"uri": self.uri, "lastRegisteredEmail": self.last_registered_email})
+
+
+@dataclass(kw_only=True)
+class IssuerStatus:
+    """An Issuer's or ClusterIssuer's status (crds/issuers.yaml, crds/clusterissuers.yaml:
+    the same schema)."""
+
+    conditions: list[Condition] = field(default_factory=list)
+    acme: AcmeAccountStatus | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> IssuerStatus:
+        stored = _stored(obj)
+        return cls(conditions=conditions.read_conditions(stored.get("conditions")),
+                   acme=AcmeAccountStatus.from_stored(stored.get("acme")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({
+            "conditions": ([c.to_dict() for c in self.conditions]
+                           if self.conditions else None),
+            "acme": self.acme.to_dict() if self.acme is not None else None,
+        })
+
+
+RenewalTimeSource = Literal["ARI", "Lifetime"]
+
+
+def _formatted(value: datetime.datetime | None) -> str | None:
+    return conditions.format_time(value) if value is not None else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenewalWindowStatus:
+    """The renewal window an ACME server suggested (`suggestedWindow`)."""
+
+    start: datetime.datetime | None = None
+    end: datetime.datetime | None = None
+
+    @classmethod
+    def from_stored(cls, stored: object) -> RenewalWindowStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        return cls(start=_time(stored.get("start")), end=_time(stored.get("end")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({"start": _formatted(self.start), "end": _formatted(self.end)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AriStatus:
+    """What the ACME server's renewal information (ARI) said last (`status.acme.ari`)."""
+
+    cert_id: str | None = None
+    last_checked: datetime.datetime | None = None
+    next_check: datetime.datetime | None = None
+    suggested_window: RenewalWindowStatus | None = None
+    selected_time: datetime.datetime | None = None
+    explanation_url: str | None = None
+
+    @classmethod
+    def from_stored(cls, stored: object) -> AriStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        return cls(
+            cert_id=_str(stored.get("certID")),
+            last_checked=_time(stored.get("lastChecked")),
+            next_check=_time(stored.get("nextCheck")),
+            suggested_window=RenewalWindowStatus.from_stored(stored.get("suggestedWindow")),
+            selected_time=_time(stored.get("selectedTime")),
+            explanation_url=_str(stored.get("explanationURL")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({
+            "certID": self.cert_id,
+            "lastChecked": _formatted(self.last_checked),
+            "nextCheck": _formatted(self.next_check),
+            "suggestedWindow": (self.suggested_window.to_dict()
+                                if self.suggested_window is not None else None),
+            "selectedTime": _formatted(self.selected_time),
+            "explanationURL": self.explanation_url,
+        })
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuedByStatus:
+    """Which of a Certificate's issuers issued its certificate (`status.issuedBy`)."""
+
+    name: str | None = None
+    kind: str | None = None
+    group: str | None = None
+
+    @classmethod
+    def from_stored(cls, stored: object) -> IssuedByStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        return cls(name=_str(stored.get("name")), kind=_str(stored.get("kind")),
+                   group=_str(stored.get("group")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({"name": self.name, "kind": self.kind, "group": self.group})
+
+
+@dataclass(frozen=True, kw_only=True)
+class PassedOverStatus:
+    """An issuer that failed in the issuance in progress (`issuerFallback.passedOver[]`)."""
+
+    name: str | None = None
+    kind: str | None = None
+    group: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    failed_attempts: int | None = None
+    last_failure_time: datetime.datetime | None = None
+    retry_after: datetime.datetime | None = None
+
+    @classmethod
+    def from_stored(cls, stored: object) -> PassedOverStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        return cls(
+            name=_str(stored.get("name")),
+            kind=_str(stored.get("kind")),
+            group=_str(stored.get("group")),
+            reason=_str(stored.get("reason")),
+            message=_str(stored.get("message")),
+            failed_attempts=_int(stored.get("failedAttempts")),
+            last_failure_time=_time(stored.get("lastFailureTime")),
+            retry_after=_time(stored.get("retryAfter")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({
+            "name": self.name,
+            "kind": self.kind,
+            "group": self.group,
+            "reason": self.reason,
+            "message": self.message,
+            "failedAttempts": self.failed_attempts,
+            "lastFailureTime": _formatted(self.last_failure_time),
+            "retryAfter": _formatted(self.retry_after),
+        })
+
+
+@dataclass(frozen=True, kw_only=True)
+class IssuerFallbackStatus:
+    """The issuers passed over in the issuance of `revision` (`status.issuerFallback`).
+    `passedOver` is written even when empty: a new round of the same issuance."""
+
+    revision: int | None = None
+    generation: int | None = None
+    passed_over: tuple[PassedOverStatus, ...] = ()
+
+    @classmethod
+    def from_stored(cls, stored: object) -> IssuerFallbackStatus | None:
+        if not isinstance(stored, Mapping):
+            return None
+        passed_over = stored.get("passedOver")
+        return cls(
+            revision=_int(stored.get("revision")),
+            generation=_int(stored.get("generation")),
+            passed_over=tuple(
+                entry for raw in (passed_over if isinstance(passed_over, list) else ())
+                if (entry := PassedOverStatus.from_stored(raw)) is not None),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**_without_unset({"revision": self.revision, "generation": self.generation}),
+                "passedOver": [entry.to_dict() for entry in self.passed_over]}
+
+
+@dataclass(kw_only=True)
+class CertificateStatus:
+    """A Certificate's status (crds/certificates.yaml); times are aware datetimes (stored
+    as RFC 3339, whole seconds)."""
+
+    conditions: list[Condition] = field(default_factory=list)
+    not_before: datetime.datetime | None = None
+    not_after: datetime.datetime | None = None
+    renewal_time: datetime.datetime | None = None
+    renewal_time_source: RenewalTimeSource | None = None
+    ari: AriStatus | None = None
+    """`status.acme.ari`, the one field of `status.acme`."""
+    revision: int | None = None
+    failed_issuance_attempts: int | None = None
+    last_failure_time: datetime.datetime | None = None
+    last_failure_generation: int | None = None
+    last_failed_order: str | None = None
+    retry_after: datetime.datetime | None = None
+    next_private_key_secret_name: str | None = None
+    issued_by: IssuedByStatus | None = None
+    issuer_fallback: IssuerFallbackStatus | None = None
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> CertificateStatus:
+        stored = _stored(obj)
+        acme = stored.get("acme")
+        source = stored.get("renewalTimeSource")
+        return cls(
+            conditions=conditions.read_conditions(stored.get("conditions")),
+            not_before=_time(stored.get("notBefore")),
+            not_after=_time(stored.get("notAfter")),
+            renewal_time=_time(stored.get("renewalTime")),
+            renewal_time_source="ARI" if source == "ARI" else (
+                "Lifetime" if source == "Lifetime" else None),
+            ari=AriStatus.from_stored(acme.get("ari")) if isinstance(acme, Mapping) else None,
+            revision=_int(stored.get("revision")),
+            failed_issuance_attempts=_int(stored.get("failedIssuanceAttempts")),
+            last_failure_time=_time(stored.get("lastFailureTime")),
+            last_failure_generation=_int(stored.get("lastFailureGeneration")),
+            last_failed_order=_str(stored.get("lastFailedOrder")),
+            retry_after=_time(stored.get("retryAfter")),
+            next_private_key_secret_name=_str(stored.get("nextPrivateKeySecretName")),
+            issued_by=IssuedByStatus.from_stored(stored.get("issuedBy")),
+            issuer_fallback=IssuerFallbackStatus.from_stored(stored.get("issuerFallback")),
+        )
+
+    def set_condition(self, *, type: str, status: ConditionStatus, reason: str,
+                      message: str, now: datetime.datetime, observed_generation: int) -> None:
+        self.conditions = conditions.updated(
+            self.conditions, type=type, status=status, reason=reason, message=message,
+            now=now, observed_generation=observed_generation)
+
+    def condition(self, type: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type), None)
+
+    def remove_condition(self, *, type: str) -> None:
+        self.conditions = [c for c in self.conditions if c.type != type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_unset({
+            "conditions": ([c.to_dict() for c in self.conditions]
+                           if self.conditions else None),
+            "notBefore": _formatted(self.not_before),
+            "notAfter": _formatted(self.not_after),
+            "renewalTime": _formatted(self.renewal_time),
+            "renewalTimeSource": self.renewal_time_source,
+            "acme": {"ari": self.ari.to_dict()} if self.ari is not None else None,
+            "revision": self.revision,
+            "failedIssuanceAttempts": self.failed_issuance_attempts,
+            "lastFailureTime": _formatted(self.last_failure_time),
+            "lastFailureGeneration": self.last_failure_generation,
+            "lastFailedOrder": self.last_failed_order,
+            "retryAfter": _formatted(self.retry_after),
+            "nextPrivateKeySecretName": self.next_private_key_secret_name,
+            "issuedBy": self.issued_by.to_dict() if self.issued_by is not None else None,
+            "issuerFallback": (self.issuer_fallback.to_dict()
+                               if self.issuer_fallback is not None else None),
         })

@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass
 
 from certctl.api.resources import Certificate, IssuerRef
+from certctl.api.status import CertificateStatus
 from certctl.controllers import certificate_status, issuer_fallback, reconciling
 from certctl.controllers.certificate_settings import Settings
 from certctl.controllers.reconciling import Result
@@ -91,25 +92,24 @@ def fall_back(
     if not fallback.has_next:
         # The last issuer cannot start either: start over from the first choice when an
         # issuer's verdict next wakes this Certificate (no busy loop meanwhile).
-        updated = reconciling.with_condition(obj, type="Issuing", status="False",
-                                             reason=failure.reason,
-                                             message=failure.describe(), now=now)
-        updated["status"]["issuerFallback"] = issuer_fallback.to_status(attempt.new_round())
-        if not keep_ready:
-            updated = reconciling.with_condition(updated, type="Ready", status="False",
-                                                 reason=failure.reason,
-                                                 message=failure.describe(), now=now)
-        if reconciling.write_status(store, obj=updated):
+        status = CertificateStatus.from_object(obj)
+        for type in ("Issuing",) if keep_ready else ("Issuing", "Ready"):
+            status.set_condition(type=type, status="False", reason=failure.reason,
+                                 message=failure.describe(), now=now,
+                                 observed_generation=obj["metadata"].get("generation", 0))
+        status.issuer_fallback = issuer_fallback.to_status(attempt.new_round())
+        if reconciling.write_status(store, obj=obj, status=status):
             store.emit_event(obj=obj, type="Warning", reason=failure.reason,
                              message=f"{fallback.field}: {failure.describe()}")
         return Result.done()
     following = certificate.issuer_refs[fallback.position + 1]
     text = (f"Passing over {fallback.ref.kind} {fallback.ref.name} ({failure.reason}: "
             f"{failure.message}); trying {following.kind} {following.name} next")
-    updated = reconciling.with_condition(obj, type="Issuing", status="True",
-                                         reason=issuer_fallback.FALLING_BACK, message=text,
-                                         now=now)
-    updated["status"]["issuerFallback"] = issuer_fallback.to_status(attempt)
-    reconciling.write_status(store, obj=updated)
+    status = CertificateStatus.from_object(obj)
+    status.set_condition(type="Issuing", status="True", reason=issuer_fallback.FALLING_BACK,
+                         message=text, now=now,
+                         observed_generation=obj["metadata"].get("generation", 0))
+    status.issuer_fallback = issuer_fallback.to_status(attempt)
+    reconciling.write_status(store, obj=obj, status=status)
     store.emit_event(obj=obj, type="Warning", reason=issuer_fallback.FALLING_BACK, message=text)
     return Result.after(0)

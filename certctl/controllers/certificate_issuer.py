@@ -14,6 +14,7 @@ import datetime
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Certificate, Issuer, IssuerRef, IssuerSpec, ObjectKey
+from certctl.api.status import CertificateStatus
 from certctl.controllers import issuer_fallback, policies, reconciling, renewal_info
 from certctl.controllers.certificate_settings import Settings
 from certctl.issuers import protocol, registry
@@ -33,7 +34,7 @@ def issuer_of_secret(
 ) -> Issuer[IssuerSpec]:
     """The issuer that issued the Secret's certificate (`status.issuedBy`), when it is one
     of the Certificate's and can be read; else the one tried now."""
-    ref = issuer_fallback.issued_by(obj.get("status") or {}, certificate=certificate)
+    ref = issuer_fallback.issued_by(CertificateStatus.from_object(obj), certificate=certificate)
     if ref is None or (ref.kind, ref.name) == (tried.kind, tried.name):
         return tried
     key = issuer_key(certificate, ref)

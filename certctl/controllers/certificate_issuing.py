@@ -14,6 +14,7 @@ from certctl.api import annotations as annotation_keys
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import Certificate, Issuer, IssuerRef, IssuerSpec
+from certctl.api.status import CertificateStatus
 from certctl.controllers import (
     certificate_issuer,
     certificate_keys,
@@ -86,12 +87,12 @@ def store_issued(
     for stale in ("failedIssuanceAttempts", "lastFailureTime", "lastFailureGeneration",
                   "lastFailedOrder", "retryAfter", "nextPrivateKeySecretName"):
         status.pop(stale, None)
-    status["issuedBy"] = issuer_fallback.ref_status(fallback.ref)
+    status["issuedBy"] = issuer_fallback.ref_status(fallback.ref).to_dict()
     passed_over = fallback.attempt.passed_over(certificate, before=fallback.position)
     if passed_over:
         # Why the first choice did not issue this one, until the next issuance.
         status["issuerFallback"] = issuer_fallback.to_status(dataclasses.replace(
-            fallback.attempt, failures=tuple(passed_over)))
+            fallback.attempt, failures=tuple(passed_over))).to_dict()
     else:
         status.pop("issuerFallback", None)
     certificate_orders.prune_orders(store, fresh, certificate=certificate)
@@ -121,7 +122,8 @@ def restore_kept_copy(
     the lost certificate is tried first, then the others, first choice first. A copy is
     restored as what it is: its issuer's certificate (`status.issuedBy` says so).
     """
-    issued_by = issuer_fallback.issued_by(obj.get("status") or {}, certificate=certificate)
+    issued_by = issuer_fallback.issued_by(CertificateStatus.from_object(obj),
+                                         certificate=certificate)
     for issuer_ref in dict.fromkeys((*([issued_by] if issued_by else []),
                                      *certificate.issuer_refs)):
         restored = _restore_copy_of(store, obj, certificate=certificate, issuer_ref=issuer_ref,
@@ -178,7 +180,7 @@ def _restore_copy_of(
     restored = written if issuer is None else certificate_issuer.with_renewal_info(
         store, obj, data=written, issuer=issuer, now=now, settings=settings)
     status = obj.setdefault("status", {})
-    status["issuedBy"] = issuer_fallback.ref_status(issuer_ref)
+    status["issuedBy"] = issuer_fallback.ref_status(issuer_ref).to_dict()
     if (status.get("issuerFallback") or {}).get("revision") != status.get("revision"):
         # What failed in this pass is no longer news: nothing was issued.
         status.pop("issuerFallback", None)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certctl.api import conditions, parsing
 from certctl.api.resources import Certificate, IssuerRef
-from certctl.api.status import OrderStatus
+from certctl.api.status import CertificateStatus, OrderStatus
 from certctl.controllers import order_budget, reconciling
 from certctl.controllers.certificate_settings import Settings
 from certctl.controllers.reconciling import Result
@@ -65,13 +65,12 @@ def spend_order_budget(
                f"certctl keeps to stay clear of the CA's duplicate-certificate limit "
                f"({budget.describe()}); the next order may be placed at "
                f"{conditions.format_time(allowed_at)}")
-    updated = reconciling.with_condition(obj, type="Issuing", status="False",
-                                         reason=ORDER_BUDGET_EXHAUSTED, message=message, now=now)
-    if not keep_ready:
-        updated = reconciling.with_condition(updated, type="Ready", status="False",
-                                             reason=ORDER_BUDGET_EXHAUSTED, message=message,
-                                             now=now)
-    if reconciling.write_status(store, obj=updated):
+    status = CertificateStatus.from_object(obj)
+    for type in ("Issuing",) if keep_ready else ("Issuing", "Ready"):
+        status.set_condition(type=type, status="False", reason=ORDER_BUDGET_EXHAUSTED,
+                             message=message, now=now,
+                             observed_generation=obj["metadata"].get("generation", 0))
+    if reconciling.write_status(store, obj=obj, status=status):
         store.emit_event(obj=obj, type="Warning", reason=ORDER_BUDGET_EXHAUSTED, message=message)
     return Result.after((allowed_at - now).total_seconds())
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from certctl.api import conditions
 from certctl.controllers import order_budget
 from certctl.controllers.reconciling import Clock
 from certctl.issuers.acme import accounts as acme_accounts
@@ -47,11 +45,11 @@ def failure_backoff(*, failures: int, settings: Settings) -> datetime.timedelta:
 
 
 def retry_time(
-    status: Mapping[str, Any], *, failures: int, settings: Settings
+    *, last_failure: datetime.datetime, retry_after: datetime.datetime | None, failures: int,
+    settings: Settings,
 ) -> datetime.datetime:
     """The backoff after the last failure, or the CA's Retry-After when that is later."""
-    retry_at = conditions.parse_time(status["lastFailureTime"]) + failure_backoff(
-        failures=failures, settings=settings)
-    if status.get("retryAfter"):
-        retry_at = max(retry_at, conditions.parse_time(status["retryAfter"]))
+    retry_at = last_failure + failure_backoff(failures=failures, settings=settings)
+    if retry_after is not None:
+        retry_at = max(retry_at, retry_after)
     return retry_at

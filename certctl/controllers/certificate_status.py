@@ -8,12 +8,13 @@ Certificate naming the same Secret.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from certctl.api import conditions
 from certctl.api.resources import Certificate, IssuerRef
+from certctl.api.status import CertificateStatus
 from certctl.controllers import (
     certificate_keys,
     certificate_settings,
@@ -21,7 +22,6 @@ from certctl.controllers import (
     kept_certificates,
     policies,
     reconciling,
-    renewal_info,
     secret_claims,
 )
 from certctl.controllers.certificate_settings import Settings
@@ -53,29 +53,28 @@ def failed(
     attempt waits for it when it is later than the backoff. `attempt`: what the
     issuers of a Certificate with fallbacks did in this issuance, for its status.
     """
-    status = obj.setdefault("status", {})
+    status = CertificateStatus.from_object(obj)
+    generation = obj["metadata"].get("generation", 0)
     if attempt is not None:
-        status["issuerFallback"] = issuer_fallback.to_status(attempt)
+        status.issuer_fallback = issuer_fallback.to_status(attempt)
     text = f"The certificate request has failed to complete and will be retried: {message}"
-    if status.get("lastFailedOrder") != request:
+    if status.last_failed_order != request:
         failures += 1
-        status["failedIssuanceAttempts"] = failures
-        status["lastFailureTime"] = conditions.format_time(now)
-        status["lastFailureGeneration"] = obj["metadata"].get("generation")
-        status["lastFailedOrder"] = request
-        if retry_after is not None:
-            status["retryAfter"] = conditions.format_time(retry_after)
-        else:
-            status.pop("retryAfter", None)
+        status.failed_issuance_attempts = failures
+        status.last_failure_time = now
+        status.last_failure_generation = obj["metadata"].get("generation")
+        status.last_failed_order = request
+        status.retry_after = retry_after
         store.emit_event(obj=obj, type="Warning", reason="Failed", message=text)
-    updated = reconciling.with_condition(obj, type="Issuing", status="False", reason="Failed",
-                                         message=text, now=now)
+    status.set_condition(type="Issuing", status="False", reason="Failed", message=text,
+                         now=now, observed_generation=generation)
     if not keep_ready:
-        updated = reconciling.with_condition(updated, type="Ready", status="False",
-                                             reason="Failed", message=text, now=now)
-    reconciling.write_status(store, obj=updated)
+        status.set_condition(type="Ready", status="False", reason="Failed", message=text,
+                             now=now, observed_generation=generation)
+    reconciling.write_status(store, obj=obj, status=status)
     retry_at = certificate_settings.retry_time(
-        status, failures=int(status.get("failedIssuanceAttempts") or 1), settings=settings)
+        last_failure=status.last_failure_time or now, retry_after=status.retry_after,
+        failures=status.failed_issuance_attempts or 1, settings=settings)
     return Result.after((retry_at - now).total_seconds())
 
 
@@ -84,13 +83,12 @@ def duplicate(store: Store, obj: Object, *, holder: Mapping[str, Any],
     """Mark `obj` as standing down for `holder`, the older Certificate naming its Secret."""
     message = secret_claims.duplicate_message(secret_name=obj["spec"]["secretName"],
                                               holder=holder)
-    updated = reconciling.with_condition(obj, type="Ready", status="False",
-                                         reason=secret_claims.DUPLICATE_SECRET_NAME,
-                                         message=message, now=now)
-    updated = reconciling.with_condition(updated, type="Issuing", status="False",
-                                         reason=secret_claims.DUPLICATE_SECRET_NAME,
-                                         message=message, now=now)
-    if reconciling.write_status(store, obj=updated):
+    status = CertificateStatus.from_object(obj)
+    for type in ("Ready", "Issuing"):
+        status.set_condition(type=type, status="False",
+                             reason=secret_claims.DUPLICATE_SECRET_NAME, message=message,
+                             now=now, observed_generation=obj["metadata"].get("generation", 0))
+    if reconciling.write_status(store, obj=obj, status=status):
         store.emit_event(obj=obj, type="Warning", reason=secret_claims.DUPLICATE_SECRET_NAME,
                          message=message)
     return Result.after(DUPLICATE_RECHECK_SECONDS)
@@ -120,26 +118,27 @@ def up_to_date(
     if restored_from:
         message += (f"; restored from the copy certctl keeps in Secret {restored_from}, "
                     "without a new order")
-    status_now = obj.get("status") or {}
-    issued_by = issuer_fallback.issued_by(status_now, certificate=certificate)
+    status = CertificateStatus.from_object(obj)
+    issued_by = issuer_fallback.issued_by(status, certificate=certificate)
     if issued_by is not None and issued_by != certificate.issuer_ref:
-        attempt = issuer_fallback.read({**status_now, "revision": int(
-            status_now.get("revision") or 1) - 1}, certificate=certificate)
+        # The issuance that made this certificate, whose revision the status now counts.
+        attempt = issuer_fallback.read(
+            dataclasses.replace(status, revision=(status.revision or 1) - 1),
+            certificate=certificate)
         message += issued_by_note(
             attempt.passed_over(certificate, before=certificate.issuer_refs.index(issued_by))
             or [], ref=issued_by) or f"; issued by {issued_by.kind} {issued_by.name}"
-    updated = reconciling.with_condition(obj, type="Ready", status="True", reason="Ready",
-                                         message=message, now=now)
-    updated = reconciling.without_condition(updated, type="Issuing")
-    status = updated["status"]
-    status["notBefore"] = conditions.format_time(data.info.not_before)
-    status["notAfter"] = conditions.format_time(data.info.not_after)
-    status["renewalTime"] = conditions.format_time(renewal_time)
-    status["renewalTimeSource"] = source
-    status.pop("nextPrivateKeySecretName", None)
-    reconciling.write_status(store, obj=updated)
+    status.set_condition(type="Ready", status="True", reason="Ready", message=message,
+                         now=now, observed_generation=obj["metadata"].get("generation", 0))
+    status.remove_condition(type="Issuing")
+    status.not_before = data.info.not_before
+    status.not_after = data.info.not_after
+    status.renewal_time = renewal_time
+    status.renewal_time_source = source
+    status.next_private_key_secret_name = None
+    reconciling.write_status(store, obj=obj, status=status)
     wake = renewal_time
-    check = renewal_info.next_check(status)
+    check = status.ari.next_check if status.ari is not None else None
     if check is not None and data.acme and now < check < wake:
         wake = check  # the CA may move the window: ask again when it said to
     return Result.after((wake - now).total_seconds())
@@ -160,13 +159,14 @@ def not_ready(
     The condition keeps cert-manager's wording (`Issuer x not found`), which
     users search for; the event and log line also say which field to fix.
     """
-    updated = obj
+    status = CertificateStatus.from_object(obj)
+    generation = obj["metadata"].get("generation", 0)
     if not keep_ready:
-        updated = reconciling.with_condition(updated, type="Ready", status="False",
-                                             reason=reason, message=message, now=now)
-    updated = reconciling.with_condition(updated, type="Issuing", status="False", reason=reason,
-                                         message=message, now=now)
-    if reconciling.write_status(store, obj=updated):
+        status.set_condition(type="Ready", status="False", reason=reason, message=message,
+                             now=now, observed_generation=generation)
+    status.set_condition(type="Issuing", status="False", reason=reason, message=message,
+                         now=now, observed_generation=generation)
+    if reconciling.write_status(store, obj=obj, status=status):
         store.emit_event(obj=obj, type="Warning", reason=reason,
                          message=f"{field}: {message}" if field else message)
     return Result.done()

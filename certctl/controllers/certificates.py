@@ -41,7 +41,7 @@ import dataclasses
 from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
-from certctl.api.status import OrderStatus
+from certctl.api.status import CertificateStatus, OrderStatus
 from certctl.controllers import (
     certificate_fallback,
     certificate_issuer,
@@ -83,7 +83,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
     # Which of the Certificate's issuers this issuance tries now (issuer_fallback): the
     # first choice unless it failed in this issuance for a reason the next one could fix.
-    attempt = issuer_fallback.read(obj.get("status") or {}, certificate=certificate)
+    attempt = issuer_fallback.read(CertificateStatus.from_object(obj), certificate=certificate)
     position = attempt.current_index(certificate)
     fallback = Fallback(certificate=certificate, attempt=attempt, position=position)
     tried = fallback.tried
@@ -128,12 +128,11 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         # next issuance, so the loser reading the Secret meanwhile sees who holds it.
         secret = secret_claims.claim(store=store, certificate=certificate, secret=secret)
 
-    issuing = conditions.get_condition((obj.get("status") or {}).get("conditions") or [],
-                                       "Issuing")
+    issuing = CertificateStatus.from_object(obj).condition("Issuing")
     data = policies.read_input(
         certificate=certificate, secret=secret, now=now,
-        renewal_requested=issuing is not None and issuing.get("status") == "True"
-        and issuing.get("reason") == policies.MANUALLY_TRIGGERED,
+        renewal_requested=issuing is not None and issuing.status == "True"
+        and issuing.reason == policies.MANUALLY_TRIGGERED,
         acme=certificate_issuer.places_orders(judge),
         ari=renewal_info.stored_window(obj.get("status") or {}))
     readiness = policies.needs_issuing(data, policies.READINESS_CHAIN)
@@ -174,12 +173,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                             message=str(problem), now=now,
                                             keep_ready=readiness is None)
 
-    status = obj.get("status") or {}
-    failures = int(status.get("failedIssuanceAttempts") or 0)
-    if failures and status.get("lastFailureGeneration") != obj["metadata"].get("generation"):
+    status = CertificateStatus.from_object(obj)
+    failures = status.failed_issuance_attempts or 0
+    if failures and status.last_failure_generation != obj["metadata"].get("generation"):
         failures = 0  # a spec change deserves a fresh attempt, as in cert-manager
-    if failures:
-        retry_at = certificate_settings.retry_time(status, failures=failures, settings=settings)
+    if failures and status.last_failure_time is not None:
+        retry_at = certificate_settings.retry_time(
+            last_failure=status.last_failure_time, retry_after=status.retry_after,
+            failures=failures, settings=settings)
         if now < retry_at:
             return Result.after((retry_at - now).total_seconds())
 
@@ -260,13 +261,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                 f"{parsing.format_duration(settings.order_placement_timeout)} (the Order's "
                 "events say why)")
         wake = (deadline - now).total_seconds()
-    updated = reconciling.with_condition(obj, type="Issuing", status="True",
-                                         reason=violation.reason, message=violation.message,
-                                         now=now)
+    status = CertificateStatus.from_object(obj)
+    status.set_condition(type="Issuing", status="True", reason=violation.reason,
+                         message=violation.message, now=now,
+                         observed_generation=obj["metadata"].get("generation", 0))
     if readiness is not None:
-        updated = reconciling.with_condition(updated, type="Ready", status="False",
-                                             reason=readiness.reason, message=readiness.message,
-                                             now=now)
-    updated["status"]["nextPrivateKeySecretName"] = certificate_keys.next_key_name(certificate)
-    reconciling.write_status(store, obj=updated)
+        status.set_condition(type="Ready", status="False", reason=readiness.reason,
+                             message=readiness.message, now=now,
+                             observed_generation=obj["metadata"].get("generation", 0))
+    status.next_private_key_secret_name = certificate_keys.next_key_name(certificate)
+    reconciling.write_status(store, obj=obj, status=status)
     return Result() if wake is None else Result.after(wake)

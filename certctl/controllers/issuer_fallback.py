@@ -10,8 +10,8 @@ may have recovered. What failed, per issuer, is kept in
 `status.issuerFallback` (for the issuance in progress, and once issued for the
 certificate in the Secret), and `status.issuedBy` says which issuer issued.
 
-Pure: the state is read from and written to the status mapping by the
-certificate reconciler.
+Pure: the state is read from and written to the typed status
+(`api.status.CertificateStatus`) by the certificate reconciler.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import datetime
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
-from certctl.api import conditions
 from certctl.api.resources import Certificate, IssuerRef
+from certctl.api.status import (
+    CertificateStatus,
+    IssuedByStatus,
+    IssuerFallbackStatus,
+    PassedOverStatus,
+)
 
 # Reasons an issuer is passed over for (the `reason` of a status.issuerFallback entry).
 CA_UNREACHABLE: Final = "CAUnreachable"
@@ -124,55 +129,49 @@ class Attempt:
                 if (failure := self.failure_of(ref)) is not None]
 
 
-def read(status: Mapping[str, Any], *, certificate: Certificate) -> Attempt:
+def read(status: CertificateStatus, *, certificate: Certificate) -> Attempt:
     """The state of the issuance in progress (revision + 1); a fresh one when the status
     describes an earlier issuance or an older spec: renewals start with the first choice."""
-    revision = int(status.get("revision") or 0) + 1
+    revision = (status.revision or 0) + 1
     fresh = Attempt(revision=revision, generation=certificate.generation)
-    raw = status.get("issuerFallback")
-    if not isinstance(raw, Mapping) or raw.get("revision") != revision or (
-            raw.get("generation") != certificate.generation):
+    stored = status.issuer_fallback
+    if stored is None or stored.revision != revision or (
+            stored.generation != certificate.generation):
         return fresh
     failures = []
-    for entry in raw.get("passedOver") or ():
-        try:
-            ref = next(r for r in certificate.issuer_refs if r.name == entry["name"]
-                       and r.kind == entry.get("kind", "Issuer"))
-            retry_after = entry.get("retryAfter")
-            failures.append(Failure(
-                ref=ref, reason=str(entry["reason"]), message=str(entry.get("message") or ""),
-                failed_attempts=int(entry.get("failedAttempts") or 0),
-                last_failure_time=conditions.parse_time(entry["lastFailureTime"]),
-                retry_after=conditions.parse_time(retry_after) if retry_after else None))
-        except (StopIteration, KeyError, TypeError, ValueError):
+    for entry in stored.passed_over:
+        ref = next((r for r in certificate.issuer_refs if r.name == entry.name
+                    and r.kind == (entry.kind or "Issuer")), None)
+        if ref is None or entry.reason is None or entry.last_failure_time is None:
             continue  # an issuer no longer listed, or an entry someone mangled
+        failures.append(Failure(
+            ref=ref, reason=entry.reason, message=entry.message or "",
+            failed_attempts=entry.failed_attempts or 0,
+            last_failure_time=entry.last_failure_time, retry_after=entry.retry_after))
     return replace(fresh, failures=tuple(failures))
 
 
-def to_status(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "revision": attempt.revision,
-        "generation": attempt.generation,
-        "passedOver": [{
-            "name": f.ref.name, "kind": f.ref.kind, "group": f.ref.group,
-            "reason": f.reason, "message": f.message, "failedAttempts": f.failed_attempts,
-            "lastFailureTime": conditions.format_time(f.last_failure_time),
-            **({"retryAfter": conditions.format_time(f.retry_after)} if f.retry_after else {}),
-        } for f in attempt.failures],
-    }
+def to_status(attempt: Attempt) -> IssuerFallbackStatus:
+    return IssuerFallbackStatus(
+        revision=attempt.revision, generation=attempt.generation,
+        passed_over=tuple(PassedOverStatus(
+            name=f.ref.name, kind=f.ref.kind, group=f.ref.group, reason=f.reason,
+            message=f.message, failed_attempts=f.failed_attempts,
+            last_failure_time=f.last_failure_time, retry_after=f.retry_after)
+            for f in attempt.failures))
 
 
-def ref_status(ref: IssuerRef) -> dict[str, str]:
-    return {"name": ref.name, "kind": ref.kind, "group": ref.group}
+def ref_status(ref: IssuerRef) -> IssuedByStatus:
+    return IssuedByStatus(name=ref.name, kind=ref.kind, group=ref.group)
 
 
-def issued_by(status: Mapping[str, Any], *, certificate: Certificate) -> IssuerRef | None:
+def issued_by(status: CertificateStatus, *, certificate: Certificate) -> IssuerRef | None:
     """`status.issuedBy` when it is still one of the Certificate's issuers."""
-    raw = status.get("issuedBy")
-    if not isinstance(raw, Mapping):
+    stored = status.issued_by
+    if stored is None:
         return None
-    return next((r for r in certificate.issuer_refs if r.name == raw.get("name")
-                 and r.kind == raw.get("kind", "Issuer")), None)
+    return next((r for r in certificate.issuer_refs if r.name == stored.name
+                 and r.kind == (stored.kind or "Issuer")), None)
 
 
 def _same(a: IssuerRef, b: IssuerRef) -> bool:

@@ -15,9 +15,10 @@ import datetime
 import logging
 from dataclasses import dataclass
 
-from certctl.api import parsing
+from certctl.api import conditions, parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
+from certctl.api.status import IssuerStatus
 from certctl.controllers import reconciling
 from certctl.controllers.reconciling import Clock, Result, TransientError
 from certctl.issuers import protocol, registry
@@ -41,22 +42,25 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         issuer = parsing.parse_issuer(obj, source=reconciling.manifest_source(obj))
     except InvalidObject as err:
-        _set_ready(store, obj, ready=False, reason="BadConfig", message=err.detail, now=now)
+        _set_ready(store, obj, IssuerStatus.from_object(obj), ready=False, reason="BadConfig",
+                   message=err.detail, now=now)
         return Result.done()
     readiness = registry.issuer_type(issuer).readiness(
         store=store, issuer=issuer, now=now,
         env=protocol.Environment(
             cluster_resource_namespace=settings.accounts.cluster_resource_namespace,
             accounts=settings.accounts))
-    if readiness.status:
-        # What the type learnt (the account URI) is written with the condition; the
-        # object is read again, as reaching the CA took a while.
+    if readiness.acme is not None:
+        # The account the type registered is written with the condition; the object is
+        # read again, as reaching the CA took a while.
         fresh = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
         if fresh is None:
             return Result.done()
-        fresh.setdefault("status", {}).update(readiness.status)
         obj = fresh
-    _set_ready(store, obj, ready=readiness.ready, reason=readiness.reason,
+    status = IssuerStatus.from_object(obj)
+    if readiness.acme is not None:
+        status.acme = readiness.acme
+    _set_ready(store, obj, status, ready=readiness.ready, reason=readiness.reason,
                message=readiness.message, now=now)
     if readiness.retry:
         # No event says the Secret appeared or was fixed: look again, with backoff.
@@ -67,14 +71,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
 
 
 def _set_ready(
-    store: Store, obj: Object, *, ready: bool, reason: str, message: str,
-    now: datetime.datetime,
+    store: Store, obj: Object, status: IssuerStatus, *, ready: bool, reason: str,
+    message: str, now: datetime.datetime,
 ) -> None:
-    before = (obj.get("status") or {}).get("conditions")
-    updated = reconciling.with_condition(obj, type="Ready", status="True" if ready else "False",
-                                         reason=reason, message=message, now=now)
-    if reconciling.write_status(store, obj=updated) and (
-        before != updated["status"]["conditions"]
-    ):
+    """Write `status` with its Ready condition set; an Event when the condition changed."""
+    before = status.conditions
+    status.conditions = conditions.updated(
+        before, type="Ready", status="True" if ready else "False", reason=reason,
+        message=message, now=now, observed_generation=obj["metadata"].get("generation", 0))
+    if reconciling.write_status(store, obj=obj, status=status) and before != status.conditions:
         store.emit_event(obj=obj, type="Normal" if ready else "Warning", reason=reason,
                          message=message)

@@ -107,32 +107,20 @@ def with_condition(
     return obj
 
 
-def without_condition(obj: Object, *, type: str) -> Object:
-    current = obj.setdefault("status", {})
-    current["conditions"] = [
-        c for c in current.get("conditions") or [] if c.get("type") != type
-    ]
-    return obj
-
-
 class TransientError(Exception):
     """A failure the driver retries with backoff; expected, so logged without a traceback."""
 
 
-def write_status(store: Store, *, obj: Object, status: Status | None = None) -> bool:
-    """Write `obj`'s status if it differs from the stored one; True if written.
-
-    With a typed `status` (kinds whose reconcilers moved to `certctl.api.status`),
-    that model is what `obj` carries and is written; without one, the raw
-    dict `obj` carries is (kinds not moved yet).
+def write_status(store: Store, *, obj: Object, status: Status) -> bool:
+    """Write `status` (a model of `certctl.api.status`) as `obj`'s status if it differs
+    from the stored one; True if written. `obj` carries it afterwards.
 
     Skipping no-op writes keeps level-triggered reconcilers from waking
     themselves up forever through their own watch events. After a write
     `obj` carries the new resourceVersion, so the caller can write it again
     in the same pass without a conflict with itself.
     """
-    if status is not None:
-        obj["status"] = status.to_dict()
+    obj["status"] = status.to_dict()
     current = store.get(kind=obj["kind"], namespace=obj["metadata"].get("namespace"),
                         name=obj["metadata"]["name"])
     if current is None or current.get("status") == obj.get("status"):

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from certctl.api.resources import Certificate, Issuer, IssuerSpec
+from certctl.api.status import AcmeAccountStatus
 from certctl.issuers import issued
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.pki import keys
@@ -53,8 +54,8 @@ class Readiness:
     retry: bool = False
     """Not ready for a reason no event announces (a Secret fixed in place): look again
     with backoff."""
-    status: Mapping[str, Any] = field(default_factory=dict)
-    """Other status fields the type keeps (`status.acme`), written with the condition."""
+    acme: AcmeAccountStatus | None = None
+    """The registered ACME account (`status.acme`), written with the condition."""
 
 
 @dataclass(frozen=True, kw_only=True)

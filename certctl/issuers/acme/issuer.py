@@ -24,6 +24,7 @@ from typing import Any
 from certctl.api import annotations as annotation_keys
 from certctl.api import names
 from certctl.api.resources import AcmeIssuer, Certificate, Issuer, IssuerSpec
+from certctl.api.status import AcmeAccountStatus
 from certctl.issuers import protocol
 from certctl.issuers.acme import accounts, errors
 from certctl.pki import keys
@@ -78,13 +79,13 @@ def readiness(
     except (errors.AcmeError, LookupError) as err:
         return protocol.Readiness(ready=False, reason=_NOT_REGISTERED, retry=True,
                                   message=f"Failed to register ACME account: {err}")
-    status = {"acme": {"uri": uri, "lastRegisteredEmail": acme.spec.email or ""}}
+    account = AcmeAccountStatus(uri=uri, last_registered_email=acme.spec.email or "")
     profile = acme.spec.profile
     if profile is not None and profile not in offered:
-        return protocol.Readiness(ready=False, reason="BadConfig", status=status,
+        return protocol.Readiness(ready=False, reason="BadConfig", acme=account,
                                   message=_profile_missing(acme.spec, profile, offered))
     return protocol.Readiness(
-        ready=True, reason="ACMEAccountRegistered", status=status,
+        ready=True, reason="ACMEAccountRegistered", acme=account,
         message="The ACME account was registered with the ACME server")
 
 
