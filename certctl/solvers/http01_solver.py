@@ -23,6 +23,7 @@ from certctl.api.resources import (
     ObjectKey,
     SolverConfig,
 )
+from certctl.api.status import ChallengeStatus
 from certctl.issuers.acme import client as acme_client
 from certctl.solvers import http01, http01_ingress, protocol
 from certctl.store.interface import AlreadyExists, Object, Store
@@ -60,7 +61,7 @@ class Http01Solver:
         if self.data_plane is not None and not address and not http01_ingress.routes_itself(
                 solver=_ingress_solver(challenge), data_plane=self.data_plane):
             _route_token(store, obj, challenge=challenge, data_plane=self.data_plane)
-        if (obj.get("status") or {}).get("presented"):
+        if ChallengeStatus.from_object(obj).presented:
             return None
         if address:
             # An Ingress rule cannot hold an IP address, so no solver Ingress: the CA

@@ -41,6 +41,7 @@ from certctl.api.resources import (
     SolverConfig,
     TlsAlpn01ListenerSolver,
 )
+from certctl.api.status import ChallengeStatus
 from certctl.issuers.acme import client as acme_client
 from certctl.solvers import protocol
 from certctl.store.interface import Object, Store
@@ -87,7 +88,7 @@ class TlsAlpn01Solver:
     def present(
         self, *, store: Store, obj: Object, challenge: Challenge, now: datetime.datetime
     ) -> protocol.Presented | None:
-        if (obj.get("status") or {}).get("presented"):
+        if ChallengeStatus.from_object(obj).presented:
             return None
         return protocol.Presented(
             description="the data plane answers acme-tls/1 handshakes for the name")
