@@ -45,14 +45,16 @@ APP_PROTOCOLS: dict[str, str | None] = {
 }
 
 
-def service(name: str, app_protocol: str | None) -> resources.Service:
-    """The Service as the API server would hand it over, parsed as certctl reads it."""
-    port: dict[str, Any] = {"name": "web", "port": 8080, "targetPort": 3000}
+def service(name: str, app_protocol: str | None, *, namespace: str = NS,
+            port: dict[str, Any] | None = None) -> resources.Service:
+    """The Service as the API server would hand it over, parsed as certctl reads it: one
+    port (`port`, by default web 8080 -> 3000) with `app_protocol`."""
+    spec_port: dict[str, Any] = dict(port or {"name": "web", "port": 8080, "targetPort": 3000})
     if app_protocol is not None:
-        port["appProtocol"] = app_protocol
+        spec_port["appProtocol"] = app_protocol
     return parsing.parse_service({"apiVersion": "v1", "kind": "Service",
-                                  "metadata": {"name": name, "namespace": NS},
-                                  "spec": {"ports": [port]}})
+                                  "metadata": {"name": name, "namespace": namespace},
+                                  "spec": {"ports": [spec_port]}})
 
 
 SERVICES = [service(name, app_protocol) for name, app_protocol in APP_PROTOCOLS.items()]

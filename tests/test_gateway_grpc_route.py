@@ -20,12 +20,13 @@ import grpc  # type: ignore[import-untyped]  # grpcio ships no stubs
 import pytest
 
 from certctl.api import gateway as gateway_api
-from certctl.api import parsing, resources
+from certctl.api import resources
 from certctl.api.errors import InvalidObject
 from certctl.dataplane import certstore, server
 from certctl.routes import gateway as gateway_routes
 from tests.pebble import PebbleServer
 from tests.serving import eventually, service_with_endpoints, serving, write_yaml
+from tests.test_gateway_backend_protocol import service
 from tests.test_gateway_routing import documents, started_plane, tls_gateway
 from tests.testca import TestCA
 
@@ -46,16 +47,8 @@ APP_PROTOCOLS: dict[str, str | None] = {
     "v1": None, "v2": None, "v3": "kubernetes.io/h2c", "ws": "kubernetes.io/ws"}
 
 
-def service(name: str, app_protocol: str | None) -> resources.Service:
-    port: dict[str, Any] = {"name": "grpc", "port": 50051}
-    if app_protocol is not None:
-        port["appProtocol"] = app_protocol
-    return parsing.parse_service({"apiVersion": "v1", "kind": "Service",
-                                  "metadata": {"name": name, "namespace": NS},
-                                  "spec": {"ports": [port]}})
-
-
-SERVICES = [service(name, app_protocol) for name, app_protocol in APP_PROTOCOLS.items()]
+SERVICES = [service(name, app_protocol, namespace=NS, port={"name": "grpc", "port": 50051})
+            for name, app_protocol in APP_PROTOCOLS.items()]
 
 
 def compile_manifests(text: str, *, gateway: str = GATEWAY) -> gateway_routes.Compiled:
