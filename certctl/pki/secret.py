@@ -58,13 +58,15 @@ def build_tls_secret_data(
     return data
 
 
-def read_tls_secret(secret: Mapping[str, Any]) -> TLSSecretContents:
+def read_tls_secret(secret: Mapping[str, Any], *, check_rsa_key: bool = True
+                    ) -> TLSSecretContents:
     """Decode and parse a Secret object (the whole object, with `data`).
 
     `stringData` is honoured on top of `data`, as the API server merges it on
     write: a Secret written by hand in standalone mode may use it. Whether the
     key matches the certificate is left to the caller: it is a reason to
-    reissue, not a reason the Secret cannot be read.
+    reissue, not a reason the Secret cannot be read. `check_rsa_key`: see
+    `keys.load_private_key` (the data plane, loading thousands to serve, skips it).
     """
     chain_pem = _required(secret, TLS_CERT_KEY)
     key_pem = _required(secret, TLS_PRIVATE_KEY_KEY)
@@ -74,7 +76,7 @@ def read_tls_secret(secret: Mapping[str, Any]) -> TLSSecretContents:
     except ValueError as exc:
         raise SecretInvalid(f"{TLS_CERT_KEY} does not parse: {exc}") from exc
     try:
-        key = keys.load_private_key(key_pem)
+        key = keys.load_private_key(key_pem, check_rsa=check_rsa_key)
     except ValueError as exc:
         raise SecretInvalid(f"{TLS_PRIVATE_KEY_KEY} does not parse: {exc}") from exc
     if ca_pem:

@@ -624,7 +624,7 @@ class DataPlaneFeed:
         if secret is None:
             return False
         try:
-            tls_secret.read_tls_secret(secret)
+            tls_secret.read_tls_secret(secret, check_rsa_key=False)
         except (tls_secret.SecretInvalid, ValueError):
             return False
         return True
@@ -716,7 +716,7 @@ class DataPlaneFeed:
             if self._served_secrets.get(key) == version:
                 continue
             try:
-                contents = tls_secret.read_tls_secret(secret)
+                contents = tls_secret.read_tls_secret(secret, check_rsa_key=False)
                 self._certificates.serve_secret(source=key, contents=contents)
             except (tls_secret.SecretInvalid, ValueError) as err:
                 logger.warning("%s is not served: %s", key, err)
