@@ -504,7 +504,8 @@ def _status_store(args: argparse.Namespace) -> tuple[Store, str] | None:
 
 
 def _renew(args: argparse.Namespace) -> int:
-    from certctl.controllers import policies, reconciling
+    from certctl.api.status import CertificateStatus
+    from certctl.controllers import policies
     from certctl.store import kube
 
     configuration = _kube_configuration(args)
@@ -518,10 +519,13 @@ def _renew(args: argparse.Namespace) -> int:
             if obj is None:
                 print(f"certctl: {key} not found in {configuration.host}", file=sys.stderr)
                 return 1
-            reconciling.with_condition(
-                obj, type="Issuing", status="True", reason=policies.MANUALLY_TRIGGERED,
+            status = CertificateStatus.from_object(obj)
+            status.set_condition(
+                type="Issuing", status="True", reason=policies.MANUALLY_TRIGGERED,
                 message="Certificate re-issuance manually triggered",
-                now=datetime.datetime.now(datetime.UTC))
+                now=datetime.datetime.now(datetime.UTC),
+                observed_generation=obj["metadata"].get("generation", 0))
+            obj["status"] = status.to_dict()
             try:
                 store.replace_status(obj=obj)
             except Conflict:

@@ -26,7 +26,6 @@ from certctl.controllers import (
     certificate_settings,
     certificates,
     issuers,
-    reconciling,
 )
 from certctl.controllers.reconciling import Result
 from certctl.issuers.acme.accounts import AcmeAccounts
@@ -37,6 +36,30 @@ from certctl.store.local import LocalStore
 
 START = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 ACME_SERVER = "https://acme.example.invalid/directory"  # never contacted: no Order runs here
+
+
+def with_condition(
+    obj: Object,
+    *,
+    type: str,
+    status: conditions.ConditionStatus,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> Object:
+    """`obj` with one status condition set, as another writer would (`certctl renew`, a
+    controller that already made its issuer Ready)."""
+    current = obj.setdefault("status", {})
+    current["conditions"] = conditions.set_condition(
+        current.get("conditions") or [],
+        type=type,
+        status=status,
+        reason=reason,
+        message=message,
+        now=now,
+        observed_generation=obj["metadata"].get("generation", 0),
+    )
+    return obj
 
 
 class Clock:
@@ -120,9 +143,9 @@ class World:
         })
         issuer = self.store.get(kind="ClusterIssuer", namespace=None, name=name)
         assert issuer is not None
-        reconciling.with_condition(issuer, type="Ready", status="True",
-                                   reason="ACMEAccountRegistered", message="registered",
-                                   now=self.clock.now)
+        with_condition(issuer, type="Ready", status="True",
+                       reason="ACMEAccountRegistered", message="registered",
+                       now=self.clock.now)
         self.store.replace_status(obj=issuer)
 
     def add_local_issuer(self, name: str, spec: dict[str, Any], *,

@@ -166,9 +166,9 @@ def issued_by_pebble(run: Serving, switch: CaSwitch) -> bool:
 def request_renewal(run: Serving) -> None:
     obj = run.certificate("web")
     assert obj is not None
-    reconciling.with_condition(obj, type="Issuing", status="True",
-                               reason=policies.MANUALLY_TRIGGERED, message="renew",
-                               now=reconciling.system_clock())
+    lifecycle.with_condition(obj, type="Issuing", status="True",
+                             reason=policies.MANUALLY_TRIGGERED, message="renew",
+                             now=reconciling.system_clock())
     run.store.replace_status(obj=obj)
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from certctl.api import annotations as annotation_keys
-from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.api.status import Status
 from certctl.store.interface import Object, Store
@@ -82,29 +81,6 @@ def manifest_source(obj: Mapping[str, Any]) -> str | None:
     annotations = obj.get("metadata", {}).get("annotations") or {}
     source = annotations.get(annotation_keys.MANIFEST_SOURCE)
     return str(source) if source else None
-
-
-def with_condition(
-    obj: Object,
-    *,
-    type: str,
-    status: conditions.ConditionStatus,
-    reason: str,
-    message: str,
-    now: datetime.datetime,
-) -> Object:
-    """`obj` with one status condition set (lastTransitionTime moves only on change)."""
-    current = obj.setdefault("status", {})
-    current["conditions"] = conditions.set_condition(
-        current.get("conditions") or [],
-        type=type,
-        status=status,
-        reason=reason,
-        message=message,
-        now=now,
-        observed_generation=obj["metadata"].get("generation", 0),
-    )
-    return obj
 
 
 class TransientError(Exception):
