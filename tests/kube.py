@@ -168,6 +168,37 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
         self._buses = collections.defaultdict(_versioned_bus)
         self.compacted = 0  # watches resuming from an older resourceVersion get 410 Gone
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse the path of the Namespaces collection (it reads the
+        # `namespaces/` of namespaced paths): answered here, from the namespaces the
+        # stored objects are in, as the API server's automatic ones would be.
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        response: aiohttp.web.StreamResponse = await super().__call__(raw_request)
+        return response
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest
+                                ) -> aiohttp.web.StreamResponse:
+        if raw_request.query.get("watch") not in ("true", "1"):
+            names = {"default"} | {namespace for (_, namespace, _), obj in self._objects.items()
+                                   if namespace and not obj.deleted}
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "NamespaceList",
+                "metadata": {"resourceVersion": str(_versions.current)},
+                "items": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                    "name": name, "labels": {"kubernetes.io/metadata.name": name}}}
+                    for name in sorted(names)]})
+        # No namespace is ever created or deleted here: the watch stays quiet until
+        # its client goes or its timeout ends.
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        deadline = asyncio.get_running_loop().time() + float(
+            raw_request.query.get("timeoutSeconds") or 300)
+        while raw_request.transport is not None and not raw_request.transport.is_closing() \
+                and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+        return response
+
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         """kmock's listing, with the resourceVersion a watch can resume from. Taken
         before listing: a write racing the list is then sent twice, never lost."""
