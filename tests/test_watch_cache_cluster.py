@@ -79,10 +79,13 @@ def test_reads_come_from_the_watches_and_follow_every_change(control_plane: Cont
         got = cache.get(kind="Secret", namespace=ns, name="b")
         assert got is not None and got["data"] == {"v": "djI="}
         assert cache.get(kind="Secret", namespace=ns, name="c") is None
-        # A caller setting a field of what it got does not change the cache.
+        # A caller setting a field of what it got, or its version (as write_status does
+        # after a write), does not change the cache.
         got["data"] = {"v": "changed locally"}
+        got["metadata"]["resourceVersion"] = "1"
         again = cache.get(kind="Secret", namespace=ns, name="b")
         assert again is not None and again["data"] == {"v": "djI="}
+        assert again["metadata"]["resourceVersion"] == expected["b"]
         # ... and none of these reads went to the API server.
         assert [str(e) for e in control_plane.audit.events(since=mark)
                 if e.user_agent.split("/")[0] == AGENT] == []

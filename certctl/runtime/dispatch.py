@@ -268,6 +268,9 @@ class Dispatcher:
         elif key.kind in ("ClusterIssuer", "Issuer"):
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
+            if key.namespace is not None:
+                self._settings.issuers.accounts.forget_account_key(namespace=key.namespace,
+                                                                   name=key.name)
             if event.type != "DELETED" and kept_certificates.is_kept_copy(
                     event.obj, cluster_resource_namespace=self._kept_namespace):
                 yield ("kept", key)

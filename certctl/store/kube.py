@@ -45,6 +45,7 @@ import kubernetes.client
 import kubernetes.config
 import requests
 import requests.adapters
+import requests.utils
 import urllib3.util
 
 from certctl.api import conditions, kinds
@@ -136,6 +137,12 @@ class KubeStore:
         self.namespaces: tuple[str, ...] = tuple(dict.fromkeys(namespaces))
         self._server = configuration.host.rstrip("/")
         self._session = requests.Session()
+        # The environment's proxies, read once: with `trust_env` requests reads them, and
+        # looks for a ~/.netrc, again on every request, with the controller's 16 workers
+        # queueing for the GIL behind it (bench B8's profile). The credentials are ours
+        # (`auth_headers`), never a netrc's.
+        self._session.trust_env = False
+        self._session.proxies.update(requests.utils.get_environ_proxies(self._server))
         # Kept connections: more than the controller's workers (16) and the data plane's
         # threads use at once. requests keeps 10 by default; every request past that in a
         # burst then ends by closing its connection, and the next opens a new one with a

@@ -145,9 +145,13 @@ class WatchCache(ForwardingStore):
             return self.backing.get(kind=kind, namespace=namespace, name=name)
         with self._lock:
             found = self._objects[kind].get(ObjectKey(kind=kind, namespace=namespace, name=name))
-        # A shallow copy: a caller may set a field (its status) before writing it back;
-        # what is below is shared, as `list` shares it.
-        return dict(found) if found is not None else None
+        # A shallow copy, with its own metadata: a caller may set a field (its status)
+        # before writing it back, and `reconciling.write_status` then sets the version the
+        # write returned, which in the cached object would make the watch event of that
+        # very write look old (and dropped). What is below is shared, as `list` shares it.
+        if found is None:
+            return None
+        return dict(found, metadata=dict(found["metadata"]))
 
     def list(self, *, kind: str, namespace: str | None = None,
              labels: Mapping[str, str] | None = None) -> list[Object]:
