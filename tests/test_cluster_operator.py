@@ -204,6 +204,12 @@ def test_a_solver_of_the_data_planes_own_class_creates_no_solver_objects(flow: F
     solver_writes = [str(e) for e in flow.operator_events() if e.is_write
                      and e.resource in ("ingresses", "services") and e.subresource != "status"]
     assert solver_writes == []
+    # Nor did its clean-up look for Ingresses to take a token path out of (one list of the
+    # namespace per certificate: the controller's largest cost at 600 certificates, B8):
+    # it was cleaned up as it ended, knowing its solver, and not again when deleted.
+    ingress_lists = [str(e) for e in flow.operator_events()
+                     if e.verb == "list" and e.resource == "ingresses"]
+    assert ingress_lists == []
 
 
 def test_no_request_of_the_controller_or_data_plane_is_refused(flow: Flow) -> None:

@@ -163,21 +163,23 @@ def without_challenge_paths(
     """The Ingress without the paths routed to `challenge`'s solver Service (and without
     rules left empty by that), or None when it has none."""
     service = solver_name(challenge.name)
+
+    def routed_elsewhere(path: dict[str, Any]) -> bool:
+        return ((path.get("backend") or {}).get("service") or {}).get("name") != service
+
+    if all(routed_elsewhere(path)
+           for rule in (ingress_obj.get("spec") or {}).get("rules") or []
+           for path in (rule.get("http") or {}).get("paths") or []):
+        return None  # checked before copying: every Ingress of the namespace comes here
     updated = copy.deepcopy(ingress_obj)
-    rules = (updated.get("spec") or {}).get("rules") or []
-    found = False
     kept_rules = []
-    for rule in rules:
+    for rule in updated["spec"]["rules"]:
         paths = (rule.get("http") or {}).get("paths") or []
-        kept = [p for p in paths
-                if ((p.get("backend") or {}).get("service") or {}).get("name") != service]
+        kept = [path for path in paths if routed_elsewhere(path)]
         if len(kept) != len(paths):
-            found = True
             if not kept:
                 continue
             rule["http"]["paths"] = kept
         kept_rules.append(rule)
-    if not found:
-        return None
     updated["spec"]["rules"] = kept_rules
     return updated
