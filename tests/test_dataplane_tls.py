@@ -226,21 +226,36 @@ def test_client_leaving_without_close_notify_frees_its_connection(plane):
 
 def test_ended_connections_are_freed_without_the_garbage_collector(plane):
     # No reference cycle may outlive a connection: its objects and OpenSSL's buffers are
-    # freed when it ends, not whenever the collector runs next.
-    def transports() -> int:
-        return sum(isinstance(each, tls.TlsTransport) for each in gc.get_objects())
+    # freed when it ends, not whenever the collector runs next. Only this test's own
+    # connections are counted (by their client addresses): the collector is off for the
+    # whole process, where other planes' threads may still be ending connections.
+    clients: set[tuple[str, int]] = set()
+
+    def left() -> list[tls.TlsTransport]:
+        return [each for each in gc.get_objects()
+                if isinstance(each, tls.TlsTransport)
+                and each.get_extra_info("peername") in clients]
+
+    def holders() -> str:
+        transports = left()
+        return "; ".join(sorted({type(holder).__name__ for each in transports
+                                 for holder in gc.get_referrers(each)
+                                 if holder is not transports}))
 
     gc.collect()
-    before = transports()
     gc.disable()
     try:
         for _ in range(20):
             with connect(plane, "a.test") as conn:
+                clients.add(conn.getsockname())
                 conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
                 while conn.recv(65536):
                     pass
-        eventually(lambda: transports() <= before, timeout=5,
+        assert len(clients) == 20
+        eventually(lambda: not left(), timeout=5,
                    what="the 20 closed connections to be freed with the collector off")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}; still held by: {holders()}") from None
     finally:
         gc.enable()
 
