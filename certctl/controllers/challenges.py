@@ -59,6 +59,10 @@ class Settings:
     # solver told no Challenge cannot know which one it edited): one list per certificate,
     # the controller's largest cost at 600 certificates (bench B8's profile).
     _cleaned: set[ObjectKey] = field(default_factory=set)
+    # Challenges this process presented, until cleaned up: a Challenge its Order ended
+    # and deleted before the Challenge's own pass saw it end is cleaned up knowing its
+    # solver too, instead of by a list of every Ingress of the namespace.
+    _presented: dict[ObjectKey, Challenge] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_delay(self, key: ObjectKey) -> float:
@@ -71,9 +75,22 @@ class Settings:
         with self._lock:
             self._attempts.pop(key, None)
 
+    def presented(self, key: ObjectKey, challenge: Challenge) -> None:
+        with self._lock:
+            self._presented[key] = challenge
+
+    def presented_challenge(self, key: ObjectKey) -> Challenge | None:
+        with self._lock:
+            return self._presented.get(key)
+
+    def forget_presented(self, key: ObjectKey) -> None:
+        with self._lock:
+            self._presented.pop(key, None)
+
     def cleaned_up(self, key: ObjectKey) -> None:
         with self._lock:
             self._cleaned.add(key)
+            self._presented.pop(key, None)
 
     def was_cleaned_up(self, key: ObjectKey, *, deleted: bool) -> bool:
         """Whether `key`'s solvers were cleaned up as it ended; kept until it is deleted."""
@@ -205,6 +222,7 @@ def _present(
         if reconciling.write_status(store, obj=obj, status=status):  # once per distinct failure
             store.emit_event(obj=obj, type="Warning", reason="PresentError", message=str(err))
         return Result.after(settings.next_delay(key))
+    settings.presented(key, challenge)
     if presented is None:
         return None
     status.presented = True
@@ -256,10 +274,8 @@ def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
             challenge = None
     complete = True
     for solver in settings.solvers:
-        ours = challenge is not None and isinstance(challenge.solver.config, solver.config_type)
         try:
-            removed = solver.clean_up(store=store, key=key,
-                                      challenge=challenge if ours else None)
+            removed = _clean_up_solver(store, solver=solver, key=key, challenge=challenge)
         except protocol.CleanUpFailed as err:
             if not err.permanent:
                 raise TransientError(f"{key}: {err}") from err
@@ -273,12 +289,22 @@ def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
         settings.cleaned_up(key)
 
 
+def _clean_up_solver(
+    store: Store, *, solver: protocol.Solver, key: ObjectKey, challenge: Challenge | None
+) -> str | None:
+    """Have `solver` take away what it presented for `key`: told the Challenge when it is
+    the Challenge's solver, else what it holds (or, after a restart, looks for)."""
+    ours = challenge is not None and isinstance(challenge.solver.config, solver.config_type)
+    return solver.clean_up(store=store, key=key, challenge=challenge if ours else None)
+
+
 def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Result:
     """The Challenge is gone (or ended): take away what this process presented for it,
     retrying temporary failures (nothing else will ever remove it)."""
+    challenge = settings.presented_challenge(key)
     for solver in settings.solvers:
         try:
-            removed = solver.clean_up(store=store, key=key, challenge=None)
+            removed = _clean_up_solver(store, solver=solver, key=key, challenge=challenge)
         except protocol.CleanUpFailed as err:
             if not err.permanent:
                 logger.warning("%s ended; %s failed, will retry", key, err)
@@ -288,6 +314,7 @@ def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Re
         if removed is not None:
             logger.info("%s ended; removed %s", key, removed)
     settings.forget(key)
+    settings.forget_presented(key)
     return Result.done()
 
 

@@ -1,0 +1,130 @@
+"""How a Challenge's clean-up finds what its solver presented, without a list per Challenge.
+
+The Challenge reconciler runs against the local store; the ACME server is never reached
+(the issuer's account does not exist, so each pass stops before asking it). The HTTP-01
+solver is of the class the data plane serves: nothing was put in any Ingress, and a
+clean-up that knows the Challenge's solver reads none. One that does not know it (a
+restarted controller) must look through every Ingress of the namespace for token paths.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from certctl.api import parsing
+from certctl.api.resources import AcmeIssuer, ObjectKey
+from certctl.controllers import challenges, reconciling
+from certctl.issuers.acme import accounts as acme_accounts
+from certctl.runtime import dispatch
+from certctl.solvers import http01_ingress
+from certctl.solvers.dns01 import solver as dns01_solver
+from certctl.store.interface import Object
+from tests.lifecycle import RecordingStore
+
+NAME = "www.example.test"
+DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="dataplane",
+                                             ingress_class="certctl")
+
+
+class IngressListCounter(RecordingStore):
+    """The local store, counting the lists of Ingresses made through it."""
+
+    def __init__(self, *, state_dir: Path) -> None:
+        super().__init__(state_dir=state_dir)
+        self.ingress_lists = 0
+
+    def list(
+        self, *, kind: str, namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Object]:
+        if kind == "Ingress":
+            self.ingress_lists += 1
+        return super().list(kind=kind, namespace=namespace, labels=labels)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[IngressListCounter]:
+    store = IngressListCounter(state_dir=tmp_path / "state")
+    store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "web"},
+        "spec": {"acme": {
+            "server": "https://acme.example.test/dir",
+            "privateKeySecretRef": {"name": "account"},
+            "solvers": [{"http01": {"ingress": {"ingressClassName": "certctl"}}}]}}})
+    store.create(obj={
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {"ingressClassName": "certctl", "rules": [{"host": NAME}]}})
+    yield store
+
+
+def _settings() -> challenges.Settings:
+    """A controller process's Challenge settings; a new call is a restarted process."""
+    return dispatch.controller_settings(
+        clock=reconciling.system_clock,
+        accounts=acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl"),
+        backoff_base=datetime.timedelta(hours=1),
+        self_check=challenges.self_check_for(port=80, connect_address=None),
+        dns01=dns01_solver.Options(recursive_nameservers=(), recursive_nameservers_only=False,
+                                   query_timeout=1.0),
+        order_budget=None, data_plane=DATA_PLANE).challenges
+
+
+def _presented_challenge(store: IngressListCounter, settings: challenges.Settings) -> ObjectKey:
+    """An Order and its HTTP-01 Challenge, presented by a pass of `settings`' process."""
+    order = store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Order",
+        "metadata": {"name": "web-1", "namespace": "default"},
+        "spec": {"request": "", "issuerRef": {"name": "web", "kind": "ClusterIssuer"}},
+    })
+    issuer_obj = store.get(kind="ClusterIssuer", namespace=None, name="web")
+    assert issuer_obj is not None
+    issuer = parsing.parse_issuer(issuer_obj)
+    assert isinstance(issuer.spec, AcmeIssuer)
+    store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Challenge",
+        "metadata": {"name": "web-1-abc", "namespace": "default",
+                     "ownerReferences": [reconciling.owner_reference(order)]},
+        "spec": {"url": "https://acme.example.test/chall/1",
+                 "authorizationURL": "https://acme.example.test/authz/1", "dnsName": NAME,
+                 "wildcard": False, "type": "HTTP-01", "token": "tok", "key": "tok.thumb",
+                 "issuerRef": {"name": "web", "kind": "ClusterIssuer"},
+                 "solver": parsing.solver_spec(issuer.spec.solvers[0]), "solverIndex": 0},
+    })
+    key = ObjectKey(kind="Challenge", namespace="default", name="web-1-abc")
+    with pytest.raises(reconciling.TransientError, match="account key"):
+        challenges.reconcile(store=store, key=key, settings=settings)
+    challenge = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+    assert challenge is not None and challenge["status"]["presented"] is True
+    return key
+
+
+def _deleted_by_its_order(store: IngressListCounter, key: ObjectKey) -> None:
+    # As orders.py does when the Order ends, whether or not the Challenge saw its end.
+    store.delete(kind=key.kind, namespace=key.namespace, name=key.name)
+
+
+def test_a_challenge_deleted_before_it_was_seen_ending_is_cleaned_up_without_a_list(
+    store: IngressListCounter,
+) -> None:
+    settings = _settings()
+    key = _presented_challenge(store, settings)
+    _deleted_by_its_order(store, key)
+
+    assert challenges.reconcile(store=store, key=key, settings=settings).requeue_after is None
+    assert store.ingress_lists == 0, "the presenting process knew the Challenge's solver"
+
+
+def test_a_restarted_controller_looks_through_the_ingresses_for_token_paths(
+    store: IngressListCounter,
+) -> None:
+    key = _presented_challenge(store, _settings())
+    _deleted_by_its_order(store, key)
+
+    restarted = _settings()
+    assert challenges.reconcile(store=store, key=key, settings=restarted).requeue_after is None
+    assert store.ingress_lists == 1
