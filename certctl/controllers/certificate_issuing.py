@@ -74,7 +74,8 @@ def store_issued(
                                ref=kept_certificates.kept_ref(
                                    certificate=fallback.tried,
                                    cluster_resource_namespace=settings.cluster_resource_namespace))
-    secret = _write_secret(store, certificate=certificate, ref=fallback.ref,
+    # `current` is still the Secret as stored: certctl writes it only here, in this pass.
+    secret = _write_secret(store, certificate=certificate, existing=current, ref=fallback.ref,
                            acme=certificate_issuer.places_orders(issuer), data=data,
                            info=inspect.certificate_info(leaf), restored_from=None)
     store.delete(kind="Secret", namespace=certificate.namespace,
@@ -166,8 +167,10 @@ def _restore_copy_of(
                                       encoding=certificate.private_key.encoding)
     data = tls_secret.build_tls_secret_data(chain_pem=kept_input.contents.chain_pem,
                                             key_pem=key_pem, ca_pem=kept_input.contents.ca_pem)
-    secret = _write_secret(store, certificate=certificate, ref=issuer_ref, acme=True, data=data,
-                           info=kept_input.info, restored_from=str(ref))
+    existing = store.get(kind="Secret", namespace=certificate.namespace,
+                         name=certificate.secret_name)
+    secret = _write_secret(store, certificate=certificate, existing=existing, ref=issuer_ref,
+                           acme=True, data=data, info=kept_input.info, restored_from=str(ref))
     store.emit_event(obj=obj, type="Normal", reason="Restored", message=(
         f"Restored the certificate (serial {kept_input.info.serial:x}, valid until "
         f"{conditions.format_time(kept_input.info.not_after)}) from the copy certctl keeps in "
@@ -192,14 +195,16 @@ def _write_secret(
     store: Store,
     *,
     certificate: Certificate,
+    existing: Object | None,
     ref: IssuerRef,
     acme: bool,
     data: dict[str, str],
     info: inspect.CertificateInfo,
     restored_from: str | None,
 ) -> Object:
-    """Create or update the Secret, as issued by `ref` (an ACME issuer when `acme`);
-    returns it as stored."""
+    """Create or update the Secret (`existing`: as read before, None when there was none),
+    as issued by `ref` (an ACME issuer when `acme`); returns it as stored. A Secret
+    created or changed by someone else since is met as AlreadyExists or Conflict."""
     secret_annotations = {
         **dict(certificate.secret_template.annotations),
         annotation_keys.SECRET_CERTIFICATE_NAME: certificate.name,
@@ -220,8 +225,6 @@ def _write_secret(
         secret_annotations[kept_certificates.RESTORED_FROM_ANNOTATION] = restored_from
     labels = {**dict(certificate.secret_template.labels),
               "controller.cert-manager.io/fao": "true"}
-    existing = store.get(kind="Secret", namespace=certificate.namespace,
-                         name=certificate.secret_name)
     if existing is None:
         secret: Object = {
             "apiVersion": "v1",
