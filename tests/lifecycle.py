@@ -19,13 +19,14 @@ from typing import Any
 
 from cryptography import x509
 
-from certctl.api import conditions
-from certctl.api.resources import ObjectKey, PrivateKeySpec
+from certctl.api import conditions, parsing
+from certctl.api.resources import AcmeIssuer, ObjectKey, PrivateKeySpec
 from certctl.controllers import (
     certificate_orders,
     certificate_settings,
     certificates,
     issuers,
+    reconciling,
 )
 from certctl.controllers.reconciling import Result
 from certctl.issuers.acme.accounts import AcmeAccounts
@@ -89,6 +90,33 @@ class RecordingStore(LocalStore):
     ) -> None:
         self.events.append((obj["metadata"]["name"], type, reason, message))
         super().emit_event(obj=obj, type=type, reason=reason, message=message)
+
+
+def order_and_challenge(
+    store: LocalStore, *, issuer: str, dns_name: str, type: str, key: str
+) -> ObjectKey:
+    """An Order of the ClusterIssuer `issuer` and the Challenge orders.py creates for it,
+    with the issuer's first solver copied in."""
+    order = store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Order",
+        "metadata": {"name": "web-1", "namespace": "default"},
+        "spec": {"request": "", "issuerRef": {"name": issuer, "kind": "ClusterIssuer"}},
+    })
+    issuer_obj = store.get(kind="ClusterIssuer", namespace=None, name=issuer)
+    assert issuer_obj is not None
+    parsed = parsing.parse_issuer(issuer_obj)
+    assert isinstance(parsed.spec, AcmeIssuer)
+    store.create(obj={
+        "apiVersion": "certctl.io/v1", "kind": "Challenge",
+        "metadata": {"name": "web-1-abc", "namespace": "default",
+                     "ownerReferences": [reconciling.owner_reference(order)]},
+        "spec": {"url": "https://acme.example.test/chall/1",
+                 "authorizationURL": "https://acme.example.test/authz/1", "dnsName": dns_name,
+                 "wildcard": False, "type": type, "token": "tok", "key": key,
+                 "issuerRef": {"name": issuer, "kind": "ClusterIssuer"},
+                 "solver": parsing.solver_spec(parsed.spec.solvers[0]), "solverIndex": 0},
+    })
+    return ObjectKey(kind="Challenge", namespace="default", name="web-1-abc")
 
 
 class TestCA:

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from certctl.api import parsing
-from certctl.api.resources import AcmeIssuer, ObjectKey
+from certctl.api.resources import ObjectKey
 from certctl.controllers import challenges, reconciling
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dispatch
 from certctl.solvers import http01_ingress
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Object
-from tests.lifecycle import RecordingStore
+from tests.lifecycle import RecordingStore, order_and_challenge
 
 NAME = "www.example.test"
 DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="dataplane",
@@ -76,26 +75,8 @@ def _settings() -> challenges.Settings:
 
 def _presented_challenge(store: IngressListCounter, settings: challenges.Settings) -> ObjectKey:
     """An Order and its HTTP-01 Challenge, presented by a pass of `settings`' process."""
-    order = store.create(obj={
-        "apiVersion": "certctl.io/v1", "kind": "Order",
-        "metadata": {"name": "web-1", "namespace": "default"},
-        "spec": {"request": "", "issuerRef": {"name": "web", "kind": "ClusterIssuer"}},
-    })
-    issuer_obj = store.get(kind="ClusterIssuer", namespace=None, name="web")
-    assert issuer_obj is not None
-    issuer = parsing.parse_issuer(issuer_obj)
-    assert isinstance(issuer.spec, AcmeIssuer)
-    store.create(obj={
-        "apiVersion": "certctl.io/v1", "kind": "Challenge",
-        "metadata": {"name": "web-1-abc", "namespace": "default",
-                     "ownerReferences": [reconciling.owner_reference(order)]},
-        "spec": {"url": "https://acme.example.test/chall/1",
-                 "authorizationURL": "https://acme.example.test/authz/1", "dnsName": NAME,
-                 "wildcard": False, "type": "HTTP-01", "token": "tok", "key": "tok.thumb",
-                 "issuerRef": {"name": "web", "kind": "ClusterIssuer"},
-                 "solver": parsing.solver_spec(issuer.spec.solvers[0]), "solverIndex": 0},
-    })
-    key = ObjectKey(kind="Challenge", namespace="default", name="web-1-abc")
+    key = order_and_challenge(store, issuer="web", dns_name=NAME, type="HTTP-01",
+                              key="tok.thumb")
     with pytest.raises(reconciling.TransientError, match="account key"):
         challenges.reconcile(store=store, key=key, settings=settings)
     challenge = store.get(kind=key.kind, namespace=key.namespace, name=key.name)

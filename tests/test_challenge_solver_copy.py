@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from certctl.api import parsing
-from certctl.api.resources import AcmeIssuer, ObjectKey
 from certctl.controllers import challenges, reconciling
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dispatch
@@ -24,7 +22,7 @@ from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Object
 from tests.bind import BindServer
-from tests.lifecycle import RecordingStore
+from tests.lifecycle import RecordingStore, order_and_challenge
 
 NAME = "www.example.test"
 RECORD = f"_acme-challenge.{NAME}."
@@ -72,30 +70,6 @@ def _point_tsig_at_a_missing_secret(issuer: Object) -> None:
         "name": "rotated-tsig", "key": "secret"}
 
 
-def _order_and_challenge(store: RecordingStore) -> ObjectKey:
-    """An Order and the DNS-01 Challenge orders.py creates for it, solver copied in."""
-    order = store.create(obj={
-        "apiVersion": "certctl.io/v1", "kind": "Order",
-        "metadata": {"name": "web-1", "namespace": "default"},
-        "spec": {"request": "", "issuerRef": {"name": "dns", "kind": "ClusterIssuer"}},
-    })
-    issuer_obj = store.get(kind="ClusterIssuer", namespace=None, name="dns")
-    assert issuer_obj is not None
-    issuer = parsing.parse_issuer(issuer_obj)
-    assert isinstance(issuer.spec, AcmeIssuer)
-    store.create(obj={
-        "apiVersion": "certctl.io/v1", "kind": "Challenge",
-        "metadata": {"name": "web-1-abc", "namespace": "default",
-                     "ownerReferences": [reconciling.owner_reference(order)]},
-        "spec": {"url": "https://acme.example.test/chall/1",
-                 "authorizationURL": "https://acme.example.test/authz/1", "dnsName": NAME,
-                 "wildcard": False, "type": "DNS-01", "token": "tok", "key": "txt-value",
-                 "issuerRef": {"name": "dns", "kind": "ClusterIssuer"},
-                 "solver": parsing.solver_spec(issuer.spec.solvers[0]), "solverIndex": 0},
-    })
-    return ObjectKey(kind="Challenge", namespace="default", name="web-1-abc")
-
-
 @pytest.mark.parametrize("edit", [_replace_solver_by_http01, _point_tsig_at_a_missing_secret])
 def test_editing_the_issuers_solver_mid_challenge_cleans_up_with_the_original_config(
     bind: BindServer, tmp_path: Path, edit: Callable[[Object], None]
@@ -105,7 +79,8 @@ def test_editing_the_issuers_solver_mid_challenge_cleans_up_with_the_original_co
                       "metadata": {"name": "tsig", "namespace": "certctl"},
                       "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}})
     store.create(obj=_issuer(bind))
-    key = _order_and_challenge(store)
+    key = order_and_challenge(store, issuer="dns", dns_name=NAME, type="DNS-01",
+                              key="txt-value")
 
     with pytest.raises(reconciling.TransientError, match="account key"):
         challenges.reconcile(store=store, key=key, settings=_settings(bind))
