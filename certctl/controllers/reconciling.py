@@ -10,7 +10,10 @@ driver retries with backoff.
 
 from __future__ import annotations
 
+import collections
 import datetime
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 from certctl.api import annotations as annotation_keys
 from certctl.api.resources import ObjectKey
 from certctl.api.status import Status
-from certctl.store.interface import Object, Store
+from certctl.store.interface import NotFound, Object, Store
 
 Clock = Callable[[], datetime.datetime]
 
@@ -87,6 +90,51 @@ class TransientError(Exception):
     """A failure the driver retries with backoff; expected, so logged without a traceback."""
 
 
+class _StatusesWritten:
+    """The statuses this process last wrote, by object, with the resourceVersion each
+    write made: an object read at that version holds exactly that status, so writing
+    its next one needs no read to tell a change from a no-op. The most recent
+    `MOST` objects are kept."""
+
+    MOST = 65_536
+
+    def __init__(self) -> None:
+        self._written: collections.OrderedDict[ObjectKey, tuple[str, Any]] = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def at(self, key: ObjectKey, *, version: str | None) -> tuple[bool, Any]:
+        """(True, the status) when this process's last write of `key` made `version`."""
+        with self._lock:
+            written = self._written.get(key)
+        if version is None or written is None or written[0] != version:
+            return False, None
+        return True, written[1]
+
+    def wrote(self, key: ObjectKey, *, version: str | None, status: Any) -> None:
+        with self._lock:
+            if version is None:
+                self._written.pop(key, None)
+                return
+            self._written[key] = (version, status)
+            self._written.move_to_end(key)
+            if len(self._written) > self.MOST:
+                self._written.popitem(last=False)
+
+
+_statuses_written: weakref.WeakKeyDictionary[Store, _StatusesWritten] = \
+    weakref.WeakKeyDictionary()
+_statuses_lock = threading.Lock()
+
+
+def _written_to(store: Store) -> _StatusesWritten:
+    with _statuses_lock:
+        written = _statuses_written.get(store)
+        if written is None:
+            written = _statuses_written[store] = _StatusesWritten()
+        return written
+
+
 def write_status(store: Store, *, obj: Object, status: Status) -> bool:
     """Write `status` (a model of `certctl.api.status`) as `obj`'s status if it differs
     from the stored one; True if written. `obj` carries it afterwards.
@@ -94,13 +142,26 @@ def write_status(store: Store, *, obj: Object, status: Status) -> bool:
     Skipping no-op writes keeps level-triggered reconcilers from waking
     themselves up forever through their own watch events. After a write
     `obj` carries the new resourceVersion, so the caller can write it again
-    in the same pass without a conflict with itself.
+    in the same pass without a conflict with itself. The stored status is the
+    one this process wrote when `obj` was read at the version that write made
+    (the usual case: a pass woken by its own previous write); else it is read.
     """
-    obj["status"] = status.to_dict()
-    current = store.get(kind=obj["kind"], namespace=obj["metadata"].get("namespace"),
-                        name=obj["metadata"]["name"])
-    if current is None or current.get("status") == obj.get("status"):
+    new = obj["status"] = status.to_dict()
+    key = key_of(obj)
+    written = _written_to(store)
+    known, stored_status = written.at(key, version=obj["metadata"].get("resourceVersion"))
+    if not known:
+        current = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+        if current is None:
+            return False
+        stored_status = current.get("status")
+    if stored_status == new:
         return False
-    stored = store.replace_status(obj=obj)
-    obj["metadata"]["resourceVersion"] = stored["metadata"].get("resourceVersion")
+    try:
+        stored = store.replace_status(obj=obj)
+    except NotFound:
+        return False  # deleted since it was read: nothing left to say it of
+    version = stored["metadata"].get("resourceVersion")
+    obj["metadata"]["resourceVersion"] = version
+    written.wrote(key, version=version, status=stored.get("status"))
     return True
