@@ -79,8 +79,7 @@ def _presented_challenge(store: IngressListCounter, settings: challenges.Setting
                               key="tok.thumb")
     with pytest.raises(reconciling.TransientError, match="account key"):
         challenges.reconcile(store=store, key=key, settings=settings)
-    challenge = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
-    assert challenge is not None and challenge["status"]["presented"] is True
+    assert settings.presented_challenge(key) is not None
     return key
 
 
@@ -109,3 +108,16 @@ def test_a_restarted_controller_looks_through_the_ingresses_for_token_paths(
     restarted = _settings()
     assert challenges.reconcile(store=store, key=key, settings=restarted).requeue_after is None
     assert store.ingress_lists == 1
+
+
+def test_presenting_in_the_cluster_is_recorded_by_the_next_status_write_of_the_pass(
+    store: IngressListCounter,
+) -> None:
+    """An HTTP-01 answer changes nothing outside the cluster, so "presented" is written
+    with what the pass does next (here it stops at the missing account key: nothing),
+    one status write per certificate fewer; the process still knows the solver."""
+    settings = _settings()
+    key = _presented_challenge(store, settings)
+    challenge = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+    assert challenge is not None
+    assert not (challenge.get("status") or {}).get("presented")

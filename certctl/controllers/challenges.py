@@ -229,7 +229,13 @@ def _present(
     status.processing = False
     status.state = "pending"
     status.reason = f"Presented: {presented.description}"
-    if reconciling.write_status(store, obj=obj, status=status) and presented.announce:
+    if not presented.announce:
+        # Nothing outside the cluster changed: the status write that follows in this pass
+        # (the self-check's wait, the answer accepted, the end) records it, one write per
+        # certificate fewer. A pass that fails before then presents again next time, and
+        # this process knows the solver to clean up meanwhile (`settings.presented`).
+        return None
+    if reconciling.write_status(store, obj=obj, status=status):
         store.emit_event(obj=obj, type="Normal", reason="Presented",
                          message=f"Presented challenge using {challenge.type}: "
                          f"{presented.description}")
@@ -266,8 +272,8 @@ def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
     and given up on.
     """
     key = reconciling.key_of(obj)
-    challenge = None
-    if ChallengeStatus.from_object(obj).presented:
+    challenge = settings.presented_challenge(key)
+    if challenge is None and ChallengeStatus.from_object(obj).presented:
         try:
             challenge = parsing.parse_challenge(obj)
         except InvalidObject:
