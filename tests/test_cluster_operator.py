@@ -276,6 +276,15 @@ def test_requests_per_certificate(flow: Flow) -> None:
                                  and not e.subresource and e.code == 201)
     assert sorted(orders) == sorted(f"{name}-tls" for name in names), orders
     assert set(orders.values()) == {1}
+    # Each Order's Events: its Challenge created, and complete; placing the ACME order
+    # has none (its URL is in the status), as with cert-manager: Events are writes too.
+    order_names = [e.name for e in events if e.resource == "orders" and e.verb == "create"
+                   and not e.subresource and e.code == 201]
+    order_events = collections.Counter(
+        e.name.rsplit(".", 1)[0] for e in events
+        if e.resource == "events" and e.verb == "create" and e.name.rsplit(".", 1)[0]
+        in order_names)
+    assert order_events == {name: 2 for name in order_names}, order_events
 
     plane.report(f"{len(names)} Ingresses at once to served certificates: {batch_seconds:.2f} s")
     for label, counted, count in (("the first certificate", flow.operator_events(), 1),

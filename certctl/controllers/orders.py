@@ -128,10 +128,9 @@ def _step(
         status.state = order_state(state.status)
         status.authorizations = [OrderAuthorization(url=url)
                                  for url in state.authorization_urls]
-        # The URL first, before anything can fail.
+        # The URL first, before anything can fail. No Event: the URL is in the status,
+        # and the Challenges' creation that follows at once has one (as cert-manager's).
         reconciling.write_status(store, obj=order, status=status)
-        store.emit_event(obj=order, type="Normal", reason="Created",
-                         message=f"Created ACME order {state.url}")
     else:
         state = client.get_order(status.url)
 
