@@ -2,11 +2,11 @@
 
 Every server loads the same 10,000 ECDSA P-256 certificates (one name each)
 and proxies `GET /` for every name to one backend (nginx `return 200`); nginx
-has one worker and a `server` block per name. certctl runs twice: as the
-shipped `certctl dataplane` against a real control plane (etcd +
-kube-apiserver from tests/controlplane.py, started here) holding a TLS Secret
-per name and Ingresses of 500 rules, and as bench.b3_peers' harness (the same
-data plane fed directly, one Ingress rule per name, no API server).
+has one worker and a `server` block per name. certctl runs as the commands users
+start: `certctl serve` on a manifests folder, and `certctl dataplane` against a
+real control plane (etcd + kube-apiserver from tests/controlplane.py, started
+here), each holding a TLS Secret per name, Ingresses of 500 rules, the backend's
+Service and EndpointSlice.
 Every connection is a new TCP connection, a TLS handshake with SNI,
 one request and a close. What is compared is the CPU the server process
 spent (utime + stime from /proc, master and worker for nginx) per 1,000
@@ -56,7 +56,7 @@ from pathlib import Path
 from bench import b3_peers, reporting
 from tests.pebble import free_port
 
-HARNESS = "certctl (harness)"
+SERVE = "certctl serve"
 DATAPLANE = "certctl dataplane"
 _NAMESPACE = "bench"
 
@@ -173,13 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         nginx = b3_peers.Nginx(workdir=work / "nginx", http_block="\n".join(blocks))
         servers["nginx"] = nginx.start(port=nginx_port, timeout=600)
         startup["nginx"] = (time.monotonic() - t0, b3_peers.rss_bytes(nginx.pid))
-        t0 = time.monotonic()
-        plane = b3_peers.DataPlaneServer(
-            certs=certs, names=names, https_port=free_port(),
+        serve = b3_peers.ServeCommand(
+            workdir=work / "serve", certs=certs, name=names[-1], https_port=free_port(),
             http_port=free_port(), backend_port=backend_port,
-        )
-        servers[HARNESS] = plane.start(log=work / "certctl.log", timeout=600)
-        startup[HARNESS] = (time.monotonic() - t0, b3_peers.rss_bytes(plane.pid))
+            objects=b3_peers.site_objects(certs=certs, names=names, namespace="default",
+                                          backend_address="127.0.0.1",
+                                          backend_port=backend_port))
+        stack.callback(serve.stop)  # also when it never comes to serve
+        t0 = time.monotonic()  # the manifests are written by start(): part of its start-up
+        servers[SERVE] = serve.start(log=work / "serve.log", timeout=600)
+        startup[SERVE] = (time.monotonic() - t0, b3_peers.rss_bytes(serve.pid))
         t0 = time.monotonic()
         b3_peers.create_objects(cluster, b3_peers.site_objects(
             certs=certs, names=names, namespace=_NAMESPACE, backend_address=alias,
@@ -194,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(dataplane.stop)  # also when it never comes to serve
         servers[DATAPLANE] = dataplane.start(log=work / "dataplane.log", timeout=600)
         startup[DATAPLANE] = (time.monotonic() - t0, b3_peers.rss_bytes(dataplane.pid))
-        ports = {"nginx": nginx_port, HARNESS: plane.https_port,
+        ports = {"nginx": nginx_port, SERVE: serve.https_port,
                  DATAPLANE: dataplane.https_port}
         for label, (seconds, rss) in startup.items():
             print(f"{label}: listening after {seconds:.1f} s, RSS {rss / 2**20:.0f} MiB",
@@ -285,12 +288,13 @@ def results_section(
         "| load | server | connections | failed | server CPU s / 1,000 connections | "
         "ratio to nginx |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
-        f"`{DATAPLANE}` is the shipped command against a real kube-apiserver + etcd "
-        "(started by the benchmark, idle on the same cores during the runs) holding a TLS "
-        f"Secret per name; `{HARNESS}` is the same data plane fed directly by "
-        "bench.b3_peers.\n\n"
-        "Start-up with the certificates (spawn to listening; for the data plane command, "
-        "to serving its last name) and resident memory:\n\n"
+        f"`{SERVE}` is the shipped command on a manifests folder holding a TLS Secret per "
+        f"name and Ingresses of 500 rules; `{DATAPLANE}` is the shipped command against a "
+        "real kube-apiserver + etcd (started by the benchmark, idle on the same cores "
+        "during the runs) holding the same objects.\n\n"
+        "Start-up with the certificates (nginx: spawn to listening; the certctl commands: "
+        "spawn, or for `serve` writing its manifests, to serving the last name) and "
+        "resident memory:\n\n"
         "| server | start-up (s) | RSS at start (MiB) | RSS after the runs (MiB) |\n"
         "|---|---|---|---|\n" + "\n".join(start_lines) + "\n\n"
         "Machine:\n\n" + b3_peers.machine_table()

@@ -513,8 +513,9 @@ def wait_served(*, port: int, name: str, certs: Path, proc: subprocess.Popen[byt
 
 @dataclass
 class ServeCommand(ServerProcess):
-    """`python -m certctl serve` on a manifests folder of `site_objects` (the backend on
-    127.0.0.1), listening on 127.0.0.1."""
+    """`python -m certctl serve` on a manifests folder of `objects` (by default
+    `site_objects` for `name`, the backend on 127.0.0.1), listening on 127.0.0.1; started
+    once `name` is served."""
 
     workdir: Path
     certs: Path
@@ -523,13 +524,15 @@ class ServeCommand(ServerProcess):
     http_port: int
     backend_port: int
     proc: subprocess.Popen[bytes] | None = None
+    objects: Sequence[dict[str, Any]] | None = None
 
     def start(self, *, log: Path, timeout: float = 300.0) -> ServeCommand:
         manifests = self.workdir / "manifests"
         manifests.mkdir(parents=True, exist_ok=True)
-        (manifests / "site.yaml").write_text(yaml.safe_dump_all(site_objects(
+        objects = self.objects if self.objects is not None else site_objects(
             certs=self.certs, names=[self.name], namespace="default",
-            backend_address="127.0.0.1", backend_port=self.backend_port)))
+            backend_address="127.0.0.1", backend_port=self.backend_port)
+        (manifests / "site.yaml").write_text(yaml.safe_dump_all(objects))
         self._spawn(
             [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifests),
              "--state-dir", str(self.workdir / "state"), "--listen-address", "127.0.0.1",

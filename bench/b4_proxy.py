@@ -6,17 +6,16 @@ upstream connections; wrk drives each in turn with the same keep-alive load.
 certctl runs as the commands users start: `certctl serve` on a manifests folder,
 and `certctl dataplane` against a real control plane (etcd + kube-apiserver
 from tests/controlplane.py, started here) holding the same Secret, Ingress,
-Service and EndpointSlice. One more row routes by an HTTPRoute attached to an
-HTTPS listener of a Gateway, in this module's own process (`serve-httproute`:
-the route table built by the Gateway API route source as the data plane feed
-builds it); `--harness` adds bench.b3_peers' directly fed data plane.
+Service and EndpointSlice. One more row is `certctl serve` routing by the Gateway
+API instead (`httproute_objects`: a GatewayClass of certctl's, a Gateway whose HTTPS
+listener names the same Secret, an HTTPRoute to the same Service); `--harness` adds
+bench.b3_peers' directly fed data plane.
 The rounds interleave the servers. Reported per server: median requests/s,
 latency percentiles, server CPU per 1,000 requests and RSS, and the ratio to
 nginx (DESIGN.md target: >= 0.5 x nginx).
 
     python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--harness]
         [--asyncio] [--write-results]
-    python -m bench.b4_proxy serve-httproute ...   (the HTTPRoute server, started by the above)
 
 Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py; the
 backend's address on `lo`), the test servers of scripts/testservers/build.sh and
@@ -26,26 +25,18 @@ backend's address on `lo`), the test servers of scripts/testservers/build.sh and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import shlex
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 from bench import b3_peers
 from certctl.api import gateway as gateway_api
-from certctl.api import resources
-from certctl.dataplane import certstore, routing, server
 from certctl.routes import gateway as gateway_routes
 from tests.pebble import free_port
 
@@ -53,14 +44,12 @@ NAME = "b4.bench.test"
 SERVE_LABEL = "certctl serve"
 DATAPLANE_LABEL = "certctl dataplane"
 HARNESS_LABEL = "certctl (harness)"
-HTTPROUTE_LABEL = "certctl (HTTPRoute, harness)"
+HTTPROUTE_LABEL = "certctl serve (HTTPRoute)"
 _NAMESPACE = "bench"
+_SERVE_NAMESPACE = "default"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["serve-httproute"]:
-        return serve_httproute(arguments[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.b4_proxy", description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -119,12 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.callback(harness.stop)
             servers[label], ports[label] = harness.start(log=work / f"{loop}.log"), \
                 harness.https_port
-        httproute = HTTPRouteServer(
-            certs=certs, https_port=free_port(), http_port=free_port(),
-            backend_port=backend_port)
+        httproute = b3_peers.ServeCommand(
+            workdir=work / "serve-httproute", certs=certs, name=NAME, https_port=free_port(),
+            http_port=free_port(), backend_port=backend_port,
+            objects=httproute_objects(certs=certs, backend_port=backend_port))
         stack.callback(httproute.stop)
         servers[HTTPROUTE_LABEL], ports[HTTPROUTE_LABEL] = \
-            httproute.start(log=work / "httproute.log"), httproute.https_port
+            httproute.start(log=work / "serve-httproute.log"), httproute.https_port
         for label in servers:  # warm-up: pools, caches, first handshakes
             b3_peers.wrk(url=f"https://{NAME}:{ports[label]}/", hosts={NAME: "127.0.0.1"},
                          workdir=work, seconds=1, connections=args.connections)
@@ -175,103 +165,41 @@ def results_section(
         "benchmark, holding the same objects (the backend on an address of `lo` outside "
         "127.0.0.0/8, which the API server accepts in an EndpointSlice); the control plane "
         "idles on the same cores during every row. "
-        f"`{HTTPROUTE_LABEL}` is bench.b4_proxy's own process feeding the data plane an "
-        "HTTPRoute (PathPrefix `/`, one backendRef) attached to a Gateway's HTTPS listener, "
-        "compiled by the Gateway API route source. wrk, the proxies and the backend share "
-        "the machine's cores.\n\n"
+        f"`{HTTPROUTE_LABEL}` is the shipped command on a manifests folder routing by the "
+        "Gateway API instead of an Ingress: certctl's GatewayClass, a Gateway whose HTTPS "
+        "listener names the same Secret, an HTTPRoute (PathPrefix `/`, one backendRef) to "
+        "the same Service. wrk, the proxies and the backend share the machine's cores.\n\n"
         "Machine:\n\n" + b3_peers.machine_table()
     )
 
 
-# --- the HTTPRoute server ---------------------------------------------------------------
+# --- the HTTPRoute row's manifests ----------------------------------------------------
 
 
-def httproute_table(*, names: Sequence[str], backend_port: int) -> routing.RouteTable:
-    """The route table of a Gateway with an HTTPS listener per name and one HTTPRoute to the
-    backend Service, compiled by the Gateway API route source; ValueError if the route did
-    not attach (the bench would measure 404s)."""
+def httproute_objects(*, certs: Path, backend_port: int) -> list[dict[str, Any]]:
+    """What `certctl serve` reads for the HTTPRoute row: NAME's TLS Secret, the Service and
+    its EndpointSlice of `b3_peers.site_objects` (no Ingress), certctl's GatewayClass, a
+    Gateway with an HTTPS listener for NAME naming that Secret, and an HTTPRoute from it
+    to the Service."""
     api = gateway_api.API_VERSION
-    gateway: dict[str, Any] = {
-        "apiVersion": api, "kind": "Gateway",
-        "metadata": {"name": "bench", "namespace": _NAMESPACE},
-        "spec": {"gatewayClassName": "certctl", "listeners": [
-            {"name": f"https-{index}", "port": 443, "protocol": "HTTPS", "hostname": name,
-             "tls": {"certificateRefs": [{"name": name}]}} for index, name in enumerate(names)]}}
-    route: dict[str, Any] = {
-        "apiVersion": api, "kind": "HTTPRoute",
-        "metadata": {"name": "bench", "namespace": _NAMESPACE},
-        "spec": {"parentRefs": [{"name": "bench"}], "hostnames": list(names), "rules": [
-            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-             "backendRefs": [{"name": "backend", "port": 80}]}]}}
-    service = resources.Service(namespace=_NAMESPACE, name="backend", ports=(
-        resources.ServicePort(port=80, name="http", target_port=backend_port),))
-    compiled = gateway_routes.compile_gateways(
-        classes=[gateway_api.GatewayClass(name="certctl",
-                                          controller_name=gateway_routes.CONTROLLER_NAME)],
-        gateways=[gateway_api.parse_gateway(gateway)],
-        http_routes=[gateway_api.parse_http_route(route)], grants=[], services=[service],
-        secret_exists=lambda namespace, name: name in names)
-    (status,) = compiled.http_routes
-    accepted = {c.type: c.status for parent in status.parents for c in parent.conditions}
-    if accepted != {"Accepted": "True", "ResolvedRefs": "True"}:
-        raise ValueError(f"the bench's HTTPRoute did not attach: {status.parents}")
-    return routing.RouteTable.build(
-        routes=compiled.routes, services=[service],
-        endpoint_slices=[resources.EndpointSlice(
-            namespace=_NAMESPACE, name="backend-1", service_name="backend",
-            ports=(resources.EndpointPort(port=backend_port, name="http"),),
-            endpoints=(resources.Endpoint(addresses=("127.0.0.1",)),))])
-
-
-@dataclass
-class HTTPRouteServer(b3_peers.ServerProcess):
-    """`python -m bench.b4_proxy serve-httproute`: b3_peers' data plane, routing by an
-    HTTPRoute."""
-
-    certs: Path
-    https_port: int
-    http_port: int
-    backend_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, log: Path, timeout: float = 300.0) -> HTTPRouteServer:
-        self._spawn(
-            [sys.executable, "-m", "bench.b4_proxy", "serve-httproute",
-             "--certs", str(self.certs), "--https-port", str(self.https_port),
-             "--http-port", str(self.http_port), "--backend-port", str(self.backend_port)],
-            log=log, port=self.https_port, timeout=timeout)
-        return self
-
-
-def serve_httproute(argv: Sequence[str]) -> int:
-    """Serve NAME's certificate from `--certs` and the HTTPRoute table until SIGTERM, on
-    uvloop, as `b3_peers serve` serves the Ingress one."""
-    parser = argparse.ArgumentParser(prog="python -m bench.b4_proxy serve-httproute")
-    for option in ("--https-port", "--http-port", "--backend-port"):
-        parser.add_argument(option, type=int, required=True)
-    parser.add_argument("--certs", type=Path, required=True)
-    args = parser.parse_args(argv)
-    certificates = certstore.CertificateIndex()
-    certificates.set_certificate(
-        source=resources.ObjectKey(kind="Secret", namespace=_NAMESPACE, name=NAME),
-        chain_pem=(args.certs / f"{NAME}.crt").read_bytes(),
-        key_pem=(args.certs / f"{NAME}.key").read_bytes())
-    table = httproute_table(names=[NAME], backend_port=args.backend_port)
-
-    async def run() -> None:
-        plane = server.DataPlane(
-            http_address=("127.0.0.1", args.http_port),
-            https_address=("127.0.0.1", args.https_port), certificates=certificates,
-            challenge_responder=lambda host, token: None)
-        plane.set_routes(table)
-        await plane.start()
-        stopped = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
-        await stopped.wait()
-        await plane.stop()
-
-    uvloop.run(run())
-    return 0
+    site = [obj for obj in b3_peers.site_objects(
+        certs=certs, names=[NAME], namespace=_SERVE_NAMESPACE, backend_address="127.0.0.1",
+        backend_port=backend_port) if obj["kind"] != "Ingress"]
+    (secret,) = (obj for obj in site if obj["kind"] == "Secret")
+    metadata = {"name": "bench", "namespace": _SERVE_NAMESPACE}
+    return [
+        *site,
+        {"apiVersion": api, "kind": "GatewayClass", "metadata": {"name": "certctl"},
+         "spec": {"controllerName": gateway_routes.CONTROLLER_NAME}},
+        {"apiVersion": api, "kind": "Gateway", "metadata": metadata,
+         "spec": {"gatewayClassName": "certctl", "listeners": [
+             {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": NAME,
+              "tls": {"certificateRefs": [{"name": secret["metadata"]["name"]}]}}]}},
+        {"apiVersion": api, "kind": "HTTPRoute", "metadata": metadata,
+         "spec": {"parentRefs": [{"name": "bench"}], "hostnames": [NAME], "rules": [
+             {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+              "backendRefs": [{"name": "backend", "port": 80}]}]}},
+    ]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""B4's HTTPRoute server (bench/b4_proxy.py) serves what the benchmark measures: the
-backend through an HTTPRoute over TLS, and not over plain HTTP, which the route did not
-attach to."""
+"""B4's HTTPRoute row (bench/b4_proxy.py) measures what it says: `certctl serve` on its
+manifests routes the benchmark name to the backend through the HTTPRoute over TLS, and not
+over plain HTTP, which the route's HTTPS listener does not take."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ from tests.pebble import free_port
 from tests.serving import echo_backend, http_get, https_get
 
 
-def test_b4_httproute_server_proxies_the_route_over_tls(tmp_path: Path) -> None:
-    roots = b3_peers.make_certificates(tmp_path / "certs", [b4_proxy.NAME])
+def test_b4_httproute_manifests_are_served_by_certctl_serve_over_tls(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    roots = b3_peers.make_certificates(certs, [b4_proxy.NAME])
     with echo_backend("bench-backend") as backend_port:
-        plane = b4_proxy.HTTPRouteServer(certs=tmp_path / "certs", https_port=free_port(),
-                                         http_port=free_port(), backend_port=backend_port)
-        plane.start(log=tmp_path / "httproute.log", timeout=60)
+        objects = b4_proxy.httproute_objects(certs=certs, backend_port=backend_port)
+        assert "Ingress" not in {obj["kind"] for obj in objects}  # routed by the HTTPRoute
+        serve = b3_peers.ServeCommand(
+            workdir=tmp_path / "serve", certs=certs, name=b4_proxy.NAME,
+            https_port=free_port(), http_port=free_port(), backend_port=backend_port,
+            objects=objects)
         try:
-            assert https_get(port=plane.https_port, host=b4_proxy.NAME, path="/x",
+            serve.start(log=tmp_path / "serve.log", timeout=60)
+            assert https_get(port=serve.https_port, host=b4_proxy.NAME, path="/x",
                              roots_pem=roots) == (200, f"bench-backend {b4_proxy.NAME} /x https")
-            # The route attached to HTTPS listeners only: plain HTTP never reaches the backend.
-            status, _, body = http_get(port=plane.http_port, host=b4_proxy.NAME, path="/x")
+            status, _, body = http_get(port=serve.http_port, host=b4_proxy.NAME, path="/x")
             assert status != 200 and "bench-backend" not in body
         finally:
-            plane.stop()
+            serve.stop()
