@@ -10,23 +10,28 @@ latency (from h2load's per-request log), server CPU per 1,000 requests and
 the ratios to nginx (issue 21's targets: >= 0.5x nginx's requests/s, <= 2.5x
 its CPU per request).
 
-certctl runs as users run it: `python -m certctl serve` on a manifests folder
-with the Ingress, its Service and EndpointSlice and the kubernetes.io/tls
-Secret (no issuer: nothing is ordered). `CERTCTL_PURE_PYTHON=1` in the
-environment measures the uncompiled data plane.
+certctl runs as users run it, three times: `python -m certctl serve` on a
+manifests folder with the Ingress, its Service and EndpointSlice and the
+kubernetes.io/tls Secret (no issuer: nothing is ordered); the same command with
+`CERTCTL_PURE_PYTHON=1` (the uncompiled data plane, the fallback of an install
+without a compiler); and `certctl dataplane` against a real control plane (etcd +
+kube-apiserver from tests/controlplane.py, started here) holding the same objects,
+the backend on an address of `lo` outside 127.0.0.0/8 (the API server refuses
+loopback addresses in EndpointSlices).
 
     python -m bench.b10_http2 [--seconds 10] [--rounds 3] [--clients 50] [--streams 10]
                               [--write-results]
 
-Needs `apt-get install -y nginx-light nghttp2-client` (h2load).
+Needs root (the loopback alias), the test servers of scripts/testservers/build.sh and
+`apt-get install -y nginx-light nghttp2-client` (h2load).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
-import os
 import re
 import statistics
 import subprocess
@@ -43,6 +48,10 @@ from bench import b3_peers, reporting
 from tests.pebble import free_port
 
 NAME = "b10.bench.test"
+SERVE = "certctl serve"
+SERVE_PURE = "certctl serve (pure Python)"
+DATAPLANE = "certctl dataplane"
+_NAMESPACE = "bench"
 H2LOAD_BIN = "/usr/bin/h2load"
 
 
@@ -117,8 +126,10 @@ def manifests(*, certs: Path, backend_port: int) -> list[dict[str, Any]]:
 class CertctlServe(b3_peers.ServerProcess):
     """`python -m certctl serve` on the benchmark's manifests."""
 
-    def __init__(self, *, work: Path, certs: Path, backend_port: int) -> None:
+    def __init__(self, *, work: Path, certs: Path, backend_port: int,
+                 pure_python: bool = False) -> None:
         self.work = work
+        self.environment = {"CERTCTL_PURE_PYTHON": "1"} if pure_python else {}
         self.https_port = free_port()
         manifest_dir = work / "manifests"
         manifest_dir.mkdir(parents=True)
@@ -130,7 +141,8 @@ class CertctlServe(b3_peers.ServerProcess):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CertctlServe:
-        self._spawn(self.argv, log=self.work / "certctl.log", port=self.https_port, timeout=60)
+        self._spawn(self.argv, log=self.work / "certctl.log", port=self.https_port, timeout=60,
+                    environment=self.environment)
         return self
 
 
@@ -149,15 +161,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs = work / "certs"
     b3_peers.make_certificates(certs, [NAME])
     backend_port, nginx_port = free_port(), free_port()
-    servers: dict[str, b3_peers.Nginx | CertctlServe] = {}
-    backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port)
-    try:
+    servers: dict[str, b3_peers.ServerProcess] = {}
+    ports: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        alias = stack.enter_context(b3_peers.loopback_alias())
+        cluster = stack.enter_context(b3_peers.control_plane(
+            workdir=work / "controlplane", namespace=_NAMESPACE))
+        b3_peers.create_objects(cluster, b3_peers.site_objects(
+            certs=certs, names=[NAME], namespace=_NAMESPACE, backend_address=alias,
+            backend_port=backend_port))
+        backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port,
+                                         also_on=[alias])
+        stack.callback(backend.stop)
+        stack.callback(lambda: b3_peers.stop_all(*servers.values()))
         servers["nginx"] = b3_peers.proxy_nginx(
             workdir=work / "nginx", port=nginx_port, backend_port=backend_port,
             certs=certs, name=NAME, http2=True)
-        certctl = CertctlServe(work=work / "certctl", certs=certs, backend_port=backend_port)
-        servers["certctl serve"] = certctl.start()
-        ports = {"nginx": nginx_port, "certctl serve": certctl.https_port}
+        ports["nginx"] = nginx_port
+        for label, pure_python in ((SERVE, False), (SERVE_PURE, True)):
+            serve = CertctlServe(work=work / label.replace(" ", "-"), certs=certs,
+                                 backend_port=backend_port, pure_python=pure_python)
+            servers[label], ports[label] = serve, serve.https_port  # stopped if start fails
+            serve.start()
+        dataplane = b3_peers.DataPlaneCommand(
+            kubeconfig=cluster.kubeconfig, namespace=_NAMESPACE, certs=certs, name=NAME,
+            https_port=free_port(), http_port=free_port())
+        servers[DATAPLANE] = dataplane  # stopped with the others, also if it never serves
+        dataplane.start(log=work / "dataplane.log")
+        ports[DATAPLANE] = dataplane.https_port
         log = work / "h2load.log"
         for label in servers:  # warm-up, and certctl must be serving the certificate
             warm = h2load(port=ports[label], seconds=2, clients=args.clients,
@@ -174,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 served=result.rate * (args.seconds + 1), failures=result.failed)
 
         samples = b3_peers.measure_rounds(servers=servers, rounds=args.rounds, run=run)
-    finally:
-        b3_peers.stop_all(*servers.values(), backend)
     section = results_section(command=command, started=started, args=args, samples=samples)
     return b3_peers.report(name="b10_http2", section=section, samples=samples,
                            write=args.write_results)
@@ -199,12 +228,12 @@ def results_section(
             f"({min(found.cpu_per_1000):.3f}-{max(found.cpu_per_1000):.3f}) | "
             f"{cpu / nginx_cpu:.2f}x | {found.rss / 2**20:.0f} | {found.failures} |"
         )
-    build = "pure Python" if os.environ.get("CERTCTL_PURE_PYTHON") else "compiled (mypyc)"
     return (
-        "## B10: HTTP/2 requests/s through `certctl serve` (TLS, ALPN h2)\n\n"
-        f"Command (from the repo root): `{command}`  \n"
-        f"Date: {started:%Y-%m-%d %H:%M} UTC; commit {reporting.git_describe()}; data plane "
-        f"{build}; {args.rounds} interleaved rounds of {args.seconds:g} s per server, "
+        "## B10: HTTP/2 requests/s through `certctl serve` and `certctl dataplane` "
+        "(TLS, ALPN h2)\n\n"
+        f"Command (from the repo root, as root): `{command}`  \n"
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; commit {reporting.git_describe()}; "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per server, "
         f"`h2load -c{args.clients} -m{args.streams}` ({args.clients} connections x "
         f"{args.streams} concurrent streams); medians over rounds, (min-max) in brackets.\n\n"
         "| server | requests/s | ratio to nginx | p50 (ms) | p99 (ms) | "
@@ -212,7 +241,11 @@ def results_section(
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Both proxies: TLS 1.2/1.3 with the same ECDSA P-256 certificate, HTTP/2 to the "
         "client, HTTP/1.1 over kept-alive connections to one backend (nginx, 1 worker, "
-        "`return 200`, 23-byte body), Host and X-Forwarded-* set; nginx has 1 worker. h2load, "
+        "`return 200`, 23-byte body), Host and X-Forwarded-* set; nginx has 1 worker. "
+        f"`{SERVE}` runs the data plane's modules compiled with mypyc (as `pip install` "
+        f"builds them), `{SERVE_PURE}` their Python sources (CERTCTL_PURE_PYTHON=1); "
+        f"`{DATAPLANE}` is the compiled build against a real kube-apiserver + etcd started "
+        "by the benchmark, idle on the same cores during every row. h2load, "
         "both proxies and the backend share the machine's 2 cores, which other engineers' "
         "test runs share too: the spread between rounds is part of the result.\n\n"
         "Machine:\n\n" + reporting.machine_table(reporting.machine_rows(extra=[

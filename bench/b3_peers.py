@@ -172,11 +172,13 @@ class ServerProcess:
 
     proc: subprocess.Popen[bytes] | None
 
-    def _spawn(self, argv: Sequence[str], *, log: Path, port: int, timeout: float) -> None:
-        """Start `argv` from the repo root, its output to `log`; return once `port` listens."""
+    def _spawn(self, argv: Sequence[str], *, log: Path, port: int, timeout: float,
+               environment: Mapping[str, str] | None = None) -> None:
+        """Start `argv` from the repo root, its output to `log`, with `environment` added
+        to this process's; return once `port` listens."""
         self.proc = subprocess.Popen(
             argv, cwd=reporting.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, env={**os.environ, **(environment or {})},
         )
         wait_for_port(port, timeout=timeout, proc=self.proc)
 
