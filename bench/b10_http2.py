@@ -164,15 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: dict[str, b3_peers.ServerProcess] = {}
     ports: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        alias = stack.enter_context(b3_peers.loopback_alias())
-        cluster = stack.enter_context(b3_peers.control_plane(
-            workdir=work / "controlplane", namespace=_NAMESPACE))
-        b3_peers.create_objects(cluster, b3_peers.site_objects(
-            certs=certs, names=[NAME], namespace=_NAMESPACE, backend_address=alias,
-            backend_port=backend_port))
-        backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port,
-                                         also_on=[alias])
-        stack.callback(backend.stop)
+        cluster = stack.enter_context(b3_peers.one_site_in_a_cluster(
+            work=work, certs=certs, name=NAME, namespace=_NAMESPACE, backend_port=backend_port))
         stack.callback(lambda: b3_peers.stop_all(*servers.values()))
         servers["nginx"] = b3_peers.proxy_nginx(
             workdir=work / "nginx", port=nginx_port, backend_port=backend_port,

@@ -601,6 +601,25 @@ def control_plane(*, workdir: Path, namespace: str) -> Iterator[ControlPlane]:
         plane.stop()
 
 
+@contextlib.contextmanager
+def one_site_in_a_cluster(
+    *, work: Path, certs: Path, name: str, namespace: str, backend_port: int
+) -> Iterator[ControlPlane]:
+    """A control plane holding `site_objects` for `name` in `namespace`, and the backend
+    nginx they route to, listening on 127.0.0.1 and on a loopback alias (the API server
+    refuses loopback addresses in EndpointSlices: `certctl dataplane` reaches the backend
+    on an address of `lo` outside 127.0.0.0/8, the other servers on 127.0.0.1)."""
+    with loopback_alias() as alias, control_plane(workdir=work / "controlplane",
+                                                  namespace=namespace) as plane:
+        create_objects(plane, site_objects(certs=certs, names=[name], namespace=namespace,
+                                           backend_address=alias, backend_port=backend_port))
+        backend = backend_nginx(workdir=work / "backend", port=backend_port, also_on=[alias])
+        try:
+            yield plane
+        finally:
+            backend.stop()
+
+
 def create_objects(plane: ControlPlane, objects: Sequence[dict[str, Any]]) -> None:
     """Create `objects` through the API server, as the admin."""
     from tests.clusterops import admin_store

@@ -71,17 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: dict[str, b3_peers.ServerProcess] = {}
     ports: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
-        # The API server refuses loopback addresses in EndpointSlices: `certctl dataplane`
-        # reaches the backend on an address of `lo` outside 127.0.0.0/8, the rest on 127.0.0.1.
-        alias = stack.enter_context(b3_peers.loopback_alias())
-        plane = stack.enter_context(b3_peers.control_plane(
-            workdir=work / "controlplane", namespace=_NAMESPACE))
-        b3_peers.create_objects(plane, b3_peers.site_objects(
-            certs=certs, names=[NAME], namespace=_NAMESPACE, backend_address=alias,
-            backend_port=backend_port))
-        backend = b3_peers.backend_nginx(workdir=work / "backend", port=backend_port,
-                                         also_on=[alias])
-        stack.callback(backend.stop)
+        plane = stack.enter_context(b3_peers.one_site_in_a_cluster(
+            work=work, certs=certs, name=NAME, namespace=_NAMESPACE, backend_port=backend_port))
         servers["nginx"] = b3_peers.proxy_nginx(
             workdir=work / "nginx", port=nginx_port, backend_port=backend_port,
             certs=certs, name=NAME, http2=False)
