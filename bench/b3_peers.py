@@ -1,12 +1,15 @@
-"""What the data plane benchmarks (B3, B4, B5) share: certificates, nginx, wrk, processes.
+"""What the data plane benchmarks (B3, B4, B5, B10) share: certificates, nginx, wrk, processes.
 
 - `make_certificates` writes N ECDSA P-256 leaves from one throwaway CA as
   `<name>.crt` (leaf + CA) and `<name>.key`, the files both servers load.
 - `Nginx` runs Debian's nginx (1 worker) on a generated config.
+- `ServeCommand` and `DataPlaneCommand` run the shipped commands, `certctl serve` on a
+  manifests folder and `certctl dataplane` against a control plane (`control_plane`,
+  `one_site_in_a_cluster`): what the benchmarks measure.
 - `DataPlaneServer` runs certctl's data plane in a process of its own
   (`python -m bench.b3_peers serve ...`: the CertificateIndex and DataPlane of
-  `certctl serve`, fed directly instead of through a store, so that loading
-  10,000 certificates does not also benchmark YAML parsing).
+  `certctl serve`, fed directly instead of through a store), for B4's `--harness`
+  row, to compare with the tables measured before the commands were.
 - `wrk` runs wrk with a private /etc/hosts (a mount namespace from `unshare
   -m`, root only) so that it sends the benchmark names as SNI; the machine's
   own /etc/hosts is never touched.
