@@ -13,4 +13,5 @@ bash scripts/testservers/build.sh >/dev/null
 # The data plane's suites again on its pure-Python sources, the fallback of an install
 # without a compiler (or with a stale compiled module): both variants must pass.
 CERTCTL_PURE_PYTHON=1 .venv/bin/pytest -q \
-  tests/test_dataplane*.py tests/test_http2*.py tests/test_h2spec.py tests/test_routing.py
+  tests/test_dataplane*.py tests/test_http2*.py tests/test_h2spec.py tests/test_h2_server.py \
+  tests/test_routing.py

@@ -6,27 +6,21 @@
   encoder to ours) over several blocks, with dynamic-table evictions and table
   size updates;
 - malformed blocks: ours fails exactly where hpack does, with the same exception
-  type, since h2 maps those types to its connection errors (h2spec's HPACK cases
-  check the result end to end: tests/test_h2spec.py);
-- an h2 server connection with the codec installed (`http2.install_codec`)
-  exchanging requests and responses with an h2 client using hpack's codec.
+  type (the server connection, `h2_server`, ends the connection with
+  COMPRESSION_ERROR for any: tests/test_h2_server.py; h2spec's HPACK cases check
+  the result end to end: tests/test_h2spec.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
 import hpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from certctl.dataplane import hpack_codec, http2
+from certctl.dataplane import hpack_codec
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -330,66 +324,6 @@ def test_size_changes_between_blocks_are_signalled_smallest_first() -> None:
     assert decoder.decode(block, raw=True) == [(b"x-b", b"2")]
     assert decoder.header_table.dynamic_entries == type(decoder.header_table.dynamic_entries)(
         [(b"x-b", b"2")])
-
-
-# -- in h2 -------------------------------------------------------------------------------------
-
-
-def _client_and_server(
-    *, ours: bool = True
-) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
-    client = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
-    server = h2.connection.H2Connection(config=h2.config.H2Configuration(
-        client_side=False, header_encoding=None))
-    if ours:
-        http2.install_codec(server)
-    client.initiate_connection()
-    server.initiate_connection()
-    server.receive_data(client.data_to_send())
-    client.receive_data(server.data_to_send())
-    server.receive_data(client.data_to_send())
-    return client, server
-
-
-def test_h2_server_with_our_codec_talks_to_an_h2_client() -> None:
-    client, server = _client_and_server()
-    assert isinstance(server.decoder, hpack_codec.Decoder)
-    assert isinstance(server.encoder, hpack_codec.Encoder)
-    request = _fields((":method", "GET"), (":scheme", "https"), (":path", "/a"),
-                      (":authority", "example.test"), ("user-agent", "test"))
-    for stream_id in (1, 3, 5):  # the later ones from the dynamic table
-        client.send_headers(stream_id, request, end_stream=True)
-        [received, _] = server.receive_data(client.data_to_send())
-        assert isinstance(received, h2.events.RequestReceived)
-        assert received.headers == request
-        response = [(b":status", b"200"), (b"server", b"certctl"), (b"x-stream", b"%d" % stream_id)]
-        server.send_headers(stream_id, response, end_stream=True)
-        [answered, _] = client.receive_data(server.data_to_send())
-        assert isinstance(answered, h2.events.ResponseReceived)
-        assert answered.headers == response
-
-
-@pytest.mark.parametrize("case", ["padding of zeros", "index past the tables",
-                                  "size update after a field", "size update above the limit"])
-def test_h2_server_with_our_codec_closes_on_a_bad_block_as_with_hpacks(case: str) -> None:
-    """h2 answers a block hpack cannot decode with GOAWAY (its code for HPACKError);
-    the same with ours."""
-    goaways = []
-    for ours in (False, True):
-        client, server = _client_and_server(ours=ours)
-        client.send_headers(1, _fields((":method", "GET"), (":scheme", "https"),
-                                       (":path", "/"), (":authority", "a")), end_stream=True)
-        frame = bytearray(client.data_to_send())
-        frame[9:] = MALFORMED[case]
-        frame[0:3] = len(frame[9:]).to_bytes(3, "big")
-        with pytest.raises(h2.exceptions.ProtocolError):
-            server.receive_data(bytes(frame))
-        [goaway] = client.receive_data(server.data_to_send())
-        assert isinstance(goaway, h2.events.ConnectionTerminated)
-        goaways.append(goaway.error_code)
-    assert goaways[0] == goaways[1]
-    assert goaways[1] in (h2.errors.ErrorCodes.PROTOCOL_ERROR,
-                          h2.errors.ErrorCodes.COMPRESSION_ERROR)
 
 
 def test_encoder_table_stays_small_whatever_the_client_allows() -> None:

@@ -1,13 +1,13 @@
 """HPACK (RFC 7541) header compression for the HTTP/2 server, compiled with mypyc.
 
-The h2 library keeps doing the framing and stream states; `Encoder` and
-`Decoder` replace the pure-Python `hpack` ones on each server-side
-`H2Connection` (its `encoder` and `decoder` attributes; `http2.install`). They
-offer what h2 uses of hpack's: `encode(headers, huffman=...)`,
-`header_table_size` on both, `decode(data, raw=...)`,
-`max_header_list_size` and `max_allowed_table_size` on the decoder; and they
-raise hpack's exception types, the ones h2 turns into connection errors
-(COMPRESSION_ERROR, or ENHANCE_YOUR_CALM for an oversized header list).
+`Encoder` and `Decoder` are the HTTP/2 server connection's (`h2_server`, one
+pair per client connection). They have the interface of the pure-Python
+`hpack` library's, so tests compare the two call for call:
+`encode(headers, huffman=...)`, `header_table_size` on both,
+`decode(data, raw=...)`, `max_header_list_size` and `max_allowed_table_size`
+on the decoder; and they raise hpack's exception types, which `h2_server`
+turns into connection errors (COMPRESSION_ERROR, or ENHANCE_YOUR_CALM for an
+oversized header list).
 
 Why faster than hpack's, beyond being compiled: the dynamic tables are
 indexed by dicts (hpack searches its table linearly for every field sent),

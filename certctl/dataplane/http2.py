@@ -1,10 +1,9 @@
 """HTTP/2 over TLS (ALPN `h2`): each stream routed and proxied as an HTTP/1.1 request.
 
-The h2 library (python-hyper, sans-IO) does the framing, stream states and
-flow-control accounting, with our compiled HPACK codec (`hpack_codec`) in
-place of the hpack library's; this module checks request headers
-itself (in the pass that reads them; h2's checks run a generator per rule
-and a Python loop per byte of every field), maps h2's events to the same decisions as
+`h2_server` (sans-IO, compiled) does the framing, stream states and
+flow-control accounting, with our compiled HPACK codec (`hpack_codec`); this
+module checks request headers itself (in the pass that reads them), maps the
+framing layer's events to the same decisions as
 HTTP/1.1 (`dispatch.decide`) and the same pooled upstream connections, one
 upstream exchange per stream. Backends speak HTTP/1.1, as behind
 ingress-nginx, unless their route says GRPC, GRPCS or H2C (backend-protocol):
@@ -12,7 +11,7 @@ then each stream is a stream to the backend too (`upstream_h2`), with `te:
 trailers` passed on and trailers relayed both ways. A gRPC call the data
 plane refuses itself (access rules, limits, no route or endpoint) is
 answered as gRPC servers refuse one, trailers-only with the gRPC status its
-HTTP status maps to (`_answer_grpc`). What h2 queues is
+HTTP status maps to (`_answer_grpc`). What the framing layer queues is
 written once per event-loop turn (`flush`), and a response's head waits
 for the body its upstream read brought, so a small response is two frames
 in one TLS record shared with other streams.
@@ -47,25 +46,17 @@ reset resets the backend's stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final, cast
-
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
+from typing import Final, cast
 
 from certctl.dataplane import (
     affinity,
     dispatch,
     forwarding,
-    hpack_codec,
+    h2_server,
     legs,
     limits,
     reasons,
@@ -75,9 +66,6 @@ from certctl.dataplane import (
     upstream_h2,
 )
 from certctl.routes import options as route_options
-
-if TYPE_CHECKING:
-    import hpack.hpack
 
 logger = logging.getLogger(__name__)
 UNPROCESSED_RETRIES: Final = 3
@@ -91,15 +79,10 @@ _PENDING_LIMIT: Final = 65536  # response bytes held per stream before the upstr
 # flight per client connection whatever its streams): a request body up to 1 MiB
 # needs no WINDOW_UPDATE before the backend has read it.
 _INITIAL_WINDOW: Final = 1 << 20
-# h2 neither validates nor normalises headers: a request's are checked by `_Stream`
-# as it reads them (and trailers by `_trailers`), h2spec's HTTP message cases hold us
-# to it; a response's are the backend's, parsed by httptools (tokens only),
-# lowercased and stripped of hop-by-hop fields by us.
-_CONFIG: Final = h2.config.H2Configuration(
-    client_side=False, header_encoding=None, validate_inbound_headers=False,
-    normalize_inbound_headers=False, validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
+# The framing layer checks no header: a request's are checked by `_Stream` as it
+# reads them (and trailers by `_trailers`), h2spec's HTTP message cases hold us to
+# it; a response's are the backend's, parsed by httptools (tokens only), lowercased
+# and stripped of hop-by-hop fields by us.
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 )
@@ -128,16 +111,6 @@ _GRPC_STATUS: Final = {
 _grpc_message_escaped: Final = re.compile(rb"[^\x20-\x24\x26-\x7e]")
 
 
-def install_codec(connection: h2.connection.H2Connection) -> None:
-    """Give a new connection our compiled HPACK codec in place of hpack's (the same
-    methods, attributes and exceptions; `hpack_codec`): hpack's pure-Python decoding
-    alone was a tenth of the data plane's CPU under h2load (bench B10's profile)."""
-    # h2 types the attributes as hpack's classes; ours are what h2 calls of them.
-    connection.encoder = cast("hpack.hpack.Encoder", hpack_codec.Encoder())
-    connection.decoder = cast(
-        "hpack.hpack.Decoder", hpack_codec.Decoder(max_header_list_size=MAX_HEADER_LIST_SIZE))
-
-
 class _Stream:
     """One request stream; implements `upstream.Exchange` for its upstream connection."""
 
@@ -152,8 +125,7 @@ class _Stream:
         self.content_length: bytes | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         # Why the request is malformed (RFC 9113 8.1.1, answered with RST_STREAM
-        # PROTOCOL_ERROR); checked here in the one pass that reads the headers, in place
-        # of h2's validation (a generator per rule and a Python loop per byte).
+        # PROTOCOL_ERROR); checked here in the one pass that reads the headers.
         self.malformed: str | None = None
         scheme: bytes | None = None
         path_seen = False
@@ -280,7 +252,7 @@ class _Stream:
             replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
             headers += [(name.lower(), value) for name, value in head.headers
                         if name.lower() not in replaced]
-            headers += [(name.lower(), value) for name, value in extra]  # h2 does not
+            headers += [(name.lower(), value) for name, value in extra]  # not lowercased below
         else:
             headers += [(name.lower(), value) for name, value in head.headers]
         if not head.has_server:
@@ -370,7 +342,7 @@ class _Stream:
         if self.response_started:
             self.owner.reset(self, error_code=error.client_code
                              if isinstance(error, upstream_h2.StreamReset)
-                             else h2.errors.ErrorCodes.CANCEL)
+                             else h2_server.CANCEL)
             return
         if (
             connection is not None
@@ -441,8 +413,9 @@ class Http2Connection(asyncio.Protocol):
         self._client_certificate = client_certificate  # DER, checked at the handshake
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()  # constructed on it, by ClientConnection
-        self._h2 = h2.connection.H2Connection(config=_CONFIG)
-        install_codec(self._h2)
+        self._h2 = h2_server.ServerConnection(
+            max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+            max_header_list_size=MAX_HEADER_LIST_SIZE, initial_window=_INITIAL_WINDOW)
         self._streams: dict[int, _Stream] = {}
         self._closed = False
         self._flush_scheduled = False
@@ -460,50 +433,39 @@ class Http2Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._deadline = time.monotonic() + self.services.client_timeout
         self.services.connection_opened(self)
-        self._h2.initiate_connection()
-        self._h2.update_settings(
-            {
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _INITIAL_WINDOW,
-            }
-        )
-        self._h2.increment_flow_control_window(_INITIAL_WINDOW - 65535)  # from RFC 9113's
-        self._write_out()
+        self._write_out()  # the preface: our settings, the connection's window
         if self.services.draining:  # a handshake that completed after the listeners closed
             self.drain()
 
     def data_received(self, data: bytes) -> None:
         try:
             events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            self._write_out()  # the GOAWAY h2 queued
+        except h2_server.ProtocolError:
+            self._write_out()  # the GOAWAY queued
             self._close()
             return
         for event in events:
-            if isinstance(event, h2.events.RequestReceived):
+            if isinstance(event, h2_server.RequestReceived):
                 self._request(event)
-            elif isinstance(event, h2.events.DataReceived):
+            elif isinstance(event, h2_server.DataReceived):
                 self._data(event)
-            elif isinstance(event, h2.events.TrailersReceived):
+            elif isinstance(event, h2_server.TrailersReceived):
                 self._trailers(event)
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = self._streams.get(event.stream_id or 0)
+            elif isinstance(event, h2_server.StreamEnded):
+                stream = self._streams.get(event.stream_id)
                 if stream is not None and not stream.body_done:
                     stream.body_queue.append((b"", 0))  # the end of the body
                     self.send_body(stream)
-            elif isinstance(event, h2.events.StreamReset):
+            elif isinstance(event, h2_server.StreamReset):
                 self._forget(event.stream_id, cancel=True)
                 if event.remote_reset and not self._allow_reset():
                     logger.info("HTTP/2 client %s cancels streams too fast: disconnected",
                                 self._client_ip.decode())
-                    self._h2.close_connection(
-                        error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
-                    )
+                    self._h2.close_connection(error_code=h2_server.ENHANCE_YOUR_CALM)
                     self._write_out()
                     self._close()
                     return
-            elif isinstance(event, h2.events.WindowUpdated):
+            elif isinstance(event, h2_server.WindowUpdated):
                 targets = (
                     list(self._streams.values())
                     if event.stream_id == 0
@@ -511,7 +473,7 @@ class Http2Connection(asyncio.Protocol):
                 )
                 for stream in targets:
                     self.send_pending(stream)
-            elif isinstance(event, h2.events.ConnectionTerminated):
+            elif isinstance(event, h2_server.ConnectionTerminated):
                 self._write_out()
                 self._close()
                 return
@@ -585,10 +547,10 @@ class Http2Connection(asyncio.Protocol):
     def drain(self) -> None:
         """The data plane stops: a GOAWAY (NO_ERROR) naming the last stream opened, whose
         streams finish; later ones are refused, and the connection closes once none is
-        left (RFC 9113 6.8). Written beside h2, whose own GOAWAY would end every stream."""
+        left (RFC 9113 6.8). Written beside the framing layer, whose GOAWAY ends every stream."""
         if self._closed or self._last_stream is not None or self._transport is None:
             return
-        self._write_out()  # what h2 queued goes first
+        self._write_out()  # what the framing layer queued goes first
         last = self._last_stream = self._h2.highest_inbound_stream_id
         # The frame header (length 8, type 7, no flags, stream 0), the last stream id, the
         # error code.
@@ -599,16 +561,14 @@ class Http2Connection(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
+    def _request(self, event: h2_server.RequestReceived) -> None:
         stream_id = event.stream_id
-        assert stream_id is not None and event.headers is not None
         if self._last_stream is not None and stream_id > self._last_stream:
             # Opened after our GOAWAY: the client may retry it elsewhere.
-            self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._h2.reset_stream(stream_id, error_code=h2_server.REFUSED_STREAM)
             return
-        # header_encoding=None: names and values are bytes already.
         stream = _Stream(owner=self, stream_id=stream_id, headers=event.headers)
-        stream.body_done = event.stream_ended is not None
+        stream.body_done = event.stream_ended
         self._streams[stream_id] = stream
         if stream.malformed is not None:
             self._refuse_malformed(stream_id)
@@ -785,14 +745,14 @@ class Http2Connection(asyncio.Protocol):
             leg.pause_reading(True)
         self.send_body(stream)
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        stream = self._streams.get(event.stream_id or 0)
-        if stream is None or event.data is None:
+    def _data(self, event: h2_server.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
             # Body of a stream already answered: give the connection's window back.
-            if event.flow_controlled_length and event.stream_id is not None:
+            if event.flow_controlled_length:
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
-        stream.body_queue.append((bytes(event.data), event.flow_controlled_length or 0))
+        stream.body_queue.append((event.data, event.flow_controlled_length))
         self.send_body(stream)
 
     def send_body(self, stream: _Stream) -> None:
@@ -909,7 +869,7 @@ class Http2Connection(asyncio.Protocol):
         reason = reasons.REASONS.get(status, b"")
         if body is None:
             body = reason + b"\n"
-        added = [(name.lower(), value) for name, value in headers]  # h2 does not lowercase
+        added = [(name.lower(), value) for name, value in headers]  # HTTP/2: lowercase
         stream.status = status
         stream.response_started = True
         if status >= 400:
@@ -957,23 +917,23 @@ class Http2Connection(asyncio.Protocol):
 
     def _refuse_malformed(self, stream_id: int) -> None:
         """A malformed request (RFC 9113 8.1.1): a stream error PROTOCOL_ERROR."""
-        self._h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._h2.reset_stream(stream_id, error_code=h2_server.PROTOCOL_ERROR)
         self.flush()
         self._forget(stream_id, cancel=True)
 
-    def _trailers(self, event: h2.events.TrailersReceived) -> None:
+    def _trailers(self, event: h2_server.TrailersReceived) -> None:
         """Trailers must be well-formed; they go to an HTTP/2 backend with the end of the
         body, and are dropped for an HTTP/1.1 one (that leg has no TE)."""
-        trailers = cast(list[tuple[bytes, bytes]], event.headers or [])
+        trailers = event.headers
         for name, value in trailers:
             if _token(name) is None or (value and _bad_value(value) is not None):
-                self._refuse_malformed(event.stream_id or 0)
+                self._refuse_malformed(event.stream_id)
                 return
-        stream = self._streams.get(event.stream_id or 0)
+        stream = self._streams.get(event.stream_id)
         if stream is not None and stream.match is not None and stream.match.options.backend_h2:
             stream.request_trailers = trailers
 
-    def reset(self, stream: _Stream, *, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def reset(self, stream: _Stream, *, error_code: int = h2_server.CANCEL) -> None:
         if not self._closed and not stream.finished:
             self._h2.reset_stream(stream.stream_id, error_code=error_code)
             self.flush()
@@ -984,13 +944,11 @@ class Http2Connection(asyncio.Protocol):
         self.services.metrics.count_request(host=stream.route_host, status=stream.status)
         if not stream.body_done:
             # Answered before the request body ended: tell the client to stop sending
-            # (RFC 9113 8.1), unless its END_STREAM came in the read being handled (h2
-            # closed the stream with our answer; the event follows): nothing is left to
-            # stop. A unary gRPC call refused on its HEADERS is that, its one message in
-            # the same TLS record; h2's StreamClosedError would end the connection.
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
-                self._h2.reset_stream(stream.stream_id,
-                                      error_code=h2.errors.ErrorCodes.NO_ERROR)
+            # (RFC 9113 8.1), unless its END_STREAM came in the read being handled (the
+            # stream closed with our answer; the event follows): nothing is left to stop,
+            # and reset_stream does nothing. A unary gRPC call refused on its HEADERS is
+            # that, its one message in the same TLS record.
+            self._h2.reset_stream(stream.stream_id, error_code=h2_server.NO_ERROR)
         self._forget(stream.stream_id, cancel=not stream.body_done)
 
     def _forget(self, stream_id: int, *, cancel: bool) -> None:
@@ -1013,9 +971,9 @@ class Http2Connection(asyncio.Protocol):
                 self.flush()  # then closes: draining, and the last stream is done
 
     def flush(self) -> None:
-        """Write what h2 queued once this loop iteration's reads are handled: responses
-        from many upstream connections (and a client read's frames) go out as one TLS
-        write, one record and one send, not one each."""
+        """Write what the framing layer queued once this loop iteration's reads are
+        handled: responses from many upstream connections (and a client read's frames)
+        go out as one TLS write, one record and one send, not one each."""
         if not self._flush_scheduled and not self._closed:
             self._flush_scheduled = True
             self._loop.call_soon(self._write_out)
