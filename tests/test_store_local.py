@@ -223,6 +223,27 @@ def test_dependents_are_matched_by_owner_uid_not_name(tmp_path: Path) -> None:
     assert store.get(kind="Secret", namespace="default", name="web") is not None
 
 
+def test_owners_changed_by_an_update_decide_what_a_deletion_takes(tmp_path: Path) -> None:
+    """Dependents are found through an index of owner uids: an update that drops an
+    owner reference, or adds one, must move the object in it, as after a restart."""
+    store = new_store(tmp_path)
+    first = store.create(obj=certificate("first"))
+    second = store.create(obj=certificate("second"))
+    moved = store.create(obj=owned_by(secret("moved"), first))
+    adopted = store.create(obj=secret("adopted"))
+    moved["metadata"]["ownerReferences"] = []
+    store.replace(obj=moved)
+    store.replace(obj=owned_by(adopted, second))
+
+    store.delete(kind="Certificate", namespace="default", name="first")
+    assert store.get(kind="Secret", namespace="default", name="moved") is not None
+    restarted = new_store(tmp_path)
+    restarted.delete(kind="Certificate", namespace="default", name="second")
+    assert restarted.get(kind="Secret", namespace="default", name="adopted") is None
+    store.delete(kind="Certificate", namespace="default", name="second")
+    assert store.get(kind="Secret", namespace="default", name="adopted") is None
+
+
 # --- manifests ------------------------------------------------------------------------
 
 

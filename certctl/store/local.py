@@ -224,6 +224,34 @@ def _label_items(obj: Object | None) -> set[tuple[Any, Any]]:
     return items
 
 
+class _Dependents:
+    """State objects by the uids of their owners (metadata.ownerReferences), so deleting
+    an owner finds what it owns without a pass over every object: that pass, once per
+    deletion and again for each dependent, was a tenth of certctl's CPU issuing 500
+    certificates at once (B2's profile), quadratic in the objects kept. Not thread-safe:
+    the store calls it under its lock."""
+
+    def __init__(self) -> None:
+        self._by_owner: dict[str, dict[ObjectKey, None]] = {}  # in the order they came
+
+    def update(self, key: ObjectKey, *, before: Object | None, after: Object | None) -> None:
+        had, has = _owner_uids(before), _owner_uids(after)
+        for uid in had - has:
+            _discard(self._by_owner, uid, key)
+        for uid in has - had:
+            self._by_owner.setdefault(uid, {})[key] = None
+
+    def of(self, uid: str) -> builtins.list[ObjectKey]:
+        return builtins.list(self._by_owner.get(uid, ()))
+
+
+def _owner_uids(obj: Object | None) -> set[str]:
+    if obj is None:
+        return set()
+    owners = obj.get("metadata", {}).get("ownerReferences") or []
+    return {owner["uid"] for owner in owners if isinstance(owner, dict) and owner.get("uid")}
+
+
 class _ListIndex:
     """Keys of the visible objects by kind and namespace, and by label.
 
@@ -278,7 +306,7 @@ class _ListIndex:
         return [key for key, _ in found]
 
 
-def _discard(table: dict[Any, dict[ObjectKey, str]], bucket: Any, key: ObjectKey) -> None:
+def _discard(table: dict[Any, dict[ObjectKey, Any]], bucket: Any, key: ObjectKey) -> None:
     keys = table.get(bucket)
     if keys is not None:
         keys.pop(key, None)
@@ -299,6 +327,7 @@ class LocalStore:
         self._manifest_status: dict[ObjectKey, Any] = {}
         self._state: dict[ObjectKey, Object] = {}
         self._index = _ListIndex()
+        self._dependents = _Dependents()
         self._listeners: list[Listener] = []
         self._versions = itertools.count(1)
         self.manifest_errors: list[ManifestError] = []
@@ -343,6 +372,8 @@ class LocalStore:
         """Put (None: drop) the object at `key` of `layer` (`_state` or `_manifest`),
         keeping the list index in step."""
         before = self._visible(key)
+        if layer is self._state:
+            self._dependents.update(key, before=layer.get(key), after=obj)
         if obj is None:
             del layer[key]
         else:
@@ -787,10 +818,8 @@ class LocalStore:
         uid = obj.get("metadata", {}).get("uid")
         if not uid:
             return
-        for dependent_key, dependent in list(self._state.items()):
-            owners = dependent.get("metadata", {}).get("ownerReferences") or []
-            if any(owner.get("uid") == uid for owner in owners):
-                yield from self._delete_with_dependents(dependent_key)
+        for dependent_key in self._dependents.of(uid):
+            yield from self._delete_with_dependents(dependent_key)
 
     def _check_key(self, obj: Object) -> ObjectKey:
         try:
