@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 from pathlib import Path
@@ -675,11 +676,21 @@ def test_a_duplicate_takes_over_when_the_file_defining_it_first_goes(tmp_path: P
     assert "ca" in kept["spec"]
 
 
-def test_state_files_are_written_with_libyaml_when_pyyaml_has_it() -> None:
+def test_state_files_are_json_and_yaml_reads_them_too() -> None:
+    obj = {"b": 1, "a": [1, "x"], "c": {"d": None, "e": True, "f": "ü\n\"q\""}, "g": 1e20}
+    written = local.dump_yaml(obj)
+    assert written.startswith(b'{"b":1,"a":[1,"x"]')  # JSON, key order kept
+    assert local._load_yaml(written.decode()) == obj  # exactly, the float too
+    assert yaml.safe_load(written) == {**obj, "g": "1e+20"}  # YAML 1.1 wants a dot in floats
+
+
+def test_values_json_has_not_are_written_as_yaml_with_libyaml_when_pyyaml_has_it() -> None:
     expected = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
     assert local._SafeDumper is expected
-    assert yaml.safe_load(local.dump_yaml({"b": 1, "a": [1, "x"]})) == {"b": 1, "a": [1, "x"]}
-    assert local.dump_yaml({"b": 1, "a": 2}).startswith(b"b: 1\n")  # key order kept
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    written = local.dump_yaml({"b": when, "a": {"x", "y"}})
+    assert written.startswith(b"b: 2026-01-02 03:04:05+00:00\n")  # key order kept
+    assert local._load_yaml(written.decode()) == {"b": when, "a": {"x", "y"}}
 
 
 def test_listed_objects_are_copies_down_to_nested_values(tmp_path: Path) -> None:

@@ -909,13 +909,25 @@ def _stable_uid(key: ObjectKey) -> str:
 
 
 def _load_yaml(text: str) -> Any:
-    """One YAML document (a state or status file), parsed with libyaml when available."""
+    """One state or status file: JSON as `dump_yaml` writes it, else YAML (files of
+    earlier versions, values JSON has not), parsed with libyaml when available."""
+    if text.startswith("{"):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a safe loader
 
 
 def dump_yaml(obj: Any) -> bytes:
-    """`obj` as a YAML state file, written by libyaml when PyYAML has it."""
-    return yaml.dump(obj, Dumper=_SafeDumper, sort_keys=False).encode()
+    """`obj` as a state file: JSON, which YAML reads too, written by the json module's C
+    encoder; PyYAML's representer, in Python even with libyaml's emitter, was a tenth
+    of certctl's CPU issuing 500 certificates (B2's profile), a dump per store write.
+    Values JSON has not (timestamps YAML parsed from a manifest, bytes, NaN) go to YAML.
+    """
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode() + b"\n"
+    except (TypeError, ValueError):
+        return yaml.dump(obj, Dumper=_SafeDumper, sort_keys=False).encode()
 
 
 def parse_manifest(data: bytes) -> builtins.list[Any]:
