@@ -209,6 +209,22 @@ def test_frames_on_a_stream_we_reset_are_ignored_and_their_window_returned() -> 
     assert [(event.stream_id, event.delta) for event in updates] == [(0, WINDOW // 2)]
 
 
+def test_data_refused_with_a_stream_error_gives_the_connection_window_back() -> None:
+    """DATA that breaks its stream (here: longer than the content-length) reaches no
+    application to acknowledge it; the connection's window must not shrink for good."""
+    client, server = _connected()
+    for number in range(32):  # 32 x 16 KiB: half the connection's window
+        stream_id = 1 + 2 * number
+        client.send_headers(stream_id, _post(1))
+        client.send_data(stream_id, b"z" * 16384)
+    events = _exchange(client, server)
+    assert [event.error_code for event in events if isinstance(event, h2_server.StreamReset)
+            ] == [h2_server.PROTOCOL_ERROR] * 32
+    updates = [event for event in _to_client(client, server)
+               if isinstance(event, h2.events.WindowUpdated)]
+    assert [(event.stream_id, event.delta) for event in updates] == [(0, WINDOW // 2)]
+
+
 def test_answers_for_a_stream_the_client_reset_are_dropped() -> None:
     """The client's RST_STREAM may come in the read whose earlier events the application
     is still answering: the answer is dropped, the connection goes on."""

@@ -63,7 +63,6 @@ PRIORITY_FLAG: Final = 0x20
 # Error codes (RFC 9113 7)
 NO_ERROR: Final = 0x0
 PROTOCOL_ERROR: Final = 0x1
-INTERNAL_ERROR: Final = 0x2
 FLOW_CONTROL_ERROR: Final = 0x3
 STREAM_CLOSED: Final = 0x5
 FRAME_SIZE_ERROR: Final = 0x6
@@ -307,6 +306,13 @@ class ServerConnection:
                 stream.receive_window += increment
                 self._queue_window_update(stream_id, increment)
 
+    def announce_shutdown(self) -> int:
+        """GOAWAY (NO_ERROR) naming the last stream the client opened, which may finish;
+        the connection goes on (RFC 9113 6.8's graceful shutdown). Returns that stream."""
+        if not self._terminated:
+            self._queue_goaway(NO_ERROR)
+        return self.highest_inbound_stream_id
+
     def close_connection(self, *, error_code: int = NO_ERROR) -> None:
         """GOAWAY, naming the last stream the client opened."""
         if not self._terminated:
@@ -425,22 +431,28 @@ class ServerConnection:
         self._receive_window -= flow_length
         data = _unpadded(flags, payload)
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.remote_open:
-            self._acknowledge_connection(flow_length)  # nobody else will
-            if stream is not None:
-                raise _StreamError(stream_id, STREAM_CLOSED)
-            self._check_closed(stream_id, "DATA")
-            return
-        if flow_length > stream.receive_window:
-            raise _StreamError(stream_id, FLOW_CONTROL_ERROR)
-        stream.receive_window -= flow_length
-        stream.received_length += len(data)
         ended = bool(flags & END_STREAM)
-        if stream.expected_length >= 0 and (
-            stream.received_length > stream.expected_length
-            or (ended and stream.received_length != stream.expected_length)
-        ):
-            raise _StreamError(stream_id, PROTOCOL_ERROR)
+        error = NO_ERROR
+        if stream is None or not stream.remote_open:
+            error = STREAM_CLOSED
+        elif flow_length > stream.receive_window:
+            error = FLOW_CONTROL_ERROR
+        else:
+            stream.receive_window -= flow_length
+            stream.received_length += len(data)
+            if stream.expected_length >= 0 and (
+                stream.received_length > stream.expected_length
+                or (ended and stream.received_length != stream.expected_length)
+            ):
+                error = PROTOCOL_ERROR
+        if error:
+            # No application reads this DATA, so none gives its connection window back.
+            self._acknowledge_connection(flow_length)
+            if stream is None:
+                self._check_closed(stream_id, "DATA")
+                return
+            raise _StreamError(stream_id, error)
+        assert stream is not None
         events.append(DataReceived(stream_id, data, flow_length))
         if ended:
             events.append(StreamEnded(stream_id))
@@ -498,11 +510,9 @@ class ServerConnection:
             raise ProtocolError(f"the client opened stream {stream_id}, an even one",
                                 error_code=PROTOCOL_ERROR)
         self.highest_inbound_stream_id = stream_id
-        if self._block_error:
-            self._closed(stream_id, _CLOSED_BY_US)
+        if self._block_error:  # `_stream_error` remembers the stream as reset by us
             raise _StreamError(stream_id, self._block_error)
         if len(self._streams) >= self._max_concurrent_streams:
-            self._closed(stream_id, _CLOSED_BY_US)
             raise _StreamError(stream_id, REFUSED_STREAM)
         stream = _StreamState(stream_id, send_window=self._peer_initial_window,
                               receive_window=self._initial_window)

@@ -547,17 +547,11 @@ class Http2Connection(asyncio.Protocol):
     def drain(self) -> None:
         """The data plane stops: a GOAWAY (NO_ERROR) naming the last stream opened, whose
         streams finish; later ones are refused, and the connection closes once none is
-        left (RFC 9113 6.8). Written beside the framing layer, whose GOAWAY ends every stream."""
+        left (RFC 9113 6.8)."""
         if self._closed or self._last_stream is not None or self._transport is None:
             return
-        self._write_out()  # what the framing layer queued goes first
-        last = self._last_stream = self._h2.highest_inbound_stream_id
-        # The frame header (length 8, type 7, no flags, stream 0), the last stream id, the
-        # error code.
-        self._transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
-                              + last.to_bytes(4, "big") + b"\x00\x00\x00\x00")
-        if not self._streams:
-            self._close()
+        self._last_stream = self._h2.announce_shutdown()
+        self._write_out()  # and closes at once if no stream is open
 
     # -- requests -----------------------------------------------------------------------------
 
