@@ -98,7 +98,7 @@ def test_state_files_are_read_from_the_state_cache_unless_changed_since(tmp_path
     path_b = tmp_path / "state" / "objects" / "ConfigMap" / "default" / "b.yaml"
     changed = yaml.safe_load(path_b.read_text())
     changed["data"] = {"mode": "written since"}
-    local.atomic_write(path_b, local.dump_yaml(changed))
+    local.atomic_write(path_b, local.dump_state_file(changed))
     second = store(tmp_path)
     a = second.get(kind="ConfigMap", namespace="default", name="a")
     b = second.get(kind="ConfigMap", namespace="default", name="b")

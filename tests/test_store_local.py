@@ -678,9 +678,9 @@ def test_a_duplicate_takes_over_when_the_file_defining_it_first_goes(tmp_path: P
 
 def test_state_files_are_json_and_yaml_reads_them_too() -> None:
     obj = {"b": 1, "a": [1, "x"], "c": {"d": None, "e": True, "f": "ü\n\"q\""}, "g": 1e20}
-    written = local.dump_yaml(obj)
+    written = local.dump_state_file(obj)
     assert written.startswith(b'{"b":1,"a":[1,"x"]')  # JSON, key order kept
-    assert local._load_yaml(written.decode()) == obj  # exactly, the float too
+    assert local.load_state_file(written.decode()) == obj  # exactly, the float too
     assert yaml.safe_load(written) == {**obj, "g": "1e+20"}  # YAML 1.1 wants a dot in floats
 
 
@@ -688,9 +688,9 @@ def test_values_json_has_not_are_written_as_yaml_with_libyaml_when_pyyaml_has_it
     expected = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
     assert local._SafeDumper is expected
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    written = local.dump_yaml({"b": when, "a": {"x", "y"}})
+    written = local.dump_state_file({"b": when, "a": {"x", "y"}})
     assert written.startswith(b"b: 2026-01-02 03:04:05+00:00\n")  # key order kept
-    assert local._load_yaml(written.decode()) == {"b": when, "a": {"x", "y"}}
+    assert local.load_state_file(written.decode()) == {"b": when, "a": {"x", "y"}}
 
 
 def test_listed_objects_are_copies_down_to_nested_values(tmp_path: Path) -> None:

@@ -718,7 +718,7 @@ class LocalStore:
     def _write_state(self, key: ObjectKey, obj: Object) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
         path = self._path_for(key)
-        atomic_write(path, dump_yaml(obj))
+        atomic_write(path, dump_state_file(obj))
         self._put(self._state, key, obj)
         with contextlib.suppress(OSError):
             self._state_files[key] = _signature(path.stat())
@@ -727,7 +727,7 @@ class LocalStore:
         """Status of a user's object is kept beside it, so edits to the file still apply."""
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
         status = obj.get("status", {})
-        atomic_write(self._status_path_for(key), dump_yaml(status))
+        atomic_write(self._status_path_for(key), dump_state_file(status))
         self._manifest_status[key] = _copy(status)
         self._put(self._manifest, key, obj)
 
@@ -736,7 +736,7 @@ class LocalStore:
             namespace = None if path.parent.name == CLUSTER_DIR else path.parent.name
             key = ObjectKey(kind=path.parent.parent.name, namespace=namespace, name=path.stem)
             try:
-                self._manifest_status[key] = _load_yaml(path.read_text()) or {}
+                self._manifest_status[key] = load_state_file(path.read_text()) or {}
             except (OSError, yaml.YAMLError) as err:
                 logger.error("ignoring unreadable status file %s: %s", path, _unquoted(err))
         highest = 0
@@ -748,7 +748,7 @@ class LocalStore:
                 if found is not None and found[0] == signature:
                     obj = found[1]
                 else:
-                    obj = _load_yaml(path.read_text())
+                    obj = load_state_file(path.read_text())
                 key = key_of(obj)
             except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
                 logger.error("ignoring unreadable state file %s: %s", path, _unquoted(err))
@@ -908,8 +908,8 @@ def _stable_uid(key: ObjectKey) -> str:
     return str(uuid.UUID(digest[:32]))
 
 
-def _load_yaml(text: str) -> Any:
-    """One state or status file: JSON as `dump_yaml` writes it, else YAML (files of
+def load_state_file(text: str) -> Any:
+    """One state or status file: JSON as `dump_state_file` writes it, else YAML (files of
     earlier versions, values JSON has not), parsed with libyaml when available."""
     if text.startswith("{"):
         with contextlib.suppress(ValueError):
@@ -917,7 +917,7 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - _SafeLoader is a safe loader
 
 
-def dump_yaml(obj: Any) -> bytes:
+def dump_state_file(obj: Any) -> bytes:
     """`obj` as a state file: JSON, which YAML reads too, written by the json module's C
     encoder; PyYAML's representer, in Python even with libyaml's emitter, was a tenth
     of certctl's CPU issuing 500 certificates (B2's profile), a dump per store write.
