@@ -99,6 +99,49 @@ def test_a_challenge_deleted_before_it_was_seen_ending_is_cleaned_up_without_a_l
     assert store.ingress_lists == 0, "the presenting process knew the Challenge's solver"
 
 
+def test_passes_after_the_deletion_was_cleaned_up_read_no_ingress(
+    store: IngressListCounter,
+) -> None:
+    """A pass queued before the deletion (the retry of a status write the deletion
+    refused) can run after the pass that cleaned up: it has nothing left to do."""
+    settings = _settings()
+    key = _presented_challenge(store, settings)
+    _deleted_by_its_order(store, key)
+    for _ in range(3):
+        assert challenges.reconcile(store=store, key=key, settings=settings).requeue_after \
+            is None
+    assert store.ingress_lists == 0
+    assert settings.presented_challenge(key) is None
+
+
+def test_a_new_challenge_of_a_settled_name_is_cleaned_up_again(
+    store: IngressListCounter,
+) -> None:
+    """What is remembered of a deleted Challenge never spares a later one of the same name
+    its own clean-up: presenting it forgets the old one's."""
+    settings = _settings()
+    key = _presented_challenge(store, settings)
+    _deleted_by_its_order(store, key)
+    challenges.reconcile(store=store, key=key, settings=settings)
+    assert settings.deleted_was_cleaned_up(key)
+
+    store.delete(kind="Order", namespace=key.namespace, name="web-1")  # placed anew
+    assert _presented_challenge(store, settings) == key
+    assert not settings.deleted_was_cleaned_up(key)
+
+
+def test_settled_challenges_are_forgotten_after_a_while() -> None:
+    now = [datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC)]
+    settings = challenges.Settings(clock=lambda: now[0], accounts=_settings().accounts,
+                                   solvers=_settings().solvers)
+    old, new = (ObjectKey(kind="Challenge", namespace="default", name=n) for n in "ab")
+    settings.settled(old)
+    now[0] += challenges.SETTLED_MEMORY
+    settings.settled(new)
+    assert not settings.deleted_was_cleaned_up(old)
+    assert settings.deleted_was_cleaned_up(new)
+
+
 def test_a_restarted_controller_looks_through_the_ingresses_for_token_paths(
     store: IngressListCounter,
 ) -> None:

@@ -20,6 +20,7 @@ reports the reason.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ SelfCheck = http01_solver.SelfCheck
 
 FIRST_RETRY = 0.05
 LONGEST_RETRY = 10.0
+# How long a deleted Challenge's finished clean-up is remembered (`Settings.settled`):
+# far longer than a pass queued before the deletion can wait (LONGEST_RETRY, the queue's
+# backoff for a refused write).
+SETTLED_MEMORY = datetime.timedelta(minutes=10)
 
 
 @dataclass(kw_only=True)
@@ -63,6 +68,11 @@ class Settings:
     # and deleted before the Challenge's own pass saw it end is cleaned up knowing its
     # solver too, instead of by a list of every Ingress of the namespace.
     _presented: dict[ObjectKey, Challenge] = field(default_factory=dict)
+    # Deleted Challenges whose clean-up is done, and when it was: a pass queued before the
+    # deletion (a retry of the status write the deletion refused) may run after the pass
+    # that cleaned up, and must find nothing to do rather than list the namespace. Kept
+    # for SETTLED_MEMORY, oldest first, so that memory does not grow with every renewal.
+    _settled: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_delay(self, key: ObjectKey) -> float:
@@ -78,43 +88,63 @@ class Settings:
     def presented(self, key: ObjectKey, challenge: Challenge) -> None:
         with self._lock:
             self._presented[key] = challenge
+            self._settled.pop(key, None)  # a new Challenge of the name: its own clean-up
 
     def presented_challenge(self, key: ObjectKey) -> Challenge | None:
         with self._lock:
             return self._presented.get(key)
-
-    def forget_presented(self, key: ObjectKey) -> None:
-        with self._lock:
-            self._presented.pop(key, None)
 
     def cleaned_up(self, key: ObjectKey) -> None:
         with self._lock:
             self._cleaned.add(key)
             self._presented.pop(key, None)
 
-    def was_cleaned_up(self, key: ObjectKey, *, deleted: bool) -> bool:
+    def was_cleaned_up(self, key: ObjectKey) -> bool:
         """Whether `key`'s solvers were cleaned up as it ended; kept until it is deleted."""
         with self._lock:
-            if deleted:
-                if key in self._cleaned:
-                    self._cleaned.discard(key)
-                    return True
-                return False
             return key in self._cleaned
+
+    def deleted_was_cleaned_up(self, key: ObjectKey) -> bool:
+        """Whether the deleted `key` needs no clean-up: done as it ended, or by an earlier
+        pass after its deletion. Either way it is remembered as settled for a while."""
+        with self._lock:
+            if key in self._settled:
+                return True
+            if key in self._cleaned:
+                self._settle_locked(key)
+                return True
+            return False
+
+    def settled(self, key: ObjectKey) -> None:
+        """The deleted `key`'s clean-up is done."""
+        with self._lock:
+            self._settle_locked(key)
+
+    def _settle_locked(self, key: ObjectKey) -> None:
+        self._cleaned.discard(key)
+        self._presented.pop(key, None)
+        self._attempts.pop(key, None)
+        now = self.clock()
+        self._settled.pop(key, None)
+        self._settled[key] = now  # last in the order: the newest
+        while self._settled:
+            oldest = next(iter(self._settled))
+            if now - self._settled[oldest] < SETTLED_MEMORY:
+                break
+            del self._settled[oldest]
 
 
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     obj = store.get(kind="Challenge", namespace=key.namespace, name=key.name)
     if obj is None:
-        if settings.was_cleaned_up(key, deleted=True):
-            settings.forget(key)
+        if settings.deleted_was_cleaned_up(key):
             return Result.done()
-        return _clean_up_deleted(store, key=key, settings=settings)
+        return _clean_up_deleted(store, key=key, settings=settings, deleted=True)
     status = ChallengeStatus.from_object(obj)
     if status.ended:
         settings.forget(key)
-        if not settings.was_cleaned_up(key, deleted=False):
-            _clean_up_deleted(store, key=key, settings=settings)
+        if not settings.was_cleaned_up(key):
+            _clean_up_deleted(store, key=key, settings=settings, deleted=False)
         return Result.done()
     if solver_registry.ends_with_its_challenge((obj.get("spec") or {}).get("type")):
         # Its Order leaves such a Challenge to end itself, so the cleanup goes first.
@@ -304,9 +334,11 @@ def _clean_up_solver(
     return solver.clean_up(store=store, key=key, challenge=challenge if ours else None)
 
 
-def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Result:
-    """The Challenge is gone (or ended): take away what this process presented for it,
-    retrying temporary failures (nothing else will ever remove it)."""
+def _clean_up_deleted(
+    store: Store, *, key: ObjectKey, settings: Settings, deleted: bool
+) -> Result:
+    """The Challenge is gone (`deleted`) or ended: take away what this process presented
+    for it, retrying temporary failures (nothing else will ever remove it)."""
     challenge = settings.presented_challenge(key)
     for solver in settings.solvers:
         try:
@@ -320,7 +352,10 @@ def _clean_up_deleted(store: Store, *, key: ObjectKey, settings: Settings) -> Re
         if removed is not None:
             logger.info("%s ended; removed %s", key, removed)
     settings.forget(key)
-    settings.forget_presented(key)
+    if deleted:
+        settings.settled(key)
+    else:
+        settings.cleaned_up(key)
     return Result.done()
 
 
