@@ -2,11 +2,13 @@
 image builds that package, the manifests run that image, and every command runs on
 uvloop.
 
-The wheel test builds the package as `pip wheel .` does, from the files the
+The wheel test takes the package as `pip wheel .` builds it from the files the
 Dockerfile's build stage copies, with build isolation (setuptools and mypy come
-from the package index or pip's cache), and installs it in a new virtualenv:
-about a minute on two cores, so it runs in the compiled run of scripts/test.sh
-only. There is no container engine on the test machines: the Dockerfile is read,
+from the package index or pip's cache), and installs it in a new virtualenv. The
+build takes minutes on two cores, so it is made once per content of those files
+(scripts/wheel.py): scripts/install.sh made it already, for the checkout's compiled
+modules, unless the tree changed since. The test runs in the compiled run of
+scripts/test.sh only. There is no container engine on the test machines: the Dockerfile is read,
 not built, and what its build stage runs is what the wheel test runs.
 """
 
@@ -33,6 +35,7 @@ import pytest
 import requests
 import yaml
 
+from scripts import wheel as wheel_build
 from tests.pebble import free_port
 
 if TYPE_CHECKING:
@@ -174,18 +177,12 @@ def test_image_build_stops_when_a_module_was_left_uncompiled(tmp_path: Path):
 
 
 def _build_context(tmp_path: Path) -> Path:
-    """What the Dockerfile's build stage copies, without a checkout's compiled files."""
+    """The files the Dockerfile's build stage copies, as scripts/wheel.py copies them."""
     _, (build, _) = _dockerfile()
+    copied = [word for argument in build.all("COPY") for word in argument.split()[:-1]]
+    assert sorted(copied) == sorted(wheel_build.CONTEXT)  # the image's wheel is the tested one
     context = tmp_path / "context"
-    context.mkdir()
-    for argument in build.all("COPY"):
-        *sources, _ = argument.split()
-        for source in sources:
-            if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, context / source,
-                                ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-            else:
-                shutil.copy(REPO / source, context / source)
+    wheel_build.copy_context(REPO, context)
     return context
 
 
@@ -207,12 +204,16 @@ def _environment() -> dict[str, str]:
 @pytest.mark.timeout(900)
 def test_wheel_installs_the_compiled_data_plane_and_runs(tmp_path: Path):
     context = _build_context(tmp_path)
+    # Built by `pip wheel` from the build context; once per content (scripts/wheel.py): the
+    # install built it already when the tree has not changed since, and extracted its
+    # compiled modules for the checkout.
+    try:
+        wheel = wheel_build.built_wheel(REPO)
+    except subprocess.CalledProcessError as err:
+        pytest.fail(f"pip wheel failed: {err.stdout[-3000:]}{err.stderr[-3000:]}")
     dist = tmp_path / "dist"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(context), "-w", str(dist), "--no-deps"],
-        cwd=tmp_path, env=_environment(), capture_output=True, text=True, check=False)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    (wheel,) = dist.glob("certctl-*.whl")
+    dist.mkdir()
+    shutil.copy(wheel, dist / wheel.name)
     # C extensions in it: a wheel for this Python and platform, not py3-none-any.
     assert re.search(r"-cp3\d+-cp3\d+-linux_x86_64\.whl$", wheel.name), wheel.name
     names = zipfile.ZipFile(wheel).namelist()

@@ -2,8 +2,9 @@
 
 Its per-request modules (pyproject.toml, `[tool.certctl.mypyc]`) are compiled
 with mypyc, by the package build (setup.py: `pip install .`, the wheel, the
-image) or in place by `scripts/compile.sh` for the editable install: about half
-the CPU per request of the same modules interpreted (bench B4).
+image), and for the editable install by `scripts/compile.sh`, which puts the
+wheel's compiled modules beside their sources: about half the CPU per request
+of the same modules interpreted (bench B4).
 
 Python imports a compiled module in preference to its source. Importing this
 package decides, once, which of the two runs for each module, so that a

@@ -1,0 +1,1 @@
+"""Install, build and test helpers; `wheel` is importable by the tests."""
