@@ -142,14 +142,17 @@ class CertificateIndex:
         self._serve(_parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem))
 
     def serve_secret(self, *, source: resources.ObjectKey,
-                     contents: tls_secret.TLSSecretContents) -> None:
+                     contents: tls_secret.TLSSecretContents, announce: bool = True) -> None:
         """`set_certificate` for a Secret already read by `pki.secret.read_tls_secret`:
         its parsed leaf and key are used as they are, not parsed again from the PEM
-        (only the PEM bytes are kept, for the context built at the first handshake)."""
+        (only the PEM bytes are kept, for the context built at the first handshake).
+        Without `announce`, logged at debug level only: a start-up loading thousands
+        says how many in one line of its own."""
         self._serve(_entry_of(source=source, leaf=contents.leaf, key=contents.key,
-                              chain_pem=contents.chain_pem, key_pem=contents.key_pem))
+                              chain_pem=contents.chain_pem, key_pem=contents.key_pem),
+                    announce=announce)
 
-    def _serve(self, entry: _Entry) -> None:
+    def _serve(self, entry: _Entry, *, announce: bool = True) -> None:
         source = entry.source
         if not entry.names:
             logger.warning("certificate from %s has no DNS names nor IP addresses; it serves "
@@ -167,7 +170,8 @@ class CertificateIndex:
             self._publish(affected)
             if entry.addressed or (previous is not None and previous.addressed):
                 self._publish_no_sni(source, entry if entry.addressed else None)
-        logger.info("serving certificate from %s for %s", source, ", ".join(entry.names))
+        logger.log(logging.INFO if announce else logging.DEBUG,
+                   "serving certificate from %s for %s", source, ", ".join(entry.names))
 
     def remove_certificate(self, *, source: resources.ObjectKey) -> None:
         """Stop serving what `source` held; unknown sources are ignored (deletes may repeat)."""
