@@ -224,6 +224,28 @@ def test_client_leaving_without_close_notify_frees_its_connection(plane):
                what="the data plane to drop the connection")
 
 
+def _transports_of(clients: set[tuple[str, int]]) -> list[tls.TlsTransport]:
+    return [each for each in gc.get_objects()
+            if isinstance(each, tls.TlsTransport) and each.get_extra_info("peername") in clients]
+
+
+def test_a_connection_the_sweeper_checked_is_freed_when_it_ends(plane):
+    # The sweeper looks at every connection twice a second; what it looked at last must
+    # not stay referenced from its own frame once the connection ends (a CI run failed
+    # the test below on it: that connection was still held by a ClientConnection).
+    gc.collect()
+    gc.disable()
+    try:
+        with connect(plane, "a.test") as conn:
+            clients = {conn.getsockname()}
+            assert get(conn, "a.test").startswith(b"HTTP/1.1 200")
+            time.sleep(1.2)  # two sweeps with this connection open, likely the only one
+        eventually(lambda: not _transports_of(clients), timeout=5,
+                   what="the swept connection to be freed with the collector off")
+    finally:
+        gc.enable()
+
+
 def test_ended_connections_are_freed_without_the_garbage_collector(plane):
     # No reference cycle may outlive a connection: its objects and OpenSSL's buffers are
     # freed when it ends, not whenever the collector runs next. Only this test's own
@@ -232,9 +254,7 @@ def test_ended_connections_are_freed_without_the_garbage_collector(plane):
     clients: set[tuple[str, int]] = set()
 
     def left() -> list[tls.TlsTransport]:
-        return [each for each in gc.get_objects()
-                if isinstance(each, tls.TlsTransport)
-                and each.get_extra_info("peername") in clients]
+        return _transports_of(clients)
 
     def holders() -> str:
         transports = left()

@@ -369,8 +369,12 @@ class DataPlane:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            now = time.monotonic()
-            if self._tls is not None:
-                self._tls.sweep(now)
-            for client in list(self._connections):
-                client.check_deadline(now)
+            self._sweep_once(time.monotonic())
+
+    def _sweep_once(self, now: float) -> None:
+        # A function of its own: a loop variable of `_sweep` would hold the last connection
+        # it checked (its transport, its buffers) for as long as no later sweep had one.
+        if self._tls is not None:
+            self._tls.sweep(now)
+        for client in list(self._connections):
+            client.check_deadline(now)
