@@ -1,4 +1,8 @@
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from certctl.api import names
 
@@ -86,4 +90,17 @@ def test_invalid_idn_is_refused():
     ],
 )
 def test_is_ip_address(text, expected):
+    assert names.is_ip_address(text) is expected
+
+
+@given(st.one_of(st.text(max_size=40), st.ip_addresses().map(str),
+                 st.text(alphabet="0123456789.:abcdef%", max_size=40)))
+def test_is_ip_address_agrees_with_ipaddress(text: str) -> None:
+    # The fast answer for DNS names must never differ from the library's.
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        expected = False
+    else:
+        expected = True
     assert names.is_ip_address(text) is expected

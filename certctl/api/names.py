@@ -24,6 +24,10 @@ _LDH_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 def is_ip_address(text: str) -> bool:
     """True for an IPv4 or IPv6 address literal (no brackets, no prefix length)."""
+    if ":" not in text and not text.replace(".", "").isdigit():
+        # Neither IPv6 (a colon) nor IPv4 (digits and dots): a DNS name, told without the
+        # two ValueErrors ipaddress raises for it (each Ingress host is asked several times).
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
