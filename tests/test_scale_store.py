@@ -62,26 +62,6 @@ def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
     assert found is not None and found["data"] == {"mode": "edited"}
 
 
-def test_a_file_with_a_secret_is_cached_0600_and_its_entry_goes_with_the_file(
-    tmp_path: Path,
-):
-    (tmp_path / "manifests").mkdir()
-    path = tmp_path / "manifests" / "site.yaml"
-    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-              "metadata": {"name": "site-tls", "namespace": "default"},
-              "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}
-    path.write_text(yaml.safe_dump_all([CONFIG, secret]))
-    kept = store(tmp_path)
-    kept.reload_manifests()
-    (entry,) = cache_entries(tmp_path)
-    assert json.loads(entry.read_text()) == [CONFIG, secret]
-    assert entry.stat().st_mode & 0o777 == 0o600
-    path.write_text(yaml.safe_dump(CONFIG))  # the Secret taken out of the file
-    kept.reload_manifests()
-    assert [json.loads(each.read_text()) for each in cache_entries(tmp_path)] == [[CONFIG]]
-    assert kept.get(kind="Secret", namespace="default", name="site-tls") is None
-
-
 def test_a_document_json_cannot_hold_exactly_is_not_cached_and_still_loads(tmp_path: Path):
     (tmp_path / "manifests").mkdir()
     # An unquoted timestamp is a datetime to YAML; integer keys would come back strings.

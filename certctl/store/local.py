@@ -943,12 +943,9 @@ class _ParseCache:
     """Manifest files' documents as parsed before, by the sha256 of the file's bytes, one
     JSON file each: a restart loads them instead of parsing YAML again. Only documents
     JSON gives back exactly are kept (not YAML timestamps, sets, binary or non-string
-    keys); an entry that cannot be read or written is simply parsed again next time.
-    Files holding Secrets are kept too, like every other: the state dir holds Secrets'
-    values already (the state files and STATE_CACHE, of every Secret certctl wrote), each
-    file 0600, and an entry goes with the last file of its content (`keep_only`). Left
-    out, a fleet's manifests of Ingress and Secret pairs were a quarter of a restart's
-    CPU until ready (10,000 pairs, bench scale_controller: YAML parsing)."""
+    keys); an entry that cannot be read or written is simply parsed again next time. A
+    file holding a Secret is not kept: its values stay in the user's file (and the
+    Secret's own state file) only. The files are 0600 under the state dir."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -964,6 +961,9 @@ class _ParseCache:
         return documents if isinstance(documents, builtins.list) else None
 
     def store(self, digest: bytes, documents: builtins.list[Any]) -> None:
+        if any(isinstance(document, dict) and document.get("kind") == "Secret"
+               for document in documents):
+            return  # parsed at every start: Secret values stay in the user's file only
         try:
             encoded = json.dumps(documents, ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError):
