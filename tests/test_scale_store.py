@@ -9,6 +9,7 @@ its YAML every time. Reads still hand out copies no caller can change the store 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -60,6 +61,58 @@ def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
     assert after != before
     found = kept.get(kind="ConfigMap", namespace="default", name="settings")
     assert found is not None and found["data"] == {"mode": "edited"}
+
+
+SECRET = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+          "metadata": {"name": "site-tls", "namespace": "default"},
+          "data": {"tls.crt": "Y2VydGlmaWNhdGUgdmFsdWU=", "tls.key": "a2V5IHZhbHVlIGhlcmU="}}
+
+
+def test_a_secret_is_cached_by_where_it_lies_in_its_file_never_by_its_values(tmp_path: Path):
+    """The state dir holds no copy of a manifest's Secret: its entry says where the Secret
+    lies in the file (which the restart reads anyway) and the restart parses that alone."""
+    (tmp_path / "manifests").mkdir()
+    a_list = {"apiVersion": "v1", "kind": "List",
+              "items": [{**SECRET, "metadata": {"name": "listed", "namespace": "default"}}]}
+    text = ("# the site\n" + yaml.safe_dump(CONFIG) + "---\n" + yaml.safe_dump(SECRET)
+            # indented, and in flow style: the span is the document's whole text
+            + "---\n  " + yaml.safe_dump(CONFIG).replace("\n", "\n  ").rstrip() + "\n"
+            + "--- " + json.dumps(a_list) + "\n")
+    (tmp_path / "manifests" / "site.yaml").write_text(text)
+    first = store(tmp_path)
+    first.reload_manifests()
+    (entry,) = cache_entries(tmp_path)
+    kept = entry.read_text()
+    for value in ("Y2VydGlmaWNhdGUgdmFsdWU=", "a2V5IHZhbHVlIGhlcmU="):
+        assert value not in kept
+    assert json.loads(kept)["documents"] == [CONFIG, None, CONFIG, None]
+    # The restart takes the other documents from the entry (changed here, it shows) and
+    # the Secrets from the file.
+    changed = json.loads(kept)
+    changed["documents"][0] = {**CONFIG, "data": {"mode": "from the cache"}}
+    entry.write_text(json.dumps(changed))
+    second = store(tmp_path)
+    second.reload_manifests()
+    config = second.get(kind="ConfigMap", namespace="default", name="settings")
+    assert config is not None and config["data"] == {"mode": "from the cache"}
+    for name in ("site-tls", "listed"):
+        secret = second.get(kind="Secret", namespace="default", name=name)
+        assert secret is not None and secret["data"] == SECRET["data"], name
+
+
+def test_an_entry_with_a_listed_secret_from_before_is_written_again_without(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    a_list = {"apiVersion": "v1", "kind": "List", "items": [SECRET]}
+    data = yaml.safe_dump(a_list).encode()
+    (tmp_path / "manifests" / "list.yaml").write_bytes(data)
+    folder = tmp_path / "state" / local.MANIFEST_CACHE
+    folder.mkdir(parents=True)
+    (folder / f"{hashlib.sha256(data).hexdigest()}.json").write_text(json.dumps([a_list]))
+    loaded = store(tmp_path)
+    loaded.reload_manifests()
+    (entry,) = cache_entries(tmp_path)
+    assert "a2V5IHZhbHVlIGhlcmU=" not in entry.read_text()
+    assert loaded.get(kind="Secret", namespace="default", name="site-tls") is not None
 
 
 def test_a_document_json_cannot_hold_exactly_is_not_cached_and_still_loads(tmp_path: Path):

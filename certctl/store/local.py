@@ -936,16 +936,46 @@ def parse_manifest(data: bytes) -> builtins.list[Any]:
     The bytes are decoded as UTF-8 first (a BOM is allowed), so a file in
     another encoding is a UnicodeDecodeError rather than mojibake.
     """
-    return list(yaml.load_all(data.decode("utf-8-sig"), Loader=_SafeLoader))
+    return [document for document, _ in _parse_documents(data.decode("utf-8-sig"))]
+
+
+def _parse_documents(text: str) -> builtins.list[tuple[Any, tuple[int, int]]]:
+    """Every YAML document of `text`, each with the span of `text` that is it alone: from
+    the end of the document before (or the start) to the end of its root node, in
+    characters (libyaml's marks), its `---` and comments included."""
+    loader = _SafeLoader(text)
+    found = []
+    try:
+        start = 0
+        while loader.check_node():
+            node = loader.get_node()
+            end = node.end_mark.index
+            found.append((loader.construct_document(node), (start, end)))
+            start = end
+    finally:
+        loader.dispose()
+    return found
+
+
+def _holds_secret(document: Any) -> bool:
+    """A Secret, or a `kind: List` with one among its items."""
+    return any(isinstance(item, dict) and item.get("kind") == "Secret"
+               for item in _flatten([document]))
 
 
 class _ParseCache:
     """Manifest files' documents as parsed before, by the sha256 of the file's bytes, one
     JSON file each: a restart loads them instead of parsing YAML again. Only documents
     JSON gives back exactly are kept (not YAML timestamps, sets, binary or non-string
-    keys); an entry that cannot be read or written is simply parsed again next time. A
-    file holding a Secret is not kept: its values stay in the user's file (and the
-    Secret's own state file) only. The files are 0600 under the state dir."""
+    keys); an entry that cannot be read or written is simply parsed again next time. The
+    files are 0600 under the state dir.
+
+    A document holding a Secret is not kept: its values stay in the user's file (and the
+    Secret's own state file) only. Its entry holds where it lies in the file instead (its
+    span, in characters), and a restart parses that span alone from the file it read
+    anyway, the same bytes (the digest says so). A fleet's files of Ingress and Secret
+    pairs were a quarter of a restart's CPU until ready when such files were parsed whole.
+    """
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -953,27 +983,61 @@ class _ParseCache:
     def _path(self, digest: bytes) -> Path:
         return self._folder / f"{digest.hex()}.json"
 
-    def load(self, digest: bytes) -> builtins.list[Any] | None:
+    def load(self, digest: bytes, *, data: bytes) -> builtins.list[Any] | None:
+        """The documents of the file whose bytes, `data`, have this digest; None when
+        there is no usable entry."""
         try:
-            documents = json.loads(self._path(digest).read_bytes())
+            entry = json.loads(self._path(digest).read_bytes())
         except (OSError, ValueError):
             return None
-        return documents if isinstance(documents, builtins.list) else None
-
-    def store(self, digest: bytes, documents: builtins.list[Any]) -> None:
-        if any(isinstance(document, dict) and document.get("kind") == "Secret"
-               for document in documents):
-            return  # parsed at every start: Secret values stay in the user's file only
+        if isinstance(entry, builtins.list):  # every document JSON
+            # An entry of an earlier certctl may hold a Secret inside a `kind: List`: it
+            # is written again, without.
+            return None if any(_holds_secret(document) for document in entry) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("documents"), builtins.list):
+            return None
+        documents: builtins.list[Any] = entry["documents"]
+        text = None
         try:
-            encoded = json.dumps(documents, ensure_ascii=False, allow_nan=False).encode()
+            for index, (start, end) in (entry.get("spans") or {}).items():
+                text = data.decode("utf-8-sig") if text is None else text
+                documents[int(index)] = yaml.load(text[start:end], Loader=_SafeLoader)  # noqa: S506 - a safe loader
+        except (ValueError, TypeError, IndexError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        return documents
+
+    def store(self, digest: bytes, *, data: bytes) -> builtins.list[Any]:
+        """Parse the file whose bytes are `data` and keep what it gives; its documents."""
+        text = data.decode("utf-8-sig")
+        parsed = _parse_documents(text)
+        documents = [document for document, _ in parsed]
+        kept: builtins.list[Any] = []
+        spans: dict[str, tuple[int, int]] = {}
+        for index, (document, (start, end)) in enumerate(parsed):
+            if not _holds_secret(document):
+                kept.append(document)
+                continue
+            kept.append(None)
+            spans[str(index)] = (start, end)
+            try:  # the span parsed alone must give the document back, or the file is not kept
+                alone = yaml.load(text[start:end], Loader=_SafeLoader)  # noqa: S506 - a safe loader
+            except yaml.YAMLError:
+                return documents
+            if alone != document:
+                return documents
+        try:
+            encoded = json.dumps({"documents": kept, "spans": spans} if spans else kept,
+                                 ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError):
-            return  # something JSON cannot hold: this file is parsed at every start
-        if json.loads(encoded) != documents:
-            return  # a key that is no string, or another change JSON would make
+            return documents  # something JSON cannot hold: this file is parsed at every start
+        decoded = json.loads(encoded)
+        if (decoded["documents"] if spans else decoded) != kept:
+            return documents  # a key that is no string, or another change JSON would make
         try:
             atomic_write(self._path(digest), encoded)
         except StateWriteError as err:
             logger.debug("manifest parse cache not written: %s", err)
+        return documents
 
     def keep_only(self, digests: set[bytes]) -> None:
         """Remove the entries of file contents no manifest file has any more."""
@@ -1005,14 +1069,12 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
     settled = max(stat.st_mtime_ns, stat.st_ctime_ns) < started - _TIMESTAMP_SLACK_NS
     if previous is not None and previous.digest == digest:
         return dataclasses.replace(previous, signature=signature, settled=settled)
-    documents = None if cache is None else cache.load(digest)
-    # Documents share parts only through YAML anchors (`&name`), never when read from JSON.
-    shared = False
+    documents = None if cache is None else cache.load(digest, data=data)
+    # Documents share parts only through YAML anchors (`&name`); a copy is made when the
+    # file has one, whether read from YAML or (mostly) from JSON.
+    shared = b"&" in data
     if documents is None:
-        documents = parse_manifest(data)
-        shared = b"&" in data
-        if cache is not None:
-            cache.store(digest, documents)
+        documents = parse_manifest(data) if cache is None else cache.store(digest, data=data)
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     entries: builtins.list[_Entry] = []
