@@ -69,14 +69,18 @@ SECRET = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
 
 
 def test_a_secret_is_cached_by_where_it_lies_in_its_file_never_by_its_values(tmp_path: Path):
-    """The state dir holds no copy of a manifest's Secret: its entry says where the Secret
-    lies in the file (which the restart reads anyway) and the restart parses that alone."""
+    """The state dir holds no copy of a manifest's Secret: its entry says where its values
+    lie in the file (which the restart reads anyway), or where the whole Secret does when
+    its values are not plain text there (quoted, in a List), and the restart reads them."""
     (tmp_path / "manifests").mkdir()
+    quoted = {**SECRET, "metadata": {"name": "quoted", "namespace": "default"}}
     a_list = {"apiVersion": "v1", "kind": "List",
               "items": [{**SECRET, "metadata": {"name": "listed", "namespace": "default"}}]}
+    other = {**CONFIG, "metadata": {"name": "other", "namespace": "default"}}
     text = ("# the site\n" + yaml.safe_dump(CONFIG) + "---\n" + yaml.safe_dump(SECRET)
-            # indented, and in flow style: the span is the document's whole text
-            + "---\n  " + yaml.safe_dump(CONFIG).replace("\n", "\n  ").rstrip() + "\n"
+            + "---\n" + yaml.safe_dump(quoted, default_style='"')
+            # indented, and in flow style: a span is the document's whole text
+            + "---\n  " + yaml.safe_dump(other).replace("\n", "\n  ").rstrip() + "\n"
             + "--- " + json.dumps(a_list) + "\n")
     (tmp_path / "manifests" / "site.yaml").write_text(text)
     first = store(tmp_path)
@@ -85,9 +89,11 @@ def test_a_secret_is_cached_by_where_it_lies_in_its_file_never_by_its_values(tmp
     kept = entry.read_text()
     for value in ("Y2VydGlmaWNhdGUgdmFsdWU=", "a2V5IHZhbHVlIGhlcmU="):
         assert value not in kept
-    assert json.loads(kept)["documents"] == [CONFIG, None, CONFIG, None]
+    without_values = {**SECRET, "data": {"tls.crt": None, "tls.key": None}}
+    assert json.loads(kept)["documents"] == [CONFIG, without_values, None, other, None]
+    assert sorted(json.loads(kept)["spans"]) == ["2", "4"]
     # The restart takes the other documents from the entry (changed here, it shows) and
-    # the Secrets from the file.
+    # the Secrets' values from the file.
     changed = json.loads(kept)
     changed["documents"][0] = {**CONFIG, "data": {"mode": "from the cache"}}
     entry.write_text(json.dumps(changed))
@@ -95,9 +101,25 @@ def test_a_secret_is_cached_by_where_it_lies_in_its_file_never_by_its_values(tmp
     second.reload_manifests()
     config = second.get(kind="ConfigMap", namespace="default", name="settings")
     assert config is not None and config["data"] == {"mode": "from the cache"}
-    for name in ("site-tls", "listed"):
+    for name in ("site-tls", "quoted", "listed"):
         secret = second.get(kind="Secret", namespace="default", name=name)
         assert secret is not None and secret["data"] == SECRET["data"], name
+
+
+def test_a_secret_whose_values_are_repeated_elsewhere_in_it_is_parsed_whole(tmp_path: Path):
+    # kubectl's last-applied-configuration annotation holds the whole Secret again.
+    (tmp_path / "manifests").mkdir()
+    applied = {**SECRET, "metadata": {**SECRET["metadata"], "annotations": {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(SECRET)}}}
+    (tmp_path / "manifests" / "applied.yaml").write_text(yaml.safe_dump(applied))
+    store(tmp_path).reload_manifests()
+    (entry,) = cache_entries(tmp_path)
+    assert "a2V5IHZhbHVlIGhlcmU=" not in entry.read_text()
+    assert json.loads(entry.read_text())["documents"] == [None]
+    restarted = store(tmp_path)
+    restarted.reload_manifests()
+    secret = restarted.get(kind="Secret", namespace="default", name="site-tls")
+    assert secret is not None and secret["data"] == SECRET["data"]
 
 
 def test_an_entry_with_a_listed_secret_from_before_is_written_again_without(tmp_path: Path):

@@ -936,13 +936,22 @@ def parse_manifest(data: bytes) -> builtins.list[Any]:
     The bytes are decoded as UTF-8 first (a BOM is allowed), so a file in
     another encoding is a UnicodeDecodeError rather than mojibake.
     """
-    return [document for document, _ in _parse_documents(data.decode("utf-8-sig"))]
+    return [each.document for each in _parse_documents(data.decode("utf-8-sig"))]
 
 
-def _parse_documents(text: str) -> builtins.list[tuple[Any, tuple[int, int]]]:
-    """Every YAML document of `text`, each with the span of `text` that is it alone: from
-    the end of the document before (or the start) to the end of its root node, in
-    characters (libyaml's marks), its `---` and comments included."""
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    """One YAML document of a file: what it is, its node tree and its span of the text
+    that is it alone (from the end of the document before, or the start, to the end of
+    its root node, in characters: libyaml's marks), its `---` and comments included."""
+
+    document: Any
+    node: yaml.Node
+    span: tuple[int, int]
+
+
+def _parse_documents(text: str) -> builtins.list[_Parsed]:
+    """Every YAML document of `text`."""
     loader = _SafeLoader(text)
     found = []
     try:
@@ -950,11 +959,56 @@ def _parse_documents(text: str) -> builtins.list[tuple[Any, tuple[int, int]]]:
         while loader.check_node():
             node = loader.get_node()
             end = node.end_mark.index
-            found.append((loader.construct_document(node), (start, end)))
+            found.append(_Parsed(document=loader.construct_document(node), node=node,
+                                 span=(start, end)))
             start = end
     finally:
         loader.dispose()
     return found
+
+
+_SECRET_FIELDS = ("data", "stringData")
+# Where a Secret's values lie in its file: per field, per key, the span of the value.
+_ValueSpans = dict[str, dict[str, tuple[int, int]]]
+
+
+def _value_spans(parsed: _Parsed, text: str) -> tuple[Any, _ValueSpans] | None:
+    """A Secret without its values, and where each lies in `text`; None unless every value
+    is a scalar whose text is the value exactly (a plain or literal base64 string on one
+    line: what Secrets hold) and nothing else in the Secret repeats one (a
+    last-applied-configuration annotation would)."""
+    document, node = parsed.document, parsed.node
+    if not isinstance(document, dict) or document.get("kind") != "Secret" or not isinstance(
+            node, yaml.MappingNode):
+        return None
+    skeleton = dict(document)
+    spans: _ValueSpans = {}
+    values: builtins.list[str] = []
+    for key_node, value_node in node.value:
+        field = key_node.value
+        if field not in _SECRET_FIELDS or not isinstance(value_node, yaml.MappingNode):
+            continue
+        held = document.get(field)
+        if not isinstance(held, dict):
+            return None
+        found: dict[str, tuple[int, int]] = {}
+        for item_key, item_value in value_node.value:
+            start, end = item_value.start_mark.index, item_value.end_mark.index
+            value = held.get(item_key.value)
+            if not isinstance(item_value, yaml.ScalarNode) or value != text[start:end]:
+                return None
+            found[item_key.value] = (start, end)
+            values.append(value)
+        if len(found) != len(held):
+            return None
+        spans[field] = found
+        skeleton[field] = dict.fromkeys(found)
+    if any(document.get(field) and field not in spans for field in _SECRET_FIELDS):
+        return None  # values from elsewhere (a `<<` merge key)
+    encoded = json.dumps(skeleton, ensure_ascii=False)
+    if any(value and value in encoded for value in values):
+        return None
+    return skeleton, spans
 
 
 def _holds_secret(document: Any) -> bool:
@@ -991,18 +1045,22 @@ class _ParseCache:
         except (OSError, ValueError):
             return None
         if isinstance(entry, builtins.list):  # every document JSON
-            # An entry of an earlier certctl may hold a Secret inside a `kind: List`: it
-            # is written again, without.
+            # An entry of an earlier certctl may hold a Secret: it is written again,
+            # without its values.
             return None if any(_holds_secret(document) for document in entry) else entry
         if not isinstance(entry, dict) or not isinstance(entry.get("documents"), builtins.list):
             return None
         documents: builtins.list[Any] = entry["documents"]
-        text = None
         try:
+            text = data.decode("utf-8-sig")
             for index, (start, end) in (entry.get("spans") or {}).items():
-                text = data.decode("utf-8-sig") if text is None else text
                 documents[int(index)] = yaml.load(text[start:end], Loader=_SafeLoader)  # noqa: S506 - a safe loader
-        except (ValueError, TypeError, IndexError, UnicodeDecodeError, yaml.YAMLError):
+            for index, fields in (entry.get("values") or {}).items():
+                secret = documents[int(index)]
+                for field, spans in fields.items():
+                    secret[field] = {key: text[start:end] for key, (start, end) in spans.items()}
+        except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError,
+                yaml.YAMLError):
             return None
         return documents
 
@@ -1010,28 +1068,35 @@ class _ParseCache:
         """Parse the file whose bytes are `data` and keep what it gives; its documents."""
         text = data.decode("utf-8-sig")
         parsed = _parse_documents(text)
-        documents = [document for document, _ in parsed]
+        documents = [each.document for each in parsed]
         kept: builtins.list[Any] = []
         spans: dict[str, tuple[int, int]] = {}
-        for index, (document, (start, end)) in enumerate(parsed):
-            if not _holds_secret(document):
-                kept.append(document)
+        values: dict[str, _ValueSpans] = {}
+        for index, each in enumerate(parsed):
+            if not _holds_secret(each.document):
+                kept.append(each.document)
                 continue
-            kept.append(None)
-            spans[str(index)] = (start, end)
+            without_values = _value_spans(each, text)
+            if without_values is not None:  # the values alone read from the file
+                kept.append(without_values[0])
+                values[str(index)] = without_values[1]
+                continue
+            kept.append(None)  # the whole document parsed from the file
+            start, end = spans[str(index)] = each.span
             try:  # the span parsed alone must give the document back, or the file is not kept
                 alone = yaml.load(text[start:end], Loader=_SafeLoader)  # noqa: S506 - a safe loader
             except yaml.YAMLError:
                 return documents
-            if alone != document:
+            if alone != each.document:
                 return documents
+        entry = {"documents": kept, "spans": spans, "values": values} if (
+            spans or values) else kept
         try:
-            encoded = json.dumps({"documents": kept, "spans": spans} if spans else kept,
-                                 ensure_ascii=False, allow_nan=False).encode()
+            encoded = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError):
             return documents  # something JSON cannot hold: this file is parsed at every start
         decoded = json.loads(encoded)
-        if (decoded["documents"] if spans else decoded) != kept:
+        if (decoded if entry is kept else decoded["documents"]) != kept:
             return documents  # a key that is no string, or another change JSON would make
         try:
             atomic_write(self._path(digest), encoded)
