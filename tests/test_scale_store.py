@@ -63,7 +63,7 @@ def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
     assert found is not None and found["data"] == {"mode": "edited"}
 
 
-SECRET = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+SECRET: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
           "metadata": {"name": "site-tls", "namespace": "default"},
           "data": {"tls.crt": "Y2VydGlmaWNhdGUgdmFsdWU=", "tls.key": "a2V5IHZhbHVlIGhlcmU="}}
 
