@@ -57,10 +57,14 @@ def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
     (before,) = cache_entries(tmp_path)
     path.write_text(yaml.safe_dump({**CONFIG, "data": {"mode": "edited"}}))
     kept.reload_manifests()
-    (after,) = cache_entries(tmp_path)
-    assert after != before
     found = kept.get(kind="ConfigMap", namespace="default", name="settings")
     assert found is not None and found["data"] == {"mode": "edited"}
+    # The edit's entry is not written on its way to the data plane: at the stop.
+    assert cache_entries(tmp_path) == []
+    kept.save_state_cache()
+    (after,) = cache_entries(tmp_path)
+    assert after != before
+    assert json.loads(after.read_text()) == [{**CONFIG, "data": {"mode": "edited"}}]
 
 
 SECRET: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
