@@ -126,6 +126,22 @@ def test_a_secret_whose_values_are_repeated_elsewhere_in_it_is_parsed_whole(tmp_
     assert secret is not None and secret["data"] == SECRET["data"]
 
 
+def test_a_value_json_escapes_is_still_found_repeated_in_the_secret(tmp_path: Path):
+    (tmp_path / "manifests").mkdir()
+    value = 'pass"word\\x'
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "quoting", "namespace": "default",
+                           "annotations": {"note": f"was {value}"}},
+              "stringData": {"password": value}}
+    # The value plain in the file, so that its span is its text.
+    (tmp_path / "manifests" / "q.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in secret.items() if k != "stringData"})
+        + f"stringData:\n  password: {value}\n")
+    store(tmp_path).reload_manifests()
+    (entry,) = cache_entries(tmp_path)
+    assert json.loads(entry.read_text())["documents"] == [None]  # parsed whole at restarts
+
+
 def test_an_entry_with_a_listed_secret_from_before_is_written_again_without(tmp_path: Path):
     (tmp_path / "manifests").mkdir()
     a_list = {"apiVersion": "v1", "kind": "List", "items": [SECRET]}

@@ -1032,7 +1032,9 @@ def _value_spans(parsed: _Parsed, text: str) -> tuple[Any, _ValueSpans] | None:
     if any(document.get(field) and field not in spans for field in _SECRET_FIELDS):
         return None  # values from elsewhere (a `<<` merge key)
     encoded = json.dumps(skeleton, ensure_ascii=False)
-    if any(value and value in encoded for value in values):
+    # As JSON writes them: a value with a quote or a backslash is escaped in `encoded`.
+    if any(value and json.dumps(value, ensure_ascii=False)[1:-1] in encoded
+           for value in values):
         return None
     return skeleton, spans
 
@@ -1080,7 +1082,9 @@ class _ParseCache:
         try:
             text = data.decode("utf-8-sig")
             for index, (start, end) in (entry.get("spans") or {}).items():
-                documents[int(index)] = yaml.load(text[start:end], Loader=_SafeLoader)  # noqa: S506 - a safe loader
+                span = text[start:end]
+                document = yaml.load(span, Loader=_SafeLoader)  # noqa: S506 - a safe loader
+                documents[int(index)] = _copy(document) if "&" in span else document
             for index, fields in (entry.get("values") or {}).items():
                 secret = documents[int(index)]
                 for field, spans in fields.items():
@@ -1162,12 +1166,13 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
     if previous is not None and previous.digest == digest:
         return dataclasses.replace(previous, signature=signature, settled=settled)
     documents = None if cache is None else cache.load(digest, data=data)
-    # Documents share parts only through YAML anchors (`&name`); a copy is made when the
-    # file has one, whether read from YAML or (mostly) from JSON.
-    shared = b"&" in data
+    # Documents share parts only through YAML anchors (`&name`), never when read from the
+    # cache (JSON, and the spans it parses apart it copies apart).
+    shared = False
     if documents is None:
         documents = (cache.store(digest, data=data) if cache is not None and keep_now
                      else parse_manifest(data))
+        shared = b"&" in data
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     entries: builtins.list[_Entry] = []
