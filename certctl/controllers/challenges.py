@@ -351,7 +351,6 @@ def _clean_up_deleted(
             continue
         if removed is not None:
             logger.info("%s ended; removed %s", key, removed)
-    settings.forget(key)
     if deleted:
         settings.settled(key)
     else:
