@@ -114,6 +114,20 @@ def test_passes_after_the_deletion_was_cleaned_up_read_no_ingress(
     assert settings.presented_challenge(key) is None
 
 
+def test_a_second_ending_pass_after_a_refused_status_write_reads_no_ingress(
+    store: IngressListCounter,
+) -> None:
+    """The pass that saw the challenge end cleaned up, then its status write was refused
+    (a conflict): the retry ends it again, with nothing left to take away."""
+    settings = _settings()
+    key = _presented_challenge(store, settings)
+    obj = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+    assert obj is not None
+    for _ in range(2):
+        challenges._clean_up_ending(store, obj, settings=settings)
+    assert store.ingress_lists == 0
+
+
 def test_a_new_challenge_of_a_settled_name_is_cleaned_up_again(
     store: IngressListCounter,
 ) -> None:

@@ -302,6 +302,11 @@ def _clean_up_ending(store: Store, obj: Object, *, settings: Settings) -> None:
     and given up on.
     """
     key = reconciling.key_of(obj)
+    if settings.was_cleaned_up(key):
+        # Done by an earlier pass whose status write then failed (a conflict): this
+        # process no longer holds what it presented, and would list every Ingress of the
+        # namespace to look for it.
+        return
     challenge = settings.presented_challenge(key)
     if challenge is None and ChallengeStatus.from_object(obj).presented:
         try:
