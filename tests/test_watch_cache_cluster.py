@@ -123,19 +123,23 @@ def test_an_older_event_or_listing_does_not_undo_a_newer_one(control_plane: Cont
         cache.seed()
         first["data"] = {"v": "djI="}
         second = admin.replace(obj=first)
-        cache.apply(WatchEvent(type="MODIFIED", key=_key(second), obj=second))
+        assert cache.apply(WatchEvent(type="MODIFIED", key=_key(second), obj=second))
+        # The same version again (kopf's own listing of what `seed` listed) is nothing new.
+        assert not cache.apply(WatchEvent(type="ADDED", key=_key(second), obj=second))
         # kopf replaying the first version (its listing after a restart) changes nothing.
         original = admin.list(kind="Secret", namespace=ns)  # now: the second version
-        cache.apply(WatchEvent(type="ADDED", key=_key(first), obj={
+        assert not cache.apply(WatchEvent(type="ADDED", key=_key(first), obj={
             **first, "metadata": {**first["metadata"],
                                   "resourceVersion": str(int(_rv(second)) - 1)}}))
         assert _state(cache.list(kind="Secret", namespace=ns)) == _state(original)
         # Deleted: its tombstone keeps a replay of the older version out.
         admin.delete(kind="Secret", namespace=ns, name="s")
         deleted_at = str(int(_rv(second)) + 1)
-        cache.apply(WatchEvent(type="DELETED", key=_key(second), obj={
-            **second, "metadata": {**second["metadata"], "resourceVersion": deleted_at}}))
-        cache.apply(WatchEvent(type="ADDED", key=_key(second), obj=second))
+        deletion = WatchEvent(type="DELETED", key=_key(second), obj={
+            **second, "metadata": {**second["metadata"], "resourceVersion": deleted_at}})
+        assert cache.apply(deletion)
+        assert not cache.apply(deletion)  # told twice (a watch restarted across it)
+        assert not cache.apply(WatchEvent(type="ADDED", key=_key(second), obj=second))
         assert cache.get(kind="Secret", namespace=ns, name="s") is None
 
 

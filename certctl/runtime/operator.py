@@ -11,7 +11,8 @@ objects beyond what the reconcilers decide.
 The controller reconciles only while it holds the leader Lease
 (`runtime.leader`); followers keep their watches warm and drop events, and
 a new leader starts by queueing every object once. The data plane has no
-leader: every replica serves.
+leader: every replica serves. It needs objects, not handlers: its watches are
+`runtime.kube_watches`, from its cache's own listings.
 
 With `namespaces` (`--namespace`), kopf watches and the store lists only
 those namespaces, so the service accounts need rights there and nowhere
@@ -51,6 +52,7 @@ from certctl.controllers.reconciling import Clock
 from certctl.runtime import (
     dataplane_feed,
     dispatch,
+    kube_watches,
     leader,
     metrics,
     published_service,
@@ -463,12 +465,9 @@ class ClusterDataPlane:
         self.edge = dataplane_feed.FedDataPlane(store=self.events, listening=options.listening,
                                                 process="dataplane", events=self.events,
                                                 awaiting=(API_CHECKED, WATCHES_STARTED))
-        self.watcher = Watcher(
-            configuration=options.configuration,
-            kinds=kinds,
-            namespaces=options.namespaces,
-            listener=self._on_event,
-        )
+        # Watched from the cache's own listings, not by kopf (kube_watches' docstring).
+        self.watches = kube_watches.KubeWatches(store=self.store, cache=self.cache,
+                                                listener=self.edge.feed.on_event)
         self._reseeding: asyncio.Task[None] | None = None
         self.published: published_service.PublishedService | None = None
         if options.publish_service is not None:
@@ -478,18 +477,18 @@ class ClusterDataPlane:
                 on_change=self.edge.feed.set_load_balancer)
 
     async def start(self) -> None:
-        """Ready (/readyz) once the API answered, the watches started and then routes,
-        Services and certificates were loaded by a full list made after they started, so
-        that every later change reaches the feed as an event. The blocking steps run on
-        threads: the loop keeps answering /healthz meanwhile."""
+        """Ready (/readyz) once the API answered, every kind was listed, the watches
+        started from those listings (every later change reaches the feed as an event), and
+        routes, Services and certificates were loaded. The blocking steps run on threads:
+        the loop keeps answering /healthz meanwhile."""
         self.edge.start_admin()
         try:
             await asyncio.to_thread(check_api, self.store, kinds=("Ingress", "Challenge"))
             self.edge.health.done(API_CHECKED)
             await self.edge.start_server()
-            await asyncio.to_thread(self.watcher.start)
-            self.edge.health.done(WATCHES_STARTED)
             await asyncio.to_thread(self.cache.seed)
+            self.watches.start()
+            self.edge.health.done(WATCHES_STARTED)
             await asyncio.to_thread(self.edge.feed.start)
             self._reseeding = asyncio.create_task(self._reseed())
             if self.published is not None:
@@ -499,13 +498,9 @@ class ClusterDataPlane:
                 self.edge.admin.stop()  # a data plane that did not start holds no port
             raise
 
-    def _on_event(self, event: WatchEvent) -> None:
-        self.cache.apply(event)
-        self.edge.feed.on_event(event)
-
     async def _reseed(self) -> None:
-        """List again now and then: kopf's watches, listing again after a 410 Gone or a
-        restart, report what they list but not what was deleted meanwhile."""
+        """List again now and then: a kind whose first listing failed (Gateway API CRDs
+        installed later, a Role granted later) is cached and watched from then on."""
         while True:
             await asyncio.sleep(watch_cache.RESEED_SECONDS)
             try:
@@ -515,15 +510,16 @@ class ClusterDataPlane:
                 continue
             for event in changes:
                 self.edge.feed.on_event(event)
+            self.watches.start()
 
     async def stop(self) -> None:
         if self._reseeding is not None:
             self._reseeding.cancel()
         if self.published is not None:
             self.published.stop()
-        self.watcher.stop()
+        self.watches.stop()
         await self.edge.stop()
-        self.store.close()
+        self.store.close()  # ends the watch streams
 
 
 def _stop_signal() -> asyncio.Event:

@@ -36,7 +36,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime
+import json
 import logging
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, cast
@@ -160,8 +162,18 @@ class KubeStore:
         if configuration.cert_file and configuration.key_file:
             self._session.cert = (configuration.cert_file, configuration.key_file)
         self._component = component
+        self._streams: set[requests.Response] = set()  # watch streams open now
+        self._closed = False
 
     def close(self) -> None:
+        """Also ends the watch streams open now (their threads see the stream end)."""
+        self._closed = True
+        for answer in list(self._streams):
+            connection = getattr(answer.raw, "connection", None)
+            sock = getattr(connection, "sock", None)
+            with contextlib.suppress(OSError):
+                if sock is not None:  # wakes a thread blocked reading it, as close() would not
+                    sock.shutdown(socket.SHUT_RDWR)
         self._session.close()
 
     # --- the Store protocol --------------------------------------------------
@@ -217,6 +229,51 @@ class KubeStore:
             version = str((found.get("metadata") or {}).get("resourceVersion"))
             listings.append((each, int(version) if version.isdigit() else None, items))
         return listings
+
+    def watch(self, *, kind: str, namespace: str | None, since: int,
+              seconds: int) -> Iterator[tuple[str, Object]]:
+        """The changes to a kind (in `namespace`, or everywhere) after version `since`, as
+        (type, object) while the stream lasts: ADDED, MODIFIED, DELETED, and BOOKMARK (an
+        object carrying only the version reached). The server ends it after `seconds`;
+        `watch.Watch` of the `kubernetes` client does the same for its generated API only.
+        Raises WatchExpired when `since` is too old (410 Gone: list again), StoreError
+        when the stream fails."""
+        resource = _resource(kind)
+        path = resource_path(resource, namespace=namespace)
+        headers = {"Accept": "application/json", "User-Agent": self._component,
+                   **auth_headers(self.configuration)}
+        query = {"watch": "true", "resourceVersion": str(since), "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(seconds)}
+        try:
+            # The read timeout outlasts the server's own end of the stream, with bookmarks
+            # (about one a minute) in between: a silent connection is a dead one.
+            with self._session.get(self._server + path, params=query, headers=headers,
+                                   stream=True, timeout=(10, seconds + 60),
+                                   verify=self._verify) as answer:
+                if answer.status_code == 410:
+                    raise WatchExpired(f"watch {path}: 410 Gone")
+                if answer.status_code >= 400:
+                    raise _store_error(answer, method="WATCH", path=path)
+                self._streams.add(answer)
+                try:
+                    for line in answer.iter_lines():
+                        if not line:
+                            continue
+                        event = json.loads(line)
+                        event_type, obj = event.get("type"), event.get("object") or {}
+                        if event_type == "ERROR":
+                            if obj.get("code") == 410:
+                                raise WatchExpired(f"watch {path}: {obj.get('message')}")
+                            raise interface.StoreError(f"watch {path}: {obj.get('message')}")
+                        obj.setdefault("kind", kind)
+                        obj.setdefault("apiVersion", resource.api_version)
+                        yield event_type, obj
+                finally:
+                    self._streams.discard(answer)
+        except (requests.RequestException, ValueError) as err:
+            if self._closed:
+                return
+            raise interface.StoreError(f"watch {path}: {err}") from err
 
     def create(self, *, obj: Object) -> Object:
         key = _identity(obj)
@@ -323,6 +380,10 @@ class KubeStore:
             response.setdefault("kind", kind)
             response.setdefault("apiVersion", RESOURCES[kind].api_version)
         return response
+
+
+class WatchExpired(interface.StoreError):
+    """The version a watch started from is older than the API server keeps: list again."""
 
 
 def _resource(kind: str) -> kinds.KindInfo:

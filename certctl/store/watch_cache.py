@@ -61,37 +61,46 @@ class WatchCache(ForwardingStore):
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
         self._tombstones: dict[ObjectKey, int | None] = {}
+        # Per kind cached, the namespaces its last listing covered (None: all) and the
+        # version it was taken at (None if the server's is no integer).
+        self._listed_at: dict[str, list[tuple[str | None, int | None]]] = {}
         self._lock = threading.Lock()
 
     # --- fed by the watches ---------------------------------------------------------
 
-    def apply(self, event: WatchEvent) -> None:
-        """One watch event: before the listener that reads this store sees it."""
+    def apply(self, event: WatchEvent) -> bool:
+        """One watch event: before the listener that reads this store sees it. False when
+        it tells nothing new: a version this store has, or an older one (kopf's listing
+        after a restart of its watches replays what `seed` read)."""
         objects = self._objects.get(event.key.kind)
         if objects is None:
-            return
+            return True
         version = _version(event.obj)
         with self._lock:
             current = objects.get(event.key)
             if current is not None and not _newer(version, _version(current)):
-                return  # a replayed older version (kopf's listing after a restart)
+                return False
             if event.type == "DELETED":
+                if current is None and event.key in self._tombstones:
+                    return False
                 objects.pop(event.key, None)
                 self._tombstones[event.key] = version
-                return
+                return True
             if event.key in self._tombstones:
                 deleted_at = self._tombstones[event.key]
                 if deleted_at is not None and version is not None and version <= deleted_at:
-                    return
+                    return False
                 del self._tombstones[event.key]  # created again
             objects[event.key] = event.obj
+        return True
 
-    def seed(self) -> list[WatchEvent]:
-        """List every kind and merge (see the module docstring); a kind whose listing
-        fails stays uncached (its first time) or keeps what it has (later). Returns what
-        changed for kinds already cached, as the events the watches did not bring."""
+    def seed(self, kinds: Iterable[str] | None = None) -> list[WatchEvent]:
+        """List every kind (or `kinds`) and merge (see the module docstring); a kind whose
+        listing fails stays uncached (its first time) or keeps what it has (later).
+        Returns what changed for kinds already cached, as the events the watches did not
+        bring."""
         changes: list[WatchEvent] = []
-        for kind in sorted(self._kinds):
+        for kind in sorted(self._kinds if kinds is None else set(kinds) & self._kinds):
             try:
                 listings = self._kube.list_with_versions(kind=kind)
             except StoreError as err:
@@ -106,6 +115,8 @@ class WatchCache(ForwardingStore):
                 if kind in self._cached:
                     changes += merged
                 self._cached.add(kind)
+                self._listed_at[kind] = [(namespace, version)
+                                         for namespace, version, _ in listings]
         with self._lock:
             self._tombstones.clear()  # every listing taken now is newer than they are
         return changes
@@ -137,6 +148,11 @@ class WatchCache(ForwardingStore):
                     # Deleted before the listing, and its event never came.
                     changes.append(WatchEvent(type="DELETED", key=key, obj=objects.pop(key)))
         return changes
+
+    def listed_at(self) -> dict[str, list[tuple[str | None, int | None]]]:
+        """For each kind cached: where its last listing looked and at which version."""
+        with self._lock:
+            return {kind: list(found) for kind, found in self._listed_at.items()}
 
     # --- the Store protocol --------------------------------------------------------
 
