@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,65 @@ def test_the_queue_runs_later_steps_of_the_flow_first() -> None:
     ranks = [dispatch.flow_rank((controller, key))
              for controller in ("issuer", "challenge", "order", "certificate", "ingress")]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+
+
+class _CountingStore(LocalStore):
+    """The local store, counting the lists of each kind made through it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lists: dict[str, int] = {}
+
+    def list(self, *, kind: str, namespace: str | None = None,
+             labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        self.lists[kind] = self.lists.get(kind, 0) + 1
+        return super().list(kind=kind, namespace=namespace, labels=labels)
+
+
+def _certificate(name: str, secret_name: str) -> dict[str, Any]:
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"secretName": secret_name, "dnsNames": [f"{name}.example"],
+                     "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}
+
+
+def _certificate_event(type_: WatchType, obj: dict[str, Any]) -> WatchEvent:
+    return WatchEvent(type=type_, key=ObjectKey(kind="Certificate", namespace="shop",
+                                                name=obj["metadata"]["name"]), obj=obj)
+
+
+def test_a_users_secret_wakes_the_certificates_naming_it_without_listing_them(
+    tmp_path: Path,
+) -> None:
+    store = _CountingStore(manifests_dir=None, state_dir=tmp_path / "state")
+    accounts = acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl")
+    dispatcher = dispatch.Dispatcher(store=store, settings=dispatch.controller_settings(
+        clock=reconciling.system_clock, accounts=accounts,
+        backoff_base=datetime.timedelta(hours=1),
+        self_check=challenges.self_check_for(port=80, connect_address=None),
+        dns01=dns01_solver.Options(), order_budget=None))
+    listed = store.create(obj=_certificate("listed", "shared-tls"))
+    assert ("certificate", reconciling.key_of(listed)) in list(dispatcher.everything())
+    web, api = _certificate("web", "web-tls"), _certificate("api", "shared-tls")
+    for obj in (web, api):
+        list(dispatcher.items_for(_certificate_event("ADDED", obj)))
+    store.lists.clear()
+
+    def woken(secret: str) -> list[str]:
+        return [key.name for name, key in dispatcher.items_for(_secret_event(secret, "shop"))
+                if name == "certificate"]
+
+    assert woken("web-tls") == ["web"]
+    assert woken("shared-tls") == ["api", "listed"]
+    assert woken("other-tls") == []
+    # Another name: the old Secret no longer wakes it.
+    list(dispatcher.items_for(_certificate_event("MODIFIED", {
+        **web, "spec": {**web["spec"], "secretName": "web-tls-2"}})))
+    assert woken("web-tls") == []
+    assert woken("web-tls-2") == ["web"]
+    # Deleted: (its own reconciler runs, and) the other Certificate naming its Secret takes
+    # it over; it wakes no more.
+    assert [key.name for name, key in dispatcher.items_for(_certificate_event("DELETED", api))
+            if name == "certificate"] == ["api", "listed"]
+    assert woken("shared-tls") == ["listed"]
+    assert store.lists.get("Certificate", 0) == 0

@@ -225,12 +225,51 @@ def _renewal_requested(event: WatchEvent) -> bool:
         issuing.get("status") == "True"
 
 
+class _SecretNames:
+    """Which Certificates name which Secret (`spec.secretName`), from the Certificates
+    the dispatcher saw: their events and the listing of `everything`.
+
+    A Secret's event wakes the Certificates naming it; listing the namespace's
+    Certificates for each one made N Secrets in a namespace of M Certificates cost N
+    lists of M objects (20,015 lists in B8 for 10,000 Secrets and Ingresses). Only
+    wake-ups come from here, and reconcilers read what they act on: a Certificate
+    not seen yet is reconciled by its own event, one deleted meanwhile finds nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._named: dict[ObjectKey, tuple[str | None, str]] = {}
+        self._users: dict[tuple[str | None, str], set[ObjectKey]] = {}
+
+    def saw(self, event: WatchEvent) -> None:
+        key = event.key
+        name = (event.obj.get("spec") or {}).get("secretName")
+        secret = (key.namespace, name) if isinstance(name, str) and event.type != "DELETED" \
+            else None
+        with self._lock:
+            before = self._named.pop(key, None)
+            if before is not None:
+                users = self._users[before]
+                users.discard(key)
+                if not users:
+                    del self._users[before]
+            if secret is not None:
+                self._named[key] = secret
+                self._users.setdefault(secret, set()).add(key)
+
+    def users(self, namespace: str | None, secret_name: str) -> list[ObjectKey]:
+        with self._lock:
+            return sorted(self._users.get((namespace, secret_name), ()),
+                          key=lambda key: key.name)
+
+
 class Dispatcher:
     def __init__(self, *, store: Store, settings: ControllerSettings) -> None:
         self._store = store
         self._settings = settings
         self._generations: dict[ObjectKey, object] = {}
         self._generations_lock = threading.Lock()
+        self._secret_names = _SecretNames()
 
     def handle(self, item: Hashable) -> float | None:
         """Run one queue item; the delay before it should run again, if any."""
@@ -245,6 +284,8 @@ class Dispatcher:
 
     def items_for(self, event: WatchEvent) -> Iterator[Item]:
         key = event.key
+        if key.kind == "Certificate":
+            self._secret_names.saw(event)
         if self._spec_changed(event) or _renewal_requested(event):
             own = OWN_CONTROLLER.get(key.kind)
             if own is not None:
@@ -292,6 +333,8 @@ class Dispatcher:
                 key = reconciling.key_of(obj)
                 with self._generations_lock:
                     self._generations[key] = _fingerprint(obj)
+                if kind == "Certificate":
+                    self._secret_names.saw(WatchEvent(type="ADDED", key=key, obj=obj))
                 yield (controller, key)
         # Kept copies have no reconciler of their kind, only an expiry timer: one that
         # expired while certctl was not running goes now.
@@ -327,9 +370,8 @@ class Dispatcher:
         labels = event.obj.get("metadata", {}).get("labels") or {}
         if any(labels.get(label) for label in _CONTROLLER_SECRET_LABELS):
             return  # next private keys, kept copies, order ledgers: the reconciler's own doing
-        for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
-            if (certificate.get("spec") or {}).get("secretName") == event.key.name:
-                yield ("certificate", reconciling.key_of(certificate))
+        for certificate in self._secret_names.users(event.key.namespace, event.key.name):
+            yield ("certificate", certificate)
 
     def _issuers_reading(self, event: WatchEvent) -> Iterator[Item]:
         """Issuers naming this Secret (CA key pair, EAB key, account key): a Secret
@@ -350,9 +392,9 @@ class Dispatcher:
         """A deleted Certificate may have held a Secret another one also names: that one
         takes the Secret over now instead of at its next look."""
         secret_name = (event.obj.get("spec") or {}).get("secretName")
-        for certificate in self._store.list(kind="Certificate", namespace=event.key.namespace):
-            if (certificate.get("spec") or {}).get("secretName") == secret_name:
-                yield ("certificate", reconciling.key_of(certificate))
+        if isinstance(secret_name, str):
+            for certificate in self._secret_names.users(event.key.namespace, secret_name):
+                yield ("certificate", certificate)
 
     def _certificates_using(self, issuer: ObjectKey) -> Iterator[Item]:
         for certificate in self._store.list(kind="Certificate"):
