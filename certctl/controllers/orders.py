@@ -137,12 +137,17 @@ def _step(
     if state.status == "pending":
         return _present(store, order, status=status, issuer=issuer, client=client,
                         state=state, now=now)
-    if state.status == "ready":
+    finalized = state.status == "ready"
+    if finalized:
         state = client.finalize(order_url=state.url, finalize_url=state.finalize_url,
                                 csr_pem=request_pem)
     if state.status == "processing":
-        status.state = "processing"
-        reconciling.write_status(store, obj=order, status=status)
+        # Said in the status only when the CA is still at it at the next look: most sign
+        # within that first poll, and the write would be one per certificate for nothing
+        # (the CA's state is what a restarted controller reads: it does not finalize twice).
+        if not finalized:
+            status.state = "processing"
+            reconciling.write_status(store, obj=order, status=status)
         return Result.after(_delay_until(state.retry_after, now=now, default=PROCESSING_POLL))
     if state.status == "valid" and state.certificate_url:
         chain = client.download_certificate(certificate_url=state.certificate_url,
