@@ -115,6 +115,10 @@ def flow(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
         for obj in service_with_slice("shop", namespace=NAMESPACE, address=backend.address,
                                       port=backend.port):
             api.create(obj=obj)
+        # The new leader's listing of every kind (its resync) done too: on a busy machine
+        # its last lists (the namespace's Ingresses among them) came after the Ingress.
+        eventually(lambda: all(c.queue.idle() for c in operator.controllers),
+                   what="the controller's start-up work done")
 
         audit_start = plane.audit.mark()
         started = time.monotonic()
