@@ -150,6 +150,13 @@ def _request_rows(events: list[AuditEvent], count: int) -> list[tuple[str, str]]
         if by_kind:
             rows.append((f"{label}: writes per certificate, by kind", ", ".join(
                 f"{kind} {n / count:.2f}" for kind, n in sorted(by_kind.items()))))
+        reads_by_kind = collections.Counter(
+            f"{e.verb} {e.resource}{'/' + e.subresource if e.subresource else ''}"
+            f"{' (' + str(e.code) + ')' if e.code >= 400 else ''}" for e in mine
+            if not e.is_write and e.resource != "leases")
+        if reads_by_kind:
+            rows.append((f"{label}: reads per certificate, by kind", ", ".join(
+                f"{kind} {n / count:.2f}" for kind, n in sorted(reads_by_kind.items()))))
     return rows
 
 
