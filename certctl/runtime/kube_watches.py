@@ -60,7 +60,7 @@ class KubeWatches:
         kinds cached since, such as Gateway API CRDs installed later)."""
         for kind, listings in self._cache.listed_at().items():
             for namespace, version in listings:
-                if (kind, namespace) in self._threads or version is None:
+                if (kind, namespace) in self._threads:
                     continue
                 thread = threading.Thread(target=self._run, args=(kind, namespace, version),
                                           name=f"watch-{kind}", daemon=True)
@@ -71,7 +71,10 @@ class KubeWatches:
         """Stops the threads once the store is closed (which ends their streams)."""
         self._stopping.set()
 
-    def _run(self, kind: str, namespace: str | None, since: int) -> None:
+    def _run(self, kind: str, namespace: str | None, since: int | None) -> None:
+        """`since` None: the server's versions are no integers (etcd's are, so a real API
+        server's), and the watch starts without one: every object comes again, each told
+        to the listener once more (such versions cannot be compared), at every stream."""
         failures = 0
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -97,7 +100,7 @@ class KubeWatches:
             logger.warning("watching %s failed (%s); again in %.1f s", kind, why, delay)
             self._stopping.wait(delay)
 
-    def _follow(self, kind: str, namespace: str | None, since: int) -> int:
+    def _follow(self, kind: str, namespace: str | None, since: int | None) -> int | None:
         """One stream: each change to the cache, then the listener. The last version seen."""
         seconds = random.randint(*WATCH_SECONDS)  # noqa: S311 a spread, not a secret
         for event_type, obj in self._store.watch(kind=kind, namespace=namespace, since=since,

@@ -230,11 +230,12 @@ class KubeStore:
             listings.append((each, int(version) if version.isdigit() else None, items))
         return listings
 
-    def watch(self, *, kind: str, namespace: str | None, since: int,
+    def watch(self, *, kind: str, namespace: str | None, since: int | None,
               seconds: int) -> Iterator[tuple[str, Object]]:
         """The changes to a kind (in `namespace`, or everywhere) after version `since`, as
         (type, object) while the stream lasts: ADDED, MODIFIED, DELETED, and BOOKMARK (an
-        object carrying only the version reached). The server ends it after `seconds`;
+        object carrying only the version reached); without `since`, every object there is
+        first, as ADDED. The server ends it after `seconds`;
         `watch.Watch` of the `kubernetes` client does the same for its generated API only.
         Raises WatchExpired when `since` is too old (410 Gone: list again), StoreError
         when the stream fails."""
@@ -242,8 +243,9 @@ class KubeStore:
         path = resource_path(resource, namespace=namespace)
         headers = {"Accept": "application/json", "User-Agent": self._component,
                    **auth_headers(self.configuration)}
-        query = {"watch": "true", "resourceVersion": str(since), "allowWatchBookmarks": "true",
-                 "timeoutSeconds": str(seconds)}
+        query = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
+        if since is not None:
+            query["resourceVersion"] = str(since)
         try:
             # The read timeout outlasts the server's own end of the stream, with bookmarks
             # (about one a minute) in between: a silent connection is a dead one.
