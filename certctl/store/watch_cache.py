@@ -16,10 +16,11 @@ version does not parse is taken as newer): an object is replaced only by a newer
 version of itself, a deletion leaves a tombstone so that a listing taken before
 the deletion cannot bring the object back, and an object missing from a listing
 is dropped only if its version is older than the listing's (it was deleted before
-the listing; one created after it stays). kopf's watches list again after a 410
+the listing; one created after it stays). The data plane's watches
+(`runtime.kube_watches`) start from the versions `seed` listed at, and `seed` a
+kind again after a 410 Gone; the controller's kopf watches list again after a 410
 Gone or a restart and report what they list as events, but not what disappeared
-meanwhile: `seed` again then (the owner calls it when the watches restart, and
-every `RESEED_SECONDS`) drops those.
+meanwhile: its `seed` every `RESEED_SECONDS` drops those.
 
 A kind whose first listing fails (Gateway API CRDs not installed, a Role without
 it) is not cached: its reads go to the API as before, which reports why.
