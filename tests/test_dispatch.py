@@ -23,8 +23,7 @@ def store(tmp_path: Path) -> LocalStore:
     return LocalStore(manifests_dir=None, state_dir=tmp_path / "state")
 
 
-@pytest.fixture
-def dispatcher(store: LocalStore) -> dispatch.Dispatcher:
+def _dispatcher_over(store: LocalStore) -> dispatch.Dispatcher:
     accounts = acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl")
     settings = dispatch.controller_settings(
         clock=reconciling.system_clock, accounts=accounts,
@@ -32,6 +31,11 @@ def dispatcher(store: LocalStore) -> dispatch.Dispatcher:
         self_check=challenges.self_check_for(port=80, connect_address=None),
         dns01=dns01_solver.Options(), order_budget=None)
     return dispatch.Dispatcher(store=store, settings=settings)
+
+
+@pytest.fixture
+def dispatcher(store: LocalStore) -> dispatch.Dispatcher:
+    return _dispatcher_over(store)
 
 
 def _secret_event(name: str, namespace: str, **metadata: Any) -> WatchEvent:
@@ -146,12 +150,7 @@ def test_a_users_secret_wakes_the_certificates_naming_it_without_listing_them(
     tmp_path: Path,
 ) -> None:
     store = _CountingStore(manifests_dir=None, state_dir=tmp_path / "state")
-    accounts = acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl")
-    dispatcher = dispatch.Dispatcher(store=store, settings=dispatch.controller_settings(
-        clock=reconciling.system_clock, accounts=accounts,
-        backoff_base=datetime.timedelta(hours=1),
-        self_check=challenges.self_check_for(port=80, connect_address=None),
-        dns01=dns01_solver.Options(), order_budget=None))
+    dispatcher = _dispatcher_over(store)
     listed = store.create(obj=_certificate("listed", "shared-tls"))
     assert ("certificate", reconciling.key_of(listed)) in list(dispatcher.everything())
     web, api = _certificate("web", "web-tls"), _certificate("api", "shared-tls")
