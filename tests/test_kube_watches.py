@@ -41,7 +41,9 @@ class _Seen:
 
 
 @contextlib.contextmanager
-def _watching() -> Iterator[tuple[Cluster, KubeStore, WatchCache, _Seen]]:
+def _parts() -> Iterator[tuple[Cluster, KubeStore, WatchCache, KubeWatches, _Seen]]:
+    """The tests' API server, an admin client, and a Secret cache with its watches (neither
+    started)."""
     cluster = Cluster()
     cluster.start()
     admin = KubeStore(configuration=cluster.configuration(), component="certctl-test")
@@ -50,15 +52,21 @@ def _watching() -> Iterator[tuple[Cluster, KubeStore, WatchCache, _Seen]]:
     seen = _Seen()
     watches = KubeWatches(store=store, cache=cache, listener=seen)
     try:
-        admin.create(obj=_secret("listed"))
-        cache.seed()
-        watches.start()
-        yield cluster, admin, cache, seen
+        yield cluster, admin, cache, watches, seen
     finally:
         watches.stop()
         store.close()
         admin.close()
         cluster.stop()
+
+
+@contextlib.contextmanager
+def _watching() -> Iterator[tuple[Cluster, KubeStore, WatchCache, _Seen]]:
+    with _parts() as (cluster, admin, cache, watches, seen):
+        admin.create(obj=_secret("listed"))
+        cache.seed()
+        watches.start()
+        yield cluster, admin, cache, seen
 
 
 def test_changes_after_the_listing_reach_the_listener_once_and_in_order() -> None:
@@ -108,3 +116,22 @@ def test_a_compacted_history_is_listed_again_and_deletions_are_told() -> None:
         # Watching again from the new listing: later changes still arrive.
         admin.create(obj=_secret("after"))
         eventually(lambda: "after" in seen.names("ADDED"), what="a change after the listing")
+
+
+def test_a_kind_not_listable_at_start_is_told_and_watched_once_it_is() -> None:
+    with _parts() as (cluster, admin, cache, watches, seen):
+        cluster.faults.refuse_watches = True  # lists too: as a kind without its CRD or Role
+        cache.seed()
+        watches.start()
+        assert cache.uncached() == {"Secret"}
+        admin.create(obj=_secret("before"))
+        cluster.faults.refuse_watches = False
+
+        watches.watch_late_kinds()
+
+        assert seen.events == [("ADDED", "before")]  # what was there when it was listed
+        admin.create(obj=_secret("after"))
+        eventually(lambda: seen.names("ADDED") == ["before", "after"],
+                   what="a change after the listing, by the watch")
+        watches.watch_late_kinds()  # nothing late any more: nothing listed or told again
+        assert seen.events == [("ADDED", "before"), ("ADDED", "after")]

@@ -53,19 +53,33 @@ class KubeWatches:
         self._cache = cache
         self._listener = listener
         self._stopping = threading.Event()
-        self._threads: dict[tuple[str, str | None], threading.Thread] = {}
+        self._watched: set[tuple[str, str | None]] = set()  # (kind, namespace) with a thread
 
     def start(self) -> None:
         """Watch each kind the cache holds (again callable: starts the ones it lacks, for
         kinds cached since, such as Gateway API CRDs installed later)."""
         for kind, listings in self._cache.listed_at().items():
             for namespace, version in listings:
-                if (kind, namespace) in self._threads:
+                if (kind, namespace) in self._watched:
                     continue
-                thread = threading.Thread(target=self._run, args=(kind, namespace, version),
-                                          name=f"watch-{kind}", daemon=True)
-                self._threads[(kind, namespace)] = thread
-                thread.start()
+                self._watched.add((kind, namespace))
+                threading.Thread(target=self._run, args=(kind, namespace, version),
+                                 name=f"watch-{kind}", daemon=True).start()
+
+    def watch_late_kinds(self) -> None:
+        """List the kinds whose listing failed so far (Gateway API CRDs installed later, a
+        Role granted later); tell the listener each object of those now listed, and watch
+        them. The kinds watched need no listing again: their watches miss nothing."""
+        late = self._cache.uncached()
+        if not late:
+            return
+        self._cache.seed(kinds=late)
+        for kind in late - self._cache.uncached():
+            for obj in self._cache.list(kind=kind):
+                metadata = obj["metadata"]
+                self._listener(WatchEvent(type="ADDED", obj=obj, key=ObjectKey(
+                    kind=kind, namespace=metadata.get("namespace"), name=metadata["name"])))
+        self.start()
 
     def stop(self) -> None:
         """Stops the threads once the store is closed (which ends their streams)."""

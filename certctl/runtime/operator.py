@@ -499,18 +499,13 @@ class ClusterDataPlane:
             raise
 
     async def _reseed(self) -> None:
-        """List again now and then: a kind whose first listing failed (Gateway API CRDs
-        installed later, a Role granted later) is cached and watched from then on."""
+        """Now and then, the kinds whose listing failed so far (`watch_late_kinds`)."""
         while True:
             await asyncio.sleep(watch_cache.RESEED_SECONDS)
             try:
-                changes = await asyncio.to_thread(self.cache.seed)
+                await asyncio.to_thread(self.watches.watch_late_kinds)
             except Exception:
-                logger.exception("listing the watched kinds again failed")
-                continue
-            for event in changes:
-                self.edge.feed.on_event(event)
-            self.watches.start()
+                logger.exception("listing the kinds not listed yet failed")
 
     async def stop(self) -> None:
         if self._reseeding is not None:

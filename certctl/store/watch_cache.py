@@ -150,6 +150,11 @@ class WatchCache(ForwardingStore):
                     changes.append(WatchEvent(type="DELETED", key=key, obj=objects.pop(key)))
         return changes
 
+    def uncached(self) -> frozenset[str]:
+        """The kinds whose listing has failed every time so far."""
+        with self._lock:
+            return self._kinds - self._cached
+
     def listed_at(self) -> dict[str, list[tuple[str | None, int | None]]]:
         """For each kind cached: where its last listing looked and at which version."""
         with self._lock:
