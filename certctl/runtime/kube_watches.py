@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from certctl.api.resources import ObjectKey
+from certctl.controllers import reconciling
 from certctl.runtime import workqueue
 from certctl.store.interface import StoreError, WatchEvent, WatchType
 from certctl.store.kube import KubeStore, WatchExpired
@@ -76,9 +76,7 @@ class KubeWatches:
         self._cache.seed(kinds=late)
         for kind in late - self._cache.uncached():
             for obj in self._cache.list(kind=kind):
-                metadata = obj["metadata"]
-                self._listener(WatchEvent(type="ADDED", obj=obj, key=ObjectKey(
-                    kind=kind, namespace=metadata.get("namespace"), name=metadata["name"])))
+                self._listener(WatchEvent(type="ADDED", obj=obj, key=reconciling.key_of(obj)))
         self.start()
 
     def stop(self) -> None:
@@ -125,8 +123,8 @@ class KubeWatches:
                 since = int(version)
             if event_type not in EVENT_TYPES or "name" not in metadata:
                 continue  # a BOOKMARK: only its version counts
-            event = WatchEvent(type=EVENT_TYPES[event_type], obj=obj, key=ObjectKey(
-                kind=kind, namespace=metadata.get("namespace"), name=metadata["name"]))
+            event = WatchEvent(type=EVENT_TYPES[event_type], obj=obj,
+                               key=reconciling.key_of(obj))  # `watch` sets its kind
             if self._cache.apply(event):
                 self._listener(event)
             if self._stopping.is_set():
