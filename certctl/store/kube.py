@@ -1,7 +1,7 @@
 """The store over the Kubernetes API: what the reconcilers use in `certctl controller`.
 
-Every call is one REST request (a `requests` session, pooled and
-thread-safe) to the paths of the kinds certctl knows (`RESOURCES`), with
+Every call is one REST request (urllib3's pool, thread-safe) to the paths
+of the kinds certctl knows (`RESOURCES`), with
 the connection settings of the official `kubernetes` client: kubeconfig or
 in-cluster service account, CA, client certificates, and bearer tokens
 refreshed through its configuration hooks. (Its generated `ApiClient`
@@ -22,8 +22,8 @@ reconcilers see the same shape as from `get`.
 
 Transient failures (a refused or dropped connection, 429, 500, 502, 503,
 504) are retried a few times within about three seconds, honouring
-Retry-After, as client-go and kopf do (urllib3's `Retry`, mounted on the
-session); what still fails is a `StoreError`
+Retry-After, as client-go does (urllib3's `Retry`, the pool's); what still
+fails is a `StoreError`
 and the work queue retries the whole reconcile with its own backoff. A
 retried write may have been done the first time (the answer was lost), and
 the retry then says so in the Store's own terms: a create finds
@@ -38,16 +38,15 @@ import contextlib
 import datetime
 import json
 import logging
-import socket
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, cast
 
 import kubernetes.client
 import kubernetes.config
-import requests
-import requests.adapters
 import requests.utils
+import urllib3
 import urllib3.util
 
 from certctl.api import conditions, kinds
@@ -138,43 +137,36 @@ class KubeStore:
         self.configuration = configuration
         self.namespaces: tuple[str, ...] = tuple(dict.fromkeys(namespaces))
         self._server = configuration.host.rstrip("/")
-        self._session = requests.Session()
-        # The environment's proxies, read once: with `trust_env` requests reads them, and
-        # looks for a ~/.netrc, again on every request, with the controller's 16 workers
-        # queueing for the GIL behind it (bench B8's profile). The credentials are ours
-        # (`auth_headers`), never a netrc's.
-        self._session.trust_env = False
-        self._session.proxies.update(requests.utils.get_environ_proxies(self._server))
-        # Kept connections: more than the controller's workers (16) and the data plane's
-        # threads use at once. requests keeps 10 by default; every request past that in a
-        # burst then ends by closing its connection, and the next opens a new one with a
-        # TLS handshake (1,805 "Connection pool is full" at 1,000 certificates, bench B8).
-        self._session.mount(self._server, requests.adapters.HTTPAdapter(
-            max_retries=TRANSIENT_RETRY, pool_maxsize=KEPT_CONNECTIONS))
-        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE
-        # or CURL_CA_BUNDLE in the environment override a session's `verify`, and the
-        # cluster's CA would then be ignored (every call failing certificate verification).
-        self._verify: bool | str = True
-        if configuration.ssl_ca_cert:
-            self._verify = configuration.ssl_ca_cert
+        # urllib3 itself, not a requests session over it: requests' per-request work
+        # (preparing, merging settings, proxies, cookies, checking the CA path on disk)
+        # was a third of the controller's CPU in its API calls (bench B8's profile).
+        # The environment's proxies are read once, as the session read them.
+        pool: dict[str, Any] = {
+            "maxsize": KEPT_CONNECTIONS, "retries": TRANSIENT_RETRY,
+            "cert_reqs": "CERT_REQUIRED" if configuration.verify_ssl else "CERT_NONE",
+            "ca_certs": configuration.ssl_ca_cert or None,
+            "cert_file": configuration.cert_file or None,
+            "key_file": configuration.key_file or None,
+        }
         if not configuration.verify_ssl:
-            self._verify = False
-        if configuration.cert_file and configuration.key_file:
-            self._session.cert = (configuration.cert_file, configuration.key_file)
+            pool["assert_hostname"] = False
+        proxies = requests.utils.get_environ_proxies(self._server)
+        proxy = proxies.get(self._server.split(":", 1)[0]) or proxies.get("all")
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **pool) if proxy else urllib3.PoolManager(**pool))
         self._component = component
-        self._streams: set[requests.Response] = set()  # watch streams open now
+        self._streams: set[urllib3.BaseHTTPResponse] = set()  # watch streams open now
         self._closed = False
 
     def close(self) -> None:
         """Also ends the watch streams open now (their threads see the stream end)."""
         self._closed = True
         for answer in list(self._streams):
-            connection = getattr(answer.raw, "connection", None)
-            sock = getattr(connection, "sock", None)
-            with contextlib.suppress(OSError):
-                if sock is not None:  # wakes a thread blocked reading it, as close() would not
-                    sock.shutdown(socket.SHUT_RDWR)
-        self._session.close()
+            # Wakes a thread blocked reading it, as close() would not; raises once the
+            # stream ended meanwhile.
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                answer.shutdown()
+        self._pool.clear()
 
     # --- the Store protocol --------------------------------------------------
 
@@ -249,33 +241,39 @@ class KubeStore:
         try:
             # The read timeout outlasts the server's own end of the stream, with bookmarks
             # (about one a minute) in between: a silent connection is a dead one.
-            with self._session.get(self._server + path, params=query, headers=headers,
-                                   stream=True, timeout=(10, seconds + 60),
-                                   verify=self._verify) as answer:
-                if answer.status_code == 410:
-                    raise WatchExpired(f"watch {path}: 410 Gone")
-                if answer.status_code >= 400:
-                    raise _store_error(answer, method="WATCH", path=path)
-                self._streams.add(answer)
-                try:
-                    for line in answer.iter_lines():
-                        if not line:
-                            continue
-                        event = json.loads(line)
-                        event_type, obj = event.get("type"), event.get("object") or {}
-                        if event_type == "ERROR":
-                            if obj.get("code") == 410:
-                                raise WatchExpired(f"watch {path}: {obj.get('message')}")
-                            raise interface.StoreError(f"watch {path}: {obj.get('message')}")
-                        obj.setdefault("kind", kind)
-                        obj.setdefault("apiVersion", resource.api_version)
-                        yield event_type, obj
-                finally:
-                    self._streams.discard(answer)
-        except (requests.RequestException, ValueError) as err:
+            answer = self._pool.request(
+                "GET", self._server + path + "?" + urllib.parse.urlencode(query),
+                headers=headers, preload_content=False,
+                timeout=urllib3.Timeout(connect=10, read=seconds + 60))
+        except urllib3.exceptions.HTTPError as err:
             if self._closed:
                 return
             raise interface.StoreError(f"watch {path}: {err}") from err
+        self._streams.add(answer)
+        try:
+            if answer.status == 410:
+                raise WatchExpired(f"watch {path}: 410 Gone")
+            if answer.status >= 400:
+                raise _store_error(answer.status, answer.reason, answer.read(),
+                                   method="WATCH", path=path)
+            for line in _lines(answer):
+                event = json.loads(line)
+                event_type, obj = event.get("type"), event.get("object") or {}
+                if event_type == "ERROR":
+                    if obj.get("code") == 410:
+                        raise WatchExpired(f"watch {path}: {obj.get('message')}")
+                    raise interface.StoreError(f"watch {path}: {obj.get('message')}")
+                obj.setdefault("kind", kind)
+                obj.setdefault("apiVersion", resource.api_version)
+                yield event_type, obj
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+            if self._closed:
+                return
+            raise interface.StoreError(f"watch {path}: {err}") from err
+        finally:
+            self._streams.discard(answer)
+            answer.close()  # its connection too: a stream left half read is not reused
+            answer.release_conn()
 
     def create(self, *, obj: Object) -> Object:
         key = _identity(obj)
@@ -364,16 +362,22 @@ class KubeStore:
         headers = {"Accept": "application/json", "User-Agent": self._component}
         # Evaluated per request: the hook behind it refreshes expiring tokens.
         headers.update(auth_headers(self.configuration))
+        url = self._server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            answer = self._session.request(method, self._server + path, params=query,
-                                           json=body, headers=headers, timeout=30,
-                                           verify=self._verify)
-        except requests.RequestException as err:
+            answer = self._pool.request(method, url, body=data, headers=headers, timeout=30.0)
+        except urllib3.exceptions.HTTPError as err:
             raise interface.StoreError(f"{method} {path}: {err}") from err
-        if answer.status_code >= 400:
-            raise _store_error(answer, method=method, path=path)
+        if answer.status >= 400:
+            raise _store_error(answer.status, answer.reason, answer.data, method=method,
+                               path=path)
         try:
-            response = answer.json()
+            response = json.loads(answer.data)
         except ValueError as err:
             raise interface.StoreError(f"{method} {path}: the API answered no JSON") from err
         if not isinstance(response, dict):
@@ -424,16 +428,28 @@ def _naming(key: ObjectKey) -> Iterator[None]:
         raise type(err)(f"{key}: {err}") from err
 
 
-def _store_error(answer: requests.Response, *, method: str, path: str) -> interface.StoreError:
+def _store_error(status: int, reason: str | None, data: bytes, *, method: str,
+                 path: str) -> interface.StoreError:
     try:
-        detail = str(answer.json().get("message") or "")
+        detail = str(json.loads(data).get("message") or "")
     except (ValueError, AttributeError):
-        detail = answer.text[:300]
-    message = f"{method} {path}: {answer.status_code} {answer.reason}: {detail}"
-    if answer.status_code == 404:
+        detail = data[:300].decode(errors="replace")
+    message = f"{method} {path}: {status} {reason}: {detail}"
+    if status == 404:
         return interface.NotFound(message)
-    if answer.status_code == 409:
+    if status == 409:
         return interface.Conflict(message)
-    if answer.status_code == 403:
+    if status == 403:
         return interface.Forbidden(message)
     return interface.StoreError(message)
+
+
+def _lines(answer: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """A watch stream's events, one JSON document a line, each as soon as its chunk came."""
+    pending = b""
+    while chunk := answer.read1(65536):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line.strip())
+    if pending.strip():
+        yield pending
