@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     controller = commands.add_parser(
-        "controller", help="run the Kubernetes controller (kopf operator, leader-elected)")
+        "controller", help="run the Kubernetes controller (leader-elected)")
     _cluster_arguments(controller)
     controller.add_argument(
         "--namespace", "--watch-namespace", action="append", default=[],

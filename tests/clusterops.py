@@ -44,8 +44,8 @@ TEST_CLIENT = "certctl-test"  # the User-Agent of the test's own requests
 DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="certctl-dataplane",
                                              ingress_class="certctl")
 LOAD_BALANCER_ADDRESS = "203.0.113.7"
-# User-Agents of the code under test: certctl's store, and kopf's watches.
-OPERATOR_AGENTS = ("certctl", "certctl-dataplane", "kopf")
+# User-Agents of the code under test: the controller's and the data plane's stores.
+OPERATOR_AGENTS = ("certctl", "certctl-dataplane")
 # The ServiceAccounts manifests/ creates, as the audit log names them.
 CONTROLLER_USER = "system:serviceaccount:certctl:certctl-controller"
 DATA_PLANE_USER = "system:serviceaccount:certctl:certctl-dataplane"

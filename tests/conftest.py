@@ -62,7 +62,7 @@ def any_pebble(tmp_path: Path, pebble_build: PebbleBuild) -> Iterator[PebbleServ
 
 # The operator suites' fixtures: an emulated API server, a client of it, and
 # certctl's controller and data plane running against it (tests/kube.py).
-# Imported when used, so suites without a cluster do not load kopf.
+# Imported when used, so suites without a cluster do not load kmock.
 
 
 @pytest.fixture

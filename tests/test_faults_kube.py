@@ -135,7 +135,7 @@ def test_error_event_in_the_watch_streams_does_not_stop_watching(
     api.create(obj=cluster_issuer(pebble, api_version="certctl.io/v1"))
     eventually(partial(_issuer_ready, api), timeout=60, what="the issuer to be Ready")
 
-    # kopf treats an ERROR event other than 410 Gone as fatal to its watcher.
+    # An ERROR event other than 410 Gone ends the stream: each watch starts again.
     eventually(lambda: cluster.open_watches() >= 14, what="every watch to be open")
     cluster.break_watches()
     with echo_backend("shop-backend") as backend_port:

@@ -1,5 +1,5 @@
-"""The data plane's watch cache against the real API server: reads answered from the
-watches' objects, and listings that catch what the watches did not report."""
+"""The watch cache against the real API server: reads answered from the watches'
+objects, listings that catch what the watches did not report, and kinds only watched."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from certctl.api.resources import ObjectKey
-from certctl.runtime.operator import Watcher
+from certctl.runtime.kube_watches import KubeWatches
 from certctl.store.interface import WatchEvent
 from certctl.store.kube import KubeStore
 from certctl.store.watch_cache import WatchCache
@@ -49,19 +49,13 @@ def _stores(plane: ControlPlane, ns: str) -> Iterator[tuple[KubeStore, KubeStore
 def test_reads_come_from_the_watches_and_follow_every_change(control_plane: ControlPlane) -> None:
     with contextlib.ExitStack() as cleanup:
         ns = cleanup.enter_context(namespace(control_plane, "watch-cache-live"))
-        admin, _, cache = cleanup.enter_context(_stores(control_plane, ns))
+        admin, backing, cache = cleanup.enter_context(_stores(control_plane, ns))
         admin.create(obj=_secret("before", ns))
         seen: list[WatchEvent] = []
-
-        def listener(event: WatchEvent) -> None:
-            cache.apply(event)
-            seen.append(event)
-
-        watcher = Watcher(configuration=control_plane.configuration(), kinds=("Secret",),
-                          namespaces=(ns,), listener=listener)
-        watcher.start()
-        cleanup.callback(watcher.stop)
         assert cache.seed() == []  # nothing was cached before: no changes to report
+        watches = KubeWatches(store=backing, cache=cache, listener=seen.append)
+        watches.start()
+        cleanup.callback(watches.stop)
         for name in ("a", "b", "c"):
             admin.create(obj=_secret(name, ns))
         changed = admin.get(kind="Secret", namespace=ns, name="b")
@@ -95,8 +89,7 @@ def test_reads_come_from_the_watches_and_follow_every_change(control_plane: Cont
 def test_a_listing_drops_what_was_deleted_unseen_and_adds_what_is_new(
     control_plane: ControlPlane,
 ) -> None:
-    """No watches at all: what a listing finds is what kopf, listing again after a 410
-    Gone or a restart, would report, and deletions it never reports."""
+    """No watches at all: what a listing finds, as after a 410 Gone, deletions included."""
     with contextlib.ExitStack() as cleanup:
         ns = cleanup.enter_context(namespace(control_plane, "watch-cache-seed"))
         admin, _, cache = cleanup.enter_context(_stores(control_plane, ns))
@@ -124,9 +117,9 @@ def test_an_older_event_or_listing_does_not_undo_a_newer_one(control_plane: Cont
         first["data"] = {"v": "djI="}
         second = admin.replace(obj=first)
         assert cache.apply(WatchEvent(type="MODIFIED", key=_key(second), obj=second))
-        # The same version again (kopf's own listing of what `seed` listed) is nothing new.
+        # The same version again (a replayed event) is nothing new.
         assert not cache.apply(WatchEvent(type="ADDED", key=_key(second), obj=second))
-        # kopf replaying the first version (its listing after a restart) changes nothing.
+        # The first version replayed changes nothing.
         original = admin.list(kind="Secret", namespace=ns)  # now: the second version
         assert not cache.apply(WatchEvent(type="ADDED", key=_key(first), obj={
             **first, "metadata": {**first["metadata"],
@@ -150,3 +143,50 @@ def _rv(obj: dict[str, Any]) -> str:
 def _key(obj: dict[str, Any]) -> ObjectKey:
     return ObjectKey(kind="Secret", namespace=obj["metadata"]["namespace"],
                      name=obj["metadata"]["name"])
+
+
+def test_a_kind_only_watched_is_read_from_the_api_and_kept_as_a_skeleton(
+    control_plane: ControlPlane,
+) -> None:
+    """The controller's cache: every kind it watches is listed and followed (its watches
+    start there), issuers alone are read from memory; of the rest it keeps no data."""
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-skeleton"))
+        admin = KubeStore(configuration=control_plane.configuration(), component="certctl-test")
+        backing = KubeStore(configuration=control_plane.configuration(), component=AGENT,
+                            namespaces=(ns,))
+        cleanup.callback(admin.close)
+        cleanup.callback(backing.close)
+        cache = WatchCache(backing=backing, kinds=("Secret", "Ingress"), serves=("Ingress",))
+        # An owner that exists (the cluster's garbage collector deletes what names one
+        # that does not).
+        holder = admin.create(obj=_secret("holder", ns))
+        owner = {"apiVersion": "v1", "kind": "Secret", "name": "holder",
+                 "uid": holder["metadata"]["uid"]}
+        admin.create(obj={**_secret("owned", ns), "metadata": {
+            "name": "owned", "namespace": ns, "ownerReferences": [owner]}})
+        cache.seed()
+        assert cache.uncached() == frozenset()
+
+        mark = control_plane.audit.mark()
+        got = cache.get(kind="Secret", namespace=ns, name="owned")
+        assert got is not None and got["data"] == {"v": "djE="}  # from the API, whole
+        assert [e.resource for e in control_plane.audit.events(since=mark)
+                if e.user_agent.split("/")[0] == AGENT] == ["secrets"]
+        # Its watch starts from the listing: a change after it is told, in full.
+        seen: list[WatchEvent] = []
+        watches = KubeWatches(store=backing, cache=cache, listener=seen.append)
+        watches.start()
+        cleanup.callback(watches.stop)
+        admin.create(obj=_secret("later", ns, value="djI="))
+        eventually(lambda: any(e.key.name == "later" for e in seen), what="the event")
+        assert next(e for e in seen if e.key.name == "later").obj["data"] == {"v": "djI="}
+        # Deleted unseen (no watch told it): a listing tells the deletion, with the owner
+        # the skeleton kept, and without any of the data it did not keep.
+        watches.stop()
+        backing.close()
+        admin.delete(kind="Secret", namespace=ns, name="owned")
+        deleted = [e for e in cache.seed(kinds=("Secret",)) if e.type == "DELETED"]
+        assert [e.key.name for e in deleted] == ["owned"]
+        assert deleted[0].obj["metadata"]["ownerReferences"] == [owner]
+        assert "data" not in deleted[0].obj

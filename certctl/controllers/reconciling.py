@@ -3,7 +3,7 @@
 A reconciler is a function `reconcile(*, store, key, ...) -> Result` that
 reads the world through the store, moves it one step towards the desired
 state and says when to look again. It is level-triggered: running it twice
-in a row does no harm, so drivers (kopf in a cluster, the standalone loop)
+in a row does no harm, so drivers (the cluster's watches, the standalone loop)
 may call it as often as they like. It raises on unexpected failures and the
 driver retries with backoff.
 """

@@ -163,7 +163,7 @@ def flow_rank(item: Hashable) -> int:
 
 
 def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQueue:
-    """The queue the reconcilers run on, retrying failures as kopf would."""
+    """The queue the reconcilers run on, retrying failures with backoff."""
     return workqueue.WorkQueue(
         handler=handler,
         workers=workers,

@@ -1,43 +1,39 @@
-"""`certctl controller` and `certctl dataplane`: kopf watches the cluster, the reconcilers act.
+"""`certctl controller` and `certctl dataplane`: watches of the cluster, the reconcilers act.
 
-kopf does what it is good at: logging in, discovering the API, keeping watch
-streams alive across disconnects and expiries. Its `on.event` handlers only
-translate each event into a `WatchEvent`; from there everything is what
+Both watch through `runtime.kube_watches`: each kind listed once into a
+`WatchCache`, then a watch from that listing's version, resumed after a
+dropped stream and listed again after a 410 Gone (deletions meanwhile
+included). Each event becomes a `WatchEvent`; from there everything is what
 `certctl serve` runs too: `runtime.dispatch` picks the reconcilers, the work
-queue runs them on threads against `store.kube`. kopf's own persistence
-(finalizers, progress annotations) is never used, so certctl writes nothing to
-objects beyond what the reconcilers decide.
+queue runs them on threads against `store.kube`. Nothing is written to
+objects beyond what the reconcilers decide (no finalizers, no progress
+annotations).
 
 The controller reconciles only while it holds the leader Lease
 (`runtime.leader`); followers keep their watches warm and drop events, and
 a new leader starts by queueing every object once. The data plane has no
-leader: every replica serves. It needs objects, not handlers: its watches are
-`runtime.kube_watches`, from its cache's own listings.
+leader: every replica serves.
 
-With `namespaces` (`--namespace`), kopf watches and the store lists only
+With `namespaces` (`--namespace`), the watches and the store list only
 those namespaces, so the service accounts need rights there and nowhere
-else (manifests/rbac-*.yaml). When the API fails, nothing is lost: kopf is
-restarted if it gives up, an event whose fan-out needed the API is retried
-on the work queue, and so is the listing a new leader starts with.
+else (manifests/rbac-*.yaml). When the API fails, nothing is lost: a
+failed watch is retried with backoff from the last version it saw, an event
+whose fan-out needed the API is retried on the work queue, and so is the
+listing a new leader starts with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import os
 import signal
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-import kopf
 import kubernetes.client
 
 from certctl.admin import dashboard, health
@@ -57,35 +53,17 @@ from certctl.runtime import (
     metrics,
     published_service,
     runner,
-    workqueue,
 )
 from certctl.solvers import http01_ingress, tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store import interface as store_interface
 from certctl.store import watch_cache
 from certctl.store.interface import WatchEvent
-from certctl.store.kube import RESOURCES, KubeStore, auth_headers
+from certctl.store.kube import RESOURCES, KubeStore
 
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[WatchEvent], None]
-
-# Between restarts of kopf after it stopped on its own (`Watcher._run`).
-WATCH_RESTART = workqueue.Backoff(initial=1.0, maximum=30.0)
-
-
-class _KopfNoise(logging.Filter):
-    """kopf warns that it ignores OS signals when not on the main thread: certctl
-    handles them itself, so that warning would only confuse whoever reads the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("OS signals are ignored")
-
-
-logging.getLogger("kopf._core.reactor.running").addFilter(_KopfNoise())
-# One line per watch event ("Handler ... succeeded") would drown certctl's own log.
-logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-
 
 def default_identity() -> str:
     """The pod name in a cluster (set from the downward API), else host and a random suffix."""
@@ -138,7 +116,7 @@ WATCHES_LISTED = "watched kinds listed"
 
 def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
     """Fail fast, and say why, when the API is unreachable or our CRDs are missing:
-    kopf would otherwise retry quietly forever."""
+    the watches would otherwise retry quietly forever."""
     namespace = store.namespaces[0] if store.namespaces else "default"
     for kind in kinds:
         try:
@@ -152,145 +130,6 @@ def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
                                f"{store.configuration.host}: {err}") from err
 
 
-class Watcher:
-    """kopf in a thread of its own: watches kinds and hands every event to a listener."""
-
-    def __init__(
-        self,
-        *,
-        configuration: kubernetes.client.Configuration,
-        kinds: Iterable[str],
-        namespaces: tuple[str, ...],
-        listener: Listener,
-    ) -> None:
-        self._configuration = configuration
-        self._namespaces = namespaces
-        self._listener = listener
-        self._registry = kopf.OperatorRegistry()
-        self._stop_flag = threading.Event()
-        self._ready_flag = threading.Event()
-        self._stopper: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self._thread = threading.Thread(target=self._run, name="kopf", daemon=True)
-        self._failure: BaseException | None = None
-        kopf.on.login(registry=self._registry)(self._login)
-        for kind in kinds:
-            resource = RESOURCES[kind]
-            kopf.on.event(resource.group, resource.version, resource.plural,
-                          registry=self._registry)(self._handler_for(kind))
-
-    def start(self, *, timeout: float = 30.0) -> None:
-        self._thread.start()
-        if not self._ready_flag.wait(timeout):
-            self.stop()
-            raise StartupError(f"the Kubernetes watches did not start within {timeout:.0f} s"
-                               + (f": {self._failure}" if self._failure else ""))
-
-    def stop(self) -> None:
-        self._stop_flag.set()
-        stopper = self._stopper
-        if stopper is not None:
-            loop, future = stopper
-            with contextlib.suppress(RuntimeError):  # that run has ended, its loop is closed
-                loop.call_soon_threadsafe(_resolve, future)
-        self._thread.join(15)
-
-    def _run(self) -> None:
-        """kopf, started again whenever it stops on its own.
-
-        kopf gives up on a watch, and then stops altogether, when the API keeps
-        failing past its retries (about a minute of 5xx or refused connections)
-        or sends an ERROR event other than 410 Gone down a stream. A controller
-        that kept running deaf would be worse than one that restarts: so it
-        restarts, with backoff, and its first listing replays every object."""
-        failures = 0
-        while not self._stop_flag.is_set():
-            started = time.monotonic()
-            try:
-                asyncio.run(self._operate())
-            except Exception as err:  # reported by start(), logged, and retried
-                self._failure = err
-                reason = f"{type(err).__name__}: {err}"
-            except BaseException as err:  # interpreter shutdown: nothing to restart for
-                self._failure = err
-                logger.exception("the Kubernetes watches stopped")
-                return
-            else:
-                reason = "kopf returned"
-            if self._stop_flag.is_set():
-                return
-            failures = 1 if time.monotonic() - started > WATCH_RESTART.maximum else failures + 1
-            delay = WATCH_RESTART.delay(failures)
-            logger.error("the Kubernetes watches stopped (%s); restarting them in %.0f s",
-                         reason, delay)
-            self._stop_flag.wait(delay)
-
-    async def _operate(self) -> None:
-        """One run of kopf. Its stop flag is a future of this run's loop, set by `stop()`:
-        kopf waits for a threading.Event in an executor thread, which would keep
-        `asyncio.run` from returning after a failure until the process stops."""
-        loop = asyncio.get_running_loop()
-        stop: asyncio.Future[None] = loop.create_future()
-        self._stopper = (loop, stop)
-        if self._stop_flag.is_set():  # stop() came before the stopper was there
-            return
-        await kopf.operator(
-            registry=self._registry,
-            settings=self._settings(),
-            standalone=True,  # certctl elects its own leader (runtime.leader)
-            clusterwide=not self._namespaces,
-            namespaces=list(self._namespaces),
-            stop_flag=stop,
-            ready_flag=self._ready_flag,
-        )
-
-    @staticmethod
-    def _settings() -> kopf.OperatorSettings:
-        settings = kopf.OperatorSettings()
-        settings.posting.enabled = False  # certctl posts its own Events, kopf's would be noise
-        settings.scanning.disabled = True  # no CRD/namespace scanning: needs no RBAC for it
-        settings.watching.connect_timeout = 10
-        settings.watching.server_timeout = 300
-        settings.networking.request_timeout = 30
-        return settings
-
-    def _login(self, **_: Any) -> kopf.ConnectionInfo:
-        configuration = self._configuration
-        token: str | None = None
-        for value in auth_headers(configuration).values():
-            if value.lower().startswith("bearer "):
-                token = value.split(" ", 1)[1]
-        return kopf.ConnectionInfo(
-            server=configuration.host,
-            ca_path=configuration.ssl_ca_cert or None,
-            insecure=not configuration.verify_ssl,
-            token=token,
-            certificate_path=configuration.cert_file or None,
-            private_key_path=configuration.key_file or None,
-        )
-
-    def _handler_for(self, kind: str) -> Callable[..., None]:
-        listener = self._listener
-
-        def on_event(event: kopf.RawEvent, **_: Any) -> None:
-            obj = dict(event["object"])
-            obj.setdefault("kind", kind)
-            event_type = event.get("type") or "ADDED"  # None: the initial listing
-            try:
-                key = reconciling.key_of(obj)
-            except KeyError:
-                return
-            listener(WatchEvent(type=event_type if event_type in ("ADDED", "MODIFIED", "DELETED")
-                                else "MODIFIED", key=key, obj=obj))
-
-        on_event.__name__ = f"on_{kind.lower()}_event"
-        return on_event
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class Controller:
     """The reconcilers against the Kubernetes API, reconciling only while leading."""
 
@@ -300,12 +139,14 @@ class Controller:
         self.store = KubeStore(configuration=options.configuration, component="certctl",
                                namespaces=options.namespaces)
         self.metrics = metrics.ControllerMetrics(store=self.store)
-        # Issuers are read by every Certificate, Order and Challenge step (8 of the 64 API
-        # reads per certificate, bench B8): from the watches' objects instead. Harmless
-        # when a read is a moment behind: an issuer's change reaches the Certificates using
-        # it as an event, after the cache has it. Other kinds are read from the API: a
-        # stale Certificate, Order or Secret could place a second ACME order.
-        self.cache = watch_cache.WatchCache(backing=self.store, kinds=("ClusterIssuer", "Issuer"))
+        # Every kind watched is listed into the cache, its watch starting from that
+        # listing (kube_watches). Issuers are read by every Certificate, Order and Challenge
+        # step (8 of the 64 API reads per certificate, bench B8): from the watches' objects.
+        # Harmless when a read is a moment behind: an issuer's change reaches the
+        # Certificates using it as an event, after the cache has it. Other kinds are read
+        # from the API: a stale Certificate, Order or Secret could place a second ACME order.
+        self.cache = watch_cache.WatchCache(backing=self.store, kinds=dispatch.WATCHED_KINDS,
+                                            serves=("ClusterIssuer", "Issuer"))
         # The reconcilers emit their events through it, for the dashboard's last events.
         self.events = EventRecorder(store=self.cache)
         self.health = health.Health(waiting_for=(API_CHECKED, WATCHES_STARTED, WATCHES_LISTED))
@@ -339,9 +180,8 @@ class Controller:
                 on_started_leading=self._queue_everything,
                 on_stopped_leading=lambda: None,  # queued items are dropped by _handle
             )
-        self.watcher = Watcher(configuration=options.configuration,
-                               kinds=dispatch.WATCHED_KINDS, namespaces=options.namespaces,
-                               listener=self._on_event)
+        self.watches = kube_watches.KubeWatches(store=self.store, cache=self.cache,
+                                                listener=self._on_event)
 
     @property
     def is_leader(self) -> bool:
@@ -360,11 +200,12 @@ class Controller:
                                          if kind not in dispatch.OPTIONAL_KINDS])
             self.health.done(API_CHECKED)
             self.queue.start()
-            self.queue.add(_RESEED)
-            self.watcher.start()
-            self.health.done(WATCHES_STARTED)
-            self._list_watched()
+            self.cache.seed()
+            self._check_listed()
             self.health.done(WATCHES_LISTED)
+            self.watches.start()
+            self.health.done(WATCHES_STARTED)
+            self.queue.add(_RESEED, after=watch_cache.RESEED_SECONDS)
         except BaseException:
             if self.admin is not None:
                 self.admin.stop()  # a controller that did not start holds no port
@@ -377,23 +218,20 @@ class Controller:
     def stop(self) -> None:
         if self.elector is not None:
             self.elector.stop()
-        self.watcher.stop()
+        self.watches.stop()
         self.queue.stop()
         self.accounts.close()
-        self.store.close()
+        self.store.close()  # ends the watch streams
         if self.admin is not None:
             self.admin.stop()
 
-    def _list_watched(self) -> None:
-        """List each watched kind once, as the watches just did: Ready means the API answers
-        every list this replica needs with its RBAC (kopf tells no one when its own initial
-        lists are done; one list per kind at start is the price of knowing)."""
-        for kind in dispatch.WATCHED_KINDS:
+    def _check_listed(self) -> None:
+        """Ready means the API answered every list this replica needs with its RBAC: a
+        kind the cache could not list (`seed` logs why) is listed once more here, to
+        stop the start with the API's own words."""
+        for kind in sorted(self.cache.uncached() - dispatch.OPTIONAL_KINDS):
             try:
                 self.store.list(kind=kind)
-            except (store_interface.NotFound, store_interface.Forbidden) as err:
-                if kind not in dispatch.OPTIONAL_KINDS:  # no Gateway API CRDs: no Gateways
-                    raise StartupError(f"cannot list {kind}: {err}") from err
             except store_interface.StoreError as err:
                 raise StartupError(f"cannot list {kind}: {err}") from err
 
@@ -404,7 +242,7 @@ class Controller:
         self.queue.add(_RESYNC)
 
     def _on_event(self, event: WatchEvent) -> None:
-        self.cache.apply(event)  # also while not leading: read once this replica leads
+        """After the cache has it (kube_watches), also while not leading."""
         if not self.is_leader:
             return
         self.metrics.observe_certificate(event)
@@ -413,17 +251,14 @@ class Controller:
                 self.queue.add(item)
         except store_interface.StoreError as err:
             # Which reconcilers an event concerns may take a list (the Certificates
-            # using an issuer, ...). kopf does not retry event handlers, so an API
+            # using an issuer, ...). the watches do not retry a listener, so an API
             # error here would lose the event: the queue retries it instead.
             logger.info("%s %s: deferred (%s)", event.type, event.key, err)
             self.queue.add(_Fanout(event=event))
 
     def _handle(self, item: Hashable) -> float | None:
         if item is _RESEED:
-            # kopf's watches list again after a restart or a 410 Gone, but do not report
-            # what was deleted meanwhile: listing again drops it (watch_cache's docstring).
-            for event in self.cache.seed():
-                self._on_event(event)
+            self.watches.watch_late_kinds()  # the Gateway API's CRDs installed since, ...
             return watch_cache.RESEED_SECONDS
         if not self.is_leader:
             return None  # the new leader re-reads everything
@@ -440,7 +275,7 @@ class Controller:
 
 # Queue items of the controller's own, beside the reconcilers' (controller, key) items.
 _RESYNC = "resync"  # list everything and queue each object once
-_RESEED = "reseed"  # list the cached kinds again (Controller.cache), every RESEED_SECONDS
+_RESEED = "reseed"  # list the kinds not listed so far, every RESEED_SECONDS
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -465,7 +300,7 @@ class ClusterDataPlane:
         self.edge = dataplane_feed.FedDataPlane(store=self.events, listening=options.listening,
                                                 process="dataplane", events=self.events,
                                                 awaiting=(API_CHECKED, WATCHES_STARTED))
-        # Watched from the cache's own listings, not by kopf (kube_watches' docstring).
+        # Watched from the cache's own listings (kube_watches' docstring).
         self.watches = kube_watches.KubeWatches(store=self.store, cache=self.cache,
                                                 listener=self.edge.feed.on_event)
         self._reseeding: asyncio.Task[None] | None = None

@@ -1,6 +1,6 @@
 """`certctl serve`: the reconcilers and the data plane on one host, no cluster.
 
-The local store plays the API server, a work queue plays kopf, and a file
+The local store plays the API server, the work queue is the controller's, and a file
 watcher plays `kubectl apply`; `runtime.dispatch` decides which reconciler
 runs for which change, exactly as in a cluster.
 """

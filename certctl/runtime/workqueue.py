@@ -1,8 +1,8 @@
 """A delaying, de-duplicating work queue drained by a pool of threads.
 
-The standalone counterpart of what kopf (and client-go's workqueue) give a
-cluster controller: an item queued many times runs once; an item is never run
-by two workers at once (a change that arrives while it runs queues it again);
+What client-go's workqueue gives a controller, for `serve` and `controller`
+alike: an item queued many times runs once; an item is never run by two
+workers at once (a change that arrives while it runs queues it again);
 an item can be scheduled for later (requeue-after, renewals, backoff); failures
 retry with capped exponential backoff per item. Waiting costs nothing: idle
 workers block on a condition variable until the earliest due time.

@@ -16,11 +16,10 @@ version does not parse is taken as newer): an object is replaced only by a newer
 version of itself, a deletion leaves a tombstone so that a listing taken before
 the deletion cannot bring the object back, and an object missing from a listing
 is dropped only if its version is older than the listing's (it was deleted before
-the listing; one created after it stays). The data plane's watches
-(`runtime.kube_watches`) start from the versions `seed` listed at, and `seed` a
-kind again after a 410 Gone; the controller's kopf watches list again after a 410
-Gone or a restart and report what they list as events, but not what disappeared
-meanwhile: its `seed` every `RESEED_SECONDS` drops those.
+the listing; one created after it stays). The watches (`runtime.kube_watches`,
+the data plane's and the controller's) start from the versions `seed` listed at,
+and `seed` a kind again after a 410 Gone, which tells what changed meanwhile,
+deletions included.
 
 A kind whose first listing fails (Gateway API CRDs not installed, a Role without
 it) is not cached: its reads go to the API as before, which reports why.
@@ -52,13 +51,33 @@ def _newer(candidate: int | None, than: int | None) -> bool:
     return candidate is None or than is None or candidate > than
 
 
-class WatchCache(ForwardingStore):
-    """Reads of `kinds` from memory once seeded; everything else through `backing`."""
+_SKELETON_METADATA: Final = ("name", "namespace", "uid", "resourceVersion", "ownerReferences")
 
-    def __init__(self, *, backing: KubeStore, kinds: Iterable[str]) -> None:
+
+def _skeleton(obj: Object) -> Object:
+    """What a kind watched but not read from memory keeps of an object: enough to follow
+    its versions, and to tell its deletion (by its owners) when a listing finds it gone."""
+    metadata = obj.get("metadata") or {}
+    return {"kind": obj.get("kind"), "apiVersion": obj.get("apiVersion"),
+            "metadata": {field: metadata[field] for field in _SKELETON_METADATA
+                         if field in metadata}}
+
+
+class WatchCache(ForwardingStore):
+    """Reads of `kinds` from memory once seeded; everything else through `backing`.
+
+    `serves` (default: every one of `kinds`) are the kinds whose reads come from memory;
+    the others are watched only (the controller's: its watches start from this cache's
+    listings, its reconcilers read those kinds from the API), and of their objects only
+    a skeleton is kept (`_skeleton`): 10,000 Secrets' data need not sit in the controller.
+    """
+
+    def __init__(self, *, backing: KubeStore, kinds: Iterable[str],
+                 serves: Iterable[str] | None = None) -> None:
         super().__init__(backing=backing)
         self._kube = backing
         self._kinds = frozenset(kinds)
+        self._serves = self._kinds if serves is None else self._kinds & frozenset(serves)
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
         self._tombstones: dict[ObjectKey, int | None] = {}
@@ -71,7 +90,7 @@ class WatchCache(ForwardingStore):
 
     def apply(self, event: WatchEvent) -> bool:
         """One watch event: before the listener that reads this store sees it. False when
-        it tells nothing new: a version this store has, or an older one (kopf's listing
+        it tells nothing new: a version this store has, or an older one (a listing
         after a restart of its watches replays what `seed` read)."""
         objects = self._objects.get(event.key.kind)
         if objects is None:
@@ -92,8 +111,11 @@ class WatchCache(ForwardingStore):
                 if deleted_at is not None and version is not None and version <= deleted_at:
                     return False
                 del self._tombstones[event.key]  # created again
-            objects[event.key] = event.obj
+            objects[event.key] = self._kept(event.key.kind, event.obj)
         return True
+
+    def _kept(self, kind: str, obj: Object) -> Object:
+        return obj if kind in self._serves else _skeleton(obj)
 
     def seed(self, kinds: Iterable[str] | None = None) -> list[WatchEvent]:
         """List every kind (or `kinds`) and merge (see the module docstring); a kind whose
@@ -142,7 +164,7 @@ class WatchCache(ForwardingStore):
                         continue  # the listing was taken before the deletion
                 changes.append(WatchEvent(type="MODIFIED" if current else "ADDED", key=key,
                                           obj=item))
-                objects[key] = item
+                objects[key] = self._kept(kind, item)
             for key in [k for k in objects if k not in listed
                         and (namespace is None or k.namespace == namespace)]:
                 if listed_at is not None and not _newer(_version(objects[key]), listed_at):
@@ -163,7 +185,7 @@ class WatchCache(ForwardingStore):
     # --- the Store protocol --------------------------------------------------------
 
     def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
-        if kind not in self._cached:
+        if kind not in self._cached or kind not in self._serves:
             return self.backing.get(kind=kind, namespace=namespace, name=name)
         with self._lock:
             found = self._objects[kind].get(ObjectKey(kind=kind, namespace=namespace, name=name))
@@ -179,7 +201,7 @@ class WatchCache(ForwardingStore):
              labels: Mapping[str, str] | None = None) -> list[Object]:
         """The objects themselves, not copies (a list of 10,000 Secrets is read after every
         burst of changes): read them, do not change them."""
-        if kind not in self._cached:
+        if kind not in self._cached or kind not in self._serves:
             return self.backing.list(kind=kind, namespace=namespace, labels=labels)
         with self._lock:
             found = list(self._objects[kind].values())
