@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from certctl.api.resources import ObjectKey
 from certctl.runtime.kube_watches import KubeWatches
-from certctl.store.interface import WatchEvent
+from certctl.store.interface import Conflict, WatchEvent
 from certctl.store.kube import KubeStore
 from certctl.store.watch_cache import WatchCache
 from tests.clusterops import namespace
@@ -190,3 +191,75 @@ def test_a_kind_only_watched_is_read_from_the_api_and_kept_as_a_skeleton(
         assert [e.key.name for e in deleted] == ["owned"]
         assert deleted[0].obj["metadata"]["ownerReferences"] == [owner]
         assert "data" not in deleted[0].obj
+
+
+def test_an_own_kind_is_read_from_the_api_once_then_from_memory_and_its_writes(
+    control_plane: ControlPlane,
+) -> None:
+    """The controller's Orders and Challenges (`own`): memory answers once this process
+    read or wrote an object; a failed write, or becoming the leader, sends the next read
+    to the API again. No watches here: every change memory has came from this process."""
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-own"))
+        admin, backing, _ = cleanup.enter_context(_stores(control_plane, ns))
+        cache = WatchCache(backing=backing, kinds=("Secret",), own=("Secret",))
+        admin.create(obj=_secret("a", ns))
+        cache.seed()
+
+        def reads(action: Any) -> tuple[Any, list[str]]:
+            mark = control_plane.audit.mark()
+            result = action()  # the audit log has a request before its answer is sent
+            return result, [e.verb for e in control_plane.audit.events(since=mark)
+                            if e.user_agent.split("/")[0] == AGENT]
+
+        get_a = partial(cache.get, kind="Secret", namespace=ns, name="a")
+        first, verbs = reads(get_a)
+        assert first is not None and verbs == ["get"]  # listed, but not yet read
+        _, verbs = reads(get_a)
+        assert verbs == []
+        # Its own write is what memory answers next, at once.
+        first["data"] = {"v": "djI="}
+        written, verbs = reads(lambda: cache.replace(obj=first))
+        assert verbs == ["update"]
+        got, verbs = reads(get_a)
+        assert verbs == [] and got is not None and got["data"] == {"v": "djI="}
+        assert got["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+        # The write's own event is still told (reconcilers go on from it); the version
+        # before it is not.
+        assert cache.apply(WatchEvent(type="MODIFIED", key=_key(written), obj=written))
+        assert not cache.apply(WatchEvent(type="MODIFIED", key=_key(written), obj={
+            **written, "metadata": {**written["metadata"],
+                                    "resourceVersion": str(int(_rv(written)) - 1)}}))
+        # A copy: changing what was read changes nothing in memory.
+        got["data"]["v"] = "changed"
+        listed = cache.list(kind="Secret", namespace=ns)
+        listed[0]["data"]["v"] = "changed too"
+        again = get_a()
+        assert again is not None and again["data"] == {"v": "djI="}
+        # Written meanwhile by someone else: this process's write fails (Conflict), and its
+        # next read asks the API.
+        other = admin.get(kind="Secret", namespace=ns, name="a")
+        assert other is not None
+        other["data"] = {"v": "b3RoZXI="}
+        admin.replace(obj=other)
+        with pytest.raises(Conflict):
+            cache.replace(obj=again)
+        fresh, verbs = reads(get_a)
+        assert verbs == ["get"] and fresh is not None and fresh["data"] == {"v": "b3RoZXI="}
+        # Leading anew: every object is asked of the API once more.
+        cache.forget_known()
+        _, verbs = reads(get_a)
+        assert verbs == ["get"]
+        # Absent: asked once; then created by this process, known at once.
+        get_b = partial(cache.get, kind="Secret", namespace=ns, name="b")
+        missing, verbs = reads(get_b)
+        assert missing is None and verbs == ["get"]
+        _, verbs = reads(get_b)
+        assert verbs == []
+        cache.create(obj=_secret("b", ns))
+        created, verbs = reads(get_b)
+        assert created is not None and verbs == []
+        # Deleted by this process: asked of the API until its event comes.
+        cache.delete(kind="Secret", namespace=ns, name="b")
+        gone, verbs = reads(get_b)
+        assert gone is None and verbs == ["get"]

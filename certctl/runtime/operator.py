@@ -143,10 +143,13 @@ class Controller:
         # listing (kube_watches). Issuers are read by every Certificate, Order and Challenge
         # step (8 of the 64 API reads per certificate, bench B8): from the watches' objects.
         # Harmless when a read is a moment behind: an issuer's change reaches the
-        # Certificates using it as an event, after the cache has it. Other kinds are read
-        # from the API: a stale Certificate, Order or Secret could place a second ACME order.
+        # Certificates using it as an event, after the cache has it. Orders and Challenges,
+        # which only the leader writes, from memory once read or written (`own`: 17 of the
+        # 38 reads per certificate, B8). Certificates and Secrets from the API: others
+        # write them, and a stale one could place a second ACME order.
         self.cache = watch_cache.WatchCache(backing=self.store, kinds=dispatch.WATCHED_KINDS,
-                                            serves=("ClusterIssuer", "Issuer"))
+                                            serves=("ClusterIssuer", "Issuer"),
+                                            own=("Order", "Challenge"))
         # The reconcilers emit their events through it, for the dashboard's last events.
         self.events = EventRecorder(store=self.cache)
         self.health = health.Health(waiting_for=(API_CHECKED, WATCHES_STARTED, WATCHES_LISTED))
@@ -239,6 +242,7 @@ class Controller:
         """Queued, not done here: listing may fail, and the queue retries with backoff
         (this runs on the election thread, which must not die of an API error)."""
         self.accounts.forget_account_keys()  # events are not dispatched while not leading
+        self.cache.forget_known()  # Orders and Challenges another replica wrote last
         self.queue.add(_RESYNC)
 
     def _on_event(self, event: WatchEvent) -> None:

@@ -27,9 +27,10 @@ it) is not cached: its reads go to the API as before, which reports why.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from certctl.api.resources import ObjectKey
@@ -70,14 +71,26 @@ class WatchCache(ForwardingStore):
     the others are watched only (the controller's: its watches start from this cache's
     listings, its reconcilers read those kinds from the API), and of their objects only
     a skeleton is kept (`_skeleton`): 10,000 Secrets' data need not sit in the controller.
+
+    `own` are kinds this process alone writes (the controller's Orders and Challenges,
+    while it leads). An object of theirs is read from memory once this process has read
+    it from the API or written it, not before (`_known`): its own writes go into memory
+    as the API answers them, so a read after a write never finds the object from before
+    it, as an event not arrived yet would (a stale Order without its ACME URL would place
+    a second order). A write that fails, or whose answer is lost, makes the next read
+    go to the API again; so does every object once this process becomes the leader
+    (`forget_known`): another replica wrote them last.
     """
 
     def __init__(self, *, backing: KubeStore, kinds: Iterable[str],
-                 serves: Iterable[str] | None = None) -> None:
+                 serves: Iterable[str] | None = None, own: Iterable[str] = ()) -> None:
         super().__init__(backing=backing)
         self._kube = backing
         self._kinds = frozenset(kinds)
-        self._serves = self._kinds if serves is None else self._kinds & frozenset(serves)
+        self._own = self._kinds & frozenset(own)
+        self._serves = (self._kinds if serves is None else self._kinds & frozenset(serves)
+                        ) | self._own
+        self._known: set[ObjectKey] = set()  # objects of `own` kinds memory has right
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
         self._tombstones: dict[ObjectKey, int | None] = {}
@@ -91,7 +104,9 @@ class WatchCache(ForwardingStore):
     def apply(self, event: WatchEvent) -> bool:
         """One watch event: before the listener that reads this store sees it. False when
         it tells nothing new: a version this store has, or an older one (a listing
-        after a restart of its watches replays what `seed` read)."""
+        after a restart of its watches replays what `seed` read). The event of an `own`
+        kind's write is told although memory has its version from the write's answer:
+        reconcilers go on from their own writes' events."""
         objects = self._objects.get(event.key.kind)
         if objects is None:
             return True
@@ -99,7 +114,7 @@ class WatchCache(ForwardingStore):
         with self._lock:
             current = objects.get(event.key)
             if current is not None and not _newer(version, _version(current)):
-                return False
+                return event.key.kind in self._own and version == _version(current)
             if event.type == "DELETED":
                 if current is None and event.key in self._tombstones:
                     return False
@@ -187,8 +202,11 @@ class WatchCache(ForwardingStore):
     def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
         if kind not in self._cached or kind not in self._serves:
             return self.backing.get(kind=kind, namespace=namespace, name=name)
+        key = ObjectKey(kind=kind, namespace=namespace, name=name)
+        if kind in self._own:
+            return self._get_own(key)
         with self._lock:
-            found = self._objects[kind].get(ObjectKey(kind=kind, namespace=namespace, name=name))
+            found = self._objects[kind].get(key)
         # A shallow copy, with its own metadata: a caller may set a field (its status)
         # before writing it back, and `reconciling.write_status` then sets the version the
         # write returned, which in the cached object would make the watch event of that
@@ -197,14 +215,76 @@ class WatchCache(ForwardingStore):
             return None
         return dict(found, metadata=dict(found["metadata"]))
 
+    def _get_own(self, key: ObjectKey) -> Object | None:
+        """A copy, whole: reconcilers change their own objects' statuses in place."""
+        with self._lock:
+            if key in self._known:
+                found = self._objects[key.kind].get(key)
+                return None if found is None else copy.deepcopy(found)
+        read = self.backing.get(kind=key.kind, namespace=key.namespace, name=key.name)
+        with self._lock:
+            current = self._objects[key.kind].get(key)
+            if read is None:
+                if current is None:  # else its deletion's event is still to come
+                    self._known.add(key)
+                return None
+            if current is None or _newer(_version(read), _version(current)):
+                self._objects[key.kind][key] = copy.deepcopy(read)
+            self._known.add(key)
+        return read
+
+    def forget_known(self) -> None:
+        """Read every object of the `own` kinds from the API again before memory."""
+        with self._lock:
+            self._known.clear()
+
+    def create(self, *, obj: Object) -> Object:
+        return self._writing(obj, lambda: self.backing.create(obj=obj))
+
+    def replace(self, *, obj: Object) -> Object:
+        return self._writing(obj, lambda: self.backing.replace(obj=obj))
+
+    def replace_status(self, *, obj: Object) -> Object:
+        return self._writing(obj, lambda: self.backing.replace_status(obj=obj))
+
+    def delete(self, *, kind: str, namespace: str | None, name: str) -> None:
+        try:
+            self.backing.delete(kind=kind, namespace=namespace, name=name)
+        finally:  # gone once its event comes; until then, asked of the API
+            with self._lock:
+                self._known.discard(ObjectKey(kind=kind, namespace=namespace, name=name))
+
+    def _writing(self, obj: Object, write: Callable[[], Object]) -> Object:
+        """An own kind's write goes into memory as the API answered it; a write that
+        failed leaves the object to be read from the API."""
+        kind = obj.get("kind")
+        if kind not in self._own or kind not in self._cached:
+            return write()
+        key = ObjectKey(kind=kind, namespace=obj["metadata"].get("namespace"),
+                        name=obj["metadata"]["name"])
+        try:
+            stored = write()
+        except BaseException:
+            with self._lock:
+                self._known.discard(key)
+            raise
+        with self._lock:
+            current = self._objects[kind].get(key)
+            if current is None or _newer(_version(stored), _version(current)):
+                self._objects[kind][key] = copy.deepcopy(stored)
+                self._tombstones.pop(key, None)
+            self._known.add(key)
+        return stored
+
     def list(self, *, kind: str, namespace: str | None = None,
              labels: Mapping[str, str] | None = None) -> list[Object]:
         """The objects themselves, not copies (a list of 10,000 Secrets is read after every
-        burst of changes): read them, do not change them."""
+        burst of changes): read them, do not change them. Copies of `own` kinds' objects."""
         if kind not in self._cached or kind not in self._serves:
             return self.backing.list(kind=kind, namespace=namespace, labels=labels)
         with self._lock:
             found = list(self._objects[kind].values())
-        return [obj for obj in found
-                if (namespace is None or obj["metadata"].get("namespace") == namespace)
-                and labels_match(obj, labels)]
+        listed = [obj for obj in found
+                  if (namespace is None or obj["metadata"].get("namespace") == namespace)
+                  and labels_match(obj, labels)]
+        return [copy.deepcopy(obj) for obj in listed] if kind in self._own else listed
