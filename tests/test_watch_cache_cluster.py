@@ -263,3 +263,24 @@ def test_an_own_kind_is_read_from_the_api_once_then_from_memory_and_its_writes(
         cache.delete(kind="Secret", namespace=ns, name="b")
         gone, verbs = reads(get_b)
         assert gone is None and verbs == ["get"]
+        # Listed by label from memory, as labels are now (its index follows each change).
+        labelled = {**_secret("c", ns), "metadata": {"name": "c", "namespace": ns,
+                                                      "labels": {"for": "web", "n": "1"}}}
+        created = cache.create(obj=labelled)
+
+        def names(**labels: str) -> list[str]:
+            return sorted(o["metadata"]["name"] for o in cache.list(
+                kind="Secret", namespace=ns, labels=labels))
+
+        assert names(**{"for": "web"}) == ["c"]
+        assert names(**{"for": "web", "n": "1"}) == ["c"]
+        assert names(**{"for": "web", "n": "2"}) == []
+        created["metadata"]["labels"] = {"for": "shop"}
+        cache.replace(obj=created)
+        assert names(**{"for": "web"}) == [] and names(**{"for": "shop"}) == ["c"]
+        moved = cache.get(kind="Secret", namespace=ns, name="c")
+        assert moved is not None
+        assert cache.apply(WatchEvent(type="DELETED", key=_key(moved), obj={
+            **moved, "metadata": {**moved["metadata"],
+                                  "resourceVersion": str(int(_rv(moved)) + 1)}}))
+        assert names(**{"for": "shop"}) == []

@@ -91,6 +91,7 @@ class WatchCache(ForwardingStore):
         self._serves = (self._kinds if serves is None else self._kinds & frozenset(serves)
                         ) | self._own
         self._known: set[ObjectKey] = set()  # objects of `own` kinds memory has right
+        self._by_label: dict[tuple[str, str, str], set[ObjectKey]] = {}
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
         self._tombstones: dict[ObjectKey, int | None] = {}
@@ -118,7 +119,7 @@ class WatchCache(ForwardingStore):
             if event.type == "DELETED":
                 if current is None and event.key in self._tombstones:
                     return False
-                objects.pop(event.key, None)
+                self._drop(event.key)
                 self._tombstones[event.key] = version
                 return True
             if event.key in self._tombstones:
@@ -126,7 +127,7 @@ class WatchCache(ForwardingStore):
                 if deleted_at is not None and version is not None and version <= deleted_at:
                     return False
                 del self._tombstones[event.key]  # created again
-            objects[event.key] = self._kept(event.key.kind, event.obj)
+            self._put(event.key, self._kept(event.key.kind, event.obj))
         return True
 
     def _kept(self, kind: str, obj: Object) -> Object:
@@ -179,13 +180,44 @@ class WatchCache(ForwardingStore):
                         continue  # the listing was taken before the deletion
                 changes.append(WatchEvent(type="MODIFIED" if current else "ADDED", key=key,
                                           obj=item))
-                objects[key] = self._kept(kind, item)
+                self._put(key, self._kept(kind, item))
             for key in [k for k in objects if k not in listed
                         and (namespace is None or k.namespace == namespace)]:
                 if listed_at is not None and not _newer(_version(objects[key]), listed_at):
                     # Deleted before the listing, and its event never came.
-                    changes.append(WatchEvent(type="DELETED", key=key, obj=objects.pop(key)))
+                    changes.append(WatchEvent(type="DELETED", key=key, obj=objects[key]))
+                    self._drop(key)
         return changes
+
+    # Own kinds' objects are also indexed by label (`_by_label`): a reconciler lists the
+    # Orders of its Certificate by label for each certificate, and scanning every Order for
+    # each grows with the square of their number. Called with the lock held.
+
+    def _put(self, key: ObjectKey, obj: Object) -> None:
+        objects = self._objects[key.kind]
+        if key.kind in self._own:
+            self._unindex(key, objects.get(key))
+            for label in ((obj.get("metadata") or {}).get("labels") or {}).items():
+                self._by_label.setdefault((key.kind, *label), set()).add(key)
+        objects[key] = obj
+
+    def _drop(self, key: ObjectKey) -> None:
+        self._unindex(key, self._objects[key.kind].pop(key, None))
+
+    def _unindex(self, key: ObjectKey, obj: Object | None) -> None:
+        if obj is None or key.kind not in self._own:
+            return
+        for label in ((obj.get("metadata") or {}).get("labels") or {}).items():
+            holders = self._by_label.get((key.kind, *label))
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self._by_label[(key.kind, *label)]
+
+    def _labelled(self, kind: str, labels: Mapping[str, str]) -> set[ObjectKey]:
+        found = [self._by_label.get((kind, name, value), set())
+                 for name, value in labels.items()]
+        return set.intersection(*found)
 
     def uncached(self) -> frozenset[str]:
         """The kinds whose listing has failed every time so far."""
@@ -229,7 +261,7 @@ class WatchCache(ForwardingStore):
                     self._known.add(key)
                 return None
             if current is None or _newer(_version(read), _version(current)):
-                self._objects[key.kind][key] = copy.deepcopy(read)
+                self._put(key, copy.deepcopy(read))
             self._known.add(key)
         return read
 
@@ -271,7 +303,7 @@ class WatchCache(ForwardingStore):
         with self._lock:
             current = self._objects[kind].get(key)
             if current is None or _newer(_version(stored), _version(current)):
-                self._objects[kind][key] = copy.deepcopy(stored)
+                self._put(key, copy.deepcopy(stored))
                 self._tombstones.pop(key, None)
             self._known.add(key)
         return stored
@@ -283,7 +315,10 @@ class WatchCache(ForwardingStore):
         if kind not in self._cached or kind not in self._serves:
             return self.backing.list(kind=kind, namespace=namespace, labels=labels)
         with self._lock:
-            found = list(self._objects[kind].values())
+            if labels and kind in self._own:
+                found = [self._objects[kind][key] for key in self._labelled(kind, labels)]
+            else:
+                found = list(self._objects[kind].values())
         listed = [obj for obj in found
                   if (namespace is None or obj["metadata"].get("namespace") == namespace)
                   and labels_match(obj, labels)]
