@@ -284,3 +284,9 @@ def test_an_own_kind_is_read_from_the_api_once_then_from_memory_and_its_writes(
             **moved, "metadata": {**moved["metadata"],
                                   "resourceVersion": str(int(_rv(moved)) + 1)}}))
         assert names(**{"for": "shop"}) == []
+        # An own write whose event never came (its watch expired: 410 Gone) is told by the
+        # listing that replaces the watch, once.
+        cache.create(obj=_secret("d", ns))
+        assert [(e.type, e.key.name) for e in cache.seed(kinds=("Secret",))
+                if e.key.name == "d"] == [("MODIFIED", "d")]
+        assert [e for e in cache.seed(kinds=("Secret",)) if e.key.name == "d"] == []

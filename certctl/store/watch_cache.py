@@ -92,6 +92,9 @@ class WatchCache(ForwardingStore):
                         ) | self._own
         self._known: set[ObjectKey] = set()  # objects of `own` kinds memory has right
         self._by_label: dict[tuple[str, str, str], set[ObjectKey]] = {}
+        # Own objects memory took from this process's writes, at the version whose watch
+        # event (or a listing showing it, after a 410 Gone) is still to be told.
+        self._untold: dict[ObjectKey, int | None] = {}
         self._cached: set[str] = set()  # kinds seeded: reads come from memory
         self._objects: dict[str, dict[ObjectKey, Object]] = {kind: {} for kind in self._kinds}
         self._tombstones: dict[ObjectKey, int | None] = {}
@@ -106,8 +109,8 @@ class WatchCache(ForwardingStore):
         """One watch event: before the listener that reads this store sees it. False when
         it tells nothing new: a version this store has, or an older one (a listing
         after a restart of its watches replays what `seed` read). The event of an `own`
-        kind's write is told although memory has its version from the write's answer:
-        reconcilers go on from their own writes' events."""
+        kind's write is told although memory has its version from the write's answer
+        (`_untold`): reconcilers go on from their own writes' events."""
         objects = self._objects.get(event.key.kind)
         if objects is None:
             return True
@@ -115,7 +118,8 @@ class WatchCache(ForwardingStore):
         with self._lock:
             current = objects.get(event.key)
             if current is not None and not _newer(version, _version(current)):
-                return event.key.kind in self._own and version == _version(current)
+                return self._came(event.key, version)
+            self._untold.pop(event.key, None)
             if event.type == "DELETED":
                 if current is None and event.key in self._tombstones:
                     return False
@@ -173,6 +177,8 @@ class WatchCache(ForwardingStore):
                 version = _version(item)
                 current = objects.get(key)
                 if current is not None and not _newer(version, _version(current)):
+                    if self._came(key, version):  # a listing after a 410 Gone shows it
+                        changes.append(WatchEvent(type="MODIFIED", key=key, obj=item))
                     continue
                 if key in self._tombstones:
                     deleted_at = self._tombstones[key]
@@ -192,6 +198,13 @@ class WatchCache(ForwardingStore):
     # Own kinds' objects are also indexed by label (`_by_label`): a reconciler lists the
     # Orders of its Certificate by label for each certificate, and scanning every Order for
     # each grows with the square of their number. Called with the lock held.
+
+    def _came(self, key: ObjectKey, version: int | None) -> bool:
+        """Whether `version` is that of this process's own write whose event was untold."""
+        if key in self._untold and self._untold[key] == version:
+            del self._untold[key]
+            return True
+        return False
 
     def _put(self, key: ObjectKey, obj: Object) -> None:
         objects = self._objects[key.kind]
@@ -305,6 +318,7 @@ class WatchCache(ForwardingStore):
             if current is None or _newer(_version(stored), _version(current)):
                 self._put(key, copy.deepcopy(stored))
                 self._tombstones.pop(key, None)
+                self._untold[key] = _version(stored)
             self._known.add(key)
         return stored
 
