@@ -31,7 +31,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import kubernetes.client
@@ -62,8 +62,6 @@ from certctl.store.interface import WatchEvent
 from certctl.store.kube import RESOURCES, KubeStore
 
 logger = logging.getLogger(__name__)
-
-Listener = Callable[[WatchEvent], None]
 
 def default_identity() -> str:
     """The pod name in a cluster (set from the downward API), else host and a random suffix."""
@@ -231,12 +229,13 @@ class Controller:
     def _check_listed(self) -> None:
         """Ready means the API answered every list this replica needs with its RBAC: a
         kind the cache could not list (`seed` logs why) is listed once more here, to
-        stop the start with the API's own words."""
+        stop the start with the API's own words, or to be cached now that it answers."""
         for kind in sorted(self.cache.uncached() - dispatch.OPTIONAL_KINDS):
             try:
                 self.store.list(kind=kind)
             except store_interface.StoreError as err:
                 raise StartupError(f"cannot list {kind}: {err}") from err
+            self.cache.seed(kinds=(kind,))
 
     def _queue_everything(self) -> None:
         """Queued, not done here: listing may fail, and the queue retries with backoff
@@ -255,7 +254,7 @@ class Controller:
                 self.queue.add(item)
         except store_interface.StoreError as err:
             # Which reconcilers an event concerns may take a list (the Certificates
-            # using an issuer, ...). the watches do not retry a listener, so an API
+            # using an issuer, ...). The watches do not retry a listener, so an API
             # error here would lose the event: the queue retries it instead.
             logger.info("%s %s: deferred (%s)", event.type, event.key, err)
             self.queue.add(_Fanout(event=event))

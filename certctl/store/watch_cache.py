@@ -195,16 +195,16 @@ class WatchCache(ForwardingStore):
                     self._drop(key)
         return changes
 
-    # Own kinds' objects are also indexed by label (`_by_label`): a reconciler lists the
-    # Orders of its Certificate by label for each certificate, and scanning every Order for
-    # each grows with the square of their number. Called with the lock held.
-
     def _came(self, key: ObjectKey, version: int | None) -> bool:
         """Whether `version` is that of this process's own write whose event was untold."""
         if key in self._untold and self._untold[key] == version:
             del self._untold[key]
             return True
         return False
+
+    # Own kinds' objects are also indexed by label (`_by_label`): a reconciler lists the
+    # Orders of its Certificate by label for each certificate, and scanning every Order for
+    # each grows with the square of their number. Called with the lock held.
 
     def _put(self, key: ObjectKey, obj: Object) -> None:
         objects = self._objects[key.kind]
