@@ -139,24 +139,18 @@ def _request_rows(events: list[AuditEvent], count: int) -> list[tuple[str, str]]
         leases = [e for e in mine if e.resource == "leases"]
         writes = [e for e in mine if e.is_write and e.resource != "leases"]
         events_written = [e for e in writes if e.resource == "events"]
-        reads = len(mine) - len(writes) - len(leases)
+        reads = [e for e in mine if not e.is_write and e.resource != "leases"]
         rows.append((f"{label}: requests per certificate (without leases)",
-                     f"{(len(mine) - len(leases)) / count:.1f} ({reads / count:.1f} reads, "
+                     f"{(len(mine) - len(leases)) / count:.1f} ({len(reads) / count:.1f} reads, "
                      f"{len(writes) / count:.1f} writes of which {len(events_written) / count:.1f}"
                      f" Events; {len(leases)} lease requests in all)"))
-        by_kind = collections.Counter(
-            f"{e.verb} {e.resource}{'/' + e.subresource if e.subresource else ''}"
-            f"{' (' + str(e.code) + ')' if e.code >= 400 else ''}" for e in writes)
-        if by_kind:
-            rows.append((f"{label}: writes per certificate, by kind", ", ".join(
-                f"{kind} {n / count:.2f}" for kind, n in sorted(by_kind.items()))))
-        reads_by_kind = collections.Counter(
-            f"{e.verb} {e.resource}{'/' + e.subresource if e.subresource else ''}"
-            f"{' (' + str(e.code) + ')' if e.code >= 400 else ''}" for e in mine
-            if not e.is_write and e.resource != "leases")
-        if reads_by_kind:
-            rows.append((f"{label}: reads per certificate, by kind", ", ".join(
-                f"{kind} {n / count:.2f}" for kind, n in sorted(reads_by_kind.items()))))
+        for what, these in (("writes", writes), ("reads", reads)):
+            by_kind = collections.Counter(
+                f"{e.verb} {e.resource}{'/' + e.subresource if e.subresource else ''}"
+                f"{' (' + str(e.code) + ')' if e.code >= 400 else ''}" for e in these)
+            if by_kind:
+                rows.append((f"{label}: {what} per certificate, by kind", ", ".join(
+                    f"{kind} {n / count:.2f}" for kind, n in sorted(by_kind.items()))))
     return rows
 
 

@@ -153,11 +153,7 @@ def test_a_kind_only_watched_is_read_from_the_api_and_kept_as_a_skeleton(
     start there), issuers alone are read from memory; of the rest it keeps no data."""
     with contextlib.ExitStack() as cleanup:
         ns = cleanup.enter_context(namespace(control_plane, "watch-cache-skeleton"))
-        admin = KubeStore(configuration=control_plane.configuration(), component="certctl-test")
-        backing = KubeStore(configuration=control_plane.configuration(), component=AGENT,
-                            namespaces=(ns,))
-        cleanup.callback(admin.close)
-        cleanup.callback(backing.close)
+        admin, backing, _ = cleanup.enter_context(_stores(control_plane, ns))
         cache = WatchCache(backing=backing, kinds=("Secret", "Ingress"), serves=("Ingress",))
         # An owner that exists (the cluster's garbage collector deletes what names one
         # that does not).

@@ -150,8 +150,8 @@ class KubeStore:
         }
         if not configuration.verify_ssl:
             pool["assert_hostname"] = False
-        proxies = requests.utils.get_environ_proxies(self._server)
-        proxy = proxies.get(self._server.split(":", 1)[0]) or proxies.get("all")
+        proxy = requests.utils.select_proxy(
+            self._server, requests.utils.get_environ_proxies(self._server))
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **pool) if proxy else urllib3.PoolManager(**pool))
         self._component = component

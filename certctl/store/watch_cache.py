@@ -273,9 +273,7 @@ class WatchCache(ForwardingStore):
                 if current is None:  # else its deletion's event is still to come
                     self._known.add(key)
                 return None
-            if current is None or _newer(_version(read), _version(current)):
-                self._put(key, copy.deepcopy(read))
-            self._known.add(key)
+            self._remember(key, read)
         return read
 
     def forget_known(self) -> None:
@@ -314,13 +312,20 @@ class WatchCache(ForwardingStore):
                 self._known.discard(key)
             raise
         with self._lock:
-            current = self._objects[kind].get(key)
-            if current is None or _newer(_version(stored), _version(current)):
-                self._put(key, copy.deepcopy(stored))
-                self._tombstones.pop(key, None)
+            if self._remember(key, stored):
                 self._untold[key] = _version(stored)
-            self._known.add(key)
         return stored
+
+    def _remember(self, key: ObjectKey, obj: Object) -> bool:
+        """An own object as the API gave it (read or written): known from now on, and kept
+        if newer than memory's. Called with the lock held."""
+        self._known.add(key)
+        current = self._objects[key.kind].get(key)
+        if current is not None and not _newer(_version(obj), _version(current)):
+            return False
+        self._put(key, copy.deepcopy(obj))
+        self._tombstones.pop(key, None)
+        return True
 
     def list(self, *, kind: str, namespace: str | None = None,
              labels: Mapping[str, str] | None = None) -> list[Object]:
