@@ -255,8 +255,18 @@ def test_an_own_kind_is_read_from_the_api_once_then_from_memory_and_its_writes(
         cache.create(obj=_secret("b", ns))
         created, verbs = reads(get_b)
         assert created is not None and verbs == []
-        # Deleted by this process: asked of the API until its event comes.
+        # Deleted by this process: asked of the API until its event comes, then gone from
+        # memory without asking; a new listing forgets such deletions.
         cache.delete(kind="Secret", namespace=ns, name="b")
+        gone, verbs = reads(get_b)
+        assert gone is None and verbs == ["get"]
+        assert created is not None
+        assert cache.apply(WatchEvent(type="DELETED", key=_key(created), obj={
+            **created, "metadata": {**created["metadata"],
+                                    "resourceVersion": str(int(_rv(created)) + 1)}}))
+        gone, verbs = reads(get_b)
+        assert gone is None and verbs == []
+        cache.seed(kinds=("Secret",))
         gone, verbs = reads(get_b)
         assert gone is None and verbs == ["get"]
         # Listed by label from memory, as labels are now (its index follows each change).

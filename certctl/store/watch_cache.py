@@ -125,6 +125,10 @@ class WatchCache(ForwardingStore):
                     return False
                 self._drop(event.key)
                 self._tombstones[event.key] = version
+                if event.key.kind in self._own:
+                    # Gone is what memory has right: the reconcilers this event wakes read
+                    # it from memory, not as a 404 from the API (2.6 a certificate in B8).
+                    self._known.add(event.key)
                 return True
             if event.key in self._tombstones:
                 deleted_at = self._tombstones[event.key]
@@ -162,6 +166,9 @@ class WatchCache(ForwardingStore):
                                          for namespace, version, _ in listings]
         with self._lock:
             self._tombstones.clear()  # every listing taken now is newer than they are
+            # Absent objects known from their deletions go too: one key per Order and
+            # Challenge ever deleted would otherwise pile up over renewals.
+            self._known = {key for key in self._known if key in self._objects[key.kind]}
         return changes
 
     def _merge(self, kind: str, listings: list[tuple[str | None, int | None, list[Object]]]
@@ -328,11 +335,13 @@ class WatchCache(ForwardingStore):
         return True
 
     def list(self, *, kind: str, namespace: str | None = None,
-             labels: Mapping[str, str] | None = None) -> list[Object]:
+             labels: Mapping[str, str] | None = None, shared: bool = False) -> list[Object]:
         """The objects themselves, not copies (a list of 10,000 Secrets is read after every
-        burst of changes): read them, do not change them. Copies of `own` kinds' objects."""
+        burst of changes): read them, do not change them. Copies of `own` kinds' objects,
+        unless `shared`."""
         if kind not in self._cached or kind not in self._serves:
-            return self.backing.list(kind=kind, namespace=namespace, labels=labels)
+            return self.backing.list(kind=kind, namespace=namespace, labels=labels,
+                                     shared=shared)
         with self._lock:
             if labels and kind in self._own:
                 found = [self._objects[kind][key] for key in self._labelled(kind, labels)]
@@ -341,4 +350,6 @@ class WatchCache(ForwardingStore):
         listed = [obj for obj in found
                   if (namespace is None or obj["metadata"].get("namespace") == namespace)
                   and labels_match(obj, labels)]
-        return [copy.deepcopy(obj) for obj in listed] if kind in self._own else listed
+        if kind in self._own and not shared:
+            return [copy.deepcopy(obj) for obj in listed]
+        return listed
