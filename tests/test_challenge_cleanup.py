@@ -38,11 +38,11 @@ class IngressListCounter(RecordingStore):
 
     def list(
         self, *, kind: str, namespace: str | None = None,
-        labels: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None, shared: bool = False,
     ) -> list[Object]:
         if kind == "Ingress":
             self.ingress_lists += 1
-        return super().list(kind=kind, namespace=namespace, labels=labels)
+        return super().list(kind=kind, namespace=namespace, labels=labels, shared=shared)
 
 
 @pytest.fixture

@@ -129,9 +129,10 @@ class _CountingStore(LocalStore):
         self.lists: dict[str, int] = {}
 
     def list(self, *, kind: str, namespace: str | None = None,
-             labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+             labels: Mapping[str, str] | None = None,
+             shared: bool = False) -> list[dict[str, Any]]:
         self.lists[kind] = self.lists.get(kind, 0) + 1
-        return super().list(kind=kind, namespace=namespace, labels=labels)
+        return super().list(kind=kind, namespace=namespace, labels=labels, shared=shared)
 
 
 def _certificate(name: str, secret_name: str) -> dict[str, Any]:

@@ -123,6 +123,26 @@ def test_returned_objects_are_copies(space: Space) -> None:
     assert again["data"]["k"] == "dmFsdWU="
 
 
+def test_a_shared_list_lists_the_same_objects_and_a_later_write_leaves_them_as_read(
+    space: Space,
+) -> None:
+    store, ns = space.store, space.ns
+    store.create(obj=secret("a", namespace=ns, labels={"app": "web"}))
+    store.create(obj=secret("b", namespace=ns))
+
+    shared = [o for o in store.list(kind="Secret", shared=True)
+              if o["metadata"]["namespace"] == ns]
+    assert sorted(shared, key=lambda o: o["metadata"]["name"]) == sorted(
+        store.list(kind="Secret", namespace=ns), key=lambda o: o["metadata"]["name"])
+    assert space.names(store.list(kind="Secret", labels={"app": "web"}, shared=True)) == ["a"]
+    read = next(o for o in shared if o["metadata"]["name"] == "a")
+    changed = store.get(kind="Secret", namespace=ns, name="a")
+    assert changed is not None
+    changed["data"]["k"] = "bmV3"
+    store.replace(obj=changed)
+    assert read["data"]["k"] == "dmFsdWU="  # the store wrote a new object, not into this one
+
+
 def test_create_of_existing_name_raises_already_exists_naming_it(space: Space) -> None:
     space.store.create(obj=secret("a", namespace=space.ns))
     with pytest.raises(interface.AlreadyExists, match=f"Secret {space.ns}/a"):

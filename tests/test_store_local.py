@@ -708,6 +708,18 @@ def test_listed_objects_are_copies_down_to_nested_values(tmp_path: Path) -> None
     assert again["extra"] == {"hosts": ["a.test"], "when": {"b", "c"}}
 
 
+def test_a_shared_list_hands_out_the_stored_objects_without_copying(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("a"))
+
+    [first] = store.list(kind="Secret", shared=True)
+    [second] = store.list(kind="Secret", shared=True)
+    [copied] = store.list(kind="Secret")
+
+    assert first is second
+    assert copied == first and copied is not first
+
+
 def test_one_process_at_a_time_holds_a_state_dir_and_clears_what_a_killed_writer_left(
     tmp_path: Path,
 ):

@@ -324,7 +324,8 @@ class Dispatcher:
         """Every object with a reconciler, once (start-up, or leadership just won)."""
         for kind, controller in OWN_CONTROLLER.items():
             try:
-                objects = self._store.list(kind=kind)
+                # Read, not kept: no copies of every object at once.
+                objects = self._store.list(kind=kind, shared=True)
             except (store_interface.NotFound, store_interface.Forbidden):
                 if kind in OPTIONAL_KINDS:
                     continue
@@ -339,7 +340,8 @@ class Dispatcher:
         # Kept copies have no reconciler of their kind, only an expiry timer: one that
         # expired while certctl was not running goes now.
         for secret in self._store.list(kind="Secret", namespace=self._kept_namespace,
-                                       labels={kept_certificates.KEPT_LABEL: "true"}):
+                                       labels={kept_certificates.KEPT_LABEL: "true"},
+                                       shared=True):
             yield ("kept", reconciling.key_of(secret))
 
     @property

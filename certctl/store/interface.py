@@ -73,8 +73,14 @@ class Store(Protocol):
         kind: str,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        shared: bool = False,
     ) -> list[Object]:
-        """Objects of a kind, in all namespaces when `namespace` is None."""
+        """Objects of a kind, in all namespaces when `namespace` is None.
+
+        `shared`: the objects the store holds, not copies, where it holds them, for a
+        caller that only reads them and keeps none: a pass over 10,000 Certificates
+        then makes no copies (60 MB at once, which the process kept as its size after).
+        """
         ...
 
     def create(self, *, obj: Object) -> Object: ...
@@ -103,8 +109,8 @@ class ForwardingStore:
         return self.backing.get(kind=kind, namespace=namespace, name=name)
 
     def list(self, *, kind: str, namespace: str | None = None,
-             labels: Mapping[str, str] | None = None) -> list[Object]:
-        return self.backing.list(kind=kind, namespace=namespace, labels=labels)
+             labels: Mapping[str, str] | None = None, shared: bool = False) -> list[Object]:
+        return self.backing.list(kind=kind, namespace=namespace, labels=labels, shared=shared)
 
     def create(self, *, obj: Object) -> Object:
         return self.backing.create(obj=obj)

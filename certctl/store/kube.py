@@ -184,6 +184,7 @@ class KubeStore:
         kind: str,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        shared: bool = False,  # every list is a fresh answer of the API: nothing to share
     ) -> list[Object]:
         resource = _resource(kind)
         query: list[tuple[str, str]] = []

@@ -399,6 +399,7 @@ class LocalStore:
         kind: str,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
+        shared: bool = False,
     ) -> list[Object]:
         with self._lock:
             found = []
@@ -411,7 +412,7 @@ class LocalStore:
                     if any(have.get(k) != v for k, v in labels.items()):
                         continue
                 found.append(obj)
-        return [_copy(obj) for obj in found]
+        return found if shared else [_copy(obj) for obj in found]
 
     # --- writes --------------------------------------------------------------
 
