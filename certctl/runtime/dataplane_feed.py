@@ -393,10 +393,11 @@ class DataPlaneFeed:
         served."""
         rebuild = everything or backends or self._backends is None
         if backends or self._backends is None:
-            self._services = _parsed(self._store.list(kind="Service"), parsing.parse_service)
-            slices = _parsed(self._store.list(kind="EndpointSlice"),
+            self._services = _parsed(self._store.list(kind="Service", shared=True),
+                                    parsing.parse_service)
+            slices = _parsed(self._store.list(kind="EndpointSlice", shared=True),
                              parsing.parse_endpoint_slice)
-            for endpoints in self._store.list(kind="Endpoints"):
+            for endpoints in self._store.list(kind="Endpoints", shared=True):
                 try:
                     slices.extend(parsing.parse_endpoints(endpoints))
                 except InvalidObject as err:
@@ -438,14 +439,15 @@ class DataPlaneFeed:
             # Ingresses no longer ours stop naming Secrets: every one is looked at again.
             self._secrets_dirty = self._all_secrets = True
         self._class_filter = ingress_routes.class_filter(
-            ingress_classes=_parsed(self._store.list(kind="IngressClass"),
+            ingress_classes=_parsed(self._store.list(kind="IngressClass", shared=True),
                                     parsing.parse_ingress_class),
             controller_name=CONTROLLER_NAME, class_name=self._ingress_class)
         self._ingress_routes = ingress_routes.IngressRoutes()
         self._tls_secrets.clear()
         self._tls_users.clear()
         # Ingress problems are reported by ingress-shim; the rest only matter here.
-        ingresses = _parsed(self._store.list(kind="Ingress"), parsing.parse_ingress, quiet=True)
+        ingresses = _parsed(self._store.list(kind="Ingress", shared=True), parsing.parse_ingress,
+                            quiet=True)
         return set(self._ingress_routes.update(
             {ingress.key: self._compiled(ingress) for ingress in ingresses}))
 
@@ -608,7 +610,7 @@ class DataPlaneFeed:
         know the kind (its CRDs not installed) or the data plane may not read it (a Role from
         before certctl served the Gateway API): Ingresses are served all the same."""
         try:
-            return self._store.list(kind=kind)
+            return self._store.list(kind=kind, shared=True)
         except NotFound:
             return []
         except Forbidden as err:
