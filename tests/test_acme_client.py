@@ -337,6 +337,29 @@ def test_unreachable_server_error_names_the_url() -> None:
         client.register(email=None)
 
 
+def test_requests_take_the_environments_proxy_unless_no_proxy_names_the_server(
+    pebble: PebbleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What requests reads from the environment holds for every ACME request (certctl
+    reads it once per server, not per request): here a proxy that refuses connections."""
+    refusing_proxy = f"http://127.0.0.1:{free_port()}"
+    for no_proxy, goes_through_proxy in (("127.0.0.1", False), ("", True)):
+        client = _client(pebble, timeout=2)
+        assert client.profiles() is not None  # the directory, fetched before the proxy is set
+        for name in ("https_proxy", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, refusing_proxy)
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, no_proxy)
+        if goes_through_proxy:
+            with pytest.raises(errors.AcmeUnreachable, match="cannot reach ACME server"):
+                client.register(email=None)
+        else:
+            assert client.register(email=None)
+        for name in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name)
+        client.close()
+
+
 def test_unusable_account_key_is_a_config_error_without_key_material() -> None:
     with pytest.raises(errors.AcmeConfigError) as raised:
         AcmeClient(directory_url="https://127.0.0.1:1/dir", account_key_pem=b"not a key")
