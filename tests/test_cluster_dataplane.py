@@ -1,4 +1,5 @@
-"""The data plane's feed against the real API server, where the API can refuse it.
+"""The data plane against the real API server: where the API can refuse it, and what
+it finds already there when it starts.
 
 A data plane whose Role lacks `ingresses/status` (a cluster that dropped it,
 or a hand-written Role) gets 403 on every status write; it must still serve
@@ -7,17 +8,23 @@ its routes and certificates, and say what it could not write.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from certctl.dataplane import certstore
-from certctl.runtime import dataplane_feed
+from certctl.runtime import dataplane_feed, operator
 from certctl.store.kube import KubeStore
 from tests.clusterops import admin_store, namespace
+from tests.pebble import free_port
+from tests.serving import eventually
 from tests.testca import TestCA
 
 if TYPE_CHECKING:
@@ -104,3 +111,61 @@ def test_refused_status_writes_do_not_keep_certificates_from_being_served(
         assert len(tables) == 1
         store.close()
         admin.close()
+
+
+def _challenge(ns: str, *, token: str, host: str) -> dict[str, Any]:
+    acme = "https://acme.example.test"
+    return {"apiVersion": "certctl.io/v1", "kind": "Challenge",
+            "metadata": {"name": "web-tls-1-0", "namespace": ns},
+            "spec": {"authorizationURL": f"{acme}/authz/1", "dnsName": host,
+                     "issuerRef": {"group": "certctl.io", "kind": "ClusterIssuer",
+                                   "name": "pebble"},
+                     "key": f"{token}.thumbprint", "token": token, "type": "HTTP-01",
+                     "url": f"{acme}/chall/1", "wildcard": False, "solverIndex": 0,
+                     "solver": {"http01": {"ingress": {"ingressClassName": "certctl"}}}}}
+
+
+def _answer(port: int, *, host: str, token: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 loopback
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+
+
+def test_a_challenge_created_before_the_data_plane_started_is_answered(
+    control_plane: ControlPlane,
+) -> None:
+    """A replica starting (a rollout, a rescheduled pod) during an issuance: the Challenge
+    it lists waits for its self-check and changes no more, so no watch event brings it.
+    Unanswered, Pebble's and the self-check's requests got 404 until the Challenge
+    changed, which it never did (3 of B8's 1,000 certificates stuck)."""
+    plane, token, host = control_plane, "tOkEn-before-start", "live.example.test"
+    with namespace(plane, "dp-live-challenge") as ns:
+        admin = admin_store(plane)
+        created = admin.create(obj=_challenge(ns, token=token, host=host))
+        http_port = free_port()
+        data_plane = operator.ClusterDataPlane(options=operator.DataPlaneOptions(
+            configuration=plane.configuration(), namespaces=(ns,),
+            listening=dataplane_feed.Listening(address="127.0.0.1", http_port=http_port,
+                                               https_port=free_port(),
+                                               ingress_class="certctl")))
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(data_plane.start(), loop).result(60)
+            assert _answer(http_port, host=host, token=token) == (200, f"{token}.thumbprint")
+            assert _answer(http_port, host="other.example.test", token=token)[0] == 404
+            # Later changes come by the watch: once valid, the token is no longer answered.
+            admin.replace_status(obj={**created, "status": {"state": "valid"}})
+            eventually(lambda: _answer(http_port, host=host, token=token)[0] == 404,
+                       what="the token withdrawn", timeout=10)
+        finally:
+            asyncio.run_coroutine_threadsafe(data_plane.stop(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+            admin.close()

@@ -208,6 +208,14 @@ class DataPlaneFeed:
                 self._routes_dirty = True
         self._wake.set()
 
+    def answer_live_challenges(self) -> None:
+        """Take each Challenge the store holds now as new: one created before this process
+        listed them (a replica starting, or `serve` restarting, during an issuance) has
+        no event to come until it changes, and a Challenge waiting for its self-check
+        does not change. Events bring what changes after the store's listing."""
+        for obj in self._store.list(kind="Challenge", shared=True):
+            self._on_challenge(WatchEvent(type="ADDED", key=reconciling.key_of(obj), obj=obj))
+
     def _on_challenge(self, event: WatchEvent) -> None:
         spec = event.obj.get("spec") or {}
         token = spec.get("token")

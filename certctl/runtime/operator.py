@@ -325,6 +325,9 @@ class ClusterDataPlane:
             self.edge.health.done(API_CHECKED)
             await self.edge.start_server()
             await asyncio.to_thread(self.cache.seed)
+            # Before the watches: they bring what changed after the listing, nothing of
+            # what it found (a replica started during an issuance left those unanswered).
+            await asyncio.to_thread(self.edge.feed.answer_live_challenges)
             self.watches.start()
             self.edge.health.done(WATCHES_STARTED)
             await asyncio.to_thread(self.edge.feed.start)

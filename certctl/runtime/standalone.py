@@ -161,7 +161,7 @@ class Standalone:
         # and `everything` below queues each once.
         self.store.subscribe(self.feed.on_event)
         self.store.subscribe(self._on_event)
-        self._seed_challenges()
+        self.feed.answer_live_challenges()
         if self.on_demand is not None:
             self.on_demand.start(asyncio.get_running_loop())
         try:
@@ -239,10 +239,6 @@ class Standalone:
         for item in self.dispatcher.items_for(event):
             self.queue.add(item)
 
-    def _seed_challenges(self) -> None:
-        """Challenges persisted by a previous run must be answerable before the first event."""
-        for obj in self.store.list(kind="Challenge"):
-            self.feed.on_event(WatchEvent(type="ADDED", key=reconciling.key_of(obj), obj=obj))
 
 
 def run(options: ServeOptions) -> None:
