@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from certctl.store import local
+from certctl.store import interface, local
 from certctl.store.local import LocalStore
 
 CONFIG = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -222,13 +222,13 @@ def test_copies_keep_shared_parts_apart_and_take_timestamps():
     shared = {"port": 80}
     obj: dict[str, Any] = {"a": shared, "b": shared, "when": datetime.datetime(2026, 1, 1),
                            "set": {1, 2}}
-    copied = local._copy(obj)
+    copied = interface.copy_object(obj)
     assert copied == obj
     assert copied["a"] is not copied["b"] and copied["a"] is not shared
     copied["a"]["port"] = 81
     assert shared == {"port": 80} and copied["b"] == {"port": 80}
     plain = {"spec": {"rules": [{"host": "a.test"}]}, "data": b"\x00", "n": 1.5}
-    again = local._copy(plain)
+    again = interface.copy_object(plain)
     assert again == plain and again["spec"] is not plain["spec"]
 
 

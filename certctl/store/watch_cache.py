@@ -27,14 +27,19 @@ it) is not cached: its reads go to the API as before, which reports why.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from certctl.api.resources import ObjectKey
-from certctl.store.interface import ForwardingStore, Object, StoreError, WatchEvent
+from certctl.store.interface import (
+    ForwardingStore,
+    Object,
+    StoreError,
+    WatchEvent,
+    copy_object,
+)
 from certctl.store.kube import KubeStore, labels_match
 
 logger = logging.getLogger(__name__)
@@ -272,7 +277,7 @@ class WatchCache(ForwardingStore):
         with self._lock:
             if key in self._known:
                 found = self._objects[key.kind].get(key)
-                return None if found is None else copy.deepcopy(found)
+                return None if found is None else copy_object(found)
         read = self.backing.get(kind=key.kind, namespace=key.namespace, name=key.name)
         with self._lock:
             current = self._objects[key.kind].get(key)
@@ -330,7 +335,7 @@ class WatchCache(ForwardingStore):
         current = self._objects[key.kind].get(key)
         if current is not None and not _newer(_version(obj), _version(current)):
             return False
-        self._put(key, copy.deepcopy(obj))
+        self._put(key, copy_object(obj))
         self._tombstones.pop(key, None)
         return True
 
@@ -351,5 +356,5 @@ class WatchCache(ForwardingStore):
                   if (namespace is None or obj["metadata"].get("namespace") == namespace)
                   and labels_match(obj, labels)]
         if kind in self._own and not shared:
-            return [copy.deepcopy(obj) for obj in listed]
+            return [copy_object(obj) for obj in listed]
         return listed
