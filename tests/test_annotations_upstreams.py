@@ -186,8 +186,9 @@ def _key_for(plane: Running, host: str, port: int) -> str:
 def test_the_same_uri_goes_to_the_same_endpoint_and_uris_spread(plane):
     for path in ("/one", "/two?x=1", "/three/four"):
         assert len({_get(plane, "uri.test", path)[1] for _ in range(5)}) == 1
+    # 60 URIs over three endpoints: 20 each expected, fewer than 5 on one has p < 3e-6
     spread = collections.Counter(_get(plane, "uri.test", f"/p{n}")[1] for n in range(60))
-    assert set(spread) == {"a", "b", "c"} and min(spread.values()) >= 8, spread
+    assert set(spread) == {"a", "b", "c"} and min(spread.values()) >= 5, spread
 
 
 def test_a_header_a_cookie_and_the_client_address_as_keys(plane):
@@ -196,12 +197,17 @@ def test_a_header_a_cookie_and_the_client_address_as_keys(plane):
                     for n in range(5)}) == 1
     users = {_get(plane, "user.test", headers={"X-User": f"user{n}"})[1] for n in range(30)}
     assert users == {"a", "b", "c"}
-    cookies = collections.defaultdict(set)
-    for n in range(30):
-        value = f"v{n % 6}"
-        cookies[value].add(_get(plane, "cookie.test", headers={"Cookie": f"y=1; x={value}"})[1])
-    assert all(len(found) == 1 for found in cookies.values())
-    assert len(set().union(*cookies.values())) >= 2
+    # one cookie value for each endpoint (chosen by the hash, so the test does not hang on
+    # which ports the backends got): each keeps its endpoint, and the three are apart
+    match = plane.plane.routes.match(host="cookie.test", path="/")
+    assert match is not None
+    cookies = {}
+    for _, endpoint_port in match.upstreams:
+        value = _key_for(plane, "cookie.test", endpoint_port)
+        cookies[value] = {_get(plane, "cookie.test", f"/{n}",
+                               headers={"Cookie": f"y=1; x={value}"})[1] for n in range(4)}
+    assert all(len(found) == 1 for found in cookies.values()), cookies
+    assert set().union(*cookies.values()) == {"a", "b", "c"}, cookies
     # every test client is 127.0.0.1: one endpoint for all of them
     assert len({_get(plane, "addr.test", f"/{n}")[1] for n in range(12)}) == 1
 
