@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -737,3 +738,53 @@ def test_one_process_at_a_time_holds_a_state_dir_and_clears_what_a_killed_writer
     finally:
         os.close(held)
     os.close(local.claim_state_dir(state))  # free again once released
+
+
+def _fleet_ingress(number: int, *, renew_before: str = "720h") -> dict[str, Any]:
+    name = f"site-{number:04d}"
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "annotations": {
+            "cert-manager.io/cluster-issuer": "pebble",
+            "cert-manager.io/renew-before": renew_before}},
+        "spec": {"tls": [{"hosts": [f"{name}.example.test"], "secretName": f"{name}-tls"}],
+                 "rules": [{"host": f"{name}.example.test", "http": {"paths": [{
+                     "path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]},
+    }
+
+
+def test_an_edit_to_one_document_of_a_big_file_keeps_one_copy_of_the_others(
+    tmp_path: Path,
+) -> None:
+    """The file is parsed again, but the store goes on holding the other documents' objects
+    as first parsed (not a second set beside them), and the parse never holds every YAML
+    node of the file at once (a process keeps most of what it took for a moment)."""
+    store = new_store(tmp_path, manifests=True)
+    ingresses = [_fleet_ingress(number) for number in range(300)]
+    path = write_manifest(tmp_path, "sites.yaml", yaml.dump_all(ingresses))
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        store.reload_manifests()
+        held = tracemalloc.get_traced_memory()[0] - start
+        [first_kept] = [obj for obj in store.list(kind="Ingress", shared=True)
+                        if obj["metadata"]["name"] == "site-0007"]
+
+        ingresses[150] = _fleet_ingress(150, renew_before="700h")
+        path.write_text(yaml.dump_all(ingresses))
+        tracemalloc.reset_peak()
+        before_edit = tracemalloc.get_traced_memory()[0]
+        store.reload_manifests()
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    edited = store.get(kind="Ingress", namespace="default", name="site-0150")
+    assert edited is not None
+    assert edited["metadata"]["annotations"]["cert-manager.io/renew-before"] == "700h"
+    [kept] = [obj for obj in store.list(kind="Ingress", shared=True)
+              if obj["metadata"]["name"] == "site-0007"]
+    assert kept is first_kept
+    assert now - before_edit < held * 0.1, (now - before_edit, held)
+    assert peak - before_edit < held * 1.5, (peak - before_edit, held)

@@ -918,22 +918,26 @@ def parse_manifest(data: bytes) -> builtins.list[Any]:
     The bytes are decoded as UTF-8 first (a BOM is allowed), so a file in
     another encoding is a UnicodeDecodeError rather than mojibake.
     """
-    return [each.document for each in _parse_documents(data.decode("utf-8-sig"))]
+    return [each.document for each in _parse_documents(data.decode("utf-8-sig"), nodes=False)]
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Parsed:
-    """One YAML document of a file: what it is, its node tree and its span of the text
-    that is it alone (from the end of the document before, or the start, to the end of
-    its root node, in characters: libyaml's marks), its `---` and comments included."""
+    """One YAML document of a file: what it is, its node tree (a document holding a
+    Secret only, where asked for) and its span of the text that is it alone (from the end
+    of the document before, or the start, to the end of its root node, in characters:
+    libyaml's marks), its `---` and comments included."""
 
     document: Any
-    node: yaml.Node
+    node: yaml.Node | None
     span: tuple[int, int]
 
 
-def _parse_documents(text: str) -> builtins.list[_Parsed]:
-    """Every YAML document of `text`."""
+def _parse_documents(text: str, *, nodes: bool) -> builtins.list[_Parsed]:
+    """Every YAML document of `text`, with the node trees of those holding a Secret when
+    `nodes` (where their values lie). Other node trees are dropped as soon as their
+    document is built: a file's every node at once is ~10x its size in memory, and a
+    process that took so much for a moment keeps most of it (pymalloc's arenas)."""
     loader = _SafeLoader(text)
     found = []
     try:
@@ -941,7 +945,9 @@ def _parse_documents(text: str) -> builtins.list[_Parsed]:
         while loader.check_node():
             node = loader.get_node()
             end = node.end_mark.index
-            found.append(_Parsed(document=loader.construct_document(node), node=node,
+            document = loader.construct_document(node)
+            found.append(_Parsed(document=document,
+                                 node=node if nodes and _holds_secret(document) else None,
                                  span=(start, end)))
             start = end
     finally:
@@ -1053,7 +1059,7 @@ class _ParseCache:
     def store(self, digest: bytes, *, data: bytes) -> builtins.list[Any]:
         """Parse the file whose bytes are `data` and keep what it gives; its documents."""
         text = data.decode("utf-8-sig")
-        parsed = _parse_documents(text)
+        parsed = _parse_documents(text, nodes=True)
         documents = [each.document for each in parsed]
         kept: builtins.list[Any] = []
         spans: dict[str, tuple[int, int]] = {}
@@ -1131,6 +1137,11 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
         shared = b"&" in data
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+    # An edit of one document leaves the others as they were: they keep the objects parsed
+    # before, so the store keeps one copy of each (its stored object shares their parts)
+    # and what this parse built for them is freed at once.
+    earlier: dict[ObjectKey, Object] = {} if previous is None else {
+        entry[0]: entry[1] for entry in previous.entries if not isinstance(entry, ManifestError)}
     entries: builtins.list[_Entry] = []
     for index, document in enumerate(_flatten(documents)):
         where = f"{path}#{index}"
@@ -1150,8 +1161,11 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
         key = key_of(obj)
         if "uid" not in metadata:
             metadata["uid"] = _stable_uid(key)
-        metadata.setdefault("creationTimestamp", created)
-        entries.append((key, obj))
+        before = earlier.get(key)
+        # An object already loaded was created then, not at this edit of its file.
+        metadata.setdefault("creationTimestamp", created if before is None else
+                            before["metadata"].get("creationTimestamp", created))
+        entries.append((key, before if before is not None and before == obj else obj))
     return _ParsedFile(signature=signature, digest=digest, settled=settled,
                        entries=tuple(entries))
 
