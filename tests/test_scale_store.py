@@ -1,9 +1,9 @@
 """What makes `certctl serve` restart fast with 10,000 objects: the local store's caches.
 
-A restart reads each manifest file's documents from the parse cache (JSON, by the
-digest of the file's bytes) and each state file from the state cache a clean stop
-wrote, unless the file changed since; what JSON cannot hold exactly is parsed from
-its YAML every time. Reads still hand out copies no caller can change the store by.
+A restart reads each manifest file's documents from the parse cache (by the digest
+of the file's bytes) and each state file from the state cache a clean stop wrote,
+unless the file changed since; what the caches cannot hold exactly is parsed from its
+YAML every time. Reads still hand out copies no caller can change the store by.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ def store(tmp_path: Path) -> LocalStore:
 
 
 def cache_entries(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "state" / local.MANIFEST_CACHE).glob("*.json"))
+    return sorted((tmp_path / "state" / local.MANIFEST_CACHE).glob("*.cache"))
+
+
+def read_cache(path: Path) -> Any:
+    return local.load_cache(path.read_bytes())
+
+
+def write_cache(path: Path, value: Any) -> None:
+    path.write_bytes(local.dump_cache(value))
 
 
 def test_a_restart_reads_manifest_documents_from_the_parse_cache(tmp_path: Path):
@@ -39,9 +47,9 @@ def test_a_restart_reads_manifest_documents_from_the_parse_cache(tmp_path: Path)
     first = store(tmp_path)
     first.reload_manifests()
     (entry,) = cache_entries(tmp_path)
-    assert json.loads(entry.read_text()) == [CONFIG]
+    assert read_cache(entry) == [CONFIG]
     # The entry is what a restart reads for these bytes: changed here, it shows.
-    entry.write_text(json.dumps([{**CONFIG, "data": {"mode": "from the cache"}}]))
+    write_cache(entry, [{**CONFIG, "data": {"mode": "from the cache"}}])
     second = store(tmp_path)
     second.reload_manifests()
     found = second.get(kind="ConfigMap", namespace="default", name="settings")
@@ -64,7 +72,7 @@ def test_an_edited_file_is_parsed_and_its_old_entry_removed(tmp_path: Path):
     kept.save_state_cache()
     (after,) = cache_entries(tmp_path)
     assert after != before
-    assert json.loads(after.read_text()) == [{**CONFIG, "data": {"mode": "edited"}}]
+    assert read_cache(after) == [{**CONFIG, "data": {"mode": "edited"}}]
 
 
 SECRET: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -90,17 +98,16 @@ def test_a_secret_is_cached_by_where_it_lies_in_its_file_never_by_its_values(tmp
     first = store(tmp_path)
     first.reload_manifests()
     (entry,) = cache_entries(tmp_path)
-    kept = entry.read_text()
-    for value in ("Y2VydGlmaWNhdGUgdmFsdWU=", "a2V5IHZhbHVlIGhlcmU="):
-        assert value not in kept
+    for value in (b"Y2VydGlmaWNhdGUgdmFsdWU=", b"a2V5IHZhbHVlIGhlcmU="):
+        assert value not in entry.read_bytes()
+    kept = read_cache(entry)
     without_values = {**SECRET, "data": {"tls.crt": None, "tls.key": None}}
-    assert json.loads(kept)["documents"] == [CONFIG, without_values, None, other, None]
-    assert sorted(json.loads(kept)["spans"]) == ["2", "4"]
+    assert kept["documents"] == [CONFIG, without_values, None, other, None]
+    assert sorted(kept["spans"]) == ["2", "4"]
     # The restart takes the other documents from the entry (changed here, it shows) and
     # the Secrets' values from the file.
-    changed = json.loads(kept)
-    changed["documents"][0] = {**CONFIG, "data": {"mode": "from the cache"}}
-    entry.write_text(json.dumps(changed))
+    kept["documents"][0] = {**CONFIG, "data": {"mode": "from the cache"}}
+    write_cache(entry, kept)
     second = store(tmp_path)
     second.reload_manifests()
     config = second.get(kind="ConfigMap", namespace="default", name="settings")
@@ -118,8 +125,8 @@ def test_a_secret_whose_values_are_repeated_elsewhere_in_it_is_parsed_whole(tmp_
     (tmp_path / "manifests" / "applied.yaml").write_text(yaml.safe_dump(applied))
     store(tmp_path).reload_manifests()
     (entry,) = cache_entries(tmp_path)
-    assert "a2V5IHZhbHVlIGhlcmU=" not in entry.read_text()
-    assert json.loads(entry.read_text())["documents"] == [None]
+    assert b"a2V5IHZhbHVlIGhlcmU=" not in entry.read_bytes()
+    assert read_cache(entry)["documents"] == [None]
     restarted = store(tmp_path)
     restarted.reload_manifests()
     secret = restarted.get(kind="Secret", namespace="default", name="site-tls")
@@ -139,40 +146,54 @@ def test_a_value_json_escapes_is_still_found_repeated_in_the_secret(tmp_path: Pa
         + f"stringData:\n  password: {value}\n")
     store(tmp_path).reload_manifests()
     (entry,) = cache_entries(tmp_path)
-    assert json.loads(entry.read_text())["documents"] == [None]  # parsed whole at restarts
+    assert read_cache(entry)["documents"] == [None]  # parsed whole at restarts
 
 
-def test_an_entry_with_a_listed_secret_from_before_is_written_again_without(tmp_path: Path):
+def test_the_json_caches_of_an_earlier_certctl_are_replaced(tmp_path: Path):
+    """Its parse-cache entries were JSON (one held a listed Secret's values: the
+    replacement holds none) and its state cache was state-cache.json."""
     (tmp_path / "manifests").mkdir()
     a_list = {"apiVersion": "v1", "kind": "List", "items": [SECRET]}
     data = yaml.safe_dump(a_list).encode()
     (tmp_path / "manifests" / "list.yaml").write_bytes(data)
     folder = tmp_path / "state" / local.MANIFEST_CACHE
     folder.mkdir(parents=True)
-    (folder / f"{hashlib.sha256(data).hexdigest()}.json").write_text(json.dumps([a_list]))
+    old_entry = folder / f"{hashlib.sha256(data).hexdigest()}.json"
+    old_entry.write_text(json.dumps([{**a_list, "items": [{**SECRET, "type": "from json"}]}]))
+    old_state_cache = tmp_path / "state" / "state-cache.json"
+    old_state_cache.write_text("[]")
     loaded = store(tmp_path)
     loaded.reload_manifests()
     (entry,) = cache_entries(tmp_path)
-    assert "a2V5IHZhbHVlIGhlcmU=" not in entry.read_text()
-    assert loaded.get(kind="Secret", namespace="default", name="site-tls") is not None
+    assert not old_entry.exists()
+    assert b"a2V5IHZhbHVlIGhlcmU=" not in entry.read_bytes()
+    secret = loaded.get(kind="Secret", namespace="default", name="site-tls")
+    assert secret is not None and secret["type"] == "kubernetes.io/tls"
+    loaded.save_state_cache()
+    assert not old_state_cache.exists() and (tmp_path / "state" / local.STATE_CACHE).exists()
 
 
-def test_a_document_json_cannot_hold_exactly_is_not_cached_and_still_loads(tmp_path: Path):
+def test_a_timestamp_keeps_its_file_out_of_the_cache_and_other_yaml_types_stay(
+    tmp_path: Path,
+):
     (tmp_path / "manifests").mkdir()
-    # An unquoted timestamp is a datetime to YAML; integer keys would come back strings.
+    # An unquoted timestamp is a datetime to YAML, which the cache cannot hold ...
     (tmp_path / "manifests" / "odd.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: odd, namespace: default}\n"
-        "data: {when: 2026-01-02T03:04:05Z}\n---\n"
+        "data: {when: 2026-01-02T03:04:05Z}\n")
+    # ... and integer keys, sets and binary it holds as they are.
+    (tmp_path / "manifests" / "keys.yaml").write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keys, namespace: default}\n"
-        "data: {1: one}\n")
-    for _ in range(2):  # parsed from the YAML both times
+        "data: {1: one, set: !!set {a: null}, raw: !!binary AAE=}\n")
+    for _ in range(2):  # the timestamp's file parsed from the YAML both times
         loaded = store(tmp_path)
         loaded.reload_manifests()
-        assert cache_entries(tmp_path) == []
+        (entry,) = cache_entries(tmp_path)
+        assert read_cache(entry)[0]["metadata"]["name"] == "keys"
         odd = loaded.get(kind="ConfigMap", namespace="default", name="odd")
         keys = loaded.get(kind="ConfigMap", namespace="default", name="keys")
         assert odd is not None and isinstance(odd["data"]["when"], datetime.datetime)
-        assert keys is not None and keys["data"] == {1: "one"}
+        assert keys is not None and keys["data"] == {1: "one", "set": {"a"}, "raw": b"\0\1"}
 
 
 def test_state_files_are_read_from_the_state_cache_unless_changed_since(tmp_path: Path):
@@ -182,13 +203,13 @@ def test_state_files_are_read_from_the_state_cache_unless_changed_since(tmp_path
     time.sleep(2.1)  # older than the timestamps' slack: a later write is told apart
     first.save_state_cache()
     cache = tmp_path / "state" / local.STATE_CACHE
-    entries: list[list[Any]] = json.loads(cache.read_text())
+    entries: list[list[Any]] = read_cache(cache)
     assert sorted(entry[0] for entry in entries) == [
         "objects/ConfigMap/default/a.yaml", "objects/ConfigMap/default/b.yaml"]
     # Used: a changed entry shows for a file that did not change ...
     for entry in entries:
         entry[2]["data"] = {"mode": "from the cache"}
-    cache.write_text(json.dumps(entries))
+    write_cache(cache, entries)
     # ... and not for a file written since (a process that crashed before its stop).
     path_b = tmp_path / "state" / "objects" / "ConfigMap" / "default" / "b.yaml"
     changed = yaml.safe_load(path_b.read_text())
@@ -205,7 +226,7 @@ def test_a_state_file_written_just_before_the_stop_is_left_out_of_the_cache(tmp_
     first = store(tmp_path)
     first.create(obj=CONFIG)
     first.save_state_cache()
-    assert json.loads((tmp_path / "state" / local.STATE_CACHE).read_text()) == []
+    assert read_cache(tmp_path / "state" / local.STATE_CACHE) == []
     assert store(tmp_path).get(kind="ConfigMap", namespace="default",
                                name="settings") is not None
 
@@ -213,9 +234,52 @@ def test_a_state_file_written_just_before_the_stop_is_left_out_of_the_cache(tmp_
 def test_an_unreadable_state_cache_is_ignored(tmp_path: Path):
     first = store(tmp_path)
     first.create(obj=CONFIG)
-    (tmp_path / "state" / local.STATE_CACHE).write_text("[not json")
-    found = store(tmp_path).get(kind="ConfigMap", namespace="default", name="settings")
-    assert found is not None and found["data"] == {"mode": "fast"}
+    cache = tmp_path / "state" / local.STATE_CACHE
+    whole = local.dump_cache([["objects/ConfigMap/default/settings.yaml", [0, 0, 0, 0], {}]])
+    # another format, another Python's marshal, a truncated file
+    for data in (b"[not json", whole.replace(b"Python 3.", b"Python 2."), whole[:-9]):
+        cache.write_bytes(data)
+        found = store(tmp_path).get(kind="ConfigMap", namespace="default", name="settings")
+        assert found is not None and found["data"] == {"mode": "fast"}
+
+
+def test_a_state_object_with_a_timestamp_is_left_out_of_the_cache_and_the_others_kept(
+    tmp_path: Path,
+):
+    first = store(tmp_path)
+    first.create(obj={**CONFIG, "metadata": {"name": "a", "namespace": "default"}})
+    first.create(obj={**CONFIG, "metadata": {"name": "b", "namespace": "default"},
+                      "data": {"when": datetime.datetime(2026, 1, 2, 3, 4, 5)}})
+    time.sleep(2.1)
+    first.save_state_cache()
+    entries = read_cache(tmp_path / "state" / local.STATE_CACHE)
+    assert [entry[0] for entry in entries] == ["objects/ConfigMap/default/a.yaml"]
+    b = store(tmp_path).get(kind="ConfigMap", namespace="default", name="b")
+    assert b is not None and b["data"] == {"when": datetime.datetime(2026, 1, 2, 3, 4, 5)}
+
+
+def test_objects_read_from_the_caches_share_equal_strings_but_no_containers(tmp_path: Path):
+    """What keeps 10,000 objects small: their repeated values (kinds, namespaces, issuers,
+    conditions) are one string each, while each object is still its own to replace."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "two.yaml").write_text(
+        config("x", "same") + "---\n" + config("y", "same"))
+    first = store(tmp_path)
+    first.reload_manifests()
+    for name in ("a", "b"):
+        first.create(obj={**CONFIG, "metadata": {"name": name, "namespace": "default"},
+                          "data": {"mode": "alike"}})
+    time.sleep(2.1)
+    first.save_state_cache()
+
+    second = store(tmp_path)
+    second.reload_manifests()
+    loaded = {obj["metadata"]["name"]: obj
+              for obj in second.list(kind="ConfigMap", shared=True)}
+    for one, other in (("x", "y"), ("a", "b")):
+        assert loaded[one]["data"] == loaded[other]["data"]
+        assert loaded[one]["data"] is not loaded[other]["data"]
+        assert loaded[one]["data"]["mode"] is loaded[other]["data"]["mode"]
 
 
 def test_copies_keep_shared_parts_apart_and_take_timestamps():

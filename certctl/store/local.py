@@ -18,13 +18,14 @@ garbage-collects dependents through `ownerReferences` when an owner goes.
 Costs, since one store may hold tens of thousands of objects: `list` reads an
 index by kind, namespace and label, so it costs what it returns; a manifest
 reload parses only the files whose content changed, and a restart parses none
-it parsed before: each file's documents are kept as JSON under the state dir
-by the digest of its bytes (`MANIFEST_CACHE`, Secrets' values excepted), which
-loads ~60x faster than YAML parses (a file edited while running is kept at
-the clean stop, off the edit's way); likewise the state files, which `save_state_cache` (at a clean
-stop) writes into one JSON file (`STATE_CACHE`) with each file's mtime, ctime,
-size and inode: a file whose own no longer match (written since, by a process
-that then crashed) is parsed from its YAML.
+it parsed before: each file's documents are kept under the state dir by the
+digest of its bytes (`MANIFEST_CACHE`, Secrets' values excepted), which loads
+~100x faster than YAML parses (a file edited while running is kept at the
+clean stop, off the edit's way); likewise the state files, which
+`save_state_cache` (at a clean stop) writes into one file (`STATE_CACHE`) with
+each file's mtime, ctime, size and inode: a file whose own no longer match
+(written since, by a process that then crashed) is parsed from its YAML. Both
+caches are `marshal` with each cache's equal strings one object (`dump_cache`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import hashlib
 import itertools
 import json
 import logging
+import marshal
 import os
+import sys
 import threading
 import time
 import uuid
@@ -63,7 +66,10 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 CLUSTER_DIR = "_cluster"
 SERVE_INFO = "serve.json"  # which manifests `certctl serve` reads into this state dir
 MANIFEST_CACHE = "manifest-cache"  # manifest files parsed before, by the digest of their bytes
-STATE_CACHE = "state-cache.json"  # the state files as written, for the next start to read
+STATE_CACHE = "state-cache"  # the state files as written, for the next start to read
+_PARSE_CACHE_SUFFIX = ".cache"
+# The state cache as JSON, where certctl kept it before `dump_cache`: the next stop removes it.
+_JSON_STATE_CACHE = "state-cache.json"
 
 Listener = Callable[[WatchEvent], None]
 
@@ -770,7 +776,7 @@ class LocalStore:
     def _read_state_cache(self) -> dict[str, tuple[_Signature, Object]]:
         """What `save_state_cache` wrote: state file (relative path) -> (signature, object)."""
         try:
-            entries = json.loads((self.state_dir / STATE_CACHE).read_bytes())
+            entries = load_cache((self.state_dir / STATE_CACHE).read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
@@ -787,10 +793,10 @@ class LocalStore:
         """Write every state object with its file's signature, for the next start to read
         instead of parsing the YAML (at a clean stop: nothing writes meanwhile). Files
         written in the last seconds are left out: their timestamps may not tell the next
-        write from this one (`_TIMESTAMP_SLACK_NS`); so are objects JSON cannot hold.
-        Also the parse-cache entries of manifest files edited while running."""
+        write from this one (`_TIMESTAMP_SLACK_NS`). Also the parse-cache entries of
+        manifest files edited while running."""
         settled_before = time.time_ns() - _TIMESTAMP_SLACK_NS
-        entries: builtins.list[str] = []
+        entries: builtins.list[builtins.list[Any]] = []
         with self._lock:
             state = builtins.list(self._state.items())
             signatures = dict(self._state_files)
@@ -798,15 +804,15 @@ class LocalStore:
             signature = signatures.get(key)
             if signature is None or max(signature[0], signature[1]) >= settled_before:
                 continue
-            try:
-                encoded = json.dumps(obj, ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError):
-                continue
-            if json.loads(encoded) != obj:
-                continue
-            path = str(self._path_for(key).relative_to(self.state_dir))
-            entries.append(f"[{json.dumps(path)}, {json.dumps(signature)}, {encoded}]")
-        atomic_write(self.state_dir / STATE_CACHE, ("[" + ",\n".join(entries) + "]").encode())
+            entries.append([str(self._path_for(key).relative_to(self.state_dir)),
+                            builtins.list(signature), obj])
+        try:
+            data = dump_cache(entries)
+        except ValueError:  # a timestamp from a manifest (YAML): those objects are parsed
+            data = dump_cache([entry for entry in entries if _marshals(entry[2])])
+        atomic_write(self.state_dir / STATE_CACHE, data)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / _JSON_STATE_CACHE).unlink()
         self._keep_edited_manifests()
 
     def _keep_edited_manifests(self) -> None:
@@ -912,6 +918,56 @@ def dump_state_file(obj: Any) -> bytes:
         return yaml.dump(obj, Dumper=_SafeDumper, sort_keys=False).encode()
 
 
+# The caches' format: marshal loads them ~2x faster than JSON, and keeps what was shared
+# when they were written, so `dump_cache` makes each cache's equal strings one object: a
+# fleet's objects repeat apiVersions, kinds, namespaces, issuers and conditions, ~20 MB
+# of 10,000 Ingresses' and Certificates' objects as JSON loaded them. Marshal's format
+# is the Python version's own, hence the header; and it is for data this program wrote,
+# which these files are (the state dir's, 0600 like the Secrets beside them).
+_CACHE_HEADER = b"certctl cache: marshal %d, Python %d.%d\n" % (
+    marshal.version, *sys.version_info[:2])
+
+
+def dump_cache(value: Any) -> bytes:
+    """`value` (dicts, lists, strings and marshal's other types) as a cache file's bytes,
+    equal strings as one; ValueError for what marshal cannot hold (a datetime)."""
+    seen: dict[str, str] = {}
+
+    def shared(item: Any) -> Any:
+        # Containers are built anew, so the loaded ones never share (as YAML anchors do).
+        if type(item) is str:
+            return seen.setdefault(item, item)
+        if type(item) is dict:
+            return {shared(key): shared(each) for key, each in item.items()}
+        if type(item) is builtins.list:
+            return [shared(each) for each in item]
+        return item
+
+    try:
+        return _CACHE_HEADER + marshal.dumps(shared(value))
+    except RecursionError as err:
+        raise ValueError("nested too deep") from err
+
+
+def load_cache(data: bytes) -> Any:
+    """What `dump_cache` gave `data` from; ValueError if it is not such a cache of this
+    Python's."""
+    if not data.startswith(_CACHE_HEADER):
+        raise ValueError("not a cache of this certctl and Python")
+    try:
+        return marshal.loads(memoryview(data)[len(_CACHE_HEADER):])  # noqa: S302 - see above
+    except (EOFError, TypeError) as err:
+        raise ValueError(f"damaged: {err}") from err
+
+
+def _marshals(value: Any) -> bool:
+    try:
+        marshal.dumps(value)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_manifest(data: bytes) -> builtins.list[Any]:
     """Every YAML document of a manifest file's bytes, parsed with libyaml when available.
 
@@ -1009,10 +1065,10 @@ def _holds_secret(document: Any) -> bool:
 
 class _ParseCache:
     """Manifest files' documents as parsed before, by the sha256 of the file's bytes, one
-    JSON file each: a restart loads them instead of parsing YAML again. Only documents
-    JSON gives back exactly are kept (not YAML timestamps, sets, binary or non-string
-    keys); an entry that cannot be read or written is simply parsed again next time. The
-    files are 0600 under the state dir.
+    cache file each (`dump_cache`): a restart loads them instead of parsing YAML again. A
+    file with a document marshal cannot hold (a YAML timestamp) is not kept; an entry
+    that cannot be read or written is simply parsed again next time. The files are 0600
+    under the state dir.
 
     A document holding a Secret is not kept: its values stay in the user's file (and the
     Secret's own state file) only. Its entry holds where it lies in the file instead (its
@@ -1025,19 +1081,17 @@ class _ParseCache:
         self._folder = folder
 
     def _path(self, digest: bytes) -> Path:
-        return self._folder / f"{digest.hex()}.json"
+        return self._folder / f"{digest.hex()}{_PARSE_CACHE_SUFFIX}"
 
     def load(self, digest: bytes, *, data: bytes) -> builtins.list[Any] | None:
         """The documents of the file whose bytes, `data`, have this digest; None when
         there is no usable entry."""
         try:
-            entry = json.loads(self._path(digest).read_bytes())
+            entry = load_cache(self._path(digest).read_bytes())
         except (OSError, ValueError):
             return None
-        if isinstance(entry, builtins.list):  # every document JSON
-            # An entry of an earlier certctl may hold a Secret: it is written again,
-            # without its values.
-            return None if any(_holds_secret(document) for document in entry) else entry
+        if isinstance(entry, builtins.list):  # every document as it is
+            return entry
         if not isinstance(entry, dict) or not isinstance(entry.get("documents"), builtins.list):
             return None
         documents: builtins.list[Any] = entry["documents"]
@@ -1084,12 +1138,9 @@ class _ParseCache:
         entry = {"documents": kept, "spans": spans, "values": values} if (
             spans or values) else kept
         try:
-            encoded = json.dumps(entry, ensure_ascii=False, allow_nan=False).encode()
-        except (TypeError, ValueError):
-            return documents  # something JSON cannot hold: this file is parsed at every start
-        decoded = json.loads(encoded)
-        if (decoded if entry is kept else decoded["documents"]) != kept:
-            return documents  # a key that is no string, or another change JSON would make
+            encoded = dump_cache(entry)
+        except ValueError:
+            return documents  # something marshal cannot hold: parsed at every start
         try:
             atomic_write(self._path(digest), encoded)
         except StateWriteError as err:
@@ -1097,14 +1148,15 @@ class _ParseCache:
         return documents
 
     def keep_only(self, digests: set[bytes]) -> None:
-        """Remove the entries of file contents no manifest file has any more."""
-        wanted = {f"{digest.hex()}.json" for digest in digests}
+        """Remove the entries of file contents no manifest file has any more (and those
+        an earlier certctl wrote as JSON)."""
+        wanted = {f"{digest.hex()}{_PARSE_CACHE_SUFFIX}" for digest in digests}
         try:
             entries = builtins.list(self._folder.iterdir())
         except OSError:
             return
         for entry in entries:
-            if entry.name not in wanted and entry.suffix == ".json":
+            if entry.name not in wanted and entry.suffix in (_PARSE_CACHE_SUFFIX, ".json"):
                 with contextlib.suppress(OSError):
                     entry.unlink()
 
@@ -1129,7 +1181,7 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
         return dataclasses.replace(previous, signature=signature, settled=settled)
     documents = None if cache is None else cache.load(digest, data=data)
     # Documents share parts only through YAML anchors (`&name`), never when read from the
-    # cache (JSON, and the spans it parses apart it copies apart).
+    # cache (`dump_cache` builds containers anew; the spans it parses apart it copies apart).
     shared = False
     if documents is None:
         documents = (cache.store(digest, data=data) if cache is not None and keep_now
