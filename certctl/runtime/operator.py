@@ -28,7 +28,6 @@ import asyncio
 import datetime
 import logging
 import os
-import signal
 import socket
 import uuid
 from collections.abc import Hashable, Iterable
@@ -358,22 +357,12 @@ class ClusterDataPlane:
         self.store.close()  # ends the watch streams
 
 
-def _stop_signal() -> asyncio.Event:
-    """Set on SIGINT or SIGTERM, from now on: a signal arriving while the process still
-    starts (its loop is free meanwhile) stops it once started, not by the default action."""
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
-    return stopped
-
-
 async def _until_signalled(process_health: health.Health,
                            stopped: asyncio.Event | None = None) -> None:
     """Until SIGINT or SIGTERM; then the process is not ready (its /healthz watches the
     loop this runs on meanwhile)."""
     process_health.watch_loop(asyncio.get_running_loop())
-    await (stopped or _stop_signal()).wait()
+    await (stopped or runner.stop_signal()).wait()
     process_health.start_draining()
     logger.info("stopping")
 
@@ -390,7 +379,7 @@ def run_controller(options: ControllerOptions) -> None:
 def run_dataplane(options: DataPlaneOptions) -> None:
     async def main() -> None:
         plane = ClusterDataPlane(options=options)
-        stopped = _stop_signal()
+        stopped = runner.stop_signal()
         await plane.start()
         try:
             await _until_signalled(plane.edge.health, stopped)

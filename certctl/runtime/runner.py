@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -38,6 +39,17 @@ def run(main: Coroutine[Any, Any, T]) -> T | None:
             asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_logged(main))
     return None
+
+
+def stop_signal() -> asyncio.Event:
+    """Set on SIGINT or SIGTERM, from now on: a signal arriving while the process still
+    starts (its loop is free meanwhile, or busy loading) stops it once started, not by
+    the default action, which would skip draining and the clean stop's writes."""
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    return stopped
 
 
 async def _logged(main: Coroutine[Any, Any, T]) -> T:

@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,14 +206,12 @@ class Standalone:
             os.close(lock)
 
     async def run_until_signalled(self, *, started: Callable[[], None] | None = None) -> None:
-        """Start, call `started` once serving, and stop at SIGINT or SIGTERM."""
+        """Start, call `started` once serving, and stop at SIGINT or SIGTERM (also one
+        that arrives while starting: the data plane is ready before `start` returns)."""
+        stopped = runner.stop_signal()
         await self.start()
         if started is not None:
             started()
-        stopped = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopped.set)
         await stopped.wait()
         self.edge.health.start_draining()
         logger.info("stopping")
