@@ -9,6 +9,9 @@ the feed's debounce thread.
 from __future__ import annotations
 
 import base64
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,8 @@ def tls_secret(name: str, issued: Issued) -> dict[str, Any]:
 
 
 class Fixture:
-    def __init__(self, tmp_path: Path, *, address: str | None) -> None:
+    def __init__(self, tmp_path: Path, *, address: str | None,
+                 on_loaded: Callable[[], None] | None = None) -> None:
         self.store = LocalStore(manifests_dir=None, state_dir=tmp_path / "state")
         self.certificates = certstore.CertificateIndex()
         self.tables: list[routing.RouteTable] = []
@@ -66,6 +70,7 @@ class Fixture:
             publish_routes=self.tables.append,
             ingress_class="certctl",
             load_balancer_address=address,
+            on_loaded=on_loaded,
         )
         self.store.subscribe(self._on_event)
         self.ca = TestCA()
@@ -170,3 +175,30 @@ def test_unenforced_access_annotation_is_a_warning_event_once_and_only_for_our_i
     env.store.create(obj=ingress_manifest("other", host="other.test", secret_name="other-tls"))
     env.feed.refresh()  # rebuilt for another Ingress: the same problem is not reported again
     assert not [r for r in caplog.records if "AccessNotEnforced" in r.getMessage()]
+
+
+def test_start_loads_routes_and_certificates_and_leaves_the_statuses_to_its_thread(tmp_path):
+    """`certctl serve` starts the feed on the loop its data plane serves from: the
+    statuses of every Ingress (seconds, with 10,000) must not hold that loop once ready."""
+    loaded: list[str] = []
+    env = Fixture(tmp_path, address="203.0.113.7",
+                  on_loaded=lambda: loaded.append(threading.current_thread().name))
+    issued = env.ca.issue("web.test")
+    env.store.create(obj=tls_secret("web-tls", issued))
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    writers: list[str] = []
+    env.store.subscribe(lambda event: writers.append(threading.current_thread().name)
+                        if event.key.kind == "Ingress" and event.type == "MODIFIED" else None)
+
+    env.feed.start()
+    try:
+        assert loaded == [threading.current_thread().name]
+        assert env.tables and env.tables[-1].match(host="web.test", path="/") is not None
+        assert env.certificates.has_certificate_for("web.test")
+        deadline = time.monotonic() + 10
+        while env.status("web") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert env.status("web") == {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+        assert writers and threading.current_thread().name not in writers, writers
+    finally:
+        env.feed.stop()

@@ -163,13 +163,16 @@ class DataPlaneFeed:
         self._thread = threading.Thread(target=self._run, name="dataplane-feed", daemon=True)
 
     def start(self) -> None:
-        """Load everything once now; when that fails (the API refuses, RBAC is missing), the
-        feed's thread retries with backoff and the data plane stays not ready meanwhile."""
+        """Load routes and certificates once now; when that fails (the API refuses, RBAC is
+        missing), the feed's thread retries with backoff and the data plane stays not ready
+        meanwhile. The statuses are the thread's to write: the caller may be the loop the
+        data plane serves from, and 10,000 Ingresses' statuses held it for seconds after
+        it was ready."""
         try:
-            self.refresh()
+            self.refresh(statuses=False)
         except Exception:
             logger.exception("loading routes and certificates failed; retrying")
-            self._wake.set()
+        self._wake.set()
         self._thread.start()
 
     def stop(self) -> None:
@@ -305,12 +308,12 @@ class DataPlaneFeed:
             else:
                 retry_delay = FIRST_RETRY_SECONDS
 
-    def refresh(self) -> None:
+    def refresh(self, *, statuses: bool = True) -> None:
         """Update what events marked; on failure what failed is marked for a whole reload.
 
         Ingress statuses come last: a status the API refuses (a 403 from a
         Role without `ingresses/status`, a server down) must not keep routes
-        or certificates from being served.
+        or certificates from being served. Without `statuses` they stay marked.
         """
         if self._routes_dirty:
             with self._lock:  # taken as it is now: an event arriving meanwhile marks anew
@@ -341,6 +344,8 @@ class DataPlaneFeed:
         if self._on_loaded is not None:
             loaded, self._on_loaded = self._on_loaded, None
             loaded()
+        if not statuses:
+            return
         if self._gateway_statuses_dirty:
             self._gateway_statuses_dirty = False
             try:
