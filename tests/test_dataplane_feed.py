@@ -9,6 +9,9 @@ the feed's debounce thread.
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from certctl.api.resources import ObjectKey
 from certctl.dataplane import certstore, routing
@@ -202,3 +206,66 @@ def test_start_loads_routes_and_certificates_and_leaves_the_statuses_to_its_thre
         assert writers and threading.current_thread().name not in writers, writers
     finally:
         env.feed.stop()
+
+
+def _presented_serial(context: ssl.SSLContext, *, name: str, ca: TestCA) -> int:
+    """The serial of the leaf `context` presents in a TLS handshake for SNI `name`."""
+    client = ssl.create_default_context(cadata=ca.pem.decode())
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client_tls = client.wrap_bio(client_in, client_out, server_hostname=name)
+    server_tls = context.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(10):
+        for side in (client_tls, server_tls):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+    der = client_tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_facts_handed_to_a_new_index_serve_the_same_secret_content_and_no_other(
+    tmp_path, caplog,
+):
+    """A restart of `certctl serve` serves the Secrets it served before from their facts
+    (names, expiry) instead of parsing them; a content that changed meanwhile is parsed,
+    and one that never served (its key belongs to another certificate) has no facts."""
+    env = Fixture(tmp_path, address=None)
+    first, other = env.ca.issue("web.test"), env.ca.issue("web.test")
+    env.store.create(obj=tls_secret("web-tls", first))
+    env.store.create(obj=ingress_manifest("web", host="web.test", secret_name="web-tls"))
+    env.store.create(obj={**tls_secret("bad-tls", first),
+                          "data": {**tls_secret("bad-tls", first)["data"],
+                                   "tls.key": base64.b64encode(other.key_pem).decode()}})
+    env.store.create(obj=ingress_manifest("bad", host="bad.test", secret_name="bad-tls"))
+    env.feed.refresh()
+    facts = env.certificates.known_facts()
+    assert [known.names for known in facts.values()] == [("web.test",)]
+
+    again = certstore.CertificateIndex()
+    again.remember(facts)
+    feed = dataplane_feed.DataPlaneFeed(store=env.store, certificates=again,
+                                        publish_routes=lambda table: None,
+                                        ingress_class="certctl", load_balancer_address=None)
+    caplog.set_level(logging.INFO, logger="certctl.runtime.dataplane_feed")
+    feed.refresh()
+    assert "serving certificates from 1 Secrets (1 of them as parsed before the last stop)" \
+        in caplog.messages
+    assert _presented_serial(again.select("web.test"), name="web.test",
+                             ca=env.ca) == first.serial
+    assert again.select("bad.test") is again.default_context
+
+    # The Secret renewed meanwhile: its new content is parsed, not served by the old facts.
+    renewed = env.ca.issue("web.test", "www.web.test")
+    stored = env.store.get(kind="Secret", namespace="default", name="web-tls")
+    assert stored is not None
+    env.store.replace(obj={**stored, "data": tls_secret("web-tls", renewed)["data"]})
+    third = certstore.CertificateIndex()
+    third.remember(facts)
+    dataplane_feed.DataPlaneFeed(store=env.store, certificates=third,
+                                 publish_routes=lambda table: None, ingress_class="certctl",
+                                 load_balancer_address=None).refresh()
+    assert third.has_certificate_for("www.web.test")
+    assert _presented_serial(third.select("web.test"), name="web.test",
+                             ca=env.ca) == renewed.serial

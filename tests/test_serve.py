@@ -139,7 +139,7 @@ def test_secret_holds_chain_and_matching_key_with_private_file_mode(
 
 
 def test_restart_serves_the_same_certificate_without_a_new_order(
-    tmp_path: Path, pebble: PebbleServer
+    tmp_path: Path, pebble: PebbleServer, caplog: pytest.LogCaptureFixture
 ):
     manifests = _one_ingress(tmp_path, pebble)
     state = tmp_path / "state"
@@ -149,6 +149,11 @@ def test_restart_serves_the_same_certificate_without_a_new_order(
         eventually(lambda: run.condition("web-tls", "Ready").get("status") == "True")
     orders_before = _orders(state)
     assert len(orders_before) == 1
+    # What the data plane parsed of it, kept for the restart (not the key: names, expiry).
+    cache = state / "certificate-cache"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert b"web.example.test" in cache.read_bytes()
+    caplog.set_level(logging.INFO, logger="certctl.runtime.dataplane_feed")
     with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
         again = eventually(lambda: _served(run.https_port, "web.example.test", roots))
         eventually(lambda: run.standalone.queue.idle(), what="the controllers to settle")
@@ -156,6 +161,8 @@ def test_restart_serves_the_same_certificate_without_a_new_order(
         assert (run.certificate("web-tls") or {})["status"]["revision"] == 1
     assert again.serial_number == first.serial_number
     assert _orders(state) == orders_before
+    assert "serving certificates from 1 Secrets (1 of them as parsed before the last stop)" \
+        in caplog.messages
 
 
 def test_restart_continues_the_order_in_flight_instead_of_placing_another(

@@ -33,6 +33,10 @@ for the first time.
   with certificates for several addresses, put them in one certificate.
 - Private keys are handed to OpenSSL through an anonymous memfd, never a named
   file (see `_load_chain`), and are never logged.
+- What serving a Secret takes from parsing it (its names and expiry: `CertificateFacts`)
+  can be handed over by content digest (`known_facts`, `remember`): `certctl serve`
+  keeps them across a restart, where parsing 10,000 chains and keys again (and matching
+  each key to its leaf) was a third of the time to ready.
 """
 
 from __future__ import annotations
@@ -84,6 +88,16 @@ def new_server_context() -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CertificateFacts:
+    """What serving a certificate takes from its parsed leaf, once its key is known to
+    match: the same for every copy of the same Secret content."""
+
+    names: tuple[str, ...]  # DNS names, then IP addresses in canonical form
+    addressed: bool
+    not_after: datetime.datetime
+
+
 @dataclass(kw_only=True, slots=True, eq=False)
 class _Entry:
     """One loaded certificate; `context` is filled on the first handshake that needs it."""
@@ -94,6 +108,7 @@ class _Entry:
     not_after: datetime.datetime
     chain_pem: bytes
     key_pem: bytes
+    digest: bytes | None = None  # of the Secret's content (`TLSSecretBytes.digest`)
     context: ssl.SSLContext | None = None
 
     def rank(self) -> tuple[datetime.datetime, str]:
@@ -121,6 +136,8 @@ class CertificateIndex:
         # that chains to it (auth-tls-secret); replaced whole, read without the lock.
         self._client_cas: dict[str, bytes] = {}
         self._client_contexts: dict[tuple[_Entry, bytes], ssl.SSLContext] = {}
+        # Facts handed over (`remember`) by Secret content digest, each taken once.
+        self._known: dict[bytes, CertificateFacts] = {}
         # Live TLS-ALPN-01 challenges: name -> the context answering acme-tls/1 for it,
         # replaced whole, read without the lock; and the Challenge each came from.
         self._acme_tls: dict[str, ssl.SSLContext] = {}
@@ -148,9 +165,40 @@ class CertificateIndex:
         (only the PEM bytes are kept, for the context built at the first handshake).
         Without `announce`, logged at debug level only: a start-up loading thousands
         says how many in one line of its own."""
-        self._serve(_entry_of(source=source, leaf=contents.leaf, key=contents.key,
-                              chain_pem=contents.chain_pem, key_pem=contents.key_pem),
-                    announce=announce)
+        entry = _entry_of(source=source, leaf=contents.leaf, key=contents.key,
+                          chain_pem=contents.chain_pem, key_pem=contents.key_pem)
+        entry.digest = tls_secret.TLSSecretBytes(
+            chain_pem=contents.chain_pem, key_pem=contents.key_pem,
+            ca_pem=contents.ca_pem).digest()
+        self._serve(entry, announce=announce)
+
+    def serve_known(self, *, source: resources.ObjectKey, content: tls_secret.TLSSecretBytes,
+                    announce: bool = True) -> bool:
+        """Serve a Secret's content as `serve_secret` would, from the facts `remember` was
+        given for it, without parsing; False (nothing done) when there are none."""
+        digest = content.digest()
+        with self._lock:
+            facts = self._known.pop(digest, None)
+        if facts is None:
+            return False
+        self._serve(_Entry(source=source, names=facts.names, addressed=facts.addressed,
+                           not_after=facts.not_after, chain_pem=content.chain_pem,
+                           key_pem=content.key_pem, digest=digest), announce=announce)
+        return True
+
+    def known_facts(self) -> dict[bytes, CertificateFacts]:
+        """The facts of every certificate served from a Secret, by its content digest."""
+        with self._lock:
+            entries = list(self._by_source.values())
+        return {entry.digest: CertificateFacts(names=entry.names, addressed=entry.addressed,
+                                               not_after=entry.not_after)
+                for entry in entries if entry.digest is not None}
+
+    def remember(self, facts: dict[bytes, CertificateFacts]) -> None:
+        """Facts `known_facts` gave (a process before this one) for `serve_known`: only
+        ever the same content's, which was parsed and matched with its key then."""
+        with self._lock:
+            self._known.update(facts)
 
     def _serve(self, entry: _Entry, *, announce: bool = True) -> None:
         source = entry.source

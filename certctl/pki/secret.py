@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +59,32 @@ def build_tls_secret_data(
     return data
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class TLSSecretBytes:
+    """A kubernetes.io/tls Secret's values decoded, not parsed."""
+
+    chain_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes | None
+
+    def digest(self) -> bytes:
+        """What tells this content from any other: sha256 over the three values, each
+        with its length (so no two contents run together into one)."""
+        hashed = hashlib.sha256()
+        for value in (self.chain_pem, self.key_pem, self.ca_pem or b""):
+            hashed.update(len(value).to_bytes(8, "big"))
+            hashed.update(value)
+        return hashed.digest()
+
+
+def tls_secret_bytes(secret: Mapping[str, Any]) -> TLSSecretBytes:
+    """The Secret's `tls.crt`, `tls.key` and `ca.crt` decoded (`stringData` over `data`);
+    SecretInvalid if one of the first two is missing or empty, or one is not base64."""
+    return TLSSecretBytes(chain_pem=_required(secret, TLS_CERT_KEY),
+                          key_pem=_required(secret, TLS_PRIVATE_KEY_KEY),
+                          ca_pem=_value(secret, CA_CERT_KEY))
+
+
 def read_tls_secret(secret: Mapping[str, Any], *, check_rsa_key: bool = True
                     ) -> TLSSecretContents:
     """Decode and parse a Secret object (the whole object, with `data`).
@@ -68,9 +95,13 @@ def read_tls_secret(secret: Mapping[str, Any], *, check_rsa_key: bool = True
     reissue, not a reason the Secret cannot be read. `check_rsa_key`: see
     `keys.load_private_key` (the data plane, loading thousands to serve, skips it).
     """
-    chain_pem = _required(secret, TLS_CERT_KEY)
-    key_pem = _required(secret, TLS_PRIVATE_KEY_KEY)
-    ca_pem = _value(secret, CA_CERT_KEY)
+    return parse_tls_secret_bytes(tls_secret_bytes(secret), check_rsa_key=check_rsa_key)
+
+
+def parse_tls_secret_bytes(found: TLSSecretBytes, *, check_rsa_key: bool = True
+                           ) -> TLSSecretContents:
+    """`read_tls_secret` for values already decoded."""
+    chain_pem, key_pem, ca_pem = found.chain_pem, found.key_pem, found.ca_pem
     try:
         chain = inspect.split_pem_chain(chain_pem)
     except ValueError as exc:

@@ -721,7 +721,7 @@ class DataPlaneFeed:
         self._gateway_secrets_loaded = gateway_secrets
         # A load of every Secret (the start, a resync) says how many in one line: a line
         # per certificate was 8 % of a restart's CPU with 10,000 of them (and a wall of log).
-        loaded = 0
+        loaded = known = 0
         for key in candidates:
             if key not in self._tls_users and key not in gateway_secrets and key not in more:
                 self._drop(key)
@@ -734,9 +734,14 @@ class DataPlaneFeed:
             if self._served_secrets.get(key) == version:
                 continue
             try:
-                contents = tls_secret.read_tls_secret(secret, check_rsa_key=False)
-                self._certificates.serve_secret(source=key, contents=contents,
-                                                announce=not everything)
+                content = tls_secret.tls_secret_bytes(secret)
+                if self._certificates.serve_known(source=key, content=content,
+                                                  announce=not everything):
+                    known += 1
+                else:
+                    self._certificates.serve_secret(
+                        source=key, announce=not everything,
+                        contents=tls_secret.parse_tls_secret_bytes(content, check_rsa_key=False))
             except (tls_secret.SecretInvalid, ValueError) as err:
                 logger.warning("%s is not served: %s", key, err)
                 self._drop(key)
@@ -744,7 +749,8 @@ class DataPlaneFeed:
             self._served_secrets[key] = version
             loaded += 1
         if everything and loaded:
-            logger.info("serving certificates from %d Secrets", loaded)
+            logger.info("serving certificates from %d Secrets (%d of them as parsed before "
+                        "the last stop)", loaded, known)
 
     def _drop(self, key: ObjectKey) -> None:
         if self._served_secrets.pop(key, None) is not None:

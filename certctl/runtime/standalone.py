@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 
 Item = tuple[str, ObjectKey]
 
+# What the data plane took from parsing each certificate it served (names, expiry), by
+# the digest of its Secret's content, written at a clean stop for the next start to
+# serve the same contents without parsing them (`certstore.CertificateFacts`).
+CERTIFICATE_CACHE = "certificate-cache"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServeOptions:
@@ -160,6 +165,8 @@ class Standalone:
         # and `everything` below queues each once.
         self.store.subscribe(self.feed.on_event)
         self.store.subscribe(self._on_event)
+        self.edge.certificate_index.remember(
+            _read_certificate_cache(self.options.state_dir / CERTIFICATE_CACHE))
         self.feed.answer_live_challenges()
         if self.on_demand is not None:
             self.on_demand.start(asyncio.get_running_loop())
@@ -198,6 +205,11 @@ class Standalone:
             self.store.save_state_cache()  # the next start reads it instead of the YAML
         except OSError as err:
             logger.warning("the next start parses every state file: %s", err)
+        try:
+            local.atomic_write(self.options.state_dir / CERTIFICATE_CACHE,
+                               _certificate_cache(self.edge.certificate_index.known_facts()))
+        except OSError as err:
+            logger.warning("the next start parses every certificate: %s", err)
         self._release_state_dir()
 
     def _release_state_dir(self) -> None:
@@ -236,6 +248,40 @@ class Standalone:
         for item in self.dispatcher.items_for(event):
             self.queue.add(item)
 
+
+
+def _certificate_cache(facts: dict[bytes, certstore.CertificateFacts]) -> bytes:
+    return local.dump_cache({
+        digest: [list(known.names), known.addressed, int(known.not_after.timestamp())]
+        for digest, known in facts.items()})
+
+
+def _read_certificate_cache(path: Path) -> dict[bytes, certstore.CertificateFacts]:
+    """What `_certificate_cache` wrote; nothing (every certificate parsed) when it is not
+    there or not as written."""
+    try:
+        entries = local.load_cache(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        logger.warning("certificate cache not used (every certificate is parsed): %s", err)
+        return {}
+    found: dict[bytes, certstore.CertificateFacts] = {}
+    for digest, entry in entries.items() if isinstance(entries, dict) else ():
+        try:
+            names, addressed, not_after = entry
+            if not (isinstance(digest, bytes) and isinstance(names, list)
+                    and all(isinstance(name, str) for name in names)
+                    and isinstance(addressed, bool) and isinstance(not_after, int)):
+                raise TypeError(digest)
+            found[digest] = certstore.CertificateFacts(
+                names=tuple(names), addressed=addressed,
+                not_after=datetime.datetime.fromtimestamp(not_after, datetime.UTC))
+        except (TypeError, ValueError, OverflowError, OSError):
+            logger.warning("certificate cache not used (every certificate is parsed): "
+                           "an entry is not as written")
+            return {}
+    return found
 
 
 def run(options: ServeOptions) -> None:
