@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 import os
@@ -20,8 +21,11 @@ import pytest
 import requests
 from cryptography import x509
 
+from certctl.dataplane import certstore
 from certctl.pki import inspect
 from certctl.pki import secret as tls_secret
+from certctl.runtime import standalone
+from certctl.store import local
 from tests.pebble import PebbleServer, free_port
 from tests.serving import (
     Serving,
@@ -382,3 +386,21 @@ def test_serve_explains_a_port_in_use_and_an_unwritable_state_dir(tmp_path: Path
     assert result.returncode == 1
     assert f"certctl: --state-dir {not_a_dir / 'state'}: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_certificate_cache_not_as_written_is_not_used(tmp_path: Path):
+    """Every certificate is parsed then, as without one (the cache only saves time)."""
+    path = tmp_path / standalone.CERTIFICATE_CACHE
+    facts = {b"\x01" * 32: certstore.CertificateFacts(
+        names=("a.example.test", "192.0.2.1"), addressed=True,
+        not_after=datetime.datetime(2027, 3, 4, 5, 6, 7, tzinfo=datetime.UTC))}
+    path.write_bytes(standalone._certificate_cache(facts))
+    assert standalone._read_certificate_cache(path) == facts
+    for damaged in (b"not a cache",
+                    local.dump_cache({b"\x01" * 32: ["a.example.test", False, 1]}),
+                    local.dump_cache({"not bytes": [["a.example.test"], False, 1]}),
+                    local.dump_cache({b"\x01" * 32: [["a.example.test"], "yes", 1]}),
+                    standalone._certificate_cache(facts)[:-3]):
+        path.write_bytes(damaged)
+        assert standalone._read_certificate_cache(path) == {}, damaged
+    assert standalone._read_certificate_cache(tmp_path / "absent") == {}
