@@ -200,7 +200,43 @@ def test_the_same_content_is_validated_once():
     renamed["metadata"]["name"] = "other"  # metadata is the API server's: not part of it
     schema.validate(renamed)
     after = schema._first_violation.cache_info()
-    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    # Valid: remembered among the valid contents, not looked up again.
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 0)
+    wrong = certificate(dnsNames=["once.example.test"], renewBefore="3000h")
+    for _ in range(2):
+        refused(wrong)
+    last = schema._first_violation.cache_info()
+    assert (last.misses - after.misses, last.hits - after.hits) == (1, 1)
+
+
+def test_contents_found_valid_are_handed_to_a_later_process_with_the_same_crds(monkeypatch):
+    """What `certctl serve` keeps across a restart: the next process takes the contents
+    found valid without running the rules for them again, and no other content."""
+    handed = certificate(dnsNames=["handed.example.test"])
+    schema.validate(handed)
+    digests = schema.valid_digests()
+    assert schema.crds_digest() == schema.crds_digest() and len(schema.crds_digest()) == 32
+
+    monkeypatch.setattr(schema, "_valid", schema._ValidContents(limit=65536))  # a new process
+    schema._first_violation.cache_clear()
+    schema.remember_valid(digests)
+    before = schema._first_violation.cache_info()
+    schema.validate(handed)
+    assert schema._first_violation.cache_info().misses == before.misses  # no rule ran
+    schema.validate(certificate(dnsNames=["new.example.test"]))
+    assert schema._first_violation.cache_info().misses == before.misses + 1
+    assert "must be less than duration" in refused(
+        certificate(dnsNames=["handed.example.test"], renewBefore="3000h")).message
+
+
+def test_the_valid_contents_kept_are_the_most_recently_seen():
+    kept = schema._ValidContents(limit=2)
+    for digest in (b"a", b"b"):
+        kept.add(digest)
+    assert kept.seen(b"a")  # now the most recent
+    kept.add(b"c")
+    assert kept.digests() == [b"a", b"c"]
+    assert not kept.seen(b"b")
 
 
 def test_a_rule_is_remembered_by_the_fields_it_reads_only_when_it_reads_no_more():

@@ -21,6 +21,7 @@ import pytest
 import requests
 from cryptography import x509
 
+from certctl.api import schema
 from certctl.dataplane import certstore
 from certctl.pki import inspect
 from certctl.pki import secret as tls_secret
@@ -157,6 +158,7 @@ def test_restart_serves_the_same_certificate_without_a_new_order(
     cache = state / "certificate-cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
     assert b"web.example.test" in cache.read_bytes()
+    assert standalone._read_validation_cache(state / "validation-cache")  # contents found valid
     caplog.set_level(logging.INFO, logger="certctl.runtime.dataplane_feed")
     with serving(manifests=manifests, state_dir=state, pebble=pebble) as run:
         again = eventually(lambda: _served(run.https_port, "web.example.test", roots))
@@ -404,3 +406,18 @@ def test_a_certificate_cache_not_as_written_is_not_used(tmp_path: Path):
         path.write_bytes(damaged)
         assert standalone._read_certificate_cache(path) == {}, damaged
     assert standalone._read_certificate_cache(tmp_path / "absent") == {}
+
+
+def test_a_validation_cache_of_other_crds_is_not_used(tmp_path: Path):
+    """Another certctl's CRDs may refuse what these accepted: its contents are validated."""
+    path = tmp_path / standalone.VALIDATION_CACHE
+    digests = [b"\x02" * 32, b"\x03" * 32]
+    path.write_bytes(local.dump_cache({"crds": schema.crds_digest(), "valid": digests}))
+    assert standalone._read_validation_cache(path) == digests
+    for other in ({"crds": b"\x00" * 32, "valid": digests},
+                  {"crds": schema.crds_digest(), "valid": ["not bytes"]},
+                  [schema.crds_digest(), digests]):
+        path.write_bytes(local.dump_cache(other))
+        assert standalone._read_validation_cache(path) == [], other
+    path.write_bytes(b"damaged")
+    assert standalone._read_validation_cache(path) == []

@@ -31,9 +31,11 @@ import datetime
 import difflib
 import fractions
 import functools
+import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -314,7 +316,12 @@ def validate(obj: Mapping[str, Any], *, source: str | None = None) -> None:
     except TypeError:  # a value JSON has not (a date PyYAML made): checked, not remembered
         found = next(_violations(kind, _without_nulls(checked), cel=cel), None)
     else:
+        digest = _content_digest(kind.kind, content) if cel else None
+        if digest is not None and _valid.seen(digest):
+            return
         found = _first_violation(kind.kind, content, cel=cel)
+        if found is None and digest is not None:
+            _valid.add(digest)
     if found is None:
         return
     name, namespace = metadata.get("name"), metadata.get("namespace")
@@ -327,6 +334,66 @@ def validate(obj: Mapping[str, Any], *, source: str | None = None) -> None:
         message=found.message,
         source=source,
     )
+
+
+def _content_digest(kind: str, content: str) -> bytes:
+    return hashlib.sha256(f"{kind}\0{content}".encode()).digest()
+
+
+class _ValidContents:
+    """Digests of the contents found valid with every rule (CEL included), the most
+    recently seen last and at most `limit`: what a later process with the same CRDs may
+    take as valid without running the rules again (`valid_digests`, `remember_valid`).
+    `certctl serve` keeps them across a restart, whose pass over 10,000 Certificates
+    spent half its CPU on their rules and meanwhile slowed the data plane's handshakes."""
+
+    def __init__(self, *, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._digests: dict[bytes, None] = {}
+
+    def seen(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest not in self._digests:
+                return False
+            self._digests[digest] = self._digests.pop(digest)
+            return True
+
+    def add(self, digest: bytes) -> None:
+        with self._lock:
+            self._digests[digest] = None
+            while len(self._digests) > self._limit:
+                del self._digests[next(iter(self._digests))]
+
+    def digests(self) -> list[bytes]:
+        with self._lock:
+            return list(self._digests)
+
+
+_valid = _ValidContents(limit=65536)
+
+
+@functools.cache
+def crds_digest() -> bytes:
+    """What tells these CRDs (and so these rules) from any others: valid contents are
+    only ever handed over between processes whose CRDs have the same digest."""
+    hashed = hashlib.sha256()
+    for file in _load_yaml(CRDS / "kustomization.yaml")["resources"]:
+        data = (CRDS / file).read_bytes()
+        hashed.update(len(data).to_bytes(8, "big"))
+        hashed.update(data)
+    return hashed.digest()
+
+
+def valid_digests() -> list[bytes]:
+    """The contents this process found valid (or was handed as valid), least recent first."""
+    return _valid.digests()
+
+
+def remember_valid(digests: list[bytes]) -> None:
+    """Take contents an earlier process with the same CRDs (`crds_digest`) found valid."""
+    for digest in digests:
+        _valid.add(digest)
 
 
 # Bounded so that edited objects' old contents go; large enough for every object of a

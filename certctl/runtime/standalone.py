@@ -21,6 +21,7 @@ from pathlib import Path
 import watchfiles
 
 from certctl.admin.events import EventRecorder
+from certctl.api import schema
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
     challenges,
@@ -44,6 +45,10 @@ Item = tuple[str, ObjectKey]
 # the digest of its Secret's content, written at a clean stop for the next start to
 # serve the same contents without parsing them (`certstore.CertificateFacts`).
 CERTIFICATE_CACHE = "certificate-cache"
+# The digests of the object contents the CRDs' rules found valid (`schema.valid_digests`),
+# with the CRDs' own digest: the next start's pass over every Certificate skips the rules
+# for those it finds unchanged.
+VALIDATION_CACHE = "validation-cache"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +185,7 @@ class Standalone:
             raise StartupError(f"cannot listen on {listening.address} ports {ports}: "
                                f"{err.strerror or err}") from err
         self.feed.start()
+        schema.remember_valid(_read_validation_cache(self.options.state_dir / VALIDATION_CACHE))
         self.queue.start()
         # Off the loop: listing every object to queue it once takes seconds with 10,000
         # of them, and the data plane, ready now, serves from this loop.
@@ -210,6 +216,11 @@ class Standalone:
                                _certificate_cache(self.edge.certificate_index.known_facts()))
         except OSError as err:
             logger.warning("the next start parses every certificate: %s", err)
+        try:
+            local.atomic_write(self.options.state_dir / VALIDATION_CACHE, local.dump_cache(
+                {"crds": schema.crds_digest(), "valid": schema.valid_digests()}))
+        except OSError as err:
+            logger.warning("the next start validates every object: %s", err)
         self._release_state_dir()
 
     def _release_state_dir(self) -> None:
@@ -282,6 +293,23 @@ def _read_certificate_cache(path: Path) -> dict[bytes, certstore.CertificateFact
                            "an entry is not as written")
             return {}
     return found
+
+
+def _read_validation_cache(path: Path) -> list[bytes]:
+    """The valid contents' digests a stop wrote, if written with these very CRDs."""
+    try:
+        entry = local.load_cache(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        logger.warning("validation cache not used (every object is validated): %s", err)
+        return []
+    if not (isinstance(entry, dict) and entry.get("crds") == schema.crds_digest()
+            and isinstance(entry.get("valid"), list)
+            and all(isinstance(digest, bytes) for digest in entry["valid"])):
+        return []  # other CRDs (another certctl), or not as written
+    digests: list[bytes] = entry["valid"]
+    return digests
 
 
 def run(options: ServeOptions) -> None:
