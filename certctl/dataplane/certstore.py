@@ -176,6 +176,8 @@ class CertificateIndex:
                     announce: bool = True) -> bool:
         """Serve a Secret's content as `serve_secret` would, from the facts `remember` was
         given for it, without parsing; False (nothing done) when there are none."""
+        if not self._known:  # nothing handed over (the cluster's data plane): no digest
+            return False
         digest = content.digest()
         with self._lock:
             facts = self._known.pop(digest, None)

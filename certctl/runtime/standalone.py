@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 
@@ -211,16 +212,12 @@ class Standalone:
             self.store.save_state_cache()  # the next start reads it instead of the YAML
         except OSError as err:
             logger.warning("the next start parses every state file: %s", err)
-        try:
-            local.atomic_write(self.options.state_dir / CERTIFICATE_CACHE,
-                               _certificate_cache(self.edge.certificate_index.known_facts()))
-        except OSError as err:
-            logger.warning("the next start parses every certificate: %s", err)
-        try:
-            local.atomic_write(self.options.state_dir / VALIDATION_CACHE, local.dump_cache(
-                {"crds": schema.crds_digest(), "valid": schema.valid_digests()}))
-        except OSError as err:
-            logger.warning("the next start validates every object: %s", err)
+        _write_cache(self.options.state_dir / CERTIFICATE_CACHE,
+                     _certificate_cache(self.edge.certificate_index.known_facts()),
+                     lost="the next start parses every certificate")
+        _write_cache(self.options.state_dir / VALIDATION_CACHE, local.dump_cache(
+            {"crds": schema.crds_digest(), "valid": schema.valid_digests()}),
+            lost="the next start validates every object")
         self._release_state_dir()
 
     def _release_state_dir(self) -> None:
@@ -261,6 +258,25 @@ class Standalone:
 
 
 
+def _write_cache(path: Path, data: bytes, *, lost: str) -> None:
+    try:
+        local.atomic_write(path, data)
+    except OSError as err:
+        logger.warning("%s: %s", lost, err)
+
+
+def _read_cache(path: Path, *, lost: str) -> Any:
+    """What a cache file holds (`local.load_cache`); None when it is not there or cannot
+    be read, which `lost` says the consequence of."""
+    try:
+        return local.load_cache(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        logger.warning("%s: %s", lost, err)
+        return None
+
+
 def _certificate_cache(facts: dict[bytes, certstore.CertificateFacts]) -> bytes:
     return local.dump_cache({
         digest: [list(known.names), known.addressed, int(known.not_after.timestamp())]
@@ -270,13 +286,8 @@ def _certificate_cache(facts: dict[bytes, certstore.CertificateFacts]) -> bytes:
 def _read_certificate_cache(path: Path) -> dict[bytes, certstore.CertificateFacts]:
     """What `_certificate_cache` wrote; nothing (every certificate parsed) when it is not
     there or not as written."""
-    try:
-        entries = local.load_cache(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        logger.warning("certificate cache not used (every certificate is parsed): %s", err)
-        return {}
+    entries = _read_cache(path, lost="certificate cache not used (every certificate is "
+                                     "parsed)")
     found: dict[bytes, certstore.CertificateFacts] = {}
     for digest, entry in entries.items() if isinstance(entries, dict) else ():
         try:
@@ -297,13 +308,7 @@ def _read_certificate_cache(path: Path) -> dict[bytes, certstore.CertificateFact
 
 def _read_validation_cache(path: Path) -> list[bytes]:
     """The valid contents' digests a stop wrote, if written with these very CRDs."""
-    try:
-        entry = local.load_cache(path.read_bytes())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as err:
-        logger.warning("validation cache not used (every object is validated): %s", err)
-        return []
+    entry = _read_cache(path, lost="validation cache not used (every object is validated)")
     if not (isinstance(entry, dict) and entry.get("crds") == schema.crds_digest()
             and isinstance(entry.get("valid"), list)
             and all(isinstance(digest, bytes) for digest in entry["valid"])):
