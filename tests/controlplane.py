@@ -82,7 +82,8 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "RequestResponse", "verbs": ["create", "update", "patch"],
-         "resources": [{"group": "networking.k8s.io", "resources": ["ingresses"]}]},
+         "resources": [{"group": "networking.k8s.io", "resources": ["ingresses"]},
+                       {"group": "certctl.io", "resources": ["orders", "orders/status"]}]},
         {"level": "Metadata"},
     ],
 }

@@ -16,6 +16,11 @@ it, so an ending Order does not delete a Challenge whose solver
 that refuses its configuration or credentials fails the challenge at once,
 without asking the CA anything: retrying would not help, and the Order
 reports the reason.
+
+Events: a Warning for each distinct failure; "Presented" and "CleanedUp" only
+when a solver changed something outside certctl (a DNS record, a solver
+Ingress). A challenge passed says so in its status only: the Order deletes it
+a moment later, and its Certificate's Events tell the issuance.
 """
 
 from __future__ import annotations
@@ -379,8 +384,8 @@ def _finish(
     status.processing = False
     status.reason = reason
     reconciling.write_status(store, obj=obj, status=status)
-    store.emit_event(obj=obj, type="Normal" if state == "valid" else "Warning",
-                     reason="DomainVerified" if state == "valid" else "Failed", message=reason)
+    if state == "invalid":
+        store.emit_event(obj=obj, type="Warning", reason="Failed", message=reason)
     return Result.done()
 
 

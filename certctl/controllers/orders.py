@@ -7,6 +7,12 @@ only one in which a crash costs a second order). Each pending authorization
 gets a Challenge object; Challenges report back through their status, which
 re-triggers this reconciler (they are owned by the Order).
 
+Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
+back to. That an order was placed and completed is told on its Certificate
+("Requested", "Issuing"), where users look: the Order's Challenges are
+deleted a moment after they pass, and an Event for each step of each object
+was 7 of the 22 API writes of an issuance (bench B8).
+
 `status.state` follows cert-manager: pending, ready, processing, valid, and
 the final failures invalid (the CA said no) and errored (we could not go on).
 A server that forgot the order (a restarted CA: its account answers
@@ -17,6 +23,7 @@ registered again and the Order places a new ACME order, a few times at most.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -128,8 +135,7 @@ def _step(
         status.state = order_state(state.status)
         status.authorizations = [OrderAuthorization(url=url)
                                  for url in state.authorization_urls]
-        # The URL first, before anything can fail. No Event: the URL is in the status,
-        # and the Challenges' creation that follows at once has one (as cert-manager's).
+        # The URL first, before anything can fail. No Event: the URL is in the status.
         reconciling.write_status(store, obj=order, status=status)
     else:
         state = client.get_order(status.url)
@@ -296,12 +302,8 @@ def _ensure_challenge(
             **({"accountURI": account_uri} if account_uri is not None else {}),
         },
     }
-    try:
+    with contextlib.suppress(AlreadyExists):
         store.create(obj=obj)
-    except AlreadyExists:
-        return
-    store.emit_event(obj=order, type="Normal", reason="Created",
-                     message=f"Created Challenge resource {name} for domain {dns_name}")
 
 
 def _challenge_name(order: Object, *, authorization_url: str) -> str:
@@ -365,9 +367,7 @@ def _finish(
         status.failure_time = now
         store.emit_event(obj=order, type="Warning", reason="Failed", message=reason)
     else:
-        status.reason = None
-        store.emit_event(obj=order, type="Normal", reason="Complete",
-                         message="Order completed successfully")
+        status.reason = None  # no Event: its Certificate's "Issuing" says it
     reconciling.write_status(store, obj=order, status=status)
     _delete_challenges(store, order, status=status)
     return Result.done()
