@@ -281,6 +281,12 @@ def test_requests_per_certificate(flow: Flow) -> None:
                                  and not e.subresource and e.code == 201)
     assert sorted(orders) == sorted(f"{name}-tls" for name in names), orders
     assert set(orders.values()) == {1}
+    # Each order counted in its order-budget ledger (one per name set): the ledger read
+    # once, to judge the budget and to write the count on.
+    ledgers = collections.Counter(
+        (e.verb, e.name) for e in events if e.resource == "secrets"
+        and e.name.startswith("certctl-orders-") and e.verb in ("get", "create"))
+    assert sorted(ledgers.values()) == [1] * 2 * len(names), ledgers
     # An Order's status: its ACME URL first, before anything can fail (a crash after it
     # continues the order instead of placing another), then its authorizations fetched,
     # then valid with the chain; "processing" in between only when the CA was still

@@ -480,7 +480,8 @@ def test_orders_are_budgeted_per_ca(tmp_path: Path) -> None:
     def placed(server: str) -> int:
         ref = order_budget.ledger_ref(server=server, names=("web.example.test",),
                                       cluster_resource_namespace="certctl")
-        return len(order_budget.placed_orders(store=world.store, ref=ref))
+        return len(order_budget.placed_orders(
+            ledger=order_budget.read_ledger(store=world.store, ref=ref)))
 
     assert placed(lifecycle.ACME_SERVER) == 0  # the first's failed order was refunded
     assert placed("https://second.example.invalid/directory") == 1

@@ -55,7 +55,8 @@ def _ca_suggests_window(world: World, *, opens_in: datetime.timedelta) -> str:
 def _ledger_count(world: World) -> int:
     ref = order_budget.ledger_ref(server=ACME_SERVER, names=("web.example.test",),
                                   cluster_resource_namespace="certctl")
-    return len(order_budget.placed_orders(store=world.store, ref=ref))
+    return len(order_budget.placed_orders(
+        ledger=order_budget.read_ledger(store=world.store, ref=ref)))
 
 
 def _renew(world: World) -> None:

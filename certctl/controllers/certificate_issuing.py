@@ -43,12 +43,16 @@ def store_issued(
     private_key: keys.PrivateKey,
     chain_pem: bytes,
     ca_pem: bytes | None,
+    current: Object | None,
     failed_request: str,
     now: datetime.datetime,
     failures: int,
     settings: Settings,
 ) -> Result:
-    """Write the new certificate: kept copy first, then the Secret, then the status."""
+    """Write the new certificate: kept copy first, then the Secret, then the status.
+
+    `current` is the Secret as this pass read it (None: there is none).
+    """
     certificate = fallback.certificate
     leaf = inspect.split_pem_chain(chain_pem)[0]
     if not inspect.key_matches_certificate(private_key, leaf):
@@ -58,8 +62,6 @@ def store_issued(
             "request", request=failed_request, failures=failures, now=now, settings=settings,
             keep_ready=False, retry_after=None)
     # Another Certificate may have taken the Secret while this one was ordering.
-    current = store.get(kind="Secret", namespace=certificate.namespace,
-                        name=certificate.secret_name)
     contender = secret_claims.rival(store=store, certificate=certificate, secret=current)
     if contender is not None and secret_claims.is_newer(obj, than=contender):
         return certificate_status.duplicate(store, obj, holder=contender, now=now)

@@ -29,6 +29,7 @@ def sign_locally(
     issuer: Issuer[IssuerSpec],
     data: policies.Input,
     violation: policies.Violation,
+    secret: Object | None,
     now: datetime.datetime,
     settings: Settings,
     env: protocol.Environment,
@@ -56,5 +57,6 @@ def sign_locally(
                      message=f"Issuing a certificate {outcome.how}: {violation.message}")
     return certificate_issuing.store_issued(
         store, obj, fallback=fallback, issuer=issuer, private_key=private_key,
-        chain_pem=signed.chain_pem, ca_pem=signed.ca_pem, failed_request="local-signing",
+        chain_pem=signed.chain_pem, ca_pem=signed.ca_pem, current=secret,
+        failed_request="local-signing",
         now=now, failures=0, settings=settings)

@@ -52,11 +52,13 @@ def spend_order_budget(
     if budget is None or exempt:
         return None
     ledger = ledger_ref(certificate=certificate, server=server, settings=settings)
-    placed = order_budget.placed_orders(store=store, ref=ledger)
+    recorded = order_budget.read_ledger(store=store, ref=ledger)
+    placed = order_budget.placed_orders(ledger=recorded)
     allowed_at = order_budget.next_allowed(placed=placed, now=now, budget=budget)
     if allowed_at is None:
-        order_budget.record_order(store=store, ref=ledger, order=f"{certificate.namespace}/"
-                                  f"{order_name}", now=now, budget=budget)
+        order_budget.record_order(store=store, ref=ledger, ledger=recorded,
+                                  order=f"{certificate.namespace}/{order_name}", now=now,
+                                  budget=budget)
         return None
     recent = sum(1 for time in placed if time > now - budget.window)
     message = (f"Not placing an order: {recent} orders for exactly [{', '.join(ledger.names)}] "

@@ -187,7 +187,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if order_server is None:
         return certificate_local_signing.sign_locally(
             store, obj, fallback=fallback, issuer=issuer, data=data, violation=violation,
-            now=now, settings=settings, env=env, keep_ready=readiness is None)
+            secret=secret, now=now, settings=settings, env=env, keep_ready=readiness is None)
 
     private_key = certificate_keys.next_private_key(store, obj, certificate=certificate,
                                                     data=data)
@@ -218,13 +218,16 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if order_status.state == "valid" and order_status.certificate:
         if order_status.replaces_refused and settings.order_budget is not None:
             # Placed as an ARI renewal, not counted; issued without `replaces`, the CA counts it.
-            order_budget.record_order(store=store, ref=certificate_orders.ledger_ref(
-                certificate=certificate, server=order_server, settings=settings),
+            ledger = certificate_orders.ledger_ref(certificate=certificate, server=order_server,
+                                                   settings=settings)
+            order_budget.record_order(
+                store=store, ref=ledger, ledger=order_budget.read_ledger(store=store, ref=ledger),
                 order=f"{certificate.namespace}/{order_name}", now=now,
                 budget=settings.order_budget)
         return certificate_issuing.store_issued(
             store, obj, fallback=fallback, issuer=issuer, private_key=private_key,
-            chain_pem=order_status.certificate, ca_pem=None, failed_request=order_name, now=now,
+            chain_pem=order_status.certificate, ca_pem=None, current=secret,
+            failed_request=order_name, now=now,
             failures=failures, settings=settings)
     if order_status.state in ("invalid", "errored"):
         if settings.order_budget is not None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from certctl.api import conditions
 from certctl.pki import renewal
-from certctl.store.interface import AlreadyExists, Store
+from certctl.store.interface import AlreadyExists, Object, Store
 
 LEDGER_LABEL = "certctl.io/order-ledger"
 PLACED_ANNOTATION = "certctl.io/orders-placed"  # JSON: {"<namespace>/<order>": "<time>"}
@@ -106,20 +106,24 @@ def ledger_ref(*, server: str, names: Sequence[str], cluster_resource_namespace:
                      server=server, names=tuple(names))
 
 
-def placed_orders(*, store: Store, ref: LedgerRef) -> list[datetime.datetime]:
-    return list(_entries(store.get(kind="Secret", namespace=ref.namespace, name=ref.name))
-                .values())
+def read_ledger(*, store: Store, ref: LedgerRef) -> Object | None:
+    return store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
+
+
+def placed_orders(*, ledger: Mapping[str, Any] | None) -> list[datetime.datetime]:
+    return list(_entries(ledger).values())
 
 
 def record_order(
-    *, store: Store, ref: LedgerRef, order: str, now: datetime.datetime, budget: Budget
+    *, store: Store, ref: LedgerRef, ledger: Object | None, order: str,
+    now: datetime.datetime, budget: Budget
 ) -> None:
     """Count `order` (`namespace/name`) as placed at `now`; entries older than the window go.
 
-    Raises the store's Conflict when another writer got in between: the
-    reconciler runs again and counts afresh.
+    `ledger` is the ledger as the caller read it (`read_ledger`: the budget was
+    judged on it), None when there was none. Raises the store's Conflict when
+    another writer got in between: the reconciler runs again and counts afresh.
     """
-    ledger = store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
     entries = {key: time for key, time in _entries(ledger).items()
                if time > now - budget.window}
     entries.setdefault(order, now)
@@ -138,17 +142,18 @@ def record_order(
             })
             return
         except AlreadyExists:
-            ledger = store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
+            ledger = read_ledger(store=store, ref=ref)
             if ledger is None:
                 raise
-            return record_order(store=store, ref=ref, order=order, now=now, budget=budget)
+            return record_order(store=store, ref=ref, ledger=ledger, order=order, now=now,
+                                budget=budget)
     ledger["metadata"].setdefault("annotations", {}).update(annotations)
     store.replace(obj=ledger)
 
 
 def refund_order(*, store: Store, ref: LedgerRef, order: str) -> None:
     """Take a failed order off the ledger (no-op when it was never counted)."""
-    ledger = store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
+    ledger = read_ledger(store=store, ref=ref)
     entries = _entries(ledger)
     if ledger is None or order not in entries:
         return
