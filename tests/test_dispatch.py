@@ -114,39 +114,6 @@ def test_an_order_wakes_its_certificate_only_with_its_verdict(
     assert wakes in list(dispatcher.items_for(event("DELETED", "pending")))
 
 
-def test_a_challenge_wakes_its_order_only_with_news_for_it(
-    dispatcher: dispatch.Dispatcher,
-) -> None:
-    key = ObjectKey(kind="Challenge", namespace="default", name="web-tls-1-a1")
-    order = ObjectKey(kind="Order", namespace="default", name="web-tls-1")
-
-    def event(type_: WatchType, **status: object) -> WatchEvent:
-        return WatchEvent(type=type_, key=key, obj={
-            "apiVersion": "certctl.io/v1", "kind": "Challenge",
-            "metadata": {"name": key.name, "namespace": "default", "generation": 1,
-                         "ownerReferences": [{"apiVersion": "certctl.io/v1", "kind": "Order",
-                                              "name": order.name, "uid": "u1",
-                                              "controller": True}]},
-            "status": status})
-
-    wakes = ("order", order)
-    # Created by the Order itself, and accepted by the CA: nothing for the Order yet (each
-    # wake-up costs it an ACME request for the order's state).
-    assert wakes not in list(dispatcher.items_for(event("ADDED")))
-    assert wakes not in list(dispatcher.items_for(event(
-        "MODIFIED", processing=True, state="pending", reason=challenges.ACCEPTED)))
-    # The verdicts, and what the Order acts on before them.
-    for state in ("valid", "invalid"):
-        assert wakes in list(dispatcher.items_for(event(
-            "MODIFIED", processing=False, state=state, reason="the CA said so")))
-        # Listed again after a watch fell behind, with its verdict given meanwhile.
-        assert wakes in list(dispatcher.items_for(event("ADDED", state=state)))
-    assert wakes in list(dispatcher.items_for(event(
-        "MODIFIED", processing=True, state="pending",
-        reason="The ACME server forgot this challenge's account: gone")))
-    assert wakes in list(dispatcher.items_for(event("DELETED", state="pending")))
-
-
 def test_the_queue_runs_later_steps_of_the_flow_first() -> None:
     key = ObjectKey(kind="Order", namespace="default", name="x")
     ranks = [dispatch.flow_rank((controller, key))

@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 
 SelfCheck = http01_solver.SelfCheck
 
-# The reason of an answered challenge waiting for the CA: nothing its Order acts on, so
-# the dispatcher does not wake the Order for it (`runtime.dispatch`).
-ACCEPTED = "Accepted: waiting for the ACME server to validate"
-
 FIRST_RETRY = 0.05
 LONGEST_RETRY = 10.0
 # How long a deleted Challenge's finished clean-up is remembered (`Settings.settled`):
@@ -193,7 +189,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             state = client.answer_challenge(challenge.url)
             status.processing = True
             status.state = challenge_state(state.status)
-            status.reason = ACCEPTED
+            status.reason = "Accepted: waiting for the ACME server to validate"
             reconciling.write_status(store, obj=obj, status=status)
         else:
             state = client.get_challenge(challenge.url)

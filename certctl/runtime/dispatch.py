@@ -8,8 +8,7 @@ controller-runtime controller:
 - a status change of a Challenge, and an Order reaching a final state (or
   deleted), runs its owner's reconciler (that is how progress flows upward
   without polling); an Order's earlier status writes do not, as its
-  Certificate has nothing to do until the verdict, nor a Challenge's creation
-  or its answer accepted, as its Order has nothing to do until the CA's;
+  Certificate has nothing to do until the verdict;
 - an issuer change runs the Certificates that use it; a Secret change runs
   the Certificate that writes it (a deleted Secret is reissued at once);
 - a renewal requested in a Certificate's status (`certctl renew`) runs it;
@@ -29,7 +28,6 @@ import requests
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
-from certctl.api.status import ChallengeStatus
 from certctl.controllers import (
     certificate_keys,
     certificate_settings,
@@ -217,16 +215,6 @@ def _order_verdict(event: WatchEvent) -> bool:
     return (event.obj.get("status") or {}).get("state") in ORDER_STATES_WAKING_CERTIFICATE
 
 
-def _challenge_news(event: WatchEvent) -> bool:
-    """A Challenge event its Order must see: anything but its creation (the Order created
-    it) and its answer accepted (nothing to do until the CA's verdict). Each wake-up costs
-    the Order an ACME request for the order's state."""
-    status = ChallengeStatus.from_object(event.obj)
-    if event.type == "DELETED" or status.ended:
-        return True
-    return event.type != "ADDED" and status.reason != challenges.ACCEPTED
-
-
 def _renewal_requested(event: WatchEvent) -> bool:
     """`certctl renew` (or cmctl) changed only the status: that must run the reconciler too."""
     if event.key.kind != "Certificate" or event.type == "DELETED":
@@ -317,8 +305,7 @@ class Dispatcher:
             if _order_verdict(event):
                 yield ("certificate", owner)
         elif key.kind == "Challenge" and owner is not None and owner.kind == "Order":
-            if _challenge_news(event):
-                yield ("order", owner)
+            yield ("order", owner)
         elif key.kind in ("ClusterIssuer", "Issuer"):
             yield from self._certificates_using(key)
         elif key.kind == "Secret":
