@@ -55,6 +55,7 @@ from tests.serving import (
 NEW_ORDER_PATH = "/order-plz"  # Pebble's paths
 FINALIZE_PREFIX = "/finalize-order/"
 CHALLENGE_PREFIX = "/chalZ/"
+ORDER_PREFIX = "/my-order/"
 NEW_ACCOUNT_PATH = "/sign-me-up"
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 
@@ -276,6 +277,36 @@ def _manifests(tmp_path: Path, pebble: PebbleServer, gate: AcmeGate, hosts: list
                *(ingress(host.split(".")[0], hosts=[host],
                          secret_name=f"{host.split('.')[0]}-tls") for host in hosts))
     return manifests
+
+
+# --- the requests of an order -----------------------------------------------------------
+
+
+def test_an_order_whose_challenges_passed_is_finalized_without_asking_for_it_first(
+    tmp_path: Path, pebble: PebbleServer
+) -> None:
+    """Every authorization valid makes the order ready (RFC 8555 7.1.6): the Order
+    finalizes on its Challenges' word. From the challenge's answer to the finalize the
+    gate refuses every read of the order, so asking first would never finalize."""
+    host = "web.example.test"
+    with gated(pebble) as gate:
+        manifests = _manifests(tmp_path, pebble, gate, [host])
+
+        def before_finalize(request: Request) -> bool:
+            return (request.path.startswith(ORDER_PREFIX) and request.post_as_get
+                    and gate.count(is_challenge_answer) > 0 and gate.count(is_finalize) == 0)
+
+        gate.refuse(before_finalize)
+        roots = pebble.issuance_roots_pem()
+        run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble).start()
+        try:
+            eventually(partial(_served, run.https_port, host, roots), timeout=60,
+                       what=f"a verified certificate for {host}")
+        finally:
+            run.stop()
+    assert gate.count(is_finalize) == 1
+    assert gate.count(lambda exchange: exchange.path.startswith(FINALIZE_PREFIX)) == 1, \
+        "finalized once, not again on an orderNotReady"
 
 
 # --- badNonce ---------------------------------------------------------------------------
