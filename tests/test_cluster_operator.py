@@ -287,6 +287,14 @@ def test_requests_per_certificate(flow: Flow) -> None:
         (e.verb, e.name) for e in events if e.resource == "secrets"
         and e.name.startswith("certctl-orders-") and e.verb in ("get", "create"))
     assert sorted(ledgers.values()) == [1] * 2 * len(names), ledgers
+    # Each certificate's kept copy looked for once, by the pass that placed the order (the
+    # passes after it, one per step of the order, do not ask for it again), created
+    # without a read first (no Secret, no copy expected), and read once by its expiry timer.
+    kept = collections.Counter(
+        (e.verb, e.code) for e in events if e.resource == "secrets"
+        and e.name.startswith("certctl-kept-"))
+    assert kept == {("get", 404): len(names), ("create", 201): len(names),
+                    ("get", 200): len(names)}, kept
     # An Order's status: its ACME URL first, before anything can fail (a crash after it
     # continues the order instead of placing another), then its authorizations fetched,
     # then valid with the chain; "processing" in between only when the CA was still

@@ -73,7 +73,7 @@ def store_issued(
         # One copy per issuer (`fallback.tried` names the one that issued): a copy is
         # restored only as what it is, that issuer's certificate.
         kept_certificates.keep(store=store, certificate=fallback.tried, data=data,
-                               ref=kept_certificates.kept_ref(
+                               expect_copy=current is not None, ref=kept_certificates.kept_ref(
                                    certificate=fallback.tried,
                                    cluster_resource_namespace=settings.cluster_resource_namespace))
     # `current` is still the Secret as stored: certctl writes it only here, in this pass.

@@ -145,8 +145,13 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                              now=now)
     data = dataclasses.replace(data, acme=order_server is not None)
 
-    # A kept copy needs no issuer: it comes back even while the CA is down.
-    if order_server is not None and violation.reason in RESTORABLE:
+    # A kept copy needs no issuer: it comes back even while the CA is down. Looked for
+    # once an issuance: a pass that found none went on to place the order and said
+    # Issuing for this reason, and the passes after it (one per step of the order) would
+    # each ask the API for the same missing Secret, when a copy could not save the order.
+    looked_for_copy = (issuing is not None and issuing.status == "True"
+                       and issuing.reason == violation.reason)
+    if order_server is not None and violation.reason in RESTORABLE and not looked_for_copy:
         restored = certificate_issuing.restore_kept_copy(
             store, obj, certificate=certificate, violation=violation, now=now,
             settings=settings)

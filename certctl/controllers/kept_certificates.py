@@ -79,8 +79,12 @@ def keep(
     ref: KeptRef,
     certificate: Certificate,
     data: Mapping[str, str],
+    expect_copy: bool,
 ) -> None:
-    """Replace the copy with this issuance's Secret data (tls.crt, tls.key, ca.crt)."""
+    """Replace the copy with this issuance's Secret data (tls.crt, tls.key, ca.crt).
+
+    `expect_copy`: whether a copy likely exists (a renewal's): looked up first. Else it
+    is created at once, a GET fewer, and looked up only if it was there after all."""
     issuer = certificate.issuer_ref
     secret: Object = {
         "apiVersion": "v1",
@@ -103,7 +107,7 @@ def keep(
         },
         "data": dict(data),
     }
-    existing = find(store=store, ref=ref)
+    existing = find(store=store, ref=ref) if expect_copy else None
     if existing is None:
         try:
             store.create(obj=secret)
