@@ -73,6 +73,7 @@ class BulkRun:
     serving_http: float | None  # spawn -> "serving HTTP" log line
     peak_rss_mb: float
     cpu_seconds: float
+    ca_cpu_seconds: float  # Pebble's and its challtestsrv's, during certctl's run
     workers: int | None  # --workers given to certctl serve; None: its default
     acme_requests: dict[str, int]  # "POST /my-order" -> count, as Pebble logged them
 
@@ -152,6 +153,7 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
         pid=proc.pid, output=profile, profile_format=profile_format, gil_only=profile_gil)
     read = 0
     pebble_log_start = pebble_log_size(pebble)
+    ca_cpu_start = sum(b6.cpu_seconds(pid) for pid in pebble.pids)
     try:
         deadline = started + timeout
         while pending:
@@ -178,6 +180,7 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
         seconds = time.monotonic() - started
         _, peak_rss_mb = b6.memory_mb(proc.pid)
         cpu = b6.cpu_seconds(proc.pid)
+        ca_cpu = sum(b6.cpu_seconds(pid) for pid in pebble.pids) - ca_cpu_start
     finally:
         if profiler is not None:
             # py-spy writes its output when the process it samples exits.
@@ -191,7 +194,7 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
     serving = log.first("serving HTTP")
     return BulkRun(seconds=seconds, served=served,
                    serving_http=None if serving is None else serving - started,
-                   peak_rss_mb=peak_rss_mb, cpu_seconds=cpu,
+                   peak_rss_mb=peak_rss_mb, cpu_seconds=cpu, ca_cpu_seconds=ca_cpu,
                    workers=workers,
                    acme_requests=acme_requests(pebble, since=pebble_log_start))
 
@@ -278,8 +281,9 @@ def verdicts(run: BulkRun, *, count: int) -> str:
             f"{verdict(all_served and run.seconds <= TARGET_SECONDS)} ({run.seconds:.1f} s); "
             f"peak RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(run.peak_rss_mb <= TARGET_RSS_MB)} "
             f"({run.peak_rss_mb:.0f} MB). certctl used {run.cpu_seconds:.1f} s of CPU "
-            f"({threads} work-queue threads) and made {requests} ACME requests "
-            f"({requests / count:.1f} per certificate: {per_endpoint}).")
+            f"({threads} work-queue threads; Pebble and its DNS server "
+            f"{run.ca_cpu_seconds:.1f} s meanwhile, on the same cores) and made {requests} ACME "
+            f"requests ({requests / count:.1f} per certificate: {per_endpoint}).")
 
 
 def results_section(*, command: str, started_at: datetime.datetime, count: int,
@@ -371,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"certctl: {len(run.served)} served in {run.seconds:.1f} s "
               f"({len(run.served) / run.seconds:.1f} certs/s), peak RSS "
-              f"{run.peak_rss_mb:.0f} MB, {run.cpu_seconds:.1f} s CPU", flush=True)
+              f"{run.peak_rss_mb:.0f} MB, {run.cpu_seconds:.1f} s CPU "
+              f"(Pebble {run.ca_cpu_seconds:.1f} s)", flush=True)
         if args.peer_sample:
             bench = b1.Bench(pebble=pebble, workdir=workdir, issuance_root_pem=root_pem,
                              timeout=120.0, certbot_dir=workdir / "certbot",

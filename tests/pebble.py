@@ -243,6 +243,12 @@ class PebbleServer:
         return server
 
     @property
+    def pids(self) -> tuple[int, ...]:
+        """The processes running now: Pebble and its challtestsrv (benchmarks read their CPU)."""
+        return tuple(proc.pid for proc in (self._pebble, self._challtestsrv)
+                     if proc is not None and proc.poll() is None)
+
+    @property
     def directory_url(self) -> str:
         return f"https://127.0.0.1:{self.acme_port}/dir"
 
