@@ -295,6 +295,14 @@ def test_requests_per_certificate(flow: Flow) -> None:
         and e.name.startswith("certctl-kept-"))
     assert kept == {("get", 404): len(names), ("create", 201): len(names),
                     ("get", 200): len(names)}, kept
+    # Each next private key created without a read first (the Certificate's status names it
+    # once it exists; none did), read back by the pass that stores the certificate, and
+    # deleted then.
+    next_keys = collections.Counter(
+        (e.verb, e.code) for e in events if e.resource == "secrets"
+        and e.name.endswith("-next-private-key"))
+    assert next_keys == {("create", 201): len(names), ("get", 200): len(names),
+                         ("delete", 200): len(names)}, next_keys
     # An Order's status: its ACME URL first, before anything can fail (a crash after it
     # continues the order instead of placing another), then its authorizations fetched,
     # then valid with the chain; "processing" in between only when the CA was still

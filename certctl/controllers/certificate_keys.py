@@ -16,7 +16,7 @@ from certctl.api.resources import Certificate, KeyEncoding
 from certctl.controllers import certificate_orders, policies, reconciling
 from certctl.pki import csr, keys
 from certctl.pki import secret as tls_secret
-from certctl.store.interface import Object, Store
+from certctl.store.interface import AlreadyExists, Object, Store
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +53,18 @@ def next_key_name(certificate: Certificate) -> str:
 def next_private_key(
     store: Store, obj: Object, *, certificate: Certificate, data: policies.Input
 ) -> keys.PrivateKey:
-    """The key the pending ACME issuance uses, kept in a Secret so restarts reuse it."""
+    """The key the pending ACME issuance uses, kept in a Secret so restarts reuse it.
+
+    The Certificate's status names that Secret from the pass that placed the order on
+    (`status.nextPrivateKeySecretName`); before, there is none to read, unless a pass
+    stopped between creating it and writing the status: the create meets it then."""
     name = next_key_name(certificate)
-    existing = store.get(kind="Secret", namespace=certificate.namespace, name=name)
-    wanted_shape = policies.wanted_key_shape(certificate.private_key)
-    if existing is not None:
-        try:
-            key = keys.load_private_key(base64.b64decode(existing["data"]["tls.key"]))
-            if keys.describe_key(key) == wanted_shape:
-                return key
-        except (KeyError, ValueError, TypeError):
-            logger.warning("%s: next private key Secret %s is unreadable; replacing it",
-                           certificate.key, name)
+    named = (obj.get("status") or {}).get("nextPrivateKeySecretName") == name
+    existing = store.get(kind="Secret", namespace=certificate.namespace,
+                         name=name) if named else None
+    stored = _stored_key(existing, certificate=certificate)
+    if stored is not None:
+        return stored
     key = key_for_issuance(certificate=certificate, data=data)
     secret: Object = {
         "apiVersion": "v1",
@@ -81,11 +81,33 @@ def next_private_key(
             key, encoding="PKCS8")).decode()},
     }
     if existing is None:
-        store.create(obj=secret)
-    else:
-        secret["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
-        store.replace(obj=secret)
+        try:
+            store.create(obj=secret)
+            return key
+        except AlreadyExists:
+            existing = store.get(kind="Secret", namespace=certificate.namespace, name=name)
+            if existing is None:
+                raise
+            stored = _stored_key(existing, certificate=certificate)
+            if stored is not None:
+                return stored
+    secret["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
+    store.replace(obj=secret)
     return key
+
+
+def _stored_key(secret: Object | None, *, certificate: Certificate) -> keys.PrivateKey | None:
+    """The next private key `secret` holds, if it has the shape the Certificate wants."""
+    if secret is None:
+        return None
+    try:
+        key = keys.load_private_key(base64.b64decode(secret["data"]["tls.key"]))
+    except (KeyError, ValueError, TypeError):
+        logger.warning("%s: next private key Secret %s is unreadable; replacing it",
+                       certificate.key, secret["metadata"].get("name"))
+        return None
+    return key if keys.describe_key(key) == policies.wanted_key_shape(
+        certificate.private_key) else None
 
 
 def reencode_key(
