@@ -169,7 +169,8 @@ def _step(
     if state.status == "processing":
         # Said in the status only when the CA is still at it at the next look: most sign
         # within that first poll, and the write would be one per certificate for nothing
-        # (the CA's state is what a restarted controller reads: it does not finalize twice).
+        # (a restarted controller reads the CA's state, or finalizes once more and is
+        # refused with orderNotReady: the CA signs once either way).
         if not finalizing:
             status.state = "processing"
             reconciling.write_status(store, obj=order, status=status)
