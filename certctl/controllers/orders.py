@@ -334,19 +334,23 @@ def _challenge_name(order: Object, *, authorization_url: str) -> str:
         authorization_url.encode()).hexdigest()[:10]
 
 
+def _challenge_of(store: Store, order: Object, *, authorization_url: str) -> Object | None:
+    """The order's Challenge for an authorization, if there is one."""
+    return store.get(kind="Challenge", namespace=order["metadata"]["namespace"],
+                     name=_challenge_name(order, authorization_url=authorization_url))
+
+
 def _authorizations_passed(store: Store, order: Object, *, status: OrderStatus) -> bool:
     """Whether every authorization of the order is known valid: valid when fetched, or its
     Challenge passed (its status says what the CA answered)."""
     if not status.authorizations:
         return False
-    namespace = order["metadata"]["namespace"]
     for authorization in status.authorizations:
         if authorization.identifier is None:
             return False
         if authorization.initial_state == "valid":
             continue
-        challenge = store.get(kind="Challenge", namespace=namespace,
-                              name=_challenge_name(order, authorization_url=authorization.url))
+        challenge = _challenge_of(store, order, authorization_url=authorization.url)
         if challenge is None or ChallengeStatus.from_object(challenge).state != "valid":
             return False
     return True
@@ -361,10 +365,8 @@ def _locally_failed_challenge(
     failed on our side (a DNS provider refusing its credentials, a record
     never served): the CA would wait for it forever, so the order ends here.
     """
-    namespace = order["metadata"]["namespace"]
     for url in authorization_urls:
-        challenge = store.get(kind="Challenge", namespace=namespace,
-                              name=_challenge_name(order, authorization_url=url))
+        challenge = _challenge_of(store, order, authorization_url=url)
         if challenge is None:
             continue
         status = ChallengeStatus.from_object(challenge)
