@@ -117,7 +117,8 @@ def check_api(store: KubeStore, *, kinds: Iterable[str]) -> None:
     namespace = store.namespaces[0] if store.namespaces else "default"
     for kind in kinds:
         try:
-            store.list(kind=kind, namespace=namespace if RESOURCES[kind].namespaced else None)
+            store.check_served(kind=kind,
+                               namespace=namespace if RESOURCES[kind].namespaced else None)
         except store_interface.NotFound as err:
             raise StartupError(
                 f"the API server does not know {kind} ({RESOURCES[kind].api_version}): "

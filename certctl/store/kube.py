@@ -189,7 +189,7 @@ class KubeStore:
         resource = _resource(kind)
         query: list[tuple[str, str]] = []
         if labels:
-            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+            query.append(("labelSelector", _selector(labels)))
         if namespace is None and resource.namespaced and self.namespaces:
             where: tuple[str | None, ...] = self.namespaces
         else:
@@ -205,16 +205,26 @@ class KubeStore:
         # Filtered here too: a label selector the server ignored must not widen a list.
         return [item for item in items if labels_match(item, labels)]
 
+    def check_served(self, *, kind: str, namespace: str | None) -> None:
+        """Raise NotFound when the API server does not serve the kind (its CRD missing),
+        StoreError when it cannot be reached or refuses; reads at most one object
+        (`limit=1`), not a whole listing of what may be 10,000 of them."""
+        self._call("GET", resource_path(_resource(kind), namespace=namespace), kind=kind,
+                   query=[("limit", "1")])
+
     def list_with_versions(
-        self, *, kind: str
+        self, *, kind: str, fields: Mapping[str, str] | None = None
     ) -> builtins.list[tuple[str | None, int | None, builtins.list[Object]]]:
-        """Every object of a kind, per namespace listed (None: the whole cluster) with the
-        listing's resourceVersion (None if it is no integer): for `watch_cache.WatchCache`."""
+        """Every object of a kind (with `fields`, those whose fields have these values: a
+        field selector), per namespace listed (None: the whole cluster) with the listing's
+        resourceVersion (None if it is no integer): for `watch_cache.WatchCache`."""
         resource = _resource(kind)
         where = self.namespaces if resource.namespaced and self.namespaces else (None,)
+        query = [("fieldSelector", _selector(fields))] if fields else None
         listings: builtins.list[tuple[str | None, int | None, builtins.list[Object]]] = []
         for each in where:
-            found = self._call("GET", resource_path(resource, namespace=each), kind=kind)
+            found = self._call("GET", resource_path(resource, namespace=each), kind=kind,
+                               query=query)
             items: builtins.list[Object] = found.get("items") or []
             for item in items:
                 item.setdefault("kind", kind)
@@ -224,8 +234,10 @@ class KubeStore:
         return listings
 
     def watch(self, *, kind: str, namespace: str | None, since: int | None,
-              seconds: int) -> Iterator[tuple[str, Object]]:
-        """The changes to a kind (in `namespace`, or everywhere) after version `since`, as
+              seconds: int, fields: Mapping[str, str] | None = None
+              ) -> Iterator[tuple[str, Object]]:
+        """The changes to a kind (in `namespace`, or everywhere; with `fields`, to the
+        objects whose fields have these values) after version `since`, as
         (type, object) while the stream lasts: ADDED, MODIFIED, DELETED, and BOOKMARK (an
         object carrying only the version reached); without `since`, every object there is
         first, as ADDED. The server ends it after `seconds`;
@@ -239,6 +251,8 @@ class KubeStore:
         query = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
         if since is not None:
             query["resourceVersion"] = str(since)
+        if fields:
+            query["fieldSelector"] = _selector(fields)
         try:
             # The read timeout outlasts the server's own end of the stream, with bookmarks
             # (about one a minute) in between: a silent connection is a dead one.
@@ -410,6 +424,11 @@ def _identity(obj: Mapping[str, Any]) -> ObjectKey:
     if _resource(kind).namespaced != (key.namespace is not None):
         raise interface.StoreError(f"{key}: namespace does not match the kind's scope")
     return key
+
+
+def _selector(values: Mapping[str, str]) -> str:
+    """A label or field selector asking for exactly these values."""
+    return ",".join(f"{key}={value}" for key, value in values.items())
 
 
 def labels_match(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
