@@ -259,6 +259,13 @@ def test_unreadable_annotation_keeps_the_default_and_is_reported(key, value):
     assert key in problem.message and str(problem.source) == "Ingress default/bad"
 
 
+def test_an_ingress_without_annotations_gets_what_reading_none_of_them_gives():
+    # route_options skips the reading for no annotations: the two must not drift apart.
+    read = ingress_annotations._read_options({}, namespace="default", name="plain",
+                                             secret_data=lambda namespace, name: None)
+    assert read == ingress_annotations.route_options([]) == (route_options.DEFAULT_OPTIONS, [])
+
+
 def test_certctl_key_wins_over_the_nginx_alias():
     options, problems = ingress_annotations.route_options(
         [(NGINX + "proxy-body-size", "1m"), (CERTCTL + "proxy-body-size", "2k")]

@@ -45,6 +45,15 @@ def route_options(
     Ingress's, whose routes share one limits zone.
     """
     values = dict(annotations)
+    if not values:
+        # Most Ingresses of a big fleet: reading no annotation into every setting, and
+        # comparing the result with the defaults, was 5 % of a replica's start (bench B8).
+        return options.DEFAULT_OPTIONS, []
+    return _read_options(values, namespace=namespace, name=name, secret_data=secret_data)
+
+
+def _read_options(values: dict[str, str], *, namespace: str, name: str,
+                  secret_data: access.SecretData) -> tuple[options.RouteOptions, list[str]]:
     problems: list[str] = []
     reader = _Reader(values=values, problems=problems)
     try:
