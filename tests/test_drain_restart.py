@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.controlplane"]
 
 PROBE_PERIOD = 0.1  # the client's readiness probes (kubelet's periodSeconds, scaled down)
-SLOW = 4.0  # seconds the slow requests take: they span a replica's shutdown delay
+SLOW = 2.5  # seconds the slow requests take: they span a replica's shutdown delay
 SLOW_WORKERS = 6
 FAST_WORKERS = 2
 DRAIN_TIMEOUT = 8.0
@@ -132,9 +132,10 @@ def plane(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-def restart_under_load(plane: ControlPlane, tmp_path: Path, *, drain_timeout: float
-                       ) -> Balancer:
-    """Two replicas under load; each restarted in turn once the other is ready."""
+def restart_under_load(plane: ControlPlane, tmp_path: Path, *, drain_timeout: float,
+                       restarted: int = 2) -> Balancer:
+    """Two replicas under load; the first `restarted` of them restarted in turn, each once
+    the other is ready."""
     api = admin_store(plane)
     with ExitStack() as stack:
         ns = stack.enter_context(namespace(plane, f"restart-{uuid.uuid4().hex[:6]}"))
@@ -168,7 +169,7 @@ def restart_under_load(plane: ControlPlane, tmp_path: Path, *, drain_timeout: fl
         balancer.start()
         eventually(lambda: all(r.served >= 3 for r in replicas), what="both replicas serving",
                    timeout=SLOW * 3)
-        for replica in replicas:
+        for replica in replicas[:restarted]:
             process = replica.process
             assert process is not None
             served_before = replica.served
@@ -196,8 +197,9 @@ def test_rolling_restart_of_two_replicas_under_load_loses_no_request(
 def test_the_same_restarts_without_the_drain_fail_requests(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    """The test above can fail: cutting connections at stop loses the slow requests."""
-    balancer = restart_under_load(plane, tmp_path, drain_timeout=0)
+    """The test above can fail: cutting connections at stop loses the slow requests (one
+    restart shows it)."""
+    balancer = restart_under_load(plane, tmp_path, drain_timeout=0, restarted=1)
     assert balancer.failures, balancer.succeeded
     print(f"restart under load without the drain: {balancer.succeeded} requests, "
           f"{len(balancer.failures)} failed")
