@@ -38,9 +38,10 @@ import contextlib
 import datetime
 import json
 import logging
+import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, cast
 
 import kubernetes.client
@@ -126,15 +127,24 @@ def auth_headers(configuration: kubernetes.client.Configuration) -> dict[str, st
 
 
 KEPT_CONNECTIONS: Final = 64
+# How long one Authorization header is sent again before the configuration is asked anew.
+# Asking calls the configuration's refresh hook, which with a kubeconfig applies its whole
+# context again each time: 8 % of the controller's CPU (py-spy, bench B8). The tokens that
+# do change (exec plugins' and projected service-account tokens) live for minutes or more.
+AUTH_REUSE_SECONDS: Final = 10.0
 
 
 class KubeStore:
     def __init__(self, *, configuration: kubernetes.client.Configuration,
-                 component: str = "certctl", namespaces: Iterable[str] = ()) -> None:
+                 component: str = "certctl", namespaces: Iterable[str] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`namespaces`: where lists of namespaced kinds look when given no namespace
         (`certctl controller --namespace`), so that the service account needs rights
-        there only; empty: the whole cluster."""
+        there only; empty: the whole cluster. `clock` (seconds) times the reuse of the
+        Authorization header."""
         self.configuration = configuration
+        self._clock = clock
+        self._auth: tuple[float, dict[str, str]] | None = None  # (when asked, headers)
         self.namespaces: tuple[str, ...] = tuple(dict.fromkeys(namespaces))
         self._server = configuration.host.rstrip("/")
         # urllib3 itself, not a requests session over it: requests' per-request work
@@ -247,7 +257,7 @@ class KubeStore:
         resource = _resource(kind)
         path = resource_path(resource, namespace=namespace)
         headers = {"Accept": "application/json", "User-Agent": self._component,
-                   **auth_headers(self.configuration)}
+                   **self._auth_headers()}
         query = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
         if since is not None:
             query["resourceVersion"] = str(since)
@@ -365,6 +375,15 @@ class KubeStore:
 
     # --- transport -----------------------------------------------------------
 
+    def _auth_headers(self) -> dict[str, str]:
+        """The Authorization header, asked of the configuration at most every
+        AUTH_REUSE_SECONDS (its hook refreshes expiring tokens when asked)."""
+        now = self._clock()
+        found = self._auth
+        if found is None or now - found[0] >= AUTH_REUSE_SECONDS:
+            found = self._auth = (now, auth_headers(self.configuration))
+        return found[1]
+
     def _call(
         self,
         method: str,
@@ -374,9 +393,8 @@ class KubeStore:
         body: Mapping[str, Any] | None = None,
         query: builtins.list[tuple[str, str]] | None = None,
     ) -> Object:
-        headers = {"Accept": "application/json", "User-Agent": self._component}
-        # Evaluated per request: the hook behind it refreshes expiring tokens.
-        headers.update(auth_headers(self.configuration))
+        headers = {"Accept": "application/json", "User-Agent": self._component,
+                   **self._auth_headers()}
         url = self._server + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
