@@ -287,6 +287,13 @@ def test_requests_per_certificate(flow: Flow) -> None:
         (e.verb, e.name) for e in events if e.resource == "secrets"
         and e.name.startswith("certctl-orders-") and e.verb in ("get", "create"))
     assert sorted(ledgers.values()) == [1] * 2 * len(names), ledgers
+    # Each Certificate read from the API once: the 404 before the ingress shim creates it.
+    # Its passes after that read it from memory (the create's and status writes' answers,
+    # the watch's events), not once a pass (6 reads a certificate before).
+    certificate_reads = collections.Counter(
+        (e.verb, e.code) for e in events if e.resource == "certificates"
+        and e.verb in ("get", "list"))
+    assert certificate_reads == {("get", 404): len(names)}, certificate_reads
     # Each certificate's kept copy looked for once, by the pass that placed the order (the
     # passes after it, one per step of the order, do not ask for it again), created
     # without a read first (no Secret, no copy expected), and read once by its expiry timer.

@@ -144,11 +144,16 @@ class Controller:
         # Harmless when a read is a moment behind: an issuer's change reaches the
         # Certificates using it as an event, after the cache has it. Orders and Challenges,
         # which only the leader writes, from memory once read or written (`own`: 17 of the
-        # 38 reads per certificate, B8). Certificates and Secrets from the API: others
-        # write them, and a stale one could place a second ACME order.
+        # 38 reads per certificate, B8). Certificates too (6 reads a certificate, B8): the
+        # leader writes their statuses step by step, and what others write (a spec, a
+        # renewal asked for in the status) reaches memory as the event that wakes the
+        # Certificate; a pass that read it before that event writes its status on the older
+        # resourceVersion and meets Conflict, as one that read it from the API just before
+        # the change would (cert-manager reads them from its informers).
+        # Secrets from the API: private keys are not kept in this process's memory.
         self.cache = watch_cache.WatchCache(backing=self.store, kinds=dispatch.WATCHED_KINDS,
                                             serves=("ClusterIssuer", "Issuer"),
-                                            own=("Order", "Challenge"))
+                                            own=("Order", "Challenge", "Certificate"))
         # The reconcilers emit their events through it, for the dashboard's last events.
         self.events = EventRecorder(store=self.cache)
         self.health = health.Health(waiting_for=(API_CHECKED, WATCHES_STARTED, WATCHES_LISTED))

@@ -77,8 +77,10 @@ class WatchCache(ForwardingStore):
     listings, its reconcilers read those kinds from the API), and of their objects only
     a skeleton is kept (`_skeleton`): 10,000 Secrets' data need not sit in the controller.
 
-    `own` are kinds this process alone writes (the controller's Orders and Challenges,
-    while it leads). An object of theirs is read from memory once this process has read
+    `own` are kinds whose objects this process writes as it goes (the controller's Orders
+    and Challenges, and its Certificates' statuses, while it leads; what others write
+    comes as events, newer versions replacing older). An object of theirs is read from
+    memory once this process has read
     it from the API or written it, not before (`_known`): its own writes go into memory
     as the API answers them, so a read after a write never finds the object from before
     it, as an event not arrived yet would (a stale Order without its ACME URL would place
