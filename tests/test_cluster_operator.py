@@ -311,8 +311,9 @@ def test_requests_per_certificate(flow: Flow) -> None:
     assert next_keys == {("create", 201): len(names), ("get", 200): len(names),
                          ("delete", 200): len(names)}, next_keys
     # An Order's status: its ACME URL first, before anything can fail (a crash after it
-    # continues the order instead of placing another), then its authorizations fetched,
-    # then valid with the chain; "processing" in between only when the CA was still
+    # continues the order instead of placing another), then valid with the chain and its
+    # authorizations in full; while pending, the Challenges record what was fetched of
+    # them, not a status write; "processing" in between only when the CA was still
     # signing at the next look. No Events on Orders or Challenges for an issuance that
     # went well: Events are writes too, and the Certificate's tell it.
     order_names = [e.name for e in events if e.resource == "orders" and e.verb == "create"
@@ -325,13 +326,15 @@ def test_requests_per_certificate(flow: Flow) -> None:
                 written[e.name].append(status)
     assert sorted(written) == sorted(order_names)
     for name, statuses in written.items():
-        assert [s.get("state") for s in statuses] == ["pending", "pending", "valid"], name
-        url, placed, fetched = statuses[0]["url"], statuses[0], statuses[1]
+        assert [s.get("state") for s in statuses] == ["pending", "valid"], name
+        placed, done = statuses
         assert [a.keys() for a in placed["authorizations"]] == [{"url"}]
-        [authorization] = fetched["authorizations"]
+        [authorization] = done["authorizations"]
+        assert authorization["url"] == placed["authorizations"][0]["url"]
         assert authorization["identifier"] == f"{name.split('-')[0]}.example.test"
         assert authorization["challenges"][0]["type"] == "http-01"
-        assert fetched["url"] == statuses[2]["url"] == url
+        assert authorization["challenges"][0]["token"]
+        assert done["url"] == placed["url"]
     challenge_names = {e.name for e in events if e.resource == "challenges"
                        and e.verb == "create" and e.code == 201}
     assert len(challenge_names) == len(names)

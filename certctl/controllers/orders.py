@@ -5,7 +5,12 @@ so a restarted controller continues the order it placed instead of placing
 another (the window between the server's answer and the status write is the
 only one in which a crash costs a second order). Each pending authorization
 gets a Challenge object; Challenges report back through their status, which
-re-triggers this reconciler (they are owned by the Order).
+re-triggers this reconciler (they are owned by the Order). While the order is
+pending, a Challenge is also the record of its authorization (identifier,
+challenge, token): the Order's status then lists the authorizations' URLs only,
+and says more before that only for what no Challenge tells (an authorization
+valid when fetched, a challenge type fallen back to). The final status lists them
+in full. One status write an issuance fewer (bench B8: 19 writes a certificate).
 
 Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
 back to. That an order was placed and completed is told on its Certificate
@@ -229,17 +234,20 @@ def _present(
 ) -> Result:
     """Make sure every pending authorization has a Challenge being solved.
 
-    An authorization recorded in status already has its Challenge (created
-    before the status write), so only new ones are fetched: while challenges
-    run, each of their updates costs this reconciler one ACME request. The
-    solver is chosen here, once: the Challenge carries a copy of it.
+    An authorization recorded in status, or by the Challenge this Order made for
+    it, is not fetched again: while challenges run, each of their updates would
+    cost this reconciler one ACME request. The solver is chosen here, once: the
+    Challenge carries a copy of it. The status is written only when it has to say
+    what the Challenges do not (module docstring).
     """
     labels = order["metadata"].get("labels") or {}
     recorded = {a.url: a for a in status.authorizations if a.identifier is not None}
     authorizations: list[OrderAuthorization] = []
+    untold = status.state != "pending"  # the status must say something new
     for url in state.authorization_urls:
-        if url in recorded:
-            authorizations.append(recorded[url])
+        known = recorded.get(url) or _recorded_by_challenge(store, order, authorization_url=url)
+        if known is not None:
+            authorizations.append(known)
             continue
         authorization = client.get_authorization(url)
         identifier = authorization.identifier.value
@@ -249,6 +257,7 @@ def _present(
                                     initial_state=authorization_state(authorization.status))
         authorizations.append(record)
         if authorization.status != "pending":
+            untold = True  # no Challenge will say it was valid, or why it is invalid
             continue
         chosen = selection.select_solver(issuer=issuer.spec, dns_name=dns_name, labels=labels)
         solver = solver_registry.solver_type(chosen.solver.config)
@@ -265,6 +274,7 @@ def _present(
             fallback = (f"The ACME server offers no {wanted[0].upper()} challenge for"
                         f" {dns_name}; solving {picked.type.upper()} instead")
             record.challenge_fallback = fallback
+            untold = True
             store.emit_event(obj=order, type="Normal", reason="ChallengeTypeFallback",
                              message=fallback)
         record.challenges = (OrderChallenge(type=picked.type, url=picked.url,
@@ -278,10 +288,25 @@ def _present(
     failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
     if failed is not None:
         return _finish(store, order, status=status, state="errored", now=now, reason=failed)
-    status.state = "pending"
     status.authorizations = authorizations
-    reconciling.write_status(store, obj=order, status=status)
+    if untold:
+        status.state = "pending"
+        reconciling.write_status(store, obj=order, status=status)
     return Result.after(PENDING_POLL)
+
+
+def _recorded_by_challenge(store: Store, order: Object, *,
+                           authorization_url: str) -> OrderAuthorization | None:
+    """A pending authorization as its Challenge records it, if this Order made one."""
+    challenge = _challenge_of(store, order, authorization_url=authorization_url)
+    if challenge is None or not reconciling.is_owned_by(challenge, order):
+        return None
+    spec = challenge.get("spec") or {}
+    return OrderAuthorization(
+        url=authorization_url, identifier=spec.get("dnsName"),
+        wildcard=bool(spec.get("wildcard")), initial_state="pending",
+        challenges=(OrderChallenge(type=str(spec.get("type", "")).lower(),
+                                   url=spec.get("url", ""), token=spec.get("token", "")),))
 
 
 def _ensure_challenge(
@@ -346,8 +371,6 @@ def _authorizations_passed(store: Store, order: Object, *, status: OrderStatus) 
     if not status.authorizations:
         return False
     for authorization in status.authorizations:
-        if authorization.identifier is None:
-            return False
         if authorization.initial_state == "valid":
             continue
         challenge = _challenge_of(store, order, authorization_url=authorization.url)
@@ -404,6 +427,12 @@ def _finish(
     reason: str,
 ) -> Result:
     status.state = state
+    # In full, from the Challenges still there: while pending they were the record.
+    status.authorizations = [
+        authorization if authorization.identifier is not None
+        else _recorded_by_challenge(store, order, authorization_url=authorization.url)
+        or authorization
+        for authorization in status.authorizations]
     if state != "valid":
         status.reason = reason
         status.failure_time = now
