@@ -10,7 +10,8 @@ pending, a Challenge is also the record of its authorization (identifier,
 challenge, token): the Order's status then lists the authorizations' URLs only,
 and says more before that only for what no Challenge tells (an authorization
 valid when fetched, a challenge type fallen back to). The final status lists them
-in full. One status write an issuance fewer (bench B8: 19 writes a certificate).
+in full. One status write an issuance fewer (bench B8: 19 -> 18 writes a
+certificate).
 
 Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
 back to. That an order was placed and completed is told on its Certificate
