@@ -493,9 +493,12 @@ class AcmeClient:
         The library's typed response is built from the challenge as this
         client saw it in its authorization (`get_authorization`); a challenge
         it has not seen (after a restart) is fetched first, one more request.
-        Only its type and token are used, which never change. Answering an
-        already valid or processing challenge is harmless: the server returns
-        its current state.
+        Only its type and token are used, which never change. Only a pending
+        challenge can be answered: Pebble refuses a valid one as malformed
+        ("Cannot update challenge with status valid, only status pending"), so
+        a pass that answered and stopped before its status write meets an
+        `AcmeProblem` after a restart, which the Challenge reconciler retries
+        while its Order goes on from the CA's order.
         """
         with self._lock:
             challenge_body = self._known_challenges.pop(url, None)
