@@ -33,7 +33,7 @@ import contextlib
 import datetime
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from certctl.api import parsing
@@ -82,7 +82,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     status = OrderStatus.from_object(order)
     if status.state in FINAL_STATES:
         settings.finalized.discard(status.url or "")
-        _delete_challenges(store, order, status=status)
+        _delete_challenges(store, challenges=_challenges_of(store, order, status=status))
         return Result.done()
     now = settings.clock()
     ref = order["spec"]["issuerRef"]
@@ -141,6 +141,8 @@ def _step(
     `finalized`: the ACME orders this process finalized (`Settings.finalized`)."""
     request_pem = base64.b64decode(order["spec"]["request"])
     finalizing = False  # in this pass
+    # Read once a pass: the checks below all look at them (each read is a copy).
+    challenges = _challenges_of(store, order, status=status)
     if not status.url:
         state = _new_order(store, order, status=status, client=client,
                            request_pem=request_pem,
@@ -153,7 +155,7 @@ def _step(
         # The URL first, before anything can fail. No Event: the URL is in the status.
         reconciling.write_status(store, obj=order, status=status)
     elif (status.finalize_url and status.url not in finalized
-          and _authorizations_passed(store, order, status=status)):
+          and _authorizations_passed(status, challenges=challenges)):
         # Every authorization valid makes the order ready (RFC 8555 7.1.6): finalize
         # without asking first, one ACME request a certificate fewer. A CA that does not
         # agree yet answers orderNotReady, and `finalize` returns the order as it is.
@@ -166,7 +168,7 @@ def _step(
 
     if state.status == "pending":
         return _present(store, order, status=status, issuer=issuer, client=client,
-                        state=state, now=now)
+                        state=state, challenges=challenges, now=now)
     if state.status == "ready":
         state = client.finalize(order_url=state.url, finalize_url=state.finalize_url,
                                 csr_pem=request_pem)
@@ -231,6 +233,7 @@ def _present(
     issuer: Issuer[AcmeIssuer],
     client: acme_client.AcmeClient,
     state: acme_client.OrderState,
+    challenges: Mapping[str, Object],
     now: datetime.datetime,
 ) -> Result:
     """Make sure every pending authorization has a Challenge being solved.
@@ -239,15 +242,17 @@ def _present(
     it, is not fetched again: while challenges run, each of their updates would
     cost this reconciler one ACME request. The solver is chosen here, once: the
     Challenge carries a copy of it. The status is written only when it has to say
-    what the Challenges do not (module docstring).
+    what the Challenges do not (module docstring). `challenges`: the Order's
+    Challenges by authorization URL (`_challenges_of`).
     """
     labels = order["metadata"].get("labels") or {}
-    recorded = {a.url: a for a in status.authorizations if a.identifier is not None}
+    recorded = {a.url: a for a in status.authorizations}
     authorizations: list[OrderAuthorization] = []
     untold = status.state != "pending"  # the status must say something new
     for url in state.authorization_urls:
-        known = recorded.get(url) or _recorded_by_challenge(store, order, authorization_url=url)
-        if known is not None:
+        known = _in_full(recorded.get(url) or OrderAuthorization(url=url),
+                         challenge=challenges.get(url))
+        if known.identifier is not None:
             authorizations.append(known)
             continue
         authorization = client.get_authorization(url)
@@ -286,7 +291,7 @@ def _present(
                           key=solver.challenge_key(client=client, token=picked.token),
                           account_uri=(client.account_uri if picked.type == "dns-account-01"
                                        else None))
-    failed = _locally_failed_challenge(store, order, authorization_urls=state.authorization_urls)
+    failed = _locally_failed_challenge(challenges)
     if failed is not None:
         return _finish(store, order, status=status, state="errored", now=now, reason=failed)
     status.authorizations = authorizations
@@ -296,15 +301,24 @@ def _present(
     return Result.after(PENDING_POLL)
 
 
-def _recorded_by_challenge(store: Store, order: Object, *,
-                           authorization_url: str) -> OrderAuthorization | None:
-    """A pending authorization as its Challenge records it, if this Order made one."""
-    challenge = _challenge_of(store, order, authorization_url=authorization_url)
-    if challenge is None or not reconciling.is_owned_by(challenge, order):
-        return None
+def _challenges_of(store: Store, order: Object, *, status: OrderStatus) -> dict[str, Object]:
+    """The Challenges this Order made for the authorizations its status lists, by URL."""
+    found = {}
+    for authorization in status.authorizations:
+        challenge = _challenge_of(store, order, authorization_url=authorization.url)
+        if challenge is not None and reconciling.is_owned_by(challenge, order):
+            found[authorization.url] = challenge
+    return found
+
+
+def _in_full(authorization: OrderAuthorization, *,
+             challenge: Object | None) -> OrderAuthorization:
+    """`authorization` with what the status left to its Challenge (module docstring)."""
+    if authorization.identifier is not None or challenge is None:
+        return authorization
     spec = challenge.get("spec") or {}
     return OrderAuthorization(
-        url=authorization_url, identifier=spec.get("dnsName"),
+        url=authorization.url, identifier=spec.get("dnsName"),
         wildcard=bool(spec.get("wildcard")), initial_state="pending",
         challenges=(OrderChallenge(type=str(spec.get("type", "")).lower(),
                                    url=spec.get("url", ""), token=spec.get("token", "")),))
@@ -366,7 +380,7 @@ def _challenge_of(store: Store, order: Object, *, authorization_url: str) -> Obj
                      name=_challenge_name(order, authorization_url=authorization_url))
 
 
-def _authorizations_passed(store: Store, order: Object, *, status: OrderStatus) -> bool:
+def _authorizations_passed(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
     """Whether every authorization of the order is known valid: valid when fetched, or its
     Challenge passed (its status says what the CA answered)."""
     if not status.authorizations:
@@ -374,25 +388,20 @@ def _authorizations_passed(store: Store, order: Object, *, status: OrderStatus) 
     for authorization in status.authorizations:
         if authorization.initial_state == "valid":
             continue
-        challenge = _challenge_of(store, order, authorization_url=authorization.url)
+        challenge = challenges.get(authorization.url)
         if challenge is None or ChallengeStatus.from_object(challenge).state != "valid":
             return False
     return True
 
 
-def _locally_failed_challenge(
-    store: Store, order: Object, *, authorization_urls: Sequence[str]
-) -> str | None:
+def _locally_failed_challenge(challenges: Mapping[str, Object]) -> str | None:
     """Why one of the order's Challenges failed without the CA's verdict, if one did.
 
     While the order is pending at the CA, an invalid Challenge can only have
     failed on our side (a DNS provider refusing its credentials, a record
     never served): the CA would wait for it forever, so the order ends here.
     """
-    for url in authorization_urls:
-        challenge = _challenge_of(store, order, authorization_url=url)
-        if challenge is None:
-            continue
+    for challenge in challenges.values():
         status = ChallengeStatus.from_object(challenge)
         if status.state == "invalid":
             spec = challenge.get("spec") or {}
@@ -429,11 +438,9 @@ def _finish(
 ) -> Result:
     status.state = state
     # In full, from the Challenges still there: while pending they were the record.
-    status.authorizations = [
-        authorization if authorization.identifier is not None
-        else _recorded_by_challenge(store, order, authorization_url=authorization.url)
-        or authorization
-        for authorization in status.authorizations]
+    challenges = _challenges_of(store, order, status=status)
+    status.authorizations = [_in_full(authorization, challenge=challenges.get(authorization.url))
+                             for authorization in status.authorizations]
     if state != "valid":
         status.reason = reason
         status.failure_time = now
@@ -441,7 +448,7 @@ def _finish(
     else:
         status.reason = None  # no Event: its Certificate's "Issuing" says it
     reconciling.write_status(store, obj=order, status=status)
-    _delete_challenges(store, order, status=status)
+    _delete_challenges(store, challenges=challenges)
     return Result.done()
 
 
@@ -467,7 +474,7 @@ def _replace_forgotten(
                        reason=f"the ACME server forgot {MAX_FORGOTTEN_ORDERS} orders placed "
                        f"for this request; the last time {why}")
     old_url = status.url
-    _delete_challenges(store, order, status=status)
+    _delete_challenges(store, challenges=_challenges_of(store, order, status=status))
     status.url = status.finalize_url = None
     status.authorizations = []
     status.state = "pending"
@@ -479,7 +486,7 @@ def _replace_forgotten(
     return Result.after(0)
 
 
-def _delete_challenges(store: Store, order: Object, *, status: OrderStatus) -> None:
+def _delete_challenges(store: Store, *, challenges: Mapping[str, Object]) -> None:
     """Challenges end with their order, succeeded or failed (their cleanup runs on delete).
 
     Except a Challenge whose answer is out there and whose solver
@@ -488,18 +495,14 @@ def _delete_challenges(store: Store, order: Object, *, status: OrderStatus) -> N
     restarted certctl the record would stay behind). Such a
     Challenge ends itself when it sees its Order ended (or hears the CA's
     verdict), removing the record; that status change wakes this reconciler,
-    which deletes it then.
+    which deletes it then. `challenges`: the Order's, by name (`_challenges_of`),
+    not by listing the namespace: a list per finished order made issuing N
+    certificates at once cost N^2 (a quarter of B2's CPU).
     """
-    # By name, not by listing the namespace: a list per finished order made
-    # issuing N certificates at once cost N^2 (a quarter of B2's CPU).
-    namespace = order["metadata"]["namespace"]
-    for authorization in status.authorizations:
-        name = _challenge_name(order, authorization_url=authorization.url)
-        challenge = store.get(kind="Challenge", namespace=namespace, name=name)
-        if (challenge is None or not reconciling.is_owned_by(challenge, order)
-                or _answer_out_there(challenge)):
-            continue
-        store.delete(kind="Challenge", namespace=namespace, name=name)
+    for challenge in challenges.values():
+        if not _answer_out_there(challenge):
+            store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
+                         name=challenge["metadata"]["name"])
 
 
 def _answer_out_there(challenge: Object) -> bool:
