@@ -202,6 +202,30 @@ def test_http01_issuance_chain_verifies_and_order_resumes_by_url(
     assert resumed == order
 
 
+def test_a_restarted_client_answering_an_answered_challenge_gets_its_state(
+    pebble: PebbleServer, responder: ChallengeResponder
+) -> None:
+    """A certctl restarted after answering (before it recorded that) answers again: the
+    CA refuses to update a challenge that is not pending, so the client returns the
+    challenge as it is instead of sending the answer."""
+    account_key = _account_key_pem()
+    client = _client(pebble, account_key_pem=account_key)
+    client.register(email=None)
+    order = client.new_order(csr_pem=_csr_pem("again.example.test"))
+    (authorization_url,) = order.authorization_urls
+    authorization = client.get_authorization(authorization_url)
+    (challenge,) = [c for c in authorization.challenges if c.type == "http-01"]
+    assert challenge.token is not None
+    responder.responses[challenge.token] = client.key_authorization(challenge.token)
+    client.answer_challenge(challenge.url)
+    assert _wait(lambda: client.get_challenge(challenge.url), until={"valid"}).status == "valid"
+
+    restarted = _client(pebble, account_key_pem=account_key, account_uri=client.account_uri)
+    again = restarted.answer_challenge(challenge.url)
+    assert (again.status, again.url, again.token) == ("valid", challenge.url, challenge.token)
+    assert restarted.get_order(order.url).status == "ready"
+
+
 def test_finalize_before_authorizations_are_valid_returns_pending_order(
     pebble: PebbleServer,
 ) -> None:

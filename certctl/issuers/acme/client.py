@@ -494,11 +494,13 @@ class AcmeClient:
         client saw it in its authorization (`get_authorization`); a challenge
         it has not seen (after a restart) is fetched first, one more request.
         Only its type and token are used, which never change. Only a pending
-        challenge can be answered: Pebble refuses a valid one as malformed
-        ("Cannot update challenge with status valid, only status pending"), so
-        a pass that answered and stopped before its status write meets an
-        `AcmeProblem` after a restart, which the Challenge reconciler retries
-        while its Order goes on from the CA's order.
+        challenge can be answered: Pebble refuses one already answered as
+        malformed ("Cannot update challenge with status valid, only status
+        pending"). So a challenge fetched here that is no longer pending (a
+        restarted certctl answering again what it answered before) is not
+        answered: its current state is returned, as Boulder answers. One this
+        client saw pending is answered straight away; its caller remembers it
+        answered (the Challenge reconciler does).
         """
         with self._lock:
             challenge_body = self._known_challenges.pop(url, None)
@@ -506,6 +508,8 @@ class AcmeClient:
             current = self._post(url, None)
             challenge_body = self._parse(
                 url, lambda: messages.ChallengeBody.from_json(current.json()))
+            if _status(challenge_body.status) != "pending":
+                return _challenge_state(challenge_body, retry_after=_retry_after(current))
         response: challenges.ChallengeResponse
         if isinstance(challenge_body.chall, challenges.KeyAuthorizationChallenge):
             response = challenge_body.response(self._jwk)
