@@ -83,7 +83,8 @@ AUDIT_POLICY = {
     "rules": [
         {"level": "RequestResponse", "verbs": ["create", "update", "patch"],
          "resources": [{"group": "networking.k8s.io", "resources": ["ingresses"]},
-                       {"group": "certctl.io", "resources": ["orders", "orders/status"]}]},
+                       {"group": "certctl.io", "resources": ["orders", "orders/status",
+                                                             "challenges/status"]}]},
         {"level": "Metadata"},
     ],
 }

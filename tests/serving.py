@@ -169,12 +169,14 @@ class Serving:
         dns01: dns01_solver.Options | None = None,
         metrics_port: int | None = None,
         clock: Clock = reconciling.system_clock,
+        http_port: int | None = None,
     ) -> None:
+        """`http_port`: the HTTP listener's, Pebble's httpPort (where its VA connects) if None."""
         self.options = ServeOptions(
             manifests=manifests,
             state_dir=state_dir,
             listen_address="127.0.0.1",
-            http_port=pebble.http_port,
+            http_port=pebble.http_port if http_port is None else http_port,
             https_port=free_port(),
             self_check_address="127.0.0.1",
             self_check_port=self_check_port,

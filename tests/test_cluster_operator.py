@@ -338,6 +338,19 @@ def test_requests_per_certificate(flow: Flow) -> None:
     challenge_names = {e.name for e in events if e.resource == "challenges"
                        and e.verb == "create" and e.code == 201}
     assert len(challenge_names) == len(names)
+    # A Challenge's status: the CA's verdict, and before it "processing" (the answer
+    # accepted) only when the CA took longer than a second; Pebble here validates at once,
+    # so at least one Challenge is written once only (each was written twice before).
+    challenge_writes = collections.defaultdict(list)
+    for e in events:
+        if e.resource == "challenges" and e.subresource == "status" and e.verb == "update":
+            status = e.raw["requestObject"]["status"]
+            challenge_writes[e.name].append(
+                "processing" if status.get("processing") else status.get("state"))
+    assert sorted(challenge_writes) == sorted(challenge_names)
+    assert all(states in (["valid"], ["processing", "valid"])
+               for states in challenge_writes.values()), challenge_writes
+    assert ["valid"] in challenge_writes.values(), challenge_writes
     told = [(e["involvedObject"]["name"], e["reason"])
             for e in api.list(kind="Event", namespace=NAMESPACE) if e["type"] == "Normal"
             and e["involvedObject"]["name"] in {*order_names, *challenge_names}]
