@@ -351,6 +351,14 @@ def test_requests_per_certificate(flow: Flow) -> None:
     assert all(states in (["valid"], ["processing", "valid"])
                for states in challenge_writes.values()), challenge_writes
     assert ["valid"] in challenge_writes.values(), challenge_writes
+    # Challenges are created without a read first: none can be there that the Order's
+    # pass did not read already (a GET answered 404 each before).
+    first_requests = {}
+    for e in events:
+        if e.resource == "challenges" and not e.subresource:
+            first_requests.setdefault(e.name, (e.verb, e.code))
+    assert first_requests == {name: ("create", 201) for name in challenge_names}, \
+        first_requests
     told = [(e["involvedObject"]["name"], e["reason"])
             for e in api.list(kind="Event", namespace=NAMESPACE) if e["type"] == "Normal"
             and e["involvedObject"]["name"] in {*order_names, *challenge_names}]

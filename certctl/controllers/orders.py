@@ -337,10 +337,11 @@ def _ensure_challenge(
     key: str,
     account_uri: str | None,
 ) -> None:
+    """Create the authorization's Challenge, without reading first: one this Order made
+    is among the Challenges its pass read (`_challenges_of`), and AlreadyExists covers
+    the rest (one read a certificate fewer)."""
     namespace = order["metadata"]["namespace"]
     name = _challenge_name(order, authorization_url=authorization_url)
-    if store.get(kind="Challenge", namespace=namespace, name=name) is not None:
-        return
     obj = {
         "apiVersion": "certctl.io/v1",
         "kind": "Challenge",
