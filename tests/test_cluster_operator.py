@@ -353,7 +353,7 @@ def test_requests_per_certificate(flow: Flow) -> None:
     assert ["valid"] in challenge_writes.values(), challenge_writes
     # Challenges are created without a read first: none can be there that the Order's
     # pass did not read already (a GET answered 404 each before).
-    first_requests = {}
+    first_requests: dict[str, tuple[str, int]] = {}
     for e in events:
         if e.resource == "challenges" and not e.subresource:
             first_requests.setdefault(e.name, (e.verb, e.code))
