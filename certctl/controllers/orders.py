@@ -188,11 +188,13 @@ def _step(
                                             preferred_chain=issuer.spec.preferred_chain)
         status.certificate = chain.encode()
         finalized.discard(state.url)
-        return _finish(store, order, status=status, state="valid", now=now, reason="")
+        return _finish(store, order, status=status, state="valid", now=now, reason="",
+                       challenges=challenges)
     if state.status == "invalid":
         finalized.discard(state.url)
         return _finish(store, order, status=status, state="invalid", now=now,
-                       reason=_failure_reason(store, order, client=client, state=state))
+                       reason=_failure_reason(store, order, client=client, state=state),
+                       challenges=challenges)
     raise TransientError(f"order {state.url} is {state.status}; waiting")
 
 
@@ -293,6 +295,7 @@ def _present(
                                        else None))
     failed = _locally_failed_challenge(challenges)
     if failed is not None:
+        # Read again: this pass may have created some.
         return _finish(store, order, status=status, state="errored", now=now, reason=failed)
     status.authorizations = authorizations
     if untold:
@@ -436,10 +439,14 @@ def _finish(
     state: OrderState,
     now: datetime.datetime,
     reason: str,
+    challenges: Mapping[str, Object] | None = None,
 ) -> Result:
+    """End the Order. `challenges`: its Challenges as a pass that created none read them
+    (`_step`), else read here."""
     status.state = state
     # In full, from the Challenges still there: while pending they were the record.
-    challenges = _challenges_of(store, order, status=status)
+    if challenges is None:
+        challenges = _challenges_of(store, order, status=status)
     status.authorizations = [_in_full(authorization, challenge=challenges.get(authorization.url))
                              for authorization in status.authorizations]
     if state != "valid":
