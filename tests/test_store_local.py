@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -788,3 +790,174 @@ def test_an_edit_to_one_document_of_a_big_file_keeps_one_copy_of_the_others(
     assert kept is first_kept
     assert now - before_edit < held * 0.1, (now - before_edit, held)
     assert peak - before_edit < held * 1.5, (peak - before_edit, held)
+
+
+# --- writes wait for their disk outside the store's lock ---------------------------
+
+
+class HeldWrites:
+    """`atomic_write` of the state files whose name starts with `prefix` waits until
+    `release`: a disk that takes its time, for one object's writes only."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, prefix: str) -> None:
+        self.started = threading.Semaphore(0)
+        self.released = threading.Event()
+        write = local.atomic_write
+
+        def held(path: Path, data: bytes) -> None:
+            if path.name.startswith(prefix):
+                self.started.release()
+                assert self.released.wait(10)
+            write(path, data)
+
+        monkeypatch.setattr(local, "atomic_write", held)
+
+    def wait_started(self) -> None:
+        assert self.started.acquire(timeout=5), "the held write never started"
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Run `call` on a thread; the list gets its result or the exception it raised."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as err:  # handed to the test to assert on
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_write_waiting_for_its_disk_holds_up_no_other_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_store(tmp_path)
+    store.create(obj=secret("other"))
+    held = HeldWrites(monkeypatch, prefix="slow")
+    slow, slow_outcome = in_thread(lambda: store.create(obj=secret("slow")))
+    held.wait_started()
+
+    # Reads and writes of other objects go on, and the object is not there before its file.
+    def others() -> tuple[list[str], dict[str, Any] | None]:
+        store.create(obj=secret("fast"))
+        other = store.get(kind="Secret", namespace="default", name="other")
+        assert other is not None
+        store.replace(obj=other | {"data": {"k": "b3RoZXI="}})
+        return ([obj["metadata"]["name"] for obj in store.list(kind="Secret")],
+                store.get(kind="Secret", namespace="default", name="slow"))
+
+    fast, fast_outcome = in_thread(others)
+    fast.join(5)
+    assert not fast.is_alive(), "writing another object waited for the held write"
+    assert not (tmp_path / "state/objects/Secret/default/slow.yaml").exists()
+    assert fast_outcome == [(["fast", "other"], None)]
+
+    held.released.set()
+    slow.join(5)
+    [created] = slow_outcome
+    assert isinstance(created, dict)
+    assert store.get(kind="Secret", namespace="default", name="slow") == created
+    assert new_store(tmp_path).get(kind="Secret", namespace="default", name="slow") == created
+
+
+def test_writes_of_one_object_take_turns_and_each_checks_the_version_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_store(tmp_path)
+    stale = store.create(obj=secret("slow"))
+    held = HeldWrites(monkeypatch, prefix="slow")
+    first, first_outcome = in_thread(lambda: store.replace(obj=stale | {"data": {"k": "MQ=="}}))
+    held.wait_started()
+    second, second_outcome = in_thread(lambda: store.replace(obj=stale | {"data": {"k": "Mg=="}}))
+    again, again_outcome = in_thread(lambda: store.create(obj=secret("slow")))
+    second.join(0.3)
+    assert second.is_alive(), "a second write of the object did not wait for the first"
+
+    held.released.set()
+    for thread in (first, second, again):
+        thread.join(5)
+    [replaced] = first_outcome
+    assert isinstance(replaced, dict)
+    assert replaced["data"] == {"k": "MQ=="}
+    [refused] = second_outcome
+    assert isinstance(refused, interface.Conflict)
+    [exists] = again_outcome
+    assert isinstance(exists, interface.AlreadyExists)
+    assert store.get(kind="Secret", namespace="default", name="slow") == replaced
+    assert new_store(tmp_path).get(kind="Secret", namespace="default", name="slow") == replaced
+
+
+def test_a_deletion_waits_for_a_dependent_being_written_and_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_store(tmp_path)
+    owner = store.create(obj=certificate("web"))
+    events = recording(store)
+    held = HeldWrites(monkeypatch, prefix="slow")
+    creating, created = in_thread(lambda: store.create(obj=owned_by(secret("slow"), owner)))
+    held.wait_started()
+    deleting, _ = in_thread(lambda: store.delete(kind="Certificate", namespace="default",
+                                                 name="web"))
+    deleting.join(0.3)
+    assert deleting.is_alive(), "the owner was deleted while its dependent was written"
+
+    held.released.set()
+    creating.join(5)
+    deleting.join(5)
+    assert isinstance(created[0], dict)
+    assert [(e.type, e.key.kind) for e in events] == [
+        ("ADDED", "Secret"), ("DELETED", "Certificate"), ("DELETED", "Secret")]
+    assert store.get(kind="Secret", namespace="default", name="slow") is None
+    assert not (tmp_path / "state/objects/Secret/default/slow.yaml").exists()
+
+
+def test_a_write_that_fails_on_disk_changes_nothing_and_frees_the_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_store(tmp_path)
+    write = local.atomic_write
+
+    def full_disk(path: Path, data: bytes) -> None:
+        raise local.StateWriteError(path=path, error=OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(local, "atomic_write", full_disk)
+    with pytest.raises(local.StateWriteError, match="No space left"):
+        store.create(obj=secret("web"))
+    assert store.get(kind="Secret", namespace="default", name="web") is None
+
+    monkeypatch.setattr(local, "atomic_write", write)
+    created, outcome = in_thread(lambda: store.create(obj=secret("web")))
+    created.join(5)
+    assert isinstance(outcome[0], dict), "the failed write kept the object claimed"
+
+
+def test_a_status_write_racing_an_edit_of_its_manifest_conflicts_and_keeps_the_status_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = new_store(tmp_path, manifests=True)
+    path = write_manifest(tmp_path, "issuer.yaml", ISSUER_YAML.format(name="slow"))
+    store.reload_manifests()
+    issuer = store.get(kind="ClusterIssuer", namespace=None, name="slow")
+    assert issuer is not None
+    before = {"conditions": [{"type": "Ready", "status": "True"}]}
+    issuer = store.replace_status(obj=issuer | {"status": before})
+    held = HeldWrites(monkeypatch, prefix="slow")
+    writing, outcome = in_thread(lambda: store.replace_status(
+        obj=issuer | {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}))
+    held.wait_started()
+
+    path.write_text(ISSUER_YAML.format(name="slow").replace("selfSigned: {}",
+                                                            "ca: {secretName: x}"))
+    store.reload_manifests()  # not held up by the write either
+    held.released.set()
+    writing.join(5)
+    assert isinstance(outcome[0], interface.Conflict)
+    for reader in (store, new_store(tmp_path, manifests=True)):
+        reader.reload_manifests()
+        edited = reader.get(kind="ClusterIssuer", namespace=None, name="slow")
+        assert edited is not None
+        assert edited["spec"] == {"ca": {"secretName": "x"}}
+        assert edited["status"] == before
