@@ -831,6 +831,15 @@ def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object
     return thread, outcome
 
 
+def assert_slow_secret_is(outcome: list[object], *, store: LocalStore, tmp_path: Path) -> None:
+    """The one write in `outcome` returned the Secret "slow" that the store holds now, and
+    that a new store over the same state dir reads."""
+    [written] = outcome
+    assert isinstance(written, dict)
+    assert store.get(kind="Secret", namespace="default", name="slow") == written
+    assert new_store(tmp_path).get(kind="Secret", namespace="default", name="slow") == written
+
+
 def test_a_write_waiting_for_its_disk_holds_up_no_other_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -857,10 +866,7 @@ def test_a_write_waiting_for_its_disk_holds_up_no_other_object(
 
     held.released.set()
     slow.join(5)
-    [created] = slow_outcome
-    assert isinstance(created, dict)
-    assert store.get(kind="Secret", namespace="default", name="slow") == created
-    assert new_store(tmp_path).get(kind="Secret", namespace="default", name="slow") == created
+    assert_slow_secret_is(slow_outcome, store=store, tmp_path=tmp_path)
 
 
 def test_writes_of_one_object_take_turns_and_each_checks_the_version_before_it(
@@ -879,15 +885,12 @@ def test_writes_of_one_object_take_turns_and_each_checks_the_version_before_it(
     held.released.set()
     for thread in (first, second, again):
         thread.join(5)
-    [replaced] = first_outcome
-    assert isinstance(replaced, dict)
-    assert replaced["data"] == {"k": "MQ=="}
+    assert_slow_secret_is(first_outcome, store=store, tmp_path=tmp_path)
+    assert first_outcome[0]["data"] == {"k": "MQ=="}  # type: ignore[index]
     [refused] = second_outcome
     assert isinstance(refused, interface.Conflict)
     [exists] = again_outcome
     assert isinstance(exists, interface.AlreadyExists)
-    assert store.get(kind="Secret", namespace="default", name="slow") == replaced
-    assert new_store(tmp_path).get(kind="Secret", namespace="default", name="slow") == replaced
 
 
 def test_a_deletion_waits_for_a_dependent_being_written_and_takes_it(
