@@ -12,6 +12,9 @@
 #   helm        helm (helm.sh/helm/v3), to lint and render charts/certctl
 #   h2spec      h2spec (github.com/summerwind/h2spec), the HTTP/2 conformance suite; its
 #               last tag has no go.mod, so its imports resolve to their newest versions
+#   cert-manager  cert-manager's controller (github.com/cert-manager/cert-manager), built
+#               from cert-manager/main.go next to this script, and its CRDs: B8's peer.
+#               Not built by default: only `python -m bench.b8_cluster --peer` asks for it
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.36.3
@@ -20,7 +23,9 @@ PEBBLE_VERSION=v2.10.3
 GATEWAY_API_VERSION=v1.5.1
 HELM_VERSION=v3.22.0
 H2SPEC_VERSION=v2.2.1+incompatible
+CERT_MANAGER_VERSION=v1.21.2
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${CERTCTL_TESTSERVERS:-/var/cache/certctl-testservers}
 mkdir -p "$CACHE"
 say() { echo "testservers: $*" >&2; }
@@ -93,6 +98,35 @@ gateway_api() {
   echo "gateway-api=$target"
 }
 
+# cert-manager's own main package is in a module the proxy does not serve
+# (github.com/cert-manager/cert-manager/cmd/controller): cert-manager/main.go wires its
+# controllers as that one does, built against the served module.
+cert_manager() {
+  local target="$CACHE/cert-manager-$CERT_MANAGER_VERSION"
+  if [ ! -f "$target/.complete" ]; then
+    say "building cert-manager $CERT_MANAGER_VERSION (github.com/cert-manager/cert-manager; minutes)"
+    local started=$SECONDS work dir
+    work=$(mktemp -d)
+    (
+      cd "$work"
+      cp "$HERE/cert-manager/main.go" .
+      go mod init certctl.test/cert-manager >/dev/null 2>&1
+      go mod edit -require="github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"
+      GOFLAGS=-mod=mod go mod tidy >&2
+      rm -rf "$target"; mkdir -p "$target/bin" "$target/crds"
+      CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$target/bin/cert-manager-controller" . >&2
+      dir=$(go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
+        | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+      cp "$dir"/deploy/crds/*.yaml "$target/crds/"
+      chmod -R u+w "$target"
+    )
+    rm -rf "$work"
+    touch "$target/.complete"
+    say "built cert-manager $CERT_MANAGER_VERSION in $((SECONDS - started)) s"
+  fi
+  echo "cert-manager=$target"
+}
+
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(etcd pebble kubernetes gateway-api helm h2spec)
 for name in "${wanted[@]}"; do
@@ -109,6 +143,7 @@ for name in "${wanted[@]}"; do
     helm) build helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm ;;
     h2spec) build h2spec "$H2SPEC_VERSION" github.com/summerwind/h2spec \
               github.com/summerwind/h2spec/cmd/h2spec ;;
+    cert-manager) cert_manager ;;
     *) echo "testservers: unknown server '$name'" >&2; exit 2 ;;
   esac
 done
