@@ -1,8 +1,8 @@
 """B8's peer: certctl and cert-manager issuing for the same annotated Ingresses, each on a
 real API server of its own, DNS-01.
 
-    .venv/bin/python -m bench.b8_peer [--ingresses 300] [--cert-manager-qps 20]
-        [--cert-manager-burst 50] [--write-results] [--keep]
+    .venv/bin/python -m bench.b8_peer [--ingresses 100] [--pebble debian|current]
+        [--cert-manager-qps 20] [--cert-manager-burst 50] [--write-results] [--keep]
 
 cert-manager solves HTTP-01 with solver Pods, which need a kubelet the test control plane
 does not have, so both issue by DNS-01 here: rfc2136 updates to one BIND9 per run
@@ -18,15 +18,25 @@ records name port 53, where nothing listens) and otherwise runs with its default
   ServiceAccount bound to cluster-admin; its defaults include a client limit of 20 API
   requests a second (burst 50: `--cert-manager-qps` and `--cert-manager-burst` change
   them, as `--kube-api-qps` and `--kube-api-burst` do cert-manager's), 5 workers a
-  controller, 60 challenges at once and a DNS-01 propagation re-check every 10 s.
+  controller, 60 challenges at once and a DNS-01 propagation re-check every 10 s. Once
+  its check sees a DNS-01 record, cert-manager sleeps 60 s (the record's TTL, "to allow
+  the DNS01 record to propagate": pkg/issuer/acme/dns/dns.go) in the challenge worker, so
+  with its 5 workers it validates at most 5 challenges a minute; hence the default of
+  100 Ingresses (about 20 minutes for cert-manager).
 
-The runs go one after the other, each on a fresh control plane (tests/controlplane.py),
-Pebble and BIND, so neither shares the two cores with the other. Each creates
-`--ingresses` Ingresses annotated `cert-manager.io/cluster-issuer` (both read it) at once
-by 8 client threads and is timed from the first create until every Ingress's Secret
-holds a chain that verifies, for its host, to Pebble's root. Then, once the controller is
-quiet, kube-apiserver's audit log gives the controller's requests per certificate, and
-/proc the CPU time of the controller, kube-apiserver and etcd until issued.
+The Pebble is Debian's (2.4.0) unless `--pebble current`: since letsencrypt/pebble#508
+(2025) the current Pebble answers a finalize without the `Location` header, which RFC 8555
+does not require and Let's Encrypt sends; cert-manager's ACME client (a fork of
+x/crypto/acme, golang/go#77704) then polls the URL "" and fails each order's finalize
+once, and its exponential re-queue (5 s doubling, to 30 min) makes it slower than it is
+against Let's Encrypt. The runs go one after the other, each on a fresh control plane
+(tests/controlplane.py), Pebble and BIND, so neither shares the two cores with the
+other. Each creates `--ingresses` Ingresses annotated `cert-manager.io/cluster-issuer`
+(both read it) at once by 8 client threads and is timed from the first create until
+every Ingress's Secret holds a chain that verifies, for its host, to Pebble's root. Then,
+once the controller is quiet, kube-apiserver's audit log gives the controller's requests
+per certificate, and /proc the CPU time of the controller, kube-apiserver and etcd until
+issued.
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ from tests.clusterops import (
     deployment_args,
 )
 from tests.controlplane import AuditEvent, ControlPlane
-from tests.pebble import PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleServer, free_port
 
 ISSUER = "b8-dns"
 ZONE = "example.test"
@@ -178,14 +188,15 @@ def _issue(*, plane: ControlPlane, api: KubeStore, pebble: PebbleServer, count: 
 
 
 @contextlib.contextmanager
-def _servers(work: Path) -> Iterator[tuple[ControlPlane, BindServer, PebbleServer]]:
-    """A fresh control plane, BIND for the zone, and a current Pebble asking that BIND."""
+def _servers(work: Path, *, pebble_build: PebbleBuild,
+             ) -> Iterator[tuple[ControlPlane, BindServer, PebbleServer]]:
+    """A fresh control plane, BIND for the zone, and a Pebble asking that BIND."""
     with contextlib.ExitStack() as stack:
         plane = ControlPlane.start(work / "plane")
         stack.callback(plane.stop)
         bind = stack.enter_context(BindServer.start(tmp_path=work, zones=(ZONE,)))
         pebble = PebbleServer.start(
-            tmp_path=work, http_port=free_port(), build="current", dns_server=bind.nameserver,
+            tmp_path=work, http_port=free_port(), build=pebble_build, dns_server=bind.nameserver,
             env={"PEBBLE_AUTHZREUSE": "0", "PEBBLE_WFE_NONCEREJECT": "0"})
         stack.callback(pebble.stop)
         yield plane, bind, pebble
@@ -199,8 +210,9 @@ def _spawn(command: Sequence[str], *, log: Path) -> subprocess.Popen[bytes]:
                                      "POD_NAMESPACE": CERTCTL_NAMESPACE})
 
 
-def run_certctl(*, work: Path, count: int) -> Issuance:
-    with _servers(work) as (plane, bind, pebble), contextlib.ExitStack() as stack:
+def run_certctl(*, work: Path, count: int, pebble_build: PebbleBuild) -> Issuance:
+    with _servers(work, pebble_build=pebble_build) as (plane, bind, pebble), \
+            contextlib.ExitStack() as stack:
         rendered, kubeconfigs = apply_manifests(plane, directory=work)
         [deployment] = [d for d in yaml.safe_load_all(rendered)
                         if d and d["kind"] == "Deployment"
@@ -221,9 +233,11 @@ def run_certctl(*, work: Path, count: int) -> Issuance:
                       user=CONTROLLER_USER)
 
 
-def run_cert_manager(*, work: Path, count: int, qps: float, burst: int) -> Issuance:
+def run_cert_manager(*, work: Path, count: int, pebble_build: PebbleBuild, qps: float,
+                     burst: int) -> Issuance:
     built = testservers.directory("cert-manager")
-    with _servers(work) as (plane, bind, pebble), contextlib.ExitStack() as stack:
+    with _servers(work, pebble_build=pebble_build) as (plane, bind, pebble), \
+            contextlib.ExitStack() as stack:
         for crd in sorted((built / "crds").glob("*.yaml")):
             plane.kubectl("apply", "--server-side", "-f", str(crd))
         for crd in sorted((built / "crds").glob("*.yaml")):
@@ -310,7 +324,9 @@ def _rows(results: Mapping[str, Issuance], *, count: int) -> list[tuple[str, ...
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.b8_peer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ingresses", type=int, default=300)
+    parser.add_argument("--ingresses", type=int, default=100)
+    parser.add_argument("--pebble", choices=("debian", "current"), default="debian",
+                        help="which Pebble (the module docstring says why Debian's)")
     parser.add_argument("--cert-manager-qps", type=float, default=20.0,
                         help="cert-manager's --kube-api-qps (its default: 20)")
     parser.add_argument("--cert-manager-burst", type=int, default=50,
@@ -324,9 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(workdir_module.remove_unless_kept, work, keep=args.keep)
         runs: dict[str, Callable[[Path], Issuance]] = {
-            "certctl": lambda into: run_certctl(work=into, count=args.ingresses),
+            "certctl": lambda into: run_certctl(work=into, count=args.ingresses,
+                                                pebble_build=args.pebble),
             "cert-manager": lambda into: run_cert_manager(
-                work=into, count=args.ingresses, qps=args.cert_manager_qps,
+                work=into, count=args.ingresses, pebble_build=args.pebble,
+                qps=args.cert_manager_qps,
                 burst=args.cert_manager_burst),
         }
         results = {}
@@ -345,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{reporting.command_line(module='bench.b8_peer', argv=argv)}`  \n"
         f"Date: {started_at:%Y-%m-%d %H:%M} UTC. Each controller on a control plane of its own "
         "(kube-apiserver, etcd, kube-controller-manager from tests/controlplane.py), one "
-        "after the other; a current Pebble (`PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0 "
-        "PEBBLE_WFE_NONCEREJECT=0`) and BIND9 for DNS-01 (rfc2136). `certctl controller` as "
+        f"after the other; {'Debian' if args.pebble == 'debian' else 'the current'} Pebble "
+        "(`PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0 PEBBLE_WFE_NONCEREJECT=0`; see the module "
+        "docstring for which) and BIND9 for DNS-01 (rfc2136). `certctl controller` as "
         "manifests/ runs it; cert-manager v1.21.2's controllers with its defaults but "
         f"{args.cert_manager_qps:g} API requests a second, burst {args.cert_manager_burst} "
         "(its defaults: 20, 50); DNS-01 re-checked every 10 s. Timed from the first "
