@@ -5,10 +5,12 @@ The Challenge reconciler runs against the local store; the ACME server is never 
 solver is of the class the data plane serves: nothing was put in any Ingress, and a
 clean-up that knows the Challenge's solver reads none. One that does not know it (a
 restarted controller) must look through every Ingress of the namespace for token paths.
+A DNS-01 Challenge's clean-up (its record on a real BIND) asks no HTTP-01 solver either.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,8 +22,10 @@ from certctl.controllers import challenges, reconciling
 from certctl.issuers.acme import accounts as acme_accounts
 from certctl.runtime import dispatch
 from certctl.solvers import http01_ingress
+from certctl.solvers.dns01 import lookup
 from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Object
+from tests.bind import BindServer
 from tests.lifecycle import RecordingStore, order_and_challenge
 
 NAME = "www.example.test"
@@ -61,15 +65,18 @@ def store(tmp_path: Path) -> Iterator[IngressListCounter]:
     yield store
 
 
-def _settings() -> challenges.Settings:
-    """A controller process's Challenge settings; a new call is a restarted process."""
+def _settings(*, nameserver: str | None = None) -> challenges.Settings:
+    """A controller process's Challenge settings; a new call is a restarted process.
+    `nameserver`: the only one DNS-01 asks (`--dns01-recursive-nameservers-only`)."""
     return dispatch.controller_settings(
         clock=reconciling.system_clock,
         accounts=acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl"),
         backoff_base=datetime.timedelta(hours=1),
         self_check=challenges.self_check_for(port=80, connect_address=None),
-        dns01=dns01_solver.Options(recursive_nameservers=(), recursive_nameservers_only=False,
-                                   query_timeout=1.0),
+        dns01=dns01_solver.Options(
+            recursive_nameservers=() if nameserver is None else (
+                lookup.parse_nameserver(nameserver),),
+            recursive_nameservers_only=nameserver is not None, query_timeout=1.0),
         order_budget=None, data_plane=DATA_PLANE).challenges
 
 
@@ -178,3 +185,38 @@ def test_presenting_in_the_cluster_is_recorded_by_the_next_status_write_of_the_p
     challenge = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
     assert challenge is not None
     assert not (challenge.get("status") or {}).get("presented")
+
+
+def test_a_dns01_challenge_ending_asks_no_http01_solver(
+    store: IngressListCounter, tmp_path: Path
+) -> None:
+    """The Challenge names its solver: the HTTP-01 one presented nothing for it, and asked
+    without the Challenge it would list every Ingress of the namespace (one list per
+    DNS-01 certificate in the cluster, bench/b8_peer)."""
+    with BindServer.start(tmp_path=tmp_path) as bind:
+        store.create(obj={
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "tsig", "namespace": "certctl"},
+            "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}})
+        store.create(obj={
+            "apiVersion": "certctl.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "dns"},
+            "spec": {"acme": {
+                "server": "https://acme.example.test/dir",
+                "privateKeySecretRef": {"name": "account"},
+                "solvers": [{"dns01": {"rfc2136": {
+                    "nameserver": bind.nameserver, "tsigKeyName": bind.tsig_key_name,
+                    "tsigAlgorithm": "hmac-sha256",
+                    "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}}}]}}})
+        settings = _settings(nameserver=bind.nameserver)
+        key = order_and_challenge(store, issuer="dns", dns_name=NAME, type="DNS-01",
+                                  key="txt-value")
+        with pytest.raises(reconciling.TransientError, match="account key"):
+            challenges.reconcile(store=store, key=key, settings=settings)
+        assert bind.txt_values(f"_acme-challenge.{NAME}") == {"txt-value"}
+        obj = store.get(kind=key.kind, namespace=key.namespace, name=key.name)
+        assert obj is not None
+
+        challenges._clean_up_ending(store, obj, settings=settings)
+
+        assert bind.txt_values(f"_acme-challenge.{NAME}") == set()
+        assert store.ingress_lists == 0, "the HTTP-01 solver looked for what it never made"

@@ -370,9 +370,16 @@ def _clean_up_solver(
     store: Store, *, solver: protocol.Solver, key: ObjectKey, challenge: Challenge | None
 ) -> str | None:
     """Have `solver` take away what it presented for `key`: told the Challenge when it is
-    the Challenge's solver, else what it holds (or, after a restart, looks for)."""
-    ours = challenge is not None and isinstance(challenge.solver.config, solver.config_type)
-    return solver.clean_up(store=store, key=key, challenge=challenge if ours else None)
+    the Challenge's solver; nothing when the Challenge names another one (its spec holds a
+    copy of the one solver that presents it: an HTTP-01 solver asked without it looks
+    through every Ingress of the namespace, one list per DNS-01 certificate); when the
+    Challenge is not known (deleted, presented by an earlier process), what it holds or
+    finds."""
+    if challenge is None:
+        return solver.clean_up(store=store, key=key, challenge=None)
+    if not isinstance(challenge.solver.config, solver.config_type):
+        return None
+    return solver.clean_up(store=store, key=key, challenge=challenge)
 
 
 def _clean_up_deleted(
