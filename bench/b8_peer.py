@@ -104,18 +104,9 @@ def _issuer(*, pebble: PebbleServer, bind: BindServer, api_version: str) -> dict
             "email": "b8@example.test",
             "caBundle": base64.b64encode(pebble.ca_bundle_pem).decode(),
             "privateKeySecretRef": {"name": f"{ISSUER}-account"},
-            "solvers": [{"dns01": {"rfc2136": {
-                "nameserver": bind.nameserver, "tsigKeyName": bind.tsig_key_name,
-                "tsigAlgorithm": "HMACSHA256",
-                "tsigSecretSecretRef": {"name": TSIG_SECRET, "key": "secret"}}}}],
+            "solvers": [{"dns01": {"rfc2136": bind.rfc2136_solver(secret_name=TSIG_SECRET)}}],
         }},
     }
-
-
-def _tsig_secret(bind: BindServer, *, namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": TSIG_SECRET, "namespace": namespace},
-            "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}}
 
 
 def _ready(obj: Mapping[str, Any]) -> bool:
@@ -219,7 +210,7 @@ def run_certctl(*, work: Path, count: int, pebble_build: PebbleBuild) -> Issuanc
                         and d["metadata"]["name"] == "certctl-controller"]
         api = admin_store(plane)
         stack.callback(api.close)
-        api.create(obj=_tsig_secret(bind, namespace=CERTCTL_NAMESPACE))
+        api.create(obj=bind.tsig_secret_object(namespace=CERTCTL_NAMESPACE, name=TSIG_SECRET))
         api.create(obj=_issuer(pebble=pebble, bind=bind, api_version="certctl.io/v1"))
         command = [sys.executable, "-m", "certctl", *deployment_args(
             deployment, kubeconfig=str(kubeconfigs["certctl-controller"]),
@@ -251,7 +242,8 @@ def run_cert_manager(*, work: Path, count: int, pebble_build: PebbleBuild, qps: 
             namespace=CERT_MANAGER_NAMESPACE, service_account="cert-manager"))
         api = admin_store(plane)
         stack.callback(api.close)
-        api.create(obj=_tsig_secret(bind, namespace=CERT_MANAGER_NAMESPACE))
+        api.create(obj=bind.tsig_secret_object(namespace=CERT_MANAGER_NAMESPACE,
+                                                 name=TSIG_SECRET))
         plane.kubectl("apply", "-f", "-", input=json.dumps(
             _issuer(pebble=pebble, bind=bind, api_version="cert-manager.io/v1")))
         controller = _spawn([str(built / "bin" / "cert-manager-controller"),

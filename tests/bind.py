@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import dns.exception
 import dns.message
@@ -111,6 +112,20 @@ class BindServer:
     def nameserver(self) -> str:
         """`host:port`, as an rfc2136 solver's `nameserver` or Pebble's `-dnsserver` takes it."""
         return f"{self.address}:{self.port}"
+
+    def rfc2136_solver(self, *, secret_name: str = "tsig") -> dict[str, Any]:
+        """An ACME issuer's `dns01.rfc2136` solver for this server, as cert-manager spells
+        it, its TSIG secret in key `secret` of Secret `secret_name` (`tsig_secret_object`)."""
+        return {"nameserver": self.nameserver, "tsigKeyName": self.tsig_key_name,
+                "tsigAlgorithm": "HMACSHA256",
+                "tsigSecretSecretRef": {"name": secret_name, "key": "secret"}}
+
+    def tsig_secret_object(self, *, namespace: str, name: str = "tsig") -> dict[str, Any]:
+        """The Secret `rfc2136_solver` refers to (for a ClusterIssuer: in the cluster
+        resource namespace)."""
+        return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {"secret": base64.b64encode(self.tsig_secret.encode()).decode()}}
 
     def txt_values(self, fqdn: str) -> set[str]:
         """The TXT strings at `fqdn` (absolute or not), asked of this server directly."""

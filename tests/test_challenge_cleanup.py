@@ -10,7 +10,6 @@ A DNS-01 Challenge's clean-up (its record on a real BIND) asks no HTTP-01 solver
 
 from __future__ import annotations
 
-import base64
 import datetime
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -194,19 +193,13 @@ def test_a_dns01_challenge_ending_asks_no_http01_solver(
     without the Challenge it would list every Ingress of the namespace (one list per
     DNS-01 certificate in the cluster, bench/b8_peer)."""
     with BindServer.start(tmp_path=tmp_path) as bind:
-        store.create(obj={
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": "tsig", "namespace": "certctl"},
-            "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}})
+        store.create(obj=bind.tsig_secret_object(namespace="certctl"))
         store.create(obj={
             "apiVersion": "certctl.io/v1", "kind": "ClusterIssuer", "metadata": {"name": "dns"},
             "spec": {"acme": {
                 "server": "https://acme.example.test/dir",
                 "privateKeySecretRef": {"name": "account"},
-                "solvers": [{"dns01": {"rfc2136": {
-                    "nameserver": bind.nameserver, "tsigKeyName": bind.tsig_key_name,
-                    "tsigAlgorithm": "hmac-sha256",
-                    "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}}}]}}})
+                "solvers": [{"dns01": {"rfc2136": bind.rfc2136_solver()}}]}}})
         settings = _settings(nameserver=bind.nameserver)
         key = order_and_challenge(store, issuer="dns", dns_name=NAME, type="DNS-01",
                                   key="txt-value")

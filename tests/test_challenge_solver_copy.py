@@ -8,7 +8,6 @@ challenge waits anyway while its record propagates.
 
 from __future__ import annotations
 
-import base64
 import datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,10 +52,7 @@ def _issuer(bind: BindServer) -> Object:
         "spec": {"acme": {
             "server": "https://acme.example.test/dir",
             "privateKeySecretRef": {"name": "account"},
-            "solvers": [{"dns01": {"rfc2136": {
-                "nameserver": bind.nameserver, "tsigKeyName": bind.tsig_key_name,
-                "tsigAlgorithm": "hmac-sha256",
-                "tsigSecretSecretRef": {"name": "tsig", "key": "secret"}}}}],
+            "solvers": [{"dns01": {"rfc2136": bind.rfc2136_solver()}}],
         }},
     }
 
@@ -75,9 +71,7 @@ def test_editing_the_issuers_solver_mid_challenge_cleans_up_with_the_original_co
     bind: BindServer, tmp_path: Path, edit: Callable[[Object], None]
 ) -> None:
     store = RecordingStore(state_dir=tmp_path / "state")
-    store.create(obj={"apiVersion": "v1", "kind": "Secret",
-                      "metadata": {"name": "tsig", "namespace": "certctl"},
-                      "data": {"secret": base64.b64encode(bind.tsig_secret.encode()).decode()}})
+    store.create(obj=bind.tsig_secret_object(namespace="certctl"))
     store.create(obj=_issuer(bind))
     key = order_and_challenge(store, issuer="dns", dns_name=NAME, type="DNS-01",
                               key="txt-value")
