@@ -14,7 +14,7 @@
 #               last tag has no go.mod, so its imports resolve to their newest versions
 #   cert-manager  cert-manager's controller (github.com/cert-manager/cert-manager), built
 #               from cert-manager/main.go next to this script, and its CRDs: B8's peer.
-#               Not built by default: only `python -m bench.b8_cluster --peer` asks for it
+#               Not built by default: only `python -m bench.b8_peer` asks for it
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.36.3
@@ -102,7 +102,9 @@ gateway_api() {
 # (github.com/cert-manager/cert-manager/cmd/controller): cert-manager/main.go wires its
 # controllers as that one does, built against the served module.
 cert_manager() {
-  local target="$CACHE/cert-manager-$CERT_MANAGER_VERSION"
+  # Keyed by main.go's content too: a change to it is a new build.
+  local target
+  target="$CACHE/cert-manager-$CERT_MANAGER_VERSION-$(sha256sum "$HERE/cert-manager/main.go" | cut -c1-12)"
   if [ ! -f "$target/.complete" ]; then
     say "building cert-manager $CERT_MANAGER_VERSION (github.com/cert-manager/cert-manager; minutes)"
     local started=$SECONDS work dir

@@ -1,12 +1,13 @@
-// A cert-manager controller for bench/b8_cluster.py's peer run, built from the
+// A cert-manager controller for bench/b8_peer.py, built from the
 // github.com/cert-manager/cert-manager module by scripts/testservers/build.sh.
 //
 // cert-manager's own main package lives in a module of its own
 // (github.com/cert-manager/cert-manager/cmd/controller) that the Go module proxy
 // does not serve, so this program wires the same controllers the same way
 // (pkg/controller's ContextFactory, the constructors its packages register) with
-// cert-manager's default settings, and takes as flags only what a benchmark on
-// loopback must change: where the API server and the DNS server are.
+// cert-manager's default settings, and takes as flags what a benchmark on loopback
+// must change (where the API server and the DNS server are) and cert-manager's own
+// client limits (--kube-api-qps, --kube-api-burst), its defaults unless given.
 //
 // The controllers run are cert-manager's default set for ACME issuance from
 // annotated Ingresses: issuers, clusterissuers, ingress-shim, the Certificate
