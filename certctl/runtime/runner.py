@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 from collections.abc import Coroutine
@@ -41,19 +42,33 @@ def run(main: Coroutine[Any, Any, T]) -> T | None:
     return None
 
 
+# The stop signal of the loop `run` runs (its main task's context), once installed.
+_stopped: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "certctl_stopped", default=None)
+
+
 def stop_signal() -> asyncio.Event:
-    """Set on SIGINT or SIGTERM, from now on: a signal arriving while the process still
-    starts (its loop is free meanwhile, or busy loading) stops it once started, not by
-    the default action, which would skip draining and the clean stop's writes."""
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopped.set)
+    """Set on SIGINT or SIGTERM: a signal arriving while the process still starts (its
+    loop is free meanwhile, or busy loading) stops it once started, not by the default
+    action, which would skip draining and the clean stop's writes. On a loop `run` runs,
+    the handlers are installed before the loop's first line is logged (and this returns
+    their Event); elsewhere (a test's own loop), from now on."""
+    stopped = _stopped.get()
+    if stopped is None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopped.set)
+        _stopped.set(stopped)
     return stopped
 
 
 async def _logged(main: Coroutine[Any, Any, T]) -> T:
     loop = asyncio.get_running_loop()
+    # Before the line below, which says the process runs: a SIGTERM sent once it is seen
+    # (by a test, a supervisor reading the log) is the command's to handle, not the
+    # default action's.
+    stop_signal()
     # One line that says what the process runs on (the benchmarks' loop, or not).
     logger.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     return await main
