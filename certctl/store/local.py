@@ -435,7 +435,7 @@ class LocalStore:
     def create(self, *, obj: Object) -> Object:
         key = self._check_key(obj)
         with self._lock:
-            self._wait_for_writes({key})
+            self._wait_for_writes(key)
             if self._visible(key) is not None:
                 raise interface.AlreadyExists(f"{key} already exists")
             stored = interface.copy_object(obj)
@@ -457,7 +457,7 @@ class LocalStore:
     def _replace(self, *, obj: Object, status_only: bool) -> Object:
         key = self._check_key(obj)
         with self._lock:
-            self._wait_for_writes({key})
+            self._wait_for_writes(key)
             current = self._visible(key)
             if current is None:
                 raise interface.NotFound(f"{key} not found")
@@ -503,8 +503,7 @@ class LocalStore:
                 raise interface.StoreError(
                     f"{key} is defined in {source}; remove it from that file to delete it"
                 )
-            while not self._writing.keys().isdisjoint(self._with_dependents(key)):
-                self._written.wait()
+            self._wait_for_writes(key, dependents=True)
             events = list(self._delete_with_dependents(key))
         self._notify(events)
 
@@ -742,9 +741,12 @@ class LocalStore:
     def _status_path_for(self, key: ObjectKey) -> Path:
         return self._status_dir / key.kind / (key.namespace or CLUSTER_DIR) / f"{key.name}.yaml"
 
-    def _wait_for_writes(self, keys: set[ObjectKey]) -> None:
-        """Under the lock: until no write of `keys` is under way."""
-        while not self._writing.keys().isdisjoint(keys):
+    def _wait_for_writes(self, key: ObjectKey, *, dependents: bool = False) -> None:
+        """Under the lock: until no write of `key` is under way, nor, with `dependents`, of
+        what deleting it deletes (`_with_dependents`, looked at again after each write: one
+        that ended may have made another dependent)."""
+        while not self._writing.keys().isdisjoint(
+                self._with_dependents(key) if dependents else (key,)):
             self._written.wait()
 
     def _with_dependents(self, key: ObjectKey) -> set[ObjectKey]:
@@ -766,7 +768,7 @@ class LocalStore:
         return found
 
     def _begin_write(self, key: ObjectKey, obj: Object, *, manifest_status: bool) -> _Write:
-        """Under the lock, after `_wait_for_writes({key})` and the checks: give `obj` its
+        """Under the lock, after `_wait_for_writes(key)` and the checks: give `obj` its
         resourceVersion and claim `key` until `_finish_write`."""
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
         self._writing[key] = obj
