@@ -47,7 +47,6 @@ import collections
 import contextlib
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -57,13 +56,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
 from cryptography.x509 import verification
 
 from bench import b6_idle_certificates as b6
 from bench import b8_cluster as b8
 from bench import reporting
 from bench import workdir as workdir_module
+from certctl.api import conditions
 from certctl.store.kube import KubeStore
 from tests import testservers
 from tests.bind import BindServer
@@ -76,6 +75,7 @@ from tests.clusterops import (
 )
 from tests.controlplane import AuditEvent, ControlPlane
 from tests.pebble import PebbleBuild, PebbleServer, free_port
+from tests.serving import cluster_issuer, eventually, verify_chain
 
 ISSUER = "b8-dns"
 ZONE = "example.test"
@@ -97,43 +97,24 @@ class Issuance:
 
 def _issuer(*, pebble: PebbleServer, bind: BindServer, api_version: str) -> dict[str, Any]:
     """One ClusterIssuer both controllers read alike (certctl takes cert-manager's spec)."""
-    return {
-        "apiVersion": api_version, "kind": "ClusterIssuer", "metadata": {"name": ISSUER},
-        "spec": {"acme": {
-            "server": pebble.directory_url,
-            "email": "b8@example.test",
-            "caBundle": base64.b64encode(pebble.ca_bundle_pem).decode(),
-            "privateKeySecretRef": {"name": f"{ISSUER}-account"},
-            "solvers": [{"dns01": {"rfc2136": bind.rfc2136_solver(secret_name=TSIG_SECRET)}}],
-        }},
-    }
+    issuer = cluster_issuer(pebble, name=ISSUER, api_version=api_version)
+    issuer["spec"]["acme"]["solvers"] = [
+        {"dns01": {"rfc2136": bind.rfc2136_solver(secret_name=TSIG_SECRET)}}]
+    return issuer
 
 
 def _ready(obj: Mapping[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (obj.get("status") or {}).get("conditions") or [])
-
-
-def _wait(what: str, done: Callable[[], bool], *, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} after {timeout:.0f} s")
-        time.sleep(0.2)
+    return conditions.is_true((obj.get("status") or {}).get("conditions") or [], "Ready")
 
 
 def _verifier(pebble: PebbleServer) -> Callable[[str, Mapping[str, Any]], bool]:
     """Whether a Secret's chain verifies to Pebble's issuance root for a host."""
-    roots = x509.load_pem_x509_certificates(pebble.issuance_roots_pem())
-    store = verification.Store(roots)
+    roots = pebble.issuance_roots_pem()
 
     def verifies(host: str, secret: Mapping[str, Any]) -> bool:
         try:
-            chain = x509.load_pem_x509_certificates(
-                base64.b64decode((secret.get("data") or {}).get("tls.crt") or ""))
-            verifier = verification.PolicyBuilder().store(store).build_server_verifier(
-                x509.DNSName(host))
-            verifier.verify(chain[0], chain[1:])
+            verify_chain(base64.b64decode((secret.get("data") or {}).get("tls.crt") or ""),
+                         roots_pem=roots, host=host)
         except (ValueError, verification.VerificationError):
             return False
         return True
@@ -193,14 +174,6 @@ def _servers(work: Path, *, pebble_build: PebbleBuild,
         yield plane, bind, pebble
 
 
-def _spawn(command: Sequence[str], *, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(list(command), cwd=b8.REPO, stdout=out,
-                                stderr=subprocess.STDOUT,
-                                env={**os.environ, "POD_NAME": "controller-0",
-                                     "POD_NAMESPACE": CERTCTL_NAMESPACE})
-
-
 def run_certctl(*, work: Path, count: int, pebble_build: PebbleBuild) -> Issuance:
     with _servers(work, pebble_build=pebble_build) as (plane, bind, pebble), \
             contextlib.ExitStack() as stack:
@@ -212,14 +185,14 @@ def run_certctl(*, work: Path, count: int, pebble_build: PebbleBuild) -> Issuanc
         stack.callback(api.close)
         api.create(obj=bind.tsig_secret_object(namespace=CERTCTL_NAMESPACE, name=TSIG_SECRET))
         api.create(obj=_issuer(pebble=pebble, bind=bind, api_version="certctl.io/v1"))
-        command = [sys.executable, "-m", "certctl", *deployment_args(
+        controller = b8._spawn([*deployment_args(
             deployment, kubeconfig=str(kubeconfigs["certctl-controller"]),
             metrics_address="127.0.0.1", metrics_port=str(free_port()),
-            dns01_recursive_nameservers=bind.nameserver), "--dns01-recursive-nameservers-only"]
-        controller = _spawn(command, log=work / "certctl-controller.log")
+            dns01_recursive_nameservers=bind.nameserver), "--dns01-recursive-nameservers-only"],
+            log=work / "certctl-controller.log", name="certctl-controller")
         stack.callback(b6.stop, controller)
-        _wait("the certctl ClusterIssuer is not Ready", lambda: _ready(
-            api.get(kind="ClusterIssuer", namespace=None, name=ISSUER) or {}))
+        eventually(lambda: _ready(api.get(kind="ClusterIssuer", namespace=None, name=ISSUER)
+                                  or {}), timeout=60, what="the certctl ClusterIssuer Ready")
         return _issue(plane=plane, api=api, pebble=pebble, count=count, controller=controller,
                       user=CONTROLLER_USER)
 
@@ -246,12 +219,13 @@ def run_cert_manager(*, work: Path, count: int, pebble_build: PebbleBuild, qps: 
                                                  name=TSIG_SECRET))
         plane.kubectl("apply", "-f", "-", input=json.dumps(
             _issuer(pebble=pebble, bind=bind, api_version="cert-manager.io/v1")))
-        controller = _spawn([str(built / "bin" / "cert-manager-controller"),
-                             f"-kubeconfig={kubeconfig}",
-                             f"-cluster-resource-namespace={CERT_MANAGER_NAMESPACE}",
-                             f"-dns01-recursive-nameserver={bind.nameserver}",
-                             f"-kube-api-qps={qps}", f"-kube-api-burst={burst}"],
-                            log=work / "cert-manager.log")
+        with (work / "cert-manager.log").open("wb") as log:
+            controller = subprocess.Popen(
+                [str(built / "bin" / "cert-manager-controller"), f"-kubeconfig={kubeconfig}",
+                 f"-cluster-resource-namespace={CERT_MANAGER_NAMESPACE}",
+                 f"-dns01-recursive-nameserver={bind.nameserver}",
+                 f"-kube-api-qps={qps}", f"-kube-api-burst={burst}"],
+                stdout=log, stderr=subprocess.STDOUT)
         stack.callback(b6.stop, controller)
 
         def issuer_ready() -> bool:
@@ -259,7 +233,7 @@ def run_cert_manager(*, work: Path, count: int, pebble_build: PebbleBuild, qps: 
                                   check=False)
             return found.returncode == 0 and _ready(json.loads(found.stdout))
 
-        _wait("the cert-manager ClusterIssuer is not Ready", issuer_ready)
+        eventually(issuer_ready, timeout=60, what="the cert-manager ClusterIssuer Ready")
         return _issue(plane=plane, api=api, pebble=pebble, count=count, controller=controller,
                       user=CERT_MANAGER_USER)
 

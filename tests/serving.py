@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 from cryptography import x509
+from cryptography.x509 import verification
 
 from certctl.controllers import reconciling
 from certctl.controllers.reconciling import Clock
@@ -30,6 +31,16 @@ from certctl.solvers.dns01 import solver as dns01_solver
 from tests.pebble import PebbleServer, free_port
 
 T = TypeVar("T")
+
+
+def verify_chain(chain_pem: bytes, *, roots_pem: bytes, host: str) -> list[x509.Certificate]:
+    """The chain, leaf first; raises `verification.VerificationError` unless `roots_pem`
+    vouches for it as a server certificate for `host`."""
+    chain = x509.load_pem_x509_certificates(chain_pem)
+    verifier = verification.PolicyBuilder().store(verification.Store(
+        x509.load_pem_x509_certificates(roots_pem))).build_server_verifier(x509.DNSName(host))
+    verifier.verify(chain[0], chain[1:])
+    return chain
 
 
 def eventually(check: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:

@@ -28,6 +28,7 @@ from certctl.issuers.acme import errors
 from certctl.issuers.acme.client import AcmeClient, OrderState
 from certctl.solvers.http01 import SelfCheckFailed, self_check
 from tests.pebble import PebbleBuild, PebbleProfile, PebbleServer, free_port
+from tests.serving import verify_chain
 
 
 def _account_key_pem(kind: str = "ec") -> bytes:
@@ -158,15 +159,6 @@ def _issue(
     return valid, chain
 
 
-def _verify_chain(chain_pem: str, *, roots_pem: bytes, name: str) -> None:
-    from cryptography.x509 import verification
-
-    leaf, *intermediates = x509.load_pem_x509_certificates(chain_pem.encode())
-    store = verification.Store(x509.load_pem_x509_certificates(roots_pem))
-    verifier = verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
-    verifier.verify(leaf, intermediates)
-
-
 def test_register_twice_returns_same_account_uri(pebble: PebbleServer) -> None:
     key = _account_key_pem()
     first = _client(pebble, account_key_pem=key)
@@ -191,7 +183,7 @@ def test_http01_issuance_chain_verifies_and_order_resumes_by_url(
         client, responder, "a.example.test", "b.example.test", http_port=pebble.http_port
     )
 
-    _verify_chain(chain, roots_pem=pebble.issuance_roots_pem(), name="b.example.test")
+    verify_chain(chain.encode(), roots_pem=pebble.issuance_roots_pem(), host="b.example.test")
     assert {i.value for i in order.identifiers} == {"a.example.test", "b.example.test"}
     # Our self-check and then Pebble's VA fetched from us (the VA sends the port in Host).
     assert responder.hosts_seen.count(f"a.example.test:{pebble.http_port}") >= 2

@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 from cryptography import x509
-from cryptography.x509 import verification
 from prometheus_client import parser as prometheus_parser
 
 from certctl import cli
-from certctl.pki import inspect
 from certctl.store.kube import KubeStore
 from tests.clusterops import (
     OPERATOR_AGENTS,
@@ -46,7 +44,14 @@ from tests.clusterops import (
     service_with_slice,
 )
 from tests.pebble import PebbleServer, free_port
-from tests.serving import cluster_issuer, dns_names, eventually, https_get, served_certificate
+from tests.serving import (
+    cluster_issuer,
+    dns_names,
+    eventually,
+    https_get,
+    served_certificate,
+    verify_chain,
+)
 from tests.testca import TestCA
 
 if TYPE_CHECKING:
@@ -143,10 +148,8 @@ def test_annotated_ingress_is_issued_and_served_by_sni_over_tls(flow: Flow) -> N
     api, roots = flow.api, flow.pebble.issuance_roots_pem()
     secret = flow.secret
     assert secret["type"] == "kubernetes.io/tls"
-    chain = inspect.split_pem_chain(base64.b64decode(secret["data"]["tls.crt"]))
-    verifier = verification.PolicyBuilder().store(verification.Store(
-        x509.load_pem_x509_certificates(roots))).build_server_verifier(x509.DNSName(HOST))
-    verifier.verify(chain[0], chain[1:])  # raises unless Pebble's root vouches for it
+    # Raises unless Pebble's root vouches for it.
+    verify_chain(base64.b64decode(secret["data"]["tls.crt"]), roots_pem=roots, host=HOST)
     assert dns_names(leaf_of(secret)) == [HOST]
     # What the data plane presents for the name is that certificate, verified by the client.
     assert flow.served.serial_number == leaf_of(secret).serial_number

@@ -15,8 +15,6 @@ from functools import partial
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.x509 import verification
 
 from certctl.pki import inspect, keys
 from certctl.store.kube import KubeStore
@@ -31,6 +29,7 @@ from tests.serving import (
     ingress,
     served_certificate,
     service_with_endpoints,
+    verify_chain,
 )
 
 HOST = "shop.example.test"
@@ -70,10 +69,8 @@ def _assert_issued_once_served_and_clean(
     secret = eventually(partial(_ready_secret, api), timeout=120,
                         what="a Ready certificate and its Secret")
     roots = pebble.issuance_roots_pem()
-    chain = inspect.split_pem_chain(base64.b64decode(secret["data"]["tls.crt"]))
-    verifier = verification.PolicyBuilder().store(verification.Store(
-        x509.load_pem_x509_certificates(roots))).build_server_verifier(x509.DNSName(HOST))
-    verifier.verify(chain[0], chain[1:])  # raises unless Pebble issued it for HOST
+    # Raises unless Pebble issued it for HOST.
+    chain = verify_chain(base64.b64decode(secret["data"]["tls.crt"]), roots_pem=roots, host=HOST)
     assert secret["type"] == "kubernetes.io/tls"
     assert inspect.key_matches_certificate(
         keys.load_private_key(base64.b64decode(secret["data"]["tls.key"])), chain[0])
