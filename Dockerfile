@@ -23,9 +23,10 @@ COPY crds ./crds
 RUN find certctl -name '*.so' -delete \
     && pip wheel --no-cache-dir --wheel-dir /wheels '.[route53]' \
     && python -c "import sys, tomllib, zipfile, pathlib; \
-modules = tomllib.load(open('pyproject.toml', 'rb'))['tool']['certctl']['mypyc']['modules']; \
+mypyc = tomllib.load(open('pyproject.toml', 'rb'))['tool']['certctl']['mypyc']; \
 wheel = zipfile.ZipFile(next(pathlib.Path('/wheels').glob('certctl-*.whl'))).namelist(); \
-missing = [m for m in modules if not any(n.startswith(m[:-3] + '.') and n.endswith('.so') for n in wheel)]; \
+required = [m[:-3] for m in mypyc['modules']] + [mypyc['group'].replace('.', '/') + '__mypyc']; \
+missing = [m for m in required if not any(n.startswith(m + '.') and n.endswith('.so') for n in wheel)]; \
 sys.exit(f'not compiled: {missing}' if missing else 0)"
 # The last command fails the build when setup.py fell back to the sources (a failed
 # compile is a warning for `pip install .`): the image must ship the measured modules.

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Compile the data plane's per-request modules with mypyc into C extensions beside
 # their sources (Python imports those first): about half the CPU per proxied
-# request (bench B4). Each module is built on its own, so no shared library has
-# to be importable from outside the package. Needs a C compiler and the Python
-# headers; without them, or with CERTCTL_PURE_PYTHON=1, the sources run as they are.
-# Run it again after editing one of these modules: until then certctl runs the
-# source of a compiled module older than it (slower), with a warning.
+# request (bench B4). They are compiled together, into one library inside the
+# package that each module's own small extension loads. Needs a C compiler and the
+# Python headers; without them, or with CERTCTL_PURE_PYTHON=1, the sources run as
+# they are. Run it again after editing one of these modules: until then certctl runs
+# the sources of all of them (slower), with a warning.
 # The modules come out of the package's own build (setup.py, via scripts/wheel.py),
 # as `pip install .`, a wheel and the image compile them. The list is pyproject.toml's
-# `[tool.certctl.mypyc] modules`.
+# `[tool.certctl.mypyc] modules`, the library its `group`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"

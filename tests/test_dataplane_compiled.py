@@ -1,6 +1,7 @@
-"""The data plane's per-request modules run compiled, never stale; one that cannot be
-trusted (stale, built for another Python, not loadable) runs from its source instead,
-with a warning, and never stops a command; CERTCTL_PURE_PYTHON=1 runs the sources.
+"""The data plane's per-request modules run compiled, never stale; when one cannot be
+trusted (stale, built for another Python, not loadable) they all run from their sources
+instead (compiled together, a compiled module calls the others' compiled code), with a
+warning, and never stop a command; CERTCTL_PURE_PYTHON=1 runs the sources.
 
 scripts/test.sh runs the data-plane suites twice: compiled, where every listed
 module must be the compiled one and none may have fallen back, and with
@@ -143,6 +144,67 @@ def test_module_compiled_only_for_another_python_runs_its_source(tmp_path: Path)
     assert shown.stdout.splitlines() == [str(directory / "routing.py"),
                                          "certctl.dataplane.routing"]
     assert f"{compiled} was compiled for another Python" in shown.stderr
+
+
+def _with_compiled_modules(directory: Path) -> list[Path]:
+    """The checkout's compiled files (every module's and their library) copied in."""
+    built = sorted((REPO / "certctl" / "dataplane").glob(f"*{SUFFIX}"))
+    if not any("__mypyc" in path.name for path in built):
+        pytest.skip("nothing compiled in this checkout (scripts/compile.sh)")
+    for path in built:
+        shutil.copy2(path, directory / path.name)
+    return [directory / path.name for path in built]
+
+
+# What a command that proxies imports, and then which modules run from their sources.
+SHOW_PROXYING = ("import certctl.dataplane as d, certctl.dataplane.connection as c, "
+                 "certctl.dataplane.upstream as u; print(c.__file__); print(u.__file__); "
+                 "print(','.join(sorted(d.fallbacks)))")
+
+
+def test_one_stale_module_runs_every_module_from_its_source(tmp_path: Path) -> None:
+    # The modules are compiled into one library, where connection calls upstream's
+    # compiled code whatever Python imports for upstream: routing's edited source could
+    # not run beside the others compiled.
+    directory = _checkout(tmp_path)
+    _with_compiled_modules(directory)
+    os.utime(directory / "routing.py")  # edited since
+
+    shown = _python(directory, SHOW_PROXYING)
+    assert shown.returncode == 0, shown.stderr
+    connection, upstream, fallbacks = shown.stdout.splitlines()
+    assert (connection, upstream) == (str(directory / "connection.py"),
+                                      str(directory / "upstream.py"))
+    assert fallbacks == ",".join(f"certctl.dataplane.{module}" for module in sorted(COMPILED))
+    warnings = [line for line in shown.stderr.splitlines() if "certctl/dataplane" in line]
+    assert len(warnings) == 1, shown.stderr
+    assert f"{directory / 'routing.py'} changed after it was compiled" in warnings[0]
+
+    # Compiled anew: the compiled modules run, all of them.
+    for compiled in _with_compiled_modules(directory):
+        os.utime(compiled)
+    shown = _python(directory, SHOW_PROXYING)
+    assert shown.returncode == 0, shown.stderr
+    connection, upstream, fallbacks = shown.stdout.splitlines()
+    assert connection.endswith(SUFFIX) and upstream.endswith(SUFFIX), shown.stdout
+    assert fallbacks == ""
+    assert shown.stderr == ""
+
+
+def test_library_that_does_not_load_runs_every_module_from_its_source(tmp_path: Path) -> None:
+    directory = _checkout(tmp_path)
+    (library,) = [path for path in _with_compiled_modules(directory) if "__mypyc" in path.name]
+    library.write_bytes(b"\x7fELF truncated")
+    shown = _python(directory, SHOW_PROXYING)
+    assert shown.returncode == 0, shown.stderr
+    connection, upstream, fallbacks = shown.stdout.splitlines()
+    assert (connection, upstream) == (str(directory / "connection.py"),
+                                      str(directory / "upstream.py"))
+    assert fallbacks == ",".join(f"certctl.dataplane.{module}" for module in sorted(COMPILED))
+    assert f"connection{SUFFIX} does not load ({library}" in shown.stderr
+
+    helped = _python(directory, HELP)
+    assert helped.returncode == 0, helped.stderr
 
 
 def test_pure_python_runs_the_sources_beside_stale_and_fresh_compiled_ones(

@@ -7,21 +7,26 @@ wheel's compiled modules beside their sources: about half the CPU per request
 of the same modules interpreted (bench B4).
 
 Python imports a compiled module in preference to its source. Importing this
-package decides, once, which of the two runs for each module, so that a
-compiled module that cannot be trusted never stops a command:
+package decides, once, whether the compiled modules or the sources run, so that
+a compiled module that cannot be trusted never stops a command. mypyc compiles
+the modules together, into one library each module's own extension loads: a
+compiled module calls the others' compiled code directly, whatever Python would
+import for them, so one module that cannot be trusted makes them all run from
+their sources:
 
 - `CERTCTL_PURE_PYTHON=1`: every source runs, whatever is compiled beside it.
 - in a source checkout, a compiled module older than its source (the source
-  was edited since) would run code that is no longer there: its source runs,
+  was edited since) would run code that is no longer there: the sources run,
   with one warning naming the files and the fix. In an installed wheel the
   times say nothing (pip writes a module's files in whatever order), and
   nobody edits those sources.
 - a module compiled only for another Python (another file name suffix), or one
-  this Python cannot load (ImportError: another build, a truncated file): its
-  source runs, with a warning.
+  this Python cannot load (ImportError: another build, a truncated file): the
+  sources run, with a warning (after a module that did not load, those of the
+  modules not imported yet).
 
-`fallbacks` lists the modules running from source for the last two reasons, so
-that a test can insist that none did.
+`fallbacks` lists the modules running from source although compiled, and why,
+so that a test can insist that none did.
 """
 
 from __future__ import annotations
@@ -85,7 +90,9 @@ def _compiled_file(directory: Path, stem: str) -> Path | None:
 class _CompiledOrSource(importlib.abc.Loader):
     """Loads a compiled module, or its source when this Python cannot load the compiled one."""
 
-    def __init__(self, *, name: str, compiled: Path, source: Path) -> None:
+    def __init__(self, *, name: str, compiled: Path, source: Path,
+                 finder: _DataPlaneFinder) -> None:
+        self._finder = finder
         self._compiled = importlib.machinery.ExtensionFileLoader(name, str(compiled))
         self._source = importlib.machinery.SourceFileLoader(name, str(source))
         self._from_source = False
@@ -96,8 +103,9 @@ class _CompiledOrSource(importlib.abc.Loader):
         except ImportError as err:
             reason = f"{Path(self._compiled.path).name} does not load ({err})"
             fallbacks[spec.name] = reason
-            logger.warning("certctl/dataplane: %s: running %s instead (slower); %s", reason,
-                           Path(self._source.path).name, COMPILE_HINT)
+            logger.warning("certctl/dataplane: %s: running the sources instead (slower); %s",
+                           reason, COMPILE_HINT)
+            self._finder.run_sources(reason=f"{spec.name} did not load")
             self._from_source = True
             spec.origin = self._source.path  # so that __file__ names what runs
             return None
@@ -119,6 +127,12 @@ class _DataPlaneFinder(importlib.abc.MetaPathFinder):
         self._directory = directory
         self._sources = sources
 
+    def run_sources(self, *, reason: str) -> None:
+        """From now on the compiled modules not imported yet run from their sources."""
+        for stem in _compiled_stems(self._directory) - self._sources:
+            fallbacks.setdefault(f"{__name__}.{stem}", f"compiled with the others: {reason}")
+            self._sources.add(stem)
+
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         package, _, stem = fullname.rpartition(".")
@@ -130,12 +144,20 @@ class _DataPlaneFinder(importlib.abc.MetaPathFinder):
             return None  # nothing compiled (or nothing to fall back to): Python's own rules
         if stem in self._sources:
             return importlib.util.spec_from_file_location(fullname, source)
-        loader = _CompiledOrSource(name=fullname, compiled=compiled, source=source)
+        loader = _CompiledOrSource(name=fullname, compiled=compiled, source=source,
+                                   finder=self)
         return importlib.util.spec_from_file_location(fullname, compiled, loader=loader)
 
 
+def _compiled_stems(directory: Path) -> set[str]:
+    """The modules in `directory` with a source and a compiled file this Python loads."""
+    return {path.stem for path in directory.glob("*.py")
+            if _compiled_file(directory, path.stem) is not None}
+
+
 def _choose(directory: Path) -> set[str]:
-    """The modules whose sources must run although compiled ones are there; warns once."""
+    """The modules whose sources must run although compiled ones are there: none, or all
+    when one cannot be trusted (the module docstring says why); warns once."""
     if os.environ.get(PURE_PYTHON) == "1":
         return {path.stem for path in directory.glob("*.py")}
     reasons: dict[str, str] = {}  # module stem -> why its source runs
@@ -146,10 +168,14 @@ def _choose(directory: Path) -> set[str]:
             reasons[name.removesuffix(".py")] = f"{directory / name} changed after it was compiled"
     for name in foreign_compiled_modules(directory):
         reasons[name.split(".", 1)[0]] = f"{directory / name} was compiled for another Python"
-    if reasons:
-        fallbacks.update({f"{__name__}.{stem}": reason for stem, reason in reasons.items()})
-        logger.warning("certctl/dataplane: %s: running the source instead (slower); %s",
-                       "; ".join(sorted(reasons.values())), COMPILE_HINT)
+    if not reasons:
+        return set()
+    logger.warning("certctl/dataplane: %s: running the sources instead (slower); %s",
+                   "; ".join(sorted(reasons.values())), COMPILE_HINT)
+    untrusted = ", ".join(sorted(reasons))
+    for stem in _compiled_stems(directory) - set(reasons):
+        reasons[stem] = f"compiled with the others: {untrusted}"
+    fallbacks.update({f"{__name__}.{stem}": reason for stem, reason in reasons.items()})
     return set(reasons)
 
 

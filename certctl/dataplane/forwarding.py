@@ -23,7 +23,7 @@ FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host"}
 )
 # The client's fields not passed on (lowercase names).
-NOT_FORWARDED: Final = (
+NOT_FORWARDED: Final[frozenset[bytes]] = (
     upstream.HOP_BY_HOP | frozenset({b"host", b"content-length", b"expect"}) | FORWARDING
 )
 
