@@ -162,6 +162,18 @@ SHOW_PROXYING = ("import certctl.dataplane as d, certctl.dataplane.connection as
                  "print(','.join(sorted(d.fallbacks)))")
 
 
+def _shown_from_sources(directory: Path) -> str:
+    """SHOW_PROXYING in `directory`, where every compiled module must have fallen back to
+    its source; what it wrote on stderr."""
+    shown = _python(directory, SHOW_PROXYING)
+    assert shown.returncode == 0, shown.stderr
+    connection, upstream, fallbacks = shown.stdout.splitlines()
+    assert (connection, upstream) == (str(directory / "connection.py"),
+                                      str(directory / "upstream.py"))
+    assert fallbacks == ",".join(f"certctl.dataplane.{module}" for module in sorted(COMPILED))
+    return shown.stderr
+
+
 def test_one_stale_module_runs_every_module_from_its_source(tmp_path: Path) -> None:
     # The modules are compiled into one library, where connection calls upstream's
     # compiled code whatever Python imports for upstream: routing's edited source could
@@ -170,14 +182,9 @@ def test_one_stale_module_runs_every_module_from_its_source(tmp_path: Path) -> N
     _with_compiled_modules(directory)
     os.utime(directory / "routing.py")  # edited since
 
-    shown = _python(directory, SHOW_PROXYING)
-    assert shown.returncode == 0, shown.stderr
-    connection, upstream, fallbacks = shown.stdout.splitlines()
-    assert (connection, upstream) == (str(directory / "connection.py"),
-                                      str(directory / "upstream.py"))
-    assert fallbacks == ",".join(f"certctl.dataplane.{module}" for module in sorted(COMPILED))
-    warnings = [line for line in shown.stderr.splitlines() if "certctl/dataplane" in line]
-    assert len(warnings) == 1, shown.stderr
+    stderr = _shown_from_sources(directory)
+    warnings = [line for line in stderr.splitlines() if "certctl/dataplane" in line]
+    assert len(warnings) == 1, stderr
     assert f"{directory / 'routing.py'} changed after it was compiled" in warnings[0]
 
     # Compiled anew: the compiled modules run, all of them.
@@ -195,13 +202,7 @@ def test_library_that_does_not_load_runs_every_module_from_its_source(tmp_path: 
     directory = _checkout(tmp_path)
     (library,) = [path for path in _with_compiled_modules(directory) if "__mypyc" in path.name]
     library.write_bytes(b"\x7fELF truncated")
-    shown = _python(directory, SHOW_PROXYING)
-    assert shown.returncode == 0, shown.stderr
-    connection, upstream, fallbacks = shown.stdout.splitlines()
-    assert (connection, upstream) == (str(directory / "connection.py"),
-                                      str(directory / "upstream.py"))
-    assert fallbacks == ",".join(f"certctl.dataplane.{module}" for module in sorted(COMPILED))
-    assert f"connection{SUFFIX} does not load ({library}" in shown.stderr
+    assert f"connection{SUFFIX} does not load ({library}" in _shown_from_sources(directory)
 
     helped = _python(directory, HELP)
     assert helped.returncode == 0, helped.stderr
