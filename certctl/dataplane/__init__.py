@@ -129,9 +129,7 @@ class _DataPlaneFinder(importlib.abc.MetaPathFinder):
 
     def run_sources(self, *, reason: str) -> None:
         """From now on the compiled modules not imported yet run from their sources."""
-        for stem in _compiled_stems(self._directory) - self._sources:
-            fallbacks.setdefault(f"{__name__}.{stem}", f"compiled with the others: {reason}")
-            self._sources.add(stem)
+        self._sources |= _siblings_fall_back(self._directory, skip=self._sources, reason=reason)
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
@@ -149,10 +147,15 @@ class _DataPlaneFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, compiled, loader=loader)
 
 
-def _compiled_stems(directory: Path) -> set[str]:
-    """The modules in `directory` with a source and a compiled file this Python loads."""
-    return {path.stem for path in directory.glob("*.py")
-            if _compiled_file(directory, path.stem) is not None}
+def _siblings_fall_back(directory: Path, *, skip: set[str], reason: str) -> set[str]:
+    """The modules in `directory` with a source and a compiled file this Python loads, but
+    those in `skip`, listed in `fallbacks` as run from their sources for `reason` (another
+    module's: they were compiled with it)."""
+    stems = {path.stem for path in directory.glob("*.py")
+             if path.stem not in skip and _compiled_file(directory, path.stem) is not None}
+    for stem in stems:
+        fallbacks.setdefault(f"{__name__}.{stem}", f"compiled with the others: {reason}")
+    return stems
 
 
 def _choose(directory: Path) -> set[str]:
@@ -172,11 +175,10 @@ def _choose(directory: Path) -> set[str]:
         return set()
     logger.warning("certctl/dataplane: %s: running the sources instead (slower); %s",
                    "; ".join(sorted(reasons.values())), COMPILE_HINT)
-    untrusted = ", ".join(sorted(reasons))
-    for stem in _compiled_stems(directory) - set(reasons):
-        reasons[stem] = f"compiled with the others: {untrusted}"
     fallbacks.update({f"{__name__}.{stem}": reason for stem, reason in reasons.items()})
-    return set(reasons)
+    untrusted = set(reasons)
+    return untrusted | _siblings_fall_back(directory, skip=untrusted,
+                                           reason=", ".join(sorted(untrusted)))
 
 
 sys.meta_path.insert(0, _DataPlaneFinder(directory=Path(__file__).parent,
