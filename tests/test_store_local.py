@@ -723,6 +723,47 @@ def test_a_shared_list_hands_out_the_stored_objects_without_copying(tmp_path: Pa
     assert copied == first and copied is not first
 
 
+def _annotated(name: str) -> dict[str, Any]:
+    # Each object's annotation key built at run time: equal strings, not one object.
+    key = "".join(("example.com/", "owner-team"))
+    return secret(name, metadata={"name": name, "namespace": "default",
+                                  "annotations": {key: "web"}})
+
+
+def test_stored_objects_share_their_keys_whoever_wrote_them(tmp_path: Path) -> None:
+    """Every object a store keeps repeats the same field and annotation names: one string
+    for each, not one per object (a certificate's objects in `certctl serve` held ~9 KB of
+    copies of them), whether created, replaced or written a status."""
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "two.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+         "data": {"some-setting": "on"}} for name in ("m1", "m2")]))
+    store = new_store(tmp_path, manifests=True)
+    store.reload_manifests()
+    store.create(obj=_annotated("a"))
+    replaced = store.create(obj=_annotated("b"))
+    replaced["metadata"]["annotations"] = _annotated("b")["metadata"]["annotations"]
+    store.replace(obj=replaced)
+    store.create(obj=_annotated("c"))
+    with_status = store.get(kind="Secret", namespace="default", name="c")
+    assert with_status is not None
+    with_status["status"] = {"observed-by": "x"}
+    store.replace_status(obj=with_status)
+
+    secrets = store.list(kind="Secret", shared=True)
+    keys = [next(iter(obj["metadata"]["annotations"])) for obj in secrets]
+    assert len(keys) == 3 and keys[0] == "example.com/owner-team"
+    assert all(key is keys[0] for key in keys)
+    assert all(next(iter(obj["metadata"])) is next(iter(secrets[0]["metadata"]))
+               for obj in secrets)
+    parsed = store.list(kind="ConfigMap", shared=True)
+    assert [next(iter(obj["data"])) for obj in parsed] == ["some-setting"] * 2
+    assert next(iter(parsed[0]["data"])) is next(iter(parsed[1]["data"]))
+    # What readers get stays their own copy.
+    copied = store.get(kind="Secret", namespace="default", name="a")
+    assert copied == secrets[0] and copied is not secrets[0]
+
+
 def test_one_process_at_a_time_holds_a_state_dir_and_clears_what_a_killed_writer_left(
     tmp_path: Path,
 ):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import datetime
 import marshal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -163,6 +164,32 @@ def copy_object(value: _T) -> _T:
         except RecursionError:
             copied = copy.deepcopy(value)
     return copied
+
+
+def kept_copy(value: _T) -> _T:
+    """A deep copy for a store to keep, as `copy_object` makes, with every mapping key
+    interned: the objects a store keeps repeat the same field, label and annotation names,
+    and marshal's copies (format 2) gave each object its own strings for them, about 9 KB
+    of the 30 KB a certificate's objects take in `certctl serve` (B2). Interned keys stay
+    shared for as long as an object holding them is kept. Strings that are values are
+    taken as they are (immutable: shared with `value`)."""
+    try:
+        copied: _T = _interned_tree(value)
+    except RecursionError:
+        copied = copy.deepcopy(value)
+    return copied
+
+
+def _interned_tree(value: Any) -> Any:
+    kind = type(value)
+    if kind is dict:
+        return {(sys.intern(key) if type(key) is str else key): _interned_tree(item)
+                for key, item in value.items()}
+    if kind is list:
+        return [_interned_tree(item) for item in value]
+    if kind in _IMMUTABLE:
+        return value
+    return copy.deepcopy(value)
 
 
 def _copy_tree(value: Any) -> Any:

@@ -438,7 +438,7 @@ class LocalStore:
             self._wait_for_writes(key)
             if self._visible(key) is not None:
                 raise interface.AlreadyExists(f"{key} already exists")
-            stored = interface.copy_object(obj)
+            stored = interface.kept_copy(obj)
             metadata = stored.setdefault("metadata", {})
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault("creationTimestamp", _now_rfc3339())
@@ -466,12 +466,12 @@ class LocalStore:
                 "resourceVersion"
             ):
                 raise interface.Conflict(f"{key} was modified; re-read it and try again")
-            stored = interface.copy_object(current)
+            stored = interface.kept_copy(current)
             if status_only:
-                stored["status"] = interface.copy_object(obj.get("status", {}))
+                stored["status"] = interface.kept_copy(obj.get("status", {}))
             else:
                 status = stored.get("status")
-                stored = interface.copy_object(obj)
+                stored = interface.kept_copy(obj)
                 stored["metadata"]["uid"] = current["metadata"].get("uid")
                 stored["metadata"]["creationTimestamp"] = current["metadata"].get(
                     "creationTimestamp"
@@ -1277,13 +1277,14 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
     if previous is not None and previous.digest == digest:
         return dataclasses.replace(previous, signature=signature, settled=settled)
     documents = None if cache is None else cache.load(digest, data=data)
-    # Documents share parts only through YAML anchors (`&name`), never when read from the
-    # cache (`dump_cache` builds containers anew; the spans it parses apart it copies apart).
-    shared = False
+    # Documents read from the cache share their equal strings (`dump_cache`) and no parts
+    # (it builds containers anew; the spans it parses apart it copies apart). Parsed now,
+    # each gets a copy with interned keys (`kept_copy`), which also copies apart the parts
+    # YAML anchors (`&name`) share between documents.
+    parsed_now = documents is None
     if documents is None:
         documents = (cache.store(digest, data=data) if cache is not None and keep_now
                      else parse_manifest(data))
-        shared = b"&" in data
     created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     # An edit of one document leaves the others as they were: they keep the objects parsed
@@ -1298,8 +1299,7 @@ def _read_manifest(path: Path, *, previous: _ParsedFile | None,
         if problem is not None:
             entries.append(ManifestError(source=where, message=problem))
             continue
-        # A copy when YAML anchors may share parts between documents.
-        obj = interface.copy_object(document) if shared else document
+        obj = interface.kept_copy(document) if parsed_now else document
         metadata = obj["metadata"]
         info = kinds.lookup(obj["kind"])
         if info is not None and info.namespaced:
