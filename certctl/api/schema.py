@@ -302,8 +302,8 @@ def validate(obj: Mapping[str, Any], *, source: str | None = None) -> None:
     (it carries `metadata.managedFields`, which only the server writes) passed
     the CRD's rules there; it gets the structural check alone (a tenth of a
     millisecond), which keeps this module's readers safe from a cluster whose
-    CRDs are older than certctl. Outcomes are remembered by content, as
-    reconcilers read the same objects again and again.
+    CRDs are older than certctl. Outcomes are remembered by the content's
+    digest, as reconcilers read the same objects again and again.
     """
     kind = kinds()[obj["kind"]]
     metadata = obj.get("metadata")
@@ -316,12 +316,7 @@ def validate(obj: Mapping[str, Any], *, source: str | None = None) -> None:
     except TypeError:  # a value JSON has not (a date PyYAML made): checked, not remembered
         found = next(_violations(kind, _without_nulls(checked), cel=cel), None)
     else:
-        digest = _content_digest(kind.kind, content) if cel else None
-        if digest is not None and _valid.seen(digest):
-            return
         found = _first_violation(kind.kind, content, cel=cel)
-        if found is None and digest is not None:
-            _valid.add(digest)
     if found is None:
         return
     name, namespace = metadata.get("name"), metadata.get("namespace")
@@ -340,37 +335,44 @@ def _content_digest(kind: str, content: str) -> bytes:
     return hashlib.sha256(f"{kind}\0{content}".encode()).digest()
 
 
-class _ValidContents:
-    """Digests of the contents found valid with every rule (CEL included), the most
-    recently seen last and at most `limit`: what a later process with the same CRDs may
-    take as valid without running the rules again (`valid_digests`, `remember_valid`).
-    `certctl serve` keeps them across a restart, whose pass over 10,000 Certificates
-    spent half its CPU on their rules and meanwhile slowed the data plane's handshakes."""
+class _Outcomes:
+    """What the checks found for contents, by the contents' digest: valid (None) or the
+    first violation; the most recently seen last and at most `limit`. By digest, not by
+    content: an object's JSON, kept for each content checked, was about 2 KB of every
+    certificate's memory in `certctl serve`."""
 
     def __init__(self, *, limit: int) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._digests: dict[bytes, None] = {}
+        self._found: dict[bytes, Violation | None] = {}
 
-    def seen(self, digest: bytes) -> bool:
+    def get(self, digest: bytes) -> tuple[bool, Violation | None]:
+        """Whether `digest` is remembered, and what was found for it."""
         with self._lock:
-            if digest not in self._digests:
-                return False
-            self._digests[digest] = self._digests.pop(digest)
-            return True
+            if digest not in self._found:
+                return False, None
+            found = self._found[digest] = self._found.pop(digest)
+            return True, found
 
-    def add(self, digest: bytes) -> None:
+    def put(self, digest: bytes, found: Violation | None) -> None:
         with self._lock:
-            self._digests[digest] = None
-            while len(self._digests) > self._limit:
-                del self._digests[next(iter(self._digests))]
+            self._found[digest] = found
+            while len(self._found) > self._limit:
+                del self._found[next(iter(self._found))]
 
-    def digests(self) -> list[bytes]:
+    def valid(self) -> list[bytes]:
         with self._lock:
-            return list(self._digests)
+            return [digest for digest, found in self._found.items() if found is None]
 
 
-_valid = _ValidContents(limit=65536)
+# The contents found valid with every rule (CEL included) are what a later process with
+# the same CRDs may take as valid without running the rules again (`valid_digests`,
+# `remember_valid`): `certctl serve` keeps them across a restart, whose pass over 10,000
+# Certificates spent half its CPU on their rules and meanwhile slowed the data plane's
+# handshakes. Contents checked without the rules (objects from an API server) are
+# remembered apart (`_structure_only`), so that none of them passes for one checked with them.
+_valid = _Outcomes(limit=65536)
+_structure_only = _Outcomes(limit=16384)
 
 
 @functools.cache
@@ -387,20 +389,27 @@ def crds_digest() -> bytes:
 
 def valid_digests() -> list[bytes]:
     """The contents this process found valid (or was handed as valid), least recent first."""
-    return _valid.digests()
+    return _valid.valid()
 
 
 def remember_valid(digests: list[bytes]) -> None:
     """Take contents an earlier process with the same CRDs (`crds_digest`) found valid."""
     for digest in digests:
-        _valid.add(digest)
+        _valid.put(digest, None)
 
 
-# Bounded so that edited objects' old contents go; large enough for every object of a
-# big cluster (entries are the size of an object's JSON).
-@functools.lru_cache(maxsize=16384)
 def _first_violation(kind: str, content: str, *, cel: bool) -> Violation | None:
-    return next(_violations(kinds()[kind], _without_nulls(json.loads(content)), cel=cel), None)
+    """The first problem in `content` (an object's JSON without its status), remembered by
+    digest: reconcilers read the same objects again and again. Bounded, so that edited
+    objects' old contents go; large enough for every object of a big cluster."""
+    outcomes = _valid if cel else _structure_only
+    digest = _content_digest(kind, content)
+    known, found = outcomes.get(digest)
+    if not known:
+        found = next(_violations(kinds()[kind], _without_nulls(json.loads(content)), cel=cel),
+                     None)
+        outcomes.put(digest, found)
+    return found
 
 
 def violations(obj: Mapping[str, Any]) -> list[Violation]:
