@@ -59,15 +59,26 @@ def machine_table(rows: Sequence[tuple[str, str]]) -> str:
     return "| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
 
 
+class NestedSection(Exception):
+    """A section of RESULTS.md holds another's markers: replacing it would erase that one."""
+
+
 def write_results(*, name: str, section: str) -> None:
     """Replace the script's section of RESULTS.md between its own markers (read now:
-    other scripts write theirs too); a first run appends it."""
+    other scripts write theirs too); a first run appends it. NestedSection, writing
+    nothing, when the section found holds another script's markers (one was once
+    written inside another's, and the outer one's next run took it away)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{section.rstrip()}\n{end}\n"
     text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else RESULTS_HEADER
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
+    pattern = re.compile(re.escape(begin) + r"(.*?)" + re.escape(end) + r"\n?", re.DOTALL)
+    found = pattern.search(text)
+    if found is None:
         text = text.rstrip("\n") + "\n\n" + block
+    else:
+        inner = re.search(r"<!-- [\w-]+:(?:begin|end) -->", found.group(1))
+        if inner is not None:
+            raise NestedSection(f"{RESULTS_PATH}: {name}'s section holds {inner.group(0)}; "
+                                "move that section out of it first")
+        text = text[:found.start()] + block + text[found.end():]
     RESULTS_PATH.write_text(text)

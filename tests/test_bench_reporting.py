@@ -1,0 +1,34 @@
+"""bench/reporting.write_results: a script's section of RESULTS.md, and only its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import reporting
+
+
+def test_a_rerun_replaces_its_own_section_and_keeps_the_hand_written_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(reporting, "RESULTS_PATH", results)
+    reporting.write_results(name="b1", section="first b1")
+    reporting.write_results(name="b2", section="first b2")
+    results.write_text(results.read_text() + "hand-written note\n")
+    reporting.write_results(name="b1", section="second b1")
+    text = results.read_text()
+    assert "second b1" in text and "first b1" not in text
+    assert text.index("first b2") < text.index("hand-written note")
+
+
+def test_a_section_holding_another_ones_markers_is_left_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(reporting, "RESULTS_PATH", results)
+    nested = ("# Benchmark results\n\n<!-- scale:begin -->\n<!-- peer:begin -->\npeer table\n"
+              "<!-- peer:end -->\nscale table\n<!-- scale:end -->\n")
+    results.write_text(nested)
+    with pytest.raises(reporting.NestedSection, match="scale's section holds <!-- peer:begin"):
+        reporting.write_results(name="scale", section="new scale table")
+    assert results.read_text() == nested
