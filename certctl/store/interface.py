@@ -150,52 +150,39 @@ def copy_object(value: _T) -> _T:
     The local store returns one from every read (10,000 Secrets per data-plane refresh),
     the watch cache one of each Order and Challenge the controller reads. Plain data (dicts,
     lists, strings, numbers, bytes, sets) goes through marshal, in C; what marshal
-    refuses (timestamps YAML parsed, subclasses) is copied dict by dict and list by
-    list, and objects that contain themselves (YAML anchors can build them) go to
-    `copy.deepcopy`. Shared parts come out as separate, equal copies.
+    refuses (timestamps YAML parsed, subclasses) is copied as `kept_copy` copies.
+    Shared parts come out as separate, equal copies.
     """
     plain: Any = value
     try:
         # Only the bytes made on this line are read back.
         copied: _T = marshal.loads(marshal.dumps(plain, _MARSHAL_VERSION))  # noqa: S302
     except ValueError:
-        try:
-            copied = _copy_tree(value)
-        except RecursionError:
-            copied = copy.deepcopy(value)
+        copied = kept_copy(value)
     return copied
 
 
 def kept_copy(value: _T) -> _T:
-    """A deep copy for a store to keep, as `copy_object` makes, with every mapping key
-    interned: the objects a store keeps repeat the same field, label and annotation names,
-    and marshal's copies (format 2) gave each object its own strings for them, about 9 KB
-    of the 30 KB a certificate's objects take in `certctl serve` (B2). Interned keys stay
-    shared for as long as an object holding them is kept. Strings that are values are
-    taken as they are (immutable: shared with `value`)."""
+    """A deep copy for a store to keep, dict by dict and list by list, with every mapping
+    key interned: the objects a store keeps repeat the same field, label and annotation
+    names, and marshal's copies (format 2) gave each object its own strings for them, about
+    9 KB of the 30 KB a certificate's objects take in `certctl serve` (B2). Interned keys
+    stay shared for as long as an object holding them is kept. Strings that are values are
+    taken as they are (immutable: shared with `value`); shared parts come out as separate,
+    equal copies, and objects that contain themselves (YAML anchors can build them) go to
+    `copy.deepcopy`."""
     try:
-        copied: _T = _interned_tree(value)
+        copied: _T = _copy_tree(value)
     except RecursionError:
         copied = copy.deepcopy(value)
     return copied
 
 
-def _interned_tree(value: Any) -> Any:
-    kind = type(value)
-    if kind is dict:
-        return {(sys.intern(key) if type(key) is str else key): _interned_tree(item)
-                for key, item in value.items()}
-    if kind is list:
-        return [_interned_tree(item) for item in value]
-    if kind in _IMMUTABLE:
-        return value
-    return copy.deepcopy(value)
-
-
 def _copy_tree(value: Any) -> Any:
     kind = type(value)
     if kind is dict:
-        return {key: _copy_tree(item) for key, item in value.items()}
+        return {(sys.intern(key) if type(key) is str else key): _copy_tree(item)
+                for key, item in value.items()}
     if kind is list:
         return [_copy_tree(item) for item in value]
     if kind in _IMMUTABLE:
