@@ -232,8 +232,8 @@ def test_the_contents_checked_are_remembered_by_digest_not_kept():
     schema.validate(certificate())  # the rules compiled before counting
     long_name = ".".join(["x" * 60] * 4)  # no rule reads secretName: only this entry keeps it
     contents = [certificate(secretName=f"{index}{long_name}") for index in range(200)]
-    # What is allocated while validating and still held after: outside the test's own
-    # frames, which pytest (its log capture) may fill meanwhile.
+    # What validating allocated (under schema.py's frames) and still holds after: not
+    # what the test itself or pytest allocate meanwhile.
     only_validation = [tracemalloc.Filter(True, schema.__file__, all_frames=True)]
     tracemalloc.start(64)
     try:
