@@ -167,10 +167,12 @@ def kept_copy(value: _T) -> _T:
     key interned: the objects a store keeps repeat the same field, label and annotation
     names, and marshal's copies (format 2) gave each object its own strings for them, about
     9 KB of the 30 KB a certificate's objects take in `certctl serve` (B2). Interned keys
-    stay shared for as long as an object holding them is kept. Strings that are values are
-    taken as they are (immutable: shared with `value`); shared parts come out as separate,
-    equal copies, and objects that contain themselves (YAML anchors can build them) go to
-    `copy.deepcopy`."""
+    stay shared for as long as an object holding them is kept. Keys only: they are a
+    bounded vocabulary, so even where interned strings never die (Python 3.12.0-3.12.4,
+    cpython#113993) they cannot pile up as values would (names, uids, times). Strings that
+    are values are taken as they are (immutable: shared with `value`); shared parts come
+    out as separate, equal copies, and objects that contain themselves (YAML anchors can
+    build them) go to `copy.deepcopy`."""
     try:
         copied: _T = _copy_tree(value)
     except RecursionError:
