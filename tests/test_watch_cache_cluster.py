@@ -109,6 +109,36 @@ def test_a_listing_drops_what_was_deleted_unseen_and_adds_what_is_new(
             admin.list(kind="Secret", namespace=ns))
 
 
+def test_objects_from_watch_events_share_their_keys_in_memory(
+    control_plane: ControlPlane,
+) -> None:
+    """Each watch event is decoded on its own, with key strings of its own: kept as they
+    came, every renewed Secret would add its own copies of every field and managedFields
+    name to a long-running process. In memory they are one string each."""
+    with contextlib.ExitStack() as cleanup:
+        ns = cleanup.enter_context(namespace(control_plane, "watch-cache-keys"))
+        admin, backing, cache = cleanup.enter_context(_stores(control_plane, ns))
+        cache.seed()
+        watches = KubeWatches(store=backing, cache=cache, listener=lambda event: None)
+        watches.start()
+        cleanup.callback(watches.stop)
+        for name in ("one", "two"):
+            secret = _secret(name, ns)
+            secret["metadata"]["annotations"] = {"example.com/owner-team": "web"}
+            admin.create(obj=secret)
+        eventually(lambda: set(_state(cache.list(kind="Secret", namespace=ns)))
+                   >= {"one", "two"}, what="both Secrets in the cache")
+
+        one, two = sorted((obj for obj in cache.list(kind="Secret", namespace=ns, shared=True)
+                           if obj["metadata"]["name"] in ("one", "two")),
+                          key=lambda obj: obj["metadata"]["name"])
+        [key_one], [key_two] = one["metadata"]["annotations"], two["metadata"]["annotations"]
+        assert key_one == key_two == "example.com/owner-team" and key_one is key_two
+        fields_one = next(iter(one["metadata"]["managedFields"]))
+        fields_two = next(iter(two["metadata"]["managedFields"]))
+        assert all(a is b for a, b in zip(fields_one, fields_two, strict=True))
+
+
 def test_an_older_event_or_listing_does_not_undo_a_newer_one(control_plane: ControlPlane) -> None:
     with contextlib.ExitStack() as cleanup:
         ns = cleanup.enter_context(namespace(control_plane, "watch-cache-order"))

@@ -39,6 +39,7 @@ from certctl.store.interface import (
     StoreError,
     WatchEvent,
     copy_object,
+    kept_copy,
 )
 from certctl.store.kube import KubeStore, labels_match
 
@@ -142,11 +143,18 @@ class WatchCache(ForwardingStore):
                 if deleted_at is not None and version is not None and version <= deleted_at:
                     return False
                 del self._tombstones[event.key]  # created again
-            self._put(event.key, self._kept(event.key.kind, event.obj))
+            self._put(event.key, self._kept(event.key.kind, event.obj, alone=True))
         return True
 
-    def _kept(self, kind: str, obj: Object) -> Object:
-        return obj if kind in self._serves else _skeleton(obj)
+    def _kept(self, kind: str, obj: Object, *, alone: bool = False) -> Object:
+        """What memory keeps of `obj`: all of it for the kinds it serves, else a skeleton.
+        `alone`: decoded on its own (a watch event, a write's answer), so with key strings
+        of its own, which every renewal's event would add to a long-running process; kept
+        with interned ones (`kept_copy`). A listing's objects share theirs already (the
+        JSON decoder makes one string of each key of a response)."""
+        if kind not in self._serves:
+            return _skeleton(obj)
+        return kept_copy(obj) if alone else obj
 
     def seed(self, kinds: Iterable[str] | None = None) -> list[WatchEvent]:
         """List every kind (or `kinds`) and merge (see the module docstring); a kind whose
@@ -337,7 +345,7 @@ class WatchCache(ForwardingStore):
         current = self._objects[key.kind].get(key)
         if current is not None and not _newer(_version(obj), _version(current)):
             return False
-        self._put(key, copy_object(obj))
+        self._put(key, kept_copy(obj))  # decoded on its own: see `_kept`
         self._tombstones.pop(key, None)
         return True
 
