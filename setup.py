@@ -17,6 +17,7 @@ and scripts/compile.sh compiles them in place, again after every edit.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tomllib
@@ -29,6 +30,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 
 
+@functools.cache  # one read of pyproject.toml per build: the modules, then the group
 def _mypyc_settings() -> dict[str, Any]:
     with (ROOT / "pyproject.toml").open("rb") as file:
         settings: dict[str, Any] = tomllib.load(file)["tool"]["certctl"]["mypyc"]
