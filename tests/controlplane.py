@@ -84,7 +84,8 @@ AUDIT_POLICY = {
         {"level": "RequestResponse", "verbs": ["create", "update", "patch"],
          "resources": [{"group": "networking.k8s.io", "resources": ["ingresses"]},
                        {"group": "certctl.io", "resources": ["orders", "orders/status",
-                                                             "challenges/status"]}]},
+                                                             "challenges/status",
+                                                             "certificates/status"]}]},
         {"level": "Metadata"},
     ],
 }

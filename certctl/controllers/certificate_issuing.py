@@ -48,10 +48,13 @@ def store_issued(
     now: datetime.datetime,
     failures: int,
     settings: Settings,
+    requested: str | None = None,
 ) -> Result:
     """Write the new certificate: kept copy first, then the Secret, then the status.
 
-    `current` is the Secret as this pass read it (None: there is none).
+    `current` is the Secret as this pass read it (None: there is none). `requested`: which
+    order issued it and why, for the Event, when no Requested Event told it
+    (`Settings.untold_issuance`).
     """
     certificate = fallback.certificate
     leaf = inspect.split_pem_chain(chain_pem)[0]
@@ -101,6 +104,7 @@ def store_issued(
     certificate_orders.prune_orders(store, fresh, certificate=certificate)
     store.emit_event(obj=fresh, type="Normal", reason="Issuing",
                      message="The certificate has been successfully issued"
+                     + ("" if requested is None else f" {requested}")
                      + certificate_status.issued_by_note(passed_over, ref=fallback.ref))
     data_input = certificate_issuer.with_renewal_info(
         store, fresh, data=policies.read_input(certificate=certificate, secret=secret, now=now,

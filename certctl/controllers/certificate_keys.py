@@ -51,15 +51,17 @@ def next_key_name(certificate: Certificate) -> str:
 
 
 def next_private_key(
-    store: Store, obj: Object, *, certificate: Certificate, data: policies.Input
+    store: Store, obj: Object, *, certificate: Certificate, data: policies.Input,
+    placed: bool,
 ) -> keys.PrivateKey:
     """The key the pending ACME issuance uses, kept in a Secret so restarts reuse it.
 
     The Certificate's status names that Secret from the pass that placed the order on
-    (`status.nextPrivateKeySecretName`); before, there is none to read, unless a pass
-    stopped between creating it and writing the status: the create meets it then."""
+    (`status.nextPrivateKeySecretName`), or this process knows it `placed` the order (an
+    issuance not told of yet); before, there is none to read, unless a pass stopped
+    between creating it and writing the status: the create meets it then."""
     name = next_key_name(certificate)
-    named = (obj.get("status") or {}).get("nextPrivateKeySecretName") == name
+    named = placed or (obj.get("status") or {}).get("nextPrivateKeySecretName") == name
     existing = store.get(kind="Secret", namespace=certificate.namespace,
                          name=name) if named else None
     stored = _stored_key(existing, certificate=certificate)

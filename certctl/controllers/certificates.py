@@ -20,7 +20,10 @@ One pass decides, in cert-manager's order:
   from a hash of everything the CSR depends on, so a restart finds the order
   it placed instead of placing a second one, and counted against the order
   budget before it is placed; it names the certificate it `replaces`, and a
-  `spec.acme.profile` the CA does not offer stops it before ordering);
+  `spec.acme.profile` the CA does not offer stops it before ordering); the status says
+  Issuing, and the Requested Event is emitted, once the order has run a second
+  (`Settings.untold_issuance`): most end sooner, and then the status is written once,
+  at the end, and the Issuing Event names the Order and why it was placed;
 - when the certificate is there: write the `kubernetes.io/tls` Secret, keep a
   copy, bump the revision, mark Ready and requeue at the renewal time, or at
   the CA's next ARI check when that comes first (a timer in the work queue,
@@ -73,6 +76,7 @@ RESTORABLE = (policies.DOES_NOT_EXIST, policies.INVALID_CERTIFICATE, policies.IN
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     obj = store.get(kind="Certificate", namespace=key.namespace, name=key.name)
     if obj is None:
+        settings.untold.pop(key)
         return Result.done()
     now = settings.clock()
     try:
@@ -149,8 +153,11 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     # once an issuance: a pass that found none went on to place the order and said
     # Issuing for this reason, and the passes after it (one per step of the order) would
     # each ask the API for the same missing Secret, when a copy could not save the order.
-    looked_for_copy = (issuing is not None and issuing.status == "True"
-                       and issuing.reason == violation.reason)
+    # An issuance not told of yet (`Settings.untold_issuance`) looked too.
+    untold = settings.untold.get(key)
+    looked_for_copy = ((issuing is not None and issuing.status == "True"
+                        and issuing.reason == violation.reason)
+                       or (untold is not None and untold.reason == violation.reason))
     if order_server is not None and violation.reason in RESTORABLE and not looked_for_copy:
         restored = certificate_issuing.restore_kept_copy(
             store, obj, certificate=certificate, violation=violation, now=now,
@@ -195,7 +202,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             secret=secret, now=now, settings=settings, env=env, keep_ready=readiness is None)
 
     private_key = certificate_keys.next_private_key(store, obj, certificate=certificate,
-                                                    data=data)
+                                                    data=data, placed=untold is not None)
     order_name = certificate_orders.order_name(certificate=certificate, obj=obj,
                                                private_key=private_key, failures=failures,
                                                issuer=fallback.ref)
@@ -216,8 +223,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         assert isinstance(outcome, protocol.Ordered)  # an issuer that places orders
         order = certificate_orders.create_order(store, obj, certificate=certificate,
                                                 name=order_name, spec=outcome.spec, now=now)
-        store.emit_event(obj=obj, type="Normal", reason="Requested",
-                         message=f"Created new Order {order_name}: {violation.message}")
+        started = certificate_settings.Untold(order=order_name, at=now,
+                                              reason=violation.reason, message=violation.message)
+        if settings.untold_issuance:
+            settings.untold.start(key, started)
+            untold = started
+        else:
+            store.emit_event(obj=obj, type="Normal", reason="Requested",
+                             message=started.requested)
 
     order_status = OrderStatus.from_object(order)
     if order_status.state == "valid" and order_status.certificate:
@@ -229,12 +242,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                 store=store, ref=ledger, ledger=order_budget.read_ledger(store=store, ref=ledger),
                 order=f"{certificate.namespace}/{order_name}", now=now,
                 budget=settings.order_budget)
+        untold = settings.untold.pop(key, order=order_name)
         return certificate_issuing.store_issued(
             store, obj, fallback=fallback, issuer=issuer, private_key=private_key,
             chain_pem=order_status.certificate, ca_pem=None, current=secret,
-            failed_request=order_name, now=now,
-            failures=failures, settings=settings)
+            failed_request=order_name, now=now, failures=failures, settings=settings,
+            requested=None if untold is None else f"by Order {order_name} ({untold.message})")
     if order_status.state in ("invalid", "errored"):
+        settings.untold.pop(key)
         if settings.order_budget is not None:
             order_budget.refund_order(store=store, ref=certificate_orders.ledger_ref(
                 certificate=certificate, server=order_server, settings=settings),
@@ -262,6 +277,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                     certificate=certificate, server=order_server, settings=settings),
                     order=f"{certificate.namespace}/{order_name}")
             store.delete(kind="Order", namespace=certificate.namespace, name=order_name)
+            settings.untold.pop(key)
             return certificate_fallback.fall_back(
                 store, obj, fallback=fallback, now=now, request=None,
                 reason=issuer_fallback.CA_UNREACHABLE,
@@ -269,6 +285,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                 f"{parsing.format_duration(settings.order_placement_timeout)} (the Order's "
                 "events say why)")
         wake = (deadline - now).total_seconds()
+    if untold is not None and untold.order == order_name:
+        unsaid = (untold.at + settings.untold_issuance - now).total_seconds()
+        if unsaid > 0:
+            return Result.after(unsaid if wake is None else min(unsaid, wake))
+        settings.untold.pop(key)
+        store.emit_event(obj=obj, type="Normal", reason="Requested", message=untold.requested)
     status = CertificateStatus.from_object(obj)
     status.set_condition(type="Issuing", status="True", reason=violation.reason,
                          message=violation.message, now=now,
