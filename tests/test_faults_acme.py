@@ -316,6 +316,37 @@ def test_an_order_whose_challenges_passed_is_finalized_without_asking_for_it_fir
         "finalized once, not again on an orderNotReady"
 
 
+def test_an_order_is_not_read_while_its_challenges_are_at_work(
+    tmp_path: Path, pebble: PebbleServer
+) -> None:
+    """Each step of a Challenge (created, presented, answered) wakes its Order; until one
+    of them ends, the CA has nothing new to say of the order, so the Order does not ask
+    it: the order is read only after the finalize (it was read once before it too, one
+    ACME request a certificate more)."""
+    hosts = _hosts(4)
+    with gated(pebble) as gate:
+        manifests = _manifests(tmp_path, pebble, gate, hosts)
+        roots = pebble.issuance_roots_pem()
+        run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble).start()
+        try:
+            for host in hosts:
+                eventually(partial(_served, run.https_port, host, roots), timeout=60,
+                           what=f"a verified certificate for {host}")
+        finally:
+            run.stop()
+        exchanges = list(gate.exchanges)
+    finalized: set[str] = set()
+    read_before_finalize = []
+    for exchange in exchanges:
+        if is_finalize(exchange):
+            finalized.add(exchange.path.removeprefix(FINALIZE_PREFIX))
+        elif (exchange.path.startswith(ORDER_PREFIX) and exchange.post_as_get
+              and exchange.path.removeprefix(ORDER_PREFIX) not in finalized):
+            read_before_finalize.append(exchange.path)
+    assert len(finalized) == len(hosts)
+    assert read_before_finalize == []
+
+
 @contextmanager
 def slow_forwarder(*, listen_port: int, target_port: int, delay: float) -> Iterator[None]:
     """TCP from 127.0.0.1:`listen_port` to `target_port`, each connection held `delay` s first."""

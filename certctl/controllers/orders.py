@@ -5,12 +5,13 @@ so a restarted controller continues the order it placed instead of placing
 another (the window between the server's answer and the status write is the
 only one in which a crash costs a second order). Each pending authorization
 gets a Challenge object; Challenges report back through their status, which
-re-triggers this reconciler (they are owned by the Order). While the order is
-pending, a Challenge is also the record of its authorization (identifier,
-challenge, token): the Order's status then lists the authorizations' URLs only,
-and says more before that only for what no Challenge tells (an authorization
-valid when fetched, a challenge type fallen back to). The final status lists them
-in full. One status write an issuance fewer (bench B8: 19 -> 18 writes a
+re-triggers this reconciler (they are owned by the Order); while each is still at
+work, those passes do not ask the CA about the order (the timer does, every
+PENDING_POLL). While the order is pending, a Challenge is also the record of its
+authorization (identifier, challenge, token): the Order's status then lists the
+authorizations' URLs only, and says more before that only for what no Challenge
+tells (an authorization valid when fetched, a challenge type fallen back to). The
+final status lists them in full. One status write an issuance fewer (bench B8: 19 -> 18 writes a
 certificate).
 
 Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
@@ -63,6 +64,7 @@ FINAL_STATES: tuple[OrderState, ...] = ("valid", "invalid", "errored")
 PROCESSING_POLL = 0.1
 # Safety net while challenges run: their status changes wake us up anyway.
 PENDING_POLL = 5.0
+UNCHANGED_PENDING = datetime.timedelta(seconds=PENDING_POLL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,15 +75,22 @@ class Settings:
     # after a restart an order whose challenges passed is finalized once more, which a CA
     # answers with orderNotReady if it is past ready (`AcmeClient.finalize` then reads it).
     finalized: set[str] = field(default_factory=set)
+    # When this process last heard from the CA that an Order's ACME order (its URL) is
+    # pending. While every authorization's Challenge is still at work, the passes their
+    # progress wakes do not ask again until PENDING_POLL has passed (`_step`). In
+    # memory: a restarted controller asks once.
+    asked: dict[ObjectKey, tuple[str, datetime.datetime]] = field(default_factory=dict)
 
 
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     order = store.get(kind="Order", namespace=key.namespace, name=key.name)
     if order is None:
+        settings.asked.pop(key, None)
         return Result.done()
     status = OrderStatus.from_object(order)
     if status.state in FINAL_STATES:
         settings.finalized.discard(status.url or "")
+        settings.asked.pop(key, None)
         _delete_challenges(store, challenges=_challenges_of(store, order, status=status))
         return Result.done()
     now = settings.clock()
@@ -95,7 +104,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
         return _step(store, order, status=status, issuer=issuer, client=client, now=now,
-                     finalized=settings.finalized)
+                     finalized=settings.finalized, asked=settings.asked)
     except acme_errors.AccountDoesNotExist as err:
         # The server forgot our account (a restarted Pebble does): register
         # again; its orders are gone too, so this one starts over.
@@ -135,12 +144,16 @@ def _step(
     client: acme_client.AcmeClient,
     now: datetime.datetime,
     finalized: set[str],
+    asked: dict[ObjectKey, tuple[str, datetime.datetime]],
 ) -> Result:
     """One step of the ACME order; `status` is the Order's, updated here as it goes (an
     exception leaves in it what the step learned, such as the URL of a placed order).
-    `finalized`: the ACME orders this process finalized (`Settings.finalized`)."""
+    `finalized`, `asked`: what this process did and heard of the ACME orders
+    (`Settings`)."""
     request_pem = base64.b64decode(order["spec"]["request"])
     finalizing = False  # in this pass
+    key = reconciling.key_of(order)
+    asked_url, asked_at = asked.get(key) or (None, None)
     # Read once a pass: the checks below all look at them (each read is a copy).
     challenges = _challenges_of(store, order, status=status)
     if not status.url:
@@ -163,10 +176,18 @@ def _step(
                                 csr_pem=request_pem)
         finalized.add(status.url)
         finalizing = True
+    elif (asked_at is not None and asked_url == status.url
+          and now - asked_at < UNCHANGED_PENDING
+          and _challenges_at_work(status, challenges=challenges)):
+        # Woken by a Challenge's progress (created, presented, answered): until one of
+        # them ends the CA has nothing new to say of the order, and asking would be one
+        # ACME request a certificate for nothing (bench B2). The timer still asks.
+        return Result.after((asked_at + UNCHANGED_PENDING - now).total_seconds())
     else:
         state = client.get_order(status.url)
 
     if state.status == "pending":
+        asked[key] = (state.url, now)
         return _present(store, order, status=status, issuer=issuer, client=client,
                         state=state, challenges=challenges, now=now)
     if state.status == "ready":
@@ -183,6 +204,7 @@ def _step(
             status.state = "processing"
             reconciling.write_status(store, obj=order, status=status)
         return Result.after(_delay_until(state.retry_after, now=now, default=PROCESSING_POLL))
+    asked.pop(key, None)
     if state.status == "valid" and state.certificate_url:
         chain = client.download_certificate(certificate_url=state.certificate_url,
                                             preferred_chain=issuer.spec.preferred_chain)
@@ -394,6 +416,21 @@ def _authorizations_passed(status: OrderStatus, *, challenges: Mapping[str, Obje
             continue
         challenge = challenges.get(authorization.url)
         if challenge is None or ChallengeStatus.from_object(challenge).state != "valid":
+            return False
+    return True
+
+
+def _challenges_at_work(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
+    """Whether every authorization not valid when fetched has its Challenge, still
+    without an outcome (neither valid nor invalid)."""
+    if not status.authorizations:
+        return False
+    for authorization in status.authorizations:
+        if authorization.initial_state == "valid":
+            continue
+        challenge = challenges.get(authorization.url)
+        if challenge is None or ChallengeStatus.from_object(challenge).state in (
+                "valid", "invalid"):
             return False
     return True
 
