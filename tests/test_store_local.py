@@ -100,6 +100,27 @@ spec:
 # --- what only the local store does (the contract is in test_store_contract.py) ------
 
 
+def test_two_stores_of_one_process_never_give_one_object_the_same_version_twice(
+    tmp_path: Path,
+) -> None:
+    """A manifest object's uid comes from its name, so the same issuer read by two stores
+    (a test's, the next test's) has one uid: its versions must differ, or a uid and a
+    resourceVersion would name two contents (api/parsing remembers issuers by them)."""
+    issuer = {"apiVersion": "certctl.io/v1", "kind": "ClusterIssuer",
+              "metadata": {"name": "pebble"}, "spec": {"selfSigned": {}}}
+    read = []
+    for directory in (tmp_path / "one", tmp_path / "two"):
+        (directory / "manifests").mkdir(parents=True)
+        (directory / "manifests" / "issuer.yaml").write_text(yaml.safe_dump(issuer))
+        store = new_store(directory, manifests=True)
+        store.reload_manifests()
+        found = store.get(kind="ClusterIssuer", namespace=None, name="pebble")
+        assert found is not None
+        read.append((found["metadata"]["uid"], found["metadata"]["resourceVersion"]))
+    assert read[0][0] == read[1][0]  # the same uid
+    assert read[0][1] != read[1][1]
+
+
 def test_secret_generation_counts_data_changes(tmp_path: Path) -> None:
     """The API server keeps no generation for a Secret; the local store counts its data
     changes, so that `serve`'s dispatch skips its own metadata-only writes to Secrets."""

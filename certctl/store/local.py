@@ -45,7 +45,6 @@ import datetime
 import difflib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import marshal
@@ -92,6 +91,32 @@ _SafeDumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # that keep seconds or two): a file changed this recently may change again without
 # its mtime, size or inode moving, so its content is compared rather than trusted.
 _TIMESTAMP_SLACK_NS = 2_000_000_000
+
+
+class _Versions:
+    """The resourceVersions of every LocalStore of the process, from one counter.
+
+    A uid and a resourceVersion then name one content of one object in the process, as in
+    an API server (api/parsing remembers parsed issuers by them), even where one process
+    opens several stores (the tests; manifest objects' uids are derived from their names,
+    so two stores' copies of one issuer share a uid)."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        with self._lock:
+            version, self._next = self._next, self._next + 1
+        return str(version)
+
+    def above(self, highest: int) -> None:
+        """Versions from now on are higher than `highest` (a state dir's, as read back)."""
+        with self._lock:
+            self._next = max(self._next, highest + 1)
+
+
+_VERSIONS = _Versions()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,7 +371,6 @@ class LocalStore:
         self._index = _ListIndex()
         self._dependents = _Dependents()
         self._listeners: list[Listener] = []
-        self._versions = itertools.count(1)
         self.manifest_errors: list[ManifestError] = []
         # Reloads run one at a time: each starts from the files the last one parsed.
         self._reload_lock = threading.Lock()
@@ -679,7 +703,7 @@ class LocalStore:
             if previous is not None:
                 # Like the API server: an edit never changes when the object was created.
                 obj["metadata"]["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
-            obj["metadata"]["resourceVersion"] = str(next(self._versions))
+            obj["metadata"]["resourceVersion"] = _VERSIONS.take()
             obj["metadata"]["generation"] = (
                 previous["metadata"].get("generation", 1) + 1 if previous is not None else 1
             )
@@ -770,7 +794,7 @@ class LocalStore:
     def _begin_write(self, key: ObjectKey, obj: Object, *, manifest_status: bool) -> _Write:
         """Under the lock, after `_wait_for_writes(key)` and the checks: give `obj` its
         resourceVersion and claim `key` until `_finish_write`."""
-        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        obj["metadata"]["resourceVersion"] = _VERSIONS.take()
         self._writing[key] = obj
         layer = self._manifest if manifest_status else self._state
         return _Write(key=key, obj=obj, manifest_status=manifest_status,
@@ -857,7 +881,7 @@ class LocalStore:
             self._state_files[key] = signature
             with contextlib.suppress(TypeError, ValueError):
                 highest = max(highest, int(obj["metadata"].get("resourceVersion", 0)))
-        self._versions = itertools.count(highest + 1)
+        _VERSIONS.above(highest)
 
     def _read_state_cache(self) -> dict[str, tuple[_Signature, Object]]:
         """What `save_state_cache` wrote: state file (relative path) -> (signature, object)."""
