@@ -233,6 +233,44 @@ def test_ca_bundle_is_decoded_to_pem():
     assert issuer.spec.ca_bundle == pem
 
 
+def test_an_issuer_is_parsed_once_per_resource_version(monkeypatch):
+    """Every reconciler pass parses its issuer; one stored content (uid, resourceVersion)
+    is parsed once, a new version anew, an object without a version every time."""
+    parsed = []
+    parse = parsing._parse_issuer
+
+    def counting(obj: Any, **kwargs: Any) -> Any:
+        parsed.append(obj)
+        return parse(obj, **kwargs)
+
+    monkeypatch.setattr(parsing, "_parse_issuer", counting)
+
+    def server(obj: dict[str, Any]) -> str:
+        spec = parsing.parse_issuer(obj).spec
+        assert isinstance(spec, resources.AcmeIssuer)
+        return spec.server
+
+    pem = _ca_pem()
+    stored = cluster_issuer(caBundle=base64.b64encode(pem).decode())
+    stored["metadata"].update(uid="7d3c", resourceVersion="41")
+    first = parsing.parse_issuer(stored)
+    assert parsing.parse_issuer(copy.deepcopy(stored)) is first
+    assert len(parsed) == 1
+    edited = copy.deepcopy(stored)
+    edited["spec"]["acme"]["server"] = "https://acme.example.test/v2/directory"
+    edited["metadata"]["resourceVersion"] = "42"
+    assert server(edited) == "https://acme.example.test/v2/directory"
+    replaced = copy.deepcopy(stored)
+    replaced["metadata"]["uid"] = "9e1f"  # deleted and created again, same version number
+    assert parsing.parse_issuer(replaced) is not first
+    assert len(parsed) == 3
+    unversioned = cluster_issuer()
+    parsing.parse_issuer(unversioned)
+    unversioned["spec"]["acme"]["server"] = "https://other.example.test/directory"
+    assert server(unversioned) == "https://other.example.test/directory"
+    assert len(parsed) == 5
+
+
 @pytest.mark.parametrize(
     ("bundle", "problem"),
     [
