@@ -11,8 +11,8 @@ PENDING_POLL). While the order is pending, a Challenge is also the record of its
 authorization (identifier, challenge, token): the Order's status then lists the
 authorizations' URLs only, and says more before that only for what no Challenge
 tells (an authorization valid when fetched, a challenge type fallen back to). The
-final status lists them in full. One status write an issuance fewer (bench B8: 19 -> 18 writes a
-certificate).
+final status lists them in full. One status write an issuance fewer (bench B8: 19 -> 18
+writes a certificate).
 
 Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
 back to. That an order was placed and completed is told on its Certificate
@@ -406,33 +406,31 @@ def _challenge_of(store: Store, order: Object, *, authorization_url: str) -> Obj
                      name=_challenge_name(order, authorization_url=authorization_url))
 
 
+def _challenge_states(status: OrderStatus, *,
+                      challenges: Mapping[str, Object]) -> list[str | None] | None:
+    """The state of each authorization's Challenge (None: it has none), leaving out the
+    authorizations valid when fetched; None when the status lists no authorization."""
+    if not status.authorizations:
+        return None
+    return [None if (challenge := challenges.get(authorization.url)) is None
+            else ChallengeStatus.from_object(challenge).state
+            for authorization in status.authorizations
+            if authorization.initial_state != "valid"]
+
+
 def _authorizations_passed(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
     """Whether every authorization of the order is known valid: valid when fetched, or its
     Challenge passed (its status says what the CA answered)."""
-    if not status.authorizations:
-        return False
-    for authorization in status.authorizations:
-        if authorization.initial_state == "valid":
-            continue
-        challenge = challenges.get(authorization.url)
-        if challenge is None or ChallengeStatus.from_object(challenge).state != "valid":
-            return False
-    return True
+    states = _challenge_states(status, challenges=challenges)
+    return states is not None and all(state == "valid" for state in states)
 
 
 def _challenges_at_work(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
-    """Whether every authorization not valid when fetched has its Challenge, still
-    without an outcome (neither valid nor invalid)."""
-    if not status.authorizations:
-        return False
-    for authorization in status.authorizations:
-        if authorization.initial_state == "valid":
-            continue
-        challenge = challenges.get(authorization.url)
-        if challenge is None or ChallengeStatus.from_object(challenge).state in (
-                "valid", "invalid"):
-            return False
-    return True
+    """Whether the order waits on its Challenges alone: each authorization not valid when
+    fetched has one, none of them with an outcome yet (valid or invalid)."""
+    states = _challenge_states(status, challenges=challenges)
+    return bool(states) and all(state is not None and state not in ("valid", "invalid")
+                                for state in states or ())
 
 
 def _locally_failed_challenge(challenges: Mapping[str, Object]) -> str | None:
