@@ -406,14 +406,14 @@ def _challenge_of(store: Store, order: Object, *, authorization_url: str) -> Obj
                      name=_challenge_name(order, authorization_url=authorization_url))
 
 
-def _challenge_states(status: OrderStatus, *,
-                      challenges: Mapping[str, Object]) -> list[str | None] | None:
-    """The state of each authorization's Challenge (None: it has none), leaving out the
+def _challenge_statuses(status: OrderStatus, *, challenges: Mapping[str, Object]
+                        ) -> list[ChallengeStatus | None] | None:
+    """The status of each authorization's Challenge (None: it has none), leaving out the
     authorizations valid when fetched; None when the status lists no authorization."""
     if not status.authorizations:
         return None
     return [None if (challenge := challenges.get(authorization.url)) is None
-            else ChallengeStatus.from_object(challenge).state
+            else ChallengeStatus.from_object(challenge)
             for authorization in status.authorizations
             if authorization.initial_state != "valid"]
 
@@ -421,16 +421,18 @@ def _challenge_states(status: OrderStatus, *,
 def _authorizations_passed(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
     """Whether every authorization of the order is known valid: valid when fetched, or its
     Challenge passed (its status says what the CA answered)."""
-    states = _challenge_states(status, challenges=challenges)
-    return states is not None and all(state == "valid" for state in states)
+    statuses = _challenge_statuses(status, challenges=challenges)
+    return statuses is not None and all(
+        challenge is not None and challenge.state == "valid" for challenge in statuses)
 
 
 def _challenges_at_work(status: OrderStatus, *, challenges: Mapping[str, Object]) -> bool:
     """Whether the order waits on its Challenges alone: each authorization not valid when
     fetched has one, none of them with an outcome yet (valid or invalid)."""
-    states = _challenge_states(status, challenges=challenges)
-    return bool(states) and all(state is not None and state not in ("valid", "invalid")
-                                for state in states or ())
+    statuses = _challenge_statuses(status, challenges=challenges)
+    return bool(statuses) and all(
+        challenge is not None and challenge.state not in ("valid", "invalid")
+        for challenge in statuses or ())
 
 
 def _locally_failed_challenge(challenges: Mapping[str, Object]) -> str | None:
