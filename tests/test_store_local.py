@@ -1026,3 +1026,13 @@ def test_a_status_write_racing_an_edit_of_its_manifest_conflicts_and_keeps_the_s
         assert edited is not None
         assert edited["spec"] == {"ca": {"secretName": "x"}}
         assert edited["status"] == before
+
+
+def test_atomic_write_to_a_bare_file_name_writes_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    local.atomic_write(Path("state.json"), b"{}")
+    assert (tmp_path / "state.json").read_bytes() == b"{}"
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]

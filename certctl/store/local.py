@@ -220,6 +220,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """
     target = os.fspath(path)
     directory, name = os.path.split(target)
+    directory = directory or os.curdir  # a bare file name: the working directory's
     tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")  # noqa: PTH118
     try:
         try:
