@@ -274,6 +274,12 @@ def _hosts(count: int) -> list[str]:
     return [f"app{index}.example.test" for index in range(count)]
 
 
+def _all_served(run: Serving, hosts: list[str], roots: bytes, *, timeout: float) -> None:
+    for host in hosts:
+        eventually(partial(_served, run.https_port, host, roots), timeout=timeout,
+                   what=f"a verified certificate for {host}")
+
+
 def _manifests(tmp_path: Path, pebble: PebbleServer, gate: AcmeGate, hosts: list[str]) -> Path:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
@@ -329,9 +335,7 @@ def test_an_order_is_not_read_while_its_challenges_are_at_work(
         roots = pebble.issuance_roots_pem()
         run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble).start()
         try:
-            for host in hosts:
-                eventually(partial(_served, run.https_port, host, roots), timeout=60,
-                           what=f"a verified certificate for {host}")
+            _all_served(run, hosts, roots, timeout=60)
         finally:
             run.stop()
         exchanges = list(gate.exchanges)
@@ -430,9 +434,7 @@ def test_half_the_nonces_rejected_every_certificate_is_still_issued_and_served(
         roots = pebble.issuance_roots_pem()
         run = Serving(manifests=manifests, state_dir=tmp_path / "state", pebble=pebble).start()
         try:
-            for host in hosts:
-                eventually(partial(_served, run.https_port, host, roots), timeout=90,
-                           what=f"a verified certificate for {host}")
+            _all_served(run, hosts, roots, timeout=90)
             # Served once the Secret is written; the status (revision) is written after it.
             certificates = {
                 host: eventually(partial(_issued_certificate, run, f"{host.split('.')[0]}-tls"),
