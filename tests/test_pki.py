@@ -93,6 +93,27 @@ def test_garbage_key_is_refused_without_echoing_it():
     assert "U0VDUkVU" not in str(info.value)
 
 
+def _rsa_pem(numbers: rsa.RSAPrivateNumbers) -> bytes:
+    key = numbers.private_key(unsafe_skip_rsa_key_validation=True)
+    return keys.encode_private_key(key, encoding="PKCS1")
+
+
+@pytest.mark.parametrize("damage", ["dmp1", "dmq1", "iqmp", "d"])
+def test_an_rsa_key_whose_numbers_disagree_is_refused(rsa_key, damage):
+    """What Go's crypto/rsa refuses for cert-manager, without OpenSSL's primality tests: a
+    wrong CRT value makes signatures that leak the key (a fault attack's answer)."""
+    good = rsa_key.private_numbers()
+    values = {"p": good.p, "q": good.q, "d": good.d, "dmp1": good.dmp1, "dmq1": good.dmq1,
+              "iqmp": good.iqmp}
+    values[damage] += 2
+    damaged = rsa.RSAPrivateNumbers(**values, public_numbers=good.public_numbers)
+    with pytest.raises(ValueError, match="RSA numbers do not agree"):
+        keys.load_private_key(_rsa_pem(damaged))
+    assert keys.load_private_key(_rsa_pem(damaged), check_rsa=False) is not None
+    loaded = keys.load_private_key(_rsa_pem(good))
+    assert keys.public_keys_equal(loaded.public_key(), rsa_key.public_key())
+
+
 def test_unsupported_key_type_is_refused():
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import x25519
