@@ -54,7 +54,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bench import reporting, workdir
@@ -99,9 +99,13 @@ def make_ca(now: datetime.datetime) -> LocalCA:
     return LocalCA(key=key, certificate=certificate)
 
 
-def issue(ca: LocalCA, host: str, *, not_before: datetime.datetime) -> tuple[bytes, bytes, int]:
-    """(chain PEM, PKCS#1 key PEM, serial) for `host`, as certctl's ca issuer shapes it."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def issue(ca: LocalCA, host: str, *, not_before: datetime.datetime,
+          rsa_keys: bool) -> tuple[bytes, bytes, int]:
+    """(chain PEM, PKCS#1 key PEM, serial) for `host`, as certctl's ca issuer shapes it;
+    its key ECDSA P-256, or RSA 2048 with `rsa_keys`."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048) if rsa_keys
+        else ec.generate_private_key(ec.SECP256R1()))
     serial = x509.random_serial_number()
     certificate = (
         x509.CertificateBuilder()
@@ -123,8 +127,10 @@ def issue(ca: LocalCA, host: str, *, not_before: datetime.datetime) -> tuple[byt
 
 
 def write_manifests(*, folder: Path, ca: LocalCA, count: int, now: datetime.datetime,
-                    seed: int, ingresses: bool) -> dict[str, int]:
-    """The manifests; returns each host's certificate serial."""
+                    seed: int, ingresses: bool, rsa_keys: bool = False) -> dict[str, int]:
+    """The manifests; returns each host's certificate serial. `rsa_keys`: RSA 2048 keys,
+    asked for by every Certificate (`spec.privateKey.algorithm`, or the Ingress's
+    annotation), as a fleet moved from cert-manager with RSA keys has."""
     rng = random.Random(seed)
     ca_key_pem = ca.key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
@@ -146,7 +152,8 @@ def write_manifests(*, folder: Path, ca: LocalCA, count: int, now: datetime.date
         secret_name = f"{name}-tls"
         issued_at = (now - datetime.timedelta(seconds=rng.randrange(50 * 86400))).replace(
             microsecond=0)
-        chain_pem, key_pem, serials[host] = issue(ca, host, not_before=issued_at)
+        chain_pem, key_pem, serials[host] = issue(ca, host, not_before=issued_at,
+                                                  rsa_keys=rsa_keys)
         data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem,
                                                 ca_pem=ca.pem)
         documents.append({
@@ -163,7 +170,9 @@ def write_manifests(*, folder: Path, ca: LocalCA, count: int, now: datetime.date
             documents.append({
                 "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                 "metadata": {"name": name, "namespace": "default",
-                             "annotations": {"cert-manager.io/cluster-issuer": "local-ca"}},
+                             "annotations": {"cert-manager.io/cluster-issuer": "local-ca",
+                                             **({"cert-manager.io/private-key-algorithm":
+                                                 "RSA"} if rsa_keys else {})}},
                 "spec": {
                     "tls": [{"hosts": [host], "secretName": secret_name}],
                     "rules": [{"host": host, "http": {"paths": [{
@@ -176,7 +185,8 @@ def write_manifests(*, folder: Path, ca: LocalCA, count: int, now: datetime.date
                 "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
                 "metadata": {"name": secret_name, "namespace": "default"},
                 "spec": {"secretName": secret_name, "dnsNames": [host],
-                         "issuerRef": {"name": "local-ca", "kind": "ClusterIssuer"}},
+                         "issuerRef": {"name": "local-ca", "kind": "ClusterIssuer"},
+                         **({"privateKey": {"algorithm": "RSA"}} if rsa_keys else {})},
             })
         if len(documents) == 2 * PER_FILE or index == count - 1:
             part = index // PER_FILE
@@ -376,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"replace this benchmark's section of {reporting.RESULTS_PATH.name}")
     parser.add_argument("--ingresses", action="store_true",
                         help="derive the Certificates from annotated Ingresses and serve them")
+    parser.add_argument("--rsa-keys", action="store_true",
+                        help="RSA 2048 keys instead of ECDSA P-256 (their making takes longer)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args(argv)
     started_at = datetime.datetime.now(datetime.UTC)
@@ -386,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"work dir {work}; issuing {args.certificates} certificates...", flush=True)
         ca = make_ca(started_at)
         serials = write_manifests(folder=manifests, ca=ca, count=args.certificates,
-                                  now=started_at, seed=6, ingresses=args.ingresses)
+                                  now=started_at, seed=6, ingresses=args.ingresses,
+                                  rsa_keys=args.rsa_keys)
         https_port, http_port = free_port(), free_port()
 
         log_path = work / "certctl-first-start.log"
