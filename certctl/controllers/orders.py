@@ -64,7 +64,6 @@ FINAL_STATES: tuple[OrderState, ...] = ("valid", "invalid", "errored")
 PROCESSING_POLL = 0.1
 # Safety net while challenges run: their status changes wake us up anyway.
 PENDING_POLL = 5.0
-UNCHANGED_PENDING = datetime.timedelta(seconds=PENDING_POLL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,12 +176,12 @@ def _step(
         finalized.add(status.url)
         finalizing = True
     elif (asked_at is not None and asked_url == status.url
-          and now - asked_at < UNCHANGED_PENDING
+          and (now - asked_at).total_seconds() < PENDING_POLL
           and _challenges_at_work(status, challenges=challenges)):
         # Woken by a Challenge's progress (created, presented, answered): until one of
         # them ends the CA has nothing new to say of the order, and asking would be one
         # ACME request a certificate for nothing (bench B2). The timer still asks.
-        return Result.after((asked_at + UNCHANGED_PENDING - now).total_seconds())
+        return Result.after(PENDING_POLL - (now - asked_at).total_seconds())
     else:
         state = client.get_order(status.url)
 
