@@ -17,6 +17,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -111,6 +112,29 @@ def test_returning_client_resumes_its_session(plane, version):
     with connect(plane, "a.test", context=context, session=session) as second:
         assert second.session_reused
         assert get(second, "a.test").startswith(b"HTTP/1.1 200")
+
+
+def _session_tickets(plane: Running, *, session_file: Path, resume: bool) -> tuple[int, bool]:
+    """(TLS 1.3 session tickets the server sent, whether the session was resumed) for one
+    connection by `openssl s_client` sending a request (its tickets come after the
+    handshake), keeping its session in `session_file` or resuming the one there."""
+    port = plane.plane.https_port
+    session = ["-sess_in", str(session_file)] if resume else ["-sess_out", str(session_file)]
+    answer = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "a.test",
+         "-tls1_3", "-msg", "-ign_eof", *session],
+        input=b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        capture_output=True, timeout=10, check=True).stdout.decode(errors="replace")
+    assert "HTTP/1.1 200" in answer
+    return answer.count(", NewSessionTicket"), "\nReused, TLSv1.3" in answer
+
+
+def test_a_handshake_is_sent_one_session_ticket_and_resumes_with_it(plane, tmp_path):
+    session_file = tmp_path / "session.pem"
+    tickets, reused = _session_tickets(plane, session_file=session_file, resume=False)
+    assert (tickets, reused) == (1, False)  # OpenSSL's default would send 2
+    tickets, reused = _session_tickets(plane, session_file=session_file, resume=True)
+    assert (tickets, reused) == (1, True)
 
 
 # --- hot swap ----------------------------------------------------------------------------------
