@@ -23,10 +23,16 @@ answers within UNTOLD_ANSWER the verdict's write is the only one after the answe
 a slower one gets "Accepted" written then. A restarted certctl answers again, and
 the ACME client returns a challenge no longer pending as it is.
 
+A Challenge that passed cleans up and deletes itself, its verdict left in
+memory for its Order (`orders.PassedChallenges`), which its deletion wakes: a
+status write a certificate fewer (bench B8: 15 -> 14 writes a certificate), as
+the Order deleted it a moment after reading that verdict anyway. A failed one
+writes why, and stays until its Order ends, for users to read.
+
 Events: a Warning for each distinct failure; "Presented" and "CleanedUp" only
 when a solver changed something outside certctl (a DNS record, a solver
-Ingress). A challenge passed says so in its status only: the Order deletes it
-a moment later, and its Certificate's Events tell the issuance.
+Ingress). A challenge passed tells no Event: its Certificate's Events tell the
+issuance.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ class Settings:
     # In memory on purpose: a restarted certctl answers again, and the ACME client returns
     # a challenge that is no longer pending as it is (`AcmeClient.answer_challenge`).
     _answered: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
+    # Shared with the Orders' settings (`dispatch.controller_settings`).
+    passed: orders.PassedChallenges = field(default_factory=orders.PassedChallenges)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_delay(self, key: ObjectKey) -> float:
@@ -421,6 +429,14 @@ def _finish(
     status.state = state
     status.processing = False
     status.reason = reason
+    owner = reconciling.controller_of(obj)
+    if state == "valid" and owner is not None and owner.kind == "Order":
+        # Passed: nothing left to do (module docstring). Told before the deletion wakes
+        # the Order.
+        obj["status"] = status.to_dict()
+        settings.passed.add(order=owner, challenge=obj)
+        store.delete(kind="Challenge", namespace=key.namespace, name=key.name)
+        return Result.done()
     reconciling.write_status(store, obj=obj, status=status)
     if state == "invalid":
         store.emit_event(obj=obj, type="Warning", reason="Failed", message=reason)

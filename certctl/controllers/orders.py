@@ -4,20 +4,21 @@ The ACME URLs go into the Order's status as soon as the server returns them,
 so a restarted controller continues the order it placed instead of placing
 another (the window between the server's answer and the status write is the
 only one in which a crash costs a second order). Each pending authorization
-gets a Challenge object; Challenges report back through their status, which
-re-triggers this reconciler (they are owned by the Order); while each is still at
-work, those passes do not ask the CA about the order (the timer does, every
-PENDING_POLL). While the order is pending, a Challenge is also the record of its
-authorization (identifier, challenge, token): the Order's status then lists the
-authorizations' URLs only, and says more before that only for what no Challenge
-tells (an authorization valid when fetched, a challenge type fallen back to). The
-final status lists them in full. One status write an issuance fewer (bench B8: 19 -> 18
+gets a Challenge object; Challenges report back through their status, or, having
+passed, by deleting themselves (`PassedChallenges`), which re-triggers this
+reconciler (they are owned by the Order); while each is still at work, those
+passes do not ask the CA about the order (the timer does, every PENDING_POLL).
+While the order is pending, a Challenge is also the record of its authorization
+(identifier, challenge, token): the Order's status then lists the authorizations'
+URLs only, and says more before that only for what no Challenge tells (an
+authorization valid when fetched, a challenge type fallen back to). The final
+status lists them in full. One status write an issuance fewer (bench B8: 19 -> 18
 writes a certificate).
 
 Events: Warnings (a failure, a refused `replaces`) and a challenge type fallen
 back to. That an order was placed and completed is told on its Certificate
-("Requested", "Issuing"), where users look: the Order's Challenges are
-deleted a moment after they pass, and an Event for each step of each object
+("Requested", "Issuing"), where users look: a Challenge is deleted as it
+passes, and an Event for each step of each object
 was 6 of the 22 API writes of an issuance (bench B8, before they went).
 
 `status.state` follows cert-manager: pending, ready, processing, valid, and
@@ -34,6 +35,7 @@ import contextlib
 import datetime
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -66,6 +68,35 @@ PROCESSING_POLL = 0.1
 PENDING_POLL = 5.0
 
 
+@dataclass(kw_only=True)
+class PassedChallenges:
+    """The Challenges that passed and deleted themselves, as they were then (status
+    valid), by Order, until it ends.
+
+    A Challenge the CA validated has nothing left to do: it cleans up and deletes itself
+    (`challenges`), where it wrote its verdict for its Order to read before and was
+    deleted by the Order after: one write a certificate fewer (bench B8). Its deletion
+    wakes its Order, which reads the verdict here. In memory on purpose, as the Challenges'
+    other memories: an Order missing a Challenge after a restart asks the CA (its order
+    is ready, or the authorization valid when fetched)."""
+
+    _by_order: dict[ObjectKey, dict[str, Object]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *, order: ObjectKey, challenge: Object) -> None:
+        with self._lock:
+            self._by_order.setdefault(order, {})[challenge["metadata"]["name"]] = challenge
+
+    def of(self, order: ObjectKey) -> dict[str, Object]:
+        """The Order's passed Challenges, by name."""
+        with self._lock:
+            return dict(self._by_order.get(order) or {})
+
+    def forget(self, order: ObjectKey) -> None:
+        with self._lock:
+            self._by_order.pop(order, None)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     clock: Clock
@@ -79,18 +110,23 @@ class Settings:
     # progress wakes do not ask again until PENDING_POLL has passed (`_step`). In
     # memory: a restarted controller asks once.
     asked: dict[ObjectKey, tuple[str, datetime.datetime]] = field(default_factory=dict)
+    # Shared with the Challenges' settings (`dispatch.controller_settings`).
+    passed: PassedChallenges = field(default_factory=PassedChallenges)
 
 
 def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     order = store.get(kind="Order", namespace=key.namespace, name=key.name)
+    passed = settings.passed
     if order is None:
         settings.asked.pop(key, None)
+        passed.forget(key)
         return Result.done()
     status = OrderStatus.from_object(order)
     if status.state in FINAL_STATES:
         settings.finalized.discard(status.url or "")
         settings.asked.pop(key, None)
-        _delete_challenges(store, challenges=_challenges_of(store, order, status=status))
+        _delete_challenges(store, order, passed=passed,
+                           challenges=_challenges_of(store, order, status=status, passed=passed))
         return Result.done()
     now = settings.clock()
     ref = order["spec"]["issuerRef"]
@@ -98,37 +134,40 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
                                             name=ref["name"],
                                             namespace=order["metadata"]["namespace"])
     if issuer is None:
-        return _finish(store, order, status=status, state="errored", now=now,
+        return _finish(store, order, status=status, state="errored", now=now, passed=passed,
                        reason=f"{ref.get('kind', 'Issuer')} {ref.get('name')} not found or invalid")
     try:
         client = settings.accounts.client(store=store, issuer=issuer)
         return _step(store, order, status=status, issuer=issuer, client=client, now=now,
-                     finalized=settings.finalized, asked=settings.asked)
+                     finalized=settings.finalized, asked=settings.asked, passed=passed)
     except acme_errors.AccountDoesNotExist as err:
         # The server forgot our account (a restarted Pebble does): register
         # again; its orders are gone too, so this one starts over.
         settings.accounts.register_again(store=store, issuer=issuer)
         if status.url:
-            return _replace_forgotten(store, order, status=status, now=now,
+            return _replace_forgotten(store, order, status=status, now=now, passed=passed,
                                       why=f"it no longer knows the order's account: {err}")
         raise TransientError(f"{key}: re-registered the ACME account") from err
     except acme_errors.AcmeNotFound as err:
         # Another reconciler registered the account again first: the order's URLs 404.
         if status.url:
-            return _replace_forgotten(store, order, status=status, now=now, why=str(err))
+            return _replace_forgotten(store, order, status=status, now=now, passed=passed,
+                                      why=str(err))
         raise TransientError(f"{key}: {err}") from err
     except (acme_errors.RateLimited, acme_errors.Unauthorized) as err:
         if err.retry_after is not None:
             # The Certificate waits at least this long before ordering again.
             status.retry_after = err.retry_after
-        return _finish(store, order, status=status, state="errored", now=now, reason=str(err))
+        return _finish(store, order, status=status, state="errored", now=now, passed=passed,
+                       reason=str(err))
     except acme_errors.AcmeProblem as err:
         if err.status == 404 and status.url:  # a problem document saying the same
-            return _replace_forgotten(store, order, status=status, now=now, why=str(err))
+            return _replace_forgotten(store, order, status=status, now=now, passed=passed,
+                                      why=str(err))
         if err.status == 404 or err.code in ("malformed", "rejectedIdentifier", "badCSR",
                                               "caa", "unsupportedIdentifier"):
             return _finish(store, order, status=status, state="errored", now=now,
-                           reason=str(err))
+                           passed=passed, reason=str(err))
         raise TransientError(f"{key}: {err}") from err
     except (acme_errors.AcmeError, LookupError) as err:
         raise TransientError(f"{key}: {err}") from err
@@ -144,17 +183,18 @@ def _step(
     now: datetime.datetime,
     finalized: set[str],
     asked: dict[ObjectKey, tuple[str, datetime.datetime]],
+    passed: PassedChallenges,
 ) -> Result:
     """One step of the ACME order; `status` is the Order's, updated here as it goes (an
     exception leaves in it what the step learned, such as the URL of a placed order).
-    `finalized`, `asked`: what this process did and heard of the ACME orders
-    (`Settings`)."""
+    `finalized`, `asked`, `passed`: what this process did and heard of the ACME orders
+    and their Challenges (`Settings`)."""
     request_pem = base64.b64decode(order["spec"]["request"])
     finalizing = False  # in this pass
     key = reconciling.key_of(order)
     asked_url, asked_at = asked.get(key) or (None, None)
     # Read once a pass: the checks below all look at them (each read is a copy).
-    challenges = _challenges_of(store, order, status=status)
+    challenges = _challenges_of(store, order, status=status, passed=passed)
     if not status.url:
         state = _new_order(store, order, status=status, client=client,
                            request_pem=request_pem,
@@ -188,7 +228,7 @@ def _step(
     if state.status == "pending":
         asked[key] = (state.url, now)
         return _present(store, order, status=status, issuer=issuer, client=client,
-                        state=state, challenges=challenges, now=now)
+                        state=state, challenges=challenges, now=now, passed=passed)
     if state.status == "ready":
         state = client.finalize(order_url=state.url, finalize_url=state.finalize_url,
                                 csr_pem=request_pem)
@@ -209,13 +249,14 @@ def _step(
                                             preferred_chain=issuer.spec.preferred_chain)
         status.certificate = chain.encode()
         finalized.discard(state.url)
+        _ask_for_the_gone(status, challenges=challenges, client=client)
         return _finish(store, order, status=status, state="valid", now=now, reason="",
-                       challenges=challenges)
+                       passed=passed, challenges=challenges)
     if state.status == "invalid":
         finalized.discard(state.url)
         return _finish(store, order, status=status, state="invalid", now=now,
                        reason=_failure_reason(store, order, client=client, state=state),
-                       challenges=challenges)
+                       passed=passed, challenges=challenges)
     raise TransientError(f"order {state.url} is {state.status}; waiting")
 
 
@@ -258,6 +299,7 @@ def _present(
     state: acme_client.OrderState,
     challenges: Mapping[str, Object],
     now: datetime.datetime,
+    passed: PassedChallenges,
 ) -> Result:
     """Make sure every pending authorization has a Challenge being solved.
 
@@ -296,7 +338,7 @@ def _present(
         picked = next((offered[t] for t in wanted if t in offered), None)
         if picked is None or picked.token is None:
             return _finish(store, order, status=status, state="errored", now=now,
-                           reason=f"the ACME server offers no "
+                           passed=passed, reason=f"the ACME server offers no "
                            f"{' or '.join(t.upper() for t in wanted)} challenge for {dns_name}"
                            f" (spec.acme.solvers[{chosen.index}])")
         if picked.type != wanted[0]:
@@ -317,7 +359,8 @@ def _present(
     failed = _locally_failed_challenge(challenges)
     if failed is not None:
         # Read again: this pass may have created some.
-        return _finish(store, order, status=status, state="errored", now=now, reason=failed)
+        return _finish(store, order, status=status, state="errored", now=now, passed=passed,
+                       reason=failed)
     status.authorizations = authorizations
     if untold:
         status.state = "pending"
@@ -325,14 +368,38 @@ def _present(
     return Result.after(PENDING_POLL)
 
 
-def _challenges_of(store: Store, order: Object, *, status: OrderStatus) -> dict[str, Object]:
-    """The Challenges this Order made for the authorizations its status lists, by URL."""
+def _challenges_of(store: Store, order: Object, *, status: OrderStatus,
+                   passed: PassedChallenges) -> dict[str, Object]:
+    """The Challenges this Order made for the authorizations its status lists, by URL:
+    as stored, or as they passed and deleted themselves (`passed`)."""
     found = {}
+    gone = passed.of(reconciling.key_of(order))
+    namespace = order["metadata"]["namespace"]
     for authorization in status.authorizations:
-        challenge = _challenge_of(store, order, authorization_url=authorization.url)
+        name = _challenge_name(order, authorization_url=authorization.url)
+        challenge = store.get(kind="Challenge", namespace=namespace, name=name) or gone.get(name)
         if challenge is not None and reconciling.is_owned_by(challenge, order):
             found[authorization.url] = challenge
     return found
+
+
+def _ask_for_the_gone(status: OrderStatus, *, challenges: Mapping[str, Object],
+                     client: acme_client.AcmeClient) -> None:
+    """Fill in from the CA the authorizations the status lists by URL only and whose
+    Challenge is gone: one that passed and deleted itself before this process started
+    (`PassedChallenges`). The final status lists every authorization in full."""
+    authorizations = []
+    for authorization in status.authorizations:
+        if authorization.identifier is None and authorization.url not in challenges:
+            told = client.get_authorization(authorization.url)
+            authorization = OrderAuthorization(
+                url=authorization.url, identifier=told.identifier.value,
+                wildcard=told.wildcard, initial_state="pending",
+                challenges=tuple(OrderChallenge(type=c.type, url=c.url, token=c.token)
+                                 for c in told.challenges
+                                 if c.status == "valid" and c.token is not None))
+        authorizations.append(authorization)
+    status.authorizations = authorizations
 
 
 def _in_full(authorization: OrderAuthorization, *,
@@ -397,12 +464,6 @@ def _challenge_name(order: Object, *, authorization_url: str) -> str:
     """Deterministic, so the Challenge of an authorization is found without a list."""
     return f"{order['metadata']['name'][:230]}-" + hashlib.sha256(
         authorization_url.encode()).hexdigest()[:10]
-
-
-def _challenge_of(store: Store, order: Object, *, authorization_url: str) -> Object | None:
-    """The order's Challenge for an authorization, if there is one."""
-    return store.get(kind="Challenge", namespace=order["metadata"]["namespace"],
-                     name=_challenge_name(order, authorization_url=authorization_url))
 
 
 def _challenge_statuses(status: OrderStatus, *, challenges: Mapping[str, Object]
@@ -475,6 +536,7 @@ def _finish(
     state: OrderState,
     now: datetime.datetime,
     reason: str,
+    passed: PassedChallenges,
     challenges: Mapping[str, Object] | None = None,
 ) -> Result:
     """End the Order. `challenges`: its Challenges as a pass that created none read them
@@ -482,7 +544,7 @@ def _finish(
     status.state = state
     # In full, from the Challenges still there: while pending they were the record.
     if challenges is None:
-        challenges = _challenges_of(store, order, status=status)
+        challenges = _challenges_of(store, order, status=status, passed=passed)
     status.authorizations = [_in_full(authorization, challenge=challenges.get(authorization.url))
                              for authorization in status.authorizations]
     if state != "valid":
@@ -492,7 +554,7 @@ def _finish(
     else:
         status.reason = None  # no Event: its Certificate's "Issuing" says it
     reconciling.write_status(store, obj=order, status=status)
-    _delete_challenges(store, challenges=challenges)
+    _delete_challenges(store, order, challenges=challenges, passed=passed)
     return Result.done()
 
 
@@ -501,7 +563,8 @@ MAX_FORGOTTEN_ORDERS = 3
 
 
 def _replace_forgotten(
-    store: Store, order: Object, *, status: OrderStatus, now: datetime.datetime, why: str
+    store: Store, order: Object, *, status: OrderStatus, now: datetime.datetime, why: str,
+    passed: PassedChallenges,
 ) -> Result:
     """Start this Order over with a new ACME order: the server forgot the one it had.
 
@@ -514,11 +577,12 @@ def _replace_forgotten(
     """
     forgotten = (status.forgotten_orders or 0) + 1
     if forgotten > MAX_FORGOTTEN_ORDERS:
-        return _finish(store, order, status=status, state="errored", now=now,
+        return _finish(store, order, status=status, state="errored", now=now, passed=passed,
                        reason=f"the ACME server forgot {MAX_FORGOTTEN_ORDERS} orders placed "
                        f"for this request; the last time {why}")
     old_url = status.url
-    _delete_challenges(store, challenges=_challenges_of(store, order, status=status))
+    _delete_challenges(store, order, passed=passed,
+                       challenges=_challenges_of(store, order, status=status, passed=passed))
     status.url = status.finalize_url = None
     status.authorizations = []
     status.state = "pending"
@@ -530,8 +594,10 @@ def _replace_forgotten(
     return Result.after(0)
 
 
-def _delete_challenges(store: Store, *, challenges: Mapping[str, Object]) -> None:
-    """Challenges end with their order, succeeded or failed (their cleanup runs on delete).
+def _delete_challenges(store: Store, order: Object, *, challenges: Mapping[str, Object],
+                       passed: PassedChallenges) -> None:
+    """Challenges end with their order, succeeded or failed (their cleanup runs on delete);
+    those that passed deleted themselves already (`PassedChallenges`), and are forgotten.
 
     Except a Challenge whose answer is out there and whose solver
     `ends_with_its_challenge` (DNS-01: what a provider needs to remove a
@@ -543,10 +609,14 @@ def _delete_challenges(store: Store, *, challenges: Mapping[str, Object]) -> Non
     not by listing the namespace: a list per finished order made issuing N
     certificates at once cost N^2 (a quarter of B2's CPU).
     """
+    key = reconciling.key_of(order)
+    gone = passed.of(key)
     for challenge in challenges.values():
-        if not _answer_out_there(challenge):
+        name = challenge["metadata"]["name"]
+        if name not in gone and not _answer_out_there(challenge):
             store.delete(kind="Challenge", namespace=challenge["metadata"]["namespace"],
-                         name=challenge["metadata"]["name"])
+                         name=name)
+    passed.forget(key)
 
 
 def _answer_out_there(challenge: Object) -> bool:

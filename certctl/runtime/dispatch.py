@@ -72,14 +72,15 @@ def controller_settings(
     data_plane: http01_ingress.DataPlaneService | None = None,
     tls_alpn01: tls_alpn01_solver.SelfCheckTarget | None = None,
 ) -> ControllerSettings:
+    passed = orders.PassedChallenges()  # told by the Challenges, read by their Orders
     return ControllerSettings(
         certificates=certificate_settings.Settings(
             clock=clock, backoff_base=backoff_base, order_budget=order_budget,
             cluster_resource_namespace=accounts.cluster_resource_namespace, accounts=accounts),
-        orders=orders.Settings(clock=clock, accounts=accounts),
+        orders=orders.Settings(clock=clock, accounts=accounts, passed=passed),
         issuers=issuers.Settings(clock=clock, accounts=accounts),
         challenges=challenges.Settings(
-            clock=clock, accounts=accounts, solvers=solver_registry.Solvers(
+            clock=clock, accounts=accounts, passed=passed, solvers=solver_registry.Solvers(
                 self_check=self_check, data_plane=data_plane, tls_alpn01=tls_alpn01,
                 dns01=dns01_solver.Dns01Solver(
                     options=dns01,
