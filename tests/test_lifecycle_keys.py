@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import base64
+import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
-from certctl.controllers import policies
+from certctl.api.resources import ObjectKey
+from certctl.controllers import (
+    certificate_settings,
+    certificates,
+    order_budget,
+    policies,
+    reconciling,
+)
 from certctl.pki import inspect, keys
-from tests.lifecycle import World
+from certctl.store.interface import Object
+from tests.lifecycle import ACME_SERVER, World
 
 
 def _renew(world: World, name: str) -> None:
@@ -61,16 +70,63 @@ def test_rotation_policy_applies_to_the_csr_of_an_acme_renewal(
     request = x509.load_pem_x509_csr(base64.b64decode(
         world.pending_order("web")["spec"]["request"]))
     assert keys.public_keys_equal(current, request.public_key()) is same_key
-    # The key the order waits for survives a restart in the next-private-key Secret.
-    next_key = world.secret("web-next-private-key")
-    assert next_key is not None
-    stored = keys.load_private_key(base64.b64decode(next_key["data"]["tls.key"]))
-    assert keys.public_keys_equal(stored, request.public_key())
+    # The key the order waits for is kept, for a restart, in the ledger of its names.
+    stored = order_budget.next_key(_ledger(world), certificate="default/web", revision=1)
+    assert stored is not None
+    assert keys.public_keys_equal(keys.load_private_key(stored), request.public_key())
 
     world.complete_order("web")
     world.reconcile("web")
-    assert world.secret("web-next-private-key") is None
     assert keys.public_keys_equal(world.contents("web").key, request.public_key())
+    # Issued with it: it is no next key any more (the next issuance makes its own).
+    assert order_budget.next_key(_ledger(world), certificate="default/web", revision=2) is None
+
+
+def _ledger(world: World) -> Object | None:
+    return order_budget.read_ledger(store=world.store, ref=order_budget.ledger_ref(
+        server=ACME_SERVER, names=("web.example.test",), cluster_resource_namespace="certctl"))
+
+
+def test_a_restarted_controller_orders_with_the_key_the_ledger_keeps(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.add_acme_issuer("acme")
+    world.add_certificate("web")
+    world.reconcile("web")
+    (placed,) = world.orders("web")
+
+    # A new process, its memory empty.
+    restarted = certificate_settings.Settings(clock=world.clock,
+                                              untold_issuance=datetime.timedelta(0))
+    certificates.reconcile(store=world.store, settings=restarted,
+                           key=ObjectKey(kind="Certificate", namespace="default", name="web"))
+
+    assert world.orders("web") == [placed], "the same Order: the same key and CSR"
+    (ledger,) = world.store.list(kind="Secret", namespace="certctl",
+                                 labels={order_budget.LEDGER_LABEL: "true"})
+    assert ledger["type"] == "Opaque" and not ledger["metadata"].get("ownerReferences")
+    assert set(ledger["data"]) == {"next-private-key.default.web"}
+
+
+def test_the_ledger_lets_go_of_a_next_key_a_week_after_its_order(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.add_acme_issuer("acme")
+    world.add_certificate("web")
+    world.reconcile("web")
+    world.store.delete(kind="Certificate", namespace="default", name="web")
+    ledger = _ledger(world)
+    assert ledger is not None
+    key = reconciling.key_of(ledger)
+    settings = world.settings
+
+    result = order_budget.reconcile(store=world.store, key=key, clock=world.clock,
+                                    cluster_resource_namespace="certctl",
+                                    window=order_budget.records_window(settings.order_budget))
+    assert result.requeue_after == pytest.approx(7 * 24 * 3600)
+    world.clock.advance(days=7)
+    order_budget.reconcile(store=world.store, key=key, clock=world.clock,
+                           cluster_resource_namespace="certctl",
+                           window=order_budget.records_window(settings.order_budget))
+    assert _ledger(world) is None, "neither a record nor a key left: the ledger goes"
 
 
 @pytest.mark.parametrize(
@@ -133,7 +189,7 @@ def test_ed25519_with_an_acme_issuer_is_refused_before_any_order(tmp_path: Path)
                                        "certificates for Ed25519 keys")
     assert "use ECDSA or RSA" in ready["message"]
     assert world.orders("web") == []
-    assert world.secret("web-next-private-key") is None
+    assert _ledger(world) is None
 
 
 def test_changing_only_the_encoding_rewrites_the_key_without_issuing(tmp_path: Path) -> None:

@@ -287,6 +287,13 @@ def umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
+def _next_key_kept(secrets: Iterable[Mapping[str, Any]], certificate: str) -> bool:
+    """Whether one of `secrets` (an order ledger) keeps the next private key of
+    Certificate default/`certificate`."""
+    return any(f"next-private-key.default.{certificate}" in (secret.get("data") or {})
+               for secret in secrets)
+
+
 def state_files(state_dir: Path) -> list[Path]:
     return sorted(path for path in state_dir.rglob("*") if path.is_file())
 
@@ -491,8 +498,8 @@ def http01_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 for name in ("web-tls", "internal"):
                     eventually(partial(_ready_is, store, "Certificate", name, "default", "True"),
                                timeout=60, what=f"Certificate {name} Ready")
-                eventually(lambda: store.get(kind="Secret", namespace="default",
-                                             name="pending-next-private-key")
+                eventually(lambda: _next_key_kept(store.list(kind="Secret",
+                                                             namespace="certctl"), "pending")
                            and store.list(kind="Order", namespace="default"),
                            timeout=60, what="the pending order and its private key")
                 for issuer in ("broken-ca", "garbage-account"):
@@ -522,8 +529,11 @@ def test_debug_logs_of_an_http01_eab_and_ca_issuance_hold_no_key_or_secret_value
     # What must be searched for really was there: the account, tls, pending and kept keys.
     assert {"Secret certctl/pebble-account key 'tls.key'",
             "Secret default/web-tls key 'tls.key'", "Secret default/internal-tls key 'tls.key'",
-            "Secret default/pending-next-private-key key 'tls.key'"} <= labels, sorted(labels)
+            } <= labels, sorted(labels)
     assert any(label.startswith("Secret certctl/certctl-kept-") for label in labels)
+    assert any(label.startswith("Secret certctl/certctl-orders-")
+               and label.endswith(" key 'next-private-key.default.pending'")
+               for label in labels), sorted(labels)
     every = [secret for secrets in held.values() for secret in secrets]
     every += secrets_in_manifests(http01_run.manifests)  # EAB, TSIG, CA key, garbage key
     assert leaks(log.text, every) == []
@@ -739,9 +749,12 @@ def test_certctl_serve_at_its_most_verbose_prints_no_key_or_secret_value(tmp_pat
             eventually(lambda: "web.example.test" in dns_names(served_certificate(
                 port=https_port, server_name="web.example.test", roots_pem=roots)),
                 timeout=60, what="the certificate served")
-            for name in ("internal-tls", "pending-next-private-key"):
-                path = state_dir / "objects" / "Secret" / "default" / f"{name}.yaml"
-                eventually(path.exists, timeout=60, what=f"Secret {name}")
+            path = state_dir / "objects" / "Secret" / "default" / "internal-tls.yaml"
+            eventually(path.exists, timeout=60, what="Secret internal-tls")
+            eventually(lambda: _next_key_kept(
+                [yaml.safe_load(path.read_text()) for path in
+                 (state_dir / "objects" / "Secret" / "certctl").glob("*.yaml")], "pending"),
+                timeout=60, what="the pending order's private key")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
         finally:

@@ -17,7 +17,6 @@ from certctl.api.resources import Certificate, Issuer, IssuerRef, IssuerSpec
 from certctl.api.status import CertificateStatus
 from certctl.controllers import (
     certificate_issuer,
-    certificate_keys,
     certificate_orders,
     certificate_status,
     issuer_fallback,
@@ -83,8 +82,6 @@ def store_issued(
     secret = _write_secret(store, certificate=certificate, existing=current, ref=fallback.ref,
                            acme=certificate_issuer.places_orders(issuer), data=data,
                            info=inspect.certificate_info(leaf), restored_from=None)
-    store.delete(kind="Secret", namespace=certificate.namespace,
-                 name=certificate_keys.next_key_name(certificate))
     fresh = store.get(kind="Certificate", namespace=certificate.namespace, name=certificate.name)
     if fresh is None:
         return Result.done()

@@ -25,7 +25,7 @@ from certctl.controllers.reconciling import Result
 from certctl.pki import keys
 from certctl.store.interface import AlreadyExists, Object, Store
 
-# On the Orders of a Certificate (and its next-private-key Secret): its name.
+# On the Orders of a Certificate: its name.
 CERTIFICATE_NAME_LABEL = "certctl.io/certificate-name"
 # On Orders, as cert-manager puts it on CertificateRequests: the revision it issues.
 REVISION_ANNOTATION = "cert-manager.io/certificate-revision"
@@ -34,35 +34,48 @@ DEFAULT_REVISION_HISTORY = 1
 ORDER_BUDGET_EXHAUSTED = "OrderBudgetExhausted"
 
 
-def spend_order_budget(
+def enter_order(
     store: Store,
     obj: Object,
     *,
     certificate: Certificate,
-    server: str,
+    ledger: order_budget.LedgerRef,
+    recorded: Object | None,
+    key: order_budget.NextKey | None,
     order_name: str,
     now: datetime.datetime,
     settings: Settings,
     keep_ready: bool,
     exempt: bool,
 ) -> Result | None:
-    """Count the order about to be placed, or refuse it (a Result) when over budget;
-    an `exempt` one (an ARI renewal, see `order_budget.ari_renewal`) is neither."""
-    budget = settings.order_budget
-    if budget is None or exempt:
-        return None
-    ledger = ledger_ref(certificate=certificate, server=server, settings=settings)
-    recorded = order_budget.read_ledger(store=store, ref=ledger)
-    placed = order_budget.placed_orders(ledger=recorded)
-    allowed_at = order_budget.next_allowed(placed=placed, now=now, budget=budget)
-    if allowed_at is None:
-        order_budget.record_order(store=store, ref=ledger, ledger=recorded,
-                                  order=f"{certificate.namespace}/{order_name}", now=now,
-                                  budget=budget)
-        return None
+    """Count the order about to be placed and keep the `key` it is made with (None: the
+    ledger has it) in the ledger, one write; or refuse the order (a Result) when over
+    budget. An `exempt` one (an ARI renewal, see `order_budget.ari_renewal`) is not
+    counted, nor any without a budget. `recorded`: the ledger as this pass read it."""
+    counted = None if exempt else settings.order_budget  # the budget the order spends
+    if counted is not None:
+        placed = order_budget.placed_orders(ledger=recorded)
+        allowed_at = order_budget.next_allowed(placed=placed, now=now, budget=counted)
+        if allowed_at is not None:
+            return _refuse(store, obj, ledger=ledger, placed=placed, allowed_at=allowed_at,
+                           budget=counted, now=now, keep_ready=keep_ready)
+    if counted is not None or key is not None:
+        order_budget.record(
+            store=store, ref=ledger, ledger=recorded, key=key, now=now,
+            order=None if counted is None else f"{certificate.namespace}/{order_name}",
+            window=order_budget.records_window(settings.order_budget))
+    return None
+
+
+def _refuse(
+    store: Store, obj: Object, *, ledger: order_budget.LedgerRef,
+    placed: list[datetime.datetime], allowed_at: datetime.datetime,
+    budget: order_budget.Budget, now: datetime.datetime, keep_ready: bool,
+) -> Result:
+    """Say why the order is not placed, and come back when one fits in the budget."""
     recent = sum(1 for time in placed if time > now - budget.window)
     message = (f"Not placing an order: {recent} orders for exactly [{', '.join(ledger.names)}] "
-               f"were placed with {server} within "
+               f"were placed with {ledger.server} within "
                f"{parsing.format_duration(budget.window)} (failed ones not counted), the budget "
                f"certctl keeps to stay clear of the CA's duplicate-certificate limit "
                f"({budget.describe()}); the next order may be placed at "

@@ -201,17 +201,22 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             store, obj, fallback=fallback, issuer=issuer, data=data, violation=violation,
             secret=secret, now=now, settings=settings, env=env, keep_ready=readiness is None)
 
-    private_key = certificate_keys.next_private_key(store, obj, certificate=certificate,
-                                                    data=data, placed=untold is not None)
+    # The ledger of the names keeps the pending order's key, and counts the orders.
+    ledger = certificate_orders.ledger_ref(certificate=certificate, server=order_server,
+                                           settings=settings)
+    recorded = order_budget.read_ledger(store=store, ref=ledger)
+    private_key, new_key = certificate_keys.next_private_key(
+        ledger=recorded, certificate=certificate, data=data, revision=status.revision or 0)
     order_name = certificate_orders.order_name(certificate=certificate, obj=obj,
                                                private_key=private_key, failures=failures,
                                                issuer=fallback.ref)
     order = store.get(kind="Order", namespace=certificate.namespace, name=order_name)
     if order is None:
         replaces = certificate_issuer.replaced_cert_id(data=data, issuer=issuer)
-        refused = certificate_orders.spend_order_budget(
-            store, obj, certificate=certificate, server=order_server, order_name=order_name,
-            now=now, settings=settings, keep_ready=readiness is None,
+        refused = certificate_orders.enter_order(
+            store, obj, certificate=certificate, ledger=ledger, recorded=recorded,
+            key=new_key, order_name=order_name, now=now, settings=settings,
+            keep_ready=readiness is None,
             exempt=order_budget.ari_renewal(replaces=replaces, window=data.ari, now=now))
         if refused is not None:
             return refused
@@ -236,12 +241,10 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if order_status.state == "valid" and order_status.certificate:
         if order_status.replaces_refused and settings.order_budget is not None:
             # Placed as an ARI renewal, not counted; issued without `replaces`, the CA counts it.
-            ledger = certificate_orders.ledger_ref(certificate=certificate, server=order_server,
-                                                   settings=settings)
-            order_budget.record_order(
-                store=store, ref=ledger, ledger=order_budget.read_ledger(store=store, ref=ledger),
+            order_budget.record(
+                store=store, ref=ledger, ledger=recorded, key=None,
                 order=f"{certificate.namespace}/{order_name}", now=now,
-                budget=settings.order_budget)
+                window=settings.order_budget.window)
         untold = settings.untold.pop(key, order=order_name)
         return certificate_issuing.store_issued(
             store, obj, fallback=fallback, issuer=issuer, private_key=private_key,
@@ -251,9 +254,8 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
     if order_status.state in ("invalid", "errored"):
         settings.untold.pop(key)
         if settings.order_budget is not None:
-            order_budget.refund_order(store=store, ref=certificate_orders.ledger_ref(
-                certificate=certificate, server=order_server, settings=settings),
-                order=f"{certificate.namespace}/{order_name}")
+            order_budget.refund_order(store=store, ref=ledger,
+                                      order=f"{certificate.namespace}/{order_name}")
         retry_after = order_status.retry_after
         message = order_status.reason or "the ACME order failed"
         reason = issuer_fallback.order_failure_reason(message)
@@ -273,9 +275,8 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             settings.order_placement_timeout
         if now >= deadline:
             if settings.order_budget is not None:
-                order_budget.refund_order(store=store, ref=certificate_orders.ledger_ref(
-                    certificate=certificate, server=order_server, settings=settings),
-                    order=f"{certificate.namespace}/{order_name}")
+                order_budget.refund_order(store=store, ref=ledger,
+                                          order=f"{certificate.namespace}/{order_name}")
             store.delete(kind="Order", namespace=certificate.namespace, name=order_name)
             settings.untold.pop(key)
             return certificate_fallback.fall_back(
@@ -299,6 +300,5 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         status.set_condition(type="Ready", status="False", reason=readiness.reason,
                              message=readiness.message, now=now,
                              observed_generation=obj["metadata"].get("generation", 0))
-    status.next_private_key_secret_name = certificate_keys.next_key_name(certificate)
     reconciling.write_status(store, obj=obj, status=status)
     return Result() if wake is None else Result.after(wake)

@@ -16,6 +16,16 @@ An order that fails is taken off again: the CA's limit counts certificates
 issued, and failures are already spaced out by the failure backoff, so after
 fixing what failed the user is not locked out for a week.
 
+The ledger also holds the private key each Certificate's pending order was made
+with (`NextKey`), written with the order's record in one write before the order
+is placed, so a restart makes the same CSR and finds the same Order. cert-manager
+keeps it in a "next private key" Secret of the Certificate's namespace, created
+before and deleted after each issuance: two writes a certificate more (bench B8).
+A key is dropped a week after its order was placed (`NEXT_KEY_KEPT`), by the
+ledger's timer (`reconcile`) or the next write; until then, once issued, it is the
+certificate's key, which the kept copy of the same namespace holds too
+(`kept_certificates`). A ledger with nothing left in it is deleted.
+
 A renewal naming the certificate it renews in ARI's `replaces` (RFC 9773),
 placed once that certificate's suggested window has opened, is exempt from
 all of Let's Encrypt's limits, so it is not counted (`ari_renewal`): ARI and
@@ -26,6 +36,7 @@ the order goes again without it, the certificate it yields is counted then.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
@@ -34,6 +45,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from certctl.api import conditions
+from certctl.api.resources import ObjectKey
+from certctl.controllers.reconciling import Clock, Result
 from certctl.pki import renewal
 from certctl.store.interface import AlreadyExists, Object, Store
 
@@ -41,6 +54,13 @@ LEDGER_LABEL = "certctl.io/order-ledger"
 PLACED_ANNOTATION = "certctl.io/orders-placed"  # JSON: {"<namespace>/<order>": "<time>"}
 NAMES_ANNOTATION = "certctl.io/order-names"
 SERVER_ANNOTATION = "certctl.io/acme-server"
+# JSON: {"<namespace>/<certificate>": {"revision": <n>, "placed": "<time>"}}; each key's
+# PKCS#8 PEM in `data` under NEXT_KEY_PREFIX + "<namespace>.<certificate>".
+NEXT_KEYS_ANNOTATION = "certctl.io/next-private-keys"
+NEXT_KEY_PREFIX = "next-private-key."
+# How long a next private key stays after its order was placed: far longer than an order
+# takes, as long as the records of the default budget.
+NEXT_KEY_KEPT = datetime.timedelta(days=7)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +76,12 @@ class Budget:
 
 # Let's Encrypt's duplicate-certificate limit.
 DUPLICATE_CERTIFICATE_LIMIT = Budget(orders=5, window=datetime.timedelta(days=7))
+
+
+def records_window(budget: Budget | None) -> datetime.timedelta:
+    """How long a ledger keeps its records: the budget's window; without a budget the
+    default's (records from before it was turned off go in time)."""
+    return (budget or DUPLICATE_CERTIFICATE_LIMIT).window
 
 
 def name_set(*, dns_names: Iterable[str], ip_addresses: Iterable[str],
@@ -106,6 +132,14 @@ def ledger_ref(*, server: str, names: Sequence[str], cluster_resource_namespace:
                      server=server, names=tuple(names))
 
 
+@dataclass(frozen=True, kw_only=True)
+class NextKey:
+    """The private key a Certificate's pending order was made with."""
+    certificate: str  # "<namespace>/<name>"
+    revision: int  # the Certificate's status.revision it was made at: for the one after it
+    key_pem: bytes  # PKCS#8
+
+
 def read_ledger(*, store: Store, ref: LedgerRef) -> Object | None:
     return store.get(kind="Secret", namespace=ref.namespace, name=ref.name)
 
@@ -114,24 +148,49 @@ def placed_orders(*, ledger: Mapping[str, Any] | None) -> list[datetime.datetime
     return list(_entries(ledger).values())
 
 
-def record_order(
-    *, store: Store, ref: LedgerRef, ledger: Object | None, order: str,
-    now: datetime.datetime, budget: Budget
+def next_key(ledger: Mapping[str, Any] | None, *, certificate: str,
+             revision: int) -> bytes | None:
+    """The key (PKCS#8 PEM) the ledger keeps for `certificate`'s order at `revision`: an
+    older one is a certificate issued since, not the next."""
+    told = _next_keys(ledger).get(certificate)
+    if told is None or told.get("revision") != revision:
+        return None
+    assert ledger is not None
+    encoded = (ledger.get("data") or {}).get(_next_key_field(certificate))
+    try:
+        return base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+    except ValueError:
+        return None
+
+
+def record(
+    *, store: Store, ref: LedgerRef, ledger: Object | None, order: str | None,
+    key: NextKey | None, now: datetime.datetime, window: datetime.timedelta
 ) -> None:
-    """Count `order` (`namespace/name`) as placed at `now`; entries older than the window go.
+    """Count `order` (`namespace/name`, None: none counted) as placed at `now` and keep
+    `key` for its Certificate, in one write; records older than `window` and keys older
+    than NEXT_KEY_KEPT go.
 
     `ledger` is the ledger as the caller read it (`read_ledger`: the budget was
     judged on it), None when there was none. Raises the store's Conflict when
     another writer got in between: the reconciler runs again and counts afresh.
     """
-    entries = {key: time for key, time in _entries(ledger).items()
-               if time > now - budget.window}
-    entries.setdefault(order, now)
+    entries = _entries(ledger)
+    if order is not None:
+        entries.setdefault(order, now)
+    told = _next_keys(ledger)
+    data = dict((ledger or {}).get("data") or {})
+    if key is not None:
+        told[key.certificate] = {"revision": key.revision,
+                                 "placed": conditions.format_time(now)}
+        data[_next_key_field(key.certificate)] = base64.b64encode(key.key_pem).decode()
+    entries, told, data = _pruned(entries, told, data, now=now, window=window)
     annotations = {
         PLACED_ANNOTATION: json.dumps({key: conditions.format_time(time)
                                        for key, time in sorted(entries.items())}),
         NAMES_ANNOTATION: ",".join(ref.names),
         SERVER_ANNOTATION: ref.server,
+        NEXT_KEYS_ANNOTATION: json.dumps(told, sort_keys=True),
     }
     if ledger is None:
         try:
@@ -139,15 +198,17 @@ def record_order(
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": ref.name, "namespace": ref.namespace,
                              "labels": {LEDGER_LABEL: "true"}, "annotations": annotations},
+                "data": data,
             })
             return
         except AlreadyExists:
             ledger = read_ledger(store=store, ref=ref)
             if ledger is None:
                 raise
-            return record_order(store=store, ref=ref, ledger=ledger, order=order, now=now,
-                                budget=budget)
+            return record(store=store, ref=ref, ledger=ledger, order=order, key=key, now=now,
+                          window=window)
     ledger["metadata"].setdefault("annotations", {}).update(annotations)
+    ledger["data"] = data
     store.replace(obj=ledger)
 
 
@@ -161,6 +222,77 @@ def refund_order(*, store: Store, ref: LedgerRef, order: str) -> None:
     ledger["metadata"]["annotations"][PLACED_ANNOTATION] = json.dumps(
         {key: conditions.format_time(time) for key, time in sorted(entries.items())})
     store.replace(obj=ledger)
+
+
+def is_ledger(obj: Mapping[str, Any], *, cluster_resource_namespace: str) -> bool:
+    """A ledger certctl keeps: labelled so, in the cluster resource namespace."""
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace") == cluster_resource_namespace and (
+        (metadata.get("labels") or {}).get(LEDGER_LABEL) == "true")
+
+
+def reconcile(*, store: Store, key: ObjectKey, clock: Clock, cluster_resource_namespace: str,
+              window: datetime.timedelta) -> Result:
+    """Drop the records older than `window` (the budget's) and the next keys older than
+    NEXT_KEY_KEPT; delete the ledger once nothing is left in it; until then look again when
+    the oldest goes. A ledger whose Certificates are all gone is empty within a week."""
+    ledger = store.get(kind="Secret", namespace=key.namespace, name=key.name)
+    if ledger is None or not is_ledger(
+            ledger, cluster_resource_namespace=cluster_resource_namespace):
+        return Result.done()
+    now = clock()
+    entries, told = _entries(ledger), _next_keys(ledger)
+    data = dict(ledger.get("data") or {})
+    kept_entries, kept_told, kept_data = _pruned(entries, told, data, now=now, window=window)
+    if not kept_entries and not kept_told:
+        store.delete(kind="Secret", namespace=key.namespace, name=key.name)
+        return Result.done()
+    if (kept_entries, kept_told, kept_data) != (entries, told, data):
+        ledger["metadata"]["annotations"].update({
+            PLACED_ANNOTATION: json.dumps({k: conditions.format_time(time)
+                                           for k, time in sorted(kept_entries.items())}),
+            NEXT_KEYS_ANNOTATION: json.dumps(kept_told, sort_keys=True)})
+        ledger["data"] = kept_data
+        store.replace(obj=ledger)
+    ends = [time + window for time in kept_entries.values()] + [
+        _placed(entry) + NEXT_KEY_KEPT for entry in kept_told.values()]
+    return Result.after(max(0.0, (min(ends) - now).total_seconds()))
+
+
+def _pruned(
+    entries: dict[str, datetime.datetime], told: dict[str, dict[str, Any]],
+    data: dict[str, str], *, now: datetime.datetime, window: datetime.timedelta,
+) -> tuple[dict[str, datetime.datetime], dict[str, dict[str, Any]], dict[str, str]]:
+    """Without the records older than `window` and the keys older than NEXT_KEY_KEPT."""
+    entries = {k: time for k, time in entries.items() if time > now - window}
+    told = {k: entry for k, entry in told.items() if _placed(entry) > now - NEXT_KEY_KEPT}
+    fields = {_next_key_field(certificate) for certificate in told}
+    data = {k: v for k, v in data.items() if not k.startswith(NEXT_KEY_PREFIX) or k in fields}
+    return entries, told, data
+
+
+def _next_key_field(certificate: str) -> str:
+    """The data key of `certificate`'s (`namespace/name`) next key: a namespace holds no dot."""
+    return NEXT_KEY_PREFIX + certificate.replace("/", ".", 1)
+
+
+def _placed(entry: Mapping[str, Any]) -> datetime.datetime:
+    try:
+        return conditions.parse_time(str(entry.get("placed")))
+    except ValueError:
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)  # unreadable: it goes
+
+
+def _next_keys(ledger: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The next keys' records by Certificate; unreadable ones count as none."""
+    text = (((ledger or {}).get("metadata") or {}).get("annotations") or {}).get(
+        NEXT_KEYS_ANNOTATION)
+    try:
+        raw = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {str(k): dict(v) for k, v in raw.items() if isinstance(v, dict)} \
+        if isinstance(raw, dict) else {}
 
 
 def _entries(ledger: Mapping[str, Any] | None) -> dict[str, datetime.datetime]:

@@ -12,8 +12,9 @@ controller-runtime controller:
 - an issuer change runs the Certificates that use it; a Secret change runs
   the Certificate that writes it (a deleted Secret is reissued at once);
 - a renewal requested in a Certificate's status (`certctl renew`) runs it;
-- a kept copy of a certificate (`kept_certificates`) runs its own expiry
-  timer, started by its creation and, for every copy, at start-up.
+- a kept copy of a certificate (`kept_certificates`) and an order ledger
+  (`order_budget`) run their own expiry timers, started by their writes and,
+  for every one, at start-up.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
-    certificate_keys,
     certificate_settings,
     certificates,
     challenges,
@@ -135,6 +135,13 @@ RECONCILERS = (
                run=lambda store, key, settings: kept_certificates.reconcile(
                    store=store, key=key, clock=settings.certificates.clock,
                    cluster_resource_namespace=settings.certificates.cluster_resource_namespace)),
+    # An order ledger (a Secret) too: its records and next private keys expire.
+    Reconciler(name="ledger", kinds=(), rank=None,
+               run=lambda store, key, settings: order_budget_module.reconcile(
+                   store=store, key=key, clock=settings.certificates.clock,
+                   cluster_resource_namespace=settings.certificates.cluster_resource_namespace,
+                   window=order_budget_module.records_window(
+                       settings.certificates.order_budget))),
 )
 _RECONCILER_BY_NAME = {reconciler.name: reconciler for reconciler in RECONCILERS}
 # Anything but a ranked reconciler's item runs after every ranked one's.
@@ -179,8 +186,7 @@ def work_queue(*, handler: workqueue.Handler, workers: int) -> workqueue.WorkQue
     )
 
 
-_CONTROLLER_SECRET_LABELS = (certificate_keys.NEXT_KEY_LABEL, kept_certificates.KEPT_LABEL,
-                             order_budget_module.LEDGER_LABEL)
+_CONTROLLER_SECRET_LABELS = (kept_certificates.KEPT_LABEL, order_budget_module.LEDGER_LABEL)
 
 
 def _secret_names(issuer: Object) -> set[str]:
@@ -316,6 +322,9 @@ class Dispatcher:
             if event.type != "DELETED" and kept_certificates.is_kept_copy(
                     event.obj, cluster_resource_namespace=self._kept_namespace):
                 yield ("kept", key)
+            if event.type != "DELETED" and order_budget_module.is_ledger(
+                    event.obj, cluster_resource_namespace=self._kept_namespace):
+                yield ("ledger", key)
             yield from self._certificates_writing(event)
             yield from self._issuers_reading(event)
         elif key.kind == "Certificate" and event.type == "DELETED":
@@ -338,12 +347,13 @@ class Dispatcher:
                 if kind == "Certificate":
                     self._secret_names.saw(WatchEvent(type="ADDED", key=key, obj=obj))
                 yield (controller, key)
-        # Kept copies have no reconciler of their kind, only an expiry timer: one that
-        # expired while certctl was not running goes now.
-        for secret in self._store.list(kind="Secret", namespace=self._kept_namespace,
-                                       labels={kept_certificates.KEPT_LABEL: "true"},
-                                       shared=True):
-            yield ("kept", reconciling.key_of(secret))
+        # Kept copies and ledgers have no reconciler of their kind, only an expiry timer:
+        # what expired while certctl was not running goes now.
+        for name, label in (("kept", kept_certificates.KEPT_LABEL),
+                            ("ledger", order_budget_module.LEDGER_LABEL)):
+            for secret in self._store.list(kind="Secret", namespace=self._kept_namespace,
+                                           labels={label: "true"}, shared=True):
+                yield (name, reconciling.key_of(secret))
 
     @property
     def _kept_namespace(self) -> str:
