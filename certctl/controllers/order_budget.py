@@ -186,8 +186,7 @@ def record(
         data[_next_key_field(key.certificate)] = base64.b64encode(key.key_pem).decode()
     entries, told, data = _pruned(entries, told, data, now=now, window=window)
     annotations = {
-        PLACED_ANNOTATION: json.dumps({key: conditions.format_time(time)
-                                       for key, time in sorted(entries.items())}),
+        PLACED_ANNOTATION: _placed_text(entries),
         NAMES_ANNOTATION: ",".join(ref.names),
         SERVER_ANNOTATION: ref.server,
         NEXT_KEYS_ANNOTATION: json.dumps(told, sort_keys=True),
@@ -219,8 +218,7 @@ def refund_order(*, store: Store, ref: LedgerRef, order: str) -> None:
     if ledger is None or order not in entries:
         return
     del entries[order]
-    ledger["metadata"]["annotations"][PLACED_ANNOTATION] = json.dumps(
-        {key: conditions.format_time(time) for key, time in sorted(entries.items())})
+    ledger["metadata"]["annotations"][PLACED_ANNOTATION] = _placed_text(entries)
     store.replace(obj=ledger)
 
 
@@ -248,9 +246,8 @@ def reconcile(*, store: Store, key: ObjectKey, clock: Clock, cluster_resource_na
         store.delete(kind="Secret", namespace=key.namespace, name=key.name)
         return Result.done()
     if (kept_entries, kept_told, kept_data) != (entries, told, data):
-        ledger["metadata"]["annotations"].update({
-            PLACED_ANNOTATION: json.dumps({k: conditions.format_time(time)
-                                           for k, time in sorted(kept_entries.items())}),
+        ledger["metadata"].setdefault("annotations", {}).update({
+            PLACED_ANNOTATION: _placed_text(kept_entries),
             NEXT_KEYS_ANNOTATION: json.dumps(kept_told, sort_keys=True)})
         ledger["data"] = kept_data
         store.replace(obj=ledger)
@@ -269,6 +266,12 @@ def _pruned(
     fields = {_next_key_field(certificate) for certificate in told}
     data = {k: v for k, v in data.items() if not k.startswith(NEXT_KEY_PREFIX) or k in fields}
     return entries, told, data
+
+
+def _placed_text(entries: Mapping[str, datetime.datetime]) -> str:
+    """PLACED_ANNOTATION's value for these records."""
+    return json.dumps({order: conditions.format_time(time)
+                       for order, time in sorted(entries.items())})
 
 
 def _next_key_field(certificate: str) -> str:
