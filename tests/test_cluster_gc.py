@@ -2,11 +2,12 @@
 controller clean up after certctl, through every kind it creates.
 
 The issuance is held mid-way on purpose: the controller's HTTP-01 self-check
-reaches a server that is not the data plane, so the Certificate, its pending
-private-key Secret, the Order, the Challenge and the solver Ingress and
-ExternalName Service all exist and stay (nothing is sent to Pebble for
-validation). Then an owner goes, and the cluster, not certctl, must remove
-what hung from it.
+reaches a server that is not the data plane, so the Certificate, the Order, the
+Challenge and the solver Ingress and ExternalName Service all exist and stay
+(nothing is sent to Pebble for validation). Then an owner goes, and the cluster,
+not certctl, must remove what hung from it. The pending private key is in the
+order ledger of the cluster resource namespace (`order_budget`), owned by
+nothing: no Secret of the namespace is certctl's while it issues.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ pytest_plugins = ["tests.controlplane"]
 
 GARBAGE_COLLECTOR = "system:kube-controller-manager"
 # What certctl creates for one Ingress while issuing (kind, name prefix).
-OWNED_KINDS = ("Certificate", "Order", "Challenge", "Ingress", "Service", "Secret")
+OWNED_KINDS = ("Certificate", "Order", "Challenge", "Ingress", "Service")
 
 
 @dataclass
@@ -119,8 +120,9 @@ def test_deleting_the_ingress_lets_the_garbage_collector_remove_everything_below
     collected = {(e.resource, e.name) for e in plane.audit.events(since=mark)
                  if e.verb == "delete" and e.user == GARBAGE_COLLECTOR and e.code == 200}
     assert ("certificates", "shop-tls") in collected
-    assert {"orders", "challenges", "ingresses", "services", "secrets"} <= {
+    assert {"orders", "challenges", "ingresses", "services"} <= {
         resource for resource, _ in collected}, collected
+    assert api.list(kind="Secret", namespace=where) == []
 
 
 def test_removing_the_annotation_removes_the_certificate_and_what_it_owned(
