@@ -308,11 +308,29 @@ def test_a_rule_is_remembered_by_the_fields_it_reads_only_when_it_reads_no_more(
         else:
             assert problem in refused(obj).message
 
-    # Another name: only the rule that reads dnsNames is evaluated again.
+    # Another name: the rule that reads dnsNames reads only whether there are any
+    # (`_sized_fields`), so nothing is evaluated again; two names are a new size.
     before = schema._rule_holds.cache_info()
     schema.validate(certificate(dnsNames=["another.example.test"]))
     after = schema._rule_holds.cache_info()
-    assert (after.misses - before.misses, after.hits - before.hits) == (1, 5)
+    assert (after.misses - before.misses, after.hits - before.hits) == (0, 6)
+    schema.validate(certificate(dnsNames=["one.example.test", "two.example.test"]))
+    assert schema._rule_holds.cache_info().misses - after.misses == 1
+
+
+def test_a_field_read_only_through_has_and_size_is_remembered_by_its_size():
+    rule = ("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && "
+            "size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0)")
+    fields = schema._fields_read(rule)
+    assert schema._sized_fields(rule, fields) == {"dnsNames", "ipAddresses"}
+    assert schema._sized_fields("size(self.x) > 0 && self.x[0] == 'a'",
+                                schema._fields_read("size(self.x) > 0 && self.x[0] == 'a'")
+                                ) == frozenset()  # its content too
+    assert schema._stand_in(["a.example", "b.example"]) == [0, 0]
+    assert schema._stand_in("héllo") == "xxxxx"
+    # The outcomes stay a fresh evaluation's: no names is refused, whatever came before.
+    schema.validate(certificate(dnsNames=["named.example.test"]))
+    assert "commonName" in refused(certificate(dnsNames=[])).message
 
 
 def test_what_an_api_server_returns_carries_managed_fields(control_plane: ControlPlane):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import dataclasses
 import datetime
 import difflib
@@ -172,15 +173,21 @@ class _Rule:
     `fields`: the fields of `self` the rule reads, when it reads `self` only as
     `self.<field>`; its outcome then depends on those alone, which is what its
     outcomes are remembered by (10,000 Certificates from Ingresses differ in their
-    names, not in the fields most rules look at). None: it reads `self` whole."""
+    names, not in the fields most rules look at). None: it reads `self` whole.
+    `sized`: those of them it reads only as has(self.<field>) or size(self.<field>)
+    (`_sized_fields`)."""
 
     text: str
     message: str
     fields: tuple[str, ...] | None
+    sized: frozenset[str] = frozenset()
 
 
 _SELF: Final = re.compile(r"\bself\b")
 _SELF_FIELD: Final = re.compile(r"\bself\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
+
+
+_SIZED_USE: Final = re.compile(r"\b(?:has|size)\(\s*self\.([A-Za-z_][A-Za-z0-9_]*)\s*\)")
 
 
 def _fields_read(rule: str) -> tuple[str, ...] | None:
@@ -188,6 +195,29 @@ def _fields_read(rule: str) -> tuple[str, ...] | None:
     if len(fields) != len(_SELF.findall(rule)):
         return None  # `self` itself, or a method of it (`self.all(...)`)
     return tuple(sorted(set(fields)))
+
+
+def _sized_fields(rule: str, fields: tuple[str, ...] | None) -> frozenset[str]:
+    """The fields `rule` reads only as has(self.<field>) or size(self.<field>): its outcome
+    depends on whether they are set and how long they are, not on what they hold. The
+    Certificate's "at least one name" rule is one: remembered by the names themselves it
+    was evaluated for every Certificate (1.3 ms each in cel-python, 6 % of B2's CPU)."""
+    if fields is None:
+        return frozenset()
+    read = collections.Counter(_SELF_FIELD.findall(rule))
+    sized = collections.Counter(_SIZED_USE.findall(rule))
+    return frozenset(name for name in fields if sized[name] == read[name])
+
+
+def _stand_in(value: Any) -> Any:
+    """A value of `value`'s type and size holding nothing of it, for a `sized` field."""
+    if isinstance(value, str):
+        return "x" * len(value)
+    if isinstance(value, list):
+        return [0] * len(value)
+    if isinstance(value, Mapping):
+        return {str(index): 0 for index in range(len(value))}
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,8 +275,10 @@ def _program(rule: str) -> celpy.Runner:
 def _cel_node(node: Mapping[str, Any]) -> _CelNode | None:
     """The node's compiled rules, None where neither it nor anything below has one."""
     rules = tuple(
-        _Rule(text=rule["rule"], message=rule["message"], fields=_fields_read(rule["rule"]))
+        _Rule(text=rule["rule"], message=rule["message"], fields=fields,
+              sized=_sized_fields(rule["rule"], fields))
         for rule in node.get("x-kubernetes-validations", ())
+        for fields in [_fields_read(rule["rule"])]
     )
     properties = {name: compiled for name, child in node.get("properties", {}).items()
                   if (compiled := _cel_node(child)) is not None}
@@ -526,7 +558,8 @@ def _cel_violations(node: _CelNode, value: Any, *, at: str) -> Iterator[Violatio
     for rule in node.rules:
         read = value
         if rule.fields is not None and isinstance(value, Mapping):
-            read = {name: value[name] for name in rule.fields if name in value}
+            read = {name: _stand_in(value[name]) if name in rule.sized else value[name]
+                    for name in rule.fields if name in value}
         try:
             content = json.dumps(read, sort_keys=True, separators=(",", ":"))
         except TypeError:  # a value JSON has not (a date PyYAML made): checked, not remembered
