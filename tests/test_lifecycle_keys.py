@@ -120,12 +120,12 @@ def test_the_ledger_lets_go_of_a_next_key_a_week_after_its_order(tmp_path: Path)
 
     result = order_budget.reconcile(store=world.store, key=key, clock=world.clock,
                                     cluster_resource_namespace="certctl",
-                                    window=order_budget.records_window(settings.order_budget))
+                                    budget=settings.order_budget)
     assert result.requeue_after == pytest.approx(7 * 24 * 3600)
     world.clock.advance(days=7)
     order_budget.reconcile(store=world.store, key=key, clock=world.clock,
                            cluster_resource_namespace="certctl",
-                           window=order_budget.records_window(settings.order_budget))
+                           budget=settings.order_budget)
     assert _ledger(world) is None, "neither a record nor a key left: the ledger goes"
 
 

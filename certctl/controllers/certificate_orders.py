@@ -63,7 +63,7 @@ def enter_order(
         order_budget.record(
             store=store, ref=ledger, ledger=recorded, key=key, now=now,
             order=None if counted is None else f"{certificate.namespace}/{order_name}",
-            window=order_budget.records_window(settings.order_budget))
+            budget=settings.order_budget)
     return None
 
 

@@ -244,7 +244,7 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
             order_budget.record(
                 store=store, ref=ledger, ledger=recorded, key=None,
                 order=f"{certificate.namespace}/{order_name}", now=now,
-                window=order_budget.records_window(settings.order_budget))
+                budget=settings.order_budget)
         untold = settings.untold.pop(key, order=order_name)
         return certificate_issuing.store_issued(
             store, obj, fallback=fallback, issuer=issuer, private_key=private_key,

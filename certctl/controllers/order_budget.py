@@ -165,11 +165,11 @@ def next_key(ledger: Mapping[str, Any] | None, *, certificate: str,
 
 def record(
     *, store: Store, ref: LedgerRef, ledger: Object | None, order: str | None,
-    key: NextKey | None, now: datetime.datetime, window: datetime.timedelta
+    key: NextKey | None, now: datetime.datetime, budget: Budget | None
 ) -> None:
     """Count `order` (`namespace/name`, None: none counted) as placed at `now` and keep
-    `key` for its Certificate, in one write; records older than `window` and keys older
-    than NEXT_KEY_KEPT go.
+    `key` for its Certificate, in one write; records older than `budget`'s window
+    (`records_window`) and keys older than NEXT_KEY_KEPT go.
 
     `ledger` is the ledger as the caller read it (`read_ledger`: the budget was
     judged on it), None when there was none. Raises the store's Conflict when
@@ -184,7 +184,8 @@ def record(
         told[key.certificate] = {"revision": key.revision,
                                  "placed": conditions.format_time(now)}
         data[_next_key_field(key.certificate)] = base64.b64encode(key.key_pem).decode()
-    entries, told, data = _pruned(entries, told, data, now=now, window=window)
+    entries, told, data = _pruned(entries, told, data, now=now,
+                                  window=records_window(budget))
     annotations = {
         PLACED_ANNOTATION: _placed_text(entries),
         NAMES_ANNOTATION: ",".join(ref.names),
@@ -205,7 +206,7 @@ def record(
             if ledger is None:
                 raise
             return record(store=store, ref=ref, ledger=ledger, order=order, key=key, now=now,
-                          window=window)
+                          budget=budget)
     ledger["metadata"].setdefault("annotations", {}).update(annotations)
     ledger["data"] = data
     store.replace(obj=ledger)
@@ -230,8 +231,8 @@ def is_ledger(obj: Mapping[str, Any], *, cluster_resource_namespace: str) -> boo
 
 
 def reconcile(*, store: Store, key: ObjectKey, clock: Clock, cluster_resource_namespace: str,
-              window: datetime.timedelta) -> Result:
-    """Drop the records older than `window` (the budget's) and the next keys older than
+              budget: Budget | None) -> Result:
+    """Drop the records older than `budget`'s window (`records_window`) and the keys older than
     NEXT_KEY_KEPT; delete the ledger once nothing is left in it; until then look again when
     the oldest goes. A ledger whose Certificates are all gone is empty within a week."""
     ledger = store.get(kind="Secret", namespace=key.namespace, name=key.name)
@@ -239,6 +240,7 @@ def reconcile(*, store: Store, key: ObjectKey, clock: Clock, cluster_resource_na
             ledger, cluster_resource_namespace=cluster_resource_namespace):
         return Result.done()
     now = clock()
+    window = records_window(budget)
     entries, told = _entries(ledger), _next_keys(ledger)
     data = dict(ledger.get("data") or {})
     kept_entries, kept_told, kept_data = _pruned(entries, told, data, now=now, window=window)

@@ -140,8 +140,7 @@ RECONCILERS = (
                run=lambda store, key, settings: order_budget_module.reconcile(
                    store=store, key=key, clock=settings.certificates.clock,
                    cluster_resource_namespace=settings.certificates.cluster_resource_namespace,
-                   window=order_budget_module.records_window(
-                       settings.certificates.order_budget))),
+                   budget=settings.certificates.order_budget)),
 )
 _RECONCILER_BY_NAME = {reconciler.name: reconciler for reconciler in RECONCILERS}
 # Anything but a ranked reconciler's item runs after every ranked one's.
