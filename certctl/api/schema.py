@@ -197,6 +197,11 @@ def _fields_read(rule: str) -> tuple[str, ...] | None:
     return tuple(sorted(set(fields)))
 
 
+def _rule(*, text: str, message: str) -> _Rule:
+    fields = _fields_read(text)
+    return _Rule(text=text, message=message, fields=fields, sized=_sized_fields(text, fields))
+
+
 def _sized_fields(rule: str, fields: tuple[str, ...] | None) -> frozenset[str]:
     """The fields `rule` reads only as has(self.<field>) or size(self.<field>): its outcome
     depends on whether they are set and how long they are, not on what they hold. The
@@ -275,10 +280,8 @@ def _program(rule: str) -> celpy.Runner:
 def _cel_node(node: Mapping[str, Any]) -> _CelNode | None:
     """The node's compiled rules, None where neither it nor anything below has one."""
     rules = tuple(
-        _Rule(text=rule["rule"], message=rule["message"], fields=fields,
-              sized=_sized_fields(rule["rule"], fields))
+        _rule(text=rule["rule"], message=rule["message"])
         for rule in node.get("x-kubernetes-validations", ())
-        for fields in [_fields_read(rule["rule"])]
     )
     properties = {name: compiled for name, child in node.get("properties", {}).items()
                   if (compiled := _cel_node(child)) is not None}
