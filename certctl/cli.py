@@ -183,9 +183,9 @@ def _edge_arguments(parser: argparse.ArgumentParser, *, http_port: int, https_po
                         "(default: leave their status alone)")
     parser.add_argument("--tls-context-cache", type=_positive_int,
                         default=certstore.DEFAULT_CONTEXT_CACHE_SIZE, metavar="N",
-                        help="keep the TLS contexts of the N most recently served certificates "
-                        "(about 24 KiB each; a name whose context was dropped costs about 1 ms "
-                        "of CPU on its next handshake; default: %(default)s)")
+                        help="keep the N most recently served certificates decoded for OpenSSL "
+                        "(about 8 KiB each; a name whose certificate was dropped costs about "
+                        "0.5 ms of CPU on its next handshake; default: %(default)s)")
     parser.add_argument("--max-connections", type=_positive_int,
                         default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                         help="client connections the data plane holds at once; beyond it "

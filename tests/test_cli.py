@@ -61,7 +61,7 @@ def test_tls_context_cache_bounds_the_data_planes_built_contexts(tmp_path: Path)
             source=ObjectKey(kind="Secret", namespace="default", name=name),
             chain_pem=cert.chain_pem, key_pem=cert.key_pem)
         edge.certificate_index.select(f"{name}.test")
-    assert edge.certificate_index.context_count == 2
+    assert edge.certificate_index.built_count == 2
 
 
 def test_max_connections_reaches_the_data_plane(tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ the feed's debounce thread.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 
 from certctl.api.resources import ObjectKey
 from certctl.dataplane import certstore, routing
 from certctl.runtime import dataplane_feed
 from certctl.store.local import LocalStore
+from tests.handshake import presented_leaf
 from tests.testca import Issued, TestCA
 
 
@@ -208,21 +206,9 @@ def test_start_loads_routes_and_certificates_and_leaves_the_statuses_to_its_thre
         env.feed.stop()
 
 
-def _presented_serial(context: ssl.SSLContext, *, name: str, ca: TestCA) -> int:
-    """The serial of the leaf `context` presents in a TLS handshake for SNI `name`."""
-    client = ssl.create_default_context(cadata=ca.pem.decode())
-    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
-    client_tls = client.wrap_bio(client_in, client_out, server_hostname=name)
-    server_tls = context.wrap_bio(server_in, server_out, server_side=True)
-    for _ in range(10):
-        for side in (client_tls, server_tls):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        server_in.write(client_out.read())
-        client_in.write(server_out.read())
-    der = client_tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+def _presented_serial(presented: certstore.Presented, *, name: str, ca: TestCA) -> int:
+    """The serial of the leaf `presented` in a TLS handshake for SNI `name`."""
+    return presented_leaf(presented, name=name, cadata=ca.pem.decode()).serial_number
 
 
 def test_facts_handed_to_a_new_index_serve_the_same_secret_content_and_no_other(

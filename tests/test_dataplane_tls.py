@@ -207,7 +207,7 @@ def test_thousand_certificates_each_served_for_its_own_name(plane):
                 assert serial_of(tls) == issued[name].serial
     finally:
         plane.plane.certificates = previous
-    assert index.context_count == 100  # the least recently used contexts were let go
+    assert index.built_count == 100  # the least recently used contexts were let go
 
 
 def test_evicted_context_is_rebuilt_on_the_next_handshake():
@@ -219,7 +219,7 @@ def test_evicted_context_is_rebuilt_on_the_next_handshake():
     first = index.select("one.test")
     index.select("two.test")
     again = index.select("one.test")
-    assert index.context_count == 1
+    assert index.built_count == 1
     assert again is not first  # rebuilt after eviction
     assert again is not index.select(None)  # and not the default certificate
 

@@ -6,21 +6,22 @@ handshake path only does dict lookups: `select` is called from the SNI callback
 for every new TLS connection, so it never parses PEM unless a name is served
 for the first time.
 
-- SSLContexts are built lazily, on the first handshake for a certificate, and
-  kept for the `context_cache_size` most recently used certificates: a
-  context costs about 24 KiB and 0.85 ms to build (OpenSSL 3 decoding the PEM
-  key dominates), so 10,000 loaded certificates cost 10,000 parsed leaves
-  (about 1.2 KB each) at start-up, not 240 MB and 8.5 s of contexts, and
-  memory grows only with the names clients actually ask for. The default
-  cache holds 16,384 contexts (at most about 390 MiB, and only for names
-  being served): with 2,048, rotating over 10,000 names rebuilt a context on
-  most handshakes and more than doubled their CPU (bench B3). Clients cannot
-  grow it beyond the loaded certificates: unknown names get the default.
-  `--tls-context-cache` sets it.
+- A certificate is presented without a context of its own: on the first handshake
+  for it, its leaf, chain and key are decoded into OpenSSL objects
+  (`credentials.Credentials`, about 0.4 ms, most of it the leaf's public key going
+  through OpenSSL 3's decoders), which the SNI callback sets on each connection of
+  the listener's one context. A context per certificate, loaded from PEM, cost
+  about 2 ms and 24 KiB (bench B3); it is what happens where `credentials` cannot
+  bind libssl, and for the few certificates that ask for a client certificate.
+  Decoded certificates are kept for the `context_cache_size` most recently used
+  (`--tls-context-cache`), so 10,000 loaded certificates cost 10,000 parsed
+  leaves (about 1.2 KB each) at start-up and memory grows only with the names
+  clients actually ask for; clients cannot grow it beyond the loaded
+  certificates: unknown names get the default.
 - Updates come from another thread (the Secret watcher). Writers hold a lock;
   readers use plain `dict.get`, which is atomic in CPython, and every name is
   switched with one assignment, so a handshake sees the old or the new
-  certificate, never none. Existing connections keep the context they
+  certificate, never none. Existing connections keep the certificate they
   negotiated.
 - Two Secrets may claim the same name: the certificate that expires last
   serves it (ties: the Secret's key, for determinism), and removing one falls
@@ -59,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from certctl.api import resources
+from certctl.dataplane import credentials
 from certctl.pki import secret as tls_secret
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,10 @@ DEFAULT_CONTEXT_CACHE_SIZE = 16_384
 # TLS 1.2 suites: forward secret AEADs only (Mozilla's "intermediate" minus
 # DHE). TLS 1.3 suites are OpenSSL's defaults, all of them modern.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+Presented = ssl.SSLContext | credentials.Credentials
+"""What a handshake gets for its name: a context to switch to, or a certificate to present
+on the context it started on (which holds none: `new_server_context`)."""
 
 
 def new_server_context() -> ssl.SSLContext:
@@ -108,7 +114,7 @@ class CertificateFacts:
 
 @dataclass(kw_only=True, slots=True, eq=False)
 class _Entry:
-    """One loaded certificate; `context` is filled on the first handshake that needs it."""
+    """One loaded certificate; `presented` is filled on the first handshake that needs it."""
 
     source: resources.ObjectKey
     names: tuple[str, ...]  # DNS names, then IP addresses in canonical form
@@ -117,7 +123,7 @@ class _Entry:
     chain_pem: bytes
     key_pem: bytes
     digest: bytes | None = None  # of the Secret's content (`TLSSecretBytes.digest`)
-    context: ssl.SSLContext | None = None
+    presented: Presented | None = None
 
     def rank(self) -> tuple[datetime.datetime, str]:
         return (self.not_after, str(self.source))
@@ -129,7 +135,7 @@ class CertificateIndex:
     def __init__(self, *, context_cache_size: int = DEFAULT_CONTEXT_CACHE_SIZE) -> None:
         self._lock = threading.Lock()
         self._context_cache_size = context_cache_size
-        # Entries holding a built context, least recently handshaken first.
+        # Entries holding what they present, least recently handshaken first.
         # Only `select` touches it, and `select` runs on the event loop alone.
         self._recent: OrderedDict[_Entry, None] = OrderedDict()
         self._by_source: dict[resources.ObjectKey, _Entry] = {}
@@ -162,7 +168,7 @@ class CertificateIndex:
         `chain_pem` is the leaf first, then intermediates (the `tls.crt` of a
         kubernetes.io/tls Secret). Raises ValueError, naming `source`, when the
         chain does not parse or the key does not belong to the leaf: checked
-        here because the context itself is only built at the first handshake.
+        here because what OpenSSL presents is only built at the first handshake.
         """
         self._serve(_parse_entry(source=source, chain_pem=chain_pem, key_pem=key_pem))
 
@@ -170,7 +176,7 @@ class CertificateIndex:
                      contents: tls_secret.TLSSecretContents, announce: bool = True) -> None:
         """`set_certificate` for a Secret already read by `pki.secret.read_tls_secret`:
         its parsed leaf and key are used as they are, not parsed again from the PEM
-        (only the PEM bytes are kept, for the context built at the first handshake).
+        (only the PEM bytes are kept, for what is built at the first handshake).
         Without `announce`, logged at debug level only: a start-up loading thousands
         says how many in one line of its own."""
         entry = _entry_of(source=source, leaf=contents.leaf, key=contents.key,
@@ -244,8 +250,8 @@ class CertificateIndex:
                 self._publish_no_sni(source, None)
         logger.info("removed certificate from %s", source)
 
-    def select(self, server_name: str | None) -> ssl.SSLContext:
-        """The context for a handshake: exact name, then `*.` + parent, then the default;
+    def select(self, server_name: str | None) -> Presented:
+        """What a handshake presents: exact name, then `*.` + parent, then the default;
         without a name, the certificate for an IP address (see the module docstring).
 
         Never raises: a certificate OpenSSL refuses to load is logged once and
@@ -253,7 +259,7 @@ class CertificateIndex:
         """
         if not server_name:
             entry = self._no_sni
-            return self._default_context if entry is None else self._context_of(entry)
+            return self._default_context if entry is None else self._presented_by(entry)
         name = server_name.lower()
         entry = self._by_name.get(name)
         if entry is None:
@@ -266,26 +272,26 @@ class CertificateIndex:
             ca = self._client_ca(name)
             if ca is not None:
                 return self._client_context(entry, ca)
-        return self._context_of(entry)
+        return self._presented_by(entry)
 
     @property
     def default_context(self) -> ssl.SSLContext:
         """What `select` answers for a name no certificate covers."""
         return self._default_context
 
-    def _context_of(self, entry: _Entry) -> ssl.SSLContext:
-        """The entry's context, built on first use and kept among the most recent."""
-        context = entry.context
+    def _presented_by(self, entry: _Entry) -> Presented:
+        """What the entry presents, built on first use and kept among the most recent."""
+        presented = entry.presented
         recent = self._recent
-        if context is None:
-            context = self._build(entry)
+        if presented is None:
+            presented = self._build(entry)
             recent[entry] = None
             if len(recent) > self._context_cache_size:
                 evicted, _ = recent.popitem(last=False)
-                evicted.context = None
+                evicted.presented = None
         else:
             recent.move_to_end(entry)
-        return context
+        return presented
 
     def set_acme_tls_certificate(
         self, *, source: resources.ObjectKey, name: str, chain_pem: bytes, key_pem: bytes
@@ -375,8 +381,9 @@ class CertificateIndex:
         return dot > 0 and ("*" + host[dot:]) in self._by_name
 
     @property
-    def context_count(self) -> int:
-        """How many certificates hold a built SSLContext right now (at most the cache size)."""
+    def built_count(self) -> int:
+        """How many certificates are held built for handshakes right now (at most the cache
+        size)."""
         return len(self._recent)
 
     def loaded(self) -> list[tuple[resources.ObjectKey, datetime.datetime]]:
@@ -409,15 +416,21 @@ class CertificateIndex:
         addressed = self._addressed.values()
         self._no_sni = max(addressed, key=_Entry.rank) if addressed else None
 
-    def _build(self, entry: _Entry) -> ssl.SSLContext:
-        context = new_server_context()
+    def _build(self, entry: _Entry) -> Presented:
+        presented: Presented
         try:
-            _load_chain(context=context, chain_pem=entry.chain_pem, key_pem=entry.key_pem)
-        except (ssl.SSLError, OSError) as err:
+            if credentials.BINDING is not None:
+                presented = credentials.Credentials(chain_pem=entry.chain_pem,
+                                                    key_pem=entry.key_pem)
+            else:
+                presented = new_server_context()
+                _load_chain(context=presented, chain_pem=entry.chain_pem,
+                            key_pem=entry.key_pem)
+        except (ssl.SSLError, OSError, ValueError, MemoryError) as err:
             logger.error("cannot load certificate from %s: %s", entry.source, err)
-            context = self._default_context
-        entry.context = context
-        return context
+            presented = self._default_context
+        entry.presented = presented
+        return presented
 
 
 def _parse_entry(*, source: resources.ObjectKey, chain_pem: bytes, key_pem: bytes) -> _Entry:

@@ -199,7 +199,7 @@ class DataPlane:
             self._install_unraisablehook()
             self._tls = tls.TlsListener(
                 context=certstore.new_server_context(),
-                select_context=self._select_context,
+                select_certificate=self._select_certificate,
                 protocol_factory=lambda: connection.ClientConnection(services=self.services,
                                                                      scheme=b"https"),
                 handshake_timeout=self._handshake_timeout,
@@ -287,7 +287,7 @@ class DataPlane:
     def _select_acme_context(self, server_name: str) -> ssl.SSLContext | None:
         return self.certificates.select_acme_tls(server_name)
 
-    def _select_context(self, server_name: str | None) -> ssl.SSLContext:
+    def _select_certificate(self, server_name: str | None) -> certstore.Presented:
         return self.certificates.select(server_name)  # `certificates` may be replaced
 
     def _count_handshake(self, completed: bool) -> None:

@@ -28,8 +28,9 @@ needs:
   connection gets while it is still in the CPU's caches, not after the next
   garbage collection (bench B3: about 5 % of the CPU per connection).
 
-The certificate is switched in the SNI callback, before OpenSSL picks one:
-the listener's `select_context` maps the server name to its SSLContext.
+The certificate is chosen in the SNI callback, before OpenSSL picks one: the
+listener's `select_certificate` maps the server name to an SSLContext to switch
+to, or to decoded `Credentials` set on the connection itself (see certstore).
 
 TLS-ALPN-01 (RFC 8737) needs the certificate chosen by the ALPN the client
 offers, which OpenSSL only looks at after the SNI callback (and Python has no
@@ -59,6 +60,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from certctl.dataplane.credentials import Credentials
+
 logger = logging.getLogger(__name__)
 
 READ_SIZE: Final = 65536
@@ -82,7 +85,7 @@ class TlsListener:
         self,
         *,
         context: ssl.SSLContext,
-        select_context: Callable[[str | None], ssl.SSLContext],
+        select_certificate: Callable[[str | None], ssl.SSLContext | Credentials],
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
         on_handshake: Callable[[bool], None],
@@ -93,11 +96,12 @@ class TlsListener:
         unknown_context: ssl.SSLContext | None = None,
         hold_timeout: float = 0.0,
     ) -> None:
-        """Handshakes start on `context` and switch to `select_context(server name)` (None:
-        no SNI); `on_handshake(True)` after each completed handshake, `(False)` after each
-        failed one (an error, a timeout, the peer leaving before it finished). Before each
-        accept, `admit()` says whether there is room for one more connection; when there
-        is not, accepting stops until `resume_accepting` (or a failed handshake).
+        """Handshakes start on `context` (which holds no certificate) and present what
+        `select_certificate(server name)` gives (None: no SNI); `on_handshake(True)` after
+        each completed handshake, `(False)` after each failed one (an error, a timeout, the
+        peer leaving before it finished). Before each accept, `admit()` says whether there
+        is room for one more connection; when there is not, accepting stops until
+        `resume_accepting` (or a failed handshake).
 
         While `preread()` is true, a connection reads the ClientHello before OpenSSL
         does and starts on the server name's context itself: a context that asks for
@@ -114,7 +118,7 @@ class TlsListener:
         # The SNI callback receives the SSL connection's owner: the transport.
         context.sni_callback = _switch_context  # type: ignore[assignment]
         self.context = context
-        self.select_context = select_context
+        self.select_certificate = select_certificate
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.on_handshake = on_handshake
@@ -266,7 +270,12 @@ class TlsListener:
 def _switch_context(
     transport: TlsTransport, server_name: str | None, _context: ssl.SSLContext
 ) -> None:
-    transport._ssl.context = transport._listener.select_context(server_name)
+    presented = transport._listener.select_certificate(server_name)
+    if isinstance(presented, ssl.SSLContext):
+        transport._ssl.context = presented
+    elif not presented.present(transport._ssl):
+        # The handshake goes on without a certificate and fails: logged as it ends.
+        logger.error("OpenSSL refused the certificate for %r", server_name)
 
 
 class TlsTransport(asyncio.Transport):
@@ -431,15 +440,17 @@ class TlsTransport(asyncio.Transport):
                 if context is not None and ACME_TLS_ALPN in client_hello_alpn(bytes(preread)):
                     self._acme_tls = True
                 else:
-                    context = listener.select_context(name)
-                    if (context is listener.unknown_context and listener.hold is not None
+                    presented = listener.select_certificate(name)
+                    if (presented is listener.unknown_context and listener.hold is not None
                             and size and listener.hold(name, self._resume)):
                         self._held = (name, bytes(preread))
                         self.pause_reading()
                         listener.handshaking[self] = (
                             time.monotonic() + listener.hold_timeout + listener.handshake_timeout)
                         return
-                if context is not self._listener.context:
+                    # Credentials are set on the listener's context, by the SNI callback.
+                    context = presented if isinstance(presented, ssl.SSLContext) else None
+                if context is not None and context is not listener.context:
                     self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
                         self._incoming, self._outgoing, True, None, owner=self)
             self._incoming.write(bytes(preread))
@@ -462,9 +473,9 @@ class TlsTransport(asyncio.Transport):
         name, hello = held
         listener = self._listener
         listener.handshaking[self] = time.monotonic() + listener.handshake_timeout
-        context = listener.select_context(name)
-        if context is not listener.context:
-            self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
+        presented = listener.select_certificate(name)
+        if isinstance(presented, ssl.SSLContext) and presented is not listener.context:
+            self._ssl = presented._wrap_bio(  # type: ignore[attr-defined]
                 self._incoming, self._outgoing, True, None, owner=self)
         self.resume_reading()
         self._incoming.write(hello)

@@ -871,7 +871,7 @@ class Listening:
     metrics_port: int | None = None  # the admin address's port: /metrics, probes; None: off
     metrics_address: str | None = None  # the admin address's host; None: `address`
     load_balancer_address: str | None = None  # for served Ingresses' status; None: untouched
-    tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # SSLContexts kept built
+    tls_context_cache: int = certstore.DEFAULT_CONTEXT_CACHE_SIZE  # certificates kept decoded
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections held at once
     # False serves Ingresses whose access annotations certctl does not enforce (the
     # operator's explicit opt-out, --allow-unenforced-access-annotations).

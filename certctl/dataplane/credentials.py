@@ -1,0 +1,271 @@
+"""A certificate as OpenSSL objects, set on each handshake's connection by the SNI callback.
+
+Why: Python's `ssl` module presents a certificate only through an SSLContext loaded
+from a PEM file, and under OpenSSL 3.0 that made the first connection to a name cost
+about 4x nginx's CPU (bench B3): `SSLContext()` fetches every cipher and digest from
+the providers (about 0.35 ms) and `load_cert_chain` decodes the key and the chain
+through 3.0's decoder framework, which tries decoder after decoder (1.1-1.6 ms).
+nginx builds all of its contexts before listening; certctl builds on demand, so this
+was paid on the first connection to each name.
+
+Here every name is served from one context (the listener's, which holds no
+certificate): a certificate's leaf, chain and key are decoded once into OpenSSL
+objects and set on each connection's SSL with `SSL_use_cert_and_key` in the SNI
+callback. The key goes through the legacy EC and RSA decoders (re-encoded by
+`cryptography` first, whatever its PEM form: 0.03 ms, not 0.4), and an intermediate
+is decoded once for every leaf it issued. Only the leaf's own decoding is left (about
+0.3 ms: its public key goes through the decoders). A decoded certificate holds about
+7 KiB, a context 24.
+
+How: ctypes, bound through the `_ssl` extension module itself, so the symbols are
+those of the libssl and libcrypto the interpreter's `ssl` uses (another copy's SSL
+objects would be foreign to it), and the SSL pointer read from the `_ssl._SSLSocket`
+object: the field after its object header and its socket reference (CPython's
+`Modules/_ssl.c`). All of it is checked once, on a throwaway connection, before
+anything is used: with another interpreter, a changed layout or no library to bind,
+`BINDING` is None (with one warning) and the certificate store builds a context per
+certificate instead (`certstore`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import ssl
+import sys
+import weakref
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+logger = logging.getLogger(__name__)
+
+_POINTER: Final = ctypes.c_void_p
+_EVP_PKEY_RSA: Final = 6
+_EVP_PKEY_EC: Final = 408
+_EVP_PKEY_ED25519: Final = 1087
+_PEM_CERTIFICATE: Final = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n(.+?)-----END CERTIFICATE-----", re.DOTALL)
+
+
+class _Binding:
+    """The libssl and libcrypto functions used here, with their C signatures."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        def bind(name: str, restype: Any, *argtypes: Any) -> Any:
+            function = getattr(library, name)
+            function.restype = restype
+            function.argtypes = argtypes
+            return function
+
+        # DER in: (T **reuse, const unsigned char **in, long length) -> T *
+        der = (_POINTER, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long)
+        self.d2i_X509 = bind("d2i_X509", _POINTER, *der)
+        self.d2i_ECPrivateKey = bind("d2i_ECPrivateKey", _POINTER, *der)
+        self.d2i_RSAPrivateKey = bind("d2i_RSAPrivateKey", _POINTER, *der)
+        self.X509_up_ref = bind("X509_up_ref", ctypes.c_int, _POINTER)
+        self.X509_free = bind("X509_free", None, _POINTER)
+        self.EC_KEY_free = bind("EC_KEY_free", None, _POINTER)
+        self.RSA_free = bind("RSA_free", None, _POINTER)
+        self.EVP_PKEY_new = bind("EVP_PKEY_new", _POINTER)
+        self.EVP_PKEY_assign = bind("EVP_PKEY_assign", ctypes.c_int,
+                                    _POINTER, ctypes.c_int, _POINTER)
+        self.EVP_PKEY_new_raw_private_key = bind(
+            "EVP_PKEY_new_raw_private_key", _POINTER,
+            ctypes.c_int, _POINTER, ctypes.c_char_p, ctypes.c_size_t)
+        self.EVP_PKEY_free = bind("EVP_PKEY_free", None, _POINTER)
+        self.OPENSSL_sk_new_null = bind("OPENSSL_sk_new_null", _POINTER)
+        self.OPENSSL_sk_push = bind("OPENSSL_sk_push", ctypes.c_int, _POINTER, _POINTER)
+        self.OPENSSL_sk_pop_free = bind("OPENSSL_sk_pop_free", None, _POINTER, _POINTER)
+        self.SSL_use_cert_and_key = bind("SSL_use_cert_and_key", ctypes.c_int,
+                                         _POINTER, _POINTER, _POINTER, _POINTER, ctypes.c_int)
+        self.SSL_certs_clear = bind("SSL_certs_clear", None, _POINTER)
+        self.SSL_get_SSL_CTX = bind("SSL_get_SSL_CTX", _POINTER, _POINTER)
+        self.SSL_CTX_get_options = bind("SSL_CTX_get_options", ctypes.c_uint64, _POINTER)
+        self.ERR_clear_error = bind("ERR_clear_error", None)
+        # The chain's destructor, passed to OPENSSL_sk_pop_free as a C function pointer.
+        self.x509_free_address = ctypes.cast(self.X509_free, _POINTER).value
+        # PySSLContext: {PyObject_HEAD; SSL_CTX *ctx; ...}
+        # PySSLSocket:  {PyObject_HEAD; PyObject *Socket; SSL *ssl; ...}
+        header = object.__basicsize__
+        self.context_offset = header
+        self.connection_offset = header + ctypes.sizeof(_POINTER)
+
+    def ssl_of(self, connection: object) -> int:
+        """The SSL pointer of an `_ssl._SSLSocket` (what `SSLContext._wrap_bio` returns)."""
+        pointer: int | None = _POINTER.from_address(id(connection) + self.connection_offset).value
+        if not pointer:
+            raise ValueError("the connection has no SSL")
+        return pointer
+
+    def checked(self) -> bool:
+        """Whether the layout read by `ssl_of` is this interpreter's: a throwaway
+        connection's SSL must belong to its context, known by its options."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        connection = context._wrap_bio(  # type: ignore[attr-defined]
+            ssl.MemoryBIO(), ssl.MemoryBIO(), True, None)
+        context_pointer = _POINTER.from_address(id(context) + self.context_offset).value
+        return bool(
+            context_pointer
+            and self.SSL_CTX_get_options(context_pointer) == context.options
+            and self.SSL_get_SSL_CTX(self.ssl_of(connection)) == context_pointer
+        )
+
+
+def _bind() -> _Binding | None:
+    if sys.implementation.name != "cpython":
+        logger.warning("TLS certificates get a context each (slower first handshakes): "
+                       "%s is not CPython", sys.implementation.name)
+        return None
+    import _ssl
+
+    try:
+        # dlsym through _ssl's handle finds the libraries _ssl was linked against;
+        # an _ssl built into the interpreter has no file: the process's own symbols.
+        binding = _Binding(ctypes.CDLL(getattr(_ssl, "__file__", None)))
+        if binding.checked():
+            return binding
+    except (OSError, AttributeError) as err:
+        logger.warning("TLS certificates get a context each (slower first handshakes): "
+                       "cannot bind libssl: %s", err)
+        return None
+    logger.warning("TLS certificates get a context each (slower first handshakes): "
+                   "this interpreter's ssl objects are not laid out as expected")
+    return None
+
+
+BINDING: Final = _bind()
+
+
+class _Certificate:
+    """One decoded X509, freed with its last holder."""
+
+    __slots__ = ("__weakref__", "pointer")
+
+    def __init__(self, der: bytes) -> None:
+        binding = _bound()
+        self.pointer: int | None = binding.d2i_X509(None, ctypes.byref(ctypes.c_char_p(der)),
+                                                    len(der))
+        if not self.pointer:
+            binding.ERR_clear_error()
+            raise ValueError("a certificate of the chain does not decode")
+
+    def __del__(self) -> None:
+        if self.pointer and BINDING is not None:
+            BINDING.X509_free(self.pointer)
+
+
+# Intermediates by their DER: one decoded copy for every leaf a CA issued under it,
+# dropped once no decoded certificate holds it.
+_intermediates: weakref.WeakValueDictionary[bytes, _Certificate] = (
+    weakref.WeakValueDictionary())
+
+
+class Credentials:
+    """A leaf, its chain and its private key as OpenSSL objects, for `present`.
+
+    Immutable once built; what a connection was given stays with it (OpenSSL counts
+    its references), so dropping or replacing these never affects an open handshake.
+    """
+
+    __slots__ = ("_chain", "_intermediates", "_key", "_leaf")
+
+    def __init__(self, *, chain_pem: bytes, key_pem: bytes) -> None:
+        """Decode a PEM chain (leaf first) and its PEM private key. ValueError if either
+        does not decode (the message names no key material)."""
+        # Set first: __del__ runs on a half-built object too.
+        self._key: int | None = None
+        self._chain: int | None = None
+        binding = _bound()
+        ders = [ssl.PEM_cert_to_DER_cert(match.group(0).decode("ascii"))
+                for match in _PEM_CERTIFICATE.finditer(chain_pem)]
+        if not ders:
+            raise ValueError("the chain holds no certificate")
+        self._leaf = _Certificate(ders[0])
+        self._intermediates = [_intermediate(der) for der in ders[1:]]
+        self._key = _private_key(binding, key_pem)
+        chain = binding.OPENSSL_sk_new_null()
+        if not chain:
+            raise MemoryError("OPENSSL_sk_new_null")
+        self._chain = chain
+        for certificate in self._intermediates:
+            # The chain holds its own reference to each, as OpenSSL's stacks of X509 do.
+            binding.X509_up_ref(certificate.pointer)
+            if not binding.OPENSSL_sk_push(chain, certificate.pointer):
+                binding.X509_free(certificate.pointer)
+                raise MemoryError("OPENSSL_sk_push")
+
+    def present(self, connection: object) -> bool:
+        """Make `connection` (an `_ssl._SSLSocket` in its SNI callback, on a context
+        holding no certificate) present this certificate; False if OpenSSL refused."""
+        binding = _bound()
+        pointer = binding.ssl_of(connection)
+        binding.SSL_certs_clear(pointer)
+        if binding.SSL_use_cert_and_key(pointer, self._leaf.pointer, self._key,
+                                        self._chain, 1) == 1:
+            return True
+        binding.ERR_clear_error()  # or Python's ssl would report it as the handshake's
+        return False
+
+    def __del__(self) -> None:
+        if BINDING is None:
+            return
+        if self._chain:
+            BINDING.OPENSSL_sk_pop_free(self._chain, BINDING.x509_free_address)
+        if self._key:
+            BINDING.EVP_PKEY_free(self._key)
+
+
+def _bound() -> _Binding:
+    if BINDING is None:
+        raise RuntimeError("credentials need libssl bound (check credentials.BINDING first)")
+    return BINDING
+
+
+def _intermediate(der: bytes) -> _Certificate:
+    certificate = _intermediates.get(der)
+    if certificate is None:
+        certificate = _intermediates[der] = _Certificate(der)
+    return certificate
+
+
+def _private_key(binding: _Binding, key_pem: bytes) -> int:
+    """An EVP_PKEY for the PEM key, through the legacy decoders where there is one."""
+    try:
+        key = serialization.load_pem_private_key(
+            key_pem, password=None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError):
+        raise ValueError("the private key does not decode") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        pointer: int | None = binding.EVP_PKEY_new_raw_private_key(
+            _EVP_PKEY_ED25519, None, raw, len(raw))
+        if not pointer:
+            binding.ERR_clear_error()
+            raise ValueError("the private key does not decode")
+        return pointer
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        decode, free, kind = binding.d2i_ECPrivateKey, binding.EC_KEY_free, _EVP_PKEY_EC
+    elif isinstance(key, rsa.RSAPrivateKey):
+        decode, free, kind = binding.d2i_RSAPrivateKey, binding.RSA_free, _EVP_PKEY_RSA
+    else:
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    der = key.private_bytes(serialization.Encoding.DER,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    legacy = decode(None, ctypes.byref(ctypes.c_char_p(der)), len(der))
+    if not legacy:
+        binding.ERR_clear_error()
+        raise ValueError("the private key does not decode")
+    pointer = binding.EVP_PKEY_new()
+    # EVP_PKEY_assign takes the key over on success only.
+    if not pointer or binding.EVP_PKEY_assign(pointer, kind, legacy) != 1:
+        free(legacy)
+        if pointer:
+            binding.EVP_PKEY_free(pointer)
+        binding.ERR_clear_error()
+        raise MemoryError("EVP_PKEY_assign")
+    return pointer
