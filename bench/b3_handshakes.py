@@ -16,9 +16,10 @@ requests/s says little (DESIGN.md target: certctl <= 1.4 x nginx).
 Loads, each run against both servers:
 
 - first connection to each name: one connection per certificate, once, right
-  after start-up. certctl builds a name's SSLContext on its first handshake
-  (about 0.85 ms); nginx built all of them before it listened (its start-up
-  time, reported beside). Measured once: the second time is the next row.
+  after start-up. certctl decodes a name's certificate for OpenSSL on its first
+  handshake (dataplane/credentials.py, about 0.5 ms); nginx built all of its
+  contexts before it listened (its start-up time, reported beside). Measured
+  once: the second time is the next row.
 - full handshakes, in interleaved rounds: `--clients` Python processes
   connecting with no session to resume, SNI rotating over a working set of
   names: `--hot-names` of them, then all of them.
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"full handshakes, all {len(names):,} names": names,
         }
         first = f"first connection to each of the {len(names):,} names"
-        for label in servers:  # certctl builds its contexts here, nginx did at start-up
+        for label in servers:  # certctl decodes its certificates here, nginx did at start-up
             result = full_handshakes(pid=servers[label].pid, port=ports[label], names=names,
                                      seconds=None, clients=args.clients)
             rows[(first, label)] = [result]
@@ -279,8 +280,8 @@ def results_section(
         "loaded\n\n"
         f"Command (from the repo root, as root): `{command}`  \n"
         f"Date: {started:%Y-%m-%d %H:%M} UTC; first one connection to each name after "
-        "start-up (certctl builds each name's SSLContext on its first handshake, nginx built "
-        f"them all before listening), then {args.rounds} rounds of {args.seconds} s per "
+        "start-up (certctl decodes each name's certificate on its first handshake, nginx "
+        f"built all its contexts before listening), then {args.rounds} rounds of {args.seconds} s per "
         f"load and server, servers interleaved; full handshakes from {args.clients} Python "
         "client processes (no session resumption, SNI rotating over the names), resumed ones "
         "from `wrk -t1 -c16 -H 'Connection: close'`; each connection is one proxied "
