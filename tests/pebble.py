@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -58,19 +59,39 @@ def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago, never one this process
     was given before.
 
-    The port is released before returning, so another process may grab it
-    first; on a test machine that race is rare enough to accept. The kernel may
-    hand the same released port out twice in a row, though: Pebble's management
-    port once came out equal to the DNS port picked just before it (bind: address
-    already in use), so ports given out are remembered.
+    The port is released before returning, so another process could grab it first. It
+    is taken from below the kernel's ephemeral range (ip_local_port_range), where no
+    outgoing connection is given a local port: a port bind(0) had handed out once went
+    to a connection to Pebble before certctl listened on it (bind: address already in
+    use, in a clean-clone CI run). The kernel may also hand the same released port out
+    twice in a row, so ports given out are remembered.
     """
+    first, last = _LISTENING_PORTS
     while True:
+        port = _ports.randrange(first, last)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something listens there
+        _HANDED_OUT.add(port)
+        return port
+
+
+def _listening_ports() -> tuple[int, int]:
+    """[first, last) for `free_port`: from 20000 up to the ephemeral range's start."""
+    first = 20000
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default
+    return first, max(ephemeral, first + 1000)
+
+
+_LISTENING_PORTS = _listening_ports()
+_ports = random.Random()
 
 
 @dataclass(frozen=True, kw_only=True)
