@@ -8,7 +8,7 @@ for the first time.
 
 - A certificate is presented without a context of its own: on the first handshake
   for it, its leaf, chain and key are decoded into OpenSSL objects
-  (`credentials.Credentials`, about 0.4 ms, most of it the leaf's public key going
+  (`credentials.Credentials`, about 0.5 ms, most of it the leaf's public key going
   through OpenSSL 3's decoders), which the SNI callback sets on each connection of
   the listener's one context. A context per certificate, loaded from PEM, cost
   about 2 ms and 24 KiB (bench B3); it is what happens where `credentials` cannot

@@ -47,7 +47,7 @@ _EVP_PKEY_RSA: Final = 6
 _EVP_PKEY_EC: Final = 408
 _EVP_PKEY_ED25519: Final = 1087
 _PEM_CERTIFICATE: Final = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n(.+?)-----END CERTIFICATE-----", re.DOTALL)
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class _Binding:
