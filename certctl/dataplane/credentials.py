@@ -21,10 +21,11 @@ How: ctypes, bound through the `_ssl` extension module itself, so the symbols ar
 those of the libssl and libcrypto the interpreter's `ssl` uses (another copy's SSL
 objects would be foreign to it), and the SSL pointer read from the `_ssl._SSLSocket`
 object: the field after its object header and its socket reference (CPython's
-`Modules/_ssl.c`). All of it is checked once, on a throwaway connection, before
-anything is used: with another interpreter, a changed layout or no library to bind,
-`BINDING` is None (with one warning) and the certificate store builds a context per
-certificate instead (`certstore`).
+`Modules/_ssl.c` since 3.2; sslkeylog and sabctools read the same fields). All of it
+is checked once, on a throwaway connection, before anything is used: with another
+interpreter, a changed layout or no library to bind, `BINDING` is None (with one
+warning) and the certificate store builds a context per certificate instead
+(`certstore`).
 """
 
 from __future__ import annotations
