@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
@@ -202,3 +202,32 @@ def test_the_index_presents_decoded_credentials_with_the_binding(hierarchy):
     assert isinstance(selected, credentials.Credentials)
     assert index.select("native.test") is selected  # kept, not decoded again
     assert presented_leaf(selected, name="native.test", cadata=hierarchy.root_pem) == leaf
+
+
+def test_text_around_the_blocks_and_a_parameters_block_are_skipped(hierarchy):
+    # As `openssl ecparam -genkey` and `openssl pkcs12 -nodes` write them.
+    leaf, chain_pem, key_pem = hierarchy.issue("text.test")
+    parameters = (b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n"
+                  b"-----END EC PARAMETERS-----\n")
+    decoded = credentials.Credentials(
+        chain_pem=b"subject=CN = text.test\n" + chain_pem.replace(
+            b"-----END CERTIFICATE-----\n-----BEGIN",
+            b"-----END CERTIFICATE-----\nissuer=CN = test intermediate\n-----BEGIN"),
+        key_pem=b"Bag Attributes\n" + parameters + key_pem)
+    assert presented_leaf(decoded, name="text.test", cadata=hierarchy.root_pem) == leaf
+
+
+def test_a_key_openssl_cannot_present_here_is_refused_by_its_type(hierarchy):
+    _, chain_pem, _ = hierarchy.issue("ed448.test")
+    key_pem = ed448.Ed448PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    with pytest.raises(ValueError, match=r"unsupported private key \(Ed448PrivateKey\)"):
+        credentials.Credentials(chain_pem=chain_pem, key_pem=key_pem)
+
+
+def test_a_pem_block_cut_short_is_refused(hierarchy):
+    _, chain_pem, key_pem = hierarchy.issue("cut.test")
+    with pytest.raises(ValueError, match="cut short"):
+        credentials.Credentials(chain_pem=chain_pem[: chain_pem.rindex(b"-----END")],
+                                key_pem=key_pem)
