@@ -256,6 +256,7 @@ def test_split_pem_chain_keeps_order(ec_key, rsa_key):
         (b"", "no PEM certificate"),
         (b"hello world", "no PEM certificate"),
         (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "does not parse"),
+        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END PRIVATE KEY-----\n", "cut short"),
     ],
 )
 def test_split_pem_chain_refuses_garbage(pem, problem):

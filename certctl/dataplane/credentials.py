@@ -31,17 +31,17 @@ warning) and the certificate store builds a context per certificate instead
 
 from __future__ import annotations
 
-import binascii
 import ctypes
 import logging
 import ssl
 import sys
 import weakref
-from collections.abc import Iterator
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from certctl.pki import inspect
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Credentials:
         self._key: int | None = None
         self._chain: int | None = None
         binding = _bound()
-        ders = [der for label, der in _pem_blocks(chain_pem) if label == b"CERTIFICATE"]
+        ders = [der for label, der in inspect.pem_blocks(chain_pem) if label == b"CERTIFICATE"]
         if not ders:
             raise ValueError("the chain holds no certificate")
         self._leaf = _Certificate(ders[0])
@@ -244,28 +244,11 @@ def _intermediate(der: bytes) -> _Certificate:
     return certificate
 
 
-def _pem_blocks(pem: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(label, DER) of each PEM block in `pem`, in order; text between blocks is skipped,
-    as OpenSSL skips it. ValueError for a block cut short."""
-    start = pem.find(b"-----BEGIN ")
-    while start >= 0:
-        label_end = pem.find(b"-----", start + 11)
-        end = pem.find(b"-----END ", label_end)
-        if label_end < 0 or end < 0:
-            raise ValueError("a PEM block is cut short")
-        try:
-            der = binascii.a2b_base64(pem[label_end + 5:end])  # skips the line breaks
-        except binascii.Error:
-            raise ValueError("a PEM block is not base64") from None
-        yield pem[start + 11:label_end], der
-        start = pem.find(b"-----BEGIN ", end + 9)
-
-
 def _private_key(binding: _Binding, key_pem: bytes) -> int:
     """An EVP_PKEY for the PEM key. EC (on a named curve) and RSA keys, traditional or
     PKCS8, go straight to OpenSSL's legacy decoders (the store checked the key against its
     leaf when it loaded the Secret); Ed25519 keys through `cryptography` first."""
-    block = next(((label, der) for label, der in _pem_blocks(key_pem)
+    block = next(((label, der) for label, der in inspect.pem_blocks(key_pem)
                   if label.endswith(b"PRIVATE KEY")), None)
     if block is None:
         raise ValueError("the private key does not decode")

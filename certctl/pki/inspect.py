@@ -7,17 +7,16 @@ the names here are already in the spec's form: DNS names as in the SAN
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import datetime
-import re
+from collections.abc import Iterator
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from certctl.api import resources
 from certctl.pki import keys
-
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,6 +32,26 @@ class CertificateInfo:
     serial: int
 
 
+def pem_blocks(pem: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(label, DER) of each PEM block in `pem`, in order. Text outside the blocks
+    (OpenSSL's "subject=" lines, "Bag Attributes") is skipped, as OpenSSL skips it;
+    ValueError for a block without its END line. Found with `bytes.find`: a lazy regex
+    over each block showed in the data plane's profile of first handshakes."""
+    start = pem.find(b"-----BEGIN ")
+    while start >= 0:
+        label_end = pem.find(b"-----", start + 11)
+        label = pem[start + 11:label_end]
+        end = pem.find(b"-----END " + label + b"-----", label_end) if label_end > 0 else -1
+        if end < 0:
+            raise ValueError("a PEM block is cut short")
+        try:
+            der = binascii.a2b_base64(pem[label_end + 5:end])  # line breaks are skipped
+        except binascii.Error:
+            raise ValueError(f"a PEM {label.decode('ascii', 'replace')} is not base64") from None
+        yield label, der
+        start = pem.find(b"-----BEGIN ", end + len(label) + 14)
+
+
 def split_pem_chain(pem: bytes) -> list[x509.Certificate]:
     """The certificates of a PEM chain, leaf first, in the order given.
 
@@ -40,18 +59,17 @@ def split_pem_chain(pem: bytes) -> list[x509.Certificate]:
     CERTIFICATE (a key pasted into tls.crt), or when one does not parse.
     Text outside the blocks (OpenSSL's "subject=" lines) is tolerated.
     """
-    blocks = list(_PEM_BLOCK.finditer(pem))
-    if not blocks:
-        raise ValueError("no PEM certificate found")
     certificates = []
-    for index, block in enumerate(blocks):
-        if block.group(1) != b"CERTIFICATE":
-            label = block.group(1).decode("ascii")
-            raise ValueError(f"PEM block {index} is a {label}, not a CERTIFICATE")
+    for index, (label, der) in enumerate(pem_blocks(pem)):
+        if label != b"CERTIFICATE":
+            raise ValueError(
+                f"PEM block {index} is a {label.decode('ascii', 'replace')}, not a CERTIFICATE")
         try:
-            certificates.append(x509.load_pem_x509_certificate(block.group(0)))
+            certificates.append(x509.load_der_x509_certificate(der))
         except ValueError as exc:
             raise ValueError(f"PEM certificate {index} does not parse") from exc
+    if not certificates:
+        raise ValueError("no PEM certificate found")
     return certificates
 
 
