@@ -159,12 +159,10 @@ class _Certificate:
     __slots__ = ("__weakref__", "pointer")
 
     def __init__(self, der: bytes) -> None:
+        self.pointer: int | None = None  # __del__ runs on a half-built object too
         binding = _bound()
-        self.pointer: int | None = binding.d2i_X509(None, ctypes.byref(ctypes.c_char_p(der)),
-                                                    len(der))
-        if not self.pointer:
-            binding.ERR_clear_error()
-            raise ValueError("a certificate of the chain does not decode")
+        self.pointer = _decoded(binding, binding.d2i_X509, ctypes.c_char_p(der), len(der),
+                                what="a certificate of the chain")
 
     def __del__(self) -> None:
         if self.pointer and BINDING is not None:
@@ -278,17 +276,14 @@ def _legacy_key(binding: _Binding, label: bytes, der: bytes) -> tuple[int, int, 
     """(key, its EVP_PKEY type, its free function) from OpenSSL's legacy EC or RSA
     decoder, or None for a key they do not take (Ed25519, EC with explicit parameters)."""
     if label == b"EC PRIVATE KEY":
-        key = _legacy_decoded(binding, binding.d2i_ECPrivateKey, ctypes.c_char_p(der), len(der))
+        key = _decoded(binding, binding.d2i_ECPrivateKey, ctypes.c_char_p(der), len(der))
         return key, _EVP_PKEY_EC, binding.EC_KEY_free
     if label == b"RSA PRIVATE KEY":
-        key = _legacy_decoded(binding, binding.d2i_RSAPrivateKey, ctypes.c_char_p(der), len(der))
+        key = _decoded(binding, binding.d2i_RSAPrivateKey, ctypes.c_char_p(der), len(der))
         return key, _EVP_PKEY_RSA, binding.RSA_free
     if label != b"PRIVATE KEY":
         return None
-    info = binding.d2i_PKCS8_PRIV_KEY_INFO(None, ctypes.byref(ctypes.c_char_p(der)), len(der))
-    if not info:
-        binding.ERR_clear_error()
-        raise ValueError("the private key does not decode")
+    info = _decoded(binding, binding.d2i_PKCS8_PRIV_KEY_INFO, ctypes.c_char_p(der), len(der))
     try:
         oid, algorithm, inner, size = _POINTER(), _POINTER(), ctypes.c_char_p(), ctypes.c_int()
         if not binding.PKCS8_pkey_get0(ctypes.byref(oid), ctypes.byref(inner),
@@ -297,7 +292,7 @@ def _legacy_key(binding: _Binding, label: bytes, der: bytes) -> tuple[int, int, 
             raise ValueError("the private key does not decode")
         kind = binding.OBJ_obj2nid(oid)
         if kind == _EVP_PKEY_RSA:
-            key = _legacy_decoded(binding, binding.d2i_RSAPrivateKey, inner, size.value)
+            key = _decoded(binding, binding.d2i_RSAPrivateKey, inner, size.value)
             return key, kind, binding.RSA_free
         if kind != _EVP_PKEY_EC:
             return None
@@ -312,22 +307,26 @@ def _legacy_key(binding: _Binding, label: bytes, der: bytes) -> tuple[int, int, 
         if not on_curve:
             binding.ERR_clear_error()
             return None
-        if not binding.d2i_ECPrivateKey(ctypes.byref(_POINTER(on_curve)), ctypes.byref(inner),
-                                        size.value):
-            binding.EC_KEY_free(on_curve)
-            binding.ERR_clear_error()
-            raise ValueError("the private key does not decode")
+        try:
+            _decoded(binding, binding.d2i_ECPrivateKey, inner, size.value, into=on_curve)
+        except ValueError:
+            binding.EC_KEY_free(on_curve)  # d2i keeps a key it was given when it fails
+            raise
         return on_curve, kind, binding.EC_KEY_free
     finally:
         binding.PKCS8_PRIV_KEY_INFO_free(info)
 
 
-def _legacy_decoded(binding: _Binding, decode: Any, source: ctypes.c_char_p, size: int) -> int:
-    key: int | None = decode(None, ctypes.byref(source), size)
-    if not key:
+def _decoded(binding: _Binding, decode: Any, source: ctypes.c_char_p, size: int, *,
+             what: str = "the private key", into: int | None = None) -> int:
+    """What OpenSSL's d2i function `decode` makes of `size` bytes at `source` (into the
+    object `into`, when given); ValueError naming `what` when it cannot."""
+    decoded: int | None = decode(None if into is None else ctypes.byref(_POINTER(into)),
+                                 ctypes.byref(source), size)
+    if not decoded:
         binding.ERR_clear_error()
-        raise ValueError("the private key does not decode")
-    return key
+        raise ValueError(f"{what} does not decode")
+    return decoded
 
 
 def _ed25519_key(binding: _Binding, key: ed25519.Ed25519PrivateKey) -> int:
