@@ -8,24 +8,31 @@ import ssl
 from cryptography import x509
 
 from certctl.dataplane import certstore
+from certctl.dataplane.credentials import Credentials
 
 
-def presented_leaf(presented: certstore.Presented, *, name: str, cadata: str) -> x509.Certificate:
+def presenting(credentials: Credentials, *, context: ssl.SSLContext | None = None,
+               outcomes: list[bool] | None = None) -> ssl.SSLContext:
+    """`context` (a new certificate-less one by default) with an SNI callback that has each
+    connection present `credentials`, as the data plane's listener does: a refusal is
+    recorded in `outcomes` and the handshake goes on without a certificate."""
+    server = context or certstore.new_server_context()
+
+    def present(connection: ssl.SSLObject, _name: str | None,
+                _context: ssl.SSLContext) -> None:
+        presented = credentials.present(connection._sslobj)  # type: ignore[attr-defined]
+        if outcomes is not None:
+            outcomes.append(presented)
+
+    server.sni_callback = present
+    return server
+
+
+def presented_leaf(presented: certstore.Presented, *, name: str,
+                   cadata: str) -> x509.Certificate:
     """The leaf a client trusting `cadata` verified, in a handshake for SNI `name` with a
-    server presenting `presented`: a context, or credentials set on a certificate-less one
-    in its SNI callback (as the data plane's listener does)."""
-    if isinstance(presented, ssl.SSLContext):
-        server = presented
-    else:
-        credentials = presented
-
-        def present(connection: ssl.SSLObject, _name: str | None,
-                    _context: ssl.SSLContext) -> int | None:
-            presented_it = credentials.present(connection._sslobj)  # type: ignore[attr-defined]
-            return None if presented_it else ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-
-        server = certstore.new_server_context()
-        server.sni_callback = present
+    server presenting `presented`: a context, or credentials (`presenting`)."""
+    server = presented if isinstance(presented, ssl.SSLContext) else presenting(presented)
     client = ssl.create_default_context(cadata=cadata)
     client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
     client_tls = client.wrap_bio(client_in, client_out, server_hostname=name)

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from certctl.api import resources
 from certctl.dataplane import certstore, credentials
-from tests.handshake import presented_leaf
+from tests.handshake import presented_leaf, presenting
 
 NOW = datetime.datetime.now(datetime.UTC)
 KEYS: dict[str, Callable[[], CertificateIssuerPrivateKeyTypes]] = {
@@ -141,9 +141,8 @@ def test_a_certificate_of_another_key_type_on_the_context_is_not_presented(hiera
     decoded = credentials.Credentials(chain_pem=chain_pem, key_pem=key_pem)
     server = certstore.new_server_context()
     certstore._load_chain(context=server, chain_pem=default_chain, key_pem=default_key)
-    server.sni_callback = lambda connection, _name, _context: (
-        None if decoded.present(connection._sslobj) else 80)  # type: ignore[attr-defined]
-    assert presented_leaf(server, name="rsa.test", cadata=hierarchy.root_pem) == leaf
+    assert presented_leaf(presenting(decoded, context=server), name="rsa.test",
+                          cadata=hierarchy.root_pem) == leaf
 
 
 def test_a_key_of_another_certificate_is_refused_without_leaving_an_error(hierarchy):
@@ -151,9 +150,7 @@ def test_a_key_of_another_certificate_is_refused_without_leaving_an_error(hierar
     _, _, other_key = hierarchy.issue("two.test")
     mismatched = credentials.Credentials(chain_pem=chain_pem, key_pem=other_key)
     refused: list[bool] = []
-    server = certstore.new_server_context()
-    server.sni_callback = lambda connection, _name, _context: refused.append(
-        mismatched.present(connection._sslobj))  # type: ignore[attr-defined]
+    server = presenting(mismatched, outcomes=refused)
     with pytest.raises(ssl.SSLError, match="NO_SUITABLE_SIGNATURE_ALGORITHM"):  # no certificate
         presented_leaf(server, name="one.test", cadata=hierarchy.root_pem)
     assert refused == [False]
