@@ -26,6 +26,7 @@ KEYS: dict[str, Callable[[], CertificateIssuerPrivateKeyTypes]] = {
     "ecdsa-384": lambda: ec.generate_private_key(ec.SECP384R1()),
     "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "ed25519": ed25519.Ed25519PrivateKey.generate,
+    "ed448": ed448.Ed448PrivateKey.generate,
 }
 FORMATS = {
     "PKCS1": serialization.PrivateFormat.TraditionalOpenSSL,
@@ -66,7 +67,7 @@ class Hierarchy:
               ) -> tuple[x509.Certificate, bytes, bytes]:
         """A leaf for `name`: (leaf, chain PEM, key PEM)."""
         key = KEYS[key_type]()
-        if isinstance(key, ed25519.Ed25519PrivateKey):
+        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
             key_format = "PKCS8"  # no traditional form
         leaf = _certificate(subject=name, key=key, ca=False,
                             issuer=("test intermediate", self.intermediate_key))
@@ -214,13 +215,23 @@ def test_text_around_the_blocks_and_a_parameters_block_are_skipped(hierarchy):
     assert presented_leaf(decoded, name="text.test", cadata=hierarchy.root_pem) == leaf
 
 
-def test_a_key_openssl_cannot_present_here_is_refused_by_its_type(hierarchy):
-    _, chain_pem, _ = hierarchy.issue("ed448.test")
-    key_pem = ed448.Ed448PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-    with pytest.raises(ValueError, match=r"unsupported private key \(Ed448PrivateKey\)"):
+def test_a_key_these_decoders_do_not_take_is_refused_by_its_type(hierarchy):
+    _, chain_pem, key_pem = hierarchy.issue("ed448.test", key_type="ed448")
+    with pytest.raises(credentials.UnsupportedKey,
+                       match=r"unsupported private key \(Ed448PrivateKey\)"):
         credentials.Credentials(chain_pem=chain_pem, key_pem=key_pem)
+
+
+def test_the_index_serves_such_a_key_from_a_context_of_its_own(hierarchy):
+    # Before the fallback, an Ed448 certificate was logged as not loading and its name
+    # got the default certificate.
+    leaf, chain_pem, key_pem = hierarchy.issue("ed448.test", key_type="ed448")
+    index = certstore.CertificateIndex()
+    index.set_certificate(source=resources.ObjectKey(kind="Secret", namespace="n", name="s"),
+                          chain_pem=chain_pem, key_pem=key_pem)
+    selected = index.select("ed448.test")
+    assert isinstance(selected, ssl.SSLContext) and selected is not index.default_context
+    assert presented_leaf(selected, name="ed448.test", cadata=hierarchy.root_pem) == leaf
 
 
 def test_a_pem_block_cut_short_is_refused(hierarchy):

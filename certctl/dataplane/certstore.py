@@ -12,7 +12,8 @@ for the first time.
   through OpenSSL 3's decoders), which the SNI callback sets on each connection of
   the listener's one context. A context per certificate, loaded from PEM, cost
   about 2 ms and 24 KiB (bench B3); it is what happens where `credentials` cannot
-  bind libssl, and for the few certificates that ask for a client certificate.
+  bind libssl or take the key (Ed448, an EC key on explicit parameters), and for the
+  few certificates that ask for a client certificate.
   Decoded certificates are kept for the `context_cache_size` most recently used
   (`--tls-context-cache`), so 10,000 loaded certificates cost 10,000 parsed
   leaves (about 1.2 KB each) at start-up and memory grows only with the names
@@ -419,18 +420,25 @@ class CertificateIndex:
     def _build(self, entry: _Entry) -> Presented:
         presented: Presented
         try:
-            if credentials.BINDING is not None:
-                presented = credentials.Credentials(chain_pem=entry.chain_pem,
-                                                    key_pem=entry.key_pem)
-            else:
-                presented = new_server_context()
-                _load_chain(context=presented, chain_pem=entry.chain_pem,
-                            key_pem=entry.key_pem)
+            presented = _presentable(entry)
         except (ssl.SSLError, OSError, ValueError, MemoryError) as err:
             logger.error("cannot load certificate from %s: %s", entry.source, err)
             presented = self._default_context
         entry.presented = presented
         return presented
+
+
+def _presentable(entry: _Entry) -> Presented:
+    """The entry's certificate decoded where libssl is bound and takes its key; else in
+    a context of its own (an Ed448 key, an EC key on explicit parameters)."""
+    if credentials.BINDING is not None:
+        try:
+            return credentials.Credentials(chain_pem=entry.chain_pem, key_pem=entry.key_pem)
+        except credentials.UnsupportedKey:
+            pass
+    context = new_server_context()
+    _load_chain(context=context, chain_pem=entry.chain_pem, key_pem=entry.key_pem)
+    return context
 
 
 def _parse_entry(*, source: resources.ObjectKey, chain_pem: bytes, key_pem: bytes) -> _Entry:

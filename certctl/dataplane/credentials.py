@@ -153,6 +153,11 @@ def _bind() -> _Binding | None:
 BINDING: Final = _bind()
 
 
+class UnsupportedKey(ValueError):
+    """A private key these decoders do not take (an EC key on explicit parameters, an
+    Ed448 key): OpenSSL may still present it from a context of its own."""
+
+
 class _Certificate:
     """One decoded X509, freed with its last holder."""
 
@@ -258,7 +263,7 @@ def _private_key(binding: _Binding, key_pem: bytes) -> int:
         except (ValueError, TypeError):
             raise ValueError("the private key does not decode") from None
         if not isinstance(parsed, ed25519.Ed25519PrivateKey):
-            raise ValueError(f"unsupported private key ({type(parsed).__name__})")
+            raise UnsupportedKey(f"unsupported private key ({type(parsed).__name__})")
         return _ed25519_key(binding, parsed)
     key, kind, free = legacy
     pointer: int | None = binding.EVP_PKEY_new()
