@@ -1,12 +1,15 @@
-"""Every benchmark in sequence: B1, B2, B3, B4, B5, B6, then the controller at scale.
+"""Every benchmark in sequence: B1-B6, B8, B10, then `serve` at scale, at the sizes
+their targets name (B8's cert-manager peer, bench.b8_peer, takes half an hour and is
+run on its own).
 
-    /work/venv/bin/python -m bench.run_all [--quick] [--only B2,scale] [--write-results]
+    python -m bench.run_all [--quick] [--only B2,scale] [--write-results]
 
 Each benchmark runs as its own process (`python -m bench.<module>`), one after
 the other so they never share the machine's cores, with its output passed
 through. A benchmark whose prerequisites are missing is skipped with the
-reason (B3 and B4 need root, nginx and wrk; B1 and B2 need Pebble, and B2 runs
-without its certbot/lego peers when those are missing). `--quick` runs every
+reason (B3 and B4 need root, nginx and wrk, B10 root, nginx and h2load; B1 and B2
+need Pebble, and B2 runs without its certbot/lego peers when those are missing; B8
+builds the servers it needs from Go modules, scripts/testservers/build.sh). `--quick` runs every
 benchmark with small parameters, to check that they all work, in a few
 minutes; its numbers are not comparable and cannot be written to RESULTS.md.
 With `--write-results` every benchmark replaces its own section of
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from bench import b1_issuance as b1
 from bench import b3_peers, reporting
+from bench import b10_http2 as b10
 from tests import pebble
 
 Prerequisite = Callable[[], str | None]  # why the benchmark cannot run, or None
@@ -58,6 +62,15 @@ def peers_installed() -> bool:
     return all(Path(binary).exists() for binary in (b1.CERTBOT_BIN, b1.LEGO_BIN))
 
 
+def needs_root_nginx_h2load() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (an address on lo outside 127.0.0.0/8 for the cluster's backend)"
+    missing = [binary for binary in (b3_peers.NGINX_BIN, b10.H2LOAD_BIN)
+               if not Path(binary).exists()]
+    return f"missing {', '.join(missing)} (apt-get install -y nginx-light nghttp2-client)" \
+        if missing else None
+
+
 def nothing() -> str | None:
     return None
 
@@ -83,21 +96,25 @@ BENCHMARKS = (
     Benchmark(name="B1", module="bench.b1_issuance", full=("--runs", "20"),
               quick=("--runs", "3"), prerequisite=needs_b1_peers),
     Benchmark(name="B2", module="bench.b2_bulk_issuance",
-              full=("--ingresses", "500", "--peer-sample", "20"),
+              full=("--ingresses", "5000", "--peer-sample", "20", "--timeout", "1200"),
               quick=("--ingresses", "50", "--peer-sample", "2"), prerequisite=needs_pebble),
     Benchmark(name="B3", module="bench.b3_handshakes",
-              full=("--certificates", "10000", "--seconds", "10", "--rounds", "4"),
+              full=("--certificates", "10000", "--seconds", "10", "--rounds", "3"),
               quick=("--certificates", "1000", "--hot-names", "100", "--seconds", "2",
                      "--rounds", "1"),
               prerequisite=needs_root_nginx_wrk),
-    Benchmark(name="B4", module="bench.b4_proxy", full=("--seconds", "10", "--rounds", "3",
-                                                        "--asyncio"),
+    Benchmark(name="B4", module="bench.b4_proxy", full=("--seconds", "10", "--rounds", "5"),
               quick=("--seconds", "2", "--rounds", "1"), prerequisite=needs_root_nginx_wrk),
     Benchmark(name="B5", module="bench.b5_hot_swap", full=("--swaps", "10"),
               quick=("--swaps", "3")),
     Benchmark(name="B6", module="bench.b6_idle_certificates",
               full=("--certificates", "10000", "--idle-seconds", "60"),
               quick=("--certificates", "500", "--idle-seconds", "5")),
+    Benchmark(name="B8", module="bench.b8_cluster",
+              full=("--ingresses", "1000", "--replica-ingresses", "10000", "--edits", "5"),
+              quick=("--ingresses", "20", "--replica-ingresses", "200", "--edits", "2")),
+    Benchmark(name="B10", module="bench.b10_http2", full=("--seconds", "10", "--rounds", "3"),
+              quick=("--seconds", "2", "--rounds", "1"), prerequisite=needs_root_nginx_h2load),
     Benchmark(name="scale", module="bench.scale_controller",
               full=("--sizes", "100,1000,10000", "--edits", "5"),
               quick=("--sizes", "500", "--edits", "2")),
