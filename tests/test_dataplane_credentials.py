@@ -180,12 +180,26 @@ def test_a_key_that_does_not_decode_is_refused_without_quoting_it(hierarchy):
     assert str(refused.value) == "the private key does not decode"
 
 
-def test_without_the_binding_each_certificate_gets_a_context(hierarchy, monkeypatch):
-    monkeypatch.setattr(credentials, "BINDING", None)
-    leaf, chain_pem, key_pem = hierarchy.issue("fallback.test", key_type="rsa")
+def _indexed(chain_pem: bytes, key_pem: bytes) -> certstore.CertificateIndex:
     index = certstore.CertificateIndex()
     index.set_certificate(source=resources.ObjectKey(kind="Secret", namespace="n", name="s"),
                           chain_pem=chain_pem, key_pem=key_pem)
+    return index
+
+
+@pytest.mark.parametrize(("bound", "key_type"), [
+    # Without the binding, any certificate.
+    (False, "rsa"),
+    # A key the decoders do not take: before the fallback, an Ed448 certificate was logged
+    # as not loading and its name got the default certificate.
+    (True, "ed448"),
+])
+def test_the_index_falls_back_to_a_context_of_its_own(hierarchy, monkeypatch, bound,
+                                                       key_type):
+    if not bound:
+        monkeypatch.setattr(credentials, "BINDING", None)
+    leaf, chain_pem, key_pem = hierarchy.issue("fallback.test", key_type=key_type)
+    index = _indexed(chain_pem, key_pem)
     selected = index.select("fallback.test")
     assert isinstance(selected, ssl.SSLContext) and selected is not index.default_context
     assert presented_leaf(selected, name="fallback.test", cadata=hierarchy.root_pem) == leaf
@@ -193,9 +207,7 @@ def test_without_the_binding_each_certificate_gets_a_context(hierarchy, monkeypa
 
 def test_the_index_presents_decoded_credentials_with_the_binding(hierarchy):
     leaf, chain_pem, key_pem = hierarchy.issue("native.test")
-    index = certstore.CertificateIndex()
-    index.set_certificate(source=resources.ObjectKey(kind="Secret", namespace="n", name="s"),
-                          chain_pem=chain_pem, key_pem=key_pem)
+    index = _indexed(chain_pem, key_pem)
     selected = index.select("native.test")
     assert isinstance(selected, credentials.Credentials)
     assert index.select("native.test") is selected  # kept, not decoded again
@@ -220,18 +232,6 @@ def test_a_key_these_decoders_do_not_take_is_refused_by_its_type(hierarchy):
     with pytest.raises(credentials.UnsupportedKey,
                        match=r"unsupported private key \(Ed448PrivateKey\)"):
         credentials.Credentials(chain_pem=chain_pem, key_pem=key_pem)
-
-
-def test_the_index_serves_such_a_key_from_a_context_of_its_own(hierarchy):
-    # Before the fallback, an Ed448 certificate was logged as not loading and its name
-    # got the default certificate.
-    leaf, chain_pem, key_pem = hierarchy.issue("ed448.test", key_type="ed448")
-    index = certstore.CertificateIndex()
-    index.set_certificate(source=resources.ObjectKey(kind="Secret", namespace="n", name="s"),
-                          chain_pem=chain_pem, key_pem=key_pem)
-    selected = index.select("ed448.test")
-    assert isinstance(selected, ssl.SSLContext) and selected is not index.default_context
-    assert presented_leaf(selected, name="ed448.test", cadata=hierarchy.root_pem) == leaf
 
 
 def test_a_pem_block_cut_short_is_refused(hierarchy):
