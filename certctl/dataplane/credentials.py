@@ -255,11 +255,12 @@ def _private_key(binding: _Binding, key_pem: bytes) -> int:
                   if label.endswith(b"PRIVATE KEY")), None)
     if block is None:
         raise ValueError("the private key does not decode")
-    legacy = _legacy_key(binding, *block)
+    label, der = block
+    legacy = _legacy_key(binding, label, der)
     if legacy is None:
         try:
-            parsed = serialization.load_pem_private_key(
-                key_pem, password=None, unsafe_skip_rsa_key_validation=True)
+            parsed = serialization.load_der_private_key(
+                der, password=None, unsafe_skip_rsa_key_validation=True)
         except (ValueError, TypeError):
             raise ValueError("the private key does not decode") from None
         if not isinstance(parsed, ed25519.Ed25519PrivateKey):
