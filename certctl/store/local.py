@@ -441,8 +441,12 @@ class LocalStore:
     # and a list of 10,000 objects does not hold up the writers while it copies.
 
     def get(self, *, kind: str, namespace: str | None, name: str) -> Object | None:
-        with self._lock:
-            obj = self._visible(ObjectKey(kind=kind, namespace=namespace, name=name))
+        # Without the lock: sixteen reconcile threads taking it for every read queued on
+        # it (B2), each one that got it holding it while it waited for the GIL. Each dict
+        # lookup is atomic, and a key only enters `_state` when no manifest object has it
+        # (`create`), so the two lookups of `_visible` see what a read just before or just
+        # after a change between them would.
+        obj = self._visible(ObjectKey(kind=kind, namespace=namespace, name=name))
         return interface.copy_object(obj) if obj is not None else None
 
     def list(
@@ -470,16 +474,18 @@ class LocalStore:
 
     def create(self, *, obj: Object) -> Object:
         key = self._check_key(obj)
+        # Copied before the lock is taken: every writer and every read not served from
+        # `_state` waits while the lock is held.
+        stored = interface.kept_copy(obj)
+        metadata = stored.setdefault("metadata", {})
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("creationTimestamp", _now_rfc3339())
+        metadata["generation"] = 1
+        self._fill_api_version(stored)
         with self._lock:
             self._wait_for_writes(key)
             if self._visible(key) is not None:
                 raise interface.AlreadyExists(f"{key} already exists")
-            stored = interface.kept_copy(obj)
-            metadata = stored.setdefault("metadata", {})
-            metadata.setdefault("uid", str(uuid.uuid4()))
-            metadata.setdefault("creationTimestamp", _now_rfc3339())
-            metadata["generation"] = 1
-            self._fill_api_version(stored)
             write = self._begin_write(key, stored, manifest_status=False)
         self._notify([self._finish_write(write, event_type="ADDED")])
         return interface.copy_object(stored)
@@ -492,6 +498,11 @@ class LocalStore:
 
     def _replace(self, *, obj: Object, status_only: bool) -> Object:
         key = self._check_key(obj)
+        # The caller's parts are copied before the lock is taken (see `create`); the
+        # parts kept from the current object are shared with it, as a stored object is
+        # never changed in place: the new one gets its own top level and metadata, the
+        # only parts set below and in `_begin_write`.
+        copied = interface.kept_copy(obj.get("status", {}) if status_only else obj)
         with self._lock:
             self._wait_for_writes(key)
             current = self._visible(key)
@@ -502,12 +513,13 @@ class LocalStore:
                 "resourceVersion"
             ):
                 raise interface.Conflict(f"{key} was modified; re-read it and try again")
-            stored = interface.kept_copy(current)
             if status_only:
-                stored["status"] = interface.kept_copy(obj.get("status", {}))
+                stored = dict(current)
+                stored["metadata"] = dict(current["metadata"])
+                stored["status"] = copied
             else:
-                status = stored.get("status")
-                stored = interface.kept_copy(obj)
+                status = current.get("status")
+                stored = copied
                 stored["metadata"]["uid"] = current["metadata"].get("uid")
                 stored["metadata"]["creationTimestamp"] = current["metadata"].get(
                     "creationTimestamp"
@@ -830,6 +842,8 @@ class LocalStore:
         except BaseException:
             self._end_write(key)
             raise
+        held_status = (interface.copy_object(obj.get("status", {}))
+                       if write.manifest_status else None)
         with self._lock:
             self._end_write(key)
             layer = self._manifest if write.manifest_status else self._state
@@ -839,12 +853,13 @@ class LocalStore:
                 if self._visible(key) is None:
                     raise interface.NotFound(f"{key} was deleted while it was written")
                 raise interface.Conflict(f"{key} was modified; re-read it and try again")
-            if write.manifest_status:
-                self._manifest_status[key] = interface.copy_object(obj.get("status", {}))
+            if held_status is not None:
+                self._manifest_status[key] = held_status
             elif signature is not None:
                 self._state_files[key] = signature
             self._put(layer, key, obj)
-            return WatchEvent(type=event_type, key=key, obj=interface.copy_object(obj))
+        # Copied once the lock is let go (`create`): `obj` is stored now, never changed.
+        return WatchEvent(type=event_type, key=key, obj=interface.copy_object(obj))
 
     def _end_write(self, key: ObjectKey) -> None:
         with self._lock:
