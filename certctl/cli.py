@@ -208,6 +208,9 @@ def _issuing_arguments(parser: argparse.ArgumentParser) -> None:
                         "resolving each name "
                         "(like curl --resolve); default: DNS")
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--acme-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="make ACME requests from a helper process, so that issuing many "
+                        "certificates at once uses a second core (default: on)")
     parser.add_argument("--backoff-base", type=_seconds, default=3600.0,
                         help="seconds before retrying a failed issuance; doubles per failure, "
                         "capped at 32 h (default 3600, as cert-manager)")
@@ -355,6 +358,7 @@ def _serve(args: argparse.Namespace) -> int:
         cluster_resource_namespace=args.cluster_resource_namespace,
         ingress_class=args.ingress_class,
         workers=args.workers,
+        acme_process=args.acme_process,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         watch_manifests=not args.no_watch,
         dns01=dns01,
@@ -424,6 +428,7 @@ def _controller(args: argparse.Namespace) -> int:
         self_check_address=args.self_check_address,
         self_check_port=args.self_check_port,
         workers=args.workers,
+        acme_process=args.acme_process,
         backoff_base=datetime.timedelta(seconds=args.backoff_base),
         metrics_address=(args.metrics_address, args.metrics_port) if args.metrics_port else None,
         dns01=dns01,

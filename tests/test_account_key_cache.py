@@ -52,7 +52,7 @@ def _account_key_pem() -> bytes:
         keys.generate_private_key(PrivateKeySpec(algorithm="ECDSA", size=256)), encoding="PKCS8")
 
 
-def _thumbprint(client: acme_client.AcmeClient) -> str:
+def _thumbprint(client: acme_client.AccountClient) -> str:
     return client.key_authorization("dG9rZW4")  # the same token: differs by key only
 
 

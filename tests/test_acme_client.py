@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from certctl.issuers.acme import errors
-from certctl.issuers.acme.client import AcmeClient, OrderState
+from certctl.issuers.acme.client import AccountClient, AcmeClient, OrderState
 from certctl.solvers.http01 import SelfCheckFailed, self_check
 from tests.pebble import PebbleBuild, PebbleProfile, PebbleServer, free_port
 from tests.serving import verify_chain
@@ -124,7 +124,7 @@ def _wait(fetch, *, until: set[str], timeout: float = 10.0):
 
 
 def _issue(
-    client: AcmeClient, responder: ChallengeResponder, *names: str, http_port: int,
+    client: AccountClient, responder: ChallengeResponder, *names: str, http_port: int,
     profile: str | None = None,
 ) -> tuple[OrderState, str]:
     """The resumable flow a reconciler runs, one call per step."""
@@ -459,8 +459,7 @@ def test_every_request_names_certctl_and_its_version_in_the_user_agent(
     # does not check), so this also holds where no CA would notice.
     sent: list[str] = []
     client = _client(pebble, component="controller",
-                     on_response=lambda response: sent.append(
-                         str(response.request.headers.get("User-Agent"))))
+                     on_response=lambda exchange: sent.append(exchange.user_agent))
     client.register(email=None)
     _issue(client, responder, "agent.example.test", http_port=pebble.http_port)
 

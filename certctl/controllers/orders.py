@@ -179,7 +179,7 @@ def _step(
     *,
     status: OrderStatus,
     issuer: Issuer[AcmeIssuer],
-    client: acme_client.AcmeClient,
+    client: acme_client.AccountClient,
     now: datetime.datetime,
     finalized: set[str],
     asked: dict[ObjectKey, tuple[str, datetime.datetime]],
@@ -264,7 +264,7 @@ REPLACES_REFUSED = "ReplacesRefused"  # the Event when the CA will not take `rep
 
 
 def _new_order(
-    store: Store, order: Object, *, status: OrderStatus, client: acme_client.AcmeClient,
+    store: Store, order: Object, *, status: OrderStatus, client: acme_client.AccountClient,
     request_pem: bytes, profile: str | None,
 ) -> acme_client.OrderState:
     """Place the ACME order, naming the certificate it replaces when the CA offers ARI.
@@ -295,7 +295,7 @@ def _present(
     *,
     status: OrderStatus,
     issuer: Issuer[AcmeIssuer],
-    client: acme_client.AcmeClient,
+    client: acme_client.AccountClient,
     state: acme_client.OrderState,
     challenges: Mapping[str, Object],
     now: datetime.datetime,
@@ -384,7 +384,7 @@ def _challenges_of(store: Store, order: Object, *, status: OrderStatus,
 
 
 def _ask_for_the_gone(status: OrderStatus, *, challenges: Mapping[str, Object],
-                     client: acme_client.AcmeClient) -> None:
+                     client: acme_client.AccountClient) -> None:
     """Fill in from the CA the authorizations the status lists by URL only and whose
     Challenge is gone: one that passed and deleted itself before this process started
     (`PassedChallenges`). The final status lists every authorization in full."""
@@ -513,7 +513,7 @@ def _locally_failed_challenge(challenges: Mapping[str, Object]) -> str | None:
 
 
 def _failure_reason(
-    store: Store, order: Object, *, client: acme_client.AcmeClient,
+    store: Store, order: Object, *, client: acme_client.AccountClient,
     state: acme_client.OrderState,
 ) -> str:
     """The most useful explanation of an invalid order: a challenge's error if there is one."""

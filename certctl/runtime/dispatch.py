@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
-import requests
-
 from certctl.api import annotations as annotation_keys
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
@@ -44,6 +42,8 @@ from certctl.controllers import (
 from certctl.controllers import order_budget as order_budget_module
 from certctl.issuers import registry as issuer_registry
 from certctl.issuers.acme import accounts as acme_accounts
+from certctl.issuers.acme import client as acme_client
+from certctl.issuers.acme import client_process
 from certctl.runtime import workqueue
 from certctl.solvers import http01_ingress, tls_alpn01_solver
 from certctl.solvers import registry as solver_registry
@@ -436,7 +436,8 @@ def build_controllers(
     store: Store,
     component: str,
     cluster_resource_namespace: str,
-    on_acme_response: Callable[[requests.Response], None],
+    on_acme_response: Callable[[acme_client.AcmeExchange], None],
+    acme_process: client_process.AcmeProcess | None,
     clock: reconciling.Clock,
     backoff_base: datetime.timedelta,
     self_check: challenges.SelfCheck,
@@ -449,7 +450,7 @@ def build_controllers(
     them (the store, where the data plane answers self-checks) comes in as arguments."""
     accounts = acme_accounts.AcmeAccounts(
         cluster_resource_namespace=cluster_resource_namespace, component=component,
-        on_response=on_acme_response)
+        on_response=on_acme_response, process=acme_process)
     settings = controller_settings(
         clock=clock, accounts=accounts, backoff_base=backoff_base, self_check=self_check,
         dns01=dns01, order_budget=order_budget, data_plane=data_plane, tls_alpn01=tls_alpn01)

@@ -22,15 +22,18 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import prometheus_client
-import requests
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from certctl.api import conditions
 from certctl.api.resources import ObjectKey
 from certctl.store.interface import Object, Store, WatchEvent
+
+if TYPE_CHECKING:
+    from certctl.issuers.acme.client import AcmeExchange
 
 ACME_LABELS = ("scheme", "host", "path", "method", "status")
 CERTIFICATE_LABELS = ("name", "namespace", "issuer_name", "issuer_kind", "issuer_group")
@@ -93,13 +96,13 @@ class ControllerMetrics:
         if now[1] is not None and now[1] != before[1]:
             self._issuances.labels(*labels, "failure").inc()
 
-    def observe_acme_response(self, response: requests.Response) -> None:
-        """A `requests` response hook: count and time one ACME HTTP request."""
-        parts = urllib.parse.urlsplit(response.url)
-        labels = (parts.scheme, parts.netloc, acme_path(response.url),
-                  response.request.method or "", str(response.status_code))
+    def observe_acme_response(self, exchange: AcmeExchange) -> None:
+        """Count and time one ACME HTTP request (the ACME clients' `on_response`)."""
+        parts = urllib.parse.urlsplit(exchange.url)
+        labels = (parts.scheme, parts.netloc, acme_path(exchange.url), exchange.method,
+                  str(exchange.status))
         self._acme_requests.labels(*labels).inc()
-        self._acme_duration.labels(*labels).observe(response.elapsed.total_seconds())
+        self._acme_duration.labels(*labels).observe(exchange.seconds)
 
 
 class _CertificateCollector(Collector):

@@ -45,6 +45,7 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
+from certctl.issuers.acme import client_process
 from certctl.runtime import (
     dataplane_feed,
     dispatch,
@@ -81,6 +82,7 @@ class ControllerOptions:
     self_check_address: str | None = None  # default: resolve each name through DNS
     self_check_port: int = 80
     workers: int = 16
+    acme_process: bool = True  # ACME requests from a helper process (`client_process`)
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     # The admin address: /metrics, /healthz, /readyz, the dashboard; None: off.
     metrics_address: tuple[str, int] | None = None
@@ -166,6 +168,7 @@ class Controller:
             component="controller",
             cluster_resource_namespace=options.cluster_resource_namespace,
             on_acme_response=self.metrics.observe_acme_response,
+            acme_process=client_process.AcmeProcess() if options.acme_process else None,
             clock=clock,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(port=options.self_check_port,

@@ -31,6 +31,7 @@ from certctl.controllers import (
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
+from certctl.issuers.acme import client_process
 from certctl.runtime import dataplane_feed, dispatch, metrics, on_demand, runner
 from certctl.solvers import tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
@@ -65,6 +66,7 @@ class ServeOptions:
     cluster_resource_namespace: str = "certctl"
     ingress_class: str = "certctl"
     workers: int = 16
+    acme_process: bool = True  # ACME requests from a helper process (`client_process`)
     backoff_base: datetime.timedelta = datetime.timedelta(hours=1)
     watch_manifests: bool = True
     dns01: dns01_solver.Options = field(default_factory=dns01_solver.Options)
@@ -143,6 +145,7 @@ class Standalone:
             component="standalone",
             cluster_resource_namespace=options.cluster_resource_namespace,
             on_acme_response=self.metrics.observe_acme_response,
+            acme_process=client_process.AcmeProcess() if options.acme_process else None,
             clock=clock,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(

@@ -51,7 +51,7 @@ class Http01Solver:
         return None  # the parser checked all there is to check
 
     @staticmethod
-    def challenge_key(*, client: acme_client.AcmeClient, token: str) -> str:
+    def challenge_key(*, client: acme_client.AccountClient, token: str) -> str:
         return client.key_authorization(token)
 
     def present(

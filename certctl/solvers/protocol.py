@@ -75,7 +75,7 @@ class Solver(Protocol):
         ...
 
     @staticmethod
-    def challenge_key(*, client: acme_client.AcmeClient, token: str) -> str:
+    def challenge_key(*, client: acme_client.AccountClient, token: str) -> str:
         """The Challenge's `spec.key`: what is served, or put in DNS, for `token`."""
         ...
 

@@ -82,7 +82,7 @@ class TlsAlpn01Solver:
         return None  # `tlsALPN01: {}` has nothing to get wrong the parser did not refuse
 
     @staticmethod
-    def challenge_key(*, client: acme_client.AcmeClient, token: str) -> str:
+    def challenge_key(*, client: acme_client.AccountClient, token: str) -> str:
         return client.key_authorization(token)
 
     def present(

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-import requests
-
 from certctl.api import parsing
 from certctl.api.errors import InvalidObject
 from certctl.api.resources import AcmeIssuer, Issuer, IssuerSpec, PrivateKeySpec
 from certctl.issuers.acme import client as acme_client
+from certctl.issuers.acme import client_process
 from certctl.pki import keys
 from certctl.store.interface import AlreadyExists, Object, Store
 
@@ -136,27 +135,30 @@ def find_acme_issuer(
 
 
 class AcmeAccounts:
-    """Caches one `AcmeClient` per (server, account key, TLS settings)."""
+    """Caches one client per (server, account key, TLS settings): an `AcmeClient`, or
+    with `process` one run by that helper process (`client_process`)."""
 
     def __init__(
         self,
         *,
         cluster_resource_namespace: str,
         component: str | None = None,
-        on_response: Callable[[requests.Response], None] | None = None,
+        on_response: Callable[[acme_client.AcmeExchange], None] | None = None,
+        process: client_process.AcmeProcess | None = None,
     ) -> None:
         self.cluster_resource_namespace = cluster_resource_namespace
         self._component = component  # in the User-Agent of every ACME request
         self._on_response = on_response
+        self._process = process
         self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str, str, bool], acme_client.AcmeClient] = {}
+        self._clients: dict[tuple[str, str, str, bool], acme_client.AccountClient] = {}
         # Account keys as last read, until their Secret's next watch event
         # (`forget_account_key`): every Order and Challenge step needs its issuer's client,
         # and reading the key each time was 6 of the controller's 64 API reads per
         # certificate (bench B8). A key changes only when someone replaces the Secret.
         self._keys: dict[AccountKeyRef, bytes] = {}
 
-    def client(self, *, store: Store, issuer: Issuer[AcmeIssuer]) -> acme_client.AcmeClient:
+    def client(self, *, store: Store, issuer: Issuer[AcmeIssuer]) -> acme_client.AccountClient:
         """The registered client for an issuer whose account key exists.
 
         Registers on first use in this process (registration is idempotent:
@@ -204,14 +206,14 @@ class AcmeAccounts:
         self._register(self.client(store=store, issuer=issuer), store=store, issuer=issuer)
 
     def _register(
-        self, found: acme_client.AcmeClient, *, store: Store, issuer: Issuer[AcmeIssuer]
+        self, found: acme_client.AccountClient, *, store: Store, issuer: Issuer[AcmeIssuer]
     ) -> None:
         found.register(email=issuer.spec.email, external_account=external_account_key(
             store=store, issuer=issuer, cluster_resource_namespace=self.cluster_resource_namespace))
 
     def client_for_key(
         self, *, acme: AcmeIssuer, account_key_pem: bytes
-    ) -> acme_client.AcmeClient:
+    ) -> acme_client.AccountClient:
         cache_key = (
             acme.server,
             hashlib.sha256(account_key_pem).hexdigest(),
@@ -221,7 +223,8 @@ class AcmeAccounts:
         with self._lock:
             found = self._clients.get(cache_key)
             if found is None:
-                found = acme_client.AcmeClient(
+                found = (acme_client.AcmeClient if self._process is None
+                         else self._process.client)(
                     directory_url=acme.server,
                     account_key_pem=account_key_pem,
                     ca_bundle_pem=acme.ca_bundle,
@@ -233,6 +236,10 @@ class AcmeAccounts:
             return found
 
     def close(self) -> None:
+        """Close every client's connections, then the helper process if there is one."""
+        if self._process is not None:
+            self._process.close()  # its clients' connections go with it
+            return
         with self._lock:
             clients = list(self._clients.values())
         for found in clients:

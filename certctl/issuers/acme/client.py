@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import requests
 import requests.adapters
@@ -151,6 +151,18 @@ class OrderState:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AcmeExchange:
+    """One HTTP request to the ACME server and its answer, as `on_response` sees it
+    (metrics): plain values, so a client in another process can report it."""
+
+    method: str
+    url: str
+    status: int
+    seconds: float
+    user_agent: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class RenewalInfo:
     """A CA's suggested renewal window for one certificate (RFC 9773).
 
@@ -257,6 +269,61 @@ class _ThreadState(threading.local):
     last_response: requests.Response | None = None
 
 
+class ChallengeResponses:
+    """What an account answers its challenges with: made from its key, no request."""
+
+    def __init__(self, account_key: jwk.JWK) -> None:
+        self._jwk = account_key
+
+    def key_authorization(self, token: str) -> str:
+        """The HTTP-01 response body for `token`: ``token.<account key thumbprint>``."""
+        return str(challenges.HTTP01(token=b64.b64decode(token)).key_authorization(self._jwk))
+
+    def dns01_txt_value(self, token: str) -> str:
+        """The TXT record value for `token` at ``_acme-challenge.<domain>``."""
+        return str(challenges.DNS01(token=b64.b64decode(token)).validation(self._jwk))
+
+
+class AccountClient(Protocol):
+    """One ACME account on one ACME server, as the reconcilers use it: `AcmeClient` in
+    this process, or `client_process.ProcessAcmeClient` running one in a helper process.
+    The methods are `AcmeClient`'s, which documents them."""
+
+    @property
+    def account_uri(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+    def register(self, *, email: str | None, terms_agreed: bool = True,
+                 external_account: ExternalAccountKey | None = None) -> str: ...
+
+    def profiles(self) -> dict[str, str]: ...
+
+    def offers_renewal_info(self) -> bool: ...
+
+    def renewal_info(self, *, certificate: x509.Certificate) -> RenewalInfo: ...
+
+    def new_order(self, *, csr_pem: bytes, profile: str | None = None,
+                  replaces: str | None = None) -> OrderState: ...
+
+    def get_order(self, url: str) -> OrderState: ...
+
+    def get_authorization(self, url: str) -> AuthorizationState: ...
+
+    def get_challenge(self, url: str) -> ChallengeState: ...
+
+    def answer_challenge(self, url: str) -> ChallengeState: ...
+
+    def key_authorization(self, token: str) -> str: ...
+
+    def dns01_txt_value(self, token: str) -> str: ...
+
+    def finalize(self, *, order_url: str, finalize_url: str, csr_pem: bytes) -> OrderState: ...
+
+    def download_certificate(self, *, certificate_url: str,
+                             preferred_chain: str | None) -> str: ...
+
+
 class AcmeClient:
     """One ACME account on one ACME server, shareable by all threads.
 
@@ -279,11 +346,12 @@ class AcmeClient:
         component: str | None = None,
         timeout: int = 30,
         bad_nonce_attempts: int = 3,
-        on_response: Callable[[requests.Response], None] | None = None,
+        on_response: Callable[[AcmeExchange], None] | None = None,
     ) -> None:
         self.directory_url = directory_url
         self._on_response = on_response  # sees every HTTP response (metrics)
-        self._jwk, self._alg = _load_account_key(account_key_pem)
+        self._jwk, self._alg = load_account_key(account_key_pem)
+        self._responses = ChallengeResponses(self._jwk)
         self._ssl_context = (
             _ssl_context(ca_bundle_pem) if ca_bundle_pem and not skip_tls_verify else None
         )
@@ -539,12 +607,10 @@ class AcmeClient:
                 del self._known_challenges[next(iter(self._known_challenges))]
 
     def key_authorization(self, token: str) -> str:
-        """The HTTP-01 response body for `token`: ``token.<account key thumbprint>``."""
-        return str(challenges.HTTP01(token=b64.b64decode(token)).key_authorization(self._jwk))
+        return self._responses.key_authorization(token)
 
     def dns01_txt_value(self, token: str) -> str:
-        """The TXT record value for `token` at ``_acme-challenge.<domain>``."""
-        return str(challenges.DNS01(token=b64.b64decode(token)).validation(self._jwk))
+        return self._responses.dns01_txt_value(token)
 
     def finalize(self, *, order_url: str, finalize_url: str, csr_pem: bytes) -> OrderState:
         """Submit the CSR; return the order as it is now (often ``processing`` or ``valid``).
@@ -696,7 +762,7 @@ class AcmeClient:
         on_response = self._on_response
         if on_response is not None:
             network.session.hooks["response"].append(
-                lambda response, *_, **__: on_response(response))
+                lambda response, *_, **__: on_response(_exchange(response)))
 
     def _directory_now(self) -> messages.Directory:
         """The directory, fetched once; concurrent first callers wait for one fetch."""
@@ -737,7 +803,7 @@ class AcmeClient:
             network.session.close()
 
 
-def _load_account_key(pem: bytes) -> tuple[jwk.JWK, jwa.JWASignature]:
+def load_account_key(pem: bytes) -> tuple[jwk.JWK, jwa.JWASignature]:
     """The JWK and JWS algorithm for an ECDSA (P-256/384/521) or RSA account key."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
@@ -752,6 +818,13 @@ def _load_account_key(pem: bytes) -> tuple[jwk.JWK, jwa.JWASignature]:
     raise errors.AcmeConfigError(
         f"ACME account key must be RSA or ECDSA P-256/P-384/P-521, not {type(key).__name__}"
     )
+
+
+def _exchange(response: requests.Response) -> AcmeExchange:
+    return AcmeExchange(method=response.request.method or "", url=response.url,
+                        status=response.status_code,
+                        seconds=response.elapsed.total_seconds(),
+                        user_agent=str(response.request.headers.get("User-Agent", "")))
 
 
 def _ssl_context(ca_bundle_pem: bytes) -> ssl.SSLContext:

@@ -12,6 +12,7 @@ problem is a plain `AcmeProblem`.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 ACME_ERROR_PREFIX = "urn:ietf:params:acme:error:"
 
@@ -30,6 +31,9 @@ class AcmeUnreachable(AcmeError):
         super().__init__(message)
         self.url = url
 
+    def __reduce__(self) -> tuple[Any, ...]:  # for `client_process`: kw-only arguments
+        return _rebuilt, (type(self), self.args, {"url": self.url})
+
 
 class AcmeNotADirectory(AcmeError):
     """The configured server URL answered, but not with an ACME directory.
@@ -41,6 +45,9 @@ class AcmeNotADirectory(AcmeError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
         self.url = url
+
+    def __reduce__(self) -> tuple[Any, ...]:  # for `client_process`: kw-only arguments
+        return _rebuilt, (type(self), self.args, {"url": self.url})
 
 
 class AcmeProtocolError(AcmeError):
@@ -96,6 +103,11 @@ class AcmeProblem(AcmeError):
         self.retry_after = retry_after
         self.subproblems = subproblems
 
+    def __reduce__(self) -> tuple[Any, ...]:  # for `client_process`: kw-only arguments
+        return _rebuilt, (type(self), (), {
+            "typ": self.typ, "detail": self.detail, "status": self.status,
+            "retry_after": self.retry_after, "subproblems": self.subproblems})
+
     @property
     def code(self) -> str | None:
         """The short ACME code (``badCSR``), or None for non-ACME problem types."""
@@ -141,3 +153,8 @@ PROBLEM_CLASSES: dict[str, type[AcmeProblem]] = {
     ACME_ERROR_PREFIX + "unauthorized": Unauthorized,
 }
 """Problem type URN -> the most specific exception class for it."""
+
+
+def _rebuilt(cls: type[AcmeError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AcmeError:
+    """An error as `__reduce__` took it apart (pickle calls it)."""
+    return cls(*args, **kwargs)

@@ -142,7 +142,7 @@ class Dns01Solver:
         return None
 
     @staticmethod
-    def challenge_key(*, client: acme_client.AcmeClient, token: str) -> str:
+    def challenge_key(*, client: acme_client.AccountClient, token: str) -> str:
         # As in cert-manager, a DNS-01 Challenge's key is the TXT value itself.
         return client.dns01_txt_value(token)
 
