@@ -13,8 +13,8 @@ TLS handshake with SNI=host. The benchmark learns which hosts to try from
 certctl's "serving certificate from Secret ... for <host>" log lines (trying
 all 500 hosts over and over would steal CPU from the process under test), and
 retries a host whose handshake does not verify yet on the next poll. Peak RSS
-(VmHWM) and CPU time (user + system) are read from `/proc/<pid>` of the
-certctl process just before it is stopped.
+(VmHWM) and CPU time (user + system) are read from `/proc` of the certctl
+process and its ACME helper process (summed) just before it is stopped.
 
 Then the peers, in sequence against the same Pebble: `certbot certonly
 --standalone` and `lego run` issue `--peer-sample` certificates each, one
@@ -282,6 +282,7 @@ def verdicts(run: BulkRun, *, count: int) -> str:
             f"{verdict(all_served and run.seconds <= TARGET_SECONDS)} ({run.seconds:.1f} s); "
             f"peak RSS <= {TARGET_RSS_MB:.0f} MB: {verdict(run.peak_rss_mb <= TARGET_RSS_MB)} "
             f"({run.peak_rss_mb:.0f} MB). certctl used {run.cpu_seconds:.1f} s of CPU "
+            "(with its ACME helper process) "
             f"({threads} work-queue threads; Pebble and its DNS server "
             f"{run.ca_cpu_seconds:.1f} s meanwhile, on the same cores) and made {requests} ACME "
             f"requests ({requests / count:.1f} per certificate: {per_endpoint}).")
@@ -303,7 +304,7 @@ def results_section(*, command: str, started_at: datetime.datetime, count: int,
         f"- **certctl**: one `certctl serve`, spawned on {count} annotated Ingresses (one "
         "fresh host each, one manifest file) and an empty state dir, timed until every "
         "host's TLS handshake with SNI=host verifies against Pebble's issuance root. Peak "
-        "RSS is VmHWM of the process.",
+        "RSS is the VmHWM of the process plus that of its ACME helper process.",
         "- **certbot / lego**: whole CLI runs one after another (`certbot certonly "
         "--standalone`, `lego run`), one host each, account registered beforehand; "
         f"the {count} total is the sample's mean times {count}, **not measured**.",

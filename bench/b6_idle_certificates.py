@@ -199,17 +199,46 @@ def write_manifests(*, folder: Path, ca: LocalCA, count: int, now: datetime.date
 # --- watching the process -------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and the processes it started, theirs too (certctl's ACME helper process)."""
+    found, todo = [], [pid]
+    while todo:
+        each = todo.pop()
+        found.append(each)
+        for task in Path(f"/proc/{each}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue  # the task ended
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    """CPU time of `pid` and the processes it started (`process_tree`)."""
+    total = 0
+    for each in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a child that has just exited
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    hwm = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return (int(rss.group(1)) / 1024 if rss else 0.0, int(hwm.group(1)) / 1024 if hwm else 0.0)
+    """(VmRSS, VmHWM) in MB of `pid` and the processes it started (`process_tree`): their
+    sums (the sum of peaks bounds the peak of the sum)."""
+    rss_kb = hwm_kb = 0
+    for each in process_tree(pid):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue
+        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        hwm = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        rss_kb += int(rss.group(1)) if rss else 0
+        hwm_kb += int(hwm.group(1)) if hwm else 0
+    return rss_kb / 1024, hwm_kb / 1024
 
 
 def certificate_statuses(state: Path) -> list[dict[str, object]]:

@@ -386,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name, seconds in found["cpu"].items())))
             rows += _request_rows(found["events"], args.ingresses)
             for name, process in processes.items():
-                rows.append((f"{name} peak RSS (VmHWM)", f"{b6.memory_mb(process.pid)[1]:.0f} MB"))
+                rows.append((f"{name} peak RSS (VmHWM, with the processes it started)",
+                             f"{b6.memory_mb(process.pid)[1]:.0f} MB"))
             ok &= found["seconds"] <= TARGET_SECONDS
             checks.append(f"ok: every one of the {args.ingresses} hosts served a verified chain")
         if args.replica_ingresses:
