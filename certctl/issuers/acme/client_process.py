@@ -45,7 +45,8 @@ _METHODS = frozenset((
     "get_authorization", "get_challenge", "answer_challenge", "finalize",
     "download_certificate", "renewal_info"))
 
-_Answer = tuple[bool, Any, list[acme_client.AcmeExchange]]  # (raised, value, exchanges)
+# (raised, value, the exchanges made, the log records emitted)
+_Answer = tuple[bool, Any, list[acme_client.AcmeExchange], list[logging.LogRecord]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,7 +233,12 @@ class ProcessAcmeClient:
         self._offers_renewal_info: bool | None = None
 
     def _call(self, method: str, **arguments: Any) -> Any:
-        raised, value, exchanges = self._process.call(self._client_id, method, arguments)
+        raised, value, exchanges, records = self._process.call(self._client_id, method,
+                                                               arguments)
+        for record in records:  # the child's logs join this process's, as if made here
+            logger_of_record = logging.getLogger(record.name)
+            if logger_of_record.isEnabledFor(record.levelno):
+                logger_of_record.handle(record)
         if self._on_response is not None:
             for exchange in exchanges:
                 self._on_response(exchange)
@@ -326,7 +332,7 @@ class _Helper:
         # Why a client could not be built (its CA bundle): what each of its calls raises,
         # as building it raises in the parent's process.
         self._unusable: dict[int, errors.AcmeConfigError] = {}
-        self._exchanges = threading.local()  # the exchanges of the call each thread runs
+        self.running = _RunningCalls()
 
     def serve(self) -> None:
         """Until the parent shuts the control socket (or dies)."""
@@ -365,11 +371,12 @@ class _Helper:
                 self._unusable[client_id] = err
 
     def _observe(self, exchange: acme_client.AcmeExchange) -> None:
-        self._exchanges.found.append(exchange)
+        self.running.exchanges.append(exchange)
 
     def _run(self, client_id: int, method: str, arguments: dict[str, Any]) -> _Answer:
         exchanges: list[acme_client.AcmeExchange] = []
-        self._exchanges.found = exchanges
+        records: list[logging.LogRecord] = []
+        self.running.exchanges, self.running.records = exchanges, records
         try:
             if method not in _METHODS:
                 raise errors.AcmeError(f"no ACME client method {method!r}")
@@ -379,9 +386,43 @@ class _Helper:
             if method == "renewal_info":
                 arguments = {"certificate": x509.load_der_x509_certificate(
                     arguments["certificate"])}
-            return False, getattr(client, method)(**arguments), exchanges
+            return False, getattr(client, method)(**arguments), exchanges, records
         except Exception as err:  # every failure goes to the caller, as in-process
-            return True, _sendable(err), exchanges
+            return True, _sendable(err), exchanges, records
+        finally:
+            self.running.records = None
+
+
+class _RunningCalls(threading.local):
+    """What the call a thread of the child runs has made so far."""
+
+    exchanges: list[acme_client.AcmeExchange]
+    records: list[logging.LogRecord] | None = None  # None: the thread runs no call
+
+
+class _CallLogs(logging.Handler):
+    """The child's log records: those of a call go back with its answer (the parent
+    handles them as its own: its format, level and handlers), the others to stderr."""
+
+    def __init__(self, running: _RunningCalls) -> None:
+        super().__init__()
+        self._running = running
+        self._stderr = logging.StreamHandler()
+        self._stderr.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        records = self._running.records
+        if records is None:
+            self._stderr.handle(record)
+            return
+        # As logging.handlers.QueueHandler prepares one: what pickles, message made.
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        records.append(record)
 
 
 def _sendable(error: Exception) -> Exception:
@@ -399,13 +440,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # It lives as long as its socket: the parent stops it by closing it (Ctrl-C and a
     # stop of the process group reach both; the parent may still need it meanwhile).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _Helper(socket.socket(fileno=args.fd)).serve()
+    helper = _Helper(socket.socket(fileno=args.fd))
+    logging.getLogger().setLevel(args.log_level)
+    logging.getLogger().addHandler(_CallLogs(helper.running))
+    helper.serve()
 
 
 if __name__ == "__main__":
