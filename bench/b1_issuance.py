@@ -55,7 +55,8 @@ from cryptography.exceptions import InvalidSignature
 
 from bench import reporting
 from bench import workdir as workdir_module
-from tests.pebble import PebbleServer, free_port
+from tests import testservers
+from tests.pebble import PebbleBuild, PebbleServer, free_port
 
 CERTCTL_BIN = Path(sys.executable).parent / "certctl"
 CERTBOT_BIN = "/usr/bin/certbot"
@@ -452,14 +453,15 @@ def _strip_log_prefix(line: str) -> str:
     return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", "", line)
 
 
-def machine() -> list[tuple[str, str]]:
+def machine(*, pebble: PebbleBuild = "debian") -> list[tuple[str, str]]:
     def dpkg(package: str) -> str:
         return reporting.command_output(["dpkg-query", "-W", "-f", "${Version}", package])
 
     return reporting.machine_rows(extra=[
         ("Python (certbot)", reporting.command_output(["/usr/bin/python3", "--version"])),
         ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
-        ("Pebble", f"{dpkg('pebble')} (Debian)"),
+        ("Pebble", f"{dpkg('pebble')} (Debian)" if pebble == "debian" else
+         f"{testservers.directory('pebble').name} (built by scripts/testservers/build.sh)"),
         ("certbot", f"{reporting.command_output([CERTBOT_BIN, '--version'])} "
                     f"(Debian {dpkg('certbot')}, python3-acme {dpkg('python3-acme')})"),
         ("lego", f"{dpkg('lego')} (Debian)"),
