@@ -199,24 +199,35 @@ def served_and_verified(*, port: int, host: str, context: ssl.SSLContext) -> boo
 def issuer_manifests(*, pebble: PebbleServer, backend_port: int) -> str:
     """The ClusterIssuer `pebble` (HTTP-01 through the data plane) and a Service
     `b1-backend` with its EndpointSlice, which the Ingresses route to."""
+    return (cluster_issuer_manifest(pebble=pebble, name="pebble") + "---\n"
+            + backend_manifests(backend_port=backend_port))
+
+
+def cluster_issuer_manifest(*, pebble: PebbleServer, name: str) -> str:
+    """The ClusterIssuer `name`: `pebble`'s ACME server, HTTP-01 through the data plane."""
     ca_bundle = base64.b64encode(pebble.ca_bundle_pem).decode()
     return textwrap.dedent(f"""\
         apiVersion: cert-manager.io/v1
         kind: ClusterIssuer
         metadata:
-          name: pebble
+          name: {name}
         spec:
           acme:
             server: {pebble.directory_url}
             email: {EMAIL}
             caBundle: {ca_bundle}
             privateKeySecretRef:
-              name: pebble-account-key
+              name: {name}-account-key
             solvers:
               - http01:
                   ingress:
                     ingressClassName: certctl
-        ---
+        """)
+
+
+def backend_manifests(*, backend_port: int) -> str:
+    """The Service `b1-backend` and its EndpointSlice, which the Ingresses route to."""
+    return textwrap.dedent(f"""\
         apiVersion: v1
         kind: Service
         metadata:
@@ -246,8 +257,8 @@ def issuer_manifests(*, pebble: PebbleServer, backend_port: int) -> str:
         """)
 
 
-def ingress_manifest(*, name: str, host: str) -> str:
-    """An Ingress annotated for the `pebble` ClusterIssuer; its Secret is `<name>-tls`."""
+def ingress_manifest(*, name: str, host: str, issuer: str = "pebble") -> str:
+    """An Ingress annotated for the ClusterIssuer `issuer`; its Secret is `<name>-tls`."""
     return textwrap.dedent(f"""\
         apiVersion: networking.k8s.io/v1
         kind: Ingress
@@ -255,7 +266,7 @@ def ingress_manifest(*, name: str, host: str) -> str:
           name: {name}
           namespace: default
           annotations:
-            cert-manager.io/cluster-issuer: pebble
+            cert-manager.io/cluster-issuer: {issuer}
         spec:
           ingressClassName: certctl
           tls:

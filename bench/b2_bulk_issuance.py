@@ -1,14 +1,14 @@
 """B2: 500 annotated Ingresses at once to served certificates (HTTP-01, Pebble), vs peers.
 
     /work/venv/bin/python -m bench.b2_bulk_issuance [--ingresses 500] [--peer-sample 20]
-        [--pebble current|debian] [--workers N] [--profile FILE.svg [--profile-gil]]
-        [--write-results] [--keep]
+        [--pebble current|debian] [--pebbles N] [--workers N]
+        [--profile FILE.svg [--profile-gil]] [--write-results] [--keep]
 
-One Pebble (+ challtestsrv, `PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0
+Pebble (+ challtestsrv, `PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0
 PEBBLE_WFE_NONCEREJECT=0`) serves the whole run: the current one (built by
-scripts/testservers/build.sh) unless `--pebble debian` picks Debian's 2.4, whose
-MemoryStore deadlocks (a writer queued behind readers) when thousands of orders
-arrive as fast as certctl places them. certctl goes first: one
+scripts/testservers/build.sh) unless `--pebble debian` picks Debian's 2.4; one
+Pebble (a ClusterIssuer each) per 1,000 Ingresses, as one Pebble deadlocks past
+some 4,500 orders (`ORDERS_PER_PEBBLE`). certctl goes first: one
 `certctl serve` is spawned on a manifests folder holding the ClusterIssuer and
 `--ingresses` annotated Ingresses, one fresh hostname each, and a fresh state
 dir (so it also registers its ACME account). Timed: from the spawn until every
@@ -40,6 +40,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import math
 import re
 import shlex
 import signal
@@ -63,6 +64,11 @@ TARGET_SECONDS = 120.0
 TARGET_RSS_MB = 500.0
 POLL_INTERVAL = 0.05
 SERVING_LINE = re.compile(r"serving certificate from Secret \S+ for (?P<names>.+)$")
+# Orders one Pebble takes in a run: each new order scans every authorization Pebble holds
+# under its MemoryStore's read lock, and past some 4,500 that scan deadlocked (Debian's 2.4
+# and the current 2.10 alike: the scan waits for an authorization a validation holds,
+# which waits behind a new challenge's write lock, which waits for the scan).
+ORDERS_PER_PEBBLE = 1000
 # Pebble logs every request it handles: "Pebble <date> <time> POST /my-order/... -> calling".
 PEBBLE_REQUEST = re.compile(r"^Pebble \S+ \S+ (?P<method>[A-Z]+) (?P<path>/[a-z-]*)\S* -> calling",
                             re.MULTILINE)
@@ -80,7 +86,8 @@ class BulkRun:
     cpu_seconds: float
     ca_cpu_seconds: float  # Pebble's and its challtestsrv's, during certctl's run
     workers: int | None  # --workers given to certctl serve; None: its default
-    acme_requests: dict[str, int]  # "POST /my-order" -> count, as Pebble logged them
+    acme_requests: dict[str, int]  # "POST /my-order" -> count, as the Pebbles logged them
+    pebbles: int  # how many Pebbles, a ClusterIssuer each
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,27 +105,39 @@ def host_name(index: int) -> str:
     return f"b2-{index:04d}.example.test"
 
 
-def write_manifests(*, folder: Path, pebble: PebbleServer, count: int) -> list[str]:
-    """The ClusterIssuer and `count` Ingresses in one file; returns their hosts."""
+def write_manifests(*, folder: Path, pebbles: Sequence[PebbleServer], count: int) -> list[str]:
+    """A ClusterIssuer per Pebble (`pebble`, `pebble-1`...) and `count` Ingresses in one
+    file, taking the issuers in turn; returns their hosts."""
     hosts = [host_name(index) for index in range(count)]
-    documents = [b1.issuer_manifests(pebble=pebble, backend_port=9)]  # backend never contacted
-    documents += [b1.ingress_manifest(name=f"b2-{index:04d}", host=host)
+    issuers = [issuer_name(index) for index in range(len(pebbles))]
+    documents = [b1.backend_manifests(backend_port=9)]  # the backend is never contacted
+    documents += [b1.cluster_issuer_manifest(pebble=pebble, name=name)
+                  for pebble, name in zip(pebbles, issuers, strict=True)]
+    documents += [b1.ingress_manifest(name=f"b2-{index:04d}", host=host,
+                                      issuer=issuers[index % len(issuers)])
                   for index, host in enumerate(hosts)]
     (folder / "b2.yaml").write_text("---\n".join(documents))
     return hosts
 
 
-def pebble_log_size(pebble: PebbleServer) -> int:
-    return (pebble.workdir / "pebble.log").stat().st_size
+def issuer_name(index: int) -> str:
+    return "pebble" if index == 0 else f"pebble-{index}"
 
 
-def acme_requests(pebble: PebbleServer, *, since: int) -> dict[str, int]:
-    """The requests Pebble handled since byte `since` of its log, by method and endpoint."""
-    with (pebble.workdir / "pebble.log").open("rb") as log:
-        log.seek(since)
-        text = log.read().decode(errors="replace")
-    return dict(collections.Counter(f"{m['method']} {m['path']}"
-                                    for m in PEBBLE_REQUEST.finditer(text)).most_common())
+def pebble_log_sizes(pebbles: Sequence[PebbleServer]) -> list[int]:
+    return [(pebble.workdir / "pebble.log").stat().st_size for pebble in pebbles]
+
+
+def acme_requests(pebbles: Sequence[PebbleServer], *, since: Sequence[int]) -> dict[str, int]:
+    """The requests the Pebbles handled since byte `since` of each one's log, by method and
+    endpoint."""
+    counted: collections.Counter[str] = collections.Counter()
+    for pebble, start in zip(pebbles, since, strict=True):
+        with (pebble.workdir / "pebble.log").open("rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
+        counted.update(f"{m['method']} {m['path']}" for m in PEBBLE_REQUEST.finditer(text))
+    return dict(counted.most_common())
 
 
 def py_spy(*, pid: int, output: Path, profile_format: str,
@@ -132,12 +151,14 @@ def py_spy(*, pid: int, output: Path, profile_format: str,
                             stderr=subprocess.STDOUT)
 
 
-def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int | None,
+def run_certctl(*, pebbles: Sequence[PebbleServer], workdir: Path, count: int,
+                workers: int | None,
                 timeout: float, root_pem: bytes, profile: Path | None,
                 profile_format: str, profile_gil: bool) -> BulkRun:
     manifests = workdir / "manifests"
     manifests.mkdir(parents=True)
-    hosts = write_manifests(folder=manifests, pebble=pebble, count=count)
+    hosts = write_manifests(folder=manifests, pebbles=pebbles, count=count)
+    pebble = pebbles[0]  # they all validate HTTP-01 on its port
     https_port = free_port()
     while https_port == pebble.http_port:
         https_port = free_port()
@@ -157,8 +178,8 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
     profiler = None if profile is None else py_spy(
         pid=proc.pid, output=profile, profile_format=profile_format, gil_only=profile_gil)
     read = 0
-    pebble_log_start = pebble_log_size(pebble)
-    ca_cpu_start = sum(b6.cpu_seconds(pid) for pid in pebble.pids)
+    pebble_log_start = pebble_log_sizes(pebbles)
+    ca_cpu_start = sum(b6.cpu_seconds(pid) for each in pebbles for pid in each.pids)
     try:
         deadline = started + timeout
         while pending:
@@ -185,7 +206,7 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
         seconds = time.monotonic() - started
         _, peak_rss_mb = b6.memory_mb(proc.pid)
         cpu = b6.cpu_seconds(proc.pid)
-        ca_cpu = sum(b6.cpu_seconds(pid) for pid in pebble.pids) - ca_cpu_start
+        ca_cpu = sum(b6.cpu_seconds(pid) for each in pebbles for pid in each.pids) - ca_cpu_start
     finally:
         if profiler is not None:
             # py-spy writes its output when the process it samples exits.
@@ -201,7 +222,8 @@ def run_certctl(*, pebble: PebbleServer, workdir: Path, count: int, workers: int
                    serving_http=None if serving is None else serving - started,
                    peak_rss_mb=peak_rss_mb, cpu_seconds=cpu, ca_cpu_seconds=ca_cpu,
                    workers=workers,
-                   acme_requests=acme_requests(pebble, since=pebble_log_start))
+                   acme_requests=acme_requests(pebbles, since=pebble_log_start),
+                   pebbles=len(pebbles))
 
 
 PEER_RUNNERS: dict[str, Callable[[b1.Bench, str, Path], b1.Sample]] = {
@@ -298,8 +320,10 @@ def results_section(*, command: str, started_at: datetime.datetime, count: int,
         f"## B2: {count} Ingresses at once to served certificates (HTTP-01, Pebble)",
         "",
         f"Command (from the repo root): `{command}`  ",
-        f"Date: {started_at:%Y-%m-%d %H:%M} UTC. One Pebble (`PEBBLE_VA_NOSLEEP=1 "
-        "PEBBLE_AUTHZREUSE=0 PEBBLE_WFE_NONCEREJECT=0`) for certctl and both peers.",
+        f"Date: {started_at:%Y-%m-%d %H:%M} UTC. {run.pebbles} Pebble(s) (`PEBBLE_VA_NOSLEEP=1 "
+        "PEBBLE_AUTHZREUSE=0 PEBBLE_WFE_NONCEREJECT=0`), a ClusterIssuer each, the Ingresses "
+        "taking them in turn (one Pebble deadlocks past some 4,500 orders); the first one "
+        "for both peers.",
         "",
         results_table(run=run, count=count, peers=peers),
         "",
@@ -334,8 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peer-sample", type=int, default=20,
                         help="sequential issuances timed per peer (0: no peers)")
     parser.add_argument("--pebble", choices=PEBBLE_BUILDS, default="current",
-                        help="which Pebble (default: the current one; Debian's 2.4 deadlocks "
-                        "in its MemoryStore under thousands of orders at once)")
+                        help="which Pebble build (default: the current one)")
+    parser.add_argument("--pebbles", type=int, default=None,
+                        help=f"Pebbles, a ClusterIssuer each, the Ingresses taking them in "
+                        f"turn (default: one per {ORDERS_PER_PEBBLE:,} Ingresses)")
     parser.add_argument("--workers", type=int, default=None,
                         help="certctl serve --workers (default: certctl's own)")
     parser.add_argument("--timeout", type=float, default=600.0,
@@ -367,16 +393,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = reporting.command_line(module="bench.b2_bulk_issuance", argv=argv)
     started_at = datetime.datetime.now(datetime.UTC)
     workdir = workdir_module.create(prefix="certctl-b2-")
-    pebble: PebbleServer | None = None
+    pebbles: list[PebbleServer] = []
     peers: list[PeerRun] = []
     try:
-        pebble = PebbleServer.start(tmp_path=workdir, http_port=free_port(), build=args.pebble,
-                                    env={"PEBBLE_AUTHZREUSE": "0", "PEBBLE_WFE_NONCEREJECT": "0"})
-        root_pem = pebble.issuance_roots_pem()
-        print(f"work dir {workdir}; certctl: {args.ingresses} Ingresses...", flush=True)
+        http_port = free_port()
+        for index in range(args.pebbles or math.ceil(args.ingresses / ORDERS_PER_PEBBLE)):
+            folder = workdir / f"pebble-{index}"
+            folder.mkdir()
+            pebbles.append(PebbleServer.start(
+                tmp_path=folder, http_port=http_port, build=args.pebble,
+                env={"PEBBLE_AUTHZREUSE": "0", "PEBBLE_WFE_NONCEREJECT": "0"}))
+        pebble = pebbles[0]  # the peers' CA
+        print(f"work dir {workdir}; certctl: {args.ingresses} Ingresses, {len(pebbles)} "
+              "Pebble(s)...", flush=True)
         try:
-            run = run_certctl(pebble=pebble, workdir=workdir / "certctl", count=args.ingresses,
-                              workers=args.workers, timeout=args.timeout, root_pem=root_pem,
+            run = run_certctl(pebbles=pebbles, workdir=workdir / "certctl",
+                              count=args.ingresses, workers=args.workers,
+                              timeout=args.timeout,
+                              root_pem=b"".join(each.issuance_roots_pem() for each in pebbles),
                               profile=args.profile, profile_format=args.profile_format,
                               profile_gil=args.profile_gil)
         except b1.RunFailed as err:
@@ -387,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{run.peak_rss_mb:.0f} MB, {run.cpu_seconds:.1f} s CPU "
               f"(Pebble {run.ca_cpu_seconds:.1f} s)", flush=True)
         if args.peer_sample:
-            bench = b1.Bench(pebble=pebble, workdir=workdir, issuance_root_pem=root_pem,
+            bench = b1.Bench(pebble=pebble, workdir=workdir,
+                             issuance_root_pem=pebble.issuance_roots_pem(),
                              timeout=120.0, certbot_dir=workdir / "certbot",
                              lego_dir=workdir / "lego")
             bench.certbot_dir.mkdir()
@@ -399,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"FAILED peer set-up: {err}", file=sys.stderr)
                 return 2
     finally:
-        if pebble is not None:
-            pebble.stop()
+        for each in pebbles:
+            each.stop()
         workdir_module.remove_unless_kept(workdir, keep=args.keep)
 
     print()
