@@ -22,7 +22,8 @@ from typing import Any
 import watchfiles
 
 from certctl.admin.events import EventRecorder
-from certctl.api import schema
+from certctl.api import parsing, schema
+from certctl.api.errors import InvalidObject
 from certctl.api.resources import ObjectKey
 from certctl.controllers import (
     challenges,
@@ -31,6 +32,7 @@ from certctl.controllers import (
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
+from certctl.issuers.acme import accounts as acme_accounts
 from certctl.issuers.acme import client_process
 from certctl.runtime import dataplane_feed, dispatch, metrics, on_demand, runner
 from certctl.solvers import tls_alpn01_solver
@@ -170,6 +172,8 @@ class Standalone:
     async def start(self) -> None:
         if not self.store.reload_manifests():
             self.store.collect_orphans()
+        if _uses_acme(self.store):
+            self.accounts.expect_acme()  # its helper starts while the data plane does
         # Subscribed after the first load: the feed's first refresh reads every object,
         # and `everything` below queues each once.
         self.store.subscribe(self.feed.on_event)
@@ -259,6 +263,19 @@ class Standalone:
         for item in self.dispatcher.items_for(event):
             self.queue.add(item)
 
+
+
+def _uses_acme(store: LocalStore) -> bool:
+    """Whether an issuer in `store` is an ACME one (invalid ones are not)."""
+    for kind in ("ClusterIssuer", "Issuer"):
+        for obj in store.list(kind=kind, shared=True):
+            try:
+                issuer = parsing.parse_issuer(obj)
+            except InvalidObject:
+                continue
+            if acme_accounts.acme_issuer(issuer) is not None:
+                return True
+    return False
 
 
 def _write_cache(path: Path, data: bytes, *, lost: str) -> None:

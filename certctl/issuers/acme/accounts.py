@@ -183,6 +183,12 @@ class AcmeAccounts:
             self._register(found, store=store, issuer=issuer)
         return found
 
+    def expect_acme(self) -> None:
+        """ACME requests will follow: start the helper process now, if there is one, so
+        that the first of them does not wait for its start (B1: about 0.15 s)."""
+        if self._process is not None:
+            self._process.start()
+
     def forget_account_key(self, *, namespace: str, name: str) -> None:
         """A Secret changed or went: read its key again next time, if it holds one."""
         with self._lock:

@@ -64,8 +64,8 @@ class _Opening:
 
 
 class AcmeProcess:
-    """The helper process: started with the first client (`client`), ended by `close`. A
-    process with no ACME issuer starts none.
+    """The helper process: started by `start` or with the first client (`client`), ended
+    by `close`. A process with no ACME issuer starts none.
 
     Each calling thread has a socket of its own to the child (`_Channel`), served there
     by a thread of its own: a call is a send and a blocking receive on it, with no lock,
@@ -97,12 +97,18 @@ class AcmeProcess:
         with self._lock:
             client_id = next(self._clients)
             self._opened[client_id] = (opening, None)
-            if self._child is None and not self._closed:
-                # Started with the first client, not at its first call: its imports run
-                # while the issuer's account is being set up.
-                self._child = _Child.start()
+        # With the first client if not before, not at its first call: its imports run
+        # while the issuer's account is being set up.
+        self.start()
         return ProcessAcmeClient(process=self, client_id=client_id, responses=responses,
                                  on_response=on_response)
+
+    def start(self) -> None:
+        """Start the child unless one runs (or `close` ended them): for a process that
+        knows it will issue from an ACME issuer before it opens the first client."""
+        with self._lock:
+            if self._child is None and not self._closed:
+                self._child = _Child.start()
 
     def close(self, *, timeout: float = 5.0) -> None:
         """End the child: it exits once its control socket shuts; killed after `timeout`."""
