@@ -107,8 +107,14 @@ class AcmeProcess:
         """Start the child unless one runs (or `close` ended them): for a process that
         knows it will issue from an ACME issuer before it opens the first client."""
         with self._lock:
-            if self._child is None and not self._closed:
-                self._child = _Child.start()
+            if not self._closed:
+                self._running()
+
+    def _running(self) -> _Child:
+        """Under the lock: the child, started if none runs."""
+        if self._child is None:
+            self._child = _Child.start()
+        return self._child
 
     def close(self, *, timeout: float = 5.0) -> None:
         """End the child: it exits once its control socket shuts; killed after `timeout`."""
@@ -149,21 +155,29 @@ class AcmeProcess:
         with self._lock:
             if self._closed:
                 raise errors.AcmeError("the ACME helper process is stopped")
-            if self._child is None:
-                self._child = _Child.start()
-            channel = self._child.channel()
-        self._local.channel = channel
-        return channel
+            child = self._running()
+            try:
+                channel = child.channel()
+            except OSError as err:  # it has just exited: its socket is shut
+                failed = err
+            else:
+                self._local.channel = channel
+                return channel
+        code = self._lost(child)
+        raise errors.AcmeUnreachable(
+            f"the ACME helper process exited (code {code}) before the request", url=""
+        ) from failed
 
     def _lost(self, child: _Child) -> int | None:
         """A channel to `child` broke: it exited, or is made to; its exit code. The next
         call starts another (unless `close` ended it)."""
         with self._lock:
-            if self._child is child:
+            first = self._child is child  # the calls in flight all come here: log once
+            if first:
                 self._child = None
             closed = self._closed
         code = child.end(timeout=0)
-        if not closed:
+        if first and not closed:
             logger.warning("the ACME helper process exited (code %s); the next ACME "
                            "request starts another", code)
         return code
