@@ -437,7 +437,7 @@ def build_controllers(
     component: str,
     cluster_resource_namespace: str,
     on_acme_response: Callable[[acme_client.AcmeExchange], None],
-    acme_process: client_process.AcmeProcess | None,
+    acme_process: bool,
     clock: reconciling.Clock,
     backoff_base: datetime.timedelta,
     self_check: challenges.SelfCheck,
@@ -450,7 +450,8 @@ def build_controllers(
     them (the store, where the data plane answers self-checks) comes in as arguments."""
     accounts = acme_accounts.AcmeAccounts(
         cluster_resource_namespace=cluster_resource_namespace, component=component,
-        on_response=on_acme_response, process=acme_process)
+        on_response=on_acme_response,
+        process=client_process.AcmeProcess() if acme_process else None)
     settings = controller_settings(
         clock=clock, accounts=accounts, backoff_base=backoff_base, self_check=self_check,
         dns01=dns01, order_budget=order_budget, data_plane=data_plane, tls_alpn01=tls_alpn01)

@@ -45,7 +45,6 @@ from certctl.controllers import (
 )
 from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
-from certctl.issuers.acme import client_process
 from certctl.runtime import (
     dataplane_feed,
     dispatch,
@@ -168,7 +167,7 @@ class Controller:
             component="controller",
             cluster_resource_namespace=options.cluster_resource_namespace,
             on_acme_response=self.metrics.observe_acme_response,
-            acme_process=client_process.AcmeProcess() if options.acme_process else None,
+            acme_process=options.acme_process,
             clock=clock,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(port=options.self_check_port,

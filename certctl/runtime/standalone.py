@@ -33,7 +33,6 @@ from certctl.controllers.order_budget import DUPLICATE_CERTIFICATE_LIMIT, Budget
 from certctl.controllers.reconciling import Clock
 from certctl.dataplane import DEFAULT_MAX_CONNECTIONS, certstore
 from certctl.issuers.acme import accounts as acme_accounts
-from certctl.issuers.acme import client_process
 from certctl.runtime import dataplane_feed, dispatch, metrics, on_demand, runner
 from certctl.solvers import tls_alpn01_solver
 from certctl.solvers.dns01 import solver as dns01_solver
@@ -147,7 +146,7 @@ class Standalone:
             component="standalone",
             cluster_resource_namespace=options.cluster_resource_namespace,
             on_acme_response=self.metrics.observe_acme_response,
-            acme_process=client_process.AcmeProcess() if options.acme_process else None,
+            acme_process=options.acme_process,
             clock=clock,
             backoff_base=options.backoff_base,
             self_check=challenges.self_check_for(
