@@ -506,7 +506,7 @@ class ClientConnection(asyncio.Protocol):
             return  # failed at once, and answered or sent elsewhere
         if self._client_slow:
             leg.pause_reading(True)
-        if head.expect_continue and not self._body_done and head.version != "1.0":
+        if head.expect_continue and not self._body_done and not head.http10:
             # We answer the client's Expect ourselves and do not forward it, so
             # the upstream never has to and the body is not held back.
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -606,7 +606,7 @@ class ClientConnection(asyncio.Protocol):
         # `Connection: close` while draining: the client's next request goes elsewhere.
         keep_alive = head.keep_alive and not self._draining and (
             head.upgrade is None or self._upgraded_bytes is None)
-        self._relay.start(response, method=head.method, version=head.version,
+        self._relay.start(response, method=head.method, http10=head.http10,
                           keep_alive=keep_alive, extra=self._extra_headers,
                           hsts=options.hsts_header() if self._scheme == b"https" else None)
         self._response_started = True

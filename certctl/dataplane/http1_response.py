@@ -38,17 +38,18 @@ class Relay:
         response: upstream.ResponseHead,
         *,
         method: bytes,
-        version: str,
+        http10: bool,
         keep_alive: bool,
         extra: tuple[Header, ...],
         hsts: bytes | None,
     ) -> None:
-        """Frame `response` to a `method` request in HTTP/`version`, and hold its head:
-        the backend's fields with `extra` (the data plane's, replacing same-named ones
-        but for dispatch.ADDED_BESIDE) and `hsts` (a Strict-Transport-Security line) added.
+        """Frame `response` to a `method` request (in HTTP/1.0 if `http10`, else 1.1), and
+        hold its head: the backend's fields with `extra` (the data plane's, replacing
+        same-named ones but for dispatch.ADDED_BESIDE) and `hsts` (a Strict-Transport-Security
+        line) added.
         `keep_alive`: the request lets the connection serve another (`self.keep_alive`
         then says whether the response's framing does too)."""
-        client_http11 = version != "1.0"
+        client_http11 = not http10
         bodyless = method == b"HEAD" or response.status in (204, 304)
         # Keep a Content-Length, re-chunk the rest for HTTP/1.1 clients, and fall back to
         # closing for HTTP/1.0 ones.
