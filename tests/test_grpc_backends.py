@@ -308,7 +308,7 @@ def test_unary_call_gets_its_answer_and_trailing_metadata(plane, backends):
     seen = backends["grpc"].seen.metadata[-1]
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "https"
-    requests = plane.plane.metrics.requests
+    requests = plane.plane.metrics.counts.requests
     assert requests.get(("grpc.test", 200), 0) >= 1
 
 

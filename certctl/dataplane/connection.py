@@ -405,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
                 target=head.target, authority=head.host, scheme=self._scheme,
                 client_ip=self._client_ip)
         else:
-            start = self._services.next_upstream_index(len(upstreams))
+            start = self._services.round_robin.start(len(upstreams))
         self._open_from(start, fresh=fresh)
 
     def _open_from(self, start: int, *, fresh: bool) -> None:
@@ -575,7 +575,7 @@ class ClientConnection(asyncio.Protocol):
         self._sent_body = None  # answered: never sent again
         now = time.monotonic()
         self._deadline = now + self._read_timeout
-        self._services.metrics.observe_upstream(
+        self._services.counts.observe_upstream(
             service=match.service,
             seconds=now - self._started_at,
         )
@@ -772,7 +772,7 @@ class ClientConnection(asyncio.Protocol):
         pending, self._upgraded_bytes = self._upgraded_bytes, b""
         if pending:
             connection.write(pending)
-        self._services.metrics.count_request(host=self._route_host, status=101)
+        self._services.counts.count_request(host=self._route_host, status=101)
         self._resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
@@ -821,7 +821,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, *, keep_alive: bool) -> None:
         """The response is written: count it, then serve the next request or close."""
-        self._services.metrics.count_request(host=self._route_host, status=self._status)
+        self._services.counts.count_request(host=self._route_host, status=self._status)
         self._release_limit()
         self._drop_upstream()  # still attached only when answered instead of it
         self._head = None

@@ -399,7 +399,7 @@ def first_endpoint(
         key = hash_key(balancing.hash_by, header=header, method=method, target=target,
                        authority=authority, scheme=scheme, client_ip=client_ip)
         return hashed_index(upstreams, key)
-    start = services.next_upstream_index(len(upstreams))
+    start = services.round_robin.start(len(upstreams))
     if balancing is not None and balancing.ewma:
         return services.pool.latencies.fastest(upstreams, start=start, now=time.monotonic())
     return start

@@ -220,7 +220,7 @@ class _Stream:
         self.sent_body = None  # answered: never sent again
         now = time.monotonic()
         self.deadline = now + self.read_timeout
-        self.owner.services.metrics.observe_upstream(
+        self.owner.services.counts.observe_upstream(
             service=match.service, seconds=now - self.started_at
         )
         options = match.options
@@ -639,7 +639,7 @@ class Http2Connection(asyncio.Protocol):
                 target=stream.path, authority=stream.authority, scheme=b"https",
                 client_ip=self._client_ip)
         else:
-            start = self.services.next_upstream_index(len(match.upstreams))
+            start = self.services.round_robin.start(len(match.upstreams))
         self.open_from(stream, start, fresh=fresh)
 
     def open_from(self, stream: _Stream, start: int, *, fresh: bool) -> None:
@@ -935,7 +935,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         """The response went out: count it and forget the stream."""
-        self.services.metrics.count_request(host=stream.route_host, status=stream.status)
+        self.services.counts.count_request(host=stream.route_host, status=stream.status)
         if not stream.body_done:
             # Answered before the request body ended: tell the client to stop sending
             # (RFC 9113 8.1), unless its END_STREAM came in the read being handled (the

@@ -1,11 +1,11 @@
 """Prometheus metrics of the data plane, served by the admin address (certctl.admin).
 
 Each DataPlane has its own registry (several run in one test process). The
-request path only bumps plain ints in dicts (no locks: everything runs on
-the event loop), which a collector turns into Prometheus families when
-scraped; prometheus_client's own Counter and Histogram cost several times
-more per request (a lock each) and showed up in B4's profile. Certificate
-figures are read from the index at scrape time, never on the handshake path.
+request path only bumps plain ints in dicts (`counters.RequestCounts`), which a
+collector turns into Prometheus families when scraped; prometheus_client's own
+Counter and Histogram cost several times more per request (a lock each) and
+showed up in B4's profile. Certificate figures are read from the index at
+scrape time, never on the handshake path.
 
 Label values are bounded by configuration, not by clients: `host` is the
 Ingress rule's host as written ("*" for rules without one and default
@@ -14,39 +14,21 @@ backends, "" when nothing matched), `service` is `namespace/name`.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import core
 
-from certctl.dataplane import certstore
-
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+from certctl.dataplane import certstore, counters
 
 
 class Metrics:
     def __init__(self, *, certificates: certstore.CertificateIndex) -> None:
         self.registry = prometheus_client.CollectorRegistry()
-        self.requests: dict[tuple[str, int], int] = {}
-        # per service: [count in each bucket (the last is +Inf)], and the sum
-        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.counts = counters.RequestCounts()  # by the request path
         self.handshakes = 0
         self.handshake_errors = 0
         self.registry.register(_Collector(metrics=self, certificates=certificates))
-
-    def count_request(self, *, host: str, status: int) -> None:
-        key = (host, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-
-    def observe_upstream(self, *, service: str, seconds: float) -> None:
-        found = self.latency.get(service)
-        if found is None:
-            found = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
-            self.latency[service] = found
-        found[0][bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        found[1][0] += seconds
 
 
 class _Collector(prometheus_client.registry.Collector):
@@ -62,7 +44,7 @@ class _Collector(prometheus_client.registry.Collector):
             "Requests answered, by Ingress rule host and status code.",
             labels=["host", "status"],
         )
-        for (host, status), count in list(self._metrics.requests.items()):
+        for (host, status), count in list(self._metrics.counts.requests.items()):
             requests.add_metric([host, str(status)], count)
         yield requests
         latency = core.HistogramMetricFamily(
@@ -70,9 +52,9 @@ class _Collector(prometheus_client.registry.Collector):
             "From sending a request to a backend until its response head arrived.",
             labels=["service"],
         )
-        for service, (counts, total) in list(self._metrics.latency.items()):
+        for service, (counts, total) in list(self._metrics.counts.latency.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), counts, strict=True):
+            for bound, count in zip((*counters.LATENCY_BUCKETS, float("inf")), counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric([service], buckets, total[0])

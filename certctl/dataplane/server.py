@@ -31,7 +31,6 @@ failed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import ssl
 import sys
@@ -119,15 +118,13 @@ class DataPlane:
         self.services = services.Services(
             certificates=certificates, challenge_responder=challenge_responder, pool=self.pool,
             h2_pool=self.h2_pool, limits=self.limits, external_auth=self.external_auth,
-            metrics=self.metrics, connect_timeout=connect_timeout,
+            counts=self.metrics.counts, connect_timeout=connect_timeout,
             upstream_timeout=upstream_timeout, client_timeout=client_timeout,
             admits_connection=self.admits_connection, connection_opened=self.connection_opened,
-            connection_closed=self.connection_closed,
-            next_upstream_index=self.next_upstream_index, spawn=self.spawn)
+            connection_closed=self.connection_closed, spawn=self.spawn)
         self._drained: asyncio.Event | None = None  # set when the last one closed
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._round_robin = itertools.count()
         self._tls: tls.TlsListener | None = None
         self._hold: tls.Hold | None = None
         self._hold_timeout = 0.0
@@ -350,10 +347,6 @@ class DataPlane:
             self._drained.set()
         if self._tls is not None:
             self._tls.resume_accepting()  # if the limit had paused it
-
-    def next_upstream_index(self, count: int) -> int:
-        """Where round-robin starts: one process-wide counter, even enough without state."""
-        return next(self._round_robin) % count
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a connection's background step (opening an upstream connection)."""

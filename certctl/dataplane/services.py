@@ -20,9 +20,9 @@ from typing import Any, Protocol, final
 
 from certctl.dataplane import (
     certstore,
+    counters,
     external_auth,
     limits,
-    metrics,
     routing,
     upstream,
     upstream_h2,
@@ -47,9 +47,9 @@ class Services:
     """The data plane's shared pieces and settings, and its callbacks, for connections."""
 
     __slots__ = ("admits_connection", "certificates", "challenge_responder", "client_timeout",
-                 "connect_timeout", "connection_closed", "connection_opened", "draining",
-                 "external_auth", "h2_pool", "https_port", "limits", "metrics",
-                 "next_upstream_index", "pool", "routes", "spawn", "upstream_timeout")
+                 "connect_timeout", "connection_closed", "connection_opened", "counts",
+                 "draining", "external_auth", "h2_pool", "https_port", "limits", "pool",
+                 "round_robin", "routes", "spawn", "upstream_timeout")
 
     def __init__(
         self,
@@ -60,14 +60,13 @@ class Services:
         h2_pool: upstream_h2.Pool,
         limits: limits.RequestLimits,
         external_auth: external_auth.ExternalAuthorizer,
-        metrics: metrics.Metrics,
+        counts: counters.RequestCounts,
         connect_timeout: float,
         upstream_timeout: float,
         client_timeout: float,
         admits_connection: Callable[[], bool],
         connection_opened: Callable[[Client], None],
         connection_closed: Callable[[Client], None],
-        next_upstream_index: Callable[[int], int],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         # Assigned by the data plane while it runs (see the module).
@@ -80,7 +79,7 @@ class Services:
         self.h2_pool = h2_pool  # backend-protocol GRPC, GRPCS, H2C
         self.limits = limits  # Ingresses' limit-rps/-rpm/-connections counts
         self.external_auth = external_auth
-        self.metrics = metrics
+        self.counts = counts  # what requests count for the metrics
         # Unless a route's annotations say otherwise: see `server.DataPlane`.
         self.connect_timeout = connect_timeout
         self.upstream_timeout = upstream_timeout
@@ -89,7 +88,6 @@ class Services:
         self.admits_connection = admits_connection
         self.connection_opened = connection_opened
         self.connection_closed = connection_closed
-        # Where round-robin starts, for `count` endpoints.
-        self.next_upstream_index = next_upstream_index
+        self.round_robin = upstream.RoundRobin()  # where round-robin starts
         # Run a connection's background step (opening an upstream connection).
         self.spawn = spawn

@@ -310,6 +310,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete_pending = True
 
 
+class RoundRobin:
+    """Where round-robin starts among a route's endpoints: one counter for the whole data
+    plane, even enough without one per route."""
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def start(self, count: int) -> int:
+        """The endpoint to try first of `count`."""
+        turn = self._turn
+        self._turn = turn + 1
+        return turn % count
+
+
 EWMA_DECAY_SECONDS: Final = 10.0  # ingress-nginx's balancer/ewma.lua DECAY_TIME
 
 
