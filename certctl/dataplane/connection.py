@@ -608,7 +608,7 @@ class ClientConnection(asyncio.Protocol):
             head.upgrade is None or self._upgraded_bytes is None)
         self._relay.start(response, method=head.method, http10=head.http10,
                           keep_alive=keep_alive, extra=self._extra_headers,
-                          hsts=options.hsts_header() if self._scheme == b"https" else None)
+                          hsts=options.hsts_line if self._scheme == b"https" else None)
         self._response_started = True
         self._status = response.status
 

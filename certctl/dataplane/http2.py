@@ -259,7 +259,7 @@ class _Stream:
             headers.append((b"server", dispatch.SERVER))
         if head.content_length is not None and not head.chunked:
             headers.append((b"content-length", head.content_length))
-        hsts = match.options.hsts_header()
+        hsts = match.options.hsts_line
         if hsts is not None:
             headers.append((b"strict-transport-security", hsts.split(b": ", 1)[1].strip()))
         self.response_started = True

@@ -52,12 +52,13 @@ class _Collector(prometheus_client.registry.Collector):
             "From sending a request to a backend until its response head arrived.",
             labels=["service"],
         )
-        for service, (counts, total) in list(self._metrics.counts.latency.items()):
+        for service, observed in list(self._metrics.counts.latency.items()):
             cumulative, buckets = 0, []
-            for bound, count in zip((*counters.LATENCY_BUCKETS, float("inf")), counts, strict=True):
+            for bound, count in zip((*counters.LATENCY_BUCKETS, float("inf")), observed.counts,
+                                    strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([service], buckets, total[0])
+            latency.add_metric([service], buckets, observed.total)
         yield latency
         yield core.CounterMetricFamily(
             "certctl_dataplane_tls_handshakes",

@@ -421,7 +421,10 @@ class Pool:
         # A slow client may have paused it just before its response ended; idle,
         # it must read again to notice the backend closing it.
         connection.pause_reading(False)
-        idle = self._idle.setdefault((connection.address, connection.tls), deque())
+        key = (connection.address, connection.tls)
+        idle = self._idle.get(key)
+        if idle is None:  # not setdefault: that would make a deque every time
+            idle = self._idle[key] = deque()
         if len(idle) >= self._max_idle:
             connection.close()
             return

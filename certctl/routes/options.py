@@ -15,7 +15,7 @@ import datetime
 import ipaddress
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography import x509
@@ -507,13 +507,17 @@ class RouteOptions:
     # cannot read.
     refusal: str | None = None
 
-    def hsts_header(self) -> bytes | None:
-        if self.hsts_max_age is None:
-            return None
-        value = b"max-age=%d" % self.hsts_max_age
-        if self.hsts_include_subdomains:
-            value += b"; includeSubDomains"
-        return b"strict-transport-security: " + value + b"\r\n"
+    # The Strict-Transport-Security line HTTPS responses carry (from the two hsts_ fields),
+    # made once here rather than by every response.
+    hsts_line: bytes | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.hsts_max_age is not None:
+            value = b"max-age=%d" % self.hsts_max_age
+            if self.hsts_include_subdomains:
+                value += b"; includeSubDomains"
+            object.__setattr__(self, "hsts_line",
+                               b"strict-transport-security: " + value + b"\r\n")
 
 
 DEFAULT_OPTIONS = RouteOptions()
