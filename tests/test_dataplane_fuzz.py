@@ -694,3 +694,35 @@ def test_fuzzed_http2_frames_leave_the_server_serving(plane, backend, data):
         if isinstance(event, h2.events.ResponseReceived)
     ]
     assert statuses == [b"200"]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "keep_alive", "host", "answered"),
+    [
+        (b"GET /v HTTP/1.0", b"keep-alive", True, b"HTTP/1.1 200 "),
+        (b"GET /v HTTP/1.0", b"", True, b"HTTP/1.1 200 "),
+        (b"GET /v HTTP/1.0", b"", False, b"HTTP/1.1 404 "),  # HTTP/1.0 needs no Host
+        (b"GET /v HTTP/1.1", b"keep-alive", True, b"HTTP/1.1 200 "),
+        (b"GET /v HTTP/1.1", b"", False, b"HTTP/1.1 400 "),  # HTTP/1.1 does
+    ],
+    ids=["1.0-keep-alive", "1.0", "1.0-no-host", "1.1-keep-alive", "1.1-no-host"],
+)
+def test_the_request_version_decides_host_and_keep_alive(
+    plane, backend, request_line, keep_alive, host, answered
+):
+    # The version is asked of httptools only when llhttp's keep-alive leaves it open
+    # (http1_request's on_headers_complete): each way of coming to it is here.
+    backend.reset()
+    head = request_line + b"\r\n" + (b"Host: fuzz.test\r\n" if host else b"") + (
+        b"Connection: " + keep_alive + b"\r\n" if keep_alive else b"") + b"\r\n"
+    received = raw_exchange(plane, head + END)
+    assert received.startswith(answered), received[:200]
+    first_head = received.split(b"\r\n\r\n", 1)[0].lower()
+    kept = (request_line.endswith(b"1.1") or keep_alive == b"keep-alive") \
+        and answered != b"HTTP/1.1 400 "
+    # An HTTP/1.0 client is told its connection stays; an HTTP/1.1 one assumes it.
+    assert (b"\r\nconnection: keep-alive" in first_head) == (
+        kept and request_line.endswith(b"1.0"))
+    assert (b"\r\nconnection: close" in first_head) == (not kept)
+    # The request after it is served only on a connection kept alive.
+    assert received.count(b"HTTP/1.1 ") == (2 if kept else 1)
