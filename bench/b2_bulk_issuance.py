@@ -7,8 +7,8 @@
 Pebble (+ challtestsrv, `PEBBLE_VA_NOSLEEP=1 PEBBLE_AUTHZREUSE=0
 PEBBLE_WFE_NONCEREJECT=0`) serves the whole run: the current one (built by
 scripts/testservers/build.sh) unless `--pebble debian` picks Debian's 2.4; one
-Pebble (a ClusterIssuer each) per 1,000 Ingresses, as one Pebble deadlocks past
-some 4,500 orders (`ORDERS_PER_PEBBLE`). certctl goes first: one
+Pebble (a ClusterIssuer each) per 1,000 Ingresses, as one Pebble's deadlock comes
+the likelier the more orders it holds (`ORDERS_PER_PEBBLE`). certctl goes first: one
 `certctl serve` is spawned on a manifests folder holding the ClusterIssuer and
 `--ingresses` annotated Ingresses, one fresh hostname each, and a fresh state
 dir (so it also registers its ACME account). Timed: from the spawn until every
@@ -65,9 +65,10 @@ TARGET_RSS_MB = 500.0
 POLL_INTERVAL = 0.05
 SERVING_LINE = re.compile(r"serving certificate from Secret \S+ for (?P<names>.+)$")
 # Orders one Pebble takes in a run: each new order scans every authorization Pebble holds
-# under its MemoryStore's read lock, and past some 4,500 that scan deadlocked (Debian's 2.4
-# and the current 2.10 alike: the scan waits for an authorization a validation holds,
-# which waits behind a new challenge's write lock, which waits for the scan).
+# under its MemoryStore's read lock, and that scan can deadlock (Debian's 2.4 and the
+# current 2.10 alike: the scan waits for an authorization a validation holds, which waits
+# behind a new challenge's write lock, which waits for the scan), the likelier the longer
+# it is: at some 4,500 orders in most stalls seen, once at about 200.
 ORDERS_PER_PEBBLE = 1000
 # Pebble logs every request it handles: "Pebble <date> <time> POST /my-order/... -> calling".
 PEBBLE_REQUEST = re.compile(r"^Pebble \S+ \S+ (?P<method>[A-Z]+) (?P<path>/[a-z-]*)\S* -> calling",
@@ -128,6 +129,11 @@ def pebble_log_sizes(pebbles: Sequence[PebbleServer]) -> list[int]:
     return [(pebble.workdir / "pebble.log").stat().st_size for pebble in pebbles]
 
 
+def pebbles_cpu_seconds(pebbles: Sequence[PebbleServer]) -> float:
+    """The CPU the Pebbles and their challtestsrv have used so far."""
+    return sum(b6.cpu_seconds(pid) for each in pebbles for pid in each.pids)
+
+
 def acme_requests(pebbles: Sequence[PebbleServer], *, since: Sequence[int]) -> dict[str, int]:
     """The requests the Pebbles handled since byte `since` of each one's log, by method and
     endpoint."""
@@ -179,7 +185,7 @@ def run_certctl(*, pebbles: Sequence[PebbleServer], workdir: Path, count: int,
         pid=proc.pid, output=profile, profile_format=profile_format, gil_only=profile_gil)
     read = 0
     pebble_log_start = pebble_log_sizes(pebbles)
-    ca_cpu_start = sum(b6.cpu_seconds(pid) for each in pebbles for pid in each.pids)
+    ca_cpu_start = pebbles_cpu_seconds(pebbles)
     try:
         deadline = started + timeout
         while pending:
@@ -206,7 +212,7 @@ def run_certctl(*, pebbles: Sequence[PebbleServer], workdir: Path, count: int,
         seconds = time.monotonic() - started
         _, peak_rss_mb = b6.memory_mb(proc.pid)
         cpu = b6.cpu_seconds(proc.pid)
-        ca_cpu = sum(b6.cpu_seconds(pid) for each in pebbles for pid in each.pids) - ca_cpu_start
+        ca_cpu = pebbles_cpu_seconds(pebbles) - ca_cpu_start
     finally:
         if profiler is not None:
             # py-spy writes its output when the process it samples exits.
@@ -322,8 +328,8 @@ def results_section(*, command: str, started_at: datetime.datetime, count: int,
         f"Command (from the repo root): `{command}`  ",
         f"Date: {started_at:%Y-%m-%d %H:%M} UTC. {run.pebbles} Pebble(s) (`PEBBLE_VA_NOSLEEP=1 "
         "PEBBLE_AUTHZREUSE=0 PEBBLE_WFE_NONCEREJECT=0`), a ClusterIssuer each, the Ingresses "
-        "taking them in turn (one Pebble deadlocks past some 4,500 orders); the first one "
-        "for both peers.",
+        "taking them in turn (one Pebble deadlocks the likelier the more orders it holds); the "
+        "first one for both peers.",
         "",
         results_table(run=run, count=count, peers=peers),
         "",
