@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+from typing import Any
 
 import pytest
 
 from certctl.api import resources
 from certctl.dataplane import routing
 from certctl.routes import ingress as ingress_routes
+from certctl.routes import model
+from certctl.routes import options as route_options
 
 CONTROLLER = "certctl.io/ingress-controller"
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -402,3 +406,50 @@ def test_slices_of_another_namespace_are_ignored():
 )
 def test_normalize_host(raw, expected):
     assert routing.normalize_host(raw) == expected
+
+
+def _match_with(options: route_options.RouteOptions) -> routing.RouteMatch:
+    return routing.RouteMatch(
+        source=resources.ObjectKey(kind="Ingress", namespace="default", name="site"),
+        backend=model.Backend(namespace="default", service="web", port_number=80),
+        upstreams=(), options=options)
+
+
+_CHECKED = sorted(checked.name for checked in dataclasses.fields(route_options.RouteOptions)
+                  if checked.init and checked.name not in route_options.PLAIN_FIELDS)
+
+
+def test_default_options_are_plain():
+    assert route_options.DEFAULT_OPTIONS.plain
+    assert _match_with(route_options.DEFAULT_OPTIONS).plain
+
+
+@pytest.mark.parametrize("name", _CHECKED)
+def test_any_option_the_fast_path_skips_makes_a_route_not_plain(name):
+    """A request to a plain route skips the checks of every option but PLAIN_FIELDS: one
+    set to anything but its default must send its requests the whole way (and a field
+    added to RouteOptions is in this list until it is added to PLAIN_FIELDS)."""
+    # Any value not the default will do: a sentinel of no option's type.
+    changed: dict[str, Any] = {name: object()}
+    options = dataclasses.replace(route_options.DEFAULT_OPTIONS, **changed)
+    assert not options.plain
+    assert not _match_with(options).plain
+
+
+_FAST_PATH_VALUES: dict[str, Any] = {
+    "ssl_redirect": False, "force_ssl_redirect": True, "hsts_max_age": 600,
+    "hsts_include_subdomains": False, "read_timeout": 5.0, "connect_timeout": 2.0,
+    "backend_tls": True, "backend_h2": True,
+    "error_pages": route_options.ErrorPages(codes=frozenset({503})),
+}
+
+
+def test_every_option_the_fast_path_reads_itself_is_tried():
+    assert set(_FAST_PATH_VALUES) == route_options.PLAIN_FIELDS
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(_FAST_PATH_VALUES.items()))
+def test_options_the_fast_path_reads_itself_keep_a_route_plain(name, value):
+    options = dataclasses.replace(route_options.DEFAULT_OPTIONS, **{name: value})
+    assert options.plain
+    assert _match_with(options).plain

@@ -340,7 +340,11 @@ class ClientConnection(asyncio.Protocol):
             )
             return
         head.host = decision.authority
-        if decision.request_headers or match.options.client_certificates is not None:
+        # A plain route's options are their defaults but for a few (RouteOptions.plain):
+        # its requests read none of the others, here and below.
+        plain = match.plain
+        if decision.request_headers or (
+                not plain and match.options.client_certificates is not None):
             head.headers = dispatch.upstream_request_headers(head.headers, decision,
                                                              match.options)
         if not head.has_body:
@@ -357,14 +361,13 @@ class ClientConnection(asyncio.Protocol):
         self._sent_body = []
         self._retried = False
         self._tried = 0
-        options = match.options
-        rules = options.access
-        if options.external_auth is not None and not (
-            rules is not None and rules.satisfied_by_address(self._client_ip)
-        ):
-            self._deadline = time.monotonic() + self._read_timeout
-            self._services.spawn(self._authorize(options.external_auth, match, head))
-            return
+        external_auth = None if plain else match.options.external_auth
+        if external_auth is not None:
+            rules = match.options.access
+            if rules is None or not rules.satisfied_by_address(self._client_ip):
+                self._deadline = time.monotonic() + self._read_timeout
+                self._services.spawn(self._authorize(external_auth, match, head))
+                return
         self._connect(fresh=head.upgrade is not None and self._upgraded_bytes is not None)
 
     async def _authorize(
@@ -398,8 +401,8 @@ class ClientConnection(asyncio.Protocol):
         assert match is not None
         upstreams = match.upstreams
         head = self._head
-        options = match.options
-        if (options.affinity is not None or options.balancing is not None) and head is not None:
+        if not match.plain and head is not None and (
+                match.options.affinity is not None or match.options.balancing is not None):
             start = dispatch.first_endpoint(  # per request: only then
                 services=self._services, match=match, header=head.header, method=head.method,
                 target=head.target, authority=head.host, scheme=self._scheme,
@@ -413,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
         from there in a task."""
         match = self._match
         assert match is not None
-        if self._tried == 0 and match.options.next_upstream is not None:
+        if self._tried == 0 and not match.plain and match.options.next_upstream is not None:
             self._tried_since = time.monotonic()
         if not fresh:
             leg = legs.take(self._services, match, start)
@@ -453,7 +456,8 @@ class ClientConnection(asyncio.Protocol):
             exchange=self,
             request=forwarding.request_head(
                 method=head.method, target=self._target,
-                host=match.options.upstream_vhost or host, headers=head.headers, checked=True,
+                host=host if match.plain else match.options.upstream_vhost or host,
+                headers=head.headers, checked=True,
                 client_ip=self._client_ip, proto=self._scheme, forwarded_host=host,
                 upgrade=head.upgrade if self._upgraded_bytes is not None else None,
                 chunked=head.chunked, content_length=head.content_length),
@@ -491,7 +495,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream = leg
         self._upstream_paused = False
         self._tried += leg.tries
-        if match.options.affinity is not None:
+        if not match.plain and match.options.affinity is not None:
             self._extra_headers = affinity.with_cookie(
                 self._extra_headers, match=match, cookie_header=head.header(b"cookie"),
                 address=leg.address)
@@ -580,17 +584,19 @@ class ClientConnection(asyncio.Protocol):
             seconds=now - self._started_at,
         )
         options = match.options
-        if options.balancing is not None and options.balancing.ewma and self._upstream is not None:
-            self._services.pool.latencies.observe(self._upstream.address,
-                                                  now - self._started_at, now=now)
-        policy = options.next_upstream
-        if (
-            policy is not None
-            and response.status in policy.statuses
-            and not head.has_body
-            and self._try_next(policy)
-        ):
-            return
+        if not match.plain:
+            balancing = options.balancing
+            if balancing is not None and balancing.ewma and self._upstream is not None:
+                self._services.pool.latencies.observe(self._upstream.address,
+                                                      now - self._started_at, now=now)
+            policy = options.next_upstream
+            if (
+                policy is not None
+                and response.status in policy.statuses
+                and not head.has_body
+                and self._try_next(policy)
+            ):
+                return
         errors = match.errors
         if (
             errors is not None

@@ -164,6 +164,14 @@ def decide(
                                  raw_path=raw_path, authority=authority, host=host,
                                  header=header)
     route_host = "" if match is None else (match.host or "*")
+    if match is not None and match.plain and scheme == b"https":
+        # Its options hold their defaults but for what the connection reads itself and the
+        # redirect to HTTPS (RouteOptions.plain): none of the checks below would answer or
+        # change this request.
+        chosen = _chosen(match, header)
+        if chosen is None:
+            return Decision(status=503, route_host=route_host)
+        return Decision(match=chosen, target=target, authority=authority, route_host=route_host)
     options = route_options.DEFAULT_OPTIONS if match is None else match.options
     redirect = options.redirect
     if redirect is not None and options.refusal is None and (
@@ -228,10 +236,10 @@ def decide(
                 return Decision(status=204, route_host=route_host, slot=slot, body=b"",
                                 headers=found + cors.preflight_headers())
             headers = found
-    if match.canary is not None and takes_canary(header, match.canary.settings):
-        match = match.canary.route
-    if not match.upstreams:
+    chosen = _chosen(match, header)
+    if chosen is None:
         return Decision(status=503, route_host=route_host, slot=slot, headers=headers)
+    match = chosen
     limit = options.body_size_limit
     if limit is not None and content_length is not None and int(content_length) > limit:
         return Decision(status=413, route_host=route_host, slot=slot)
@@ -240,6 +248,15 @@ def decide(
     return Decision(match=match, target=target, authority=authority, route_host=route_host,
                     slot=slot, headers=headers,
                     request_headers=request_headers + options.request_headers)
+
+
+def _chosen(
+    match: routing.RouteMatch, header: Callable[[bytes], bytes | None]
+) -> routing.RouteMatch | None:
+    """`match`, or its canary when the request takes it; None when that has no endpoints."""
+    if match.canary is not None and takes_canary(header, match.canary.settings):
+        match = match.canary.route
+    return match if match.upstreams else None
 
 
 def _gateway_decision(

@@ -101,6 +101,11 @@ class RouteMatch:
     filters: model.GatewayFilters | None = None
     split: tuple[tuple[int, RouteMatch | None], ...] = ()
     errors: ErrorRoute | None = None  # custom-http-errors
+    # `options.plain`, read without a lookup on the (interpreted) options by every request.
+    plain: bool = field(init=False, default=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", self.options.plain)
 
 
 def admits(

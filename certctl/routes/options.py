@@ -11,6 +11,7 @@ Defaults differ from ingress-nginx's in two places, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import re
@@ -510,6 +511,9 @@ class RouteOptions:
     # The Strict-Transport-Security line HTTPS responses carry (from the two hsts_ fields),
     # made once here rather than by every response.
     hsts_line: bytes | None = field(init=False, default=None, repr=False, compare=False)
+    # Every field but those in PLAIN_FIELDS holds its default: a request's path skips the
+    # checks of the others (dispatch.decide, the connections' RouteMatch.plain).
+    plain: bool = field(init=False, default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.hsts_max_age is not None:
@@ -518,7 +522,22 @@ class RouteOptions:
                 value += b"; includeSubDomains"
             object.__setattr__(self, "hsts_line",
                                b"strict-transport-security: " + value + b"\r\n")
+        object.__setattr__(self, "plain", all(
+            getattr(self, name) == default for name, default in _CHECKED_DEFAULTS))
 
+
+# What the path of a request to a `plain` route still reads itself: the redirect to HTTPS,
+# HSTS, the timeouts, the backend's protocol, the error pages (RouteMatch.errors). Named
+# here rather than the fields it skips, so that a field added later is checked on every
+# request until it is added here.
+PLAIN_FIELDS: Final = frozenset({
+    "ssl_redirect", "force_ssl_redirect", "hsts_max_age", "hsts_include_subdomains",
+    "read_timeout", "connect_timeout", "backend_tls", "backend_h2", "error_pages",
+})
+# (A field with a default_factory would have MISSING here: never plain, the safe side.)
+_CHECKED_DEFAULTS: Final = tuple(
+    (checked.name, checked.default) for checked in dataclasses.fields(RouteOptions)
+    if checked.init and checked.name not in PLAIN_FIELDS)
 
 DEFAULT_OPTIONS = RouteOptions()
 
