@@ -84,7 +84,9 @@ class ClientConnection(asyncio.Protocol):
         "_client_certificate",
         "_client_ip",
         "_client_slow",
+        "_client_timeout",
         "_closed",
+        "_counts",
         "_deadline",
         "_draining",
         "_events",
@@ -92,12 +94,14 @@ class ClientConnection(asyncio.Protocol):
         "_head",
         "_limit_slot",
         "_match",
+        "_pool",
         "_read_timeout",
         "_reader",
         "_reading_paused",
         "_relay",
         "_response_started",
         "_retried",
+        "_round_robin",
         "_route_host",
         "_scheme",
         "_sent_body",
@@ -113,17 +117,25 @@ class ClientConnection(asyncio.Protocol):
         "_upgraded_bytes",
         "_upstream",
         "_upstream_paused",
+        "_upstream_timeout",
     )
 
     def __init__(self, *, services: services.Services, scheme: bytes) -> None:
         self._services = services
+        # Fixed for the data plane's life: read here once, not by every request from the
+        # services object (an interpreted class, whose attributes cost a lookup each).
+        self._counts = services.counts
+        self._pool = services.pool
+        self._round_robin = services.round_robin
+        self._client_timeout = services.client_timeout
+        self._upstream_timeout = services.upstream_timeout
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
         self._client_ip = b""
         self._client_certificate: bytes | None = None  # DER, of a TLS client that sent one
         self._limit_slot: limits.Slot | None = None  # released when the request ends
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # the dispatch decision's
-        self._reader = http1_request.RequestReader(client_timeout=services.client_timeout)
+        self._reader = http1_request.RequestReader(client_timeout=self._client_timeout)
         self._events = self._reader.events  # read by `_pump`
         self._closed = False
         self._reading_paused = False  # by us: flow control or a request in flight
@@ -179,7 +191,7 @@ class ClientConnection(asyncio.Protocol):
             self._transport.set_protocol(replacement)
             replacement.connection_made(self._transport)
             return
-        self._deadline = time.monotonic() + self._services.client_timeout
+        self._deadline = time.monotonic() + self._client_timeout
         # A handshake that completed after the listeners closed: serve its one request.
         self._draining = self._services.draining
         self._services.connection_opened(self)
@@ -195,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._head is not None:  # progress on a request body
             self._deadline = time.monotonic() + (
-                self._services.client_timeout if self._upstream is None else self._read_timeout
+                self._client_timeout if self._upstream is None else self._read_timeout
             )
         # Between requests, bytes buy no time: the idle deadline set when the
         # last response was done stands, and a head has `client_timeout` from
@@ -229,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._client_slow = True
-        self._deadline = time.monotonic() + self._services.client_timeout
+        self._deadline = time.monotonic() + self._client_timeout
         if self._upstream is not None:
             self._upstream.pause_reading(True)
 
@@ -356,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             self._body_done = False
         self._match = match
         self._target = decision.target
-        self._read_timeout = match.options.read_timeout or self._services.upstream_timeout
+        self._read_timeout = match.options.read_timeout or self._upstream_timeout
         self._body_sent = 0
         self._sent_body = []
         self._retried = False
@@ -408,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
                 target=head.target, authority=head.host, scheme=self._scheme,
                 client_ip=self._client_ip)
         else:
-            start = self._services.round_robin.start(len(upstreams))
+            start = self._round_robin.start(len(upstreams))
         self._open_from(start, fresh=fresh)
 
     def _open_from(self, start: int, *, fresh: bool) -> None:
@@ -433,7 +445,7 @@ class ClientConnection(asyncio.Protocol):
                                  tried=self._tried, tried_since=self._tried_since)
         if leg is not None:
             if self._closed or self._match is not match:
-                self._services.pool.release(leg)  # unused: the client left or timed out meanwhile
+                self._pool.release(leg)  # unused: the client left or timed out meanwhile
                 return
             self._attach(leg)
             return
@@ -579,7 +591,7 @@ class ClientConnection(asyncio.Protocol):
         self._sent_body = None  # answered: never sent again
         now = time.monotonic()
         self._deadline = now + self._read_timeout
-        self._services.counts.observe_upstream(
+        self._counts.observe_upstream(
             service=match.service,
             seconds=now - self._started_at,
         )
@@ -587,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
         if not match.plain:
             balancing = options.balancing
             if balancing is not None and balancing.ewma and self._upstream is not None:
-                self._services.pool.latencies.observe(self._upstream.address,
+                self._pool.latencies.observe(self._upstream.address,
                                                       now - self._started_at, now=now)
             policy = options.next_upstream
             if (
@@ -659,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
 
     def response_body(self, chunk: bytes) -> None:
         self._deadline = time.monotonic() + (
-            self._services.client_timeout if self._client_slow else self._read_timeout
+            self._client_timeout if self._client_slow else self._read_timeout
         )
         self._write(self._relay.body(chunk))
 
@@ -685,7 +697,7 @@ class ClientConnection(asyncio.Protocol):
             if connection is not None:
                 connection.reusable = False
         if connection is not None:
-            self._services.pool.release(connection)
+            self._pool.release(connection)
         self._finish(keep_alive=keep_alive)
 
     def upstream_failed(self, error: Exception | None) -> None:
@@ -778,7 +790,7 @@ class ClientConnection(asyncio.Protocol):
         pending, self._upgraded_bytes = self._upgraded_bytes, b""
         if pending:
             connection.write(pending)
-        self._services.counts.count_request(host=self._route_host, status=101)
+        self._counts.count_request(host=self._route_host, status=101)
         self._resume_reading()
 
     def tunnel_data(self, data: bytes) -> None:
@@ -827,7 +839,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self, *, keep_alive: bool) -> None:
         """The response is written: count it, then serve the next request or close."""
-        self._services.counts.count_request(host=self._route_host, status=self._status)
+        self._counts.count_request(host=self._route_host, status=self._status)
         self._release_limit()
         self._drop_upstream()  # still attached only when answered instead of it
         self._head = None
@@ -838,7 +850,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         self._deadline = self._reader.head_deadline = (
-            time.monotonic() + self._services.client_timeout)
+            time.monotonic() + self._client_timeout)
         self._pump()
 
     def _release_limit(self) -> None:
