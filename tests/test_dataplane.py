@@ -448,6 +448,16 @@ def test_https_request_reaches_the_routed_backend_with_forwarding_headers(env):
     conn.close()
 
 
+def test_each_request_of_a_kept_connection_forwards_its_own_host(env):
+    """The forwarding fields a connection made for one Host are not sent for another."""
+    conn = env.https("exact.test")
+    hosts = ["exact.test", "foo.wild.test", "foo.wild.test", "exact.test"]
+    echoed = [get_json(conn, "/", headers={"Host": host}) for host in hosts]
+    assert [e["headers"]["x-forwarded-host"] for e in echoed] == hosts
+    assert [e["backend"] for e in echoed] == ["alpha", "beta", "beta", "alpha"]
+    conn.close()
+
+
 def test_wildcard_host_routes_over_https(env):
     conn = env.https("foo.wild.test")
     assert get_json(conn, "/")["backend"] == "beta"

@@ -91,6 +91,8 @@ class ClientConnection(asyncio.Protocol):
         "_draining",
         "_events",
         "_extra_headers",
+        "_forwarded",
+        "_forwarded_host",
         "_head",
         "_limit_slot",
         "_match",
@@ -135,6 +137,9 @@ class ClientConnection(asyncio.Protocol):
         self._client_certificate: bytes | None = None  # DER, of a TLS client that sent one
         self._limit_slot: limits.Slot | None = None  # released when the request ends
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = ()  # the dispatch decision's
+        # The forwarding fields' lines and the host they were made for (`_forwarded_lines`).
+        self._forwarded = b""
+        self._forwarded_host: bytes | None = None
         self._reader = http1_request.RequestReader(client_timeout=self._client_timeout)
         self._events = self._reader.events  # read by `_pump`
         self._closed = False
@@ -469,13 +474,21 @@ class ClientConnection(asyncio.Protocol):
             request=forwarding.request_head(
                 method=head.method, target=self._target,
                 host=host if match.plain else match.options.upstream_vhost or host,
-                headers=head.headers, checked=True,
-                client_ip=self._client_ip, proto=self._scheme, forwarded_host=host,
+                headers=head.headers, checked=True, forwarded=self._forwarded_lines(host),
                 upgrade=head.upgrade if self._upgraded_bytes is not None else None,
                 chunked=head.chunked, content_length=head.content_length),
             head_only=head.method == b"HEAD",
         )
         self._send_queued(connection)
+
+    def _forwarded_lines(self, host: bytes) -> bytes:
+        """The forwarding fields of a request for `host`, made again only when the host
+        differs from the connection's last request's."""
+        if host != self._forwarded_host:
+            self._forwarded = forwarding.forwarded_lines(
+                client_ip=self._client_ip, proto=self._scheme, host=host)
+            self._forwarded_host = host
+        return self._forwarded
 
     def _attach_h2(self, leg: upstream_h2.Stream) -> None:
         """Send the request as a stream to an HTTP/2 backend (GRPC, GRPCS, H2C; the client's

@@ -108,10 +108,8 @@ class ExternalAuthorizer:
         parts += (b"x-original-url: ", values["$scheme"], b"://", values["$http_host"], target,
                   b"\r\nx-original-method: ", method, b"\r\nx-original-uri: ", target,
                   b"\r\nx-auth-request-redirect: ", redirect, b"\r\n")
-        for name, value in forwarding.forwarded_fields(
-                client_ip=values["$remote_addr"], proto=values["$scheme"],
-                host=values["$http_host"]):
-            parts += (name, b": ", value, b"\r\n")
+        parts.append(forwarding.forwarded_lines(
+            client_ip=values["$remote_addr"], proto=values["$scheme"], host=values["$http_host"]))
         parts += (b"x-scheme: ", values["$scheme"],
                   b"\r\nx-sent-from: certctl\r\ncontent-length: 0\r\n\r\n")
         request = b"".join(parts)

@@ -35,6 +35,13 @@ def forwarded_fields(*, client_ip: bytes, proto: bytes, host: bytes) -> tuple[Fi
             (b"x-forwarded-proto", proto), (b"x-forwarded-host", host))
 
 
+def forwarded_lines(*, client_ip: bytes, proto: bytes, host: bytes) -> bytes:
+    """`forwarded_fields` as lines of an HTTP/1.1 head (the same for every request of a
+    connection that names one host: its connection keeps them)."""
+    fields = forwarded_fields(client_ip=client_ip, proto=proto, host=host)
+    return b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+
+
 def request_head(
     *,
     method: bytes,
@@ -42,17 +49,15 @@ def request_head(
     host: bytes,
     headers: Iterable[Field],
     checked: bool,
-    client_ip: bytes,
-    proto: bytes,
-    forwarded_host: bytes,
+    forwarded: bytes,
     upgrade: bytes | None,
     chunked: bool,
     content_length: bytes | None,
 ) -> bytes:
     """The head of a request to an HTTP/1.1 backend: its request line and `host`, the
     client's `headers` (those in NOT_FORWARDED left out, unless `checked` as they were
-    read; unchecked names are HTTP/2's, lowercase), the forwarding fields, then `upgrade`
-    (a WebSocket's) and the body's framing."""
+    read; unchecked names are HTTP/2's, lowercase), the forwarding fields' lines
+    (`forwarded_lines`), then `upgrade` (a WebSocket's) and the body's framing."""
     parts = [method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     if checked:
         for name, value in headers:
@@ -61,8 +66,7 @@ def request_head(
         for name, value in headers:
             if name not in NOT_FORWARDED:
                 parts += (name, b": ", value, b"\r\n")
-    for name, value in forwarded_fields(client_ip=client_ip, proto=proto, host=forwarded_host):
-        parts += (name, b": ", value, b"\r\n")
+    parts.append(forwarded)
     if upgrade is not None:
         parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n")
     if chunked:

@@ -703,8 +703,9 @@ class Http2Connection(asyncio.Protocol):
             request=forwarding.request_head(
                 method=stream.method, target=stream.target,
                 host=match.options.upstream_vhost or host, headers=stream.headers,
-                checked=False, client_ip=self._client_ip, proto=b"https",
-                forwarded_host=host, upgrade=None, chunked=chunked,
+                checked=False, forwarded=forwarding.forwarded_lines(
+                    client_ip=self._client_ip, proto=b"https", host=host),
+                upgrade=None, chunked=chunked,
                 content_length=stream.content_length),
             head_only=stream.method == b"HEAD",
         )
