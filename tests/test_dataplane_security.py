@@ -566,7 +566,7 @@ def test_broken_clienthellos_leave_the_https_listener_serving(plane, hello):
 
 
 def test_handshakes_abandoned_after_the_sni_callback_are_counted_as_errors(plane):
-    metrics = plane.plane.metrics
+    metrics = plane.plane.metrics.counts
     before = metrics.handshake_errors
     for name in (b"tls.test", b"unknown.test", b"a" * 200):
         # A hello the server answers, then the client goes away mid-handshake.
@@ -578,7 +578,7 @@ def test_handshakes_abandoned_after_the_sni_callback_are_counted_as_errors(plane
 
 @NO_UNRAISABLE_REPORTS
 def test_server_name_with_non_ascii_or_nul_bytes_fails_the_handshake_cleanly(plane):
-    metrics = plane.plane.metrics
+    metrics = plane.plane.metrics.counts
     before = metrics.handshake_errors
     for name in (b"t\xc3\xbcls.test", b"tls.test\x00.evil", b"a" * 256):
         assert served_leaf(plane, with_sni(HELLO_12, name)) is None
@@ -588,7 +588,7 @@ def test_server_name_with_non_ascii_or_nul_bytes_fails_the_handshake_cleanly(pla
 
 
 def test_handshakes_failing_before_the_sni_callback_are_counted_as_errors(plane):
-    metrics = plane.plane.metrics
+    metrics = plane.plane.metrics.counts
     before = (metrics.handshakes, metrics.handshake_errors)
     garbage = [b"\x16\x03\x01\x00\x05hello", HELLO_12[:40], b"GET / HTTP/1.1\r\n\r\n", b""]
     for data in garbage:

@@ -25,11 +25,20 @@ class Latency:
 
 
 class RequestCounts:
-    """Requests answered by (route host, status), and upstream response times per service."""
+    """Requests answered by (route host, status), upstream response times per service, and
+    TLS handshakes completed and failed."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Latency] = {}
+        self.handshakes = 0
+        self.handshake_errors = 0
+
+    def count_handshake(self, completed: bool) -> None:
+        if completed:
+            self.handshakes += 1
+        else:
+            self.handshake_errors += 1
 
     def count_request(self, *, host: str, status: int) -> None:
         key = (host, status)

@@ -25,9 +25,7 @@ from certctl.dataplane import certstore, counters
 class Metrics:
     def __init__(self, *, certificates: certstore.CertificateIndex) -> None:
         self.registry = prometheus_client.CollectorRegistry()
-        self.counts = counters.RequestCounts()  # by the request path
-        self.handshakes = 0
-        self.handshake_errors = 0
+        self.counts = counters.RequestCounts()  # by the request path and the TLS listener
         self.registry.register(_Collector(metrics=self, certificates=certificates))
 
 
@@ -63,12 +61,12 @@ class _Collector(prometheus_client.registry.Collector):
         yield core.CounterMetricFamily(
             "certctl_dataplane_tls_handshakes",
             "TLS handshakes completed.",
-            value=self._metrics.handshakes,
+            value=self._metrics.counts.handshakes,
         )
         yield core.CounterMetricFamily(
             "certctl_dataplane_tls_handshake_errors",
             "TLS handshakes that started and failed (protocol errors, timeouts, resets).",
-            value=self._metrics.handshake_errors,
+            value=self._metrics.counts.handshake_errors,
         )
         loaded = self._certificates.loaded()
         yield core.GaugeMetricFamily(
