@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import ipaddress
+import operator
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -522,8 +523,7 @@ class RouteOptions:
                 value += b"; includeSubDomains"
             object.__setattr__(self, "hsts_line",
                                b"strict-transport-security: " + value + b"\r\n")
-        object.__setattr__(self, "plain", all(
-            getattr(self, name) == default for name, default in _CHECKED_DEFAULTS))
+        object.__setattr__(self, "plain", _checked_values(self) == _CHECKED_DEFAULTS)
 
 
 # What the path of a request to a `plain` route still reads itself: the redirect to HTTPS,
@@ -534,10 +534,11 @@ PLAIN_FIELDS: Final = frozenset({
     "ssl_redirect", "force_ssl_redirect", "hsts_max_age", "hsts_include_subdomains",
     "read_timeout", "connect_timeout", "backend_tls", "backend_h2", "error_pages",
 })
+_CHECKED: Final = tuple(checked for checked in dataclasses.fields(RouteOptions)
+                       if checked.init and checked.name not in PLAIN_FIELDS)
+_checked_values: Final = operator.attrgetter(*(checked.name for checked in _CHECKED))
 # (A field with a default_factory would have MISSING here: never plain, the safe side.)
-_CHECKED_DEFAULTS: Final = tuple(
-    (checked.name, checked.default) for checked in dataclasses.fields(RouteOptions)
-    if checked.init and checked.name not in PLAIN_FIELDS)
+_CHECKED_DEFAULTS: Final = tuple(checked.default for checked in _CHECKED)
 
 DEFAULT_OPTIONS = RouteOptions()
 
