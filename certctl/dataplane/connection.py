@@ -613,7 +613,7 @@ class ClientConnection(asyncio.Protocol):
             balancing = options.balancing
             if balancing is not None and balancing.ewma and self._upstream is not None:
                 self._pool.latencies.observe(self._upstream.address,
-                                                      now - self._started_at, now=now)
+                                             now - self._started_at, now=now)
             policy = options.next_upstream
             if (
                 policy is not None

@@ -11,13 +11,12 @@ Defaults differ from ingress-nginx's in two places, on purpose:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import ipaddress
 import operator
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from cryptography import x509
@@ -534,7 +533,7 @@ PLAIN_FIELDS: Final = frozenset({
     "ssl_redirect", "force_ssl_redirect", "hsts_max_age", "hsts_include_subdomains",
     "read_timeout", "connect_timeout", "backend_tls", "backend_h2", "error_pages",
 })
-_CHECKED: Final = tuple(checked for checked in dataclasses.fields(RouteOptions)
+_CHECKED: Final = tuple(checked for checked in fields(RouteOptions)
                        if checked.init and checked.name not in PLAIN_FIELDS)
 _checked_values: Final = operator.attrgetter(*(checked.name for checked in _CHECKED))
 # (A field with a default_factory would have MISSING here: never plain, the safe side.)
