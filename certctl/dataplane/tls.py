@@ -69,7 +69,10 @@ WRITE_HIGH_WATER: Final = 64 * 1024  # buffered bytes before the protocol is pau
 BACKLOG: Final = 511  # nginx's default
 ACCEPT_RETRY_DELAY: Final = 1.0  # after accept failed for want of file descriptors
 
-_HANDSHAKING, _OPEN, _CLOSED = 0, 1, 2
+# Final: compiled, each comparison is with a constant, not a lookup in the module's dict.
+_HANDSHAKING: Final = 0
+_OPEN: Final = 1
+_CLOSED: Final = 2
 _READABLE: Final = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 POLL_BATCH: Final = 64  # events taken per wake-up; more wait for the loop's next turn
@@ -285,7 +288,9 @@ class TlsTransport(asyncio.Transport):
         "__weakref__",
         "_acme_tls",
         "_closing",
+        "_deliver",
         "_fd",
+        "_feed",
         "_held",
         "_incoming",
         "_listener",
@@ -298,9 +303,15 @@ class TlsTransport(asyncio.Transport):
         "_protocol",
         "_protocol_paused",
         "_reading",
+        "_recv_into",
+        "_send",
         "_sock",
         "_ssl",
+        "_ssl_pending",
+        "_ssl_read",
+        "_ssl_write",
         "_state",
+        "_take_outgoing",
         "_writing",
     )
 
@@ -312,17 +323,22 @@ class TlsTransport(asyncio.Transport):
         self._peer = peer
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # The methods called for every record, bound once: compiled, a call of a C object's
+        # method by name looks the name up on its type each time.
+        self._recv_into = sock.recv_into
+        self._send = sock.send
+        self._feed = self._incoming.write
+        self._take_outgoing = self._outgoing.read
         # SSLContext.wrap_bio would wrap this in an ssl.SSLObject, a Python layer over every
         # call; the owner is what the SNI callback receives: this transport.
-        self._ssl = listener.context._wrap_bio(  # type: ignore[attr-defined]
-            self._incoming, self._outgoing, True, None, owner=self
-        )
+        self._use(listener.context)
         # The ClientHello's bytes so far, while they are read before OpenSSL's (see preread).
         self._preread: bytearray | None = bytearray() if listener.preread() else None
         self._acme_tls = False  # answering a TLS-ALPN-01 challenge: handshake only
         # Held for on-demand TLS: the server name and the ClientHello read so far.
         self._held: tuple[str, bytes] | None = None
         self._protocol: asyncio.BaseProtocol | None = None
+        self._deliver: Callable[[bytes], object] | None = None  # the protocol's data_received
         self._state = _HANDSHAKING
         self._reading = True
         self._closing = False
@@ -355,6 +371,7 @@ class TlsTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._deliver = protocol.data_received  # type: ignore[attr-defined]
 
     def is_closing(self) -> bool:
         return self._closing
@@ -381,7 +398,7 @@ class TlsTransport(asyncio.Transport):
         if self._closing or not data:
             return
         try:
-            self._ssl.write(data)
+            self._ssl_write(data)
         except ssl.SSLError as err:
             self._finish(err)
             return
@@ -421,7 +438,7 @@ class TlsTransport(asyncio.Transport):
             return
         received = self._listener.received
         try:
-            size = self._sock.recv_into(received)
+            size = self._recv_into(received)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as err:
@@ -451,13 +468,12 @@ class TlsTransport(asyncio.Transport):
                     # Credentials are set on the listener's context, by the SNI callback.
                     context = presented if isinstance(presented, ssl.SSLContext) else None
                 if context is not None and context is not listener.context:
-                    self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
-                        self._incoming, self._outgoing, True, None, owner=self)
+                    self._use(context)
             self._incoming.write(bytes(preread))
             if not size:
                 self._incoming.write_eof()
         elif size:
-            self._incoming.write(received[:size])
+            self._feed(received[:size])
         else:
             self._incoming.write_eof()
         if self._state == _HANDSHAKING:
@@ -475,8 +491,7 @@ class TlsTransport(asyncio.Transport):
         listener.handshaking[self] = time.monotonic() + listener.handshake_timeout
         presented = listener.select_certificate(name)
         if isinstance(presented, ssl.SSLContext) and presented is not listener.context:
-            self._ssl = presented._wrap_bio(  # type: ignore[attr-defined]
-                self._incoming, self._outgoing, True, None, owner=self)
+            self._use(presented)
         self.resume_reading()
         self._incoming.write(hello)
         try:
@@ -529,6 +544,7 @@ class TlsTransport(asyncio.Transport):
             return
         protocol = self._listener.protocol_factory()
         self._protocol = protocol
+        self._deliver = protocol.data_received
         try:
             protocol.connection_made(self)
         except Exception as err:
@@ -540,17 +556,19 @@ class TlsTransport(asyncio.Transport):
 
     def _decrypt(self) -> None:
         """Hand the protocol what OpenSSL can decrypt from the incoming bytes."""
-        ssl_object = self._ssl
+        read = self._ssl_read
+        pending = self._ssl_pending
         incoming = self._incoming
-        protocol = self._protocol
+        deliver = self._deliver
+        assert deliver is not None
         try:
             while self._reading and self._state == _OPEN:
-                data = ssl_object.read(READ_SIZE)
+                data = read(READ_SIZE)
                 if not data:
                     self._eof()
                     break
-                protocol.data_received(data)  # type: ignore[union-attr]
-                if not (ssl_object.pending() or incoming.pending or incoming.eof):
+                deliver(data)
+                if not (pending() or incoming.pending or incoming.eof):
                     break  # all of it was read: spare the SSLWantReadError of one more read
         except ssl.SSLWantReadError:
             if incoming.eof:
@@ -566,6 +584,14 @@ class TlsTransport(asyncio.Transport):
             return
         if self._outgoing.pending:
             self._flush()  # a key update answered, or alerts
+
+    def _use(self, context: ssl.SSLContext) -> None:
+        """Go on (or start) with a new SSL connection on `context`, over the same BIOs."""
+        self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
+            self._incoming, self._outgoing, True, None, owner=self)
+        self._ssl_read = self._ssl.read
+        self._ssl_pending = self._ssl.pending
+        self._ssl_write = self._ssl.write
 
     def _poll(self) -> None:
         """Have the poller watch for what this connection waits for now."""
@@ -601,12 +627,12 @@ class TlsTransport(asyncio.Transport):
         outgoing = self._outgoing
         if not outgoing.pending or self._state == _CLOSED:
             return
-        data = outgoing.read()
+        data = self._take_outgoing()
         if self._out:
             self._out += data
         else:
             try:
-                sent = self._sock.send(data)
+                sent = self._send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as err:
@@ -639,6 +665,7 @@ class TlsTransport(asyncio.Transport):
         elif self._protocol is not None:
             self._loop.call_soon(self._protocol.connection_lost, error)
             self._protocol = None  # it holds this transport: no cycle left for the GC
+            self._deliver = None
 
 
 _MAX_CLIENT_HELLO: Final = 16_384 + 5  # one TLS record: larger ones go to OpenSSL unread
