@@ -50,6 +50,35 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+# What a backend's response header is to the relay, by its name as sent: a backend sends
+# the same few names, in the same case, with every response, so each is lowercased and
+# classified once, not once a response. Bounded: made-up names only cost their own check.
+_FORWARDED: Final = 0
+_SERVER: Final = 1  # forwarded, and no Server header is added
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_CONNECTION: Final = 4
+_UPGRADE: Final = 5
+_DROPPED: Final = 6  # the other hop-by-hop headers
+_HEADER_KINDS: Final[dict[bytes, int]] = {}
+_HEADER_KINDS_SIZE: Final = 1024
+_SPECIAL_HEADERS: Final = {
+    b"server": _SERVER,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+}
+
+
+def _header_kind(name: bytes) -> int:
+    lname = name.lower()
+    kind = _SPECIAL_HEADERS.get(lname, _DROPPED if lname in HOP_BY_HOP else _FORWARDED)
+    if len(_HEADER_KINDS) >= _HEADER_KINDS_SIZE:
+        _HEADER_KINDS.clear()
+    _HEADER_KINDS[name] = kind
+    return kind
+
 
 class UpstreamError(Exception):
     """The upstream broke the exchange: 502 before the response head was sent, else abort."""
@@ -254,25 +283,28 @@ class UpstreamConnection(asyncio.Protocol):
         self._head.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        kind = _HEADER_KINDS.get(name)
+        if kind is None:
+            kind = _header_kind(name)
         head = self._head
-        if lname == b"content-length":
+        if kind == _FORWARDED:
+            head.headers.append((name, value))
+        elif kind == _SERVER:
+            head.headers.append((name, value))
+            head.has_server = True
+        elif kind == _CONTENT_LENGTH:
             head.content_length = value.strip()
-        elif lname == b"transfer-encoding":
+        elif kind == _TRANSFER_ENCODING:
             head.chunked = True
-        elif lname == b"connection":
+        elif kind == _CONNECTION:
             for token in value.split(b","):
                 token = token.strip().lower()
                 if token == b"close":
                     self.reusable = False
                 elif token != b"keep-alive":
                     self._named.append(token)
-        elif lname == b"upgrade":
+        elif kind == _UPGRADE:
             head.upgrade = value
-        elif lname not in HOP_BY_HOP:
-            head.headers.append((name, value))
-            if lname == b"server":
-                head.has_server = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
