@@ -543,8 +543,7 @@ class TlsTransport(asyncio.Transport):
             self.close()  # the validator only needed the handshake (RFC 8737 section 3)
             return
         protocol = self._listener.protocol_factory()
-        self._protocol = protocol
-        self._deliver = protocol.data_received
+        self.set_protocol(protocol)
         try:
             protocol.connection_made(self)
         except Exception as err:
