@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         "_round_robin",
         "_route_host",
         "_scheme",
+        "_send",
         "_sent_body",
         "_services",
         "_started_at",
@@ -133,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_timeout = services.upstream_timeout
         self._scheme = scheme
         self._transport: asyncio.Transport | None = None
+        self._send: Callable[[bytes], object] | None = None  # its write, bound once
         self._client_ip = b""
         self._client_certificate: bytes | None = None  # DER, of a TLS client that sent one
         self._limit_slot: limits.Slot | None = None  # released when the request ends
@@ -176,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._send = self._transport.write
         if self._scheme == b"http" and not self._services.admits_connection():
             # The HTTPS listener was admitted at accept; this server cannot pause accepting.
             self._closed = True
@@ -872,8 +876,8 @@ class ClientConnection(asyncio.Protocol):
             self._services.limits.release(slot)
 
     def _write(self, data: bytes) -> None:
-        if not self._closed and self._transport is not None:
-            self._transport.write(data)
+        if not self._closed and self._send is not None:
+            self._send(data)
 
     def _close(self) -> None:
         """Close after what was written is flushed."""

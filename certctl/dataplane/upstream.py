@@ -24,7 +24,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol, TypeVar, cast
 
 import httptools
@@ -166,6 +166,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.received_any = False  # of the current response
         self.tries = 1  # endpoints tried to get this one for the request it serves
         self._parser = httptools.HttpResponseParser(self)
+        # The calls every exchange makes, bound once (compiled, a call by name of a C
+        # object's method looks it up on its type every time).
+        self._feed = self._parser.feed_data
+        self._send: Callable[[bytes], object] | None = None  # the transport's write
         self._head = ResponseHead()
         self._head_only = False
         self._informational = False
@@ -179,11 +183,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, *, exchange: Exchange, request: bytes, head_only: bool) -> None:
         """Send a request head; its response goes to `exchange`."""
-        assert self.transport is not None
         self.exchange = exchange
         if self._head_only or self._informational:
             # The last response left the parser expecting a body that never came.
             self._parser = httptools.HttpResponseParser(self)
+            self._feed = self._parser.feed_data
             self._informational = False
         self._head_only = head_only  # HEAD: no body whatever the headers say
         self._done = False
@@ -191,11 +195,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrading = False
         self.received_any = False
         self.reusable = True
-        self.transport.write(request)
+        assert self._send is not None
+        self._send(request)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        assert self._send is not None
+        self._send(data)
 
     def pause_reading(self, paused: bool) -> None:
         if self.transport is not None and not self.closed and paused != self.reading_paused:
@@ -216,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self.transport.write
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -230,7 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.received_any = True
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._tunnel = True
             exchange.response_upgraded(data[upgrade.args[0] :])
