@@ -17,11 +17,10 @@ Leg = upstream.UpstreamConnection | upstream_h2.Stream
 
 def take(services: services.Services, match: routing.RouteMatch, start: int) -> Leg | None:
     """An idle leg to the endpoint at `start`, if there is one now."""
-    options = match.options
     address = match.upstreams[start]
-    if options.backend_h2:
-        return services.h2_pool.take(address, options.backend_tls)
-    return services.pool.take(address, options.backend_tls)
+    if match.backend_h2:
+        return services.h2_pool.take(address, match.backend_tls)
+    return services.pool.take(address, match.backend_tls)
 
 
 async def connect(

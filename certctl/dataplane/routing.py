@@ -101,11 +101,16 @@ class RouteMatch:
     filters: model.GatewayFilters | None = None
     split: tuple[tuple[int, RouteMatch | None], ...] = ()
     errors: ErrorRoute | None = None  # custom-http-errors
-    # `options.plain`, read without a lookup on the (interpreted) options by every request.
+    # What every request reads of the (interpreted) options, copied to be read natively.
     plain: bool = field(init=False, default=False, repr=False, compare=False)
+    backend_h2: bool = field(init=False, default=False, repr=False, compare=False)
+    backend_tls: bool = field(init=False, default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "plain", self.options.plain)
+        options = self.options
+        object.__setattr__(self, "plain", options.plain)
+        object.__setattr__(self, "backend_h2", options.backend_h2)
+        object.__setattr__(self, "backend_tls", options.backend_tls)
 
 
 def admits(
