@@ -453,3 +453,14 @@ def test_options_the_fast_path_reads_itself_keep_a_route_plain(name, value):
     options = dataclasses.replace(route_options.DEFAULT_OPTIONS, **{name: value})
     assert options.plain
     assert _match_with(options).plain
+
+
+@pytest.mark.parametrize(("h2", "tls"), [(False, False), (True, False), (False, True),
+                                         (True, True)])
+def test_a_route_reads_its_backends_protocol_from_its_options(h2, tls):
+    # Copies, read by every request taking an idle leg: a replaced route copies again.
+    options = dataclasses.replace(route_options.DEFAULT_OPTIONS, backend_h2=h2, backend_tls=tls)
+    match = _match_with(options)
+    assert (match.backend_h2, match.backend_tls) == (h2, tls)
+    replaced = dataclasses.replace(match, options=route_options.DEFAULT_OPTIONS)
+    assert (replaced.backend_h2, replaced.backend_tls) == (False, False)
