@@ -45,7 +45,7 @@ _CHALLENGE_PREFIX: Final = http01.CHALLENGE_PATH_PREFIX
 _AUTHORITY: Final = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?"
 )
-_ROUTING_HOSTS: dict[bytes, str | None] = {}  # see _routing_host
+_ROUTING_HOSTS: Final[dict[bytes, str | None]] = {}  # see _routing_host
 _ROUTING_HOSTS_SIZE: Final = 4096
 _METHOD: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
