@@ -30,7 +30,7 @@ async def connect(
     """A leg to the first endpoint from `start` that has an idle one (unless `fresh`) or
     accepts a new connection, within the route's proxy-next-upstream budget
     (`upstream.connect_for`); None when none did."""
-    if match.options.backend_h2:
+    if match.backend_h2:
         return await upstream.connect_for(
             services.h2_pool, match, start=start, fresh=fresh,
             default_timeout=services.connect_timeout, tried=tried, tried_since=tried_since)
