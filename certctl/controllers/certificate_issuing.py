@@ -56,8 +56,12 @@ def store_issued(
     (`Settings.untold_issuance`).
     """
     certificate = fallback.certificate
-    leaf = inspect.split_pem_chain(chain_pem)[0]
-    if not inspect.key_matches_certificate(private_key, leaf):
+    key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
+    # Parsed as the Secret will be read (this pass's check below, the next pass, the data
+    # plane): from the bytes it will hold, so that those reads find it parsed.
+    issued = tls_secret.parse_tls_secret_bytes(tls_secret.TLSSecretBytes(
+        chain_pem=chain_pem, key_pem=key_pem, ca_pem=ca_pem))
+    if not inspect.key_matches_certificate(private_key, issued.leaf):
         # Never publish a key pair that does not belong together; a new order follows.
         return certificate_status.failed(
             store, obj, message="the issued certificate does not match the private key of the "
@@ -67,7 +71,6 @@ def store_issued(
     contender = secret_claims.rival(store=store, certificate=certificate, secret=current)
     if contender is not None and secret_claims.is_newer(obj, than=contender):
         return certificate_status.duplicate(store, obj, holder=contender, now=now)
-    key_pem = keys.encode_private_key(private_key, encoding=certificate.private_key.encoding)
     data = tls_secret.build_tls_secret_data(chain_pem=chain_pem, key_pem=key_pem, ca_pem=ca_pem)
     if certificate_issuer.places_orders(issuer):
         # Before the Secret: if certctl stops in between, the copy restores the Secret
@@ -81,7 +84,7 @@ def store_issued(
     # `current` is still the Secret as stored: certctl writes it only here, in this pass.
     secret = _write_secret(store, certificate=certificate, existing=current, ref=fallback.ref,
                            acme=certificate_issuer.places_orders(issuer), data=data,
-                           info=inspect.certificate_info(leaf), restored_from=None)
+                           info=issued.info, restored_from=None)
     fresh = store.get(kind="Certificate", namespace=certificate.namespace, name=certificate.name)
     if fresh is None:
         return Result.done()

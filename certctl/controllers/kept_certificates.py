@@ -39,7 +39,6 @@ from certctl.api import conditions
 from certctl.api.resources import Certificate, ObjectKey
 from certctl.controllers import policies
 from certctl.controllers.reconciling import Clock, Result
-from certctl.pki import inspect
 from certctl.pki import secret as tls_secret
 from certctl.store.interface import AlreadyExists, Object, Store
 
@@ -131,8 +130,7 @@ def is_kept_copy(obj: Mapping[str, Any], *, cluster_resource_namespace: str) -> 
 def expiry(secret: Mapping[str, Any]) -> datetime.datetime | None:
     """The kept certificate's notAfter; None when the copy cannot be read."""
     try:
-        contents = tls_secret.read_tls_secret(secret)
-        return inspect.inspect_certificate(contents.chain_pem).not_after
+        return tls_secret.read_tls_secret(secret).info.not_after
     except ValueError:  # SecretInvalid is one
         return None
 

@@ -81,7 +81,7 @@ def read_input(
     if secret is not None:
         try:
             contents = tls_secret.read_tls_secret(secret)
-            info = inspect.inspect_certificate(contents.chain_pem)
+            info = contents.info
         except (tls_secret.SecretInvalid, ValueError) as err:
             problem = str(err)
             contents = None
