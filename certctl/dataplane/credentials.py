@@ -55,7 +55,7 @@ _V_ASN1_OBJECT: Final = 6  # an AlgorithmIdentifier's parameters: a named curve
 class _Binding:
     """The libssl and libcrypto functions used here, with their C signatures."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, library: ctypes.PyDLL) -> None:
         def bind(name: str, restype: Any, *argtypes: Any) -> Any:
             function = getattr(library, name)
             function.restype = restype
@@ -138,7 +138,11 @@ def _bind() -> _Binding | None:
     try:
         # dlsym through _ssl's handle finds the libraries _ssl was linked against;
         # an _ssl built into the interpreter has no file: the process's own symbols.
-        binding = _Binding(ctypes.CDLL(getattr(_ssl, "__file__", None)))
+        # PyDLL: each call keeps the GIL, as `_ssl`'s own short calls do. A CDLL lets it
+        # go around every call, and in `certctl serve` issuing (B2) each of the dozen calls
+        # of a first handshake then handed it to a reconciler thread, the event loop waiting
+        # to get it back.
+        binding = _Binding(ctypes.PyDLL(getattr(_ssl, "__file__", None)))
         if binding.checked():
             return binding
     except (OSError, AttributeError) as err:
