@@ -13,7 +13,6 @@ import binascii
 import dataclasses
 import functools
 import hashlib
-import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -105,51 +104,19 @@ def read_tls_secret(secret: Mapping[str, Any], *, check_rsa_key: bool = True
     return parse_tls_secret_bytes(tls_secret_bytes(secret), check_rsa_key=check_rsa_key)
 
 
-# Contents parsed lately, by digest: a Secret is read again and again while its
-# certificate is issued (the issuing pass, the pass after it, the data plane loading it,
-# the kept copy), and each parse of its chain and key cost more CPU than anything else a
-# pass did with it (B2's profile: 7 % of `certctl serve`'s while it issues). Few, so
-# that memory does not grow with the number of Secrets; what was parsed is immutable.
+# Contents parsed lately: a Secret is read again and again while its certificate is
+# issued (the issuing pass, the pass after it, the data plane loading it, the kept copy),
+# and each parse of its chain and key cost more CPU than anything else a pass did with it
+# (B2's profile: 7 % of `certctl serve`'s while it issues). Few, so that memory does not
+# grow with the number of Secrets; what was parsed is immutable.
 _PARSED_KEPT: Final = 256
 
 
-class _Parsed:
-    """The last `_PARSED_KEPT` contents parsed, by (digest, RSA key checked)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._found: dict[tuple[bytes, bool], TLSSecretContents] = {}
-
-    def get(self, key: tuple[bytes, bool]) -> TLSSecretContents | None:
-        with self._lock:
-            found = self._found.pop(key, None)
-            if found is not None:
-                self._found[key] = found  # the most recent last
-            return found
-
-    def put(self, key: tuple[bytes, bool], contents: TLSSecretContents) -> None:
-        with self._lock:
-            self._found[key] = contents
-            while len(self._found) > _PARSED_KEPT:
-                del self._found[next(iter(self._found))]
-
-
-_parsed = _Parsed()
-
-
+@functools.lru_cache(maxsize=_PARSED_KEPT)
 def parse_tls_secret_bytes(found: TLSSecretBytes, *, check_rsa_key: bool = True
                            ) -> TLSSecretContents:
     """`read_tls_secret` for values already decoded; contents parsed lately are not
     parsed again."""
-    key = (found.digest(), check_rsa_key)
-    contents = _parsed.get(key)
-    if contents is None:
-        contents = _parse(found, check_rsa_key=check_rsa_key)
-        _parsed.put(key, contents)
-    return contents
-
-
-def _parse(found: TLSSecretBytes, *, check_rsa_key: bool) -> TLSSecretContents:
     chain_pem, key_pem, ca_pem = found.chain_pem, found.key_pem, found.ca_pem
     try:
         chain = inspect.split_pem_chain(chain_pem)
