@@ -471,7 +471,9 @@ def test_pebble_restarted_mid_order_certctl_registers_again_and_replaces_forgott
         try:
             eventually(gate.is_holding, what="certctl to wait at the gate")
             orders_before = gate.count(is_new_order)
-            in_flight = {o["metadata"]["name"]: o["status"].get("url")
+            # An Order created but not placed yet has no status at all (the gate may hold
+            # its newOrder).
+            in_flight = {o["metadata"]["name"]: (o.get("status") or {}).get("url")
                          for o in run.store.list(kind="Order")}
             exchanges_before = len(gate.exchanges)
             pebble.restart()  # it forgets every account, order and authorization
