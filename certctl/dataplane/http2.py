@@ -68,7 +68,12 @@ from certctl.dataplane import (
 from certctl.routes import options as route_options
 
 logger = logging.getLogger(__name__)
-UNPROCESSED_RETRIES: Final = 3
+# How often one request is sent again after a backend refused it unprocessed. grpc-core
+# refuses a stream placed in a slot whose last stream it still counts; with many requests
+# waiting, every slot freed in a burst of answers is taken at once, so one request can
+# meet such a refusal on connection after connection (a clean-clone CI run saw a call
+# get 502 after three).
+UNPROCESSED_RETRIES: Final = 8
 
 MAX_CONCURRENT_STREAMS: Final = 128
 RESET_BURST: Final = 200  # streams a client may cancel at once ...
