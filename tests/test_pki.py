@@ -296,7 +296,6 @@ def test_tls_secret_round_trip(ec_key):
     assert inspect.key_matches_certificate(contents.key, contents.leaf)
 
 
-
 def test_contents_read_lately_are_not_parsed_again(ec_key):
     """The same bytes give the same parsed contents (its leaf's info read once), other
     bytes their own, and only the most recent few are kept."""
@@ -306,6 +305,8 @@ def test_contents_read_lately_are_not_parsed_again(ec_key):
     first = secret.read_tls_secret(_secret(data))
     again = secret.read_tls_secret(_secret(dict(data)))
     assert again is first and again.info is first.info
+    # Parsed from bytes before the Secret exists (the issuing pass), found by its reads.
+    assert secret.parse_tls_secret_bytes(secret.tls_secret_bytes(_secret(data))) is first
     assert first.info.dns_names == ("web.example.test",)
     assert secret.read_tls_secret(_secret(data), check_rsa_key=False) is not first
     other = dict(data, **{"tls.crt": base64.b64encode(_leaf(ec_key, names=("other.example.test",)
@@ -315,6 +316,7 @@ def test_contents_read_lately_are_not_parsed_again(ec_key):
         secret.read_tls_secret(_secret(dict(data, **{
             "tls.crt": base64.b64encode(_leaf(ec_key, days=days + 1)).decode("ascii")})))
     assert secret.read_tls_secret(_secret(data)) is not first
+
 
 def test_ca_crt_is_written_when_known(ec_key):
     chain = _leaf(ec_key)

@@ -112,11 +112,16 @@ def read_tls_secret(secret: Mapping[str, Any], *, check_rsa_key: bool = True
 _PARSED_KEPT: Final = 256
 
 
-@functools.lru_cache(maxsize=_PARSED_KEPT)
 def parse_tls_secret_bytes(found: TLSSecretBytes, *, check_rsa_key: bool = True
                            ) -> TLSSecretContents:
     """`read_tls_secret` for values already decoded; contents parsed lately are not
     parsed again."""
+    # One call shape for the cache: lru_cache keys `f(x)` and `f(x, k=True)` apart.
+    return _parsed(found, check_rsa_key)
+
+
+@functools.lru_cache(maxsize=_PARSED_KEPT)
+def _parsed(found: TLSSecretBytes, check_rsa_key: bool) -> TLSSecretContents:
     chain_pem, key_pem, ca_pem = found.chain_pem, found.key_pem, found.ca_pem
     try:
         chain = inspect.split_pem_chain(chain_pem)
