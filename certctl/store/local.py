@@ -45,10 +45,12 @@ import datetime
 import difflib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import marshal
 import os
+import random
 import sys
 import threading
 import time
@@ -207,6 +209,12 @@ def claim_state_dir(state_dir: Path) -> int:
     return fd
 
 
+_TEMPORARY_FILES = itertools.count()
+# Drawn for objects' uids: uuid4 reads os.urandom, a system call that lets the GIL go
+# (a uid must be unique, not secret).
+_UIDS = random.Random()  # noqa: S311
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old or the new file, never half.
 
@@ -221,7 +229,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     target = os.fspath(path)
     directory, name = os.path.split(target)
     directory = directory or os.curdir  # a bare file name: the working directory's
-    tmp = os.path.join(directory, f".{name}.{os.urandom(4).hex()}.tmp")  # noqa: PTH118
+    # Named by process and count, not by random bytes: os.urandom is a system call
+    # that lets the GIL go, handing it to another thread at every write.
+    tmp = os.path.join(  # noqa: PTH118
+        directory, f".{name}.{os.getpid()}-{next(_TEMPORARY_FILES)}.tmp")
     try:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -478,7 +489,7 @@ class LocalStore:
         # `_state` waits while the lock is held.
         stored = interface.kept_copy(obj)
         metadata = stored.setdefault("metadata", {})
-        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("uid", str(uuid.UUID(int=_UIDS.getrandbits(128), version=4)))
         metadata.setdefault("creationTimestamp", _now_rfc3339())
         metadata["generation"] = 1
         self._fill_api_version(stored)
