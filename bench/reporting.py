@@ -37,7 +37,18 @@ def command_line(*, module: str, argv: Sequence[str] | None) -> str:
 
 
 def git_describe() -> str:
-    return command_output(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"])
+    """The commit measured, "-dirty" when a tracked file other than RESULTS.md differs
+    from it: the benchmarks write RESULTS.md themselves, so a run after another one's
+    section was written measured the commit's code all the same."""
+    commit = command_output(["git", "-C", str(REPO_ROOT), "describe", "--always"])
+    try:
+        status = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no",
+             "--", ".", f":!{RESULTS_PATH.relative_to(REPO_ROOT)}"],
+            capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return f"{commit}-dirty" if status.stdout.strip() else commit
 
 
 def machine_rows(*, extra: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
