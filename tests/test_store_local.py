@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 import tracemalloc
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1036,3 +1037,24 @@ def test_atomic_write_to_a_bare_file_name_writes_in_the_working_directory(
     assert (tmp_path / "state.json").read_bytes() == b"{}"
     assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_created_objects_get_distinct_version_4_uids_and_a_forked_child_draws_its_own(
+    tmp_path: Path,
+) -> None:
+    store = new_store(tmp_path)
+    uids = [store.create(obj=secret(f"s{index}"))["metadata"]["uid"] for index in range(50)]
+    assert len(set(uids)) == 50
+    assert {uuid.UUID(uid).version for uid in uids} == {4}
+    # The uids come from a generator of the process's own, not from os.urandom: a child
+    # forked from it must not draw what the parent draws next.
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write_end, local._UIDS.getrandbits(128).to_bytes(16, "big"))
+        os._exit(0)
+    os.close(write_end)
+    drawn_by_child = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(child, 0)
+    assert drawn_by_child != local._UIDS.getrandbits(128).to_bytes(16, "big")

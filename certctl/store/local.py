@@ -213,6 +213,7 @@ _TEMPORARY_FILES = itertools.count()
 # Drawn for objects' uids: uuid4 reads os.urandom, a system call that lets the GIL go
 # (a uid must be unique, not secret).
 _UIDS = random.Random()  # noqa: S311
+os.register_at_fork(after_in_child=_UIDS.seed)  # a forked child draws its own
 
 
 def atomic_write(path: Path, data: bytes) -> None:
