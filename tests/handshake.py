@@ -8,7 +8,7 @@ import ssl
 from cryptography import x509
 
 from certctl.dataplane import certstore
-from certctl.dataplane.credentials import Credentials
+from certctl.dataplane.credentials import BINDING, Credentials
 
 
 def presenting(credentials: Credentials, *, context: ssl.SSLContext | None = None,
@@ -20,7 +20,9 @@ def presenting(credentials: Credentials, *, context: ssl.SSLContext | None = Non
 
     def present(connection: ssl.SSLObject, _name: str | None,
                 _context: ssl.SSLContext) -> None:
-        presented = credentials.present(connection._sslobj)  # type: ignore[attr-defined]
+        assert BINDING is not None  # there are no credentials without it
+        presented = credentials.present(
+            BINDING.ssl_of(connection._sslobj))  # type: ignore[attr-defined]
         if outcomes is not None:
             outcomes.append(presented)
 

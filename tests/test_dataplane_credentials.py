@@ -140,7 +140,9 @@ def test_a_connection_keeps_what_it_was_given_after_the_credentials_are_dropped(
 
     def present_then_drop(connection, _name, _context):
         nonlocal decoded
-        assert decoded is not None and decoded.present(connection._sslobj)
+        binding = credentials.BINDING
+        assert decoded is not None and binding is not None
+        assert decoded.present(binding.ssl_of(connection._sslobj))
         decoded = None  # replaced by a newer certificate mid-handshake, say
         gc.collect()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import http.client
+import logging
 import random
 import socket
 import ssl
@@ -16,14 +17,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from certctl.api import resources
-from certctl.dataplane import certstore, tls
+from certctl.dataplane import certstore, credentials, tls
 from tests.serving import eventually
 from tests.test_dataplane import EchoServer, secret
 from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
@@ -93,12 +94,48 @@ def test_tls12_and_tls13_negotiate_forward_secret_aead_suites(plane, version):
         assert cipher.startswith("ECDHE-")
 
 
-def test_cbc_only_tls12_client_is_refused(plane):
+def test_cbc_only_tls12_client_is_refused(plane, caplog):
+    caplog.set_level(logging.DEBUG, logger=tls.__name__)
+    refuse_cbc_only_client(plane)
+    wait_logged(caplog, lambda message: "handshake" in message
+                and message.endswith("failed: no shared cipher"),
+                what="the refused handshake logged with OpenSSL's reason")
+
+
+def refuse_cbc_only_client(plane: Running) -> None:
     context = plane.ca.client_context()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA")
     with pytest.raises(ssl.SSLError):
         connect(plane, "a.test", context=context).close()
+
+
+def wait_logged(caplog: pytest.LogCaptureFixture, check: Callable[[str], bool], *,
+                what: str) -> None:
+    eventually(lambda: any(check(record.getMessage()) for record in caplog.records),
+               timeout=5, what=what)
+
+
+@pytest.mark.skipif(not str(tls.__file__).endswith(".py"),
+                    reason="sources only: a compiled module's constant cannot be replaced")
+def test_without_libssl_bound_handshakes_and_closes_go_through_the_ssl_module(
+        monkeypatch, caplog):
+    # What an interpreter whose libssl cannot be bound runs: contexts, `_ssl`'s methods.
+    monkeypatch.setattr(credentials, "BINDING", None)
+    monkeypatch.setattr(tls, "_LIBSSL", None)
+    caplog.set_level(logging.DEBUG, logger=tls.__name__)
+    with running_plane(ingresses=[simple_ingress("tls", {("a.test", "/"): "echo"})],
+                       echo=("echo",), tls_hosts=("a.test",)) as fallback:
+        # Without suppress_ragged_eofs, a TCP close with no close_notify raises SSLEOFError.
+        with connect(fallback, "a.test", suppress_ragged_eofs=False) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := conn.recv(65536):
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 200")
+        refuse_cbc_only_client(fallback)
+        wait_logged(caplog, lambda message: "[SSL: NO_SHARED_CIPHER]" in message,
+                    what="the refused handshake logged with the ssl module's error")
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])

@@ -25,8 +25,8 @@ object: the field after its object header and its socket reference (CPython's
 `Modules/_ssl.c` since 3.2; sslkeylog and sabctools read the same fields). All of it
 is checked once, on a throwaway connection, before anything is used: with another
 interpreter, a changed layout or no library to bind, `BINDING` is None (with one
-warning) and the certificate store builds a context per certificate instead
-(`certstore`).
+warning), the certificate store builds a context per certificate instead
+(`certstore`) and `tls` handshakes and closes through `_ssl`'s own methods.
 """
 
 from __future__ import annotations
@@ -50,10 +50,15 @@ _EVP_PKEY_RSA: Final = 6
 _EVP_PKEY_EC: Final = 408
 _EVP_PKEY_ED25519: Final = 1087
 _V_ASN1_OBJECT: Final = 6  # an AlgorithmIdentifier's parameters: a named curve
+# SSL_get_error's answers (ssl.h)
+_SSL_ERROR_SSL: Final = 1
+SSL_ERROR_WANT_READ: Final = 2
+_SSL_ERROR_SYSCALL: Final = 5
+_SSL_ERROR_ZERO_RETURN: Final = 6
 
 
 class _Binding:
-    """The libssl and libcrypto functions used here, with their C signatures."""
+    """The libssl and libcrypto functions used here and by `tls`, with their C signatures."""
 
     def __init__(self, library: ctypes.PyDLL) -> None:
         def bind(name: str, restype: Any, *argtypes: Any) -> Any:
@@ -99,6 +104,21 @@ class _Binding:
         self.SSL_get_SSL_CTX = bind("SSL_get_SSL_CTX", _POINTER, _POINTER)
         self.SSL_CTX_get_options = bind("SSL_CTX_get_options", ctypes.c_uint64, _POINTER)
         self.ERR_clear_error = bind("ERR_clear_error", None)
+        self.ERR_peek_last_error = bind("ERR_peek_last_error", ctypes.c_ulong)
+        self.ERR_reason_error_string = bind("ERR_reason_error_string", ctypes.c_char_p,
+                                            ctypes.c_ulong)
+        # A connection's handshake and its close_notify, called by `tls` on the SSL itself:
+        # through `_ssl`, a handshake waiting for the client's next flight and a close not
+        # answered yet each raise SSLWantReadError, and raising (the message formatted, the
+        # exception built, a traceback entry added by the compiled caller) costs more than
+        # the call: 8 us less a connection's handshake and close this way, timed from
+        # interpreted code, which adds no traceback entry. The handshake keeps the GIL, as
+        # every call here does: `_ssl` lets it go around its signing and key exchange, and
+        # a busy thread that takes it then (a reconciler, in `certctl serve` issuing) keeps
+        # the event loop waiting up to the switch interval (5 ms) to get it back.
+        self.SSL_do_handshake = bind("SSL_do_handshake", ctypes.c_int, _POINTER)
+        self.SSL_get_error = bind("SSL_get_error", ctypes.c_int, _POINTER, ctypes.c_int)
+        self.SSL_shutdown = bind("SSL_shutdown", ctypes.c_int, _POINTER)
         # The chain's destructor, passed to OPENSSL_sk_pop_free as a C function pointer.
         self.x509_free_address = ctypes.cast(self.X509_free, _POINTER).value
         # PySSLContext: {PyObject_HEAD; SSL_CTX *ctx; ...}
@@ -113,6 +133,20 @@ class _Binding:
         if not pointer:
             raise ValueError("the connection has no SSL")
         return pointer
+
+    def failure(self, error: int) -> str:
+        """Why a handshake failed, from SSL_get_error's `error` and OpenSSL's error queue,
+        which is emptied: SSL_get_error reads it too, and is only reliable on an empty one."""
+        code = self.ERR_peek_last_error()
+        self.ERR_clear_error()
+        if error == _SSL_ERROR_SSL:
+            reason: bytes | None = self.ERR_reason_error_string(code) if code else None
+            return reason.decode("ascii", "replace") if reason else f"OpenSSL error {code:#x}"
+        if error == _SSL_ERROR_ZERO_RETURN:
+            return "the client closed the connection (close_notify)"
+        if error == _SSL_ERROR_SYSCALL:
+            return "the client left mid-handshake"
+        return f"SSL_get_error {error}"
 
     def checked(self) -> bool:
         """Whether the layout read by `ssl_of` is this interpreter's: a throwaway
@@ -217,11 +251,12 @@ class Credentials:
                 binding.X509_free(certificate.pointer)
                 raise MemoryError("OPENSSL_sk_push")
 
-    def present(self, connection: object) -> bool:
-        """Make `connection` (an `_ssl._SSLSocket` in its SNI callback, on a context
-        holding no certificate) present this certificate; False if OpenSSL refused."""
-        binding = _bound()
-        pointer = binding.ssl_of(connection)
+    def present(self, pointer: int) -> bool:
+        """Make the SSL connection at `pointer` (`_Binding.ssl_of` an `_ssl._SSLSocket` in
+        its SNI callback, on a context holding no certificate) present this certificate;
+        False if OpenSSL refused."""
+        binding = BINDING
+        assert binding is not None  # __init__ needed it
         binding.SSL_certs_clear(pointer)
         if binding.SSL_use_cert_and_key(pointer, self._leaf.pointer, self._key,
                                         self._chain, 1) == 1:

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from certctl.dataplane import credentials
 from certctl.dataplane.credentials import Credentials
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ _CLOSED: Final = 2
 _READABLE: Final = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
 _WRITABLE: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 POLL_BATCH: Final = 64  # events taken per wake-up; more wait for the loop's next turn
+# libssl, to handshake and close on a connection's SSL directly (credentials._Binding);
+# None where it cannot be bound: `_ssl`'s methods then.
+_LIBSSL: Final = credentials.BINDING
+_WANT_READ: Final = credentials.SSL_ERROR_WANT_READ
 
 Hold = Callable[[str, Callable[[], None]], bool]
 """(server name, resume) -> whether the handshake waits for `resume()` (on-demand TLS)."""
@@ -276,7 +281,7 @@ def _switch_context(
     presented = transport._listener.select_certificate(server_name)
     if isinstance(presented, ssl.SSLContext):
         transport._ssl.context = presented
-    elif not presented.present(transport._ssl):
+    elif not presented.present(transport._pointer):
         # The handshake goes on without a certificate and fails: logged as it ends.
         logger.error("OpenSSL refused the certificate for %r", server_name)
 
@@ -298,6 +303,7 @@ class TlsTransport(asyncio.Transport):
         "_out",
         "_outgoing",
         "_peer",
+        "_pointer",
         "_polled",
         "_preread",
         "_protocol",
@@ -417,10 +423,16 @@ class TlsTransport(asyncio.Transport):
             return
         # try/except, not contextlib.suppress: that costs a context manager and two calls
         # per connection.
-        try:  # noqa: SIM105
-            self._ssl.shutdown()  # queues the close_notify
-        except (ssl.SSLError, ValueError):
-            pass  # SSLWantReadError: the peer's close_notify is not awaited
+        # Queues the close_notify; the peer's is not awaited.
+        libssl = _LIBSSL
+        if libssl is not None and self._pointer:
+            if libssl.SSL_shutdown(self._pointer) < 0:
+                libssl.ERR_clear_error()  # after a fatal error: nothing to send
+        else:
+            try:  # noqa: SIM105
+                self._ssl.shutdown()
+            except (ssl.SSLError, ValueError):
+                pass  # SSLWantReadError: the peer's close_notify is not awaited
         self._flush()
         if not self._out:
             self._finish(None)  # closing the socket also unregisters it: no epoll_ctl
@@ -522,17 +534,14 @@ class TlsTransport(asyncio.Transport):
     # -- internals -----------------------------------------------------------------------
 
     def _handshake(self) -> None:
-        try:
-            self._ssl.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            if self._incoming.eof:
+        failure = self._handshake_step()
+        if failure is not None:
+            self._flush()  # the server's flight, or the alert
+            if failure:
+                logger.debug("TLS handshake from %s failed: %s", self._peer, failure)
+                self._finish(None)
+            elif self._incoming.eof:
                 self._finish(None)  # the client left mid-handshake
-            return
-        except (ssl.SSLError, UnicodeError) as err:
-            logger.debug("TLS handshake from %s failed: %s", self._peer, err)
-            self._flush()  # the alert, if any
-            self._finish(None)
             return
         self._flush()
         if self._state == _CLOSED:
@@ -552,6 +561,25 @@ class TlsTransport(asyncio.Transport):
             return
         if self._incoming.pending or self._incoming.eof:
             self._decrypt()  # the first request often comes with the client's Finished
+
+    def _handshake_step(self) -> str | None:
+        """Go on with the handshake: None once it is done, "" while it waits for the
+        client's next bytes, else why it failed."""
+        libssl = _LIBSSL
+        pointer = self._pointer
+        if libssl is not None and pointer:
+            result = libssl.SSL_do_handshake(pointer)
+            if result == 1:
+                return None
+            error = libssl.SSL_get_error(pointer, result)
+            return "" if error == _WANT_READ else libssl.failure(error)
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return ""
+        except (ssl.SSLError, UnicodeError) as err:
+            return str(err)
+        return None
 
     def _decrypt(self) -> None:
         """Hand the protocol what OpenSSL can decrypt from the incoming bytes."""
@@ -588,6 +616,7 @@ class TlsTransport(asyncio.Transport):
         """Go on (or start) with a new SSL connection on `context`, over the same BIOs."""
         self._ssl = context._wrap_bio(  # type: ignore[attr-defined]
             self._incoming, self._outgoing, True, None, owner=self)
+        self._pointer = 0 if _LIBSSL is None else _LIBSSL.ssl_of(self._ssl)
         self._ssl_read = self._ssl.read
         self._ssl_pending = self._ssl.pending
         self._ssl_write = self._ssl.write
