@@ -273,7 +273,11 @@ class CertificateIndex:
             ca = self._client_ca(name)
             if ca is not None:
                 return self._client_context(entry, ca)
-        return self._presented_by(entry)
+        presented = entry.presented
+        if presented is None:
+            return self._presented_by(entry)
+        self._recent.move_to_end(entry)  # `_presented_by`'s own, without its call
+        return presented
 
     @property
     def default_context(self) -> ssl.SSLContext:

@@ -74,6 +74,17 @@ from certctl.routes import options as route_options
 
 logger = logging.getLogger(__name__)
 
+
+def factory(*, services: services.Services, scheme: bytes) -> Callable[[], ClientConnection]:
+    """A listener's protocol factory. Compiled, each connection is built by a direct call:
+    a functools.partial of the class parses its keyword arguments again every time."""
+
+    def new_connection() -> ClientConnection:
+        return ClientConnection(services=services, scheme=scheme)
+
+    return new_connection
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection; `on_*` are httptools callbacks, `response_*` the upstream's."""
 

@@ -31,7 +31,6 @@ failed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import ssl
 import sys
@@ -189,7 +188,7 @@ class DataPlane:
         if self._http_address is not None:  # None: HTTPS only (no HTTP-01, no redirects)
             host, port = self._http_address
             server = await loop.create_server(
-                lambda: connection.ClientConnection(services=self.services, scheme=b"http"),
+                connection.factory(services=self.services, scheme=b"http"),
                 host,
                 port,
                 reuse_address=True,
@@ -202,10 +201,9 @@ class DataPlane:
                 context=certstore.new_server_context(),
                 # Called on every handshake, so without a wrapper of DataPlane's between (B3):
                 # the index's own `select` (the setter points the listener at a new index),
-                # a partial of the compiled connection, the compiled counts.
+                # the compiled connection's factory, the compiled counts.
                 select_certificate=self.certificates.select,
-                protocol_factory=functools.partial(
-                    connection.ClientConnection, services=self.services, scheme=b"https"),
+                protocol_factory=connection.factory(services=self.services, scheme=b"https"),
                 handshake_timeout=self._handshake_timeout,
                 on_handshake=self.metrics.counts.count_handshake,
                 admit=self.admits_connection,
