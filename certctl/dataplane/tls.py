@@ -421,14 +421,14 @@ class TlsTransport(asyncio.Transport):
         if self._state == _HANDSHAKING:
             self._finish(None)
             return
-        # try/except, not contextlib.suppress: that costs a context manager and two calls
-        # per connection.
         # Queues the close_notify; the peer's is not awaited.
         libssl = _LIBSSL
-        if libssl is not None and self._pointer:
+        if libssl is not None:
             if libssl.SSL_shutdown(self._pointer) < 0:
                 libssl.ERR_clear_error()  # after a fatal error: nothing to send
         else:
+            # try/except, not contextlib.suppress: that costs a context manager and two
+            # calls per connection.
             try:  # noqa: SIM105
                 self._ssl.shutdown()
             except (ssl.SSLError, ValueError):
@@ -566,8 +566,8 @@ class TlsTransport(asyncio.Transport):
         """Go on with the handshake: None once it is done, "" while it waits for the
         client's next bytes, else why it failed."""
         libssl = _LIBSSL
-        pointer = self._pointer
-        if libssl is not None and pointer:
+        if libssl is not None:
+            pointer = self._pointer
             result = libssl.SSL_do_handshake(pointer)
             if result == 1:
                 return None
