@@ -55,6 +55,17 @@ def connect(
     )
 
 
+def get_to_close_notify(running: Running, host: str) -> bytes:
+    """The answer to a `Connection: close` request, read up to the server's close_notify:
+    without suppress_ragged_eofs, a TCP close with no close_notify raises SSLEOFError."""
+    with connect(running, host, suppress_ragged_eofs=False) as conn:
+        conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := conn.recv(65536):
+            response += chunk
+    return response
+
+
 def serial_of(tls: ssl.SSLSocket) -> int:
     der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -126,13 +137,7 @@ def test_without_libssl_bound_handshakes_and_closes_go_through_the_ssl_module(
     caplog.set_level(logging.DEBUG, logger=tls.__name__)
     with running_plane(ingresses=[simple_ingress("tls", {("a.test", "/"): "echo"})],
                        echo=("echo",), tls_hosts=("a.test",)) as fallback:
-        # Without suppress_ragged_eofs, a TCP close with no close_notify raises SSLEOFError.
-        with connect(fallback, "a.test", suppress_ragged_eofs=False) as conn:
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            response = b""
-            while chunk := conn.recv(65536):
-                response += chunk
-        assert response.startswith(b"HTTP/1.1 200")
+        assert get_to_close_notify(fallback, "a.test").startswith(b"HTTP/1.1 200")
         refuse_cbc_only_client(fallback)
         wait_logged(caplog, lambda message: "[SSL: NO_SHARED_CIPHER]" in message,
                     what="the refused handshake logged with the ssl module's error")
@@ -265,13 +270,7 @@ def test_evicted_context_is_rebuilt_on_the_next_handshake():
 
 
 def test_connection_close_response_ends_with_a_close_notify(plane):
-    # Without suppress_ragged_eofs, a TCP close with no close_notify raises SSLEOFError.
-    with connect(plane, "a.test", suppress_ragged_eofs=False) as tls:
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        response = b""
-        while chunk := tls.recv(65536):
-            response += chunk
-    assert response.startswith(b"HTTP/1.1 200")
+    assert get_to_close_notify(plane, "a.test").startswith(b"HTTP/1.1 200")
 
 
 def test_client_leaving_without_close_notify_frees_its_connection(plane):
