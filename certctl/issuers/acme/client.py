@@ -23,7 +23,6 @@ import functools
 import importlib.metadata
 import ssl
 import threading
-import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import requests
-import requests.adapters
-import requests.structures
 import requests.utils
 from acme import challenges, crypto_util, messages
 from acme import client as acme_client
@@ -47,6 +44,7 @@ from josepy import errors as jose_errors
 
 import certctl
 from certctl.issuers.acme import ari, errors
+from certctl.issuers.acme.session import AcmeSession, CABundleAdapter
 
 _T = TypeVar("_T")
 
@@ -185,81 +183,6 @@ class _NewOrder(messages.NewOrder):
     """
 
     replaces: str | None = json_util.field("replaces", omitempty=True)
-
-
-class _AcmeSession(requests.Session):
-    """requests' Session without its per-request merging: a third of each ACME request's
-    CPU, 8 % of `certctl serve`'s while it issues (B2's profile), went to reading the
-    environment (proxies, NO_PROXY, REQUESTS_CA_BUNDLE, ~/.netrc) and merging settings
-    again for every request. Here the environment is read once per origin and `verify`,
-    and a request is prepared as `Session.request` prepares it: its headers over the
-    session's, the session's cookies and hooks. A call with anything else (the `acme`
-    library makes none) goes through `Session.request` unchanged."""
-
-    _LEAN_ARGUMENTS = frozenset(("headers", "data", "timeout", "verify"))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[tuple[str, str, object], tuple[dict[str, Any], Any]] = {}
-
-    def request(  # type: ignore[override]
-        self, method: str, url: str, *args: Any, **kwargs: Any
-    ) -> requests.Response:
-        if args or not kwargs.keys() <= self._LEAN_ARGUMENTS:
-            return super().request(method, url, *args, **kwargs)
-        settings, auth = self._settings(url, kwargs.get("verify"))
-        headers = requests.structures.CaseInsensitiveDict(self.headers)
-        headers.update(kwargs.get("headers") or {})
-        prepared = requests.PreparedRequest()
-        prepared.prepare(
-            method=method.upper(), url=url, data=kwargs.get("data") or {}, params=self.params,
-            headers={name: value for name, value in headers.items() if value is not None},
-            auth=auth, cookies=self.cookies, hooks=self.hooks,
-        )
-        return self.send(prepared, timeout=kwargs.get("timeout"), allow_redirects=True,
-                         **settings)
-
-    def _settings(self, url: str, verify: Any) -> tuple[dict[str, Any], Any]:
-        """What `Session.request` would take from the environment and the session for
-        `url`: the same for every URL of one origin."""
-        scheme, netloc, *_ = urllib.parse.urlsplit(url)
-        key = (scheme, netloc, verify)
-        found = self._environment.get(key)
-        if found is None:
-            auth = self.auth
-            if self.trust_env and not auth:
-                auth = requests.utils.get_netrc_auth(url)
-            merged: dict[str, Any] = dict(
-                self.merge_environment_settings(url, {}, None, verify, None))
-            found = self._environment[key] = (merged, auth)
-        settings, auth = found
-        return {**settings, "proxies": dict(settings["proxies"])}, auth
-
-
-class _CABundleAdapter(requests.adapters.HTTPAdapter):
-    """Trust exactly the given CA bundle, held in memory (no temp file to leak or clean up).
-
-    requests only takes a bundle as a file path; instead the pool manager gets
-    an SSLContext loaded from the PEM, and `cert_verify` is stopped from
-    adding the default (certifi) bundle to it.
-    """
-
-    def __init__(self, *, ssl_context: ssl.SSLContext) -> None:
-        self._ssl_context = ssl_context
-        super().__init__()
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        pool_kwargs["ssl_context"] = self._ssl_context
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        # Mounted only when verifying, and certctl never sends client certs:
-        # require verification against the context's roots, nothing else.
-        conn.cert_reqs = "CERT_REQUIRED"
-        conn.ca_certs = None
-        conn.ca_cert_dir = None
 
 
 class _ThreadState(threading.local):
@@ -735,9 +658,9 @@ class AcmeClient:
                 user_agent=self.user_agent,
                 timeout=self._timeout,
             )
-            network.session = _AcmeSession()
+            network.session = AcmeSession()
             if self._ssl_context is not None:
-                network.session.mount("https://", _CABundleAdapter(ssl_context=self._ssl_context))
+                network.session.mount("https://", CABundleAdapter(ssl_context=self._ssl_context))
             network.session.hooks["response"].append(self._remember_response)
             self._observe(network)
             client = acme_client.ClientV2(directory, network)
@@ -777,7 +700,7 @@ class AcmeClient:
             verify_ssl=not self._skip_tls_verify, user_agent=self.user_agent, timeout=self._timeout
         )
         if self._ssl_context is not None:
-            network.session.mount("https://", _CABundleAdapter(ssl_context=self._ssl_context))
+            network.session.mount("https://", CABundleAdapter(ssl_context=self._ssl_context))
         self._observe(network)
         try:
             with self._translated(url):
