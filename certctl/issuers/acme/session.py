@@ -3,7 +3,7 @@ per-request machinery skipped where it decides nothing.
 
 The `acme` library sends through a `requests.Session` and reads `requests.Response`s.
 Of an ACME request's client CPU (about 0.85 ms against a local Pebble), requests' own
-layers took a third: preparing the request (runtime Protocol checks on every mapping),
+layers took over a quarter: preparing the request (runtime Protocol checks on every mapping),
 the adapter choosing its pool and checking the CA bundle path on disk, cookies, hooks,
 the response's wrapping. Most of it decides the same thing for every request to one
 server. `AcmeSession` decides it once per origin (scheme, host and port) and, where
@@ -31,7 +31,8 @@ import requests.utils
 import urllib3
 import urllib3.exceptions
 
-# Answers `Session.request` follows: a GET or HEAD meeting one follows it through it.
+# A redirect answering a GET or HEAD is followed through `Session.request`, as requests
+# would; one answering a POST is returned as it is (ACME redirects none).
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
