@@ -49,9 +49,9 @@ class _Origin:
 
 class AcmeSession(requests.Session):
     """requests' Session, sending the `acme` library's requests to an origin without a
-    proxy, netrc credentials or cookies straight through urllib3 (see the module
-    docstring). A call with arguments the `acme` library does not pass goes through
-    `Session.request` unchanged."""
+    proxy, netrc credentials, client certificate, cookies or query parameters of the
+    session's straight through urllib3 (see the module docstring). A call with arguments
+    the `acme` library does not pass goes through `Session.request` unchanged."""
 
     _DIRECT_ARGUMENTS = frozenset(("headers", "data", "timeout", "verify"))
 
@@ -63,7 +63,8 @@ class AcmeSession(requests.Session):
     def request(  # type: ignore[override]
         self, method: str, url: str, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        if args or not kwargs.keys() <= self._DIRECT_ARGUMENTS or self.cookies:
+        if (args or not kwargs.keys() <= self._DIRECT_ARGUMENTS or self.cookies
+                or self.params):
             return super().request(method, url, *args, **kwargs)
         origin = self._origin(url, kwargs.get("verify"))
         if origin is None:
@@ -77,8 +78,9 @@ class AcmeSession(requests.Session):
         return response
 
     def _origin(self, url: str, verify: Any) -> _Origin | None:
-        """How requests to `url`'s origin go; None: through `Session.request` (a proxy
-        or netrc credentials apply, which requests' own path handles)."""
+        """How requests to `url`'s origin go; None: through `Session.request` (a proxy,
+        netrc credentials or a client certificate apply, which requests' own path
+        handles)."""
         scheme, netloc, *_ = urllib.parse.urlsplit(url)
         key = (scheme, netloc, verify)
         if key in self._origins:
@@ -89,7 +91,8 @@ class AcmeSession(requests.Session):
             auth = requests.utils.get_netrc_auth(url)
         adapter = self.get_adapter(url)
         origin = None
-        if (not auth and isinstance(adapter, requests.adapters.HTTPAdapter)
+        if (not auth and settings["cert"] is None
+                and isinstance(adapter, requests.adapters.HTTPAdapter)
                 and requests.utils.select_proxy(url, settings["proxies"]) is None):
             verify = settings["verify"]
             host, pool_kwargs = adapter.build_connection_pool_key_attributes(
