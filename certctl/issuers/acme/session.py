@@ -104,12 +104,13 @@ class AcmeSession(requests.Session):
 
     def _send(self, origin: _Origin, method: str, url: str, *, headers: Any, data: Any,
               timeout: Any) -> requests.Response:
-        merged = requests.structures.CaseInsensitiveDict(self.headers)
-        merged.update(headers or {})
+        sent = requests.structures.CaseInsensitiveDict(self.headers)
+        sent.update(headers or {})
+        for name in [name for name, value in sent.items() if value is None]:
+            del sent[name]  # as requests drops them
         request = requests.PreparedRequest()  # what the response says was sent
         request.method, request.url = method, url
-        request.headers = requests.structures.CaseInsensitiveDict(cast(
-            dict[str, str], {name: value for name, value in merged.items() if value is not None}))
+        request.headers = cast(requests.structures.CaseInsensitiveDict[str], sent)
         body = data.encode("utf-8") if isinstance(data, str) else (data or None)
         pool = origin.adapter.poolmanager.connection_from_host(
             **origin.host, pool_kwargs=origin.pool_kwargs)
@@ -122,7 +123,7 @@ class AcmeSession(requests.Session):
         try:
             raw = pool.urlopen(
                 method, (target.path or "/") + (f"?{target.query}" if target.query else ""),
-                body=body, headers=dict(request.headers), redirect=False,
+                body=body, headers=dict(sent), redirect=False,
                 assert_same_host=False, preload_content=True, decode_content=True,
                 retries=origin.adapter.max_retries, timeout=self._timeout(timeout))
         except (urllib3.exceptions.HTTPError, OSError) as error:
