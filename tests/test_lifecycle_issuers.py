@@ -194,3 +194,24 @@ def test_ca_secret_that_breaks_after_the_issuer_was_ready_stops_issuance_clearly
     assert (ready["status"], ready["reason"]) == ("False", "IssuerNotReady")
     assert ready["message"] == ("ClusterIssuer ca: Error getting keypair for CA issuer: Secret "
                                 "certctl/root-ca not found")
+
+
+def test_a_certificate_waits_without_a_word_for_an_issuer_not_looked_at_yet(
+    tmp_path: Path,
+) -> None:
+    """At a first start Certificates may run before their issuer's reconciler has given
+    its verdict (an ACME issuer registering its account): they record nothing, neither
+    a condition nor a Warning, and issue once its verdict wakes them."""
+    world = World(tmp_path)
+    world.store.create(obj={"apiVersion": "certctl.io/v1", "kind": "ClusterIssuer",
+                            "metadata": {"name": "self"}, "spec": {"selfSigned": {}}})
+    world.add_certificate("web", issuer="self")
+
+    world.reconcile("web")
+
+    assert world.status("web") == {}
+    assert world.events("web") == []
+    assert world.secret("web") is None
+    world.reconcile_issuer("self")
+    world.reconcile("web")
+    assert world.condition("web", "Ready")["status"] == "True"

@@ -91,7 +91,7 @@ def issuer_problem(
 
 class NotLookedAt(protocol.Refused):
     """The issuer has no Ready condition yet: its reconciler has not run. Not a reason to
-    fall back: its verdict wakes this Certificate."""
+    fall back, nor to record anything on the Certificate: its verdict wakes it."""
 
 
 def places_orders(issuer: Issuer[IssuerSpec]) -> bool:

@@ -175,8 +175,14 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         return certificate_fallback.fall_back(
             store, obj, fallback=fallback, now=now, request=None,
             reason=issuer_fallback.CA_UNREACHABLE, message=str(err))
+    if isinstance(problem, certificate_issuer.NotLookedAt):
+        # The issuer's reconciler has not run yet (it is registering its account at a
+        # first start): its verdict wakes this Certificate, which waits without a word
+        # meanwhile. A Warning and a status write for each of thousands of Certificates,
+        # at every first start, told of nothing wrong.
+        return Result.done()
     if problem is not None:
-        if fallback.has_next and not isinstance(problem, certificate_issuer.NotLookedAt):
+        if fallback.has_next:
             return certificate_fallback.fall_back(
                 store, obj, fallback=fallback, now=now, request=None,
                 reason=(issuer_fallback.ISSUER_NOT_READY if problem.reason == "IssuerNotReady"
