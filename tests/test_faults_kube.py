@@ -151,8 +151,9 @@ def test_api_errors_and_conflicts_for_a_while_converge_to_one_order(
         _apply_app(api, backend_port=backend_port)
         # Faulty until the order is on its way and enough faults were injected, then well
         # again. A run that issues despite them makes no more writes to lose answers to
-        # (a clean-clone CI run waited for a fifth LostAnswer that never came): it stops
-        # there, and what was injected is enough.
+        # or conflict on (a clean-clone CI run waited for a fifth LostAnswer that never
+        # came; another had issued with three Conflicts injected): it stops there, and
+        # what was injected is enough.
         eventually(lambda: api.list(kind="Challenge", namespace="default")
                    or _ready_secret(api), timeout=120, what="a challenge")
         eventually(lambda: (faults.injected["InternalError"] >= 20 and
@@ -161,7 +162,7 @@ def test_api_errors_and_conflicts_for_a_while_converge_to_one_order(
                    timeout=60, what="enough faults injected")
         faults.errors, faults.conflicts, faults.lost_answers = 0.0, 0.0, 0.0
         injected = dict(faults.injected)
-        assert injected["InternalError"] >= 20 and injected["Conflict"] >= 5 and \
+        assert injected["InternalError"] >= 20 and injected["Conflict"] >= 2 and \
             injected["LostAnswer"] >= 2, injected
         _assert_issued_once_served_and_clean(cluster, api, deployment, pebble,
                                              backend="shop-backend")
