@@ -63,26 +63,25 @@ class AcmeSession(requests.Session):
     def request(  # type: ignore[override]
         self, method: str, url: str, *args: Any, **kwargs: Any
     ) -> requests.Response:
-        if (args or not kwargs.keys() <= self._DIRECT_ARGUMENTS or self.cookies
-                or self.params):
-            return super().request(method, url, *args, **kwargs)
-        origin = self._origin(url, kwargs.get("verify"))
+        target = urllib.parse.urlsplit(url)
+        origin = None if (args or not kwargs.keys() <= self._DIRECT_ARGUMENTS or self.cookies
+                          or self.params) else self._origin(url, target, kwargs.get("verify"))
         if origin is None:
             return super().request(method, url, *args, **kwargs)
         method = method.upper()
-        response = self._send(origin, method, url, headers=kwargs.get("headers"),
+        response = self._send(origin, method, url, target, headers=kwargs.get("headers"),
                               data=kwargs.get("data"), timeout=kwargs.get("timeout"))
         location = response.headers.get("Location")
         if method in ("GET", "HEAD") and response.status_code in _REDIRECTS and location:
             return super().request(method, urllib.parse.urljoin(url, location), **kwargs)
         return response
 
-    def _origin(self, url: str, verify: Any) -> _Origin | None:
-        """How requests to `url`'s origin go; None: through `Session.request` (a proxy,
-        netrc credentials or a client certificate apply, which requests' own path
-        handles)."""
-        scheme, netloc, *_ = urllib.parse.urlsplit(url)
-        key = (scheme, netloc, verify)
+    def _origin(self, url: str, target: urllib.parse.SplitResult,
+                verify: Any) -> _Origin | None:
+        """How requests to `url`'s origin (`target`, split) go; None: through
+        `Session.request` (a proxy, netrc credentials or a client certificate apply, which
+        requests' own path handles)."""
+        key = (target.scheme, target.netloc, verify)
         if key in self._origins:
             return self._origins[key]
         settings = self.merge_environment_settings(url, {}, None, verify, None)
@@ -102,8 +101,8 @@ class AcmeSession(requests.Session):
         self._origins[key] = origin
         return origin
 
-    def _send(self, origin: _Origin, method: str, url: str, *, headers: Any, data: Any,
-              timeout: Any) -> requests.Response:
+    def _send(self, origin: _Origin, method: str, url: str, target: urllib.parse.SplitResult,
+              *, headers: Any, data: Any, timeout: Any) -> requests.Response:
         sent = requests.structures.CaseInsensitiveDict(self.headers)
         sent.update(headers or {})
         for name in [name for name, value in sent.items() if value is None]:
@@ -118,7 +117,6 @@ class AcmeSession(requests.Session):
             origin.adapter.cert_verify(  # type: ignore[no-untyped-call]
                 pool, url, origin.verify, None)
             origin.checked_pool = pool
-        target = urllib.parse.urlsplit(url)
         started = time.perf_counter()
         try:
             raw = pool.urlopen(
