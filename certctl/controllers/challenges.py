@@ -65,6 +65,12 @@ LONGEST_RETRY = 10.0
 # waiting for the CA: most verdicts come sooner, and the write would be one a certificate
 # for nothing (the verdict's write follows).
 UNTOLD_ANSWER = datetime.timedelta(seconds=1)
+# How long after presenting a failed self-check is taken for propagation under way (a data
+# plane's watch of the solver's route, a DNS provider's servers) and retried without a
+# word: cert-manager only logs it. A status write and a Warning for the first look of a
+# certificate whose route was still on its way were a write a certificate more in a busy
+# cluster (bench B8), and an alarm for what works.
+QUIET_PROPAGATION = datetime.timedelta(seconds=2)
 # How long a deleted Challenge's finished clean-up is remembered (`Settings.settled`):
 # far longer than a pass queued before the deletion can wait (LONGEST_RETRY, the queue's
 # backoff for a refused write).
@@ -85,10 +91,12 @@ class Settings:
     # solver told no Challenge cannot know which one it edited): one list per certificate,
     # the controller's largest cost at 600 certificates (bench B8's profile).
     _cleaned: set[ObjectKey] = field(default_factory=set)
-    # Challenges this process presented, until cleaned up: a Challenge its Order ended
-    # and deleted before the Challenge's own pass saw it end is cleaned up knowing its
-    # solver too, instead of by a list of every Ingress of the namespace.
-    _presented: dict[ObjectKey, Challenge] = field(default_factory=dict)
+    # Challenges this process presented, and when it first did, until cleaned up: a
+    # Challenge its Order ended and deleted before the Challenge's own pass saw it end is
+    # cleaned up knowing its solver too, instead of by a list of every Ingress of the
+    # namespace.
+    _presented: dict[ObjectKey, tuple[Challenge, datetime.datetime]] = field(
+        default_factory=dict)
     # Deleted Challenges whose clean-up is done, and when it was: a pass queued before the
     # deletion (a retry of the status write the deletion refused) may run after the pass
     # that cleaned up, and must find nothing to do rather than list the namespace. Kept
@@ -123,14 +131,22 @@ class Settings:
         with self._lock:
             return self._answered.get(key)
 
-    def presented(self, key: ObjectKey, challenge: Challenge) -> None:
+    def presented(self, key: ObjectKey, challenge: Challenge, *, at: datetime.datetime) -> None:
         with self._lock:
-            self._presented[key] = challenge
+            earlier = self._presented.get(key)
+            self._presented[key] = (challenge, at if earlier is None else earlier[1])
             self._settled.pop(key, None)  # a new Challenge of the name: its own clean-up
 
     def presented_challenge(self, key: ObjectKey) -> Challenge | None:
         with self._lock:
-            return self._presented.get(key)
+            found = self._presented.get(key)
+        return None if found is None else found[0]
+
+    def presented_since(self, key: ObjectKey) -> datetime.datetime | None:
+        """When this process first presented `key`'s challenge, if it did."""
+        with self._lock:
+            found = self._presented.get(key)
+        return None if found is None else found[1]
 
     def cleaned_up(self, key: ObjectKey) -> None:
         with self._lock:
@@ -283,9 +299,9 @@ def _present(
     settings: Settings,
 ) -> Result | None:
     """Present the answer unless it already is; a Result means "stop here"."""
+    now = settings.clock()
     try:
-        presented = solver.present(store=store, obj=obj, challenge=challenge,
-                                   now=settings.clock())
+        presented = solver.present(store=store, obj=obj, challenge=challenge, now=now)
     except protocol.PresentFailed as err:
         reason = f"Error presenting {challenge.type} challenge: {err}"
         if err.permanent:
@@ -296,7 +312,7 @@ def _present(
         if reconciling.write_status(store, obj=obj, status=status):  # once per distinct failure
             store.emit_event(obj=obj, type="Warning", reason="PresentError", message=str(err))
         return Result.after(settings.next_delay(key))
-    settings.presented(key, challenge)
+    settings.presented(key, challenge, at=now)
     if presented is None:
         return None
     status.presented = True
@@ -327,10 +343,15 @@ def _wait_for_propagation(
     settings: Settings,
 ) -> Result:
     """Record why the self-check failed, once per distinct failure, and look again soon;
-    a solver that gave up waiting fails the challenge."""
+    a solver that gave up waiting fails the challenge. Within QUIET_PROPAGATION of its
+    presentation it only looks again."""
     if error.final:
         return _finish(store, obj, status=status, state="invalid", settings=settings,
                        reason=str(error))
+    since = settings.presented_since(key)
+    if since is not None and settings.clock() - since < QUIET_PROPAGATION:
+        logger.debug("%s: not served yet: %s", key, error)
+        return Result.after(settings.next_delay(key))
     status.reason = f"Waiting for {challenge.type} challenge propagation: {error}"
     if reconciling.write_status(store, obj=obj, status=status):  # once per distinct failure
         store.emit_event(obj=obj, type="Warning", reason="SelfCheckFailed", message=str(error))
