@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{found['seconds']:.1f} s (target <= {TARGET_SECONDS:.0f} s; the "
                          f"creates took {found['created']:.1f} s)"))
             rows.append(("writes per certificate (controller + data plane, without leases)",
-                         f"{writes:.1f} (target <= {TARGET_WRITES:.0f})"))
+                         f"{writes:.2f} (target <= {TARGET_WRITES:.0f})"))
             rows.append(("CPU until served, s (ms per certificate)", ", ".join(
                 f"{name} {seconds:.1f} ({seconds / args.ingresses * 1000:.0f})"
                 for name, seconds in found["cpu"].items())))
