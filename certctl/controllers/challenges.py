@@ -138,15 +138,15 @@ class Settings:
             self._settled.pop(key, None)  # a new Challenge of the name: its own clean-up
 
     def presented_challenge(self, key: ObjectKey) -> Challenge | None:
-        with self._lock:
-            found = self._presented.get(key)
-        return None if found is None else found[0]
+        return self._presentation(key)[0]
 
     def presented_since(self, key: ObjectKey) -> datetime.datetime | None:
         """When this process first presented `key`'s challenge, if it did."""
+        return self._presentation(key)[1]
+
+    def _presentation(self, key: ObjectKey) -> tuple[Challenge | None, datetime.datetime | None]:
         with self._lock:
-            found = self._presented.get(key)
-        return None if found is None else found[1]
+            return self._presented.get(key) or (None, None)
 
     def cleaned_up(self, key: ObjectKey) -> None:
         with self._lock:
@@ -232,11 +232,12 @@ def reconcile(*, store: Store, key: ObjectKey, settings: Settings) -> Result:
         client = settings.accounts.client(store=store, issuer=issuer)
         if not answered:
             try:
-                solver.check(challenge=challenge, now=settings.clock())
+                checked_at = settings.clock()
+                solver.check(challenge=challenge, now=checked_at)
             except protocol.NotServed as err:
                 return _wait_for_propagation(store, obj, status=status, key=key,
                                              challenge=challenge, error=err,
-                                             settings=settings)
+                                             settings=settings, now=checked_at)
             settings.forget(key)
             state = client.answer_challenge(challenge.url)
             answered_at = settings.clock()
@@ -341,6 +342,7 @@ def _wait_for_propagation(
     challenge: Challenge,
     error: protocol.NotServed,
     settings: Settings,
+    now: datetime.datetime,
 ) -> Result:
     """Record why the self-check failed, once per distinct failure, and look again soon;
     a solver that gave up waiting fails the challenge. Within QUIET_PROPAGATION of its
@@ -349,7 +351,7 @@ def _wait_for_propagation(
         return _finish(store, obj, status=status, state="invalid", settings=settings,
                        reason=str(error))
     since = settings.presented_since(key)
-    if since is not None and settings.clock() - since < QUIET_PROPAGATION:
+    if since is not None and now - since < QUIET_PROPAGATION:
         logger.debug("%s: not served yet: %s", key, error)
         return Result.after(settings.next_delay(key))
     status.reason = f"Waiting for {challenge.type} challenge propagation: {error}"
