@@ -56,7 +56,7 @@ from cryptography.exceptions import InvalidSignature
 from bench import reporting
 from bench import workdir as workdir_module
 from tests import testservers
-from tests.pebble import PebbleBuild, PebbleServer, free_port
+from tests.pebble import PebbleBuild, PebbleServer, free_port, stop_process
 
 CERTCTL_BIN = Path(sys.executable).parent / "certctl"
 CERTBOT_BIN = "/usr/bin/certbot"
@@ -96,16 +96,6 @@ class Bench:
 
 # --- helpers ------------------------------------------------------------------
 
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL: never leave a child behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=grace)
 
 
 def tail(text: str, *, lines: int = 25) -> str:

@@ -56,7 +56,7 @@ from bench import b1_issuance as b1
 from bench import b6_idle_certificates as b6
 from bench import reporting
 from bench import workdir as workdir_module
-from tests.pebble import PEBBLE_BUILDS, PebbleBuild, PebbleServer, free_port
+from tests.pebble import PEBBLE_BUILDS, PebbleBuild, PebbleServer, free_port, stop_process
 
 PY_SPY_BIN = Path(sys.executable).parent / "py-spy"
 # Issue 20's targets for 5,000 certificates on 2 cores.
@@ -216,12 +216,12 @@ def run_certctl(*, pebbles: Sequence[PebbleServer], workdir: Path, count: int,
     finally:
         if profiler is not None:
             # py-spy writes its output when the process it samples exits.
-            b1.stop_process(proc)
+            stop_process(proc)
             try:
                 profiler.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                b1.stop_process(profiler)
-        b1.stop_process(proc)
+                stop_process(profiler)
+        stop_process(proc)
         log.join()
     serving = log.first("serving HTTP")
     return BulkRun(seconds=seconds, served=served,

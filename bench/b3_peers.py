@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench import reporting
+from tests.pebble import stop_process
 
 if TYPE_CHECKING:  # imported when a benchmark starts one: it pulls in pytest and requests
     from tests.controlplane import ControlPlane
@@ -119,16 +120,6 @@ def write_leaf(
 
 # --- processes ------------------------------------------------------------------------
 
-
-def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL: never leave a child behind."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=grace)
 
 
 def _tree(pid: int) -> list[int]:

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench import b3_peers, reporting
-from tests.pebble import free_port
+from tests.pebble import free_port, stop_process
 
 NAME = "b5.bench.test"
 
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept.close()
     finally:
         clients.stop()
-        b3_peers.stop_process(proc)
+        stop_process(proc)
         backend.shutdown()
     missed = args.swaps - len(latencies)
     section = (

@@ -41,7 +41,7 @@ import dns.rdtypes.ANY.TXT
 import dns.tsig
 import dns.update
 
-from tests.pebble import _log_tail, _stop_process, free_port
+from tests.pebble import _log_tail, free_port, stop_process
 
 NAMED_BIN = "/usr/sbin/named"
 DEFAULT_ZONES = ("example.test",)
@@ -156,7 +156,7 @@ class BindServer:
 
     def stop(self) -> None:
         """Stop `named`; safe to call twice and after a failed start."""
-        _stop_process(self._process)
+        stop_process(self._process)
         self._process = None
 
     def __enter__(self) -> BindServer:

@@ -131,16 +131,17 @@ def _listener_pki() -> _ListenerPki:
     return _ListenerPki(ca_pem=ca.pem, cert_pem=issued.leaf_pem, key_pem=issued.key_pem)
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """Terminate, wait, then kill: never leave a child behind, even if it ignores SIGTERM."""
+def stop_process(proc: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL: never leave a child behind, even
+    one that ignores SIGTERM (the test servers here, and the benchmarks' processes)."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
 
 
 def _log_tail(path: Path, *, lines: int = 30) -> str:
@@ -307,17 +308,17 @@ class PebbleServer:
         return {str(name): str(description) for name, description in offered.items()}
 
     def restart(self, *, startup_timeout: float = 15.0) -> None:
-        _stop_process(self._pebble)
+        stop_process(self._pebble)
         self._pebble = None
         self._start_pebble(startup_timeout=startup_timeout)
 
     def stop(self) -> None:
         """Stop both processes; safe to call twice and after a failed start."""
         try:
-            _stop_process(self._pebble)
+            stop_process(self._pebble)
         finally:
             self._pebble = None
-            _stop_process(self._challtestsrv)
+            stop_process(self._challtestsrv)
             self._challtestsrv = None
 
     def __enter__(self) -> PebbleServer:
