@@ -97,7 +97,6 @@ class Bench:
 # --- helpers ------------------------------------------------------------------
 
 
-
 def tail(text: str, *, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 

@@ -121,7 +121,6 @@ def write_leaf(
 # --- processes ------------------------------------------------------------------------
 
 
-
 def _tree(pid: int) -> list[int]:
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")

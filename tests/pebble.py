@@ -131,17 +131,17 @@ def _listener_pki() -> _ListenerPki:
     return _ListenerPki(ca_pem=ca.pem, cert_pem=issued.leaf_pem, key_pem=issued.key_pem)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> None:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL: never leave a child behind, even
-    one that ignores SIGTERM (the test servers here, and the benchmarks' processes)."""
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, wait up to 10 s, then SIGKILL: never leave a child behind, even one that
+    ignores SIGTERM (the test servers here, the benchmarks' processes)."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=grace)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(timeout=grace)
+        proc.wait(timeout=10)
 
 
 def _log_tail(path: Path, *, lines: int = 30) -> str:
