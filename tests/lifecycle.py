@@ -25,6 +25,7 @@ from certctl.controllers import (
     certificate_orders,
     certificate_settings,
     certificates,
+    challenges,
     issuers,
     reconciling,
 )
@@ -32,6 +33,10 @@ from certctl.controllers.reconciling import Result
 from certctl.issuers.acme.accounts import AcmeAccounts
 from certctl.pki import keys, selfsigned
 from certctl.pki import secret as tls_secret
+from certctl.runtime import dispatch
+from certctl.solvers import http01_ingress
+from certctl.solvers.dns01 import lookup
+from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import EventType, Object
 from certctl.store.local import LocalStore
 
@@ -90,6 +95,31 @@ class RecordingStore(LocalStore):
     ) -> None:
         self.events.append((obj["metadata"]["name"], type, reason, message))
         super().emit_event(obj=obj, type=type, reason=reason, message=message)
+
+
+def challenge_settings(
+    *,
+    clock: reconciling.Clock = reconciling.system_clock,
+    accounts: AcmeAccounts | None = None,
+    self_check_port: int = 80,
+    self_check_address: str | None = None,
+    nameserver: str | None = None,
+    data_plane: http01_ingress.DataPlaneService | None = None,
+) -> challenges.Settings:
+    """A controller process's Challenge settings, built as the commands build them; a new
+    call is a restarted process. `nameserver`: the only one DNS-01 asks
+    (`--dns01-recursive-nameservers-only`)."""
+    return dispatch.controller_settings(
+        clock=clock,
+        accounts=accounts or AcmeAccounts(cluster_resource_namespace="certctl"),
+        backoff_base=datetime.timedelta(hours=1),
+        self_check=challenges.self_check_for(port=self_check_port,
+                                             connect_address=self_check_address),
+        dns01=dns01_solver.Options(
+            recursive_nameservers=() if nameserver is None else (
+                lookup.parse_nameserver(nameserver),),
+            recursive_nameservers_only=nameserver is not None, query_timeout=1.0),
+        order_budget=None, data_plane=data_plane).challenges
 
 
 def order_and_challenge(

@@ -18,14 +18,10 @@ import pytest
 
 from certctl.api.resources import ObjectKey
 from certctl.controllers import challenges, reconciling
-from certctl.issuers.acme import accounts as acme_accounts
-from certctl.runtime import dispatch
 from certctl.solvers import http01_ingress
-from certctl.solvers.dns01 import lookup
-from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Object
 from tests.bind import BindServer
-from tests.lifecycle import RecordingStore, order_and_challenge
+from tests.lifecycle import RecordingStore, challenge_settings, order_and_challenge
 
 NAME = "www.example.test"
 DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="dataplane",
@@ -65,18 +61,8 @@ def store(tmp_path: Path) -> Iterator[IngressListCounter]:
 
 
 def _settings(*, nameserver: str | None = None) -> challenges.Settings:
-    """A controller process's Challenge settings; a new call is a restarted process.
-    `nameserver`: the only one DNS-01 asks (`--dns01-recursive-nameservers-only`)."""
-    return dispatch.controller_settings(
-        clock=reconciling.system_clock,
-        accounts=acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl"),
-        backoff_base=datetime.timedelta(hours=1),
-        self_check=challenges.self_check_for(port=80, connect_address=None),
-        dns01=dns01_solver.Options(
-            recursive_nameservers=() if nameserver is None else (
-                lookup.parse_nameserver(nameserver),),
-            recursive_nameservers_only=nameserver is not None, query_timeout=1.0),
-        order_budget=None, data_plane=DATA_PLANE).challenges
+    """A controller process's Challenge settings; a new call is a restarted process."""
+    return challenge_settings(nameserver=nameserver, data_plane=DATA_PLANE)
 
 
 def _presented_challenge(store: IngressListCounter, settings: challenges.Settings) -> ObjectKey:

@@ -10,31 +10,17 @@ challenge: it is answered only once the self-check passes.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 from certctl.controllers import challenges
-from certctl.runtime import dispatch
 from certctl.solvers import http01_ingress
-from certctl.solvers.dns01 import solver as dns01_solver
-from tests.lifecycle import World, order_and_challenge
+from tests.lifecycle import World, challenge_settings, order_and_challenge
 from tests.pebble import PebbleServer
 from tests.serving import cluster_issuer, echo_backend
 
 NAME = "www.example.test"
 DATA_PLANE = http01_ingress.DataPlaneService(namespace="certctl", name="dataplane",
                                              ingress_class="certctl")
-
-
-def _settings(world: World, *, self_check_port: int) -> challenges.Settings:
-    return dispatch.controller_settings(
-        clock=world.clock, accounts=world.accounts,
-        backoff_base=datetime.timedelta(hours=1),
-        self_check=challenges.self_check_for(port=self_check_port,
-                                             connect_address="127.0.0.1"),
-        dns01=dns01_solver.Options(recursive_nameservers=(), recursive_nameservers_only=False,
-                                   query_timeout=1.0),
-        order_budget=None, data_plane=DATA_PLANE).challenges
 
 
 def test_a_self_check_failing_right_after_presenting_is_retried_without_a_word_then_said(
@@ -55,7 +41,9 @@ def test_a_self_check_failing_right_after_presenting_is_retried_without_a_word_t
                 [reason for _, _, reason, _ in world.store.events])
 
     with echo_backend("not-the-data-plane") as wrong_port:
-        settings = _settings(world, self_check_port=wrong_port)
+        settings = challenge_settings(clock=world.clock, accounts=world.accounts,
+                                      self_check_port=wrong_port,
+                                      self_check_address="127.0.0.1", data_plane=DATA_PLANE)
         for _ in range(3):  # presented, then looked at again while propagation may be on
             again, status, events = look()
             assert again is not None and again < 1.0

@@ -8,20 +8,15 @@ challenge waits anyway while its record propagates.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from certctl.controllers import challenges, reconciling
-from certctl.issuers.acme import accounts as acme_accounts
-from certctl.runtime import dispatch
-from certctl.solvers.dns01 import lookup
-from certctl.solvers.dns01 import solver as dns01_solver
 from certctl.store.interface import Object
 from tests.bind import BindServer
-from tests.lifecycle import RecordingStore, order_and_challenge
+from tests.lifecycle import RecordingStore, challenge_settings, order_and_challenge
 
 NAME = "www.example.test"
 RECORD = f"_acme-challenge.{NAME}."
@@ -35,15 +30,7 @@ def bind(tmp_path: Path) -> Iterator[BindServer]:
 
 def _settings(bind: BindServer) -> challenges.Settings:
     """A controller process's Challenge settings; a new call is a restarted process."""
-    return dispatch.controller_settings(
-        clock=reconciling.system_clock,
-        accounts=acme_accounts.AcmeAccounts(cluster_resource_namespace="certctl"),
-        backoff_base=datetime.timedelta(hours=1),
-        self_check=challenges.self_check_for(port=80, connect_address=None),
-        dns01=dns01_solver.Options(
-            recursive_nameservers=(lookup.parse_nameserver(bind.nameserver),),
-            recursive_nameservers_only=True, query_timeout=1.0),
-        order_budget=None).challenges
+    return challenge_settings(nameserver=bind.nameserver)
 
 
 def _issuer(bind: BindServer) -> Object:
