@@ -465,6 +465,7 @@ def machine(*, pebble: PebbleBuild = "debian") -> list[tuple[str, str]]:
         ("certbot", f"{reporting.command_output([CERTBOT_BIN, '--version'])} "
                     f"(Debian {dpkg('certbot')}, python3-acme {dpkg('python3-acme')})"),
         ("lego", f"{dpkg('lego')} (Debian)"),
+        ("work dirs' file system", workdir_module.file_system()),
         ("certctl", f"git {reporting.git_describe()}, acme {importlib.metadata.version('acme')}, "
                     f"cryptography {importlib.metadata.version('cryptography')}"),
     ])

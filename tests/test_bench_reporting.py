@@ -1,4 +1,5 @@
-"""bench/reporting.write_results: a script's section of RESULTS.md, and only its own."""
+"""bench/reporting.write_results: a script's section of RESULTS.md, and only its own; the
+machine table's file system row (bench/workdir.file_system)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import reporting
+from bench import reporting, workdir
 
 
 def test_a_rerun_replaces_its_own_section_and_keeps_the_hand_written_text(
@@ -32,3 +33,12 @@ def test_a_section_holding_another_ones_markers_is_left_as_it_is(
     with pytest.raises(reporting.NestedSection, match="scale's section holds <!-- peer:begin"):
         reporting.write_results(name="scale", section="new scale table")
     assert results.read_text() == nested
+
+
+def test_the_file_system_row_names_the_deepest_mount_holding_the_path() -> None:
+    # /proc is its own mount below /: the longer mount point wins.
+    assert workdir.file_system(Path("/proc/self")) == "proc on proc"
+    root = workdir.file_system(Path("/"))
+    assert root != "proc on proc" and " on " in root
+    if root.startswith("ext4"):
+        assert root.startswith(("ext4 with a journal", "ext4 without a journal"))
