@@ -23,7 +23,9 @@ What is timed, per client:
 Runs are interleaved (run i does every client once, the client order rotating
 with i), so drift on the machine or in Pebble's in-memory state hits every
 client alike. Each client gets one untimed warm-up run first (page cache,
-account registration for the peers).
+account registration for the peers). Run it, as B2, at least five minutes after anything
+removed many files on the file system (bench/b2_bulk_issuance.py says why): started a
+minute after B2's clean-up, certctl's median was 17 % slower (bench/RESULTS.md, B1 notes).
 """
 
 from __future__ import annotations

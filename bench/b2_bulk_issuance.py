@@ -33,7 +33,7 @@ file system (the last run's work dir, a test run). On ext4 without a journal, as
 on the machines of bench/RESULTS.md, allocating an inode passes over every inode
 freed in the last five minutes whose inode-table block is dirty again
 (`recently_deleted` in fs/ext4/ialloc.c), and a run here creates files by the
-ten thousand: right after another run, `perf` put 11 % of `certctl serve`'s CPU
+ten thousand: right after another run, `perf` put 11-15 % of `certctl serve`'s CPU
 in that walk, against 2 % after five quiet minutes (bench/RESULTS.md, B2 notes).
 
 `--profile` runs `py-spy record` on the certctl process for the whole timed
