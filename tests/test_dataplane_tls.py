@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,13 @@ from certctl.api import resources
 from certctl.dataplane import certstore, credentials, tls
 from tests.serving import eventually
 from tests.test_dataplane import EchoServer, secret
-from tests.test_dataplane_proxy import Running, running_plane, simple_ingress
+from tests.test_dataplane_proxy import (
+    RawServer,
+    Running,
+    read_head,
+    running_plane,
+    simple_ingress,
+)
 from tests.testca import TestCA
 
 
@@ -178,6 +185,42 @@ def test_a_handshake_is_sent_one_session_ticket_and_resumes_with_it(plane, tmp_p
     tickets, reused = _session_tickets(plane, session_file=session_file, resume=True)
     assert (tickets, reused) == (1, True)
 
+
+
+def _data_segments_in(sock: socket.socket) -> int:
+    """The TCP segments with data `sock` has received: tcp_info's tcpi_data_segs_in
+    (Linux 4.6, at byte 152 of struct tcp_info)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    segments: int = struct.unpack_from("I", info, 152)[0]
+    return segments
+
+
+def _answer_in_one_write(conn: socket.socket) -> None:
+    """A kept-alive backend that writes each answer, head and body, at once."""
+    while read_head(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("host", ["one.test", "unrouted.test"])
+def test_the_last_answer_and_the_close_notify_arrive_in_one_segment(host):
+    """A proxied answer (one.test) or the data plane's own (a host with no route) that
+    the connection closes after leaves with the close_notify in one send."""
+    backend = RawServer(_answer_in_one_write)
+    with (
+        running_plane(ingresses=[simple_ingress("one", {("one.test", "/"): "one"})],
+                      backends={"one": (backend.port,)}, tls_hosts=("one.test",)) as running,
+        connect(running, "one.test", suppress_ragged_eofs=False) as conn,
+    ):
+        # A first, kept-alive exchange: the session ticket came before its answer.
+        assert get(conn, "one.test") == b"HTTP/1.1 200 OK"
+        before = _data_segments_in(conn)
+        conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := conn.recv(65536):  # b"" at the close_notify, else SSLEOFError
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200" if host == "one.test" else b"HTTP/1.1 404")
+        assert _data_segments_in(conn) - before == 1
+    backend.close()
 
 # --- hot swap ----------------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from certctl.dataplane import (
     limits,
     routing,
     services,
+    tls,
     upstream,
     upstream_h2,
 )
@@ -701,7 +702,9 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = time.monotonic() + (
             self._client_timeout if self._client_slow else self._read_timeout
         )
-        self._write(self._relay.body(chunk))
+        piece = self._relay.body(chunk)
+        if piece:
+            self._write(piece)
 
     def response_flush(self) -> None:
         """The upstream's bytes so far are relayed: send a head still held back."""
@@ -714,8 +717,6 @@ class ClientConnection(asyncio.Protocol):
 
     def response_complete(self) -> None:
         end = self._relay.end()
-        if end:
-            self._write(end)
         connection, self._upstream = self._upstream, None
         keep_alive = self._relay.keep_alive
         if not self._body_done:
@@ -726,7 +727,7 @@ class ClientConnection(asyncio.Protocol):
                 connection.reusable = False
         if connection is not None:
             self._pool.release(connection)
-        self._finish(keep_alive=keep_alive)
+        self._finish(keep_alive=keep_alive, last=end)
 
     def upstream_failed(self, error: Exception | None) -> None:
         """The upstream closed or sent garbage before its response was complete."""
@@ -840,10 +841,9 @@ class ClientConnection(asyncio.Protocol):
         head = self._head
         self._response_started = True
         self._status = status
-        self._write(http1_response.local_response(
+        self._finish(keep_alive=keep_alive, last=http1_response.local_response(
             status=status, body=body, extra_headers=extra_headers, keep_alive=keep_alive,
             head_only=head is not None and head.method == b"HEAD"))
-        self._finish(keep_alive=keep_alive)
 
     def _request_fully_read(self) -> bool:
         """Discard the current request's body received so far; True if it was all there.
@@ -865,8 +865,9 @@ class ClientConnection(asyncio.Protocol):
                 return True
         return False
 
-    def _finish(self, *, keep_alive: bool) -> None:
-        """The response is written: count it, then serve the next request or close."""
+    def _finish(self, *, keep_alive: bool, last: bytes = b"") -> None:
+        """The response is written but for `last`: count it, write `last` (with the close,
+        if the connection ends), then serve the next request or close."""
         self._counts.count_request(host=self._route_host, status=self._status)
         self._release_limit()
         self._drop_upstream()  # still attached only when answered instead of it
@@ -875,8 +876,10 @@ class ClientConnection(asyncio.Protocol):
         self._body_done = False
         self._response_started = False
         if not keep_alive or self._upgraded_bytes is not None or self._draining:
-            self._close()
+            self._close(last)
             return
+        if last:
+            self._write(last)
         self._deadline = self._reader.head_deadline = (
             time.monotonic() + self._client_timeout)
         self._pump()
@@ -890,11 +893,17 @@ class ClientConnection(asyncio.Protocol):
         if not self._closed and self._send is not None:
             self._send(data)
 
-    def _close(self) -> None:
-        """Close after what was written is flushed."""
+    def _close(self, last: bytes = b"") -> None:
+        """Write `last`, then close after what was written is flushed."""
         if not self._closed and self._transport is not None:
             self._closed = True
-            self._transport.close()
+            transport = self._transport
+            if isinstance(transport, tls.TlsTransport):
+                transport.write_and_close(last)  # with the close_notify, one send
+            else:
+                if last:
+                    transport.write(last)
+                transport.close()
         self._drop_upstream()
 
     def _abort(self) -> None:

@@ -5,7 +5,10 @@
 re-chunked for an HTTP/1.1 client, with an HTTP/2 backend's trailers as the
 chunked body's trailer section, and ends with the connection for an HTTP/1.0
 one. The head is held back until the first body bytes, so that a small
-response goes out as one write (one TLS record). `local_response` and
+response goes out as one write (one TLS record); when the connection closes
+after the response, its bytes are gathered until the end of the backend's read
+or of the response, to go out with the close (one send for the end of a short
+response and the close_notify). `local_response` and
 `switching_protocols` are the data plane's own answer and a 101's head.
 """
 
@@ -24,7 +27,8 @@ _CLOSE: Final = b"connection: close\r\n"
 class Relay:
     """One client connection's response in flight from its backend."""
 
-    __slots__ = ("_held", "_rechunk", "_trailers", "close_delimited", "keep_alive")
+    __slots__ = ("_gathered", "_held", "_rechunk", "_trailers", "close_delimited",
+                 "keep_alive")
 
     def __init__(self) -> None:
         self.keep_alive = False  # the connection serves another request after this one
@@ -32,6 +36,8 @@ class Relay:
         self._rechunk = False
         self._held = b""  # the head, waiting for the first body bytes
         self._trailers = b""  # an HTTP/2 backend's, as the chunked body's trailer section
+        # Not kept alive: the body's pieces, until `flush` or `end` (None: written at once).
+        self._gathered: list[bytes] | None = None
 
     def start(
         self,
@@ -71,6 +77,7 @@ class Relay:
         else:
             connection = _CLOSE
         self.keep_alive = keep_alive
+        self._gathered = None if keep_alive else []
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
         if extra:
             replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
@@ -90,16 +97,32 @@ class Relay:
         self._held = b"".join(parts)
 
     def body(self, chunk: bytes) -> bytes:
-        """What to write for a piece of the backend's body (after the head, the first time)."""
+        """What to write for a piece of the backend's body (after the head, the first time);
+        nothing yet when the connection closes after this response."""
         held, self._held = self._held, b""
         if self._rechunk:
-            return b"%s%x\r\n%s\r\n" % (held, len(chunk), chunk)
-        return held + chunk if held else chunk
+            piece = b"%s%x\r\n%s\r\n" % (held, len(chunk), chunk)
+        else:
+            piece = held + chunk if held else chunk
+        gathered = self._gathered
+        if gathered is None:
+            return piece
+        gathered.append(piece)
+        return b""
 
     def flush(self) -> bytes:
-        """The head if it is still held back (the backend's bytes so far are relayed)."""
+        """What is held back: the head, or the gathered body (the backend's bytes so far
+        are relayed)."""
+        gathered = self._gathered
+        if gathered:
+            return self._take_gathered(gathered)
         held, self._held = self._held, b""
         return held
+
+    def _take_gathered(self, gathered: list[bytes]) -> bytes:
+        out = b"".join(gathered)
+        gathered.clear()
+        return out
 
     def trailers(self, trailers: list[Header]) -> None:
         """An HTTP/2 backend's trailers: the chunked body's trailer section (RFC 9112 7.1.2;
@@ -111,6 +134,9 @@ class Relay:
     def end(self) -> bytes:
         """What to write at the end of the backend's body."""
         held, self._held = self._held, b""
+        gathered = self._gathered
+        if gathered:
+            held = self._take_gathered(gathered)  # the head went into the first piece
         if self._rechunk:
             trailers, self._trailers = self._trailers, b""
             return held + b"0\r\n" + trailers + b"\r\n"

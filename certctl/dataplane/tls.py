@@ -20,6 +20,7 @@ needs:
   handshake deadline when swept;
 - writes are sent at once; only what the socket refuses is buffered, and the
   protocol is told to pause writing above 64 KiB;
+- `write_and_close` writes a last response and the close_notify with one send;
 - `close` sends a close_notify after the buffered bytes and closes without
   waiting for the peer's (as nginx does); `abort` closes at once;
 - a closed transport lets go of its protocol (which lets go of its parser),
@@ -409,6 +410,18 @@ class TlsTransport(asyncio.Transport):
             self._finish(err)
             return
         self._flush()
+
+    def write_and_close(self, data: bytes) -> None:
+        """`write(data)`, then `close()`: the last bytes and the close_notify in one send."""
+        if self._closing:
+            return
+        if data:
+            try:
+                self._ssl_write(data)
+            except ssl.SSLError as err:
+                self._finish(err)
+                return
+        self.close()
 
     def can_write_eof(self) -> bool:
         return False
