@@ -395,6 +395,24 @@ def test_accepted_connections_do_not_delay_small_writes(plane):
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 
+def test_a_connection_is_accepted_once_its_clienthello_is_in(plane):
+    # TCP_DEFER_ACCEPT on the listening socket: a client that connects and says nothing
+    # is not the data plane's to hold until it speaks (or tls.DEFER_ACCEPT seconds pass).
+    tls_listener = plane.plane._tls
+    assert tls_listener is not None
+
+    def accepted(address: tuple[str, int]) -> bool:
+        return any(transport.get_extra_info("peername") == address
+                   for transport in list(tls_listener.transports.values()))
+
+    raw = socket.create_connection(("127.0.0.1", plane.plane.https_port), timeout=5)
+    address = raw.getsockname()
+    time.sleep(tls.DEFER_ACCEPT / 3)
+    assert not accepted(address)
+    with plane.ca.client_context().wrap_socket(raw, server_hostname="a.test") as conn:
+        assert accepted(address)
+        assert get(conn, "a.test").startswith(b"HTTP/1.1 200")
+
 def test_connection_limit_holds_new_clients_until_one_leaves(caplog):
     backend = EchoServer("echo")
     with running_plane(

@@ -70,6 +70,7 @@ READ_SIZE: Final = 65536
 WRITE_HIGH_WATER: Final = 64 * 1024  # buffered bytes before the protocol is paused
 BACKLOG: Final = 511  # nginx's default
 ACCEPT_RETRY_DELAY: Final = 1.0  # after accept failed for want of file descriptors
+DEFER_ACCEPT: Final = 1  # seconds a connection may wait for its first bytes before accept
 
 # Final: compiled, each comparison is with a constant, not a lookup in the module's dict.
 _HANDSHAKING: Final = 0
@@ -170,6 +171,11 @@ class TlsListener:
             listening.setblocking(False)
             # Accepted connections inherit it (Linux): no setsockopt per connection.
             listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Connections are accepted once their first bytes (the ClientHello) are in, as
+            # with nginx's `listen ... deferred`, and read at once: not after one more turn
+            # of the loop and the poller. One that sends nothing is accepted after
+            # DEFER_ACCEPT seconds; its handshake deadline counts from then.
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
             self._listening[listening.fileno()] = (listening, int(family))
             self._start_accepting(listening.fileno())
 
@@ -269,7 +275,12 @@ class TlsListener:
         # three to close each connection.
         sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
         sock.setblocking(False)
-        TlsTransport(listener=self, sock=sock, peer=peer)
+        transport = TlsTransport(listener=self, sock=sock, peer=peer)
+        try:
+            transport._on_readable()  # the ClientHello came before the accept (deferred)
+        except Exception:
+            logger.exception("TLS connection from %s failed", peer)
+            transport.abort()
 
     def _retry_accepting(self, listening_fd: int) -> None:
         if listening_fd in self._listening and not self._full:  # not closed nor full meanwhile
