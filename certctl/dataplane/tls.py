@@ -415,24 +415,15 @@ class TlsTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        try:
-            self._ssl_write(data)
-        except ssl.SSLError as err:
-            self._finish(err)
-            return
-        self._flush()
+        if self._encrypt(data):
+            self._flush()
 
     def write_and_close(self, data: bytes) -> None:
         """`write(data)`, then `close()`: the last bytes and the close_notify in one send."""
         if self._closing:
             return
-        if data:
-            try:
-                self._ssl_write(data)
-            except ssl.SSLError as err:
-                self._finish(err)
-                return
-        self.close()
+        if not data or self._encrypt(data):
+            self.close()
 
     def can_write_eof(self) -> bool:
         return False
@@ -556,6 +547,15 @@ class TlsTransport(asyncio.Transport):
             self._protocol.resume_writing()  # type: ignore[union-attr]
 
     # -- internals -----------------------------------------------------------------------
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bool:
+        """Hand `data` to OpenSSL; False if that failed, and the connection is closed."""
+        try:
+            self._ssl_write(data)
+        except ssl.SSLError as err:
+            self._finish(err)
+            return False
+        return True
 
     def _handshake(self) -> None:
         failure = self._handshake_step()
