@@ -707,7 +707,8 @@ class ClientConnection(asyncio.Protocol):
             self._write(piece)
 
     def response_flush(self) -> None:
-        """The upstream's bytes so far are relayed: send a head still held back."""
+        """The upstream's bytes so far are in: send what the relay holds back (a head, or
+        the body so far of a response the connection closes after)."""
         held = self._relay.flush()
         if held:
             self._write(held)
