@@ -140,6 +140,11 @@ class Faults:
     errors: float = 0.0  # any request: 500 before anything happens
     conflicts: float = 0.0  # PUT/PATCH/DELETE of one object: 409 before anything happens
     lost_answers: float = 0.0  # POST/PUT/DELETE: done, then answered 500 (an etcd timeout)
+    # The first this many requests a conflict or a lost answer may befall get it, whatever
+    # the share: a test that needs some of each does not depend on how many writes the code
+    # under test happens to make before it is done.
+    first_conflicts: int = 0
+    first_lost_answers: int = 0
     refuse_watches: bool = False  # watch and list requests: 500
     seed: int = 7
     injected: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -149,6 +154,11 @@ class Faults:
 
     def roll(self, share: float) -> bool:
         return share > 0 and self._random.random() < share
+
+    def due(self, reason: str, first: int, share: float) -> bool:
+        """Whether a request that fault `reason` may befall gets it: one of the `first`,
+        else by chance (`share`)."""
+        return self.injected[reason] < first or self.roll(share)
 
 
 def _faulty(request: rendering.Request) -> bool:
@@ -254,7 +264,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 self.faults.injected[fault.reason or ""] += 1
                 return await self._render_error(fault)
             if request.method in ("POST", "PUT", "DELETE") and \
-                    self.faults.roll(self.faults.lost_answers):
+                    self.faults.due("LostAnswer", self.faults.first_lost_answers,
+                                    self.faults.lost_answers):
                 await self._handle_in_order(request)
                 self.faults.injected["LostAnswer"] += 1
                 return await self._render_error(kmock.KubernetesError(
@@ -278,7 +289,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             return kmock.KubernetesError(status=500, reason="InternalError",
                                          message="an injected internal error")
         if request.name is not None and request.method in ("PUT", "PATCH", "DELETE") and \
-                faults.roll(faults.conflicts):
+                faults.due("Conflict", faults.first_conflicts, faults.conflicts):
             return kmock.KubernetesError(
                 status=409, reason="Conflict",
                 message="Operation cannot be fulfilled: the object has been modified; "
