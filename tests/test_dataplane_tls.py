@@ -186,7 +186,6 @@ def test_a_handshake_is_sent_one_session_ticket_and_resumes_with_it(plane, tmp_p
     assert (tickets, reused) == (1, True)
 
 
-
 def _data_segments_in(sock: socket.socket) -> int:
     """The TCP segments with data `sock` has received: tcp_info's tcpi_data_segs_in
     (Linux 4.6, at byte 152 of struct tcp_info)."""
@@ -221,6 +220,7 @@ def test_the_last_answer_and_the_close_notify_arrive_in_one_segment(host):
         assert answer.startswith(b"HTTP/1.1 200" if host == "one.test" else b"HTTP/1.1 404")
         assert _data_segments_in(conn) - before == 1
     backend.close()
+
 
 # --- hot swap ----------------------------------------------------------------------------------
 
@@ -383,14 +383,19 @@ def test_ended_connections_are_freed_without_the_garbage_collector(plane):
         gc.enable()
 
 
+def _server_side(running: Running, client_address: tuple[str, int]) -> list[tls.TlsTransport]:
+    """The HTTPS listener's connections from `client_address`."""
+    listener = running.plane._tls
+    assert listener is not None
+    return [transport for transport in list(listener.transports.values())
+            if transport.get_extra_info("peername") == client_address]
+
+
 def test_accepted_connections_do_not_delay_small_writes(plane):
     # TCP_NODELAY is set on the listening socket and inherited by each connection.
-    tls_listener = plane.plane._tls
-    assert tls_listener is not None
     with connect(plane, "a.test") as conn:
         assert get(conn, "a.test").startswith(b"HTTP/1.1 200")
-        (transport,) = (t for t in list(tls_listener.transports.values())
-                        if t.get_extra_info("peername") == conn.getsockname())
+        (transport,) = _server_side(plane, conn.getsockname())
         sock = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
@@ -398,20 +403,14 @@ def test_accepted_connections_do_not_delay_small_writes(plane):
 def test_a_connection_is_accepted_once_its_clienthello_is_in(plane):
     # TCP_DEFER_ACCEPT on the listening socket: a client that connects and says nothing
     # is not the data plane's to hold until it speaks (or tls.DEFER_ACCEPT seconds pass).
-    tls_listener = plane.plane._tls
-    assert tls_listener is not None
-
-    def accepted(address: tuple[str, int]) -> bool:
-        return any(transport.get_extra_info("peername") == address
-                   for transport in list(tls_listener.transports.values()))
-
     raw = socket.create_connection(("127.0.0.1", plane.plane.https_port), timeout=5)
     address = raw.getsockname()
     time.sleep(tls.DEFER_ACCEPT / 3)
-    assert not accepted(address)
+    assert _server_side(plane, address) == []
     with plane.ca.client_context().wrap_socket(raw, server_hostname="a.test") as conn:
-        assert accepted(address)
+        assert len(_server_side(plane, address)) == 1
         assert get(conn, "a.test").startswith(b"HTTP/1.1 200")
+
 
 def test_connection_limit_holds_new_clients_until_one_leaves(caplog):
     backend = EchoServer("echo")

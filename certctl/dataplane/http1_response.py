@@ -36,8 +36,9 @@ class Relay:
         self._rechunk = False
         self._held = b""  # the head, waiting for the first body bytes
         self._trailers = b""  # an HTTP/2 backend's, as the chunked body's trailer section
-        # Not kept alive: the body's pieces, until `flush` or `end` (None: written at once).
-        self._gathered: list[bytes] | None = None
+        # Not kept alive: the body's pieces, until `flush` or `end` (kept alive: written at
+        # once). One list for the connection's life.
+        self._gathered: list[bytes] = []
 
     def start(
         self,
@@ -77,7 +78,7 @@ class Relay:
         else:
             connection = _CLOSE
         self.keep_alive = keep_alive
-        self._gathered = None if keep_alive else []
+        self._gathered.clear()
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason)]
         if extra:
             replaced = {name for name, _ in extra} - dispatch.ADDED_BESIDE
@@ -104,10 +105,9 @@ class Relay:
             piece = b"%s%x\r\n%s\r\n" % (held, len(chunk), chunk)
         else:
             piece = held + chunk if held else chunk
-        gathered = self._gathered
-        if gathered is None:
+        if self.keep_alive:
             return piece
-        gathered.append(piece)
+        self._gathered.append(piece)
         return b""
 
     def flush(self) -> bytes:

@@ -249,8 +249,7 @@ class TlsListener:
                 if events & _READABLE and transport._reading:
                     transport._on_readable()
             except Exception:
-                logger.exception("TLS connection from %s failed", transport._peer)
-                transport.abort()
+                transport._failed()
 
     def _accept(self, listening_fd: int, listening: socket.socket, family: int) -> None:
         if not self.admit():
@@ -279,8 +278,7 @@ class TlsListener:
         try:
             transport._on_readable()  # the ClientHello came before the accept (deferred)
         except Exception:
-            logger.exception("TLS connection from %s failed", peer)
-            transport.abort()
+            transport._failed()
 
     def _retry_accepting(self, listening_fd: int) -> None:
         if listening_fd in self._listening and not self._full:  # not closed nor full meanwhile
@@ -524,8 +522,7 @@ class TlsTransport(asyncio.Transport):
         try:
             self._handshake()
         except Exception:
-            logger.exception("TLS connection from %s failed", self._peer)
-            self.abort()
+            self._failed()
 
     def _on_writable(self) -> None:
         try:
@@ -547,6 +544,11 @@ class TlsTransport(asyncio.Transport):
             self._protocol.resume_writing()  # type: ignore[union-attr]
 
     # -- internals -----------------------------------------------------------------------
+
+    def _failed(self) -> None:
+        """An event's handling raised: log it and cut the connection (in an except block)."""
+        logger.exception("TLS connection from %s failed", self._peer)
+        self.abort()
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> bool:
         """Hand `data` to OpenSSL; False if that failed, and the connection is closed."""
