@@ -27,7 +27,9 @@ Loads, each run against both servers:
   session on every reconnect (both servers allow it), one name per run.
 
 Each row is the median over the rounds: on a shared 2-core machine single
-rounds of the same server move by 10 % and more.
+rounds of the same server move by 10 % and more. Beside each ratio to nginx,
+the lowest and highest of the rounds' own ratios (each to nginx's run of the
+same round).
 
     python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 4]
                                   [--write-results]
@@ -260,16 +262,18 @@ def results_section(
     startup: dict[str, tuple[float, int]],
     after_rss: dict[str, int],
 ) -> str:
-    per_1000 = {
-        key: statistics.median(cpu / ok * 1000 for ok, _, cpu in runs if ok)
-        for key, runs in rows.items()
-    }
+    # None for a run no connection succeeded in (its failures are counted).
+    rounds = {key: [cpu / ok * 1000 if ok else None for ok, _, cpu in runs]
+              for key, runs in rows.items()}
+    per_1000 = {key: statistics.median(value for value in values if value is not None)
+                for key, values in rounds.items()}
     lines = []
     for (load, label), runs in rows.items():
         ratio = per_1000[(load, label)] / per_1000[(load, "nginx")]
         lines.append(
             f"| {load} | {label} | {sum(r[0] for r in runs):,} | {sum(r[1] for r in runs)} | "
-            f"{per_1000[(load, label)]:.3f} | {ratio:.2f}x |"
+            f"{per_1000[(load, label)]:.3f} | {ratio:.2f}x | "
+            f"{b3_peers.round_ratios(rounds[(load, label)], rounds[(load, 'nginx')])} |"
         )
     start_lines = [
         f"| {label} | {seconds:.1f} | {rss / 2**20:.0f} | {after_rss[label] / 2**20:.0f} |"
@@ -286,10 +290,11 @@ def results_section(
         f"{args.clients} Python "
         "client processes (no session resumption, SNI rotating over the names), resumed ones "
         "from `wrk -t1 -c16 -H 'Connection: close'`; each connection is one proxied "
-        "`GET /`.\n\n"
+        "`GET /`. Medians over rounds; the ratio of each round (to nginx's run of that "
+        "round), lowest-highest, beside the median's.\n\n"
         "| load | server | connections | failed | server CPU s / 1,000 connections | "
-        "ratio to nginx |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        "ratio to nginx | per round |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
         f"`{SERVE}` is the shipped command on a manifests folder holding a TLS Secret per "
         f"name and Ingresses of 500 rules; `{DATAPLANE}` is the shipped command against a "
         "real kube-apiserver + etcd (started by the benchmark, idle on the same cores "

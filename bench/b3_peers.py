@@ -292,6 +292,16 @@ def round_order(labels: Sequence[str], round_index: int) -> list[str]:
     return [*labels[shift:], *labels[:shift]]
 
 
+def round_ratios(values: Sequence[float | None], reference: Sequence[float | None]) -> str:
+    """The lowest and the highest of the ratios `values[i] / reference[i]`, round by round
+    (a server's round i ran beside the reference's round i): how far a median ratio of a
+    row moves with the machine's noise. Rounds without a value (None) on either side are
+    left out."""
+    ratios = [value / ref for value, ref in zip(values, reference, strict=True)
+              if value is not None and ref]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-"
+
+
 def backend_nginx(*, workdir: Path, port: int, also_on: Sequence[str] = ()) -> Nginx:
     """The proxied backend: `return 200` with a 23-byte body, on 127.0.0.1 and the
     addresses `also_on` (B4's `certctl dataplane` reaches it on one the API server accepts

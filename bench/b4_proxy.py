@@ -12,7 +12,8 @@ listener names the same Secret, an HTTPRoute to the same Service); `--harness` a
 bench.b3_peers' directly fed data plane.
 The rounds interleave the servers. Reported per server: median requests/s,
 latency percentiles, server CPU per 1,000 requests and RSS, and the ratio to
-nginx (DESIGN.md target: >= 0.5 x nginx).
+nginx (DESIGN.md target: >= 0.8 x nginx), with the lowest and highest of the rounds'
+own ratios (each to nginx's run of the same round).
 
     python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--harness]
         [--asyncio] [--write-results]
@@ -128,12 +129,14 @@ def results_section(
     *, command: str, started: datetime.datetime, args: argparse.Namespace,
     samples: dict[str, b3_peers.Samples],
 ) -> str:
-    nginx_rate = statistics.median(samples["nginx"].rates)
+    nginx_rates = samples["nginx"].rates
+    nginx_rate = statistics.median(nginx_rates)
     rows = []
     for label, found in samples.items():
         rate = statistics.median(found.rates)
         rows.append(
             f"| {label} | {rate:,.0f} | {rate / nginx_rate:.2f}x | "
+            f"{b3_peers.round_ratios(found.rates, nginx_rates)} | "
             f"{statistics.median(found.p50):.2f} | {statistics.median(found.p99):.2f} | "
             f"{statistics.median(found.cpu_per_1000):.3f} | {found.rss / 2**20:.0f} | "
             f"{found.failures} |"
@@ -143,10 +146,11 @@ def results_section(
         f"Command (from the repo root, as root): `{command}`  \n"
         f"Date: {started:%Y-%m-%d %H:%M} UTC; {args.rounds} interleaved rounds of "
         f"{args.seconds:g} s per server, `wrk -t1 -c{args.connections}` keep-alive over TLS, "
-        "medians over rounds.\n\n"
-        "| server | requests/s | ratio to nginx | p50 (ms) | p99 (ms) | "
+        "medians over rounds; the ratio of each round (to nginx's run of that round), "
+        "lowest-highest, beside the median's.\n\n"
+        "| server | requests/s | ratio to nginx | per round | p50 (ms) | p99 (ms) | "
         "server CPU s / 1,000 req | RSS (MiB) | failed requests |\n"
-        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         "Every proxy: TLS 1.2/1.3 with the same ECDSA P-256 certificate, forward to one "
         "backend (nginx, 1 worker, `return 200`, 23-byte body) over kept-alive upstream "
         "connections, set Host and X-Forwarded-*; nginx has 1 worker. "

@@ -1,5 +1,6 @@
 """bench/reporting.write_results: a script's section of RESULTS.md, and only its own; the
-machine table's file system row (bench/workdir.file_system)."""
+machine table's file system row (bench/workdir.file_system); the per-round ratios of the
+B3 and B4 tables (bench/b3_peers.round_ratios)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import reporting, workdir
+from bench import b3_peers, reporting, workdir
 
 
 def test_a_rerun_replaces_its_own_section_and_keeps_the_hand_written_text(
@@ -42,3 +43,12 @@ def test_the_file_system_row_names_the_deepest_mount_holding_the_path() -> None:
     assert root != "proc on proc" and " on " in root
     if root.startswith("ext4"):
         assert root.startswith(("ext4 with a journal", "ext4 without a journal"))
+
+
+def test_a_rows_ratios_are_taken_round_by_round() -> None:
+    # Round 1: 1.2 against 0.5, round 2: 1.0 against 1.0. Pairing the sorted values instead
+    # (1.0/0.5, 1.2/1.0) would read 1.20-2.00x.
+    assert b3_peers.round_ratios([1.2, 1.0], [0.5, 1.0]) == "1.00-2.40x"
+    # A round without a value on either side (no connection succeeded) is left out.
+    assert b3_peers.round_ratios([1.2, None, 1.5], [1.0, 1.0, None]) == "1.20-1.20x"
+    assert b3_peers.round_ratios([None], [1.0]) == "-"
