@@ -113,8 +113,12 @@ def _translate(command: build_ext) -> list[Extension]:
             # the imports the build environment lacks as Any (the dependencies are not
             # installed to build): strictness changes which errors are reported, not the
             # code generated, and mypyc checks values from those modules when they enter
-            # typed code as it does for any module it did not compile.
-            ["--config-file=", "--ignore-missing-imports", *compiled_modules()],
+            # typed code as it does for any module it did not compile. The modules it does
+            # not compile are read for their types but not judged: with their dependencies
+            # Any some are wrong (certctl/pki/keys.py's union of cryptography's key classes
+            # is no type then), and that must not leave the data plane uncompiled.
+            ["--config-file=", "--ignore-missing-imports", "--follow-imports=silent",
+             *compiled_modules()],
             opt_level="3", group_name=_mypyc_settings()["group"],
             target_dir=str(Path("build") / "mypyc"))
     except (Exception, SystemExit) as err:  # mypyc exits on a type error

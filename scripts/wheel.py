@@ -4,9 +4,10 @@
     .venv/bin/python scripts/wheel.py --extract  # ... and put its compiled modules in the tree
 
 The wheel is built as the image's build stage builds it (`pip wheel` with build
-isolation, setup.py compiling the data plane with mypyc) from the files that stage
-copies (`CONTEXT`), and kept outside the repository by the digest of those files
-and of the interpreter (`wheel_cache_dir`): the install (scripts/compile.sh, with
+isolation, setup.py compiling the data plane with mypyc, for an interpreter with none
+of certctl's dependencies installed) from the files that stage copies (`CONTEXT`),
+and kept outside the repository by the digest of those files, of this script and of
+the interpreter (`wheel_cache_dir`): the install (scripts/compile.sh, with
 --extract) and the packaging test (tests/test_packaging.py) share one build of a
 given tree, which takes minutes. Extracting puts the wheel's C extensions beside
 their sources, so the editable install of the checkout runs the very modules the
@@ -53,6 +54,7 @@ def context_digest(repo: Path = REPO) -> str:
     """The sha256 of the build context's paths and contents, and of this interpreter's
     ABI (the wheel's C extensions are for it alone)."""
     digest = hashlib.sha256(sysconfig.get_config_var("EXT_SUFFIX").encode())
+    digest.update(Path(__file__).read_bytes())  # how it is built: `built_wheel` below
     for name, path in _context_files(repo):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -88,9 +90,16 @@ def built_wheel(repo: Path = REPO) -> Path:
         dist = Path(work) / "dist"
         # Compiling whatever CERTCTL_PURE_PYTHON says: it is for running, not for building.
         environment = {k: v for k, v in os.environ.items() if k != "CERTCTL_PURE_PYTHON"}
-        subprocess.run([sys.executable, "-m", "pip", "wheel", str(context), "-w", str(dist),
-                        "--no-deps", "-q"], cwd=work, env=environment, check=True,
+        # pip builds for a virtualenv of this interpreter that holds nothing, so that the
+        # build sees none of certctl's dependencies: as the image's build stage and
+        # `pip install` into a new virtualenv build it (setup.py's mypyc run treats their
+        # imports as Any), not as this virtualenv, which has them all, would.
+        bare = Path(work) / "bare"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True,
                        capture_output=True, text=True)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(bare / "bin" / "python"),
+                        "wheel", str(context), "-w", str(dist), "--no-deps", "-q"],
+                       cwd=work, env=environment, check=True, capture_output=True, text=True)
         try:
             dist.rename(cache)  # whole or not at all: a build that stopped leaves nothing
         except OSError:
