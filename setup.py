@@ -110,8 +110,9 @@ def _translate(command: build_ext) -> list[Extension]:
         # site-packages, where mypyc puts it by default.
         built = mypycify(
             # Type-checked with mypy's defaults, not the project's strict settings, and with
-            # the imports the build environment lacks as Any (the dependencies are not
-            # installed to build): strictness changes which errors are reported, not the
+            # the imports the build environment lacks as Any (of the dependencies, only those
+            # the compiled modules import are installed to build: pyproject.toml's
+            # build-system requires): strictness changes which errors are reported, not the
             # code generated, and mypyc checks values from those modules when they enter
             # typed code as it does for any module it did not compile. The modules it does
             # not compile are read for their types but not judged: with their dependencies

@@ -14,6 +14,9 @@ not built, and what its build stage runs is what the wheel test runs.
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import importlib.metadata
 import os
 import re
 import shlex
@@ -209,6 +212,38 @@ def _environment() -> dict[str, str]:
 
 @pytest.mark.skipif(PURE, reason="built once, in the compiled run")
 @pytest.mark.timeout(900)
+def test_the_build_has_every_library_the_compiled_modules_import():
+    # A library missing from the build is Any to mypyc, and a compiled class on one of its
+    # classes crashes the process (upstream_h2._Client, an h2 H2Connection). Its
+    # requirement must be the project's own, so the build and the install agree.
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+    build = PYPROJECT["build-system"]["requires"]
+    provided = {name(requirement) for requirement in build}
+    for requirement in build:  # and what those bring (h2: hpack, hyperframe)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            provided |= {name(r) for r in importlib.metadata.requires(name(requirement)) or ()}
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for module in COMPILED:
+        for node in ast.walk(ast.parse((REPO / module).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {top for top in imported
+                   if top not in sys.stdlib_module_names and top != "certctl"}
+    assert third_party, imported
+    for top in sorted(third_party):
+        (distribution,) = distributions[top]
+        assert distribution.lower() in provided, f"{top} ({distribution}) is not in the build"
+    project = {name(r): r for r in PYPROJECT["project"]["dependencies"]}
+    for requirement in build:
+        if name(requirement) in project:
+            assert requirement == project[name(requirement)]
+
+
 def test_wheel_installs_the_compiled_data_plane_and_runs(tmp_path: Path):
     context = _build_context(tmp_path)
     # Built by `pip wheel` from the build context; once per content (scripts/wheel.py): the
