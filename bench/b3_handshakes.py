@@ -3,7 +3,9 @@
 Every server loads the same 10,000 ECDSA P-256 certificates (one name each)
 and proxies `GET /` for every name to one backend (nginx `return 200`); nginx
 has one worker and a `server` block per name. certctl runs as the commands users
-start: `certctl serve` on a manifests folder, and `certctl dataplane` against a
+start, installed as users install it (bench/installed.py: the wheel, into a virtualenv
+of `--python`, by default the distribution's interpreter): `certctl serve` on a
+manifests folder, and `certctl dataplane` against a
 real control plane (etcd + kube-apiserver from tests/controlplane.py, started
 here), each holding a TLS Secret per name, Ingresses of 500 rules, the backend's
 Service and EndpointSlice.
@@ -32,11 +34,11 @@ the lowest and highest of the rounds' own ratios (each to nginx's run of the
 same round).
 
     python -m bench.b3_handshakes [--certificates 10000] [--seconds 10] [--rounds 4]
-                                  [--write-results]
+                                  [--python /usr/bin/python3] [--write-results]
 
 Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py; the
 backend's address on `lo`), the test servers of scripts/testservers/build.sh and
-`apt-get install -y nginx-light wrk`.
+`apt-get install -y nginx-light wrk python3-venv`.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bench import b3_peers, reporting
+from bench import b3_peers, installed, reporting
 from tests.pebble import free_port
 
 SERVE = "certctl serve"
@@ -127,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--python", default=installed.DEFAULT_PYTHON,
+                        help="the interpreter certctl is installed for and runs on")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m bench.b3_handshakes " + shlex.join(
@@ -139,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     b3_peers.make_certificates(certs, [*names, "default.b3.bench.test"])
     print(f"{len(names)} certificates written in {time.monotonic() - t0:.1f} s", flush=True)
+    certctl = installed.install(python=args.python, into=work / "venv")
+    print(f"certctl installed for Python {certctl.interpreter}", flush=True)
 
     backend_port, nginx_port = free_port(), free_port()
     servers: dict[str, b3_peers.ServerProcess] = {}
@@ -181,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             http_port=free_port(), backend_port=backend_port,
             objects=b3_peers.site_objects(certs=certs, names=names, namespace="default",
                                           backend_address="127.0.0.1",
-                                          backend_port=backend_port))
+                                          backend_port=backend_port),
+            command=certctl.command)
         stack.callback(serve.stop)  # also when it never comes to serve
         t0 = time.monotonic()  # the manifests are written by start(): part of its start-up
         servers[SERVE] = serve.start(log=work / "serve.log", timeout=600)
@@ -196,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Served once its last name answers: every Secret and Ingress is loaded.
         dataplane = b3_peers.DataPlaneCommand(
             kubeconfig=cluster.kubeconfig, namespace=_NAMESPACE, certs=certs, name=names[-1],
-            https_port=free_port(), http_port=free_port())
+            https_port=free_port(), http_port=free_port(), command=certctl.command)
         stack.callback(dataplane.stop)  # also when it never comes to serve
         servers[DATAPLANE] = dataplane.start(log=work / "dataplane.log", timeout=600)
         startup[DATAPLANE] = (time.monotonic() - t0, b3_peers.rss_bytes(dataplane.pid))
@@ -245,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_rss = {label: b3_peers.rss_bytes(srv.pid) for label, srv in servers.items()}
 
     section = results_section(command=command, started=started, args=args, rows=rows,
-                              startup=startup, after_rss=after_rss)
+                              startup=startup, after_rss=after_rss,
+                              certctl=certctl)
     print("\n" + section)
     if args.write_results:
         reporting.write_results(name="b3_handshakes", section=section)
@@ -261,6 +269,7 @@ def results_section(
     rows: dict[tuple[str, str], list[tuple[int, int, float]]],
     startup: dict[str, tuple[float, int]],
     after_rss: dict[str, int],
+    certctl: installed.Installed,
 ) -> str:
     # None for a run no connection succeeded in (its failures are counted).
     rounds = {key: [cpu / ok * 1000 if ok else None for ok, _, cpu in runs]
@@ -298,13 +307,15 @@ def results_section(
         f"`{SERVE}` is the shipped command on a manifests folder holding a TLS Secret per "
         f"name and Ingresses of 500 rules; `{DATAPLANE}` is the shipped command against a "
         "real kube-apiserver + etcd (started by the benchmark, idle on the same cores "
-        "during the runs) holding the same objects.\n\n"
+        "during the runs) holding the same objects. Both run the package as `pip install` "
+        "installs it, its data plane compiled, in a new virtualenv of the interpreter the "
+        "machine table names.\n\n"
         "Start-up with the certificates (nginx: spawn to listening; the certctl commands: "
         "spawn, or for `serve` writing its manifests, to serving the last name) and "
         "resident memory:\n\n"
         "| server | start-up (s) | RSS at start (MiB) | RSS after the runs (MiB) |\n"
         "|---|---|---|---|\n" + "\n".join(start_lines) + "\n\n"
-        "Machine:\n\n" + b3_peers.machine_table()
+        "Machine:\n\n" + b3_peers.machine_table(certctl=certctl)
     )
 
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 from cryptography import x509
@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bench import reporting
+from bench import installed, reporting
 from tests.pebble import stop_process
 
 if TYPE_CHECKING:  # imported when a benchmark starts one: it pulls in pytest and requests
@@ -516,9 +516,14 @@ def wait_served(*, port: int, name: str, certs: Path, proc: subprocess.Popen[byt
     raise RuntimeError(f"{name} not served on port {port} after {timeout} s: {last}")
 
 
+# How the commands start unless a benchmark installs certctl (bench/installed.py): the
+# checkout, on the interpreter running the benchmark.
+CHECKOUT_COMMAND: Final = (sys.executable, "-m", "certctl")
+
+
 @dataclass
 class ServeCommand(ServerProcess):
-    """`python -m certctl serve` on a manifests folder of `objects` (by default
+    """`certctl serve` (`command`) on a manifests folder of `objects` (by default
     `site_objects` for `name`, the backend on 127.0.0.1), listening on 127.0.0.1; started
     once `name` is served."""
 
@@ -530,6 +535,7 @@ class ServeCommand(ServerProcess):
     backend_port: int
     proc: subprocess.Popen[bytes] | None = None
     objects: Sequence[dict[str, Any]] | None = None
+    command: Sequence[str] = CHECKOUT_COMMAND
 
     def start(self, *, log: Path, timeout: float = 300.0) -> ServeCommand:
         manifests = self.workdir / "manifests"
@@ -539,7 +545,7 @@ class ServeCommand(ServerProcess):
             backend_address="127.0.0.1", backend_port=self.backend_port)
         (manifests / "site.yaml").write_text(yaml.safe_dump_all(objects))
         self._spawn(
-            [sys.executable, "-m", "certctl", "serve", "--manifests", str(manifests),
+            [*self.command, "serve", "--manifests", str(manifests),
              "--state-dir", str(self.workdir / "state"), "--listen-address", "127.0.0.1",
              "--http-port", str(self.http_port), "--https-port", str(self.https_port)],
             log=log, port=self.https_port, timeout=timeout)
@@ -551,7 +557,7 @@ class ServeCommand(ServerProcess):
 
 @dataclass
 class DataPlaneCommand(ServerProcess):
-    """`python -m certctl dataplane` against a real control plane (tests/controlplane.py),
+    """`certctl dataplane` (`command`) against a real control plane (tests/controlplane.py),
     as the admin, watching one namespace whose objects the caller created."""
 
     kubeconfig: Path
@@ -561,10 +567,11 @@ class DataPlaneCommand(ServerProcess):
     https_port: int
     http_port: int
     proc: subprocess.Popen[bytes] | None = None
+    command: Sequence[str] = CHECKOUT_COMMAND
 
     def start(self, *, log: Path, timeout: float = 300.0) -> DataPlaneCommand:
         self._spawn(
-            [sys.executable, "-m", "certctl", "dataplane", "--kubeconfig", str(self.kubeconfig),
+            [*self.command, "dataplane", "--kubeconfig", str(self.kubeconfig),
              "--namespace", self.namespace, "--listen-address", "127.0.0.1",
              "--http-port", str(self.http_port), "--https-port", str(self.https_port)],
             log=log, port=self.https_port, timeout=timeout)
@@ -717,11 +724,23 @@ def wrk_version() -> str:
 # --- reporting ---------------------------------------------------------------------------
 
 
-def machine_table() -> str:
+def machine_table(*, certctl: installed.Installed | None = None) -> str:
+    """The machine, the peers' versions, and what certctl ran on: the `installed`
+    package's virtualenv (bench/installed.py), else the benchmark's own interpreter."""
+    if certctl is None:
+        runtime = [
+            ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
+            ("uvloop / httptools", f"{importlib.metadata.version('uvloop')} / "
+                                   f"{importlib.metadata.version('httptools')}"),
+        ]
+    else:
+        runtime = [
+            ("Python (certctl, installed by pip)", certctl.interpreter),
+            ("OpenSSL (certctl)", certctl.openssl),
+            ("uvloop / httptools", certctl.libraries),
+        ]
     return reporting.machine_table(reporting.machine_rows(extra=[
-        ("OpenSSL (certctl)", ssl.OPENSSL_VERSION),
-        ("uvloop / httptools", f"{importlib.metadata.version('uvloop')} / "
-                               f"{importlib.metadata.version('httptools')}"),
+        *runtime,
         ("nginx", f"{nginx_version()} (Debian nginx-light)"),
         ("wrk", wrk_version()),
         ("certctl", f"git {reporting.git_describe()}"),

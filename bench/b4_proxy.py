@@ -3,7 +3,9 @@
 Every proxy terminates TLS for the same certificate and forwards every request
 to the same backend (a second nginx answering `return 200`) over kept-alive
 upstream connections; wrk drives each in turn with the same keep-alive load.
-certctl runs as the commands users start: `certctl serve` on a manifests folder,
+certctl runs as the commands users start, installed as users install it
+(bench/installed.py: the wheel, into a virtualenv of `--python`, by default the
+distribution's interpreter): `certctl serve` on a manifests folder,
 and `certctl dataplane` against a real control plane (etcd + kube-apiserver
 from tests/controlplane.py, started here) holding the same Secret, Ingress,
 Service and EndpointSlice. One more row is `certctl serve` routing by the Gateway
@@ -16,11 +18,11 @@ nginx (DESIGN.md target: >= 0.8 x nginx), with the lowest and highest of the rou
 own ratios (each to nginx's run of the same round).
 
     python -m bench.b4_proxy [--seconds 10] [--rounds 3] [--connections 50] [--harness]
-        [--asyncio] [--write-results]
+        [--asyncio] [--python /usr/bin/python3] [--write-results]
 
 Needs root (wrk runs in a private mount namespace, see bench/b3_peers.py; the
 backend's address on `lo`), the test servers of scripts/testservers/build.sh and
-`apt-get install -y nginx-light wrk`.
+`apt-get install -y nginx-light wrk python3-venv`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import b3_peers
+from bench import b3_peers, installed
 from certctl.api import gateway as gateway_api
 from certctl.routes import gateway as gateway_routes
 from tests.pebble import free_port
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "bench.b3_peers, without the commands' store and feed")
     parser.add_argument("--asyncio", action="store_true",
                         help="also run the harness on the stdlib event loop")
+    parser.add_argument("--python", default=installed.DEFAULT_PYTHON,
+                        help="the interpreter certctl is installed for and runs on")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m bench.b4_proxy " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -68,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="certctl-b4-"))
     certs = work / "certs"
     b3_peers.make_certificates(certs, [NAME])
+    certctl = installed.install(python=args.python, into=work / "venv")
+    print(f"certctl installed for Python {certctl.interpreter}", flush=True)
     backend_port, nginx_port = free_port(), free_port()
     servers: dict[str, b3_peers.ServerProcess] = {}
     ports: dict[str, int] = {}
@@ -81,13 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports["nginx"] = nginx_port
         serve = b3_peers.ServeCommand(
             workdir=work / "serve", certs=certs, name=NAME, https_port=free_port(),
-            http_port=free_port(), backend_port=backend_port)
+            http_port=free_port(), backend_port=backend_port, command=certctl.command)
         stack.callback(serve.stop)  # also when it never comes to serve
         servers[SERVE_LABEL], ports[SERVE_LABEL] = serve.start(log=work / "serve.log"), \
             serve.https_port
         dataplane = b3_peers.DataPlaneCommand(
             kubeconfig=plane.kubeconfig, namespace=_NAMESPACE, certs=certs, name=NAME,
-            https_port=free_port(), http_port=free_port())
+            https_port=free_port(), http_port=free_port(), command=certctl.command)
         stack.callback(dataplane.stop)
         servers[DATAPLANE_LABEL], ports[DATAPLANE_LABEL] = \
             dataplane.start(log=work / "dataplane.log"), dataplane.https_port
@@ -103,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         httproute = b3_peers.ServeCommand(
             workdir=work / "serve-httproute", certs=certs, name=NAME, https_port=free_port(),
             http_port=free_port(), backend_port=backend_port,
-            objects=httproute_objects(certs=certs, backend_port=backend_port))
+            objects=httproute_objects(certs=certs, backend_port=backend_port),
+            command=certctl.command)
         stack.callback(httproute.stop)
         servers[HTTPROUTE_LABEL], ports[HTTPROUTE_LABEL] = \
             httproute.start(log=work / "serve-httproute.log"), httproute.https_port
@@ -120,14 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 served=result.requests, failures=result.errors + result.non_2xx)
 
         samples = b3_peers.measure_rounds(servers=servers, rounds=args.rounds, run=run)
-    section = results_section(command=command, started=started, args=args, samples=samples)
+    section = results_section(command=command, started=started, args=args, samples=samples,
+                              certctl=certctl)
     return b3_peers.report(name="b4_proxy", section=section, samples=samples,
                            write=args.write_results)
 
 
 def results_section(
     *, command: str, started: datetime.datetime, args: argparse.Namespace,
-    samples: dict[str, b3_peers.Samples],
+    samples: dict[str, b3_peers.Samples], certctl: installed.Installed,
 ) -> str:
     nginx_rates = samples["nginx"].rates
     nginx_rate = statistics.median(nginx_rates)
@@ -154,6 +162,8 @@ def results_section(
         "Every proxy: TLS 1.2/1.3 with the same ECDSA P-256 certificate, forward to one "
         "backend (nginx, 1 worker, `return 200`, 23-byte body) over kept-alive upstream "
         "connections, set Host and X-Forwarded-*; nginx has 1 worker. "
+        "The certctl rows run the package as `pip install` installs it, its data plane "
+        "compiled, in a new virtualenv of the interpreter the machine table names. "
         f"`{SERVE_LABEL}` is the shipped command on a manifests folder (the TLS Secret, an "
         f"Ingress, its Service and EndpointSlice); `{DATAPLANE_LABEL}` is the shipped command "
         "against a real kube-apiserver + etcd (tests/controlplane.py) started by the "
@@ -164,7 +174,7 @@ def results_section(
         "Gateway API instead of an Ingress: certctl's GatewayClass, a Gateway whose HTTPS "
         "listener names the same Secret, an HTTPRoute (PathPrefix `/`, one backendRef) to "
         "the same Service. wrk, the proxies and the backend share the machine's cores.\n\n"
-        "Machine:\n\n" + b3_peers.machine_table()
+        "Machine:\n\n" + b3_peers.machine_table(certctl=certctl)
     )
 
 

@@ -7,9 +7,10 @@ The wheel is built as the image's build stage builds it (`pip wheel` with build
 isolation, setup.py compiling the data plane with mypyc, for an interpreter with none
 of certctl's dependencies installed) from the files that stage copies (`CONTEXT`),
 and kept outside the repository by the digest of those files, of this script and of
-the interpreter (`wheel_cache_dir`): the install (scripts/compile.sh, with
---extract) and the packaging test (tests/test_packaging.py) share one build of a
-given tree, which takes minutes. Extracting puts the wheel's C extensions beside
+the interpreter it is built for (`wheel_cache_dir`): the install (scripts/compile.sh,
+with --extract) and the packaging test (tests/test_packaging.py) share one build of a
+given tree, which takes minutes. The benchmarks build it for the interpreter they
+install it with (bench/installed.py). Extracting puts the wheel's C extensions beside
 their sources, so the editable install of the checkout runs the very modules the
 wheel ships.
 """
@@ -22,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -50,10 +50,19 @@ def _context_files(repo: Path) -> list[tuple[str, Path]]:
     return sorted(files)
 
 
-def context_digest(repo: Path = REPO) -> str:
-    """The sha256 of the build context's paths and contents, and of this interpreter's
-    ABI (the wheel's C extensions are for it alone)."""
-    digest = hashlib.sha256(sysconfig.get_config_var("EXT_SUFFIX").encode())
+def interpreter_identity(python: str) -> str:
+    """Which interpreter `python` runs: its version, ABI and installed executable (the
+    wheel's C extensions are built against its headers)."""
+    return subprocess.run(
+        [python, "-c", "import os, sys, sysconfig; print(sys.version, "
+         "sysconfig.get_config_var('EXT_SUFFIX'), os.path.realpath(sys.executable))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+
+
+def context_digest(repo: Path = REPO, *, python: str = sys.executable) -> str:
+    """The sha256 of the build context's paths and contents, and of the interpreter
+    the wheel is for (its C extensions are for that one alone)."""
+    digest = hashlib.sha256(interpreter_identity(python).encode())
     digest.update(Path(__file__).read_bytes())  # how it is built: `built_wheel` below
     for name, path in _context_files(repo):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -76,10 +85,11 @@ def copy_context(repo: Path, destination: Path) -> None:
             shutil.copy(path, destination / source)
 
 
-def built_wheel(repo: Path = REPO) -> Path:
-    """The wheel of `repo`'s current content: from the cache, else built and kept there.
-    Raises CalledProcessError (with pip's output) when the build fails."""
-    cache = wheel_cache_dir() / context_digest(repo)
+def built_wheel(repo: Path = REPO, *, python: str = sys.executable) -> Path:
+    """The wheel of `repo`'s current content for the interpreter `python` (by default
+    this one): from the cache, else built and kept there. Raises CalledProcessError
+    (with pip's output) when the build fails."""
+    cache = wheel_cache_dir() / context_digest(repo, python=python)
     found = sorted(cache.glob("certctl-*.whl"))
     if found:
         return found[0]
@@ -90,12 +100,12 @@ def built_wheel(repo: Path = REPO) -> Path:
         dist = Path(work) / "dist"
         # Compiling whatever CERTCTL_PURE_PYTHON says: it is for running, not for building.
         environment = {k: v for k, v in os.environ.items() if k != "CERTCTL_PURE_PYTHON"}
-        # pip builds for a virtualenv of this interpreter that holds nothing, so that the
+        # pip builds for a virtualenv of the interpreter that holds nothing, so that the
         # build sees none of certctl's dependencies: as the image's build stage and
         # `pip install` into a new virtualenv build it (setup.py's mypyc run treats their
         # imports as Any), not as this virtualenv, which has them all, would.
         bare = Path(work) / "bare"
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True,
+        subprocess.run([python, "-m", "venv", "--without-pip", str(bare)], check=True,
                        capture_output=True, text=True)
         subprocess.run([sys.executable, "-m", "pip", "--python", str(bare / "bin" / "python"),
                         "wheel", str(context), "-w", str(dist), "--no-deps", "-q"],

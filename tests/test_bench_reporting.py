@@ -1,6 +1,7 @@
 """bench/reporting.write_results: a script's section of RESULTS.md, and only its own; the
 machine table's file system row (bench/workdir.file_system); the per-round ratios of the
-B3 and B4 tables (bench/b3_peers.round_ratios)."""
+B3 and B4 tables (bench/b3_peers.round_ratios); the machine table's rows for certctl
+installed as users install it (bench/installed.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import b3_peers, reporting, workdir
+from bench import b3_peers, installed, reporting, workdir
 
 
 def test_a_rerun_replaces_its_own_section_and_keeps_the_hand_written_text(
@@ -52,3 +53,15 @@ def test_a_rows_ratios_are_taken_round_by_round() -> None:
     # A round without a value on either side (no connection succeeded) is left out.
     assert b3_peers.round_ratios([1.2, None, 1.5], [1.0, 1.0, None]) == "1.20-1.20x"
     assert b3_peers.round_ratios([None], [1.0]) == "-"
+
+
+def test_the_machine_table_names_what_the_installed_certctl_ran_on() -> None:
+    certctl = installed.Installed(
+        command=("/venv/bin/certctl",), interpreter="3.11.2 (/usr/bin/python3.11)",
+        openssl="OpenSSL 3.0.99", libraries="9.9.9 / 8.8.8")
+    table = b3_peers.machine_table(certctl=certctl)
+    assert "| Python (certctl, installed by pip) | 3.11.2 (/usr/bin/python3.11) |" in table
+    assert "| OpenSSL (certctl) | OpenSSL 3.0.99 |" in table
+    assert "| uvloop / httptools | 9.9.9 / 8.8.8 |" in table
+    # Without an installed package, the benchmark's own interpreter ran the commands.
+    assert "installed by pip" not in b3_peers.machine_table()

@@ -244,6 +244,21 @@ def test_the_build_has_every_library_the_compiled_modules_import():
             assert requirement == project[name(requirement)]
 
 
+def test_a_wheel_is_built_for_the_interpreter_it_is_installed_with(tmp_path: Path):
+    # A virtualenv runs its base interpreter: the checkout's, the packaging test's and a
+    # benchmark's virtualenvs of one interpreter share one build (scripts/wheel.py).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    own = wheel_build.context_digest(REPO)
+    assert wheel_build.context_digest(REPO, python=str(venv / "bin" / "python")) == own
+    # Another interpreter (the benchmarks' default, bench/installed.py) has its own.
+    other = shutil.which("python3.11", path="/usr/bin")
+    if other is None or (wheel_build.interpreter_identity(other)
+                         == wheel_build.interpreter_identity(sys.executable)):
+        pytest.skip("no other Python 3.11 in /usr/bin")
+    assert wheel_build.context_digest(REPO, python=other) != own
+
+
 def test_wheel_installs_the_compiled_data_plane_and_runs(tmp_path: Path):
     context = _build_context(tmp_path)
     # Built by `pip wheel` from the build context; once per content (scripts/wheel.py): the
