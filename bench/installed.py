@@ -41,6 +41,18 @@ class Installed:
     libraries: str  # "uvloop / httptools" versions, as pip resolved them
 
 
+def missing(python: str) -> str | None:
+    """Why `python` cannot make the virtualenv `install` needs, or None."""
+    try:
+        found = subprocess.run([python, "-c", "import ensurepip, venv"], capture_output=True,
+                               text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"no interpreter {python} ({err})"
+    if found.returncode:
+        return f"{python} cannot make a virtualenv with pip (apt-get install -y python3-venv)"
+    return None
+
+
 def install(*, python: str, into: Path) -> Installed:
     """certctl's wheel for `python`, installed into a new virtualenv at `into`."""
     try:

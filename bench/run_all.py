@@ -7,7 +7,7 @@ run on its own).
 Each benchmark runs as its own process (`python -m bench.<module>`), one after
 the other so they never share the machine's cores, with its output passed
 through. A benchmark whose prerequisites are missing is skipped with the
-reason (B3 and B4 need root, nginx and wrk, B10 root, nginx and h2load; B1 and B2
+reason (B3 and B4 need root, nginx, wrk and python3-venv, B10 root, nginx and h2load; B1 and B2
 need Pebble, and B2 runs without its certbot/lego peers when those are missing; B8
 builds the servers it needs from Go modules, scripts/testservers/build.sh). `--quick` runs every
 benchmark with small parameters, to check that they all work, in a few
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import b1_issuance as b1
-from bench import b3_peers, reporting
+from bench import b3_peers, installed, reporting
 from bench import b10_http2 as b10
 from tests import pebble
 
@@ -44,13 +44,14 @@ def needs_pebble() -> str | None:
     return f"missing {', '.join(missing)} (apt-get install -y pebble)" if missing else None
 
 
-def needs_root_nginx_wrk() -> str | None:
+def needs_b3_b4_peers() -> str | None:
     if os.geteuid() != 0:
         return "needs root (wrk runs in a private mount namespace for its /etc/hosts)"
     missing = [binary for binary in (b3_peers.NGINX_BIN, b3_peers.WRK_BIN)
                if not Path(binary).exists()]
-    return f"missing {', '.join(missing)} (apt-get install -y nginx-light wrk)" if missing \
-        else None
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install -y nginx-light wrk)"
+    return installed.missing(installed.DEFAULT_PYTHON)  # certctl is installed for it
 
 
 def needs_b1_peers() -> str | None:
@@ -102,9 +103,9 @@ BENCHMARKS = (
               full=("--certificates", "10000", "--seconds", "10", "--rounds", "3"),
               quick=("--certificates", "1000", "--hot-names", "100", "--seconds", "2",
                      "--rounds", "1"),
-              prerequisite=needs_root_nginx_wrk),
+              prerequisite=needs_b3_b4_peers),
     Benchmark(name="B4", module="bench.b4_proxy", full=("--seconds", "10", "--rounds", "5"),
-              quick=("--seconds", "2", "--rounds", "1"), prerequisite=needs_root_nginx_wrk),
+              quick=("--seconds", "2", "--rounds", "1"), prerequisite=needs_b3_b4_peers),
     Benchmark(name="B5", module="bench.b5_hot_swap", full=("--swaps", "10"),
               quick=("--swaps", "3")),
     Benchmark(name="B6", module="bench.b6_idle_certificates",

@@ -5,6 +5,7 @@ installed as users install it (bench/installed.py)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,17 @@ def test_the_machine_table_names_what_the_installed_certctl_ran_on() -> None:
     assert "| uvloop / httptools | 9.9.9 / 8.8.8 |" in table
     # Without an installed package, the benchmark's own interpreter ran the commands.
     assert "installed by pip" not in b3_peers.machine_table()
+
+
+def test_an_interpreter_certctl_cannot_be_installed_for_is_named(tmp_path: Path) -> None:
+    assert installed.missing(sys.executable) is None  # venv and ensurepip: it can
+    absent = str(tmp_path / "python3")
+    reason = installed.missing(absent)
+    assert reason is not None and absent in reason
+    # One whose ensurepip is missing, as Debian's python3 without python3-venv.
+    stripped = tmp_path / "stripped"
+    without_ensurepip = "import sys; sys.modules['ensurepip'] = None; exec(sys.argv[1])"
+    stripped.write_text(f'#!/bin/sh\nexec {sys.executable} -c "{without_ensurepip}" "$2"\n')
+    stripped.chmod(0o755)
+    assert installed.missing(str(stripped)) == (
+        f"{stripped} cannot make a virtualenv with pip (apt-get install -y python3-venv)")
